@@ -1,0 +1,344 @@
+"""mta.config.loader - read an INI configuration, expand and check it.
+
+The file has a [main] section of Postfix parameters (main.cf) and any number
+of [listener:NAME] sections (master.cf services): ``endpoint =`` plus
+overrides of [main] parameters, as ``-o`` does in master.cf.
+
+Syntax, as main.cf: ``name = value``; a line that starts with white space
+continues the previous value; lines whose first non-blank character is # or
+; are comments (only whole lines: a # inside a value is part of it).  Values
+expand ``$name``, ``${name}``, ``$(name)``, ``${name?text}`` (text when name
+is not empty), ``${name:text}`` (text when name is empty) and ``$$`` (a
+dollar sign), lazily and against the scope in use: in a listener its
+overrides win.
+
+SECURITY
+    The file is untrusted in shape: every error (unknown section or
+    parameter, bad value, undefined or circular $name, unreadable file)
+    becomes one ConfigError naming file, line, section and key; nothing
+    here raises anything else.
+
+CONFIGURATION
+    Reads what mta.config.schema declares.
+"""
+
+import difflib
+import os
+import re
+
+import attrs
+
+from mta.config.schema import BY_NAME, DEFAULT_LISTENERS, LISTENER_KEYS
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is the whole message for the user."""
+
+
+@attrs.frozen
+class Location:
+    path: str
+    line: int
+    section: str
+    key: str | None = None
+
+    def __str__(self):
+        where = f"{self.path}:{self.line}: [{self.section}]"
+        return f"{where} {self.key}" if self.key else where
+
+
+@attrs.frozen
+class Entry:
+    key: str
+    value: str
+    location: Location
+
+
+@attrs.frozen
+class Section:
+    name: str
+    location: Location
+    entries: tuple
+
+
+_SECTION = re.compile(r"\[\s*([^\]]*?)\s*\]\s*$")
+_KEY = re.compile(r"([A-Za-z0-9_.-]+)\s*=(.*)$", re.S)
+
+
+def readIni(path, text=None):
+    """Parse the file at C{path} (or C{text}, named C{path}) into Sections; raise ConfigError."""
+    try:
+        if text is None:
+            with open(path, encoding="utf-8-sig") as f:
+                text = f.read()
+        # Only line feeds end lines (universal newlines turned CR and CRLF
+        # into LF); str.splitlines() would also split on FF, NEL, U+2028
+        # and so misnumber the lines of every error message.
+        lines = text.split("\n")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"{path}: cannot read configuration file: {reason}") from None
+
+    sections = []
+    seen = {}
+    name = location = None
+    entries = []  # [key, [value parts], Location]
+
+    def close():
+        if name is not None:
+            sections.append(
+                Section(name, location, tuple(Entry(k, " ".join(v).strip(), loc) for k, v, loc in entries))
+            )
+
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if line[0] in " \t":
+            if not entries:
+                raise ConfigError(f"{path}:{number}: continuation line with no parameter before it")
+            entries[-1][1].append(stripped)
+            continue
+        if line[0] == "[":
+            match = _SECTION.match(line)
+            if not match:
+                raise ConfigError(f"{path}:{number}: malformed section header: {stripped}")
+            close()
+            name, entries = match.group(1), []
+            location = Location(path, number, name)
+            if name in seen:
+                raise ConfigError(f"{location}: section defined twice (first at line {seen[name]})")
+            seen[name] = number
+            continue
+        match = _KEY.match(line)
+        if not match:
+            raise ConfigError(f"{path}:{number}: expected 'name = value', found: {stripped}")
+        if name is None:
+            raise ConfigError(f"{path}:{number}: '{match.group(1)}' is outside any section; start with [main]")
+        key = match.group(1)
+        for other in entries:
+            if other[0] == key:
+                raise ConfigError(
+                    f"{Location(path, number, name, key)}: set twice in this section (first at line {other[2].line})"
+                )
+        entries.append([key, [match.group(2).strip()], Location(path, number, name, key)])
+    close()
+    return sections
+
+
+def _unknown(key):
+    if key in LISTENER_KEYS:
+        return "unknown parameter"
+    hint = difflib.get_close_matches(key, list(BY_NAME) + list(LISTENER_KEYS), n=1)
+    return f"unknown parameter" + (f" (did you mean {hint[0]}?)" if hint else "")
+
+
+class Scope:
+    """
+    The parameters in force in one place: [main], or a listener over [main].
+
+    C{scope[name]} is the typed value; C{raw(name)} the text as written (or
+    the default), C{expanded(name)} the text after $name expansion.
+    """
+
+    def __init__(self, entries=(), parent=None, origin="embedded defaults"):
+        self.origin = origin  # "FILE: [section]", for errors about defaults
+        self._entries = {e.key: e for e in entries}
+        self._parent = parent
+        self._values = {}
+
+    def entry(self, name):
+        """The Entry that sets C{name} here or in an enclosing scope, or None."""
+        if name in self._entries:
+            return self._entries[name]
+        return self._parent.entry(name) if self._parent else None
+
+    def setHere(self):
+        """Entries set in this scope itself, in file order."""
+        return tuple(self._entries.values())
+
+    def raw(self, name):
+        entry = self.entry(name)
+        return entry.value if entry else BY_NAME[name].defaultText()
+
+    def expanded(self, name):
+        return self._expand(self.raw(name), [name])
+
+    def __getitem__(self, name):
+        try:
+            return self._values[name]
+        except KeyError:
+            pass
+        value = BY_NAME[name].type.parse(self.expanded(name))
+        self._values[name] = value
+        return value
+
+    def _lookup(self, name, stack):
+        if name not in BY_NAME:
+            raise ValueError(f"${name} is not a known parameter")
+        if name in stack:
+            raise ValueError("circular reference: " + " -> ".join(f"${n}" for n in stack + [name]))
+        return self._expand(self.raw(name), stack + [name])
+
+    def _expand(self, text, stack):
+        if "$" not in text:
+            return text
+        out = []
+        i, n = 0, len(text)
+        while i < n:
+            ch = text[i]
+            if ch != "$":
+                j = text.find("$", i)
+                j = n if j < 0 else j
+                out.append(text[i:j])
+                i = j
+                continue
+            i += 1
+            if i < n and text[i] == "$":
+                out.append("$")
+                i += 1
+            elif i < n and text[i] in "{(":
+                opener, closer = text[i], "}" if text[i] == "{" else ")"
+                depth, j = 1, i + 1
+                while j < n and depth:
+                    depth += {opener: 1, closer: -1}.get(text[j], 0)
+                    j += 1
+                if depth:
+                    raise ValueError(f"unbalanced '{opener}' after '$'")
+                match = re.fullmatch(r"([A-Za-z0-9_]+)\s*(?:([?:])(.*))?", text[i + 1 : j - 1], re.S)
+                if not match:
+                    raise ValueError(f"malformed expression ${text[i:j]}")
+                i = j
+                value = self._lookup(match.group(1), stack)
+                if match.group(2) is None:
+                    out.append(value)
+                elif bool(value) == (match.group(2) == "?"):
+                    arg = match.group(3).strip()
+                    if arg.startswith("{") and arg.endswith("}"):
+                        arg = arg[1:-1]
+                    out.append(self._expand(arg, stack))
+            else:
+                match = re.match(r"[A-Za-z0-9_]+", text[i:])
+                if not match:
+                    raise ValueError("'$' is not followed by a parameter name (write $$ for a dollar sign)")
+                i += match.end()
+                out.append(self._lookup(match.group(), stack))
+        return "".join(out)
+
+    def check(self):
+        """Compute every parameter, set ones first; raise ConfigError with the location."""
+        for name in list(self._entries) + [n for n in BY_NAME if n not in self._entries]:
+            try:
+                self[name]
+            except ValueError as e:
+                raise ConfigError(f"{self.where(name)}: {e}") from None
+
+    def where(self, name):
+        """Where C{name} gets its value: the file location, or its default."""
+        entry = self.entry(name)
+        if entry is not None:
+            return str(entry.location)
+        return f"{self.origin}: {name} (default {BY_NAME[name].defaultText()!r})"
+
+
+@attrs.frozen
+class Listener:
+    name: str
+    endpoint: str
+    params: Scope
+    location: Location | None
+
+
+@attrs.frozen
+class Config:
+    """A checked configuration: [main] and the listeners."""
+
+    path: str | None
+    main: Scope
+    listeners: tuple
+
+    def __getitem__(self, name):
+        return self.main[name]
+
+
+def _checkEndpoint(description, location):
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(None, description)
+    except Exception as e:  # endpoint parsers raise many types
+        raise ConfigError(f"{location}: invalid endpoint {description!r}: {e}") from None
+
+
+def load(path=None, text=None):
+    """
+    Load and check the configuration at C{path}; None gives the embedded
+    defaults.  With C{text}, parse that instead of reading the file (tests).
+    Raise ConfigError on any problem.
+    """
+    sections = readIni(path or "<text>", text) if path is not None or text is not None else []
+    mainEntries = ()
+    listenerSections = []
+    for section in sections:
+        if section.name == "main":
+            mainEntries = section.entries
+        elif re.fullmatch(r"listener:[A-Za-z0-9_.-]+", section.name):
+            listenerSections.append(section)
+        else:
+            raise ConfigError(f"{section.location}: unknown section (expected [main] or [listener:NAME])")
+
+    for entry in mainEntries:
+        if entry.key not in BY_NAME:
+            extra = "; it belongs in a [listener:NAME] section" if entry.key in LISTENER_KEYS else ""
+            raise ConfigError(f"{entry.location}: {_unknown(entry.key)}{extra}")
+    origin = f"{path}: [main]" if path else "embedded defaults"
+    main = Scope(mainEntries, origin=origin)
+    main.check()
+
+    listeners = []
+    for section in listenerSections:
+        endpoint = None
+        overrides = []
+        for entry in section.entries:
+            if entry.key == "endpoint":
+                endpoint = entry
+            elif entry.key in BY_NAME:
+                overrides.append(entry)
+            else:
+                raise ConfigError(f"{entry.location}: {_unknown(entry.key)}")
+        if endpoint is None:
+            raise ConfigError(f"{section.location}: no endpoint (e.g. endpoint = tcp:port=25:interface=127.0.0.1)")
+        _checkEndpoint(endpoint.value, endpoint.location)
+        scope = Scope(overrides, parent=main, origin=f"{path}: [{section.name}]")
+        scope.check()
+        listeners.append(Listener(section.name.split(":", 1)[1], endpoint.value, scope, section.location))
+    if not listenerSections:
+        listeners = [Listener(name, endpoint, Scope(parent=main), None) for name, endpoint in DEFAULT_LISTENERS]
+    return Config(os.path.abspath(path) if path and text is None else path, main, tuple(listeners))
+
+
+def tableSpecs(scope):
+    """(parameter name, TableSpec) for every table that C{scope} names."""
+    from mta.config.schema import PARAMETERS
+    from mta.config.types import TableSpec
+
+    for parameter in PARAMETERS:
+        value = scope[parameter.name]
+        if isinstance(value, tuple):
+            for item in value:
+                if isinstance(item, TableSpec):
+                    yield parameter.name, item
+
+
+def openTables(config, tables):
+    """Open every table the configuration names; raise ConfigError naming the key."""
+    from mta.tables import TableError
+
+    for scope in [config.main] + [listener.params for listener in config.listeners]:
+        for name, spec in tableSpecs(scope):
+            try:
+                tables.open(spec)
+            except TableError as e:
+                raise ConfigError(f"{scope.where(name)}: {e}") from None

@@ -1,0 +1,248 @@
+"""mta.config.types - parameter value types, as postconf(5) defines them.
+
+Each type turns the expanded text of a parameter into a Python value, or
+raises ValueError with a short reason that the loader prefixes with the file,
+section, key and line.
+
+SECURITY
+    Values come from configuration files: untrusted in shape.  Every parser
+    rejects what it does not understand instead of guessing.
+
+CONFIGURATION
+    None.
+"""
+
+import ipaddress
+import os
+import re
+
+import attrs
+
+
+def splitList(text, separators=", \t\r\n"):
+    """
+    Split a Postfix list: items separated by commas and/or white space.
+
+    Braces group, as in Postfix's mystrtokq(): C{inline:{ a=1, b=2 }} is one
+    item.  An unbalanced brace raises ValueError.
+    """
+    items = []
+    current = []
+    depth = 0
+    for ch in text:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth < 0:
+                raise ValueError("unbalanced '}'")
+        if depth == 0 and ch in separators:
+            if current:
+                items.append("".join(current))
+                current = []
+            continue
+        current.append(ch)
+    if depth:
+        raise ValueError("unbalanced '{'")
+    if current:
+        items.append("".join(current))
+    return tuple(items)
+
+
+@attrs.frozen
+class String:
+    name = "string"
+
+    def parse(self, text):
+        return text.strip()
+
+
+@attrs.frozen
+class Path:
+    """A file or directory name; a relative one is taken from the start-up directory."""
+
+    name = "path"
+
+    def parse(self, text):
+        text = text.strip()
+        if not text:
+            raise ValueError("an empty path")
+        return os.path.abspath(text)
+
+
+@attrs.frozen
+class Integer:
+    minimum: int = 0
+    name = "integer"
+
+    def parse(self, text):
+        text = text.strip()
+        if not re.fullmatch(r"-?[0-9]+", text):
+            raise ValueError(f"{text!r} is not an integer")
+        value = int(text)
+        if value < self.minimum:
+            raise ValueError(f"{value} is below the minimum {self.minimum}")
+        return value
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+@attrs.frozen
+class Size:
+    """A byte count; an optional k, m or g suffix multiplies by 1024**n."""
+
+    name = "size"
+
+    def parse(self, text):
+        match = re.fullmatch(r"([0-9]+)([kmg]?)b?", text.strip().lower())
+        if not match:
+            raise ValueError(f"{text.strip()!r} is not a size in bytes (e.g. 10240000 or 10m)")
+        return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@attrs.frozen
+class Time:
+    """A duration: a number with an optional unit s, m, h, d or w.
+
+    Without a unit, C{unit} applies (each Postfix time parameter has its own
+    default unit).  The value is in seconds, a float.
+    """
+
+    unit: str = "s"
+    name = "time"
+
+    def parse(self, text):
+        match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)", text.strip().lower())
+        if not match:
+            raise ValueError(f"{text.strip()!r} is not a time (a number with unit s, m, h, d or w)")
+        return float(match.group(1)) * _TIME_UNITS[match.group(2) or self.unit]
+
+
+@attrs.frozen
+class Boolean:
+    name = "boolean"
+
+    def parse(self, text):
+        value = text.strip().lower()
+        if value in ("yes", "true"):
+            return True
+        if value in ("no", "false"):
+            return False
+        raise ValueError(f"{text.strip()!r} is not yes or no")
+
+
+@attrs.frozen
+class Choice:
+    choices: tuple
+    name = "choice"
+
+    def parse(self, text):
+        value = text.strip().lower()
+        if value not in self.choices:
+            raise ValueError(f"{text.strip()!r} is not one of {', '.join(self.choices)}")
+        return value
+
+
+@attrs.frozen
+class List:
+    """Items separated by commas or white space; braces group."""
+
+    name = "list"
+
+    def parse(self, text):
+        return splitList(text)
+
+
+@attrs.frozen
+class TableSpec:
+    """A lookup table specification, C{type:name}."""
+
+    type: str
+    name: str
+
+    def __str__(self):
+        return f"{self.type}:{self.name}"
+
+
+def parseTableSpec(text):
+    match = re.fullmatch(r"([a-z][a-z0-9_-]*):(.+)", text.strip(), re.S)
+    if not match:
+        raise ValueError(f"{text.strip()!r} is not a lookup table (type:name)")
+    return TableSpec(match.group(1), match.group(2))
+
+
+@attrs.frozen
+class Tables:
+    """A list of lookup tables, C{type:name}, searched in order."""
+
+    name = "tables"
+
+    def parse(self, text):
+        return tuple(parseTableSpec(item) for item in splitList(text))
+
+
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+@attrs.frozen
+class DomainList:
+    """Domain names, and lookup tables (type:name) whose keys are domains.
+
+    Names are folded to lower case and stripped of a trailing dot.
+    """
+
+    name = "domains"
+
+    def parse(self, text):
+        result = []
+        for item in splitList(text):
+            if ":" in item or item.startswith("/"):
+                if item.startswith("/"):
+                    raise ValueError(f"{item!r}: a file name needs a table type, e.g. texthash:{item}")
+                result.append(parseTableSpec(item))
+                continue
+            domain = item.lower().rstrip(".")
+            labels = (domain[1:] if domain.startswith(".") else domain).split(".")
+            if not all(_LABEL.fullmatch(label) for label in labels):
+                raise ValueError(f"{item!r} is not a domain name")
+            result.append(domain)
+        return tuple(result)
+
+
+def parseNetwork(item):
+    """One mynetworks entry: an address or CIDR block, IPv6 in [] or bare."""
+    text = item
+    if text.startswith("["):
+        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](/[0-9]+)?", text)
+        if not match:
+            raise ValueError(f"{item!r} is not an address or network")
+        text = match.group(1) + (match.group(2) or "")
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        if "has host bits set" in str(e):
+            raise ValueError(f"{item!r} has host bits set (Postfix would also refuse it)") from None
+        raise ValueError(f"{item!r} is not an address or network") from None
+
+
+@attrs.frozen
+class Networks:
+    """Network blocks (127.0.0.0/8, [::1]/128) and lookup tables."""
+
+    name = "networks"
+
+    def parse(self, text):
+        result = []
+        for item in splitList(text):
+            if re.match(r"[a-z][a-z0-9_-]*:", item) and not item.startswith("["):
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    result.append(parseTableSpec(item))
+                    continue
+            result.append(parseNetwork(item))
+        return tuple(result)

@@ -1,0 +1,80 @@
+"""mta.control - the control channel between the daemon and its tools.
+
+AMP over a UNIX socket, $queue_directory/private/control.  The private
+directory is mode 0700 and the socket 0600, so only the MTA's own user (and
+root) can connect; nothing else authenticates.  The socket's lock file
+(control.lock, holding the daemon's pid) also keeps a second daemon off the
+same queue.  Later changes add commands (queue listing, flush, hold, ...);
+every command is declared here so that both ends share one definition.
+
+SECURITY
+    Reachable only by the MTA's user; arguments are still checked, since a
+    tool may be buggy.
+
+CONFIGURATION
+    queue_directory.
+"""
+
+import os
+
+from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.protocols import amp
+
+import mta
+
+
+class Status(amp.Command):
+    """Is the daemon there, and what is it?"""
+
+    arguments = []
+    response = [
+        (b"version", amp.Unicode()),
+        (b"pid", amp.Integer()),
+        (b"uptime", amp.Float()),
+        (b"queue_directory", amp.Unicode()),
+        (b"listeners", amp.ListOf(amp.Unicode())),
+    ]
+
+
+def socketPath(queueDirectory):
+    return os.path.join(queueDirectory, "private", "control")
+
+
+class ControlProtocol(amp.AMP):
+    def __init__(self, daemon):
+        super().__init__()
+        self.daemon = daemon
+
+    @Status.responder
+    def status(self):
+        return {
+            "version": mta.__version__,
+            "pid": os.getpid(),
+            "uptime": self.daemon.clock.seconds() - self.daemon.startedAt,
+            "queue_directory": self.daemon.queueDirectory,
+            "listeners": [f"{name} {endpoint}" for name, endpoint in self.daemon.listenerDescriptions()],
+        }
+
+
+def prepareDirectory(queueDirectory):
+    """Create $queue_directory/private, mode 0700."""
+    private = os.path.join(queueDirectory, "private")
+    os.makedirs(private, mode=0o700, exist_ok=True)
+    os.chmod(private, 0o700)
+
+
+def controlServerEndpoint(reactor, queueDirectory):
+    return UNIXServerEndpoint(reactor, socketPath(queueDirectory), mode=0o600, wantPID=True)
+
+
+def controlFactory(daemon):
+    factory = Factory.forProtocol(lambda: ControlProtocol(daemon))
+    factory.noisy = False
+    return factory
+
+
+def connect(reactor, queueDirectory, timeout=10):
+    """Connect to the daemon's control socket; a Deferred firing with an AMP."""
+    endpoint = UNIXClientEndpoint(reactor, socketPath(queueDirectory), timeout=timeout)
+    return endpoint.connect(Factory.forProtocol(amp.AMP))

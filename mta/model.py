@@ -1,0 +1,86 @@
+"""mta.model - frozen value types shared by the server, queue and transports.
+
+SECURITY
+    Values here are already parsed; whatever built them checked the input.
+
+CONFIGURATION
+    None.
+"""
+
+import attrs
+
+
+@attrs.frozen
+class Reply:
+    """An SMTP reply: code, enhanced status (may be empty) and text lines."""
+
+    code: int
+    status: str
+    text: str
+
+    def lines(self):
+        """The reply as wire lines (bytes, CRLF-terminated), multi-line aware."""
+        parts = self.text.split("\n") if self.text else [""]
+        out = []
+        for i, part in enumerate(parts):
+            sep = " " if i == len(parts) - 1 else "-"
+            body = f"{self.status} {part}" if self.status else part
+            out.append(f"{self.code}{sep}{body}".rstrip(" ").encode("utf-8", "replace") + b"\r\n")
+        return b"".join(out)
+
+    def __str__(self):
+        return f"{self.code} {self.status} {self.text}".replace("  ", " ").strip()
+
+
+@attrs.frozen
+class Address:
+    """
+    A mailbox from an SMTP path.  C{local} is the local part unquoted
+    (``john smith`` for ``"john smith"@example.org``); C{domain} is lower
+    case, a domain literal keeps its brackets; both empty is the null
+    sender.  str() gives the RFC 5321 form, quoting the local part when it
+    needs quotes.
+    """
+
+    local: str
+    domain: str
+
+    @property
+    def isNull(self):
+        return not self.local and not self.domain
+
+    def __str__(self):
+        from mta.address import formatAddress
+
+        return formatAddress(self)
+
+
+NULL_SENDER = Address("", "")
+
+
+@attrs.frozen
+class Recipient:
+    """An envelope recipient with its DSN parameters (RFC 3461)."""
+
+    address: str
+    orcpt: str | None = None  # "addr-type;address", xtext-decoded
+    notify: tuple = ()  # () = not given; ("NEVER",) or a subset of SUCCESS, FAILURE, DELAY
+
+
+@attrs.frozen
+class Envelope:
+    """What the queue keeps beside the message content."""
+
+    sender: str
+    recipients: tuple
+    arrival_time: float
+    client_name: str = "unknown"
+    client_address: str = ""
+    client_port: int = 0
+    helo: str = ""
+    protocol: str = "SMTP"  # SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, LMTP, local
+    body: str = "7BIT"  # 7BIT, 8BITMIME or BINARYMIME
+    smtputf8: bool = False
+    ret: str | None = None  # FULL or HDRS
+    envid: str | None = None  # xtext-decoded
+    size: int = 0  # bytes of content as queued

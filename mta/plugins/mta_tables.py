@@ -1,0 +1,40 @@
+"""The lookup table types that ship with mta."""
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from mta.interfaces import ILookupTableFactory
+
+
+@implementer(IPlugin, ILookupTableFactory)
+class _Factory:
+    def __init__(self, tableType, description, opener):
+        self.tableType = tableType
+        self.description = description
+        self._opener = opener
+
+    def openTable(self, name, clock):
+        return self._opener(name, clock)
+
+
+def _texthash(name, clock):
+    from mta.tables.texthash import TextHashTable
+
+    return TextHashTable(name, clock)
+
+
+def _inline(name, clock):
+    from mta.tables.inline import InlineTable
+
+    return InlineTable(name)
+
+
+def _static(name, clock):
+    from mta.tables.inline import StaticTable
+
+    return StaticTable(name)
+
+
+texthash = _Factory("texthash", "A flat 'key value' file, read at start and when it changes.", _texthash)
+inline = _Factory("inline", "Entries in the configuration: inline:{ key=value, ... }.", _inline)
+static = _Factory("static", "The same value for every key: static:value.", _static)

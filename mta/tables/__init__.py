@@ -1,0 +1,102 @@
+"""mta.tables - lookup tables behind ILookupTable, opened by type:name.
+
+A table type is a plugin (ILookupTableFactory in mta.plugins); mta ships
+texthash, inline and static (see their modules).  lookupAddress() is
+Postfix's search order for addresses, shared by every address table.
+
+SECURITY
+    Lookup keys come from the network; they are only compared, never
+    interpreted.  Table files are configuration: a syntax error names the
+    file and line.
+
+CONFIGURATION
+    Every parameter of type 'tables' or 'domains' names tables.
+"""
+
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+
+from mta.interfaces import ILookupTableFactory
+
+log = Logger()
+
+
+class TableError(Exception):
+    """A table cannot be opened or read; the message says where and why."""
+
+
+class TableTemporaryError(Exception):
+    """A table cannot answer now; the caller must answer 4xx and retry later."""
+
+
+def tableFactories():
+    import mta.plugins
+
+    return {f.tableType: f for f in getPlugins(ILookupTableFactory, mta.plugins)}
+
+
+class Tables:
+    """Opens each table spec once and shares it between parameters."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._open = {}
+        self._factories = None
+
+    def open(self, spec):
+        """Open the table for C{spec} (a TableSpec or 'type:name')."""
+        key = str(spec)
+        if key in self._open:
+            return self._open[key]
+        tableType, _, name = key.partition(":")
+        if self._factories is None:
+            self._factories = tableFactories()
+        factory = self._factories.get(tableType)
+        if factory is None:
+            known = ", ".join(sorted(self._factories))
+            raise TableError(f"{key}: unsupported table type '{tableType}' (known: {known})")
+        table = factory.openTable(name, self._clock)
+        self._open[key] = table
+        return table
+
+
+def addressKeys(address, delimiter="", local=False):
+    """
+    The keys to try for C{address}, in Postfix's order (virtual(5)):
+    user+ext@domain, user@domain, then for local domains user+ext and
+    user, then @domain.  C{delimiter} holds recipient_delimiter characters.
+    """
+    address = address.lower()
+    localPart, at, domain = address.rpartition("@")
+    if not at:
+        localPart, domain = address, ""
+    base = localPart
+    if delimiter and localPart not in ("postmaster", "mailer-daemon"):
+        positions = [localPart.find(c) for c in delimiter if c in localPart]
+        cut = min(positions, default=-1)
+        if cut > 0:
+            base = localPart[:cut]
+    keys = []
+    if domain:
+        keys.append(f"{localPart}@{domain}")
+        if base != localPart:
+            keys.append(f"{base}@{domain}")
+    if local or not domain:
+        keys.append(localPart)
+        if base != localPart:
+            keys.append(base)
+    if domain:
+        keys.append(f"@{domain}")
+    return keys
+
+
+async def lookupAddress(table, address, delimiter="", local=False):
+    """
+    Search C{table} for C{address} in Postfix's order; return the first
+    (key, value) found, or None.  TableTemporaryError propagates.
+    """
+    for key in addressKeys(address, delimiter, local):
+        value = await table.lookup(key)
+        if value is not None:
+            return key, value
+    return None

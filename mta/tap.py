@@ -1,0 +1,79 @@
+"""mta.tap - ``twistd mta``: command-line options and makeService().
+
+    twistd -n mta [-c FILE]
+
+Without --config, mta runs on the embedded defaults: one listener on
+127.0.0.1:2525, relaying for 127.0.0.0/8 only, its queue under
+./var/spool/mta.  A configuration problem stops the start with one line
+naming file, line, section and key, and exit status 1.
+
+SECURITY
+    None beyond mta.config.
+
+CONFIGURATION
+    --config/-c FILE.
+"""
+
+import signal
+import sys
+
+from twisted.python import usage
+
+from mta.config import ConfigError, load
+
+
+class Options(usage.Options):
+    synopsis = "[-c FILE]"
+    longdesc = "Run the mta mail transfer agent. Without --config it uses the embedded defaults."
+    optParameters = [
+        ["config", "c", None, "The configuration file (INI). Default: the embedded defaults."],
+    ]
+
+    def postOptions(self):
+        try:
+            self.mtaConfig = load(self["config"])
+        except ConfigError as e:
+            fatal(str(e))
+
+
+def fatal(message):
+    """Print one line to stderr and exit 1, without a traceback."""
+    # sys.__stderr__: once twistd's logging is up, sys.stderr feeds the log.
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"mta: fatal: {message}\n")
+    stream.flush()
+    raise SystemExit(1)
+
+
+def exitCleanlyOnSigterm(reactor):
+    """
+    Stop on SIGTERM with exit status 0, as ``postfix stop`` does.  twistd's
+    own handler makes the process end by the signal (status 143), which
+    service managers and scripts read as a failure.
+    """
+
+    def stop():
+        if reactor.running:
+            reactor.stop()
+
+    def handler(signum, frame):
+        reactor.callFromThread(stop)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    from mta.config import openTables
+    from mta.service import buildService
+    from mta.tables import Tables
+
+    tables = Tables(reactor)
+    try:
+        openTables(options.mtaConfig, tables)
+    except ConfigError as e:
+        fatal(str(e))
+    reactor.callWhenRunning(exitCleanlyOnSigterm, reactor)
+    nodaemon = bool(options.parent and options.parent.get("nodaemon"))
+    return buildService(options.mtaConfig, reactor, tables, onStartupError=fatal if nodaemon else None)
