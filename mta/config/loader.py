@@ -132,7 +132,7 @@ def _unknown(key):
     if key in LISTENER_KEYS:
         return "unknown parameter"
     hint = difflib.get_close_matches(key, list(BY_NAME) + list(LISTENER_KEYS), n=1)
-    return f"unknown parameter" + (f" (did you mean {hint[0]}?)" if hint else "")
+    return "unknown parameter" + (f" (did you mean {hint[0]}?)" if hint else "")
 
 
 class Scope:

@@ -3,7 +3,6 @@
 import os
 import re
 
-import pytest
 
 from mta.config import docs, load
 from mta.config.schema import DEFAULT_LISTENERS, PARAMETERS

@@ -1,0 +1,448 @@
+"""mta.queue.store - durable entry into the queue, and the queue directories.
+
+The SMTP server (and later local submission) calls
+
+    message = store.newMessage()      # tmp/QUEUEID, O_EXCL, mode 0600
+    message.write(chunk) ...          # content as it arrives, from the reactor thread
+    queueId = await message.commit(envelope)   # then, and only then, 250
+    message.abort()                   # on any other outcome; always safe
+
+write() appends to a small buffer and writes it to the temporary file every
+WRITE_BUFFER_SIZE (64 KiB) bytes, so memory does not grow with the message.
+These writes go to the page cache and are made from the reactor thread, as
+Postfix's cleanup(8) does; a write error is remembered, later data is
+dropped, and commit() reports it (the server reads DATA to its end and then
+answers 451 4.3.0).
+
+commit(envelope) writes the last buffered bytes, the envelope record and
+the real content header (see mta.queue.fileformat), then, in the thread
+pool, fsyncs and closes the file and renames it from tmp/ into incoming/;
+then the incoming directory is fsynced, also in the thread pool, and only
+after that fsync does the Deferred fire with the queue id.  Any failure
+(ENOSPC, EIO, EACCES, a failed rename or directory fsync, an envelope that
+cannot be stored) fails the Deferred with QueueWriteError and leaves nothing
+in incoming/ or tmp/: the temporary file is removed, and after a failed
+directory fsync the renamed files are unlinked again.  (If the machine
+then crashes before that unlink reaches the disk, a message the client was
+told to retry may still be delivered: a duplicate, never a loss.)
+
+GROUP COMMIT
+    Directory fsyncs are shared.  A finished rename puts its queue id on a
+    list; at most one directory fsync job runs at a time; the job takes the
+    whole list (under a lock, in the worker thread, immediately before it
+    calls fsync) and, once fsync returns, the reactor fires the Deferreds
+    of exactly those ids.  Every id on the list was renamed before the list
+    was taken, so no commit fires before a directory fsync that began after
+    its own rename.  Renames that finish while a job runs wait for the next
+    job, which then serves all of them with one fsync.
+
+SECURITY
+    Message content is untrusted but never interpreted here.  Queue ids are
+    made here; names found in directories are used only if they are valid
+    queue ids.  Files are created O_EXCL|O_NOFOLLOW, mode 0600, in
+    directories of mode 0700.
+
+CONFIGURATION
+    queue_directory (the store's directory); queue_minfree uses freeSpace().
+"""
+
+import errno
+import os
+import stat
+import threading
+import zlib
+
+import attrs
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mta.model import Envelope
+from mta.queue import fileformat, queueid
+
+log = Logger()
+
+QUEUE_NAMES = ("incoming", "active", "deferred", "hold", "corrupt", "maildrop", "tmp")
+WRITE_BUFFER_SIZE = 64 * 1024
+
+
+class QueueWriteError(Exception):
+    """A message could not be stored; str() says why (for the log, not the client)."""
+
+
+def _describe(e):
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+class FileSystem:
+    """The system calls that the store makes; tests substitute their own."""
+
+    def open(self, path, flags, mode):
+        return os.open(path, flags, mode)
+
+    def write(self, fd, data):
+        return os.write(fd, data)
+
+    def pwrite(self, fd, data, offset):
+        return os.pwrite(fd, data, offset)
+
+    def fsync(self, fd):
+        os.fsync(fd)
+
+    def close(self, fd):
+        os.close(fd)
+
+    def rename(self, src, dst):
+        os.rename(src, dst)
+
+    def unlink(self, path):
+        os.unlink(path)
+
+    def fsyncDirectory(self, path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class IncomingMessage:
+    """
+    A message being received into tmp/.  C{queueId} names it; C{size} is
+    the number of content bytes given to write() so far.
+    """
+
+    def __init__(self, store, queueId, fd, path):
+        self.queueId = queueId
+        self.path = path
+        self.size = 0
+        self._store = store
+        self._fd = fd
+        self._crc = 0
+        # A placeholder header; the real one is written at commit.
+        self._buffer = bytearray(fileformat.fileHeader(0, 0))
+        self._flushed = 0
+        self._error = None
+        self._state = "open"  # -> committing -> committed | failed; open -> aborted | failed
+
+    def __repr__(self):
+        return f"<IncomingMessage {self.queueId} {self._state} size={self.size}>"
+
+    def write(self, data):
+        """Append C{data} (bytes) to the content.  Errors are reported by commit()."""
+        if self._state != "open":
+            if self._state == "aborted":
+                return
+            raise RuntimeError(f"queue file {self.queueId}: write() after commit()")
+        self.size += len(data)
+        if self._error is not None:
+            return
+        self._crc = zlib.crc32(data, self._crc)
+        self._buffer += data
+        if len(self._buffer) >= WRITE_BUFFER_SIZE:
+            self._flush()
+
+    def _flush(self):
+        view = memoryview(self._buffer)
+        try:
+            while view:
+                n = self._store.fs.write(self._fd, view)
+                if not n or n < 0:
+                    raise OSError(errno.EIO, "short write")
+                self._flushed += n
+                view = view[n:]
+        except OSError as e:
+            self._error = e
+        finally:
+            view.release()
+            self._buffer = bytearray()
+
+    def commit(self, envelope):
+        """
+        Store the message with C{envelope} (its size is set to self.size).
+        Returns a Deferred that fires with the queue id once the message is
+        durable in incoming/, or fails with QueueWriteError.
+        """
+        if self._state != "open":
+            return fail(QueueWriteError(f"queue file {self.queueId}: commit() when {self._state}"))
+        self._state = "committing"
+        if self._error is None:
+            try:
+                if not isinstance(envelope, Envelope):
+                    raise ValueError(f"not an Envelope: {type(envelope).__name__}")
+                record = fileformat.envelopeRecord(attrs.evolve(envelope, size=self.size))
+                header = fileformat.fileHeader(self.size, self._crc)
+            except (ValueError, TypeError) as e:
+                return self._failNow(f"cannot store message {self.queueId}: {e}")
+            headerInBuffer = self._flushed == 0
+            if headerInBuffer:
+                self._buffer[: len(header)] = header
+            self._buffer += record
+            self._flush()
+            if self._error is None and not headerInBuffer:
+                try:
+                    if self._store.fs.pwrite(self._fd, header, 0) != len(header):
+                        raise OSError(errno.EIO, "short write")
+                except OSError as e:
+                    self._error = e
+        if self._error is not None:
+            return self._failNow(f"cannot write queue file {self.queueId}: {_describe(self._error)}")
+        fd, self._fd = self._fd, None
+        return self._store._commit(self, fd)
+
+    def _failNow(self, reason):
+        self._state = "failed"
+        self._cleanup()
+        error = QueueWriteError(reason)
+        log.error("{queue_id}: {error}", queue_id=self.queueId, error=reason)
+        return fail(error)
+
+    def abort(self):
+        """
+        Forget the message and remove its temporary file.  Safe at any time;
+        it does nothing once commit() has been called (the commit's result
+        decides) or after an earlier abort().
+        """
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._cleanup()
+
+    def _cleanup(self):
+        self._buffer = bytearray()
+        fs = self._store.fs
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                fs.close(fd)
+            except OSError:
+                pass
+        try:
+            fs.unlink(self.path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                log.warn("{queue_id}: cannot remove {path}: {error}", queue_id=self.queueId,
+                         path=self.path, error=_describe(e))
+        self._store._open.pop(self.queueId, None)
+
+
+class QueueStore:
+    """
+    The queue directory C{directory}.  C{reactor} provides callFromThread
+    (and getThreadPool when C{threadpool} is None; the pool is looked up at
+    the first commit).  C{fileSystem} (a FileSystem) and C{newQueueId} (a
+    callable returning fresh ids) are for tests.
+    """
+
+    def __init__(self, directory, reactor, threadpool=None, *, fileSystem=None, newQueueId=None):
+        self.directory = os.fspath(directory)
+        self.reactor = reactor
+        self._threadpool = threadpool
+        self.fs = fileSystem if fileSystem is not None else FileSystem()
+        self._newQueueId = newQueueId if newQueueId is not None else queueid.newQueueId
+        self._open = {}  # queue id -> IncomingMessage with a file in tmp/
+        self._waiting = {}  # queue id -> Deferred of commit(), until the directory fsync
+        self._lock = threading.Lock()
+        self._renamed = []  # ids renamed into incoming/, not yet in a directory fsync; under _lock
+        self._syncing = False
+        self._syncAgain = False
+        self.directoryFsyncs = 0  # how many fsyncs of incoming/ were made (statistics, tests)
+
+    def queuePath(self, name, queueId=None):
+        """The path of queue C{name}, or of C{queueId} in it."""
+        if name not in QUEUE_NAMES:
+            raise ValueError(f"no queue named {name!r}")
+        if queueId is None:
+            return os.path.join(self.directory, name)
+        if not queueid.isValidQueueId(queueId):
+            raise ValueError(f"not a queue id: {queueId!r}")
+        return os.path.join(self.directory, name, queueId)
+
+    # -- set-up and inspection ------------------------------------------
+
+    def prepare(self):
+        """Create the queue directories (mode 0700); idempotent.  Raises OSError."""
+        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        for name in QUEUE_NAMES:
+            path = os.path.join(self.directory, name)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                if os.path.islink(path) or not os.path.isdir(path):
+                    raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", path) from None
+            os.chmod(path, 0o700)
+        self.fs.fsyncDirectory(self.directory)
+
+    def freeSpace(self):
+        """Bytes available to unprivileged users on the queue's file system."""
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
+
+    def listQueue(self, name):
+        """The queue ids of the files in queue C{name}, sorted; other names are ignored."""
+        ids = []
+        with os.scandir(self.queuePath(name)) as entries:
+            for entry in entries:
+                if queueid.isValidQueueId(entry.name):
+                    try:
+                        if entry.is_file(follow_symlinks=False):
+                            ids.append(entry.name)
+                    except OSError:
+                        pass
+        ids.sort()
+        return ids
+
+    def cleanTemporary(self, olderThan):
+        """
+        Remove files in tmp/ last modified more than C{olderThan} seconds ago
+        (by the reactor's clock), except those of messages being received.
+        Returns the names removed, sorted.
+        """
+        limit = self.reactor.seconds() - olderThan
+        removed = []
+        with os.scandir(self.queuePath("tmp")) as entries:
+            for entry in entries:
+                if entry.name in self._open:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode) or st.st_mtime > limit:
+                        continue
+                    self.fs.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    log.warn("cannot remove {path}: {error}", path=entry.path, error=_describe(e))
+                    continue
+                removed.append(entry.name)
+        removed.sort()
+        return removed
+
+    # -- receiving ------------------------------------------------------
+
+    def newMessage(self):
+        """A new IncomingMessage with its file in tmp/.  Raises QueueWriteError."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for _ in range(3):
+            queueId = self._newQueueId()
+            path = self.queuePath("tmp", queueId)
+            try:
+                fd = self.fs.open(path, flags, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise QueueWriteError(f"cannot create queue file {path}: {_describe(e)}") from None
+            message = IncomingMessage(self, queueId, fd, path)
+            self._open[queueId] = message
+            return message
+        raise QueueWriteError("cannot create a queue file with a fresh queue id")
+
+    def _pool(self):
+        if self._threadpool is None:
+            self._threadpool = self.reactor.getThreadPool()
+        return self._threadpool
+
+    def _commit(self, message, fd):
+        queueId = message.queueId
+        result = Deferred()
+        self._waiting[queueId] = result
+        d = deferToThreadPool(self.reactor, self._pool(), self._syncAndRename, queueId, fd, message.path)
+        d.addCallbacks(self._renamed_, self._renameFailed, callbackArgs=(message,), errbackArgs=(message,))
+        return result
+
+    def _syncAndRename(self, queueId, fd, tmpPath):
+        """In a worker thread: fsync and close the file, rename it into incoming/."""
+        fs = self.fs
+        try:
+            step = "fsync"
+            try:
+                fs.fsync(fd)
+            except BaseException:
+                try:
+                    fs.close(fd)
+                except OSError:
+                    pass
+                raise
+            step = "close"
+            fs.close(fd)
+            step = "rename"
+            fs.rename(tmpPath, self.queuePath("incoming", queueId))
+        except Exception as e:
+            try:
+                fs.unlink(tmpPath)
+            except OSError:
+                pass
+            raise QueueWriteError(f"cannot store message {queueId}: {step} failed: {_describe(e)}") from None
+        with self._lock:
+            self._renamed.append(queueId)
+
+    def _renamed_(self, _, message):
+        self._requestDirectorySync()
+
+    def _renameFailed(self, failure, message):
+        self._finish(message, failure)
+
+    def _requestDirectorySync(self):
+        if self._syncing:
+            self._syncAgain = True
+            return
+        self._syncing = True
+        self._syncAgain = False
+        batch = []
+        d = deferToThreadPool(self.reactor, self._pool(), self._syncIncoming, batch)
+        d.addBoth(self._incomingSynced, batch)
+
+    def _syncIncoming(self, batch):
+        """In a worker thread: fsync incoming/ for every rename made so far."""
+        with self._lock:
+            batch.extend(self._renamed)
+            self._renamed.clear()
+        if not batch:
+            return
+        incoming = self.queuePath("incoming")
+        try:
+            self.directoryFsyncs += 1
+            self.fs.fsyncDirectory(incoming)
+        except Exception as e:
+            for queueId in batch:
+                try:
+                    self.fs.unlink(os.path.join(incoming, queueId))
+                except OSError:
+                    pass
+            try:
+                self.fs.fsyncDirectory(incoming)
+            except Exception:
+                pass
+            raise QueueWriteError(f"cannot store message: fsync of {incoming} failed: {_describe(e)}") from None
+
+    def _incomingSynced(self, result, batch):
+        self._syncing = False
+        for queueId in batch:
+            message = self._open.get(queueId)
+            if message is None:  # cannot happen; never leave a commit hanging
+                d = self._waiting.pop(queueId, None)
+                if d is not None:
+                    d.errback(QueueWriteError(f"cannot store message {queueId}: internal error"))
+                continue
+            self._finish(message, result)
+        if self._syncAgain:
+            self._requestDirectorySync()
+
+    def _finish(self, message, result):
+        queueId = message.queueId
+        self._open.pop(queueId, None)
+        d = self._waiting.pop(queueId)
+        if isinstance(result, Failure):
+            message._state = "failed"
+            error = result.value
+            if not isinstance(error, QueueWriteError):
+                error = QueueWriteError(f"cannot store message {queueId}: {_describe(error)}")
+                log.failure("{queue_id}: unexpected error in commit", result, queue_id=queueId)
+            log.error("{queue_id}: {error}", queue_id=queueId, error=str(error))
+            d.errback(error)
+        else:
+            message._state = "committed"
+            d.callback(queueId)

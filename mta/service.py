@@ -1,0 +1,133 @@
+"""mta.service - build the daemon's service tree from a configuration.
+
+    MTAService (MultiService)
+      +- control channel (AMP on $queue_directory/private/control)
+      +- one StreamServerEndpointService per [listener:NAME]
+
+The queue directory and its subdirectories are created on start.  Listeners serve the SMTP server
+(mta.smtpd) with the parameters of their own scope.
+
+SECURITY
+    Listeners face the network; see mta.smtpd.
+
+CONFIGURATION
+    queue_directory, maillog_file, syslog_name, myhostname; [listener:NAME]
+    endpoint and per-listener overrides.
+"""
+
+import os
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger, globalLogPublisher
+
+from mta import control
+from mta.maillog import MailLogFileObserver, MailLogger
+from mta.queue.store import QueueStore
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """The daemon cannot start; str() is the message for the administrator."""
+
+
+class MTAService(MultiService):
+    def __init__(self, config, reactor, tables, protocolFactory, onStartupError=None):
+        super().__init__()
+        self.onStartupError = onStartupError
+        self.config = config
+        self.clock = reactor
+        self.tables = tables
+        self.queueDirectory = config["queue_directory"]
+        self.store = QueueStore(self.queueDirectory, reactor)
+        self.startedAt = None
+        self._observer = None
+        self.maillog = MailLogger(config["syslog_name"], "master")
+        self.setName("mta")
+
+        self._addServer("control", control.controlServerEndpoint(reactor, self.queueDirectory),
+                        control.controlFactory(self))
+        for listener in config.listeners:
+            self._addServer(f"listener:{listener.name}", serverFromString(reactor, listener.endpoint),
+                            protocolFactory(listener, self))
+
+    def _addServer(self, name, endpoint, factory):
+        service = StreamServerEndpointService(endpoint, factory)
+        service._raiseSynchronously = True  # a failed listen stops the start, with a message
+        service.setName(name)
+        service.setServiceParent(self)
+
+    def listenerDescriptions(self):
+        return [(listener.name, listener.endpoint) for listener in self.config.listeners]
+
+    def _describe(self, service):
+        if service.name == "control":
+            return f"the control socket {control.socketPath(self.queueDirectory)}"
+        name = service.name.split(":", 1)[1]
+        endpoint = dict(self.listenerDescriptions())[name]
+        return f"listener {name} ({endpoint})"
+
+    def privilegedStartService(self):
+        """Create the queue directory and bind every socket, or stop with one clear message."""
+        try:
+            self._bind()
+        except StartupError as e:
+            log.critical("fatal: {error}", error=str(e))
+            if self.onStartupError is None:
+                raise
+            self.onStartupError(str(e))
+
+    def _bind(self):
+        try:
+            os.makedirs(self.queueDirectory, mode=0o755, exist_ok=True)
+            self.store.prepare()
+            control.prepareDirectory(self.queueDirectory)
+        except OSError as e:
+            raise StartupError(f"cannot create queue directory {self.queueDirectory}: {e.strerror}") from None
+        for service in self:
+            try:
+                service.privilegedStartService()
+            except CannotListenError as e:
+                if service.name == "control" and "lock" in str(e.socketError).lower():
+                    raise StartupError(
+                        f"another mta is running on queue directory {self.queueDirectory} "
+                        f"(see {control.socketPath(self.queueDirectory)}.lock)"
+                    ) from None
+                raise StartupError(f"{self._describe(service)}: cannot listen: {e.socketError}") from None
+            except Exception as e:
+                raise StartupError(f"{self._describe(service)}: cannot listen: {e}") from None
+
+    def startService(self):
+        self.startedAt = self.clock.seconds()
+        path = self.config["maillog_file"]
+        if path:
+            self._observer = MailLogFileObserver(path, self.config["myhostname"], self.config["syslog_name"])
+            globalLogPublisher.addObserver(self._observer)
+        super().startService()
+        self.maillog.emit(
+            f"daemon started -- version {__import__('mta').__version__}, configuration "
+            f"{self.config.path or '(embedded defaults)'}"
+        )
+
+    def stopService(self):
+        d = super().stopService()
+
+        def stopped(result):
+            self.maillog.emit("daemon stopped")
+            if self._observer is not None:
+                globalLogPublisher.removeObserver(self._observer)
+                self._observer.stream.close()
+                self._observer = None
+            return result
+
+        return d.addBoth(stopped)
+
+
+def buildService(config, reactor, tables, onStartupError=None):
+    """The daemon's service tree for C{config}; tables already opened in C{tables}."""
+    from mta.smtpd import serverFactory
+
+    return MTAService(config, reactor, tables, serverFactory, onStartupError)

@@ -1,0 +1,86 @@
+"""mta.testing - public fakes for tests of mta and of its plugins.
+
+FakeQueueStore keeps messages in memory and lets a test decide when (and
+whether) a commit succeeds, so the server's ordering and failure paths can
+be checked without a disk or a thread pool.  serverFactory() builds an SMTP
+server factory from INI text.
+
+SECURITY
+    Test code only.
+
+CONFIGURATION
+    None.
+"""
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from mta.config import load, openTables
+from mta.queue.store import QueueWriteError
+from mta.tables import Tables
+
+
+class FakeMessage:
+    def __init__(self, store, queueId):
+        self.store = store
+        self.queueId = queueId
+        self.chunks = []
+        self.size = 0
+        self.aborted = False
+        self.envelope = None
+
+    def write(self, data):
+        self.chunks.append(bytes(data))
+        self.size += len(data)
+
+    @property
+    def content(self):
+        return b"".join(self.chunks)
+
+    def commit(self, envelope):
+        self.envelope = envelope
+        if self.store.failCommits:
+            return fail(QueueWriteError("fake: disk full"))
+        if self.store.holdCommits:
+            d = Deferred()
+            self.store.pending.append((d, self))
+            return d
+        self.store.committed.append(self)
+        return succeed(self.queueId)
+
+    def abort(self):
+        self.aborted = True
+
+
+class FakeQueueStore:
+    """An in-memory QueueStore.  Set holdCommits to release commits by hand."""
+
+    def __init__(self):
+        self.messages = []
+        self.committed = []
+        self.pending = []
+        self.holdCommits = False
+        self.failCommits = False
+
+    def newMessage(self):
+        message = FakeMessage(self, f"FAKE{len(self.messages) + 1:04d}")
+        self.messages.append(message)
+        return message
+
+    def release(self):
+        """Let every held commit succeed, in order."""
+        pending, self.pending = self.pending, []
+        for d, message in pending:
+            self.committed.append(message)
+            d.callback(message.queueId)
+
+
+def serverFactory(main="", clock=None, store=None, peer=None):
+    """An SMTPServerFactory for [main] text C{main}, with a Clock and a FakeQueueStore."""
+    from mta.smtpd import SMTPServerFactory
+
+    clock = clock or Clock()
+    config = load("<test>", "[main]\nmyhostname = mx.test\n" + main)
+    tables = Tables(clock)
+    openTables(config, tables)
+    return SMTPServerFactory(config.main, clock, store or FakeQueueStore(), tables)

@@ -1,0 +1,30 @@
+import pytest
+
+from tests.integration.daemon import Daemon
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A started ``twistd mta`` on a free loopback port; stopped (SIGTERM, exit 0) after the test."""
+    d = Daemon(tmp_path).start()
+    yield d
+    code, out, err = d.stop()
+    assert code == 0, f"mta exited with {code} on SIGTERM:\n{out}\n{err}"
+
+
+@pytest.fixture
+def makeDaemon(tmp_path):
+    """A factory for daemons with extra [main] text; all are stopped after the test."""
+    started = []
+
+    def make(main="", listeners=None, subdir="d"):
+        directory = tmp_path / f"{subdir}{len(started)}"
+        directory.mkdir()
+        d = Daemon(directory, main, listeners)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.process is not None and d.process.poll() is None:
+            d.stop()

@@ -1,0 +1,697 @@
+"""mta.queue.store: durable entry, commit ordering, group commit, failures, housekeeping."""
+
+import errno
+import os
+import re
+import stat
+import tracemalloc
+import zlib
+
+import attrs
+import pytest
+from twisted.python.failure import Failure
+
+from mta.model import Envelope, Recipient
+from mta.queue import fileformat
+from mta.queue.queueid import QueueIdGenerator, isValidQueueId
+from mta.queue.store import QUEUE_NAMES, WRITE_BUFFER_SIZE, FileSystem, QueueStore, QueueWriteError
+
+ENVELOPE = Envelope(
+    sender="alice@example.org",
+    recipients=(Recipient("bob@example.com"), Recipient("carol@example.net", notify=("FAILURE",))),
+    arrival_time=1700000000.5,
+    client_name="mail.example.org",
+    client_address="192.0.2.7",
+    client_port=40211,
+    helo="mail.example.org",
+    protocol="ESMTP",
+)
+CONTENT = b"Subject: hello\r\n\r\nHello, world.\r\n"
+
+
+# -- fakes: no threads, no real reactor ------------------------------------------------
+
+
+class SyncPool:
+    """A thread pool that runs each job at once, in the calling thread."""
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class ManualPool:
+    """A thread pool whose jobs wait until the test runs them, in order."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        self.jobs.append((onResult, f, args, kwargs))
+
+    def names(self):
+        return [f.__name__ for _, f, _, _ in self.jobs]
+
+    def runNext(self):
+        onResult, f, args, kwargs = self.jobs.pop(0)
+        SyncPool().callInThreadWithCallback(onResult, f, *args, **kwargs)
+
+    def runAll(self):
+        while self.jobs:
+            self.runNext()
+
+
+class FakeReactor:
+    """callFromThread runs at once (our pools call back in the 'reactor' thread anyway)."""
+
+    def __init__(self, pool=None, now=0.0):
+        self.pool = pool if pool is not None else SyncPool()
+        self.now = now
+        self.poolRequests = 0
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def getThreadPool(self):
+        self.poolRequests += 1
+        return self.pool
+
+    def seconds(self):
+        return self.now
+
+
+class RecordingFileSystem(FileSystem):
+    """Records every call in C{log}; C{failures} maps an operation name to an OSError to raise."""
+
+    def __init__(self, log=None):
+        self.log = log if log is not None else []
+        self.paths = {}
+        self.failures = {}
+        self.bytesWritten = 0
+        self.onDirectoryFsync = None
+
+    def _maybeFail(self, op, *args):
+        error = self.failures.get(op)
+        if callable(error) and not isinstance(error, OSError):
+            error = error(*args)
+        if error is not None:
+            self.log.append((op + " FAILED", *args))
+            raise error
+
+    def open(self, path, flags, mode):
+        self._maybeFail("open", path)
+        fd = super().open(path, flags, mode)
+        self.paths[fd] = path
+        self.log.append(("open", os.path.basename(path)))
+        return fd
+
+    def write(self, fd, data):
+        self._maybeFail("write", len(data))
+        n = super().write(fd, data)
+        self.bytesWritten += n
+        self.log.append(("write", n))
+        return n
+
+    def pwrite(self, fd, data, offset):
+        self._maybeFail("pwrite", offset)
+        self.log.append(("pwrite", offset))
+        return super().pwrite(fd, data, offset)
+
+    def fsync(self, fd):
+        self._maybeFail("fsync")
+        self.log.append(("fsync", os.path.basename(self.paths[fd])))
+        super().fsync(fd)
+
+    def close(self, fd):
+        self.log.append(("close", os.path.basename(self.paths.get(fd, "?"))))
+        super().close(fd)
+        self._maybeFail("close")
+
+    def rename(self, src, dst):
+        self._maybeFail("rename")
+        self.log.append(("rename", _rel(src), _rel(dst)))
+        super().rename(src, dst)
+
+    def unlink(self, path):
+        self.log.append(("unlink", _rel(path)))
+        super().unlink(path)
+
+    def fsyncDirectory(self, path):
+        if self.onDirectoryFsync is not None:
+            self.onDirectoryFsync()
+        self._maybeFail("fsyncDirectory")
+        self.log.append(("fsyncDirectory", os.path.basename(path)))
+        super().fsyncDirectory(path)
+
+
+def _rel(path):
+    return "/".join(path.split(os.sep)[-2:])
+
+
+def makeStore(tmp_path, pool=None, fs=None, **kw):
+    store = QueueStore(str(tmp_path / "queue"), FakeReactor(pool), fileSystem=fs or RecordingFileSystem(), **kw)
+    store.prepare()
+    return store
+
+
+def result(d):
+    """The result of an already-fired Deferred (a Failure's exception is raised)."""
+    out = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+def failure(d, kind=QueueWriteError):
+    out = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    assert isinstance(out[0], Failure), f"expected a failure, got {out[0]!r}"
+    assert out[0].check(kind), out[0]
+    return out[0].value
+
+
+def hasFired(d):
+    out = []
+    d.addBoth(lambda r: out.append(r) or r)
+    return bool(out)
+
+
+def files(store, name):
+    return sorted(os.listdir(store.queuePath(name)))
+
+
+def nothingLeft(store):
+    return files(store, "incoming") == [] and files(store, "tmp") == []
+
+
+# -- directories ---------------------------------------------------------------------------
+
+
+def test_prepare_creates_the_queue_directories(tmp_path):
+    store = QueueStore(str(tmp_path / "queue"), FakeReactor())
+    store.prepare()
+    for name in QUEUE_NAMES:
+        st = os.lstat(tmp_path / "queue" / name)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700, name
+    assert set(QUEUE_NAMES) == {"incoming", "active", "deferred", "hold", "corrupt", "maildrop", "tmp"}
+
+
+def test_prepare_is_idempotent_and_repairs_modes(tmp_path):
+    store = QueueStore(str(tmp_path / "queue"), FakeReactor())
+    store.prepare()
+    (tmp_path / "queue" / "incoming" / "keep").write_bytes(b"x")
+    os.chmod(tmp_path / "queue" / "deferred", 0o755)
+    store.prepare()
+    assert (tmp_path / "queue" / "incoming" / "keep").read_bytes() == b"x"
+    assert stat.S_IMODE(os.stat(tmp_path / "queue" / "deferred").st_mode) == 0o700
+
+
+def test_prepare_refuses_a_file_or_link_in_place_of_a_directory(tmp_path):
+    (tmp_path / "queue").mkdir()
+    (tmp_path / "queue" / "hold").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        QueueStore(str(tmp_path / "queue"), FakeReactor()).prepare()
+    os.unlink(tmp_path / "queue" / "hold")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "queue" / "hold")
+    with pytest.raises(NotADirectoryError):
+        QueueStore(str(tmp_path / "queue"), FakeReactor()).prepare()
+
+
+def test_freeSpace(tmp_path):
+    store = makeStore(tmp_path)
+    st = os.statvfs(store.directory)
+    free = store.freeSpace()
+    assert free > 0
+    assert abs(free - st.f_bavail * st.f_frsize) < 64 * 1024 * 1024  # the disk is in use meanwhile
+
+
+def test_listQueue_ignores_junk(tmp_path):
+    store = makeStore(tmp_path)
+    deferred = tmp_path / "queue" / "deferred"
+    good = ["0aWfQ3Zk1r7Tb2", "0aWfQ3Zk0AAAAA", "zzzzzzzzzzzzzz"]
+    for name in good:
+        (deferred / name).write_bytes(b"")
+    for junk in [".hidden", "0aWfQ3Zk1r7Tb2.tmp", "0aWfQ3Zk1r7T-2", "0aWfQ3Zk1r7Tb", "0aWfQ3Zk1r7Tb22",
+                 "core", "0aWfQ3Zk1r7T\u00e92"]:
+        (deferred / junk).write_bytes(b"")
+    (deferred / "0aWfQ3Zk1DIR00").mkdir()
+    os.symlink(deferred / good[0], deferred / "0aWfQ3Zk1LINK0")
+    assert store.listQueue("deferred") == sorted(good)
+    assert store.listQueue("incoming") == []
+    with pytest.raises(ValueError):
+        store.listQueue("../etc")
+
+
+def test_cleanTemporary_removes_old_leftovers_only(tmp_path):
+    store = makeStore(tmp_path)
+    store.reactor.now = 1_000_000.0
+    tmp = tmp_path / "queue" / "tmp"
+    for name, age in [("0aWfQ3Zk1OLD00", 7200), ("junk-old", 7200), ("0aWfQ3Zk1NEW00", 60)]:
+        (tmp / name).write_bytes(b"partial")
+        os.utime(tmp / name, (store.reactor.now - age, store.reactor.now - age))
+    (tmp / "somedir").mkdir()
+    os.utime(tmp / "somedir", (0, 0))
+    receiving = store.newMessage()  # a slow client: its file is old but in use
+    receiving.write(b"x" * (WRITE_BUFFER_SIZE + 1))
+    os.utime(receiving.path, (0, 0))
+
+    assert store.cleanTemporary(olderThan=3600) == ["0aWfQ3Zk1OLD00", "junk-old"]
+    assert sorted(os.listdir(tmp)) == sorted(["0aWfQ3Zk1NEW00", "somedir", receiving.queueId])
+    assert store.cleanTemporary(olderThan=3600) == []
+    assert result(receiving.commit(ENVELOPE)) == receiving.queueId
+
+
+# -- the normal path ---------------------------------------------------------------------------
+
+
+def test_newMessage_creates_a_private_temporary_file(tmp_path):
+    store = makeStore(tmp_path)
+    message = store.newMessage()
+    assert isValidQueueId(message.queueId)
+    assert message.path == os.path.join(store.directory, "tmp", message.queueId)
+    st = os.lstat(message.path)
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert message.size == 0
+    other = store.newMessage()
+    assert other.queueId != message.queueId
+
+
+def test_commit_stores_content_and_envelope(tmp_path):
+    store = makeStore(tmp_path)
+    message = store.newMessage()
+    for chunk in [CONTENT[:5], CONTENT[5:20], CONTENT[20:]]:
+        message.write(chunk)
+    assert message.size == len(CONTENT)
+    queueId = result(message.commit(ENVELOPE))
+    assert queueId == message.queueId
+    assert files(store, "incoming") == [queueId] and files(store, "tmp") == []
+    path = store.queuePath("incoming", queueId)
+    q = fileformat.readQueueFile(path, verifyContent=True)
+    assert q.envelope == attrs.evolve(ENVELOPE, size=len(CONTENT))
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[q.contentOffset : q.contentOffset + q.contentLength] == CONTENT
+    assert data == fileformat.dumpQueueFile(ENVELOPE, CONTENT)
+    assert store.listQueue("incoming") == [queueId]
+
+
+def test_commit_sets_the_envelope_size(tmp_path):
+    store = makeStore(tmp_path)
+    message = store.newMessage()
+    message.write(CONTENT)
+    queueId = result(message.commit(attrs.evolve(ENVELOPE, size=12345)))
+    assert fileformat.readEnvelope(store.queuePath("incoming", queueId)).size == len(CONTENT)
+
+
+def test_empty_message(tmp_path):
+    store = makeStore(tmp_path)
+    queueId = result(store.newMessage().commit(ENVELOPE))
+    assert fileformat.readQueueFile(store.queuePath("incoming", queueId), verifyContent=True).contentLength == 0
+
+
+def test_commit_order(tmp_path):
+    """Data written, file fsynced, renamed, directory fsynced, and only then the Deferred fires."""
+    log = []
+    store = makeStore(tmp_path, fs=RecordingFileSystem(log))
+    message = store.newMessage()
+    qid = message.queueId
+    message.write(b"x" * (3 * WRITE_BUFFER_SIZE))  # some content is flushed before commit
+    message.write(CONTENT)
+    del log[:]
+    d = message.commit(ENVELOPE)
+    d.addCallback(lambda queueId: log.append(("fired", queueId)) or queueId)
+    events = [e for e in log if e[0] != "write"]
+    assert events == [
+        ("pwrite", 0),  # the real header over the placeholder
+        ("fsync", qid),
+        ("close", qid),
+        ("rename", f"tmp/{qid}", f"incoming/{qid}"),
+        ("fsyncDirectory", "incoming"),
+        ("fired", qid),
+    ]
+    assert log.index(("pwrite", 0)) > max(i for i, e in enumerate(log) if e[0] == "write")
+
+
+def test_commit_order_with_a_real_thread_pool_shape(tmp_path):
+    """With jobs held back, nothing fires before the directory fsync job has run."""
+    pool = ManualPool()
+    store = makeStore(tmp_path, pool=pool)
+    message = store.newMessage()
+    message.write(CONTENT)
+    d = message.commit(ENVELOPE)
+    assert not hasFired(d) and pool.names() == ["_syncAndRename"]
+    pool.runNext()
+    assert files(store, "incoming") == [message.queueId]  # renamed, but not yet durable
+    assert not hasFired(d) and pool.names() == ["_syncIncoming"]
+    pool.runNext()
+    assert result(d) == message.queueId and pool.jobs == []
+
+
+def test_fsync_and_rename_run_in_the_thread_pool(tmp_path):
+    """The reactor thread only writes; fsync, rename and directory fsync happen in pool jobs."""
+    log = []
+    pool = ManualPool()
+    store = makeStore(tmp_path, pool=pool, fs=RecordingFileSystem(log))
+    message = store.newMessage()
+    message.write(CONTENT)
+    del log[:]
+    message.commit(ENVELOPE)
+    assert [e[0] for e in log] == ["write"]  # a small message: one write, the header included
+    pool.runAll()
+    assert [e[0] for e in log] == ["write", "fsync", "close", "rename", "fsyncDirectory"]
+
+
+def test_default_thread_pool_is_the_reactors(tmp_path):
+    reactor = FakeReactor()
+    store = QueueStore(str(tmp_path / "queue"), reactor)
+    store.prepare()
+    assert reactor.poolRequests == 0  # not looked up before it is needed
+    message = store.newMessage()
+    assert result(message.commit(ENVELOPE)) == message.queueId
+    assert reactor.poolRequests == 1
+
+
+def test_given_thread_pool_is_used(tmp_path):
+    reactor = FakeReactor(pool=object())  # would fail if used
+    pool = ManualPool()
+    store = QueueStore(str(tmp_path / "queue"), reactor, pool)
+    store.prepare()
+    d = store.newMessage().commit(ENVELOPE)
+    pool.runAll()
+    assert isValidQueueId(result(d)) and reactor.poolRequests == 0
+
+
+def test_write_buffer_is_flushed_every_64k(tmp_path):
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, fs=fs)
+    message = store.newMessage()
+    message.write(b"a" * (WRITE_BUFFER_SIZE - 100))
+    assert fs.bytesWritten == 0
+    message.write(b"a" * 200)
+    assert fs.bytesWritten == fileformat.HEADER_SIZE + WRITE_BUFFER_SIZE + 100
+    assert len(message._buffer) == 0
+
+
+def test_big_message_streams_to_disk(tmp_path):
+    store = makeStore(tmp_path, fs=FileSystem())
+    message = store.newMessage()
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    count = 50 * 1024 * 1024 // len(chunk)
+    crc = 0
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        for i in range(count):
+            message.write(chunk)
+            assert len(message._buffer) < 2 * WRITE_BUFFER_SIZE
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, peak  # 50 MB went through; well under 1 MB was ever held
+    for _ in range(count):
+        crc = zlib.crc32(chunk, crc)
+    assert message.size == count * len(chunk) == 50 * 1024 * 1024
+    queueId = result(message.commit(ENVELOPE))
+    q = fileformat.readQueueFile(store.queuePath("incoming", queueId), verifyContent=True)
+    assert (q.contentLength, q.contentCrc32, q.envelope.size) == (message.size, crc, message.size)
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+def enospc(*_):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize(
+    "op, error, big, reason",
+    [
+        ("write", OSError(errno.ENOSPC, "No space left on device"), False, "No space left on device"),
+        ("write", OSError(errno.ENOSPC, "No space left on device"), True, "No space left on device"),
+        ("pwrite", OSError(errno.EIO, "Input/output error"), True, "Input/output error"),
+        ("fsync", OSError(errno.EIO, "Input/output error"), False, "fsync failed: Input/output error"),
+        ("close", OSError(errno.EIO, "Input/output error"), False, "close failed: Input/output error"),
+        ("rename", OSError(errno.EACCES, "Permission denied"), False, "rename failed: Permission denied"),
+        ("fsyncDirectory", OSError(errno.EIO, "Input/output error"), False, "fsync of .*incoming failed"),
+    ],
+)
+def test_storage_failures_give_QueueWriteError_and_leave_nothing(tmp_path, op, error, big, reason):
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, fs=fs)
+    message = store.newMessage()
+    fs.failures[op] = error
+    for _ in range(4 if big else 1):
+        message.write(b"y" * WRITE_BUFFER_SIZE if big else CONTENT)  # the server reads on to the end
+    e = failure(message.commit(ENVELOPE))
+    assert message.queueId in str(e) or op == "fsyncDirectory"
+    assert re.search(reason, str(e)), str(e)
+    assert nothingLeft(store)
+    message.abort()  # safe after a failed commit
+    assert nothingLeft(store)
+
+
+def test_write_error_mid_stream_drops_later_data(tmp_path):
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, fs=fs)
+    message = store.newMessage()
+    message.write(b"a" * WRITE_BUFFER_SIZE)
+    fs.failures["write"] = enospc
+    message.write(b"b" * WRITE_BUFFER_SIZE)
+    writes = fs.bytesWritten
+    for _ in range(100):
+        message.write(b"c" * WRITE_BUFFER_SIZE)
+        assert len(message._buffer) == 0  # nothing piles up in memory
+    assert fs.bytesWritten == writes
+    assert message.size == 102 * WRITE_BUFFER_SIZE
+    assert "No space left on device" in str(failure(message.commit(ENVELOPE)))
+    assert nothingLeft(store)
+
+
+def test_newMessage_failure(tmp_path):
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, fs=fs)
+    fs.failures["open"] = OSError(errno.EACCES, "Permission denied")
+    with pytest.raises(QueueWriteError, match="cannot create queue file .*: Permission denied"):
+        store.newMessage()
+
+
+def test_newMessage_retries_an_existing_name(tmp_path):
+    ids = iter(["0aWfQ3Zk1AAAAA", "0aWfQ3Zk1AAAAA", "0aWfQ3Zk1BBBBB"])
+    store = makeStore(tmp_path, newQueueId=lambda: next(ids))
+    assert store.newMessage().queueId == "0aWfQ3Zk1AAAAA"
+    assert store.newMessage().queueId == "0aWfQ3Zk1BBBBB"
+
+
+def test_real_rename_failure(tmp_path):
+    """A real failure from the OS (root ignores permissions, so break the directory instead)."""
+    store = makeStore(tmp_path, fs=FileSystem())
+    message = store.newMessage()
+    message.write(CONTENT)
+    incoming = store.queuePath("incoming")
+    os.rmdir(incoming)
+    with open(incoming, "w"):
+        pass  # a file where the directory should be: rename() fails with ENOTDIR
+    try:
+        assert "Not a directory" in str(failure(message.commit(ENVELOPE)))
+    finally:
+        os.unlink(incoming)
+        os.mkdir(incoming, 0o700)
+    assert nothingLeft(store)
+
+
+def test_envelope_that_cannot_be_stored(tmp_path):
+    store = makeStore(tmp_path)
+    message = store.newMessage()
+    message.write(CONTENT)
+    e = failure(message.commit(attrs.evolve(ENVELOPE, helo="evil\r\nDATA")))
+    assert "CR, LF or NUL" in str(e)
+    assert nothingLeft(store)
+    assert "not an Envelope" in str(failure(store.newMessage().commit({"sender": ""})))
+    assert nothingLeft(store)
+
+
+def test_unexpected_exception_in_the_pool_still_fails_cleanly(tmp_path):
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, fs=fs)
+    message = store.newMessage()
+    fs.failures["rename"] = lambda: ValueError("a bug")  # not an OSError
+    assert "rename failed: a bug" in str(failure(message.commit(ENVELOPE)))
+    assert nothingLeft(store)
+
+
+# -- abort and misuse ---------------------------------------------------------------------------
+
+
+def test_abort_removes_the_temporary_file(tmp_path):
+    store = makeStore(tmp_path)
+    message = store.newMessage()
+    message.write(b"z" * (WRITE_BUFFER_SIZE * 2))
+    message.abort()
+    assert nothingLeft(store)
+    message.abort()  # twice
+    message.write(b"late data is ignored")
+    assert nothingLeft(store)
+    assert isinstance(failure(message.commit(ENVELOPE)), QueueWriteError)
+    assert nothingLeft(store)
+
+
+def test_abort_after_commit_keeps_the_message(tmp_path):
+    store = makeStore(tmp_path)
+    message = store.newMessage()
+    message.write(CONTENT)
+    queueId = result(message.commit(ENVELOPE))
+    message.abort()
+    assert files(store, "incoming") == [queueId]
+
+
+def test_abort_during_commit_does_not_interfere(tmp_path):
+    pool = ManualPool()
+    store = makeStore(tmp_path, pool=pool)
+    message = store.newMessage()
+    message.write(CONTENT)
+    d = message.commit(ENVELOPE)
+    message.abort()
+    pool.runAll()
+    assert result(d) == message.queueId
+    assert files(store, "incoming") == [message.queueId]
+
+
+def test_commit_twice_and_write_after_commit(tmp_path):
+    store = makeStore(tmp_path)
+    message = store.newMessage()
+    queueId = result(message.commit(ENVELOPE))
+    assert "commit() when committed" in str(failure(message.commit(ENVELOPE)))
+    with pytest.raises(RuntimeError):
+        message.write(b"more")
+    assert files(store, "incoming") == [queueId]
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+
+def startCommits(store, n):
+    messages = [store.newMessage() for _ in range(n)]
+    deferreds = []
+    for message in messages:
+        message.write(CONTENT)
+        deferreds.append(message.commit(ENVELOPE))
+    return messages, deferreds
+
+
+def test_one_directory_fsync_serves_several_commits(tmp_path):
+    log = []
+    pool = ManualPool()
+    store = makeStore(tmp_path, pool=pool, fs=RecordingFileSystem(log))
+    messages, deferreds = startCommits(store, 3)
+    for m, d in zip(messages, deferreds):
+        d.addCallback(lambda queueId: log.append(("fired", queueId)) or queueId)
+    del log[:]
+    assert pool.names() == ["_syncAndRename"] * 3
+    pool.runNext()  # the first rename asks for a directory fsync ...
+    assert pool.names() == ["_syncAndRename"] * 2 + ["_syncIncoming"]
+    pool.runNext()
+    pool.runNext()  # ... and the other renames finish before it runs
+    assert not any(hasFired(d) for d in deferreds)
+    pool.runNext()
+    assert [result(d) for d in deferreds] == [m.queueId for m in messages]
+    assert store.directoryFsyncs == 1
+    renames = [i for i, e in enumerate(log) if e[0] == "rename"]
+    syncs = [i for i, e in enumerate(log) if e[0] == "fsyncDirectory"]
+    fired = [i for i, e in enumerate(log) if e[0] == "fired"]
+    assert len(renames) == 3 and len(syncs) == 1 and len(fired) == 3
+    assert max(renames) < syncs[0] < min(fired)
+    pool.runAll()  # a follow-up job finds nothing to do
+    assert store.directoryFsyncs == 1 and [e for e in log if e[0] == "fsyncDirectory"] == [log[syncs[0]]]
+
+
+def test_a_rename_after_the_batch_was_taken_waits_for_the_next_fsync(tmp_path):
+    log = []
+    pool = ManualPool()
+    fs = RecordingFileSystem(log)
+    store = makeStore(tmp_path, pool=pool, fs=fs)
+    del log[:]
+    (a, b), (da, db) = startCommits(store, 2)
+    for d in (da, db):
+        d.addCallback(lambda queueId: log.append(("fired", queueId)) or queueId)
+    pool.runNext()  # rename A; directory fsync #1 queued after rename B
+    assert pool.names() == ["_syncAndRename", "_syncIncoming"]
+    # Run fsync #1 first, and let B's rename happen "concurrently", after #1 took its batch
+    # but before its fsync: B must not be served by #1.
+    renameB = pool.jobs.pop(0)
+    fs.onDirectoryFsync = lambda: (setattr(fs, "onDirectoryFsync", None),
+                                   SyncPool().callInThreadWithCallback(renameB[0], renameB[1], *renameB[2]))
+    pool.runNext()
+    assert hasFired(da) and not hasFired(db)
+    assert pool.names() == ["_syncIncoming"]
+    pool.runNext()
+    assert result(db) == b.queueId and store.directoryFsyncs == 2
+    events = [e[0] + ("" if e[0] != "fired" else (" A" if e[1] == a.queueId else " B")) for e in log
+              if e[0] in ("rename", "fsyncDirectory", "fired")]
+    assert events == ["rename", "rename", "fsyncDirectory", "fired A", "fsyncDirectory", "fired B"]
+
+
+def test_commit_started_after_a_fsync_was_queued_is_not_served_by_it(tmp_path):
+    pool = ManualPool()
+    store = makeStore(tmp_path, pool=pool)
+    (a,), (da,) = startCommits(store, 1)
+    pool.runNext()  # rename A, fsync #1 queued
+    (b,), (db,) = startCommits(store, 1)
+    assert pool.names() == ["_syncIncoming", "_syncAndRename"]
+    pool.runNext()
+    assert hasFired(da) and not hasFired(db)
+    pool.runAll()
+    assert result(db) == b.queueId and store.directoryFsyncs == 2
+
+
+def test_failed_directory_fsync_fails_its_whole_batch(tmp_path):
+    pool = ManualPool()
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, pool=pool, fs=fs)
+    messages, deferreds = startCommits(store, 3)
+    pool.runNext()
+    pool.runNext()
+    pool.runNext()
+    fs.failures["fsyncDirectory"] = OSError(errno.EIO, "Input/output error")
+    pool.runNext()
+    for d in deferreds:
+        assert "Input/output error" in str(failure(d))
+    assert nothingLeft(store)
+    # the store keeps working once the disk does
+    del fs.failures["fsyncDirectory"]
+    (m,), (d,) = startCommits(store, 1)
+    pool.runAll()
+    assert result(d) == m.queueId and files(store, "incoming") == [m.queueId]
+
+
+def test_a_failed_rename_does_not_disturb_others_in_the_group(tmp_path):
+    pool = ManualPool()
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, pool=pool, fs=fs)
+    (a, b, c), (da, db, dc) = startCommits(store, 3)
+    pool.runNext()
+    fs.failures["rename"] = OSError(errno.EXDEV, "Invalid cross-device link")
+    pool.runNext()
+    del fs.failures["rename"]
+    pool.runAll()
+    assert result(da) == a.queueId and result(dc) == c.queueId
+    assert "rename failed" in str(failure(db))
+    assert files(store, "incoming") == sorted([a.queueId, c.queueId]) and files(store, "tmp") == []
+
+
+def test_many_commits_with_a_synchronous_pool(tmp_path):
+    store = makeStore(tmp_path, fs=FileSystem(), newQueueId=QueueIdGenerator())
+    ids = []
+    for i in range(200):
+        message = store.newMessage()
+        message.write(b"%d\r\n" % i)
+        ids.append(result(message.commit(ENVELOPE)))
+    assert store.listQueue("incoming") == sorted(ids) == ids
+    assert files(store, "tmp") == []
