@@ -55,7 +55,8 @@ class FakeMessage:
 class FakeQueueStore:
     """An in-memory QueueStore.  Set holdCommits to release commits by hand."""
 
-    def __init__(self):
+    def __init__(self, freeSpace=10**12):
+        self.free = freeSpace
         self.messages = []
         self.committed = []
         self.pending = []
@@ -66,6 +67,9 @@ class FakeQueueStore:
         message = FakeMessage(self, f"FAKE{len(self.messages) + 1:04d}")
         self.messages.append(message)
         return message
+
+    def freeSpace(self):
+        return self.free
 
     def release(self):
         """Let every held commit succeed, in order."""

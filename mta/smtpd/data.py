@@ -18,11 +18,11 @@ CONFIGURATION
 
 import re
 
-OK = "ok"
 BARE_NEWLINE = "bare newline"
 LINE_TOO_LONG = "line too long"
 TOO_BIG = "too big"
-EIGHT_BIT = "8-bit"
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class DataReader:
@@ -31,17 +31,23 @@ class DataReader:
     unstuffed content; feed() returns the number of bytes it consumed up to
     and including the end-of-data line, or None while more is needed.
     After the end (or a fatal error) C{error} says what went wrong, if
-    anything: one of the module constants other than OK.
+    anything: one of the module constants.
+
+    C{bareNewline} is smtpd_forbid_bare_newline: "reject" makes a bare LF
+    or CR fatal; "normalize" turns a bare LF into CRLF (a line end inside
+    the message, never the end of data); "no" keeps it as data.
     """
 
-    def __init__(self, sink, lineLimit, sizeLimit, allow8bit):
+    def __init__(self, sink, lineLimit, sizeLimit, bareNewline="reject"):
         self._sink = sink
         self._lineLimit = lineLimit
         self._sizeLimit = sizeLimit
-        self._allow8bit = allow8bit
+        self._reject = bareNewline in ("reject", "yes")
+        self._normalize = bareNewline == "normalize"
         self._longLine = re.compile(rb"[^\n]{%d}" % (lineLimit + 2))
         self._partial = b""  # unfinished line, at most lineLimit + 2 bytes
-        self._discarding = False  # the partial line is part of a too-long line
+        self._afterCRLF = True  # the partial line starts right after a CRLF
+        self._discarding = False  # the partial line is the tail of a too-long line
         self.error = None
         self.size = 0
         self.done = False
@@ -54,9 +60,9 @@ class DataReader:
         """Consume C{data}; return bytes consumed if the end was reached, else None."""
         start = len(self._partial)
         buf = self._partial + data if self._partial else data
-        # The held-back partial line starts a line, unless it is the tail of
-        # a too-long line being discarded.
-        prefix = b"" if self._discarding else b"\r\n"
+        # Only CRLF "." CRLF ends the data; the held-back partial line can be
+        # the "." only if it starts right after a CRLF.
+        prefix = b"\r\n" if self._afterCRLF and not self._discarding else b""
         end = (prefix + buf).find(b"\r\n.\r\n")
         if end >= 0:
             end -= len(prefix)  # index in buf of the CRLF before ".", -2 if "." is first
@@ -64,13 +70,16 @@ class DataReader:
             self._partial = b""
             self.done = True
             return end + 5 - start
-        cut = buf.rfind(b"\r\n")
+        cut = buf.rfind(b"\n")
         if cut < 0:
             rest = buf
         else:
-            self._process(buf[: cut + 2])
-            rest = buf[cut + 2 :]
-        if b"\n" in rest or b"\r" in rest[:-1]:
+            self._process(buf[: cut + 1])
+            if self.done:
+                return None
+            rest = buf[cut + 1 :]
+            self._afterCRLF = buf[cut - 1 : cut] == b"\r"
+        if self._reject and b"\r" in rest[:-1]:
             self._fail(BARE_NEWLINE)
             self.done = True
             return None
@@ -83,26 +92,31 @@ class DataReader:
         return None
 
     def _process(self, block):
-        """Check and store complete lines (block ends in CRLF or is empty)."""
+        """Check and store complete lines (block ends in LF, or is empty)."""
         if not block:
             return
+        lineStart = self._afterCRLF or self._normalize
         if self._discarding:
             # The first line continues a too-long line: drop it.
-            block = block[block.find(b"\r\n") + 2 :]
+            cut = block.find(b"\n") + 1
+            lineStart = block[cut - 2 : cut] == b"\r\n" or self._normalize
+            block = block[cut:]
             self._discarding = False
             if not block:
                 return
         crlf = block.count(b"\r\n")
         if block.count(b"\n") != crlf or block.count(b"\r") != crlf:
-            self._fail(BARE_NEWLINE)
-            self.done = True
-            return
+            if self._reject:
+                self._fail(BARE_NEWLINE)
+                self.done = True
+                return
+            if self._normalize:
+                block = _BARE_LF.sub(b"\r\n", block)
         if len(block) > self._lineLimit + 2 and self._longLine.search(block):
             self._fail(LINE_TOO_LONG)
-        if not self._allow8bit and not block.isascii():
-            self._fail(EIGHT_BIT)
-        if block[:1] == b"." or b"\r\n." in block:
-            block = (b"\r\n" + block).replace(b"\r\n.", b"\r\n")[2:]
+        if (lineStart and block[:1] == b".") or b"\r\n." in block:
+            head = b"\r\n" if lineStart else b"\n"
+            block = (head + block).replace(b"\r\n.", b"\r\n")[len(head) :]
         self.size += len(block)
         if self._sizeLimit and self.size > self._sizeLimit:
             self._fail(TOO_BIG)

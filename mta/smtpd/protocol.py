@@ -3,31 +3,38 @@
 A byte-stream protocol: input is split into CRLF-terminated commands, or
 handed to the DATA reader (mta.smtpd.data) or to a BDAT chunk counter.
 Commands run one at a time; a command whose check is slow (a table lookup,
-the queue's fsync) holds back the commands pipelined behind it, so replies
-always go out in command order (RFC 2920).  Replies are written when the
-input runs dry, so a pipelined group gets one write back.
+the queue's fsync, a tarpit delay) holds back the commands pipelined behind
+it, so replies always go out in command order (RFC 2920).  Replies are
+written when the input runs dry, so a pipelined group gets one write back.
 
-Policy lives in mta.smtpd.policy; this module only parses and keeps state.
+Policy lives in mta.smtpd.policy, content cleanup in mta.smtpd.cleanup;
+this module parses, keeps state and applies smtpd(8)'s own limits.
 
 SECURITY
     Everything read is untrusted.  A bare LF or CR (in a command or in
-    DATA) gets 521 and the connection is closed (Postfix's
-    smtpd_forbid_bare_newline = yes); an over-long line never leaves DATA;
-    content sent before the 354 reply (forbidden pipelining) gets 554 5.5.0
-    and a close; forbidden commands (CONNECT, GET, POST) get 221 and a
-    close; a failure inside a check answers 451 4.3.0, it never hangs the
-    session or stops the reactor.
+    DATA) gets the smtpd_forbid_bare_newline_reject_code and a close; an
+    over-long line never leaves DATA; content sent before the 354 reply
+    (forbidden pipelining) gets 554 5.5.0 and a close; forbidden commands
+    get 221 and a close; a client that keeps making errors is slowed down,
+    then disconnected; a failure inside a check answers 451 4.3.0, it never
+    hangs the session or stops the reactor.
 
 CONFIGURATION
     smtpd_banner, myhostname, mail_name, message_size_limit,
-    smtpd_recipient_limit, smtpd_timeout, line_length_limit; see
-    mta.smtpd.policy for relay control.
+    smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
+    line_length_limit, smtpd_helo_required, strict_rfc821_envelopes,
+    disable_vrfy_command, smtpd_noop_commands, smtpd_forbidden_commands,
+    smtpd_discard_ehlo_keywords, smtpd_reject_footer, queue_minfree,
+    smtpd_client_connection_count_limit, smtpd_client_event_limit_exceptions,
+    smtpd_error_sleep_time, smtpd_soft_error_limit, smtpd_hard_error_limit,
+    smtpd_junk_command_limit, smtpd_forbid_unauth_pipelining,
+    smtpd_forbid_bare_newline (+ _exclusions, _reject_code), hopcount_limit,
+    postscreen_greet_wait, postscreen_greet_action; see mta.smtpd.factory.
 """
 
-import email.utils
-
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
@@ -42,16 +49,20 @@ from mta.address import (
     splitPathAndParameters,
 )
 from mta.maillog import sanitize
-from mta.model import Envelope, Recipient, Reply
+from mta.model import Recipient, Reply
 from mta.smtpd import data as D
+from mta.smtpd.message import IncomingTransaction
 
 log = Logger()
 
-FORBIDDEN = frozenset({b"CONNECT", b"GET", b"POST"})
 # RFC 2920 3.1: these end a pipelined group; more input behind them is a violation.
 GROUP_ENDERS = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "NOOP", "QUIT"})
+# Postfix's junk commands: past smtpd_junk_command_limit each one is an error.
+JUNK = frozenset({"NOOP", "VRFY", "ETRN", "RSET"})
 # A command line is at most 512 octets (RFC 5321 4.5.3.1.4), more with extensions.
 COMMAND_LIMIT = 2048
+# Input held while a command is pending before the socket stops being read.
+PAUSE_THRESHOLD = 65536
 
 R_OK = Reply(250, "2.0.0", "Ok")
 
@@ -59,19 +70,25 @@ R_OK = Reply(250, "2.0.0", "Ok")
 class SMTPServer(Protocol, TimeoutMixin):
     def __init__(self, factory):
         self.factory = factory
-        self.params = factory.params
         self.hostname = factory.hostname
         self.callLater = factory.clock.callLater  # TimeoutMixin's clock
         self._buffer = b""
         self._mode = "command"
-        self._waiting = False
+        self._waiting = True  # until the greeting is out
         self._closing = False
+        self._paused = False
         self._skipLine = False  # discarding the rest of an over-long command line
         self._out = []
         self._counts = {}
+        self._errors = 0
+        self._junk = 0
+        self._earlyTalker = False
+        self._counted = False  # in the factory's per-client connection count
+        self._uncountedError = False  # set by a reply that is not a session error
+        self.bareNewline = factory.bareNewline
         self.helo = None
         self.protocolName = "SMTP"
-        self.message = None
+        self.transaction = None
         self._lastCommand = None
         self._resetTransaction()
 
@@ -84,13 +101,50 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.clientName = "unknown"
         self.client = f"{self.clientName}[{self.clientAddress}]"
         self.factory.maillog.emit(f"connect from {self.client}", client=self.client)
-        self.setTimeout(self.params["smtpd_timeout"])
-        self._reply(Reply(220, "", self.factory.banner))
-        self._flush()
+        self.setTimeout(self.factory.timeout)
+        d = Deferred.fromCoroutine(self._connect())
+        d.addErrback(self._internalError)
+
+    async def _connect(self):
+        factory = self.factory
+        if factory.connectionLimit and not await factory.eventLimitExceptions.matches(self.clientAddress):
+            count = factory.countConnection(self.clientAddress)
+            self._counted = True
+            if count > factory.connectionLimit:
+                factory.maillog.emit(
+                    f"warning: Connection concurrency limit exceeded: {count} from {self.client}", client=self.client
+                )
+                self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {self.clientAddress}"))
+                self._close()
+                return
+        if self.bareNewline in ("reject", "yes") and await factory.bareNewlineExclusions.matches(self.clientAddress):
+            self.bareNewline = "normalize"
+        if factory.greetWait > 0:
+            await deferLater(factory.clock, factory.greetWait)
+            if self._closing:
+                return
+            if self._buffer:
+                first = sanitize(self._buffer[:60].decode("latin-1"))
+                factory.maillog.emit(
+                    f"PREGREET {len(self._buffer)} after {factory.greetWait:g} from "
+                    f"[{self.clientAddress}]:{self.clientPort}: {first}",
+                    client=self.client,
+                )
+                if factory.greetAction == "drop":
+                    self._reply(Reply(521, "5.5.1", "Protocol error"))
+                    self._close()
+                    return
+                self._earlyTalker = factory.greetAction == "enforce"
+        self._reply(Reply(220, "", factory.banner))
+        self._waiting = False
+        self._process()
 
     def connectionLost(self, reason):
+        self._closing = True
         self.setTimeout(None)
         self._abortMessage()
+        if self._counted:
+            self.factory.releaseConnection(self.clientAddress)
         counts = " ".join(
             f"{verb}={ok}" if ok == total else f"{verb}={ok}/{total}" for verb, (ok, total) in self._counts.items()
         )
@@ -112,6 +166,12 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._flush()
         self.transport.loseConnection()
 
+    def _internalError(self, failure):
+        log.failure("smtpd: internal error in session with {client}", failure, client=self.client)
+        if not self._closing:
+            self._reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
+            self._close()
+
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data):
@@ -132,10 +192,10 @@ class SMTPServer(Protocol, TimeoutMixin):
                 else:
                     self._bdatStep()
         except Exception:
-            log.failure("smtpd: internal error in session with {client}", client=self.client)
-            self._reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
-            self._close()
-        if self._waiting and len(self._buffer) > 65536:
+            self._internalError(None)
+            return
+        if self._waiting and len(self._buffer) > PAUSE_THRESHOLD and not self._paused:
+            self._paused = True
             self.transport.pauseProducing()
         self._flush()
 
@@ -147,27 +207,33 @@ class SMTPServer(Protocol, TimeoutMixin):
                 self._buffer = b""
                 if not self._skipLine:
                     self._skipLine = True
-                    self._reply(Reply(500, "5.5.2", "Error: line too long"))
+                    self._respond("unknown", Reply(500, "5.5.2", "Error: line too long"))
             return False
         line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1 :]
         if self._skipLine:
             self._skipLine = False
             return True
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            self.factory.maillog.emit(f"bare <LF> received from {self.client}; disconnecting")
-            self._reply(Reply(521, "5.5.2", f"{self.hostname} Error: bare <LF> received"))
-            self._close()
-            return False
+            if self.bareNewline in ("reject", "yes"):
+                self._bareNewlineReject("command")
+                return False
+            line = line.rstrip(b"\r\n").replace(b"\r", b"") + b"\r\n"
         self._command(line[:-2])
         return True
 
-    # -- commands -----------------------------------------------------------------
+    def _bareNewlineReject(self, where):
+        self.factory.maillog.emit(f"reject: bare <LF> received in {where} from {self.client}; disconnecting")
+        self._reply(Reply(self.factory.bareNewlineCode, "5.5.2", f"{self.hostname} Error: bare <LF> received"))
+        self._close()
+
+    # -- replies ------------------------------------------------------------------
 
     def _command(self, line):
+        factory = self.factory
         verb, _, arg = line.partition(b" ")
         verb = verb.upper()
-        if verb in FORBIDDEN or (verb and not verb[:1].isalpha()):
-            self.factory.maillog.emit(f"reject: {sanitize(line[:40].decode('latin-1'))} from {self.client}")
+        if verb in factory.forbiddenCommands or (verb and not verb[:1].isalpha()):
+            factory.maillog.emit(f"warning: non-SMTP command from {self.client}: {sanitize(line[:60].decode('latin-1'))}")
             self._reply(Reply(221, "2.7.0", "Error: I can break rules, too. Goodbye."))
             self._close()
             return
@@ -175,53 +241,91 @@ class SMTPServer(Protocol, TimeoutMixin):
             verb = verb.decode("ascii")
             arg = arg.decode("utf-8").strip(" ")
         except UnicodeDecodeError:
-            self._count("unknown", False)
-            self._reply(Reply(500, "5.5.2", "Error: invalid characters in command"))
+            self._respond("unknown", Reply(500, "5.5.2", "Error: invalid characters in command"))
             return
         self._lastCommand = verb
+        if verb in factory.noopCommands:
+            self._respond(verb, R_OK)
+            return
         handler = getattr(self, f"smtp_{verb}", None)
         if handler is None:
-            self._count("unknown", False)
-            self._reply(Reply(502, "5.5.2", "Error: command not recognized"))
+            self._respond("unknown", Reply(502, "5.5.2", "Error: command not recognized"))
             return
-        if verb in GROUP_ENDERS and self._buffer and self.factory.forbidUnauthPipelining:
-            self.factory.maillog.emit(f"improper command pipelining after {verb} from {self.client}")
-            self._count(verb.lower(), False)
+        if verb in GROUP_ENDERS and self._buffer and factory.forbidUnauthPipelining:
+            factory.maillog.emit(f"improper command pipelining after {verb} from {self.client}")
+            self._count(verb, False)
             self._reply(Reply(554, "5.5.0", "Error: SMTP protocol synchronization"))
             self._close()
             return
-        result = maybeDeferred(handler, arg)
-        if result.called:
-            result.addCallbacks(lambda r: self._done(verb, r), lambda f: self._failed(verb, f))
-            return
-        self._waiting = True
-        result.addCallbacks(lambda r: self._done(verb, r), lambda f: self._failed(verb, f))
-        result.addBoth(self._resume)
+        if verb in JUNK:
+            self._junk += 1
+        self._respond(verb, maybeDeferred(handler, arg))
 
-    def _done(self, verb, reply):
-        if reply is None:  # the handler switched mode and replied itself
+    def _respond(self, verb, result):
+        """Send C{result} (a Reply, None, or a Deferred of one) when it is ready, in order."""
+        d = result if isinstance(result, Deferred) else succeed(result)
+        d.addCallbacks(lambda reply: self._finish(verb, reply), lambda f: self._failed(verb, f))
+        d.addErrback(self._internalError)
+        pending = [True]  # d.called says nothing of a chain paused on a tarpit delay
+
+        def settled(result):
+            pending[0] = False
+
+        d.addBoth(settled)
+        if pending[0]:
+            self._waiting = True
+            d.addBoth(self._resume)
+
+    def _finish(self, verb, reply):
+        """Count, tarpit and send one reply; a Deferred while the tarpit delays it."""
+        if reply is None or self._closing:  # the handler replied itself (354, BDAT)
+            return None
+        ok = reply.code < 400
+        self._count(verb, ok)
+        if (not ok and not self._uncountedError) or (verb in JUNK and self._junk > self.factory.junkLimit):
+            self._errors += 1
+        self._uncountedError = False
+        delay = self.factory.errorSleep if self._errors > self.factory.softErrorLimit else 0
+        if delay > 0:
+            return deferLater(self.factory.clock, delay, self._send, reply)
+        self._send(reply)
+        return None
+
+    def _send(self, reply):
+        if self._closing:
             return
-        self._count(verb.lower(), reply.code < 400)
         self._reply(reply)
         if reply.code in (221, 421):
+            self._close()
+        elif self._errors >= self.factory.hardErrorLimit:
+            self.factory.maillog.emit(f"too many errors after {self._lastCommand} from {self.client}")
+            self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
             self._close()
 
     def _failed(self, verb, failure):
         log.failure("smtpd: {verb} failed for {client}", failure, verb=verb, client=self.client)
-        self._count(verb.lower(), False)
-        self._reply(Reply(451, "4.3.0", "Error: internal error, try again later"))
+        return self._finish(verb, Reply(451, "4.3.0", "Error: internal error, try again later"))
 
     def _resume(self, _):
         self._waiting = False
         if not self._closing:
-            self.transport.resumeProducing()
+            if self._paused:
+                self._paused = False
+                self.transport.resumeProducing()
             self._process()
 
     def _count(self, verb, ok):
+        verb = verb.lower()
         good, total = self._counts.get(verb, (0, 0))
         self._counts[verb] = (good + bool(ok), total + 1)
 
     def _reply(self, reply):
+        if reply.code >= 400 and self.factory.rejectFooter:
+            footer = self.factory.rejectFooter
+            if footer.startswith("\\c"):
+                reply = Reply(reply.code, reply.status, reply.text + footer[2:])
+            else:
+                reply = Reply(reply.code, reply.status, reply.text + "\n" + footer.replace("\\n", "\n"))
         self._out.append(reply.lines())
 
     def _flush(self):
@@ -229,20 +333,33 @@ class SMTPServer(Protocol, TimeoutMixin):
             self.transport.write(b"".join(self._out))
             self._out = []
 
+    # -- transaction state --------------------------------------------------------
+
     def _resetTransaction(self):
         self._abortMessage()
         self.sender = None
         self.mailParams = None
         self.recipients = []
         self._rcptTried = False
+        self._overshoot = 0  # recipients refused over smtpd_recipient_limit
         self._reader = None
-        self._bdatSize = 0  # content bytes received by BDAT in this transaction
         self._bdatFailure = None  # a BDAT transaction that failed answers this until LAST
 
     def _abortMessage(self):
-        if self.message is not None:
-            self.message.abort()
-            self.message = None
+        if self.transaction is not None:
+            self.transaction.abort()
+            self.transaction = None
+
+    def _logReject(self, stage, reply, recipient=None):
+        to = f" to=<{recipient}>" if recipient is not None else ""
+        self.factory.maillog.emit(
+            f"NOQUEUE: reject: {stage} from {self.client}: {sanitize(str(reply))}; "
+            f"from=<{sanitize(self.sender)}>{to} proto={self.protocolName} helo=<{self.helo or ''}>",
+            client=self.client,
+            status="reject",
+        )
+
+    # -- commands -----------------------------------------------------------------
 
     def smtp_HELO(self, arg):
         if not arg:
@@ -273,9 +390,11 @@ class SMTPServer(Protocol, TimeoutMixin):
         return Reply(221, "2.0.0", "Bye")
 
     def smtp_HELP(self, arg):
-        return Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP")
+        return Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY ETRN HELP")
 
     def smtp_VRFY(self, arg):
+        if self.factory.disableVrfy:
+            return Reply(502, "5.5.1", "VRFY command is disabled")
         if not arg:
             return Reply(501, "5.5.4", "Syntax: VRFY address")
         try:
@@ -284,19 +403,30 @@ class SMTPServer(Protocol, TimeoutMixin):
             return Reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
         return Reply(252, "2.0.0", f"<{address}>")
 
+    def smtp_ETRN(self, arg):
+        if self.helo is None:
+            return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+        if not arg:
+            return Reply(500, "5.5.4", "Syntax: ETRN domain")
+        if self.sender is not None:
+            return Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+        # Deferred mail is flushed by the queue manager, which is not there yet.
+        return Reply(458, "4.3.0", f"Unable to queue messages for node {sanitize(arg)[:255]}")
+
     def _offered(self):
         return self.factory.offered if self.protocolName != "SMTP" else frozenset()
 
     def smtp_MAIL(self, arg):
+        factory = self.factory
         if self.sender is not None:
             return Reply(503, "5.5.1", "Error: nested MAIL command")
-        if self.factory.heloRequired and self.helo is None:
+        if factory.heloRequired and self.helo is None:
             return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
         if arg[:5].upper() != "FROM:":
             return Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
         try:
-            path, params = splitPathAndParameters(arg[5:], strict=self.factory.strictEnvelopes)
-            mailParams = parseMailParameters(params, sizeLimit=self.factory.sizeLimit, offered=self._offered())
+            path, params = splitPathAndParameters(arg[5:], strict=factory.strictEnvelopes)
+            mailParams = parseMailParameters(params, sizeLimit=factory.sizeLimit, offered=self._offered())
             sender = parsePath(path, allowNull=True, smtputf8=mailParams.smtputf8)
         except SizeExceeded:
             return Reply(552, "5.3.4", "Message size exceeds fixed limit")
@@ -306,11 +436,15 @@ class SMTPServer(Protocol, TimeoutMixin):
             return Reply(553, "5.6.7", f"Bad sender address syntax: {e}")
         except PathError as e:
             return Reply(501, "5.1.7", f"Bad sender address syntax: {e}")
+        if not factory.enoughSpace(mailParams.size or 0):
+            factory.maillog.emit(f"NOQUEUE: reject: MAIL from {self.client}: 452 4.3.1 Insufficient system storage")
+            return Reply(452, "4.3.1", "Insufficient system storage")
         self.sender = sender
         self.mailParams = mailParams
         return Reply(250, "2.1.0", "Ok")
 
     async def smtp_RCPT(self, arg):
+        factory = self.factory
         if self.sender is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
         if arg[:3].upper() != "TO:":
@@ -318,7 +452,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._rcptTried = True
         try:
             path, params = splitPathAndParameters(
-                arg[3:], strict=self.factory.strictEnvelopes, smtputf8=self.mailParams.smtputf8
+                arg[3:], strict=factory.strictEnvelopes, smtputf8=self.mailParams.smtputf8
             )
             rcptParams = parseRcptParameters(params, offered=self._offered(), smtputf8=self.mailParams.smtputf8)
             address = parsePath(path, allowNull=False, smtputf8=self.mailParams.smtputf8)
@@ -328,36 +462,31 @@ class SMTPServer(Protocol, TimeoutMixin):
             return Reply(553, "5.6.7", f"Bad recipient address syntax: {e}")
         except PathError as e:
             return Reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
-        if len(self.recipients) >= self.factory.recipientLimit:
+        if len(self.recipients) >= factory.recipientLimit:
+            self._overshoot += 1
+            self._uncountedError = self._overshoot <= factory.overshootLimit
             return Reply(452, "4.5.3", "Error: too many recipients")
-        reply = await self.factory.policy.checkRecipient(self.clientAddress, address)
+        if self._earlyTalker:
+            reply = Reply(550, "5.5.1", "Protocol error")
+        else:
+            reply = await factory.policy.checkRecipient(self.clientAddress, address)
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return reply
         self.recipients.append(Recipient(str(address), rcptParams.orcpt, rcptParams.notify))
         return Reply(250, "2.1.5", "Ok")
 
-    def _logReject(self, stage, reply, recipient=None):
-        to = f" to=<{recipient}>" if recipient is not None else ""
-        self.factory.maillog.emit(
-            f"NOQUEUE: reject: {stage} from {self.client}: {sanitize(str(reply))}; "
-            f"from=<{sanitize(self.sender)}>{to} proto={self.protocolName} helo=<{self.helo or ''}>",
-            client=self.client,
-            status="reject",
-        )
-
     def _startMessage(self):
-        """Open the queue file and write our Received header; a Reply on failure."""
+        """Open the queue file (with our Received header); a Reply on failure."""
         if not self.recipients:
             if self._rcptTried:
                 return Reply(554, "5.5.1", "Error: no valid recipients")
             return Reply(503, "5.5.1", "Error: need RCPT command")
         try:
-            self.message = self.factory.store.newMessage()
+            self.transaction = IncomingTransaction(self)
         except Exception as e:
             log.error("smtpd: cannot create a queue file: {error}", error=str(e))
             return Reply(451, "4.3.0", "Error: queue file write error")
-        self.message.write(self._receivedHeader())
         return None
 
     def smtp_DATA(self, arg):
@@ -365,17 +494,17 @@ class SMTPServer(Protocol, TimeoutMixin):
             return Reply(501, "5.5.4", "Syntax: DATA")
         if self.sender is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
-        if self.message is not None or self._bdatFailure is not None:
+        if self.transaction is not None or self._bdatFailure is not None:
             return Reply(503, "5.5.1", "Error: DATA after BDAT")
+        if self.mailParams.body == "BINARYMIME":
+            return Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT")
         failure = self._startMessage()
         if failure is not None:
             return failure
-        allow8bit = True  # strict_8bitmime comes with the cleanup work; Postfix's default accepts
         self._reader = D.DataReader(
-            self.message.write, self.factory.lineLimit, self.factory.sizeLimit, allow8bit
+            self.transaction.write, self.factory.lineLimit, self.factory.sizeLimit, self.bareNewline
         )
         self._mode = "data"
-        self._count("data", True)
         self._reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
         return None
 
@@ -392,65 +521,42 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _endData(self):
         reader, self._reader = self._reader, None
         self._mode = "command"
-        error = reader.error
-        if error == D.BARE_NEWLINE:
+        if reader.error == D.BARE_NEWLINE:
             self._abortMessage()
-            self.factory.maillog.emit(f"bare <LF> received from {self.client} in DATA; message rejected")
-            self._reply(Reply(521, "5.5.2", f"{self.hostname} Error: bare <LF> received"))
-            self._close()
+            self._bareNewlineReject("DATA")
             return
-        if error is not None:
+        if reader.error is not None:
             reply = {
                 D.TOO_BIG: Reply(552, "5.3.4", "Error: message file too big"),
                 D.LINE_TOO_LONG: Reply(552, "5.3.4", f"Error: message line longer than {self.factory.lineLimit} bytes"),
-                D.EIGHT_BIT: Reply(554, "5.6.0", "Error: 8-bit data without BODY=8BITMIME"),
-            }[error]
+            }[reader.error]
             self._logReject("END-OF-MESSAGE", reply)
             self._resetTransaction()
-            self._reply(reply)
+            self._respond("data", reply)
             return
-        self._commit()
+        self._endMessage("data")
 
-    def _commit(self):
-        message, self.message = self.message, None
-        envelope = Envelope(
-            sender=str(self.sender),
-            recipients=tuple(self.recipients),
-            arrival_time=self.factory.clock.seconds(),
-            client_name=self.clientName,
-            client_address=self.clientAddress,
-            client_port=self.clientPort,
-            helo=self.helo or "",
-            protocol=self.protocolName,
-            body=self.mailParams.body,
-            smtputf8=self.mailParams.smtputf8,
-            ret=self.mailParams.ret,
-            envid=self.mailParams.envid,
-            size=message.size,
-        )
+    def _endMessage(self, verb):
+        """Commit the message; the reply goes out when the queue file is safe."""
+        transaction, self.transaction = self.transaction, None
+        reply = transaction.finish()
+        if reply is not None:
+            self._logReject("END-OF-MESSAGE", reply)
+            self._resetTransaction()
+            self._respond(verb, reply)
+            return
         self._resetTransaction()
-        self._waiting = True
-        d = message.commit(envelope)
+        d = transaction.commit()
 
         def committed(queueId):
-            ml = self.factory.maillog
-            ml.emit(f"client={self.client}", queue_id=queueId, client=self.client)
-            ml.fields(
-                queueId,
-                [("from", f"<{envelope.sender}>"), ("size", envelope.size), ("nrcpt", len(envelope.recipients))],
-                "queued",
-                sender=envelope.sender,
-            )
-            self._reply(Reply(250, "2.0.0", f"Ok: queued as {queueId}"))
+            self._errors = self._junk = 0  # Postfix forgives a client that delivers mail
+            return Reply(250, "2.0.0", f"Ok: queued as {queueId}")
 
         def failed(failure):
-            message.abort()
             log.error("smtpd: queue file write error: {error}", error=failure.getErrorMessage())
-            self._reply(Reply(451, "4.3.0", "Error: queue file write error"))
+            return Reply(451, "4.3.0", "Error: queue file write error")
 
-        d.addCallbacks(committed, failed)
-        d.addErrback(lambda f: log.failure("smtpd: after commit", f))
-        d.addBoth(self._resume)
+        self._respond(verb, d.addCallbacks(committed, failed))
 
     # -- BDAT (RFC 3030) -------------------------------------------------------
 
@@ -473,7 +579,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._chunkError = Reply(503, "5.5.1", "Error: need MAIL command")
         elif self._bdatFailure is not None:
             self._chunkError = self._bdatFailure
-        elif self.message is None:
+        elif self.transaction is None:
             failure = self._startMessage()
             if failure is not None:
                 self._chunkError = self._bdatFailure = failure
@@ -490,42 +596,24 @@ class SMTPServer(Protocol, TimeoutMixin):
             chunk, self._buffer = self._buffer[:take], self._buffer[take:]
         self._chunkRemaining -= take
         if self._chunkError is None:
-            self._bdatSize += take
-            if self.factory.sizeLimit and self._bdatSize > self.factory.sizeLimit:
+            if self.factory.sizeLimit and self.transaction.size + take > self.factory.sizeLimit:
                 self._chunkError = self._bdatFailure = Reply(552, "5.3.4", "Error: message file too big")
                 self._abortMessage()
             else:
-                self.message.write(chunk)
+                self.transaction.write(chunk)
         if self._chunkRemaining == 0:
             self._endChunk()
 
     def _endChunk(self):
         self._mode = "command"
         if self._chunkError is not None:
-            self._count("bdat", False)
             if self._chunkLast and self._bdatFailure is not None:
                 if self._bdatFailure.code >= 500:
                     self._logReject("END-OF-MESSAGE", self._bdatFailure)
                 self._resetTransaction()
-            self._reply(self._chunkError)
+            self._respond("bdat", self._chunkError)
             return
-        self._count("bdat", True)
         if not self._chunkLast:
-            self._reply(Reply(250, "2.0.0", f"Ok: {self._bdatSize} bytes"))
+            self._respond("bdat", Reply(250, "2.0.0", f"Ok: {self.transaction.size} bytes"))
             return
-        self._commit()
-
-    # -- trace header -----------------------------------------------------------
-
-    def _receivedHeader(self):
-        """Our Received header (RFC 5321 4.4), folded as Postfix folds it."""
-        protocol = self.protocolName
-        forClause = f"\r\n\tfor <{self.recipients[0].address}>" if len(self.recipients) == 1 else ""
-        date = email.utils.formatdate(self.factory.clock.seconds(), localtime=True)
-        helo = self.helo or self.clientName
-        text = (
-            f"Received: from {helo} ({self.clientName} [{self.clientAddress}])\r\n"
-            f"\tby {self.hostname} ({self.factory.mailName}) with {protocol} id {self.message.queueId}"
-            f"{forClause};\r\n\t{date}\r\n"
-        )
-        return text.encode("utf-8", "replace")
+        self._endMessage("bdat")

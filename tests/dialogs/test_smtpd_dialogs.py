@@ -26,8 +26,10 @@ def test_greetingAndEhlo(factory):
         "250-PIPELINING",
         "250-SIZE 10240000",
         "250-VRFY",
+        "250-ETRN",
         "250-ENHANCEDSTATUSCODES",
         "250-8BITMIME",
+        "250-BINARYMIME",
         "250-DSN",
         "250-SMTPUTF8",
         "250 CHUNKING",
@@ -109,35 +111,64 @@ def test_commitFailureGives451(factory, store):
     d.send("EHLO c\r\n")
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
     assert d.send("x\r\n.\r\n") == "451 4.3.0 Error: queue file write error\r\n"
-    assert store.messages[0].aborted
+    assert store.committed == []
     assert d.send("MAIL FROM:<a@example.org>\r\n") == "250 2.1.0 Ok\r\n"
 
 
-@pytest.mark.parametrize(
-    "smuggled",
-    [
-        b"x\r\n\n.\n\r\nMAIL FROM:<evil@example.org>\r\n",  # <LF>.<LF>
-        b"x\r\n\n.\r\nMAIL FROM:<evil@example.org>\r\n",  # <LF>.<CR><LF>
-        b"x\r\n\r.\r\nMAIL FROM:<evil@example.org>\r\n",  # <CR>.<CR><LF>
-        b"x\n.\r\nMAIL FROM:<evil@example.org>\r\n",
-        b"x\r\n.\nMAIL FROM:<evil@example.org>\r\n",  # .<LF>
-        b"x\r\n.\rMAIL FROM:<evil@example.org>\r\n",
-    ],
-)
+SMUGGLED = [
+    b"x\r\n\n.\n\r\nMAIL FROM:<evil@example.org>\r\n",  # <LF>.<LF>
+    b"x\r\n\n.\r\nMAIL FROM:<evil@example.org>\r\n",  # <LF>.<CR><LF>
+    b"x\r\n\r.\r\nMAIL FROM:<evil@example.org>\r\n",  # <CR>.<CR><LF>
+    b"x\n.\r\nMAIL FROM:<evil@example.org>\r\n",
+    b"x\r\n.\nMAIL FROM:<evil@example.org>\r\n",  # .<LF>
+    b"x\r\n.\rMAIL FROM:<evil@example.org>\r\n",
+]
+
+
+@pytest.mark.parametrize("smuggled", SMUGGLED)
 def test_smugglingIsRejectedAndClosed(factory, store, smuggled):
-    d = Dialog(factory)
+    d = Dialog(factory, peer="198.51.100.7")
     d.send("EHLO c\r\n")
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
     out = d.send(smuggled + b".\r\n")
-    assert out == "521 5.5.2 mx.test Error: bare <LF> received\r\n"
+    assert out == "550 5.5.2 mx.test Error: bare <LF> received\r\n"
     assert d.closed
     assert store.committed == []
 
 
+@pytest.mark.parametrize("smuggled", SMUGGLED)
+def test_smugglingFromExcludedClientIsNormalizedIntoOneMessage(factory, store, smuggled):
+    """mynetworks is in smtpd_forbid_bare_newline_exclusions: normalize, never a second message."""
+    d = Dialog(factory, peer="127.0.0.1")
+    d.send("EHLO c\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
+    out = d.send(smuggled + b".\r\n")
+    assert out == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert len(store.committed) == 1
+    content = store.committed[0].content
+    assert b"MAIL FROM:<evil@example.org>\r\n" in content
+    assert b"\r\n" in content and b"\n" not in content.replace(b"\r\n", b"")
+
+
 def test_bareLineFeedInCommand(factory):
-    d = Dialog(factory)
-    assert d.send("EHLO c\n") == "521 5.5.2 mx.test Error: bare <LF> received\r\n"
+    d = Dialog(factory, peer="198.51.100.7")
+    assert d.send("EHLO c\n") == "550 5.5.2 mx.test Error: bare <LF> received\r\n"
     assert d.closed
+
+
+def test_bareLineFeedRejectCode(store):
+    factory = serverFactory("smtpd_forbid_bare_newline_reject_code = 521\n", store=store)
+    d = Dialog(factory, peer="198.51.100.7")
+    assert d.send("EHLO c\n") == "521 5.5.2 mx.test Error: bare <LF> received\r\n"
+
+
+def test_bareLineFeedAllowedWithNo(store):
+    factory = serverFactory("smtpd_forbid_bare_newline = no\n", store=store)
+    d = Dialog(factory, peer="198.51.100.7")
+    assert d.send("EHLO c\n").startswith("250-mx.test")
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
+    assert d.send("a\n.\nb\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert store.committed[0].content.endswith(b"a\n.\nb\r\n")
 
 
 def test_overlongLineNeverLeavesData(store):

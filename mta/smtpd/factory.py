@@ -1,0 +1,122 @@
+"""mta.smtpd.factory - the per-listener server factory and its settings.
+
+Everything a session needs from the configuration is read once here, from
+the listener's own parameter scope, so the per-command path does no
+parameter lookups.  The factory also keeps the per-client connection
+counts (smtpd_client_connection_count_limit) and a cached free-space
+reading for queue_minfree.
+
+SECURITY
+    See mta.smtpd.protocol.
+
+CONFIGURATION
+    All smtpd_* parameters in mta.config.schema, plus message_size_limit,
+    line_length_limit, queue_minfree, hopcount_limit, postscreen_greet_*.
+"""
+
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from mta.maillog import MailLogger
+
+log = Logger()
+
+# EHLO keywords in Postfix's order.
+EHLO_KEYWORDS = ("PIPELINING", "SIZE", "VRFY", "ETRN", "ENHANCEDSTATUSCODES", "8BITMIME", "BINARYMIME",
+                 "DSN", "SMTPUTF8", "CHUNKING")
+FREE_SPACE_CACHE = 1.0  # seconds a statvfs() reading is reused
+
+
+class SMTPServerFactory(Factory):
+    noisy = False
+
+    def __init__(self, params, clock, store, tables, listenerName="smtp"):
+        from mta.smtpd.policy import NetworkMatcher, RecipientPolicy
+
+        self.params = params
+        self.clock = clock
+        self.store = store
+        self.listenerName = listenerName
+        self.policy = RecipientPolicy(params, tables)
+        self.maillog = MailLogger(params["syslog_name"], "smtpd")
+        self.hostname = params["myhostname"]
+        self.mailName = params["mail_name"]
+        self.banner = params["smtpd_banner"]
+        self.timeout = params["smtpd_timeout"]
+        self.sizeLimit = params["message_size_limit"]
+        self.recipientLimit = params["smtpd_recipient_limit"]
+        self.overshootLimit = params["smtpd_recipient_overshoot_limit"]
+        self.lineLimit = params["line_length_limit"]
+        self.heloRequired = params["smtpd_helo_required"]
+        self.strictEnvelopes = params["strict_rfc821_envelopes"]
+        self.disableVrfy = params["disable_vrfy_command"]
+        self.noopCommands = frozenset(c.upper() for c in params["smtpd_noop_commands"])
+        self.forbiddenCommands = frozenset(c.upper().encode("ascii", "replace") for c in params["smtpd_forbidden_commands"])
+        self.rejectFooter = params["smtpd_reject_footer"]
+        self.queueMinfree = params["queue_minfree"]
+        self.connectionLimit = params["smtpd_client_connection_count_limit"]
+        self.eventLimitExceptions = NetworkMatcher(params["smtpd_client_event_limit_exceptions"], tables)
+        self.errorSleep = params["smtpd_error_sleep_time"]
+        self.softErrorLimit = params["smtpd_soft_error_limit"]
+        self.hardErrorLimit = params["smtpd_hard_error_limit"]
+        self.junkLimit = params["smtpd_junk_command_limit"]
+        self.forbidUnauthPipelining = params["smtpd_forbid_unauth_pipelining"]
+        self.bareNewline = params["smtpd_forbid_bare_newline"]
+        self.bareNewlineExclusions = NetworkMatcher(params["smtpd_forbid_bare_newline_exclusions"], tables)
+        self.bareNewlineCode = params["smtpd_forbid_bare_newline_reject_code"]
+        self.hopLimit = params["hopcount_limit"]
+        self.greetWait = params["postscreen_greet_wait"]
+        self.greetAction = params["postscreen_greet_action"]
+
+        discard = {k.upper() for k in params["smtpd_discard_ehlo_keywords"]} - {"SILENT-DISCARD"}
+        if self.disableVrfy:
+            discard.add("VRFY")
+        offered = [k for k in EHLO_KEYWORDS if k not in discard]
+        if "CHUNKING" not in offered:
+            offered = [k for k in offered if k != "BINARYMIME"]
+        self.offered = frozenset(offered)
+        self.ehloLines = tuple(f"SIZE {self.sizeLimit}" if k == "SIZE" and self.sizeLimit else k for k in offered)
+        self.sessions = set()
+        self._connections = {}
+        self._freeSpace = None
+        self._freeSpaceAt = None
+
+    def buildProtocol(self, addr):
+        from mta.smtpd.protocol import SMTPServer
+
+        protocol = SMTPServer(self)
+        self.sessions.add(protocol)
+        return protocol
+
+    def connectionClosed(self, protocol):
+        self.sessions.discard(protocol)
+
+    def countConnection(self, address):
+        """Count one more session from C{address}; return the new count."""
+        count = self._connections.get(address, 0) + 1
+        self._connections[address] = count
+        return count
+
+    def releaseConnection(self, address):
+        count = self._connections.get(address, 0) - 1
+        if count > 0:
+            self._connections[address] = count
+        else:
+            self._connections.pop(address, None)
+
+    def enoughSpace(self, declaredSize):
+        """queue_minfree: is there room for a message of C{declaredSize} bytes?"""
+        now = self.clock.seconds()
+        if self._freeSpaceAt is None or now - self._freeSpaceAt >= FREE_SPACE_CACHE:
+            try:
+                self._freeSpace = self.store.freeSpace()
+            except OSError as e:
+                log.error("smtpd: cannot read the queue's free space: {error}", error=e.strerror)
+                self._freeSpace = 0
+            self._freeSpaceAt = now
+        return self._freeSpace >= self.queueMinfree + declaredSize * 3 // 2
+
+
+def serverFactory(listener, daemon):
+    """The factory for one listener of the running daemon."""
+    return SMTPServerFactory(listener.params, daemon.clock, daemon.store, daemon.tables, listener.name)

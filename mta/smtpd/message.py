@@ -1,0 +1,96 @@
+"""mta.smtpd.message - one message on its way into the queue.
+
+IncomingTransaction opens the queue file, writes our Received header
+(RFC 5321 4.4), passes the content through the header cleanup and, at the
+end, builds the envelope and commits: the queue id comes back only once the
+file is safe on disk (see mta.queue.store).
+
+SECURITY
+    The content is untrusted and is only copied; the HELO name and client
+    name in the Received header are sanitized (no control characters).
+
+CONFIGURATION
+    myhostname, mail_name, hopcount_limit (via mta.smtpd.cleanup).
+"""
+
+import email.utils
+
+from mta.model import Envelope, Reply
+
+
+class IncomingTransaction:
+    def __init__(self, session):
+        # The envelope is complete at DATA/first BDAT: take it now, the
+        # session resets its own state before the commit finishes.
+        self.session = session
+        self.sender = session.sender
+        self.mailParams = session.mailParams
+        self.recipients = tuple(session.recipients)
+        factory = session.factory
+        self.message = factory.store.newMessage()
+        self.queueId = self.message.queueId
+        self.size = 0  # content bytes from the client
+        self.message.write(self._receivedHeader())
+        self._sink = self.message.write
+
+    def _receivedHeader(self):
+        """Our Received header, folded as Postfix folds it."""
+        s = self.session
+        factory = s.factory
+        forClause = f"\r\n\tfor <{self.recipients[0].address}>" if len(self.recipients) == 1 else ""
+        date = email.utils.formatdate(factory.clock.seconds(), localtime=True)
+        helo = s.helo or s.clientName
+        text = (
+            f"Received: from {helo} ({s.clientName} [{s.clientAddress}])\r\n"
+            f"\tby {factory.hostname} ({factory.mailName}) with {s.protocolName} id {self.queueId}"
+            f"{forClause};\r\n\t{date}\r\n"
+        )
+        return text.encode("utf-8", "replace")
+
+    def write(self, data):
+        self.size += len(data)
+        self._sink(data)
+
+    def finish(self):
+        """End of content: a Reply if the message must be refused, else None."""
+        return None
+
+    def commit(self):
+        """Write the envelope and make the file durable; a Deferred firing with the queue id."""
+        s = self.session
+        params = self.mailParams
+        envelope = Envelope(
+            sender=str(self.sender),
+            recipients=self.recipients,
+            arrival_time=s.factory.clock.seconds(),
+            client_name=s.clientName,
+            client_address=s.clientAddress,
+            client_port=s.clientPort,
+            helo=s.helo or "",
+            protocol=s.protocolName,
+            body=params.body,
+            smtputf8=params.smtputf8,
+            ret=params.ret,
+            envid=params.envid,
+            size=self.message.size,
+        )
+        client = s.client
+        maillog = s.factory.maillog
+
+        def committed(queueId):
+            maillog.emit(f"client={client}", queue_id=queueId, client=client)
+            maillog.fields(
+                queueId,
+                [("from", f"<{envelope.sender}>"), ("size", self.message.size), ("nrcpt", len(envelope.recipients))],
+                "queued",
+                sender=envelope.sender,
+            )
+            return queueId
+
+        return self.message.commit(envelope).addCallback(committed)
+
+    def abort(self):
+        self.message.abort()
+
+
+__all__ = ["IncomingTransaction", "Reply"]
