@@ -246,3 +246,16 @@ class Networks:
                     continue
             result.append(parseNetwork(item))
         return tuple(result)
+
+
+@attrs.frozen
+class Restrictions:
+    """A restriction list (smtpd_*_restrictions): names, and tables after check_*_access."""
+
+    name = "restrictions"
+
+    def parse(self, text):
+        from mta.smtpd.restrictions import parseRestrictions
+
+        pairs = parseRestrictions(splitList(text))
+        return tuple(item for pair in pairs for item in pair if item is not None)

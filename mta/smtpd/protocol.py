@@ -469,7 +469,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self._earlyTalker:
             reply = Reply(550, "5.5.1", "Protocol error")
         else:
-            reply = await factory.policy.checkRecipient(self.clientAddress, address)
+            reply = await factory.policy.checkRecipient(self.clientAddress, address, self.helo, self.sender)
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return reply

@@ -142,9 +142,9 @@ def test_readme_table_lists_every_parameter():
     missing = [p.name for p in PARAMETERS if p.name not in names]
     assert not missing, (
         f"README.md's parameter table lacks {', '.join(missing)}; paste the output of "
-        "`python -m mta.config.docs markdown` between the markers"
+        "`python -m mta.config.docs markdown` between the markers (scripts/gen-docs does both)"
     )
     assert table.strip() == docs.markdown().strip(), (
         "README.md's parameter table is out of step with mta.config.schema; paste the output of "
-        "`python -m mta.config.docs markdown` between the markers"
+        "`python -m mta.config.docs markdown` between the markers (scripts/gen-docs does both)"
     )

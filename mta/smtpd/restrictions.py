@@ -1,0 +1,234 @@
+"""mta.smtpd.restrictions - Postfix's restriction lists (smtpd_*_restrictions).
+
+A restriction list is evaluated left to right; each restriction answers
+PERMIT (stop, accept), REJECT or DEFER (stop, with a reply) or DUNNO (go
+on), as in access(5).  An empty list, or one that ends without a decision,
+permits.  Restrictions that take an argument (check_recipient_access
+type:table) consume the next item.
+
+Implemented: permit, reject, defer, permit_mynetworks,
+permit_auth_destination, reject_unauth_destination,
+defer_unauth_destination, reject_unlisted_recipient,
+reject_non_fqdn_recipient, reject_non_fqdn_sender, check_client_access,
+check_sender_access, check_recipient_access.  Access tables answer as in
+access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
+code with optional enhanced status and text (4xx defers, 5xx rejects).
+The set grows with later changes (IAccessRestriction plugins).
+
+SECURITY
+    Input is untrusted; a table that cannot answer now defers (4xx),
+    never rejects.
+
+CONFIGURATION
+    smtpd_recipient_restrictions (permit_mynetworks,
+    reject_unauth_destination), relay_domains_reject_code (554),
+    unknown_*_reject_code (550).
+"""
+
+import re
+
+import attrs
+
+from mta.model import Reply
+from mta.tables import TableTemporaryError
+
+
+@attrs.frozen
+class Decision:
+    action: str  # permit, reject, defer, dunno
+    reply: Reply | None = None
+
+
+PERMIT = Decision("permit")
+DUNNO = Decision("dunno")
+
+
+@attrs.frozen
+class Request:
+    """What a restriction may look at."""
+
+    client_address: str
+    helo: str | None
+    sender: object  # mta.model.Address or None
+    recipient: object  # mta.model.Address or None
+    client_name: str = "unknown"
+
+
+def _constant(decision):
+    def make(policy, argument):
+        return lambda request: decision
+
+    return make
+
+
+def _permitMynetworks(policy, argument):
+    async def check(request):
+        return PERMIT if await policy.mynetworks.matches(request.client_address) else DUNNO
+
+    return check
+
+
+def _unauthDestination(action):
+    def make(policy, argument):
+        async def check(request):
+            recipient = request.recipient
+            if await policy.authorizedDestination(recipient):
+                return PERMIT if action == "permit" else DUNNO
+            if action == "permit":
+                return DUNNO
+            if action == "defer":
+                return Decision("defer", Reply(454, "4.7.1", f"<{recipient}>: Relay access denied"))
+            code = policy.relayRejectCode
+            return Decision("reject", Reply(code, f"{code // 100}.7.1", f"<{recipient}>: Relay access denied"))
+
+        return check
+
+    return make
+
+
+def _unlistedRecipient(policy, argument):
+    async def check(request):
+        reply = await policy.unlistedRecipient(request.recipient)
+        return Decision("reject", reply) if reply is not None else DUNNO
+
+    return check
+
+
+def _nonFqdn(which):
+    def make(policy, argument):
+        async def check(request):
+            address = getattr(request, which)
+            if address is None or address.isNull or address.domain.startswith("["):
+                return DUNNO
+            if "." not in address.domain:
+                what = "Recipient" if which == "recipient" else "Sender"
+                text = f"<{address}>: {what} address rejected: need fully-qualified address"
+                return Decision("reject", Reply(policy.nonFqdnRejectCode, "5.5.2", text))
+            return DUNNO
+
+        return check
+
+    return make
+
+
+_CODE = re.compile(r"([245])([0-9][0-9])(?:\s+([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?:\s+(.*))?$", re.S)
+
+
+def accessResult(value, subject, what):
+    """Turn an access(5) table value into a Decision."""
+    text = value.strip()
+    word, _, rest = text.partition(" ")
+    word = word.upper()
+    rest = rest.strip()
+    prefix = f"<{subject}>: {what} rejected"
+    if word in ("OK", "PERMIT") or (word.isdigit() and not text.startswith(("4", "5"))):
+        return PERMIT
+    if word == "DUNNO":
+        return DUNNO
+    if word == "REJECT":
+        return Decision("reject", Reply(554, "5.7.1", f"{prefix}: {rest or 'Access denied'}"))
+    if word == "DEFER":
+        return Decision("defer", Reply(450, "4.7.1", f"{prefix}: {rest or 'Access denied'}"))
+    match = _CODE.match(text)
+    if match and match.group(1) in "45":
+        code = int(match.group(1) + match.group(2))
+        status = match.group(3) or f"{match.group(1)}.7.1"
+        reply = Reply(code, status, f"{prefix}: {match.group(4) or 'Access denied'}")
+        return Decision("reject" if code >= 500 else "defer", reply)
+    # Postfix would run a restriction named in the value; we do not yet.
+    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"))
+
+
+def accessKeys(address):
+    """access(5)'s keys for an address: user@domain, domain and its parents, user@."""
+    if address.isNull:
+        return ["<>"]
+    local = address.local.lower()
+    if not address.domain:
+        return [local, f"{local}@"]
+    parts = address.domain.split(".")
+    return [f"{local}@{address.domain}"] + [".".join(parts[i:]) for i in range(len(parts))] + [f"{local}@"]
+
+
+def _checkAccess(which):
+    def make(policy, table):
+        async def check(request):
+            if which == "client":
+                keys, what = [request.client_address], "Client host"
+                subject = f"{request.client_name}[{request.client_address}]"
+            else:
+                address = getattr(request, which)
+                if address is None:
+                    return DUNNO
+                keys, subject = accessKeys(address), address
+                what = "Recipient address" if which == "recipient" else "Sender address"
+            for key in keys:
+                value = await table.lookup(key)
+                if value is not None:
+                    return accessResult(value, subject, what)
+            return DUNNO
+
+        return check
+
+    return make
+
+
+# name -> (needs a table argument, maker(policy, argument) -> async check(request))
+RESTRICTIONS = {
+    "permit": (False, _constant(PERMIT)),
+    "reject": (False, _constant(Decision("reject", Reply(554, "5.7.1", "Access denied")))),
+    "defer": (False, _constant(Decision("defer", Reply(450, "4.7.1", "Try again later")))),
+    "permit_mynetworks": (False, _permitMynetworks),
+    "permit_auth_destination": (False, _unauthDestination("permit")),
+    "reject_unauth_destination": (False, _unauthDestination("reject")),
+    "defer_unauth_destination": (False, _unauthDestination("defer")),
+    "reject_unlisted_recipient": (False, _unlistedRecipient),
+    "reject_non_fqdn_recipient": (False, _nonFqdn("recipient")),
+    "reject_non_fqdn_sender": (False, _nonFqdn("sender")),
+    "check_client_access": (True, _checkAccess("client")),
+    "check_sender_access": (True, _checkAccess("sender")),
+    "check_recipient_access": (True, _checkAccess("recipient")),
+}
+
+
+def parseRestrictions(items):
+    """Check a restriction list's syntax: [(name, TableSpec or None)]; ValueError if wrong."""
+    from mta.config.types import parseTableSpec
+
+    result = []
+    items = list(items)
+    i = 0
+    while i < len(items):
+        name = str(items[i]).lower()
+        if name not in RESTRICTIONS:
+            raise ValueError(f"unknown restriction {items[i]!r} (known: {', '.join(sorted(RESTRICTIONS))})")
+        needsTable = RESTRICTIONS[name][0]
+        argument = None
+        if needsTable:
+            if i + 1 >= len(items):
+                raise ValueError(f"{name} needs a table argument (type:name)")
+            argument = parseTableSpec(str(items[i + 1]))
+            i += 1
+        result.append((name, argument))
+        i += 1
+    return tuple(result)
+
+
+class RestrictionList:
+    def __init__(self, items, policy, tables):
+        """C{items}: a restrictions parameter's value."""
+        self._checks = []
+        for name, argument in parseRestrictions(items):
+            table = tables.open(argument) if argument is not None else None
+            self._checks.append((name, RESTRICTIONS[name][1](policy, table)))
+
+    async def evaluate(self, request):
+        """The first decision other than DUNNO; PERMIT when none."""
+        for name, check in self._checks:
+            try:
+                decision = await check(request)
+            except TableTemporaryError:
+                return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"))
+            if decision.action != "dunno":
+                return decision
+        return PERMIT
