@@ -176,8 +176,15 @@ PARAMETERS = (
     _P("smtpd_forbid_bare_newline_reject_code", T.Integer(minimum=500), "550",
        "The reply code for a bare newline (with 5.5.2).", "smtpd"),
     _P("hopcount_limit", T.Integer(minimum=1), "50",
-       "The most Received: headers a message may carry; more is a mail loop (554 5.4.6).",
-       "smtpd"),
+       "Refuse a message (554 5.4.0) whose Received: headers, ours included, reach this count.",
+       "cleanup"),
+    _P("message_drop_headers", T.List(), "bcc, content-length, resent-bcc, return-path",
+       "Headers removed from every incoming message.", "cleanup"),
+    _P("always_add_missing_headers", T.Boolean(), "no",
+       "Add a missing Message-Id:, Date: and From: to mail from any client, not only from "
+       "this host's own addresses.", "cleanup"),
+    _P("header_size_limit", T.Integer(minimum=1024), "102400",
+       "The longest single message header kept, in bytes; the excess is discarded.", "cleanup"),
     _P("postscreen_greet_wait", T.Time("s"), "0s",
        "Delay the greeting this long and treat a client that talks first as an early talker; "
        "0: no delay.", "smtpd"),

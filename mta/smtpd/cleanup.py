@@ -48,25 +48,27 @@ DESCRIPTION
                                              caller passes sender)
         the undisclosed_recipients_header text when there is no To:, Cc:,
                                              Resent-To: or Resent-Cc:
-    each only when missing.  Once any Resent- header (Resent-Bcc, -Cc, -Date,
-    -From, -Message-Id, -Reply-To, -Sender, -To) has been seen, the
-    Resent-Message-Id:, Resent-Date: and Resent-From: headers are checked and
-    added instead (cleanup_header_done_callback).
+    each only when missing, and nothing to a message with too many hops.
+    Once any Resent- header (Resent-Bcc, -Cc, -Date, -From, -Message-Id,
+    -Reply-To, -Sender, -To) has been seen, Resent-Message-Id:, Resent-Date:
+    and Resent-From: are checked and added instead
+    (cleanup_header_done_callback).
 
     header_size_limit bounds one logical header, not the header section: text
     beyond it is discarded and the header ends there (mime_state.c: a
     continuation is appended only while the header is shorter than the
     limit; smtpd hands over long lines in pieces of line_length_limit, 2048
-    bytes, and each piece is judged alone).  Postfix before 2.0 started the
-    body instead; current Postfix (and this filter) keep reading headers.
+    bytes, and each piece is judged alone).  Old Postfix, before the MIME
+    parser of 2.0, started the body there instead; current Postfix (and this
+    filter) go on reading headers.
 
     The header section ends at the first line that is not a header ("name:"
     or the obsolete "name :", a name of printable ASCII without ":") nor a
     continuation (a line starting with space or tab) - normally the empty
     line.  A header section that ends in a non-empty line gets an empty line
     inserted before it, as the newest Postfix source does by default
-    (cleanup_non_empty_eoh_action, "fix quietly"); Postfix 3.10 and older
-    leave it out (fixEndOfHeaders=False).  Either way the rest is body and is
+    (cleanup_non_empty_eoh_action, "fix quietly"); older releases leave it
+    out (fixEndOfHeaders=False).  Either way the rest is body and is
     not examined, so a "Bcc:" after a malformed line is body text, and the
     inserted line makes every later reader agree.
 
@@ -81,12 +83,13 @@ DESCRIPTION
     (BDAT) gets CRLF; body bytes are never changed.
 
 SECURITY
-    Everything passed to write() is untrusted network input.  Memory held is
-    bounded by header_size_limit plus two pieces of 2048 bytes, whatever the
-    chunking: a line without an end is judged after 2048 bytes, and a header
-    stops growing at the limit.  Work is linear: every byte of the header
-    section is searched for its line end once and copied a bounded number of
-    times; the body is handed on without being looked at.  Header names are
+    Everything passed to write() is untrusted network input.  Memory held
+    between writes is bounded by header_size_limit plus two pieces of 2048
+    bytes, whatever the chunking: a line without an end is judged after 2048
+    bytes, and a header stops growing at the limit.  Work is linear: every
+    byte of the header section is searched for its line end once and copied
+    a bounded number of times; the body is handed on without being looked
+    at.  Header names are
     matched case-insensitively as bytes; 8-bit bytes in a header value are
     kept; a name with 8-bit or control bytes is not a header (it starts the
     body, as in Postfix).  The sender given for From: has CR, LF and NUL
@@ -403,8 +406,8 @@ class HeaderCleanup:
             return
         self._hdr = None
         name = self._hname
-        if not hdr.endswith(b"\n"):
-            hdr += b"\r\n"
+        if not hdr.endswith(b"\n"):  # the content ended inside this header (BDAT)
+            hdr += b"\n" if hdr.endswith(b"\r") else b"\r\n"
         if name == b"received":
             self.hops += 1
             if self.hops >= self._hopLimit:
@@ -422,7 +425,7 @@ class HeaderCleanup:
         """End of the header section: write the last header and add the missing ones."""
         self._flush()
         self._state = _BODY
-        if not self._addMissing:
+        if not self._addMissing or self.error:  # Postfix adds nothing to mail it rejects
             return
         resent = self._resent
         prefix = "Resent-" if resent else ""

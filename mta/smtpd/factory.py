@@ -65,6 +65,9 @@ class SMTPServerFactory(Factory):
         self.bareNewlineExclusions = NetworkMatcher(params["smtpd_forbid_bare_newline_exclusions"], tables)
         self.bareNewlineCode = params["smtpd_forbid_bare_newline_reject_code"]
         self.hopLimit = params["hopcount_limit"]
+        self.dropHeaders = frozenset(h.lower() for h in params["message_drop_headers"])
+        self.alwaysAddMissing = params["always_add_missing_headers"]
+        self.headerSizeLimit = params["header_size_limit"]
         self.greetWait = params["postscreen_greet_wait"]
         self.greetAction = params["postscreen_greet_action"]
 

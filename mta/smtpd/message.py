@@ -10,12 +10,17 @@ SECURITY
     name in the Received header are sanitized (no control characters).
 
 CONFIGURATION
-    myhostname, mail_name, hopcount_limit (via mta.smtpd.cleanup).
+    myhostname, mail_name; hopcount_limit, message_drop_headers,
+    always_add_missing_headers, header_size_limit (via mta.smtpd.cleanup).
+    Missing headers are added for clients on this host (Postfix's
+    local_header_rewrite_clients = permit_inet_interfaces) or for all with
+    always_add_missing_headers = yes.
 """
 
-import email.utils
+import ipaddress
 
 from mta.model import Envelope, Reply
+from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate
 
 
 class IncomingTransaction:
@@ -31,14 +36,24 @@ class IncomingTransaction:
         self.queueId = self.message.queueId
         self.size = 0  # content bytes from the client
         self.message.write(self._receivedHeader())
-        self._sink = self.message.write
+        self.cleanup = HeaderCleanup(
+            self.message.write,
+            hopLimit=factory.hopLimit,
+            dropHeaders=factory.dropHeaders,
+            addMissing=factory.alwaysAddMissing or _isOwnAddress(session),
+            hostname=factory.hostname,
+            queueId=self.queueId,
+            now=factory.clock.seconds(),
+            headerSizeLimit=factory.headerSizeLimit,
+            sender=str(self.sender),
+        )
 
     def _receivedHeader(self):
         """Our Received header, folded as Postfix folds it."""
         s = self.session
         factory = s.factory
         forClause = f"\r\n\tfor <{self.recipients[0].address}>" if len(self.recipients) == 1 else ""
-        date = email.utils.formatdate(factory.clock.seconds(), localtime=True)
+        date = mailDate(factory.clock.seconds())
         helo = s.helo or s.clientName
         text = (
             f"Received: from {helo} ({s.clientName} [{s.clientAddress}])\r\n"
@@ -49,10 +64,13 @@ class IncomingTransaction:
 
     def write(self, data):
         self.size += len(data)
-        self._sink(data)
+        self.cleanup.write(data)
 
     def finish(self):
         """End of content: a Reply if the message must be refused, else None."""
+        self.cleanup.close()
+        if self.cleanup.error == TOO_MANY_HOPS:
+            return Reply(554, "5.4.0", "Error: too many hops")
         return None
 
     def commit(self):
@@ -77,8 +95,12 @@ class IncomingTransaction:
         client = s.client
         maillog = s.factory.maillog
 
+        messageId = self.cleanup.messageId
+
         def committed(queueId):
             maillog.emit(f"client={client}", queue_id=queueId, client=client)
+            if messageId:
+                maillog.emit(f"message-id={messageId}", queue_id=queueId)
             maillog.fields(
                 queueId,
                 [("from", f"<{envelope.sender}>"), ("size", self.message.size), ("nrcpt", len(envelope.recipients))],
@@ -93,4 +115,13 @@ class IncomingTransaction:
         self.message.abort()
 
 
-__all__ = ["IncomingTransaction", "Reply"]
+def _isOwnAddress(session):
+    """local_header_rewrite_clients = permit_inet_interfaces: the client is this host."""
+    try:
+        client = ipaddress.ip_address(session.clientAddress)
+    except ValueError:
+        return False
+    if client.is_loopback:
+        return True
+    host = getattr(session.transport.getHost(), "host", None)
+    return host == session.clientAddress

@@ -53,7 +53,11 @@ def test_fullTransactionIsQueued(factory, store):
     received, rest = message.content.split(b"\r\n", 1)[0], message.content
     assert received.startswith(b"Received: from c.example (unknown [127.0.0.1])")
     assert b"\tby mx.test (mta) with ESMTP id FAKE0001\r\n\tfor <bob@mx.test>;" in rest
-    assert rest.endswith(b"Subject: x\r\n\r\n.leading dot\r\nbody\r\n")
+    # From a client on this host, cleanup adds the missing headers (Postfix's permit_inet_interfaces).
+    assert rest.endswith(
+        b"Subject: x\r\nMessage-Id: <FAKE0001@mx.test>\r\nDate: Thu,  1 Jan 1970 00:00:00 +0000 (UTC)\r\n"
+        b"From: alice@example.org\r\n\r\n.leading dot\r\nbody\r\n"
+    )
     env = message.envelope
     assert env.sender == "alice@example.org"
     assert [r.address for r in env.recipients] == ["bob@mx.test"]
@@ -298,8 +302,9 @@ def test_recipientLimit(store):
     assert out.splitlines()[-1] == "452 4.5.3 Error: too many recipients"
 
 
-def test_bdat(factory, store):
-    d = Dialog(factory)
+def test_bdat(store):
+    factory = serverFactory("mynetworks = 192.0.2.0/24\n", store=store)
+    d = Dialog(factory, peer="192.0.2.1")  # not this host: no headers added
     d.send("EHLO c\r\n")
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\n")
     body = b"Subject: x\r\n\r\n.not stuffed\r\n"
@@ -337,3 +342,20 @@ def test_vrfyAndHelp(factory):
     d = Dialog(factory)
     assert d.send("VRFY <bob@mx.test>\r\n") == "252 2.0.0 <bob@mx.test>\r\n"
     assert d.send("HELP\r\n").startswith("214 2.0.0 ")
+
+
+def test_cleanupOnTheWayIn(store):
+    """Dropped headers, hop count, and no added headers for a remote client."""
+    factory = serverFactory("mynetworks = 192.0.2.0/24\nhopcount_limit = 5\n", store=store)
+    d = Dialog(factory, peer="192.0.2.1")
+    d.send("EHLO c\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
+    out = d.send("Return-Path: <forged@example.org>\r\nBcc: secret@example.org,\r\n  other@example.org\r\nSubject: s\r\n\r\nbody\r\n.\r\n")
+    assert out == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    content = store.committed[0].content
+    assert content.endswith(b"\tThu,  1 Jan 1970 00:00:00 +0000 (UTC)\r\nSubject: s\r\n\r\nbody\r\n")
+    assert b"Return-Path" not in content and b"secret" not in content and b"Message-Id" not in content
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
+    out = d.send("Received: x\r\n" * 4 + "Subject: loop\r\n\r\nbody\r\n.\r\n")
+    assert out == "554 5.4.0 Error: too many hops\r\n"
+    assert len(store.committed) == 1
