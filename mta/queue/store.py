@@ -148,6 +148,11 @@ class IncomingMessage:
     def _flush(self):
         view = memoryview(self._buffer)
         try:
+            if self._fd is None:
+                # A message bigger than the buffer: its file is made now, in
+                # the reactor thread; small ones are written whole at commit,
+                # in a worker thread.
+                self._fd = self._store._create(self.path)
             while view:
                 n = self._store.fs.write(self._fd, view)
                 if not n or n < 0:
@@ -181,6 +186,10 @@ class IncomingMessage:
             if headerInBuffer:
                 self._buffer[: len(header)] = header
             self._buffer += record
+            if self._fd is None and self._error is None:
+                # Never flushed: the worker thread creates, writes and syncs the file.
+                data, self._buffer = bytes(self._buffer), bytearray()
+                return self._store._commit(self, None, data)
             self._flush()
             if self._error is None and not headerInBuffer:
                 try:
@@ -191,7 +200,7 @@ class IncomingMessage:
         if self._error is not None:
             return self._failNow(f"cannot write queue file {self.queueId}: {_describe(self._error)}")
         fd, self._fd = self._fd, None
-        return self._store._commit(self, fd)
+        return self._store._commit(self, fd, None)
 
     def _failNow(self, reason):
         self._state = "failed"
@@ -324,39 +333,64 @@ class QueueStore:
     # -- receiving ------------------------------------------------------
 
     def newMessage(self):
-        """A new IncomingMessage with its file in tmp/.  Raises QueueWriteError."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        """
+        A new IncomingMessage, to be written in tmp/.  Its file is created
+        when its content outgrows the write buffer, or at commit in a worker
+        thread, so the reactor does not wait on the queue directory's lock.
+        """
         for _ in range(3):
             queueId = self._newQueueId()
-            path = self.queuePath("tmp", queueId)
-            try:
-                fd = self.fs.open(path, flags, 0o600)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise QueueWriteError(f"cannot create queue file {path}: {_describe(e)}") from None
-            message = IncomingMessage(self, queueId, fd, path)
-            self._open[queueId] = message
-            return message
-        raise QueueWriteError("cannot create a queue file with a fresh queue id")
+            if queueId not in self._open:
+                break
+        else:
+            raise QueueWriteError("cannot create a queue file with a fresh queue id")
+        message = IncomingMessage(self, queueId, None, self.queuePath("tmp", queueId))
+        self._open[queueId] = message
+        return message
+
+    def _create(self, path):
+        """Create a queue file in tmp/ (O_EXCL); return its descriptor.  Raises OSError."""
+        return self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
     def _pool(self):
         if self._threadpool is None:
             self._threadpool = self.reactor.getThreadPool()
         return self._threadpool
 
-    def _commit(self, message, fd):
+    def _commit(self, message, fd, data):
         queueId = message.queueId
         result = Deferred()
         self._waiting[queueId] = result
-        d = deferToThreadPool(self.reactor, self._pool(), self._syncAndRename, queueId, fd, message.path)
+        d = deferToThreadPool(self.reactor, self._pool(), self._syncAndRename, queueId, fd, message.path, data)
         d.addCallbacks(self._renamed_, self._renameFailed, callbackArgs=(message,), errbackArgs=(message,))
         return result
 
-    def _syncAndRename(self, queueId, fd, tmpPath):
-        """In a worker thread: fsync and close the file, rename it into incoming/."""
+    def _syncAndRename(self, queueId, fd, tmpPath, data=None):
+        """
+        In a worker thread: (create and write the file if C{fd} is None),
+        fsync and close it, rename it into incoming/.
+        """
         fs = self.fs
+        created = fd is not None
         try:
+            if fd is None:
+                step = "create"
+                fd = self._create(tmpPath)
+                created = True
+                step = "write"
+                try:
+                    view = memoryview(data)
+                    while view:
+                        n = fs.write(fd, view)
+                        if not n or n < 0:
+                            raise OSError(errno.EIO, "short write")
+                        view = view[n:]
+                except BaseException:
+                    try:
+                        fs.close(fd)
+                    except OSError:
+                        pass
+                    raise
             step = "fsync"
             try:
                 fs.fsync(fd)
@@ -371,10 +405,11 @@ class QueueStore:
             step = "rename"
             fs.rename(tmpPath, self.queuePath("incoming", queueId))
         except Exception as e:
-            try:
-                fs.unlink(tmpPath)
-            except OSError:
-                pass
+            if created:
+                try:
+                    fs.unlink(tmpPath)
+                except OSError:
+                    pass
             raise QueueWriteError(f"cannot store message {queueId}: {step} failed: {_describe(e)}") from None
         with self._lock:
             self._renamed.append(queueId)

@@ -73,8 +73,10 @@ class NetworkMatcher:
     def __init__(self, items, tables):
         self._networks = [i for i in items if not isinstance(i, TableSpec)]
         self._tables = [tables.open(i) for i in items if isinstance(i, TableSpec)]
+        self.static = not self._tables  # staticMatch() is the whole answer
 
-    async def matches(self, address):
+    def staticMatch(self, address):
+        """Does C{address} fall in one of the listed networks (tables not consulted)?"""
         try:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError:
@@ -83,10 +85,17 @@ class NetworkMatcher:
             candidates = (ip, ip.ipv4_mapped)
         else:
             candidates = (ip,)
-        if any(c in net for c in candidates for net in self._networks if c.version == net.version):
+        return any(c in net for c in candidates for net in self._networks if c.version == net.version)
+
+    async def matches(self, address):
+        if self.staticMatch(address):
             return True
         for table in self._tables:
-            if await table.lookup(str(ip)) is not None:
+            try:
+                key = str(ipaddress.ip_address(address.split("%", 1)[0]))
+            except ValueError:
+                return False
+            if await table.lookup(key) is not None:
                 return True
         return False
 

@@ -32,7 +32,9 @@ CONFIGURATION
     postscreen_greet_wait, postscreen_greet_action; see mta.smtpd.factory.
 """
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from collections.abc import Coroutine
+
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -102,20 +104,46 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.client = f"{self.clientName}[{self.clientAddress}]"
         self.factory.maillog.emit(f"connect from {self.client}", client=self.client)
         self.setTimeout(self.factory.timeout)
-        d = Deferred.fromCoroutine(self._connect())
-        d.addErrback(self._internalError)
+        if self.factory.greetWait > 0 or not self._connectChecksAreStatic():
+            d = Deferred.fromCoroutine(self._connect())
+            d.addErrback(self._internalError)
+            return
+        # Fast path: nothing to look up in a table, nothing to wait for.
+        factory = self.factory
+        if factory.connectionLimit and not factory.eventLimitExceptions.staticMatch(self.clientAddress):
+            if not self._checkConnectionCount():
+                return
+        if self.bareNewline in ("reject", "yes") and factory.bareNewlineExclusions.staticMatch(self.clientAddress):
+            self.bareNewline = "normalize"
+        self._greet()
+
+    def _connectChecksAreStatic(self):
+        factory = self.factory
+        return factory.eventLimitExceptions.static and factory.bareNewlineExclusions.static
+
+    def _checkConnectionCount(self):
+        """Count this session; refuse it (False) past the per-client limit."""
+        factory = self.factory
+        count = factory.countConnection(self.clientAddress)
+        self._counted = True
+        if count > factory.connectionLimit:
+            factory.maillog.emit(
+                f"warning: Connection concurrency limit exceeded: {count} from {self.client}", client=self.client
+            )
+            self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {self.clientAddress}"))
+            self._close()
+            return False
+        return True
+
+    def _greet(self):
+        self._reply(Reply(220, "", self.factory.banner))
+        self._waiting = False
+        self._process()
 
     async def _connect(self):
         factory = self.factory
         if factory.connectionLimit and not await factory.eventLimitExceptions.matches(self.clientAddress):
-            count = factory.countConnection(self.clientAddress)
-            self._counted = True
-            if count > factory.connectionLimit:
-                factory.maillog.emit(
-                    f"warning: Connection concurrency limit exceeded: {count} from {self.client}", client=self.client
-                )
-                self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {self.clientAddress}"))
-                self._close()
+            if not self._checkConnectionCount():
                 return
         if self.bareNewline in ("reject", "yes") and await factory.bareNewlineExclusions.matches(self.clientAddress):
             self.bareNewline = "normalize"
@@ -135,9 +163,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                     self._close()
                     return
                 self._earlyTalker = factory.greetAction == "enforce"
-        self._reply(Reply(220, "", factory.banner))
-        self._waiting = False
-        self._process()
+        self._greet()
 
     def connectionLost(self, reason):
         self._closing = True
@@ -259,22 +285,37 @@ class SMTPServer(Protocol, TimeoutMixin):
             return
         if verb in JUNK:
             self._junk += 1
-        self._respond(verb, maybeDeferred(handler, arg))
+        try:
+            result = handler(arg)
+        except Exception:
+            result = fail()
+        if isinstance(result, Coroutine):
+            result = Deferred.fromCoroutine(result)
+        self._respond(verb, result)
 
     def _respond(self, verb, result):
         """Send C{result} (a Reply, None, or a Deferred of one) when it is ready, in order."""
-        d = result if isinstance(result, Deferred) else succeed(result)
-        d.addCallbacks(lambda reply: self._finish(verb, reply), lambda f: self._failed(verb, f))
-        d.addErrback(self._internalError)
+        if not isinstance(result, Deferred):
+            # The common case: an immediate reply, no Deferred machinery.
+            try:
+                result = self._finish(verb, result)
+            except Exception:
+                self._internalError(None)
+                return
+            if result is None:
+                return
+        else:
+            result.addCallbacks(lambda reply: self._finish(verb, reply), lambda f: self._failed(verb, f))
+        result.addErrback(self._internalError)
         pending = [True]  # d.called says nothing of a chain paused on a tarpit delay
 
-        def settled(result):
+        def settled(value):
             pending[0] = False
 
-        d.addBoth(settled)
+        result.addBoth(settled)
         if pending[0]:
             self._waiting = True
-            d.addBoth(self._resume)
+            result.addBoth(self._resume)
 
     def _finish(self, verb, reply):
         """Count, tarpit and send one reply; a Deferred while the tarpit delays it."""

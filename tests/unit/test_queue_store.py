@@ -272,16 +272,24 @@ def test_cleanTemporary_removes_old_leftovers_only(tmp_path):
 # -- the normal path ---------------------------------------------------------------------------
 
 
-def test_newMessage_creates_a_private_temporary_file(tmp_path):
+def test_newMessage_creates_its_private_file_lazily(tmp_path):
+    """A small message's file is made at commit (in the pool); a big one's at the first flush."""
     store = makeStore(tmp_path)
     message = store.newMessage()
     assert isValidQueueId(message.queueId)
     assert message.path == os.path.join(store.directory, "tmp", message.queueId)
-    st = os.lstat(message.path)
-    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert not os.path.exists(message.path)
     assert message.size == 0
     other = store.newMessage()
     assert other.queueId != message.queueId
+    message.write(CONTENT)
+    assert not os.path.exists(message.path)
+    result(message.commit(ENVELOPE))
+    st = os.lstat(store.queuePath("incoming", message.queueId))
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    other.write(b"x" * (WRITE_BUFFER_SIZE + 1))
+    st = os.lstat(other.path)
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
 
 
 def test_commit_stores_content_and_envelope(tmp_path):
@@ -364,9 +372,9 @@ def test_fsync_and_rename_run_in_the_thread_pool(tmp_path):
     message.write(CONTENT)
     del log[:]
     message.commit(ENVELOPE)
-    assert [e[0] for e in log] == ["write"]  # a small message: one write, the header included
+    assert log == []  # a small message: the reactor thread makes no system call at all
     pool.runAll()
-    assert [e[0] for e in log] == ["write", "fsync", "close", "rename", "fsyncDirectory"]
+    assert [e[0] for e in log] == ["open", "write", "fsync", "close", "rename", "fsyncDirectory"]
 
 
 def test_default_thread_pool_is_the_reactors(tmp_path):
@@ -475,12 +483,18 @@ def test_write_error_mid_stream_drops_later_data(tmp_path):
     assert nothingLeft(store)
 
 
-def test_newMessage_failure(tmp_path):
+def test_create_failure(tmp_path):
     fs = RecordingFileSystem()
     store = makeStore(tmp_path, fs=fs)
     fs.failures["open"] = OSError(errno.EACCES, "Permission denied")
-    with pytest.raises(QueueWriteError, match="cannot create queue file .*: Permission denied"):
-        store.newMessage()
+    message = store.newMessage()
+    message.write(CONTENT)
+    assert "create failed: Permission denied" in str(failure(message.commit(ENVELOPE)))
+    assert nothingLeft(store)
+    big = store.newMessage()
+    big.write(b"x" * (WRITE_BUFFER_SIZE + 1))  # the reactor-thread create fails: reported at commit
+    assert "Permission denied" in str(failure(big.commit(ENVELOPE)))
+    assert nothingLeft(store)
 
 
 def test_newMessage_retries_an_existing_name(tmp_path):
