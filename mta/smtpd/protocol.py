@@ -166,6 +166,12 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._greet()
 
     def connectionLost(self, reason):
+        if not self._closing and self._mode in ("data", "bdat"):
+            size = self.transaction.size if self.transaction is not None else 0
+            self.factory.maillog.emit(f"lost connection after {self._lastCommand} ({size} bytes) from {self.client}")
+            self._count(self._mode, False)
+        elif not self._closing:
+            self.factory.maillog.emit(f"lost connection after {self._lastCommand or 'CONNECT'} from {self.client}")
         self._closing = True
         self.setTimeout(None)
         self._abortMessage()
@@ -176,7 +182,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         )
         total = sum(t for _, t in self._counts.values())
         okTotal = sum(o for o, _ in self._counts.values())
-        commands = f"commands={okTotal}" if okTotal == total else f"commands={okTotal}/{total}"
+        commands = f"commands={okTotal}" if okTotal == total and total else f"commands={okTotal}/{total}"
         self.factory.maillog.emit(
             f"disconnect from {self.client} {counts + ' ' if counts else ''}{commands}", client=self.client
         )
@@ -562,8 +568,10 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _endData(self):
         reader, self._reader = self._reader, None
         self._mode = "command"
+        self._lastCommand = "END-OF-MESSAGE"
         if reader.error == D.BARE_NEWLINE:
             self._abortMessage()
+            self._count("data", False)
             self._bareNewlineReject("DATA")
             return
         if reader.error is not None:
@@ -647,6 +655,8 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     def _endChunk(self):
         self._mode = "command"
+        if self._chunkLast:
+            self._lastCommand = "END-OF-MESSAGE"
         if self._chunkError is not None:
             if self._chunkLast and self._bdatFailure is not None:
                 if self._bdatFailure.code >= 500:

@@ -10,6 +10,7 @@ def daemon(tmp_path):
     yield d
     code, out, err = d.stop()
     assert code == 0, f"mta exited with {code} on SIGTERM:\n{out}\n{err}"
+    assert "Traceback" not in out + err, out + err
 
 
 @pytest.fixture
@@ -27,4 +28,6 @@ def makeDaemon(tmp_path):
     yield make
     for d in started:
         if d.process is not None and d.process.poll() is None:
-            d.stop()
+            code, out, err = d.stop()
+            assert code == 0, f"mta exited with {code} on SIGTERM:\n{out}\n{err}"
+            assert "Traceback" not in out + err, out + err

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +38,17 @@ def twistd(args, cwd, **kwargs):
         stderr=subprocess.PIPE,
         **kwargs,
     )
+
+
+def _drain(stream, chunks):
+    while True:
+        try:
+            chunk = stream.read1(65536)
+        except (OSError, ValueError):
+            return
+        if not chunk:
+            return
+        chunks.append(chunk)
 
 
 def waitForBanner(port, process, timeout=30.0):
@@ -95,11 +107,43 @@ class Daemon:
 
     def start(self):
         self.process = twistd(["mta", "-c", self.config], cwd=self.directory)
+        # twistd -n logs a few lines per session to stdout: read the pipes
+        # while it runs, or the reactor blocks in write() once they are full.
+        self._output = {"stdout": [], "stderr": []}
+        self._readers = [
+            threading.Thread(target=_drain, args=(getattr(self.process, name), chunks), daemon=True)
+            for name, chunks in self._output.items()
+        ]
+        for reader in self._readers:
+            reader.start()
         self.banner = waitForBanner(self.port, self.process)
         return self
 
-    def stop(self):
-        return stop(self.process)
+    def _collected(self):
+        for reader in self._readers:
+            reader.join(10)
+        return tuple(b"".join(self._output[name]).decode("utf-8", "replace") for name in ("stdout", "stderr"))
+
+    def stop(self, timeout=15.0):
+        """SIGTERM and wait: (returncode, stdout, stderr)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            out, err = self._collected()
+            raise AssertionError(f"mta did not stop within {timeout}s on SIGTERM:\n{out}\n{err}") from None
+        out, err = self._collected()
+        return self.process.returncode, out, err
+
+    def kill(self):
+        """kill -9 and reap: (returncode, stdout, stderr)."""
+        self.process.kill()
+        self.process.wait(10)
+        out, err = self._collected()
+        return self.process.returncode, out, err
 
     def incoming(self):
         path = os.path.join(self.queue, "incoming")
