@@ -77,6 +77,16 @@ def _describe(e):
     return str(e) or type(e).__name__
 
 
+def _writeAll(fs, fd, data):
+    """Write all of C{data} (bytes or a memoryview); OSError on failure or a short write."""
+    view = memoryview(data)
+    while view:
+        n = fs.write(fd, view)
+        if not n or n < 0:
+            raise OSError(errno.EIO, "short write")
+        view = view[n:]
+
+
 class FileSystem:
     """The system calls that the store makes; tests substitute their own."""
 
@@ -153,12 +163,8 @@ class IncomingMessage:
                 # the reactor thread; small ones are written whole at commit,
                 # in a worker thread.
                 self._fd = self._store._create(self.path)
-            while view:
-                n = self._store.fs.write(self._fd, view)
-                if not n or n < 0:
-                    raise OSError(errno.EIO, "short write")
-                self._flushed += n
-                view = view[n:]
+            _writeAll(self._store.fs, self._fd, view)
+            self._flushed += len(view)
         except OSError as e:
             self._error = e
         finally:
@@ -377,22 +383,11 @@ class QueueStore:
                 step = "create"
                 fd = self._create(tmpPath)
                 created = True
-                step = "write"
-                try:
-                    view = memoryview(data)
-                    while view:
-                        n = fs.write(fd, view)
-                        if not n or n < 0:
-                            raise OSError(errno.EIO, "short write")
-                        view = view[n:]
-                except BaseException:
-                    try:
-                        fs.close(fd)
-                    except OSError:
-                        pass
-                    raise
-            step = "fsync"
             try:
+                if data is not None:
+                    step = "write"
+                    _writeAll(fs, fd, data)
+                step = "fsync"
                 fs.fsync(fd)
             except BaseException:
                 try:

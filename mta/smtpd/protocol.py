@@ -408,21 +408,19 @@ class SMTPServer(Protocol, TimeoutMixin):
 
     # -- commands -----------------------------------------------------------------
 
-    def smtp_HELO(self, arg):
+    def _hello(self, verb, arg, protocolName, lines):
         if not arg:
-            return Reply(501, "5.5.4", "Syntax: HELO hostname")
+            return Reply(501, "5.5.4", f"Syntax: {verb} hostname")
         self._resetTransaction()
         self.helo = sanitize(arg)[:255]
-        self.protocolName = "SMTP"
-        return Reply(250, "", self.hostname)
+        self.protocolName = protocolName
+        return Reply(250, "", "\n".join([self.hostname, *lines]))
+
+    def smtp_HELO(self, arg):
+        return self._hello("HELO", arg, "SMTP", ())
 
     def smtp_EHLO(self, arg):
-        if not arg:
-            return Reply(501, "5.5.4", "Syntax: EHLO hostname")
-        self._resetTransaction()
-        self.helo = sanitize(arg)[:255]
-        self.protocolName = "ESMTP"
-        return Reply(250, "", "\n".join([self.hostname, *self.factory.ehloLines]))
+        return self._hello("EHLO", arg, "ESMTP", self.factory.ehloLines)
 
     def smtp_NOOP(self, arg):
         return R_OK
