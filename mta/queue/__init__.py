@@ -66,8 +66,8 @@ HOW THE QUEUE MANAGER UPDATES A MESSAGE (for the manager; not yet written)
         does), and cleanTemporary() empties tmp/ of old files.
 
 SECURITY
-    Queue files are parsed as untrusted input (see fileformat); never
-    pickled.
+    Queue files are parsed as untrusted input (see fileformat); the
+    format is plain text records and JSON, nothing that executes code.
 
 CONFIGURATION
     queue_directory, queue_minfree (QueueStore.freeSpace()).

@@ -398,10 +398,11 @@ class SMTPServer(Protocol, TimeoutMixin):
             self.transaction = None
 
     def _logReject(self, stage, reply, recipient=None):
+        sender = f" from=<{sanitize(self.sender)}>" if self.sender is not None else ""
         to = f" to=<{recipient}>" if recipient is not None else ""
         self.factory.maillog.emit(
-            f"NOQUEUE: reject: {stage} from {self.client}: {sanitize(str(reply))}; "
-            f"from=<{sanitize(self.sender)}>{to} proto={self.protocolName} helo=<{self.helo or ''}>",
+            f"NOQUEUE: reject: {stage} from {self.client}: {sanitize(str(reply))};"
+            f"{sender}{to} proto={self.protocolName} helo=<{self.helo or ''}>",
             client=self.client,
             status="reject",
         )
@@ -474,7 +475,9 @@ class SMTPServer(Protocol, TimeoutMixin):
             mailParams = parseMailParameters(params, sizeLimit=factory.sizeLimit, offered=self._offered())
             sender = parsePath(path, allowNull=True, smtputf8=mailParams.smtputf8)
         except SizeExceeded:
-            return Reply(552, "5.3.4", "Message size exceeds fixed limit")
+            reply = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+            self._logReject("MAIL", reply)
+            return reply
         except ParameterError as e:
             return Reply(555, "5.5.4", f"Unsupported option: {e}")
         except NonAsciiPathError as e:
@@ -482,8 +485,9 @@ class SMTPServer(Protocol, TimeoutMixin):
         except PathError as e:
             return Reply(501, "5.1.7", f"Bad sender address syntax: {e}")
         if not factory.enoughSpace(mailParams.size or 0):
-            factory.maillog.emit(f"NOQUEUE: reject: MAIL from {self.client}: 452 4.3.1 Insufficient system storage")
-            return Reply(452, "4.3.1", "Insufficient system storage")
+            reply = Reply(452, "4.3.1", "Insufficient system storage")
+            self._logReject("MAIL", reply)
+            return reply
         self.sender = sender
         self.mailParams = mailParams
         return Reply(250, "2.1.0", "Ok")

@@ -238,3 +238,24 @@ def test_bdatSizeLimit():
     ]
     assert store.committed == []
     assert d.send("MAIL FROM:<a@example.org>\r\n") == "250 2.1.0 Ok\r\n"
+
+
+def test_mailRejectsAreLogged():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        store = FakeQueueStore(freeSpace=0)
+        d = dialog("message_size_limit = 1000\nqueue_minfree = 1\n", store=store)
+        d.send("EHLO c\r\n")
+        assert d.send("MAIL FROM:<a@example.org> SIZE=2000\r\n").startswith("552 ")
+        assert d.send("MAIL FROM:<a@example.org>\r\n").startswith("452 ")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e["mail_line"] for e in events if "mail_line" in e]
+    assert (
+        f"NOQUEUE: reject: MAIL from unknown[{OUTSIDE}]: 552 5.3.4 Message size exceeds fixed limit; "
+        "proto=ESMTP helo=<c>"
+    ) in lines
+    assert f"NOQUEUE: reject: MAIL from unknown[{OUTSIDE}]: 452 4.3.1 Insufficient system storage; proto=ESMTP helo=<c>" in lines
