@@ -47,3 +47,40 @@ class ILookupTableFactory(Interface):
         @raise mta.tables.TableError: the table cannot be opened (missing
             file, syntax error); the message names the file and line.
         """
+
+
+class IDeliveryTransport(Interface):
+    """A final or relaying delivery agent (virtual, discard, error, smtp, lmtp, ...)."""
+
+    def deliver(request):
+        """
+        Deliver C{request} (an mta.model.DeliveryRequest).
+
+        @return: a Deferred that fires with a list of
+            mta.model.RecipientResult, exactly one per recipient of the
+            request, in any order.  An SMTP-level or mailbox failure is a
+            result ("deferred" or "bounced"), never an errback; an errback
+            means a bug, and the queue manager defers every recipient of
+            the request with 4.3.0.
+        """
+
+    def stop():
+        """Stop: close cached connections; a Deferred that fires when done."""
+
+
+class IDeliveryTransportFactory(Interface):
+    """A plugin that makes transports of one type (master.cf's command)."""
+
+    transportType = Attribute("The name used in transport_maps and *_transport, e.g. 'virtual'.")
+    description = Attribute("One line for documentation.")
+
+    def makeTransport(name, params, context):
+        """
+        Make the transport called C{name} (usually transportType).
+
+        @param params: the mta.config.Scope of [main].
+        @param context: an object with C{clock} (the reactor: IReactorTime,
+            IReactorThreads), C{tables} (mta.tables.Tables) and C{store}
+            (the queue store, for transports that submit mail).
+        @return: an L{IDeliveryTransport}.
+        """

@@ -84,3 +84,52 @@ class Envelope:
     ret: str | None = None  # FULL or HDRS
     envid: str | None = None  # xtext-decoded
     size: int = 0  # bytes of content as queued
+
+
+@attrs.frozen
+class DeliveryRecipient:
+    """One recipient of a DeliveryRequest."""
+
+    index: int  # position in the envelope's recipients: the key of its queue state
+    address: str  # where to deliver, after alias rewriting
+    original: str  # the envelope recipient as received
+    orcpt: str | None = None  # RFC 3461 ORCPT, "addr-type;address"
+    notify: tuple = ()
+
+
+@attrs.frozen
+class DeliveryRequest:
+    """
+    What the queue manager asks a transport to deliver: one message, to
+    some of its recipients, all for one (transport, nexthop).  The content
+    is C{content_length} bytes at C{content_offset} in the queue file
+    C{path}; read it with mta.queue.fileformat.readContent (blocking: in a
+    thread) and never write to that file.
+    """
+
+    queue_id: str
+    transport: str
+    nexthop: str
+    envelope: Envelope
+    recipients: tuple  # of DeliveryRecipient
+    path: str
+    content_offset: int
+    content_length: int
+
+
+@attrs.frozen
+class RecipientResult:
+    """
+    A transport's answer for one recipient: C{status} is "sent",
+    "deferred" or "bounced" (a 2xx, 4xx or 5xx in SMTP terms), C{dsn} the
+    enhanced status code, C{text} the human text for logs and DSNs (e.g.
+    "250 2.0.0 Ok: queued as 4Tb..." or "delivered to maildir").
+    """
+
+    index: int
+    status: str
+    dsn: str
+    text: str
+    relay: str = "none"  # for the log: "virtual", "mx.example.net[192.0.2.1]:25"
+    diagnostic: str | None = None  # RFC 3464 Diagnostic-Code, e.g. "smtp; 550 5.1.1 <x>: unknown"
+    remote_mta: str | None = None  # RFC 3464 Remote-MTA, e.g. "dns; mx.example.net"

@@ -534,3 +534,21 @@ def readQueueFile(path, *, verifyContent=False):
 def readEnvelope(path):
     """The Envelope of the queue file at C{path} (see readQueueFile)."""
     return readQueueFile(path).envelope
+
+
+def readContent(path, offset, length, chunkSize=65536):
+    """
+    Yield the message content of the queue file C{path} in chunks (blocking
+    I/O: call it in a thread).  C{offset} and C{length} come from the
+    queue manager's parse of the file.  Raises OSError, or CorruptQueueFile
+    if the file is shorter than it said.
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        remaining = length
+        while remaining:
+            chunk = f.read(min(chunkSize, remaining))
+            if not chunk:
+                raise CorruptQueueFile(f"{path}: content ends {remaining} bytes early")
+            remaining -= len(chunk)
+            yield chunk
