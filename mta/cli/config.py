@@ -30,6 +30,7 @@ import difflib
 import sys
 
 from mta.config import BY_NAME, ConfigError, Scope, load, openTables
+from mta.config.schema import parameter
 from mta.config.schema import LISTENER_KEYS
 
 PROG = "mta-config"
@@ -95,7 +96,7 @@ def _unknownParameter(name):
 
 
 def _checkNames(names):
-    unknown = [name for name in names if name not in BY_NAME]
+    unknown = [name for name in names if parameter(name) is None]
     if unknown:
         raise _Failed("\n".join(f"{PROG}: error: {_unknownParameter(n)}" for n in unknown))
 
@@ -124,7 +125,8 @@ def _parameters(args):
             setHere = {entry.key for entry in scope.setHere()}
             names = [n for n in (args.names or sorted(setHere)) if n in setHere]
         else:
-            names = args.names or sorted(BY_NAME)
+            # Every declared parameter, and transport-named ones set in the file.
+            names = args.names or sorted(set(BY_NAME) | {e.key for e in scope.setHere()})
     return [_line(name, _value(scope, name, args.expand), args.hideNames) for name in names]
 
 

@@ -28,7 +28,7 @@ import re
 
 import attrs
 
-from mta.config.schema import BY_NAME, DEFAULT_LISTENERS, LISTENER_KEYS
+from mta.config.schema import BY_NAME, DEFAULT_LISTENERS, LISTENER_KEYS, parameter
 
 
 class ConfigError(Exception):
@@ -161,7 +161,7 @@ class Scope:
 
     def raw(self, name):
         entry = self.entry(name)
-        return entry.value if entry else BY_NAME[name].defaultText()
+        return entry.value if entry else parameter(name).defaultText()
 
     def expanded(self, name):
         return self._expand(self.raw(name), [name])
@@ -171,12 +171,12 @@ class Scope:
             return self._values[name]
         except KeyError:
             pass
-        value = BY_NAME[name].type.parse(self.expanded(name))
+        value = parameter(name).type.parse(self.expanded(name))
         self._values[name] = value
         return value
 
     def _lookup(self, name, stack):
-        if name not in BY_NAME:
+        if parameter(name) is None:
             raise ValueError(f"${name} is not a known parameter")
         if name in stack:
             raise ValueError("circular reference: " + " -> ".join(f"${n}" for n in stack + [name]))
@@ -240,7 +240,7 @@ class Scope:
         entry = self.entry(name)
         if entry is not None:
             return str(entry.location)
-        return f"{self.origin}: {name} (default {BY_NAME[name].defaultText()!r})"
+        return f"{self.origin}: {name} (default {parameter(name).defaultText()!r})"
 
 
 @attrs.frozen
@@ -290,7 +290,7 @@ def load(path=None, text=None):
             raise ConfigError(f"{section.location}: unknown section (expected [main] or [listener:NAME])")
 
     for entry in mainEntries:
-        if entry.key not in BY_NAME:
+        if parameter(entry.key) is None:
             extra = "; it belongs in a [listener:NAME] section" if entry.key in LISTENER_KEYS else ""
             raise ConfigError(f"{entry.location}: {_unknown(entry.key)}{extra}")
     origin = f"{path}: [main]" if path else "embedded defaults"
@@ -304,7 +304,7 @@ def load(path=None, text=None):
         for entry in section.entries:
             if entry.key == "endpoint":
                 endpoint = entry
-            elif entry.key in BY_NAME:
+            elif parameter(entry.key) is not None:
                 overrides.append(entry)
             else:
                 raise ConfigError(f"{entry.location}: {_unknown(entry.key)}")
@@ -324,12 +324,12 @@ def tableSpecs(scope):
     from mta.config.schema import PARAMETERS
     from mta.config.types import TableSpec
 
-    for parameter in PARAMETERS:
-        value = scope[parameter.name]
+    for declared in PARAMETERS:
+        value = scope[declared.name]
         if isinstance(value, tuple):
             for item in value:
                 if isinstance(item, TableSpec):
-                    yield parameter.name, item
+                    yield declared.name, item
 
 
 def openTables(config, tables):

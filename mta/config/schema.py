@@ -16,6 +16,7 @@ CONFIGURATION
     This module is the configuration's definition.
 """
 
+import re
 import socket
 
 import attrs
@@ -194,6 +195,49 @@ PARAMETERS = (
     # -- smtp client ---------------------------------------------------------
     _P("smtp_connect_timeout", T.Time("s"), "30s",
        "How long the SMTP client waits for a TCP connection to complete.", "smtp"),
+    # -- routing (trivial-rewrite) --------------------------------------------
+    _P("local_transport", T.String(), "error:5.1.1 local delivery is not available",
+       "transport:nexthop for $mydestination recipients that no alias rewrites (mta has no "
+       "local(8); Postfix's default is local:$myhostname).", "routing"),
+    _P("virtual_transport", T.String(), "virtual",
+       "transport:nexthop for $virtual_mailbox_domains.", "routing"),
+    _P("relay_transport", T.String(), "relay",
+       "transport:nexthop for $relay_domains.", "routing"),
+    _P("default_transport", T.String(), "smtp",
+       "transport:nexthop for every other domain ($relayhost is the default nexthop).", "routing"),
+    _P("transport_maps", T.Tables(), "",
+       "Tables of transport:nexthop by address, domain, parent domain or *; they override the "
+       "transports above.", "routing"),
+    _P("alias_maps", T.Tables(), "",
+       "aliases(5)-style tables for $mydestination local parts (applied when routing; "
+       "Postfix's local(8) does it at delivery).", "routing"),
+    _P("virtual_alias_recursion_limit", T.Integer(minimum=1), "1000",
+       "The deepest nesting of alias expansion before it counts as a loop.", "routing"),
+    _P("virtual_alias_expansion_limit", T.Integer(minimum=1), "1000",
+       "The most addresses one recipient may expand to.", "routing"),
+    # -- queue manager ----------------------------------------------------------
+    _P("minimal_backoff_time", T.Time("s"), "300s",
+       "The shortest time between two delivery attempts of a deferred message.", "qmgr"),
+    _P("maximal_backoff_time", T.Time("s"), "4000s",
+       "The longest time between two delivery attempts of a deferred message.", "qmgr"),
+    _P("queue_run_delay", T.Time("s"), "300s",
+       "How often the deferred queue is scanned for messages that are due.", "qmgr"),
+    _P("maximal_queue_lifetime", T.Time("d"), "5d",
+       "How long a message may stay deferred before it is returned as undeliverable.", "qmgr"),
+    _P("bounce_queue_lifetime", T.Time("d"), "5d",
+       "The same for bounces and other mail from the null sender.", "qmgr"),
+    _P("qmgr_message_active_limit", T.Integer(minimum=1), "20000",
+       "The most messages in the active queue (in memory) at once.", "qmgr"),
+    _P("default_destination_concurrency_limit", T.Integer(minimum=1), "20",
+       "Parallel deliveries to one destination; TRANSPORT_destination_concurrency_limit "
+       "overrides it per transport.", "qmgr"),
+    _P("default_destination_recipient_limit", T.Integer(minimum=1), "50",
+       "Recipients per delivery; TRANSPORT_destination_recipient_limit overrides it per "
+       "transport.", "qmgr"),
+    _P("defer_transports", T.List(), "",
+       "Transports whose mail is deferred without an attempt (until a flush).", "qmgr"),
+    _P("soft_bounce", T.Boolean(), "no",
+       "Defer instead of bounce: a safety net while testing a configuration.", "qmgr"),
     # -- logging -------------------------------------------------------------
     _P("maillog_file", T.String(), "",
        "Also write mail-log lines in Postfix's syslog shape to this file "
@@ -201,6 +245,26 @@ PARAMETERS = (
 )
 
 BY_NAME = {p.name: p for p in PARAMETERS}
+
+# Parameters whose names are made from a transport name, as in Postfix
+# (smtp_destination_concurrency_limit, virtual_destination_recipient_limit).
+PATTERNS = (
+    (re.compile(r"([a-z0-9][a-z0-9_-]*)_destination_concurrency_limit"), T.Integer(minimum=1),
+     "$default_destination_concurrency_limit", "Parallel deliveries to one destination of this transport."),
+    (re.compile(r"([a-z0-9][a-z0-9_-]*)_destination_recipient_limit"), T.Integer(minimum=1),
+     "$default_destination_recipient_limit", "Recipients per delivery by this transport."),
+)
+
+
+def parameter(name):
+    """The Parameter called C{name} (declared, or made by a transport-name pattern), or None."""
+    found = BY_NAME.get(name)
+    if found is not None:
+        return found
+    for pattern, type, default, doc in PATTERNS:
+        if pattern.fullmatch(name):
+            return Parameter(name, type, default, doc, "qmgr")
+    return None
 
 # Keys of a [listener:NAME] section that are not [main] parameters.
 LISTENER_KEYS = {

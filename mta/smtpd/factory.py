@@ -31,7 +31,8 @@ class SMTPServerFactory(Factory):
     noisy = False
 
     def __init__(self, params, clock, store, tables, listenerName="smtp"):
-        from mta.smtpd.policy import NetworkMatcher, RecipientPolicy
+        from mta.smtpd.policy import RecipientPolicy
+        from mta.tables.matchers import NetworkMatcher
 
         self.params = params
         self.clock = clock
