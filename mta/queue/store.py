@@ -265,6 +265,7 @@ class QueueStore:
         self._syncing = False
         self._syncAgain = False
         self.directoryFsyncs = 0  # how many fsyncs of incoming/ were made (statistics, tests)
+        self.onCommit = None  # called with the queue id of every durable commit (the queue manager)
 
     def queuePath(self, name, queueId=None):
         """The path of queue C{name}, or of C{queueId} in it."""
@@ -357,6 +358,32 @@ class QueueStore:
     def _create(self, path):
         """Create a queue file in tmp/ (O_EXCL); return its descriptor.  Raises OSError."""
         return self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+    def appendState(self, path, state, truncateTo=None):
+        """
+        Append a state record to the committed queue file C{path} and
+        fdatasync it, in a worker thread; a Deferred that fires when it is
+        durable.  C{truncateTo} first cuts off a torn append.  Raises
+        (through the Deferred) QueueWriteError.
+        """
+        record = fileformat.dumpState(state)
+        return deferToThreadPool(self.reactor, self._pool(), self._append, path, record, truncateTo)
+
+    def _append(self, path, record, truncateTo):
+        fs = self.fs
+        try:
+            fd = fs.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise QueueWriteError(f"cannot update {path}: {_describe(e)}") from None
+        try:
+            if truncateTo is not None:
+                os.ftruncate(fd, truncateTo)
+            _writeAll(fs, fd, record)
+            os.fdatasync(fd)
+        except OSError as e:
+            raise QueueWriteError(f"cannot update {path}: {_describe(e)}") from None
+        finally:
+            fs.close(fd)
 
     def _pool(self):
         if self._threadpool is None:
@@ -476,3 +503,5 @@ class QueueStore:
         else:
             message._state = "committed"
             d.callback(queueId)
+            if self.onCommit is not None:
+                self.onCommit(queueId)

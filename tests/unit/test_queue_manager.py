@@ -1,0 +1,270 @@
+"""The queue manager with a fake clock, a real queue directory and fake transports."""
+
+import os
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from mta.config import load, openTables
+from mta.maillog import MailLogger
+from mta.model import Envelope, Recipient, RecipientResult
+from mta.queue.fileformat import readQueueFile
+from mta.queue.manager import QueueManager
+from mta.queue.store import QueueStore
+from mta.routing import Router
+from mta.tables import Tables
+
+
+class SyncPool:
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class FakeReactor(Clock):
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def getThreadPool(self):
+        return SyncPool()
+
+
+class FakeTransport:
+    """Answers every recipient with C{answer(recipient)}; or holds requests when C{hold}."""
+
+    def __init__(self, answer=None):
+        self.answer = answer or (lambda r: ("sent", "2.0.0", "delivered"))
+        self.requests = []
+        self.contents = []
+        self.held = []
+        self.hold = False
+
+    def deliver(self, request):
+        self.requests.append(request)
+        with open(request.path, "rb") as f:
+            f.seek(request.content_offset)
+            self.contents.append(f.read(request.content_length))
+        results = []
+        for r in request.recipients:
+            status, dsn, text = self.answer(r)
+            results.append(RecipientResult(r.index, status, dsn, text, relay="fake"))
+        if self.hold:
+            d = Deferred()
+            self.held.append((d, results))
+            return d
+        return succeed(results)
+
+    def release(self):
+        held, self.held = self.held, []
+        for d, results in held:
+            d.callback(results)
+
+
+class Harness:
+    def __init__(self, tmp_path, main="", transports=None):
+        self.clock = FakeReactor()
+        self.clock.advance(1_000_000)
+        config = load("<t>", "[main]\nmyhostname = mx.test\nvirtual_mailbox_domains = box.example\n" + main)
+        self.tables = Tables(self.clock)
+        openTables(config, self.tables)
+        self.store = QueueStore(str(tmp_path / "queue"), self.clock)
+        self.store.prepare()
+        self.transports = transports if transports is not None else {"virtual": FakeTransport(), "smtp": FakeTransport()}
+        self.lines = []
+        self.manager = QueueManager(
+            self.store, Router(config.main, self.tables), self.transports.get, config.main, self.clock, self.maillog
+        )
+
+    def maillog(self, program):
+        harness = self
+
+        class Recorder(MailLogger):
+            def emit(self, text, queue_id=None, level=None, **fields):
+                harness.lines.append(f"{program}: {queue_id + ': ' if queue_id else ''}{text}")
+
+        return Recorder("mta", program)
+
+    def submit(self, recipients, sender="alice@example.org", content=b"Subject: t\r\n\r\nhi\r\n", arrival=None):
+        message = self.store.newMessage()
+        message.write(content)
+        envelope = Envelope(
+            sender=sender,
+            recipients=tuple(Recipient(r) for r in recipients),
+            arrival_time=self.clock.seconds() if arrival is None else arrival,
+        )
+        ids = []
+        message.commit(envelope).addCallback(ids.append)
+        return ids[0]
+
+    def queue(self, name):
+        return self.store.listQueue(name)
+
+
+def test_newMailIsDeliveredAtOnceAndRemoved(tmp_path):
+    h = Harness(tmp_path)
+    h.manager.start()
+    queueId = h.submit(["u@box.example", "x@elsewhere.example"])
+    virtual, smtp = h.transports["virtual"], h.transports["smtp"]
+    assert [r.address for r in virtual.requests[0].recipients] == ["u@box.example"]
+    assert smtp.requests[0].nexthop == "elsewhere.example"
+    assert virtual.contents == [b"Subject: t\r\n\r\nhi\r\n"]
+    assert h.queue("incoming") == h.queue("active") == h.queue("deferred") == []
+    assert f"qmgr: {queueId}: removed" in h.lines
+    assert any(line.startswith(f"qmgr: {queueId}: from=<alice@example.org>, size=18, nrcpt=2 (queue active)") for line in h.lines)
+    assert any(f"{queueId}: to=<u@box.example>, relay=fake" in line and "dsn=2.0.0, status=sent (delivered)" in line for line in h.lines)
+
+
+def test_deferredMailIsRetriedWithBackoffThenExpires(tmp_path):
+    attempts = []
+
+    def answer(r):
+        attempts.append(h.clock.seconds())
+        return ("deferred", "4.4.1", "connection refused")
+
+    h = Harness(tmp_path, "maximal_queue_lifetime = 1h\n", {"smtp": FakeTransport(answer)})
+    h.manager.start()
+    arrival = h.clock.seconds()
+    queueId = h.submit(["x@elsewhere.example"])
+    assert h.queue("deferred") == [queueId]
+    mtime = os.stat(h.store.queuePath("deferred", queueId)).st_mtime
+    assert mtime == pytest.approx(arrival + 300)  # age 0, bounded below by minimal_backoff_time
+    h.clock.advance(299)
+    assert len(attempts) == 1
+    h.clock.advance(301)  # the next queue run after the due time
+    assert len(attempts) == 2
+    while h.clock.seconds() - arrival < 6000:
+        h.clock.advance(300)
+    # the interval is the message's age, bounded by 300 s and 4000 s, rounded up to a queue run
+    assert [round(a - arrival) for a in attempts] == [0, 600, 1200, 2400, 4800]
+    assert h.queue("deferred") == [] and h.queue("active") == []  # expired after an hour: bounced, removed
+    assert any("status=bounced (message expired: connection refused)" in line for line in h.lines)
+    assert f"qmgr: {queueId}: removed" in h.lines
+
+
+def test_deliveredRecipientsAreNotDeliveredAgain(tmp_path):
+    calls = []
+
+    def answer(r):
+        calls.append(r.address)
+        return ("sent", "2.0.0", "ok") if r.address.startswith("good") else ("deferred", "4.0.0", "later")
+
+    h = Harness(tmp_path, transports={"smtp": FakeTransport(answer)})
+    h.manager.start()
+    queueId = h.submit(["good@a.example", "bad@b.example"])
+    assert sorted(calls) == ["bad@b.example", "good@a.example"]
+    h.clock.advance(700)
+    assert sorted(calls) == ["bad@b.example", "bad@b.example", "good@a.example"]
+    states = readQueueFile(h.store.queuePath("deferred", queueId)).states
+    assert any(s.get("recipients", {}).get("0", {}).get("status") == "sent" for s in states)
+
+
+def test_crashRecoveryTakesUpActiveMail(tmp_path):
+    h = Harness(tmp_path)
+    queueId = h.submit(["u@box.example"])  # the manager is not running: stays in incoming
+    os.rename(h.store.queuePath("incoming", queueId), h.store.queuePath("active", queueId))  # as after a crash
+    h.manager.start()
+    assert len(h.transports["virtual"].requests) == 1
+    assert h.queue("active") == []
+
+
+def test_corruptFileIsSetAsideAndOthersFlow(tmp_path):
+    h = Harness(tmp_path)
+    bad = h.submit(["u@box.example"])
+    with open(h.store.queuePath("incoming", bad), "r+b") as f:
+        f.seek(5)
+        f.write(b"XX")
+    good = h.submit(["v@box.example"])
+    h.manager.start()
+    assert h.queue("corrupt") == [bad]
+    assert [r.recipients[0].address for r in h.transports["virtual"].requests] == ["v@box.example"]
+    assert any("corrupt queue file moved to corrupt/" in line for line in h.lines)
+    assert f"qmgr: {good}: removed" in h.lines
+
+
+def test_concurrencyLimitPerDestinationAndFairness(tmp_path):
+    slow, fast = FakeTransport(), FakeTransport()
+    slow.hold = True
+    transports = {"smtp": slow, "virtual": fast}
+    h = Harness(tmp_path, "smtp_destination_concurrency_limit = 2\n", transports)
+    h.manager.start()
+    for i in range(5):
+        h.submit([f"u{i}@dead.example"])
+    h.submit(["u@box.example"])
+    assert len(slow.requests) == 2  # the dead destination holds only its own two slots
+    assert len(fast.requests) == 1  # the other destination is not blocked
+    slow.hold = False
+    slow.release()
+    assert len(slow.requests) == 5
+
+
+def test_recipientLimitSplitsDeliveries(tmp_path):
+    h = Harness(tmp_path, "smtp_destination_recipient_limit = 2\n")
+    h.manager.start()
+    h.submit([f"u{i}@one.example" for i in range(5)])
+    assert [len(r.recipients) for r in h.transports["smtp"].requests] == [2, 2, 1]
+
+
+def test_activeLimitQueuesTheRest(tmp_path):
+    slow = FakeTransport()
+    slow.hold = True
+    h = Harness(tmp_path, "qmgr_message_active_limit = 2\n", {"smtp": slow})
+    h.manager.start()
+    for i in range(4):
+        h.submit([f"u{i}@x{i}.example"])
+    assert len(slow.requests) == 2 and len(h.queue("incoming")) == 2
+    slow.release()
+    assert len(slow.requests) == 4
+
+
+def test_softBounceAndDeferTransportsAndMissingTransport(tmp_path):
+    h = Harness(tmp_path, "soft_bounce = yes\ndefer_transports = virtual\n",
+                {"smtp": FakeTransport(lambda r: ("bounced", "5.1.1", "no such user"))})
+    h.manager.start()
+    queueId = h.submit(["x@elsewhere.example", "u@box.example", "v@relay.example"])
+    assert h.queue("deferred") == [queueId]
+    text = "\n".join(h.lines)
+    assert "dsn=4.1.1, status=deferred (no such user)" in text
+    assert "status=deferred (deferred transport)" in text
+    h2 = Harness(tmp_path / "b", transports={})
+    h2.manager.start()
+    h2.submit(["x@elsewhere.example"])
+    assert "status=deferred (mail transport unavailable: smtp)" in "\n".join(h2.lines)
+
+
+def test_routingErrorsAreResults(tmp_path):
+    h = Harness(tmp_path, "virtual_alias_domains = alias.example\n")
+    h.manager.start()
+    queueId = h.submit(["nobody@alias.example"])
+    assert "dsn=5.1.1, status=bounced (User unknown in virtual alias table)" in "\n".join(h.lines)
+    assert f"qmgr: {queueId}: removed" in h.lines
+
+
+def test_aliasExpansionStateIsPerAddress(tmp_path):
+    calls = []
+
+    def answer(r):
+        calls.append(r.address)
+        return ("sent", "2.0.0", "ok") if r.address.startswith("a@") else ("deferred", "4.0.0", "later")
+
+    h = Harness(tmp_path, "virtual_alias_maps = inline:{ {list@x.example = a@box.example, b@box.example} }\n",
+                {"virtual": FakeTransport(answer)})
+    h.manager.start()
+    h.submit(["list@x.example"])
+    assert sorted(calls) == ["a@box.example", "b@box.example"]
+    h.clock.advance(700)
+    assert sorted(calls) == ["a@box.example", "b@box.example", "b@box.example"]  # a is not repeated
+
+
+def test_flushActivatesAllDeferred(tmp_path):
+    h = Harness(tmp_path, transports={"smtp": FakeTransport(lambda r: ("deferred", "4.0.0", "later"))})
+    h.manager.start()
+    h.submit(["x@elsewhere.example"])
+    assert len(h.transports["smtp"].requests) == 1
+    h.manager.scanDeferred(flush=True)
+    assert len(h.transports["smtp"].requests) == 2
