@@ -195,7 +195,11 @@ class MtaServer:
     def writeConfig(self) -> Path:
         lines = ["[main]", f"queue_directory = {self.spool}"]
         if self.relay_port is None:
-            lines.append(f"mydestination = {BENCH_DOMAIN}")
+            # As the Postfix instance: accepted mail goes on hold, so that the
+            # accept path (smtpd, cleanup, fsync) is measured without deliveries.
+            lines += [f"mydestination = {BENCH_DOMAIN}",
+                      "smtpd_recipient_restrictions = check_recipient_access "
+                      f"inline:{{ {BENCH_DOMAIN}=HOLD }}, permit_mynetworks, reject_unauth_destination"]
         else:
             # The benchmark domain must not be local, or nothing is relayed.
             lines += ["mydestination = localhost",

@@ -4,7 +4,9 @@
       +- control channel (AMP on $queue_directory/private/control)
       +- one StreamServerEndpointService per [listener:NAME]
 
-The queue directory and its subdirectories are created on start.  Listeners serve the SMTP server
+The queue directory and its subdirectories are created on start; the queue
+manager (mta.queue.manager) starts after the listeners and takes up what a
+previous run left in the queue.  Listeners serve the SMTP server
 (mta.smtpd) with the parameters of their own scope.
 
 SECURITY
@@ -25,7 +27,9 @@ from twisted.logger import Logger, globalLogPublisher
 
 from mta import control
 from mta.maillog import MailLogFileObserver, MailLogger
+from mta.queue.manager import QueueManager
 from mta.queue.store import QueueStore
+from mta.routing import Router
 
 log = Logger()
 
@@ -47,6 +51,12 @@ class MTAService(MultiService):
         self._observer = None
         self.maillog = MailLogger(config["syslog_name"], "master")
         self.setName("mta")
+        self._maillogs = {}
+        self.transports = TransportRegistry(config.main, self)
+        self.manager = QueueManager(
+            self.store, Router(config.main, tables), self.transports, config.main, reactor, self.maillogFor,
+            notices=None,
+        )
 
         self._addServer("control", control.controlServerEndpoint(reactor, self.queueDirectory),
                         control.controlFactory(self))
@@ -59,6 +69,13 @@ class MTAService(MultiService):
         service._raiseSynchronously = True  # a failed listen stops the start, with a message
         service.setName(name)
         service.setServiceParent(self)
+
+    def maillogFor(self, program):
+        """The MailLogger of C{program} (qmgr, virtual, bounce, ...)."""
+        logger = self._maillogs.get(program)
+        if logger is None:
+            logger = self._maillogs[program] = MailLogger(self.config["syslog_name"], program)
+        return logger
 
     def listenerDescriptions(self):
         return [(listener.name, listener.endpoint) for listener in self.config.listeners]
@@ -107,13 +124,16 @@ class MTAService(MultiService):
             self._observer = MailLogFileObserver(path, self.config["myhostname"], self.config["syslog_name"])
             globalLogPublisher.addObserver(self._observer)
         super().startService()
+        self.manager.start()
         self.maillog.emit(
             f"daemon started -- version {__import__('mta').__version__}, configuration "
             f"{self.config.path or '(embedded defaults)'}"
         )
 
     def stopService(self):
+        self.manager.stop()
         d = super().stopService()
+        d.addBoth(lambda result: self.transports.stop().addBoth(lambda _: result))
 
         def stopped(result):
             self.maillog.emit("daemon stopped")
@@ -124,6 +144,41 @@ class MTAService(MultiService):
             return result
 
         return d.addBoth(stopped)
+
+
+class TransportRegistry:
+    """
+    The delivery transports by name (master.cf's services), made on first
+    use from IDeliveryTransportFactory plugins.  An unknown name gives None:
+    the queue manager defers that mail ("mail transport unavailable"), as
+    Postfix does for a transport missing from master.cf.
+    """
+
+    def __init__(self, params, context):
+        self._params = params
+        self._context = context
+        self._made = {}
+        self._factories = None
+
+    def __call__(self, name):
+        if name in self._made:
+            return self._made[name]
+        if self._factories is None:
+            import mta.plugins
+            from twisted.plugin import getPlugins
+
+            from mta.interfaces import IDeliveryTransportFactory
+
+            self._factories = {f.transportType: f for f in getPlugins(IDeliveryTransportFactory, mta.plugins)}
+        factory = self._factories.get(name)
+        transport = factory.makeTransport(name, self._params, self._context) if factory is not None else None
+        self._made[name] = transport
+        return transport
+
+    def stop(self):
+        from twisted.internet.defer import DeferredList, maybeDeferred
+
+        return DeferredList([maybeDeferred(t.stop) for t in self._made.values() if t is not None])
 
 
 def buildService(config, reactor, tables, onStartupError=None):

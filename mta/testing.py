@@ -37,8 +37,9 @@ class FakeMessage:
     def content(self):
         return b"".join(self.chunks)
 
-    def commit(self, envelope):
+    def commit(self, envelope, queue="incoming"):
         self.envelope = envelope
+        self.queue = queue
         if self.store.failCommits:
             return fail(QueueWriteError("fake: disk full"))
         if self.store.holdCommits:

@@ -171,11 +171,13 @@ class IncomingMessage:
             view.release()
             self._buffer = bytearray()
 
-    def commit(self, envelope):
+    def commit(self, envelope, queue="incoming"):
         """
         Store the message with C{envelope} (its size is set to self.size).
         Returns a Deferred that fires with the queue id once the message is
-        durable in incoming/, or fails with QueueWriteError.
+        durable in incoming/, or fails with QueueWriteError.  C{queue} "hold"
+        puts it on hold instead (an access table's HOLD action): the queue
+        manager leaves it alone until it is released.
         """
         if self._state != "open":
             return fail(QueueWriteError(f"queue file {self.queueId}: commit() when {self._state}"))
@@ -195,7 +197,7 @@ class IncomingMessage:
             if self._fd is None and self._error is None:
                 # Never flushed: the worker thread creates, writes and syncs the file.
                 data, self._buffer = bytes(self._buffer), bytearray()
-                return self._store._commit(self, None, data)
+                return self._store._commit(self, None, data, queue)
             self._flush()
             if self._error is None and not headerInBuffer:
                 try:
@@ -206,7 +208,7 @@ class IncomingMessage:
         if self._error is not None:
             return self._failNow(f"cannot write queue file {self.queueId}: {_describe(self._error)}")
         fd, self._fd = self._fd, None
-        return self._store._commit(self, fd, None)
+        return self._store._commit(self, fd, None, queue)
 
     def _failNow(self, reason):
         self._state = "failed"
@@ -261,7 +263,7 @@ class QueueStore:
         self._open = {}  # queue id -> IncomingMessage with a file in tmp/
         self._waiting = {}  # queue id -> Deferred of commit(), until the directory fsync
         self._lock = threading.Lock()
-        self._renamed = []  # ids renamed into incoming/, not yet in a directory fsync; under _lock
+        self._renamed = []  # (queue, id) renamed, not yet in a directory fsync; under _lock
         self._syncing = False
         self._syncAgain = False
         self.directoryFsyncs = 0  # how many fsyncs of incoming/ were made (statistics, tests)
@@ -390,15 +392,17 @@ class QueueStore:
             self._threadpool = self.reactor.getThreadPool()
         return self._threadpool
 
-    def _commit(self, message, fd, data):
+    def _commit(self, message, fd, data, queue="incoming"):
+        if queue not in ("incoming", "hold"):
+            raise ValueError(f"cannot commit into {queue!r}")
         queueId = message.queueId
         result = Deferred()
         self._waiting[queueId] = result
-        d = deferToThreadPool(self.reactor, self._pool(), self._syncAndRename, queueId, fd, message.path, data)
+        d = deferToThreadPool(self.reactor, self._pool(), self._syncAndRename, queueId, fd, message.path, data, queue)
         d.addCallbacks(self._renamed_, self._renameFailed, callbackArgs=(message,), errbackArgs=(message,))
         return result
 
-    def _syncAndRename(self, queueId, fd, tmpPath, data=None):
+    def _syncAndRename(self, queueId, fd, tmpPath, data=None, queue="incoming"):
         """
         In a worker thread: (create and write the file if C{fd} is None),
         fsync and close it, rename it into incoming/.
@@ -425,7 +429,7 @@ class QueueStore:
             step = "close"
             fs.close(fd)
             step = "rename"
-            fs.rename(tmpPath, self.queuePath("incoming", queueId))
+            fs.rename(tmpPath, self.queuePath(queue, queueId))
         except Exception as e:
             if created:
                 try:
@@ -434,7 +438,7 @@ class QueueStore:
                     pass
             raise QueueWriteError(f"cannot store message {queueId}: {step} failed: {_describe(e)}") from None
         with self._lock:
-            self._renamed.append(queueId)
+            self._renamed.append((queue, queueId))
 
     def _renamed_(self, _, message):
         self._requestDirectorySync()
@@ -453,42 +457,42 @@ class QueueStore:
         d.addBoth(self._incomingSynced, batch)
 
     def _syncIncoming(self, batch):
-        """In a worker thread: fsync incoming/ for every rename made so far."""
+        """In a worker thread: fsync incoming/ (and hold/) for every rename made so far."""
         with self._lock:
             batch.extend(self._renamed)
             self._renamed.clear()
-        if not batch:
-            return
-        incoming = self.queuePath("incoming")
-        try:
-            self.directoryFsyncs += 1
-            self.fs.fsyncDirectory(incoming)
-        except Exception as e:
-            for queueId in batch:
-                try:
-                    self.fs.unlink(os.path.join(incoming, queueId))
-                except OSError:
-                    pass
+        for queue in sorted({queue for queue, _ in batch}):
+            directory = self.queuePath(queue)
             try:
-                self.fs.fsyncDirectory(incoming)
-            except Exception:
-                pass
-            raise QueueWriteError(f"cannot store message: fsync of {incoming} failed: {_describe(e)}") from None
+                self.directoryFsyncs += 1
+                self.fs.fsyncDirectory(directory)
+            except Exception as e:
+                # Take the renamed files out again: their clients are told 4xx.
+                for name, queueId in batch:
+                    try:
+                        self.fs.unlink(os.path.join(self.queuePath(name), queueId))
+                    except OSError:
+                        pass
+                try:
+                    self.fs.fsyncDirectory(directory)
+                except Exception:
+                    pass
+                raise QueueWriteError(f"cannot store message: fsync of {directory} failed: {_describe(e)}") from None
 
     def _incomingSynced(self, result, batch):
         self._syncing = False
-        for queueId in batch:
+        for queue, queueId in batch:
             message = self._open.get(queueId)
             if message is None:  # cannot happen; never leave a commit hanging
                 d = self._waiting.pop(queueId, None)
                 if d is not None:
                     d.errback(QueueWriteError(f"cannot store message {queueId}: internal error"))
                 continue
-            self._finish(message, result)
+            self._finish(message, result, notify=queue == "incoming")
         if self._syncAgain:
             self._requestDirectorySync()
 
-    def _finish(self, message, result):
+    def _finish(self, message, result, notify=True):
         queueId = message.queueId
         self._open.pop(queueId, None)
         d = self._waiting.pop(queueId)
@@ -503,5 +507,5 @@ class QueueStore:
         else:
             message._state = "committed"
             d.callback(queueId)
-            if self.onCommit is not None:
+            if notify and self.onCommit is not None:
                 self.onCommit(queueId)

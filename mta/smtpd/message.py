@@ -31,6 +31,7 @@ class IncomingTransaction:
         self.sender = session.sender
         self.mailParams = session.mailParams
         self.recipients = tuple(session.recipients)
+        self.hold = session.hold
         factory = session.factory
         self.message = factory.store.newMessage()
         self.queueId = self.message.queueId
@@ -109,7 +110,7 @@ class IncomingTransaction:
             )
             return queueId
 
-        return self.message.commit(envelope).addCallback(committed)
+        return self.message.commit(envelope, queue="hold" if self.hold else "incoming").addCallback(committed)
 
     def abort(self):
         self.message.abort()

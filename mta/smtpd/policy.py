@@ -82,17 +82,20 @@ class RecipientPolicy:
     async def checkRecipient(self, clientAddress, address, helo=None, sender=None):
         """
         Judge RCPT TO:<address> (an mta.model.Address) from C{clientAddress}.
-        Return None to accept, or the Reply to send.
+        Return (reply, hold): reply None to accept, or the Reply to send;
+        hold None, or the reason a HOLD action gave.
         """
         try:
             decision = await self.restrictions.evaluate(Request(clientAddress, helo, sender, address))
             if decision.action in ("reject", "defer"):
-                return decision.reply
+                return decision.reply, None
             if self.rejectUnlisted:
-                return await self.unlistedRecipient(address)
+                reply = await self.unlistedRecipient(address)
+                if reply is not None:
+                    return reply, None
         except TableTemporaryError:
-            return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure")
-        return None
+            return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure"), None
+        return None, decision.hold
 
     async def authorizedDestination(self, address):
         if address.domain.startswith("["):

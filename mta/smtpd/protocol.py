@@ -387,6 +387,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.sender = None
         self.mailParams = None
         self.recipients = []
+        self.hold = None  # a HOLD action's reason: the message goes to the hold queue
         self._rcptTried = False
         self._overshoot = 0  # recipients refused over smtpd_recipient_limit
         self._reader = None
@@ -397,14 +398,15 @@ class SMTPServer(Protocol, TimeoutMixin):
             self.transaction.abort()
             self.transaction = None
 
-    def _logReject(self, stage, reply, recipient=None):
+    def _logReject(self, stage, reply, recipient=None, action="reject", text=None):
+        """Postfix's 'NOQUEUE: reject: RCPT from ...' line (or hold:, with C{text})."""
         sender = f" from=<{sanitize(self.sender)}>" if self.sender is not None else ""
         to = f" to=<{recipient}>" if recipient is not None else ""
         self.factory.maillog.emit(
-            f"NOQUEUE: reject: {stage} from {self.client}: {sanitize(str(reply))};"
+            f"NOQUEUE: {action}: {stage} from {self.client}: {sanitize(text or str(reply))};"
             f"{sender}{to} proto={self.protocolName} helo=<{self.helo or ''}>",
             client=self.client,
-            status="reject",
+            status=action,
         )
 
     # -- commands -----------------------------------------------------------------
@@ -516,12 +518,15 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._uncountedError = self._overshoot <= factory.overshootLimit
             return Reply(452, "4.5.3", "Error: too many recipients")
         if self._earlyTalker:
-            reply = Reply(550, "5.5.1", "Protocol error")
+            reply, hold = Reply(550, "5.5.1", "Protocol error"), None
         else:
-            reply = await factory.policy.checkRecipient(self.clientAddress, address, self.helo, self.sender)
+            reply, hold = await factory.policy.checkRecipient(self.clientAddress, address, self.helo, self.sender)
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return reply
+        if hold is not None and self.hold is None:
+            self.hold = hold
+            self._logReject("RCPT", None, address, action="hold", text=hold)
         self.recipients.append(Recipient(str(address), rcptParams.orcpt, rcptParams.notify))
         return Reply(250, "2.1.5", "Ok")
 

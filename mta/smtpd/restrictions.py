@@ -12,7 +12,8 @@ defer_unauth_destination, reject_unlisted_recipient,
 reject_non_fqdn_recipient, reject_non_fqdn_sender, check_client_access,
 check_sender_access, check_recipient_access.  Access tables answer as in
 access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
-code with optional enhanced status and text (4xx defers, 5xx rejects).
+code with optional enhanced status and text (4xx defers, 5xx rejects),
+or HOLD [text] (the message goes to the hold queue; evaluation goes on).
 The set grows with later changes (IAccessRestriction plugins).
 
 SECURITY
@@ -35,8 +36,9 @@ from mta.tables import TableTemporaryError
 
 @attrs.frozen
 class Decision:
-    action: str  # permit, reject, defer, dunno
+    action: str  # permit, reject, defer, dunno, hold
     reply: Reply | None = None
+    hold: str | None = None  # set on the final decision when a HOLD action was met on the way
 
 
 PERMIT = Decision("permit")
@@ -125,6 +127,8 @@ def accessResult(value, subject, what):
         return PERMIT
     if word == "DUNNO":
         return DUNNO
+    if word == "HOLD":
+        return Decision("hold", hold=f"<{subject}>: {what} triggers HOLD action" + (f": {rest}" if rest else ""))
     if word == "REJECT":
         return Decision("reject", Reply(554, "5.7.1", f"{prefix}: {rest or 'Access denied'}"))
     if word == "DEFER":
@@ -223,12 +227,18 @@ class RestrictionList:
             self._checks.append((name, RESTRICTIONS[name][1](policy, table)))
 
     async def evaluate(self, request):
-        """The first decision other than DUNNO; PERMIT when none."""
+        """
+        The first decision other than DUNNO; PERMIT when none.  HOLD does not
+        stop the evaluation (as in Postfix): its reason rides on the result.
+        """
+        hold = None
         for name, check in self._checks:
             try:
                 decision = await check(request)
             except TableTemporaryError:
                 return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"))
-            if decision.action != "dunno":
-                return decision
-        return PERMIT
+            if decision.action == "hold":
+                hold = hold or decision.hold
+            elif decision.action != "dunno":
+                return attrs.evolve(decision, hold=hold) if hold else decision
+        return Decision("permit", hold=hold) if hold else PERMIT

@@ -117,3 +117,22 @@ def test_badRestrictionListsAreConfigErrors(value, message):
         load("x.ini", f"[main]\nsmtpd_recipient_restrictions = {value}\n")
     assert "x.ini:2: [main] smtpd_recipient_restrictions: " in str(e.value)
     assert message in str(e.value)
+
+
+def test_holdActionPutsTheMessageOnHoldAndGoesOn():
+    store = FakeQueueStore()
+    main = "smtpd_recipient_restrictions = check_recipient_access inline:{ held.example=HOLD }, permit_mynetworks, reject_unauth_destination\n"
+    d = Dialog(serverFactory(main, store=store), peer=OUTSIDE)
+    d.send("EHLO c\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\n")
+    assert d.send("RCPT TO:<u@held.example>\r\n").startswith("554 5.7.1 ")  # HOLD is not a permit
+    assert d.send("RCPT TO:<u@mx.test>\r\n") == "250 2.1.5 Ok\r\n"
+    assert d.send("DATA\r\n").startswith("354")
+    d.send("x\r\n.\r\n")
+    assert store.committed[0].queue == "incoming"
+    main = "smtpd_recipient_restrictions = check_recipient_access inline:{ mx.test=HOLD }, permit_mynetworks, reject_unauth_destination\n"
+    d = Dialog(serverFactory(main, store=store), peer=OUTSIDE)
+    d.send("EHLO c\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n")
+    assert d.send("x\r\n.\r\n").startswith("250 2.0.0 Ok: queued as ")
+    assert store.committed[1].queue == "hold"

@@ -97,6 +97,10 @@ class Daemon:
                     queue_directory = {self.queue}
                     maillog_file = {self.maillog}
                     myhostname = mta.test
+                    # Accepted mail is put on hold, so the queue manager leaves it
+                    # where the tests inspect it (the bench does the same with Postfix).
+                    smtpd_recipient_restrictions = check_recipient_access static:HOLD,
+                        permit_mynetworks, reject_unauth_destination
                     """
                 )
                 + textwrap.dedent(main)
@@ -146,7 +150,8 @@ class Daemon:
         return self.process.returncode, out, err
 
     def incoming(self):
-        path = os.path.join(self.queue, "incoming")
+        """The queue ids of the accepted messages (held, see the configuration above)."""
+        path = os.path.join(self.queue, "hold")
         return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
     def maillogText(self):

@@ -59,7 +59,7 @@ class RecordingSMTP(smtplib.SMTP):
 # -- the queue ----------------------------------------------------------------
 
 
-def queuePath(daemon, queueId, queue="incoming"):
+def queuePath(daemon, queueId, queue="hold"):
     return os.path.join(daemon.queue, queue, queueId)
 
 

@@ -134,7 +134,7 @@ def test_killDashNineUnderLoad(tmp_path):
         unacknowledged = []
         for queueId in sorted(incoming):
             assert isValidQueueId(queueId), f"stray name in incoming/: {queueId!r}"
-            readQueueFile(os.path.join(d.queue, "incoming", queueId), verifyContent=True)
+            readQueueFile(os.path.join(d.queue, "hold", queueId), verifyContent=True)
             if queueId in byId:
                 continue
             envelope, queued = readQueued(d, queueId)

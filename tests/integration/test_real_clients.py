@@ -684,13 +684,16 @@ def test_maillogTransaction(daemon):
     # The probe that waited for the banner made a connect/disconnect pair first.
     expected = [
         "connect from unknown[127.0.0.1]",
+        # the test daemon holds all mail (check_recipient_access static:HOLD)
+        "NOQUEUE: hold: RCPT from unknown[127.0.0.1]: <b@mta.test>: Recipient address triggers HOLD action; "
+        "from=<a@example.org> to=<b@mta.test> proto=ESMTP helo=<client.example>",
         f"{queueId}: client=unknown[127.0.0.1]",
         f"{queueId}: message-id=<{messageId('test', HELLO)}>",
         f"{queueId}: from=<a@example.org>, size={size}, nrcpt=1 (queued)",
         "disconnect from unknown[127.0.0.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
     ]
     lines = waitFor(lambda: (l := maillogLines(daemon)) and l[-1][1] == expected[-1] and l, what="disconnect line")
-    assert [t for _, t in lines[-5:]] == expected, lines
+    assert [t for _, t in lines[-6:]] == expected, lines
     assert {pid for pid, _ in lines} == {daemon.process.pid}
     prefix = re.compile(
         r"^(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 123]\d \d\d:\d\d:\d\d mta\.test "
@@ -953,5 +956,5 @@ def test_everyQueuedFileParses(daemon):
     ids = daemon.incoming()
     assert len(ids) == 26
     for queueId in ids:
-        readQueueFile(os.path.join(daemon.queue, "incoming", queueId), verifyContent=True)
+        readQueueFile(os.path.join(daemon.queue, "hold", queueId), verifyContent=True)
     assert os.listdir(os.path.join(daemon.queue, "tmp")) == []

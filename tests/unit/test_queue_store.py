@@ -709,3 +709,29 @@ def test_many_commits_with_a_synchronous_pool(tmp_path):
         ids.append(result(message.commit(ENVELOPE)))
     assert store.listQueue("incoming") == sorted(ids) == ids
     assert files(store, "tmp") == []
+
+
+def test_commit_into_hold(tmp_path):
+    store = makeStore(tmp_path)
+    seen = []
+    store.onCommit = seen.append
+    message = store.newMessage()
+    message.write(CONTENT)
+    assert result(message.commit(ENVELOPE, queue="hold")) == message.queueId
+    assert store.listQueue("hold") == [message.queueId] and store.listQueue("incoming") == []
+    assert seen == []  # the queue manager is not told about held mail
+    other = store.newMessage()
+    other.write(CONTENT)
+    assert result(other.commit(ENVELOPE)) == other.queueId
+    assert seen == [other.queueId]
+
+
+def test_commit_into_hold_directory_fsync_failure(tmp_path):
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, fs=fs)
+    fs.failures["fsyncDirectory"] = OSError(errno.EIO, "Input/output error")
+    message = store.newMessage()
+    message.write(CONTENT)
+    assert "/hold failed: Input/output error" in str(failure(message.commit(ENVELOPE, queue="hold")))
+    assert store.listQueue("hold") == []
+    assert nothingLeft(store)

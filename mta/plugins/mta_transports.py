@@ -1,0 +1,49 @@
+"""The delivery transports that ship with mta: virtual, discard, error and retry."""
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from mta.interfaces import IDeliveryTransportFactory
+
+
+@implementer(IPlugin, IDeliveryTransportFactory)
+class _Factory:
+    def __init__(self, transportType, description, maker):
+        self.transportType = transportType
+        self.description = description
+        self._maker = maker
+
+    def makeTransport(self, name, params, context):
+        return self._maker(name, params, context)
+
+
+def _virtual(name, params, context):
+    from mta.delivery.virtual import makeVirtualTransport
+
+    return makeVirtualTransport(name, params, context)
+
+
+def _discard(name, params, context):
+    from mta.delivery.discard import makeDiscardTransport
+
+    return makeDiscardTransport(name, params, context)
+
+
+def _error(name, params, context):
+    from mta.delivery.error import makeErrorTransport
+
+    return makeErrorTransport(name, params, context)
+
+
+def _retry(name, params, context):
+    from mta.delivery.error import makeRetryTransport
+
+    return makeRetryTransport(name, params, context)
+
+
+virtual = _Factory("virtual", "Final delivery to Maildirs and mbox files named by virtual_mailbox_maps (virtual(8)).",
+                   _virtual)
+discard = _Factory("discard", "Pretend delivery: every recipient sent, the next-hop is the reason (discard(8)).",
+                   _discard)
+error = _Factory("error", "Bounce every recipient with the next-hop as the reason (error(8)).", _error)
+retry = _Factory("retry", "Defer every recipient with the next-hop as the reason (error(8) as retry).", _retry)
