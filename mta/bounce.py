@@ -49,7 +49,7 @@ DESCRIPTION
         overrides it ("expanded", "delivered" for a final LMTP).  When the
         next hop announced DSN, NOTIFY travels on and the transport must
         not ask for a success notice.
-    SMTPUTF8 (RFC 6533): when an address (sender, recipient, ORCPT) is not
+    SMTPUTF8 (RFC 6533): when an address (sender, recipient) is not
         ASCII, or the envelope had SMTPUTF8 and the returned headers are
         not ASCII, the notice is "global": message/global-delivery-status
         with "utf-8" addresses (utf-8-addr-unitext), message/global or
@@ -70,13 +70,18 @@ DESCRIPTION
         notice; one that fails is dropped ("undeliverable postmaster
         notification discarded"), never reported (buildNotice: None).
 
+    ENVID and ORCPT appear xtext-decoded, as RFC 3461 4.2 and 4.4 imply
+    ("Due to limitations in the Delivery Status Notification format, the
+    value of the ENVID parameter prior to encoding as "xtext" MUST consist
+    entirely of printable (graphic and white space) characters") and as
+    Postfix does; ORCPT as stored ("rfc822;addr"), except that type utf-8
+    is re-encoded as RFC 6533 utf-8-addr-xtext (-unitext in a global
+    notice), so a non-ASCII ORCPT alone keeps the notice ASCII.
+
     Where this differs from Postfix, on purpose: Original-Recipient only
-    from ORCPT (RFC 3461 6.3: "MUST NOT appear" without it; Postfix adds the
-    pre-rewrite address); ENVID and ORCPT appear xtext-decoded as RFC 3461
-    4.2/4.4 imply ("due to limitations in the DSN format, the value prior
-    to encoding as xtext MUST consist entirely of printable characters"),
-    as Postfix, ORCPT as stored ("rfc822;addr") and re-encoded as RFC 6533
-    utf-8-addr-xtext/unitext for type utf-8; Last-Attempt-Date is written
+    from ORCPT (RFC 3461 6.3 d, "If no ORCPT parameter was provided for
+    this recipient, the Original-Recipient field MUST NOT appear"; Postfix
+    adds the pre-rewrite address anyway); Last-Attempt-Date is written
     (#if 0 in Postfix); dates are UTC; the boundary (Postfix's
     queueid.time/myhostname) is made unique against the content; the
     field prefix is X-<Mail_name>- (specials to "-", first letter upper).
@@ -314,11 +319,12 @@ def buildNotice(
         full = False
     returned = _readOriginal(original, full, bounceSizeLimit)
 
+    # A non-ASCII ORCPT alone does not make the notice global: it travels
+    # as utf-8-addr-xtext, so the notice still reaches a non-SMTPUTF8 sender.
     addresses = [envelope.sender, to]
     for recipient, _, _ in items:
         addresses.append(recipient.address)
         addresses.append(getattr(recipient, "original", None) or "")
-        addresses.append(recipient.orcpt or "")
     utf8 = not all(a.isascii() for a in addresses)
     if envelope.smtputf8 and returned is not None and not _headerBytes(returned[0]).isascii():
         utf8 = True
@@ -418,7 +424,7 @@ def _messageId(now, queueId, kind, postmasterCopy, myhostname):
 
 def _mailNameToken(mailName):
     """mail_name as an RFC 822 atom (Postfix transliterates specials to "-")."""
-    token = re.sub(r"[^A-Za-z0-9-]", "-", mailName.strip()) or "mta"
+    token = re.sub(r"[^A-Za-z0-9-]", "-", mailName.strip())[:40] or "mta"
     return token[0].upper() + token[1:]
 
 

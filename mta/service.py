@@ -28,6 +28,7 @@ from twisted.logger import Logger, globalLogPublisher
 from mta import control
 from mta.maillog import MailLogFileObserver, MailLogger
 from mta.queue.manager import QueueManager
+from mta.queue.notices import Notices
 from mta.queue.store import QueueStore
 from mta.routing import Router
 
@@ -55,7 +56,7 @@ class MTAService(MultiService):
         self.transports = TransportRegistry(config.main, self)
         self.manager = QueueManager(
             self.store, Router(config.main, tables), self.transports, config.main, reactor, self.maillogFor,
-            notices=None,
+            notices=Notices(self.store, config.main, reactor, self.maillogFor),
         )
 
         self._addServer("control", control.controlServerEndpoint(reactor, self.queueDirectory),

@@ -238,6 +238,22 @@ PARAMETERS = (
        "Transports whose mail is deferred without an attempt (until a flush).", "qmgr"),
     _P("soft_bounce", T.Boolean(), "no",
        "Defer instead of bounce: a safety net while testing a configuration.", "qmgr"),
+    # -- bounces (bounce(8)) ---------------------------------------------------
+    _P("bounce_size_limit", T.Size(), "50000",
+       "Most bytes of the original returned in a notice; a larger message is returned as "
+       "headers only.", "bounce"),
+    _P("notify_classes", T.List(), "resource, software",
+       "Problems reported to the postmaster: bounce, 2bounce, delay, policy, protocol, "
+       "resource, software.", "bounce"),
+    _P("bounce_notice_recipient", T.String(), "postmaster",
+       "Recipient of postmaster copies of bounces (class bounce).", "bounce"),
+    _P("2bounce_notice_recipient", T.String(), "postmaster",
+       "Recipient of undeliverable bounces (class 2bounce).", "bounce"),
+    _P("delay_notice_recipient", T.String(), "postmaster",
+       "Recipient of postmaster copies of delay warnings (class delay).", "bounce"),
+    _P("double_bounce_sender", T.String(), "double-bounce",
+       "Sender of postmaster notices; mail from it that fails is discarded, never reported.",
+       "bounce"),
     # -- logging -------------------------------------------------------------
     _P("maillog_file", T.String(), "",
        "Also write mail-log lines in Postfix's syslog shape to this file "

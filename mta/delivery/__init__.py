@@ -7,7 +7,9 @@ failure is a "deferred" or "bounced" result, never an exception.
 
     status.py    enhanced status codes: split "4.7.1 text", classify errno
     virtual.py   virtual(8): mailbox lookup and results (reactor thread)
-    mailbox.py   the blocking part of virtual(8): Maildir and mbox writing
+    mailbox.py   the blocking part of virtual(8): what Maildir and mbox share
+    maildir.py   Maildir delivery (tmp/ -> new/)
+    mbox.py      mbox delivery (locks, append, truncate on failure)
     discard.py   discard(8)
     error.py     error(8) and retry
 

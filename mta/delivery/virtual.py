@@ -34,7 +34,7 @@ RESULTS
     bounces with "5.3.5 mail system configuration error" and a warning.  A
     table that cannot answer now (TableTemporaryError) defers with "4.3.0
     table lookup failure" (Postfix: 4.3.5).  File system errors: see
-    mta.delivery.mailbox.  No per-recipient failure, not even a bug, raises:
+    mta.delivery.mailbox, .maildir and .mbox.  No per-recipient failure, not even a bug, raises:
     a bug defers that recipient with 4.3.0 and is logged.  The same
     mailbox named for two recipients gets the message twice, as in Postfix.
     The queue manager logs each result; this module logs warnings only.
@@ -42,7 +42,9 @@ RESULTS
 THREADS
     Table lookups run in the reactor thread (they return Deferreds); all
     file I/O, the reading of the queue file included, runs in the thread
-    pool (the reactor's, or the one given), one job per recipient.
+    pool (the reactor's, or the one given), one job per recipient:
+    mta.delivery.maildir and mta.delivery.mbox, on top of
+    mta.delivery.mailbox.
 
 SECURITY
     Recipient and sender addresses come from the network; they are used
@@ -74,7 +76,9 @@ from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from mta.config import ConfigError
-from mta.delivery.mailbox import CONFIGURATION_ERROR, FileSystem, MailboxJob, deliverMailbox, splitMailboxPath
+from mta.delivery.mailbox import CONFIGURATION_ERROR, FileSystem, MailboxFailure, MailboxJob, splitMailboxPath
+from mta.delivery.maildir import deliverMaildir
+from mta.delivery.mbox import deliverMbox
 from mta.interfaces import IDeliveryTransport
 from mta.maillog import MailLogger, sanitize
 from mta.model import RecipientResult
@@ -84,6 +88,18 @@ log = Logger()
 
 LOCK_STYLES = ("fcntl", "flock", "dotlock")
 _NUMBER = re.compile(r"[0-9]+")
+
+
+def deliverMailbox(job, fs):
+    """
+    Deliver one recipient's message as C{job} says (blocking: this runs in
+    the thread pool) and return its mta.delivery.mailbox.Outcome; a bug
+    raises.
+    """
+    try:
+        return (deliverMaildir if job.maildir else deliverMbox)(fs, job)
+    except MailboxFailure as e:
+        return e.outcome
 
 
 class _Deferral(Exception):
@@ -113,8 +129,8 @@ class VirtualTransport:
     """
     virtual(8).  Plain values in, so that tests need no configuration:
     C{mailboxMaps}, C{uidMaps}, C{gidMaps} are sequences of ILookupTable;
-    C{clock} is the reactor (IReactorTime, and IReactorThreads unless
-    C{threadpool} is given); C{fileSystem} replaces the system calls
+    C{clock} is the reactor (seconds() and callFromThread(); getThreadPool()
+    unless C{threadpool} is given); C{fileSystem} replaces the system calls
     (mta.delivery.mailbox.FileSystem).
     """
 

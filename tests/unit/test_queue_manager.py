@@ -12,6 +12,7 @@ from mta.maillog import MailLogger
 from mta.model import Envelope, Recipient, RecipientResult
 from mta.queue.fileformat import readQueueFile
 from mta.queue.manager import QueueManager
+from mta.queue.notices import Notices
 from mta.queue.store import QueueStore
 from mta.routing import Router
 from mta.tables import Tables
@@ -78,7 +79,8 @@ class Harness:
         self.transports = transports if transports is not None else {"virtual": FakeTransport(), "smtp": FakeTransport()}
         self.lines = []
         self.manager = QueueManager(
-            self.store, Router(config.main, self.tables), self.transports.get, config.main, self.clock, self.maillog
+            self.store, Router(config.main, self.tables), self.transports.get, config.main, self.clock, self.maillog,
+            notices=Notices(self.store, config.main, self.clock, self.maillog),
         )
 
     def maillog(self, program):
@@ -124,7 +126,8 @@ def test_deferredMailIsRetriedWithBackoffThenExpires(tmp_path):
     attempts = []
 
     def answer(r):
-        attempts.append(h.clock.seconds())
+        if r.address == "x@elsewhere.example":  # not the bounce to the sender, deferred too
+            attempts.append(h.clock.seconds())
         return ("deferred", "4.4.1", "connection refused")
 
     h = Harness(tmp_path, "maximal_queue_lifetime = 1h\n", {"smtp": FakeTransport(answer)})
@@ -142,7 +145,7 @@ def test_deferredMailIsRetriedWithBackoffThenExpires(tmp_path):
         h.clock.advance(300)
     # the interval is the message's age, bounded by 300 s and 4000 s, rounded up to a queue run
     assert [round(a - arrival) for a in attempts] == [0, 600, 1200, 2400, 4800]
-    assert h.queue("deferred") == [] and h.queue("active") == []  # expired after an hour: bounced, removed
+    assert queueId not in h.queue("deferred") + h.queue("active")  # expired after an hour: bounced, removed
     assert any("status=bounced (message expired: connection refused)" in line for line in h.lines)
     assert f"qmgr: {queueId}: removed" in h.lines
 
@@ -268,3 +271,42 @@ def test_flushActivatesAllDeferred(tmp_path):
     assert len(h.transports["smtp"].requests) == 1
     h.manager.scanDeferred(flush=True)
     assert len(h.transports["smtp"].requests) == 2
+
+
+def test_bounceIsSentOnceToTheSenderAndNeverBounced(tmp_path):
+    import email
+    import email.policy
+
+    def answer(r):
+        return ("bounced", "5.1.1", "550 5.1.1 no such user") if r.address.startswith("bad") else ("sent", "2.0.0", "ok")
+
+    smtp = FakeTransport(answer)
+    h = Harness(tmp_path, transports={"smtp": smtp})
+    h.manager.start()
+    queueId = h.submit(["bad@far.example", "good@far.example"])
+    # the notice was queued and delivered to the sender by the same transport
+    notices = [c for r, c in zip(smtp.requests, smtp.contents) if r.envelope.sender == ""]
+    assert len(notices) == 1
+    assert [r.address for r in smtp.requests[-1].recipients] == ["alice@example.org"]
+    report = email.message_from_bytes(notices[0], policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    assert "bad@far.example" in notices[0].decode() and "good@far.example" not in notices[0].decode().split("Final-Recipient")[1]
+    assert any(line.startswith(f"bounce: {queueId}: sender non-delivery notification: ") for line in h.lines)
+    assert f"qmgr: {queueId}: removed" in h.lines
+    # a bounce that bounces is dropped with a log line (2bounce is not in notify_classes by default)
+    smtp.answer = lambda r: ("bounced", "5.1.1", "550 5.1.1 gone")
+    bounceId = h.submit(["alice@example.org"], sender="")
+    assert any(line == f"bounce: {bounceId}: undeliverable bounce discarded (2bounce is not in notify_classes)" for line in h.lines)
+    assert h.queue("incoming") == h.queue("deferred") == h.queue("active") == []
+
+
+def test_noticeIsNotRepeatedAfterRestart(tmp_path):
+    smtp = FakeTransport(lambda r: ("bounced", "5.0.0", "no") if r.address == "bad@far.example" else ("deferred", "4.0.0", "later"))
+    h = Harness(tmp_path, transports={"smtp": smtp})
+    h.manager.start()
+    queueId = h.submit(["bad@far.example", "slow@far.example"])
+    first = sum(1 for line in h.lines if "sender non-delivery notification" in line)
+    assert first == 1
+    h.clock.advance(700)  # retried: slow is deferred again; bad was notified already
+    assert sum(1 for line in h.lines if "sender non-delivery notification" in line) == 1
+    assert queueId in h.queue("deferred")

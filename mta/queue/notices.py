@@ -1,0 +1,97 @@
+"""mta.queue.notices - send the queue manager's delivery status notices.
+
+The queue manager decides that a notice is due (bounced recipients, or
+NOTIFY=SUCCESS deliveries); this module builds it with mta.bounce and
+queues it as a new message from the null sender, then logs Postfix's line
+(``ID: sender non-delivery notification: NEWID``).  It never bounces a
+bounce: a failed message from <> goes to the postmaster only when
+notify_classes has 2bounce (else it is dropped with a log line), and a
+failed postmaster notice (from $double_bounce_sender) is always dropped.
+With notify_classes containing bounce, the postmaster gets a copy
+(headers only) of every bounce.
+
+SECURITY
+    The original content is read (at most bounce_size_limit bytes) and
+    quoted; mta.bounce keeps untrusted text out of header lines.
+
+CONFIGURATION
+    bounce_size_limit, notify_classes, bounce_notice_recipient,
+    2bounce_notice_recipient, double_bounce_sender, myhostname, myorigin,
+    mail_name, maximal_queue_lifetime.
+"""
+
+from mta.bounce import buildNotice, isDoubleBounce
+from mta.model import Envelope, Recipient
+from mta.queue.fileformat import readContent
+
+PROGRAM = "bounce"
+WHAT = {"failure": "non-delivery", "delay": "delay", "success": "delivery status"}
+
+
+class Notices:
+    def __init__(self, store, params, clock, maillogs):
+        self.store = store
+        self.clock = clock
+        self.maillog = maillogs(PROGRAM)
+        self.hostname = params["myhostname"]
+        self.origin = params["myorigin"]
+        self.mailName = params["mail_name"]
+        self.sizeLimit = params["bounce_size_limit"]
+        self.classes = frozenset(c.lower() for c in params["notify_classes"])
+        self.bounceRecipient = params["bounce_notice_recipient"]
+        self.doubleBounceRecipient = params["2bounce_notice_recipient"]
+        self.doubleBounceSender = params["double_bounce_sender"]
+        self.lifetime = params["maximal_queue_lifetime"]
+
+    async def send(self, kind, message, items):
+        """Queue the notice of C{kind} for C{items} ((key, target, result) triples); True when handled."""
+        envelope = message.envelope
+        pairs = [(target, result) for _, target, result in items]
+        queueId = message.queueId
+        if isDoubleBounce(envelope, self.doubleBounceSender, self.origin):
+            if kind == "failure":
+                self.maillog.emit("undeliverable postmaster notification discarded", queueId)
+            return True
+        if not envelope.sender:
+            if kind != "failure":
+                return True
+            if "2bounce" not in self.classes:
+                self.maillog.emit("undeliverable bounce discarded (2bounce is not in notify_classes)", queueId)
+                return True
+            await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.doubleBounceRecipient,
+                              what="postmaster non-delivery")
+            return True
+        await self._queue(kind, message, pairs, what=f"sender {WHAT[kind]}")
+        if kind == "failure" and "bounce" in self.classes:
+            await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.bounceRecipient,
+                              what="postmaster non-delivery")
+        return True
+
+    async def _queue(self, kind, message, pairs, what, postmasterCopy=False, postmaster="postmaster"):
+        queueFile = message.queueFile
+        now = self.clock.seconds()
+
+        def original():
+            return readContent(message.path, queueFile.contentOffset, queueFile.contentLength)
+
+        notice = buildNotice(
+            kind, message.envelope, pairs,
+            queueId=message.queueId, reportingMTA=self.hostname, arrivalTime=message.envelope.arrival_time,
+            now=now, original=original, myhostname=self.hostname, postmasterCopy=postmasterCopy,
+            postmaster=postmaster, bounceSizeLimit=self.sizeLimit, myorigin=self.origin, mailName=self.mailName,
+            maximalQueueLifetime=self.lifetime, doubleBounceSender=self.doubleBounceSender,
+        )
+        if notice is None:  # no recipient's NOTIFY asks for it
+            return None
+        sender, to, content = notice
+        if "@" not in to:
+            to = f"{to}@{self.origin}"
+        incoming = self.store.newMessage()
+        incoming.write(content)
+        envelope = Envelope(
+            sender=sender, recipients=(Recipient(to),), arrival_time=now, client_name="localhost",
+            client_address="127.0.0.1", protocol="local", body=notice.body, smtputf8=notice.smtputf8,
+        )
+        newId = await incoming.commit(envelope)
+        self.maillog.emit(f"{what} notification: {newId}", message.queueId)
+        return newId
