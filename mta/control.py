@@ -37,6 +37,21 @@ class Status(amp.Command):
     ]
 
 
+class Flush(amp.Command):
+    """Attempt all deferred mail now (postqueue -f)."""
+
+    arguments = []
+    response = [(b"count", amp.Integer())]
+
+
+class QueueAction(amp.Command):
+    """delete, hold, release or requeue messages (postsuper -d/-h/-H/-r); ids or ["ALL"]."""
+
+    arguments = [(b"action", amp.Unicode()), (b"ids", amp.ListOf(amp.Unicode()))]
+    response = [(b"done", amp.ListOf(amp.Unicode())), (b"missing", amp.ListOf(amp.Unicode()))]
+    errors = {ValueError: b"BAD_REQUEST"}
+
+
 def socketPath(queueDirectory):
     return os.path.join(queueDirectory, "private", "control")
 
@@ -55,6 +70,21 @@ class ControlProtocol(amp.AMP):
             "queue_directory": self.daemon.queueDirectory,
             "listeners": [f"{name} {endpoint}" for name, endpoint in self.daemon.listenerDescriptions()],
         }
+
+    @Flush.responder
+    def flush(self):
+        return {"count": self.daemon.manager.flush()}
+
+    @QueueAction.responder
+    def queueAction(self, action, ids):
+        from mta.queue.tools import SOURCES
+
+        if action not in SOURCES:
+            raise ValueError(f"unknown action {action!r}")
+        if len(ids) > 100000:
+            raise ValueError("too many queue ids")
+        done, missing = self.daemon.manager.operate(action, list(ids))
+        return {"done": done, "missing": missing}
 
 
 def prepareDirectory(queueDirectory):

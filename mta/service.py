@@ -71,6 +71,14 @@ class MTAService(MultiService):
         service.setName(name)
         service.setServiceParent(self)
 
+    def _configuredTransports(self):
+        from mta.routing import splitTransport
+
+        params = self.config.main
+        names = {splitTransport(params[p])[0] for p in
+                 ("local_transport", "virtual_transport", "relay_transport", "default_transport")}
+        return sorted(n for n in names if n)
+
     def maillogFor(self, program):
         """The MailLogger of C{program} (qmgr, virtual, bounce, ...)."""
         logger = self._maillogs.get(program)
@@ -99,6 +107,10 @@ class MTAService(MultiService):
             self.onStartupError(str(e))
 
     def _bind(self):
+        try:
+            self.transports.check(self._configuredTransports())
+        except Exception as e:
+            raise StartupError(str(e)) from None
         try:
             os.makedirs(self.queueDirectory, mode=0o755, exist_ok=True)
             self.store.prepare()
@@ -172,9 +184,26 @@ class TransportRegistry:
 
             self._factories = {f.transportType: f for f in getPlugins(IDeliveryTransportFactory, mta.plugins)}
         factory = self._factories.get(name)
-        transport = factory.makeTransport(name, self._params, self._context) if factory is not None else None
+        transport = None
+        if factory is not None:
+            try:
+                transport = factory.makeTransport(name, self._params, self._context)
+            except Exception as e:  # a ConfigError, or a plugin's bug: its mail waits
+                log.error("transport {name} cannot start, its mail is deferred: {error}", name=name, error=str(e))
         self._made[name] = transport
         return transport
+
+    def check(self, names):
+        """Make the transports C{names} now: a configuration error stops the start."""
+        for name in names:
+            if name in self._made:
+                continue
+            if self._factories is None:
+                self("")  # loads the factories
+                self._made.pop("", None)
+            factory = self._factories.get(name)
+            if factory is not None:
+                self._made[name] = factory.makeTransport(name, self._params, self._context)
 
     def stop(self):
         from twisted.internet.defer import DeferredList, maybeDeferred

@@ -238,6 +238,35 @@ PARAMETERS = (
        "Transports whose mail is deferred without an attempt (until a flush).", "qmgr"),
     _P("soft_bounce", T.Boolean(), "no",
        "Defer instead of bounce: a safety net while testing a configuration.", "qmgr"),
+    # -- virtual(8) delivery ------------------------------------------------
+    _P("virtual_mailbox_base", T.String(), "",
+       "A prefix that the virtual transport prepends to all results from $virtual_mailbox_maps; "
+       "an absolute path (empty: virtual deliveries defer).", "virtual"),
+    _P("virtual_uid_maps", T.Tables(), "",
+       "Tables with the numeric user ID that owns each recipient's mailbox files; empty: mta's own "
+       "user (Postfix requires them).", "virtual"),
+    _P("virtual_gid_maps", T.Tables(), "",
+       "Tables with the numeric group ID of each recipient's mailbox files; empty: mta's own group "
+       "(Postfix requires them).", "virtual"),
+    _P("virtual_minimum_uid", T.Integer(minimum=1), "100",
+       "The smallest user ID that the virtual transport accepts from $virtual_uid_maps.", "virtual"),
+    _P("virtual_mailbox_limit", T.Size(), "51200000",
+       "The largest virtual mbox file or Maildir message file, in bytes; 0: no limit. It may not "
+       "be smaller than message_size_limit.", "virtual"),
+    _P("virtual_mailbox_lock", T.List(), "fcntl, dotlock",
+       "How to lock a virtual mbox file before delivery: fcntl, flock and/or dotlock.", "virtual"),
+    _P("deliver_lock_attempts", T.Integer(minimum=1), "20",
+       "The most attempts to take an exclusive lock on a mailbox file.", "virtual"),
+    _P("deliver_lock_delay", T.Time("s"), "1s",
+       "The time between attempts to take an exclusive lock on a mailbox file.", "virtual"),
+    _P("stale_lock_time", T.Time("s"), "500s",
+       "The age after which a mailbox dot-lock file is stale and removed.", "virtual"),
+    _P("strict_mailbox_ownership", T.Boolean(), "yes",
+       "Defer delivery when an mbox file is not owned by the recipient's $virtual_uid_maps user.",
+       "virtual"),
+    _P("virtual_mailbox_follow_symlinks", T.Boolean(), "no",
+       "Follow symbolic links below $virtual_mailbox_base (mta's own; Postfix has no such check): "
+       "no refuses them with 5.3.5, so a mailbox owner cannot redirect deliveries.", "virtual"),
     # -- bounces (bounce(8)) ---------------------------------------------------
     _P("bounce_size_limit", T.Size(), "50000",
        "Most bytes of the original returned in a notice; a larger message is returned as "

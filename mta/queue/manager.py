@@ -52,6 +52,7 @@ from twisted.logger import Logger
 
 from mta.maillog import sanitize
 from mta.model import DeliveryRecipient, DeliveryRequest, RecipientResult
+from mta.queue import tools
 from mta.queue.fileformat import CorruptQueueFile, readQueueFile
 from mta.routing import RouteError
 
@@ -70,6 +71,7 @@ class ActiveMessage:
     notified: set  # keys whose result was already reported to the sender
     results: dict = attrs.Factory(dict)  # key -> (DeliveryRecipient, RecipientResult), this run
     jobs: int = 0  # deliveries not finished
+    pendingAction: str | None = None  # delete, hold or requeue, asked for while delivering
     appends: list = attrs.Factory(list)  # Deferreds of state appends in flight
 
     @property
@@ -392,7 +394,9 @@ class QueueManager:
         await self._notify(message)
         del self.active[message.queueId]
         try:
-            if deferred:
+            if message.pendingAction is not None:
+                self._operate(message.pendingAction, message.queueId, "active")
+            elif deferred:
                 age = now - envelope.arrival_time
                 delay = min(max(age, self.minBackoff), self.maxBackoff)
                 self._move(message.queueId, "active", "deferred", mtime=now + delay)
@@ -417,6 +421,51 @@ class QueueManager:
                 keys = [key for key, _, _ in items]
                 message.notified.update(keys)
                 await self._append(message, {"time": self.clock.seconds(), "notified": keys})
+
+    # -- administration (mta-queue) -----------------------------------------------
+
+    def flush(self):
+        """Attempt all deferred mail now (postqueue -f); the number of messages activated."""
+        due = self.store.listQueue("deferred")
+        self.scanDeferred(flush=True)
+        return len(due)
+
+    def operate(self, action, ids):
+        """
+        postsuper's -d/-h/-H/-r: C{ids} is a list of queue ids or ["ALL"].
+        A message being delivered gets the operation when its deliveries end.
+        Returns (done ids, missing ids).
+        """
+        queues = tools.SOURCES[action]
+        if ids == ["ALL"]:
+            ids = tools.allIds(self.store, queues) + sorted(q for q in self.active if "active" in queues)
+        done, missing = [], []
+        for queueId in dict.fromkeys(ids):
+            if queueId in self.active and "active" in queues:
+                self.active[queueId].pendingAction = action
+                done.append(queueId)
+                continue
+            queue = tools.findMessage(self.store, queueId, [q for q in queues if q != "active"])
+            if queue is None:
+                missing.append(queueId)
+                continue
+            try:
+                self._operate(action, queueId, queue)
+            except OSError as e:
+                log.error("qmgr: {queue_id}: {action} failed: {error}", queue_id=queueId, action=action, error=e.strerror)
+                missing.append(queueId)
+                continue
+            done.append(queueId)
+        return done, missing
+
+    def _operate(self, action, queueId, queue):
+        text = tools.apply(self.store, action, queueId, queue, self.clock.seconds())
+        if text is not None:
+            self.maillogs("postsuper").emit(text, queueId)
+        if action == "requeue":
+            self.enqueue(queueId)
+        elif action == "release":
+            self.enqueue(queueId, "deferred")
 
     def _slotFree(self):
         while self.backlog and len(self.active) < self.activeLimit:

@@ -18,10 +18,10 @@ def makeDaemon(tmp_path):
     """A factory for daemons with extra [main] text; all are stopped after the test."""
     started = []
 
-    def make(main="", listeners=None, subdir="d"):
+    def make(main="", listeners=None, subdir="d", hold=True):
         directory = tmp_path / f"{subdir}{len(started)}"
         directory.mkdir()
-        d = Daemon(directory, main, listeners)
+        d = Daemon(directory, main, listeners, hold=hold)
         started.append(d)
         return d
 

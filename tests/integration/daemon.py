@@ -82,7 +82,7 @@ def stop(process, timeout=15.0):
 class Daemon:
     """A running mta with its own configuration and queue in C{directory}."""
 
-    def __init__(self, directory, main="", listeners=None):
+    def __init__(self, directory, main="", listeners=None, hold=True):
         self.directory = str(directory)
         self.port = freePort()
         self.queue = os.path.join(self.directory, "spool")
@@ -97,11 +97,15 @@ class Daemon:
                     queue_directory = {self.queue}
                     maillog_file = {self.maillog}
                     myhostname = mta.test
-                    # Accepted mail is put on hold, so the queue manager leaves it
-                    # where the tests inspect it (the bench does the same with Postfix).
-                    smtpd_recipient_restrictions = check_recipient_access static:HOLD,
-                        permit_mynetworks, reject_unauth_destination
                     """
+                )
+                # Accepted mail is put on hold, so the queue manager leaves it
+                # where the tests inspect it (the bench does the same with Postfix).
+                + (
+                    "smtpd_recipient_restrictions = check_recipient_access static:HOLD,\n"
+                    "    permit_mynetworks, reject_unauth_destination\n"
+                    if hold
+                    else ""
                 )
                 + textwrap.dedent(main)
                 + "\n"
