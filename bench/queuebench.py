@@ -1,0 +1,179 @@
+"""Queue benchmarks for mta alone (no Postfix side): delivery into Maildir and a big deferred queue.
+
+    python bench/queuebench.py maildir  [--messages N] [--sessions 20] [--size 2048]
+    python bench/queuebench.py deferred [--messages 100000]
+
+maildir   smtp-source sends N messages over SMTP to a running ``twistd mta``
+          whose recipient is a virtual(8) Maildir; the time runs from the
+          start of smtp-source until N files are in the Maildir's new/ and
+          the queue is empty.  Prints messages/s.
+deferred  writes N queue files into deferred/ (next attempt in an hour, as
+          after a failed attempt), then starts ``twistd mta`` on that queue
+          and measures the time until it answers SMTP and its control socket
+          answers, and its resident memory (VmRSS) then and after the first
+          deferred-queue scan.
+
+Everything on 127.0.0.1; every process is stopped at the end; every wait is
+bounded.  The temporary directory is removed unless --keep is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.dont_write_bytecode = True
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+
+def freePort():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def waitForPort(port, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"mta exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(512).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"mta did not answer within {timeout}s")
+
+
+def rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def startMta(workdir, main):
+    port = freePort()
+    ini = workdir / "mta.ini"
+    ini.write_text(f"[main]\nqueue_directory = {workdir / 'spool'}\nmyhostname = bench.test\n{main}\n"
+                   f"[listener:smtp]\nendpoint = tcp:port={port}:interface=127.0.0.1\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.Popen([sys.executable, "-c", TWISTD, "-n", "--pidfile=", f"--logfile={workdir / 'twistd.log'}",
+                             "mta", "-c", str(ini)], cwd=workdir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, port
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def benchMaildir(args, workdir):
+    base = workdir / "mail"
+    base.mkdir()
+    main = (f"virtual_mailbox_domains = bench.example\nvirtual_mailbox_base = {base}\n"
+            "virtual_mailbox_maps = inline:{ rcpt@bench.example=bench.example/rcpt/ }\n")
+    proc, port = startMta(workdir, main)
+    try:
+        waitForPort(port, proc)
+        new = base / "bench.example" / "rcpt" / "new"
+        smtpSource = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+        start = time.monotonic()
+        subprocess.run([smtpSource, "-s", str(args.sessions), "-m", str(args.messages), "-l", str(args.size),
+                        "-f", "sender@bench.example", "-t", "rcpt@bench.example", f"127.0.0.1:{port}"],
+                       check=True, timeout=600, stdout=subprocess.DEVNULL)
+        accepted = time.monotonic() - start
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if new.is_dir() and len(os.listdir(new)) >= args.messages:
+                break
+            time.sleep(0.02)
+        elapsed = time.monotonic() - start
+        delivered = len(os.listdir(new)) if new.is_dir() else 0
+        print(f"maildir: {args.messages} messages of {args.size} bytes, {args.sessions} sessions, "
+              "one connection per message")
+        print(f"  accepted in {accepted:.2f}s ({args.messages / accepted:.0f}/s); "
+              f"{delivered} delivered to Maildir in {elapsed:.2f}s ({delivered / elapsed:.0f} messages/s end to end)")
+        return 0 if delivered == args.messages else 1
+    finally:
+        stop(proc)
+
+
+def benchDeferred(args, workdir):
+    from mta.model import Envelope, Recipient
+    from mta.queue.fileformat import dumpQueueFile
+    from mta.queue.queueid import newQueueId
+    from mta.queue.store import QueueStore
+
+    store = QueueStore(str(workdir / "spool"), reactor=None)
+    store.prepare()
+    deferred = Path(store.queuePath("deferred"))
+    content = b"Subject: deferred\r\n\r\n" + b"x" * 2000 + b"\r\n"
+    later = time.time() + 3600
+    t0 = time.monotonic()
+    for i in range(args.messages):
+        envelope = Envelope(sender="sender@bench.example", recipients=(Recipient(f"r{i}@far.example"),),
+                            arrival_time=time.time(), size=len(content))
+        path = deferred / newQueueId()
+        path.write_bytes(dumpQueueFile(envelope, content))
+        os.utime(path, (later, later))
+    print(f"deferred: wrote {args.messages} queue files in {time.monotonic() - t0:.1f}s")
+    start = time.monotonic()
+    proc, port = startMta(workdir, "")
+    try:
+        waitForPort(port, proc)
+        ready = time.monotonic() - start
+        memory = rss(proc.pid)
+        time.sleep(3)  # the first deferred scan runs right after start
+        scanned = rss(proc.pid)
+        print(f"  start-up with {args.messages} deferred messages: answering SMTP after {ready:.2f}s; "
+              f"RSS {memory / 2**20:.1f} MiB, {scanned / 2**20:.1f} MiB after the first queue scan")
+        left = len(os.listdir(deferred))
+        print(f"  still deferred (none due): {left}")
+        return 0 if left == args.messages else 1
+    finally:
+        stop(proc)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("maildir")
+    m.add_argument("--messages", type=int, default=2000)
+    m.add_argument("--sessions", type=int, default=20)
+    m.add_argument("--size", type=int, default=2048)
+    d = sub.add_parser("deferred")
+    d.add_argument("--messages", type=int, default=100000)
+    for p in (m, d):
+        p.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="mta-bench-queue-"))
+    try:
+        return benchMaildir(args, workdir) if args.command == "maildir" else benchDeferred(args, workdir)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
