@@ -280,6 +280,8 @@ PARAMETERS = (
        "Recipient of undeliverable bounces (class 2bounce).", "bounce"),
     _P("delay_notice_recipient", T.String(), "postmaster",
        "Recipient of postmaster copies of delay warnings (class delay).", "bounce"),
+    _P("delay_warning_time", T.Time("h"), "0h",
+       "Warn the sender once when a message has been deferred this long; 0: never.", "bounce"),
     _P("double_bounce_sender", T.String(), "double-bounce",
        "Sender of postmaster notices; mail from it that fails is discarded, never reported.",
        "bounce"),

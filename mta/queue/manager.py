@@ -131,6 +131,7 @@ class QueueManager:
         self.bounceLifetime = params["bounce_queue_lifetime"]
         self.deferTransports = frozenset(params["defer_transports"])
         self.softBounce = params["soft_bounce"]
+        self.delayWarning = params["delay_warning_time"]
         self.active = {}  # queue id -> ActiveMessage
         self.backlog = collections.deque()  # (queue id, from queue) waiting for an active slot
         self.destinations = {}
@@ -421,6 +422,14 @@ class QueueManager:
                 keys = [key for key, _, _ in items]
                 message.notified.update(keys)
                 await self._append(message, {"time": self.clock.seconds(), "notified": keys})
+        # One delay warning per message, once it has waited delay_warning_time.
+        age = self.clock.seconds() - message.envelope.arrival_time
+        if self.delayWarning > 0 and age >= self.delayWarning and "delay" not in message.notified:
+            items = [(key, target, result) for key, (target, result) in message.results.items()
+                     if result.status == "deferred"]
+            if items and await self.notices.send("delay", message, items):
+                message.notified.add("delay")
+                await self._append(message, {"time": self.clock.seconds(), "notified": ["delay"]})
 
     # -- administration (mta-queue) -----------------------------------------------
 

@@ -15,7 +15,7 @@ SECURITY
     quoted; mta.bounce keeps untrusted text out of header lines.
 
 CONFIGURATION
-    bounce_size_limit, notify_classes, bounce_notice_recipient,
+    bounce_size_limit, notify_classes, bounce_notice_recipient, delay_warning_time,
     2bounce_notice_recipient, double_bounce_sender, myhostname, myorigin,
     mail_name, maximal_queue_lifetime.
 """
@@ -42,6 +42,7 @@ class Notices:
         self.doubleBounceRecipient = params["2bounce_notice_recipient"]
         self.doubleBounceSender = params["double_bounce_sender"]
         self.lifetime = params["maximal_queue_lifetime"]
+        self.delayWarning = params["delay_warning_time"]
 
     async def send(self, kind, message, items):
         """Queue the notice of C{kind} for C{items} ((key, target, result) triples); True when handled."""
@@ -80,6 +81,7 @@ class Notices:
             now=now, original=original, myhostname=self.hostname, postmasterCopy=postmasterCopy,
             postmaster=postmaster, bounceSizeLimit=self.sizeLimit, myorigin=self.origin, mailName=self.mailName,
             maximalQueueLifetime=self.lifetime, doubleBounceSender=self.doubleBounceSender,
+            delayWarningTime=self.delayWarning,
         )
         if notice is None:  # no recipient's NOTIFY asks for it
             return None

@@ -310,3 +310,17 @@ def test_noticeIsNotRepeatedAfterRestart(tmp_path):
     h.clock.advance(700)  # retried: slow is deferred again; bad was notified already
     assert sum(1 for line in h.lines if "sender non-delivery notification" in line) == 1
     assert queueId in h.queue("deferred")
+
+
+def test_delayWarningOnceAfterDelayWarningTime(tmp_path):
+    smtp = FakeTransport(lambda r: ("deferred", "4.4.1", "no answer") if r.address.endswith("far.example") else ("sent", "2.0.0", "ok"))
+    h = Harness(tmp_path, "delay_warning_time = 1h\n", {"smtp": smtp})
+    h.manager.start()
+    queueId = h.submit(["x@far.example"])
+    for _ in range(40):  # 3.3 hours of queue runs
+        h.clock.advance(300)
+    warnings = [line for line in h.lines if "sender delay notification" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"bounce: {queueId}: ")
+    notices = [c for r, c in zip(smtp.requests, smtp.contents) if r.envelope.sender == ""]
+    assert len(notices) == 1 and b"Delayed Mail (still being retried)" in notices[0]
+    assert b"Action: delayed" in notices[0]
