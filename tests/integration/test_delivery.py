@@ -91,3 +91,32 @@ def test_deferredMailStaysQueued(mailhost):
     log = waitFor(lambda: "status=deferred" in mailhost.maillogText() and mailhost.maillogText(), what="deferred line")
     assert "dsn=4.4.1, status=deferred (try again later)" in log
     assert os.stat(os.path.join(deferred, ids[0])).st_mtime > time.time() + 200  # next attempt in ~300 s
+
+
+def test_damagedQueueFileGoesToCorruptAndMailFlows(makeDaemon, tmp_path):
+    from mta.model import Envelope, Recipient
+    from mta.queue.fileformat import dumpQueueFile
+
+    base = tmp_path / "mail2"
+    base.mkdir()
+    main = (
+        "virtual_mailbox_domains = box.example\n"
+        f"virtual_mailbox_base = {base}\n"
+        "virtual_mailbox_maps = inline:{ u@box.example=box.example/u/ }\n"
+    )
+    d = makeDaemon(main=main, hold=False)
+    incoming = os.path.join(d.queue, "incoming")
+    os.makedirs(incoming)
+    good = dumpQueueFile(Envelope("s@example.org", (Recipient("u@box.example"),), time.time()),
+                         b"Subject: left over\r\n\r\nhi\r\n")
+    with open(os.path.join(incoming, "8DmOAAAAAAAAAA"), "wb") as f:
+        f.write(good[:40] + b"garbage" + good[47:])  # damaged header
+    with open(os.path.join(incoming, "8DmOBBBBBBBBBB"), "wb") as f:
+        f.write(good)
+    d.start()
+    assert waitFor(lambda: os.path.exists(os.path.join(d.queue, "corrupt", "8DmOAAAAAAAAAA")), what="corrupt/")
+    assert waitFor(lambda: len(maildirFiles(str(base), "box.example/u")) == 1, what="the good left-over delivered")
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        s.sendmail("s@example.org", ["u@box.example"], b"Subject: new\r\n\r\nhi\r\n")
+    assert waitFor(lambda: len(maildirFiles(str(base), "box.example/u")) == 2, what="new mail delivered")
+    assert "corrupt queue file moved to corrupt/" in d.maillogText()
