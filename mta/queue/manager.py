@@ -132,7 +132,8 @@ class QueueManager:
         self.deferTransports = frozenset(params["defer_transports"])
         self.softBounce = params["soft_bounce"]
         self.delayWarning = params["delay_warning_time"]
-        self.active = {}  # queue id -> ActiveMessage
+        self.active = {}  # queue id -> ActiveMessage (None while its file is being read)
+        self._pendingActions = {}  # queue id -> action asked for while its file was being read
         self.backlog = collections.deque()  # (queue id, from queue) waiting for an active slot
         self.destinations = {}
         self._scanCall = None
@@ -198,26 +199,32 @@ class QueueManager:
             os.utime(dst, (mtime, mtime))
         return dst
 
-    async def _activate(self, queueId, fromQueue):
+    def _load(self, queueId, fromQueue):
+        """In a worker thread: move the file into active/ and parse it."""
+        path = self._move(queueId, fromQueue, "active")
         try:
-            path = self._move(queueId, fromQueue, "active")
+            return path, readQueueFile(path)
+        except CorruptQueueFile:
+            self._move(queueId, "active", "corrupt")
+            raise
+
+    async def _activate(self, queueId, fromQueue):
+        # A placeholder keeps the slot (and a second activation) taken while the file is read.
+        self.active[queueId] = None
+        try:
+            path, queueFile = await self.store.inPool(self._load, queueId, fromQueue)
         except FileNotFoundError:
-            return  # deleted or moved meanwhile (a tool, another scan)
+            return self._abandon(queueId)  # deleted or moved meanwhile (a tool, another scan)
+        except CorruptQueueFile as e:
+            self.maillog.emit(f"warning: corrupt queue file moved to corrupt/: {sanitize(str(e))}", queueId)
+            return self._abandon(queueId)
         except OSError as e:
             log.error("qmgr: {queue_id}: cannot activate: {error}", queue_id=queueId, error=e.strerror)
-            return
-        try:
-            queueFile = readQueueFile(path)
-        except CorruptQueueFile as e:
-            self._move(queueId, "active", "corrupt")
-            self.maillog.emit(f"warning: corrupt queue file moved to corrupt/: {sanitize(str(e))}", queueId)
-            return
-        except OSError as e:
-            log.error("qmgr: {queue_id}: cannot read: {error}", queue_id=queueId, error=e.strerror)
-            return
+            return self._abandon(queueId)
         states, notified = mergeStates(queueFile.states)
         message = ActiveMessage(queueId, path, queueFile, self.clock.seconds(), states, notified)
         self.active[queueId] = message
+        message.pendingAction = self._pendingActions.pop(queueId, None)
         envelope = message.envelope
         self.maillog.fields(
             queueId,
@@ -257,6 +264,11 @@ class QueueManager:
         if self.softBounce and result.status == "bounced":
             result = attrs.evolve(result, status="deferred", dsn="4" + result.dsn[1:])
         message.results[key] = (target, result)
+
+    def _abandon(self, queueId):
+        del self.active[queueId]
+        self._pendingActions.pop(queueId, None)
+        self._slotFree()
 
     def _recordImmediate(self, message):
         """Record (and log) the results decided while routing, before any delivery."""
@@ -393,19 +405,19 @@ class QueueManager:
                     await d
             deferred = [key for key, s in message.states.items() if s.get("status") == "deferred"]
         await self._notify(message)
-        del self.active[message.queueId]
         try:
             if message.pendingAction is not None:
                 self._operate(message.pendingAction, message.queueId, "active")
             elif deferred:
                 age = now - envelope.arrival_time
                 delay = min(max(age, self.minBackoff), self.maxBackoff)
-                self._move(message.queueId, "active", "deferred", mtime=now + delay)
+                await self.store.inPool(self._move, message.queueId, "active", "deferred", now + delay)
             else:
-                os.unlink(message.path)
+                await self.store.inPool(os.unlink, message.path)
                 self.maillog.emit("removed", message.queueId)
         except OSError as e:
             log.error("qmgr: {queue_id}: {error}", queue_id=message.queueId, error=e.strerror)
+        del self.active[message.queueId]
         self._slotFree()
 
     async def _notify(self, message):
@@ -451,7 +463,10 @@ class QueueManager:
         done, missing = [], []
         for queueId in dict.fromkeys(ids):
             if queueId in self.active and "active" in queues:
-                self.active[queueId].pendingAction = action
+                if self.active[queueId] is None:  # still being read
+                    self._pendingActions[queueId] = action
+                else:
+                    self.active[queueId].pendingAction = action
                 done.append(queueId)
                 continue
             queue = tools.findMessage(self.store, queueId, [q for q in queues if q != "active"])

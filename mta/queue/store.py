@@ -387,6 +387,10 @@ class QueueStore:
         finally:
             fs.close(fd)
 
+    def inPool(self, f, *args):
+        """Run blocking file work C{f(*args)} in the store's thread pool; a Deferred of its result."""
+        return deferToThreadPool(self.reactor, self._pool(), f, *args)
+
     def _pool(self):
         if self._threadpool is None:
             self._threadpool = self.reactor.getThreadPool()
