@@ -1,0 +1,611 @@
+"""mta-queue list, show, flush, delete, hold, release, requeue: on real queue
+files in tmp_path (written by QueueStore with a synchronous fake reactor), and
+against a fake control channel; no sockets."""
+
+import io
+import json
+import os
+import time
+
+import pytest
+from twisted.internet import error as netError
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from mta import control
+from mta.cli import queue as cliQueue
+from mta.model import Envelope, Recipient
+from mta.queue.store import QueueStore
+
+ARRIVAL = 1_700_000_000.25  # Tue Nov 14 22:13:20 2023 UTC
+CONTENT = b"Subject: test\r\nFrom: a@example.org\r\n\r\nline one\r\nline two\r\n"
+
+
+class SyncPool:
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class FakeReactor(Clock):
+    """Runs the store's thread-pool work at once, in the calling thread."""
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def getThreadPool(self):
+        return SyncPool()
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+class Queue:
+    """A queue directory in tmp_path, a configuration naming it, and helpers."""
+
+    def __init__(self, tmp_path):
+        self.directory = str(tmp_path / "queue")
+        self.maillog = str(tmp_path / "maillog")
+        self.reactor = FakeReactor()
+        self.reactor.advance(ARRIVAL)
+        self.store = QueueStore(self.directory, self.reactor)
+        self.store.prepare()
+        self.config = str(tmp_path / "mta.ini")
+        with open(self.config, "w") as f:
+            f.write(f"[main]\nqueue_directory = {self.directory}\nmaillog_file = {self.maillog}\n"
+                    "myhostname = mx.test\n")
+
+    def add(self, recipients, sender="alice@example.org", queue="incoming", content=CONTENT, **fields):
+        message = self.store.newMessage()
+        message.write(content)
+        envelope = Envelope(
+            sender=sender, recipients=tuple(Recipient(r) if isinstance(r, str) else r for r in recipients),
+            arrival_time=ARRIVAL, **fields,
+        )
+        ids = []
+        message.commit(envelope, queue="hold" if queue == "hold" else "incoming").addCallback(ids.append)
+        queueId = ids[0]
+        if queue not in ("incoming", "hold"):
+            self.move(queueId, "incoming", queue)
+        return queueId
+
+    def state(self, queueId, queue, recipients):
+        done = []
+        self.store.appendState(self.store.queuePath(queue, queueId),
+                               {"time": ARRIVAL + 1, "recipients": recipients}).addCallback(done.append)
+        assert done
+
+    def move(self, queueId, source, target, mtime=None):
+        os.rename(self.store.queuePath(source, queueId), self.store.queuePath(target, queueId))
+        if mtime is not None:
+            os.utime(self.store.queuePath(target, queueId), (mtime, mtime))
+
+    def damaged(self, queue, queueId="zzzzzzzzzzzzzz", data=b"not a queue file"):
+        with open(self.store.queuePath(queue, queueId), "wb") as f:
+            f.write(data)
+        return queueId
+
+    def ids(self, queue):
+        return self.store.listQueue(queue)
+
+    def run(self, capsys, *argv, stdin=None, monkeypatch=None):
+        if stdin is not None:
+            monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        code = cliQueue.main(["-c", self.config, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def maillogLines(self):
+        try:
+            with open(self.maillog) as f:
+                return [line.split(": ", 1)[1].rstrip("\n") for line in f]
+        except FileNotFoundError:
+            return []
+
+
+@pytest.fixture
+def q(tmp_path):
+    return Queue(tmp_path)
+
+
+# -- help ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command, text", [
+    ("list", "as mailq does"), ("show", "envelope"), ("flush", "when the daemon is not running"),
+    ("delete", "Delete the named messages"), ("hold", "on hold"), ("release", "Release the named"),
+    ("requeue", "back into incoming"),
+])
+def test_help_for_each_command(capsys, command, text):
+    assert cliQueue.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mta-queue {command}")
+    assert text in " ".join(out.split())
+
+
+def test_action_needs_ids(capsys):
+    assert cliQueue.main(["delete"]) == 2
+    assert "the following arguments are required: ID" in capsys.readouterr().err
+
+
+# -- list ---------------------------------------------------------------------------------
+
+
+def test_list_empty(q, capsys):
+    assert q.run(capsys, "list") == (0, "Mail queue is empty\n", "")
+    assert q.run(capsys, "list", "--json") == (0, "[]\n", "")
+
+
+def test_list_text_is_mailq_shaped(q, capsys):
+    a = q.add(["bob@example.net"], queue="active")
+    d = q.add(["c@example.com", "d@example.com", "e@example.com", "f@example.com"], sender="", queue="deferred")
+    q.state(d, "deferred", {
+        "0": {"status": "deferred", "dsn": "4.4.1", "text": "connect to mx.example.com: Connection refused"},
+        "1": {"status": "sent", "dsn": "2.0.0", "text": "delivered"},
+        "2": {"status": "deferred", "dsn": "4.2.2", "text": "mailbox full\x1b"},
+    })
+    h = q.add(["g@example.com"], queue="hold")
+    size = len(CONTENT)
+    code, out, err = q.run(capsys, "list")
+    assert (code, err) == (0, "")
+    pad = " " * 46
+    assert out == (
+        "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n"
+        f"{a}* {size:>8} Tue Nov 14 22:13:20  alice@example.org\n"
+        f"{pad}bob@example.net\n"
+        "\n"
+        f"{d}  {size:>8} Tue Nov 14 22:13:20  MAILER-DAEMON\n"
+        f"{pad}f@example.com\n"
+        "(connect to mx.example.com: Connection refused)\n"
+        f"{pad}c@example.com\n"
+        "(mailbox full\\x1b)\n"
+        f"{pad}e@example.com\n"
+        "\n"
+        f"{h}! {size:>8} Tue Nov 14 22:13:20  alice@example.org\n"
+        f"{pad}g@example.com\n"
+        "\n"
+        "-- 0 Kbytes in 3 Requests.\n"
+    )
+
+
+def test_list_counts_kbytes(q, capsys):
+    q.add(["b@example.net"], content=b"x" * 3000 + b"\r\n")
+    code, out, _ = q.run(capsys, "list")
+    assert out.endswith("\n-- 2 Kbytes in 1 Request.\n")
+
+
+def test_list_json(q):
+    a = q.add(["bob@example.net"])
+    d = q.add(["c@example.com", "d@example.com"], queue="deferred")
+    q.state(d, "deferred", {"0": {"status": "deferred", "dsn": "4.4.1", "text": "try again later"},
+                            "1": {"status": "bounced", "dsn": "5.1.1", "text": "no such user"}})
+    q.move(d, "deferred", "deferred", mtime=ARRIVAL + 300)
+    h = q.add(["e@example.com"], queue="hold")
+    out, err = io.StringIO(), io.StringIO()
+    assert cliQueue.listQueue(q.directory, out, err, asJson=True, now=ARRIVAL + 5) == 0
+    assert err.getvalue() == ""
+    entries = json.loads(out.getvalue())
+    base = {"arrival_time": ARRIVAL, "size": len(CONTENT), "sender": "alice@example.org"}
+    assert entries == [
+        {"id": a, "queue": "incoming", **base, "next_attempt": ARRIVAL + 5,
+         "recipients": [{"address": "bob@example.net", "status": "pending", "reason": None}]},
+        {"id": d, "queue": "deferred", **base, "next_attempt": ARRIVAL + 300,
+         "recipients": [{"address": "c@example.com", "status": "deferred", "reason": "try again later"},
+                        {"address": "d@example.com", "status": "bounced", "reason": "no such user"}]},
+        {"id": h, "queue": "hold", **base, "next_attempt": None,
+         "recipients": [{"address": "e@example.com", "status": "pending", "reason": None}]},
+    ]
+    for entry in entries:
+        assert list(entry) == ["id", "queue", "arrival_time", "size", "sender", "recipients", "next_attempt"]
+
+
+def test_list_damaged_files(q, capsys):
+    good = q.add(["bob@example.net"], queue="deferred")
+    bad = q.damaged("deferred")
+    truncated = q.add(["x@example.net"], queue="hold")
+    path = q.store.queuePath("hold", truncated)
+    os.truncate(path, os.path.getsize(path) - 5)
+    code, out, err = q.run(capsys, "list", "--json")
+    assert (code, err) == (0, "")
+    entries = json.loads(out)
+    assert [(e["id"], e["queue"], "error" in e) for e in entries] == [
+        (good, "deferred", False), (bad, "deferred", True), (truncated, "hold", True)]
+    assert set(entries[1]) == {"id", "queue", "error"}
+    assert "not a queue file" in entries[1]["error"]
+    assert "envelope record" in entries[2]["error"]
+    code, out, err = q.run(capsys, "list")
+    assert code == 0
+    assert f"\n{bad}  {'?':>8} ?                    (damaged queue file: " in out
+    assert f"\n{truncated}! {'?':>8} ?" in out
+    assert out.endswith("-- 0 Kbytes in 3 Requests.\n")
+
+
+def test_list_skips_a_file_that_moved_while_listing(q, monkeypatch):
+    moved = q.add(["bob@example.net"])
+    real = cliQueue.tools.describe
+
+    def describe(store, queue, queueId, now):
+        if queue == "incoming":
+            q.move(queueId, "incoming", "active")  # the daemon took it meanwhile
+        return real(store, queue, queueId, now)
+
+    monkeypatch.setattr(cliQueue.tools, "describe", describe)
+    entries = cliQueue.readQueue(q.directory, now=ARRIVAL)
+    # gone from incoming (not damaged), found in active, scanned after it
+    assert [(e["id"], e["queue"], "error" in e) for e in entries] == [(moved, "active", False)]
+
+
+def test_list_escapes_control_characters(q, capsys):
+    q.add(["b\x7fob@example.net"], sender="al\x01ice@example.org")
+    out = q.run(capsys, "list")[1]
+    assert "al\\x01ice@example.org" in out and "b\\x7fob@example.net" in out
+
+
+def test_list_without_queue_directory(tmp_path, capsys):
+    config = tmp_path / "mta.ini"
+    config.write_text(f"[main]\nqueue_directory = {tmp_path}/nosuch\n")
+    assert cliQueue.main(["-c", str(config), "list"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"mta-queue: cannot read the queue in {tmp_path}/nosuch: No such file or directory\n"
+
+
+# -- show ---------------------------------------------------------------------------------
+
+
+def test_show(q, capsys):
+    queueId = q.add(
+        ["bob@example.net", Recipient("carol@example.net", orcpt="rfc822;carol@example.net", notify=("SUCCESS",))],
+        queue="deferred", client_name="mail.example.org", client_address="192.0.2.7", client_port=40211,
+        helo="mail.example.org", protocol="ESMTP", envid="abc",
+    )
+    q.state(queueId, "deferred", {"0": {"status": "deferred", "dsn": "4.4.1", "text": "try again"}})
+    q.move(queueId, "deferred", "deferred", mtime=ARRIVAL + 300)
+    code, out, err = q.run(capsys, "show", queueId)
+    assert (code, err) == (0, "")
+    assert out == (
+        f"*** ENVELOPE deferred/{queueId} ***\n"
+        f"queue_id: {queueId}\n"
+        "queue: deferred\n"
+        "arrival_time: Tue Nov 14 22:13:20 2023\n"
+        f"size: {len(CONTENT)}\n"
+        "sender: alice@example.org\n"
+        "client: mail.example.org[192.0.2.7]:40211\n"
+        "helo: mail.example.org\n"
+        "protocol: ESMTP\n"
+        "body: 7BIT\n"
+        "envid: abc\n"
+        "recipient: bob@example.net (deferred: try again)\n"
+        "recipient: carol@example.net (pending) notify=SUCCESS orcpt=rfc822;carol@example.net\n"
+        "next_attempt: Tue Nov 14 22:18:20 2023\n"
+        f"*** MESSAGE CONTENT deferred/{queueId} ***\n"
+        "Subject: test\nFrom: a@example.org\n\nline one\nline two\n"
+        f"*** END OF MESSAGE deferred/{queueId} ***\n"
+    )
+
+
+def test_show_null_sender_on_hold(q, capsys):
+    queueId = q.add(["bob@example.net"], sender="", queue="hold")
+    out = q.run(capsys, "show", queueId)[1]
+    assert "\nsender: <>\n" in out and "\nqueue: hold\n" in out
+    assert "next_attempt" not in out
+
+
+def test_show_unknown_id(q, capsys):
+    assert q.run(capsys, "show", "8DmPCa9U3e0000") == (
+        1, "", "mta-queue: 8DmPCa9U3e0000: no such message in the queue\n")
+
+
+def test_show_bad_id(q, capsys):
+    assert q.run(capsys, "show", "../../etc/passwd") == (
+        2, "", "mta-queue: not a queue id: '../../etc/passwd'\n")
+
+
+def test_show_damaged(q, capsys):
+    bad = q.damaged("corrupt")
+    code, out, err = q.run(capsys, "show", bad)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"mta-queue: {bad}: damaged queue file in corrupt: ")
+    assert err.count("\n") == 1
+
+
+def test_writeContent_joins_crlf_split_between_reads_and_escapes():
+    data = b"a\r" + b"\nb\x1b[2J\tc\r\n"
+    f = io.BytesIO(b"HDR" + data)
+    out = io.StringIO()
+    original = f.read
+
+    def smallReads(n=-1):
+        return original(min(n, 2))  # every read returns at most 2 bytes
+
+    f.read = smallReads
+    cliQueue._writeContent(out, f, 3, len(data), escape=True)
+    assert out.getvalue() == "a\nb\\x1b[2J\tc\n"
+
+
+# -- delete, hold, release, requeue on the files --------------------------------------------
+
+
+def test_delete_all(q, capsys):
+    ids = sorted([q.add(["a@example.net"]), q.add(["b@example.net"], queue="hold"),
+                  q.add(["c@example.net"], queue="deferred"), q.add(["d@example.net"], queue="active")])
+    code, out, err = q.run(capsys, "delete", "ALL")
+    assert (code, err) == (0, "")
+    assert out == "".join(f"mta-queue: {i}: removed\n" for i in ids) + "mta-queue: Deleted: 4 messages\n"
+    assert all(q.ids(name) == [] for name in ("incoming", "hold", "deferred", "active"))
+    assert q.maillogLines() == [f"{i}: removed" for i in ids]
+    with open(q.maillog) as f:
+        assert " mx.test mta/postsuper[" in f.readline()
+
+
+def test_delete_by_id_and_missing(q, capsys):
+    a, b = q.add(["a@example.net"]), q.add(["b@example.net"], queue="hold")
+    missing = "8DmPCa9U3e0000"
+    code, out, err = q.run(capsys, "delete", b, missing, b)
+    assert code == 1
+    assert out == f"mta-queue: {b}: removed\nmta-queue: Deleted: 1 message\n"
+    assert err == f"mta-queue: not found in hold, incoming, active, deferred: {missing}\n"
+    assert q.ids("incoming") == [a] and q.ids("hold") == []
+
+
+def test_hold_and_release(q, capsys):
+    a = q.add(["a@example.net"], queue="deferred")
+    q.move(a, "deferred", "deferred", mtime=ARRIVAL + 3600)
+    code, out, _ = q.run(capsys, "hold", a)
+    assert (code, out) == (0, f"mta-queue: {a}: placed on hold\nmta-queue: Placed on hold: 1 message\n")
+    assert q.ids("hold") == [a] and q.ids("deferred") == []
+    before = time.time()
+    code, out, _ = q.run(capsys, "release", a)
+    assert (code, out) == (0, f"mta-queue: {a}: released from hold\nmta-queue: Released from hold: 1 message\n")
+    assert q.ids("deferred") == [a]
+    assert os.stat(q.store.queuePath("deferred", a)).st_mtime >= before - 1  # due at once
+    assert q.maillogLines() == [f"{a}: placed on hold", f"{a}: released from hold"]
+
+
+def test_release_only_looks_on_hold(q, capsys):
+    a = q.add(["a@example.net"])
+    code, out, err = q.run(capsys, "release", "ALL")
+    assert (code, out, err) == (0, "mta-queue: Released from hold: 0 messages\n", "")
+    code, out, err = q.run(capsys, "release", a)
+    assert code == 1 and err == f"mta-queue: not found in hold: {a}\n"
+    assert q.ids("incoming") == [a]
+
+
+def test_requeue_all(q, capsys):
+    incoming = q.add(["a@example.net"])
+    held = q.add(["b@example.net"], queue="hold")
+    deferred = q.add(["c@example.net"], queue="deferred")
+    code, out, err = q.run(capsys, "requeue", "ALL")
+    assert (code, err) == (0, "")
+    assert out == "".join(f"mta-queue: {i}: requeued\n" for i in sorted([held, deferred])) + \
+        "mta-queue: Requeued: 2 messages\n"
+    assert q.ids("incoming") == sorted([incoming, held, deferred])
+
+
+def test_hold_all_reads_nothing_from_hold(q, capsys):
+    a, b = q.add(["a@example.net"]), q.add(["b@example.net"], queue="hold")
+    code, out, _ = q.run(capsys, "hold", "ALL")
+    assert out == f"mta-queue: {a}: placed on hold\nmta-queue: Placed on hold: 1 message\n"
+    assert q.ids("hold") == sorted([a, b])
+
+
+def test_ids_from_stdin(q, capsys, monkeypatch):
+    a, b, c = q.add(["a@example.net"]), q.add(["b@example.net"]), q.add(["c@example.net"])
+    code, out, err = q.run(capsys, "hold", "-", stdin=f"{a}\n  {b}\t\n\n", monkeypatch=monkeypatch)
+    assert (code, err) == (0, "")
+    assert out == f"mta-queue: {a}: placed on hold\nmta-queue: {b}: placed on hold\nmta-queue: Placed on hold: 2 messages\n"
+    assert q.ids("incoming") == [c]
+
+
+def test_empty_stdin_does_nothing(q, capsys, monkeypatch):
+    q.add(["a@example.net"])
+    assert q.run(capsys, "delete", "-", stdin="", monkeypatch=monkeypatch) == (
+        0, "mta-queue: Deleted: 0 messages\n", "")
+    assert len(q.ids("incoming")) == 1
+
+
+@pytest.mark.parametrize("argv, stdin, message", [
+    (["nope"], None, "not a queue id: 'nope'"),
+    (["{a}", "../x"], None, "not a queue id: '../x'"),
+    (["-"], "{a}\nbad\x1b[1m\n", "not a queue id: 'bad\\x1b[1m'"),
+    (["-"], "ALL\n", "not a queue id: 'ALL'"),
+    (["ALL", "{a}"], None, "ALL cannot be combined with queue ids"),
+    (["a", "b", "c", "d", "e", "f", "g"], None, "not a queue id: 'a', 'b', 'c', 'd', 'e' and 2 more"),
+])
+def test_bad_ids_do_nothing(q, capsys, monkeypatch, argv, stdin, message):
+    a = q.add(["a@example.net"])
+    argv = [arg.format(a=a) for arg in argv]
+    code, out, err = q.run(capsys, "delete", *argv, stdin=stdin and stdin.format(a=a), monkeypatch=monkeypatch)
+    assert (code, out) == (2, "")
+    assert err == f"mta-queue: delete: {message}; nothing done\n"
+    assert q.ids("incoming") == [a]
+    assert q.maillogLines() == []
+
+
+def test_offline_breaks_a_stale_lock(q, capsys):
+    a = q.add(["a@example.net"], queue="hold")
+    control.prepareDirectory(q.directory)
+    lock = control.socketPath(q.directory) + ".lock"
+    os.symlink("999999999", lock)  # a pid that cannot exist: a daemon killed with -9
+    code, out, err = q.run(capsys, "delete", a)
+    assert (code, err) == (0, "")
+    assert not os.path.lexists(lock)
+    assert q.ids("hold") == []
+
+
+def test_offline_refuses_when_the_lock_is_held(q, capsys):
+    a = q.add(["a@example.net"], queue="hold")
+    control.prepareDirectory(q.directory)
+    lock = control.socketPath(q.directory) + ".lock"
+    os.symlink(str(os.getpid()), lock)  # a live process: the daemon, without its socket
+    code, out, err = q.run(capsys, "delete", "ALL")
+    assert (code, out) == (1, "")
+    assert err == (f"mta-queue: mta is running (pid {os.getpid()} holds {lock}) but does not answer on "
+                   "its control socket; nothing done\n")
+    assert q.ids("hold") == [a]
+    assert os.readlink(lock) == str(os.getpid())
+
+
+def test_no_maillog_file(q, capsys, tmp_path):
+    a = q.add(["a@example.net"])
+    with open(q.config, "w") as f:
+        f.write(f"[main]\nqueue_directory = {q.directory}\n")
+    assert q.run(capsys, "delete", a)[0] == 0
+    assert not os.path.exists(q.maillog)
+
+
+def test_maillog_write_failure_is_a_warning(q, capsys):
+    a = q.add(["a@example.net"])
+    os.mkdir(q.maillog)  # cannot be opened for appending
+    code, out, err = q.run(capsys, "delete", a)
+    assert code == 0
+    assert err == f"mta-queue: warning: cannot write {q.maillog}: Is a directory\n"
+
+
+# -- through the control channel (a fake one) -----------------------------------------------
+
+
+class FakeTransport:
+    lost = False
+
+    def loseConnection(self):
+        self.lost = True
+
+
+class FakeClient:
+    """Answers callRemote with C{answer(command, arguments)} (a value, or an exception to fail with)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.transport = FakeTransport()
+        self.calls = []
+
+    def callRemote(self, command, **arguments):
+        self.calls.append((command, arguments))
+        result = self.answer(command, arguments)
+        return fail(result) if isinstance(result, Exception) else succeed(result)
+
+
+def socketStandIn(directory):
+    control.prepareDirectory(directory)
+    open(control.socketPath(directory), "w").close()  # stands for the socket
+
+
+def run(coroutine):
+    results = []
+    Deferred.fromCoroutine(coroutine).addBoth(results.append)
+    assert results, "did not finish"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def connectTo(client):
+    def connect(reactor, queueDirectory, timeout):
+        return succeed(client)
+    return connect
+
+
+def refused(reactor, queueDirectory, timeout):
+    raise netError.ConnectionRefusedError()
+
+
+def test_action_through_the_daemon(q):
+    a, b = q.add(["a@example.net"]), q.add(["b@example.net"])
+    socketStandIn(q.directory)
+    client = FakeClient(lambda command, args: {"done": [args["ids"][0]], "missing": args["ids"][1:]})
+    out, err = io.StringIO(), io.StringIO()
+    code = run(cliQueue.queueAction(Clock(), q.directory, "hold", [a, b], out, err, connect=connectTo(client)))
+    assert code == 1
+    assert client.calls == [(control.QueueAction, {"action": "hold", "ids": [a, b]})]
+    assert client.transport.lost
+    assert out.getvalue() == f"mta-queue: {a}: placed on hold\nmta-queue: Placed on hold: 1 message\n"
+    assert err.getvalue() == f"mta-queue: not found in incoming, active, deferred: {b}\n"
+    assert q.ids("incoming") == [a, b]  # the (fake) daemon did it, not the tool
+
+
+def test_all_through_the_daemon_is_sent_in_batches(q, monkeypatch):
+    ids = sorted(q.add([f"{n}@example.net"], queue="deferred") for n in range(5))
+    socketStandIn(q.directory)
+    monkeypatch.setattr(cliQueue, "BATCH", 2)
+    client = FakeClient(lambda command, args: {"done": args["ids"], "missing": []})
+    out, err = io.StringIO(), io.StringIO()
+    assert run(cliQueue.queueAction(Clock(), q.directory, "delete", ["ALL"], out, err, connect=connectTo(client))) == 0
+    assert [args["ids"] for _, args in client.calls] == [ids[0:2], ids[2:4], ids[4:]]
+    assert out.getvalue().endswith("mta-queue: Deleted: 5 messages\n")
+
+
+def test_daemon_failing_midway(q, monkeypatch):
+    ids = sorted(q.add([f"{n}@example.net"]) for n in range(3))
+    socketStandIn(q.directory)
+    monkeypatch.setattr(cliQueue, "BATCH", 1)
+    client = FakeClient(lambda command, args: {"done": args["ids"], "missing": []} if args["ids"] == [ids[0]]
+                        else ValueError("boom"))
+    out, err = io.StringIO(), io.StringIO()
+    assert run(cliQueue.queueAction(Clock(), q.directory, "delete", ids, out, err, connect=connectTo(client))) == 1
+    assert out.getvalue() == f"mta-queue: {ids[0]}: removed\nmta-queue: Deleted: 1 message\n"
+    assert err.getvalue() == (f"mta-queue: no answer from mta at {control.socketPath(q.directory)}: boom; "
+                              "2 of 3 messages not done\n")
+
+
+def test_stale_socket_falls_back_to_the_files(q):
+    a = q.add(["a@example.net"], queue="hold")
+    socketStandIn(q.directory)
+    out, err = io.StringIO(), io.StringIO()
+    code = run(cliQueue.queueAction(Clock(), q.directory, "release", [a], out, err, connect=refused))
+    assert (code, err.getvalue()) == (0, "")
+    assert out.getvalue() == f"mta-queue: {a}: released from hold\nmta-queue: Released from hold: 1 message\n"
+    assert q.ids("deferred") == [a]
+
+
+def test_unreachable_daemon_does_nothing(q):
+    a = q.add(["a@example.net"], queue="hold")
+    socketStandIn(q.directory)
+
+    def connect(reactor, queueDirectory, timeout):
+        raise netError.ConnectError("Permission denied")
+
+    out, err = io.StringIO(), io.StringIO()
+    assert run(cliQueue.queueAction(Clock(), q.directory, "delete", [a], out, err, connect=connect)) == 1
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith(f"mta-queue: mta is not reachable at {control.socketPath(q.directory)}: ")
+    assert err.getvalue().endswith("; nothing done\n")
+    assert q.ids("hold") == [a]
+
+
+def test_flush_through_the_daemon(q):
+    socketStandIn(q.directory)
+    client = FakeClient(lambda command, args: {"count": 3})
+    out, err = io.StringIO(), io.StringIO()
+    assert run(cliQueue.flush(Clock(), q.directory, out, err, connect=connectTo(client))) == 0
+    assert client.calls == [(control.Flush, {})]
+    assert (out.getvalue(), err.getvalue()) == ("mta-queue: Flushed: 3 deferred messages\n", "")
+
+
+def test_flush_with_a_stale_socket(q):
+    socketStandIn(q.directory)
+    out, err = io.StringIO(), io.StringIO()
+    assert run(cliQueue.flush(Clock(), q.directory, out, err, connect=refused)) == 1
+    assert err.getvalue() == (
+        "mta-queue: cannot flush the queue: mta is not running (stale control socket at "
+        f"{control.socketPath(q.directory)}: connection refused); deferred mail will be tried when it starts\n"
+    )
+
+
+def test_flush_not_running(q, capsys):
+    assert q.run(capsys, "flush") == (
+        1, "",
+        "mta-queue: cannot flush the queue: mta is not running (no control socket at "
+        f"{control.socketPath(q.directory)}); deferred mail will be tried when it starts\n",
+    )
