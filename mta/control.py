@@ -44,11 +44,24 @@ class Flush(amp.Command):
     response = [(b"count", amp.Integer())]
 
 
+# An AMP value holds at most 64 KiB: requests and the id lists in replies stay under this.
+MAX_IDS = 1000
+
+
 class QueueAction(amp.Command):
-    """delete, hold, release or requeue messages (postsuper -d/-h/-H/-r); ids or ["ALL"]."""
+    """
+    delete, hold, release or requeue messages (postsuper -d/-h/-H/-r);
+    at most MAX_IDS ids, or ["ALL"].  The reply lists at most MAX_IDS ids
+    of each kind; the counts are exact.
+    """
 
     arguments = [(b"action", amp.Unicode()), (b"ids", amp.ListOf(amp.Unicode()))]
-    response = [(b"done", amp.ListOf(amp.Unicode())), (b"missing", amp.ListOf(amp.Unicode()))]
+    response = [
+        (b"done", amp.ListOf(amp.Unicode())),
+        (b"missing", amp.ListOf(amp.Unicode())),
+        (b"doneCount", amp.Integer(optional=True)),
+        (b"missingCount", amp.Integer(optional=True)),
+    ]
     errors = {ValueError: b"BAD_REQUEST"}
 
 
@@ -81,10 +94,15 @@ class ControlProtocol(amp.AMP):
 
         if action not in SOURCES:
             raise ValueError(f"unknown action {action!r}")
-        if len(ids) > 100000:
-            raise ValueError("too many queue ids")
+        if len(ids) > MAX_IDS:
+            raise ValueError(f"at most {MAX_IDS} queue ids per request")
         done, missing = self.daemon.manager.operate(action, list(ids))
-        return {"done": done, "missing": missing}
+        return {
+            "done": done[:MAX_IDS],
+            "missing": missing[:MAX_IDS],
+            "doneCount": len(done),
+            "missingCount": len(missing),
+        }
 
 
 def prepareDirectory(queueDirectory):

@@ -88,6 +88,16 @@ class Destination:
     active: int = 0
 
 
+def _seconds(value):
+    """A delay as Postfix logs it: 0.27, 3.1, 42 (never an exponent)."""
+    if value >= 10:
+        return f"{value:.0f}"
+    if value >= 1:
+        return f"{value:.1f}".rstrip("0").rstrip(".")
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
 def recipientKey(index, original, address):
     """The state key of a delivery: the envelope index, plus the address if aliases changed it."""
     return str(index) if address == original else f"{index}>{address.lower()}"
@@ -359,8 +369,8 @@ class QueueManager:
                 inQueue = (started or now) - message.activeSince
                 fields += [
                     ("relay", r.relay),
-                    ("delay", f"{total:.2g}" if total < 10 else f"{total:.0f}"),
-                    ("delays", f"{before:.2g}/{inQueue:.2g}/0/{max(0.0, now - (started or now)):.2g}"),
+                    ("delay", _seconds(total)),
+                    ("delays", "/".join(_seconds(x) for x in (before, inQueue, 0, max(0.0, now - (started or now))))),
                     ("dsn", r.dsn),
                     ("status", r.status),
                 ]

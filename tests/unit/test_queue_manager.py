@@ -324,3 +324,10 @@ def test_delayWarningOnceAfterDelayWarningTime(tmp_path):
     notices = [c for r, c in zip(smtp.requests, smtp.contents) if r.envelope.sender == ""]
     assert len(notices) == 1 and b"Delayed Mail (still being retried)" in notices[0]
     assert b"Action: delayed" in notices[0]
+
+
+@pytest.mark.parametrize("value, text", [(0, "0"), (3.2e-05, "0"), (0.0031, "0"), (0.27, "0.27"), (1.25, "1.2"), (42.4, "42"), (123.4, "123")])
+def test_delaysAreLoggedWithoutExponents(value, text):
+    from mta.queue.manager import _seconds
+
+    assert _seconds(value) == text
