@@ -1,0 +1,803 @@
+"""mta.delivery.dns - a non-blocking DNS stub resolver for the SMTP client.
+
+Resolver sends recursive queries to the configured name servers and never
+blocks the reactor: messages are built and parsed with dnspython
+(dns.message), the transport is Twisted's (a DatagramProtocol on a fresh
+UDP port per query; TCP through an endpoint when the UDP answer is
+truncated).  dns.resolver's blocking calls are never used; its
+Resolver(configure=True) only reads /etc/resolv.conf, once, when no
+servers are configured (no nameserver lines: 127.0.0.1, as the C library).
+
+    lookupMX(domain)          -> Deferred[list[(preference, exchange)]]
+    lookupAddresses(name, families=("ipv4", "ipv6"), preference="any")
+                              -> Deferred[list[str]]
+    lookupRecords(name, rdtype) -> Deferred[list[dnspython rdata]]
+
+Results: a list (empty for NODATA: the name exists without records of the
+type).  Failures: DNSError, with ``temporary`` (SERVFAIL, REFUSED and
+every other error rcode, timeouts, network errors: try again later) or
+permanent (NXDOMAIN, "Host or domain name not found", and names that are
+not valid domain names).  The text is Postfix's ("Host or domain name not
+found. Name service error for name=example.com type=MX: Host not found,
+try again"); ``detail`` says what happened at which server, for the log.
+
+Retries follow the C library's resolver: ``attempts`` rounds over all
+servers, ``timeout`` seconds for each query; a server answering with an
+error rcode (SERVFAIL, REFUSED, ...) makes the query go to the next one.
+Queries carry EDNS0 (payload 1232); a server that answers FORMERR or
+NOTIMP without an OPT record is asked again without EDNS0.
+
+CNAME chains in an answer are followed (at most 10 links, as Postfix's
+dns_lookup()); a chain that ends without data and without an SOA record
+(a server that did not chase it) is continued with a new query.  Names
+may be given as U-labels (converted to A-labels with dnspython's IDNA
+codec: UTS 46 non-transitional, as Postfix, when dnspython has IDNA 2008
+support, else IDNA 2003) or A-labels, with or without a trailing dot.
+Results are lower case, without the trailing dot; the null MX exchange
+(RFC 7505) is ".".
+
+The cache keeps positive answers for the smallest TTL of the records used
+(CNAMEs included) and negative answers (NXDOMAIN, NODATA) for the SOA's
+min(TTL, MINIMUM) (RFC 2308; not cached without an SOA), bounded by
+maxTTL and maxNegativeTTL, and holds at most cacheSize entries (least
+recently used go first).  Temporary failures are not cached.  Identical
+queries in flight at the same time share one exchange.  Time comes from
+the clock (IReactorTime) given, the reactor by default.
+
+SystemResolver does the same address lookup with getaddrinfo() in the
+reactor's thread pool (smtp_host_lookup = native, disable_dns_lookups):
+it sees /etc/hosts and NSS, and never blocks the reactor either.
+
+SECURITY
+    Answers come from the network, and anybody can send UDP datagrams.
+    Every query has a random 16-bit id (random.SystemRandom) and its own
+    ephemeral UDP port (randomized by the kernel), connected to the server;
+    a datagram is accepted only from the queried server's address and port
+    (checked again in the protocol), only if it parses,
+    has the query's id, the QR bit and the same question
+    (dns.message.Message.is_response); anything else is ignored and the
+    query keeps waiting.  Only answer records for the names of the chain
+    that starts at the question are used; the additional and authority
+    sections are never cached (the SOA only gives a negative TTL).  No
+    0x20 case randomization and no DNSSEC validation: a resolver on the
+    path (ideally on loopback) is trusted, as Postfix trusts the system's.
+
+CONFIGURATION
+    dns_servers (empty: /etc/resolv.conf).  The timeout (5 s) and attempts
+    (2) are the C library's defaults; the cache bounds are constructor
+    arguments.
+"""
+
+import ipaddress
+import random
+import socket
+import struct
+from collections import OrderedDict
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+IDNA_CODEC = dns.name.IDNA_2008_Practical if dns.name.have_idna_2008 else dns.name.IDNA_2003_Practical
+
+DNS_PORT = 53
+MAX_CNAME = 10
+EDNS_PAYLOAD = 1232
+
+NOT_FOUND = "Host not found"
+TRY_AGAIN = "Host not found, try again"
+NO_DATA = "Host found but no data record of requested type"
+
+FAMILIES = {"ipv4": dns.rdatatype.A, "ipv6": dns.rdatatype.AAAA}
+
+
+class DNSError(Exception):
+    """
+    A lookup failed.
+
+    @ivar text: Postfix's wording, fit for a delivery status.
+    @ivar temporary: True if the lookup may succeed later (defer, never
+        bounce).
+    @ivar rcode: the DNS rcode of the last answer (dns.rcode), or None
+        (timeout, network error, invalid name, getaddrinfo() error).
+    @ivar notFound: the name does not exist (NXDOMAIN and the like).
+    @ivar detail: what happened where, for the log.
+    """
+
+    def __init__(self, text, *, temporary, rcode=None, notFound=False, name=None, rdtype=None,
+                 detail=None):
+        super().__init__(text)
+        self.text = text
+        self.temporary = temporary
+        self.rcode = rcode
+        self.notFound = notFound
+        self.name = name
+        self.rdtype = rdtype
+        self.detail = detail
+
+    def __repr__(self):
+        kind = "temporary" if self.temporary else "permanent"
+        return f"<DNSError {kind} rcode={self.rcode} {self.text!r} ({self.detail})>"
+
+
+def nameServiceError(name, rdtype, what):
+    """Postfix's dns_lookup() text for a failed lookup."""
+    return f"Host or domain name not found. Name service error for name={name} type={rdtype}: {what}"
+
+
+class _Timeout(Exception):
+    def __str__(self):
+        return "timeout"
+
+
+class _NetworkError(Exception):
+    pass
+
+
+_TRUNCATED = object()
+
+# Labels as the DNS client sends them: letters, digits, hyphen, underscore.
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def toName(text):
+    """
+    The absolute dns.name.Name for a host or domain name given as U-labels
+    or A-labels, with or without a trailing dot.  Raises ValueError for
+    anything that is not a valid host or domain name (IP addresses, the
+    root, escapes, empty labels, labels with other characters than
+    letters, digits, hyphen and underscore after IDNA conversion).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a domain name")
+    stripped = text.strip()
+    if not stripped or stripped == "." or "\\" in stripped or "@" in stripped:
+        raise ValueError(f"{text!r} is not a domain name")
+    if _isAddress(stripped.rstrip(".")):
+        raise ValueError(f"{text!r} is an address, not a domain name")
+    try:
+        name = dns.name.from_text(stripped, origin=dns.name.root, idna_codec=IDNA_CODEC)
+    except (dns.exception.DNSException, UnicodeError, ValueError) as e:
+        raise ValueError(f"{text!r} is not a valid domain name: {e}") from None
+    for label in name.labels[:-1]:
+        if not label or not set(label.lower().decode("ascii", "replace")) <= _LDH:
+            raise ValueError(f"{text!r} is not a valid domain name")
+    if len(name.labels) < 2:
+        raise ValueError(f"{text!r} is not a domain name")
+    return name
+
+
+def toASCII(text):
+    """The A-label form of a host or domain name, lower case, no trailing dot."""
+    return nameText(toName(text))
+
+
+def nameText(name):
+    """A dns.name.Name as lower-case text without the trailing dot ('.' for the root)."""
+    if name == dns.name.root:
+        return "."
+    return name.to_text(omit_final_dot=True).lower()
+
+
+def _isAddress(text):
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parseServer(text):
+    """
+    A name server: an IPv4 or IPv6 address, optionally with a port:
+    C{192.0.2.1}, C{192.0.2.1:5353}, C{2001:db8::1}, C{[2001:db8::1]:53}.
+    Returns (address text, port).  Raises ValueError.
+    """
+    text = text.strip()
+    host, port = text, DNS_PORT
+    if text.startswith("["):
+        inner, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not a name server address")
+        host = inner
+        if rest:
+            port = _port(rest[1:], text)
+    elif text.count(":") == 1:
+        host, portText = text.split(":")
+        port = _port(portText, text)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a name server address (an IP address is required)") from None
+    return str(address), port
+
+
+def _port(text, whole):
+    if not text.isdigit() or not text.isascii() or not 0 < int(text) < 65536:
+        raise ValueError(f"{whole!r}: bad port")
+    return int(text)
+
+
+def systemServers(path="/etc/resolv.conf"):
+    """
+    The name servers of the system's resolver configuration, read (not
+    queried) with dns.resolver.Resolver(configure=True); 127.0.0.1 when
+    there is none, as the C library.
+    """
+    try:
+        resolver = dns.resolver.Resolver(filename=path, configure=True)
+        names = list(resolver.nameservers)
+    except (dns.resolver.NoResolverConfiguration, OSError):
+        names = []
+    servers = []
+    for entry in names:
+        address = getattr(entry, "address", entry)
+        port = getattr(entry, "port", DNS_PORT)
+        try:
+            servers.append((str(ipaddress.ip_address(address)), int(port)))
+        except ValueError:
+            log.warn("ignoring name server {server!r} in {path}", server=address, path=path)
+    return tuple(servers) or (("127.0.0.1", DNS_PORT),)
+
+
+def _sameEndpoint(addr, server):
+    try:
+        return addr[1] == server[1] and ipaddress.ip_address(addr[0]) == ipaddress.ip_address(server[0])
+    except (ValueError, IndexError, TypeError):
+        return False
+
+
+def _truncatedHeader(data, queryId):
+    """A reply too broken to parse that still says: id, QR and TC."""
+    if len(data) < 12:
+        return False
+    msgId, flags = struct.unpack("!HH", data[:4])
+    return msgId == queryId and flags & dns.flags.QR and flags & dns.flags.TC
+
+
+class _UDPQuery(DatagramProtocol):
+    """Waits for the one datagram that answers a query."""
+
+    def __init__(self, query, server):
+        self.query = query
+        self.server = server
+        self.deferred = Deferred()
+        self.ignored = 0
+
+    def datagramReceived(self, data, addr):
+        if self.deferred.called:
+            return
+        if not _sameEndpoint(addr, self.server):
+            self.ignored += 1
+            log.debug("DNS: ignoring a datagram from {addr} (waiting for {server})", addr=addr,
+                      server=self.server)
+            return
+        try:
+            response = dns.message.from_wire(data)
+        except Exception:
+            if _truncatedHeader(data, self.query.id):
+                self.deferred.callback(_TRUNCATED)
+            else:
+                self.ignored += 1
+                log.debug("DNS: ignoring a malformed datagram from {addr}", addr=addr)
+            return
+        if not self.query.is_response(response):
+            self.ignored += 1
+            log.debug("DNS: ignoring a datagram from {addr} that does not answer query {id}",
+                      addr=addr, id=self.query.id)
+            return
+        self.deferred.callback(response)
+
+    def connectionRefused(self):
+        if not self.deferred.called:
+            self.deferred.errback(_NetworkError("connection refused"))
+
+    def timedOut(self):
+        if not self.deferred.called:
+            self.deferred.errback(_Timeout())
+
+
+class _TCPQuery(Protocol):
+    """One query over TCP (RFC 1035 4.2.2: two-byte length prefix)."""
+
+    def __init__(self, query):
+        self.query = query
+        self.buffer = b""
+        self.deferred = Deferred()
+
+    def connectionMade(self):
+        wire = self.query.to_wire()
+        self.transport.write(struct.pack("!H", len(wire)) + wire)
+
+    def dataReceived(self, data):
+        if self.deferred.called:
+            return
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            (length,) = struct.unpack("!H", self.buffer[:2])
+            if len(self.buffer) < 2 + length:
+                return
+            wire, self.buffer = self.buffer[2:2 + length], self.buffer[2 + length:]
+            try:
+                response = dns.message.from_wire(wire)
+            except Exception as e:
+                self._fail(_NetworkError(f"malformed reply over TCP: {e}"))
+                return
+            if self.query.is_response(response):
+                self.deferred.callback(response)
+                self.transport.loseConnection()
+                return
+
+    def _fail(self, exc):
+        if not self.deferred.called:
+            self.deferred.errback(exc)
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def timedOut(self):
+        self._fail(_Timeout())
+
+    def connectionLost(self, reason):
+        if not self.deferred.called:
+            self.deferred.errback(_NetworkError(f"connection lost: {reason.getErrorMessage()}"))
+
+
+class _Negative:
+    def __init__(self, what):
+        self.what = what
+
+    def __repr__(self):
+        return f"<{self.what}>"
+
+
+_NXDOMAIN = _Negative("NXDOMAIN")
+_NODATA = _Negative("NODATA")
+
+
+class _Cache:
+    """A TTL cache with an upper bound on TTL and on entries (LRU)."""
+
+    def __init__(self, clock, maxSize, maxTTL, maxNegativeTTL):
+        self.clock = clock
+        self.maxSize = maxSize
+        self.maxTTL = maxTTL
+        self.maxNegativeTTL = maxNegativeTTL
+        self.entries = OrderedDict()
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if self.clock.seconds() >= expires:
+            del self.entries[key]
+            return None
+        self.entries.move_to_end(key)
+        return value
+
+    def put(self, key, value, ttl):
+        limit = self.maxNegativeTTL if isinstance(value, _Negative) else self.maxTTL
+        ttl = min(ttl, limit)
+        if ttl <= 0 or self.maxSize <= 0:
+            return
+        self.entries[key] = (self.clock.seconds() + ttl, value)
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.maxSize:
+            self.entries.popitem(last=False)
+
+    def __len__(self):
+        return len(self.entries)
+
+    def clear(self):
+        self.entries.clear()
+
+
+class _Flight:
+    """Callers waiting for the same query."""
+
+    def __init__(self):
+        self.waiters = []
+
+    def wait(self):
+        d = Deferred()
+        self.waiters.append(d)
+        return d
+
+    def fire(self, result):
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(list(result))
+
+
+def _orderAddresses(byFamily, families, preference):
+    order = list(families)
+    if preference in ("ipv4", "ipv6") and preference in order:
+        order.remove(preference)
+        order.insert(0, preference)
+    return [address for family in order for address in byFamily.get(family, ())]
+
+
+def _checkFamilies(families, preference):
+    for family in families:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown address family {family!r} (ipv4 or ipv6)")
+    if preference not in ("any", "ipv4", "ipv6"):
+        raise ValueError(f"unknown address preference {preference!r} (any, ipv4 or ipv6)")
+
+
+def _literal(name, families):
+    """[address] if C{name} is an IP address of an enabled family, [] if of another, else None."""
+    try:
+        address = ipaddress.ip_address(name.strip().strip("[]"))
+    except ValueError:
+        return None
+    return [str(address)] if f"ipv{address.version}" in families else []
+
+
+class Resolver:
+    """
+    A caching stub resolver over UDP and TCP, on the reactor.
+
+    @param reactor: provides IReactorUDP, IReactorTCP and IReactorTime.
+    @param servers: name servers (L{parseServer} syntax, or (address, port)
+        pairs); empty: those of /etc/resolv.conf.
+    @param timeout: seconds to wait for one answer from one server.
+    @param attempts: rounds over all servers.
+    """
+
+    def __init__(self, reactor, servers=(), timeout=5.0, attempts=2, *, clock=None, cacheSize=10000,
+                 maxTTL=86400.0, maxNegativeTTL=3600.0, edns=True, payload=EDNS_PAYLOAD,
+                 resolvConf="/etc/resolv.conf", rng=None):
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        parsed = []
+        for server in servers or ():
+            parsed.append(parseServer(server) if isinstance(server, str) else (str(server[0]), int(server[1])))
+        self.servers = tuple(parsed) or systemServers(resolvConf)
+        if timeout <= 0:
+            raise ValueError("the DNS timeout must be positive")
+        self.timeout = float(timeout)
+        self.attempts = max(1, int(attempts))
+        self.edns = edns
+        self.payload = payload
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.cache = _Cache(self.clock, cacheSize, maxTTL, maxNegativeTTL)
+        self._flights = {}
+
+    # -- public API ------------------------------------------------------
+
+    def lookupMX(self, domain):
+        """The MX records of C{domain}: [(preference, exchange)], answer order."""
+        return Deferred.fromCoroutine(self._lookupMX(domain))
+
+    def lookupAddresses(self, name, families=("ipv4", "ipv6"), preference="any"):
+        """
+        The addresses of C{name}: A and/or AAAA records as C{families} asks
+        (inet_protocols), in that order or with C{preference}'s family first
+        (smtp_address_preference: any, ipv4, ipv6).  An IP address is its
+        own result.  Records of one family are enough: a failure of the
+        other is then ignored, as by Postfix.
+        """
+        return Deferred.fromCoroutine(self._lookupAddresses(name, tuple(families), preference))
+
+    def lookupRecords(self, name, rdtype):
+        """The rdata of type C{rdtype} for C{name}, CNAMEs followed."""
+        return Deferred.fromCoroutine(self._lookupRecords(name, dns.rdatatype.RdataType.make(rdtype)))
+
+    # -- lookups ------------------------------------------------------------
+
+    async def _lookupMX(self, domain):
+        records = await self._lookupRecords(domain, dns.rdatatype.MX)
+        return [(rdata.preference, nameText(rdata.exchange)) for rdata in records]
+
+    async def _lookupAddresses(self, name, families, preference):
+        _checkFamilies(families, preference)
+        literal = _literal(name, families)
+        if literal is not None:
+            return literal
+        if not families:
+            return []
+        deferreds = [Deferred.fromCoroutine(self._lookupRecords(name, FAMILIES[family]))
+                     for family in families]
+        results = await defer.DeferredList(deferreds, consumeErrors=True)
+        byFamily = {}
+        problems = []
+        for family, (ok, value) in zip(families, results):
+            if ok:
+                byFamily[family] = [str(ipaddress.ip_address(rdata.address)) for rdata in value]
+            elif value.check(DNSError):
+                problems.append(value.value)
+            else:
+                value.raiseException()
+        addresses = _orderAddresses(byFamily, families, preference)
+        if addresses:
+            return addresses
+        for problem in problems:
+            if problem.temporary:
+                raise problem
+        if problems:
+            raise problems[-1]
+        return []
+
+    async def _lookupRecords(self, name, rdtype):
+        typeText = dns.rdatatype.to_text(rdtype)
+        try:
+            qname = toName(name)
+        except ValueError:
+            raise DNSError(f"Name service error for {name}: invalid host or domain name", temporary=False,
+                           notFound=True, name=name, rdtype=typeText) from None
+        key = (qname, rdtype)
+        for cacheKey in (key, (qname, None)):
+            cached = self.cache.get(cacheKey)
+            if cached is _NXDOMAIN:
+                raise self._nxdomain(qname, typeText, "cached")
+            if cached is _NODATA:
+                return []
+            if cached is not None:
+                return list(cached)
+        flight = self._flights.get(key)
+        if flight is not None:
+            return await flight.wait()
+        flight = self._flights[key] = _Flight()
+        waiter = flight.wait()
+
+        def done(result):
+            self._flights.pop(key, None)
+            flight.fire(result)
+
+        Deferred.fromCoroutine(self._resolve(qname, rdtype)).addBoth(done)
+        return await waiter
+
+    def _nxdomain(self, qname, typeText, detail):
+        return DNSError(nameServiceError(nameText(qname), typeText, NOT_FOUND), temporary=False,
+                        rcode=dns.rcode.NXDOMAIN, notFound=True, name=nameText(qname), rdtype=typeText,
+                        detail=detail)
+
+    async def _resolve(self, qname, rdtype):
+        """Query, follow CNAMEs, cache; the records, or DNSError."""
+        typeText = dns.rdatatype.to_text(rdtype)
+        current = qname
+        chainTTL = float("inf")
+        seen = {qname}
+        links = 0
+        while True:
+            response, server = await self._query(current, rdtype)
+            records, last, ttl, chain = self._answer(response, current, rdtype)
+            chainTTL = min(chainTTL, ttl)
+            for name in chain:
+                if name in seen or links >= MAX_CNAME:
+                    raise DNSError(f"Name server loop for {nameText(qname)}", temporary=False,
+                                   name=nameText(qname), rdtype=typeText, detail="CNAME loop or chain too long")
+                seen.add(name)
+                links += 1
+            if records:
+                self.cache.put((qname, rdtype), tuple(records), chainTTL)
+                return records
+            negativeTTL = min(chainTTL, self._negativeTTL(response))
+            if response.rcode() == dns.rcode.NXDOMAIN:
+                self.cache.put((qname, rdtype), _NXDOMAIN, negativeTTL)
+                if last == qname:
+                    self.cache.put((qname, None), _NXDOMAIN, negativeTTL)
+                raise self._nxdomain(qname, typeText, f"NXDOMAIN for {nameText(last)} from {server}")
+            if last != current and self._soa(response) is None:
+                # The server gave part of a CNAME chain only: ask for the rest.
+                current = last
+                continue
+            self.cache.put((qname, rdtype), _NODATA, negativeTTL)
+            return []
+
+    @staticmethod
+    def _answer(response, qname, rdtype):
+        """
+        (records, last name, smallest TTL, CNAME targets) for the chain that
+        starts at C{qname} in the answer section; only those records count.
+        """
+        current = qname
+        ttl = float("inf")
+        chain = []
+        for _ in range(MAX_CNAME + 1):
+            rrset = response.get_rrset(response.answer, current, dns.rdataclass.IN, rdtype)
+            if rrset is not None and len(rrset):
+                return list(rrset), current, min(ttl, rrset.ttl), chain
+            cname = response.get_rrset(response.answer, current, dns.rdataclass.IN, dns.rdatatype.CNAME)
+            if cname is None or not len(cname):
+                break
+            ttl = min(ttl, cname.ttl)
+            current = cname[0].target
+            chain.append(current)
+        return [], current, ttl, chain
+
+    @staticmethod
+    def _soa(response):
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA and rrset.rdclass == dns.rdataclass.IN and len(rrset):
+                return rrset
+        return None
+
+    def _negativeTTL(self, response):
+        soa = self._soa(response)
+        if soa is None:
+            return 0
+        return min(soa.ttl, soa[0].minimum)
+
+    # -- the wire ---------------------------------------------------------
+
+    async def _query(self, qname, rdtype):
+        """
+        An answer (NOERROR or NXDOMAIN) for one question, trying every server
+        C{attempts} times; else a temporary DNSError.
+        """
+        typeText = dns.rdatatype.to_text(rdtype)
+        problems = []
+        lastRcode = None
+        for _ in range(self.attempts):
+            for server in self.servers:
+                where = _serverText(server)
+                try:
+                    response = await self._exchange(server, qname, rdtype)
+                except (_Timeout, _NetworkError) as e:
+                    problems.append(f"{e} at {where}")
+                    continue
+                rcode = response.rcode()
+                if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                    return response, where
+                lastRcode = rcode
+                problems.append(f"{dns.rcode.to_text(rcode)} from {where}")
+        detail = "; ".join(problems)
+        log.info("DNS lookup of {name}/{type} failed: {detail}", name=nameText(qname), type=typeText,
+                 detail=detail)
+        raise DNSError(nameServiceError(nameText(qname), typeText, TRY_AGAIN), temporary=True, rcode=lastRcode,
+                       name=nameText(qname), rdtype=typeText, detail=detail)
+
+    async def _exchange(self, server, qname, rdtype):
+        useEdns = self.edns
+        while True:
+            query = dns.message.make_query(qname, rdtype, use_edns=0 if useEdns else False,
+                                           payload=self.payload, id=self.rng.randrange(65536))
+            response = await self._udp(server, query)
+            if response is _TRUNCATED or response.flags & dns.flags.TC:
+                response = await self._tcp(server, query)
+            if useEdns and response.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and response.edns < 0:
+                useEdns = False
+                continue
+            return response
+
+    async def _udp(self, server, query):
+        address, port = server
+        protocol = _UDPQuery(query, server)
+        interface = "::" if ":" in address else ""
+        try:
+            listening = self.reactor.listenUDP(0, protocol, interface=interface)
+        except Exception as e:
+            raise _NetworkError(f"cannot open a UDP socket: {e}") from None
+        timer = self.reactor.callLater(self.timeout, protocol.timedOut)
+        try:
+            try:
+                # A connected socket: the kernel drops datagrams from other
+                # sources, and an ICMP "port unreachable" ends the wait.
+                protocol.transport.connect(address.split("%")[0], port)
+                protocol.transport.write(query.to_wire())
+            except Exception as e:
+                raise _NetworkError(f"cannot send: {e}") from None
+            return await protocol.deferred
+        finally:
+            if timer.active():
+                timer.cancel()
+            listening.stopListening()
+
+    async def _tcp(self, server, query):
+        address, port = server
+        endpointClass = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint = endpointClass(self.reactor, address, port, timeout=self.timeout)
+        protocol = _TCPQuery(query)
+        connecting = connectProtocol(endpoint, protocol)
+
+        expired = []
+
+        def timedOut():
+            expired.append(True)
+            if not connecting.called:
+                connecting.cancel()
+            else:
+                protocol.timedOut()
+
+        timer = self.reactor.callLater(self.timeout, timedOut)
+        try:
+            try:
+                await connecting
+            except Exception as e:
+                if expired or isinstance(e, (CancelledError, ConnectingCancelledError)):
+                    raise _Timeout() from None
+                raise _NetworkError(f"TCP connection failed: {e}") from None
+            return await protocol.deferred
+        finally:
+            if timer.active():
+                timer.cancel()
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+
+
+def _serverText(server):
+    address, port = server
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+class SystemResolver:
+    """
+    Address lookups with the system's getaddrinfo() (/etc/hosts, NSS), in
+    the reactor's thread pool: smtp_host_lookup = native.
+
+    @param runInThread: C{f(callable, *args) -> Deferred}; default
+        deferToThreadPool on the reactor's pool.
+    """
+
+    def __init__(self, reactor, getaddrinfo=socket.getaddrinfo, runInThread=None):
+        self.reactor = reactor
+        self.getaddrinfo = getaddrinfo
+        if runInThread is None:
+            from twisted.internet.threads import deferToThreadPool
+
+            def runInThread(f, *args):
+                return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+        self.runInThread = runInThread
+
+    def lookupAddresses(self, name, families=("ipv4", "ipv6"), preference="any"):
+        return Deferred.fromCoroutine(self._lookup(name, tuple(families), preference))
+
+    async def _lookup(self, name, families, preference):
+        _checkFamilies(families, preference)
+        literal = _literal(name, families)
+        if literal is not None:
+            return literal
+        if not families:
+            return []
+        try:
+            ascii = toASCII(name)
+        except ValueError:
+            raise DNSError(f"unable to look up host {name}: Name or service not known", temporary=False,
+                           notFound=True, name=name) from None
+        family = socket.AF_UNSPEC if len(set(families)) > 1 else (
+            socket.AF_INET if families[0] == "ipv4" else socket.AF_INET6)
+        try:
+            infos = await self.runInThread(self.getaddrinfo, ascii, None, family, socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            code = e.args[0] if e.args else None
+            temporary = code in _EAI_RETRY
+            notFound = code in _EAI_NOHOST
+            text = e.args[1] if len(e.args) > 1 else str(e)
+            raise DNSError(f"unable to look up host {name}: {text}", temporary=temporary, notFound=notFound,
+                           name=name, detail=f"getaddrinfo error {code}") from None
+        except OSError as e:
+            raise DNSError(f"unable to look up host {name}: {e}", temporary=True, name=name) from None
+        byFamily = {}
+        for info in infos:
+            sockFamily, sockaddr = info[0], info[4]
+            key = "ipv4" if sockFamily == socket.AF_INET else "ipv6" if sockFamily == socket.AF_INET6 else None
+            if key is None or key not in families:
+                continue
+            address = str(ipaddress.ip_address(sockaddr[0].split("%")[0]))
+            if address not in byFamily.setdefault(key, []):
+                byFamily[key].append(address)
+        return _orderAddresses(byFamily, families, preference)
+
+
+_EAI_RETRY = {getattr(socket, name) for name in ("EAI_AGAIN", "EAI_MEMORY", "EAI_SYSTEM") if hasattr(socket, name)}
+_EAI_NOHOST = {getattr(socket, name) for name in ("EAI_AGAIN", "EAI_NODATA", "EAI_NONAME") if hasattr(socket, name)}

@@ -1,0 +1,495 @@
+"""mta.delivery.mx - which hosts to connect to for a next-hop, as smtp(8) chooses.
+
+destinationHosts(resolver, nexthop, ...) is Postfix's smtp_domain_addr()
+and smtp_host_addr() (smtp_addr.c) with the address limit of
+smtp_connect.c: it returns a HostList, the addresses to try in order, or
+raises DeliveryProblem(status, dsn, text), or (best_mx_transport) returns
+PassToTransport.
+
+    domain[:port]       MX lookup.  MX hosts in preference order; with
+                        smtp_randomize_addresses the addresses of equal
+                        preference are shuffled (shuffle, then a stable sort
+                        by preference: preference classes never mix).
+                        No MX record (NODATA) or no such domain: the
+                        domain's own addresses, preference 0 (implicit MX,
+                        RFC 5321 5.1).  A null MX (RFC 7505, an MX whose
+                        exchange is "."): 5.1.10 "Domain D does not accept
+                        mail (nullMX)", nothing else is looked up.
+                        MX lookup failure (SERVFAIL, timeout, ...): 4.4.3,
+                        deferred, unless ignore_mx_lookup_error (then the
+                        domain's own addresses are used).
+                        MX hosts without addresses are skipped; if none has
+                        one: the last lookup error (5.4.4 "Host or domain
+                        name not found ...", or 4.4.x if any lookup failed
+                        temporarily: a soft error dominates), made 4.x.x by
+                        smtp_defer_if_no_mx_address_found.
+    [host], address     addresses only (also for every LMTP destination and
+                        with disable_dns_lookups).
+
+Host address lookup follows smtp_host_lookup: "dns" (the Resolver), then,
+if listed and DNS found nothing, "native" (getaddrinfo() in a thread,
+/etc/hosts; SystemResolver).  disable_dns_lookups means native only and no
+MX lookup.  A numeric host (an address literal, or an MX exchange that is
+an address, which Postfix tolerates) is used as is.
+
+Loops (SMTP to port 25 only, as Postfix's SMTP_MISC_FLAG_LOOP_DETECT): when
+an address of an MX host is one of myAddresses (inet_interfaces and
+proxy_interfaces addresses) or the host's name is in myHostnames, that
+host and every host of the same or a worse preference are dropped
+(smtp_truncate_self); HostList.foundMyself is then true (this host is an
+MX for the domain: the caller must not use fall-back relays).  Nothing
+left: "5.4.6 mail for D loops back to myself" if we are the best MX, else
+"4.4.4 unable to find primary relay for D" (the better MX hosts have no
+address now).  A [host] or implicit-MX destination that is us: 5.4.6.
+With best_mx_transport set, a 5.4.6 becomes PassToTransport(transport,
+nexthop) for the caller to hand the mail over (Postfix's
+deliver_pass_all()).
+
+Limits: smtp_balance_inet_protocols keeps both IPv4 and IPv6 addresses
+within smtp_mx_address_limit (Postfix's smtp_balance_inet_proto()), then
+the list is cut at smtp_mx_address_limit (0: no limit).  The session
+limit (smtp_mx_session_limit) counts sessions that completed the
+EHLO/TLS handshake, which only the caller can see: it is passed on as
+HostList.sessionLimit.
+
+With relay=True (the next-hop is $relayhost or a smtp_fallback_relay
+entry), every permanent problem becomes 4.3.5 with the same text and
+best_mx_transport is not used, as Postfix treats "what could be
+configuration problems".
+
+SECURITY
+    MX and address records come from the DNS (untrusted): names were
+    validated by the resolver, the number of MX records used is bounded
+    (100, Postfix's dns_rr_list_limit), and a hostile domain can at most
+    make us defer or bounce its own mail.
+
+CONFIGURATION
+    Passed in by the caller: smtp_randomize_addresses (yes),
+    smtp_mx_address_limit (5), smtp_mx_session_limit (2),
+    ignore_mx_lookup_error (no), smtp_defer_if_no_mx_address_found (no),
+    disable_dns_lookups (no), smtp_host_lookup (dns), inet_protocols
+    (all), smtp_address_preference (any), smtp_balance_inet_protocols
+    (yes), best_mx_transport (empty); myAddresses from inet_interfaces and
+    proxy_interfaces.
+"""
+
+import ipaddress
+import random
+
+import attrs
+from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.logger import Logger, LogLevel
+
+from mta.delivery.dns import FAMILIES, NO_DATA, DNSError, SystemResolver, nameServiceError
+from mta.delivery.nexthop import Nexthop, parseNexthop
+
+log = Logger()
+
+DNS_RR_LIST_LIMIT = 100
+
+
+@attrs.frozen
+class Host:
+    """One address to connect to: the host name (or the address itself), address, port, MX preference."""
+
+    name: str
+    address: str
+    port: int
+    preference: int
+
+
+class HostList(list):
+    """
+    The L{Host}s to try, in order.
+
+    @ivar sessionLimit: stop after this many sessions that completed the
+        EHLO (and TLS) handshake; 0: no limit (smtp_mx_session_limit).
+    @ivar foundMyself: this host is an MX host for the destination: do not
+        go on to fall-back relays (Postfix's SMTP_MISC_FLAG_FINAL_NEXTHOP).
+    @ivar bestPreference: the preference of the first host (the caller's
+        "best MX" for connection caching).
+    """
+
+    def __init__(self, hosts=(), *, sessionLimit=0, foundMyself=False):
+        super().__init__(hosts)
+        self.sessionLimit = sessionLimit
+        self.foundMyself = foundMyself
+
+    @property
+    def bestPreference(self):
+        return self[0].preference if self else None
+
+    def __repr__(self):
+        return f"HostList({list.__repr__(self)}, sessionLimit={self.sessionLimit}, foundMyself={self.foundMyself})"
+
+
+@attrs.frozen
+class PassToTransport:
+    """
+    Mail for the destination loops back to this host and best_mx_transport
+    is set: hand the recipients to C{transport}, with C{nexthop} (None: the
+    request's own next-hop), as Postfix's deliver_pass_all().
+    """
+
+    transport: str
+    nexthop: str | None
+    reason: str
+
+
+class DeliveryProblem(Exception):
+    """
+    No host to deliver to: C{status} "deferred" or "bounced", an RFC 3463
+    C{dsn}, and a C{text} for the delivery status and the log.
+    """
+
+    def __init__(self, status, dsn, text):
+        if status not in ("deferred", "bounced"):
+            raise ValueError(f"bad status {status!r}")
+        super().__init__(f"{dsn} {text}")
+        self.status = status
+        self.dsn = dsn
+        self.text = text
+
+    @classmethod
+    def fromDsn(cls, dsn, text):
+        return cls("deferred" if dsn.startswith("4") else "bounced", dsn, text)
+
+    @property
+    def loops(self):
+        """Mail loops back to this host (5.4.6)."""
+        return self.dsn == "5.4.6"
+
+    def __repr__(self):
+        return f"DeliveryProblem({self.status!r}, {self.dsn!r}, {self.text!r})"
+
+
+def parseInetProtocols(values):
+    """inet_protocols (all, ipv4, ipv6, a list) as a tuple of families in Postfix's order."""
+    if isinstance(values, str):
+        values = values.replace(",", " ").split()
+    wanted = set()
+    for value in values:
+        value = value.strip().lower()
+        if value == "all":
+            wanted.update(("ipv4", "ipv6"))
+        elif value in ("ipv4", "ipv6"):
+            wanted.add(value)
+        elif value:
+            raise ValueError(f"{value!r}: inet_protocols takes all, ipv4 and/or ipv6")
+    return tuple(family for family in ("ipv4", "ipv6") if family in wanted)
+
+
+def _family(address):
+    return "ipv6" if ":" in address else "ipv4"
+
+
+def _asAddress(name):
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
+class _Why:
+    """Postfix's DSN_BUF for address lookups: a soft error dominates."""
+
+    def __init__(self):
+        self.dsn = None
+        self.text = None
+
+    @property
+    def soft(self):
+        return self.dsn is not None and self.dsn.startswith("4")
+
+    def hard(self, soft, hard):
+        """The status to use for a not-found kind of error."""
+        return soft if self.soft else hard
+
+    def set(self, dsn, text):
+        if self.soft and not dsn.startswith("4"):
+            return
+        self.dsn, self.text = dsn, text
+
+
+class _Selection:
+    def __init__(self, resolver, nexthop, options):
+        self.resolver = resolver
+        self.nexthop = nexthop
+        self.__dict__.update(options)
+        self.why = _Why()
+
+    # -- smtp_addr_one --------------------------------------------------------
+
+    async def addrOne(self, host, why):
+        """The addresses of one host name (or address); problems go to C{why}."""
+        address = _asAddress(host)
+        if address is not None:
+            if f"ipv{address.version}" in self.families:
+                return [str(address)]
+            why.set(why.hard("4.4.4", "5.4.4"),
+                    f"{host}: address family ipv{address.version} is disabled by inet_protocols")
+            return []
+        if "dns" in self.hostLookup:
+            try:
+                addresses = await self.resolver.lookupAddresses(host, self.families, "any")
+            except DNSError as e:
+                if e.temporary:
+                    why.set("4.4.3", e.text)
+                    return []
+                why.set(why.hard("4.4.4", "5.4.4"), e.text)
+            else:
+                if addresses:
+                    return addresses
+                rdtype = "AAAA" if self.families[-1] == "ipv6" else "A"
+                why.set(why.hard("4.4.4", "5.4.4"), nameServiceError(host, rdtype, NO_DATA))
+            # Not found in the DNS: maybe the native name service knows it.
+        if "native" in self.hostLookup:
+            try:
+                addresses = await self.native().lookupAddresses(host, self.families, "any")
+            except DNSError as e:
+                if why.soft or e.temporary:
+                    dsn = "4.4.4" if e.notFound else "4.3.0"
+                else:
+                    dsn = "5.4.4" if e.notFound else "5.3.0"
+                why.set(dsn, e.text)
+                return []
+            if not addresses:
+                why.set(why.hard("4.4.4", "5.4.4"), f"{host}: host not found")
+            return addresses
+        return []
+
+    def native(self):
+        if self.nativeResolver is None:
+            reactor = getattr(self.resolver, "reactor", None)
+            if reactor is None:
+                from twisted.internet import reactor
+            self.nativeResolver = SystemResolver(reactor)
+        return self.nativeResolver
+
+    # -- self detection -------------------------------------------------------
+
+    def isMe(self, host):
+        if host.name.lower().rstrip(".") in self.myHostnames:
+            return True
+        address = ipaddress.ip_address(host.address)
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return address in self.myAddresses
+
+    # -- ordering -------------------------------------------------------------
+
+    def order(self, hosts, sortFamilies=True):
+        if len(hosts) < 2:
+            return hosts
+        if self.randomize:
+            self.rng.shuffle(hosts)
+        rank = {"ipv6": {"ipv6": 0, "ipv4": 1}, "ipv4": {"ipv4": 0, "ipv6": 1}}.get(self.addressPreference)
+        if rank is None or not sortFamilies:
+            hosts.sort(key=lambda h: h.preference)
+        else:
+            hosts.sort(key=lambda h: (h.preference, rank[_family(h.address)]))
+        if self.mxAddressLimit > 0 and self.balanceInetProtocols:
+            hosts = balanceInetProtocols(hosts, self.mxAddressLimit)
+        return hosts
+
+    def result(self, hosts, foundMyself=False):
+        if self.mxAddressLimit > 0:
+            hosts = hosts[:self.mxAddressLimit]
+        return HostList(hosts, sessionLimit=self.mxSessionLimit, foundMyself=foundMyself)
+
+    # -- problems -------------------------------------------------------------
+
+    def problem(self, dsn, text):
+        if self.relay and dsn.startswith("5"):
+            self.warn(f"{self.relayName} configuration problem")
+            dsn = "4.3.5"
+        return DeliveryProblem.fromDsn(dsn, text)
+
+    def loop(self, name):
+        text = f"mail for {name} loops back to myself"
+        if self.bestMxTransport and not self.relay:
+            transport, _, nexthop = self.bestMxTransport.partition(":")
+            return PassToTransport(transport, nexthop or None, text)
+        raise self.problem("5.4.6", text)
+
+    def warn(self, text):
+        if self.maillog is not None:
+            self.maillog.emit(f"warning: {text}", None, LogLevel.warn)
+        else:
+            log.warn("{text}", text=text)
+
+    # -- smtp_host_addr -----------------------------------------------------
+
+    async def hostAddresses(self, name):
+        why = self.why = _Why()
+        addresses = await self.addrOne(name, why)
+        if not addresses:
+            raise self.problem(why.dsn or "5.4.4", why.text or f"{name}: host not found")
+        hosts = [Host(name, address, self.nexthop.port, 0) for address in addresses]
+        if self.loopDetect and any(self.isMe(host) for host in hosts):
+            return self.loop(name)
+        hosts = self.order(hosts, sortFamilies=len(self.families) > 1)
+        return self.result(hosts)
+
+    # -- smtp_domain_addr -------------------------------------------------
+
+    async def domainAddresses(self, name):
+        why = self.why
+        try:
+            records = await self.resolver.lookupMX(name)
+        except DNSError as e:
+            if not e.temporary:
+                # NXDOMAIN, invalid name: Postfix's DNS_NOTFOUND.
+                return await self.hostAddresses(name)
+            if self.ignoreMxLookupError:
+                self.warn(f"ignoring the MX lookup error for {name}: {e.text}")
+                return await self.hostAddresses(name)
+            raise self.problem("4.4.3", e.text)
+        if not records:
+            return await self.hostAddresses(name)
+        if any(exchange in (".", "") for _, exchange in records):
+            raise self.problem("5.1.10", f"Domain {name} does not accept mail (nullMX)")
+        if len(records) > DNS_RR_LIST_LIMIT:
+            self.warn(f"DNS resource record limit ({DNS_RR_LIST_LIMIT}) exceeded while looking up MX "
+                      f"records for domain {name}")
+            records = records[:DNS_RR_LIST_LIMIT]
+        records = sorted(records, key=lambda r: r[0])
+        bestPreference = records[0][0]
+
+        # Look up every MX host (in parallel; the outcome is folded in
+        # preference order, as Postfix's sequential lookups would be).
+        whys = [_Why() for _ in records]
+        lookups = [Deferred.fromCoroutine(self.addrOne(exchange, w)) for (_, exchange), w in zip(records, whys)]
+        try:
+            results = await gatherResults(lookups, consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
+        hosts = []
+        for (preference, exchange), addresses, w in zip(records, results, whys):
+            if w.dsn is not None:
+                why.set(w.dsn, w.text)
+            hosts.extend(Host(exchange, address, self.nexthop.port, preference) for address in addresses)
+        if not hosts:
+            dsn, text = why.dsn or "5.4.4", why.text or f"no MX host for {name} has a valid address record"
+            if self.deferIfNoMxAddressFound and dsn.startswith("5"):
+                dsn = "4" + dsn[1:]
+            self.warn(f"no MX host for {name} has a valid address record")
+            raise self.problem(dsn, text)
+        bestFound = hosts[0].preference
+        foundMyself = False
+        if self.loopDetect:
+            me = next((host for host in hosts if self.isMe(host)), None)
+            if me is not None:
+                foundMyself = True
+                hosts = [host for host in hosts if host.preference < me.preference]
+                if not hosts:
+                    if bestPreference != bestFound:
+                        raise self.problem("4.4.4", f"unable to find primary relay for {name}")
+                    return self.loop(name)
+        hosts = self.order(hosts)
+        return self.result(hosts, foundMyself)
+
+
+def balanceInetProtocols(hosts, limit):
+    """
+    Postfix's smtp_balance_inet_proto(): when the list holds both IPv4 and
+    IPv6 addresses and is longer than C{limit}, keep enough of each family
+    that neither crowds the other out of the first C{limit}; the order is
+    kept.
+    """
+    v4 = sum(1 for h in hosts if _family(h.address) == "ipv4")
+    v6 = len(hosts) - v4
+    if not (v4 > 0 and v6 > 0 and v4 + v6 > limit):
+        return hosts
+    if v6 <= limit // 2:
+        v6Target = v6
+        v4Target = limit - v6Target
+    elif v4 <= limit // 2:
+        v4Target = v4
+        v6Target = limit - v4Target
+    else:
+        v4Target = (limit + (_family(hosts[0].address) == "ipv4")) // 2
+        v6Target = limit - v4Target
+    targets = {"ipv4": v4Target, "ipv6": v6Target}
+    kept = []
+    for host in hosts:
+        family = _family(host.address)
+        if targets[family] > 0:
+            kept.append(host)
+            targets[family] -= 1
+    return kept
+
+
+def _addressSet(addresses):
+    result = set()
+    for address in addresses:
+        text = str(address).strip().strip("[]")
+        if text.lower().startswith("ipv6:"):
+            text = text[5:]
+        ip = ipaddress.ip_address(text)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        result.add(ip)
+    return frozenset(result)
+
+
+async def destinationHosts(resolver, nexthop, *, randomize=True, mxAddressLimit=5, mxSessionLimit=2,
+                           ignoreMxLookupError=False, deferIfNoMxAddressFound=False, disableDnsLookups=False,
+                           hostLookup=("dns",), families=("ipv4", "ipv6"), addressPreference="any",
+                           balanceInetProtocols=True, myAddresses=frozenset(), myHostnames=frozenset(),
+                           bestMxTransport="", lmtp=False, relay=False, relayName="relayhost",
+                           nativeResolver=None, rng=random, maillog=None):
+    """
+    The hosts to try for C{nexthop} (a L{Nexthop} or its text), as a
+    L{HostList}; or L{PassToTransport}; or raise L{DeliveryProblem}.
+
+    @param resolver: a L{mta.delivery.dns.Resolver} (or anything with its
+        lookupMX and lookupAddresses).
+    @param hostLookup: smtp_host_lookup / lmtp_host_lookup: "dns" and/or
+        "native", in that order of use.
+    @param families: inet_protocols as ("ipv4", "ipv6"); see
+        L{parseInetProtocols}.
+    @param myAddresses: this host's addresses (inet_interfaces,
+        proxy_interfaces), as text or ipaddress objects.
+    @param myHostnames: names that are this host (MX host names).
+    @param lmtp: LMTP: no MX lookup, no loop detection.
+    @param relay: the next-hop is $relayhost or a fall-back relay: permanent
+        problems become 4.3.5 (C{relayName} names it in the warning).
+    @param nativeResolver: for "native" lookups; default a
+        L{SystemResolver} on the resolver's reactor.
+    @param rng: has C{shuffle} (the random module, or a seeded Random).
+    @param maillog: a L{mta.maillog.MailLogger} for warnings, or None.
+    """
+    if isinstance(nexthop, str):
+        nexthop = parseNexthop(nexthop, "lmtp" if lmtp else "smtp")
+    if not isinstance(nexthop, Nexthop):
+        raise TypeError(f"a Nexthop is required, not {nexthop!r}")
+    if nexthop.kind == "unix":
+        raise ValueError(f"{nexthop} is a UNIX-domain socket, it has no hosts")
+    families = tuple(families)
+    for family in families:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown address family {family!r}")
+    if addressPreference not in ("any", "ipv4", "ipv6"):
+        raise ValueError(f"unknown address preference {addressPreference!r}")
+    if not families:
+        raise DeliveryProblem("deferred", "4.4.4", "all network protocols are disabled")
+    hostLookup = tuple(hostLookup)
+    if disableDnsLookups:
+        hostLookup = ("native",)
+    for method in hostLookup:
+        if method not in ("dns", "native"):
+            raise ValueError(f"unknown host lookup method {method!r} (dns or native)")
+    if not hostLookup:
+        raise ValueError("no host lookup method (dns and/or native)")
+    selection = _Selection(resolver, nexthop, dict(
+        randomize=randomize, mxAddressLimit=mxAddressLimit, mxSessionLimit=mxSessionLimit,
+        ignoreMxLookupError=ignoreMxLookupError, deferIfNoMxAddressFound=deferIfNoMxAddressFound,
+        hostLookup=hostLookup, families=families, addressPreference=addressPreference,
+        balanceInetProtocols=balanceInetProtocols, myAddresses=_addressSet(myAddresses),
+        myHostnames=frozenset(n.lower().rstrip(".") for n in myHostnames), bestMxTransport=bestMxTransport,
+        relay=relay, relayName=relayName, nativeResolver=nativeResolver, rng=rng, maillog=maillog,
+        loopDetect=not lmtp and nexthop.port == 25))
+    if nexthop.kind == "mx" and not lmtp and not disableDnsLookups:
+        return await selection.domainAddresses(nexthop.name)
+    return await selection.hostAddresses(nexthop.name)
