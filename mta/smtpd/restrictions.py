@@ -58,7 +58,10 @@ class Request:
 
 def _constant(decision):
     def make(policy, argument):
-        return lambda request: decision
+        async def check(request):
+            return decision
+
+        return check
 
     return make
 

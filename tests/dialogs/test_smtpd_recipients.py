@@ -136,3 +136,17 @@ def test_holdActionPutsTheMessageOnHoldAndGoesOn():
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n")
     assert d.send("x\r\n.\r\n").startswith("250 2.0.0 Ok: queued as ")
     assert store.committed[1].queue == "hold"
+
+
+@pytest.mark.parametrize(
+    "restrictions, reply",
+    [
+        ("permit", "250 2.1.5 Ok"),
+        ("reject", "554 5.7.1 Access denied"),
+        ("defer", "450 4.7.1 Try again later"),
+        ("reject_unauth_destination, permit", "554 5.7.1 <x@elsewhere.example>: Relay access denied"),
+    ],
+)
+def test_regression_constantRestrictions(restrictions, reply):
+    """permit/reject/defer used to raise (a sync check awaited) and answer 451 for every RCPT."""
+    assert rcpt(f"smtpd_recipient_restrictions = {restrictions}\n", "<x@elsewhere.example>") == reply + "\r\n"
