@@ -29,6 +29,7 @@ from mta import control
 from mta.maillog import MailLogFileObserver, MailLogger
 from mta.queue.manager import QueueManager
 from mta.queue.notices import Notices
+from mta.queue.pickup import Pickup
 from mta.queue.store import QueueStore
 from mta.routing import Router
 
@@ -53,11 +54,13 @@ class MTAService(MultiService):
         self.maillog = MailLogger(config["syslog_name"], "master")
         self.setName("mta")
         self._maillogs = {}
+        self._resolver = None
         self.transports = TransportRegistry(config.main, self)
         self.manager = QueueManager(
             self.store, Router(config.main, tables), self.transports, config.main, reactor, self.maillogFor,
             notices=Notices(self.store, config.main, reactor, self.maillogFor),
         )
+        self.pickup = Pickup(self.store, config.main, reactor, self.maillogFor)
 
         self._addServer("control", control.controlServerEndpoint(reactor, self.queueDirectory),
                         control.controlFactory(self))
@@ -70,6 +73,15 @@ class MTAService(MultiService):
         service._raiseSynchronously = True  # a failed listen stops the start, with a message
         service.setName(name)
         service.setServiceParent(self)
+
+    @property
+    def resolver(self):
+        """The daemon's DNS client (made on first use), shared by the SMTP transports."""
+        if self._resolver is None:
+            from mta.delivery.dns import Resolver
+
+            self._resolver = Resolver(self.clock, servers=tuple(self.config["dns_servers"]))
+        return self._resolver
 
     def _configuredTransports(self):
         from mta.routing import splitTransport
@@ -138,14 +150,17 @@ class MTAService(MultiService):
             globalLogPublisher.addObserver(self._observer)
         super().startService()
         self.manager.start()
+        self.pickup.start()
         self.maillog.emit(
             f"daemon started -- version {__import__('mta').__version__}, configuration "
             f"{self.config.path or '(embedded defaults)'}"
         )
 
     def stopService(self):
+        pickupStopped = self.pickup.stop()
         self.manager.stop()
         d = super().stopService()
+        d.addBoth(lambda result: pickupStopped.addBoth(lambda _: result))
         d.addBoth(lambda result: self.transports.stop().addBoth(lambda _: result))
 
         def stopped(result):

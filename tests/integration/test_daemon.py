@@ -159,7 +159,7 @@ def test_consoleScriptsAreInstalled():
     result = subprocess.run(["mta-config", "-d", "message_size_limit"], capture_output=True, text=True, timeout=60)
     assert result.stdout == "message_size_limit = 10240000\n"
     for script in ("mta-queue", "mta-sendmail"):
-        result = subprocess.run([script], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "usage" in result.stdout.lower()
 
 
