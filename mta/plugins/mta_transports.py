@@ -1,4 +1,4 @@
-"""The delivery transports that ship with mta: virtual, discard, error and retry."""
+"""The delivery transports that ship with mta: virtual, discard, error, retry, smtp, relay and lmtp."""
 
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -47,3 +47,20 @@ discard = _Factory("discard", "Pretend delivery: every recipient sent, the next-
                    _discard)
 error = _Factory("error", "Bounce every recipient with the next-hop as the reason (error(8)).", _error)
 retry = _Factory("retry", "Defer every recipient with the next-hop as the reason (error(8) as retry).", _retry)
+
+
+def _smtp(name, params, context):
+    from mta.delivery.smtp import SMTPTransport
+
+    return SMTPTransport(name, params, context)
+
+
+def _lmtp(name, params, context):
+    from mta.delivery.smtp import SMTPTransport
+
+    return SMTPTransport(name, params, context, lmtp=True)
+
+
+smtp = _Factory("smtp", "Delivery over SMTP by MX lookup or to a given host (smtp(8)).", _smtp)
+relay = _Factory("relay", "smtp(8) for $relay_domains (relay_transport).", _smtp)
+lmtp = _Factory("lmtp", "Delivery over LMTP to a UNIX socket or a host (lmtp(8)).", _lmtp)

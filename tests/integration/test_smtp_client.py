@@ -1,0 +1,104 @@
+"""The smtp transport against Postfix's smtp-sink on loopback."""
+
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.daemon import freePort
+
+pytestmark = pytest.mark.integration
+
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+
+
+def waitFor(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def sink(tmp_path):
+    """smtp-sink on a free loopback port dumping each message into a file; (port, dump directory, start)."""
+    # smtp-sink drops privileges to the postfix user: its dump directory must be
+    # reachable by that user (pytest's tmp_path is not).
+    import tempfile
+    from pathlib import Path
+
+    dump = Path(tempfile.mkdtemp(prefix="mta-sink-", dir="/tmp"))
+    os.chmod(dump, 0o777)
+    processes = []
+
+    def start(*options):
+        port = freePort()
+        process = subprocess.Popen(
+            [SMTP_SINK, "-u", "postfix", "-d", f"{dump}/%H%M%S.", *options, f"127.0.0.1:{port}", "64"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        processes.append(process)
+        waitFor(lambda: _answers(port), what="smtp-sink")
+        return port
+
+    yield dump, start
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    shutil.rmtree(dump, ignore_errors=True)
+
+
+def _answers(port):
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return s.recv(100).startswith(b"220")
+    except OSError:
+        return False
+
+
+def send(daemon, recipient, body=b"Subject: out\r\n\r\nhello\r\n..dot\r\n"):
+    with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as s:
+        s.sendmail("sender@example.org", [recipient], body)
+
+
+def test_relayToSmtpSink(makeDaemon, sink):
+    dump, start = sink
+    port = start()
+    d = makeDaemon(main=f"transport_maps = inline:{{ sink.example=smtp:[127.0.0.1]:{port} }}\n", hold=False).start()
+    send(d, "u@sink.example")
+    files = waitFor(lambda: os.listdir(dump), what="the message at smtp-sink")
+    data = open(os.path.join(dump, files[0]), "rb").read()
+    assert b"Subject: out" in data and b"\nhello\n..dot\n" in data.replace(b"\r\n", b"\n")  # dots intact
+    log = waitFor(lambda: "removed" in d.maillogText() and d.maillogText(), what="removed")
+    assert f"relay=127.0.0.1[127.0.0.1]:{port}" in log
+    assert "dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as" in log or "status=sent (" in log
+
+
+def test_tempfailIsDeferred(makeDaemon, sink):
+    dump, start = sink
+    port = start("-r", "RCPT")
+    d = makeDaemon(main=f"transport_maps = inline:{{ sink.example=smtp:[127.0.0.1]:{port} }}\n", hold=False).start()
+    send(d, "u@sink.example")
+    log = waitFor(lambda: "status=deferred" in d.maillogText() and d.maillogText(), what="a deferral")
+    assert "(in reply to RCPT TO command)" in log
+    assert len(os.listdir(os.path.join(d.queue, "deferred"))) == 1
+
+
+def test_connectionRefusedIsDeferred(makeDaemon):
+    port = freePort()  # nothing listens there
+    d = makeDaemon(main=f"transport_maps = inline:{{ sink.example=smtp:[127.0.0.1]:{port} }}\n", hold=False).start()
+    send(d, "u@sink.example")
+    log = waitFor(lambda: "status=deferred" in d.maillogText() and d.maillogText(), what="a deferral")
+    assert f"connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused" in log
