@@ -2,11 +2,16 @@
 
     python bench/queuebench.py maildir  [--messages N] [--sessions 20] [--size 2048]
     python bench/queuebench.py deferred [--messages 100000]
+    python bench/queuebench.py sendmail [--messages 1000] [--parallel 8]
 
 maildir   smtp-source sends N messages over SMTP to a running ``twistd mta``
           whose recipient is a virtual(8) Maildir; the time runs from the
           start of smtp-source until N files are in the Maildir's new/ and
           the queue is empty.  Prints messages/s.
+sendmail  runs mta-sendmail N times (8 at a time) against a running
+          ``twistd mta`` whose recipient is a virtual(8) Maildir; the time
+          runs until N files are in the Maildir.  Each mta-sendmail is a new
+          Python process, which sets the pace, as with Postfix's sendmail.
 deferred  writes N queue files into deferred/ (next attempt in an hour, as
           after a failed attempt), then starts ``twistd mta`` on that queue
           and measures the time until it answers SMTP and its control socket
@@ -117,6 +122,49 @@ def benchMaildir(args, workdir):
         stop(proc)
 
 
+def benchSendmail(args, workdir):
+    base = workdir / "mail"
+    base.mkdir()
+    main = (f"virtual_mailbox_domains = bench.example\nvirtual_mailbox_base = {base}\n"
+            "virtual_mailbox_maps = inline:{ rcpt@bench.example=bench.example/rcpt/ }\n")
+    proc, port = startMta(workdir, main)
+    # Bytecode caches allowed (as for an installed package): every mta-sendmail
+    # is a new interpreter, and recompiling mta's modules each time would be
+    # most of its cost.
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    message = b"Subject: bench\n\n" + b"x" * 2000 + b"\n"
+    try:
+        waitForPort(port, proc)
+        new = base / "bench.example" / "rcpt" / "new"
+        start = time.monotonic()
+        running = []
+        for i in range(args.messages):
+            while len(running) >= args.parallel:
+                running = [p for p in running if p.poll() is None]
+                time.sleep(0.002)
+            p = subprocess.Popen([sys.executable, "-m", "mta.cli.sendmail", "-C", str(workdir / "mta.ini"),
+                                  "-f", "sender@bench.example", "rcpt@bench.example"],
+                                 stdin=subprocess.PIPE, env=env, cwd=workdir)
+            p.stdin.write(message)
+            p.stdin.close()
+            running.append(p)
+        for p in running:
+            p.wait(120)
+        submitted = time.monotonic() - start
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (new.is_dir() and len(os.listdir(new)) >= args.messages):
+            time.sleep(0.02)
+        elapsed = time.monotonic() - start
+        delivered = len(os.listdir(new)) if new.is_dir() else 0
+        print(f"sendmail: {args.messages} mta-sendmail runs, {args.parallel} at a time: submitted in {submitted:.2f}s "
+              f"({args.messages / submitted:.0f}/s); {delivered} in the Maildir after {elapsed:.2f}s "
+              f"({delivered / elapsed:.0f} messages/s end to end)")
+        return 0 if delivered == args.messages else 1
+    finally:
+        stop(proc)
+
+
 def benchDeferred(args, workdir):
     from mta.model import Envelope, Recipient
     from mta.queue.fileformat import dumpQueueFile
@@ -162,12 +210,16 @@ def main(argv=None):
     m.add_argument("--size", type=int, default=2048)
     d = sub.add_parser("deferred")
     d.add_argument("--messages", type=int, default=100000)
-    for p in (m, d):
+    s = sub.add_parser("sendmail")
+    s.add_argument("--messages", type=int, default=1000)
+    s.add_argument("--parallel", type=int, default=8)
+    for p in (m, d, s):
         p.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mta-bench-queue-"))
     try:
-        return benchMaildir(args, workdir) if args.command == "maildir" else benchDeferred(args, workdir)
+        run = {"maildir": benchMaildir, "deferred": benchDeferred, "sendmail": benchSendmail}[args.command]
+        return run(args, workdir)
     finally:
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)

@@ -25,7 +25,6 @@ import os
 import re
 import time
 
-from twisted.logger import FileLogObserver, Logger, LogLevel
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -45,15 +44,23 @@ class MailLogger:
     """Emits mail-log events for one program (smtpd, qmgr, smtp, ...)."""
 
     def __init__(self, syslogName, program):
+        # twisted.logger is imported here, not at module level, so that tools
+        # that only need sanitize() (mta-sendmail) start faster.
+        from twisted.logger import Logger
+
         self.program = program
         self.log = Logger(namespace=f"{syslogName}/{program}")
 
-    def emit(self, text, queue_id=None, level=LogLevel.info, **fields):
-        """Log C{text} (already shaped), prefixed by the queue id if any."""
+    def emit(self, text, queue_id=None, level=None, **fields):
+        """Log C{text} (already shaped), prefixed by the queue id if any; level: a LogLevel (info)."""
+        if level is None:
+            from twisted.logger import LogLevel
+
+            level = LogLevel.info
         line = f"{queue_id}: {text}" if queue_id else text
         self.log.emit(level, "{mail_line}", mail_line=line, mail_program=self.program, queue_id=queue_id, **fields)
 
-    def fields(self, queue_id, pairs, detail=None, level=LogLevel.info, **fields):
+    def fields(self, queue_id, pairs, detail=None, level=None, **fields):
         """Log 'name=value, ...' with an optional '(detail)' after it."""
         text = formatFields(pairs)
         if detail is not None:
@@ -74,6 +81,8 @@ def syslogFormatter(hostname, syslogName, pid):
 
 def MailLogFileObserver(path, hostname, syslogName, pid=None):
     """A log observer writing only mail-log events to C{path}, syslog-style."""
+    from twisted.logger import FileLogObserver
+
     stream = open(path, "a", encoding="utf-8", buffering=1)
     observer = FileLogObserver(stream, syslogFormatter(hostname, syslogName, pid or os.getpid()))
     observer.stream = stream

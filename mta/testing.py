@@ -82,7 +82,7 @@ class FakeQueueStore:
 
 def serverFactory(main="", clock=None, store=None, peer=None):
     """An SMTPServerFactory for [main] text C{main}, with a Clock and a FakeQueueStore."""
-    from mta.smtpd import SMTPServerFactory
+    from mta.smtpd.factory import SMTPServerFactory
 
     clock = clock or Clock()
     config = load("<test>", "[main]\nmyhostname = mx.test\n" + main)

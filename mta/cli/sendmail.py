@@ -148,8 +148,8 @@ from mta.address import PathError, formatAddress, parsePath
 from mta.maillog import sanitize
 from mta.model import NULL_SENDER, Address, Envelope, Recipient
 from mta.queue import fileformat, queueid
-from mta.queue.pickup import temporaryName
-from mta.queue.store import FileSystem, QueueWriteError, _writeAll
+from mta.queue.queueid import temporaryName
+from mta.queue.files import FileSystem, QueueWriteError, _writeAll
 
 PROG = "mta-sendmail"
 
@@ -1096,7 +1096,7 @@ def loadConfig(path):
     if path is not None and os.path.isdir(path):
         path = os.path.join(path, "mta.ini")
     try:
-        return load(path)
+        return load(path, checkEndpoints=False)  # listeners are the daemon's business
     except ConfigError as e:
         raise Exit(EX_TEMPFAIL, str(e)) from None
 

@@ -120,11 +120,6 @@ STALE_TEMPORARY = 86400.0  # age after which a QUEUEID.tmp file is garbage
 TEMPORARY_NAME = re.compile(r"[0-9A-Za-z]{14}\.tmp")
 
 
-def temporaryName(queueId):
-    """The name under which mta-sendmail writes C{queueId} before renaming it."""
-    return f"{queueId}.tmp"
-
-
 def listMaildrop(directory, now, staleAge=STALE_TEMPORARY):
     """
     Blocking: (queue ids in C{directory}, sorted; names of temporary files

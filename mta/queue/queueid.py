@@ -112,3 +112,8 @@ class QueueIdGenerator:
 
 newQueueId = QueueIdGenerator()
 """The process's default queue id generator."""
+
+
+def temporaryName(queueId):
+    """The name under which mta-sendmail writes C{queueId} in maildrop/ before renaming it."""
+    return f"{queueId}.tmp"

@@ -1,5 +1,13 @@
-"""mta.smtpd - the ESMTP server: factory, protocol, DATA reader, policy, cleanup."""
+"""mta.smtpd - the ESMTP server: factory, protocol, DATA reader, policy, cleanup.
 
-from mta.smtpd.factory import SMTPServerFactory, serverFactory
+Nothing is imported here eagerly: the configuration loader imports
+mta.smtpd.restrictions to check restriction lists, and short-lived tools
+(mta-sendmail, mta-config) should not pay for Twisted's networking modules.
+"""
 
-__all__ = ["SMTPServerFactory", "serverFactory"]
+
+def serverFactory(listener, daemon):
+    """The SMTP server factory for one listener of the running daemon."""
+    from mta.smtpd.factory import serverFactory as make
+
+    return make(listener, daemon)

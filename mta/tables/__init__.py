@@ -13,12 +13,9 @@ CONFIGURATION
     Every parameter of type 'tables' or 'domains' names tables.
 """
 
-from twisted.logger import Logger
-from twisted.plugin import getPlugins
-
-from mta.interfaces import ILookupTableFactory
-
-log = Logger()
+# Twisted's plugin machinery is imported when tables are opened, not here:
+# the configuration loader imports this module, and short-lived tools should
+# not pay for it.
 
 
 class TableError(Exception):
@@ -30,7 +27,10 @@ class TableTemporaryError(Exception):
 
 
 def tableFactories():
+    from twisted.plugin import getPlugins
+
     import mta.plugins
+    from mta.interfaces import ILookupTableFactory
 
     return {f.tableType: f for f in getPlugins(ILookupTableFactory, mta.plugins)}
 
