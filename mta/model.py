@@ -133,3 +133,4 @@ class RecipientResult:
     relay: str = "none"  # for the log: "virtual", "mx.example.net[192.0.2.1]:25"
     diagnostic: str | None = None  # RFC 3464 Diagnostic-Code, e.g. "smtp; 550 5.1.1 <x>: unknown"
     remote_mta: str | None = None  # RFC 3464 Remote-MTA, e.g. "dns; mx.example.net"
+    conn_use: int = 0  # the connection's use count when it came from the connection cache (logged)

@@ -242,6 +242,17 @@ PARAMETERS = (
     _P("dns_servers", T.List(), "",
        "mta's own (Postfix uses the system resolver): name servers as address, address:port or [v6]:port; "
        "empty: /etc/resolv.conf.", "smtp"),
+    _P("smtp_connection_cache_on_demand", T.Boolean(), "yes",
+       "Keep SMTP connections open for reuse (mta: for every destination, for at most "
+       "smtp_connection_cache_time_limit; Postfix: while a destination has a backlog).", "smtp"),
+    _P("smtp_connection_cache_destinations", T.List(), "",
+       "Destinations whose connections are always cached, as the nexthops the router gives.", "smtp"),
+    _P("smtp_connection_cache_time_limit", T.Time("s"), "2s",
+       "How long an idle cached connection is kept before QUIT.", "smtp"),
+    _P("smtp_connection_reuse_time_limit", T.Time("s"), "300s",
+       "How long after it was made a connection may still be reused.", "smtp"),
+    _P("smtp_connection_reuse_count_limit", T.Integer(), "0",
+       "How many times a connection may be used; 0: no limit.", "smtp"),
     _P("lmtp_lhlo_name", T.String(), "$myhostname", "The hostname the LMTP client sends in LHLO.", "lmtp"),
     _P("lmtp_lhlo_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the greeting and the LHLO reply.", "lmtp"),
     _P("lmtp_mail_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the reply to MAIL FROM.", "lmtp"),

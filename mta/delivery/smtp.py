@@ -16,7 +16,16 @@ destinations may be ``unix:/path``.
 The content is read from the queue file in the store's thread pool, one
 chunk at a time, as the session asks for it.
 
-Not yet: the connection cache (smtp_connection_cache_*), TLS.
+Connections are cached in the process (Postfix's scache(8)): after a
+finished transaction the connection stays open, idle, for at most
+smtp_connection_cache_time_limit, and the next delivery for the same
+destination (the nexthop as routed, never another one: a connection is
+reused only for the destination it was reached for) takes it after an
+RSET, while it is younger than smtp_connection_reuse_time_limit and has
+been used fewer than smtp_connection_reuse_count_limit times; the mail
+log then says conn_use=N.  Postfix caches on demand (while a destination
+has a backlog); mta caches every finished connection, which the short
+idle limit makes cheap.  Not yet: TLS.
 
 SECURITY
     The servers are untrusted: the session bounds what it reads and times
@@ -29,7 +38,10 @@ CONFIGURATION
     smtp_defer_if_no_mx_address_found, disable_dns_lookups,
     smtp_host_lookup, inet_protocols, smtp_address_preference,
     smtp_balance_inet_protocols, proxy_interfaces, dns_servers, lmtp_tcp_port,
-    and the session parameters of mta.delivery.smtpclient.
+    smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
+    smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
+    smtp_connection_reuse_count_limit, and the session parameters of
+    mta.delivery.smtpclient.
 """
 
 import os
@@ -66,6 +78,72 @@ def _chunks(store, request):
     return chunks()
 
 
+@attrs.define
+class _Cached:
+    session: object
+    remote: object
+    created: float
+    uses: int
+    expiry: object  # the DelayedCall that closes it when idle too long
+
+
+class ConnectionCache:
+    """Idle connections by destination, each closed after C{idleLimit} seconds."""
+
+    def __init__(self, clock, idleLimit, reuseLimit, countLimit):
+        self.clock = clock
+        self.idleLimit = idleLimit
+        self.reuseLimit = reuseLimit
+        self.countLimit = countLimit
+        self._idle = {}  # destination -> [_Cached]
+
+    def put(self, destination, session, remote, created, uses):
+        if self.countLimit and uses >= self.countLimit:
+            session.quit()
+            return
+        if self.clock.seconds() - created >= self.reuseLimit:
+            session.quit()
+            return
+        entry = _Cached(session, remote, created, uses, None)
+        entry.expiry = self.clock.callLater(self.idleLimit, self._expire, destination, entry)
+        self._idle.setdefault(destination, []).append(entry)
+
+    def take(self, destination):
+        """An idle connection reached for C{destination}, or None."""
+        entries = self._idle.get(destination)
+        while entries:
+            entry = entries.pop()
+            if entry.expiry.active():
+                entry.expiry.cancel()
+            if self.clock.seconds() - entry.created < self.reuseLimit:
+                if not entries:
+                    del self._idle[destination]
+                return entry
+            entry.session.quit()
+        self._idle.pop(destination, None)
+        return None
+
+    def _expire(self, destination, entry):
+        entries = self._idle.get(destination, [])
+        if entry in entries:
+            entries.remove(entry)
+            if not entries:
+                del self._idle[destination]
+            entry.session.quit()
+
+    def closeAll(self):
+        from twisted.internet.defer import DeferredList
+
+        quits = []
+        for entries in self._idle.values():
+            for entry in entries:
+                if entry.expiry.active():
+                    entry.expiry.cancel()
+                quits.append(entry.session.quit())
+        self._idle.clear()
+        return DeferredList(quits, consumeErrors=True)
+
+
 @implementer(IDeliveryTransport)
 class SMTPTransport:
     def __init__(self, name, params, context, lmtp=False):
@@ -81,6 +159,11 @@ class SMTPTransport:
         self.bind4 = params["smtp_bind_address"] or None
         self.bind6 = params["smtp_bind_address6"] or None
         self.defaultPort = params["lmtp_tcp_port"] if lmtp else None
+        self.cacheAll = params["smtp_connection_cache_on_demand"]
+        self.cacheDestinations = frozenset(params["smtp_connection_cache_destinations"])
+        self.cache = ConnectionCache(self.reactor, params["smtp_connection_cache_time_limit"],
+                                     params["smtp_connection_reuse_time_limit"],
+                                     params["smtp_connection_reuse_count_limit"])
         addresses = {a.split(":")[0] for _, e in context.listenerDescriptions() for a in [_interface(e)] if a}
         addresses.update(params["proxy_interfaces"])
         self.mxOptions = dict(
@@ -103,9 +186,7 @@ class SMTPTransport:
         return Deferred.fromCoroutine(self._deliver(request))
 
     def stop(self):
-        from twisted.internet.defer import succeed
-
-        return succeed(None)
+        return self.cache.closeAll()
 
     # -- one request ---------------------------------------------------------------
 
@@ -114,7 +195,19 @@ class SMTPTransport:
         final, last = {}, {}
         problem = None
         destinations = [request.nexthop] + [r for r in self.fallbackRelays if r != request.nexthop]
+        cached = self.cache.take(request.nexthop)
+        if cached is not None:
+            outcome = await self._reuse(request, pending, cached)
+            if outcome is not None:
+                for result in outcome.results:
+                    if result.index in outcome.retry:
+                        last[result.index] = result
+                    else:
+                        final[result.index] = result
+                        pending.discard(result.index)
         for number, destination in enumerate(destinations):
+            if not pending:
+                break
             isRelay = number > 0 or destination == self.relayhost
             try:
                 nexthop = parseNexthop(destination, "lmtp" if self.lmtp else "smtp", self.defaultPort)
@@ -142,7 +235,7 @@ class SMTPTransport:
             for host in hosts:
                 if sessionLimit and sessions >= sessionLimit:
                     break
-                outcome, error = await self._session(request, pending, nexthop, host)
+                outcome, error = await self._session(request, pending, nexthop, host, destination)
                 if error is not None:
                     problem = ("deferred", "4.4.1", error)
                     continue
@@ -166,7 +259,27 @@ class SMTPTransport:
             results.append(result)
         return results
 
-    async def _session(self, request, pending, nexthop, host):
+    def _cacheable(self, destination):
+        return self.cacheAll or destination in self.cacheDestinations
+
+    async def _reuse(self, request, pending, cached):
+        """Deliver over a cached connection after an RSET; the outcome, or None if it was not usable."""
+        try:
+            usable = await cached.session.reset()
+        except Exception:
+            usable = False
+        if not usable:
+            return None
+        uses = cached.uses + 1
+        subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
+        outcome = await cached.session.deliver(subrequest, _chunks(self.store, request), cached.remote,
+                                               keepOpen=True)
+        outcome = attrs.evolve(outcome, results=tuple(attrs.evolve(r, conn_use=uses) for r in outcome.results))
+        if outcome.reusable:
+            self.cache.put(request.nexthop, cached.session, cached.remote, cached.created, uses)
+        return outcome
+
+    async def _session(self, request, pending, nexthop, host, destination):
         """One connection and session; (SessionOutcome, None) or (None, connect error text)."""
         if host is None:  # LMTP over a UNIX socket
             endpoint = UNIXClientEndpoint(self.reactor, nexthop.name, timeout=self.connectTimeout)
@@ -183,8 +296,12 @@ class SMTPTransport:
             await connectProtocol(endpoint, session)
         except Exception as e:
             return None, f"connect to {remote.relay}: {_connectError(e)}"
+        created = self.reactor.seconds()
+        keepOpen = self._cacheable(destination) and destination == request.nexthop
         subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
-        outcome = await session.deliver(subrequest, _chunks(self.store, request), remote)
+        outcome = await session.deliver(subrequest, _chunks(self.store, request), remote, keepOpen=keepOpen)
+        if keepOpen and outcome.reusable:
+            self.cache.put(destination, session, remote, created, 1)
         return outcome, None
 
 

@@ -367,8 +367,10 @@ class QueueManager:
                 total = now - envelope.arrival_time
                 before = message.activeSince - envelope.arrival_time
                 inQueue = (started or now) - message.activeSince
+                fields.append(("relay", r.relay))
+                if r.conn_use > 1:
+                    fields.append(("conn_use", r.conn_use))
                 fields += [
-                    ("relay", r.relay),
                     ("delay", _seconds(total)),
                     ("delays", "/".join(_seconds(x) for x in (before, inQueue, 0, max(0.0, now - (started or now))))),
                     ("dsn", r.dsn),

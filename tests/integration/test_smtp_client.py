@@ -102,3 +102,16 @@ def test_connectionRefusedIsDeferred(makeDaemon):
     send(d, "u@sink.example")
     log = waitFor(lambda: "status=deferred" in d.maillogText() and d.maillogText(), what="a deferral")
     assert f"connect to 127.0.0.1[127.0.0.1]:{port}: Connection refused" in log
+
+
+def test_connectionIsReusedForTheSameDestination(makeDaemon, sink):
+    dump, start = sink
+    port = start()
+    d = makeDaemon(main=f"transport_maps = inline:{{ sink.example=smtp:[127.0.0.1]:{port} }}\n", hold=False).start()
+    send(d, "u@sink.example")
+    waitFor(lambda: "removed" in d.maillogText(), what="the first delivery")
+    send(d, "v@sink.example")  # within smtp_connection_cache_time_limit (2 s)
+    log = waitFor(lambda: "to=<v@sink.example>" in d.maillogText() and d.maillogText(), what="the second delivery")
+    line = [l for l in log.splitlines() if "to=<v@sink.example>" in l][0]
+    assert f"relay=127.0.0.1[127.0.0.1]:{port}, conn_use=2," in line
+    assert len(waitFor(lambda: len(os.listdir(dump)) == 2 and os.listdir(dump), what="two messages")) == 2
