@@ -10,14 +10,49 @@ SECURITY
 
 CONFIGURATION
     None.
+
+SyncPool and SyncReactor run the queue's thread-pool work at once, so
+tests of the store, the queue manager, pickup and the tools need neither
+threads nor sleeps.
 """
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from mta.config import load, openTables
 from mta.queue.store import QueueWriteError
 from mta.tables import Tables
+
+
+class SyncPool:
+    """A thread pool that runs each job at once, in the calling thread; counts them."""
+
+    def __init__(self):
+        self.jobs = 0
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        self.jobs += 1
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+class SyncReactor(Clock):
+    """A Clock whose thread pool (C{pool}, a SyncPool by default) runs work at once."""
+
+    def __init__(self, pool=None):
+        super().__init__()
+        self.pool = pool if pool is not None else SyncPool()
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def getThreadPool(self):
+        return self.pool
 
 
 class FakeMessage:

@@ -40,6 +40,17 @@ def twistd(args, cwd, **kwargs):
     )
 
 
+def waitFor(predicate, timeout=30.0, what="condition", interval=0.05):
+    """Poll C{predicate} until it returns something true (returned); AssertionError after C{timeout}."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def _drain(stream, chunks):
     while True:
         try:

@@ -12,9 +12,9 @@ import shutil
 import smtplib
 import socket
 import subprocess
-import time
 
 from mta.queue.fileformat import readQueueFile
+from tests.integration.daemon import waitFor as _waitFor
 
 # How long any single network read or subprocess may take before the test fails.
 TIMEOUT = 30
@@ -99,16 +99,11 @@ def checkReceived(header, queueId, helo, protocol="ESMTP", recipient=None, hostn
     assert "\r\n" in text and not re.search(r"(?<!\r)\n", text), "the Received header must use CRLF line ends"
 
 
+
 def waitFor(predicate, timeout=10.0, interval=0.02, what="condition"):
-    """Poll C{predicate} until it returns something true; return that value or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """tests.integration.daemon.waitFor with this module's shorter defaults."""
+    return _waitFor(predicate, timeout=timeout, what=what, interval=interval)
+
 
 
 # -- a raw SMTP client -----------------------------------------------------------

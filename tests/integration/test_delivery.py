@@ -8,17 +8,11 @@ import time
 
 import pytest
 
+from tests.integration.daemon import waitFor
+
 pytestmark = pytest.mark.integration
 
 
-def waitFor(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def maildirFiles(base, mailbox):

@@ -11,21 +11,13 @@ import time
 
 import pytest
 
-from tests.integration.daemon import ROOT, environment
+from tests.integration.daemon import ROOT, environment, waitFor
 
 pytestmark = pytest.mark.integration
 
 LATER = "transport_maps = inline:{ {later.example = retry:4.4.1 try again later} }\n"
 
 
-def waitFor(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def mtaQueue(daemon, *args, input=None):

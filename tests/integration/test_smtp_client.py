@@ -5,25 +5,16 @@ import shutil
 import signal
 import smtplib
 import subprocess
-import time
 
 import pytest
 
-from tests.integration.daemon import freePort
+from tests.integration.daemon import freePort, waitFor
 
 pytestmark = pytest.mark.integration
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
 
-def waitFor(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

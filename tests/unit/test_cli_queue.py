@@ -17,29 +17,10 @@ from mta import control
 from mta.cli import queue as cliQueue
 from mta.model import Envelope, Recipient
 from mta.queue.store import QueueStore
+from mta.testing import SyncReactor
 
 ARRIVAL = 1_700_000_000.25  # Tue Nov 14 22:13:20 2023 UTC
 CONTENT = b"Subject: test\r\nFrom: a@example.org\r\n\r\nline one\r\nline two\r\n"
-
-
-class SyncPool:
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class FakeReactor(Clock):
-    """Runs the store's thread-pool work at once, in the calling thread."""
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-    def getThreadPool(self):
-        return SyncPool()
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +38,7 @@ class Queue:
     def __init__(self, tmp_path):
         self.directory = str(tmp_path / "queue")
         self.maillog = str(tmp_path / "maillog")
-        self.reactor = FakeReactor()
+        self.reactor = SyncReactor()
         self.reactor.advance(ARRIVAL)
         self.store = QueueStore(self.directory, self.reactor)
         self.store.prepare()

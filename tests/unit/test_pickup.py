@@ -9,8 +9,6 @@ import time
 import attrs
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from mta.cli import sendmail as S
 from mta.config import load
@@ -21,22 +19,9 @@ from mta.queue.fileformat import readContent, readQueueFile
 from mta.queue.pickup import Pickup
 from mta.queue.store import FileSystem, QueueStore
 from mta.smtpd.cleanup import mailDate
+from mta.testing import SyncPool, SyncReactor
 
 NOW = time.time()  # the fake clock starts at the real time: maildrop files carry real mtimes
-
-
-class SyncPool:
-    def __init__(self):
-        self.jobs = 0
-
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
-        self.jobs += 1
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
 
 
 class ManualPool(SyncPool):
@@ -55,22 +40,10 @@ class ManualPool(SyncPool):
             SyncPool.callInThreadWithCallback(self, onResult, f, *args, **kwargs)
 
 
-class FakeReactor(Clock):
-    def __init__(self, pool):
-        super().__init__()
-        self.pool = pool
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-    def getThreadPool(self):
-        return self.pool
-
-
 class Harness:
     def __init__(self, tmp_path, main="", pool=None, fileSystem=None, **kwargs):
         self.pool = pool or SyncPool()
-        self.clock = FakeReactor(self.pool)
+        self.clock = SyncReactor(self.pool)
         self.clock.advance(NOW)
         self.config = load("<t>", "[main]\nmyhostname = mx.test\nmail_name = mta\n" + main)
         self.store = QueueStore(str(tmp_path / "queue"), self.clock, fileSystem=fileSystem)

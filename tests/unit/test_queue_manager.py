@@ -4,8 +4,6 @@ import os
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from mta.config import load, openTables
 from mta.maillog import MailLogger
@@ -16,24 +14,7 @@ from mta.queue.notices import Notices
 from mta.queue.store import QueueStore
 from mta.routing import Router
 from mta.tables import Tables
-
-
-class SyncPool:
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
-
-
-class FakeReactor(Clock):
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-    def getThreadPool(self):
-        return SyncPool()
+from mta.testing import SyncReactor
 
 
 class FakeTransport:
@@ -69,7 +50,7 @@ class FakeTransport:
 
 class Harness:
     def __init__(self, tmp_path, main="", transports=None):
-        self.clock = FakeReactor()
+        self.clock = SyncReactor()
         self.clock.advance(1_000_000)
         config = load("<t>", "[main]\nmyhostname = mx.test\nvirtual_mailbox_domains = box.example\n" + main)
         self.tables = Tables(self.clock)
