@@ -270,6 +270,7 @@ def _truncatedHeader(data, queryId):
 
 
 class _UDPQuery(DatagramProtocol):
+    noisy = False  # one port per query: no "starting/stopping protocol" lines for each
     """Waits for the one datagram that answers a query."""
 
     def __init__(self, query, server):
