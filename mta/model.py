@@ -134,3 +134,6 @@ class RecipientResult:
     diagnostic: str | None = None  # RFC 3464 Diagnostic-Code, e.g. "smtp; 550 5.1.1 <x>: unknown"
     remote_mta: str | None = None  # RFC 3464 Remote-MTA, e.g. "dns; mx.example.net"
     conn_use: int = 0  # the connection's use count when it came from the connection cache (logged)
+    # For a "sent" result: the DSN action of our success notice ("relayed",
+    # "delivered"), or "none" when the next hop took NOTIFY and reports itself.
+    success_action: str | None = None

@@ -64,6 +64,12 @@ log = Logger()
 CHUNK = 65536
 
 
+def _withSuccessAction(outcome):
+    """Mark sent results: the next hop took NOTIFY (it reports success), or our notice's action."""
+    action = "none" if outcome.dsnOffered else outcome.successAction
+    return tuple(attrs.evolve(r, success_action=action) if r.status == "sent" else r for r in outcome.results)
+
+
 def _chunks(store, request):
     """The message content, read in the store's thread pool one chunk at a time."""
 
@@ -199,7 +205,7 @@ class SMTPTransport:
         if cached is not None:
             outcome = await self._reuse(request, pending, cached)
             if outcome is not None:
-                for result in outcome.results:
+                for result in _withSuccessAction(outcome):
                     if result.index in outcome.retry:
                         last[result.index] = result
                     else:
@@ -240,7 +246,7 @@ class SMTPTransport:
                     problem = ("deferred", "4.4.1", error)
                     continue
                 sessions += 1
-                for result in outcome.results:
+                for result in _withSuccessAction(outcome):
                     if result.index in outcome.retry:
                         last[result.index] = result
                     else:
@@ -283,7 +289,7 @@ class SMTPTransport:
         """One connection and session; (SessionOutcome, None) or (None, connect error text)."""
         if host is None:  # LMTP over a UNIX socket
             endpoint = UNIXClientEndpoint(self.reactor, nexthop.name, timeout=self.connectTimeout)
-            remote = RemoteHost(nexthop.name, "private/unix", None)
+            remote = RemoteHost(self.settings.myHostname, nexthop.name, None)  # Postfix: myhostname[/path]
         else:
             v6 = ":" in host.address
             bind = self.bind6 if v6 else self.bind4

@@ -47,7 +47,13 @@ class Notices:
     async def send(self, kind, message, items):
         """Queue the notice of C{kind} for C{items} ((key, target, result) triples); True when handled."""
         envelope = message.envelope
-        pairs = [(target, result) for _, target, result in items]
+        if kind == "success":
+            # A next hop that took NOTIFY sends its own notice (Postfix clears NOTIFY=SUCCESS then).
+            items = [item for item in items if item[2].success_action != "none"]
+            if not items:
+                return True
+        pairs = [(target, result, result.success_action) if result.success_action else (target, result)
+                 for _, target, result in items]
         queueId = message.queueId
         if isDoubleBounce(envelope, self.doubleBounceSender, self.origin):
             if kind == "failure":
