@@ -235,6 +235,9 @@ PARAMETERS = (
        "Keep both IPv4 and IPv6 addresses within smtp_mx_address_limit.", "smtp"),
     _P("smtp_fallback_relay", T.List(), "",
        "Destinations tried when the primary ones fail (never when this host is an MX for the destination).", "smtp"),
+    _P("best_mx_transport", T.String(), "",
+       "transport[:nexthop] for mail whose best MX host is this host; empty: bounce 5.4.6 "
+       "(mail loops back to myself).", "smtp"),
     _P("smtp_bind_address", T.String(), "", "The local IPv4 address for outgoing SMTP connections; empty: any.", "smtp"),
     _P("smtp_bind_address6", T.String(), "", "The local IPv6 address for outgoing SMTP connections; empty: any.", "smtp"),
     _P("proxy_interfaces", T.List(), "",

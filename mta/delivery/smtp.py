@@ -40,7 +40,9 @@ CONFIGURATION
     smtp_balance_inet_protocols, proxy_interfaces, dns_servers, lmtp_tcp_port,
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
-    smtp_connection_reuse_count_limit, and the session parameters of
+    smtp_connection_reuse_count_limit, best_mx_transport (mail whose best
+    MX is this host goes to that transport, e.g. virtual), and the session
+    parameters of
     mta.delivery.smtpclient.
 """
 
@@ -185,8 +187,10 @@ class SMTPTransport:
             balanceInetProtocols=params["smtp_balance_inet_protocols"],
             myAddresses=frozenset(a for a in addresses if a not in ("0.0.0.0", "::")),
             myHostnames=frozenset({params["myhostname"]}),
+            bestMxTransport=params["best_mx_transport"],
             lmtp=lmtp,
         )
+        self.transports = getattr(context, "transports", None)
 
     def deliver(self, request):
         return Deferred.fromCoroutine(self._deliver(request))
@@ -233,8 +237,7 @@ class SMTPTransport:
                         break
                     continue
                 if isinstance(hosts, PassToTransport):
-                    problem = ("deferred", "4.3.5", f"{hosts.reason} (best_mx_transport is not supported)")
-                    break
+                    return await self._pass(request, hosts)
                 sessionLimit = hosts.sessionLimit
                 final_ = hosts.foundMyself
             sessions = 0
@@ -264,6 +267,15 @@ class SMTPTransport:
                 result = RecipientResult(recipient.index, status, dsn, text)
             results.append(result)
         return results
+
+    async def _pass(self, request, passing):
+        """best_mx_transport: this host is the best MX; hand the request to that transport."""
+        transport = self.transports(passing.transport) if self.transports is not None else None
+        if transport is None or transport is self:
+            text = f"{passing.reason}; best_mx_transport {passing.transport} is not available"
+            return [RecipientResult(r.index, "deferred", "4.3.5", text) for r in request.recipients]
+        nexthop = passing.nexthop or request.nexthop
+        return await transport.deliver(attrs.evolve(request, transport=passing.transport, nexthop=nexthop))
 
     def _cacheable(self, destination):
         return self.cacheAll or destination in self.cacheDestinations

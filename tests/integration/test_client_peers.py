@@ -194,6 +194,7 @@ class MxWorld:
         broken.example      forwarded to a server that answers SERVFAIL
         refused.example     forwarded to "the default servers", of which there are none: REFUSED
         nowhere.example     NXDOMAIN (in the local zone "example", unknown)
+        self.example        MX 10 me.self.example (127.0.0.1: the daemon itself)
 
     MX hosts are smtp-sink on port 25 of their address, started by sink(name).
     """
@@ -208,10 +209,11 @@ class MxWorld:
         self.dns = start(stack, Dnsmasq(
             mx=[("dest.example", "mx1.dest.example", 10), ("dest.example", "mx2.dest.example", 20),
                 ("null.example", ".", 0), ("back.example", "mx.back.example", 10),
-                ("badmx.example", "mx.broken.example", 10)],
+                ("badmx.example", "mx.broken.example", 10), ("self.example", "me.self.example", 10)],
             hosts=[("mx1.dest.example", self.address["mx1"]), ("mx2.dest.example", self.address["mx2"]),
                    ("implicit.example", self.address["implicit"]), ("null.example", self.address["null"]),
-                   ("mx.back.example", self.address["back"])],
+                   ("mx.back.example", self.address["back"]),
+                   ("me.self.example", "127.0.0.1")],  # the daemon's own listener address
             local=["example"],
             servers=[("broken.example", f"127.0.0.1#{self.servfail.port}"), ("refused.example", "#")],
         ))
@@ -324,6 +326,19 @@ def test_nullMxBouncesWithoutConnecting(world, makeDaemon, peers):
     waitRemoved(d, qid)
     waitBounces(d, world.back)
     assert trap.connections == 0
+
+
+def test_mailLoopsBackToMyself(world, makeDaemon):
+    """The best MX is this host: 5.4.6 bounce, or best_mx_transport takes the mail."""
+    d = makeDaemon(main=world.config, hold=False).start()
+    qid = send(d, ["u@self.example"])
+    [line] = waitDelivery(d, qid, "u@self.example")
+    assert line[2:4] == ("5.4.6", "bounced"), line
+    assert "loops back to myself" in line[4], line
+    d2 = makeDaemon(main=world.config + "best_mx_transport = discard:best MX is this host\n", hold=False).start()
+    qid = send(d2, ["u@self.example"])
+    [line] = waitDelivery(d2, qid, "u@self.example")
+    assert line[2:] == ("2.0.0", "sent", "best MX is this host"), line
 
 
 @pytest.mark.parametrize("domain", ["broken.example", "refused.example", "badmx.example"])
