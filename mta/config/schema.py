@@ -235,6 +235,9 @@ PARAMETERS = (
        "Keep both IPv4 and IPv6 addresses within smtp_mx_address_limit.", "smtp"),
     _P("smtp_fallback_relay", T.List(), "",
        "Destinations tried when the primary ones fail (never when this host is an MX for the destination).", "smtp"),
+    _P("disable_mime_output_conversion", T.Boolean(), "no",
+       "Send 8-bit MIME as it is to servers without 8BITMIME, instead of converting it to "
+       "quoted-printable.", "smtp"),
     _P("best_mx_transport", T.String(), "",
        "transport[:nexthop] for mail whose best MX host is this host; empty: bounce 5.4.6 "
        "(mail loops back to myself).", "smtp"),

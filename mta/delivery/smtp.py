@@ -40,7 +40,8 @@ CONFIGURATION
     smtp_balance_inet_protocols, proxy_interfaces, dns_servers, lmtp_tcp_port,
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
-    smtp_connection_reuse_count_limit, best_mx_transport (mail whose best
+    smtp_connection_reuse_count_limit, disable_mime_output_conversion,
+    best_mx_transport (mail whose best
     MX is this host goes to that transport, e.g. virtual), and the session
     parameters of
     mta.delivery.smtpclient.
@@ -57,6 +58,7 @@ from zope.interface import implementer
 from mta.interfaces import IDeliveryTransport
 from mta.model import RecipientResult
 from mta.queue.fileformat import readContent
+from mta.delivery.mime7bit import to7bit
 from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts, parseInetProtocols
 from mta.delivery.nexthop import parseNexthop
 from mta.delivery.smtpclient import ClientSettings, RemoteHost, SMTPClientSession
@@ -70,6 +72,19 @@ def _withSuccessAction(outcome):
     """Mark sent results: the next hop took NOTIFY (it reports success), or our notice's action."""
     action = "none" if outcome.dsnOffered else outcome.successAction
     return tuple(attrs.evolve(r, success_action=action) if r.status == "sent" else r for r in outcome.results)
+
+
+def _converted(store, request):
+    """The whole content, converted to 7-bit MIME (mta.delivery.mime7bit) in the thread pool."""
+
+    def load():
+        data = b"".join(readContent(request.path, request.content_offset, request.content_length, CHUNK))
+        return to7bit(data)
+
+    async def chunks():
+        yield await store.inPool(load)
+
+    return chunks()
 
 
 def _chunks(store, request):
@@ -167,6 +182,7 @@ class SMTPTransport:
         self.bind4 = params["smtp_bind_address"] or None
         self.bind6 = params["smtp_bind_address6"] or None
         self.defaultPort = params["lmtp_tcp_port"] if lmtp else None
+        self.convert8bit = not params["disable_mime_output_conversion"]
         self.cacheAll = params["smtp_connection_cache_on_demand"]
         self.cacheDestinations = frozenset(params["smtp_connection_cache_destinations"])
         self.cache = ConnectionCache(self.reactor, params["smtp_connection_cache_time_limit"],
@@ -277,6 +293,20 @@ class SMTPTransport:
         nexthop = passing.nexthop or request.nexthop
         return await transport.deliver(attrs.evolve(request, transport=passing.transport, nexthop=nexthop))
 
+    def _content(self, session, request):
+        """
+        The content source for a session, chosen after EHLO (the session
+        calls it after 354): as stored, or converted to 7-bit MIME when the
+        server lacks 8BITMIME (disable_mime_output_conversion = no).
+        """
+
+        def content():
+            if self.convert8bit and "8BITMIME" not in session.extensions:
+                return _converted(self.store, request)
+            return _chunks(self.store, request)
+
+        return content
+
     def _cacheable(self, destination):
         return self.cacheAll or destination in self.cacheDestinations
 
@@ -290,7 +320,7 @@ class SMTPTransport:
             return None
         uses = cached.uses + 1
         subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
-        outcome = await cached.session.deliver(subrequest, _chunks(self.store, request), cached.remote,
+        outcome = await cached.session.deliver(subrequest, self._content(cached.session, request), cached.remote,
                                                keepOpen=True)
         outcome = attrs.evolve(outcome, results=tuple(attrs.evolve(r, conn_use=uses) for r in outcome.results))
         if outcome.reusable:
@@ -317,7 +347,7 @@ class SMTPTransport:
         created = self.reactor.seconds()
         keepOpen = self._cacheable(destination) and destination == request.nexthop
         subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
-        outcome = await session.deliver(subrequest, _chunks(self.store, request), remote, keepOpen=keepOpen)
+        outcome = await session.deliver(subrequest, self._content(session, request), remote, keepOpen=keepOpen)
         if keepOpen and outcome.reusable:
             self.cache.put(destination, session, remote, created, 1)
         return outcome, None

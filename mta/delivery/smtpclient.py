@@ -119,9 +119,10 @@ CONFIGURATION
     smtp_line_length_limit, lmtp_assume_final.
 
 DEVIATIONS FROM POSTFIX
-    * 8-bit mail to a server without 8BITMIME is sent as it is (Postfix
-      with disable_mime_output_conversion = yes); TODO: quoted-printable
-      downgrade.  BODY=7BIT is never sent (an envelope that says 7BIT may
+    * The session sends the content its caller gives it: for a server
+      without 8BITMIME the smtp transport converts 8-bit MIME to
+      quoted-printable first (mta.delivery.mime7bit; off with
+      disable_mime_output_conversion = yes).  BODY=7BIT is never sent (an envelope that says 7BIT may
       still hold 8-bit data that the server accepted without BODY=);
       BINARYMIME mail goes out as BODY=8BITMIME through DATA, its line
       ends normalised (TODO: BDAT).

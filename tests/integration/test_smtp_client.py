@@ -106,3 +106,18 @@ def test_connectionIsReusedForTheSameDestination(makeDaemon, sink):
     line = [l for l in log.splitlines() if "to=<v@sink.example>" in l][0]
     assert f"relay=127.0.0.1[127.0.0.1]:{port}, conn_use=2," in line
     assert len(waitFor(lambda: len(os.listdir(dump)) == 2 and os.listdir(dump), what="two messages")) == 2
+
+
+def test_eightBitIsConvertedForAServerWithout8bitmime(makeDaemon, sink):
+    dump, start = sink
+    port = start("-8")  # smtp-sink does not announce 8BITMIME
+    d = makeDaemon(main=f"transport_maps = inline:{{ sink.example=smtp:[127.0.0.1]:{port} }}\n", hold=False).start()
+    body = (b"MIME-Version: 1.0\r\nSubject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\ncaf\xc3\xa9\r\n")
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        s.sendmail("sender@example.org", ["u@sink.example"], body, mail_options=["BODY=8BITMIME"])
+    files = waitFor(lambda: os.listdir(dump), what="the message at smtp-sink")
+    data = open(os.path.join(dump, files[0]), "rb").read()
+    assert data.isascii(), data
+    assert b"Content-Transfer-Encoding: quoted-printable" in data and b"caf=C3=A9" in data
+    assert b"BODY=8BITMIME" not in data  # smtp-sink records the MAIL FROM arguments
