@@ -477,12 +477,31 @@ def benchRelay(server, sink: SmtpSink, args) -> Result:
             log(f"{server.name}: {args.messages} messages relayed in {seconds:.3f}s "
                 f"({args.messages / seconds:.1f}/s; smtp-source done after {accept:.3f}s)")
         _summarise(result, rounds, "delivered")
+        if server.name == "mta":
+            reuse = connectionReuse(server.logfile)
+            if reuse:
+                result.notes.append(reuse)
     except BenchFailure as e:
         _fail(result, e)
     finally:
         server.stop()
         sink.stop()
     return result
+
+
+def connectionReuse(logfile: Path) -> str | None:
+    """Messages per outgoing connection, from mta's log (conn_use=N marks a reused one)."""
+    try:
+        text = logfile.read_text(errors="replace")
+    except OSError:
+        return None
+    sent = len(re.findall(r"status=sent", text))
+    reused = len(re.findall(r"conn_use=\d+", text))
+    if not sent:
+        return None
+    connections = sent - reused
+    return (f"connection reuse: {sent} deliveries over {connections} connections "
+            f"({sent / max(connections, 1):.1f} messages per connection, warm-up included)")
 
 
 # -- output ---------------------------------------------------------------------
