@@ -22,6 +22,7 @@ from mta.interfaces import IDeliveryTransport, ILookupTable
 from mta.model import DeliveryRecipient, DeliveryRequest, Envelope, Recipient
 from mta.queue import fileformat
 from mta.tables import Tables, TableTemporaryError
+from mta.testing import SyncPool
 
 NOW = 1700000000.25
 ENVELOPE = Envelope(
@@ -40,22 +41,6 @@ NAME = re.compile(r"^(\d+)\.M(\d+)P(\d+)Q(\d+)\.(.+)$")
 
 
 # -- fakes: no threads, no real reactor, no sleeping -------------------------------
-
-
-class SyncPool:
-    """A thread pool that runs each job at once, in the calling thread."""
-
-    def __init__(self):
-        self.jobs = 0
-
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
-        self.jobs += 1
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
 
 
 class FakeReactor:
