@@ -3,18 +3,24 @@
     MTAService (MultiService)
       +- control channel (AMP on $queue_directory/private/control)
       +- one StreamServerEndpointService per [listener:NAME]
+    and beside them, started after the listeners:
+      queue manager (mta.queue.manager) with the router, the notices and
+      the delivery transports (TransportRegistry: IDeliveryTransportFactory
+      plugins, the ones the configuration names made at start so a bad
+      setup stops the start), and pickup (mta.queue.pickup) for maildrop/.
 
 The queue directory and its subdirectories are created on start; the queue
-manager (mta.queue.manager) starts after the listeners and takes up what a
-previous run left in the queue.  Listeners serve the SMTP server
-(mta.smtpd) with the parameters of their own scope.
+manager takes up what a previous run left in the queue.  Listeners serve
+the SMTP server (mta.smtpd) with the parameters of their own scope.  The
+DNS client (mta.delivery.dns) is made on first use and shared.
 
 SECURITY
     Listeners face the network; see mta.smtpd.
 
 CONFIGURATION
-    queue_directory, maillog_file, syslog_name, myhostname; [listener:NAME]
-    endpoint and per-listener overrides.
+    queue_directory, maillog_file, syslog_name, myhostname, dns_servers,
+    local_transport, virtual_transport, relay_transport, default_transport;
+    [listener:NAME] endpoint and per-listener overrides.
 """
 
 import os
