@@ -25,6 +25,22 @@ from mta.queue.store import QueueWriteError
 from mta.tables import Tables
 
 
+def resultOf(d):
+    """
+    The result of a Deferred (or a coroutine, run with Deferred.fromCoroutine)
+    that has already fired, as Twisted's successResultOf does for plain
+    pytest tests; a failure is raised.  AssertionError if it has not fired.
+    """
+    if not isinstance(d, Deferred):
+        d = Deferred.fromCoroutine(d)
+    out = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
 class SyncPool:
     """A thread pool that runs each job at once, in the calling thread; counts them."""
 

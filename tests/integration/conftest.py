@@ -31,3 +31,30 @@ def makeDaemon(tmp_path):
             code, out, err = d.stop()
             assert code == 0, f"mta exited with {code} on SIGTERM:\n{out}\n{err}"
             assert "Traceback" not in out + err, out + err
+
+
+@pytest.fixture
+def makeMailhost(makeDaemon, tmp_path):
+    """
+    A factory for daemons (not started) with virtual(8) Maildir delivery for
+    u@box.example and v@box.example under C{daemon.base}; extra [main] text
+    may follow.
+    """
+
+    def make(main=""):
+        base = tmp_path / "mail"
+        base.mkdir(exist_ok=True)
+        maps = tmp_path / "vmailbox"
+        maps.write_text("u@box.example box.example/u/\nv@box.example box.example/v/\n")
+        d = makeDaemon(
+            main=(
+                "virtual_mailbox_domains = box.example\n"
+                f"virtual_mailbox_base = {base}\n"
+                f"virtual_mailbox_maps = texthash:{maps}\n" + main
+            ),
+            hold=False,
+        )
+        d.base = str(base)
+        return d
+
+    return make

@@ -21,23 +21,11 @@ def maildirFiles(base, mailbox):
 
 
 @pytest.fixture
-def mailhost(makeDaemon, tmp_path):
-    base = tmp_path / "mail"
-    base.mkdir()
-    maps = tmp_path / "vmailbox"
-    maps.write_text("u@box.example box.example/u/\nv@box.example box.example/v/\n")
-    d = makeDaemon(
-        main=(
-            "virtual_mailbox_domains = box.example\n"
-            f"virtual_mailbox_base = {base}\n"
-            f"virtual_mailbox_maps = texthash:{maps}\n"
-            "transport_maps = inline:{ {fail.example = error:5.1.1 mailbox unavailable}, "
-            "{later.example = retry:4.4.1 try again later} }\n"
-        ),
-        hold=False,
+def mailhost(makeMailhost):
+    return makeMailhost(
+        "transport_maps = inline:{ {fail.example = error:5.1.1 mailbox unavailable}, "
+        "{later.example = retry:4.4.1 try again later} }\n"
     ).start()
-    d.base = str(base)
-    return d
 
 
 def test_smtpToMaildir(mailhost):

@@ -27,22 +27,9 @@ def maildrop(daemon):
 
 
 @pytest.fixture
-def mailhost(makeDaemon, tmp_path):
+def mailhost(makeMailhost):
     """A daemon (not started) with virtual Maildir delivery for u@ and v@box.example."""
-    base = tmp_path / "mail"
-    base.mkdir()
-    maps = tmp_path / "vmailbox"
-    maps.write_text("u@box.example box.example/u/\nv@box.example box.example/v/\n")
-    d = makeDaemon(
-        main=(
-            "virtual_mailbox_domains = box.example\n"
-            f"virtual_mailbox_base = {base}\n"
-            f"virtual_mailbox_maps = texthash:{maps}\n"
-        ),
-        hold=False,
-    )
-    d.base = str(base)
-    return d
+    return makeMailhost()
 
 
 MESSAGE = (

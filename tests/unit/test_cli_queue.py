@@ -9,15 +9,14 @@ import time
 
 import pytest
 from twisted.internet import error as netError
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from mta import control
 from mta.cli import queue as cliQueue
 from mta.model import Envelope, Recipient
 from mta.queue.store import QueueStore
-from mta.testing import SyncReactor
+from mta.testing import SyncReactor, resultOf
 
 ARRIVAL = 1_700_000_000.25  # Tue Nov 14 22:13:20 2023 UTC
 CONTENT = b"Subject: test\r\nFrom: a@example.org\r\n\r\nline one\r\nline two\r\n"
@@ -483,13 +482,7 @@ def socketStandIn(directory):
     open(control.socketPath(directory), "w").close()  # stands for the socket
 
 
-def run(coroutine):
-    results = []
-    Deferred.fromCoroutine(coroutine).addBoth(results.append)
-    assert results, "did not finish"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
+run = resultOf
 
 
 def connectTo(client):

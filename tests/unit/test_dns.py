@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from mta.delivery.dns import DNSError, Resolver, SystemResolver, parseServer, systemServers, toASCII
+from mta.testing import resultOf
 
 # -- a fake reactor with UDP ------------------------------------------------------------------------
 
@@ -106,13 +107,7 @@ def deliver(port, wire, addr):
     port.protocol.datagramReceived(wire, addr)
 
 
-def result(d):
-    out = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
+result = resultOf
 
 
 def failure(d, cls=DNSError):

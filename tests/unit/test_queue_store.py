@@ -15,6 +15,7 @@ from mta.model import Envelope, Recipient
 from mta.queue import fileformat
 from mta.queue.queueid import QueueIdGenerator, isValidQueueId
 from mta.queue.store import QUEUE_NAMES, WRITE_BUFFER_SIZE, FileSystem, QueueStore, QueueWriteError
+from mta.testing import resultOf
 
 ENVELOPE = Envelope(
     sender="alice@example.org",
@@ -158,14 +159,7 @@ def makeStore(tmp_path, pool=None, fs=None, **kw):
     return store
 
 
-def result(d):
-    """The result of an already-fired Deferred (a Failure's exception is raised)."""
-    out = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
+result = resultOf
 
 
 def failure(d, kind=QueueWriteError):

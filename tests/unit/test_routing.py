@@ -1,12 +1,13 @@
 """mta.routing: alias expansion and transport resolution (trivial-rewrite)."""
 
 import pytest
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 
 from mta.config import load, openTables
 from mta.routing import Route, RouteError, Router, splitTransport
 from mta.tables import TableTemporaryError, Tables
+from mta.testing import resultOf
 
 
 def router(main=""):
@@ -16,14 +17,7 @@ def router(main=""):
     return Router(config.main, tables)
 
 
-def run(coroutine):
-    d = Deferred.fromCoroutine(coroutine)
-    results = []
-    d.addBoth(results.append)
-    assert results, "the routing coroutine did not finish synchronously"
-    if isinstance(results[0], Exception):
-        raise results[0]
-    return results[0]
+run = resultOf
 
 
 def routes(r, address):

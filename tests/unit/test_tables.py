@@ -3,7 +3,7 @@
 import os
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from zope.interface.verify import verifyObject
@@ -12,16 +12,10 @@ from mta.interfaces import ILookupTable
 from mta.tables import TableError, Tables, TableTemporaryError, addressKeys, lookupAddress
 from mta.tables.inline import InlineTable, StaticTable
 from mta.tables.texthash import CHECK_INTERVAL, TextHashTable, parseTextTable
+from mta.testing import resultOf
 
 
-def result(d):
-    """The result of a Deferred that has already fired (tables answer at once)."""
-    results = []
-    d.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Exception) or hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
+result = resultOf
 
 
 def lookup(table, key):
@@ -271,8 +265,7 @@ def test_addressKeys(address, delimiter, local, keys):
     assert addressKeys(address, delimiter, local) == keys
 
 
-def run(coroutine):
-    return result(Deferred.fromCoroutine(coroutine))
+run = resultOf
 
 
 def test_lookupAddress_first_match_in_order():
