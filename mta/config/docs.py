@@ -29,7 +29,7 @@ import sys
 from mta.config import types as T
 from mta.config.schema import DEFAULT_LISTENERS, LISTENER_KEYS, PARAMETERS
 
-REGENERATE = "python -m mta.config.docs ini > etc/mta.ini"
+REGENERATE = "scripts/gen-docs"
 
 # For parameters whose default is computed at start-up: a value to show on
 # the commented-out line, clearly marked as an example.
@@ -75,7 +75,7 @@ def typeText(parameterType):
         return f"{parameterType.name} (unit s, m, h, d or w; without one: {parameterType.unit})"
     if isinstance(parameterType, T.Integer) and parameterType.minimum:
         return f"{parameterType.name} (at least {parameterType.minimum})"
-    if isinstance(parameterType, T.Choice):
+    if isinstance(parameterType, (T.Choice, T.ChoiceList)):
         return f"{parameterType.name} ({', '.join(parameterType.choices)})"
     if isinstance(parameterType, T.Size):
         return f"{parameterType.name} (bytes; a k, m or g suffix multiplies by 1024, 1024^2, 1024^3)"

@@ -176,6 +176,18 @@ PARAMETERS = (
        "Clients to which smtpd_forbid_bare_newline = reject applies as normalize.", "smtpd"),
     _P("smtpd_forbid_bare_newline_reject_code", T.Integer(minimum=500), "550",
        "The reply code for a bare newline (with 5.5.2).", "smtpd"),
+    _P("append_at_myorigin", T.Boolean(), "yes",
+       "Append @$myorigin to an address without a domain (envelope, and headers as "
+       "local_header_rewrite_clients allows).", "cleanup"),
+    _P("append_dot_mydomain", T.Boolean(), "no",
+       "Append .$mydomain to a domain without a dot (user@host becomes user@host.$mydomain).",
+       "cleanup"),
+    _P("local_header_rewrite_clients", T.List(), "permit_inet_interfaces",
+       "Clients whose message headers are rewritten as local mail's: permit_inet_interfaces, "
+       "permit_mynetworks, or check_address_map type:table.", "cleanup"),
+    _P("remote_header_rewrite_domain", T.String(), "",
+       "Domain appended to incomplete header addresses from other clients; empty: leave "
+       "their headers as they are.", "cleanup"),
     _P("hopcount_limit", T.Integer(minimum=1), "50",
        "Refuse a message (554 5.4.0) whose Received: headers, ours included, reach this count.",
        "cleanup"),
@@ -186,6 +198,17 @@ PARAMETERS = (
        "this host's own addresses.", "cleanup"),
     _P("header_size_limit", T.Integer(minimum=1024), "102400",
        "The longest single message header kept, in bytes; the excess is discarded.", "cleanup"),
+    _P("smtpd_per_request_deadline", T.Boolean(), "yes",
+       "smtpd_timeout limits the whole of each request (a command line, or all of DATA or a BDAT "
+       "chunk), not each read, so a client trickling bytes cannot hold a session; Postfix's "
+       "default is no (yes under overload).", "smtpd"),
+    _P("smtpd_min_data_rate", T.Integer(minimum=1), "500",
+       "With smtpd_per_request_deadline, the slowest DATA/BDAT rate in bytes/second: each read "
+       "of N bytes extends the deadline by N/rate seconds, never past smtpd_timeout.", "smtpd"),
+    _P("smtpd_etrn_restrictions", T.Restrictions(), "",
+       "Restrictions applied to the ETRN command's domain, left to right.", "smtpd"),
+    _P("fast_flush_domains", T.DomainList(), "$relay_domains",
+       "Destinations for which ETRN may flush deferred mail.", "smtpd"),
     _P("postscreen_greet_wait", T.Time("s"), "0s",
        "Delay the greeting this long and treat a client that talks first as an early talker; "
        "0: no delay.", "smtpd"),
@@ -226,9 +249,9 @@ PARAMETERS = (
        "Defer (4.4.4) instead of bouncing (5.4.4) when no MX host has an address.", "smtp"),
     _P("disable_dns_lookups", T.Boolean(), "no",
        "No DNS in the SMTP client: no MX lookups; host addresses with getaddrinfo() (/etc/hosts, NSS).", "smtp"),
-    _P("smtp_host_lookup", T.List(), "dns",
+    _P("smtp_host_lookup", T.ChoiceList(("dns", "native"), minimum=1), "dns",
        "How the SMTP client finds host addresses: dns and/or native (getaddrinfo()).", "smtp"),
-    _P("inet_protocols", T.List(), "all", "Address families for outgoing connections: all, ipv4, ipv6.", "smtp"),
+    _P("inet_protocols", T.ChoiceList(("all", "ipv4", "ipv6"), minimum=1), "all", "Address families for outgoing connections: all, ipv4, ipv6.", "smtp"),
     _P("smtp_address_preference", T.Choice(("any", "ipv4", "ipv6")), "any",
        "The address family tried first among addresses of equal preference.", "smtp"),
     _P("smtp_balance_inet_protocols", T.Boolean(), "yes",
@@ -337,7 +360,7 @@ PARAMETERS = (
     _P("virtual_mailbox_limit", T.Size(), "51200000",
        "The largest virtual mbox file or Maildir message file, in bytes; 0: no limit. It may not "
        "be smaller than message_size_limit.", "virtual"),
-    _P("virtual_mailbox_lock", T.List(), "fcntl, dotlock",
+    _P("virtual_mailbox_lock", T.ChoiceList(("fcntl", "flock", "dotlock")), "fcntl, dotlock",
        "How to lock a virtual mbox file before delivery: fcntl, flock and/or dotlock.", "virtual"),
     _P("deliver_lock_attempts", T.Integer(minimum=1), "20",
        "The most attempts to take an exclusive lock on a mailbox file.", "virtual"),
@@ -355,8 +378,10 @@ PARAMETERS = (
     _P("bounce_size_limit", T.Size(), "50000",
        "Most bytes of the original returned in a notice; a larger message is returned as "
        "headers only.", "bounce"),
-    _P("notify_classes", T.List(), "resource, software",
-       "Problems reported to the postmaster: bounce, 2bounce, delay, policy, protocol, "
+    _P("notify_classes",
+       T.ChoiceList(("bounce", "2bounce", "data", "delay", "policy", "protocol", "resource", "software")),
+       "resource, software",
+       "Problems reported to the postmaster: bounce, 2bounce, data, delay, policy, protocol, "
        "resource, software.", "bounce"),
     _P("bounce_notice_recipient", T.String(), "postmaster",
        "Recipient of postmaster copies of bounces (class bounce).", "bounce"),
@@ -364,6 +389,9 @@ PARAMETERS = (
        "Recipient of undeliverable bounces (class 2bounce).", "bounce"),
     _P("delay_notice_recipient", T.String(), "postmaster",
        "Recipient of postmaster copies of delay warnings (class delay).", "bounce"),
+    _P("error_notice_recipient", T.String(), "postmaster",
+       "Recipient of postmaster notices of the classes data, policy, protocol, resource and "
+       "software.", "bounce"),
     _P("delay_warning_time", T.Time("h"), "0h",
        "Warn the sender once when a message has been deferred this long; 0: never.", "bounce"),
     _P("double_bounce_sender", T.String(), "double-bounce",

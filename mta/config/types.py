@@ -148,6 +148,31 @@ class Choice:
 
 
 @attrs.frozen
+class ChoiceList:
+    """A list whose every item is one of C{choices} (folded to lower case).
+
+    C{minimum}: the fewest items allowed (0: may be empty).  Duplicates are
+    dropped, the order is kept.
+    """
+
+    choices: tuple
+    minimum: int = 0
+    name = "choice list"
+
+    def parse(self, text):
+        items = []
+        for item in splitList(text):
+            value = item.lower()
+            if value not in self.choices:
+                raise ValueError(f"{item!r} is not one of {', '.join(self.choices)}")
+            if value not in items:
+                items.append(value)
+        if len(items) < self.minimum:
+            raise ValueError(f"needs at least {self.minimum} of {', '.join(self.choices)}")
+        return tuple(items)
+
+
+@attrs.frozen
 class List:
     """Items separated by commas or white space; braces group."""
 

@@ -454,3 +454,19 @@ def test_regression_domainLabelEndingInHyphen():
     with pytest.raises(ValueError, match="is not a domain name"):
         DomainList().parse("bad-.example")
     assert DomainList().parse("good-1.example, .sub.example") == ("good-1.example", ".sub.example")
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("inet_protocols = ipv5", "'ipv5' is not one of all, ipv4, ipv6"),
+        ("smtp_host_lookup = dns, nis", "'nis' is not one of dns, native"),
+        ("notify_classes = bounces", "'bounces' is not one of bounce, 2bounce, data, delay"),
+        ("virtual_mailbox_lock = lockf", "'lockf' is not one of fcntl, flock, dotlock"),
+    ],
+)
+def test_enumerated_values_are_checked_at_load(ini, line, reason):
+    path = ini(f"[main]\n{line}\n")
+    message = error(path)
+    assert message.startswith(f"{path}:2: [main] {line.split(' =')[0]}: "), message
+    assert reason in message, message

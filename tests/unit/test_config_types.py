@@ -252,3 +252,23 @@ def test_networks_bad(text):
 def test_networks_bare_ipv6_host_bits_set():
     with pytest.raises(ValueError, match="has host bits set"):
         T.Networks().parse("fe80::1/10")
+
+
+# -- enumerated lists --------------------------------------------------------------
+
+
+def test_choice_list_folds_case_and_drops_duplicates():
+    kind = T.ChoiceList(("dns", "native"))
+    assert kind.parse("DNS, native dns") == ("dns", "native")
+    assert kind.parse("") == ()
+
+
+@pytest.mark.parametrize("text", ["ipv5", "all, ipv5", "bounces"])
+def test_choice_list_refuses_unknown_items(text):
+    with pytest.raises(ValueError, match="is not one of"):
+        T.ChoiceList(("all", "ipv4", "ipv6", "bounce")).parse(text)
+
+
+def test_choice_list_minimum():
+    with pytest.raises(ValueError, match="needs at least 1"):
+        T.ChoiceList(("dns", "native"), minimum=1).parse(" ")
