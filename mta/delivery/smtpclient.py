@@ -497,7 +497,7 @@ class SMTPClientSession(Protocol, TimeoutMixin):
 
     def _reply(self, reply):
         if reply.longLines:
-            self._warn(f"{self._peer()}: response longer than {reply.limit}: {reply.lines[-1][:30]}...")
+            self._warn(f"{self._peer()}: response longer than {reply.limit}: {reply.longSample}...")
         if reply.skippedLines:
             self._warn(f"{self._peer()}: multi-line response longer than {reply.limit} {reply.lines[0][:30]}...")
         if self._expected <= 0:

@@ -78,7 +78,8 @@ class SMTPReply:
     """
     A server reply: the code of its lines and the lines kept, sanitized,
     code included.  C{skippedLines}: lines read but not kept (the text
-    limit); C{longLines}: lines cut at the line limit.
+    limit); C{longLines}: lines cut at the line limit, C{longSample} the
+    start of the first.
     """
 
     code: int
@@ -86,6 +87,7 @@ class SMTPReply:
     skippedLines: int = 0
     longLines: int = 0
     limit: int = DEFAULT_LIMIT
+    longSample: str = ""  # the start of the first over-long line (30 characters), for the warning
 
     @property
     def text(self):
@@ -134,6 +136,7 @@ class ReplyParser:
         self._kept = 0  # bytes of text kept of this reply
         self._skipped = 0
         self._long = 0
+        self._longSample = ""
 
     @property
     def buffered(self):
@@ -194,6 +197,8 @@ class ReplyParser:
                                    f"reply code {number} after {self._code}")
         if long:
             self._long += 1
+            if self._long == 1:
+                self._longSample = printable(line[:30].decode("utf-8", "replace"))
         if self._kept < self.limit:
             text = printable(line.decode("utf-8", "replace"))
             self._lines.append(text)
@@ -202,10 +207,11 @@ class ReplyParser:
             self._skipped += 1
         if sep == b"-":
             return None
-        reply = SMTPReply(self._code, tuple(self._lines), self._skipped, self._long, self.limit)
+        reply = SMTPReply(self._code, tuple(self._lines), self._skipped, self._long, self.limit, self._longSample)
         self._code = None
         self._lines = []
         self._kept = self._skipped = self._long = 0
+        self._longSample = ""
         return reply
 
     def _malformed(self, what, line, detail=""):

@@ -1047,10 +1047,10 @@ def test_an_over_long_reply_is_warned_of_as_postfix_does():
     maillog = RecordingMaillog()
     s = Session()
     s.protocol.maillog = maillog
-    handshake(s, ehlo="250-mx.example.net\r\n" + "250-" + "k" * 3000 + "\r\n" + "250-X\r\n" * 3
-              + "250 PIPELINING\r\n")
+    handshake(s, ehlo="250-mx.example.net\r\n250-" + "j" * 3000 + "\r\n" + "250-X\r\n" * 3
+              + "250-" + "k" * 3000 + "\r\n250 PIPELINING\r\n")
     assert maillog.lines == [
-        ("4TbC0hR2x8Zq", f"warning: {NAMADDR}:25: response longer than 2048: {'250-' + 'k' * 26}..."),
+        ("4TbC0hR2x8Zq", f"warning: {NAMADDR}:25: response longer than 2048: {'250-' + 'j' * 26}..."),
         ("4TbC0hR2x8Zq", f"warning: {NAMADDR}:25: multi-line response longer than 2048 250-mx.example.net..."),
     ]
     assert s.sent().startswith("MAIL FROM:")
