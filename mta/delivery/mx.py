@@ -29,8 +29,17 @@ PassToTransport.
 Host address lookup follows smtp_host_lookup: "dns" (the Resolver), then,
 if listed and DNS found nothing, "native" (getaddrinfo() in a thread,
 /etc/hosts; SystemResolver).  disable_dns_lookups means native only and no
-MX lookup.  A numeric host (an address literal, or an MX exchange that is
-an address, which Postfix tolerates) is used as is.
+MX lookup.  Only a next-hop address literal ([192.0.2.1], or Postfix's
+"sloppy" bare 192.0.2.1 in the configuration) is used as an address
+without a lookup.  A name from the DNS is a name: an MX exchange that is
+an IP address (or that getaddrinfo() would read as one, such as 127.1 or
+0x7f.1) is skipped with Postfix's warning "numeric domain name in
+resource data of MX record for D: 127.0.0.1" ("malformed domain name"
+for the other forms and for names that are not valid host names), as
+Postfix's valid_rr_name() drops a malformed name; when no MX record is
+left: 5.4.4 "Name service error for name=D type=MX: Malformed or
+unexpected name server reply" (Postfix's DNS_INVAL), or with
+ignore_mx_lookup_error the domain's own addresses.
 
 Loops (SMTP to port 25 only, as Postfix's SMTP_MISC_FLAG_LOOP_DETECT): when
 an address of an MX host is one of myAddresses (inet_interfaces and
@@ -63,6 +72,10 @@ SECURITY
     (100, Postfix's dns_rr_list_limit), and a hostile domain can at most
     make us defer or bounce its own mail.
 
+    An MX exchange that looks like an address is never used as one (see
+    above): a hostile or careless zone cannot point mail at 127.0.0.1 or
+    another internal address by writing it as a host name.
+
 CONFIGURATION
     Passed in by the caller: smtp_randomize_addresses (yes),
     smtp_mx_address_limit (5), smtp_mx_session_limit (2),
@@ -71,17 +84,29 @@ CONFIGURATION
     (all), smtp_address_preference (any), smtp_balance_inet_protocols
     (yes), best_mx_transport (empty); myAddresses from inet_interfaces and
     proxy_interfaces.
+
+DEVIATIONS FROM POSTFIX
+    * A numeric MX exchange ("MX 10 127.0.0.1") is skipped like a
+      malformed one.  Postfix's valid_rr_name() only warns ("numeric
+      domain name in resource data of MX record for ...") and passes the
+      name on, and smtp_addr_one() then uses it as an address; the
+      warning text here is Postfix's.  Names that getaddrinfo() would
+      parse as an address (127.1, 0x7f.0.0.1, 2130706433) are malformed
+      here too, so that smtp_host_lookup = native cannot turn them into
+      addresses either.
 """
 
 import ipaddress
 import random
+import socket
 
 import attrs
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger, LogLevel
 
 from mta.delivery.dns import FAMILIES, NO_DATA, DNSError, SystemResolver, nameServiceError
-from mta.delivery.nexthop import Nexthop, parseNexthop
+from mta.delivery.nexthop import Nexthop, parseNexthop, validHostname
+from mta.maillog import sanitize
 
 log = Logger()
 
@@ -188,6 +213,30 @@ def _asAddress(name):
         return ipaddress.ip_address(name)
     except ValueError:
         return None
+
+
+def rrNameGripe(name):
+    """
+    What is wrong with a host name found in the resource data of a DNS
+    record, as Postfix's valid_rr_name() says it: "numeric domain name" (an
+    IP address), "malformed domain name" (not a valid host name, or a form
+    that inet_aton() and so getaddrinfo() would take for an address), or
+    None when it is a proper name.
+    """
+    text = name.strip()
+    if text.endswith(".") and text != ".":
+        text = text[:-1]
+    if _asAddress(text) is not None:
+        return "numeric domain name"
+    try:
+        socket.inet_aton(text)
+    except (OSError, ValueError):
+        pass
+    else:
+        return "malformed domain name"
+    if not validHostname(text.lower()):
+        return "malformed domain name"
+    return None
 
 
 class _Why:
@@ -349,6 +398,20 @@ class _Selection:
             return await self.hostAddresses(name)
         if any(exchange in (".", "") for _, exchange in records):
             raise self.problem("5.1.10", f"Domain {name} does not accept mail (nullMX)")
+        # A name from the DNS is a name (see DEVIATIONS): drop what is not one.
+        valid = []
+        for preference, exchange in records:
+            gripe = rrNameGripe(exchange)
+            if gripe is None:
+                valid.append((preference, exchange))
+            else:
+                self.warn(f"{gripe} in resource data of MX record for {name}: {sanitize(exchange[:100])}")
+        if not valid:
+            if self.ignoreMxLookupError:
+                return await self.hostAddresses(name)
+            raise self.problem("5.4.4", f"Name service error for name={name} type=MX: "
+                                        "Malformed or unexpected name server reply")
+        records = valid
         if len(records) > DNS_RR_LIST_LIMIT:
             self.warn(f"DNS resource record limit ({DNS_RR_LIST_LIMIT}) exceeded while looking up MX "
                       f"records for domain {name}")

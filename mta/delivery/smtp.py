@@ -27,6 +27,16 @@ log then says conn_use=N.  Postfix caches on demand (while a destination
 has a backlog); mta caches every finished connection, which the short
 idle limit makes cheap.  Not yet: TLS.
 
+Mail-loop detection needs this host's addresses (Postfix's inet_interfaces
+and proxy_interfaces): those of the listeners, read from their endpoint
+descriptions with Twisted's own parser (mta.delivery.localaddr, so
+"tcp6:port=25:interface=\\:\\:1" is ::1), every address of the host's
+interfaces for a listener without an interface (inet_interfaces = all),
+none for a UNIX socket, and the proxy_interfaces addresses.  Warnings
+(an MX host name that is an address, an over-long reply, a malformed
+reply, an interface that is a host name) go to the mail log as
+"warning: ...".
+
 SECURITY
     The servers are untrusted: the session bounds what it reads and times
     out every phase; nothing from them reaches a log unescaped.
@@ -42,9 +52,14 @@ CONFIGURATION
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_connection_reuse_count_limit, disable_mime_output_conversion,
     best_mx_transport (mail whose best
-    MX is this host goes to that transport, e.g. virtual), and the session
-    parameters of
+    MX is this host goes to that transport, e.g. virtual), syslog_name,
+    the [listener:NAME] endpoints, and the session parameters of
     mta.delivery.smtpclient.
+
+DEVIATIONS FROM POSTFIX
+    * An interface or proxy_interfaces entry given as a host name is not
+      looked up (Postfix resolves it at start-up): it is left out of the
+      loop detection, with a warning.
 """
 
 import os
@@ -56,8 +71,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mta.interfaces import IDeliveryTransport
+from mta.maillog import MailLogger
 from mta.model import RecipientResult
 from mta.queue.fileformat import readContent
+from mta.delivery.localaddr import listenerAddresses, parseAddress
 from mta.delivery.mime7bit import to7bit
 from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts, parseInetProtocols
 from mta.delivery.nexthop import parseNexthop
@@ -188,8 +205,14 @@ class SMTPTransport:
         self.cache = ConnectionCache(self.reactor, params["smtp_connection_cache_time_limit"],
                                      params["smtp_connection_reuse_time_limit"],
                                      params["smtp_connection_reuse_count_limit"])
-        addresses = {a.split(":")[0] for _, e in context.listenerDescriptions() for a in [_interface(e)] if a}
-        addresses.update(params["proxy_interfaces"])
+        self.maillog = MailLogger(params["syslog_name"], name)
+        addresses = listenerAddresses([e for _, e in context.listenerDescriptions()], warn=self._warn)
+        for interface in params["proxy_interfaces"]:
+            address = parseAddress(interface)
+            if address is None:
+                self._warn(f"proxy_interfaces: {interface} is not an IP address; not used for mail loop detection")
+            else:
+                addresses.add(address)
         self.mxOptions = dict(
             randomize=params["smtp_randomize_addresses"],
             mxAddressLimit=params["smtp_mx_address_limit"],
@@ -201,12 +224,18 @@ class SMTPTransport:
             families=parseInetProtocols(params["inet_protocols"]),
             addressPreference=params["smtp_address_preference"],
             balanceInetProtocols=params["smtp_balance_inet_protocols"],
-            myAddresses=frozenset(a for a in addresses if a not in ("0.0.0.0", "::")),
+            myAddresses=frozenset(addresses),
             myHostnames=frozenset({params["myhostname"]}),
             bestMxTransport=params["best_mx_transport"],
             lmtp=lmtp,
+            maillog=self.maillog,
         )
         self.transports = getattr(context, "transports", None)
+
+    def _warn(self, text):
+        from twisted.logger import LogLevel
+
+        self.maillog.emit(f"warning: {text}", None, LogLevel.warn)
 
     def deliver(self, request):
         return Deferred.fromCoroutine(self._deliver(request))
@@ -339,7 +368,7 @@ class SMTPTransport:
             endpoint = factory(self.reactor, host.address, host.port, timeout=self.connectTimeout,
                                bindAddress=(bind, 0) if bind else None)
             remote = RemoteHost(host.name, host.address, host.port)
-        session = SMTPClientSession(self.settings, self.reactor)
+        session = SMTPClientSession(self.settings, self.reactor, self.maillog)
         try:
             await connectProtocol(endpoint, session)
         except Exception as e:
@@ -366,10 +395,3 @@ def _connectError(e):
         return "Connection refused"
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
-
-def _interface(endpoint):
-    """The interface address in a listener's endpoint description ('' for all)."""
-    for part in endpoint.split(":"):
-        if part.startswith("interface="):
-            return part[len("interface="):]
-    return ""

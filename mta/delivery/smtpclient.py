@@ -36,6 +36,13 @@ DESCRIPTION
         offered; DATA.  With PIPELINING, MAIL, every RCPT and DATA go out
         in one write and the replies are matched in order; without it, one
         command at a time, stopping when MAIL or every RCPT is refused.
+        A 552 reply to RCPT is RFC 821's "too many recipients" and counts
+        as 452 (RFC 5321 4.5.3.1.10): that recipient is deferred with the
+        enhanced code made 4.X.X ("host mx[192.0.2.1] said: 552 5.5.3
+        Error: too many recipients (in reply to RCPT TO command)", dsn
+        4.5.3), the accepted ones get the message, and the queue manager
+        (or the next MX host) takes the rest later.  552 stays permanent at
+        MAIL, DATA and end of data ("too much mail data");
         After 354 with no accepted recipient (pipelining), an empty message
         (".") is sent, as RFC 2920 says;
       * the content, pulled from the caller's chunk source, through
@@ -51,6 +58,20 @@ DESCRIPTION
         smtp_skip_quit_response), or, with keepOpen, nothing after a
         finished transaction and RSET after an aborted one, leaving the
         connection for reuse.
+
+    Replies are read by mta.delivery.smtpreply: at most
+    line_length_limit bytes of a line and about twice that of a reply are
+    kept, the rest is read to the end of the reply and dropped (with
+    Postfix's warnings "mx[192.0.2.1]:25: response longer than 2048: ..."
+    and "multi-line response longer than 2048 ..."), within the phase's
+    deadline.  A malformed reply (garbage, a code outside 200-599, a
+    multi-line reply whose lines carry different codes such as "250-a"
+    then "550 b", a reply nobody asked for) is a protocol error in
+    whatever phase it comes: the pending recipients are deferred with
+    4.5.0, "malformed multi-line response from mx[192.0.2.1] while
+    sending RCPT TO" (or "non-SMTP response from ...", "unexpected
+    response from ..."), a warning with the offending line goes to the
+    mail log, and the connection is dropped.
 
     Results are worded as Postfix words them: "host mx[192.0.2.1] said:
     550 5.1.1 <x@y>: unknown (in reply to RCPT TO command)", "lost
@@ -91,17 +112,20 @@ DESCRIPTION
     transport, forget the EHLO keywords and send EHLO again.
 
 SECURITY
-    Everything read is untrusted.  Reply lines are cut at 2048 bytes (the
-    rest of a longer line is discarded while it arrives), a reply may have
-    at most 512 lines (more: a protocol error, the connection is dropped),
-    a reply that nobody asked for is a protocol error, a line that does
-    not start with three digits and a space or dash is a protocol error,
-    and so is a reply code outside 200-599.  Reply text is decoded as
+    Everything read is untrusted.  Reply lines are cut at
+    line_length_limit (2048) bytes, the rest of a longer line is discarded
+    while it arrives, and a reply keeps at most about 2 x line_length_limit
+    bytes however many lines it has (mta.delivery.smtpreply): an endless
+    line or an endless multi-line reply costs no memory, only the phase's
+    deadline, which partial input does not renew.  A reply that nobody
+    asked for, a line that does not start with three digits and a space or
+    dash, a reply code outside 200-599 and a multi-line reply with
+    different codes are protocol errors.  Reply text is decoded as
     UTF-8 with replacement and every non-printable character (CR, LF, NUL,
     TAB, other controls) becomes "?", so a server cannot put a line end
-    in a log line, a queue file or a DSN; the text kept is at most 2048
-    characters.  Every wait has a deadline, every write waits for the
-    transport, and memory per session is bounded.  Commands never carry
+    in a log line, a queue file or a DSN; the text kept is at most
+    line_length_limit characters.  Every wait has a deadline, every write
+    waits for the transport, and memory per session is bounded.  Commands never carry
     CR, LF or NUL: addresses with control characters are refused (bounced
     5.1.7 / 5.1.3 without being sent), a domain may not hold white space
     or angle brackets, DSN values are re-encoded (xtext, RFC 6533
@@ -116,7 +140,8 @@ CONFIGURATION
     smtp_rset_timeout, smtp_quit_timeout, smtp_discard_ehlo_keywords,
     smtp_never_send_ehlo, smtp_always_send_ehlo, smtp_skip_5xx_greeting,
     smtp_skip_quit_response, smtp_quote_rfc821_envelope,
-    smtp_line_length_limit, lmtp_assume_final.
+    smtp_line_length_limit, lmtp_assume_final, line_length_limit (the
+    reply bound, as Postfix's smtp_chat.c uses it).
 
 DEVIATIONS FROM POSTFIX
     * The session sends the content its caller gives it: for a server
@@ -128,10 +153,19 @@ DEVIATIONS FROM POSTFIX
       ends normalised (TODO: BDAT).
     * Garbage instead of a reply is a protocol error (4.5.0) with or
       without PIPELINING (Postfix tolerates it as a continuation line when
-      not pipelining); so are a reply nobody asked for and a reply of more
-      than 512 lines (Postfix reads on, keeping 2048 bytes).  Their texts
-      ("non-SMTP response from HOST while ...", "unexpected response
-      from ...", "too many reply lines from ...") are ours.
+      not pipelining); so are a reply nobody asked for and a multi-line
+      reply whose lines carry different codes (Postfix judges a reply by
+      its last line).  Their texts ("non-SMTP response from HOST while
+      ...", "unexpected response from ...", "malformed multi-line
+      response from ...") are ours, in the shape of Postfix's "lost
+      connection with HOST while ...".
+    * 552 to RCPT is deferred as 452 (RFC 5321 4.5.3.1.10).  Postfix
+      keeps it permanent: the conversion is "#ifdef notdef" in
+      smtp_proto.c, because some servers mean "too much mail data" by it;
+      here a 552 at RCPT can only be about recipients (the size goes with
+      MAIL FROM and the end of data, where 552 stays permanent), and a
+      wrongly deferred recipient costs a retry, a wrongly bounced one a
+      lost message.
     * When not caching the connection, an aborted transaction ends with
       QUIT alone (Postfix sends RSET, then QUIT).
     * Deadlines per reply, as smtp_per_record_deadline = yes.
@@ -150,16 +184,14 @@ from zope.interface import implementer
 
 from mta.address import formatAddress, xtextEncode
 from mta.delivery.dotstuff import DotStuffer
-from mta.delivery.status import splitStatus
+from mta.delivery.smtpreply import DEFAULT_LIMIT, MalformedReply, ReplyParser, SMTPReply
 from mta.model import Address, RecipientResult
 
 __all__ = ["ClientSettings", "RemoteHost", "SMTPClientSession", "SMTPReply", "SessionOutcome", "Timeouts"]
 
 log = Logger()
 
-REPLY_LINE_LIMIT = 2048  # bytes kept of one reply line (Postfix's line_length_limit)
-REPLY_LINES_LIMIT = 512  # lines in one reply
-REPLY_TEXT_LIMIT = 2048  # characters of a reply kept for logs and DSNs
+REPLY_LINE_LIMIT = DEFAULT_LIMIT  # the default of line_length_limit: bytes kept of a reply line and of a reply
 WRITE_SIZE = 65536  # largest single write of message content
 
 _GREETING = "receiving the initial server greeting"
@@ -179,11 +211,6 @@ _UNQUOTE = re.compile(r"\\(.)", re.S)
 _BAD_DOMAIN = re.compile(r"[\s<>\"]")
 _SIZE_VALUE = re.compile(r"[0-9]{1,20}\Z")
 _UXTEXT_SAFE = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset("+=\\")
-
-
-def _printable(text):
-    """Postfix's printable(text, '?'): every non-printable character becomes '?'."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _hasControl(text):
@@ -216,6 +243,11 @@ def _checkHeloName(instance, attribute, value):
         raise ValueError(f"bad {attribute.name}: {value!r}")
 
 
+def _checkReplyLimit(instance, attribute, value):
+    if value < 80:
+        raise ValueError(f"{attribute.name} must be at least 80")
+
+
 def _checkLineLimit(instance, attribute, value):
     if value < 0 or value == 1:
         raise ValueError(f"{attribute.name} must be 0 (no limit) or at least 2")
@@ -237,6 +269,7 @@ class ClientSettings:
     quoteRfc821Envelope: bool = True
     lineLengthLimit: int = attrs.field(default=998, validator=_checkLineLimit)
     lmtpAssumeFinal: bool = False
+    replyLimit: int = attrs.field(default=REPLY_LINE_LIMIT, validator=_checkReplyLimit)  # line_length_limit
 
     @classmethod
     def fromParameters(cls, params, lmtp=False):
@@ -269,6 +302,7 @@ class ClientSettings:
             quoteRfc821Envelope=params[f"{p}_quote_rfc821_envelope"],
             lineLengthLimit=params[f"{p}_line_length_limit"],
             lmtpAssumeFinal=params["lmtp_assume_final"] if lmtp else False,
+            replyLimit=params["line_length_limit"],
         )
 
 
@@ -287,32 +321,6 @@ class RemoteHost:
     @property
     def relay(self):
         return self.namaddr if self.port is None else f"{self.namaddr}:{self.port}"
-
-
-@attrs.frozen
-class SMTPReply:
-    """A server reply: the code of its last line and every line, sanitized, code included."""
-
-    code: int
-    lines: tuple
-
-    @property
-    def text(self):
-        """The lines joined by spaces (Postfix's translit "\\n" to " "), at most 2048 characters."""
-        text = " ".join(self.lines)
-        return text if len(text) <= REPLY_TEXT_LIMIT else text[:REPLY_TEXT_LIMIT]
-
-    @property
-    def dsn(self):
-        """The enhanced status code of the first line if its class agrees, else X.0.0."""
-        cls = str(self.code)[0]
-        default = f"{cls}.0.0"
-        status, _ = splitStatus(self.lines[0][4:], default)
-        return status if status[0] == cls else default
-
-    @property
-    def positive(self):
-        return 200 <= self.code < 300
 
 
 @attrs.frozen
@@ -405,9 +413,9 @@ class _Transaction:
         for rcpt in rcpts:
             self.record(rcpt, status, dsn, text, reply, retry=status == "deferred")
 
-    def said(self, rcpts, reply, command):
+    def said(self, rcpts, reply, command, dsn=None):
         text = f"host {self.host.namaddr} said: {reply.text} (in reply to {command})"
-        self.refused(rcpts, reply, text)
+        self.refused(rcpts, reply, text, dsn)
 
     def sent(self, rcpt, reply):
         self.record(rcpt, "sent", reply.dsn, reply.text, reply)
@@ -433,12 +441,11 @@ def _uxtext(text):
 class SMTPClientSession(Protocol, TimeoutMixin):
     """One client session on one connection; see the module docstring."""
 
-    def __init__(self, settings, clock):
+    def __init__(self, settings, clock, maillog=None):
         self.settings = settings
         self.callLater = clock.callLater  # TimeoutMixin's clock
-        self._buffer = b""
-        self._head = None  # the kept start of an over-long line being discarded
-        self._lines = []  # lines of the reply being read
+        self.maillog = maillog  # a mta.maillog.MailLogger for warnings, or None (twisted.logger)
+        self._parser = ReplyParser(settings.replyLimit)
         self._replies = deque()
         self._expected = 1  # replies owed by the server: the greeting so far
         self._waiter = None
@@ -451,6 +458,7 @@ class SMTPClientSession(Protocol, TimeoutMixin):
         self._busy = False
         self._greeted = False
         self._stage = _GREETING
+        self._queueId = None
         self.host = None
         self.esmtp = False
         self.serverName = ""
@@ -473,51 +481,27 @@ class SMTPClientSession(Protocol, TimeoutMixin):
         self._fail("timeout")
 
     def dataReceived(self, data):
+        # The parser keeps at most line_length_limit bytes of a line and
+        # about twice that of a reply, whatever arrives; the deadline of the
+        # reply being waited for (not renewed here) ends an endless one.
         if self._failure is not None or self._closing:
             return
-        buf = self._buffer + data if self._buffer else data
-        start = 0
-        while self._failure is None:
-            end = buf.find(b"\n", start)
-            if end < 0:
+        for event in self._parser.feed(data):
+            if isinstance(event, MalformedReply):
+                self._protocolError(event)
                 break
-            if self._head is not None:
-                line, self._head = self._head, None
-            else:
-                line = buf[start:end]
-                if line[-1:] == b"\r":
-                    line = line[:-1]
-                line = line[:REPLY_LINE_LIMIT]
-            start = end + 1
-            self._line(line)
-        rest = buf[start:]
-        if self._failure is not None or self._head is not None:
-            rest = b""
-        elif len(rest) > REPLY_LINE_LIMIT:
-            self._head = rest[:REPLY_LINE_LIMIT]
-            rest = b""
-        self._buffer = rest
+            self._reply(event)
+            if self._failure is not None:
+                break
         self._wake()
 
-    def _line(self, line):
-        code = line[:3]
-        sep = line[3:4]
-        if len(code) != 3 or not code.isdigit() or sep not in (b"", b" ", b"-"):
-            self._protocolError("non-SMTP response", line)
-            return
-        self._lines.append(_printable(line.decode("utf-8", "replace")))
-        if len(self._lines) > REPLY_LINES_LIMIT:
-            self._protocolError("too many reply lines", line)
-            return
-        if sep == b"-":
-            return
-        reply = SMTPReply(int(code), tuple(self._lines))
-        self._lines = []
-        if not 200 <= reply.code <= 599:
-            self._protocolError("non-SMTP response", line)
-            return
+    def _reply(self, reply):
+        if reply.longLines:
+            self._warn(f"{self._peer()}: response longer than {reply.limit}: {reply.longSample}...")
+        if reply.skippedLines:
+            self._warn(f"{self._peer()}: multi-line response longer than {reply.limit} {reply.lines[0][:30]}...")
         if self._expected <= 0:
-            self._protocolError("unexpected response", line)
+            self._protocolError(MalformedReply("unexpected response", reply.lines[-1][:100]))
             return
         self._expected -= 1
         self._replies.append(reply)
@@ -530,12 +514,22 @@ class SMTPClientSession(Protocol, TimeoutMixin):
             self._fail("lost")
             self._close()
 
-    def _protocolError(self, what, line):
-        name = self.host.namaddr if self.host is not None else "server"
-        log.warn("{what} from {host}: {line}", what=what, host=name,
-                 line=_printable(line[:100].decode("utf-8", "replace")))
+    def _peer(self):
+        return self.host.relay if self.host is not None else "server"
+
+    def _warn(self, text):
+        if self.maillog is not None:
+            from twisted.logger import LogLevel
+
+            self.maillog.emit(f"warning: {text}", self._queueId, LogLevel.warn)
+        else:
+            log.warn("{text}", text=text)
+
+    def _protocolError(self, error):
+        detail = f"{error.detail}: " if error.detail else ""
+        self._warn(f"{error.what} from {self._peer()}: {detail}{error.line}")
         self._abort()
-        self._fail("protocol", what)
+        self._fail("protocol", error.what)
 
     def _fail(self, kind, detail=None):
         if self._failure is None:
@@ -663,6 +657,7 @@ class SMTPClientSession(Protocol, TimeoutMixin):
 
     async def _deliver(self, request, content, host, keepOpen, bestMx):
         self.host = host
+        self._queueId = request.queue_id
         tx = _Transaction(request, host)
         quitSent = False
         try:
@@ -798,9 +793,7 @@ class SMTPClientSession(Protocol, TimeoutMixin):
 
     def _discardInput(self):
         """Forget everything read and not yet used (before a TLS handshake)."""
-        self._buffer = b""
-        self._head = None
-        self._lines = []
+        self._parser.reset()
         self._replies.clear()
         self.extensions = {}
         self.sizeLimit = 0
@@ -861,6 +854,10 @@ class SMTPClientSession(Protocol, TimeoutMixin):
                 if mailOk:
                     if reply.positive:
                         accepted.append(rcpt)
+                    elif reply.code == 552:
+                        # RFC 5321 4.5.3.1.10: 552 to RCPT is RFC 821's "too many
+                        # recipients"; treat it as 452 (see DEVIATIONS).
+                        tx.said([rcpt], reply, "RCPT TO command", dsn="4" + reply.dsn[1:])
                     else:
                         tx.said([rcpt], reply, "RCPT TO command")
             else:

@@ -22,6 +22,9 @@ and servers written here, threads of the test process:
     FakeSMTPServer      speaks just enough SMTP and then, at a chosen phase,
                         stalls (says nothing, reads nothing more) or drops the
                         connection.
+    ScriptedSMTPServer  SMTP or LMTP whose reply at each phase comes from a
+                        script: malformed replies, 552 after some RCPTs,
+                        floods of reply text.
 
 Every wait is bounded (a TimeoutError or AssertionError says what did not
 happen); every stop() is bounded and idempotent.
@@ -563,6 +566,200 @@ class FakeSMTPServer:
                         reply("502 5.5.2 Error: command not recognized")
         except (EOFError, OSError):
             return None
+
+    def stop(self):
+        self._stopping.set()
+        self._acceptor.join(STOP_TIMEOUT)
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        with self._lock:
+            clients = list(self._clients)
+        for client in clients:
+            with contextlib.suppress(OSError):
+                client.close()
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# -- a scripted SMTP/LMTP server -------------------------------------------------------------
+
+
+class ScriptedSession:
+    """What a scripted reply sees: the connection's number, this transaction's recipients, the commands."""
+
+    def __init__(self, number):
+        self.number = number  # 1 for the first connection
+        self.rcpts = []  # RCPT TO arguments of this transaction, in order (accepted or not)
+        self.accepted = []  # those answered 2xx
+        self.transactions = 0  # finished with "." on this connection
+        self.line = b""  # the command line being answered
+
+
+class ScriptedSMTPServer:
+    """
+    A threaded SMTP (or, with C{lmtp}, LMTP) server on 127.0.0.1:PORT whose
+    replies come from C{script}: phase -> reply, for the phases "greeting",
+    "ehlo" (EHLO, HELO and LHLO), "mail", "rcpt", "data", "dot" (after the
+    content), "rset", "quit".  A reply is bytes (sent as they are: CRLFs
+    included), or a callable f(session) -> bytes, or a callable returning
+    an iterator of bytes, sent piece after piece (a flood) until the client
+    goes away, stop(), or C{floodSeconds} pass.  Unscripted phases get
+    ordinary positive replies (LMTP: one per accepted recipient after
+    ".").  Whether a reply "accepts" a recipient is read from its first
+    digit.  self.messages: (mail, [accepted rcpts], content) of each
+    transaction that got to "."; self.commands: every command line;
+    self.connections; self.bytesSent (of floods).
+    """
+
+    EHLO = (b"250-scripted.test\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n"
+            b"250 SIZE 10240000\r\n")
+
+    def __init__(self, script=None, lmtp=False, floodSeconds=30.0):
+        self.script = dict(script or {})
+        self.lmtp = lmtp
+        self.floodSeconds = floodSeconds
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.commands = []
+        self.messages = []
+        self.bytesSent = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._clients = []
+        self._threads = []
+        self._acceptor = threading.Thread(target=self._accept, name="scripted-smtp", daemon=True)
+
+    def start(self):
+        self._acceptor.start()
+        return self
+
+    def _accept(self):
+        while not self._stopping.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                number = self.connections
+                self._clients.append(client)
+            thread = threading.Thread(target=self._session, args=(client, ScriptedSession(number)), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _default(self, phase, session):
+        if phase == "greeting":
+            return b"220 scripted.test " + (b"LMTP" if self.lmtp else b"ESMTP") + b" ready\r\n"
+        if phase == "ehlo":
+            return self.EHLO
+        if phase == "dot":
+            if self.lmtp:
+                return b"".join(b"250 2.0.0 %s Saved\r\n" % r for r in session.accepted)
+            return b"250 2.0.0 Ok: queued as SCRIPTED\r\n"
+        return {"mail": b"250 2.1.0 Ok\r\n", "rcpt": b"250 2.1.5 Ok\r\n", "data": b"354 go ahead\r\n",
+                "rset": b"250 2.0.0 Ok\r\n", "quit": b"221 2.0.0 Bye\r\n"}[phase]
+
+    def _answer(self, connection, phase, session):
+        """Send the reply for C{phase}; its first bytes (for the caller to judge)."""
+        reply = self.script.get(phase)
+        if reply is None:
+            reply = self._default(phase, session)
+        elif callable(reply):
+            reply = reply(session)
+        if isinstance(reply, (bytes, bytearray)):
+            connection.sendall(reply)
+            return bytes(reply[:4])
+        deadline = time.monotonic() + self.floodSeconds
+        first = b""
+        for piece in reply:
+            if self._stopping.is_set() or time.monotonic() > deadline:
+                break
+            first = first or bytes(piece[:4])
+            connection.sendall(piece)
+            with self._lock:
+                self.bytesSent += len(piece)
+        raise EOFError  # after a flood the conversation is over
+
+    def _session(self, connection, session):
+        connection.settimeout(1.0)
+        buffer = b""
+
+        def receive():
+            nonlocal buffer
+            while True:
+                if self._stopping.is_set():
+                    raise EOFError
+                try:
+                    chunk = connection.recv(65536)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    raise EOFError
+                buffer += chunk
+                return
+
+        def readLine():
+            nonlocal buffer
+            while b"\r\n" not in buffer:
+                receive()
+            line, buffer = buffer.split(b"\r\n", 1)
+            with self._lock:
+                self.commands.append(line.decode("latin-1"))
+            return line
+
+        mail = None
+        try:
+            with connection:
+                self._answer(connection, "greeting", session)
+                while True:
+                    line = readLine()
+                    session.line = line
+                    verb = line.split(b" ", 1)[0].split(b":", 1)[0].upper()
+                    if verb in (b"EHLO", b"HELO", b"LHLO"):
+                        self._answer(connection, "ehlo", session)
+                    elif verb == b"MAIL":
+                        mail = line[10:].decode("latin-1")
+                        session.rcpts, session.accepted = [], []
+                        self._answer(connection, "mail", session)
+                    elif verb == b"RCPT":
+                        rcpt = line[8:].split(b" ", 1)[0]
+                        session.rcpts.append(rcpt)
+                        if self._answer(connection, "rcpt", session)[:1] == b"2":
+                            session.accepted.append(rcpt)
+                    elif verb == b"DATA":
+                        if self._answer(connection, "data", session)[:3] != b"354":
+                            continue
+                        while b"\r\n.\r\n" not in b"\r\n" + buffer:
+                            receive()
+                        end = (b"\r\n" + buffer).find(b"\r\n.\r\n")
+                        content, buffer = buffer[:end], buffer[end + 3:]
+                        with self._lock:
+                            self.messages.append((mail, [r.decode("latin-1") for r in session.accepted], content))
+                        session.transactions += 1
+                        self._answer(connection, "dot", session)
+                    elif verb == b"RSET":
+                        session.rcpts, session.accepted = [], []
+                        self._answer(connection, "rset", session)
+                    elif verb == b"QUIT":
+                        self._answer(connection, "quit", session)
+                        return
+                    else:
+                        connection.sendall(b"502 5.5.2 Error: command not recognized\r\n")
+        except (EOFError, OSError):
+            return
 
     def stop(self):
         self._stopping.set()

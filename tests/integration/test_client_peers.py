@@ -3,7 +3,9 @@
 1. MX routing through a real DNS server (dnsmasq on 127.0.0.1:PORT, the
    daemon's dns_servers): preference order (best MX up, down, 4xx, 5xx),
    implicit MX, null MX (bounced, nothing connects), SERVFAIL, REFUSED and
-   an unanswered query deferred, NXDOMAIN bounced; the MX hosts are
+   an unanswered query deferred, NXDOMAIN bounced; an MX record whose
+   target is an address ("127.0.0.1") skipped, never connected to; a tcp6
+   listener on [::1] is "myself" for loop detection; the MX hosts are
    smtp-sink on port 25 of 127.x.y.z addresses; end to end with swaks, 50
    messages, each arriving once.
 2. Postfix's smtp-sink refusing MAIL, RCPT, DATA or "." with 4xx or 5xx:
@@ -20,6 +22,12 @@
    while ...", deferred and retried by the queue manager.
 6. A server that drops the connection (greeting, message body, after "."):
    deferred, and delivered after mta-queue flush once the server is fixed.
+7. Scripted servers (and smtp-sink -f RCPT -B 552...): 552 "too many
+   recipients" after RCPT defers the rest, which later attempts deliver,
+   each once; a multi-line reply with different codes in each phase (and
+   in LMTP's per-recipient answers) defers 4.5.0; an endless reply to EHLO
+   (multi-line, or one line without LF) is read in bounded memory (the
+   daemon's RSS is measured) until smtp_helo_timeout.
 
 Every peer is a child process or a thread of the test (peerservers.py), on
 loopback only, stopped by its own id; every wait is bounded.
@@ -29,6 +37,7 @@ import collections
 import os
 import re
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -45,8 +54,10 @@ from tests.integration.peerservers import (
     Dovecot,
     FakeSMTPServer,
     RcodeResponder,
+    ScriptedSMTPServer,
     SmtpSink,
     envelopeOf,
+    freePort,
     loopbackNet,
     maildirMessages,
     waitFor,
@@ -195,11 +206,15 @@ class MxWorld:
         refused.example     forwarded to "the default servers", of which there are none: REFUSED
         nowhere.example     NXDOMAIN (in the local zone "example", unknown)
         self.example        MX 10 me.self.example (127.0.0.1: the daemon itself)
+        numeric.example     MX 10 "P.7" (an address where a host name belongs: a trap
+                            listens there), MX 20 mx.numeric.example (P.8)
+        onlynumeric.example MX 10 "127.0.0.1", and nothing else
+        self6.example       MX 10 me6.self.example (AAAA ::1 only)
 
     MX hosts are smtp-sink on port 25 of their address, started by sink(name).
     """
 
-    HOSTS = {"mx1": 2, "mx2": 3, "implicit": 4, "null": 5, "back": 6}
+    HOSTS = {"mx1": 2, "mx2": 3, "implicit": 4, "null": 5, "back": 6, "trap": 7, "numeric": 8}
 
     def __init__(self, stack):
         self.stack = stack
@@ -209,11 +224,14 @@ class MxWorld:
         self.dns = start(stack, Dnsmasq(
             mx=[("dest.example", "mx1.dest.example", 10), ("dest.example", "mx2.dest.example", 20),
                 ("null.example", ".", 0), ("back.example", "mx.back.example", 10),
-                ("badmx.example", "mx.broken.example", 10), ("self.example", "me.self.example", 10)],
+                ("badmx.example", "mx.broken.example", 10), ("self.example", "me.self.example", 10),
+                ("numeric.example", self.address["trap"], 10), ("numeric.example", "mx.numeric.example", 20),
+                ("onlynumeric.example", "127.0.0.1", 10), ("self6.example", "me6.self.example", 10)],
             hosts=[("mx1.dest.example", self.address["mx1"]), ("mx2.dest.example", self.address["mx2"]),
                    ("implicit.example", self.address["implicit"]), ("null.example", self.address["null"]),
-                   ("mx.back.example", self.address["back"]),
-                   ("me.self.example", "127.0.0.1")],  # the daemon's own listener address
+                   ("mx.back.example", self.address["back"]), ("mx.numeric.example", self.address["numeric"]),
+                   ("me.self.example", "127.0.0.1"),  # the daemon's own listener address
+                   ("me6.self.example", "::1")],
             local=["example"],
             servers=[("broken.example", f"127.0.0.1#{self.servfail.port}"), ("refused.example", "#")],
         ))
@@ -249,6 +267,8 @@ def test_dnsmasqServesTheZone(world):
     assert dns.query("broken.example", "MX")[0] == "SERVFAIL"
     assert dns.query("refused.example", "MX")[0] == "REFUSED"
     assert dns.query("nowhere.example", "MX")[0] == "NXDOMAIN"
+    assert dns.query("onlynumeric.example", "MX") == ("NOERROR", ["onlynumeric.example. 0 IN MX 10 127.0.0.1."])
+    assert f"MX 10 {world.address['trap']}." in dns.query("numeric.example", "MX")[1][0]
 
 
 def test_bestMxTakesTheMail(world, makeDaemon):
@@ -339,6 +359,54 @@ def test_mailLoopsBackToMyself(world, makeDaemon):
     qid = send(d2, ["u@self.example"])
     [line] = waitDelivery(d2, qid, "u@self.example")
     assert line[2:] == ("2.0.0", "sent", "best MX is this host"), line
+
+
+def test_numericMxHostIsSkipped(world, makeDaemon, peers):
+    """MX 10 "P.7" is a name that looks like an address: never connected to; MX 20 takes the mail."""
+    trap = start(peers, FakeSMTPServer("dot", address=world.address["trap"], port=25))
+    sink = world.sink("numeric")
+    d = makeDaemon(main=world.config, hold=False).start()
+    qid = send(d, ["u@numeric.example"])
+    [line] = waitDelivery(d, qid, "u@numeric.example")
+    assert line[1:4] == (world.relay("numeric", "mx.numeric.example"), "2.0.0", "sent"), line
+    waitRemoved(d, qid)
+    assert len(sink.messages()) == 1
+    assert trap.connections == 0
+    assert (f"warning: numeric domain name in resource data of MX record for numeric.example: "
+            f"{world.address['trap']}") in d.maillogText()
+
+
+def test_onlyNumericMxBounces(world, makeDaemon):
+    """MX 10 "127.0.0.1" alone: no valid MX host, 5.4.4 as Postfix's malformed reply; not 127.0.0.1, not a loop."""
+    d = makeDaemon(main=world.config, hold=False).start()
+    qid = send(d, ["u@onlynumeric.example"])
+    [line] = waitDelivery(d, qid, "u@onlynumeric.example")
+    assert line[1:] == ("none", "5.4.4", "bounced", "Name service error for name=onlynumeric.example type=MX: "
+                        "Malformed or unexpected name server reply"), line
+    assert ("warning: numeric domain name in resource data of MX record for onlynumeric.example: 127.0.0.1"
+            in d.maillogText())
+    waitLog(d, f"{qid}: sender non-delivery notification:")
+    waitRemoved(d, qid)
+    waitBounces(d, world.back)
+
+
+def test_ipv6ListenerIsMyself(world, makeDaemon):
+    """
+    A listener on tcp6 [::1] (colons escaped in the endpoint string) makes
+    ::1 "myself": an MX host whose only address is ::1 loops back (5.4.6).
+    """
+    with socket.socket(socket.AF_INET6) as s6:
+        s6.bind(("::1", 0))
+        port6 = s6.getsockname()[1]
+    port = freePort()
+    d = makeDaemon(main=world.config, hold=False,
+                   listeners=f"[listener:smtp]\nendpoint = tcp:port={port}:interface=127.0.0.1\n"
+                             f"[listener:smtp6]\nendpoint = tcp6:port={port6}:interface=\\:\\:1\n")
+    d.port = port
+    d.start()
+    qid = send(d, ["u@self6.example"])
+    [line] = waitDelivery(d, qid, "u@self6.example")
+    assert line[2:] == ("5.4.6", "bounced", "mail for self6.example loops back to myself"), line
 
 
 @pytest.mark.parametrize("domain", ["broken.example", "refused.example", "badmx.example"])
@@ -783,3 +851,170 @@ def test_droppedConnectionIsRetried(peers, makeDaemon, phase):
     # The whole content arrived (smtp-sink writes LF line ends).
     sent = body.replace(b"\r\n", b"\n")
     assert sent.split(b"\n\n", 1)[1] in message
+
+
+# -- 7. 552 after RCPT, malformed and endless replies ------------------------------------------
+
+RETRY_CONFIG = "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nqueue_run_delay = 1s\n"
+
+
+def scriptedNexthop(server, domain="scripted_example"):
+    kind = "lmtp:inet:" if server.lmtp else "smtp:["
+    host = f"127.0.0.1:{server.port}" if server.lmtp else f"127.0.0.1]:{server.port}"
+    return transportMaps(**{domain: kind + host})
+
+
+def test_552TooManyRecipientsDefersTheRest(peers, makeDaemon):
+    """
+    A server that takes 2 recipients a transaction and says 552 to the
+    others (RFC 821's "too many recipients"): the first 2 get the message,
+    the rest are deferred (4.5.3, never bounced) and the queue manager
+    delivers them on later attempts, each exactly once.
+    """
+
+    def rcpt(session):
+        if len(session.rcpts) <= 2:
+            return b"250 2.1.5 Ok\r\n"
+        return b"552 5.5.3 Error: too many recipients\r\n"
+
+    back = backSink(peers)
+    server = start(peers, ScriptedSMTPServer({"rcpt": rcpt}))
+    d = makeDaemon(main=RETRY_CONFIG + transportMaps(scripted_example=f"smtp:[127.0.0.1]:{server.port}",
+                                                     back_example=f"smtp:[127.0.0.1]:{back.port}"),
+                   hold=False).start()
+    recipients = [f"r{n}@scripted.example" for n in range(5)]
+    qid = send(d, recipients)
+    first = {}
+    for rcpt_ in recipients:
+        first[rcpt_] = waitDelivery(d, qid, rcpt_)[0]
+    sent = [r for r, line in first.items() if line[3] == "sent"]
+    deferred = [r for r, line in first.items() if line[3] == "deferred"]
+    assert len(sent) == 2 and len(deferred) == 3, first
+    for r in deferred:
+        assert first[r][2:] == ("4.5.3", "deferred", "host 127.0.0.1[127.0.0.1] said: 552 5.5.3 Error: too many "
+                                "recipients (in reply to RCPT TO command)"), first[r]
+    waitRemoved(d, qid, timeout=60)
+    delivered = collections.Counter(r for _, rcpts, _ in server.messages for r in rcpts)
+    assert delivered == {f"<{r}>": 1 for r in recipients}, server.messages
+    assert len(server.messages) == 3  # 2 + 2 + 1
+    assert "non-delivery notification" not in d.maillogText()
+    assert back.messages() == []
+
+
+def test_552ToEveryRcptAtSmtpSinkDefers(peers, makeDaemon):
+    """smtp-sink answering every RCPT with 552 (-f RCPT -B): deferred, no bounce, the message stays queued."""
+    back = backSink(peers)
+    sink = start(peers, SmtpSink(options=("-f", "RCPT", "-B", "552 5.5.3 Error: too many recipients")))
+    d = makeDaemon(main=transportMaps(sink_example=f"smtp:[127.0.0.1]:{sink.port}",
+                                      back_example=f"smtp:[127.0.0.1]:{back.port}"), hold=False).start()
+    qid = send(d, ["a@sink.example", "b@sink.example"])
+    for rcpt_ in ("a@sink.example", "b@sink.example"):
+        [line] = waitDelivery(d, qid, rcpt_)
+        assert line[2:] == ("4.5.3", "deferred", "host 127.0.0.1[127.0.0.1] said: 552 5.5.3 Error: too many "
+                            "recipients (in reply to RCPT TO command)"), line
+    waitDeferredFile(d, qid)
+    assert "notification" not in d.maillogText()
+    assert back.messages() == [] and sink.messages() == []
+
+
+MIXED = b"250-2.0.0 first line\r\n550 5.7.1 second line\r\n"
+
+MIXED_PHASES = {
+    # phase: (script, stage in the text)
+    "greeting": ({"greeting": b"220-scripted.test hello\r\n554 5.3.2 go away\r\n"},
+                 "receiving the initial server greeting"),
+    "ehlo": ({"ehlo": b"250-scripted.test\r\n250-PIPELINING\r\n550 5.7.1 no\r\n"}, "performing the EHLO handshake"),
+    "mail": ({"mail": MIXED}, "sending MAIL FROM"),
+    "rcpt": ({"rcpt": MIXED}, "sending RCPT TO"),
+    "data": ({"data": b"354-go ahead\r\n554 5.5.1 no valid recipients\r\n"}, "sending DATA command"),
+    "dot": ({"dot": MIXED}, "sending end of data -- message may be sent more than once"),
+}
+
+
+@pytest.mark.parametrize("phase", list(MIXED_PHASES))
+def test_mixedCodeReplyDefers(peers, makeDaemon, phase):
+    """A multi-line reply whose lines carry different codes is a protocol error: deferred 4.5.0 in every phase."""
+    script, stage = MIXED_PHASES[phase]
+    server = start(peers, ScriptedSMTPServer(script))
+    d = makeDaemon(main=scriptedNexthop(server), hold=False).start()
+    qid = send(d, ["u@scripted.example"])
+    [line] = waitDelivery(d, qid, "u@scripted.example")
+    assert line[1:] == (f"127.0.0.1[127.0.0.1]:{server.port}", "4.5.0", "deferred",
+                        f"malformed multi-line response from 127.0.0.1[127.0.0.1] while {stage}"), line
+    waitDeferredFile(d, qid)
+    log = d.maillogText()
+    assert f"warning: malformed multi-line response from 127.0.0.1[127.0.0.1]:{server.port}: reply code " in log
+    assert "notification" not in log
+    if phase != "dot":
+        assert server.messages == []
+
+
+def test_lmtpMixedCodePerRecipientReply(peers, makeDaemon):
+    """LMTP after ".": alice's answer counts (sent), bob's malformed one defers bob only; retried, once."""
+    calls = []
+
+    def dot(session):
+        calls.append(1)
+        if len(calls) == 1:
+            return b"250 2.0.0 <alice@lmtp.example> Saved\r\n250-2.0.0 <bob@lmtp.example>\r\n452 4.2.2 full\r\n"
+        return b"".join(b"250 2.0.0 %s Saved\r\n" % r for r in session.accepted)
+
+    server = start(peers, ScriptedSMTPServer({"dot": dot}, lmtp=True))
+    d = makeDaemon(main=RETRY_CONFIG + scriptedNexthop(server, "lmtp_example"), hold=False).start()
+    qid = send(d, ["alice@lmtp.example", "bob@lmtp.example"])
+    [a] = waitDelivery(d, qid, "alice@lmtp.example")
+    b = waitDelivery(d, qid, "bob@lmtp.example")[0]
+    assert a[2:4] == ("2.0.0", "sent"), a
+    assert b[2:] == ("4.5.0", "deferred", "malformed multi-line response from 127.0.0.1[127.0.0.1] while "
+                     "sending end of data -- message may be sent more than once"), b
+    waitDelivery(d, qid, "bob@lmtp.example", status="sent", timeout=30)
+    waitRemoved(d, qid)
+    assert len(deliveries(d, qid, "alice@lmtp.example")) == 1
+    assert [rcpts for _, rcpts, _ in server.messages] == [["<alice@lmtp.example>", "<bob@lmtp.example>"],
+                                                          ["<bob@lmtp.example>"]]
+
+
+def rssKiB(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def multiLineFlood(session):
+    chunk = (b"250-" + b"x" * 1018 + b"\r\n") * 64
+    yield b"250-scripted.test\r\n"
+    while True:
+        yield chunk
+
+
+def oneLineFlood(session):
+    yield b"250 "
+    while True:
+        yield b"y" * 65536
+
+
+@pytest.mark.parametrize("flood", [multiLineFlood, oneLineFlood], ids=["multi-line", "one-line"])
+def test_endlessReplyIsBoundedAndTimesOut(peers, makeDaemon, flood):
+    """
+    A next hop that answers EHLO with an endless reply: the daemon reads it
+    in bounded memory until smtp_helo_timeout (3 s) and defers; its RSS
+    does not grow with what was sent.
+    """
+    server = start(peers, ScriptedSMTPServer({"ehlo": flood}, floodSeconds=20))
+    d = makeDaemon(main="smtp_helo_timeout = 3s\n" + scriptedNexthop(server), hold=False).start()
+    time.sleep(1)  # let start-up settle before the first measurement
+    before = rssKiB(d.process.pid)
+    began = time.monotonic()
+    qid = send(d, ["u@scripted.example"])
+    [line] = waitDelivery(d, qid, "u@scripted.example", timeout=30)
+    elapsed = time.monotonic() - began
+    after = rssKiB(d.process.pid)
+    assert line[2:] == ("4.4.2", "deferred", "conversation with 127.0.0.1[127.0.0.1] timed out while performing "
+                        "the EHLO handshake"), line
+    assert 2.5 <= elapsed < 15, elapsed
+    assert server.bytesSent > 20 * 1024 * 1024, server.bytesSent  # a real flood went by
+    print(f"RSS before {before} KiB, after {after} KiB, {server.bytesSent} bytes of reply read")
+    assert after - before < 8 * 1024, (before, after, server.bytesSent)
+    waitDeferredFile(d, qid)

@@ -258,10 +258,87 @@ def test_a_temporary_address_failure_dominates():
     assert "a.example.com" in p.text and "try again" in p.text
 
 
-def test_numeric_mx_exchange_is_used_as_an_address():
-    resolver = FakeResolver(mx={"example.com": [(10, "192.0.2.5")]})
-    assert pairs(run(resolver, "example.com")) == [("192.0.2.5", "192.0.2.5", 10)]
-    assert resolver.calls == [("MX", "example.com")]
+class RecordingMaillog:
+    """A MailLogger stand-in: the lines emitted."""
+
+    def __init__(self):
+        self.lines = []
+
+    def emit(self, text, queue_id=None, level=None, **fields):
+        self.lines.append(text)
+
+
+@pytest.mark.parametrize("exchange", ["127.0.0.1", "192.0.2.5", "::1", "2001:db8::5", "::ffff:127.0.0.1",
+                                      "127.0.0.1."])
+def test_numeric_mx_exchange_is_never_an_address(exchange):
+    """A name from the DNS is a name: an MX exchange that is an address is skipped, with Postfix's warning."""
+    resolver = FakeResolver(mx={"example.com": [(10, exchange)]},
+                            hosts={exchange: ["192.0.2.99"], "example.com": ["192.0.2.80"]})
+    maillog = RecordingMaillog()
+    p = problem(resolver, "example.com", maillog=maillog)
+    assert (p.status, p.dsn, p.text) == (
+        "bounced", "5.4.4",
+        "Name service error for name=example.com type=MX: Malformed or unexpected name server reply")
+    assert maillog.lines == [f"warning: numeric domain name in resource data of MX record for example.com: "
+                             f"{exchange}"]
+    assert resolver.calls == [("MX", "example.com")]  # nothing looked up, nothing used as an address
+
+
+@pytest.mark.parametrize("exchange", ["127.1", "0x7f.0.0.1", "2130706433", "017700000001", "1.2.3.4.5",
+                                      "bad_-.example.com", "-lead.example.com"])
+def test_mx_exchange_that_getaddrinfo_would_read_as_an_address_is_malformed(exchange):
+    resolver = FakeResolver(mx={"example.com": [(10, exchange), (20, "mx.example.com")]},
+                            hosts={exchange: ["127.0.0.1"], "mx.example.com": ["192.0.2.20"]})
+    maillog = RecordingMaillog()
+    assert pairs(run(resolver, "example.com", maillog=maillog)) == [("mx.example.com", "192.0.2.20", 20)]
+    assert maillog.lines == [f"warning: malformed domain name in resource data of MX record for example.com: "
+                             f"{exchange}"]
+    assert ("addr", exchange, ("ipv4", "ipv6")) not in resolver.calls
+
+
+def test_numeric_mx_is_skipped_and_the_others_are_used_in_order():
+    resolver = FakeResolver(mx={"example.com": [(5, "127.0.0.1"), (10, "a.example.com"), (20, "192.0.2.7"),
+                                                (30, "b.example.com")]},
+                            hosts={"a.example.com": ["192.0.2.1"], "b.example.com": ["192.0.2.2"]})
+    hosts = run(resolver, "example.com", randomize=False)
+    assert pairs(hosts) == [("a.example.com", "192.0.2.1", 10), ("b.example.com", "192.0.2.2", 30)]
+    assert hosts.bestPreference == 10
+
+
+def test_numeric_best_mx_does_not_count_for_loop_detection():
+    """The skipped record does not exist for the loop check: a valid MX that is us is then the best MX (5.4.6)."""
+    resolver = FakeResolver(mx={"example.com": [(5, "192.0.2.9"), (10, "me.example.com")]},
+                            hosts={"me.example.com": ["198.51.100.25"]})
+    p = problem(resolver, "example.com", myAddresses={"198.51.100.25"})
+    assert (p.dsn, p.text) == ("5.4.6", "mail for example.com loops back to myself")
+
+
+def test_only_numeric_mx_with_ignore_mx_lookup_error_uses_the_domain_itself():
+    resolver = FakeResolver(mx={"example.com": [(10, "127.0.0.1")]}, hosts={"example.com": ["192.0.2.80"]})
+    assert pairs(run(resolver, "example.com", ignoreMxLookupError=True)) == [("example.com", "192.0.2.80", 0)]
+
+
+def test_only_numeric_mx_at_the_relayhost_is_a_configuration_problem():
+    resolver = FakeResolver(mx={"relay.example": [(10, "127.0.0.1")]})
+    p = problem(resolver, "relay.example", relay=True)
+    assert (p.status, p.dsn) == ("deferred", "4.3.5")
+
+
+def test_numeric_mx_with_the_native_lookup_is_skipped_too():
+    """smtp_host_lookup = dns, native: the numeric name never reaches getaddrinfo() either."""
+    asked = []
+    native = FakeNative({"127.1": ["127.0.0.1"]}).resolver
+    native.getaddrinfo = lambda host, *args: asked.append(host) or socket.getaddrinfo(host, *args)
+    resolver = FakeResolver(mx={"example.com": [(10, "127.1")]})
+    p = problem(resolver, "example.com", hostLookup=("dns", "native"), nativeResolver=native)
+    assert p.dsn == "5.4.4"
+    assert asked == [] and resolver.calls == [("MX", "example.com")]
+
+
+def test_a_bracketed_address_is_still_a_literal():
+    resolver = FakeResolver()
+    assert pairs(run(resolver, "[192.0.2.5]")) == [("192.0.2.5", "192.0.2.5", 0)]
+    assert resolver.calls == []
 
 
 def test_too_many_mx_records_are_cut():

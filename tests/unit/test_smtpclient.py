@@ -8,7 +8,6 @@ from twisted.python.failure import Failure
 
 from mta.delivery.smtpclient import (
     REPLY_LINE_LIMIT,
-    REPLY_LINES_LIMIT,
     WRITE_SIZE,
     ClientSettings,
     RemoteHost,
@@ -272,6 +271,82 @@ def test_recipients_refused_one_by_one():
     assert outcome.results[2].remote_mta == "dns; mx.example.net"
     assert outcome.retry == {11}  # a soft failure may be tried at the next MX, as Postfix does
     assert outcome.reason is None
+
+
+# 552 after RCPT: RFC 5321 4.5.3.1.10, "too many recipients" is temporary.
+
+TOO_MANY = "552 5.5.3 Error: too many recipients"
+
+
+def test_552_to_rcpt_defers_the_rest_and_the_accepted_get_the_message():
+    s = Session()
+    handshake(s, request=makeRequest(["a@example.net", "b@example.net", "c@example.net", "d@example.net"]))
+    s.sent()
+    s.reply(f"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n{TOO_MANY}\r\n{TOO_MANY}\r\n354 go\r\n")
+    assert s.sent().startswith("Subject: test")  # the accepted recipients get the message
+    s.reply("250 2.0.0 Ok: queued as 1\r\n")
+    assert s.statuses() == [(10, "sent", "2.0.0"), (11, "sent", "2.0.0"), (12, "deferred", "4.5.3"),
+                            (13, "deferred", "4.5.3")]
+    result = s.outcome.results[2]
+    assert result.text == f"host {NAMADDR} said: {TOO_MANY} (in reply to RCPT TO command)"
+    assert result.diagnostic == f"smtp; {TOO_MANY}"
+    assert s.outcome.retry == {12, 13}
+
+
+def test_552_to_rcpt_without_an_enhanced_code_is_4_0_0():
+    s = Session()
+    handshake(s, ehlo=EHLO_PLAIN, request=makeRequest(["a@example.net", "b@example.net"]))
+    assert s.sent() == "MAIL FROM:<alice@example.org> SIZE=%d\r\n" % len(BODY)
+    s.reply("250 ok\r\n")
+    assert s.sent() == "RCPT TO:<a@example.net>\r\n"
+    s.reply("250 ok\r\n")
+    assert s.sent() == "RCPT TO:<b@example.net>\r\n"
+    s.reply("552 Too many recipients\r\n")
+    assert s.sent() == "DATA\r\n"
+    s.reply("354 go\r\n")
+    s.sent()
+    s.reply("250 queued\r\n")
+    assert s.statuses() == [(10, "sent", "2.0.0"), (11, "deferred", "4.0.0")]
+
+
+def test_552_to_every_rcpt_defers_all_without_data():
+    s = Session()
+    handshake(s, ehlo=EHLO_PLAIN, request=makeRequest(["a@example.net"]))
+    s.sent()
+    s.reply("250 ok\r\n")
+    s.sent()
+    s.reply(TOO_MANY + "\r\n")
+    assert s.sent() == "QUIT\r\n"  # no DATA: nobody was accepted
+    assert s.statuses() == [(10, "deferred", "4.5.3")]
+
+
+def test_552_to_lmtp_rcpt_defers_too():
+    s = Session(lmtp=True)
+    s.deliver(request=makeRequest(["a@example.net", "b@example.net"]))
+    s.reply("220 lmtp ready\r\n")
+    s.sent()
+    s.reply("250-lmtp\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
+    s.sent()
+    s.reply(f"250 2.1.0 ok\r\n250 2.1.5 ok\r\n{TOO_MANY}\r\n354 go\r\n")
+    s.sent()
+    s.reply("250 2.0.0 <a@example.net> saved\r\n")
+    assert s.statuses() == [(10, "sent", "2.0.0"), (11, "deferred", "4.5.3")]
+
+
+@pytest.mark.parametrize("stage", ["MAIL", "DATA", "."])
+def test_552_elsewhere_stays_permanent(stage):
+    """Only RCPT's 552 means "too many recipients"; at MAIL, DATA and end of data it is "too much mail data"."""
+    s = Session()
+    handshake(s)
+    s.sent()
+    replies = {"MAIL": "250 2.1.0 Ok", "RCPT": "250 2.1.5 Ok", "DATA": "354 go"}
+    replies[stage] = "552 5.3.4 Message too big"
+    if stage == "MAIL":
+        replies.update(RCPT="503 5.5.1 need MAIL", DATA="503 5.5.1 need RCPT")
+    s.reply("".join(replies[k] + "\r\n" for k in ("MAIL", "RCPT", "DATA")))
+    if stage == ".":
+        s.reply("552 5.3.4 Message too big\r\n")
+    assert s.statuses() == [(10, "bounced", "5.3.4")]
 
 
 def test_status_derived_from_the_basic_code():
@@ -836,29 +911,159 @@ def test_over_long_line_split_across_reads():
     s.reply("z" * 10000)
     s.reply("zz\r\n")
     assert s.sent() == "EHLO client.example.org\r\n"
-    assert len(s.protocol._buffer) == 0
+    assert s.protocol._parser.buffered == 0
 
 
-def test_too_many_reply_lines():
+def test_a_long_multi_line_reply_is_read_to_its_end_and_its_text_bounded():
+    """As Postfix's smtp_chat_resp(): the text kept stops near line_length_limit, the reply is read to its end."""
     s = Session()
     s.deliver()
     s.reply("220 mx ESMTP\r\n")
     s.sent()
-    s.reply("250-x\r\n" * REPLY_LINES_LIMIT)
+    s.reply("250-mx.example.net\r\n" + "250-x\r\n" * 5000 + "250 PIPELINING\r\n")
+    assert s.sent().startswith("MAIL FROM:")  # the reply was complete and positive
+    assert "PIPELINING" not in s.protocol.extensions  # beyond the kept text, as in Postfix
+    assert s.protocol._parser.buffered == 0
+
+
+class RecordingMaillog:
+    """A MailLogger stand-in: (queue id, line) of each warning."""
+
+    def __init__(self):
+        self.lines = []
+
+    def emit(self, text, queue_id=None, level=None, **fields):
+        self.lines.append((queue_id, text))
+
+
+MIXED = "250-first line\r\n550 5.1.1 second line\r\n"
+
+# The phases where a reply is read, the replies that lead there (pipelined SMTP), the stage text.
+MIXED_PHASES = {
+    "greeting": ([], "receiving the initial server greeting"),
+    "ehlo": (["220 mx ESMTP"], "performing the EHLO handshake"),
+    "mail": (["220 mx ESMTP", EHLO_ALL.strip()], "sending MAIL FROM"),
+    "rcpt": (["220 mx ESMTP", EHLO_ALL.strip(), "250 2.1.0 Ok"], "sending RCPT TO"),
+    "rcpt2": (["220 mx ESMTP", EHLO_ALL.strip(), "250 2.1.0 Ok", "250 2.1.5 Ok"], "sending RCPT TO"),
+    "data": (["220 mx ESMTP", EHLO_ALL.strip(), "250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok"],
+             "sending DATA command"),
+    "dot": (["220 mx ESMTP", EHLO_ALL.strip(), "250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok", "354 go"],
+            "sending end of data -- message may be sent more than once"),
+}
+
+
+@pytest.mark.parametrize("phase", list(MIXED_PHASES))
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_a_multi_line_reply_with_different_codes_is_a_protocol_error(phase, bytewise):
+    """'250-a' then '550 b' is neither 250 nor 550: deferred (4.5.0), the connection dropped, in every phase."""
+    maillog = RecordingMaillog()
+    s = Session()
+    s.protocol.maillog = maillog
+    s.deliver(makeRequest(["a@example.net", "b@example.net"]))
+    before, stage = MIXED_PHASES[phase]
+    for reply in before:
+        s.reply(reply + "\r\n")
     assert not s.outcomes
-    s.reply("250-x\r\n")
+    s.reply(MIXED, bytewise)
+    assert s.statuses() == [(10, "deferred", "4.5.0"), (11, "deferred", "4.5.0")]
+    result = s.outcome.results[0]
+    assert result.text == f"malformed multi-line response from {NAMADDR} while {stage}"
+    assert result.diagnostic is None  # not a reply of the server's: no Diagnostic-Code
+    assert s.outcome.tryNextHost == (phase != "dot")  # after the ".", it may have been delivered: not elsewhere now
+    assert s.transport.disconnected  # aborted: the conversation is out of step
+    assert maillog.lines == [("4TbC0hR2x8Zq", f"warning: malformed multi-line response from {NAMADDR}:25: "
+                                              "reply code 550 after 250: 550 5.1.1 second line")]
+    assert not s.clock.getDelayedCalls()
+
+
+def test_a_multi_line_reply_with_different_codes_without_pipelining():
+    s = Session()
+    handshake(s, ehlo=EHLO_PLAIN)
+    assert s.sent().startswith("MAIL FROM:")
+    s.reply("250 ok\r\n")
+    assert s.sent() == "RCPT TO:<bob@example.net>\r\n"
+    s.reply("550-5.1.1 no such user\r\n250 2.1.5 ok\r\n")
     assert s.statuses() == [(10, "deferred", "4.5.0")]
-    assert s.outcome.results[0].text == f"too many reply lines from {NAMADDR} while performing the EHLO handshake"
+    assert s.outcome.results[0].text == f"malformed multi-line response from {NAMADDR} while sending RCPT TO"
+
+
+def test_lmtp_per_recipient_reply_with_different_codes():
+    """LMTP after ".": the first answer counts, the malformed second defers the rest (not elsewhere now)."""
+    s = Session(lmtp=True)
+    s.deliver(makeRequest(["a@example.net", "b@example.net", "c@example.net"]))
+    s.reply("220 lmtp ready\r\n")
+    s.sent()
+    s.reply("250-lmtp\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
+    s.sent()
+    s.reply("250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n")
+    s.sent()
+    s.reply("250 2.0.0 <a@example.net> Saved\r\n250-2.0.0 <b@example.net> Saved\r\n452 4.2.2 oops\r\n")
+    assert s.statuses() == [(10, "sent", "2.0.0"), (11, "deferred", "4.5.0"), (12, "deferred", "4.5.0")]
+    assert s.outcome.results[1].text == (f"malformed multi-line response from {NAMADDR} while sending end of "
+                                         "data -- message may be sent more than once")
+    assert s.outcome.retry == frozenset()
     assert s.transport.disconnected
 
 
-def test_the_longest_allowed_reply():
-    s = Session()
+# -- unbounded replies: memory stays bounded, the phase's deadline ends them -----------------------
+
+
+@pytest.mark.parametrize("kind", ["multi-line", "one-line"])
+@pytest.mark.parametrize("phase", ["ehlo", "rcpt"])
+def test_an_endless_reply_is_read_in_bounded_memory_until_the_deadline(kind, phase):
+    """
+    100 MB of reply at 1 MB a second, as 64 KiB reads: what is held stays
+    under 2 x line_length_limit, and the phase's deadline (not renewed by
+    the input) ends it with a deferral.
+    """
+    maillog = RecordingMaillog()
+    s = Session(timeouts=Timeouts(helo=100, rcpt=100))
+    s.protocol.maillog = maillog
     s.deliver()
     s.reply("220 mx ESMTP\r\n")
-    s.sent()
-    s.reply("250-x\r\n" * (REPLY_LINES_LIMIT - 1) + "250 PIPELINING\r\n")
+    if phase == "rcpt":
+        s.reply(EHLO_ALL)
+        s.reply("250 2.1.0 Ok\r\n")
+    chunk = (b"250-" + b"x" * 1018 + b"\r\n") * 64 if kind == "multi-line" else b"y" * 65536
+    s.reply(b"250-start\r\n" if kind == "multi-line" else b"250 ")
+    peak = 0
+    for second in range(100):
+        for _ in range(16):  # 16 x 64 KiB = 1 MiB a second
+            s.protocol.dataReceived(chunk)
+            peak = max(peak, s.protocol._parser.buffered)
+        if second < 99:
+            s.clock.advance(1)
+            assert not s.outcomes, second
+    assert peak <= 2 * REPLY_LINE_LIMIT + 1
+    s.clock.advance(1)
+    stage = {"ehlo": "performing the EHLO handshake", "rcpt": "sending RCPT TO"}[phase]
+    assert s.statuses() == [(10, "deferred", "4.4.2")]
+    assert s.outcome.results[0].text == f"conversation with {NAMADDR} timed out while {stage}"
+    assert s.transport.disconnected and not s.clock.getDelayedCalls()
+    assert maillog.lines == []  # the reply never ended: nothing to warn of yet
+
+
+def test_an_over_long_reply_is_warned_of_as_postfix_does():
+    maillog = RecordingMaillog()
+    s = Session()
+    s.protocol.maillog = maillog
+    handshake(s, ehlo="250-mx.example.net\r\n250-" + "j" * 3000 + "\r\n" + "250-X\r\n" * 3
+              + "250-" + "k" * 3000 + "\r\n250 PIPELINING\r\n")
+    assert maillog.lines == [
+        ("4TbC0hR2x8Zq", f"warning: {NAMADDR}:25: response longer than 2048: {'250-' + 'j' * 26}..."),
+        ("4TbC0hR2x8Zq", f"warning: {NAMADDR}:25: multi-line response longer than 2048 250-mx.example.net..."),
+    ]
     assert s.sent().startswith("MAIL FROM:")
+
+
+def test_the_reply_text_limit_is_line_length_limit():
+    s = Session(replyLimit=100)
+    handshake(s, ehlo=EHLO_PLAIN)
+    s.sent()
+    s.reply("250 ok\r\n")
+    s.sent()
+    s.reply("550 5.1.1 " + "z" * 500 + "\r\n")
+    assert s.outcome.results[0].diagnostic == "smtp; 550 5.1.1 " + "z" * 90
 
 
 def test_garbage_instead_of_a_reply():
@@ -1077,12 +1282,13 @@ def test_settings_from_postfix_parameters():
         "smtp_data_xfer_timeout": 5.0, "smtp_data_done_timeout": 6.0, "smtp_rset_timeout": 7.0,
         "smtp_quit_timeout": 8.0, "smtp_discard_ehlo_keywords": ("pipelining",), "smtp_never_send_ehlo": False,
         "smtp_always_send_ehlo": True, "smtp_skip_5xx_greeting": True, "smtp_skip_quit_response": True,
-        "smtp_quote_rfc821_envelope": True, "smtp_line_length_limit": 998,
+        "smtp_quote_rfc821_envelope": True, "smtp_line_length_limit": 998, "line_length_limit": 4096,
     }
     settings = ClientSettings.fromParameters(params)
     assert settings.heloName == "helo.example.org" and settings.myHostname == "mail.example.org"
     assert settings.timeouts == Timeouts(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
     assert settings.discardEhloKeywords == {"PIPELINING"} and not settings.lmtp
+    assert settings.replyLimit == 4096
     lmtp = {k.replace("smtp_", "lmtp_").replace("helo", "lhlo").replace("ehlo", "lhlo"): v
             for k, v in params.items()}
     lmtp.update(myhostname="mail.example.org", lmtp_assume_final=True, lmtp_skip_quit_response=False)
