@@ -179,13 +179,19 @@ async def reload(reactor, queueDirectory, out, err, connect=control.connect):
 
 
 def processExists(pid):
+    """Is process C{pid} still there?  A zombie (exited, not yet reaped by its parent) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+    except OSError:
+        return True
+    return state != [b"Z"]
 
 
 async def stop(reactor, queueDirectory, out, err, connect=control.connect, exists=processExists, wait=STOP_WAIT):

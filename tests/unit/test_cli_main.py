@@ -131,6 +131,8 @@ def test_stopThatDoesNotEndIsReported(tmp_path):
 def test_processExists():
     assert cliMain.processExists(os.getpid())
     assert not cliMain.processExists(2**22 + 12345)  # above Linux's pid_max
+    # A zombie (exited, not reaped) has gone: see test_reload.py::test_mtaStopStopsTheDaemonCleanly,
+    # whose daemon is a child of the test process.
 
 
 def test_check(tmp_path, capsys):
