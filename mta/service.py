@@ -7,14 +7,18 @@
       queue manager (mta.queue.manager) and pickup (mta.queue.pickup) for
       maildrop/.
 
-Everything made from one configuration is a Generation: the opened tables,
-the router, the notices, the delivery transports (TransportRegistry:
-IDeliveryTransportFactory plugins, the ones the configuration names made
-at once so that a bad setup stops the start or refuses the reload), the
-DNS client (made on first use), the mail loggers and one SMTP server
-factory per listener, with the parameters of the listener's own scope.
-The queue directory and its subdirectories are created on start; the
-queue manager takes up what a previous run left in the queue.
+Everything made from one configuration is a Generation (mta.generation):
+the opened tables, the router, the notices, the delivery transports
+(TransportRegistry: IDeliveryTransportFactory plugins, the ones the
+configuration names made at once so that a bad setup stops the start or
+refuses the reload), the DNS client (made on first use), the mail loggers
+and one SMTP server factory per listener, with the parameters of the
+listener's own scope.  A ListenerService (mta.listeners) holds a
+listener's socket and hands each connection to the factory in force.  The
+queue directory and its subdirectories are created on start; the queue
+manager takes up what a previous run left in the queue.  SIGTERM and the
+control channel's Stop (``mta stop``) stop the reactor; stopService closes
+the listeners and the control socket and stops the transports.
 
 RELOAD
     SIGHUP (mta.tap) and ``mta reload`` (the control channel's Reload
@@ -316,8 +320,9 @@ class MTAService(MultiService):
         """
         waiter = Deferred()
         if not self.running:
-            waiter.callback(ReloadResult(describeConfiguration(self.config), refused=True,
-                                         error="the daemon is not running (starting or stopping)"))
+            error = "the daemon is not running (starting or stopping)"
+            self.maillog.emit(f"warning: reload request ignored: {error}", level=LogLevel.warn)
+            waiter.callback(ReloadResult(describeConfiguration(self.config), refused=True, error=error))
         elif self._reloadRunning:
             self._reloadWaiters.append(waiter)
         else:
@@ -452,6 +457,9 @@ class MTAService(MultiService):
                     service.port = await service.listen()
                 except Exception as e:
                     problems.append(("error", f"{service}: cannot listen: {describeError(e)}; not listening"))
+                    continue
+                if not self.running:  # stopped meanwhile
+                    await maybeDeferred(service.stopService)
                     continue
                 self._addListener(service)
                 self.maillog.emit(f"{service}: added")
