@@ -4,8 +4,16 @@ AMP over a UNIX socket, $queue_directory/private/control.  The private
 directory is mode 0700 and the socket 0600, so only the MTA's own user (and
 root) can connect; nothing else authenticates.  The socket's lock file
 (control.lock, holding the daemon's pid) also keeps a second daemon off the
-same queue.  Later changes add commands (queue listing, flush, hold, ...);
-every command is declared here so that both ends share one definition.
+same queue.  Every command is declared here so that both ends share one
+definition:
+
+    Status        pid, version, uptime, queue directory, listeners
+    Flush         postqueue -f
+    QueueAction   postsuper -d/-h/-H/-r
+    Reload        postfix reload: the same reload as SIGHUP (mta.service);
+                  the answer comes when it is done: refused (with the
+                  error) or applied (with warnings about listeners)
+    Stop          postfix stop: answered, then the daemon stops as on SIGTERM
 
 SECURITY
     Reachable only by the MTA's user; arguments are still checked, since a
@@ -65,6 +73,39 @@ class QueueAction(amp.Command):
     errors = {ValueError: b"BAD_REQUEST"}
 
 
+# What a Reload answer carries at most: an AMP value holds at most 64 KiB.
+MAX_TEXT = 2000
+MAX_LINES = 20
+
+
+class Reload(amp.Command):
+    """Reload the configuration file and the tables (postfix reload); answered when done."""
+
+    arguments = []
+    response = [
+        (b"configuration", amp.Unicode()),
+        (b"pid", amp.Integer()),
+        (b"refused", amp.Boolean()),
+        (b"error", amp.Unicode(optional=True)),
+        (b"warnings", amp.ListOf(amp.Unicode())),
+        (b"errors", amp.ListOf(amp.Unicode())),
+    ]
+
+
+class Stop(amp.Command):
+    """Stop the daemon cleanly, as SIGTERM does (postfix stop); answered first, with its pid."""
+
+    arguments = []
+    response = [(b"pid", amp.Integer())]
+
+
+def _bounded(texts):
+    texts = list(texts)
+    if len(texts) > MAX_LINES:
+        texts = texts[: MAX_LINES - 1] + [f"... and {len(texts) - MAX_LINES + 1} more (see the log)"]
+    return [text[:MAX_TEXT] for text in texts]
+
+
 def socketPath(queueDirectory):
     return os.path.join(queueDirectory, "private", "control")
 
@@ -103,6 +144,28 @@ class ControlProtocol(amp.AMP):
             "doneCount": len(done),
             "missingCount": len(missing),
         }
+
+
+    @Reload.responder
+    def reload(self):
+        def answer(result):
+            reply = {
+                "configuration": result.configuration[:MAX_TEXT],
+                "pid": os.getpid(),
+                "refused": result.refused,
+                "warnings": _bounded(result.warnings),
+                "errors": _bounded(result.errors),
+            }
+            if result.error is not None:
+                reply["error"] = result.error[:MAX_TEXT]
+            return reply
+
+        return self.daemon.reload().addCallback(answer)
+
+    @Stop.responder
+    def stop(self):
+        self.daemon.requestStop()
+        return {"pid": os.getpid()}
 
 
 def prepareDirectory(queueDirectory):

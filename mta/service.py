@@ -1,43 +1,124 @@
-"""mta.service - build the daemon's service tree from a configuration.
+"""mta.service - build the daemon's service tree from a configuration, and reload it.
 
     MTAService (MultiService)
       +- control channel (AMP on $queue_directory/private/control)
-      +- one StreamServerEndpointService per [listener:NAME]
+      +- one ListenerService per [listener:NAME]
     and beside them, started after the listeners:
-      queue manager (mta.queue.manager) with the router, the notices and
-      the delivery transports (TransportRegistry: IDeliveryTransportFactory
-      plugins, the ones the configuration names made at start so a bad
-      setup stops the start), and pickup (mta.queue.pickup) for maildrop/.
+      queue manager (mta.queue.manager) and pickup (mta.queue.pickup) for
+      maildrop/.
 
-The queue directory and its subdirectories are created on start; the queue
-manager takes up what a previous run left in the queue.  Listeners serve
-the SMTP server (mta.smtpd) with the parameters of their own scope.  The
-DNS client (mta.delivery.dns) is made on first use and shared.
+Everything made from one configuration is a Generation (mta.generation):
+the opened tables, the router, the notices, the delivery transports
+(TransportRegistry: IDeliveryTransportFactory plugins, the ones the
+configuration names made at once so that a bad setup stops the start or
+refuses the reload), the DNS client (made on first use), the mail loggers
+and one SMTP server factory per listener, with the parameters of the
+listener's own scope.  A ListenerService (mta.listeners) holds a
+listener's socket and hands each connection to the factory in force.  The
+queue directory and its subdirectories are created on start; the queue
+manager takes up what a previous run left in the queue.  SIGTERM and the
+control channel's Stop (``mta stop``) stop the reactor; stopService closes
+the listeners and the control socket and stops the transports.
+
+RELOAD
+    SIGHUP (mta.tap) and ``mta reload`` (the control channel's Reload
+    command) both call MTAService.reload(), as ``postfix reload`` signals
+    the master.  It logs Postfix's line::
+
+        reload -- version 0.1.0, configuration /etc/mta/mta.ini
+
+    re-reads the file the daemon started with (config.path; no discovery is
+    run again, and a daemon on the embedded defaults reloads those) and
+    opens every table it names again, in a new Tables.  Then it makes a new
+    Generation.  Any error up to here (a syntax error, a bad value, a table
+    that does not open, a transport that cannot be made, a maillog_file
+    that cannot be opened) refuses the whole reload: one line
+    ``error: reload refused, the configuration in force stays: ...`` and
+    nothing changes.  Otherwise the new generation takes over:
+
+    - listeners: one whose endpoint is unchanged keeps its socket; its
+      ListenerFactory hands each new session to the new SMTP server
+      factory, while a session already open keeps the factory it was built
+      by, so its settings never change mid-session (the per-client
+      connection counts carry over).  A new [listener:X] starts listening;
+      a removed one stops listening and its open sessions finish.  A
+      changed endpoint: the new one is bound, then the old one closed (if
+      the new one cannot be bound while the old is open, as for the same
+      port on another address, the old one is closed first); if the new one
+      cannot be bound at all, the listener goes back to its old endpoint.
+      A listener that cannot bind is a warning or an error line naming it
+      and the reason; the rest of the new configuration stays in force (as
+      Postfix's master carries on with the other services), and the next
+      reload tries again.
+    - the queue manager (QueueManager.reconfigure): new deliveries use the
+      new router, transports, notices and limits (the concurrency limit of
+      existing destinations changes at once); deliveries in progress finish
+      with the transport objects they hold, and the old transports are
+      stopped when their last delivery ends (their cached SMTP connections
+      close then).
+    - pickup: the old one finishes the file in hand, a new one with the new
+      settings takes over.
+    - the DNS client is made anew (dns_servers, or /etc/resolv.conf, read
+      again; its cache starts empty), as Postfix's new smtp(8) processes.
+    - maillog_file is opened again (the new path, or the same path after a
+      log rotation), also when the reload is refused; syslog_name applies
+      to lines logged after the reload.
+    - the control channel stays as it is.
+
+    queue_directory cannot change without a restart (the queue store, the
+    control socket and its lock live there): a change is ignored with
+    Postfix's three warnings ("ignoring queue_directory parameter value
+    change", the old and new values, "to change queue_directory, stop and
+    start mta"), and the rest of the configuration is applied.
+
+    One reload runs at a time.  A request that arrives while one runs is
+    queued: it runs once the running one is done (so it reads the file as it
+    was after the request), and the requests that arrive meanwhile share
+    that one run.  When it ends, ``reload done`` is logged, with a warning
+    count when a listener failed; the requester (``mta reload``) gets the
+    same result.
 
 SECURITY
-    Listeners face the network; see mta.smtpd.
+    Listeners face the network; see mta.smtpd.  The configuration is read
+    again with the daemon's privileges; after twistd drops them (--uid), a
+    new listener on a port below 1024 cannot be bound (logged, the rest of
+    the reload applies).
 
 CONFIGURATION
     queue_directory, maillog_file, syslog_name, myhostname, dns_servers,
     local_transport, virtual_transport, relay_transport, default_transport;
     [listener:NAME] endpoint and per-listener overrides.
+
+DEVIATIONS
+    Postfix's master exits (fatal) when main.cf or master.cf is broken at
+    reload time, and when a service cannot bind; mta refuses a broken
+    configuration and keeps the one in force, and carries on without the
+    listener that cannot bind.  Postfix terminates the processes of a
+    service removed from master.cf at once; mta lets the open sessions of
+    a removed listener finish.
 """
 
 import os
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 
+import mta
 from mta import control
-from mta.maillog import MailLogFileObserver, MailLogger
+from mta.config import ConfigError, load, openTables
+from mta.generation import Generation, TransportRegistry, configuredTransports
+from mta.listeners import ListenerService, describeError, shareConnectionCounts
+from mta.maillog import MailLogFileObserver
 from mta.queue.manager import QueueManager
-from mta.queue.notices import Notices
 from mta.queue.pickup import Pickup
 from mta.queue.store import QueueStore
-from mta.routing import Router
+
+__all__ = ["MTAService", "ReloadResult", "StartupError", "TransportRegistry", "buildService"]
 
 log = Logger()
 
@@ -46,73 +127,104 @@ class StartupError(Exception):
     """The daemon cannot start; str() is the message for the administrator."""
 
 
+class ReloadRefused(Exception):
+    """The new configuration is not applied; str() says why."""
+
+
+@attrs.frozen
+class ReloadResult:
+    """What a reload did: refused (with the error), or applied (with warnings about listeners)."""
+
+    configuration: str
+    refused: bool = False
+    error: str | None = None
+    warnings: tuple = ()
+    errors: tuple = ()
+
+
+def describeConfiguration(config):
+    return config.path or "(embedded defaults)"
+
+
+def loadAgain(path):
+    """The configuration at C{path} again; None: the embedded defaults (never a discovery)."""
+    return load(path) if path is not None else load(None, text="")
+
+
 class MTAService(MultiService):
-    def __init__(self, config, reactor, tables, protocolFactory, onStartupError=None):
+    def __init__(self, config, reactor, tables, protocolFactory, onStartupError=None, stopReactor=None):
         super().__init__()
         self.onStartupError = onStartupError
-        self.config = config
+        self.stopReactor = stopReactor if stopReactor is not None else getattr(reactor, "stop", None)
         self.clock = reactor
-        self.tables = tables
+        self.protocolFactory = protocolFactory
         self.queueDirectory = config["queue_directory"]
         self.store = QueueStore(self.queueDirectory, reactor)
         self.startedAt = None
         self._observer = None
-        self.maillog = MailLogger(config["syslog_name"], "master")
         self.setName("mta")
-        self._maillogs = {}
-        self._resolver = None
-        self.transports = TransportRegistry(config.main, self)
+        self.current = Generation(config, tables, reactor, self.store, protocolFactory)
+        self._retiring = set()  # TransportRegistry objects of earlier generations, not stopped yet
+        self._stopping = []  # Deferreds of old pickups finishing their file
+        self._reloadRunning = False
+        self._reloadWaiters = []
         self.manager = QueueManager(
-            self.store, Router(config.main, tables), self.transports, config.main, reactor, self.maillogFor,
-            notices=Notices(self.store, config.main, reactor, self.maillogFor),
+            self.store, self.current.router, self.current.transports, config.main, reactor, self.maillogFor,
+            notices=self.current.notices,
         )
-        self.pickup = Pickup(self.store, config.main, reactor, self.maillogFor)
+        self.pickup = Pickup(self.store, config.main, reactor, self.current.maillogFor)
 
-        self._addServer("control", control.controlServerEndpoint(reactor, self.queueDirectory),
-                        control.controlFactory(self))
-        for listener in config.listeners:
-            self._addServer(f"listener:{listener.name}", serverFromString(reactor, listener.endpoint),
-                            protocolFactory(listener, self))
-
-    def _addServer(self, name, endpoint, factory):
-        service = StreamServerEndpointService(endpoint, factory)
+        service = StreamServerEndpointService(control.controlServerEndpoint(reactor, self.queueDirectory),
+                                              control.controlFactory(self))
         service._raiseSynchronously = True  # a failed listen stops the start, with a message
-        service.setName(name)
+        service.setName("control")
         service.setServiceParent(self)
+        self.listeners = {}  # name -> ListenerService, in configuration order
+        for listener in config.listeners:
+            self._addListener(ListenerService(listener.name, listener.endpoint, reactor,
+                                              self.current.factories[listener.name]))
+
+    def _addListener(self, service):
+        self.listeners[service.listenerName] = service
+        service.setServiceParent(self)
+
+    # -- what the generation in force holds ------------------------------------------
+
+    @property
+    def config(self):
+        return self.current.config
+
+    @property
+    def tables(self):
+        return self.current.tables
+
+    @property
+    def transports(self):
+        return self.current.transports
 
     @property
     def resolver(self):
-        """The daemon's DNS client (made on first use), shared by the SMTP transports."""
-        if self._resolver is None:
-            from mta.delivery.dns import Resolver
+        return self.current.resolver
 
-            self._resolver = Resolver(self.clock, servers=tuple(self.config["dns_servers"]))
-        return self._resolver
-
-    def _configuredTransports(self):
-        from mta.routing import splitTransport
-
-        params = self.config.main
-        names = {splitTransport(params[p])[0] for p in
-                 ("local_transport", "virtual_transport", "relay_transport", "default_transport")}
-        return sorted(n for n in names if n)
+    @property
+    def maillog(self):
+        return self.maillogFor("master")
 
     def maillogFor(self, program):
-        """The MailLogger of C{program} (qmgr, virtual, bounce, ...)."""
-        logger = self._maillogs.get(program)
-        if logger is None:
-            logger = self._maillogs[program] = MailLogger(self.config["syslog_name"], program)
-        return logger
+        """The MailLogger of C{program} in the configuration in force."""
+        return self.current.maillogFor(program)
 
     def listenerDescriptions(self):
-        return [(listener.name, listener.endpoint) for listener in self.config.listeners]
+        """(name, endpoint) of every listener that listens (or is binding)."""
+        return [(s.listenerName, s.description) for s in self.listeners.values()
+                if s.port is not None or s._listening is not None]
 
     def _describe(self, service):
         if service.name == "control":
             return f"the control socket {control.socketPath(self.queueDirectory)}"
-        name = service.name.split(":", 1)[1]
-        endpoint = dict(self.listenerDescriptions())[name]
-        return f"listener {name} ({endpoint})"
+        return str(service)
+
+    # -- start and stop ----------------------------------------------------------------
 
     def privilegedStartService(self):
         """Create the queue directory and bind every socket, or stop with one clear message."""
@@ -126,7 +238,7 @@ class MTAService(MultiService):
 
     def _bind(self):
         try:
-            self.transports.check(self._configuredTransports())
+            self.transports.check(configuredTransports(self.config.main))
         except Exception as e:
             raise StartupError(str(e)) from None
         try:
@@ -150,86 +262,226 @@ class MTAService(MultiService):
 
     def startService(self):
         self.startedAt = self.clock.seconds()
-        path = self.config["maillog_file"]
-        if path:
-            self._observer = MailLogFileObserver(path, self.config["myhostname"], self.config["syslog_name"])
+        self._observer = self._openMaillog(self.config)
+        if self._observer is not None:
             globalLogPublisher.addObserver(self._observer)
         super().startService()
         self.manager.start()
         self.pickup.start()
-        self.maillog.emit(
-            f"daemon started -- version {__import__('mta').__version__}, configuration "
-            f"{self.config.path or '(embedded defaults)'}"
-        )
+        self.maillog.emit(f"daemon started -- version {mta.__version__}, configuration "
+                          f"{describeConfiguration(self.config)}")
 
     def stopService(self):
-        pickupStopped = self.pickup.stop()
+        pickupStopped = DeferredList([self.pickup.stop()] + self._stopping)
         self.manager.stop()
         d = super().stopService()
         d.addBoth(lambda result: pickupStopped.addBoth(lambda _: result))
-        d.addBoth(lambda result: self.transports.stop().addBoth(lambda _: result))
+        registries = [self.transports] + list(self._retiring)
+        d.addBoth(lambda result: DeferredList([r.stop() for r in registries]).addBoth(lambda _: result))
 
         def stopped(result):
             self.maillog.emit("daemon stopped")
-            if self._observer is not None:
-                globalLogPublisher.removeObserver(self._observer)
-                self._observer.stream.close()
-                self._observer = None
+            self._swapMaillog(None)
             return result
 
         return d.addBoth(stopped)
 
+    def requestStop(self):
+        """Stop the daemon as SIGTERM does (mta stop), once the current answer is written."""
+        if self.stopReactor is not None:
+            self.clock.callLater(0, self.stopReactor)
 
-class TransportRegistry:
-    """
-    The delivery transports by name (master.cf's services), made on first
-    use from IDeliveryTransportFactory plugins.  An unknown name gives None:
-    the queue manager defers that mail ("mail transport unavailable"), as
-    Postfix does for a transport missing from master.cf.
-    """
+    # -- maillog_file ----------------------------------------------------------------------
 
-    def __init__(self, params, context):
-        self._params = params
-        self._context = context
-        self._made = {}
-        self._factories = None
+    @staticmethod
+    def _openMaillog(config):
+        """A new observer for the maillog_file of C{config} (None when it is empty); OSError."""
+        path = config["maillog_file"]
+        if not path:
+            return None
+        return MailLogFileObserver(path, config["myhostname"], config["syslog_name"])
 
-    def __call__(self, name):
-        if name in self._made:
-            return self._made[name]
-        if self._factories is None:
-            import mta.plugins
-            from twisted.plugin import getPlugins
+    def _swapMaillog(self, observer):
+        """Log to C{observer} from now on (None: no file); the old file is closed."""
+        old, self._observer = self._observer, observer
+        if observer is not None:
+            globalLogPublisher.addObserver(observer)
+        if old is not None:
+            globalLogPublisher.removeObserver(old)
+            old.stream.close()
 
-            from mta.interfaces import IDeliveryTransportFactory
+    # -- reload ------------------------------------------------------------------------------
 
-            self._factories = {f.transportType: f for f in getPlugins(IDeliveryTransportFactory, mta.plugins)}
-        factory = self._factories.get(name)
-        transport = None
-        if factory is not None:
-            try:
-                transport = factory.makeTransport(name, self._params, self._context)
-            except Exception as e:  # a ConfigError, or a plugin's bug: its mail waits
-                log.error("transport {name} cannot start, its mail is deferred: {error}", name=name, error=str(e))
-        self._made[name] = transport
-        return transport
+    def reload(self):
+        """
+        Reload the configuration file and the tables (SIGHUP, mta reload);
+        a Deferred firing with a ReloadResult.  See RELOAD in the module
+        docstring; a request while a reload runs is queued.
+        """
+        waiter = Deferred()
+        if not self.running:
+            error = "the daemon is not running (starting or stopping)"
+            self.maillog.emit(f"warning: reload request ignored: {error}", level=LogLevel.warn)
+            waiter.callback(ReloadResult(describeConfiguration(self.config), refused=True, error=error))
+        elif self._reloadRunning:
+            self._reloadWaiters.append(waiter)
+        else:
+            self._runReload([waiter])
+        return waiter
 
-    def check(self, names):
-        """Make the transports C{names} now: a configuration error stops the start."""
-        for name in names:
-            if name in self._made:
+    def _runReload(self, waiters):
+        self._reloadRunning = True
+        d = Deferred.fromCoroutine(self._reload())
+
+        def done(result):
+            if isinstance(result, Failure):  # a bug: logged, and the requester is told
+                log.failure("reload failed", result)
+                result = ReloadResult(describeConfiguration(self.config), refused=True,
+                                      error=f"internal error: {result.getErrorMessage()}")
+            self._reloadRunning = False
+            queued, self._reloadWaiters = self._reloadWaiters, []
+            if queued:
+                if self.running:
+                    self._runReload(queued)
+                else:
+                    for waiter in queued:
+                        waiter.callback(ReloadResult(result.configuration, refused=True,
+                                                     error="the daemon is stopping"))
+            for waiter in waiters:
+                waiter.callback(result)
+
+        d.addBoth(done)
+
+    async def _reload(self):
+        path = self.config.path
+        self.maillog.emit(f"reload -- version {mta.__version__}, configuration {describeConfiguration(self.config)}")
+        try:
+            generation, observer = self._prepare(path)
+        except ReloadRefused as e:
+            self._reopenMaillog()
+            self.maillog.emit(f"error: reload refused, the configuration in force stays: {e}", level=LogLevel.error)
+            return ReloadResult(describeConfiguration(self.config), refused=True, error=str(e))
+        problems = await self._commit(generation, observer)
+        warnings = tuple(text for level, text in problems if level == "warning")
+        errors = tuple(text for level, text in problems if level == "error")
+        for level, text in problems:
+            self.maillog.emit(f"{level}: {text}", level=LogLevel.warn if level == "warning" else LogLevel.error)
+        count = len(problems)
+        self.maillog.emit("reload done" + (f" ({count} listener problem{'s' if count > 1 else ''})" if count else ""))
+        return ReloadResult(describeConfiguration(generation.config), warnings=warnings, errors=errors)
+
+    def _prepare(self, path):
+        """The new Generation and maillog observer, with nothing changed yet; ReloadRefused."""
+        from mta.tables import Tables
+
+        try:
+            config = loadAgain(path)
+            tables = Tables(self.clock)
+            openTables(config, tables)
+            generation = Generation(config, tables, self.clock, self.store, self.protocolFactory)
+            generation.transports.check(configuredTransports(config.main))
+        except ConfigError as e:
+            raise ReloadRefused(str(e)) from None
+        except Exception as e:  # a plugin's error, or a bug: it must not take the daemon down
+            log.failure("reload: the new configuration cannot be set up", Failure())
+            raise ReloadRefused(describeError(e)) from None
+        try:
+            observer = self._openMaillog(config)
+        except OSError as e:
+            raise ReloadRefused(f"maillog_file {config['maillog_file']}: cannot open: {e.strerror}") from None
+        return generation, observer
+
+    def _reopenMaillog(self):
+        """maillog_file opened again under the configuration in force (log rotation)."""
+        try:
+            observer = self._openMaillog(self.config)
+        except OSError as e:
+            log.error("cannot reopen maillog_file {path}: {error}", path=self.config["maillog_file"],
+                      error=e.strerror)
+            return
+        self._swapMaillog(observer)
+
+    async def _commit(self, generation, observer):
+        """Put C{generation} in force; the list of (level, text) problems with listeners."""
+        old = self.current
+        # The store, the control socket and its lock stay where they are (self.queueDirectory).
+        before, after = self.queueDirectory, generation.config["queue_directory"]
+        if before != after:
+            for text in ("ignoring queue_directory parameter value change",
+                         f'old value: "{before}", new value: "{after}"',
+                         "to change queue_directory, stop and start mta"):
+                self.maillog.emit(f"warning: {text}", level=LogLevel.warn)
+        self.current = generation
+        self._swapMaillog(observer)
+        self.manager.reconfigure(generation.config.main, generation.router, generation.transports,
+                                 generation.notices)
+        self._retire(old.transports)
+        await self._switchPickup(generation)
+        if not self.running:
+            return []
+        return await self._switchListeners(generation)
+
+    def _retire(self, registry):
+        self._retiring.add(registry)
+        registry.retire().addBoth(lambda _: self._retiring.discard(registry))
+
+    async def _switchPickup(self, generation):
+        old = self.pickup
+        self.pickup = Pickup(self.store, generation.config.main, self.clock, generation.maillogFor)
+        stopped = old.stop()
+        self._stopping.append(stopped)
+        try:
+            await stopped
+        finally:
+            self._stopping.remove(stopped)
+        # A maildrop file queued but not removable must never be queued twice.
+        self.pickup._skip = old._skip
+        self.pickup._retryAt = old._retryAt
+        if self.running:
+            self.pickup.start()
+
+    async def _switchListeners(self, generation):
+        problems = []
+        wanted = {listener.name: listener for listener in generation.config.listeners}
+        # Removed ones first: a renamed listener may take over the endpoint of the old name.
+        for name in [n for n in self.listeners if n not in wanted]:
+            service = self.listeners.pop(name)
+            await maybeDeferred(service.disownServiceParent)
+            self.maillog.emit(f"listener {name} ({service.description}): removed; its open sessions finish")
+        for name, listener in wanted.items():
+            factory = generation.factories[name]
+            service = self.listeners.get(name)
+            if service is None:
+                service = ListenerService(name, listener.endpoint, self.clock, factory)
+                try:
+                    service.port = await service.listen()
+                except Exception as e:
+                    problems.append(("error", f"{service}: cannot listen: {describeError(e)}; not listening"))
+                    continue
+                if not self.running:  # stopped meanwhile
+                    await maybeDeferred(service.stopService)
+                    continue
+                self._addListener(service)
+                self.maillog.emit(f"{service}: added")
                 continue
-            if self._factories is None:
-                self("")  # loads the factories
-                self._made.pop("", None)
-            factory = self._factories.get(name)
-            if factory is not None:
-                self._made[name] = factory.makeTransport(name, self._params, self._context)
-
-    def stop(self):
-        from twisted.internet.defer import DeferredList, maybeDeferred
-
-        return DeferredList([maybeDeferred(t.stop) for t in self._made.values() if t is not None])
+            shareConnectionCounts(service.factory.current, factory)
+            service.factory.current = factory
+            if service.port is None:  # not listening since an earlier reload: try again
+                service.description = listener.endpoint
+                try:
+                    service.port = await service.listen()
+                except Exception as e:
+                    problems.append(("error", f"{service}: cannot listen: {describeError(e)}; not listening"))
+            elif service.description != listener.endpoint:
+                before = service.description
+                problem = await service.moveTo(listener.endpoint)
+                if problem is not None:
+                    problems.append(problem)
+                else:
+                    self.maillog.emit(f"{service}: moved from {before}")
+        # Configuration order, for the status line.
+        self.listeners = {name: self.listeners[name] for name in wanted if name in self.listeners}
+        return problems
 
 
 def buildService(config, reactor, tables, onStartupError=None):

@@ -7,6 +7,11 @@ Without --config, mta runs on the embedded defaults: one listener on
 ./var/spool/mta.  A configuration problem stops the start with one line
 naming file, line, section and key, and exit status 1.
 
+Signals: SIGTERM stops the daemon cleanly with exit status 0 (postfix
+stop); SIGHUP reloads the configuration file and the tables, as ``mta
+reload`` does (see mta.service, RELOAD), instead of killing the daemon.
+twistd's own SIGUSR1 rotates its --logfile.
+
 SECURITY
     None beyond mta.config.
 
@@ -62,6 +67,22 @@ def exitCleanlyOnSigterm(reactor):
     signal.signal(signal.SIGTERM, handler)
 
 
+def reloadOnSighup(reactor, service):
+    """
+    SIGHUP reloads the configuration (Postfix's master does the same): the
+    signal only schedules MTAService.reload(), in the reactor's thread, the
+    same call as ``mta reload``.  Installed before the reactor runs, so
+    that a SIGHUP during the start cannot kill the daemon either (the
+    reload then waits for the reactor, and is refused if the daemon is not
+    running yet).
+    """
+
+    def handler(signum, frame):
+        reactor.callFromThread(service.reload)
+
+    signal.signal(signal.SIGHUP, handler)
+
+
 def makeService(options):
     from twisted.internet import reactor
 
@@ -76,4 +97,6 @@ def makeService(options):
         fatal(str(e))
     reactor.callWhenRunning(exitCleanlyOnSigterm, reactor)
     nodaemon = bool(options.parent and options.parent.get("nodaemon"))
-    return buildService(options.mtaConfig, reactor, tables, onStartupError=fatal if nodaemon else None)
+    service = buildService(options.mtaConfig, reactor, tables, onStartupError=fatal if nodaemon else None)
+    reloadOnSighup(reactor, service)
+    return service

@@ -315,15 +315,15 @@ async def callDaemon(reactor, queueDirectory, command, what, connect=control.con
         hangUp(client)
 
 
-async def status(reactor, queueDirectory, out, err, connect=control.connect):
-    """Print the daemon's status on C{out}; return the exit status."""
+async def status(reactor, queueDirectory, out, err, connect=control.connect, prog=PROG):
+    """Print the daemon's status on C{out}; return the exit status.  C{prog}: the name on error lines."""
     try:
         result = await callDaemon(reactor, queueDirectory, control.Status, "status", connect)
     except NotRunning as e:
-        err.write(f"{PROG}: mta is not running ({e})\n")
+        err.write(f"{prog}: mta is not running ({e})\n")
         return 1
     except Unreachable as e:
-        err.write(f"{PROG}: {e}\n")
+        err.write(f"{prog}: {e}\n")
         return 1
     out.write(formatStatus(result) + "\n")
     return 0
@@ -532,18 +532,18 @@ def show(queueDirectory, queueId, out, err):
 # -- flush --------------------------------------------------------------------------------
 
 
-async def flush(reactor, queueDirectory, out, err, connect=control.connect):
+async def flush(reactor, queueDirectory, out, err, connect=control.connect, prog=PROG):
     """mta-queue flush: ask the daemon to try all deferred mail; return the exit status."""
     try:
         result = await callDaemon(reactor, queueDirectory, control.Flush, "answer", connect)
     except NotRunning as e:
-        err.write(f"{PROG}: cannot flush the queue: mta is not running ({e}); "
+        err.write(f"{prog}: cannot flush the queue: mta is not running ({e}); "
                   "deferred mail will be tried when it starts\n")
         return 1
     except Unreachable as e:
-        err.write(f"{PROG}: cannot flush the queue: {e}\n")
+        err.write(f"{prog}: cannot flush the queue: {e}\n")
         return 1
-    out.write(f"{PROG}: Flushed: {_plural(result['count'], 'deferred message')}\n")
+    out.write(f"{prog}: Flushed: {_plural(result['count'], 'deferred message')}\n")
     return 0
 
 

@@ -510,3 +510,38 @@ class QueueManager:
         if not self.active:
             idle, self.idle = self.idle, Deferred()
             idle.callback(None)
+
+    # -- reload -----------------------------------------------------------------------
+
+    def reconfigure(self, params, router, transports, notices=None):
+        """
+        A reload (mta.service): new work uses C{router}, C{transports},
+        C{notices} and the settings of C{params}.  A delivery in progress
+        finishes with the transport object it holds; the limits of existing
+        destinations change at once (a raised concurrency limit starts
+        waiting deliveries now, a lowered one lets those in progress end).
+        """
+        self.params = params
+        self.router = router
+        self.transports = transports
+        self.notices = notices
+        self.maillog = self.maillogs("qmgr")
+        self.activeLimit = params["qmgr_message_active_limit"]
+        self.minBackoff = params["minimal_backoff_time"]
+        self.maxBackoff = params["maximal_backoff_time"]
+        self.runDelay = params["queue_run_delay"]
+        self.lifetime = params["maximal_queue_lifetime"]
+        self.bounceLifetime = params["bounce_queue_lifetime"]
+        self.deferTransports = frozenset(params["defer_transports"])
+        self.softBounce = params["soft_bounce"]
+        self.delayWarning = params["delay_warning_time"]
+        # A shorter queue_run_delay applies to the next scan, not only to the one after it.
+        if self._scanCall is not None and self._scanCall.active():
+            if self._scanCall.getTime() - self.clock.seconds() > self.runDelay:
+                self._scanCall.reset(self.runDelay)
+        for destination in list(self.destinations.values()):
+            destination.limit = params[f"{destination.transport}_destination_concurrency_limit"]
+            self._dispatch(destination)
+        while self._running and self.backlog and len(self.active) < self.activeLimit:
+            queueId, fromQueue = self.backlog.popleft()
+            self.enqueue(queueId, fromQueue)

@@ -91,7 +91,9 @@ def stop(process, timeout=15.0):
 
 
 class Daemon:
-    """A running mta with its own configuration and queue in C{directory}."""
+    """A running mta with its own configuration and queue in C{directory}; C{twistdArgs} go before ``mta``."""
+
+    twistdArgs = ()
 
     def __init__(self, directory, main="", listeners=None, hold=True):
         self.directory = str(directory)
@@ -125,7 +127,7 @@ class Daemon:
         self.process = None
 
     def start(self):
-        self.process = twistd(["mta", "-c", self.config], cwd=self.directory)
+        self.process = twistd([*self.twistdArgs, "mta", "-c", self.config], cwd=self.directory)
         # twistd -n logs a few lines per session to stdout: read the pipes
         # while it runs, or the reactor blocks in write() once they are full.
         self._output = {"stdout": [], "stderr": []}

@@ -153,12 +153,12 @@ def test_controlChannelStatusWhenStopped(tmp_path):
 
 
 def test_consoleScriptsAreInstalled():
-    """The package installs mta-config, mta-queue and mta-sendmail."""
-    for script in ("mta-config", "mta-queue", "mta-sendmail"):
+    """The package installs mta, mta-config, mta-queue and mta-sendmail."""
+    for script in ("mta", "mta-config", "mta-queue", "mta-sendmail"):
         assert shutil.which(script), f"{script} is not on PATH: run pip install ."
     result = subprocess.run(["mta-config", "-d", "message_size_limit"], capture_output=True, text=True, timeout=60)
     assert result.stdout == "message_size_limit = 10240000\n"
-    for script in ("mta-queue", "mta-sendmail"):
+    for script in ("mta", "mta-queue", "mta-sendmail"):
         result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "usage" in result.stdout.lower()
 
