@@ -69,10 +69,16 @@ def test_relayToSmtpSink(makeDaemon, sink):
     port = start()
     d = makeDaemon(main=f"transport_maps = inline:{{ sink.example=smtp:[127.0.0.1]:{port} }}\n", hold=False).start()
     send(d, "u@sink.example")
-    files = waitFor(lambda: os.listdir(dump), what="the message at smtp-sink")
-    data = open(os.path.join(dump, files[0]), "rb").read()
-    assert b"Subject: out" in data and b"\nhello\n..dot\n" in data.replace(b"\r\n", b"\n")  # dots intact
     log = waitFor(lambda: "removed" in d.maillogText() and d.maillogText(), what="removed")
+
+    def dumped():
+        # smtp-sink creates the dump file first and fills it as the data arrives.
+        files = os.listdir(dump)
+        data = open(os.path.join(dump, files[0]), "rb").read() if files else b""
+        return b"Subject: out" in data and data
+
+    data = waitFor(dumped, what="the whole message at smtp-sink")
+    assert b"\nhello\n..dot\n" in data.replace(b"\r\n", b"\n")  # dots intact
     assert f"relay=127.0.0.1[127.0.0.1]:{port}" in log
     assert "dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as" in log or "status=sent (" in log
 
