@@ -136,50 +136,80 @@ def _comment(data, i):
     raise Malformed("unterminated comment")
 
 
+def _atom(data, i):
+    """The atom starting at C{i} with backslash escapes (the slow way); (value, end)."""
+    value = bytearray()
+    j, n = i, len(data)
+    while j < n:
+        ch = data[j]
+        if ch == 0x5C:
+            j += 1
+            if j >= n or data[j] in (0x0D, 0x0A):
+                raise Malformed("backslash at the end of a line")
+            ch = data[j]
+        elif ch in _WHITE or ch in OPERATORS:
+            break
+        value.append(0x20 if ch in _WHITE else ch)
+        j += 1
+    return bytes(value), j
+
+
+# Fast paths for the common forms (no backslash, no nested comment); the rest goes the slow way.
+_SPACE = re.compile(rb"[ \t\r\n]+")
+_PLAIN_ATOM = re.compile(rb"[^\x00-\x20\x7f()<>@,;:\\\".\[\]%!|]+")
+_PLAIN_QSTRING = re.compile(rb'"([^"\\]*)"')
+_PLAIN_DOMLIT = re.compile(rb"\[([^\]\\]*)\]")
+_PLAIN_COMMENT = re.compile(rb"\([^()\\]*\)")
+_WHITE_TO_SPACE = bytes.maketrans(b"\t\r\n", b"   ")
+
+
 def scan(data, start=0, limit=TOKEN_LIMIT):
     """The tokens of C{data[start:]} (bytes); Malformed if it cannot be read as Postfix would."""
     if _CONTROL.search(data, start):
         raise Malformed("control character in header")
     tokens = []
+    append = tokens.append
     i, n = start, len(data)
     while i < n:
         c = data[i]
         if c in _WHITE:
-            i += 1
+            i = _SPACE.match(data, i).end()
             continue
         if len(tokens) >= limit:
             raise Malformed(f"more than {limit} tokens")
         if c == 0x28:
-            end = _comment(data, i)
-            tokens.append(Token("comment", data[i:end], i, end))
+            m = _PLAIN_COMMENT.match(data, i)
+            end = m.end() if m else _comment(data, i)
+            append(Token("comment", data[i:end], i, end))
         elif c == 0x5B:
-            value, close = _collect(data, i + 1, 0x5D)
-            tokens.append(Token("domlit", value, i, close + 1))
+            m = _PLAIN_DOMLIT.match(data, i)
+            if m:
+                value, end = m.group(1).translate(_WHITE_TO_SPACE), m.end()
+            else:
+                value, close = _collect(data, i + 1, 0x5D)
+                end = close + 1
+            append(Token("domlit", value, i, end))
         elif c == 0x22:
-            value, close = _collect(data, i + 1, 0x22)
-            tokens.append(Token("qstring", value, i, close + 1))
+            m = _PLAIN_QSTRING.match(data, i)
+            if m:
+                value, end = m.group(1).translate(_WHITE_TO_SPACE), m.end()
+            else:
+                value, close = _collect(data, i + 1, 0x22)
+                end = close + 1
+            append(Token("qstring", value, i, end))
         elif c != 0x5C and c in OPERATORS:
-            tokens.append(Token(chr(c), bytes((c,)), i, i + 1))
+            end = i + 1
+            append(Token(chr(c), data[i:end], i, end))
         else:
-            value = bytearray()
-            j = i
-            while j < n:
-                ch = data[j]
-                if ch == 0x5C:
-                    j += 1
-                    if j >= n or data[j] in (0x0D, 0x0A):
-                        raise Malformed("backslash at the end of a line")
-                    ch = data[j]
-                elif ch in _WHITE or ch in OPERATORS:
-                    break
-                value.append(0x20 if ch in _WHITE else ch)
-                j += 1
-            value = bytes(value)
-            quoted = any(b == 0x20 or _isControl(b) or b in OPERATORS for b in value)
-            tokens.append(Token("qstring" if quoted else "atom", value, i, j))
-            i = j
-            continue
-        i = tokens[-1].end
+            m = _PLAIN_ATOM.match(data, i)
+            if m and (m.end() >= n or data[m.end()] != 0x5C):
+                end = m.end()
+                append(Token("atom", m.group(), i, end))
+            else:
+                value, end = _atom(data, i)
+                quoted = any(b == 0x20 or _isControl(b) or b in OPERATORS for b in value)
+                append(Token("qstring" if quoted else "atom", value, i, end))
+        i = end
     return tokens
 
 

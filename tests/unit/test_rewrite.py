@@ -106,6 +106,31 @@ def test_malformedTextIsRefused(text):
         scan(text)
 
 
+def test_theFastPathsOfTheTokenizerAgreeWithTheSlowOnes(monkeypatch):
+    """scan() reads plain atoms, strings, literals and comments with regular expressions."""
+    import random
+
+    from mta import addrlist
+
+    pieces = [b"a", b"bc", b" ", b"\t", b"\r\n ", b'"', b"\\", b"(", b")", b"[", b"]", b"<", b">", b"@", b",",
+              b";", b":", b".", b"%", b"\xc3\xb6", b"x.y"]
+    rnd = random.Random(5)
+    samples = [b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 25))) for _ in range(3000)]
+
+    def tokens(text):
+        try:
+            return [(t.kind, t.value, t.start, t.end) for t in scan(text)]
+        except Malformed:
+            return "malformed"
+
+    fast = [tokens(text) for text in samples]
+    never = __import__("re").compile(rb"(?!)")
+    for name in ("_PLAIN_ATOM", "_PLAIN_QSTRING", "_PLAIN_DOMLIT", "_PLAIN_COMMENT"):
+        monkeypatch.setattr(addrlist, name, never)
+    assert [tokens(text) for text in samples] == fast
+    assert sum(result != "malformed" for result in fast) > 1000
+
+
 def test_tokenLimit():
     scan(b"a," * (TOKEN_LIMIT // 2))
     with pytest.raises(Malformed):
