@@ -5,16 +5,16 @@ IncomingTransaction opens the queue file, writes our Received header
 end, builds the envelope and commits: the queue id comes back only once the
 file is safe on disk (see mta.queue.store).
 
+chooseHeaderRewrite() runs at MAIL FROM: it picks the header rewriting
+context of the transaction (mta.rewrite) from local_header_rewrite_clients,
+as Postfix's smtpd_check_rewrite() does, and answers 451 4.3.0 "Temporary
+lookup error" when a table there cannot answer.  The envelope addresses are
+already complete when they get here: the server parses MAIL FROM and RCPT TO
+with mta.rewrite (local context, append_at_myorigin).
+
 SECURITY
     The content is untrusted and is only copied; the HELO name and client
     name in the Received header are sanitized (no control characters).
-
-    chooseHeaderRewrite() runs at MAIL FROM: it picks the header rewriting
-    context of the transaction (mta.rewrite) from local_header_rewrite_clients,
-    as Postfix's smtpd_check_rewrite() does, and answers 451 4.3.0
-    "Temporary lookup error" when a table there cannot answer.  The envelope
-    addresses are already complete when they get here: the server parses
-    MAIL FROM and RCPT TO with mta.rewrite (local context, append_at_myorigin).
 
 CONFIGURATION
     myhostname, mail_name; hopcount_limit, message_drop_headers,
