@@ -42,7 +42,8 @@ DESCRIPTION
       * no RFC 822 forms in a path (comments, phrases, nested <>, a bare
         address with a stray ">"), with strict=False too;
       * no address without a domain except <postmaster> in RCPT (Postfix
-        appends $myorigin to ``<user>``);
+        appends $myorigin to ``<user>``; the SMTP server and pickup do the
+        same before they call parsePath, see mta.rewrite);
       * local parts must be a dot-atom or a quoted string (no ``a..b``,
         no leading/trailing dot), domains must be LDH labels (no ``_``),
         no trailing dot in a domain (Postfix strips it), no leading zeros

@@ -94,10 +94,10 @@ STAND-ALONE MODE (-bs)
     = no (a script may pipe the whole dialogue at once),
     smtpd_forbid_bare_newline = normalize, no connection limits and no
     greeting delay.  The server writes its own Received:
-    header and pickup adds its own, as with Postfix.  Not available in -bs:
-    STARTTLS and AUTH (the server offers neither on this channel), bare
-    user names in RCPT TO (the SMTP server wants a domain; Postfix appends
-    $myorigin), and the HOLD action of access tables.  Failures and
+    header and pickup adds its own, as with Postfix; bare user names in
+    MAIL FROM and RCPT TO get @$myorigin (mta.rewrite).  Not available in
+    -bs: STARTTLS and AUTH (the server offers neither on this channel), and
+    the HOLD action of access tables.  Failures and
     warnings of the session go to standard error; the mail log lines of
     the session are not written anywhere (the daemon writes maillog_file).
 

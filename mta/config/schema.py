@@ -182,9 +182,10 @@ PARAMETERS = (
     _P("append_dot_mydomain", T.Boolean(), "no",
        "Append .$mydomain to a domain without a dot (user@host becomes user@host.$mydomain).",
        "cleanup"),
-    _P("local_header_rewrite_clients", T.List(), "permit_inet_interfaces",
+    _P("local_header_rewrite_clients", T.RewriteClients(), "permit_inet_interfaces",
        "Clients whose message headers are rewritten as local mail's: permit_inet_interfaces, "
-       "permit_mynetworks, or check_address_map type:table.", "cleanup"),
+       "permit_mynetworks, check_address_map type:table (permit_sasl_authenticated and "
+       "permit_tls_clientcerts are accepted but never match: no AUTH or TLS yet).", "cleanup"),
     _P("remote_header_rewrite_domain", T.String(), "",
        "Domain appended to incomplete header addresses from other clients; empty: leave "
        "their headers as they are.", "cleanup"),

@@ -210,6 +210,42 @@ class Tables:
         return tuple(parseTableSpec(item) for item in splitList(text))
 
 
+@attrs.frozen
+class RewriteClients:
+    """local_header_rewrite_clients: permit_* names and check_address_map type:table.
+
+    The value is a tuple of lower-case names and TableSpecs (a TableSpec
+    stands for check_address_map of it; a bare type:table, such as
+    static:all, means the same, as in Postfix).  Unknown names are refused.
+    """
+
+    NAMES = ("permit_inet_interfaces", "permit_mynetworks", "permit_sasl_authenticated",
+             "permit_tls_clientcerts", "permit_tls_all_clientcerts")
+    name = "client list"
+
+    def parse(self, text):
+        items = splitList(text)
+        result = []
+        i = 0
+        while i < len(items):
+            item = items[i]
+            word = item.lower()
+            if word == "check_address_map":
+                if i + 1 >= len(items):
+                    raise ValueError("check_address_map needs a type:table argument")
+                result.append(parseTableSpec(items[i + 1]))
+                i += 2
+                continue
+            if ":" in item:
+                result.append(parseTableSpec(item))
+            elif word in self.NAMES:
+                result.append(word)
+            else:
+                raise ValueError(f"{item!r} is not one of {', '.join(self.NAMES)}, check_address_map type:table")
+            i += 1
+        return tuple(result)
+
+
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 

@@ -27,7 +27,10 @@ DESCRIPTION
 
     Each file is parsed as untrusted input: the header and envelope by
     mta.queue.fileformat (a symbolic link or anything but a regular file is
-    refused), the addresses again by mta.address, and the content's length
+    refused), the addresses again by mta.address (after mta.rewrite has
+    completed them in the local context, as Postfix's cleanup does: a bare
+    "root" becomes root@$myorigin, and with append_dot_mydomain = yes
+    user@host becomes user@host.$mydomain), and the content's length
     and CRC-32 are checked while it is copied (one pass instead of
     readQueueFile's verifyContent pass and a second read).  The content is
     read in CHUNK_SIZE slices in the store's thread pool, so a big message is
@@ -45,11 +48,16 @@ DESCRIPTION
         the submitter, not anything the file says) and the date of its
         last change, as Postfix does;
       - the content through mta.smtpd.cleanup.HeaderCleanup with
-        addMissing=True: local submissions get Message-Id:, Date: and
-        From: when they lack them, message_drop_headers are removed (Bcc:
-        by default), and hopcount_limit applies;
-      - the envelope: sender, recipients and their DSN parameters, body
-        type, SMTPUTF8, RET and ENVID as sendmail recorded them; arrival
+        addMissing=True and the local rewriting context: local submissions
+        get Message-Id:, Date: and From: when they lack them, their header
+        addresses are completed ("To: root" becomes "To: root@$myorigin";
+        local_header_rewrite_clients and remote_header_rewrite_domain do
+        not apply: sendmail's mail is always local, as in Postfix),
+        message_drop_headers are removed (Bcc: by default), and
+        hopcount_limit applies;
+      - the envelope: sender and recipients (completed as above), the
+        recipients' DSN parameters, body type, SMTPUTF8, RET and ENVID as
+        sendmail recorded them; arrival
         time the submission time (at most now); protocol "local",
         client_name "localhost", no client address, port or HELO;
       - committed with store.newMessage()/commit(), so the queue manager
@@ -85,7 +93,9 @@ SECURITY
 
 CONFIGURATION
     myhostname, mail_name (the Received: header); hopcount_limit,
-    message_drop_headers, header_size_limit (the header cleanup).
+    message_drop_headers, header_size_limit (the header cleanup);
+    append_at_myorigin, append_dot_mydomain, myorigin, mydomain (address
+    rewriting, mta.rewrite).
     Constants: POLL_INTERVAL, BATCH_SIZE, CHUNK_SIZE, RETRY_DELAY,
     STALE_TEMPORARY.
 """
@@ -97,17 +107,19 @@ import re
 import stat
 import zlib
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from mta.address import PathError, parsePath
+from mta.address import PathError
 from mta.maillog import sanitize
 from mta.model import Envelope
 from mta.queue import fileformat
 from mta.queue.fileformat import CorruptQueueFile
 from mta.queue.queueid import isValidQueueId
 from mta.queue.store import QueueWriteError
-from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate
+from mta.rewrite import AddressRewriting
+from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate, notRewrittenWarning
 
 log = Logger()
 
@@ -168,20 +180,26 @@ def openSubmission(path):
     return f, st, queueFile
 
 
-def checkEnvelope(envelope):
-    """Why C{envelope} from a maildrop file cannot be queued, or None."""
+def rewriteEnvelope(envelope, rewriting):
+    """
+    (sender, recipients) of C{envelope} from a maildrop file, rewritten in
+    the local context of C{rewriting} (an mta.rewrite.AddressRewriting), or
+    (None, why it cannot be queued).
+    """
     if not envelope.recipients:
-        return "no recipients"
+        return None, "no recipients"
     try:
-        parsePath(f"<{envelope.sender}>", allowNull=True, smtputf8=envelope.smtputf8)
+        sender = rewriting.envelopeAddress(envelope.sender, allowNull=True, smtputf8=envelope.smtputf8)
     except PathError as e:
-        return f"bad sender address: {e}"
+        return None, f"bad sender address: {e}"
+    recipients = []
     for recipient in envelope.recipients:
         try:
-            parsePath(f"<{recipient.address}>", allowNull=False, smtputf8=envelope.smtputf8)
+            address = rewriting.envelopeAddress(recipient.address, allowNull=False, smtputf8=envelope.smtputf8)
         except PathError as e:
-            return f"bad recipient address: {e}"
-    return None
+            return None, f"bad recipient address: {e}"
+        recipients.append(recipient if address == recipient.address else attrs.evolve(recipient, address=address))
+    return sender, tuple(recipients)
 
 
 class Pickup:
@@ -203,6 +221,7 @@ class Pickup:
         self.hopLimit = params["hopcount_limit"]
         self.dropHeaders = frozenset(h.lower() for h in params["message_drop_headers"])
         self.headerSizeLimit = params["header_size_limit"]
+        self.rewrite = AddressRewriting(params)  # local submissions: always the local context
         self._running = False
         self._call = None
         self._busy = None  # the Deferred of the scan in progress
@@ -317,9 +336,9 @@ class Pickup:
 
     async def _inject(self, name, path, f, st, queueFile):
         envelope = queueFile.envelope
-        reason = checkEnvelope(envelope)
-        if reason is not None:
-            await self._setAside(name, reason)
+        sender, recipients = rewriteEnvelope(envelope, self.rewrite)
+        if sender is None:
+            await self._setAside(name, recipients)
             return False
         now = self.reactor.seconds()
         arrival = min(envelope.arrival_time, now)
@@ -339,7 +358,8 @@ class Pickup:
             queueId=queueId,
             now=arrival,
             headerSizeLimit=self.headerSizeLimit,
-            sender=envelope.sender,
+            sender=sender,
+            rewrite=self.rewrite.local,
         )
         crc, remaining = 0, queueFile.contentLength
         try:
@@ -369,8 +389,8 @@ class Pickup:
             await self._setAside(name, "too many hops (Received: headers), a mail loop")
             return False
         queued = Envelope(
-            sender=envelope.sender,
-            recipients=envelope.recipients,
+            sender=sender,
+            recipients=recipients,
             arrival_time=arrival,
             client_name="localhost",
             client_address="",
@@ -392,6 +412,8 @@ class Pickup:
                           sender=envelope.sender)
         if cleanup.messageId:
             self.cleanupLog.emit(f"message-id={sanitize(cleanup.messageId)}", queue_id=queueId)
+        if cleanup.notRewritten:
+            self.cleanupLog.emit(notRewrittenWarning(cleanup.notRewritten), queue_id=queueId)
         self._retryAt.pop(name, None)
         try:
             await self._inThread(self.store.fs.unlink, path)

@@ -1,15 +1,18 @@
 """mta.smtpd.cleanup - the header work of Postfix's cleanup(8), as a streaming filter.
 
 NAME
-    HeaderCleanup - hop count, dropped headers and missing headers, on the way in
+    HeaderCleanup - hop count, dropped headers, address rewriting and missing
+    headers, on the way in
 
 SYNOPSIS
     cleanup = HeaderCleanup(message.write, hopLimit=50, dropHeaders=DROP, addMissing=False,
-                            hostname=myhostname, queueId=queueId, now=clock.seconds())
+                            hostname=myhostname, queueId=queueId, now=clock.seconds(),
+                            rewrite=context)   # an mta.rewrite.RewriteContext, or None
     cleanup.write(block)      # DATA: blocks of whole lines; BDAT: chunks, any boundaries
     cleanup.close()           # end of content
     cleanup.error             # "too many hops" or None: answer 554 5.4.0 if set
     cleanup.added             # ("Message-Id", "Date") etc., for the mail log
+    cleanup.notRewritten      # address headers left alone past the budget: log it
 
 DESCRIPTION
     Sits between the DATA/BDAT reader and the queue file, after the server
@@ -34,11 +37,28 @@ DESCRIPTION
     continuation lines (header_opts.c marks them HDR_OPT_DROP; they still
     count as seen, and Resent-Bcc: still selects Resent- headers below).
 
+    With a rewriting context (the caller's choice: the local one for mail
+    from a client that matches local_header_rewrite_clients, default
+    permit_inet_interfaces, and for mail from mta-sendmail; the remote one
+    for other clients when remote_header_rewrite_domain is set; else none),
+    the address headers (From, To, Cc, Sender, Reply-To, the Resent- ones
+    and the others of mta.rewrite.ADDRESS_HEADERS) have their incomplete
+    addresses completed by mta.rewrite: "To: root" becomes "To:
+    root@$myorigin" (append_at_myorigin), user@host may become
+    user@host.$mydomain (append_dot_mydomain), source routes and trailing
+    dots go, as Postfix's cleanup_rewrite_sender()/_recip() do.  A header
+    whose addresses need no change, and every other header, is passed on
+    byte for byte; a changed one keeps its phrases, comments and folding.
+    Rewriting may add at most REWRITE_GROWTH (10) times header_size_limit
+    bytes to one message; past that, address headers are left as they are
+    and counted in notRewritten (see mta.rewrite, DEVIATIONS).  A header
+    that cannot be parsed, or an unexpected error in the rewriting, leaves
+    the header as it came.
+
     At the end of the header section, with addMissing (Postfix adds them when
-    always_add_missing_headers = yes, or when the client matches
-    local_header_rewrite_clients, default permit_inet_interfaces: the client
-    address is one of the server's own, or when remote_header_rewrite_domain
-    is set), it appends, after the existing headers, in this order:
+    always_add_missing_headers = yes, or when there is a rewriting context:
+    the client is local, or remote_header_rewrite_domain is set), it
+    appends, after the existing headers, in this order:
         Message-Id: <queueId@hostname>      (enable_long_queue_ids = yes, the
                                              only kind of queue id here), or
         Message-Id: <YYYYmmddHHMMSS.queueId@hostname> (UTC; longQueueIds=False)
@@ -93,7 +113,8 @@ SECURITY
     matched case-insensitively as bytes; 8-bit bytes in a header value are
     kept; a name with 8-bit or control bytes is not a header (it starts the
     body, as in Postfix).  The sender given for From: has CR, LF and NUL
-    removed.
+    removed.  Address headers are parsed once more by mta.addrlist (linear,
+    at most 10240 tokens); rewriting adds a bounded number of bytes.
 
 CONFIGURATION
     hopcount_limit (default 50)
@@ -104,9 +125,13 @@ CONFIGURATION
     always_add_missing_headers (default no), local_header_rewrite_clients
     (default permit_inet_interfaces), remote_header_rewrite_domain (default
     empty)
-        Together decide addMissing (computed by the caller per client).
+        Together decide addMissing and the rewriting context (computed by
+        the caller per client).
+    append_at_myorigin (yes), append_dot_mydomain (no), myorigin, mydomain
+        How addresses are completed (mta.rewrite).
     header_size_limit (default 102400)
-        The most bytes kept of one logical header.
+        The most bytes kept of one logical header; ten times as many bytes
+        may be added to one message by rewriting.
     undisclosed_recipients_header (default empty since Postfix 2.8)
         The To: header added to mail without To: or Cc:, when addMissing.
     myhostname
@@ -116,11 +141,20 @@ CONFIGURATION
 import re
 import time
 
+from twisted.logger import Logger
+
+from mta.rewrite import ADDRESS_HEADERS
+
+log = Logger()
+
 TOO_MANY_HOPS = "too many hops"
 
 PIECE = 2048
 """Postfix's line_length_limit default: smtpd gives cleanup a long line in pieces of
 this size, and cleanup decides on each piece alone whether it still fits the header."""
+
+REWRITE_GROWTH = 10
+"""Header rewriting adds at most this many times header_size_limit bytes to one message."""
 
 _HEADER = re.compile(rb"([\x21-\x39\x3b-\x7e]+)([ \t]*):")
 _FROM_LINE = re.compile(rb">*From ")
@@ -155,6 +189,12 @@ def mailDate(when):
         f"{_DAYS[lt.tm_wday]}, {lt.tm_mday:2d} {_MONTHS[lt.tm_mon - 1]} {lt.tm_year:04d} "
         f"{lt.tm_hour:02d}:{lt.tm_min:02d}:{lt.tm_sec:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}{zone}"
     )
+
+
+def notRewrittenWarning(count):
+    """The mail-log text for C{count} address headers left alone once the rewriting budget was spent."""
+    return (f"warning: {count} address headers not rewritten: rewriting would add more than "
+            f"{REWRITE_GROWTH} times header_size_limit bytes")
 
 
 def messageId(queueId, hostname, now, longQueueIds=True):
@@ -206,6 +246,8 @@ class HeaderCleanup:
         undisclosedRecipients: str = "",
         longQueueIds: bool = True,
         fixEndOfHeaders: bool = True,
+        rewrite=None,
+        rewriteLimit: "int | None" = None,
     ):
         self._sink = sink
         self._hopLimit = hopLimit
@@ -219,12 +261,17 @@ class HeaderCleanup:
         self._undisclosed = undisclosedRecipients.strip()
         self._longQueueIds = longQueueIds
         self._fixEnd = fixEndOfHeaders
+        self._rewrite = rewrite  # an mta.rewrite.RewriteContext, or None: headers not rewritten
+        # bytes that rewriting may still add to this message
+        self._rewriteBudget = REWRITE_GROWTH * headerSizeLimit if rewriteLimit is None else rewriteLimit
 
         self.hops = priorHops
         self.error = TOO_MANY_HOPS if priorHops and priorHops >= hopLimit else None
         self.added = ()
         self.messageId = None
         self.truncated = False
+        self.rewritten = 0  # address headers changed by rewriting
+        self.notRewritten = 0  # address headers left alone once the budget was spent
         self.work = 0  # bytes of header section searched for line ends (linear in its size)
 
         self._state = _HEADERS
@@ -419,7 +466,26 @@ class HeaderCleanup:
             value = bytes(hdr[hdr.index(b":") + 1:])
             self.messageId = b" ".join(value.split()).decode("utf-8", "replace")[:998]
         if name not in self._drop:
+            if self._rewrite is not None and name in ADDRESS_HEADERS:
+                hdr = self._rewriteHeader(bytes(hdr))
             self._out += hdr
+
+    def _rewriteHeader(self, hdr):
+        """The address header C{hdr} rewritten in the context, within the budget."""
+        try:
+            new = self._rewrite.header(hdr)
+        except Exception:  # a bug must not lose the message: the header stays as it came
+            log.failure("cleanup: cannot rewrite a header")
+            return hdr
+        if new is hdr:
+            return hdr
+        growth = len(new) - len(hdr)
+        if growth > self._rewriteBudget:
+            self.notRewritten += 1
+            return hdr
+        self._rewriteBudget -= max(growth, 0)
+        self.rewritten += 1
+        return new
 
     def _endHeaders(self):
         """End of the header section: write the last header and add the missing ones."""

@@ -11,7 +11,10 @@ SECURITY
 
 CONFIGURATION
     All smtpd_* parameters in mta.config.schema, plus message_size_limit,
-    line_length_limit, queue_minfree, hopcount_limit, postscreen_greet_*.
+    line_length_limit, queue_minfree, hopcount_limit, postscreen_greet_*,
+    and for address rewriting (mta.rewrite) append_at_myorigin,
+    append_dot_mydomain, myorigin, mydomain, local_header_rewrite_clients,
+    remote_header_rewrite_domain.
 """
 
 from twisted.internet.protocol import Factory
@@ -31,6 +34,7 @@ class SMTPServerFactory(Factory):
     noisy = False
 
     def __init__(self, params, clock, store, tables, listenerName="smtp"):
+        from mta.rewrite import AddressRewriting, HeaderRewriteClients
         from mta.smtpd.policy import RecipientPolicy
         from mta.tables.matchers import NetworkMatcher
 
@@ -39,6 +43,9 @@ class SMTPServerFactory(Factory):
         self.store = store
         self.listenerName = listenerName
         self.policy = RecipientPolicy(params, tables)
+        self.rewrite = AddressRewriting(params)
+        self.headerRewriteClients = HeaderRewriteClients(
+            params["local_header_rewrite_clients"], self.policy.mynetworks, tables)
         self.maillog = MailLogger(params["syslog_name"], "smtpd")
         self.hostname = params["myhostname"]
         self.mailName = params["mail_name"]

@@ -5,6 +5,13 @@ IncomingTransaction opens the queue file, writes our Received header
 end, builds the envelope and commits: the queue id comes back only once the
 file is safe on disk (see mta.queue.store).
 
+chooseHeaderRewrite() runs at MAIL FROM: it picks the header rewriting
+context of the transaction (mta.rewrite) from local_header_rewrite_clients,
+as Postfix's smtpd_check_rewrite() does, and answers 451 4.3.0 "Temporary
+lookup error" when a table there cannot answer.  The envelope addresses are
+already complete when they get here: the server parses MAIL FROM and RCPT TO
+with mta.rewrite (local context, append_at_myorigin).
+
 SECURITY
     The content is untrusted and is only copied; the HELO name and client
     name in the Received header are sanitized (no control characters).
@@ -12,15 +19,17 @@ SECURITY
 CONFIGURATION
     myhostname, mail_name; hopcount_limit, message_drop_headers,
     always_add_missing_headers, header_size_limit (via mta.smtpd.cleanup).
-    Missing headers are added for clients on this host (Postfix's
-    local_header_rewrite_clients = permit_inet_interfaces) or for all with
-    always_add_missing_headers = yes.
+    Header addresses are completed, and missing headers added, for clients
+    that match local_header_rewrite_clients (default permit_inet_interfaces:
+    this host), for others only when remote_header_rewrite_domain is set;
+    missing headers are added for all with always_add_missing_headers = yes.
 """
 
-import ipaddress
+from twisted.internet.defer import Deferred
 
 from mta.model import Envelope, Reply
-from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate
+from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate, notRewrittenWarning
+from mta.tables import TableTemporaryError
 
 
 class IncomingTransaction:
@@ -37,16 +46,21 @@ class IncomingTransaction:
         self.queueId = self.message.queueId
         self.size = 0  # content bytes from the client
         self.message.write(self._receivedHeader())
+        # The header rewriting context chosen at MAIL FROM (chooseHeaderRewrite); None: the
+        # client is not local and remote_header_rewrite_domain is empty, headers stay as
+        # they are and nothing is added (cleanup_envelope.c, cleanup_message.c).
+        context = session.headerRewrite
         self.cleanup = HeaderCleanup(
             self.message.write,
             hopLimit=factory.hopLimit,
             dropHeaders=factory.dropHeaders,
-            addMissing=factory.alwaysAddMissing or _isOwnAddress(session),
+            addMissing=factory.alwaysAddMissing or context is not None,
             hostname=factory.hostname,
             queueId=self.queueId,
             now=factory.clock.seconds(),
             headerSizeLimit=factory.headerSizeLimit,
             sender=str(self.sender),
+            rewrite=context,
         )
 
     def _receivedHeader(self):
@@ -98,10 +112,14 @@ class IncomingTransaction:
 
         messageId = self.cleanup.messageId
 
+        notRewritten = self.cleanup.notRewritten
+
         def committed(queueId):
             maillog.emit(f"client={client}", queue_id=queueId, client=client)
             if messageId:
                 maillog.emit(f"message-id={messageId}", queue_id=queueId)
+            if notRewritten:
+                maillog.emit(notRewrittenWarning(notRewritten), queue_id=queueId)
             maillog.fields(
                 queueId,
                 [("from", f"<{envelope.sender}>"), ("size", self.message.size), ("nrcpt", len(envelope.recipients))],
@@ -116,13 +134,32 @@ class IncomingTransaction:
         self.message.abort()
 
 
-def _isOwnAddress(session):
-    """local_header_rewrite_clients = permit_inet_interfaces: the client is this host."""
-    try:
-        client = ipaddress.ip_address(session.clientAddress)
-    except ValueError:
-        return False
-    if client.is_loopback:
-        return True
-    host = getattr(session.transport.getHost(), "host", None)
-    return host == session.clientAddress
+def chooseHeaderRewrite(session, ok):
+    """
+    At MAIL FROM, as Postfix's smtpd_check_rewrite(): set
+    C{session.headerRewrite} to the local context when the client matches
+    local_header_rewrite_clients, else to the remote one (None when
+    remote_header_rewrite_domain is empty).  Returns C{ok}, or, when a table
+    must be asked, a Deferred of C{ok} or of "451 4.3.0 Temporary lookup
+    error" (the transaction is then reset and the rejection logged).
+    """
+    factory = session.factory
+    clients = factory.headerRewriteClients
+    client = session.clientAddress
+    server = getattr(session.transport.getHost(), "host", None)
+    if clients.static:
+        session.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, server))
+        return ok
+
+    async def lookup():
+        try:
+            local = await clients.matches(client, server)
+        except TableTemporaryError:
+            reply = Reply(451, "4.3.0", "Temporary lookup error")
+            session._resetTransaction()  # no sender yet, as in Postfix's log line
+            session._logReject("MAIL", reply)
+            return reply
+        session.headerRewrite = factory.rewrite.headerContext(local)
+        return ok
+
+    return Deferred.fromCoroutine(lookup())

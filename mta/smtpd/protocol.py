@@ -53,7 +53,7 @@ from mta.address import (
 from mta.maillog import sanitize
 from mta.model import Recipient, Reply
 from mta.smtpd import data as D
-from mta.smtpd.message import IncomingTransaction
+from mta.smtpd.message import IncomingTransaction, chooseHeaderRewrite
 
 log = Logger()
 
@@ -388,6 +388,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.mailParams = None
         self.recipients = []
         self.hold = None  # a HOLD action's reason: the message goes to the hold queue
+        self.headerRewrite = None  # the header rewriting context (mta.rewrite), chosen at MAIL
         self._rcptTried = False
         self._overshoot = 0  # recipients refused over smtpd_recipient_limit
         self._reader = None
@@ -475,7 +476,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         try:
             path, params = splitPathAndParameters(arg[5:], strict=factory.strictEnvelopes)
             mailParams = parseMailParameters(params, sizeLimit=factory.sizeLimit, offered=self._offered())
-            sender = parsePath(path, allowNull=True, smtputf8=mailParams.smtputf8)
+            sender = factory.rewrite.parsePath(path, allowNull=True, smtputf8=mailParams.smtputf8)
         except SizeExceeded:
             reply = Reply(552, "5.3.4", "Message size exceeds fixed limit")
             self._logReject("MAIL", reply)
@@ -492,7 +493,7 @@ class SMTPServer(Protocol, TimeoutMixin):
             return reply
         self.sender = sender
         self.mailParams = mailParams
-        return Reply(250, "2.1.0", "Ok")
+        return chooseHeaderRewrite(self, Reply(250, "2.1.0", "Ok"))  # local_header_rewrite_clients
 
     async def smtp_RCPT(self, arg):
         factory = self.factory
@@ -506,7 +507,7 @@ class SMTPServer(Protocol, TimeoutMixin):
                 arg[3:], strict=factory.strictEnvelopes, smtputf8=self.mailParams.smtputf8
             )
             rcptParams = parseRcptParameters(params, offered=self._offered(), smtputf8=self.mailParams.smtputf8)
-            address = parsePath(path, allowNull=False, smtputf8=self.mailParams.smtputf8)
+            address = factory.rewrite.parsePath(path, allowNull=False, smtputf8=self.mailParams.smtputf8)
         except ParameterError as e:
             return Reply(555, "5.5.4", f"Unsupported option: {e}")
         except NonAsciiPathError as e:
@@ -519,6 +520,8 @@ class SMTPServer(Protocol, TimeoutMixin):
             return Reply(452, "4.5.3", "Error: too many recipients")
         if self._earlyTalker:
             reply, hold = Reply(550, "5.5.1", "Protocol error"), None
+        elif path[1:-1].lower() == "postmaster":  # bare: always accepted (RFC 5321 4.5.1), as in Postfix
+            reply, hold = None, None
         else:
             reply, hold = await factory.policy.checkRecipient(self.clientAddress, address, self.helo, self.sender)
         if reply is not None:

@@ -5,9 +5,10 @@ from twisted.internet.testing import StringTransport
 
 
 class Dialog:
-    def __init__(self, factory, peer="127.0.0.1"):
+    def __init__(self, factory, peer="127.0.0.1", host=None):
         self.factory = factory
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+        hostAddress = IPv4Address("TCP", host, 25) if host else None  # StringTransport's own default
+        self.transport = StringTransport(hostAddress=hostAddress, peerAddress=IPv4Address("TCP", peer, 40000))
         self.protocol = factory.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
         self.banner = self.read()

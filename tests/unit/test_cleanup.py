@@ -7,7 +7,9 @@ import random
 import time
 
 import pytest
+from twisted.logger import LogLevel, capturedLogs
 
+from mta.rewrite import RewriteContext
 from mta.smtpd.cleanup import PIECE, TOO_MANY_HOPS, HeaderCleanup, mailDate, messageId
 
 DROP = frozenset({"bcc", "content-length", "resent-bcc", "return-path"})
@@ -506,3 +508,90 @@ def test_write_after_close_is_a_bug():
     c.close()
     with pytest.raises(RuntimeError):
         c.write(b"x")
+
+
+# -- address rewriting (mta.rewrite) ------------------------------------------------------
+
+LOCAL = RewriteContext("local", "origin.example", "")
+
+
+def test_address_headers_are_rewritten_in_any_chunking():
+    msg = (
+        b"From: Charlie Root <root>\r\nTo: alice, bob@example.org,\r\n\tcarol\r\nCc: (team) dave\r\n"
+        b"Subject: root\r\nX-To: root\r\nReply-To: \"r\xc3\xb6ot\"\r\n\r\nTo: root\r\n"
+    )
+    out, c = runAll(msg, rewrite=LOCAL)
+    assert out == (
+        b"From: Charlie Root <root@origin.example>\r\n"
+        b"To: alice@origin.example, bob@example.org,\r\n\tcarol@origin.example\r\n"
+        b"Cc: (team) dave@origin.example\r\nSubject: root\r\nX-To: root\r\n"
+        b"Reply-To: r\xc3\xb6ot@origin.example\r\n"  # needless quotes go, as in Postfix
+        b"\r\nTo: root\r\n"  # the body is not examined
+    )
+    assert c.rewritten == 4 and c.notRewritten == 0
+
+
+def test_without_a_context_headers_stay_bare():
+    msg = b"From: root\r\nTo: alice\r\n\r\nbody\r\n"
+    out, c = runAll(msg)
+    assert out == msg and c.rewritten == 0
+
+
+def test_dropped_headers_are_dropped_not_rewritten():
+    out, _ = runAll(b"To: a\r\nBcc: secret\r\nResent-Bcc: s2\r\nReturn-Path: <x>\r\n\r\n", rewrite=LOCAL)
+    assert out == b"To: a@origin.example\r\n\r\n"
+
+
+def test_only_the_primary_header_section_is_rewritten():
+    msg = b"To: a\r\nnot a header\r\nCc: b\r\n\r\n"
+    out, _ = runAll(msg, rewrite=LOCAL)
+    assert out == b"To: a@origin.example\r\n\r\nnot a header\r\nCc: b\r\n\r\n"
+
+
+def test_obsolete_header_form_is_rewritten():
+    out, _ = runAll(b"To : a\r\n\r\n", rewrite=LOCAL)
+    assert out == b"To: a@origin.example\r\n\r\n"
+
+
+def test_added_from_is_the_envelope_sender():
+    out, c = runAll(b"To: bob\r\n\r\n", rewrite=LOCAL, addMissing=True, sender="alice@origin.example")
+    assert out == b"To: bob@origin.example\r\n" + added(sender="alice@origin.example") + b"\r\n"
+
+
+def test_a_malformed_address_header_passes_unchanged():
+    msg = b"To: \"unterminated root\r\nFrom: root (unclosed\r\nCc: a\x01b\r\n\r\n"
+    out, c = runAll(msg, rewrite=LOCAL)
+    assert out == msg and c.rewritten == 0
+
+
+def test_a_failing_rewrite_keeps_the_header():
+    class Broken:
+        def header(self, header):
+            raise ZeroDivisionError("bug")
+
+    with capturedLogs() as events:
+        out, _ = run(b"To: root\r\n\r\nbody\r\n", rewrite=Broken())
+    assert out == b"To: root\r\n\r\nbody\r\n"
+    [event] = [e for e in events if e["log_level"] == LogLevel.critical]
+    assert event["log_failure"].check(ZeroDivisionError)
+
+
+def test_a_header_cut_at_the_size_limit_is_rewritten():
+    value = b", ".join(b"a-long-user-name-%d" % i for i in range(200))  # about 4.4 kB
+    out, c = run(b"To: " + value + b"\r\n\r\n", rewrite=LOCAL, headerSizeLimit=1024)
+    header = out.split(b"\r\n\r\n")[0]
+    assert c.truncated and c.rewritten == 1
+    assert header.startswith(b"To: a-long-user-name-0@origin.example, a-long-user-name-1@origin.example,")
+    assert all(len(line) <= 78 for line in header.split(b"\r\n"))
+
+
+def test_rewriting_adds_a_bounded_number_of_bytes():
+    line = b"To: " + b", ".join(b"u%d" % i for i in range(100)) + b"\r\n"  # grows by 100 * 15 bytes
+    out, c = run(line * 3 + b"\r\n", rewrite=LOCAL, rewriteLimit=4000)
+    headers = out.split(b"\r\n\r\n")[0] + b"\r\n"
+    assert c.rewritten == 2 and c.notRewritten == 1
+    assert headers.endswith(line)  # the third is left as it came
+    assert len(out) - len(line * 3 + b"\r\n") <= 4000
+    # by default: ten times header_size_limit
+    out, c = run(line * 8 + b"\r\n", rewrite=LOCAL, headerSizeLimit=1024)
+    assert (c.rewritten, c.notRewritten) == (6, 2)

@@ -412,3 +412,73 @@ def test_realClockTimesAreUsedForTheReceivedHeader(tmp_path):
     h.clock.advance(0)
     _, content = h.message(h.queued()[0])
     assert mailDate(stamp).encode() in content.split(b"\r\n")[1]
+
+
+# -- address rewriting: local submissions are always rewritten in the local context ------------
+
+
+def headerSection(content):
+    return content.split(b"\r\n\r\n")[0].split(b"\r\n")[2:]  # after the two lines of our Received:
+
+
+def test_headerAddressesAreQualifiedWithMyorigin(tmp_path):
+    h = Harness(tmp_path, main="myorigin = origin.test\n")
+    h.drop(b"From: Root <root>\nTo: alice, bob@example.org\nCc: (ops) carol\nSubject: root\n\nTo: root\n")
+    h.pickup.start()
+    h.clock.advance(0)
+    [queueId] = h.queued()
+    _, content = h.message(queueId)
+    assert headerSection(content)[:4] == [
+        b"From: Root <root@origin.test>", b"To: alice@origin.test, bob@example.org",
+        b"Cc: (ops) carol@origin.test", b"Subject: root"]
+    assert content.endswith(b"\r\n\r\nTo: root\r\n")
+
+
+def test_remoteSettingsDoNotApplyToLocalSubmissions(tmp_path):
+    h = Harness(tmp_path, main="local_header_rewrite_clients =\nremote_header_rewrite_domain = domain.invalid\n")
+    h.drop(b"To: alice\n\nhi\n")
+    h.pickup.start()
+    h.clock.advance(0)
+    _, content = h.message(h.queued()[0])
+    assert headerSection(content)[0] == b"To: alice@mx.test"
+
+
+def test_unqualifiedEnvelopeAddressesAreQualified(tmp_path):
+    """A maildrop file from another writer may hold bare names: cleanup completes them (cleanup_addr.c)."""
+    h = Harness(tmp_path)
+    h.dropRaw("0aWfQ3Zk1r7Tb2", goodFile(b"To: root\r\n\r\nhi\r\n", sender="alice",
+                                          recipients=(Recipient("root", notify=("FAILURE",)), Recipient("b@y.example"))))
+    h.pickup.start()
+    h.clock.advance(0)
+    [queueId] = h.queued()
+    envelope, content = h.message(queueId)
+    assert envelope.sender == "alice@mx.test"
+    assert envelope.recipients == (Recipient("root@mx.test", notify=("FAILURE",)), Recipient("b@y.example"))
+    assert headerSection(content) == [
+        b"To: root@mx.test", f"Message-Id: <{queueId}@mx.test>".encode(),
+        f"Date: {mailDate(envelope.arrival_time)}".encode(), b"From: alice@mx.test"]
+    assert h.lines[0] == f"pickup: {queueId}: uid={os.getuid()} from=<alice>"  # as the file has it, as Postfix logs
+
+
+def test_appendDotMydomainInPickup(tmp_path):
+    h = Harness(tmp_path, main="append_dot_mydomain = yes\nmydomain = example.net\n")
+    h.dropRaw("0aWfQ3Zk1r7Tb2", goodFile(b"To: u@host, v@host.example\r\n\r\nhi\r\n",
+                                          recipients=(Recipient("u@host"),)))
+    h.pickup.start()
+    h.clock.advance(0)
+    envelope, content = h.message(h.queued()[0])
+    assert envelope.recipients == (Recipient("u@host.example.net"),)
+    assert headerSection(content)[0] == b"To: u@host.example.net, v@host.example"
+
+
+def test_appendAtMyoriginNoInPickup(tmp_path):
+    h = Harness(tmp_path, main="append_at_myorigin = no\n")
+    h.dropRaw("0aWfQ3Zk1r7Tb2", goodFile(recipients=(Recipient("root"),)))
+    name = h.drop(b"To: root\n\nhi\n")  # mta-sendmail qualifies the envelope itself
+    h.pickup.start()
+    h.clock.advance(0)
+    assert h.corrupt() == ["0aWfQ3Zk1r7Tb2"]
+    assert "bad recipient address: address has no domain; moved to corrupt/" in h.lines[0]
+    [queueId] = h.queued()
+    assert name not in h.maildrop()
+    assert headerSection(h.message(queueId)[1])[0] == b"To: root"
