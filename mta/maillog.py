@@ -9,7 +9,13 @@ a ``mail_line`` that reads as Postfix's, e.g.::
         delay=0.51, dsn=2.0.0, status=sent (250 2.0.0 Ok)
 
 The logger namespace is ``$syslog_name/program`` (mta/smtpd, mta/qmgr), so
-twistd's own log shows it; with maillog_file set, MailLogFileObserver also
+twistd's own log shows it.  The program is the one Postfix would name for
+the line: smtpd (connect, client=, rejects), cleanup (message-id=), pickup
+(uid= from=), qmgr (from=, size=, nrcpt= (queue active); removed;
+expired; corrupt files), the delivery agent, named as the transport is
+(smtp, relay, lmtp, virtual, error, discard, retry: master.cf's service
+name) for each to= line, bounce (notification lines), postsuper (queue
+operations); with maillog_file set, MailLogFileObserver also
 writes the lines in syslog form (``Nov 21 07:48:25 host mta/smtpd[42]: ...``)
 for tools such as pflogsumm.
 
@@ -51,14 +57,24 @@ class MailLogger:
         self.program = program
         self.log = Logger(namespace=f"{syslogName}/{program}")
 
-    def emit(self, text, queue_id=None, level=None, **fields):
-        """Log C{text} (already shaped), prefixed by the queue id if any; level: a LogLevel (info)."""
+    def emit(self, text, queue_id=None, level=None, *, prefix=True, **fields):
+        """
+        Log C{text} (already shaped), prefixed by the queue id if any (not
+        with C{prefix} false: the text places it); level: a LogLevel (info).
+        """
         if level is None:
             from twisted.logger import LogLevel
 
             level = LogLevel.info
-        line = f"{queue_id}: {text}" if queue_id else text
+        line = f"{queue_id}: {text}" if queue_id and prefix else text
         self.log.emit(level, "{mail_line}", mail_line=line, mail_program=self.program, queue_id=queue_id, **fields)
+
+    def warning(self, text, queue_id=None, **fields):
+        """Postfix's msg_warn shape: 'warning: QUEUEID: text' (or 'warning: text'), at level warn."""
+        from twisted.logger import LogLevel
+
+        line = f"warning: {queue_id}: {text}" if queue_id else f"warning: {text}"
+        self.emit(line, queue_id, LogLevel.warn, prefix=False, **fields)
 
     def fields(self, queue_id, pairs, detail=None, level=None, **fields):
         """Log 'name=value, ...' with an optional '(detail)' after it."""

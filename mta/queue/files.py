@@ -35,7 +35,10 @@ def _writeAll(fs, fd, data):
 
 
 class FileSystem:
-    """The system calls that the store makes; tests substitute their own."""
+    """
+    The system calls that the store (and the queue manager, through the
+    store) makes; tests substitute their own to inject faults.
+    """
 
     def open(self, path, flags, mode):
         return os.open(path, flags, mode)
@@ -57,6 +60,33 @@ class FileSystem:
 
     def unlink(self, path):
         os.unlink(path)
+
+    def fdatasync(self, fd):
+        os.fdatasync(fd)
+
+    def ftruncate(self, fd, length):
+        os.ftruncate(fd, length)
+
+    def utime(self, path, times):
+        os.utime(path, times, follow_symlinks=False)
+
+    def lstat(self, path):
+        return os.lstat(path)
+
+    def scandir(self, path):
+        """
+        The entries of directory C{path}: an iterator of (name, stat) with
+        stat from lstat(2) (a symbolic link is never followed; nothing is
+        opened), or None when the entry vanished before it could be looked at.
+        OSError if the directory cannot be read.
+        """
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    st = None
+                yield entry.name, st
 
     def fsyncDirectory(self, path):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -19,6 +19,7 @@ CONFIGURATION
 
 import ipaddress
 
+from mta.maillog import MailLogger
 from mta.model import Envelope, Reply
 from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate
 
@@ -95,13 +96,14 @@ class IncomingTransaction:
         )
         client = s.client
         maillog = s.factory.maillog
+        cleanupLog = MailLogger(s.factory.params["syslog_name"], "cleanup")  # Postfix's cleanup logs message-id=
 
         messageId = self.cleanup.messageId
 
         def committed(queueId):
             maillog.emit(f"client={client}", queue_id=queueId, client=client)
             if messageId:
-                maillog.emit(f"message-id={messageId}", queue_id=queueId)
+                cleanupLog.emit(f"message-id={messageId}", queue_id=queueId)
             maillog.fields(
                 queueId,
                 [("from", f"<{envelope.sender}>"), ("size", self.message.size), ("nrcpt", len(envelope.recipients))],
