@@ -62,6 +62,7 @@ from mta.maillog import sanitize
 from mta.queue.fileformat import CorruptQueueFile, readQueueFile
 from mta.queue.queueid import isValidQueueId
 from mta.queue.sites import pendingSites
+from mta.queue.store import ScanBatch
 from mta.queue.state import mergeStates
 
 log = Logger()
@@ -72,11 +73,10 @@ TMP_CLEAN_INTERVAL = 3600.0  # seconds between sweeps of tmp/ while running
 TMP_MAX_AGE = 3600.0  # age after which an unowned file in tmp/ is removed by those sweeps
 
 
-def strayReason(name, st):
-    """Why the entry C{name} (with lstat result C{st}) is not a queue file, or None if it is one."""
+def strayReason(name, mode):
+    """Why the entry C{name} (with lstat's C{mode}) is not a queue file, or None if it is one."""
     if not isValidQueueId(name):
         return "not a queue file name"
-    mode = st.st_mode
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISLNK(mode):
@@ -108,8 +108,9 @@ class Scanner:
         self._scanCall = None
         self._tmpCall = None
         self._scanning = False
-        self._flushWaiters = []
-        self._timedWaiters = []
+        self._flushWaiters = []  # flushes asked for, waiting for the next pass
+        self._timedWaiters = []  # timed scans asked for while no pass runs
+        self._passWaiters = []  # served by the pass that runs now
         self._rebuildWaiters = None  # list while the ETRN index is being rebuilt
 
     @property
@@ -158,13 +159,11 @@ class Scanner:
     # -- reading directories ------------------------------------------------------------
 
     async def _sweep(self, queue, handle):
-        """Read queue C{queue}: strays go to corrupt/, batches of queue ids (with stat) to C{handle}."""
+        """Read queue C{queue}: strays go to corrupt/, the queue files to C{handle}, a ScanBatch at a time."""
         scan = self.store.scan(queue)
         try:
-            while self.running:
+            while self.running and not scan.done:
                 batch = await scan.next()
-                if not batch:
-                    break
                 messages = await self._sort(queue, batch)
                 if messages:
                     await handle(messages)
@@ -174,14 +173,12 @@ class Scanner:
             scan.close()
 
     async def _sort(self, queue, batch):
-        """The (queue id, stat) of the queue files in C{batch}; the rest is set aside."""
-        messages, strays = [], []
-        for name, st in batch:
-            if st is None:
-                continue  # vanished meanwhile
-            reason = strayReason(name, st)
+        """The queue files in C{batch} (a ScanBatch); the rest is set aside."""
+        messages, strays = ScanBatch(), []
+        for name, mode, mtime in batch:
+            reason = strayReason(name, mode)
             if reason is None:
-                messages.append((name, st))
+                messages.add(name, mode, mtime)
             else:
                 strays.append((name, reason))
         for name, reason in strays:
@@ -204,7 +201,7 @@ class Scanner:
 
     async def _backToIncoming(self, messages):
         def move():
-            for queueId, _ in messages:
+            for queueId in messages.names:
                 try:
                     self.store.move(queueId, "active", "incoming")
                 except FileNotFoundError:
@@ -216,7 +213,7 @@ class Scanner:
         await self.store.inPool(move)
 
     async def _takeUp(self, messages):
-        for queueId, _ in messages:
+        for queueId in messages.names:
             self.manager.enqueue(queueId)
 
     # -- the deferred queue ---------------------------------------------------------------
@@ -230,7 +227,10 @@ class Scanner:
         if not self.running:
             return succeed(0)
         waiter = Deferred()
-        (self._flushWaiters if flush else self._timedWaiters).append(waiter)
+        if flush or not self._scanning:
+            self._flushWaiters.append(waiter) if flush else self._timedWaiters.append(waiter)
+        else:
+            self._passWaiters.append(waiter)  # a timed scan asked for during a scan: served by it
         if not self._scanning:
             self._scanning = True
             d = Deferred.fromCoroutine(self._scanLoop())
@@ -241,12 +241,13 @@ class Scanner:
         try:
             while self.running and (self._flushWaiters or self._timedWaiters):
                 flush = bool(self._flushWaiters)
-                waiters = self._flushWaiters + self._timedWaiters
+                self._passWaiters = self._flushWaiters + self._timedWaiters
                 self._flushWaiters, self._timedWaiters = [], []
                 count = 0
                 try:
                     count = await self._scanPass(flush)
                 finally:
+                    waiters, self._passWaiters = self._passWaiters, []
                     for waiter in waiters:
                         waiter.callback(count)
         finally:
@@ -262,8 +263,8 @@ class Scanner:
         taken = []
 
         async def due(messages):
-            for queueId, st in sorted(messages):
-                if (flush or st.st_mtime <= now) and self.manager.enqueue(queueId, "deferred"):
+            for queueId, _, mtime in messages:
+                if (flush or mtime <= now) and self.manager.enqueue(queueId, "deferred"):
                     taken.append(queueId)
 
         await self._sweep("deferred", due)
@@ -316,11 +317,9 @@ class Scanner:
         sites = self.manager.sites
         scan = self.store.scan("deferred", INDEX_BATCH)
         try:
-            while True:
+            while not scan.done:
                 batch = await scan.next()
-                if not batch:
-                    break
-                ids = [name for name, st in batch if st is not None and strayReason(name, st) is None]
+                ids = [name for name, mode, _ in batch if strayReason(name, mode) is None]
                 for queueId, found in await self.store.inPool(readSites, self.store, ids):
                     if queueId not in self.manager.active:
                         sites.add(queueId, found)
