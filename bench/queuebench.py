@@ -3,6 +3,7 @@
     python bench/queuebench.py maildir  [--messages N] [--sessions 20] [--size 2048]
     python bench/queuebench.py deferred [--messages 100000] [--probe 15] [--run-delay 2]
     python bench/queuebench.py sendmail [--messages 1000] [--parallel 8]
+    python bench/queuebench.py verify   [--size 10485760]
 
 maildir   smtp-source sends N messages over SMTP to a running ``twistd mta``
           whose recipient is a virtual(8) Maildir; the time runs from the
@@ -21,6 +22,11 @@ deferred  writes N queue files into deferred/ (next attempt in an hour, as
           (15): one SMTP session sends NOOP every 5 ms and the slowest reply
           is the longest time the reactor was blocked (within 5 ms), over
           several deferred-queue scans of the N files.
+verify    the cost of the content check the queue manager makes at every
+          activation (readQueueFile with verifyContent: length and CRC-32 of
+          the whole content) against parsing the header and envelope only,
+          for one message of --size bytes: with the file in the page cache,
+          and evicted from it (posix_fadvise DONTNEED after an fsync).
 
 Everything on 127.0.0.1; every process is stopped at the end; every wait is
 bounded.  The temporary directory is removed unless --keep is given.
@@ -239,6 +245,39 @@ def benchDeferred(args, workdir):
         stop(proc)
 
 
+def benchVerify(args, workdir):
+    import statistics
+
+    from mta.model import Envelope, Recipient
+    from mta.queue.fileformat import dumpQueueFile, readQueueFile
+
+    path = workdir / "queuefile"
+    line = b"x" * 998 + b"\r\n"
+    content = line * (args.size // len(line))
+    envelope = Envelope(sender="a@bench.example", recipients=(Recipient("b@bench.example"),), arrival_time=1.0)
+    path.write_bytes(dumpQueueFile(envelope, content))
+
+    def timed(verify, evict=False, rounds=20):
+        times = []
+        for _ in range(rounds):
+            if evict:
+                fd = os.open(path, os.O_RDONLY)
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+            t0 = time.perf_counter()
+            readQueueFile(str(path), verifyContent=verify)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1000
+
+    timed(True)  # warm up
+    print(f"verify: a message of {len(content)} bytes, median of 20 reads")
+    print(f"  header and envelope only: {timed(False):.2f} ms")
+    print(f"  with the content's CRC-32 (in the page cache): {timed(True):.2f} ms")
+    print(f"  with the content's CRC-32 (evicted from the page cache): {timed(True, evict=True):.2f} ms")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,12 +292,15 @@ def main(argv=None):
     s = sub.add_parser("sendmail")
     s.add_argument("--messages", type=int, default=1000)
     s.add_argument("--parallel", type=int, default=8)
-    for p in (m, d, s):
+    v = sub.add_parser("verify")
+    v.add_argument("--size", type=int, default=10 * 1024 * 1024)
+    for p in (m, d, s, v):
         p.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mta-bench-queue-"))
     try:
-        run = {"maildir": benchMaildir, "deferred": benchDeferred, "sendmail": benchSendmail}[args.command]
+        run = {"maildir": benchMaildir, "deferred": benchDeferred, "sendmail": benchSendmail,
+               "verify": benchVerify}[args.command]
         return run(args, workdir)
     finally:
         if args.keep:

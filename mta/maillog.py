@@ -41,6 +41,41 @@ def sanitize(text):
     return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text) if _UNSAFE.search(text) else text
 
 
+def _seconds(value):
+    """A delay as Postfix logs it: 0.27, 3.1, 42 (never an exponent)."""
+    if value >= 10:
+        return f"{value:.0f}"
+    if value >= 1:
+        return f"{value:.1f}".rstrip("0").rstrip(".")
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def deliveryFields(address, original, relay, connUse, dsn, status, arrival, activeSince, started, now):
+    """
+    The (name, value) pairs of a delivery line, as Postfix's log_adhoc():
+    to=, orig_to= (when aliases changed the address), relay=, conn_use=
+    (a reused connection), delay= (since arrival), delays=a/b/c/d (before
+    the queue manager, in it, connection set-up, transmission), dsn=,
+    status=.  C{started}: when the delivery began (None: decided by qmgr).
+    """
+    fields = [("to", f"<{address}>")]
+    if address != original:
+        fields.append(("orig_to", f"<{original}>"))
+    fields.append(("relay", relay))
+    if connUse > 1:
+        fields.append(("conn_use", connUse))
+    begun = started or now
+    delays = (activeSince - arrival, begun - activeSince, 0, max(0.0, now - begun))
+    fields += [
+        ("delay", _seconds(now - arrival)),
+        ("delays", "/".join(_seconds(x) for x in delays)),
+        ("dsn", dsn),
+        ("status", status),
+    ]
+    return fields
+
+
 def formatFields(pairs):
     """'name=value, name=value' from (name, value) pairs; values sanitized."""
     return ", ".join(f"{name}={sanitize(value)}" for name, value in pairs)

@@ -108,7 +108,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 
-from mta.maillog import sanitize
+from mta.maillog import deliveryFields, sanitize
 from mta.model import DeliveryRecipient, DeliveryRequest, RecipientResult
 from mta.queue import tools
 from mta.queue.fileformat import CorruptQueueFile, readQueueFile
@@ -152,16 +152,6 @@ class Destination:
     limit: int
     pending: collections.deque = attrs.Factory(collections.deque)
     active: int = 0
-
-
-def _seconds(value):
-    """A delay as Postfix logs it: 0.27, 3.1, 42 (never an exponent)."""
-    if value >= 10:
-        return f"{value:.0f}"
-    if value >= 1:
-        return f"{value:.1f}".rstrip("0").rstrip(".")
-    text = f"{value:.2f}".rstrip("0").rstrip(".")
-    return text or "0"
 
 
 class QueueManager:
@@ -475,23 +465,10 @@ class QueueManager:
         d = self._append(message, {"time": now, "recipients": recipients})
 
         def logged(_):
-            envelope = message.envelope
+            arrival = message.envelope.arrival_time
             for key, (target, r, program) in batch.items():
-                fields = [("to", f"<{target.address}>")]
-                if target.address != target.original:
-                    fields.append(("orig_to", f"<{target.original}>"))
-                total = now - envelope.arrival_time
-                before = message.activeSince - envelope.arrival_time
-                inQueue = (started or now) - message.activeSince
-                fields.append(("relay", r.relay))
-                if r.conn_use > 1:
-                    fields.append(("conn_use", r.conn_use))
-                fields += [
-                    ("delay", _seconds(total)),
-                    ("delays", "/".join(_seconds(x) for x in (before, inQueue, 0, max(0.0, now - (started or now))))),
-                    ("dsn", r.dsn),
-                    ("status", r.status),
-                ]
+                fields = deliveryFields(target.address, target.original, r.relay, r.conn_use, r.dsn, r.status,
+                                        arrival, message.activeSince, started, now)
                 self.maillogs(program).fields(
                     message.queueId, fields, r.text, recipient=target.address, status=r.status, dsn=r.dsn
                 )

@@ -62,7 +62,7 @@ from mta.maillog import sanitize
 from mta.queue.fileformat import CorruptQueueFile, readQueueFile
 from mta.queue.queueid import isValidQueueId
 from mta.queue.sites import pendingSites
-from mta.queue.store import ScanBatch
+from mta.queue.files import ScanBatch
 from mta.queue.state import mergeStates
 
 log = Logger()
@@ -315,6 +315,7 @@ class Scanner:
 
     async def _readAllSites(self):
         sites = self.manager.sites
+        sites.tracking = True  # deferrals from now on are recorded, also those the scan misses
         scan = self.store.scan("deferred", INDEX_BATCH)
         try:
             while not scan.done:

@@ -9,13 +9,13 @@ strips an RFC 1985 "@" or "#" prefix before it asks; flush_site_to_path()
 maps the site to one file).
 
 mta keeps the same record in memory: SiteIndex maps a site to the queue ids
-of deferred messages with a deferred recipient there.  The queue manager
-adds a message when it moves it to deferred/ (with the sites of the
-recipients that were deferred in that attempt) and drops it when the
-message is activated again.  The index is not stored: after a start (or an
-error that left it unsure) it is incomplete, and the first flush rebuilds
-it by reading the envelope and state records of every deferred file, in
-the thread pool, a batch of files per job (pendingSites()).  Entries can be
+of deferred messages with a deferred recipient there.  The index is not
+stored: after a start it is incomplete, and the first flush rebuilds it by
+reading the envelope and state records of every deferred file, in the
+thread pool, a batch of files per job (pendingSites()).  From then on the
+queue manager adds a message when it moves it to deferred/ (with the sites
+of the recipients that were deferred in that attempt) and drops it when the
+message is activated again; before the first flush it keeps nothing.  Entries can be
 stale (a message deleted by mta-queue, or delivered by another activation):
 the manager checks that a file is still in deferred/ before it activates it.
 
@@ -66,11 +66,17 @@ def pendingSites(envelope, states):
 
 
 class SiteIndex:
-    """site -> queue ids of deferred messages.  C{complete}: every deferred file is in it."""
+    """
+    site -> queue ids of deferred messages.  Nothing is kept until the
+    first rebuild starts (C{tracking}): before it the index could not be
+    complete anyway, so a server that never gets ETRN spends no memory on
+    it.  C{complete}: every deferred file is in it.
+    """
 
     def __init__(self):
         self._bySite = collections.defaultdict(set)
-        self._byId = {}
+        self._byId = {}  # queue id -> tuple of sites
+        self.tracking = False
         self.complete = False
 
     def __len__(self):
@@ -78,13 +84,15 @@ class SiteIndex:
 
     def add(self, queueId, sites):
         """Record that C{queueId} waits for C{sites} (added to what is known already)."""
-        sites = {site.lower() for site in sites if site}
-        if not sites:
+        if not self.tracking:
             return
-        known = self._byId.setdefault(queueId, set())
-        for site in sites - known:
+        known = self._byId.get(queueId, ())
+        new = {site.lower() for site in sites if site}.difference(known)
+        if not new:
+            return
+        for site in new:
             self._bySite[site].add(queueId)
-        known |= sites
+        self._byId[queueId] = known + tuple(sorted(new))
 
     def discard(self, queueId):
         for site in self._byId.pop(queueId, ()):

@@ -36,17 +36,29 @@ GROUP COMMIT
     its own rename.  Renames that finish while a job runs wait for the next
     job, which then serves all of them with one fsync.
 
+THE QUEUE MANAGER'S FILE WORK
+    Blocking methods, run in the store's thread pool (inPool), their system
+    calls made through the FileSystem seam so that tests can inject faults
+    (reading a queue file, fileformat.readQueueFile, does not use it):
+    appendState() (a state record, fdatasync'd; a Deferred), move() (a
+    rename, and the deferred queue's mtime), setAside() (anything, under
+    any name, into corrupt/ without overwriting), presentIn(), truncate()
+    (a torn append), cleanTemporary().  scan() reads a directory in the
+    pool, SCAN_BATCH entries (lstat only) per job, as ScanBatch objects
+    whose flat arrays give the garbage collector nothing to walk.
+
 SECURITY
     Message content is untrusted but never interpreted here.  Queue ids are
-    made here; names found in directories are used only if they are valid
-    queue ids.  Files are created O_EXCL|O_NOFOLLOW, mode 0600, in
-    directories of mode 0700.
+    made here; names found in directories are used as paths in another
+    directory only if they are valid queue ids (setAside() keeps any other
+    name within the queue and corrupt/).  Files are created
+    O_EXCL|O_NOFOLLOW, mode 0600, in directories of mode 0700; entries are
+    lstat'ed, never followed.
 
 CONFIGURATION
     queue_directory (the store's directory); queue_minfree uses freeSpace().
 """
 
-import array
 import errno
 import os
 import stat
@@ -61,7 +73,13 @@ from twisted.python.failure import Failure
 
 from mta.model import Envelope
 from mta.queue import fileformat, queueid
-from mta.queue.files import FileSystem, QueueWriteError, _describe, _writeAll  # noqa: F401 (re-exported)
+from mta.queue.files import (  # noqa: F401 (re-exported)
+    DirectoryScan,
+    FileSystem,
+    QueueWriteError,
+    _describe,
+    _writeAll,
+)
 
 log = Logger()
 
@@ -195,89 +213,6 @@ class IncomingMessage:
                 log.warn("{queue_id}: cannot remove {path}: {error}", queue_id=self.queueId,
                          path=self.path, error=_describe(e))
         self._store._open.pop(self.queueId, None)
-
-
-class ScanBatch:
-    """
-    Directory entries as (name, st_mode, st_mtime), kept in flat arrays: a
-    batch of a big queue is a few objects, not thousands, so that it adds
-    nothing to the garbage collector's work (a full collection of a large
-    heap stalls the reactor for 0.1 s).
-    """
-
-    __slots__ = ("names", "modes", "mtimes")
-
-    def __init__(self):
-        self.names = []
-        self.modes = array.array("L")
-        self.mtimes = array.array("d")
-
-    def append(self, name, st):
-        self.add(name, st.st_mode, st.st_mtime)
-
-    def add(self, name, mode, mtime):
-        self.names.append(name)
-        self.modes.append(mode)
-        self.mtimes.append(mtime)
-
-    def __len__(self):
-        return len(self.names)
-
-    def __iter__(self):
-        return zip(self.names, self.modes, self.mtimes)
-
-
-class DirectoryScan:
-    """
-    The entries of one directory, read in the store's thread pool a batch
-    at a time (lstat'ed, never followed or opened: see FileSystem.scandir).
-    next() is a Deferred of the next ScanBatch (entries that vanished before
-    they could be looked at are left out), empty at the end; C{done} is true
-    once the last batch was read (no need to ask again); close() stops
-    early.  OSError fails the Deferred.
-    """
-
-    def __init__(self, store, path, batchSize):
-        self._store = store
-        self._path = path
-        self._batchSize = batchSize
-        self._entries = None
-        self._done = False
-
-    @property
-    def done(self):
-        return self._done
-
-    def next(self):
-        return self._store.inPool(self._read)
-
-    def _read(self):
-        batch = ScanBatch()
-        if self._done:
-            return batch
-        if self._entries is None:
-            self._entries = self._store.fs.scandir(self._path)
-        seen = 0
-        for name, st in self._entries:
-            seen += 1
-            if st is not None:
-                batch.append(name, st)
-            if seen == self._batchSize:
-                return batch
-        self._finish()
-        return batch
-
-    def _finish(self):
-        self._done = True
-        entries, self._entries = self._entries, None
-        close = getattr(entries, "close", None)
-        if close is not None:
-            close()
-
-    def close(self):
-        """Stop reading (closedir: cheap); safe at any time but during a next(); the next next() gives nothing."""
-        if not self._done:
-            self._finish()
 
 
 class QueueStore:

@@ -397,6 +397,39 @@ def test_delayWarningOnceAfterDelayWarningTime(tmp_path):
 
 @pytest.mark.parametrize("value, text", [(0, "0"), (3.2e-05, "0"), (0.0031, "0"), (0.27, "0.27"), (1.25, "1.2"), (42.4, "42"), (123.4, "123")])
 def test_delaysAreLoggedWithoutExponents(value, text):
-    from mta.queue.manager import _seconds
+    from mta.maillog import _seconds
 
     assert _seconds(value) == text
+
+
+def test_eachLineIsLoggedUnderThePostfixProgram(tmp_path):
+    """to= lines under the delivery agent (the transport's name), qmgr's own verdicts under qmgr, notices under bounce."""
+    def answer(r):
+        return ("bounced", "5.1.1", "no such user") if r.address.startswith("bad") else ("sent", "2.0.0", "ok")
+
+    transports = {name: FakeTransport(answer) for name in ("virtual", "smtp", "relay", "retry")}
+    h = Harness(tmp_path, "relay_domains = relay.example\nvirtual_alias_domains = alias.example\n"
+                "transport_maps = inline:{ {held.example = retry:} }\ndefer_transports = retry\n", transports)
+    h.manager.start()
+    queueId = h.submit(["u@box.example", "bad@far.example", "r@relay.example", "nobody@alias.example",
+                        "h@held.example"])
+    programs = {line.split(": ", 1)[0] for line in h.lines if f"{queueId}: to=<" in line}
+    assert programs == {"virtual", "smtp", "relay", "error", "qmgr"}
+
+    def line(program, address):
+        return next(x for x in h.lines if x.startswith(f"{program}: {queueId}: to=<{address}>"))
+
+    assert "status=sent" in line("virtual", "u@box.example") and "status=sent" in line("relay", "r@relay.example")
+    assert "status=bounced (no such user)" in line("smtp", "bad@far.example")
+    assert "status=bounced (User unknown in virtual alias table)" in line("error", "nobody@alias.example")
+    assert "status=deferred (deferred transport)" in line("qmgr", "h@held.example")
+    assert any(x.startswith(f"qmgr: {queueId}: from=<alice@example.org>, size=18, nrcpt=5 (queue active)") for x in h.lines)
+    assert any(x.startswith(f"bounce: {queueId}: sender non-delivery notification: ") for x in h.lines)
+    # expiry is qmgr's: its line, then the deferred recipient bounces
+    h.clock.advance(5 * 86400)
+    h.manager.flush()
+    assert f"qmgr: {queueId}: from=<alice@example.org>, status=expired, returned to sender" in h.lines
+    assert any(x.startswith(f"qmgr: {queueId}: to=<h@held.example>")
+               and x.endswith("status=bounced (message expired: deferred transport)") for x in h.lines)
+    assert sum("sender non-delivery notification" in x for x in h.lines) == 2
+    assert h.lines[-1] == f"qmgr: {queueId}: removed"
