@@ -209,18 +209,24 @@ class QueueManager:
         self._retries.clear()
 
     def scanDeferred(self, flush=False):
-        """Activate deferred mail whose time has come (all of it with C{flush}); a Deferred of the count."""
+        """
+        Activate deferred mail whose time has come (all of it with C{flush});
+        a Deferred of the number of messages taken (activated, or waiting
+        for an active slot).
+        """
         return self.scanner.scanDeferred(flush)
 
     def flush(self):
-        """Attempt all deferred mail now (postqueue -f); a Deferred of the number of messages activated."""
+        """Attempt all deferred mail now (postqueue -f); a Deferred of the number of messages taken."""
         return self.scanner.scanDeferred(flush=True)
 
     def flushSite(self, domain):
         """
         ETRN: activate now the deferred mail with a deferred recipient in
         exactly C{domain} (case-insensitive; no subdomains, as flush(8)); a
-        Deferred of the number of messages activated.
+        Deferred of the number of messages activated (or, past
+        qmgr_message_active_limit, waiting for a slot).  The caller strips
+        ETRN's "@" or "#" and decides whether the domain may be flushed.
         """
         return self.scanner.flushSite(domain)
 
