@@ -5,7 +5,7 @@ The Scanner belongs to one QueueManager and feeds it queue ids
 envelopes it reads to rebuild the ETRN index (mta.queue.sites).
 
 Every directory is read in the store's thread pool, SCAN_BATCH entries per
-job (mta.queue.store.DirectoryScan: lstat only, nothing opened or
+job (mta.queue.files.DirectoryScan: lstat only, nothing opened or
 followed); the reactor handles one batch between two jobs, so a deferred
 queue of 100,000 files never blocks it for long (bench/queuebench.py
 deferred measures the longest stall).  Each entry is judged by its name and
@@ -18,9 +18,9 @@ Postfix's qmgr warning:
 
 START-UP (start())
     1. tmp/: everything but directories and the files of messages being
-       received is removed, whatever its age (store.cleanTemporary()).  Only this process
-       writes tmp/ and it holds the queue lock (a second daemon cannot
-       start); mta-sendmail and mta-sendmail -bs write maildrop/QUEUEID.tmp,
+       received is removed, whatever its age (store.cleanTemporary()).
+       Only this process writes tmp/ and it holds the queue lock (a second
+       daemon cannot start); mta-sendmail and mta-sendmail -bs write maildrop/QUEUEID.tmp,
        pickup reads maildrop/ and writes through the store (its files are
        "being received").  Then every TMP_CLEAN_INTERVAL, files older than
        TMP_MAX_AGE that no message being received owns (left by an I/O
@@ -41,7 +41,8 @@ ETRN (flushSite())
     FLUSH_BATCH ids per job) are activated, whatever their mtime.  An
     incomplete index (after a start) is rebuilt first: every deferred
     file's envelope and state records are read in the pool, INDEX_BATCH
-    files per job; concurrent flushes share one rebuild.
+    files per job; concurrent flushes share one rebuild.  The count
+    includes messages that wait for an active slot.
 
 SECURITY
     Directory entries are untrusted names: they are used only as entries of
