@@ -1,8 +1,9 @@
 """Queue benchmarks for mta alone (no Postfix side): delivery into Maildir and a big deferred queue.
 
     python bench/queuebench.py maildir  [--messages N] [--sessions 20] [--size 2048]
-    python bench/queuebench.py deferred [--messages 100000]
+    python bench/queuebench.py deferred [--messages 100000] [--probe 15] [--run-delay 2]
     python bench/queuebench.py sendmail [--messages 1000] [--parallel 8]
+    python bench/queuebench.py verify   [--size 10485760]
 
 maildir   smtp-source sends N messages over SMTP to a running ``twistd mta``
           whose recipient is a virtual(8) Maildir; the time runs from the
@@ -16,7 +17,16 @@ deferred  writes N queue files into deferred/ (next attempt in an hour, as
           after a failed attempt), then starts ``twistd mta`` on that queue
           and measures the time until it answers SMTP and its control socket
           answers, and its resident memory (VmRSS) then and after the first
-          deferred-queue scan.
+          deferred-queue scan.  Then, with queue_run_delay = --run-delay
+          (2s), it measures the longest reactor stall for --probe seconds
+          (15): one SMTP session sends NOOP every 5 ms and the slowest reply
+          is the longest time the reactor was blocked (within 5 ms), over
+          several deferred-queue scans of the N files.
+verify    the cost of the content check the queue manager makes at every
+          activation (readQueueFile with verifyContent: length and CRC-32 of
+          the whole content) against parsing the header and envelope only,
+          for one message of --size bytes: with the file in the page cache,
+          and evicted from it (posix_fadvise DONTNEED after an fsync).
 
 Everything on 127.0.0.1; every process is stopped at the end; every wait is
 bounded.  The temporary directory is removed unless --keep is given.
@@ -165,6 +175,36 @@ def benchSendmail(args, workdir):
         stop(proc)
 
 
+def probeStalls(port, seconds, interval=0.005):
+    """NOOP round trips on one SMTP session for C{seconds}: (count, max, 99th percentile) in seconds."""
+    latencies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        f = s.makefile("rb")
+
+        def reply():
+            while True:
+                line = f.readline()
+                if not line:
+                    raise SystemExit("mta closed the probe session")
+                if line[3:4] != b"-":
+                    return line
+
+        reply()
+        s.sendall(b"EHLO probe.test\r\n")
+        reply()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            s.sendall(b"NOOP\r\n")
+            if not reply().startswith(b"250"):
+                raise SystemExit("NOOP refused")
+            latencies.append(time.monotonic() - t0)
+            time.sleep(interval)
+        s.sendall(b"QUIT\r\n")
+    latencies.sort()
+    return len(latencies), latencies[-1], latencies[int(len(latencies) * 0.99)]
+
+
 def benchDeferred(args, workdir):
     from mta.model import Envelope, Recipient
     from mta.queue.fileformat import dumpQueueFile
@@ -185,7 +225,8 @@ def benchDeferred(args, workdir):
         os.utime(path, (later, later))
     print(f"deferred: wrote {args.messages} queue files in {time.monotonic() - t0:.1f}s")
     start = time.monotonic()
-    proc, port = startMta(workdir, "")
+    # The probe's NOOPs must not run into the junk-command tarpit.
+    proc, port = startMta(workdir, f"queue_run_delay = {args.run_delay}s\nsmtpd_junk_command_limit = 100000000\n")
     try:
         waitForPort(port, proc)
         ready = time.monotonic() - start
@@ -194,11 +235,47 @@ def benchDeferred(args, workdir):
         scanned = rss(proc.pid)
         print(f"  start-up with {args.messages} deferred messages: answering SMTP after {ready:.2f}s; "
               f"RSS {memory / 2**20:.1f} MiB, {scanned / 2**20:.1f} MiB after the first queue scan")
+        count, longest, p99 = probeStalls(port, args.probe)
+        print(f"  reactor stalls over {args.probe:g}s (a deferred-queue scan every {args.run_delay:g}s): "
+              f"{count} NOOPs, longest reply {longest * 1000:.1f} ms, 99th percentile {p99 * 1000:.1f} ms")
         left = len(os.listdir(deferred))
         print(f"  still deferred (none due): {left}")
         return 0 if left == args.messages else 1
     finally:
         stop(proc)
+
+
+def benchVerify(args, workdir):
+    import statistics
+
+    from mta.model import Envelope, Recipient
+    from mta.queue.fileformat import dumpQueueFile, readQueueFile
+
+    path = workdir / "queuefile"
+    line = b"x" * 998 + b"\r\n"
+    content = line * (args.size // len(line))
+    envelope = Envelope(sender="a@bench.example", recipients=(Recipient("b@bench.example"),), arrival_time=1.0)
+    path.write_bytes(dumpQueueFile(envelope, content))
+
+    def timed(verify, evict=False, rounds=20):
+        times = []
+        for _ in range(rounds):
+            if evict:
+                fd = os.open(path, os.O_RDONLY)
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+            t0 = time.perf_counter()
+            readQueueFile(str(path), verifyContent=verify)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1000
+
+    timed(True)  # warm up
+    print(f"verify: a message of {len(content)} bytes, median of 20 reads")
+    print(f"  header and envelope only: {timed(False):.2f} ms")
+    print(f"  with the content's CRC-32 (in the page cache): {timed(True):.2f} ms")
+    print(f"  with the content's CRC-32 (evicted from the page cache): {timed(True, evict=True):.2f} ms")
+    return 0
 
 
 def main(argv=None):
@@ -210,15 +287,20 @@ def main(argv=None):
     m.add_argument("--size", type=int, default=2048)
     d = sub.add_parser("deferred")
     d.add_argument("--messages", type=int, default=100000)
+    d.add_argument("--probe", type=float, default=15.0, help="seconds of NOOP probing for reactor stalls")
+    d.add_argument("--run-delay", type=float, default=2.0, help="queue_run_delay during the probe (seconds)")
     s = sub.add_parser("sendmail")
     s.add_argument("--messages", type=int, default=1000)
     s.add_argument("--parallel", type=int, default=8)
-    for p in (m, d, s):
+    v = sub.add_parser("verify")
+    v.add_argument("--size", type=int, default=10 * 1024 * 1024)
+    for p in (m, d, s, v):
         p.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="mta-bench-queue-"))
     try:
-        run = {"maildir": benchMaildir, "deferred": benchDeferred, "sendmail": benchSendmail}[args.command]
+        run = {"maildir": benchMaildir, "deferred": benchDeferred, "sendmail": benchSendmail,
+               "verify": benchVerify}[args.command]
         return run(args, workdir)
     finally:
         if args.keep:

@@ -127,7 +127,7 @@ class ControlProtocol(amp.AMP):
 
     @Flush.responder
     def flush(self):
-        return {"count": self.daemon.manager.flush()}
+        return self.daemon.manager.flush().addCallback(lambda count: {"count": count})
 
     @QueueAction.responder
     def queueAction(self, action, ids):

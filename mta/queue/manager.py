@@ -2,9 +2,11 @@
 
 New mail is handed over by the store the moment its commit is durable (no
 polling on the hot path).  The manager moves it from incoming/ to active/,
-reads its envelope and the state records of earlier attempts, routes every
-recipient (mta.routing), groups deliveries by (transport, nexthop), and
-runs them with per-destination concurrency and recipient limits, so a dead
+reads its envelope and the state records of earlier attempts, checks the
+content's length and CRC-32 against the file header (a damaged file goes
+to corrupt/ and nothing of it is delivered), routes every recipient
+(mta.routing), groups deliveries by (transport, nexthop), and runs them
+with per-destination concurrency and recipient limits, so a dead
 destination only ever holds its own slots.
 
 Every transport result is recorded before anything is done about it: a
@@ -21,18 +23,73 @@ RFC 1047 window).  When all deliveries of a message are over:
                             the next attempt (as Postfix does); after
                             maximal_queue_lifetime (bounce_queue_lifetime
                             for mail from <>) deferred recipients bounce
+                            ("from=<...>, status=expired, returned to sender")
     otherwise            -> the file is removed ("removed")
 
-Deferred mail is scanned every queue_run_delay; a file whose mtime has
-passed goes back to active/.  The retry interval is the message's age,
-bounded by minimal_backoff_time and maximal_backoff_time (Postfix's rule).
-At start-up, files left in active/ by a crash are taken up again.  A queue
-file that does not parse is moved to corrupt/ with a log line; the rest of
-the mail is not held up.
+A notice is owed until a state record says it was handled ("notified"):
+at every activation, recipients recorded as bounced (or sent, with NOTIFY=
+SUCCESS) but not notified get their notice, so one that could not be
+queued (disk full, a crash at that moment) is sent on the next attempt or
+after a restart.  "notified" is appended only when a notice was queued (or
+dropped on purpose, with its log line), so the common case, one recipient
+delivered and nothing to tell, costs exactly one append and one fdatasync.
+
+ERRORS
+    No error leaves a message where nobody looks at it, and every way out
+    of an activation frees its active slot.  A state append that fails
+    (EIO, ENOSPC) is logged and the message is deferred, without notices
+    (their results are not durable); its next attempt repeats what was not
+    recorded (the RFC 1047 window: a delivery may repeat, none is lost).
+    A notice that cannot be queued defers the message; it is sent at the
+    next attempt.  A file that cannot be read or moved is tried again after
+    RETRY_DELAY; a failure inside the manager (a bug) defers the message.
+    Anything in incoming/, active/ or deferred/ that is not a queue file
+    (a name that is not a queue id, a symbolic link, a FIFO, a directory)
+    goes to corrupt/ with a log line; nothing is opened or followed to find
+    out (lstat only).  So does a file the parser rejects or whose content
+    checksum does not match.
+
+SCANS
+    Directories are read in the store's thread pool, a batch of entries a
+    job, and the reactor handles one batch between two jobs, so a deferred
+    queue of any size never blocks the reactor for long (mta.queue.scanner
+    does the start-up sweeps of tmp/, active/ and incoming/, the deferred
+    scans and ETRN).  The deferred queue is scanned every queue_run_delay; a
+    file whose mtime has passed goes back to active/.  The retry interval is
+    the message's age, bounded by minimal_backoff_time and
+    maximal_backoff_time (Postfix's rule).
+
+ETRN
+    flushSite(domain) activates the deferred mail that has a deferred
+    recipient in exactly that domain (Postfix's flush(8); mta.queue.sites
+    is the in-memory index, built at the first flush), and fires with the
+    number of messages activated; whether the domain may be flushed
+    (fast_flush_domains, smtpd_etrn_restrictions) is the ETRN command's
+    decision.  flush() is postqueue -f.
+
+LOGGING
+    qmgr: "from=<...>, size=N, nrcpt=N (queue active)", "removed", expiry,
+    corrupt files; each to= line under the program of the delivery agent,
+    named as the transport (smtp, relay, lmtp, virtual, error, discard,
+    retry), or qmgr for what qmgr itself decided (defer_transports, an
+    unknown transport, a table lookup failure); error for addresses the
+    router refused (Postfix's trivial-rewrite sends those to error(8)).
+
+DEVIATIONS
+    Postfix leaves a non-regular file in a queue with a warning (postsuper
+    removes it) and ignores names that are not queue ids; mta moves both to
+    corrupt/.  Postfix has no content checksum; mta checks its CRC-32 at
+    every activation (about 5 ms for 10 MB from the page cache, in the
+    thread pool: bench/queuebench.py verify), before any byte can reach a
+    transport; checking it in the transports' reader instead would find
+    the damage only after the content was sent.  Postfix's stock master.cf logs the relay transport as
+    postfix/relay/smtp and retry as postfix/error; mta logs them as
+    mta/relay and mta/retry (the transport name is the program).
 
 SECURITY
     Queue files are untrusted input (mta.queue.fileformat parses them
     strictly); addresses from them are only routed, never interpreted.
+    Names read from directories are sanitised before they reach a log line.
 
 CONFIGURATION
     qmgr_message_active_limit, default_destination_concurrency_limit,
@@ -40,25 +97,35 @@ CONFIGURATION
     default_destination_recipient_limit, TRANSPORT_destination_recipient_limit,
     minimal_backoff_time, maximal_backoff_time, queue_run_delay,
     maximal_queue_lifetime, bounce_queue_lifetime, defer_transports,
-    soft_bounce.
+    soft_bounce, delay_warning_time.
+
+This module is past 600 lines: it is the one state machine of a message's
+attempt (activation, deliveries, the end of an attempt, its errors);
+directory scans live in mta.queue.scanner, the ETRN index in mta.queue.sites.
 """
 
 import collections
-import os
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 
-from mta.maillog import sanitize
+from mta.maillog import deliveryFields, sanitize
 from mta.model import DeliveryRecipient, DeliveryRequest, RecipientResult
 from mta.queue import tools
 from mta.queue.fileformat import CorruptQueueFile, readQueueFile
+from mta.queue.queueid import isValidQueueId
+from mta.queue.files import QueueWriteError
+from mta.queue.scanner import Scanner
+from mta.queue.sites import SiteIndex, pendingSites, siteOf
+from mta.queue.state import DONE, mergeStates, recipientKey, resultFromState, stateOf, wantsSuccessNotice
 from mta.routing import RouteError
+
+__all__ = ["QueueManager", "ActiveMessage", "mergeStates", "recipientKey"]  # the last two: mta.queue.state
 
 log = Logger()
 
-DONE = frozenset({"sent", "bounced"})
+RETRY_DELAY = 60.0  # seconds before a file that could not be read or moved is tried again
 
 
 @attrs.define
@@ -72,7 +139,9 @@ class ActiveMessage:
     results: dict = attrs.Factory(dict)  # key -> (DeliveryRecipient, RecipientResult), this run
     jobs: int = 0  # deliveries not finished
     pendingAction: str | None = None  # delete, hold or requeue, asked for while delivering
-    appends: list = attrs.Factory(list)  # Deferreds of state appends in flight
+    appends: list = attrs.Factory(list)  # Deferreds of state appends in flight (they never fail)
+    recordFailed: bool = False  # a state append failed: results of this run are not durable
+    programs: dict = attrs.Factory(dict)  # key -> the program that logs a result decided while routing
 
     @property
     def envelope(self):
@@ -86,36 +155,6 @@ class Destination:
     limit: int
     pending: collections.deque = attrs.Factory(collections.deque)
     active: int = 0
-
-
-def _seconds(value):
-    """A delay as Postfix logs it: 0.27, 3.1, 42 (never an exponent)."""
-    if value >= 10:
-        return f"{value:.0f}"
-    if value >= 1:
-        return f"{value:.1f}".rstrip("0").rstrip(".")
-    text = f"{value:.2f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def recipientKey(index, original, address):
-    """The state key of a delivery: the envelope index, plus the address if aliases changed it."""
-    return str(index) if address == original else f"{index}>{address.lower()}"
-
-
-def mergeStates(records):
-    """Fold state records (in file order) into ({key: state}, notified keys)."""
-    states, notified = {}, set()
-    for record in records:
-        recipients = record.get("recipients")
-        if isinstance(recipients, dict):
-            for key, state in recipients.items():
-                if isinstance(state, dict):
-                    states[str(key)] = state
-        keys = record.get("notified")
-        if isinstance(keys, list):
-            notified.update(str(k) for k in keys)
-    return states, notified
 
 
 class QueueManager:
@@ -144,93 +183,129 @@ class QueueManager:
         self.delayWarning = params["delay_warning_time"]
         self.active = {}  # queue id -> ActiveMessage (None while its file is being read)
         self._pendingActions = {}  # queue id -> action asked for while its file was being read
-        self.backlog = collections.deque()  # (queue id, from queue) waiting for an active slot
+        self.backlog = collections.OrderedDict()  # queue id -> queue(s) it comes from, waiting for a slot
         self.destinations = {}
-        self._scanCall = None
+        self.sites = SiteIndex()  # deferred mail by recipient site, for flushSite (ETRN)
+        self.scanner = Scanner(self)
+        self._retries = {}  # queue id -> DelayedCall of a new attempt after an I/O error
         self._running = False
         self.idle = Deferred()  # fires (and is replaced) whenever no message is active: tests
 
     # -- life cycle ---------------------------------------------------------------
 
     def start(self):
-        """Take up what a crash left in active/, then incoming/, then deferred mail that is due."""
+        """Sweep tmp/, take up what a crash left in active/, then incoming/, then deferred mail that is due."""
         self._running = True
         self.store.onCommit = self.enqueue
-        self.store.cleanTemporary(olderThan=3600)
-        for queueId in self.store.listQueue("active"):
-            self._move(queueId, "active", "incoming")
-        for queueId in self.store.listQueue("incoming"):
-            self.enqueue(queueId)
-        self._scanCall = self.clock.callLater(0, self.scanDeferred)
+        self.scanner.start()
 
     def stop(self):
         self._running = False
         self.store.onCommit = None
-        if self._scanCall is not None and self._scanCall.active():
-            self._scanCall.cancel()
-        self._scanCall = None
+        self.scanner.stop()
+        for call in self._retries.values():
+            if call.active():
+                call.cancel()
+        self._retries.clear()
 
     def scanDeferred(self, flush=False):
-        """Activate deferred mail whose time has come (all of it with C{flush})."""
-        self._scanCall = None
-        if not self._running:
-            return
-        now = self.clock.seconds()
-        due = []
-        with os.scandir(self.store.queuePath("deferred")) as entries:
-            for entry in entries:
-                try:
-                    if flush or entry.stat(follow_symlinks=False).st_mtime <= now:
-                        due.append(entry.name)
-                except OSError:
-                    continue
-        for queueId in sorted(due):
-            if queueId not in self.active and (queueId, "deferred") not in self.backlog:
-                self.enqueue(queueId, "deferred")
-        self._scanCall = self.clock.callLater(self.runDelay, self.scanDeferred)
+        """
+        Activate deferred mail whose time has come (all of it with C{flush});
+        a Deferred of the number of messages taken (activated, or waiting
+        for an active slot).
+        """
+        return self.scanner.scanDeferred(flush)
+
+    def flush(self):
+        """Attempt all deferred mail now (postqueue -f); a Deferred of the number of messages taken."""
+        return self.scanner.scanDeferred(flush=True)
+
+    def flushSite(self, domain):
+        """
+        ETRN: activate now the deferred mail with a deferred recipient in
+        exactly C{domain} (case-insensitive; no subdomains, as flush(8)); a
+        Deferred of the number of messages activated (or, past
+        qmgr_message_active_limit, waiting for a slot).  The caller strips
+        ETRN's "@" or "#" and decides whether the domain may be flushed.
+        """
+        return self.scanner.flushSite(domain)
 
     # -- activation ---------------------------------------------------------------
 
     def enqueue(self, queueId, fromQueue="incoming"):
-        """A message is ready (new, or due): activate it now or when a slot frees."""
-        if not self._running:
-            return
+        """
+        A message is ready (new, or due): activate it now or when a slot
+        frees.  C{fromQueue}: the queue it is in, or a tuple of queues to
+        look in, in order.  True if it was taken; False if it was already
+        active or waiting (a waiting one then comes from C{fromQueue}).
+        """
+        if not self._running or queueId in self.active:
+            return False
+        if not isValidQueueId(queueId):
+            log.error("qmgr: not a queue id: {name!r}", name=queueId)
+            return False
+        retry = self._retries.pop(queueId, None)
+        if retry is not None and retry.active():
+            retry.cancel()
+        if queueId in self.backlog:
+            self.backlog[queueId] = fromQueue
+            return False
         if len(self.active) >= self.activeLimit:
-            self.backlog.append((queueId, fromQueue))
-            return
+            self.backlog[queueId] = fromQueue
+            return True
+        self.active[queueId] = None  # the slot (and a second activation) is taken while the file is read
         d = Deferred.fromCoroutine(self._activate(queueId, fromQueue))
-        d.addErrback(lambda f: log.failure("qmgr: {queue_id}: activation failed", f, queue_id=queueId))
+        d.addErrback(self._activationFailed, queueId)
+        return True
 
-    def _move(self, queueId, fromQueue, toQueue, mtime=None):
-        src = self.store.queuePath(fromQueue, queueId)
-        dst = self.store.queuePath(toQueue, queueId)
-        os.rename(src, dst)
-        if mtime is not None:
-            os.utime(dst, (mtime, mtime))
-        return dst
+    def _activationFailed(self, failure, queueId):
+        # _activate handles its errors; this is the last line of defence: never keep a slot.
+        log.failure("qmgr: {queue_id}: activation failed", failure, queue_id=queueId)
+        message = self.active.get(queueId, "missing")
+        if message is None:
+            self._abandon(queueId)
+            self._retryLater(queueId, ("active", "incoming", "deferred"))
+        elif isinstance(message, ActiveMessage) and message.jobs == 0:
+            d = Deferred.fromCoroutine(self._finish(message, failed=True))
+            d.addErrback(lambda f: log.failure("qmgr: {queue_id}: finishing failed", f, queue_id=queueId))
 
-    def _load(self, queueId, fromQueue):
-        """In a worker thread: move the file into active/ and parse it."""
-        path = self._move(queueId, fromQueue, "active")
+    def _load(self, queueId, fromQueues):
+        """In a worker thread: move the file into active/, parse and verify it, cut off a torn tail."""
+        for i, queue in enumerate(fromQueues):
+            try:
+                path = self.store.move(queueId, queue, "active")
+                break
+            except FileNotFoundError:
+                if i == len(fromQueues) - 1:
+                    raise
         try:
-            return path, readQueueFile(path)
-        except CorruptQueueFile:
-            self._move(queueId, "active", "corrupt")
+            queueFile = readQueueFile(path, verifyContent=True)
+        except CorruptQueueFile as e:
+            e.savedAs = self.store.setAside("active", queueId)
             raise
+        if queueFile.tornTail:
+            self.store.truncate(path, queueFile.validLength)
+        return path, queueFile
 
     async def _activate(self, queueId, fromQueue):
-        # A placeholder keeps the slot (and a second activation) taken while the file is read.
-        self.active[queueId] = None
+        fromQueues = (fromQueue,) if isinstance(fromQueue, str) else tuple(fromQueue)
         try:
-            path, queueFile = await self.store.inPool(self._load, queueId, fromQueue)
+            path, queueFile = await self.store.inPool(self._load, queueId, fromQueues)
         except FileNotFoundError:
             return self._abandon(queueId)  # deleted or moved meanwhile (a tool, another scan)
         except CorruptQueueFile as e:
-            self.maillog.emit(f"warning: corrupt queue file moved to corrupt/: {sanitize(str(e))}", queueId)
+            savedAs = getattr(e, "savedAs", queueId)
+            self.maillog.emit(f'warning: saving corrupt file "{queueId}" from queue "active" to queue "corrupt": '
+                              f"{sanitize(str(e))}" + (f" (as {savedAs})" if savedAs != queueId else ""),
+                              queue_id=queueId, prefix=False)
             return self._abandon(queueId)
-        except OSError as e:
-            log.error("qmgr: {queue_id}: cannot activate: {error}", queue_id=queueId, error=e.strerror)
-            return self._abandon(queueId)
+        except Exception as e:
+            error = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            log.error("qmgr: {queue_id}: cannot activate: {error}; trying again in {delay}s",
+                      queue_id=queueId, error=error, delay=RETRY_DELAY)
+            self._abandon(queueId)
+            return self._retryLater(queueId, ("active",) + fromQueues)
+        self.sites.discard(queueId)
         states, notified = mergeStates(queueFile.states)
         message = ActiveMessage(queueId, path, queueFile, self.clock.seconds(), states, notified)
         self.active[queueId] = message
@@ -242,8 +317,25 @@ class QueueManager:
             "queue active",
             sender=envelope.sender,
         )
+        try:
+            jobs = await self._route(message)
+            self._recordImmediate(message)
+        except Exception:
+            log.failure("qmgr: {queue_id}: routing failed; the message is deferred", queue_id=queueId)
+            message.results.clear()
+            return await self._finish(message, failed=True)
+        message.jobs += 1  # deliveries may finish while they are being scheduled
+        for job in jobs:
+            self._schedule(message, *job)
+        message.jobs -= 1
+        if message.jobs == 0:
+            await self._finish(message)
+
+    async def _route(self, message):
+        """Route the recipients that are not done; the deliveries, [(transport, nexthop, concurrency limit, targets)]."""
+        states = message.states
         groups = collections.defaultdict(list)
-        for index, recipient in enumerate(envelope.recipients):
+        for index, recipient in enumerate(message.envelope.recipients):
             if states.get(str(index), {}).get("status") in DONE:
                 continue
             for route in await self.router.route(recipient.address):
@@ -252,7 +344,8 @@ class QueueManager:
                     continue
                 target = DeliveryRecipient(index, route.address, recipient.address, recipient.orcpt, recipient.notify)
                 if isinstance(route, RouteError):
-                    self._result(message, key, target, RecipientResult(index, route.status, route.dsn, route.text))
+                    program = "error" if route.status == "bounced" else "qmgr"
+                    self._result(message, key, target, RecipientResult(index, route.status, route.dsn, route.text), program)
                 elif route.transport in self.deferTransports:
                     self._result(message, key, target, RecipientResult(index, "deferred", "4.3.2", "deferred transport"))
                 elif self.transports(route.transport) is None:
@@ -260,38 +353,46 @@ class QueueManager:
                     self._result(message, key, target, RecipientResult(index, "deferred", "4.3.0", text))
                 else:
                     groups[(route.transport, route.nexthop)].append((key, target))
-        self._recordImmediate(message)
-        message.jobs += 1  # deliveries may finish while they are being scheduled
+        jobs = []
         for (transport, nexthop), targets in groups.items():
             limit = self.params[f"{transport}_destination_recipient_limit"]
-            for start in range(0, len(targets), limit):
-                self._schedule(message, transport, nexthop, targets[start : start + limit])
-        message.jobs -= 1
-        if message.jobs == 0:
-            await self._finish(message)
+            concurrency = self.params[f"{transport}_destination_concurrency_limit"]
+            jobs += [(transport, nexthop, concurrency, targets[i : i + limit]) for i in range(0, len(targets), limit)]
+        return jobs
 
-    def _result(self, message, key, target, result):
+    def _result(self, message, key, target, result, program="qmgr"):
         if self.softBounce and result.status == "bounced":
             result = attrs.evolve(result, status="deferred", dsn="4" + result.dsn[1:])
         message.results[key] = (target, result)
+        message.programs[key] = program
 
     def _abandon(self, queueId):
-        del self.active[queueId]
+        self.active.pop(queueId, None)
         self._pendingActions.pop(queueId, None)
         self._slotFree()
+
+    def _retryLater(self, queueId, fromQueues, delay=RETRY_DELAY):
+        """Take C{queueId} up again after C{delay} (its file could not be read or moved)."""
+        if not self._running or queueId in self._retries:
+            return
+        self._retries[queueId] = self.clock.callLater(delay, self._retryNow, queueId, fromQueues)
+
+    def _retryNow(self, queueId, fromQueues):
+        self._retries.pop(queueId, None)
+        self.enqueue(queueId, tuple(dict.fromkeys(fromQueues)))
 
     def _recordImmediate(self, message):
         """Record (and log) the results decided while routing, before any delivery."""
         if message.results:
-            self._record(message, dict(message.results))
+            programs = message.programs
+            self._record(message, {k: (t, r, programs.get(k, "qmgr")) for k, (t, r) in message.results.items()})
 
     # -- deliveries -----------------------------------------------------------------
 
-    def _schedule(self, message, transport, nexthop, targets):
+    def _schedule(self, message, transport, nexthop, limit, targets):
         key = (transport, nexthop)
         destination = self.destinations.get(key)
         if destination is None:
-            limit = self.params[f"{transport}_destination_concurrency_limit"]
             destination = self.destinations[key] = Destination(transport, nexthop, limit)
         message.jobs += 1
         destination.pending.append((message, targets))
@@ -301,25 +402,51 @@ class QueueManager:
         while destination.active < destination.limit and destination.pending:
             message, targets = destination.pending.popleft()
             destination.active += 1
-            queueFile = message.queueFile
-            request = DeliveryRequest(
-                queue_id=message.queueId,
-                transport=destination.transport,
-                nexthop=destination.nexthop,
-                envelope=message.envelope,
-                recipients=tuple(target for _, target in targets),
-                path=message.path,
-                content_offset=queueFile.contentOffset,
-                content_length=queueFile.contentLength,
-            )
             started = self.clock.seconds()
-            transport = self.transports(destination.transport)
-            d = maybeDeferred(transport.deliver, request)
+            try:
+                queueFile = message.queueFile
+                request = DeliveryRequest(
+                    queue_id=message.queueId,
+                    transport=destination.transport,
+                    nexthop=destination.nexthop,
+                    envelope=message.envelope,
+                    recipients=tuple(target for _, target in targets),
+                    path=message.path,
+                    content_offset=queueFile.contentOffset,
+                    content_length=queueFile.contentLength,
+                )
+                transport = self.transports(destination.transport)
+                d = maybeDeferred(transport.deliver, request)
+            except Exception:
+                d = fail()
             d.addBoth(self._delivered, message, destination, targets, started)
             d.addErrback(lambda f: log.failure("qmgr: after a delivery", f))
 
     def _delivered(self, results, message, destination, targets, started):
         destination.active -= 1
+        try:
+            batch = self._collect(results, destination, targets)
+        except Exception:
+            log.failure("qmgr: {queue_id}: bad results from transport {transport}", queue_id=message.queueId,
+                        transport=destination.transport)
+            batch = {key: (target, RecipientResult(target.index, "deferred", "4.3.0", "delivery agent failed"), "qmgr")
+                     for key, target in targets}
+        message.results.update({key: (target, result) for key, (target, result, _) in batch.items()})
+        try:
+            self._record(message, batch, started)
+        except Exception:
+            log.failure("qmgr: {queue_id}: cannot record delivery results", queue_id=message.queueId)
+            message.recordFailed = True
+        message.jobs -= 1
+        try:
+            self._dispatch(destination)
+        finally:
+            if message.jobs == 0:
+                d = Deferred.fromCoroutine(self._finish(message))
+                d.addErrback(lambda f: log.failure("qmgr: {queue_id}: finishing failed", f, queue_id=message.queueId))
+
+    def _collect(self, results, destination, targets):
+        """key -> (target, result, program) for one delivery; a missing answer defers."""
         byIndex = collections.defaultdict(list)
         if isinstance(results, list):
             for result in results:
@@ -330,138 +457,217 @@ class QueueManager:
         batch = {}
         for key, target in targets:
             found = byIndex.get(target.index)
-            result = found.pop(0) if found else RecipientResult(
-                target.index, "deferred", "4.3.0", "delivery agent failed: no result"
-            )
+            if found:
+                result, program = found.pop(0), destination.transport
+            else:  # qmgr's own verdict, as Postfix's for a delivery agent that died
+                result = RecipientResult(target.index, "deferred", "4.3.0", "delivery agent failed: no result")
+                program = "qmgr"
             if self.softBounce and result.status == "bounced":
                 result = attrs.evolve(result, status="deferred", dsn="4" + result.dsn[1:])
-            batch[key] = (target, result)
-        message.results.update(batch)
-        self._record(message, batch, started)
-        message.jobs -= 1
-        self._dispatch(destination)
-        if message.jobs == 0:
-            d = Deferred.fromCoroutine(self._finish(message))
-            d.addErrback(lambda f: log.failure("qmgr: {queue_id}: finishing failed", f, queue_id=message.queueId))
+            batch[key] = (target, result, program)
+        return batch
 
     def _record(self, message, batch, started=None):
-        """Append the results to the queue file, then log them (one line each)."""
+        """
+        Append the results (key -> (target, result, program)) to the queue
+        file, then log them, one line each under its program.  A failed
+        append is logged and marks the message (the lines are logged anyway:
+        the deliveries happened).
+        """
         now = self.clock.seconds()
-        state = {
-            "time": now,
-            "recipients": {
-                key: {"status": r.status, "dsn": r.dsn, "text": r.text[:2000], "relay": r.relay}
-                for key, (_, r) in batch.items()
-            },
-        }
-        for key, (_, r) in batch.items():
-            message.states[key] = state["recipients"][key]
-        d = self._append(message, state)
+        recipients = {}
+        for key, (_, r, _) in batch.items():
+            recipients[key] = message.states[key] = stateOf(r)
+        d = self._append(message, {"time": now, "recipients": recipients})
 
         def logged(_):
-            envelope = message.envelope
-            for key, (target, r) in batch.items():
-                fields = [("to", f"<{target.address}>")]
-                if target.address != target.original:
-                    fields.append(("orig_to", f"<{target.original}>"))
-                total = now - envelope.arrival_time
-                before = message.activeSince - envelope.arrival_time
-                inQueue = (started or now) - message.activeSince
-                fields.append(("relay", r.relay))
-                if r.conn_use > 1:
-                    fields.append(("conn_use", r.conn_use))
-                fields += [
-                    ("delay", _seconds(total)),
-                    ("delays", "/".join(_seconds(x) for x in (before, inQueue, 0, max(0.0, now - (started or now))))),
-                    ("dsn", r.dsn),
-                    ("status", r.status),
-                ]
-                program = r.relay if r.relay in ("virtual", "discard", "error") else "qmgr"
+            arrival = message.envelope.arrival_time
+            for key, (target, r, program) in batch.items():
+                fields = deliveryFields(target.address, target.original, r.relay, r.conn_use, r.dsn, r.status,
+                                        arrival, message.activeSince, started, now)
                 self.maillogs(program).fields(
                     message.queueId, fields, r.text, recipient=target.address, status=r.status, dsn=r.dsn
                 )
 
+        d.addCallback(logged)
+        d.addErrback(lambda f: log.failure("qmgr: {queue_id}: logging results", f, queue_id=message.queueId))
+
+    def _append(self, message, state):
+        """Append a state record; the Deferred never fails (a failure sets message.recordFailed)."""
+        try:
+            d = self.store.appendState(message.path, state)
+        except Exception:
+            d = fail()
+
         def failed(failure):
+            message.recordFailed = True
             log.error("qmgr: {queue_id}: cannot record delivery results: {error}",
                       queue_id=message.queueId, error=failure.getErrorMessage())
 
-        d.addCallbacks(logged, failed)
-
-    def _append(self, message, state):
-        """Append a state record (the first append also cuts off a torn tail)."""
-        truncate = None
-        if message.queueFile.tornTail and not message.appends:
-            truncate = message.queueFile.validLength
-        d = self.store.appendState(message.path, state, truncateTo=truncate)
+        d.addErrback(failed)
         message.appends.append(d)
         return d
 
+    async def _settle(self, message):
+        """Wait for the appends in flight; True if every one of them is durable."""
+        while message.appends:
+            appends, message.appends = message.appends, []
+            for d in appends:
+                await d
+        return not message.recordFailed
+
     # -- the end of an attempt --------------------------------------------------------
 
-    async def _finish(self, message):
-        for d in message.appends:
-            await d
+    async def _finish(self, message, failed=False):
+        """End the attempt: expiry, notices, then defer, remove or apply a tool's action.  Frees the slot."""
+        queueId = message.queueId
+        requeue = None
+        try:
+            if failed:
+                await self._settle(message)
+                await self._defer(message)
+            else:
+                requeue = await self._conclude(message)
+        except Exception:
+            log.failure("qmgr: {queue_id}: finishing failed; the message is deferred", queue_id=queueId)
+            try:
+                await self._defer(message)
+            except Exception:
+                log.failure("qmgr: {queue_id}: cannot defer", queue_id=queueId)
+                self._retryLater(queueId, ("active",))
+        del self.active[queueId]
+        self._slotFree()
+        if requeue is not None:
+            self.enqueue(queueId, requeue)
+
+    async def _conclude(self, message):
+        """The normal end of an attempt; the queue to take the message up from again (a tool's action), or None."""
+        queueId = message.queueId
+        if not await self._settle(message):
+            self.maillog.warning("cannot record delivery results; the message is deferred, and deliveries that "
+                                 "were not recorded will be repeated", queueId)
+            await self._defer(message)
+            return None
         now = self.clock.seconds()
         envelope = message.envelope
         lifetime = self.bounceLifetime if not envelope.sender else self.lifetime
-        deferred = [key for key, s in message.states.items() if s.get("status") == "deferred"]
+        deferred = {key for key, (_, result) in message.results.items() if result.status == "deferred"}
         if deferred and now - envelope.arrival_time >= lifetime:
+            self.maillog.emit(f"from=<{sanitize(envelope.sender)}>, status=expired, returned to sender", queueId,
+                              sender=envelope.sender)
             expired = {}
-            for key, (target, result) in message.results.items():
-                if result.status == "deferred":
-                    expired[key] = (target, attrs.evolve(result, status="bounced", text=f"message expired: {result.text}"))
-            if expired:
-                message.results.update(expired)
-                self._record(message, expired)
-                for d in message.appends:
-                    await d
-            deferred = [key for key, s in message.states.items() if s.get("status") == "deferred"]
-        await self._notify(message)
+            for key in deferred:
+                target, result = message.results[key]
+                result = attrs.evolve(result, status="bounced", text=f"message expired: {result.text}")
+                message.results[key] = (target, result)
+                expired[key] = (target, result, "qmgr")
+            self._record(message, expired)
+            if not await self._settle(message):
+                self.maillog.warning("cannot record the expiry; the message is deferred", queueId)
+                await self._defer(message)
+                return None
+            deferred = set()
+        noticed = await self._notify(message)
+        if message.pendingAction is not None:
+            return self._applyPending(message)
+        if deferred or not noticed:
+            await self._defer(message)
+            return None
         try:
-            if message.pendingAction is not None:
-                self._operate(message.pendingAction, message.queueId, "active")
-            elif deferred:
-                age = now - envelope.arrival_time
-                delay = min(max(age, self.minBackoff), self.maxBackoff)
-                await self.store.inPool(self._move, message.queueId, "active", "deferred", now + delay)
-            else:
-                await self.store.inPool(os.unlink, message.path)
-                self.maillog.emit("removed", message.queueId)
+            await self.store.inPool(self.store.fs.unlink, message.path)
+        except FileNotFoundError:
+            return None
         except OSError as e:
-            log.error("qmgr: {queue_id}: {error}", queue_id=message.queueId, error=e.strerror)
-        del self.active[message.queueId]
-        self._slotFree()
+            log.error("qmgr: {queue_id}: cannot remove: {error}", queue_id=queueId, error=e.strerror)
+            self._retryLater(queueId, ("active",))
+            return None
+        self.maillog.emit("removed", queueId)
+        return None
+
+    async def _defer(self, message):
+        """Move the message to deferred/, due after the backoff; on failure try again later from active/."""
+        now = self.clock.seconds()
+        age = now - message.envelope.arrival_time
+        delay = min(max(age, self.minBackoff), self.maxBackoff)
+        try:
+            await self.store.inPool(self.store.move, message.queueId, "active", "deferred", now + delay)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log.error("qmgr: {queue_id}: cannot move to deferred/: {error}; trying again in {delay}s",
+                      queue_id=message.queueId, error=e.strerror, delay=delay)
+            self._retryLater(message.queueId, ("active",), delay)
+            return
+        sites = {siteOf(target.address) for target, result in message.results.values() if result.status == "deferred"}
+        sites.discard(None)
+        if not sites and (message.recordFailed or not message.results):
+            sites = pendingSites(message.envelope, mergeStates(message.queueFile.states)[0])
+        self.sites.add(message.queueId, sites)
+
+    def _applyPending(self, message):
+        """A tool's action asked for during delivery; the queue to take the message up from, or None."""
+        action, queueId = message.pendingAction, message.queueId
+        try:
+            text = tools.apply(self.store, action, queueId, "active", self.clock.seconds())
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.error("qmgr: {queue_id}: {action} failed: {error}", queue_id=queueId, action=action, error=e.strerror)
+            self._retryLater(queueId, ("active",))
+            return None
+        if text is not None:
+            self.maillogs("postsuper").emit(text, queueId)
+        return {"requeue": "incoming", "release": "deferred"}.get(action)
+
+    def _owed(self, message, status):
+        """(key, target, result) of the recipients recorded with C{status} whose notice is still owed."""
+        items = []
+        for key, state in message.states.items():
+            if state.get("status") != status or key in message.notified:
+                continue
+            pair = message.results.get(key) or resultFromState(message.envelope, key, state)
+            if pair is None:
+                continue
+            target, result = pair
+            if status == "sent" and not wantsSuccessNotice(target, result):
+                continue
+            items.append((key, target, result))
+        return items
 
     async def _notify(self, message):
-        """Send the bounces and success notices this attempt calls for, once."""
+        """Send the bounces and success notices still owed, and a delay warning; False if one failed."""
         if self.notices is None:
-            return
-        pending = {k: v for k, v in message.results.items() if k not in message.notified}
+            return True
+        ok = True
         for kind, status in (("failure", "bounced"), ("success", "sent")):
-            items = [(key, target, result) for key, (target, result) in pending.items() if result.status == status]
-            if not items:
-                continue
-            sent = await self.notices.send(kind, message, items)
-            if sent:
-                keys = [key for key, _, _ in items]
-                message.notified.update(keys)
-                await self._append(message, {"time": self.clock.seconds(), "notified": keys})
+            items = self._owed(message, status)
+            if items and not await self._send(message, kind, items, [key for key, _, _ in items]):
+                ok = False
         # One delay warning per message, once it has waited delay_warning_time.
         age = self.clock.seconds() - message.envelope.arrival_time
         if self.delayWarning > 0 and age >= self.delayWarning and "delay" not in message.notified:
             items = [(key, target, result) for key, (target, result) in message.results.items()
                      if result.status == "deferred"]
-            if items and await self.notices.send("delay", message, items):
-                message.notified.add("delay")
-                await self._append(message, {"time": self.clock.seconds(), "notified": ["delay"]})
+            if items:
+                await self._send(message, "delay", items, ["delay"])  # a lost warning is not worth a retry
+        return ok
+
+    async def _send(self, message, kind, items, keys):
+        """One notice; True if it was queued (and recorded as notified) or there was nothing to send."""
+        try:
+            sent = await self.notices.send(kind, message, items)
+        except QueueWriteError:
+            return False  # logged by the notices
+        except Exception:
+            log.failure("qmgr: {queue_id}: {kind} notice failed", queue_id=message.queueId, kind=kind)
+            return False
+        if sent:
+            message.notified.update(keys)
+            self._append(message, {"time": self.clock.seconds(), "notified": keys})
+            await self._settle(message)  # a failure here only risks a duplicate notice, never a lost one
+        return True
 
     # -- administration (mta-queue) -----------------------------------------------
-
-    def flush(self):
-        """Attempt all deferred mail now (postqueue -f); the number of messages activated."""
-        due = self.store.listQueue("deferred")
-        self.scanDeferred(flush=True)
-        return len(due)
 
     def operate(self, action, ids):
         """
@@ -481,7 +687,8 @@ class QueueManager:
                     self.active[queueId].pendingAction = action
                 done.append(queueId)
                 continue
-            queue = tools.findMessage(self.store, queueId, [q for q in queues if q != "active"])
+            # A file in active/ that is not being delivered waits for a new attempt after an error.
+            queue = tools.findMessage(self.store, queueId, queues)
             if queue is None:
                 missing.append(queueId)
                 continue
@@ -498,6 +705,9 @@ class QueueManager:
         text = tools.apply(self.store, action, queueId, queue, self.clock.seconds())
         if text is not None:
             self.maillogs("postsuper").emit(text, queueId)
+        retry = self._retries.pop(queueId, None)
+        if retry is not None and retry.active():
+            retry.cancel()
         if action == "requeue":
             self.enqueue(queueId)
         elif action == "release":
@@ -505,7 +715,7 @@ class QueueManager:
 
     def _slotFree(self):
         while self.backlog and len(self.active) < self.activeLimit:
-            queueId, fromQueue = self.backlog.popleft()
+            queueId, fromQueue = self.backlog.popitem(last=False)
             self.enqueue(queueId, fromQueue)
         if not self.active:
             idle, self.idle = self.idle, Deferred()
@@ -536,12 +746,9 @@ class QueueManager:
         self.softBounce = params["soft_bounce"]
         self.delayWarning = params["delay_warning_time"]
         # A shorter queue_run_delay applies to the next scan, not only to the one after it.
-        if self._scanCall is not None and self._scanCall.active():
-            if self._scanCall.getTime() - self.clock.seconds() > self.runDelay:
-                self._scanCall.reset(self.runDelay)
+        self.scanner.runDelayChanged()
         for destination in list(self.destinations.values()):
             destination.limit = params[f"{destination.transport}_destination_concurrency_limit"]
             self._dispatch(destination)
-        while self._running and self.backlog and len(self.active) < self.activeLimit:
-            queueId, fromQueue = self.backlog.popleft()
-            self.enqueue(queueId, fromQueue)
+        if self._running:
+            self._slotFree()

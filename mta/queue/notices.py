@@ -3,12 +3,20 @@
 The queue manager decides that a notice is due (bounced recipients, or
 NOTIFY=SUCCESS deliveries); this module builds it with mta.bounce and
 queues it as a new message from the null sender, then logs Postfix's line
-(``ID: sender non-delivery notification: NEWID``).  It never bounces a
-bounce: a failed message from <> goes to the postmaster only when
+(``ID: sender non-delivery notification: NEWID``, program bounce).  It never
+bounces a bounce: a failed message from <> goes to the postmaster only when
 notify_classes has 2bounce (else it is dropped with a log line), and a
-failed postmaster notice (from $double_bounce_sender) is always dropped.
+failed postmaster notice (from $double_bounce_sender) is always dropped
+(``warning: ID: undeliverable postmaster notification discarded``).
 With notify_classes containing bounce, the postmaster gets a copy
 (headers only) of every bounce.
+
+A notice that cannot be queued (disk full, an I/O error) is logged as
+bounce(8) does (``warning: ID: sender notification failed to ADDR: ...``)
+and the QueueWriteError goes back to the queue manager, which keeps the
+message (and its unrecorded "notified" state) and tries again later: a
+notice is owed until a state record says it was queued.  send() says
+whether a notice was queued, so the manager records "notified" only then.
 
 SECURITY
     The original content is read (at most bounce_size_limit bytes) and
@@ -21,8 +29,10 @@ CONFIGURATION
 """
 
 from mta.bounce import buildNotice, isDoubleBounce
+from mta.maillog import sanitize
 from mta.model import Envelope, Recipient
 from mta.queue.fileformat import readContent
+from mta.queue.files import QueueWriteError
 
 PROGRAM = "bounce"
 WHAT = {"failure": "non-delivery", "delay": "delay", "success": "delivery status"}
@@ -45,36 +55,48 @@ class Notices:
         self.delayWarning = params["delay_warning_time"]
 
     async def send(self, kind, message, items):
-        """Queue the notice of C{kind} for C{items} ((key, target, result) triples); True when handled."""
+        """
+        Queue the notice of C{kind} for C{items} ((key, target, result)
+        triples).  True when something was done that the queue file should
+        record as notified: a notice queued, or one dropped on purpose with
+        its log line (a failed bounce); False when there was nothing to send
+        (no recipient's NOTIFY asks for it).  QueueWriteError when a notice
+        could not be queued (logged here): the caller keeps the message and
+        tries again later.
+        """
         envelope = message.envelope
         if kind == "success":
             # A next hop that took NOTIFY sends its own notice (Postfix clears NOTIFY=SUCCESS then).
             items = [item for item in items if item[2].success_action != "none"]
             if not items:
-                return True
+                return False
         pairs = [(target, result, result.success_action) if result.success_action else (target, result)
                  for _, target, result in items]
         queueId = message.queueId
         if isDoubleBounce(envelope, self.doubleBounceSender, self.origin):
-            if kind == "failure":
-                self.maillog.emit("undeliverable postmaster notification discarded", queueId)
+            if kind != "failure":
+                return False
+            self.maillog.warning("undeliverable postmaster notification discarded", queueId)
             return True
         if not envelope.sender:
             if kind != "failure":
-                return True
+                return False
             if "2bounce" not in self.classes:
                 self.maillog.emit("undeliverable bounce discarded (2bounce is not in notify_classes)", queueId)
                 return True
-            await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.doubleBounceRecipient,
-                              what="postmaster non-delivery")
-            return True
-        await self._queue(kind, message, pairs, what=f"sender {WHAT[kind]}")
+            newId = await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.doubleBounceRecipient,
+                                      what="postmaster non-delivery")
+            return newId is not None
+        newId = await self._queue(kind, message, pairs, what=f"sender {WHAT[kind]}")
+        queued = newId is not None
         if kind == "failure" and "bounce" in self.classes:
-            await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.bounceRecipient,
-                              what="postmaster non-delivery")
-        return True
+            copyId = await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.bounceRecipient,
+                                       what="postmaster non-delivery")
+            queued = queued or copyId is not None
+        return queued
 
     async def _queue(self, kind, message, pairs, what, postmasterCopy=False, postmaster="postmaster"):
+        """Build and queue one notice; its queue id, or None when nobody asked for it.  QueueWriteError."""
         queueFile = message.queueFile
         now = self.clock.seconds()
 
@@ -94,12 +116,18 @@ class Notices:
         sender, to, content = notice
         if "@" not in to:
             to = f"{to}@{self.origin}"
-        incoming = self.store.newMessage()
-        incoming.write(content)
         envelope = Envelope(
             sender=sender, recipients=(Recipient(to),), arrival_time=now, client_name="localhost",
             client_address="127.0.0.1", protocol="local", body=notice.body, smtputf8=notice.smtputf8,
         )
-        newId = await incoming.commit(envelope)
+        try:
+            incoming = self.store.newMessage()
+            incoming.write(content)
+            newId = await incoming.commit(envelope)
+        except QueueWriteError as e:
+            # Postfix's bounce(8) lines: "sender notification failed to ADDR", "postmaster notification failed".
+            whom = "postmaster notification failed" if postmasterCopy else f"sender notification failed to {sanitize(to)}"
+            self.maillog.warning(f"{whom}: {sanitize(str(e))}", message.queueId)
+            raise
         self.maillog.emit(f"{what} notification: {newId}", message.queueId)
         return newId

@@ -36,11 +36,24 @@ GROUP COMMIT
     its own rename.  Renames that finish while a job runs wait for the next
     job, which then serves all of them with one fsync.
 
+THE QUEUE MANAGER'S FILE WORK
+    Blocking methods, run in the store's thread pool (inPool), their system
+    calls made through the FileSystem seam so that tests can inject faults
+    (reading a queue file, fileformat.readQueueFile, does not use it):
+    appendState() (a state record, fdatasync'd; a Deferred), move() (a
+    rename, and the deferred queue's mtime), setAside() (anything, under
+    any name, into corrupt/ without overwriting), presentIn(), truncate()
+    (a torn append), cleanTemporary().  scan() reads a directory in the
+    pool, SCAN_BATCH entries (lstat only) per job, as ScanBatch objects
+    whose flat arrays give the garbage collector nothing to walk.
+
 SECURITY
     Message content is untrusted but never interpreted here.  Queue ids are
-    made here; names found in directories are used only if they are valid
-    queue ids.  Files are created O_EXCL|O_NOFOLLOW, mode 0600, in
-    directories of mode 0700.
+    made here; names found in directories are used as paths in another
+    directory only if they are valid queue ids (setAside() keeps any other
+    name within the queue and corrupt/).  Files are created
+    O_EXCL|O_NOFOLLOW, mode 0600, in directories of mode 0700; entries are
+    lstat'ed, never followed.
 
 CONFIGURATION
     queue_directory (the store's directory); queue_minfree uses freeSpace().
@@ -60,12 +73,19 @@ from twisted.python.failure import Failure
 
 from mta.model import Envelope
 from mta.queue import fileformat, queueid
-from mta.queue.files import FileSystem, QueueWriteError, _describe, _writeAll  # noqa: F401 (re-exported)
+from mta.queue.files import (  # noqa: F401 (re-exported)
+    DirectoryScan,
+    FileSystem,
+    QueueWriteError,
+    _describe,
+    _writeAll,
+)
 
 log = Logger()
 
 QUEUE_NAMES = ("incoming", "active", "deferred", "hold", "corrupt", "maildrop", "tmp")
 WRITE_BUFFER_SIZE = 64 * 1024
+SCAN_BATCH = 1000  # directory entries per thread-pool job of a DirectoryScan
 
 
 class IncomingMessage:
@@ -249,42 +269,102 @@ class QueueStore:
         return st.f_bavail * st.f_frsize
 
     def listQueue(self, name):
-        """The queue ids of the files in queue C{name}, sorted; other names are ignored."""
+        """
+        Blocking: the queue ids of the regular files in queue C{name}, sorted;
+        other names are ignored.  For tools; the queue manager uses scan().
+        """
         ids = []
-        with os.scandir(self.queuePath(name)) as entries:
-            for entry in entries:
-                if queueid.isValidQueueId(entry.name):
-                    try:
-                        if entry.is_file(follow_symlinks=False):
-                            ids.append(entry.name)
-                    except OSError:
-                        pass
+        for entryName, st in self.fs.scandir(self.queuePath(name)):
+            if queueid.isValidQueueId(entryName) and st is not None and stat.S_ISREG(st.st_mode):
+                ids.append(entryName)
         ids.sort()
         return ids
 
-    def cleanTemporary(self, olderThan):
+    def scan(self, name, batchSize=SCAN_BATCH):
         """
-        Remove files in tmp/ last modified more than C{olderThan} seconds ago
-        (by the reactor's clock), except those of messages being received.
-        Returns the names removed, sorted.
+        A DirectoryScan of queue C{name}: its entries read in the thread pool,
+        C{batchSize} at a time, so that a queue of any size never blocks
+        the reactor for long.
         """
-        limit = self.reactor.seconds() - olderThan
+        return DirectoryScan(self, self.queuePath(name), batchSize)
+
+    def move(self, queueId, fromQueue, toQueue, mtime=None):
+        """
+        Blocking (call it with inPool): rename C{queueId} from one queue to
+        another, and set its mtime (the deferred queue's next attempt).
+        Returns the new path.  Raises OSError (FileNotFoundError: gone).
+        """
+        src = self.queuePath(fromQueue, queueId)
+        dst = self.queuePath(toQueue, queueId)
+        self.fs.rename(src, dst)
+        if mtime is not None:
+            self.fs.utime(dst, (mtime, mtime))
+        return dst
+
+    def setAside(self, fromQueue, name):
+        """
+        Blocking: move the entry C{name} of queue C{fromQueue} (any name,
+        any kind of file: nothing is opened or followed) into corrupt/, under
+        the same name or, if that is taken, NAME.1, NAME.2, ...  Returns the
+        name it got.  Raises OSError (FileNotFoundError: gone).
+        """
+        if not name or name in (".", "..") or os.sep in name or "\0" in name:
+            raise ValueError(f"not a directory entry: {name!r}")
+        src = os.path.join(self.queuePath(fromQueue), name)
+        corrupt = self.queuePath("corrupt")
+        target, n = name, 0
+        while True:
+            try:
+                self.fs.lstat(os.path.join(corrupt, target))
+            except FileNotFoundError:
+                break
+            n += 1
+            target = f"{name}.{n}"
+        self.fs.rename(src, os.path.join(corrupt, target))
+        return target
+
+    def presentIn(self, name, queueIds):
+        """Blocking: those of C{queueIds} that are regular files in queue C{name}, in order."""
+        present = []
+        for queueId in queueIds:
+            try:
+                st = self.fs.lstat(self.queuePath(name, queueId))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                present.append(queueId)
+        return present
+
+    def cleanTemporary(self, olderThan=None, now=None):
+        """
+        Blocking: remove what is left in tmp/ (anything but a directory) that
+        was last modified more than C{olderThan} seconds before C{now} (the
+        reactor's clock by default; C{olderThan} None: whatever its age),
+        except the files of messages being received.  Returns the names
+        removed, sorted.  Only this process writes tmp/ (mta-sendmail and
+        pickup's submissions use maildrop/), so at start-up, holding the
+        queue lock, everything there is garbage.
+        """
+        if olderThan is None:
+            limit = None
+        else:
+            limit = (self.reactor.seconds() if now is None else now) - olderThan
+        tmp = self.queuePath("tmp")
         removed = []
-        with os.scandir(self.queuePath("tmp")) as entries:
-            for entry in entries:
-                if entry.name in self._open:
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode) or st.st_mtime > limit:
-                        continue
-                    self.fs.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    log.warn("cannot remove {path}: {error}", path=entry.path, error=_describe(e))
-                    continue
-                removed.append(entry.name)
+        for name, st in self.fs.scandir(tmp):
+            if name in self._open or st is None:
+                continue
+            if stat.S_ISDIR(st.st_mode) or (limit is not None and st.st_mtime > limit):
+                continue
+            path = os.path.join(tmp, name)
+            try:
+                self.fs.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warn("cannot remove {path}: {error}", path=path, error=_describe(e))
+                continue
+            removed.append(name)
         removed.sort()
         return removed
 
@@ -328,11 +408,21 @@ class QueueStore:
             raise QueueWriteError(f"cannot update {path}: {_describe(e)}") from None
         try:
             if truncateTo is not None:
-                os.ftruncate(fd, truncateTo)
+                fs.ftruncate(fd, truncateTo)
             _writeAll(fs, fd, record)
-            os.fdatasync(fd)
+            fs.fdatasync(fd)
         except OSError as e:
             raise QueueWriteError(f"cannot update {path}: {_describe(e)}") from None
+        finally:
+            fs.close(fd)
+
+    def truncate(self, path, length):
+        """Blocking: cut the committed queue file C{path} to C{length} bytes (a torn append) and fdatasync it."""
+        fs = self.fs
+        fd = fs.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fs.ftruncate(fd, length)
+            fs.fdatasync(fd)
         finally:
             fs.close(fd)
 

@@ -20,6 +20,7 @@ import os
 
 from mta.queue.fileformat import CorruptQueueFile, readQueueFile
 from mta.queue.queueid import isValidQueueId
+from mta.queue.state import mergeStates
 
 # Where each operation looks, as postsuper's defaults.
 SOURCES = {
@@ -81,8 +82,6 @@ def describe(store, queue, queueId, now):
     except (CorruptQueueFile, OSError) as e:
         entry["error"] = str(e)
         return entry
-    from mta.queue.manager import mergeStates
-
     envelope = queueFile.envelope
     states, _ = mergeStates(queueFile.states)
     recipients = []

@@ -27,6 +27,7 @@ CONFIGURATION
 
 from twisted.internet.defer import Deferred
 
+from mta.maillog import MailLogger
 from mta.model import Envelope, Reply
 from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate, notRewrittenWarning
 from mta.tables import TableTemporaryError
@@ -109,6 +110,7 @@ class IncomingTransaction:
         )
         client = s.client
         maillog = s.factory.maillog
+        cleanupLog = MailLogger(s.factory.params["syslog_name"], "cleanup")  # Postfix's cleanup logs message-id=
 
         messageId = self.cleanup.messageId
 
@@ -117,9 +119,9 @@ class IncomingTransaction:
         def committed(queueId):
             maillog.emit(f"client={client}", queue_id=queueId, client=client)
             if messageId:
-                maillog.emit(f"message-id={messageId}", queue_id=queueId)
+                cleanupLog.emit(f"message-id={messageId}", queue_id=queueId)
             if notRewritten:
-                maillog.emit(notRewrittenWarning(notRewritten), queue_id=queueId)
+                cleanupLog.emit(notRewrittenWarning(notRewritten), queue_id=queueId)
             maillog.fields(
                 queueId,
                 [("from", f"<{envelope.sender}>"), ("size", self.message.size), ("nrcpt", len(envelope.recipients))],

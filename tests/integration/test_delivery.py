@@ -101,4 +101,54 @@ def test_damagedQueueFileGoesToCorruptAndMailFlows(makeDaemon, tmp_path):
     with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
         s.sendmail("s@example.org", ["u@box.example"], b"Subject: new\r\n\r\nhi\r\n")
     assert waitFor(lambda: len(maildirFiles(str(base), "box.example/u")) == 2, what="new mail delivered")
-    assert "corrupt queue file moved to corrupt/" in d.maillogText()
+    assert 'warning: saving corrupt file "8DmOAAAAAAAAAA" from queue "active" to queue "corrupt": ' in d.maillogText()
+
+
+def test_strayFilesDamagedBodiesAndTmpLeftoversDoNotStopMail(makeMailhost, tmp_path):
+    """
+    With one active slot, stray entries (names that are not queue ids, a symbolic link to a
+    FIFO, a FIFO, a directory) in incoming/, active/ and deferred/ and a file whose body was
+    damaged all go to corrupt/, nothing of the damaged one is delivered, crash leftovers in
+    tmp/ are removed at start, whatever their age, and mail flows.
+    """
+    from mta.model import Envelope, Recipient
+    from mta.queue.fileformat import HEADER_SIZE, dumpQueueFile
+
+    d = makeMailhost("qmgr_message_active_limit = 1\n")
+    for queue in ("incoming", "active", "deferred", "tmp"):
+        os.makedirs(os.path.join(d.queue, queue), exist_ok=True)
+    fifo = str(tmp_path / "a.fifo")
+    os.mkfifo(fifo)
+    strays = {}
+    for n, queue in enumerate(("incoming", "active", "deferred")):
+        directory = os.path.join(d.queue, queue)
+        with open(os.path.join(directory, "core"), "wb") as f:
+            f.write(b"junk")
+        os.symlink(fifo, os.path.join(directory, f"8DmOLINK{n}AAAAA"))
+        os.mkfifo(os.path.join(directory, f"8DmOFIFO{n}AAAAA"))
+        os.mkdir(os.path.join(directory, f"8DmODIRS{n}AAAAA"))
+        strays[queue] = ["core", f"8DmOLINK{n}AAAAA", f"8DmOFIFO{n}AAAAA", f"8DmODIRS{n}AAAAA"]
+    damaged = bytearray(dumpQueueFile(Envelope("s@example.org", (Recipient("u@box.example"),), time.time()),
+                                      b"Subject: damaged\r\n\r\nsecret body\r\n"))
+    damaged[HEADER_SIZE + 25] ^= 0x01
+    with open(os.path.join(d.queue, "incoming", "8DmOBADBODYAAA"), "wb") as f:
+        f.write(damaged)
+    for name in ("8DmOTMPAAAAAAA", "junk"):
+        with open(os.path.join(d.queue, "tmp", name), "wb") as f:
+            f.write(b"partial")  # young: written just now
+    d.start()
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        for i in range(3):
+            s.sendmail("s@example.org", ["u@box.example"], f"Subject: m{i}\r\n\r\nhi\r\n".encode())
+    assert waitFor(lambda: len(maildirFiles(d.base, "box.example/u")) == 3, what="three deliveries")
+    corrupt = waitFor(lambda: (c := sorted(os.listdir(os.path.join(d.queue, "corrupt")))) and len(c) == 13 and c,
+                      what="every stray in corrupt/")
+    assert "8DmOBADBODYAAA" in corrupt and "core" in corrupt and "core.1" in corrupt and "core.2" in corrupt
+    for queue, names in strays.items():
+        assert not set(os.listdir(os.path.join(d.queue, queue))) & set(names)
+    log = d.maillogText()
+    assert "content checksum mismatch" in log and "to=<u@box.example>" in log
+    assert not any(b"secret body" in open(path, "rb").read() for path in maildirFiles(d.base, "box.example/u"))
+    assert os.listdir(os.path.join(d.queue, "tmp")) == []
+    for queue in ("incoming", "active", "deferred"):
+        assert f'from queue "{queue}" to queue "corrupt": a FIFO' in log

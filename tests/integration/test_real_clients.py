@@ -674,8 +674,8 @@ def test_smtpSource(daemon, reuse):
 
 
 def test_maillogTransaction(daemon):
-    """One transaction gives Postfix's smtpd lines (connect, client=, message-id=, from=, disconnect),
-    each with a syslog prefix and our pid."""
+    """One transaction gives Postfix's smtpd lines (connect, client=, from=, disconnect) and cleanup's
+    message-id=, each with a syslog prefix and our pid."""
     with RecordingSMTP(port=daemon.port, local_hostname="client.example") as s:
         s.ehlo()
         s.sendmail("a@example.org", ["b@mta.test"], message())
@@ -688,12 +688,12 @@ def test_maillogTransaction(daemon):
         "NOQUEUE: hold: RCPT from unknown[127.0.0.1]: <b@mta.test>: Recipient address triggers HOLD action; "
         "from=<a@example.org> to=<b@mta.test> proto=ESMTP helo=<client.example>",
         f"{queueId}: client=unknown[127.0.0.1]",
-        f"{queueId}: message-id=<{messageId('test', HELLO)}>",
         f"{queueId}: from=<a@example.org>, size={size}, nrcpt=1 (queued)",
         "disconnect from unknown[127.0.0.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
     ]
     lines = waitFor(lambda: (l := maillogLines(daemon)) and l[-1][1] == expected[-1] and l, what="disconnect line")
-    assert [t for _, t in lines[-6:]] == expected, lines
+    assert [t for _, t in lines[-5:]] == expected, lines
+    assert [t for _, t in maillogLines(daemon, "mta/cleanup")] == [f"{queueId}: message-id=<{messageId('test', HELLO)}>"]
     assert {pid for pid, _ in lines} == {daemon.process.pid}
     prefix = re.compile(
         r"^(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 123]\d \d\d:\d\d:\d\d mta\.test "
@@ -780,7 +780,7 @@ def test_cleanupDropsAndAddsHeaders(daemon):
     assert f"Message-Id: <{queueId}@mta.test>".encode() in head.split(b"\r\n")
     assert body == b"Bcc: in the body stays\r\n"
     assert b"secret" not in head and b"forged" not in head
-    waitFor(lambda: any(t == f"{queueId}: message-id=<{queueId}@mta.test>" for _, t in maillogLines(daemon)),
+    waitFor(lambda: any(t == f"{queueId}: message-id=<{queueId}@mta.test>" for _, t in maillogLines(daemon, "mta/cleanup")),
             what="the message-id line")
 
 

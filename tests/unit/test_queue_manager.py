@@ -1,5 +1,6 @@
 """The queue manager with a fake clock, a real queue directory and fake transports."""
 
+import collections
 import os
 
 import pytest
@@ -11,7 +12,7 @@ from mta.model import Envelope, Recipient, RecipientResult
 from mta.queue.fileformat import readQueueFile
 from mta.queue.manager import QueueManager
 from mta.queue.notices import Notices
-from mta.queue.store import QueueStore
+from mta.queue.store import FileSystem, QueueStore
 from mta.routing import Router
 from mta.tables import Tables
 from mta.testing import SyncReactor
@@ -48,28 +49,114 @@ class FakeTransport:
             d.callback(results)
 
 
+class FaultyFileSystem(FileSystem):
+    """
+    The store's system calls, counted in C{calls} (name -> count), with
+    faults: C{faults} maps a call name to a function of its arguments that
+    returns an OSError to raise (or None), e.g. to fail only the Nth call.
+    """
+
+    def __init__(self):
+        self.calls = collections.Counter()
+        self.faults = {}
+        self.appendOpens = 0
+        self.appendPaths = []  # the files opened for a state append, in order
+
+    def _call(self, name, *args):
+        self.calls[name] += 1
+        fault = self.faults.get(name)
+        error = fault(*args) if fault is not None else None
+        if error is not None:
+            raise error
+
+    def open(self, path, flags, mode):
+        self._call("open", path, flags)
+        if flags & os.O_APPEND:
+            self.appendOpens += 1
+            self.appendPaths.append(path)
+        return super().open(path, flags, mode)
+
+    def write(self, fd, data):
+        self._call("write", fd, data)
+        return super().write(fd, data)
+
+    def fsync(self, fd):
+        self._call("fsync", fd)
+        super().fsync(fd)
+
+    def fdatasync(self, fd):
+        self._call("fdatasync", fd)
+        super().fdatasync(fd)
+
+    def rename(self, src, dst):
+        self._call("rename", src, dst)
+        super().rename(src, dst)
+
+    def unlink(self, path):
+        self._call("unlink", path)
+        super().unlink(path)
+
+    def utime(self, path, times):
+        self._call("utime", path)
+        super().utime(path, times)
+
+    def scandir(self, path):
+        self._call("scandir", path)
+        return super().scandir(path)
+
+    def fsyncDirectory(self, path):
+        self._call("fsyncDirectory", path)
+        super().fsyncDirectory(path)
+
+
+def once(error, match=lambda *args: True):
+    """A fault that raises C{error} the first time C{match(*args)} holds."""
+    state = {"done": False}
+
+    def fault(*args):
+        if not state["done"] and match(*args):
+            state["done"] = True
+            return error
+        return None
+
+    return fault
+
+
 class Harness:
-    def __init__(self, tmp_path, main="", transports=None):
-        self.clock = SyncReactor()
-        self.clock.advance(1_000_000)
-        config = load("<t>", "[main]\nmyhostname = mx.test\nvirtual_mailbox_domains = box.example\n" + main)
+    def __init__(self, tmp_path, main="", transports=None, fs=None, clock=None):
+        self.clock = clock or SyncReactor()
+        if clock is None:
+            self.clock.advance(1_000_000)
+        self.fs = fs if fs is not None else FaultyFileSystem()
+        self.config = load("<t>", "[main]\nmyhostname = mx.test\nvirtual_mailbox_domains = box.example\n" + main)
         self.tables = Tables(self.clock)
-        openTables(config, self.tables)
-        self.store = QueueStore(str(tmp_path / "queue"), self.clock)
+        openTables(self.config, self.tables)
+        self.store = QueueStore(str(tmp_path / "queue"), self.clock, fileSystem=self.fs)
         self.store.prepare()
         self.transports = transports if transports is not None else {"virtual": FakeTransport(), "smtp": FakeTransport()}
         self.lines = []
-        self.manager = QueueManager(
-            self.store, Router(config.main, self.tables), self.transports.get, config.main, self.clock, self.maillog,
-            notices=Notices(self.store, config.main, self.clock, self.maillog),
+        self.manager = self.newManager()
+
+    def newManager(self):
+        main = self.config.main
+        return QueueManager(
+            self.store, Router(main, self.tables), self.transports.get, main, self.clock, self.maillog,
+            notices=Notices(self.store, main, self.clock, self.maillog),
         )
+
+    def restart(self):
+        """Stop the manager and start a new one on the same store (as a new daemon would)."""
+        self.manager.stop()
+        self.manager = self.newManager()
+        self.manager.start()
+        return self.manager
 
     def maillog(self, program):
         harness = self
 
         class Recorder(MailLogger):
-            def emit(self, text, queue_id=None, level=None, **fields):
-                harness.lines.append(f"{program}: {queue_id + ': ' if queue_id else ''}{text}")
+            def emit(self, text, queue_id=None, level=None, prefix=True, **fields):
+                harness.lines.append(f"{program}: {queue_id + ': ' if queue_id and prefix else ''}{text}")
 
         return Recorder("mta", program)
 
@@ -78,7 +165,7 @@ class Harness:
         message.write(content)
         envelope = Envelope(
             sender=sender,
-            recipients=tuple(Recipient(r) for r in recipients),
+            recipients=tuple(r if isinstance(r, Recipient) else Recipient(r) for r in recipients),
             arrival_time=self.clock.seconds() if arrival is None else arrival,
         )
         ids = []
@@ -167,7 +254,8 @@ def test_corruptFileIsSetAsideAndOthersFlow(tmp_path):
     h.manager.start()
     assert h.queue("corrupt") == [bad]
     assert [r.recipients[0].address for r in h.transports["virtual"].requests] == ["v@box.example"]
-    assert any("corrupt queue file moved to corrupt/" in line for line in h.lines)
+    assert any(line.startswith(f'qmgr: warning: saving corrupt file "{bad}" from queue "active" to queue "corrupt": ')
+               for line in h.lines)
     assert f"qmgr: {good}: removed" in h.lines
 
 
@@ -309,6 +397,39 @@ def test_delayWarningOnceAfterDelayWarningTime(tmp_path):
 
 @pytest.mark.parametrize("value, text", [(0, "0"), (3.2e-05, "0"), (0.0031, "0"), (0.27, "0.27"), (1.25, "1.2"), (42.4, "42"), (123.4, "123")])
 def test_delaysAreLoggedWithoutExponents(value, text):
-    from mta.queue.manager import _seconds
+    from mta.maillog import _seconds
 
     assert _seconds(value) == text
+
+
+def test_eachLineIsLoggedUnderThePostfixProgram(tmp_path):
+    """to= lines under the delivery agent (the transport's name), qmgr's own verdicts under qmgr, notices under bounce."""
+    def answer(r):
+        return ("bounced", "5.1.1", "no such user") if r.address.startswith("bad") else ("sent", "2.0.0", "ok")
+
+    transports = {name: FakeTransport(answer) for name in ("virtual", "smtp", "relay", "retry")}
+    h = Harness(tmp_path, "relay_domains = relay.example\nvirtual_alias_domains = alias.example\n"
+                "transport_maps = inline:{ {held.example = retry:} }\ndefer_transports = retry\n", transports)
+    h.manager.start()
+    queueId = h.submit(["u@box.example", "bad@far.example", "r@relay.example", "nobody@alias.example",
+                        "h@held.example"])
+    programs = {line.split(": ", 1)[0] for line in h.lines if f"{queueId}: to=<" in line}
+    assert programs == {"virtual", "smtp", "relay", "error", "qmgr"}
+
+    def line(program, address):
+        return next(x for x in h.lines if x.startswith(f"{program}: {queueId}: to=<{address}>"))
+
+    assert "status=sent" in line("virtual", "u@box.example") and "status=sent" in line("relay", "r@relay.example")
+    assert "status=bounced (no such user)" in line("smtp", "bad@far.example")
+    assert "status=bounced (User unknown in virtual alias table)" in line("error", "nobody@alias.example")
+    assert "status=deferred (deferred transport)" in line("qmgr", "h@held.example")
+    assert any(x.startswith(f"qmgr: {queueId}: from=<alice@example.org>, size=18, nrcpt=5 (queue active)") for x in h.lines)
+    assert any(x.startswith(f"bounce: {queueId}: sender non-delivery notification: ") for x in h.lines)
+    # expiry is qmgr's: its line, then the deferred recipient bounces
+    h.clock.advance(5 * 86400)
+    h.manager.flush()
+    assert f"qmgr: {queueId}: from=<alice@example.org>, status=expired, returned to sender" in h.lines
+    assert any(x.startswith(f"qmgr: {queueId}: to=<h@held.example>")
+               and x.endswith("status=bounced (message expired: deferred transport)") for x in h.lines)
+    assert sum("sender non-delivery notification" in x for x in h.lines) == 2
+    assert h.lines[-1] == f"qmgr: {queueId}: removed"

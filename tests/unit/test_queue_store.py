@@ -729,3 +729,45 @@ def test_commit_into_hold_directory_fsync_failure(tmp_path):
     assert "/hold failed: Input/output error" in str(failure(message.commit(ENVELOPE, queue="hold")))
     assert store.listQueue("hold") == []
     assert nothingLeft(store)
+
+
+# -- the queue manager's file work ------------------------------------------------------------
+
+
+def test_setAside_moves_anything_into_corrupt_without_overwriting(tmp_path):
+    store = makeStore(tmp_path)
+    deferred = tmp_path / "queue" / "deferred"
+    (deferred / "core").write_bytes(b"first")
+    os.mkfifo(deferred / "0aWfQ3Zk1FIFO0")
+    assert store.setAside("deferred", "core") == "core"
+    (deferred / "core").write_bytes(b"second")
+    assert store.setAside("deferred", "core") == "core.1"
+    assert store.setAside("deferred", "0aWfQ3Zk1FIFO0") == "0aWfQ3Zk1FIFO0"
+    assert files(store, "deferred") == []
+    assert (tmp_path / "queue" / "corrupt" / "core").read_bytes() == b"first"
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "queue" / "corrupt" / "0aWfQ3Zk1FIFO0").st_mode)
+    for name in ("..", ".", "", "a/b", "../corrupt/x"):
+        with pytest.raises(ValueError):
+            store.setAside("deferred", name)
+    with pytest.raises(FileNotFoundError):
+        store.setAside("deferred", "gone")
+
+
+def test_scan_reads_in_batches_and_reports_errors(tmp_path):
+    store = makeStore(tmp_path)
+    deferred = tmp_path / "queue" / "deferred"
+    for i in range(5):
+        (deferred / f"0aWfQ3Zk1AAAA{i}").write_bytes(b"x")
+    os.symlink("/nonexistent", deferred / "link")
+    scan = store.scan("deferred", batchSize=4)
+    first = result(scan.next())
+    assert len(first) == 4 and not scan.done
+    second = result(scan.next())
+    assert len(second) == 2 and scan.done
+    entries = {name: (mode, mtime) for name, mode, mtime in list(first) + list(second)}
+    assert stat.S_ISLNK(entries["link"][0]) and stat.S_ISREG(entries["0aWfQ3Zk1AAAA0"][0])
+    assert len(result(scan.next())) == 0
+
+    store.fs.failures["scandir"] = OSError(errno.EIO, "Input/output error")
+    store.fs.scandir = lambda path: store.fs._maybeFail("scandir", path) or FileSystem.scandir(store.fs, path)
+    failure(store.scan("deferred").next(), OSError)

@@ -437,7 +437,7 @@ def test_managerGetsTheNewRouterTransportsAndLimits(daemon):
     assert manager.transports is daemon.service.transports is not oldTransports
     assert manager.notices is daemon.service.current.notices
     assert (manager.activeLimit, manager.runDelay, manager.softBounce) == (7, 60, True)
-    assert manager._scanCall.getTime() - daemon.reactor.seconds() <= 60  # the next scan comes sooner
+    assert manager.scanner._scanCall.getTime() - daemon.reactor.seconds() <= 60  # the next scan comes sooner
 
 
 class HeldTransport(FakeTransport):
