@@ -47,7 +47,10 @@ DEVIATIONS
     normalize (3.9); mta's is reject (its 3.8.4 meaning).  Postfix delays
     a bare-newline reject to the end of the message; mta replies and
     disconnects at once.  Postfix keeps a bare CR in content under reject;
-    mta rejects it too.
+    mta rejects it too.  Postfix has no BINARYMIME and checks all BDAT
+    content for bare newlines; mta exempts BODY=BINARYMIME content, which
+    has no lines (RFC 3030), and checks all other BDAT content as Postfix
+    does.
 """
 
 import re

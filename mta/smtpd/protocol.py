@@ -17,6 +17,11 @@ pipelined "." and QUIT) still gets every reply: end of input means "no more
 requests", the ones received in full are finished (a commit in progress
 too) and answered, then the connection is closed.  An incomplete request
 left at the end of input is dropped and logged as a lost connection.
+Twisted tells only an IHalfCloseableProtocol of a half-close, and only
+from transports that support it: TCP and UNIX listeners (twisted.internet.
+tcp, which serverFromString's endpoints use unwrapped) and standard I/O
+(mta-sendmail -bs) do; Twisted's TLS wrapper (TLSMemoryBIOProtocol, for
+STARTTLS) does not pass it on and reports connectionLost instead.
 
 Time: with smtpd_per_request_deadline = yes (mta's default) each request
 has smtpd_timeout in all to arrive and be answered, message content earns
