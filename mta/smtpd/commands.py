@@ -21,6 +21,18 @@ SECURITY
 
 CONFIGURATION
     See mta.smtpd.protocol and mta.smtpd.factory.
+
+DEVIATIONS
+    A HELO/EHLO name over 255 octets is refused at once with the reply of
+    Postfix's reject_invalid_helo_hostname ("501 5.5.2 <name...>: Helo
+    command rejected: Invalid name", the name cut to 64 characters so the
+    reply stays short); Postfix's helo_cmd takes any name that fits the
+    line and refuses it only with that restriction, at RCPT time under
+    smtpd_delay_reject.  A bare-newline reject in BDAT content closes the
+    session, as in DATA (Postfix answers at the end of the chunk).  A
+    non-final BDAT chunk is answered with the transaction's bytes so far
+    (Postfix: the chunk's own size); BDAT LAST with "Ok: queued as ID"
+    (Postfix adds the size).  BINARYMIME exists (Postfix has none).
 """
 
 from twisted.internet.defer import maybeDeferred
