@@ -330,6 +330,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         if self._closing:
             return
         if self._deadline is not None:
+            self._deadline.waiting(False)  # the wait is over; _process says whether another begins
             self._deadline.received(len(data))
         else:
             self.resetTimeout()
