@@ -1,6 +1,6 @@
 """mta.generation - what one configuration makes, so that a reload can make another beside it.
 
-    Generation(config, tables, clock, store, protocolFactory)
+    Generation(config, tables, clock, store, protocolFactory, flushSite=None)
         .tables, .router, .notices, .transports (a TransportRegistry),
         .resolver (the DNS client, made on first use), .maillogFor(program),
         .factories (one SMTP server factory per listener, by name)
@@ -11,7 +11,7 @@ Work that began under the old generation keeps the objects it holds: an
 SMTP session its server factory, a delivery its transport.  A Generation
 is the context of its transports (clock, store, tables, resolver,
 transports, listenerDescriptions, maillogFor) and the ``daemon`` of its
-SMTP server factories (clock, store, tables).
+SMTP server factories (clock, store, tables, flushSite).
 
 TransportRegistry makes the delivery transports by name from
 IDeliveryTransportFactory plugins and counts the deliveries in progress
@@ -48,11 +48,13 @@ class Generation:
     What one configuration makes (see the module docstring).  It is the
     context of its transports (clock, store, tables, resolver, transports,
     listenerDescriptions, maillogFor) and the daemon of its SMTP server
-    factories (clock, store, tables).
+    factories (clock, store, tables, flushSite).
     """
 
-    def __init__(self, config, tables, clock, store, protocolFactory):
+    def __init__(self, config, tables, clock, store, protocolFactory, flushSite=None):
+        """C{flushSite}: the queue manager's flushSite(domain), for ETRN (the manager outlives generations)."""
         self.config = config
+        self.flushSite = flushSite
         self.tables = tables
         self.clock = clock
         self.store = store

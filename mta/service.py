@@ -163,7 +163,7 @@ class MTAService(MultiService):
         self.startedAt = None
         self._observer = None
         self.setName("mta")
-        self.current = Generation(config, tables, reactor, self.store, protocolFactory)
+        self.current = Generation(config, tables, reactor, self.store, protocolFactory, self._flushSite)
         self._retiring = set()  # TransportRegistry objects of earlier generations, not stopped yet
         self._stopping = []  # Deferreds of old pickups finishing their file
         self._reloadRunning = False
@@ -209,6 +209,10 @@ class MTAService(MultiService):
     @property
     def maillog(self):
         return self.maillogFor("master")
+
+    def _flushSite(self, domain):
+        """ETRN (every generation's SMTP servers): the queue manager's flushSite."""
+        return self.manager.flushSite(domain)
 
     def maillogFor(self, program):
         """The MailLogger of C{program} in the configuration in force."""
@@ -378,7 +382,7 @@ class MTAService(MultiService):
             config = loadAgain(path)
             tables = Tables(self.clock)
             openTables(config, tables)
-            generation = Generation(config, tables, self.clock, self.store, self.protocolFactory)
+            generation = Generation(config, tables, self.clock, self.store, self.protocolFactory, self._flushSite)
             generation.transports.check(configuredTransports(config.main))
         except ConfigError as e:
             raise ReloadRefused(str(e)) from None

@@ -107,10 +107,12 @@ PARAMETERS = (
     _P("smtpd_recipient_limit", T.Integer(minimum=1), "1000",
        "The most recipients accepted per message.", "smtpd"),
     _P("smtpd_timeout", T.Time("s"), "300s",
-       "How long the server waits for a client command or data before it gives up.", "smtpd"),
+       "The time a client has for each request (with smtpd_per_request_deadline) or between "
+       "reads (without); then 421 4.4.2 and a close.", "smtpd"),
     _P("line_length_limit", T.Integer(minimum=80), "2048",
-       "The longest line (command or message text) accepted, in bytes; a longer line in a "
-       "message gets it rejected (Postfix would split it).", "smtpd"),
+       "A command line of this many bytes or more (CRLF not counted) gets 500 5.5.2, as in "
+       "Postfix; a message line longer than this gets the message rejected with 552 (Postfix "
+       "would split it).", "smtpd"),
     _P("smtpd_recipient_restrictions", T.Restrictions(), "permit_mynetworks, reject_unauth_destination",
        "Restrictions applied to RCPT TO, left to right (see README: restrictions).", "smtpd"),
     _P("smtpd_reject_unlisted_recipient", T.Boolean(), "yes",
@@ -140,8 +142,8 @@ PARAMETERS = (
        "Commands that end the session with 221 at once (proxy and web abuse); a command that "
        "does not start with a letter is always treated so.", "smtpd"),
     _P("smtpd_discard_ehlo_keywords", T.List(), "",
-       "EHLO keywords not to advertise (e.g. pipelining, dsn); 'silent-discard' omits the log line.",
-       "smtpd"),
+       "EHLO keywords not to advertise (e.g. pipelining, dsn); each EHLO logs 'discarding EHLO "
+       "keywords: ...' unless the list holds silent-discard.", "smtpd"),
     _P("smtpd_reject_footer", T.String(), "",
        "Text appended to every 4xx and 5xx reply as an extra line; a leading \\c keeps it on "
        "the same line.", "smtpd"),
@@ -169,9 +171,12 @@ PARAMETERS = (
        "Disconnect a client that sends commands where RFC 2920 forbids pipelining "
        "(554 5.5.0), e.g. message content before the 354 reply.", "smtpd"),
     _P("smtpd_forbid_bare_newline", T.Choice(("reject", "yes", "normalize", "no")), "reject",
-       "A bare LF in a command or message: reject (or yes) answers with the reject code and "
-       "disconnects; normalize accepts it in DATA as a line end (never as end of data); no "
-       "keeps it as data. Postfix 3.9's default is normalize.", "smtpd"),
+       "A bare LF or bare CR: reject and yes answer a command line or DATA/BDAT content holding "
+       "one with the reject code and disconnect; normalize takes a bare LF as the end of a "
+       "command line and stores it in content as CRLF; no also ends a command line at a bare "
+       "LF but keeps bare LF and CR in content as they are. Only CRLF.CRLF ends DATA in every "
+       "mode (Postfix's no lets a bare LF end it). BDAT BODY=BINARYMIME content is exempt. "
+       "Postfix 3.9's default is normalize, and its yes means normalize.", "smtpd"),
     _P("smtpd_forbid_bare_newline_exclusions", T.Networks(), "$mynetworks",
        "Clients to which smtpd_forbid_bare_newline = reject applies as normalize.", "smtpd"),
     _P("smtpd_forbid_bare_newline_reject_code", T.Integer(minimum=500), "550",
@@ -200,16 +205,21 @@ PARAMETERS = (
     _P("header_size_limit", T.Integer(minimum=1024), "102400",
        "The longest single message header kept, in bytes; the excess is discarded.", "cleanup"),
     _P("smtpd_per_request_deadline", T.Boolean(), "yes",
-       "smtpd_timeout limits the whole of each request (a command line, or all of DATA or a BDAT "
-       "chunk), not each read, so a client trickling bytes cannot hold a session; Postfix's "
-       "default is no (yes under overload).", "smtpd"),
+       "smtpd_timeout limits the time spent waiting for the client over a whole request (a "
+       "command line with its reply, or the content of a DATA or a BDAT chunk), not each read, "
+       "so a client trickling bytes cannot hold a session. Postfix's default is no (yes only "
+       "under overload); mta's is yes because a byte a second would otherwise hold a session "
+       "for hours.", "smtpd"),
     _P("smtpd_min_data_rate", T.Integer(minimum=1), "500",
        "With smtpd_per_request_deadline, the slowest DATA/BDAT rate in bytes/second: each read "
-       "of N bytes extends the deadline by N/rate seconds, never past smtpd_timeout.", "smtpd"),
+       "of N content bytes extends the deadline by N/rate seconds, never past smtpd_timeout.",
+       "smtpd"),
     _P("smtpd_etrn_restrictions", T.Restrictions(), "",
-       "Restrictions applied to the ETRN command's domain, left to right.", "smtpd"),
+       "Restrictions applied to the ETRN command's domain, left to right (check_etrn_access "
+       "looks it up; empty: permit).", "smtpd"),
     _P("fast_flush_domains", T.DomainList(), "$relay_domains",
-       "Destinations for which ETRN may flush deferred mail.", "smtpd"),
+       "Destinations (with subdomains) for which ETRN may flush deferred mail; others get 459.",
+       "smtpd"),
     _P("postscreen_greet_wait", T.Time("s"), "0s",
        "Delay the greeting this long and treat a client that talks first as an early talker; "
        "0: no delay.", "smtpd"),

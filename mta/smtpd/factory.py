@@ -12,9 +12,11 @@ SECURITY
 CONFIGURATION
     All smtpd_* parameters in mta.config.schema, plus message_size_limit,
     line_length_limit, queue_minfree, hopcount_limit, postscreen_greet_*,
-    and for address rewriting (mta.rewrite) append_at_myorigin,
-    append_dot_mydomain, myorigin, mydomain, local_header_rewrite_clients,
-    remote_header_rewrite_domain.
+    fast_flush_domains.  ETRN flushes through the queue manager's
+    flushSite(domain) (serverFactory passes it in; without one, ETRN gets
+    458 as in Postfix without its flush service).  For address rewriting
+    (mta.rewrite): append_at_myorigin, append_dot_mydomain, myorigin,
+    mydomain, local_header_rewrite_clients, remote_header_rewrite_domain.
 """
 
 from twisted.internet.protocol import Factory
@@ -27,13 +29,17 @@ log = Logger()
 # EHLO keywords in Postfix's order.
 EHLO_KEYWORDS = ("PIPELINING", "SIZE", "VRFY", "ETRN", "ENHANCEDSTATUSCODES", "8BITMIME", "BINARYMIME",
                  "DSN", "SMTPUTF8", "CHUNKING")
+# The keywords smtpd_discard_ehlo_keywords knows, in the order Postfix logs them (ehlo_mask.c),
+# with BINARYMIME, which Postfix does not have; other words are ignored, as in Postfix.
+DISCARD_LOG_ORDER = ("8BITMIME", "AUTH", "ETRN", "PIPELINING", "SIZE", "VERP", "VRFY", "XCLIENT", "XFORWARD",
+                     "STARTTLS", "ENHANCEDSTATUSCODES", "DSN", "SMTPUTF8", "CHUNKING", "BINARYMIME", "REQUIRETLS")
 FREE_SPACE_CACHE = 1.0  # seconds a statvfs() reading is reused
 
 
 class SMTPServerFactory(Factory):
     noisy = False
 
-    def __init__(self, params, clock, store, tables, listenerName="smtp"):
+    def __init__(self, params, clock, store, tables, listenerName="smtp", flushSite=None):
         from mta.rewrite import AddressRewriting, HeaderRewriteClients
         from mta.smtpd.policy import RecipientPolicy
         from mta.tables.matchers import NetworkMatcher
@@ -51,6 +57,11 @@ class SMTPServerFactory(Factory):
         self.mailName = params["mail_name"]
         self.banner = params["smtpd_banner"]
         self.timeout = params["smtpd_timeout"]
+        self.perRequestDeadline = params["smtpd_per_request_deadline"]
+        self.minDataRate = params["smtpd_min_data_rate"]
+        # ETRN: flushSite(domain) -> Deferred[int] (QueueManager.flushSite); None: 458, as
+        # Postfix answers when its flush service is unavailable.
+        self.flushSite = flushSite
         self.sizeLimit = params["message_size_limit"]
         self.recipientLimit = params["smtpd_recipient_limit"]
         self.overshootLimit = params["smtpd_recipient_overshoot_limit"]
@@ -79,7 +90,13 @@ class SMTPServerFactory(Factory):
         self.greetWait = params["postscreen_greet_wait"]
         self.greetAction = params["postscreen_greet_action"]
 
-        discard = {k.upper() for k in params["smtpd_discard_ehlo_keywords"]} - {"SILENT-DISCARD"}
+        words = {k.upper() for k in params["smtpd_discard_ehlo_keywords"]}
+        discard = words - {"SILENT-DISCARD"}
+        # Postfix logs the discarded keywords at each EHLO unless silent-discard is given (and,
+        # as ehlo_cmd does, not when ENHANCEDSTATUSCODES itself is discarded).
+        logged = [k for k in DISCARD_LOG_ORDER if k in discard]
+        silent = "SILENT-DISCARD" in words or "ENHANCEDSTATUSCODES" in discard
+        self.ehloDiscardLog = "" if silent else " ".join(logged)
         if self.disableVrfy:
             discard.add("VRFY")
         offered = [k for k in EHLO_KEYWORDS if k not in discard]
@@ -130,4 +147,7 @@ class SMTPServerFactory(Factory):
 
 def serverFactory(listener, daemon):
     """The factory for one listener of the running daemon."""
-    return SMTPServerFactory(listener.params, daemon.clock, daemon.store, daemon.tables, listener.name)
+    return SMTPServerFactory(
+        listener.params, daemon.clock, daemon.store, daemon.tables, listener.name,
+        flushSite=getattr(daemon, "flushSite", None),
+    )

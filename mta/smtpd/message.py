@@ -16,6 +16,12 @@ SECURITY
     The content is untrusted and is only copied; the HELO name and client
     name in the Received header are sanitized (no control characters).
 
+The Received header names the protocol as RFC 3848 and RFC 6531 register
+it (SMTP, ESMTP, UTF8SMTP for a transaction with SMTPUTF8, S and A added
+for TLS and AUTH: the session's receivedProtocol()), as Postfix's smtpd
+does; the envelope's protocol and the log's proto= stay the session's
+SMTP or ESMTP, as Postfix's do.
+
 CONFIGURATION
     myhostname, mail_name; hopcount_limit, message_drop_headers,
     always_add_missing_headers, header_size_limit (via mta.smtpd.cleanup).
@@ -73,7 +79,7 @@ class IncomingTransaction:
         helo = s.helo or s.clientName
         text = (
             f"Received: from {helo} ({s.clientName} [{s.clientAddress}])\r\n"
-            f"\tby {factory.hostname} ({factory.mailName}) with {s.protocolName} id {self.queueId}"
+            f"\tby {factory.hostname} ({factory.mailName}) with {s.receivedProtocol()} id {self.queueId}"
             f"{forClause};\r\n\t{date}\r\n"
         )
         return text.encode("utf-8", "replace")

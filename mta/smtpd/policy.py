@@ -1,6 +1,9 @@
 """mta.smtpd.policy - relay control and recipient checks at RCPT.
 
-The protocol only parses; this layer decides.  RCPT TO runs
+The protocol only parses; this layer decides.  ETRN runs
+smtpd_etrn_restrictions (default empty: permit) on its domain, which must
+then be in fast_flush_domains (default $relay_domains, with subdomains).
+RCPT TO runs
 smtpd_recipient_restrictions (mta.smtpd.restrictions; default
 ``permit_mynetworks, reject_unauth_destination``), then, with
 smtpd_reject_unlisted_recipient = yes, refuses recipients unknown in their
@@ -27,7 +30,8 @@ CONFIGURATION
     virtual_alias_maps, virtual_mailbox_domains, virtual_mailbox_maps,
     relay_recipient_maps, local_recipient_maps, recipient_delimiter,
     smtpd_recipient_restrictions, smtpd_reject_unlisted_recipient,
-    relay_domains_reject_code, unknown_*_reject_code, non_fqdn_reject_code.
+    relay_domains_reject_code, unknown_*_reject_code, non_fqdn_reject_code,
+    smtpd_etrn_restrictions, fast_flush_domains.
 """
 
 from mta.model import Reply
@@ -66,6 +70,8 @@ class RecipientPolicy:
             "relay": params["unknown_relay_recipient_reject_code"],
         }
         self.restrictions = RestrictionList(params["smtpd_recipient_restrictions"], self, tables)
+        self.etrnRestrictions = RestrictionList(params["smtpd_etrn_restrictions"], self, tables)
+        self.fastFlushDomains = DomainMatcher(params["fast_flush_domains"], tables, subdomains=True)
 
     async def addressClass(self, domain):
         """local, alias, mailbox, relay or None (elsewhere), as trivial-rewrite(8) sees it."""
@@ -96,6 +102,18 @@ class RecipientPolicy:
         except TableTemporaryError:
             return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure"), None
         return None, decision.hold
+
+    async def checkEtrn(self, clientAddress, clientName, helo, domain):
+        """
+        Judge ETRN C{domain} with smtpd_etrn_restrictions (the domain is
+        what check_etrn_access looks up; recipient restrictions have nothing
+        to judge): the Reply to send, or None to go on.
+        """
+        request = Request(clientAddress, helo, None, None, client_name=clientName, etrn_domain=domain)
+        decision = await self.etrnRestrictions.evaluate(request)
+        if decision.action in ("reject", "defer"):
+            return decision.reply
+        return None
 
     async def authorizedDestination(self, address):
         if address.domain.startswith("["):

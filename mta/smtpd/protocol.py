@@ -1,27 +1,59 @@
-"""mta.smtpd.protocol - the ESMTP server state machine (smtpd(8)).
+"""mta.smtpd.protocol - the ESMTP server session (smtpd(8)).
 
-A byte-stream protocol: input is split into CRLF-terminated commands, or
-handed to the DATA reader (mta.smtpd.data) or to a BDAT chunk counter.
+A byte-stream protocol: input is split into command lines, or handed to the
+DATA reader or a BDAT chunk (mta.smtpd.data).  The commands themselves are
+in mta.smtpd.commands; this module is the session around them: input and
+output, pipelining, limits on lines and time, and the end of a connection.
+
 Commands run one at a time; a command whose check is slow (a table lookup,
 the queue's fsync, a tarpit delay) holds back the commands pipelined behind
 it, so replies always go out in command order (RFC 2920).  Replies are
 written when the input runs dry, so a pipelined group gets one write back.
+The session is the transport's producer: when the client stops reading our
+replies, it stops reading and working until the client catches up.
 
-Policy lives in mta.smtpd.policy, content cleanup in mta.smtpd.cleanup;
-this module parses, keeps state and applies smtpd(8)'s own limits.
+A client that half-closes (shutdown(SHUT_WR), as Exim does after a
+pipelined "." and QUIT) still gets every reply: end of input means "no more
+requests", the ones received in full are finished (a commit in progress
+too) and answered, then the connection is closed.  An incomplete request
+left at the end of input is dropped and logged as a lost connection.
+Twisted tells only an IHalfCloseableProtocol of a half-close, and only
+from transports that support it: TCP and UNIX listeners (twisted.internet.
+tcp, which serverFromString's endpoints use unwrapped) and standard I/O
+(mta-sendmail -bs) do; Twisted's TLS wrapper (TLSMemoryBIOProtocol, for
+STARTTLS) does not pass it on and reports connectionLost instead.
+
+Time: with smtpd_per_request_deadline = yes (mta's default) each request
+has smtpd_timeout in all to arrive and be answered, message content earns
+time at smtpd_min_data_rate (mta.smtpd.deadline), and time the server
+spends working is not counted; with no, smtpd_timeout is an idle timer
+renewed by every read, as in Postfix by default.  Either way a timeout
+answers "421 4.4.2 <myhostname> Error: timeout exceeded", closes, and logs
+Postfix's "timeout after DATA (N bytes) from ..." line.
 
 SECURITY
-    Everything read is untrusted.  A bare LF or CR (in a command or in
-    DATA) gets the smtpd_forbid_bare_newline_reject_code and a close; an
-    over-long line never leaves DATA; content sent before the 354 reply
-    (forbidden pipelining) gets 554 5.5.0 and a close; forbidden commands
-    get 221 and a close; a client that keeps making errors is slowed down,
-    then disconnected; a failure inside a check answers 451 4.3.0, it never
-    hangs the session or stops the reactor.
+    Everything read is untrusted.  A command line of line_length_limit
+    octets or more (CRLF not counted) is refused with 500 5.5.2 however it
+    arrives, and the rest of it skipped.  smtpd_forbid_bare_newline (see
+    below and mta.smtpd.data) decides about bare LF and CR; under reject
+    they get the reject code and a close, in commands, DATA and BDAT.  Only
+    CRLF "." CRLF ends DATA, whatever errors came before.  Content sent
+    before the 354 reply (forbidden pipelining) gets 554 5.5.0 and a close;
+    forbidden commands get 221 and a close; a client that keeps making
+    errors is slowed down, then disconnected; a trickling client meets the
+    per-request deadline; a failure inside a check answers 451 4.3.0, it
+    never hangs the session or stops the reactor.
+
+    smtpd_forbid_bare_newline, for command lines: reject and yes answer a
+    line with a bare LF or bare CR with the reject code and disconnect;
+    normalize and no take a bare LF as the end of the command line (as
+    Postfix does: "NOOP<LF>RSET<CR><LF>" is two commands) and drop bare
+    CRs.  For message content see mta.smtpd.data.
 
 CONFIGURATION
     smtpd_banner, myhostname, mail_name, message_size_limit,
     smtpd_recipient_limit, smtpd_recipient_overshoot_limit, smtpd_timeout,
+    smtpd_per_request_deadline (yes), smtpd_min_data_rate (500),
     line_length_limit, smtpd_helo_required, strict_rfc821_envelopes,
     disable_vrfy_command, smtpd_noop_commands, smtpd_forbidden_commands,
     smtpd_discard_ehlo_keywords, smtpd_reject_footer, queue_minfree,
@@ -29,31 +61,35 @@ CONFIGURATION
     smtpd_error_sleep_time, smtpd_soft_error_limit, smtpd_hard_error_limit,
     smtpd_junk_command_limit, smtpd_forbid_unauth_pipelining,
     smtpd_forbid_bare_newline (+ _exclusions, _reject_code), hopcount_limit,
-    postscreen_greet_wait, postscreen_greet_action; see mta.smtpd.factory.
+    smtpd_etrn_restrictions, fast_flush_domains, postscreen_greet_wait,
+    postscreen_greet_action; see mta.smtpd.factory.
+
+DEVIATIONS
+    smtpd_per_request_deadline defaults to yes (Postfix: no, yes only under
+    overload): an Internet-facing server should not let a client that sends
+    a byte a second hold a session for hours.  A command line that is too
+    long counts as an error for the tarpit and the hard error limit (Postfix
+    does not count it).  Postfix disables input after skipping another
+    line_length_limit octets of an over-long line; mta keeps skipping, under
+    the per-request deadline.  Postfix's deadline also covers time the
+    kernel holds our unsent replies; mta counts the time its own write
+    buffer is full (the client does not read).
 """
 
 from collections.abc import Coroutine
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
-from mta.address import (
-    NonAsciiPathError,
-    ParameterError,
-    PathError,
-    SizeExceeded,
-    parseMailParameters,
-    parsePath,
-    parseRcptParameters,
-    splitPathAndParameters,
-)
 from mta.maillog import sanitize
-from mta.model import Recipient, Reply
-from mta.smtpd import data as D
-from mta.smtpd.message import IncomingTransaction, chooseHeaderRewrite
+from mta.model import Reply
+from mta.smtpd.commands import R_OK, SMTPCommands
+from mta.smtpd.deadline import RequestDeadline
 
 log = Logger()
 
@@ -61,15 +97,12 @@ log = Logger()
 GROUP_ENDERS = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "NOOP", "QUIT"})
 # Postfix's junk commands: past smtpd_junk_command_limit each one is an error.
 JUNK = frozenset({"NOOP", "VRFY", "ETRN", "RSET"})
-# A command line is at most 512 octets (RFC 5321 4.5.3.1.4), more with extensions.
-COMMAND_LIMIT = 2048
 # Input held while a command is pending before the socket stops being read.
 PAUSE_THRESHOLD = 65536
 
-R_OK = Reply(250, "2.0.0", "Ok")
 
-
-class SMTPServer(Protocol, TimeoutMixin):
+@implementer(IHalfCloseableProtocol, IPushProducer)
+class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
     def __init__(self, factory):
         self.factory = factory
         self.hostname = factory.hostname
@@ -78,8 +111,12 @@ class SMTPServer(Protocol, TimeoutMixin):
         self._mode = "command"
         self._waiting = True  # until the greeting is out
         self._closing = False
-        self._paused = False
+        self._paused = False  # the transport is not read (see _updateReading)
+        self._inputEnded = False  # the client shut down its sending side
+        self._writeBlocked = False  # the client does not read our replies (pauseProducing)
         self._skipLine = False  # discarding the rest of an over-long command line
+        self._deadline = None  # a RequestDeadline with smtpd_per_request_deadline
+        self._producing = False  # registered as the transport's producer
         self._out = []
         self._counts = {}
         self._errors = 0
@@ -90,6 +127,9 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.bareNewline = factory.bareNewline
         self.helo = None
         self.protocolName = "SMTP"
+        # Set by STARTTLS and AUTH when they come: the S and A of RFC 3848's names.
+        self.tlsActive = False
+        self.saslUsername = None
         self.transaction = None
         self._lastCommand = None
         self._resetTransaction()
@@ -103,7 +143,15 @@ class SMTPServer(Protocol, TimeoutMixin):
         self.clientName = "unknown"
         self.client = f"{self.clientName}[{self.clientAddress}]"
         self.factory.maillog.emit(f"connect from {self.client}", client=self.client)
-        self.setTimeout(self.factory.timeout)
+        # As a producer we hear when the client stops reading our replies.
+        self.transport.registerProducer(self, True)
+        self._producing = True
+        if self.factory.perRequestDeadline:
+            self._deadline = RequestDeadline(
+                self.factory.clock, self.factory.timeout, self.factory.minDataRate, self.timeoutConnection
+            )
+        else:
+            self.setTimeout(self.factory.timeout)
         if self.factory.greetWait > 0 or not self._connectChecksAreStatic():
             d = Deferred.fromCoroutine(self._connect())
             d.addErrback(self._internalError)
@@ -165,15 +213,29 @@ class SMTPServer(Protocol, TimeoutMixin):
                 self._earlyTalker = factory.greetAction == "enforce"
         self._greet()
 
+    def readConnectionLost(self):
+        """
+        The client shut down its sending side (shutdown(SHUT_WR), as Exim
+        does after a pipelined end of data and QUIT): no more input, but
+        every request already received is finished (a commit in progress
+        too) and answered before the connection is closed.
+        """
+        self._inputEnded = True
+        if not self._closing:
+            self._process()
+
+    def writeConnectionLost(self):
+        """Our sending side is shut down; we never do that before closing."""
+
     def connectionLost(self, reason):
-        if not self._closing and self._mode in ("data", "bdat"):
-            size = self.transaction.size if self.transaction is not None else 0
-            self.factory.maillog.emit(f"lost connection after {self._lastCommand} ({size} bytes) from {self.client}")
-            self._count(self._mode, False)
-        elif not self._closing:
-            self.factory.maillog.emit(f"lost connection after {self._lastCommand or 'CONNECT'} from {self.client}")
+        if not self._closing:
+            if self._mode in ("data", "bdat"):
+                self._count(self._mode, False)
+            self._logAbort("lost connection")
         self._closing = True
         self.setTimeout(None)
+        if self._deadline is not None:
+            self._deadline.stop()
         self._abortMessage()
         if self._counted:
             self.factory.releaseConnection(self.clientAddress)
@@ -188,15 +250,57 @@ class SMTPServer(Protocol, TimeoutMixin):
         )
         self.factory.connectionClosed(self)
 
+    def _logAbort(self, reason):
+        """
+        Postfix's line for a session that ends abnormally (timeout, lost
+        connection, too many errors), with the queue id or NOQUEUE and, in
+        message content, the bytes received (Postfix 3.10).
+        """
+        where = self._lastCommand or "CONNECT"
+        if self._mode in ("data", "bdat") or (where == "BDAT" and self.transaction is not None):
+            text = f"{reason} after {where} ({self._contentBytes()} bytes) from {self.client}"
+        elif reason == "lost connection" and where == "END-OF-MESSAGE":
+            return  # Postfix does not complain about a client that leaves without QUIT
+        else:
+            text = f"{reason} after {where} from {self.client}"
+        queueId = self.transaction.queueId if self.transaction is not None else None
+        self.factory.maillog.emit(text if queueId else f"NOQUEUE: {text}", queue_id=queueId, client=self.client)
+
+    def _contentBytes(self):
+        if self._reader is not None:
+            return self._reader.received
+        return self._bdatBytes
+
     def timeoutConnection(self):
-        self.factory.maillog.emit(f"timeout after {self._lastCommand or 'CONNECT'} from {self.client}")
+        """smtpd_timeout passed: while idle, or past the request's deadline."""
+        if self._closing:
+            return
+        if self._mode in ("data", "bdat"):
+            self._count(self._mode, False)
+        self._logAbort("timeout")
         self._reply(Reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded"))
+        if self._writeBlocked:
+            # The client does not read: a graceful close would wait for it forever.
+            self._closing = True
+            self._flush()
+            self._unregister()
+            self.transport.abortConnection()
+            return
         self._close()
 
     def _close(self):
         self._closing = True
         self._flush()
+        if self._deadline is not None:
+            self._deadline.stop()
+        self._unregister()
         self.transport.loseConnection()
+
+    def _unregister(self):
+        # A registered producer would hold the connection open.
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
 
     def _internalError(self, failure):
         log.failure("smtpd: internal error in session with {client}", failure, client=self.client)
@@ -204,18 +308,38 @@ class SMTPServer(Protocol, TimeoutMixin):
             self._reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
             self._close()
 
+    # -- the client's reading side (IPushProducer) ----------------------------------
+
+    def pauseProducing(self):
+        """The transport's write buffer is full: the client does not read our replies."""
+        self._writeBlocked = True
+        self._updateReading()
+        self._clientsTurn()
+
+    def resumeProducing(self):
+        self._writeBlocked = False
+        if not self._closing:
+            self._process()
+
+    def stopProducing(self):
+        """The connection is going away; connectionLost follows."""
+
     # -- input ------------------------------------------------------------------
 
     def dataReceived(self, data):
         if self._closing:
             return
-        self.resetTimeout()
+        if self._deadline is not None:
+            self._deadline.waiting(False)  # the wait is over; _process says whether another begins
+            self._deadline.received(len(data))
+        else:
+            self.resetTimeout()
         self._buffer += data
         self._process()
 
     def _process(self):
         try:
-            while self._buffer and not self._waiting and not self._closing:
+            while self._buffer and not self._waiting and not self._closing and not self._writeBlocked:
                 if self._mode == "command":
                     if not self._commandStep():
                         break
@@ -226,32 +350,85 @@ class SMTPServer(Protocol, TimeoutMixin):
         except Exception:
             self._internalError(None)
             return
-        if self._waiting and len(self._buffer) > PAUSE_THRESHOLD and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
         self._flush()
+        if self._inputEnded and not (self._waiting or self._closing or self._writeBlocked):
+            self._endOfInput()
+            return
+        self._updateReading()
+        self._clientsTurn()
+
+    def _updateReading(self):
+        """Read the socket unless input piles up behind a slow command, or the client does not read."""
+        pause = self._writeBlocked or (self._waiting and len(self._buffer) > PAUSE_THRESHOLD)
+        if pause != self._paused and not self._closing:
+            self._paused = pause
+            if pause:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+
+    def _clientsTurn(self):
+        """Tell the deadline whether the session waits for the client or works itself."""
+        if self._deadline is not None:
+            self._deadline.waiting(not self._closing and (self._writeBlocked or not self._waiting))
+
+    def _newRequest(self, content=False):
+        """A request (command line, DATA content, a BDAT chunk's content) begins: a fresh deadline."""
+        if self._deadline is not None:
+            self._deadline.start(content)
+
+    def _endOfInput(self):
+        """The client half-closed and everything it sent in full is answered: close."""
+        if self._mode in ("data", "bdat"):
+            self._count(self._mode, False)
+        self._logAbort("lost connection")
+        self._close()
 
     def _commandStep(self):
         """Handle one command line if a whole one is buffered; False if not."""
-        end = self._buffer.find(b"\n")
-        if end < 0:
-            if len(self._buffer) > COMMAND_LIMIT:
-                self._buffer = b""
-                if not self._skipLine:
-                    self._skipLine = True
-                    self._respond("unknown", Reply(500, "5.5.2", "Error: line too long"))
-            return False
-        line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1 :]
+        buf = self._buffer
+        end = buf.find(b"\n")
         if self._skipLine:
+            # The rest of an over-long line, up to its LF, is dropped (smtp_get's SKIP).
+            if end < 0:
+                self._buffer = b""
+                return False
+            self._buffer = buf[end + 1 :]
             self._skipLine = False
+            self._commandTooLong()
             return True
+        limit = self.factory.lineLimit
+        if end < 0:
+            if len(buf) - buf.endswith(b"\r") >= limit:
+                self._warnTooLong(buf)
+                self._skipLine = True
+                self._buffer = b""
+            return False
+        line, self._buffer = buf[: end + 1], buf[end + 1 :]
+        if end - (buf[end - 1 : end] == b"\r") >= limit:
+            self._warnTooLong(line)
+            self._commandTooLong()
+            return True
+        self._newRequest()
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
             if self.bareNewline in ("reject", "yes"):
                 self._bareNewlineReject("command")
                 return False
+            # normalize, no: a bare LF ends the command line (as in Postfix), a bare CR is dropped.
             line = line.rstrip(b"\r\n").replace(b"\r", b"") + b"\r\n"
         self._command(line[:-2])
         return True
+
+    def _warnTooLong(self, text):
+        shown = sanitize(text[:30].decode("latin-1"))
+        self.factory.maillog.emit(
+            f"warning: {self.client}: request longer than {self.factory.lineLimit}: {shown}...", client=self.client
+        )
+
+    def _commandTooLong(self):
+        """Postfix's answer to a command line of line_length_limit octets or more (smtpd_chat_query)."""
+        self._newRequest()
+        self._respond("unknown", Reply(500, "5.5.2", f"{self.hostname} Error: command too long"))
 
     def _bareNewlineReject(self, where):
         self.factory.maillog.emit(f"reject: bare <LF> received in {where} from {self.client}; disconnecting")
@@ -345,7 +522,7 @@ class SMTPServer(Protocol, TimeoutMixin):
         if reply.code in (221, 421):
             self._close()
         elif self._errors >= self.factory.hardErrorLimit:
-            self.factory.maillog.emit(f"too many errors after {self._lastCommand} from {self.client}")
+            self._logAbort("too many errors")
             self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
             self._close()
 
@@ -356,9 +533,6 @@ class SMTPServer(Protocol, TimeoutMixin):
     def _resume(self, _):
         self._waiting = False
         if not self._closing:
-            if self._paused:
-                self._paused = False
-                self.transport.resumeProducing()
             self._process()
 
     def _count(self, verb, ok):
@@ -379,302 +553,3 @@ class SMTPServer(Protocol, TimeoutMixin):
         if self._out:
             self.transport.write(b"".join(self._out))
             self._out = []
-
-    # -- transaction state --------------------------------------------------------
-
-    def _resetTransaction(self):
-        self._abortMessage()
-        self.sender = None
-        self.mailParams = None
-        self.recipients = []
-        self.hold = None  # a HOLD action's reason: the message goes to the hold queue
-        self.headerRewrite = None  # the header rewriting context (mta.rewrite), chosen at MAIL
-        self._rcptTried = False
-        self._overshoot = 0  # recipients refused over smtpd_recipient_limit
-        self._reader = None
-        self._bdatFailure = None  # a BDAT transaction that failed answers this until LAST
-
-    def _abortMessage(self):
-        if self.transaction is not None:
-            self.transaction.abort()
-            self.transaction = None
-
-    def _logReject(self, stage, reply, recipient=None, action="reject", text=None):
-        """Postfix's 'NOQUEUE: reject: RCPT from ...' line (or hold:, with C{text})."""
-        sender = f" from=<{sanitize(self.sender)}>" if self.sender is not None else ""
-        to = f" to=<{recipient}>" if recipient is not None else ""
-        self.factory.maillog.emit(
-            f"NOQUEUE: {action}: {stage} from {self.client}: {sanitize(text or str(reply))};"
-            f"{sender}{to} proto={self.protocolName} helo=<{self.helo or ''}>",
-            client=self.client,
-            status=action,
-        )
-
-    # -- commands -----------------------------------------------------------------
-
-    def _hello(self, verb, arg, protocolName, lines):
-        if not arg:
-            return Reply(501, "5.5.4", f"Syntax: {verb} hostname")
-        self._resetTransaction()
-        self.helo = sanitize(arg)[:255]
-        self.protocolName = protocolName
-        return Reply(250, "", "\n".join([self.hostname, *lines]))
-
-    def smtp_HELO(self, arg):
-        return self._hello("HELO", arg, "SMTP", ())
-
-    def smtp_EHLO(self, arg):
-        return self._hello("EHLO", arg, "ESMTP", self.factory.ehloLines)
-
-    def smtp_NOOP(self, arg):
-        return R_OK
-
-    def smtp_RSET(self, arg):
-        if arg:
-            return Reply(501, "5.5.4", "Syntax: RSET")
-        self._resetTransaction()
-        return R_OK
-
-    def smtp_QUIT(self, arg):
-        return Reply(221, "2.0.0", "Bye")
-
-    def smtp_HELP(self, arg):
-        return Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY ETRN HELP")
-
-    def smtp_VRFY(self, arg):
-        if self.factory.disableVrfy:
-            return Reply(502, "5.5.1", "VRFY command is disabled")
-        if not arg:
-            return Reply(501, "5.5.4", "Syntax: VRFY address")
-        try:
-            address = parsePath(arg if arg.startswith("<") else f"<{arg}>", allowNull=False)
-        except PathError as e:
-            return Reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
-        return Reply(252, "2.0.0", f"<{address}>")
-
-    def smtp_ETRN(self, arg):
-        if self.helo is None:
-            return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
-        if not arg:
-            return Reply(500, "5.5.4", "Syntax: ETRN domain")
-        if self.sender is not None:
-            return Reply(503, "5.5.1", "Error: MAIL transaction in progress")
-        # Deferred mail is flushed by the queue manager, which is not there yet.
-        return Reply(458, "4.3.0", f"Unable to queue messages for node {sanitize(arg)[:255]}")
-
-    def _offered(self):
-        return self.factory.offered if self.protocolName != "SMTP" else frozenset()
-
-    def smtp_MAIL(self, arg):
-        factory = self.factory
-        if self.sender is not None:
-            return Reply(503, "5.5.1", "Error: nested MAIL command")
-        if factory.heloRequired and self.helo is None:
-            return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
-        if arg[:5].upper() != "FROM:":
-            return Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
-        try:
-            path, params = splitPathAndParameters(arg[5:], strict=factory.strictEnvelopes)
-            mailParams = parseMailParameters(params, sizeLimit=factory.sizeLimit, offered=self._offered())
-            sender = factory.rewrite.parsePath(path, allowNull=True, smtputf8=mailParams.smtputf8)
-        except SizeExceeded:
-            reply = Reply(552, "5.3.4", "Message size exceeds fixed limit")
-            self._logReject("MAIL", reply)
-            return reply
-        except ParameterError as e:
-            return Reply(555, "5.5.4", f"Unsupported option: {e}")
-        except NonAsciiPathError as e:
-            return Reply(553, "5.6.7", f"Bad sender address syntax: {e}")
-        except PathError as e:
-            return Reply(501, "5.1.7", f"Bad sender address syntax: {e}")
-        if not factory.enoughSpace(mailParams.size or 0):
-            reply = Reply(452, "4.3.1", "Insufficient system storage")
-            self._logReject("MAIL", reply)
-            return reply
-        self.sender = sender
-        self.mailParams = mailParams
-        return chooseHeaderRewrite(self, Reply(250, "2.1.0", "Ok"))  # local_header_rewrite_clients
-
-    async def smtp_RCPT(self, arg):
-        factory = self.factory
-        if self.sender is None:
-            return Reply(503, "5.5.1", "Error: need MAIL command")
-        if arg[:3].upper() != "TO:":
-            return Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
-        self._rcptTried = True
-        try:
-            path, params = splitPathAndParameters(
-                arg[3:], strict=factory.strictEnvelopes, smtputf8=self.mailParams.smtputf8
-            )
-            rcptParams = parseRcptParameters(params, offered=self._offered(), smtputf8=self.mailParams.smtputf8)
-            address = factory.rewrite.parsePath(path, allowNull=False, smtputf8=self.mailParams.smtputf8)
-        except ParameterError as e:
-            return Reply(555, "5.5.4", f"Unsupported option: {e}")
-        except NonAsciiPathError as e:
-            return Reply(553, "5.6.7", f"Bad recipient address syntax: {e}")
-        except PathError as e:
-            return Reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
-        if len(self.recipients) >= factory.recipientLimit:
-            self._overshoot += 1
-            self._uncountedError = self._overshoot <= factory.overshootLimit
-            return Reply(452, "4.5.3", "Error: too many recipients")
-        if self._earlyTalker:
-            reply, hold = Reply(550, "5.5.1", "Protocol error"), None
-        elif path[1:-1].lower() == "postmaster":  # bare: always accepted (RFC 5321 4.5.1), as in Postfix
-            reply, hold = None, None
-        else:
-            reply, hold = await factory.policy.checkRecipient(self.clientAddress, address, self.helo, self.sender)
-        if reply is not None:
-            self._logReject("RCPT", reply, address)
-            return reply
-        if hold is not None and self.hold is None:
-            self.hold = hold
-            self._logReject("RCPT", None, address, action="hold", text=hold)
-        self.recipients.append(Recipient(str(address), rcptParams.orcpt, rcptParams.notify))
-        return Reply(250, "2.1.5", "Ok")
-
-    def _startMessage(self):
-        """Open the queue file (with our Received header); a Reply on failure."""
-        if not self.recipients:
-            if self._rcptTried:
-                return Reply(554, "5.5.1", "Error: no valid recipients")
-            return Reply(503, "5.5.1", "Error: need RCPT command")
-        try:
-            self.transaction = IncomingTransaction(self)
-        except Exception as e:
-            log.error("smtpd: cannot create a queue file: {error}", error=str(e))
-            return Reply(451, "4.3.0", "Error: queue file write error")
-        return None
-
-    def smtp_DATA(self, arg):
-        if arg:
-            return Reply(501, "5.5.4", "Syntax: DATA")
-        if self.sender is None:
-            return Reply(503, "5.5.1", "Error: need MAIL command")
-        if self.transaction is not None or self._bdatFailure is not None:
-            return Reply(503, "5.5.1", "Error: DATA after BDAT")
-        if self.mailParams.body == "BINARYMIME":
-            return Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT")
-        failure = self._startMessage()
-        if failure is not None:
-            return failure
-        self._reader = D.DataReader(
-            self.transaction.write, self.factory.lineLimit, self.factory.sizeLimit, self.bareNewline
-        )
-        self._mode = "data"
-        self._reply(Reply(354, "", "End data with <CR><LF>.<CR><LF>"))
-        return None
-
-    def _dataStep(self):
-        consumed = self._reader.feed(self._buffer)
-        if consumed is None:
-            self._buffer = b""
-            if self._reader.done:  # fatal error before the end: bare newline
-                self._endData()
-            return
-        self._buffer = self._buffer[consumed:]
-        self._endData()
-
-    def _endData(self):
-        reader, self._reader = self._reader, None
-        self._mode = "command"
-        self._lastCommand = "END-OF-MESSAGE"
-        if reader.error == D.BARE_NEWLINE:
-            self._abortMessage()
-            self._count("data", False)
-            self._bareNewlineReject("DATA")
-            return
-        if reader.error is not None:
-            reply = {
-                D.TOO_BIG: Reply(552, "5.3.4", "Error: message file too big"),
-                D.LINE_TOO_LONG: Reply(552, "5.3.4", f"Error: message line longer than {self.factory.lineLimit} bytes"),
-            }[reader.error]
-            self._logReject("END-OF-MESSAGE", reply)
-            self._resetTransaction()
-            self._respond("data", reply)
-            return
-        self._endMessage("data")
-
-    def _endMessage(self, verb):
-        """Commit the message; the reply goes out when the queue file is safe."""
-        transaction, self.transaction = self.transaction, None
-        reply = transaction.finish()
-        if reply is not None:
-            self._logReject("END-OF-MESSAGE", reply)
-            self._resetTransaction()
-            self._respond(verb, reply)
-            return
-        self._resetTransaction()
-        d = transaction.commit()
-
-        def committed(queueId):
-            self._errors = self._junk = 0  # Postfix forgives a client that delivers mail
-            return Reply(250, "2.0.0", f"Ok: queued as {queueId}")
-
-        def failed(failure):
-            log.error("smtpd: queue file write error: {error}", error=failure.getErrorMessage())
-            return Reply(451, "4.3.0", "Error: queue file write error")
-
-        self._respond(verb, d.addCallbacks(committed, failed))
-
-    # -- BDAT (RFC 3030) -------------------------------------------------------
-
-    def smtp_BDAT(self, arg):
-        parts = arg.split()
-        if not (1 <= len(parts) <= 2 and parts[0].isdigit() and len(parts[0]) <= 18) or (
-            len(parts) == 2 and parts[1].upper() != "LAST"
-        ):
-            # The chunk's length is unknown, so the stream cannot be followed.
-            self._count("bdat", False)
-            self._reply(Reply(501, "5.5.4", "Syntax: BDAT count [LAST]"))
-            self._close()
-            return None
-        self._chunkRemaining = int(parts[0])
-        self._chunkLast = len(parts) == 2
-        self._chunkError = None
-        if self.protocolName == "SMTP":
-            self._chunkError = Reply(503, "5.5.1", "Error: send EHLO first")
-        elif self.sender is None:
-            self._chunkError = Reply(503, "5.5.1", "Error: need MAIL command")
-        elif self._bdatFailure is not None:
-            self._chunkError = self._bdatFailure
-        elif self.transaction is None:
-            failure = self._startMessage()
-            if failure is not None:
-                self._chunkError = self._bdatFailure = failure
-        self._mode = "bdat"
-        if self._chunkRemaining == 0:
-            self._endChunk()
-        return None
-
-    def _bdatStep(self):
-        take = min(self._chunkRemaining, len(self._buffer))
-        if take == len(self._buffer):
-            chunk, self._buffer = self._buffer, b""
-        else:
-            chunk, self._buffer = self._buffer[:take], self._buffer[take:]
-        self._chunkRemaining -= take
-        if self._chunkError is None:
-            if self.factory.sizeLimit and self.transaction.size + take > self.factory.sizeLimit:
-                self._chunkError = self._bdatFailure = Reply(552, "5.3.4", "Error: message file too big")
-                self._abortMessage()
-            else:
-                self.transaction.write(chunk)
-        if self._chunkRemaining == 0:
-            self._endChunk()
-
-    def _endChunk(self):
-        self._mode = "command"
-        if self._chunkLast:
-            self._lastCommand = "END-OF-MESSAGE"
-        if self._chunkError is not None:
-            if self._chunkLast and self._bdatFailure is not None:
-                if self._bdatFailure.code >= 500:
-                    self._logReject("END-OF-MESSAGE", self._bdatFailure)
-                self._resetTransaction()
-            self._respond("bdat", self._chunkError)
-            return
-        if not self._chunkLast:
-            self._respond("bdat", Reply(250, "2.0.0", f"Ok: {self.transaction.size} bytes"))
-            return
-        self._endMessage("bdat")

@@ -10,7 +10,9 @@ Implemented: permit, reject, defer, permit_mynetworks,
 permit_auth_destination, reject_unauth_destination,
 defer_unauth_destination, reject_unlisted_recipient,
 reject_non_fqdn_recipient, reject_non_fqdn_sender, check_client_access,
-check_sender_access, check_recipient_access.  Access tables answer as in
+check_sender_access, check_recipient_access, check_etrn_access (the ETRN
+domain and its parent domains; smtpd_etrn_restrictions only).  Outside the
+RCPT stage (ETRN) the recipient restrictions answer DUNNO, as in Postfix.  Access tables answer as in
 access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
 code with optional enhanced status and text (4xx defers, 5xx rejects),
 or HOLD [text] (the message goes to the hold queue; evaluation goes on).
@@ -22,7 +24,8 @@ SECURITY
 
 CONFIGURATION
     smtpd_recipient_restrictions (permit_mynetworks,
-    reject_unauth_destination), relay_domains_reject_code (554),
+    reject_unauth_destination), smtpd_etrn_restrictions (empty),
+    relay_domains_reject_code (554),
     unknown_*_reject_code (550).
 """
 
@@ -54,6 +57,7 @@ class Request:
     sender: object  # mta.model.Address or None
     recipient: object  # mta.model.Address or None
     client_name: str = "unknown"
+    etrn_domain: str | None = None  # the ETRN command's domain (smtpd_etrn_restrictions)
 
 
 def _constant(decision):
@@ -77,6 +81,8 @@ def _unauthDestination(action):
     def make(policy, argument):
         async def check(request):
             recipient = request.recipient
+            if recipient is None:  # not a recipient stage (ETRN): nothing to judge, as in Postfix
+                return DUNNO
             if await policy.authorizedDestination(recipient):
                 return PERMIT if action == "permit" else DUNNO
             if action == "permit":
@@ -93,6 +99,8 @@ def _unauthDestination(action):
 
 def _unlistedRecipient(policy, argument):
     async def check(request):
+        if request.recipient is None:
+            return DUNNO
         reply = await policy.unlistedRecipient(request.recipient)
         return Decision("reject", reply) if reply is not None else DUNNO
 
@@ -163,6 +171,12 @@ def _checkAccess(which):
             if which == "client":
                 keys, what = [request.client_address], "Client host"
                 subject = f"{request.client_name}[{request.client_address}]"
+            elif which == "etrn":
+                if request.etrn_domain is None:
+                    return DUNNO
+                parts = request.etrn_domain.split(".")
+                keys = [".".join(parts[i:]) for i in range(len(parts))]
+                subject, what = request.etrn_domain, "Etrn command"
             else:
                 address = getattr(request, which)
                 if address is None:
@@ -195,6 +209,7 @@ RESTRICTIONS = {
     "check_client_access": (True, _checkAccess("client")),
     "check_sender_access": (True, _checkAccess("sender")),
     "check_recipient_access": (True, _checkAccess("recipient")),
+    "check_etrn_access": (True, _checkAccess("etrn")),
 }
 
 

@@ -45,3 +45,28 @@ def replyCodes(output):
 def transaction(sender="<alice@example.org>", recipients=("<bob@mx.test>",), body="Subject: hi\r\n\r\nhello\r\n"):
     lines = [f"MAIL FROM:{sender}\r\n"] + [f"RCPT TO:{r}\r\n" for r in recipients] + ["DATA\r\n"]
     return "".join(lines), body + ".\r\n"
+
+
+class MailLog:
+    """The mail-log lines emitted while it is open (a context manager)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def _observe(self, event):
+        if "mail_line" in event:
+            self.lines.append(event["mail_line"])
+
+    def __enter__(self):
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(self._observe)
+        return self
+
+    def __exit__(self, *exc):
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.removeObserver(self._observe)
+
+    def matching(self, text):
+        return [line for line in self.lines if text in line]

@@ -333,9 +333,10 @@ def test_timeout(store):
 
 
 def test_overlongCommandLine(factory):
+    """As Postfix: the rest of the line is skipped and answered at its end (more in test_smtpd_input)."""
     d = Dialog(factory)
-    assert d.send("NOOP " + "x" * 5000) == "500 5.5.2 Error: line too long\r\n"
-    assert d.send("x" * 100 + "\r\nNOOP\r\n") == "250 2.0.0 Ok\r\n"
+    assert d.send("NOOP " + "x" * 5000) == ""
+    assert d.send("x" * 100 + "\r\nNOOP\r\n") == "500 5.5.2 mx.test Error: command too long\r\n250 2.0.0 Ok\r\n"
 
 
 def test_vrfyAndHelp(factory):
@@ -359,3 +360,37 @@ def test_cleanupOnTheWayIn(store):
     out = d.send("Received: x\r\n" * 4 + "Subject: loop\r\n\r\nbody\r\n.\r\n")
     assert out == "554 5.4.0 Error: too many hops\r\n"
     assert len(store.committed) == 1
+
+
+@pytest.mark.parametrize("hello, options, tls, auth, name", [
+    ("HELO", "", False, False, "SMTP"),
+    ("EHLO", "", False, False, "ESMTP"),
+    ("EHLO", " SMTPUTF8", False, False, "UTF8SMTP"),
+    ("EHLO", "", True, False, "ESMTPS"),
+    ("EHLO", "", True, True, "ESMTPSA"),
+    ("EHLO", "", False, True, "ESMTPA"),
+    ("EHLO", " SMTPUTF8", True, True, "UTF8SMTPSA"),
+    ("HELO", "", True, True, "SMTP"),  # RFC 3848 names ESMTP only, as in Postfix
+])
+def test_receivedNamesTheProtocolAsRfc3848And6531(store, hello, options, tls, auth, name):
+    """The 'with' of our Received header; the envelope and the log keep SMTP or ESMTP, as Postfix's do."""
+    from tests.dialogs.harness import MailLog
+
+    d = Dialog(serverFactory(store=store), peer="198.51.100.7")  # a stranger: relaying is refused
+    d.send(f"{hello} c.example\r\n")
+    d.protocol.tlsActive = tls  # what STARTTLS and AUTH will set
+    d.protocol.saslUsername = "alice" if auth else None
+    with MailLog() as log:
+        d.send(f"MAIL FROM:<a@example.org>{options}\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<nobody@elsewhere.example>\r\n")
+        d.send("DATA\r\n")
+        assert d.send("Subject: x\r\n\r\nhi\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    message = store.committed[0]
+    assert f"\tby mx.test (mta) with {name} id FAKE0001".encode() in message.content.split(b";", 1)[0]
+    base = "SMTP" if hello == "HELO" else "ESMTP"
+    assert message.envelope.protocol == base
+    rejects = log.matching("NOQUEUE: reject: RCPT")
+    assert len(rejects) == 1 and f"proto={base} helo=<c.example>" in rejects[0]
+    # The next transaction, without SMTPUTF8, is ESMTP again.
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
+    d.send("x\r\n.\r\n")
+    assert f"with {name.replace('UTF8SMTP', 'ESMTP')} id FAKE0002".encode() in store.committed[1].content

@@ -1,0 +1,217 @@
+"""
+Exim as a real SMTP client for the integration tests, found or fetched from Debian on first use.
+
+Debian's exim4 packages conflict with postfix (both provide mail-transport-agent), so Exim is
+never installed: ``apt-get download`` fetches exim4-daemon-light and exim4-base, and those of
+the binary's library dependencies that are not installed (on Debian 12: libidn12); ``dpkg -x``
+unpacks them into EXIM_ROOT, by default ``/opt/mta-test-peers/exim`` (``$MTA_TEST_PEERS/exim``
+if set; ``~/.cache/mta-test-peers/exim`` if /opt is not writable).  The binary runs from there
+with ``-C`` and a configuration of its own that sends everything to one smarthost on loopback;
+no system file is read or changed.  Exim insists on its compiled-in user Debian-exim: when that
+user does not exist, libnss-wrapper (fetched the same way) supplies it from a passwd file of
+ours, mapped to nobody (or to the calling user when that is not root).
+
+scripts/test fetches Exim before the suite (``python3 -m tests.integration.exim``); a test that
+finds it missing fetches it too, and fails (never skips) if that is impossible.
+"""
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+PACKAGES = ["exim4-daemon-light", "exim4-base"]
+EXIM_USER = "Debian-exim"
+TIMEOUT = 60
+
+
+def peersDirectory():
+    base = os.environ.get("MTA_TEST_PEERS")
+    if base:
+        return base
+    if os.access("/opt", os.W_OK) or os.path.isdir("/opt/mta-test-peers"):
+        return "/opt/mta-test-peers"
+    return os.path.expanduser("~/.cache/mta-test-peers")
+
+
+def eximRoot():
+    return os.path.join(peersDirectory(), "exim")
+
+
+def binaryPath(root):
+    return os.path.join(root, "usr", "sbin", "exim4")
+
+
+def libraryDirectories(root):
+    return sorted(glob.glob(os.path.join(root, "usr", "lib", "*-linux-gnu"))) + [os.path.join(root, "usr", "lib")]
+
+
+def _installed(package):
+    result = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
+    return result.returncode == 0 and "install ok installed" in result.stdout
+
+
+def _userExists(name):
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _missingLibraries():
+    """The library packages exim4-daemon-light depends on that are not installed."""
+    result = subprocess.run(["apt-cache", "depends", "--no-recommends", "--no-suggests", PACKAGES[0]],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    missing = []
+    for line in result.stdout.splitlines():
+        kind, _, name = line.strip().lstrip("|").partition(":")
+        name = name.strip()
+        if kind == "Depends" and name.startswith("lib") and not _installed(name):
+            missing.append(name)
+    return missing
+
+
+def _download(packages, directory):
+    def attempt():
+        return subprocess.run(["apt-get", "download", *packages], cwd=directory, capture_output=True,
+                              text=True, timeout=300)
+
+    result = attempt()
+    if result.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=300)
+        result = attempt()
+    assert result.returncode == 0, f"apt-get download {' '.join(packages)} failed:\n{result.stderr}"
+
+
+def fetch(root=None):
+    """Download and unpack Exim (and what it lacks here) into C{root}; return C{root}."""
+    root = root or eximRoot()
+    if os.access(binaryPath(root), os.X_OK):
+        return root
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    packages = PACKAGES + _missingLibraries()
+    if not _userExists(EXIM_USER) and not _installed("libnss-wrapper"):
+        packages.append("libnss-wrapper")
+    with tempfile.TemporaryDirectory() as downloads:
+        os.chmod(downloads, 0o755)  # apt's _apt user writes the files
+        _download(packages, downloads)
+        partial = root + ".partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        for deb in sorted(glob.glob(os.path.join(downloads, "*.deb"))):
+            subprocess.run(["dpkg", "-x", deb, partial], check=True, timeout=TIMEOUT)
+    # dpkg -x keeps the setuid bit; a setuid binary would ignore LD_LIBRARY_PATH.
+    os.chmod(binaryPath(partial), 0o755)
+    shutil.rmtree(root, ignore_errors=True)
+    os.rename(partial, root)
+    return root
+
+
+def _nssWrapper(root):
+    for path in [os.path.join(d, "libnss_wrapper.so") for d in libraryDirectories(root)] + glob.glob(
+        "/usr/lib/*-linux-gnu/libnss_wrapper.so"
+    ):
+        if os.path.exists(path):
+            return path
+    raise AssertionError("libnss_wrapper.so not found: remove the Exim directory to fetch it again")
+
+
+class Exim:
+    """
+    One Exim with its own configuration, spool and log in a fresh directory under /tmp (Exim
+    drops to its own user, which must reach it).  send() submits a message and delivers it at
+    once (-odf) to the smarthost 127.0.0.1:C{port}; mainlog() is Exim's log.
+    """
+
+    def __init__(self, port, chunking=False, root=None):
+        self.root = fetch(root)
+        self.directory = tempfile.mkdtemp(prefix="mta-exim-")
+        os.chmod(self.directory, 0o755)
+        if _userExists(EXIM_USER):
+            uid, gid = pwd.getpwnam(EXIM_USER)[2:4]
+            preload = {}
+        else:
+            uid = gid = 65534 if os.getuid() == 0 else os.getuid()
+            if os.getuid() != 0:
+                gid = os.getgid()
+            passwd = os.path.join(self.directory, "passwd")
+            group = os.path.join(self.directory, "group")
+            with open(passwd, "w") as f:
+                for entry in pwd.getpwall():
+                    if entry.pw_name != EXIM_USER:
+                        f.write(":".join(str(field) for field in entry) + "\n")
+                f.write(f"{EXIM_USER}:x:{uid}:{gid}:Exim:/nonexistent:/bin/false\n")
+            with open(group, "w") as f:
+                with open("/etc/group") as system:
+                    f.write(system.read())
+                f.write(f"{EXIM_USER}:x:{gid}:\n")
+            preload = {"LD_PRELOAD": _nssWrapper(self.root), "NSS_WRAPPER_PASSWD": passwd,
+                       "NSS_WRAPPER_GROUP": group}
+        self.spool = os.path.join(self.directory, "spool")
+        self.logs = os.path.join(self.directory, "log")
+        for path in (self.spool, self.logs):
+            os.mkdir(path)
+            os.chown(path, uid, gid)
+        environment = {"LD_LIBRARY_PATH": ":".join(libraryDirectories(self.root)), **preload}
+        self.wrapper = os.path.join(self.directory, "exim")
+        with open(self.wrapper, "w") as f:
+            f.write("#!/bin/sh\n")
+            f.writelines(f"{name}='{value}'; export {name}\n" for name, value in environment.items())
+            f.write(f"exec '{binaryPath(self.root)}' \"$@\"\n")
+        os.chmod(self.wrapper, 0o755)
+        self.config = os.path.join(self.directory, "exim.conf")
+        with open(self.config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                primary_hostname = exim.test
+                qualify_domain = exim.test
+                spool_directory = {self.spool}
+                log_file_path = {self.logs}/%slog
+                exim_path = {self.wrapper}
+                keep_environment =
+                untrusted_set_sender = *
+                # Exim re-executes itself for the delivery; no daemon, no local deliveries.
+                begin routers
+                smarthost:
+                  driver = manualroute
+                  domains = *
+                  transport = mta
+                  route_list = * 127.0.0.1
+                  self = send
+                  no_more
+                begin transports
+                mta:
+                  driver = smtp
+                  port = {port}
+                  allow_localhost
+                  hosts_avoid_tls = *
+                  hosts_try_chunking = {"*" if chunking else ":"}
+                begin retry
+                * * F,1h,15m
+                """))
+        os.chmod(self.config, 0o644)
+
+    def send(self, sender, recipients, message):
+        """Submit C{message} (bytes) and deliver it now; the CompletedProcess."""
+        return subprocess.run(
+            # -i: a line with only "." is text, not the end of the message.
+            [self.wrapper, "-C", self.config, "-odf", "-i", "-f", sender, "--", *recipients],
+            input=message, capture_output=True, timeout=TIMEOUT,
+        )
+
+    def mainlog(self):
+        try:
+            with open(os.path.join(self.logs, "mainlog"), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def cleanup(self):
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(f"exim: {binaryPath(fetch())}", file=sys.stderr)
