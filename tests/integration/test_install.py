@@ -12,8 +12,9 @@ Each test installs a copy of this checkout with one more plugin module beside
 mta_plugin.py, offering a ServiceMaker under a name no other installation has:
 twistd listing that name proves that it scanned this installation's
 twisted/plugins, and not only the one of an mta already installed on the machine
-(scripts/test installs one, and the virtual environment sees it through
---system-site-packages, which spares downloading Twisted).  That installed
+(scripts/test installs one, and the virtual environment sees it because it
+sees every package of the Python running the tests, which spares downloading
+Twisted).  That installed
 mta_plugin.py, in Twisted's own plugin directory, comes first on
 twisted.plugins.__path__ and so shadows a module of the same name elsewhere;
 that is why the probe has a name of its own, and why the test checks that the
@@ -57,11 +58,27 @@ def environment():
     return env
 
 
+def makeVenv(venv):
+    """
+    A virtual environment that also sees the packages of the Python running
+    the tests.  Not --system-site-packages: when the tests run in a virtual
+    environment themselves (as the README advises where pip refuses to install
+    into the system Python), that would give the base Python's packages, without
+    Twisted; a .pth file naming this Python's site directories gives them all.
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    done = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    sites = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+    with open(os.path.join(done.stdout.strip(), "tests-parent.pth"), "w") as f:
+        f.write("".join(p + "\n" for p in sites))
+    return python
+
+
 def install(tmp_path, editable):
     copy, probe = checkoutCopy(tmp_path)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
-    python = str(venv / "bin" / "python")
+    python = makeVenv(tmp_path / "venv")
     done = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                            *(["-e"] if editable else []), str(copy)],
                           cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=600)
