@@ -27,7 +27,8 @@ DESCRIPTION
     started.
 
     The deposit is atomic: the file is written as maildrop/QUEUEID.tmp
-    (O_EXCL, mode 0600), fsynced, renamed to maildrop/QUEUEID (a fresh queue
+    (O_EXCL, mode 0600; 0644 when root submits into a queue that belongs to
+    another user, see depositMode()), fsynced, renamed to maildrop/QUEUEID (a fresh queue
     id, the only kind of name pickup looks at), and maildrop/ is fsynced;
     only then does mta-sendmail exit 0.  On any failure the temporary file
     is removed and nothing is left where pickup would see it.
@@ -808,6 +809,25 @@ def findMaildrop(config):
     raise Exit(EX_TEMPFAIL, f"{problem}; the message was not queued")
 
 
+def depositMode(directory, euid=None):
+    """
+    The mode of a new maildrop file in C{directory}: 0600, or 0644 when the
+    submitter is root and maildrop/ belongs to another user (the daemon's),
+    who must read the file: a 0600 file of root's would wait in maildrop/
+    for ever (root's cron jobs submit this way).  0644 shows nothing to
+    anyone else: maildrop/ is 0700, so no one but its owner and root can
+    reach the file.
+    """
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        return 0o600
+    try:
+        owner = os.stat(directory).st_uid
+    except OSError:
+        return 0o600
+    return 0o644 if owner != 0 else 0o600
+
+
 class MaildropFile:
     """
     One queue file being written into maildrop/ as QUEUEID.tmp.  write()
@@ -836,6 +856,9 @@ class MaildropFile:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
                 self._fd = self.fs.open(self.tmpPath, flags, 0o600)
+                mode = depositMode(self.directory)
+                if mode != 0o600:
+                    os.fchmod(self._fd, mode)  # explicitly: the umask of a cron job may be 077
             except OSError as e:
                 raise DepositError(f"cannot create {self.tmpPath}: {e.strerror or e}") from None
 

@@ -444,6 +444,34 @@ def test_depositIsACompleteQueueFile(config, tmp_path):
     assert stat.S_IMODE((drop / name).stat().st_mode) == 0o600
 
 
+def test_depositMode(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)  # the daemon's user, not root
+    assert S.depositMode(str(theirs), euid=0) == 0o644
+    assert S.depositMode("/", euid=0) == 0o600  # root's own queue
+    assert S.depositMode(str(theirs), euid=1000) == 0o600
+    assert S.depositMode(str(tmp_path / "gone"), euid=0) == 0o600
+
+
+def test_rootSubmitsSoThatTheDaemonsUserCanRead(config, tmp_path, monkeypatch):
+    """As root (a root cron job) into a queue owned by the daemon's user: 0644 whatever the umask."""
+    drop = tmp_path / "queue" / "maildrop"
+    if os.geteuid() == 0:
+        os.chown(drop, 65534, 65534)
+    monkeypatch.setattr(S.os, "geteuid", lambda: 0)
+    old = os.umask(0o077)
+    try:
+        status, err = run(["bob@example.org"], config, tmp_path, b"Subject: cron\n\nroot's mail\n")
+    finally:
+        os.umask(old)
+    assert (status, err) == (0, "")
+    [name] = maildrop(tmp_path)
+    assert stat.S_IMODE((drop / name).stat().st_mode) == 0o644
+    assert stat.S_IMODE(drop.stat().st_mode) == 0o700  # what keeps everyone else out
+
+
 # -- finding the configuration and the queue; never creating a queue ------------------------
 
 
