@@ -215,3 +215,100 @@ def test_offline_after_kill_9(makeDaemon):
     d.start()  # and the daemon starts again, and takes up the requeued message
     assert mtaQueue(d, "status").returncode == 0
     waitFor(lambda: f"{queueId}: to=<bob@example.net>" in d.maillogText(), what="the delivery attempt")
+
+
+# -- list --json against Postfix's own postqueue -j ------------------------------------------
+
+
+QUOTED_SENDER = '"john \\"q\\""@example.org'  # a quoted local part holding quotes: JSON must escape " and \
+
+
+def sendRaw(port, sender, recipients):
+    """MAIL FROM with C{sender} as it is (smtplib would re-quote it), then the recipients and a message."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.example")
+        code, reply = s.docmd(f"MAIL FROM:<{sender}>")
+        assert code == 250, reply
+        for recipient in recipients:
+            code, reply = s.docmd(f"RCPT TO:<{recipient}>")
+            assert code == 250, reply
+        code, reply = s.data(b"Subject: json\r\n\r\nbody\r\n")
+        assert code == 250, reply
+
+
+def skeleton(value):
+    """The shape of a JSON value: member names in order, value types."""
+    if isinstance(value, dict):
+        return [(name, skeleton(member)) for name, member in value.items()]
+    if isinstance(value, list):
+        return [skeleton(value[0])] if value else []
+    return type(value).__name__
+
+
+@pytest.fixture
+def postfixDeferring():
+    """A private Postfix (bench/postfix_instance.py) relaying to a loopback port where nothing listens."""
+    from bench.postfix_instance import PostfixInstance
+    from tests.integration.daemon import freePort
+
+    instance = PostfixInstance(freePort(), relay_port=freePort())
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
+
+
+def postqueueJ(instance):
+    env = dict(os.environ)
+    env.pop("MAIL_CONFIG", None)
+    done = subprocess.run([instance.postqueue, "-c", str(instance.config_dir), "-j"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert (done.returncode, done.stderr) == (0, ""), done
+    return done.stdout
+
+
+def test_list_json_is_what_postqueue_j_prints(postfixDeferring, makeDaemon):
+    """
+    The same message (a quoted sender, two recipients, deferred: connection
+    refused) in a real Postfix and in mta: mta-queue list --json formats
+    Postfix's own values exactly as postqueue -j prints them, and its own
+    listing has the same shape.  (orig_address is Postfix 3.11's; an older
+    Postfix, such as Debian 12's 3.7, does not print it.)
+    """
+    sendRaw(postfixDeferring.port, QUOTED_SENDER, ["one@far.example", "two@far.example"])
+    out = waitFor(lambda: (lambda text: "delay_reason" in text and text)(postqueueJ(postfixDeferring)),
+                  what="Postfix's delay reason", timeout=60)
+    [line] = out.splitlines()
+    theirs = json.loads(line)
+    assert theirs["queue_name"] == "deferred"
+    assert theirs["sender"] == QUOTED_SENDER
+    assert all("Connection refused" in r["delay_reason"] for r in theirs["recipients"])
+
+    # Postfix's values, through mta's formatter: the very same line.
+    from mta.cli.queue import formatJson
+
+    entry = {"queue": theirs["queue_name"], "id": theirs["queue_id"], "arrival_time": theirs["arrival_time"],
+             "size": theirs["message_size"], "sender": theirs["sender"],
+             "recipients": [{"address": r["address"], "status": "deferred", "reason": r["delay_reason"]}
+                            for r in theirs["recipients"]]}
+    ours = formatJson(entry)
+    if "orig_address" not in line:
+        ours = re.sub(r'"orig_address": "(?:[^"\\]|\\.)*", ', "", ours)
+    assert ours == line
+    assert '"sender": "\\"john \\\\\\"q\\\\\\"\\"@example.org"' in line  # the escaping compared above
+
+    # mta's own listing of the same kind of message: the same members in the same order.
+    d = makeDaemon(main="transport_maps = inline:{ {far.example = retry:4.4.1 connect to far.example: "
+                        "Connection refused} }\n", hold=False).start()
+    sendRaw(d.port, QUOTED_SENDER, ["one@far.example", "two@far.example"])
+    waitFor(lambda: queueFiles(d, "deferred"), what="the message in deferred/")
+    done = mtaQueue(d, "list", "--json")
+    assert (done.returncode, done.stderr) == (0, "")
+    [mine] = done.stdout.splitlines()
+    mineParsed = json.loads(mine)
+    if "orig_address" not in line:
+        for recipient in mineParsed["recipients"]:
+            del recipient["orig_address"]
+    assert skeleton(mineParsed) == skeleton(theirs)
+    assert mineParsed["sender"] == QUOTED_SENDER and mine.count('"\\"john \\\\\\"q\\\\\\"\\"@example.org"') == 1
