@@ -97,7 +97,7 @@ DESCRIPTION
     Results go to stdout, errors to stderr, one line each; never a
     traceback.
 
-DIFFERENCES FROM POSTFIX
+DEVIATIONS
     list --json: mta expands aliases when it routes, not in cleanup, so a
     queue file holds the recipients as they were given: each recipient
     object has that address as both address and orig_address (Postfix

@@ -138,6 +138,15 @@ CONFIGURATION
     queue_directory, myorigin, message_size_limit; with -bs also the smtpd
     parameters (mta.smtpd.factory) of [main].
 
+DEVIATIONS
+    Postfix's sendmail exits 75 on every fatal error; mta-sendmail exits 78
+    (EX_CONFIG) where retrying cannot help (see EXIT STATUS), and 64 for a
+    control character in an argument, which Postfix passes on to cleanup.
+    Postfix ignores MAIL_CONFIG in its set-gid postdrop unless the directory
+    is listed in alternate_config_directories; mta-sendmail is not set-gid
+    and honours $MTA_CONFIG as the invoking user's own choice.  Postfix's
+    queue_directory must be absolute; mta's may be relative (see above).
+
 EXIT STATUS
     0 the message is durable in maildrop/ (or the mode's work is done);
     64 (EX_USAGE) bad options or addresses, no recipients, a control

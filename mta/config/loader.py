@@ -35,6 +35,14 @@ FINDING THE FILE
     skipped when its file is missing.  loadConfig() finds and loads;
     Config.source says how the file was found, for messages.
 
+DEVIATIONS
+    Postfix's -c and MAIL_CONFIG name the configuration directory (of
+    main.cf and master.cf); mta's name the file, or a directory holding
+    mta.ini.  Postfix always reads $config_directory/main.cf (default
+    /etc/postfix) and has no embedded fall-back; mta runs on its embedded
+    defaults when no file is found, so that ``twistd -n mta`` works in a
+    scratch directory.
+
 SECURITY
     MTA_CONFIG is trusted as the invoking user's own choice: none of the
     programs is set-uid or set-gid, so it gives no one more than they
