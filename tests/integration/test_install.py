@@ -148,3 +148,13 @@ def test_normalInstall(tmp_path):
         assert (tmp_path / "venv" / "bin" / script).exists()
     done = run(str(tmp_path / "venv" / "bin" / "mta-config"), "-d", "message_size_limit", cwd=elsewhere)
     assert (done.returncode, done.stdout) == (0, "message_size_limit = 10240000\n")
+    # The Deployment's links: the installed script run as "mailq" is sendmail -bp (mta-queue list),
+    # which here reports the queue that its configuration names and that does not exist.
+    os.symlink(tmp_path / "venv" / "bin" / "mta-sendmail", elsewhere / "mailq")
+    (tmp_path / "mta.ini").write_text(f"[main]\nqueue_directory = {tmp_path}/nosuch\n")
+    done = subprocess.run([str(elsewhere / "mailq")], cwd=elsewhere,
+                          env={**environment(), "MTA_CONFIG": str(tmp_path / "mta.ini")},
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (1, ""), done
+    assert done.stderr == (f"mta-queue: no queue directory {tmp_path}/nosuch "
+                           f"(configuration: {tmp_path}/mta.ini (from $MTA_CONFIG))\n")
