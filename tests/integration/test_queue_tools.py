@@ -277,9 +277,15 @@ def test_list_json_is_what_postqueue_j_prints(postfixDeferring, makeDaemon):
     Postfix, such as Debian 12's 3.7, does not print it.)
     """
     sendRaw(postfixDeferring.port, QUOTED_SENDER, ["one@far.example", "two@far.example"])
-    out = waitFor(lambda: (lambda text: "delay_reason" in text and text)(postqueueJ(postfixDeferring)),
-                  what="Postfix's delay reason", timeout=60)
-    [line] = out.splitlines()
+    def deferred():
+        # qmgr writes the defer log (the delay reasons) before it moves the file to deferred/
+        lines = postqueueJ(postfixDeferring).splitlines()
+        entries = [json.loads(line) for line in lines]
+        done = (len(entries) == 1 and entries[0]["queue_name"] == "deferred"
+                and all("delay_reason" in r for r in entries[0]["recipients"]))
+        return done and lines[0]
+
+    line = waitFor(deferred, what="the message deferred by Postfix, with both delay reasons", timeout=60)
     theirs = json.loads(line)
     assert theirs["queue_name"] == "deferred"
     assert theirs["sender"] == QUOTED_SENDER
