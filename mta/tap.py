@@ -2,10 +2,15 @@
 
     twistd -n mta [-c FILE]
 
-Without --config, mta runs on the embedded defaults: one listener on
-127.0.0.1:2525, relaying for 127.0.0.0/8 only, its queue under
-./var/spool/mta.  A configuration problem stops the start with one line
-naming file, line, section and key, and exit status 1.
+The configuration is found as every mta program finds it
+(mta.config.findConfig): -c/--config FILE (a directory means DIR/mta.ini),
+else $MTA_CONFIG, else /etc/mta/mta.ini when it exists, else the embedded
+defaults: one listener on 127.0.0.1:2525, relaying for 127.0.0.0/8 only,
+its queue under var/spool/mta, relative to the directory twistd starts in
+(so that ``twistd -n mta`` runs as any user; see the README's Deployment
+section for a real queue).  The start line in the log names the file in
+effect.  A configuration problem stops the start with one line naming
+file, line, section and key, and exit status 1.
 
 Signals: SIGTERM stops the daemon cleanly with exit status 0 (postfix
 stop); SIGHUP reloads the configuration file and the tables, as ``mta
@@ -16,7 +21,7 @@ SECURITY
     None beyond mta.config.
 
 CONFIGURATION
-    --config/-c FILE.
+    --config/-c FILE; the environment variable MTA_CONFIG.
 """
 
 import signal
@@ -24,19 +29,24 @@ import sys
 
 from twisted.python import usage
 
-from mta.config import ConfigError, load
+from mta.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG, ConfigError, loadConfig
 
 
 class Options(usage.Options):
     synopsis = "[-c FILE]"
-    longdesc = "Run the mta mail transfer agent. Without --config it uses the embedded defaults."
+    longdesc = (
+        f"Run the mta mail transfer agent. The configuration is --config FILE, else "
+        f"${CONFIG_ENVIRONMENT}, else {DEFAULT_CONFIG} if it exists, else the embedded defaults."
+    )
     optParameters = [
-        ["config", "c", None, "The configuration file (INI). Default: the embedded defaults."],
+        ["config", "c", None,
+         f"The configuration file (INI; a directory means DIR/mta.ini). Default: ${CONFIG_ENVIRONMENT}, "
+         f"else {DEFAULT_CONFIG} if it exists, else the embedded defaults."],
     ]
 
     def postOptions(self):
         try:
-            self.mtaConfig = load(self["config"])
+            self.mtaConfig = loadConfig(self["config"])
         except ConfigError as e:
             fatal(str(e))
 

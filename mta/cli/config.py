@@ -1,16 +1,17 @@
 """mta.cli.config - mta-config, the postconf(1) of mta.
 
-    mta-config [-c FILE] [-d | -n | -M | --check] [-x] [-h] [NAME...]
+    mta-config [-c FILE] [-d | -n | -M | --check | --which] [-x] [-h] [NAME...]
 
 Prints the parameters in effect in [main], ``name = value`` sorted by name,
 with the values as written (unexpanded, as postconf does): -d the schema
 defaults, -n only what the file's [main] sets, -x with $name expanded, -h the
 values without names, -M the listeners as INI sections.  --check loads the
 configuration and opens every lookup table it names, and says nothing when
-all is well.
+all is well.  --which prints the file in effect and how it was found.
 
-Without --config the embedded defaults are shown, as ``twistd mta`` without
---config would run them.
+The file is found as ``twistd mta`` finds it (mta.config.findConfig):
+--config FILE, else $MTA_CONFIG, else /etc/mta/mta.ini when it exists, else
+the embedded defaults.
 
 SECURITY
     Reads the configuration file and the table files it names, as the user
@@ -18,7 +19,8 @@ SECURITY
     tables; nothing is written.
 
 CONFIGURATION
-    The file given with --config; every parameter of mta.config.schema.
+    The file given with --config (or $MTA_CONFIG, or /etc/mta/mta.ini);
+    every parameter of mta.config.schema.
 
 EXIT STATUS
     0 on success, 1 on a configuration problem or an unknown name (one line
@@ -27,9 +29,10 @@ EXIT STATUS
 
 import argparse
 import difflib
+import os
 import sys
 
-from mta.config import BY_NAME, ConfigError, Scope, load, openTables
+from mta.config import BY_NAME, CONFIG_ENVIRONMENT, DEFAULT_CONFIG, ConfigError, Scope, findConfig, loadConfig, openTables
 from mta.config.schema import parameter
 from mta.config.schema import LISTENER_KEYS
 
@@ -58,6 +61,10 @@ def buildParser():
             "  mta-config -c mta.ini -x -h myhostname   one value, expanded, no name\n"
             "  mta-config -c mta.ini -M                 the listeners\n"
             "  mta-config -c mta.ini --check            check it, quietly\n"
+            "  mta-config --which                       which file is in effect\n"
+            "\n"
+            f"Without --config: ${CONFIG_ENVIRONMENT}, else {DEFAULT_CONFIG} if it exists, else the\n"
+            "embedded defaults (as twistd mta, mta-queue and mta-sendmail).\n"
             "\n"
             "exit status: 0 success, 1 configuration error or unknown name, 2 usage error."
         ),
@@ -65,7 +72,8 @@ def buildParser():
     parser.add_argument("--help", action="help", help="show this help and exit")
     parser.add_argument(
         "-c", "--config", metavar="FILE",
-        help="the configuration file (INI); default: the embedded defaults",
+        help=f"the configuration file (INI; a directory means DIR/mta.ini); default: ${CONFIG_ENVIRONMENT}, "
+             f"else {DEFAULT_CONFIG} if it exists, else the embedded defaults",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-d", dest="defaults", action="store_true",
@@ -78,6 +86,8 @@ def buildParser():
     mode.add_argument("--check", action="store_true",
                       help="load the configuration and open every lookup table it names; "
                            "print nothing and exit 0 when all is well")
+    mode.add_argument("--which", action="store_true",
+                      help="print the configuration file in effect and how it was found")
     parser.add_argument("-x", dest="expand", action="store_true",
                         help="expand $name references in the values")
     parser.add_argument("-h", dest="hideNames", action="store_true",
@@ -119,7 +129,7 @@ def _parameters(args):
     if args.defaults:
         scope, names = Scope(), args.names or sorted(BY_NAME)
     else:
-        config = load(args.config)
+        config = loadConfig(args.config)
         scope = config.main
         if args.nondefault:
             setHere = {entry.key for entry in scope.setHere()}
@@ -133,7 +143,7 @@ def _parameters(args):
 def _listeners(args):
     if args.hideNames:
         raise _Failed(f"{PROG}: error: -h applies to parameters, not to -M")
-    config = load(args.config)
+    config = loadConfig(args.config)
     listeners = config.listeners
     if args.names:
         byName = {listener.name: listener for listener in listeners}
@@ -160,8 +170,17 @@ def _check(args):
 
     if args.names:
         raise _Failed(f"{PROG}: error: --check takes no parameter names")
-    openTables(load(args.config), Tables(Clock()))
+    openTables(loadConfig(args.config), Tables(Clock()))
     return []
+
+
+def _which(args):
+    if args.names or args.expand or args.hideNames:
+        raise _Failed(f"{PROG}: error: --which takes no other options or names")
+    found = findConfig(args.config)
+    if found.named and not os.path.lexists(found.path):
+        loadConfig(args.config)  # raises ConfigNotFound, with the message of every program
+    return [found.describe()]
 
 
 def main(argv=None):
@@ -174,6 +193,8 @@ def main(argv=None):
     try:
         if args.check:
             lines = _check(args)
+        elif args.which:
+            lines = _which(args)
         elif args.listeners:
             lines = _listeners(args)
         else:

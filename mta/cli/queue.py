@@ -19,7 +19,10 @@ DESCRIPTION
 
     list        mailq(1), postqueue -p: reads the queue files itself, as
                 Postfix's showq(8) does, so it works whether the daemon runs
-                or not (it only reads).  The text is mailq's::
+                or not (it only reads).  The queues are listed in showq's
+                order: maildrop (mail from mta-sendmail that pickup has not
+                taken yet), active, incoming, deferred, hold.  The text is
+                mailq's::
 
                     -Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------
                     8DmPKBcDdcVvyF*     1234 Sat Nov 21 07:48:25  alice@example.org
@@ -34,12 +37,26 @@ DESCRIPTION
                 ``*`` marks a message in the active queue, ``!`` one on hold;
                 a ``(reason)`` line comes before the recipients deferred for
                 it; recipients already delivered or bounced are not shown.
-                An empty queue prints ``Mail queue is empty``.  ``--json``
-                prints a JSON list with, per message, id, queue,
-                arrival_time, size, sender, recipients (address, status,
-                reason) and next_attempt; a queue file that cannot be read
-                appears with its id, queue and an "error" field (in the text
-                listing, as a line with the error).
+                An empty queue prints ``Mail queue is empty``.  A queue file
+                that cannot be read is a line with the error.
+
+                ``--json`` is postqueue -j: one JSON object per line and
+                message, with Postfix's members in Postfix's order and
+                spacing (src/postqueue/showq_json.c)::
+
+                    {"queue_name": "deferred", "queue_id": "8DmPKCqk2aVvyF", "arrival_time": 1605944400, "message_size": 567, "forced_expire": false, "sender": "MAILER-DAEMON", "recipients": [{"orig_address": "carol@example.com", "address": "carol@example.com", "delay_reason": "connect to ...: Connection refused"}]}
+
+                (on one line).  arrival_time is whole seconds, message_size
+                the content bytes, forced_expire always false (mta has no
+                postsuper -e), sender "MAILER-DAEMON" for the null sender
+                (Postfix's empty_address_recipient), recipients the ones
+                still to be delivered, delay_reason only where a delivery
+                was deferred.  Strings are escaped as Postfix's
+                quote_for_json(): \\b \\f \\n \\r \\t, other control
+                characters (and DEL) as \\uXXXX, UTF-8 as it is, text that
+                is not UTF-8 as '?'.  A queue file that cannot be read is
+                left out with a warning on stderr (showq logs one).  An
+                empty queue prints nothing.
 
     show ID     postcat -q: the envelope (queue, arrival time, size, sender,
                 client, recipients with their status and reason) and then
@@ -80,7 +97,14 @@ DESCRIPTION
     Results go to stdout, errors to stderr, one line each; never a
     traceback.
 
-DIFFERENCES FROM POSTFIX
+DEVIATIONS
+    list --json: mta expands aliases when it routes, not in cleanup, so a
+    queue file holds the recipients as they were given: each recipient
+    object has that address as both address and orig_address (Postfix
+    3.11's orig_address), and the delay_reason of a deferred alias
+    expansion.  Recipients that have bounced are left out (Postfix 3.11
+    lists them with a bounce_reason until the bounce is written; earlier
+    versions leave them out too).
     postsuper writes its per-message lines and summary to stderr and syslog;
     mta-queue prints them on stdout (the daemon, or mta-queue itself when
     the daemon is stopped, writes the mail log) and prints the summary even
@@ -100,8 +124,12 @@ SECURITY
 
 CONFIGURATION
     queue_directory (and, when acting on the files, maillog_file,
-    syslog_name and myhostname), read from the file given with --config
-    (default: the embedded defaults, as ``twistd mta`` without --config).
+    syslog_name and myhostname), read from the file that every mta program
+    uses (mta.config.findConfig): --config FILE, else $MTA_CONFIG, else
+    /etc/mta/mta.ini when it exists, else the embedded defaults.  A
+    relative queue_directory is taken from the current directory.  When
+    the queue directory does not exist, every command says so, naming the
+    configuration in effect, and exits 1.
 
 EXIT STATUS
     0 success; 1 the daemon is not reachable (status, flush), a message was
@@ -111,7 +139,6 @@ EXIT STATUS
 
 import argparse
 import errno
-import json
 import os
 import re
 import stat
@@ -121,7 +148,7 @@ import time
 from twisted.internet import error as netError
 
 from mta import control
-from mta.config import ConfigError, load
+from mta.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG, ConfigError, loadConfig
 from mta.maillog import sanitize, syslogFormatter
 from mta.queue import tools
 from mta.queue.fileformat import CorruptQueueFile, parseQueueFile
@@ -156,6 +183,7 @@ ACTION_HELP = {
 
 HEADER = "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
 MARKS = {"active": "*", "hold": "!"}
+LISTING = ("maildrop", "active", "incoming", "deferred", "hold")  # showq's order
 
 
 class UsageError(Exception):
@@ -189,8 +217,8 @@ def buildParser():
     )
     parser.add_argument(
         "-c", "--config", metavar="FILE",
-        help="the daemon's configuration file, to find queue_directory; "
-             "default: the embedded defaults",
+        help=f"the daemon's configuration file, to find queue_directory; default: ${CONFIG_ENVIRONMENT}, "
+             f"else {DEFAULT_CONFIG} if it exists, else the embedded defaults",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(
@@ -201,7 +229,8 @@ def buildParser():
         "list", help="list the queue, as mailq (postqueue -p)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "List every message in the incoming, active, deferred and hold queues, as mailq does.\n"
+            "List every message in the maildrop, active, incoming, deferred and hold queues, as\n"
+            "mailq does.\n"
             "Reads the queue files; works whether the daemon runs or not.\n"
             "'*' after the id: active; '!': on hold.  (reason) lines precede the recipients\n"
             "that were deferred for that reason."
@@ -209,8 +238,9 @@ def buildParser():
     )
     listing.add_argument(
         "--json", action="store_true",
-        help="print a JSON list: id, queue, arrival_time, size, sender, recipients "
-             "(address, status, reason), next_attempt; 'error' for a damaged file",
+        help="print one JSON object per line and message, as postqueue -j: queue_name, queue_id, "
+             "arrival_time, message_size, forced_expire, sender, recipients (orig_address, address, "
+             "delay_reason)",
     )
     show = commands.add_parser(
         "show", help="print a message's envelope and content (postcat -q)",
@@ -348,7 +378,7 @@ def _plural(count, word):
 def readQueue(queueDirectory, now=None):
     """The entries of mta.queue.tools.listMessages, without files that moved meanwhile."""
     store = QueueStore(queueDirectory, None)
-    entries = tools.listMessages(store, time.time() if now is None else now)
+    entries = tools.listMessages(store, time.time() if now is None else now, LISTING)
     # A file renamed or removed by the daemon between the directory scan and
     # its reading is not damaged: it is gone from this queue (showq's rule).
     return [e for e in entries if "error" not in e or os.path.lexists(store.queuePath(e["queue"], e["id"]))]
@@ -394,15 +424,66 @@ def listQueue(queueDirectory, out, err, asJson=False, now=None):
         err.write(f"{PROG}: cannot read the queue in {sanitize(queueDirectory)}: {_oserror(e)}\n")
         return 1
     if asJson:
-        out.write(json.dumps(entries, indent=2) + "\n")
+        for entry in entries:
+            if "error" in entry:
+                err.write(f"{PROG}: warning: {entry['queue']}/{entry['id']}: damaged queue file: "
+                          f"{sanitize(entry['error'])} -- not listed\n")
+        _writeText(out, "".join(formatJson(entry) + "\n" for entry in entries if "error" not in entry))
     else:
         out.write(formatListing(entries))
     return 0
 
 
+_JSON_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+_JSON_SPECIAL = re.compile(r'[\x00-\x1f\x7f"\\\ud800-\udfff]')
+
+
+def _jsonChar(match):
+    ch = match.group()
+    if ch in _JSON_ESCAPES:
+        return _JSON_ESCAPES[ch]
+    if "\ud800" <= ch <= "\udfff":  # not UTF-8 (a surrogate escape): printable()'s '?'
+        return "?"
+    return f"\\u{ord(ch):04X}"
+
+
+def jsonString(text):
+    """C{text} as a JSON string, escaped as Postfix's quote_for_json() and printable(, '?')."""
+    return '"' + _JSON_SPECIAL.sub(_jsonChar, str(text)) + '"'
+
+
+def formatJson(entry):
+    """One line of postqueue -j (without the line end) for C{entry} (from readQueue, not damaged)."""
+    recipients = []
+    for recipient in entry["recipients"]:
+        if recipient["status"] in ("sent", "bounced"):
+            continue
+        text = f'{{"orig_address": {jsonString(recipient["address"])}, "address": {jsonString(recipient["address"])}'
+        if recipient["status"] == "deferred" and recipient["reason"]:
+            text += f', "delay_reason": {jsonString(recipient["reason"])}'
+        recipients.append(text + "}")
+    return (
+        f'{{"queue_name": {jsonString(entry["queue"])}, "queue_id": {jsonString(entry["id"])}, '
+        f'"arrival_time": {int(entry["arrival_time"])}, "message_size": {int(entry["size"])}, '
+        f'"forced_expire": false, "sender": {jsonString(entry["sender"] or "MAILER-DAEMON")}, '
+        f'"recipients": [{", ".join(recipients)}]}}'
+    )
+
+
+def _writeText(out, text):
+    """Write C{text} to C{out} as UTF-8 whatever the locale's encoding (JSON is UTF-8)."""
+    binary = getattr(out, "buffer", None)
+    if binary is None:
+        out.write(text)
+        return
+    out.flush()
+    binary.write(text.encode("utf-8", "surrogateescape"))
+    binary.flush()
+
+
 def _openMessage(store, queueId):
     """(queue, entry, open binary file) of C{queueId}, or None; follows moves by the daemon."""
-    queues = tools.LISTED + ("corrupt",)
+    queues = LISTING + ("corrupt",)
     for _ in range(5):
         queue = tools.findMessage(store, queueId, queues)
         if queue is None:
@@ -798,10 +879,14 @@ def main(argv=None):
     out, err = sys.stdout, sys.stderr
     try:
         try:
-            config = load(args.config)
+            config = loadConfig(args.config)
             queueDirectory = config["queue_directory"]
         except ConfigError as e:
             err.write(f"{PROG}: error: {e}\n")
+            return 1
+        problem = _queueProblem(queueDirectory, config)
+        if problem:
+            err.write(f"{PROG}: mta is not running ({problem})\n" if args.command == "status" else f"{PROG}: {problem}\n")
             return 1
         return _dispatch(args, config, queueDirectory, out, err)
     except KeyboardInterrupt:
@@ -816,6 +901,19 @@ def main(argv=None):
     except Exception as e:  # a bug: still one line, never a traceback
         err.write(f"{PROG}: internal error: {type(e).__name__}: {_reason(e)}\n")
         return 1
+
+
+def _queueProblem(queueDirectory, config):
+    """Why C{queueDirectory} cannot be a queue (it does not exist, ...), naming the configuration; or None."""
+    try:
+        st = os.stat(queueDirectory)
+    except FileNotFoundError:
+        return f"no queue directory {sanitize(queueDirectory)} (configuration: {sanitize(config.describe())})"
+    except OSError as e:
+        return f"cannot use the queue directory {sanitize(queueDirectory)}: {_oserror(e)}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"the queue directory {sanitize(queueDirectory)} is not a directory"
+    return None
 
 
 def _dispatch(args, config, queueDirectory, out, err):

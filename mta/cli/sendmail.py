@@ -11,13 +11,24 @@ DESCRIPTION
     mta.queue.fileformat) in $queue_directory/maildrop/, where the daemon's
     pickup service (mta.queue.pickup) takes it into the queue.  This works
     while the daemon is down: the mail waits in maildrop/ until it starts.
-    If the queue directory or maildrop/ does not exist yet (the daemon has
-    never run), they are created with the modes the daemon gives them
-    (0755 and 0700), so that a cron job that runs before the first start
-    does not lose its mail; the daemon creates the rest at start.
+
+    mta-sendmail never creates a queue: maildrop/ must exist (the daemon
+    creates it at its first start, or the administrator does, see the
+    README's Deployment section).  When it does not, mta-sendmail reads
+    nothing and exits non-zero with one line naming the directory and the
+    configuration in effect, so that cron, PHP or mailx report the failure
+    instead of leaving mail in a directory nothing reads.  The configuration
+    is found as every mta program finds it (mta.config.findConfig): -C,
+    else $MTA_CONFIG, else /etc/mta/mta.ini when it exists, else the
+    embedded defaults.  A relative queue_directory (the embedded default
+    is var/spool/mta, for ``twistd -n mta`` in a scratch directory) is taken
+    from the current directory, which for cron or a web server is not the
+    daemon's: it only works when mta-sendmail runs where the daemon was
+    started.
 
     The deposit is atomic: the file is written as maildrop/QUEUEID.tmp
-    (O_EXCL, mode 0600), fsynced, renamed to maildrop/QUEUEID (a fresh queue
+    (O_EXCL, mode 0600; 0644 when root submits into a queue that belongs to
+    another user, see depositMode()), fsynced, renamed to maildrop/QUEUEID (a fresh queue
     id, the only kind of name pickup looks at), and maildrop/ is fsynced;
     only then does mta-sendmail exit 0.  On any failure the temporary file
     is removed and nothing is left where pickup would see it.
@@ -60,7 +71,8 @@ that is not an option, as Postfix's does)
     -F FULLNAME     the full name for an added From: header (see above)
     -C FILE, --config FILE
                     the configuration file (Postfix's -C; a directory means
-                    DIR/mta.ini); default: the embedded defaults, as twistd mta
+                    DIR/mta.ini); default: $MTA_CONFIG, else /etc/mta/mta.ini
+                    if it exists, else the embedded defaults, as twistd mta
     -N DSN          NOTIFY for every recipient: never, or a list of success,
                     failure, delay (a bad value is ignored with a warning)
     -V ENVID        the DSN envelope id (ignored with a warning when longer
@@ -102,7 +114,16 @@ STAND-ALONE MODE (-bs)
     the session are not written anywhere (the daemon writes maillog_file).
 
 SECURITY
-    mta-sendmail is not set-uid or set-gid.  The maildrop directory has
+    Every command-line argument is checked before any of them is parsed:
+    one holding a control character (C0, DEL or C1, e.g. CR, LF, NUL or
+    TAB), a Unicode line or paragraph separator, or bytes that are not
+    UTF-8 is refused with status 64, so that text an application passes
+    through (a -f address, a recipient, -F, -V, -C) can never smuggle a
+    header line or another envelope address.  (Postfix's sendmail leaves
+    this to its cleanup daemon.)
+
+    mta-sendmail is not set-uid or set-gid, so $MTA_CONFIG gives nobody
+    more than they have.  The maildrop directory has
     mode 0700, so only the queue's owner and root can submit; Postfix lets
     every user submit through its set-gid postdrop(1), which mta does not
     have (yet).  Everything read is untrusted.  Memory is bounded: input is
@@ -117,16 +138,37 @@ CONFIGURATION
     queue_directory, myorigin, message_size_limit; with -bs also the smtpd
     parameters (mta.smtpd.factory) of [main].
 
+DEVIATIONS
+    Postfix's sendmail exits 75 on every fatal error; mta-sendmail exits 78
+    (EX_CONFIG) where retrying cannot help (see EXIT STATUS), and 64 for a
+    control character in an argument, which Postfix passes on to cleanup.
+    Postfix ignores MAIL_CONFIG in its set-gid postdrop unless the directory
+    is listed in alternate_config_directories; mta-sendmail is not set-gid
+    and honours $MTA_CONFIG as the invoking user's own choice.  Postfix's
+    queue_directory must be absolute; mta's may be relative (see above).
+
 EXIT STATUS
     0 the message is durable in maildrop/ (or the mode's work is done);
-    64 (EX_USAGE) bad options or addresses, no recipients;
+    64 (EX_USAGE) bad options or addresses, no recipients, a control
+    character in an argument;
     65 (EX_DATAERR) standard input cannot be read;
     71 (EX_OSERR) the invoking user has no login name;
-    75 (EX_TEMPFAIL) any failure to store the message (disk full, I/O error,
+    75 (EX_TEMPFAIL) the right configuration was found but the message
+    cannot be stored now: any failure to store it (disk full, I/O error,
     permissions), a message over message_size_limit, SIGHUP, SIGINT or
     SIGTERM before the message is durable (the temporary file is removed),
-    or a configuration error (so that the caller keeps the message, as
-    Postfix's sendmail exits 75 on its fatal errors).
+    a configuration file that cannot be read or has an error (it may be
+    being edited), or an absolute queue_directory without maildrop/ (the
+    daemon has not been started on it yet); the caller keeps the message
+    and may retry, as with Postfix's sendmail, which exits 75 on its fatal
+    errors;
+    78 (EX_CONFIG) the configuration in effect cannot be the right one, and
+    retrying will not help until someone changes it: no configuration file
+    was found (no -C, $MTA_CONFIG or /etc/mta/mta.ini) and the embedded
+    default queue (relative, var/spool/mta) does not exist in the current
+    directory; a relative queue_directory from a file, without maildrop/
+    in the current directory; a file named by -C or $MTA_CONFIG that does
+    not exist.
     -bp and -q return mta-queue's status.
 """
 
@@ -138,6 +180,7 @@ import os
 import pwd
 import re
 import signal
+import stat
 import sys
 import time
 import zlib
@@ -145,6 +188,7 @@ import zlib
 import attrs
 
 from mta.address import PathError, formatAddress, parsePath
+from mta.config import loader as configLoader
 from mta.maillog import sanitize
 from mta.model import NULL_SENDER, Address, Envelope, Recipient
 from mta.queue import fileformat, queueid
@@ -158,6 +202,7 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_OSERR = 71
 EX_TEMPFAIL = 75
+EX_CONFIG = 78
 
 READ_SIZE = 65536
 PIECE = 65536  # the most of one unfinished line held in memory
@@ -182,15 +227,20 @@ options (as in Postfix's sendmail(1)):
   -V ENVID     the DSN envelope id
   -B TYPE      7BIT or 8BITMIME
   -C FILE, --config FILE
-               the configuration file (default: the embedded defaults)
+               the configuration file (default: $MTA_CONFIG, else
+               /etc/mta/mta.ini, else the embedded defaults)
   -bs          speak SMTP on standard input and output
   -bp          list the mail queue (as mta-queue list)
   -q           attempt delivery of the deferred mail now (as mta-queue flush)
   -h, --help   show this help and exit
 Other Sendmail options are ignored where Postfix ignores them.
 
+The configuration: -C FILE, else $MTA_CONFIG, else /etc/mta/mta.ini if it
+exists, else the embedded defaults.  mta-sendmail never creates the queue.
+
 exit status: 0 queued, 64 usage or address error, 75 temporary failure
-(the message was not queued: try again later).
+(the message was not queued: try again later), 78 no usable configuration
+(the message was not queued: the mail system is not set up for this program).
 """
 
 
@@ -249,8 +299,28 @@ def _isVerp(argv, i):
     return arg == "-V" and i + 1 < len(argv) and len(argv[i + 1]) == 2
 
 
+# C0 controls, DEL, C1 controls, and the Unicode line and paragraph separators.
+_BAD_ARGUMENT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")  # os.fsdecode()'s surrogate escapes of bytes that are not UTF-8
+
+
+def checkArguments(argv):
+    """
+    Raise Exit(64) if any argument holds a control character or is not
+    UTF-8; done on the whole of argv before any of it is parsed.
+    """
+    for number, arg in enumerate(argv, 1):
+        bad = _BAD_ARGUMENT.search(arg) or _NOT_UTF8.search(arg)
+        if bad is None:
+            continue
+        shown = arg[:60].encode("unicode_escape").decode("ascii") + ("..." if len(arg) > 60 else "")
+        what = ("bytes that are not UTF-8" if _NOT_UTF8.match(bad.group()) else
+                f"the control character {bad.group().encode('unicode_escape').decode('ascii')}")
+        raise Exit(EX_USAGE, f"argument {number} ({shown}) contains {what}; refused, nothing was queued")
+
+
 def parseArguments(argv):
-    """Options from C{argv}; raises Exit(64) for what is refused."""
+    """Options from C{argv} (checked by checkArguments); raises Exit(64) for what is refused."""
     options = Options()
     if argv in (["-h"], ["--help"]):
         options.mode = "help"
@@ -704,27 +774,67 @@ class MessageReader:
 # -- the maildrop file ----------------------------------------------------------------
 
 
-def prepareMaildrop(queueDirectory, fs=None):
+def maildropDirectory(queueDirectory):
     """
-    The path of maildrop/ in C{queueDirectory}, which is created (0755) with
-    maildrop/ (0700) if missing, as QueueStore.prepare() makes them.
-    Raises DepositError.
+    The path of maildrop/ in C{queueDirectory}, which must exist: it is
+    never created here (see the module docstring).  Raises DepositError.
     """
-    fs = fs if fs is not None else FileSystem()
     maildrop = os.path.join(queueDirectory, "maildrop")
-    if os.path.isdir(maildrop) and not os.path.islink(maildrop):
-        return maildrop
     try:
-        os.makedirs(queueDirectory, mode=0o755, exist_ok=True)
-        try:
-            os.mkdir(maildrop, 0o700)
-        except FileExistsError:
-            if os.path.islink(maildrop) or not os.path.isdir(maildrop):
-                raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory") from None
-        fs.fsyncDirectory(queueDirectory)
+        st = os.lstat(maildrop)
+    except FileNotFoundError:
+        raise DepositError(f"there is no queue: {maildrop} does not exist") from None
     except OSError as e:
-        raise DepositError(f"cannot create {maildrop}: {e.strerror or e}") from None
+        raise DepositError(f"cannot use {maildrop}: {e.strerror or e}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DepositError(f"cannot use {maildrop}: it is not a directory")
     return maildrop
+
+
+def findMaildrop(config):
+    """
+    maildrop/ of the queue of C{config}, or Exit: 78 (EX_CONFIG) when the
+    configuration in effect cannot be the right one (no file found, or a
+    relative queue_directory) and there is no queue, else 75.
+    """
+    queueDirectory = config["queue_directory"]
+    try:
+        return maildropDirectory(queueDirectory)
+    except DepositError as e:
+        problem = str(e)
+        missing = not os.path.lexists(os.path.join(queueDirectory, "maildrop"))
+    written = config.main.expanded("queue_directory")
+    if missing and config.path is None:
+        raise Exit(EX_CONFIG, f"{problem}; no configuration file was found (no -C, ${configLoader.CONFIG_ENVIRONMENT} "
+                              f"or {configLoader.DEFAULT_CONFIG}) and the embedded default queue_directory {written} "
+                              f"is relative "
+                              f"to the current directory {os.getcwd()}; the message was not queued")
+    if missing and not os.path.isabs(written):
+        raise Exit(EX_CONFIG, f"{problem}; queue_directory {written} in {config.describe()} is relative to the "
+                              f"current directory {os.getcwd()}: set an absolute path; the message was not queued")
+    if missing:
+        raise Exit(EX_TEMPFAIL, f"{problem} (queue_directory of {config.describe()}): mta has not been started "
+                                f"on this queue yet; the message was not queued")
+    raise Exit(EX_TEMPFAIL, f"{problem}; the message was not queued")
+
+
+def depositMode(directory, euid=None):
+    """
+    The mode of a new maildrop file in C{directory}: 0600, or 0644 when the
+    submitter is root and maildrop/ belongs to another user (the daemon's),
+    who must read the file: a 0600 file of root's would wait in maildrop/
+    for ever (root's cron jobs submit this way).  0644 shows nothing to
+    anyone else: maildrop/ is 0700, so no one but its owner and root can
+    reach the file.
+    """
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0:
+        return 0o600
+    try:
+        owner = os.stat(directory).st_uid
+    except OSError:
+        return 0o600
+    return 0o644 if owner != 0 else 0o600
 
 
 class MaildropFile:
@@ -755,6 +865,9 @@ class MaildropFile:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
                 self._fd = self.fs.open(self.tmpPath, flags, 0o600)
+                mode = depositMode(self.directory)
+                if mode != 0o600:
+                    os.fchmod(self._fd, mode)  # explicitly: the umask of a cron job may be 077
             except OSError as e:
                 raise DepositError(f"cannot create {self.tmpPath}: {e.strerror or e}") from None
 
@@ -860,8 +973,8 @@ def submit(options, config, stdin, *, uid=None, fs=None, clock=time.time, newQue
     if not recipients and not options.extract:
         raise Exit(EX_USAGE, "Recipient addresses must be specified on the command line or via the -t option")
     fullName = options.fullName if options.fullName is not None else defaultFullName(uid)
+    maildrop = findMaildrop(config)
     try:
-        maildrop = prepareMaildrop(config["queue_directory"], fs)
         drop = MaildropFile(maildrop, fs, newQueueId)
         drop.open()
     except DepositError as e:
@@ -958,15 +1071,12 @@ class MaildropStore:
 
     def newMessage(self):
         try:
-            return _SessionMessage(MaildropFile(prepareMaildrop(self.directory, self.fs), self.fs, self._newQueueId))
+            return _SessionMessage(MaildropFile(maildropDirectory(self.directory), self.fs, self._newQueueId))
         except DepositError as e:
             raise QueueWriteError(str(e)) from None
 
     def freeSpace(self):
-        path = self.directory
-        while path and not os.path.isdir(path) and os.path.dirname(path) != path:
-            path = os.path.dirname(path)  # before the first message the queue may not exist
-        st = os.statvfs(path or ".")
+        st = os.statvfs(self.directory)
         return st.f_bavail * st.f_frsize
 
 
@@ -1055,6 +1165,7 @@ def runStandalone(config, stderr):
     )
 
     def run(reactor):
+        findMaildrop(config)  # before the greeting: a session with no queue would only answer 451s
         tables = Tables(reactor)
         try:
             openTables(config, tables)
@@ -1090,13 +1201,17 @@ def runStandalone(config, stderr):
 
 
 def loadConfig(path):
-    """The configuration at C{path} (a directory means DIR/mta.ini); Exit(75) on error."""
-    from mta.config import ConfigError, load
+    """
+    The configuration in effect (mta.config.loadConfig: C{path} from -C,
+    else $MTA_CONFIG, ...); Exit(78) when a named file does not exist,
+    Exit(75) on any other error.
+    """
+    from mta.config import ConfigError, ConfigNotFound, loadConfig as load
 
-    if path is not None and os.path.isdir(path):
-        path = os.path.join(path, "mta.ini")
     try:
         return load(path, checkEndpoints=False)  # listeners are the daemon's business
+    except ConfigNotFound as e:
+        raise Exit(EX_CONFIG, f"{e}; the message was not queued") from None
     except ConfigError as e:
         raise Exit(EX_TEMPFAIL, str(e)) from None
 
@@ -1127,13 +1242,25 @@ def _queueTool(options, command):
     return cliQueue.main((["-c", options.config] if options.config else []) + [command])
 
 
-def main(argv=None, *, stdin=None, stdout=None, stderr=None):
-    """Run mta-sendmail with C{argv} (default: sys.argv[1:]); return the exit status."""
+# Invoked under these names (a link named mailq or newaliases), as Postfix's sendmail.
+PROGRAM_NAMES = {"mailq": "-bp", "newaliases": "-I"}
+
+
+def main(argv=None, *, stdin=None, stdout=None, stderr=None, program=None):
+    """
+    Run mta-sendmail with C{argv} (default: sys.argv[1:]); return the exit
+    status.  C{program} (default: the name it was run as, sys.argv[0]) as
+    mailq or newaliases means -bp or -I.
+    """
+    if program is None:
+        program = sys.argv[0] if argv is None and sys.argv else ""
     argv = sys.argv[1:] if argv is None else list(argv)
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
     try:
-        options = parseArguments(argv)
+        checkArguments(argv)
+        mode = PROGRAM_NAMES.get(os.path.basename(program))
+        options = parseArguments([mode, *argv] if mode else argv)
         for warning in options.warnings:
             stderr.write(f"{PROG}: warning: {warning}\n")
         if options.mode == "help":

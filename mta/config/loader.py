@@ -18,6 +18,38 @@ SECURITY
     becomes one ConfigError naming file, line, section and key; nothing
     here raises anything else.
 
+FINDING THE FILE
+    findConfig() is the one place where every program (twistd mta,
+    mta-config, mta-queue, mta-sendmail) decides which file is in effect,
+    in this order, as Postfix's -c, MAIL_CONFIG and /etc/postfix:
+
+    1. the file named on the command line (-c/--config; sendmail's -C);
+    2. else the file named by the environment variable MTA_CONFIG (when
+       set and not empty);
+    3. else /etc/mta/mta.ini, when it exists;
+    4. else none: the embedded defaults.
+
+    A directory in 1 or 2 means DIR/mta.ini (Postfix's -c and MAIL_CONFIG
+    name a directory).  A file named in 1 or 2 that does not exist is an
+    error, never a silent fall-back to the next step; only step 3 is
+    skipped when its file is missing.  loadConfig() finds and loads;
+    Config.source says how the file was found, for messages.
+
+DEVIATIONS
+    Postfix's -c and MAIL_CONFIG name the configuration directory (of
+    main.cf and master.cf); mta's name the file, or a directory holding
+    mta.ini.  Postfix always reads $config_directory/main.cf (default
+    /etc/postfix) and has no embedded fall-back; mta runs on its embedded
+    defaults when no file is found, so that ``twistd -n mta`` works in a
+    scratch directory.
+
+SECURITY
+    MTA_CONFIG is trusted as the invoking user's own choice: none of the
+    programs is set-uid or set-gid, so it gives no one more than they
+    have.  (Postfix ignores MAIL_CONFIG in its set-gid programs unless the
+    directory is listed in alternate_config_directories; a set-gid
+    submission helper for mta would have to do the same.)
+
 CONFIGURATION
     Reads what mta.config.schema declares.
 """
@@ -33,6 +65,10 @@ from mta.config.schema import BY_NAME, DEFAULT_LISTENERS, LISTENER_KEYS, paramet
 
 class ConfigError(Exception):
     """A configuration problem; str() is the whole message for the user."""
+
+
+class ConfigNotFound(ConfigError):
+    """The file named by -c or $MTA_CONFIG does not exist."""
 
 
 @attrs.frozen
@@ -253,11 +289,20 @@ class Listener:
 
 @attrs.frozen
 class Config:
-    """A checked configuration: [main] and the listeners."""
+    """
+    A checked configuration: [main] and the listeners.  C{path} is the
+    file (None: the embedded defaults); C{source} says how it was found
+    (see findConfig), e.g. "-c", "$MTA_CONFIG", "default".
+    """
 
     path: str | None
     main: Scope
     listeners: tuple
+    source: str | None = None
+
+    def describe(self):
+        """The configuration in effect, for a message: 'FILE (from $MTA_CONFIG)' or the embedded defaults."""
+        return _describe(self.path, self.source)
 
     def __getitem__(self, name):
         return self.main[name]
@@ -318,6 +363,82 @@ def load(path=None, text=None, checkEndpoints=True):
     if not listenerSections:
         listeners = [Listener(name, endpoint, Scope(parent=main), None) for name, endpoint in DEFAULT_LISTENERS]
     return Config(os.path.abspath(path) if path and text is None else path, main, tuple(listeners))
+
+
+CONFIG_ENVIRONMENT = "MTA_CONFIG"
+DEFAULT_CONFIG = "/etc/mta/mta.ini"
+CONFIG_FILE_NAME = "mta.ini"  # in a directory named by -c or $MTA_CONFIG
+
+# Config.source values, and how messages name them.
+SOURCE_TEXT = {
+    "option": "from the command line",
+    "environment": f"from ${CONFIG_ENVIRONMENT}",
+    "default": "the default location",
+}
+
+
+def embeddedDescription():
+    """How messages name the embedded defaults: why no file is in effect."""
+    return f"the embedded defaults (no -c, ${CONFIG_ENVIRONMENT} or {DEFAULT_CONFIG})"
+
+
+@attrs.frozen
+class ConfigSource:
+    """Which configuration file is in effect: C{path} (None: the embedded defaults) and C{source}."""
+
+    path: str | None
+    source: str | None  # "option", "environment", "default"; None with path None
+
+    @property
+    def named(self):
+        """True when the file was asked for (-c or $MTA_CONFIG): then it must exist."""
+        return self.source in ("option", "environment")
+
+    def describe(self):
+        return _describe(self.path, self.source)
+
+
+def _describe(path, source):
+    if path is None:
+        return embeddedDescription()
+    return f"{path} ({SOURCE_TEXT[source]})" if source in SOURCE_TEXT else path
+
+
+def _fileIn(path):
+    return os.path.join(path, CONFIG_FILE_NAME) if os.path.isdir(path) else path
+
+
+def findConfig(explicit=None, environ=None, default=None):
+    """
+    The configuration file in effect (a ConfigSource): C{explicit} (the
+    -c/--config argument), else $MTA_CONFIG from C{environ} (default
+    os.environ), else C{default} (DEFAULT_CONFIG) if it exists, else the
+    embedded defaults.  A directory means DIR/mta.ini.  Nothing is read.
+    """
+    environ = os.environ if environ is None else environ
+    if explicit is not None:
+        return ConfigSource(os.path.abspath(_fileIn(explicit)), "option")
+    named = environ.get(CONFIG_ENVIRONMENT)
+    if named:
+        return ConfigSource(os.path.abspath(_fileIn(named)), "environment")
+    default = DEFAULT_CONFIG if default is None else default
+    if os.path.exists(default):
+        return ConfigSource(os.path.abspath(default), "default")
+    return ConfigSource(None, None)
+
+
+def loadConfig(explicit=None, environ=None, default=None, **options):
+    """
+    findConfig(), then load() it; C{options} go to load().  Raise
+    ConfigError on any problem (a named file that does not exist is one).
+    """
+    found = findConfig(explicit, environ, default)
+    if found.path is None:
+        return attrs.evolve(load(None, **options), source=None)
+    if found.named and not os.path.lexists(found.path):
+        how = "on the command line" if found.source == "option" else f"by ${CONFIG_ENVIRONMENT}"
+        raise ConfigNotFound(f"{found.path}: configuration file not found (named {how})")
+    return attrs.evolve(load(found.path, **options), source=found.source)
 
 
 def tableSpecs(scope):

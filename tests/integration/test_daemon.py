@@ -22,6 +22,21 @@ def portFree(port):
     return True
 
 
+# twistd with the default location (/etc/mta/mta.ini) pointed elsewhere (the
+# first argument), so that a configuration of this machine cannot take part.
+TWISTD_WITH_DEFAULT = ("import sys, mta.config.loader as loader; loader.DEFAULT_CONFIG = sys.argv.pop(1); "
+                       "sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()")
+
+
+def twistdWith(args, cwd, default="/nonexistent/mta/mta.ini", mtaConfig=None):
+    env = environment()
+    env.pop("MTA_CONFIG", None)
+    if mtaConfig is not None:
+        env["MTA_CONFIG"] = mtaConfig
+    return subprocess.Popen([sys.executable, "-c", TWISTD_WITH_DEFAULT, default, "-n", "--pidfile=", *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 @pytest.mark.parametrize("config", [None, "etc/mta.ini"], ids=["embedded-defaults", "etc-mta-ini"])
 def test_startsOnDefaultsAndStopsCleanly(tmp_path, config):
     """
@@ -31,7 +46,7 @@ def test_startsOnDefaultsAndStopsCleanly(tmp_path, config):
     if not portFree(2525):
         pytest.fail("127.0.0.1:2525 is busy; the embedded defaults need it")
     args = ["mta"] + (["-c", os.path.join(ROOT, config)] if config else [])
-    process = twistd(args, cwd=tmp_path)
+    process = twistdWith(args, cwd=tmp_path)
     banner = waitForBanner(2525, process)
     assert banner.startswith(b"220 ") and b"ESMTP mta" in banner
     assert os.path.isdir(tmp_path / "var" / "spool" / "mta" / "incoming")
@@ -41,6 +56,36 @@ def test_startsOnDefaultsAndStopsCleanly(tmp_path, config):
     assert code == 0, err
     assert "daemon started" in out and "daemon stopped" in out
     assert "Traceback" not in out + err
+    named = os.path.join(ROOT, config) if config else "(embedded defaults)"
+    assert f"daemon started -- version {__import__('mta').__version__}, configuration {named}" in out
+
+
+@pytest.mark.parametrize("how", ["environment", "default"])
+def test_findsItsConfigurationWithoutMinusC(tmp_path, how):
+    """$MTA_CONFIG, else the default location: found from any working directory, named in the start line."""
+    (tmp_path / "etc").mkdir()
+    d = Daemon(tmp_path / "etc")  # writes etc/mta.ini, with its queue in etc/spool
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if how == "environment":
+        process = twistdWith(["mta"], cwd=elsewhere, mtaConfig=str(tmp_path / "etc"))  # a directory: DIR/mta.ini
+    else:
+        process = twistdWith(["mta"], cwd=elsewhere, default=d.config)
+    assert waitForBanner(d.port, process).startswith(b"220 mta.test ESMTP mta")
+    assert os.path.isdir(os.path.join(d.queue, "maildrop"))
+    code, out, err = stop(process)
+    assert code == 0, err
+    assert f"daemon started -- version {__import__('mta').__version__}, configuration {d.config}" in out
+    assert os.listdir(elsewhere) == []  # no ./var/spool/mta where it was started
+
+
+def test_aMissingFileNamedByMtaConfigRefusesToStart(tmp_path):
+    """Never a silent fall-back to the embedded defaults when the file asked for is missing."""
+    process = twistdWith(["mta"], cwd=tmp_path, mtaConfig=str(tmp_path / "missing.ini"))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert err.decode() == f"mta: fatal: {tmp_path}/missing.ini: configuration file not found (named by $MTA_CONFIG)\n"
+    assert os.listdir(tmp_path) == []
 
 
 def test_sigtermExitsZeroWithSessionOpen(daemon):

@@ -53,9 +53,11 @@ def deferredLines(daemon, queueId):
 
 
 def listJson(daemon):
+    """mta-queue list --json: postqueue -j's one object per line."""
     done = mtaQueue(daemon, "list", "--json")
     assert (done.returncode, done.stderr) == (0, "")
-    return json.loads(done.stdout)
+    assert done.stdout == "" or done.stdout.endswith("}\n")
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def test_list_and_show_a_held_message(daemon):
@@ -64,22 +66,23 @@ def test_list_and_show_a_held_message(daemon):
     assert daemon.incoming() == [queueId]  # on hold: the test daemon holds all mail
 
     [entry] = listJson(daemon)
-    assert set(entry) == {"id", "queue", "arrival_time", "size", "sender", "recipients", "next_attempt"}
-    assert (entry["id"], entry["queue"], entry["sender"], entry["next_attempt"]) == (
-        queueId, "hold", "alice@example.org", None)
+    assert list(entry) == ["queue_name", "queue_id", "arrival_time", "message_size", "forced_expire", "sender",
+                           "recipients"]
+    assert (entry["queue_id"], entry["queue_name"], entry["sender"], entry["forced_expire"]) == (
+        queueId, "hold", "alice@example.org", False)
     assert entry["recipients"] == [
-        {"address": "bob@example.net", "status": "pending", "reason": None},
-        {"address": "carol@example.net", "status": "pending", "reason": None},
+        {"orig_address": "bob@example.net", "address": "bob@example.net"},
+        {"orig_address": "carol@example.net", "address": "carol@example.net"},
     ]
-    assert before - 1 <= entry["arrival_time"] <= time.time() + 1
+    assert isinstance(entry["arrival_time"], int) and before - 1 <= entry["arrival_time"] <= time.time() + 1
     size = os.path.getsize(os.path.join(daemon.queue, "hold", queueId))
-    assert 0 < entry["size"] < size
+    assert 0 < entry["message_size"] < size
 
     done = mtaQueue(daemon, "list")
     assert (done.returncode, done.stderr) == (0, "")
     lines = done.stdout.splitlines()
     assert lines[0] == "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
-    assert re.fullmatch(rf"{queueId}! +{entry['size']} \w{{3}} \w{{3}} [ \d]\d \d\d:\d\d:\d\d  alice@example.org",
+    assert re.fullmatch(rf"{queueId}! +{entry['message_size']} \w{{3}} \w{{3}} [ \d]\d \d\d:\d\d:\d\d  alice@example.org",
                         lines[1]), lines[1]
     assert [line.strip() for line in lines[2:4]] == ["bob@example.net", "carol@example.net"]
     assert lines[4:] == ["", "-- 0 Kbytes in 1 Request."]
@@ -113,9 +116,9 @@ def test_release_hands_the_message_to_the_queue_manager(makeDaemon):
     waitFor(lambda: queueFiles(d, "deferred") == [queueId], what="the message in deferred/")
     assert queueFiles(d, "hold") == []
     [entry] = listJson(d)
-    assert entry["queue"] == "deferred"
-    assert entry["recipients"] == [{"address": "x@later.example", "status": "deferred", "reason": "try again later"}]
-    assert entry["next_attempt"] > time.time() + 200  # minimal_backoff_time
+    assert entry["queue_name"] == "deferred"
+    assert entry["recipients"] == [
+        {"orig_address": "x@later.example", "address": "x@later.example", "delay_reason": "try again later"}]
 
 
 def test_hold_and_delete_a_deferred_message(makeDaemon):
@@ -176,7 +179,7 @@ def test_offline_after_the_daemon_stops(makeDaemon):
     done = mtaQueue(d, "flush")
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr.startswith("mta-queue: cannot flush the queue: mta is not running (no control socket at ")
-    assert [(e["id"], e["queue"]) for e in listJson(d)] == [(first, "hold"), (second, "hold")]
+    assert [(e["queue_id"], e["queue_name"]) for e in listJson(d)] == [(first, "hold"), (second, "hold")]
 
     done = mtaQueue(d, "release", first)
     assert (done.returncode, done.stderr) == (0, "")
@@ -212,3 +215,106 @@ def test_offline_after_kill_9(makeDaemon):
     d.start()  # and the daemon starts again, and takes up the requeued message
     assert mtaQueue(d, "status").returncode == 0
     waitFor(lambda: f"{queueId}: to=<bob@example.net>" in d.maillogText(), what="the delivery attempt")
+
+
+# -- list --json against Postfix's own postqueue -j ------------------------------------------
+
+
+QUOTED_SENDER = '"john \\"q\\""@example.org'  # a quoted local part holding quotes: JSON must escape " and \
+
+
+def sendRaw(port, sender, recipients):
+    """MAIL FROM with C{sender} as it is (smtplib would re-quote it), then the recipients and a message."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+        s.ehlo("client.example")
+        code, reply = s.docmd(f"MAIL FROM:<{sender}>")
+        assert code == 250, reply
+        for recipient in recipients:
+            code, reply = s.docmd(f"RCPT TO:<{recipient}>")
+            assert code == 250, reply
+        code, reply = s.data(b"Subject: json\r\n\r\nbody\r\n")
+        assert code == 250, reply
+
+
+def skeleton(value):
+    """The shape of a JSON value: member names in order, value types."""
+    if isinstance(value, dict):
+        return [(name, skeleton(member)) for name, member in value.items()]
+    if isinstance(value, list):
+        return [skeleton(value[0])] if value else []
+    return type(value).__name__
+
+
+@pytest.fixture
+def postfixDeferring():
+    """A private Postfix (bench/postfix_instance.py) relaying to a loopback port where nothing listens."""
+    from bench.postfix_instance import PostfixInstance
+    from tests.integration.daemon import freePort
+
+    instance = PostfixInstance(freePort(), relay_port=freePort())
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
+
+
+def postqueueJ(instance):
+    env = dict(os.environ)
+    env.pop("MAIL_CONFIG", None)
+    done = subprocess.run([instance.postqueue, "-c", str(instance.config_dir), "-j"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert (done.returncode, done.stderr) == (0, ""), done
+    return done.stdout
+
+
+def test_list_json_is_what_postqueue_j_prints(postfixDeferring, makeDaemon):
+    """
+    The same message (a quoted sender, two recipients, deferred: connection
+    refused) in a real Postfix and in mta: mta-queue list --json formats
+    Postfix's own values exactly as postqueue -j prints them, and its own
+    listing has the same shape.  (orig_address is Postfix 3.11's; an older
+    Postfix, such as Debian 12's 3.7, does not print it.)
+    """
+    sendRaw(postfixDeferring.port, QUOTED_SENDER, ["one@far.example", "two@far.example"])
+    def deferred():
+        # qmgr writes the defer log (the delay reasons) before it moves the file to deferred/
+        lines = postqueueJ(postfixDeferring).splitlines()
+        entries = [json.loads(line) for line in lines]
+        done = (len(entries) == 1 and entries[0]["queue_name"] == "deferred"
+                and all("delay_reason" in r for r in entries[0]["recipients"]))
+        return done and lines[0]
+
+    line = waitFor(deferred, what="the message deferred by Postfix, with both delay reasons", timeout=60)
+    theirs = json.loads(line)
+    assert theirs["queue_name"] == "deferred"
+    assert theirs["sender"] == QUOTED_SENDER
+    assert all("Connection refused" in r["delay_reason"] for r in theirs["recipients"])
+
+    # Postfix's values, through mta's formatter: the very same line.
+    from mta.cli.queue import formatJson
+
+    entry = {"queue": theirs["queue_name"], "id": theirs["queue_id"], "arrival_time": theirs["arrival_time"],
+             "size": theirs["message_size"], "sender": theirs["sender"],
+             "recipients": [{"address": r["address"], "status": "deferred", "reason": r["delay_reason"]}
+                            for r in theirs["recipients"]]}
+    ours = formatJson(entry)
+    if "orig_address" not in line:
+        ours = re.sub(r'"orig_address": "(?:[^"\\]|\\.)*", ', "", ours)
+    assert ours == line
+    assert '"sender": "\\"john \\\\\\"q\\\\\\"\\"@example.org"' in line  # the escaping compared above
+
+    # mta's own listing of the same kind of message: the same members in the same order.
+    d = makeDaemon(main="transport_maps = inline:{ {far.example = retry:4.4.1 connect to far.example: "
+                        "Connection refused} }\n", hold=False).start()
+    sendRaw(d.port, QUOTED_SENDER, ["one@far.example", "two@far.example"])
+    waitFor(lambda: queueFiles(d, "deferred"), what="the message in deferred/")
+    done = mtaQueue(d, "list", "--json")
+    assert (done.returncode, done.stderr) == (0, "")
+    [mine] = done.stdout.splitlines()
+    mineParsed = json.loads(mine)
+    if "orig_address" not in line:
+        for recipient in mineParsed["recipients"]:
+            del recipient["orig_address"]
+    assert skeleton(mineParsed) == skeleton(theirs)
+    assert mineParsed["sender"] == QUOTED_SENDER and mine.count('"\\"john \\\\\\"q\\\\\\"\\"@example.org"') == 1

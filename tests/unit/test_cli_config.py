@@ -33,6 +33,13 @@ myhostname = sub.example.org
 """
 
 
+@pytest.fixture(autouse=True)
+def noOutsideConfiguration(tmp_path, monkeypatch):
+    """Neither $MTA_CONFIG nor an /etc/mta/mta.ini of this machine takes part."""
+    monkeypatch.delenv("MTA_CONFIG", raising=False)
+    monkeypatch.setattr("mta.config.loader.DEFAULT_CONFIG", str(tmp_path / "no-such-default.ini"))
+
+
 @pytest.fixture
 def conf(tmp_path):
     path = tmp_path / "mta.ini"
@@ -233,7 +240,8 @@ def test_config_error_in_every_mode(capsys, tmp_path, mode):
 
 def test_missing_config_file(capsys, tmp_path):
     path = tmp_path / "nosuch.ini"
-    assert run(capsys, "-c", str(path)) == (1, "", f"mta-config: error: {path}: configuration file not found\n")
+    assert run(capsys, "-c", str(path)) == (
+        1, "", f"mta-config: error: {path}: configuration file not found (named on the command line)\n")
 
 
 def test_help(capsys):
@@ -284,16 +292,30 @@ def test_queue_without_command_prints_usage(capsys):
 def test_queue_status_not_running(capsys, tmp_path):
     path = tmp_path / "mta.ini"
     path.write_text(f"[main]\nqueue_directory = {tmp_path}/queue\n")
+    (tmp_path / "queue").mkdir()
     assert cliQueue.main(["--config", str(path), "status"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"mta-queue: mta is not running (no control socket at {tmp_path}/queue/private/control)\n"
 
 
+@pytest.mark.parametrize("command", [["status"], ["list"], ["list", "--json"], ["show", "8E2cJtyNLAllsv"],
+                                     ["flush"], ["delete", "ALL"], ["release", "8E2cJtyNLAllsv"]])
+def test_queue_without_a_queue_directory_names_the_configuration(capsys, tmp_path, command):
+    path = tmp_path / "mta.ini"
+    path.write_text(f"[main]\nqueue_directory = {tmp_path}/queue\n")
+    assert cliQueue.main(["--config", str(path), *command]) == 1
+    problem = f"no queue directory {tmp_path}/queue (configuration: {path} (from the command line))"
+    expected = f"mta is not running ({problem})" if command == ["status"] else problem
+    assert capsys.readouterr() == ("", f"mta-queue: {expected}\n")
+    assert not (tmp_path / "queue").exists()
+
+
 def test_queue_config_error(capsys, tmp_path):
     path = tmp_path / "nosuch.ini"
     assert cliQueue.main(["-c", str(path), "status"]) == 1
-    assert capsys.readouterr().err == f"mta-queue: error: {path}: configuration file not found\n"
+    assert capsys.readouterr().err == (
+        f"mta-queue: error: {path}: configuration file not found (named on the command line)\n")
 
 
 class _Transport:
@@ -406,3 +428,83 @@ def test_sendmail_without_recipients_is_a_usage_error(capsys):
     assert cliSendmail.main([]) == 64
     out, err = capsys.readouterr()
     assert "Recipient addresses must be specified" in err
+
+
+# -- every program finds the configuration the same way (mta.config.findConfig) ------------------
+
+
+def _inEffect(capsys, tmp_path, argvConfig=()):
+    """The configuration file each program uses: (twistd mta, mta-config, mta-queue, mta-sendmail)."""
+    from mta import tap
+
+    options = tap.Options()
+    options.parseOptions(list(argvConfig))
+    assert cliConfig.main([*argvConfig, "--which"]) == 0
+    which = capsys.readouterr().out.strip()
+    # mta-queue names the configuration when its queue directory is missing
+    assert cliQueue.main([*argvConfig, "list"]) == 1
+    queueErr = capsys.readouterr().err
+    sendmailConfig = cliSendmail.loadConfig(dict(zip(argvConfig[::2], argvConfig[1::2])).get("-c"))
+    return options.mtaConfig, which, queueErr, sendmailConfig
+
+
+@pytest.mark.parametrize("how", ["option", "environment", "default"])
+def test_every_program_finds_the_same_file(capsys, tmp_path, monkeypatch, how):
+    path = tmp_path / f"{how}.ini"
+    path.write_text(f"[main]\nqueue_directory = {tmp_path}/{how}-queue\nmyhostname = {how}.example\n")
+    argv = ()
+    if how == "option":
+        argv = ("-c", str(path))
+        monkeypatch.setenv("MTA_CONFIG", str(tmp_path / "not-this.ini"))
+    elif how == "environment":
+        monkeypatch.setenv("MTA_CONFIG", str(path))
+    else:
+        monkeypatch.setattr("mta.config.loader.DEFAULT_CONFIG", str(path))
+    daemon, which, queueErr, sendmail = _inEffect(capsys, tmp_path, argv)
+    described = {"option": "from the command line", "environment": "from $MTA_CONFIG",
+                 "default": "the default location"}[how]
+    assert (daemon.path, daemon["myhostname"]) == (str(path), f"{how}.example")
+    assert which == f"{path} ({described})"
+    assert queueErr == f"mta-queue: no queue directory {tmp_path}/{how}-queue (configuration: {path} ({described}))\n"
+    assert (sendmail.path, sendmail["myhostname"]) == (str(path), f"{how}.example")
+
+
+def test_every_program_falls_back_to_the_embedded_defaults(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    daemon, which, queueErr, sendmail = _inEffect(capsys, tmp_path)
+    assert daemon.path is None and sendmail.path is None
+    nowhere = f"the embedded defaults (no -c, $MTA_CONFIG or {tmp_path}/no-such-default.ini)"
+    assert which == nowhere
+    assert queueErr == f"mta-queue: no queue directory {tmp_path}/var/spool/mta (configuration: {nowhere})\n"
+    assert daemon["queue_directory"] == sendmail["queue_directory"] == f"{tmp_path}/var/spool/mta"
+
+
+def test_twistd_options_refuse_a_missing_named_file(tmp_path, monkeypatch, capsys):
+    from mta import tap
+
+    monkeypatch.setenv("MTA_CONFIG", str(tmp_path / "missing.ini"))
+    monkeypatch.setattr("sys.__stderr__", sys.stderr)
+    with pytest.raises(SystemExit) as e:
+        tap.Options().parseOptions([])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == (
+        f"mta: fatal: {tmp_path}/missing.ini: configuration file not found (named by $MTA_CONFIG)\n")
+
+
+def test_config_which(capsys, tmp_path, monkeypatch, conf):
+    assert run(capsys, "--which") == (
+        0, f"the embedded defaults (no -c, $MTA_CONFIG or {tmp_path}/no-such-default.ini)\n", "")
+    assert run(capsys, "-c", conf, "--which") == (0, f"{conf} (from the command line)\n", "")
+    (tmp_path / "broken.ini").write_text("[main]\nno_such_thing = 1\n")
+    # --which names the file without loading it: it helps most when the file is broken
+    assert run(capsys, "-c", str(tmp_path / "broken.ini"), "--which") == (
+        0, f"{tmp_path}/broken.ini (from the command line)\n", "")
+    monkeypatch.setenv("MTA_CONFIG", str(tmp_path / "missing"))
+    assert run(capsys, "--which") == (
+        1, "", f"mta-config: error: {tmp_path}/missing: configuration file not found (named by $MTA_CONFIG)\n")
+    assert run(capsys, "--which", "myhostname")[0] == 1
+
+
+def test_config_uses_the_environment(capsys, tmp_path, monkeypatch, conf):
+    monkeypatch.setenv("MTA_CONFIG", conf)
+    assert run(capsys, "-n", "myhostname") == (0, "myhostname = mx.example.org\n", "")

@@ -18,8 +18,17 @@ from mta.model import Envelope, Recipient
 from mta.queue.store import QueueStore
 from mta.testing import SyncReactor, resultOf
 
+HEADER = cliQueue.HEADER
+
 ARRIVAL = 1_700_000_000.25  # Tue Nov 14 22:13:20 2023 UTC
 CONTENT = b"Subject: test\r\nFrom: a@example.org\r\n\r\nline one\r\nline two\r\n"
+
+
+@pytest.fixture(autouse=True)
+def noOutsideConfiguration(tmp_path, monkeypatch):
+    """Neither $MTA_CONFIG nor an /etc/mta/mta.ini of this machine takes part."""
+    monkeypatch.delenv("MTA_CONFIG", raising=False)
+    monkeypatch.setattr("mta.config.loader.DEFAULT_CONFIG", str(tmp_path / "no-such-default.ini"))
 
 
 @pytest.fixture(autouse=True)
@@ -124,7 +133,7 @@ def test_action_needs_ids(capsys):
 
 def test_list_empty(q, capsys):
     assert q.run(capsys, "list") == (0, "Mail queue is empty\n", "")
-    assert q.run(capsys, "list", "--json") == (0, "[]\n", "")
+    assert q.run(capsys, "list", "--json") == (0, "", "")  # as postqueue -j
 
 
 def test_list_text_is_mailq_shaped(q, capsys):
@@ -165,29 +174,85 @@ def test_list_counts_kbytes(q, capsys):
     assert out.endswith("\n-- 2 Kbytes in 1 Request.\n")
 
 
-def test_list_json(q):
+def test_list_json_is_postqueue_j(q):
+    """One object per line, Postfix's members in Postfix's order, spacing and escaping (showq_json.c)."""
     a = q.add(["bob@example.net"])
-    d = q.add(["c@example.com", "d@example.com"], queue="deferred")
+    d = q.add(["c@example.com", "d@example.com", "e@example.com"], sender="", queue="deferred")
     q.state(d, "deferred", {"0": {"status": "deferred", "dsn": "4.4.1", "text": "try again later"},
                             "1": {"status": "bounced", "dsn": "5.1.1", "text": "no such user"}})
     q.move(d, "deferred", "deferred", mtime=ARRIVAL + 300)
     h = q.add(["e@example.com"], queue="hold")
+    r = q.add(["f@example.com"], queue="active")
     out, err = io.StringIO(), io.StringIO()
     assert cliQueue.listQueue(q.directory, out, err, asJson=True, now=ARRIVAL + 5) == 0
     assert err.getvalue() == ""
-    entries = json.loads(out.getvalue())
-    base = {"arrival_time": ARRIVAL, "size": len(CONTENT), "sender": "alice@example.org"}
-    assert entries == [
-        {"id": a, "queue": "incoming", **base, "next_attempt": ARRIVAL + 5,
-         "recipients": [{"address": "bob@example.net", "status": "pending", "reason": None}]},
-        {"id": d, "queue": "deferred", **base, "next_attempt": ARRIVAL + 300,
-         "recipients": [{"address": "c@example.com", "status": "deferred", "reason": "try again later"},
-                        {"address": "d@example.com", "status": "bounced", "reason": "no such user"}]},
-        {"id": h, "queue": "hold", **base, "next_attempt": None,
-         "recipients": [{"address": "e@example.com", "status": "pending", "reason": None}]},
+    size = len(CONTENT)
+    start = f'"arrival_time": 1700000000, "message_size": {size}, "forced_expire": false'
+    assert out.getvalue().splitlines() == [  # showq's order: maildrop, active, incoming, deferred, hold
+        f'{{"queue_name": "active", "queue_id": "{r}", {start}, "sender": "alice@example.org", '
+        '"recipients": [{"orig_address": "f@example.com", "address": "f@example.com"}]}',
+        f'{{"queue_name": "incoming", "queue_id": "{a}", {start}, "sender": "alice@example.org", '
+        '"recipients": [{"orig_address": "bob@example.net", "address": "bob@example.net"}]}',
+        f'{{"queue_name": "deferred", "queue_id": "{d}", {start}, "sender": "MAILER-DAEMON", '
+        '"recipients": [{"orig_address": "c@example.com", "address": "c@example.com", '
+        '"delay_reason": "try again later"}, {"orig_address": "e@example.com", "address": "e@example.com"}]}',
+        f'{{"queue_name": "hold", "queue_id": "{h}", {start}, "sender": "alice@example.org", '
+        '"recipients": [{"orig_address": "e@example.com", "address": "e@example.com"}]}',
     ]
-    for entry in entries:
-        assert list(entry) == ["id", "queue", "arrival_time", "size", "sender", "recipients", "next_attempt"]
+    assert out.getvalue().endswith("}\n")
+    for line in out.getvalue().splitlines():
+        entry = json.loads(line)
+        assert list(entry) == ["queue_name", "queue_id", "arrival_time", "message_size", "forced_expire",
+                               "sender", "recipients"]
+        assert all(list(r)[:2] == ["orig_address", "address"] for r in entry["recipients"])
+
+
+def test_list_json_lists_maildrop(q, capsys):
+    """Mail from mta-sendmail that pickup has not taken yet is in queue_name maildrop, listed first."""
+    held = q.add(["h@example.com"], queue="hold")
+    dropped = q.add(["m@example.com"])
+    q.move(dropped, "incoming", "maildrop")
+    code, out, err = q.run(capsys, "list", "--json")
+    assert (code, err) == (0, "")
+    assert [(e["queue_name"], e["queue_id"]) for e in map(json.loads, out.splitlines())] == [
+        ("maildrop", dropped), ("hold", held)]
+    code, out, err = q.run(capsys, "list")
+    assert out.startswith(f"{HEADER}\n{dropped}  ")  # no mark, as mailq
+    assert q.run(capsys, "show", dropped)[1].startswith(f"*** ENVELOPE maildrop/{dropped} ***\n")
+
+
+def test_list_json_escapes_as_postfix(q, capsys):
+    """quote_for_json(): \\b \\f \\n \\r \\t, \\" and \\\\, other controls and DEL as \\u00XX
+    (upper case), UTF-8 as it is, surrogate escapes as '?'."""
+    d = q.add(['"odd\\"name"@example.com', "j\u00f6rg@example.com"], sender="s\x01\x7f@example.org",
+              queue="deferred")
+    q.state(d, "deferred", {"0": {"status": "deferred", "dsn": "4.0.0", "text": "a\b\f\n\r\tb \\ \x1b \udcff \u00e9"}})
+    code, out, err = q.run(capsys, "list", "--json")
+    assert (code, err) == (0, "")
+    line = out.rstrip("\n")
+    assert '"sender": "s\\u0001\\u007F@example.org"' in line
+    assert ('{"orig_address": "\\"odd\\\\\\"name\\"@example.com", "address": "\\"odd\\\\\\"name\\"@example.com", '
+            '"delay_reason": "a\\b\\f\\n\\r\\tb \\\\ \\u001B ? \u00e9"}') in line
+    assert '"address": "j\u00f6rg@example.com"' in line
+    entry = json.loads(line)
+    assert entry["sender"] == "s\x01\x7f@example.org"
+    assert entry["recipients"][0]["delay_reason"] == "a\b\f\n\r\tb \\ \x1b ? \u00e9"
+
+
+def test_jsonString_matches_quote_for_json():
+    assert cliQueue.jsonString("plain") == '"plain"'
+    assert cliQueue.jsonString("\x00\x1f\x7f\x80") == '"\\u0000\\u001F\\u007F\x80"'
+    assert cliQueue.jsonString('"\\/') == '"\\"\\\\/"'  # '/' is not escaped
+
+
+def test_list_json_writes_utf8_whatever_the_locale(q):
+    q.add(["j\u00f6rg@example.com"])
+
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii")
+    assert cliQueue.listQueue(q.directory, out, io.StringIO(), asJson=True) == 0
+    out.flush()
+    assert '"address": "j\u00f6rg@example.com"'.encode("utf-8") in raw.getvalue()
 
 
 def test_list_damaged_files(q, capsys):
@@ -197,13 +262,14 @@ def test_list_damaged_files(q, capsys):
     path = q.store.queuePath("hold", truncated)
     os.truncate(path, os.path.getsize(path) - 5)
     code, out, err = q.run(capsys, "list", "--json")
-    assert (code, err) == (0, "")
-    entries = json.loads(out)
-    assert [(e["id"], e["queue"], "error" in e) for e in entries] == [
-        (good, "deferred", False), (bad, "deferred", True), (truncated, "hold", True)]
-    assert set(entries[1]) == {"id", "queue", "error"}
-    assert "not a queue file" in entries[1]["error"]
-    assert "envelope record" in entries[2]["error"]
+    assert code == 0
+    assert [json.loads(line)["queue_id"] for line in out.splitlines()] == [good]
+    warnings = err.splitlines()
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"mta-queue: warning: deferred/{bad}: damaged queue file: ")
+    assert "not a queue file" in warnings[0] and warnings[0].endswith(" -- not listed")
+    assert warnings[1].startswith(f"mta-queue: warning: hold/{truncated}: damaged queue file: ")
+    assert "envelope record" in warnings[1]
     code, out, err = q.run(capsys, "list")
     assert code == 0
     assert f"\n{bad}  {'?':>8} ?                    (damaged queue file: " in out
@@ -217,13 +283,13 @@ def test_list_skips_a_file_that_moved_while_listing(q, monkeypatch):
 
     def describe(store, queue, queueId, now):
         if queue == "incoming":
-            q.move(queueId, "incoming", "active")  # the daemon took it meanwhile
+            q.move(queueId, "incoming", "deferred")  # the daemon took it meanwhile
         return real(store, queue, queueId, now)
 
     monkeypatch.setattr(cliQueue.tools, "describe", describe)
     entries = cliQueue.readQueue(q.directory, now=ARRIVAL)
-    # gone from incoming (not damaged), found in active, scanned after it
-    assert [(e["id"], e["queue"], "error" in e) for e in entries] == [(moved, "active", False)]
+    # gone from incoming (not damaged), found in deferred, scanned after it
+    assert [(e["id"], e["queue"], "error" in e) for e in entries] == [(moved, "deferred", False)]
 
 
 def test_list_escapes_control_characters(q, capsys):
@@ -238,7 +304,19 @@ def test_list_without_queue_directory(tmp_path, capsys):
     assert cliQueue.main(["-c", str(config), "list"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == f"mta-queue: cannot read the queue in {tmp_path}/nosuch: No such file or directory\n"
+    assert err == f"mta-queue: no queue directory {tmp_path}/nosuch (configuration: {config} (from the command line))\n"
+
+
+def test_list_with_an_unreadable_queue(q, capsys, monkeypatch):
+    real = cliQueue.QueueStore.listQueue
+
+    def listQueue(self, name):
+        if name == "deferred":
+            raise PermissionError(13, "Permission denied")
+        return real(self, name)
+
+    monkeypatch.setattr(cliQueue.QueueStore, "listQueue", listQueue)
+    assert q.run(capsys, "list") == (1, "", f"mta-queue: cannot read the queue in {q.directory}: Permission denied\n")
 
 
 # -- show ---------------------------------------------------------------------------------

@@ -470,3 +470,97 @@ def test_enumerated_values_are_checked_at_load(ini, line, reason):
     message = error(path)
     assert message.startswith(f"{path}:2: [main] {line.split(' =')[0]}: "), message
     assert reason in message, message
+
+
+# -- finding the file: -c, $MTA_CONFIG, /etc/mta/mta.ini, the embedded defaults ------------------
+
+
+from mta.config import ConfigNotFound, ConfigSource, findConfig, loadConfig  # noqa: E402
+
+
+@pytest.fixture
+def places(tmp_path):
+    """Three configuration files, and a default location that exists (C{default}) or not (C{nodefault})."""
+    for name in ("option", "environment", "default"):
+        (tmp_path / f"{name}.ini").write_text(f"[main]\nmyhostname = {name}.example\n")
+    return tmp_path
+
+
+def test_findConfig_order(places):
+    default = str(places / "default.ini")
+    env = {"MTA_CONFIG": str(places / "environment.ini")}
+    assert findConfig(str(places / "option.ini"), env, default) == ConfigSource(str(places / "option.ini"), "option")
+    assert findConfig(None, env, default) == ConfigSource(str(places / "environment.ini"), "environment")
+    assert findConfig(None, {}, default) == ConfigSource(default, "default")
+    assert findConfig(None, {}, str(places / "absent.ini")) == ConfigSource(None, None)
+
+
+def test_findConfig_an_empty_variable_is_unset(places):
+    assert findConfig(None, {"MTA_CONFIG": ""}, str(places / "absent.ini")) == ConfigSource(None, None)
+
+
+def test_findConfig_a_directory_means_mta_ini(places):
+    (places / "etc").mkdir()
+    assert findConfig(str(places / "etc"), {}, "/nonexistent").path == str(places / "etc" / "mta.ini")
+    assert findConfig(None, {"MTA_CONFIG": str(places / "etc")}, "/nonexistent").path == str(places / "etc" / "mta.ini")
+
+
+def test_findConfig_relative_names_become_absolute(places, monkeypatch):
+    monkeypatch.chdir(places)
+    assert findConfig("option.ini", {}, "/nonexistent").path == str(places / "option.ini")
+    assert findConfig(None, {"MTA_CONFIG": "environment.ini"}, "/nonexistent").path == str(places / "environment.ini")
+
+
+def test_findConfig_reads_os_environ_and_the_module_default(places, monkeypatch):
+    monkeypatch.setenv("MTA_CONFIG", str(places / "environment.ini"))
+    assert findConfig().source == "environment"
+    monkeypatch.delenv("MTA_CONFIG")
+    monkeypatch.setattr("mta.config.loader.DEFAULT_CONFIG", str(places / "default.ini"))
+    assert findConfig() == ConfigSource(str(places / "default.ini"), "default")
+    monkeypatch.setattr("mta.config.loader.DEFAULT_CONFIG", str(places / "absent.ini"))
+    assert findConfig() == ConfigSource(None, None)
+
+
+def test_loadConfig_loads_what_findConfig_finds(places):
+    default = str(places / "default.ini")
+    env = {"MTA_CONFIG": str(places / "environment.ini")}
+    config = loadConfig(None, env, default)
+    assert (config["myhostname"], config.path, config.source) == ("environment.example", env["MTA_CONFIG"], "environment")
+    assert config.describe() == f"{env['MTA_CONFIG']} (from $MTA_CONFIG)"
+    config = loadConfig(None, {}, default)
+    assert (config["myhostname"], config.describe()) == ("default.example", f"{default} (the default location)")
+    config = loadConfig(str(places / "option.ini"), env, default)
+    assert config.describe() == f"{places / 'option.ini'} (from the command line)"
+    config = loadConfig(None, {}, str(places / "absent.ini"))
+    assert config.path is None and config.source is None
+    assert config.describe() == "the embedded defaults (no -c, $MTA_CONFIG or /etc/mta/mta.ini)"
+    assert config["queue_directory"].endswith("/var/spool/mta")
+
+
+@pytest.mark.parametrize("explicit, env, how", [
+    ("missing.ini", {}, "on the command line"),
+    (None, {"MTA_CONFIG": "missing.ini"}, "by $MTA_CONFIG"),
+])
+def test_loadConfig_a_named_file_must_exist(places, monkeypatch, explicit, env, how):
+    """Never a silent fall-back to the defaults when the file asked for is missing."""
+    monkeypatch.chdir(places)
+    with pytest.raises(ConfigNotFound) as e:
+        loadConfig(explicit, env, str(places / "default.ini"))
+    assert str(e.value) == f"{places / 'missing.ini'}: configuration file not found (named {how})"
+    assert isinstance(e.value, ConfigError)
+
+
+def test_loadConfig_passes_load_options(places):
+    (places / "bad-endpoint.ini").write_text("[main]\n[listener:x]\nendpoint = nonsense:foo\n")
+    with pytest.raises(ConfigError):
+        loadConfig(str(places / "bad-endpoint.ini"), {}, "/nonexistent")
+    assert loadConfig(str(places / "bad-endpoint.ini"), {}, "/nonexistent", checkEndpoints=False).listeners[0].name == "x"
+
+
+def test_load_itself_reads_only_what_it_is_given(places, monkeypatch):
+    """load() is not affected by $MTA_CONFIG or the default location; loadConfig() is."""
+    monkeypatch.setenv("MTA_CONFIG", str(places / "environment.ini"))
+    monkeypatch.setattr("mta.config.loader.DEFAULT_CONFIG", str(places / "default.ini"))
+    config = load(None)
+    assert (config.path, config.source, config["myhostname"]) == (None, None, BY_NAME["myhostname"].defaultText())
+    assert loadConfig()["myhostname"] == "environment.example"

@@ -28,6 +28,18 @@ def fixedUser(monkeypatch):
     monkeypatch.setattr(S, "defaultFullName", lambda uid: None)
 
 
+@pytest.fixture(autouse=True)
+def queueAndNoOutsideConfiguration(tmp_path, monkeypatch):
+    """
+    The queue's maildrop/ exists (mta-sendmail never creates it: the daemon
+    does), and neither $MTA_CONFIG nor an /etc/mta/mta.ini of this machine
+    takes part.
+    """
+    (tmp_path / "queue" / "maildrop").mkdir(parents=True, mode=0o700)
+    monkeypatch.delenv("MTA_CONFIG", raising=False)
+    monkeypatch.setattr("mta.config.loader.DEFAULT_CONFIG", str(tmp_path / "no-such-default.ini"))
+
+
 @pytest.fixture
 def config(tmp_path):
     return load("<t>", f"[main]\nqueue_directory = {tmp_path}/queue\nmyhostname = mx.test\nmyorigin = {ORIGIN}\n"
@@ -432,11 +444,140 @@ def test_depositIsACompleteQueueFile(config, tmp_path):
     assert stat.S_IMODE((drop / name).stat().st_mode) == 0o600
 
 
-def test_theQueueDirectoryIsCreatedWhenMissing(config, tmp_path):
-    assert not (tmp_path / "queue").exists()
-    assert run(["bob@example.org"], config, tmp_path, b"hi\n")[0] == 0
-    assert stat.S_IMODE((tmp_path / "queue").stat().st_mode) == 0o755
-    assert len(maildrop(tmp_path)) == 1
+def test_depositMode(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    if os.geteuid() == 0:
+        os.chown(theirs, 65534, 65534)  # the daemon's user, not root
+    assert S.depositMode(str(theirs), euid=0) == 0o644
+    assert S.depositMode("/", euid=0) == 0o600  # root's own queue
+    assert S.depositMode(str(theirs), euid=1000) == 0o600
+    assert S.depositMode(str(tmp_path / "gone"), euid=0) == 0o600
+
+
+def test_rootSubmitsSoThatTheDaemonsUserCanRead(config, tmp_path, monkeypatch):
+    """As root (a root cron job) into a queue owned by the daemon's user: 0644 whatever the umask."""
+    drop = tmp_path / "queue" / "maildrop"
+    if os.geteuid() == 0:
+        os.chown(drop, 65534, 65534)
+    monkeypatch.setattr(S.os, "geteuid", lambda: 0)
+    old = os.umask(0o077)
+    try:
+        status, err = run(["bob@example.org"], config, tmp_path, b"Subject: cron\n\nroot's mail\n")
+    finally:
+        os.umask(old)
+    assert (status, err) == (0, "")
+    [name] = maildrop(tmp_path)
+    assert stat.S_IMODE((drop / name).stat().st_mode) == 0o644
+    assert stat.S_IMODE(drop.stat().st_mode) == 0o700  # what keeps everyone else out
+
+
+# -- finding the configuration and the queue; never creating a queue ------------------------
+
+
+class Untouched:
+    """A standard input that must not be read."""
+
+    def read1(self, n):
+        raise AssertionError("standard input was read")
+
+    read = read1
+
+
+def sendmailIn(directory, argv, monkeypatch, stdin=None):
+    """main() run from the working directory C{directory}; (status, stderr)."""
+    monkeypatch.chdir(directory)
+    err = io.StringIO()
+    status = S.main(argv, stdin=stdin or Untouched(), stdout=io.StringIO(), stderr=err)
+    return status, err.getvalue()
+
+
+def test_noQueueIsEverCreated(tmp_path, monkeypatch):
+    """An absolute queue_directory whose maildrop/ is missing: 75 (start the daemon), nothing created."""
+    (tmp_path / "ini").write_text(f"[main]\nqueue_directory = {tmp_path}/spool\n")
+    status, err = sendmailIn(tmp_path, ["-C", str(tmp_path / "ini"), "bob@example.org"], monkeypatch)
+    assert (status, err) == (75, f"mta-sendmail: fatal: there is no queue: {tmp_path}/spool/maildrop does not exist "
+                                 f"(queue_directory of {tmp_path}/ini (from the command line)): mta has not been "
+                                 "started on this queue yet; the message was not queued\n")
+    assert not (tmp_path / "spool").exists()
+
+
+def test_aQueueDirectoryWithoutMaildropIsNotCompleted(tmp_path, monkeypatch):
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "ini").write_text(f"[main]\nqueue_directory = {tmp_path}/spool\n")
+    status, err = sendmailIn(tmp_path, ["-C", str(tmp_path / "ini"), "bob@example.org"], monkeypatch)
+    assert status == 75 and "there is no queue" in err
+    assert os.listdir(tmp_path / "spool") == []
+
+
+def test_embeddedDefaultsElsewhereAreAConfigurationError(tmp_path, monkeypatch):
+    """No -C, no $MTA_CONFIG, no /etc/mta/mta.ini, and cwd has no var/spool/mta: 78, nothing created."""
+    (tmp_path / "cron").mkdir()
+    status, err = sendmailIn(tmp_path / "cron", ["bob@example.org"], monkeypatch)
+    assert status == 78
+    assert err == (f"mta-sendmail: fatal: there is no queue: {tmp_path}/cron/var/spool/mta/maildrop does not exist; "
+                   f"no configuration file was found (no -C, $MTA_CONFIG or {tmp_path}/no-such-default.ini) and the "
+                   f"embedded default queue_directory var/spool/mta is relative to the current directory {tmp_path}/cron; "
+                   "the message was not queued\n")
+    assert os.listdir(tmp_path / "cron") == []
+
+
+def test_embeddedDefaultsWhereTheDaemonRuns(tmp_path, monkeypatch):
+    """The Quick start: twistd -n mta made ./var/spool/mta here; mta-sendmail run here finds it."""
+    (tmp_path / "var" / "spool" / "mta" / "maildrop").mkdir(parents=True, mode=0o700)
+    status, err = sendmailIn(tmp_path, ["bob@example.org"], monkeypatch, stdin=io.BytesIO(b"hi\n"))
+    assert (status, err) == (0, "")
+    assert len(os.listdir(tmp_path / "var" / "spool" / "mta" / "maildrop")) == 1
+
+
+def test_aRelativeQueueDirectoryFromAFile(tmp_path, monkeypatch):
+    (tmp_path / "ini").write_text("[main]\nqueue_directory = spool\n")
+    (tmp_path / "elsewhere").mkdir()
+    status, err = sendmailIn(tmp_path / "elsewhere", ["-C", str(tmp_path / "ini"), "bob@example.org"], monkeypatch)
+    assert status == 78
+    assert err == (f"mta-sendmail: fatal: there is no queue: {tmp_path}/elsewhere/spool/maildrop does not exist; "
+                   f"queue_directory spool in {tmp_path}/ini (from the command line) is relative to the current "
+                   f"directory {tmp_path}/elsewhere: set an absolute path; the message was not queued\n")
+    assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_theEnvironmentNamesTheConfiguration(tmp_path, monkeypatch):
+    (tmp_path / "env.ini").write_text(f"[main]\nqueue_directory = {tmp_path}/queue\nmyorigin = env.example\n")
+    monkeypatch.setenv("MTA_CONFIG", str(tmp_path / "env.ini"))
+    (tmp_path / "work").mkdir()
+    status, err = sendmailIn(tmp_path / "work", ["bob"], monkeypatch, stdin=io.BytesIO(b"hi\n"))
+    assert (status, err) == (0, "")
+    envelope, _ = deposited(tmp_path)
+    assert envelope.recipients[0].address == "bob@env.example"
+
+
+def test_minusCWinsOverTheEnvironment(tmp_path, monkeypatch):
+    (tmp_path / "c.ini").write_text(f"[main]\nqueue_directory = {tmp_path}/queue\nmyorigin = c.example\n")
+    monkeypatch.setenv("MTA_CONFIG", str(tmp_path / "nonexistent.ini"))
+    status, err = sendmailIn(tmp_path, ["-C", str(tmp_path / "c.ini"), "bob"], monkeypatch, stdin=io.BytesIO(b"hi\n"))
+    assert (status, err) == (0, "")
+    assert deposited(tmp_path)[0].recipients[0].address == "bob@c.example"
+
+
+def test_theDefaultLocation(tmp_path, monkeypatch):
+    (tmp_path / "etc-mta.ini").write_text(f"[main]\nqueue_directory = {tmp_path}/queue\nmyorigin = etc.example\n")
+    monkeypatch.setattr("mta.config.loader.DEFAULT_CONFIG", str(tmp_path / "etc-mta.ini"))
+    (tmp_path / "work").mkdir()
+    status, err = sendmailIn(tmp_path / "work", ["bob"], monkeypatch, stdin=io.BytesIO(b"hi\n"))
+    assert (status, err) == (0, "")
+    assert deposited(tmp_path)[0].recipients[0].address == "bob@etc.example"
+
+
+@pytest.mark.parametrize("where", ["option", "environment"])
+def test_aNamedFileThatDoesNotExist(tmp_path, monkeypatch, where):
+    missing = str(tmp_path / "missing.ini")
+    argv = ["-C", missing, "bob@example.org"] if where == "option" else ["bob@example.org"]
+    if where == "environment":
+        monkeypatch.setenv("MTA_CONFIG", missing)
+    status, err = sendmailIn(tmp_path, argv, monkeypatch)
+    how = "on the command line" if where == "option" else "by $MTA_CONFIG"
+    assert (status, err) == (78, f"mta-sendmail: fatal: {missing}: configuration file not found (named {how}); "
+                                 "the message was not queued\n")
 
 
 def test_senderOptionsAndFullName(config, tmp_path, monkeypatch):
@@ -584,7 +725,6 @@ class FailingFileSystem(FileSystem):
     if not (step == "pwrite" and size == 10)  # a small file is written whole, its header included
 ])
 def test_storageFailuresLeaveNothing(config, tmp_path, failOn, size):
-    (tmp_path / "queue" / "maildrop").mkdir(parents=True, mode=0o700)
     fs = FailingFileSystem(failOn, errno.ENOSPC)
     options = S.parseArguments(["a@x.example"])
     big = load("<t>", f"[main]\nqueue_directory = {tmp_path}/queue\nmessage_size_limit = 0\n")
@@ -605,11 +745,21 @@ def test_failureThroughMain(config, tmp_path, monkeypatch):
     assert maildrop(tmp_path) == []
 
 
-def test_unwritableMaildrop(config, tmp_path):
-    (tmp_path / "queue").mkdir()
+def test_maildropThatIsNotADirectory(config, tmp_path):
+    (tmp_path / "queue" / "maildrop").rmdir()
     (tmp_path / "queue" / "maildrop").write_text("not a directory")
     status, err = run(["a@x.example"], config, tmp_path, b"hi\n")
-    assert status == 75 and "cannot create" in err
+    assert (status, err) == (75, f"mta-sendmail: fatal: cannot use {tmp_path}/queue/maildrop: it is not a directory; "
+                                 "the message was not queued\n")
+
+
+def test_maildropThatIsASymbolicLink(config, tmp_path):
+    (tmp_path / "queue" / "maildrop").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "queue" / "maildrop")
+    status, err = run(["a@x.example"], config, tmp_path, b"hi\n")
+    assert status == 75 and "it is not a directory" in err
+    assert os.listdir(tmp_path / "elsewhere") == []
 
 
 def test_noTemporaryFileDuringAFailedRead(config, tmp_path):
@@ -679,3 +829,80 @@ def test_standaloneParametersKeepTheRest(config):
     assert params["smtpd_recipient_restrictions"] == ()
     assert params["smtpd_forbid_bare_newline"] == "normalize"
     assert params["message_size_limit"] == 100000 and params["myhostname"] == "mx.test"
+
+
+# -- control characters in arguments (refused before any parsing) ---------------------------
+
+
+@pytest.mark.parametrize("argv, number, shown", [
+    # The injection: the address-list parser would have made x@y a second envelope address.
+    (["-f", "a@b\r\nRCPT TO:<x@y>", "bob@example.org"], 2, "a@b\\r\\nRCPT TO:<x@y>"),
+    (["-fa@b\nx@y", "bob@example.org"], 1, "-fa@b\\nx@y"),
+    (["bob@example.org", "carol@example.org\r\nDATA"], 2, "carol@example.org\\r\\nDATA"),
+    (["-F", "Eve\r\nBcc: all@example.org", "bob@example.org"], 2, "Eve\\r\\nBcc: all@example.org"),
+    (["bob@example.org\x00x@y"], 1, "bob@example.org\\x00x@y"),
+    (["-t", "-V", "env\x7f"], 3, "env\\x7f"),
+    (["-C", "/tmp/x\n.ini", "bob@example.org"], 2, "/tmp/x\\n.ini"),
+    (["-N", "success\tfailure", "bob@example.org"], 2, "success\\tfailure"),
+    (["bob@example.org\x85"], 1, "bob@example.org\\x85"),  # C1 NEL
+    (["bob@example.org\u2028x@y"], 1, "bob@example.org\\u2028x@y"),
+    (["-bs", "\x1b[2J"], 2, "\\x1b[2J"),  # in any argument, whatever the mode
+])
+def test_controlCharactersInAnyArgumentAreRefused(tmp_path, argv, number, shown):
+    err = io.StringIO()
+    status = S.main(argv, stdin=Untouched(), stdout=io.StringIO(), stderr=err)
+    character = next(c for c in "".join(argv) if ord(c) < 32 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029")
+    escaped = character.encode("unicode_escape").decode("ascii")
+    assert (status, err.getvalue()) == (
+        64, f"mta-sendmail: fatal: argument {number} ({shown}) contains the control character {escaped}; "
+            "refused, nothing was queued\n")
+    assert maildrop(tmp_path) == []
+
+
+def test_argumentsThatAreNotUtf8AreRefused(tmp_path):
+    arg = os.fsdecode(b"bob@example.org\xff")  # as Python decodes such bytes in sys.argv
+    err = io.StringIO()
+    assert S.main([arg], stdin=Untouched(), stdout=io.StringIO(), stderr=err) == 64
+    assert err.getvalue() == ("mta-sendmail: fatal: argument 1 (bob@example.org\\udcff) contains bytes that are "
+                              "not UTF-8; refused, nothing was queued\n")
+    assert maildrop(tmp_path) == []
+
+
+def test_theCheckComesBeforeAnyParsing():
+    """A bad character after an option that would stop the parse (--help, -bi) is still refused."""
+    for argv in (["-bi", "x\ry"], ["-q", "\n"], ["--", "a\nb"]):
+        assert S.main(argv, stdin=Untouched(), stdout=io.StringIO(), stderr=io.StringIO()) == 64
+
+
+def test_longArgumentsAreShortenedInTheMessage():
+    err = io.StringIO()
+    assert S.main(["x" * 100 + "\n"], stdin=Untouched(), stdout=io.StringIO(), stderr=err) == 64
+    assert f"argument 1 ({'x' * 60}...) contains the control character \\n" in err.getvalue()
+
+
+# -- invoked as mailq or newaliases ---------------------------------------------------------
+
+
+def test_invokedAsMailq(monkeypatch):
+    calls = []
+    monkeypatch.setattr(S, "_queueTool", lambda options, command: calls.append((options.mode, command)) or 0)
+    assert S.main([], program="/usr/bin/mailq", stdout=io.StringIO(), stderr=io.StringIO()) == 0
+    assert calls == [("mailq", "list")]
+
+
+def test_invokedAsMailqWithARecipientIsRefused():
+    err = io.StringIO()
+    assert S.main(["bob@example.org"], program="mailq", stdout=io.StringIO(), stderr=err) == 64
+    assert err.getvalue() == "mta-sendmail: fatal: display queue mode requires no recipient\n"
+
+
+def test_invokedAsNewaliases():
+    assert S.main([], program="/usr/bin/newaliases", stdin=Untouched(), stdout=io.StringIO(),
+                  stderr=io.StringIO()) == 0
+
+
+def test_otherNamesAreSendmail(tmp_path):
+    err = io.StringIO()
+    status = S.main(["-C", str(tmp_path / "m.ini"), "bob@example.org"], program="/usr/sbin/sendmail",
+                    stdin=io.BytesIO(b"hi\n"), stdout=io.StringIO(), stderr=err)
+    assert status == 78 and "configuration file not found" in err.getvalue()
