@@ -195,6 +195,12 @@ class Scope:
         """Entries set in this scope itself, in file order."""
         return tuple(self._entries.values())
 
+    def setNames(self):
+        """The names of the parameters set here or in an enclosing scope."""
+        names = dict.fromkeys(self._parent.setNames()) if self._parent else {}
+        names.update(dict.fromkeys(self._entries))
+        return tuple(names)
+
     def raw(self, name):
         entry = self.entry(name)
         return entry.value if entry else parameter(name).defaultText()
@@ -281,10 +287,17 @@ class Scope:
 
 @attrs.frozen
 class Listener:
+    """
+    One [listener:NAME] (a master.cf service): its endpoint, its parameter
+    scope, and C{settings}, the listener's own settings objects
+    (mta.config.settings: .smtpd, ...), compiled from that scope.
+    """
+
     name: str
     endpoint: str
     params: Scope
     location: Location | None
+    settings: object = None
 
 
 @attrs.frozen
@@ -299,6 +312,7 @@ class Config:
     main: Scope
     listeners: tuple
     source: str | None = None
+    settings: object = None  # the settings objects compiled from [main] (mta.config.settings)
 
     def describe(self):
         """The configuration in effect, for a message: 'FILE (from $MTA_CONFIG)' or the embedded defaults."""
@@ -359,10 +373,18 @@ def load(path=None, text=None, checkEndpoints=True):
             _checkEndpoint(endpoint.value, endpoint.location)
         scope = Scope(overrides, parent=main, origin=f"{path}: [{section.name}]")
         scope.check()
-        listeners.append(Listener(section.name.split(":", 1)[1], endpoint.value, scope, section.location))
+        listeners.append((section.name.split(":", 1)[1], endpoint.value, scope, section.location))
     if not listenerSections:
-        listeners = [Listener(name, endpoint, Scope(parent=main), None) for name, endpoint in DEFAULT_LISTENERS]
-    return Config(os.path.abspath(path) if path and text is None else path, main, tuple(listeners))
+        listeners = [(name, endpoint, Scope(parent=main), None) for name, endpoint in DEFAULT_LISTENERS]
+    # The compile step: every service's settings, so that a bad value fails here.
+    from mta.config.settings import compile, listenerSettings, mainSettings
+
+    compiled = compile(main, mainSettings())
+    listeners = tuple(
+        Listener(name, endpoint, scope, location, compile(scope, listenerSettings()))
+        for name, endpoint, scope, location in listeners
+    )
+    return Config(os.path.abspath(path) if path and text is None else path, main, listeners, settings=compiled)
 
 
 CONFIG_ENVIRONMENT = "MTA_CONFIG"

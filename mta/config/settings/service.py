@@ -1,0 +1,32 @@
+"""mta.config.settings.service - ServiceSettings: The daemon itself (mta.service, mta.generation, the tools): where the queue is, how the mail log is named and written, and the DNS client.
+
+The parameters of this area (mta.config.schema), each read by exactly the
+settings class that needs it (a parameter may be read by several areas):
+
+    queue_directory, syslog_name, myhostname, maillog_file, dns_servers
+
+SECURITY
+    None: values were parsed and checked by mta.config.types.
+
+CONFIGURATION
+    As listed above.
+"""
+
+from mta.config.settings import Settings, setting, settingsClass  # noqa: F401
+
+# Service name -> settings class, built from [main] (MAIN) or from each
+# listener's scope (LISTENER); see mta.config.settings.
+
+
+@settingsClass
+class ServiceSettings(Settings):
+    """What the daemon (mta.service) and the tools need of [main]."""
+
+    queueDirectory: str = setting("queue_directory")  # absolute, or relative to the start-up directory
+    syslogName: str = setting("syslog_name")  # mail-log program names are $syslog_name/program
+    hostname: str = setting("myhostname")  # in syslog-shaped mail-log lines
+    maillogFile: str = setting("maillog_file")  # empty: only the twistd log
+    dnsServers: tuple = setting("dns_servers", tuple)  # empty: /etc/resolv.conf
+
+
+MAIN = {"service": ServiceSettings}
