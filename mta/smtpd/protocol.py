@@ -90,6 +90,7 @@ from mta.maillog import sanitize
 from mta.model import Reply
 from mta.smtpd.commands import R_OK, SMTPCommands
 from mta.smtpd.deadline import RequestDeadline
+from mta.transcript import Transcript
 
 log = Logger()
 
@@ -99,6 +100,9 @@ GROUP_ENDERS = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "NOOP", "QUIT"
 JUNK = frozenset({"NOOP", "VRFY", "ETRN", "RSET"})
 # Input held while a command is pending before the socket stops being read.
 PAUSE_THRESHOLD = 65536
+# Postfix's smtpd_history_flush_threshold (default 100): a transcript longer than this is
+# sent (if it met a notify class) and started afresh at the next command, EHLO, RSET or end of data.
+HISTORY_FLUSH_THRESHOLD = 100
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -132,6 +136,10 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         self.saslUsername = None
         self.transaction = None
         self._lastCommand = None
+        # Postfix's session history and error_mask (smtpd_chat.c), for postmaster notices.
+        self.transcript = Transcript() if factory.keepTranscripts else None
+        self._abortReason = None  # why the session ended abnormally (Postfix's state->reason)
+        self._resetAfterReply = False  # the end-of-data reply: flush the transcript after it
         self._resetTransaction()
 
     # -- connection -----------------------------------------------------------
@@ -178,6 +186,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
             factory.maillog.emit(
                 f"warning: Connection concurrency limit exceeded: {count} from {self.client}", client=self.client
             )
+            self._fault("policy")
             self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {self.clientAddress}"))
             self._close()
             return False
@@ -206,11 +215,16 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
                     f"[{self.clientAddress}]:{self.clientPort}: {first}",
                     client=self.client,
                 )
-                if factory.greetAction == "drop":
+                action = factory.greetAction
+                if action == "drop":
+                    self._fault("protocol")
                     self._reply(Reply(521, "5.5.1", "Protocol error"))
                     self._close()
                     return
-                self._earlyTalker = factory.greetAction == "enforce"
+                if action == "enforce":
+                    self._earlyTalker = True  # its recipients are refused (mta.smtpd.commands)
+                elif action == "ignore":
+                    pass  # logged only
         self._greet()
 
     def readConnectionLost(self):
@@ -239,6 +253,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         self._abortMessage()
         if self._counted:
             self.factory.releaseConnection(self.clientAddress)
+        self._chatReset(0)  # the postmaster's transcript, if the session met a notify class
         counts = " ".join(
             f"{verb}={ok}" if ok == total else f"{verb}={ok}/{total}" for verb, (ok, total) in self._counts.items()
         )
@@ -256,6 +271,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         connection, too many errors), with the queue id or NOQUEUE and, in
         message content, the bytes received (Postfix 3.10).
         """
+        self._abortReason = reason
         where = self._lastCommand or "CONNECT"
         if self._mode in ("data", "bdat") or (where == "BDAT" and self.transaction is not None):
             text = f"{reason} after {where} ({self._contentBytes()} bytes) from {self.client}"
@@ -304,6 +320,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
 
     def _internalError(self, failure):
         log.failure("smtpd: internal error in session with {client}", failure, client=self.client)
+        self._fault("software")
         if not self._closing:
             self._reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
             self._close()
@@ -401,14 +418,17 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         if end < 0:
             if len(buf) - buf.endswith(b"\r") >= limit:
                 self._warnTooLong(buf)
+                self._heard(buf[:limit])
                 self._skipLine = True
                 self._buffer = b""
             return False
         line, self._buffer = buf[: end + 1], buf[end + 1 :]
         if end - (buf[end - 1 : end] == b"\r") >= limit:
             self._warnTooLong(line)
+            self._heard(line[:limit])
             self._commandTooLong()
             return True
+        self._heard(line[:-2] if line.endswith(b"\r\n") else line[:-1])
         self._newRequest()
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
             if self.bareNewline in ("reject", "yes"):
@@ -428,10 +448,12 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
     def _commandTooLong(self):
         """Postfix's answer to a command line of line_length_limit octets or more (smtpd_chat_query)."""
         self._newRequest()
+        self._fault("protocol")
         self._respond("unknown", Reply(500, "5.5.2", f"{self.hostname} Error: command too long"))
 
     def _bareNewlineReject(self, where):
         self.factory.maillog.emit(f"reject: bare <LF> received in {where} from {self.client}; disconnecting")
+        self._fault("protocol")
         self._reply(Reply(self.factory.bareNewlineCode, "5.5.2", f"{self.hostname} Error: bare <LF> received"))
         self._close()
 
@@ -450,6 +472,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
             verb = verb.decode("ascii")
             arg = arg.decode("utf-8").strip(" ")
         except UnicodeDecodeError:
+            self._fault("protocol")
             self._respond("unknown", Reply(500, "5.5.2", "Error: invalid characters in command"))
             return
         self._lastCommand = verb
@@ -458,10 +481,12 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
             return
         handler = getattr(self, f"smtp_{verb}", None)
         if handler is None:
+            self._fault("protocol")
             self._respond("unknown", Reply(502, "5.5.2", "Error: command not recognized"))
             return
         if verb in GROUP_ENDERS and self._buffer and factory.forbidUnauthPipelining:
             factory.maillog.emit(f"improper command pipelining after {verb} from {self.client}")
+            self._fault("protocol")
             self._count(verb, False)
             self._reply(Reply(554, "5.5.0", "Error: SMTP protocol synchronization"))
             self._close()
@@ -519,15 +544,20 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         if self._closing:
             return
         self._reply(reply)
+        if self._resetAfterReply:  # the end-of-data reply is out (Postfix's chat_reset in data_cmd)
+            self._resetAfterReply = False
+            self._chatReset()
         if reply.code in (221, 421):
             self._close()
         elif self._errors >= self.factory.hardErrorLimit:
+            self._fault("protocol")
             self._logAbort("too many errors")
             self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
             self._close()
 
     def _failed(self, verb, failure):
         log.failure("smtpd: {verb} failed for {client}", failure, verb=verb, client=self.client)
+        self._fault("software")
         return self._finish(verb, Reply(451, "4.3.0", "Error: internal error, try again later"))
 
     def _resume(self, _):
@@ -547,7 +577,42 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
                 reply = Reply(reply.code, reply.status, reply.text + footer[2:])
             else:
                 reply = Reply(reply.code, reply.status, reply.text + "\n" + footer.replace("\\n", "\n"))
-        self._out.append(reply.lines())
+        wire = reply.lines()
+        if self.transcript is not None:
+            self.transcript.sentLines(wire)
+        self._out.append(wire)
+
+    # -- the postmaster's transcript (Postfix's smtpd_chat.c) --------------------------------
+
+    def _fault(self, errorClass, reply=None):
+        """
+        The session met an error of C{errorClass} (a notify_classes name:
+        Postfix's error_mask); returns C{reply}, so that a command can say
+        ``return self._fault("protocol", Reply(...))``.
+        """
+        if self.transcript is not None:
+            self.transcript.error(errorClass)
+        return reply
+
+    def _heard(self, line):
+        """A command line arrived (without its line end): Postfix's smtpd_chat_query."""
+        if self.transcript is not None:
+            self._chatReset()
+            self.transcript.received(line)
+
+    def _chatReset(self, threshold=HISTORY_FLUSH_THRESHOLD):
+        """
+        Postfix's chat_reset(): past C{threshold} lines (0: at the end of
+        the session) the transcript goes to the postmaster if the session
+        met a class that notify_classes lists, and starts afresh.
+        """
+        transcript = self.transcript
+        if transcript is None or len(transcript) <= threshold:
+            return
+        notices = self.factory.notices
+        if notices.due(transcript):
+            notices.send("SMTP server", self.client, transcript, reason=self._abortReason if threshold == 0 else None)
+        transcript.clear()
 
     def _flush(self):
         if self._out:

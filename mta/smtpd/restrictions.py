@@ -42,6 +42,9 @@ class Decision:
     action: str  # permit, reject, defer, dunno, hold
     reply: Reply | None = None
     hold: str | None = None  # set on the final decision when a HOLD action was met on the way
+    # The notify_classes class of a reject or defer (Postfix's smtpd_check_reject error_class):
+    # policy, bounce (an unknown recipient), data (a table lookup failure), software.
+    errorClass: str = "policy"
 
 
 PERMIT = Decision("permit")
@@ -102,7 +105,7 @@ def _unlistedRecipient(policy, argument):
         if request.recipient is None:
             return DUNNO
         reply = await policy.unlistedRecipient(request.recipient)
-        return Decision("reject", reply) if reply is not None else DUNNO
+        return Decision("reject", reply, errorClass="bounce") if reply is not None else DUNNO
 
     return check
 
@@ -151,7 +154,7 @@ def accessResult(value, subject, what):
         reply = Reply(code, status, f"{prefix}: {match.group(4) or 'Access denied'}")
         return Decision("reject" if code >= 500 else "defer", reply)
     # Postfix would run a restriction named in the value; we do not yet.
-    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"))
+    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"), errorClass="software")
 
 
 def accessKeys(address):
@@ -254,7 +257,7 @@ class RestrictionList:
             try:
                 decision = await check(request)
             except TableTemporaryError:
-                return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"))
+                return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"), errorClass="data")
             if decision.action == "hold":
                 hold = hold or decision.hold
             elif decision.action != "dunno":
