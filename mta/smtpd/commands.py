@@ -14,6 +14,10 @@ line-length and size checks.  DATA returns to command mode at its real end
 (CRLF "." CRLF) only; a fatal content error (a bare newline under reject)
 replies and disconnects.
 
+Each refusal marks its notify_classes error class as Postfix's smtpd does
+(self._fault("protocol", reply); mta.smtpd.chat lists which is which), for
+the postmaster's transcript notices.
+
 SECURITY
     Everything a client sends is untrusted: paths and parameters are
     parsed strictly (mta.address), a HELO name longer than a domain may be
@@ -328,8 +332,11 @@ class SMTPCommands:
     def _contentReply(self, error, verb="data"):
         if error == D.TOO_BIG:
             # Postfix: cleanup's "message file too big" is the bounce class; BDAT's size check, policy.
-            return self._fault("bounce" if verb == "data" else "policy", Reply(552, "5.3.4", "Error: message file too big"))
-        return self._fault("protocol", Reply(552, "5.3.4", f"Error: message line longer than {self.factory.lineLimit} bytes"))
+            reply = Reply(552, "5.3.4", "Error: message file too big")
+            return self._fault("bounce" if verb == "data" else "policy", reply)
+        # Postfix has no such limit (it splits long lines): mta counts it a protocol error.
+        reply = Reply(552, "5.3.4", f"Error: message line longer than {self.factory.lineLimit} bytes")
+        return self._fault("protocol", reply)
 
     def _endData(self):
         """The real end of data (CRLF.CRLF): only here does DATA return to command mode."""

@@ -37,8 +37,6 @@ EHLO_KEYWORDS = ("PIPELINING", "SIZE", "VRFY", "ETRN", "ENHANCEDSTATUSCODES", "8
 DISCARD_LOG_ORDER = ("8BITMIME", "AUTH", "ETRN", "PIPELINING", "SIZE", "VERP", "VRFY", "XCLIENT", "XFORWARD",
                      "STARTTLS", "ENHANCEDSTATUSCODES", "DSN", "SMTPUTF8", "CHUNKING", "BINARYMIME", "REQUIRETLS")
 FREE_SPACE_CACHE = 1.0  # seconds a statvfs() reading is reused
-# The notify_classes the server can meet (Postfix's smtpd error_mask): see mta.smtpd.protocol.
-SERVER_ERROR_CLASSES = frozenset({"bounce", "data", "policy", "protocol", "resource", "software"})
 
 
 class SMTPServerFactory(Factory):
@@ -51,6 +49,7 @@ class SMTPServerFactory(Factory):
         stand-alone mode, mta-sendmail -bs, as in Postfix).
         """
         from mta.rewrite import AddressRewriting, HeaderRewriteClients
+        from mta.smtpd.chat import SERVER_ERROR_CLASSES
         from mta.smtpd.policy import RecipientPolicy
         from mta.tables.matchers import NetworkMatcher
         from mta.transcript import TranscriptNotices

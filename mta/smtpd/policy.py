@@ -14,6 +14,10 @@ address class, as Postfix does:
     $virtual_mailbox_domains  virtual_alias_maps, then virtual_mailbox_maps
     $relay_domains            relay_recipient_maps (empty: all valid)
 
+checkRecipient() and checkEtrn() also say the notify_classes class of a
+refusal (policy; bounce for an unknown recipient; data for a table that
+cannot answer), for the postmaster's transcript notices (mta.smtpd.chat).
+
 Relay control (reject_unauth_destination) lets an untrusted client reach
 only those domains (relay_domains with their subdomains).  Relay tricks
 are judged on the address as parsed (mta.address): a recipient whose local

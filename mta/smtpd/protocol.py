@@ -31,6 +31,10 @@ renewed by every read, as in Postfix by default.  Either way a timeout
 answers "421 4.4.2 <myhostname> Error: timeout exceeded", closes, and logs
 Postfix's "timeout after DATA (N bytes) from ..." line.
 
+Postmaster notices: the session keeps Postfix's transcript and error
+classes (mta.smtpd.chat, which says which reply is which class) and sends
+them to the postmaster when notify_classes says so (mta.transcript).
+
 SECURITY
     Everything read is untrusted.  A command line of line_length_limit
     octets or more (CRLF not counted) is refused with 500 5.5.2 however it
@@ -42,7 +46,9 @@ SECURITY
     forbidden commands get 221 and a close; a client that keeps making
     errors is slowed down, then disconnected; a trickling client meets the
     per-request deadline; a failure inside a check answers 451 4.3.0, it
-    never hangs the session or stops the reactor.
+    never hangs the session or stops the reactor.  The postmaster's
+    transcript is bounded and made harmless (mta.smtpd.chat,
+    mta.transcript); a notice that cannot be queued is only logged.
 
     smtpd_forbid_bare_newline, for command lines: reject and yes answer a
     line with a bare LF or bare CR with the reject code and disconnect;
@@ -62,7 +68,9 @@ CONFIGURATION
     smtpd_junk_command_limit, smtpd_forbid_unauth_pipelining,
     smtpd_forbid_bare_newline (+ _exclusions, _reject_code), hopcount_limit,
     smtpd_etrn_restrictions, fast_flush_domains, postscreen_greet_wait,
-    postscreen_greet_action; see mta.smtpd.factory.
+    postscreen_greet_action (ignore, enforce, drop); notify_classes and
+    the *_notice_recipient parameters (mta.smtpd.chat); see
+    mta.smtpd.factory.
 
 DEVIATIONS
     smtpd_per_request_deadline defaults to yes (Postfix: no, yes only under
@@ -73,7 +81,8 @@ DEVIATIONS
     line_length_limit octets of an over-long line; mta keeps skipping, under
     the per-request deadline.  Postfix's deadline also covers time the
     kernel holds our unsent replies; mta counts the time its own write
-    buffer is full (the client does not read).
+    buffer is full (the client does not read).  For the error classes of
+    postmaster notices see mta.smtpd.chat.
 """
 
 from collections.abc import Coroutine
@@ -88,9 +97,9 @@ from zope.interface import implementer
 
 from mta.maillog import sanitize
 from mta.model import Reply
+from mta.smtpd.chat import SessionChat
 from mta.smtpd.commands import R_OK, SMTPCommands
 from mta.smtpd.deadline import RequestDeadline
-from mta.transcript import Transcript
 
 log = Logger()
 
@@ -100,13 +109,10 @@ GROUP_ENDERS = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "NOOP", "QUIT"
 JUNK = frozenset({"NOOP", "VRFY", "ETRN", "RSET"})
 # Input held while a command is pending before the socket stops being read.
 PAUSE_THRESHOLD = 65536
-# Postfix's smtpd_history_flush_threshold (default 100): a transcript longer than this is
-# sent (if it met a notify class) and started afresh at the next command, EHLO, RSET or end of data.
-HISTORY_FLUSH_THRESHOLD = 100
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
-class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
+class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
     def __init__(self, factory):
         self.factory = factory
         self.hostname = factory.hostname
@@ -136,10 +142,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         self.saslUsername = None
         self.transaction = None
         self._lastCommand = None
-        # Postfix's session history and error_mask (smtpd_chat.c), for postmaster notices.
-        self.transcript = Transcript() if factory.keepTranscripts else None
-        self._abortReason = None  # why the session ended abnormally (Postfix's state->reason)
-        self._resetAfterReply = False  # the end-of-data reply: flush the transcript after it
+        self._startChat()  # Postfix's session history and error_mask (mta.smtpd.chat)
         self._resetTransaction()
 
     # -- connection -----------------------------------------------------------
@@ -581,38 +584,6 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         if self.transcript is not None:
             self.transcript.sentLines(wire)
         self._out.append(wire)
-
-    # -- the postmaster's transcript (Postfix's smtpd_chat.c) --------------------------------
-
-    def _fault(self, errorClass, reply=None):
-        """
-        The session met an error of C{errorClass} (a notify_classes name:
-        Postfix's error_mask); returns C{reply}, so that a command can say
-        ``return self._fault("protocol", Reply(...))``.
-        """
-        if self.transcript is not None:
-            self.transcript.error(errorClass)
-        return reply
-
-    def _heard(self, line):
-        """A command line arrived (without its line end): Postfix's smtpd_chat_query."""
-        if self.transcript is not None:
-            self._chatReset()
-            self.transcript.received(line)
-
-    def _chatReset(self, threshold=HISTORY_FLUSH_THRESHOLD):
-        """
-        Postfix's chat_reset(): past C{threshold} lines (0: at the end of
-        the session) the transcript goes to the postmaster if the session
-        met a class that notify_classes lists, and starts afresh.
-        """
-        transcript = self.transcript
-        if transcript is None or len(transcript) <= threshold:
-            return
-        notices = self.factory.notices
-        if notices.due(transcript):
-            notices.send("SMTP server", self.client, transcript, reason=self._abortReason if threshold == 0 else None)
-        transcript.clear()
 
     def _flush(self):
         if self._out:

@@ -16,6 +16,10 @@ RCPT stage (ETRN) the recipient restrictions answer DUNNO, as in Postfix.  Acces
 access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
 code with optional enhanced status and text (4xx defers, 5xx rejects),
 or HOLD [text] (the message goes to the hold queue; evaluation goes on).
+A reject or defer carries its notify_classes class (Decision.errorClass, as
+Postfix's smtpd_check_reject): policy, bounce for
+reject_unlisted_recipient, data for a table that cannot answer, software
+for an access value that cannot be used.
 The set grows with later changes (IAccessRestriction plugins).
 
 SECURITY

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from mta.config import load, openTables
 from mta.smtpd.factory import SMTPServerFactory
-from mta.smtpd.protocol import HISTORY_FLUSH_THRESHOLD
+from mta.smtpd.chat import HISTORY_FLUSH_THRESHOLD
 from mta.tables import Tables, TableTemporaryError
 from mta.testing import FakeQueueStore
 from tests.dialogs.harness import Dialog, MailLog
