@@ -46,7 +46,7 @@ lost connections.
 
 SECURITY
     The transcript is the client's text: it is bounded (100 lines and one
-    command's worth, each line at most line_length_limit characters) and
+    command's worth, each line cut at line_length_limit and at 2048 characters) and
     reaches the postmaster only as mta.transcript allows (no header line,
     printable ASCII only).  A notice that cannot be queued is logged; the
     session goes on.

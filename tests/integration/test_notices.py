@@ -57,7 +57,7 @@ def test_protocolAndPolicyErrorsReachThePostmastersMaildir(makeMailhost):
     lines = log.splitlines()
     [cleanup] = [line for line in lines if "mta/cleanup" in line and "message-id=<" in line]
     newId = cleanup.split("]: ", 1)[1].split(":", 1)[0]
-    assert any(f"mta/qmgr" in line and f"{newId}: from=<double-bounce@mta.test>, size=" in line for line in lines)
+    assert any("mta/qmgr" in line and f"{newId}: from=<double-bounce@mta.test>, size=" in line for line in lines)
     assert any(f"{newId}: to=<u@box.example>" in line and "status=sent (delivered to maildir)" in line
                for line in lines)
 
