@@ -409,3 +409,42 @@ def test_theSessionsOwnMessagesAreUntouched():
     lines = transcript(message)
     assert " Out: 250 2.0.0 Ok: queued as FAKE0001" in lines
 
+
+
+# With a footer the XYZZY reply has two lines: the greeting, EHLO and XYZZY make 16, each NOOP 2 more.
+EVEN = "notify_classes = protocol\nsmtpd_reject_footer = see the log\n"
+
+
+def linesBefore(f, count):
+    """A session with a protocol error whose transcript has exactly C{count} lines (greeting, EHLO, XYZZY, NOOPs)."""
+    d = session(f, ["EHLO c\r\n", "XYZZY\r\n"], end=False)
+    while len(d.protocol.transcript) < count:
+        d.send("NOOP\r\n")
+    assert len(d.protocol.transcript) == count
+    return d
+
+
+@pytest.mark.parametrize("verb, after", [("EHLO c", " Out: 250-mx.test"), ("RSET", " Out: 250 2.0.0 Ok")])
+def test_ehloAndRsetFlushTheTranscriptBeforeTheirReply(verb, after):
+    """Postfix's chat_reset() in ehlo_cmd and rset_cmd: the line that passes the threshold flushes at once."""
+    f = factory(EVEN)
+    d = linesBefore(f, HISTORY_FLUSH_THRESHOLD)
+    d.send(f"{verb}\r\n")
+    [(_, message, _)] = notices(f)
+    assert transcript(message)[-1] == f" In:  {verb}"
+    assert " " + d.protocol.transcript.lines()[0] == after  # the new transcript starts with the reply
+    assert d.protocol.transcript.errors == set()
+
+
+def test_theEndOfDataFlushesTheTranscriptAfterItsReply():
+    f = factory(EVEN)
+    d = linesBefore(f, HISTORY_FLUSH_THRESHOLD - 6)
+    d.send("MAIL FROM:<a@example.org>\r\n")
+    d.send("RCPT TO:<u@mx.test>\r\n")
+    d.send("DATA\r\n")
+    assert len(d.protocol.transcript) == HISTORY_FLUSH_THRESHOLD
+    assert notices(f) == []
+    d.send("Subject: s\r\n\r\nhi\r\n.\r\n")  # its reply is line 101: flushed now, not at the next command
+    [(_, message, _)] = notices(f)
+    assert transcript(message)[-1] == " Out: 250 2.0.0 Ok: queued as FAKE0001"
+    assert len(d.protocol.transcript) == 0
