@@ -448,3 +448,26 @@ def test_theEndOfDataFlushesTheTranscriptAfterItsReply():
     [(_, message, _)] = notices(f)
     assert transcript(message)[-1] == " Out: 250 2.0.0 Ok: queued as FAKE0001"
     assert len(d.protocol.transcript) == 0
+
+
+TRANSACTION = ["EHLO c\r\n", "MAIL FROM:<a@example.org>\r\n", "RCPT TO:<u@mx.test>\r\n"]
+
+
+@pytest.mark.parametrize("main, script, reply, errors", [
+    ("message_size_limit = 100\n", ["DATA\r\n", "Subject: s\r\n\r\n" + "x" * 200 + "\r\n.\r\n"],
+     "552 5.3.4 Error: message file too big", {"bounce"}),  # cleanup's CLEANUP_STAT_SIZE
+    ("hopcount_limit = 2\n", ["DATA\r\n", "Received: a\r\nReceived: b\r\nReceived: c\r\n\r\nhi\r\n.\r\n"],
+     "554 5.4.0 Error: too many hops", {"bounce"}),  # CLEANUP_STAT_HOPS
+    ("", ["DATA\r\n", "Subject: s\r\n\r\n" + "x" * 3000 + "\r\n.\r\n"],
+     "552 5.3.4 Error: message line longer than 2048 bytes", {"protocol"}),
+    ("message_size_limit = 100\n", ["BDAT 200 LAST\r\n" + "x" * 200],
+     "552 5.3.4 Error: message file too big", {"policy"}),  # Postfix's BDAT size check
+    ("", ["BDAT 5 LAST\r\nabcde", "DATA\r\n"], "503 5.5.1 Error: need MAIL command", {"protocol"}),
+])
+def test_contentErrorClasses(main, script, reply, errors):
+    f = factory("notify_classes = bounce, policy, protocol\n" + main)
+    d = session(f, TRANSACTION, end=False)
+    for data in script:
+        out = d.send(data)
+    assert out.endswith(reply + "\r\n")
+    assert d.protocol.transcript.errors == errors
