@@ -103,11 +103,12 @@ CONFIGURATION
     bounce_size_limit (50000)              -> bounceSizeLimit (0: none)
     notify_classes (resource, software)    the caller's choice of copies:
         "bounce": copy of each bounce to bounce_notice_recipient;
-        "2bounce": double bounces to 2bounce_notice_recipient;
+        "2bounce" (or "bounce"): double bounces to 2bounce_notice_recipient;
         "delay": copy of each delay warning to delay_notice_recipient
     bounce_notice_recipient, 2bounce_notice_recipient,
     delay_notice_recipient (postmaster)   -> postmaster= (with postmasterCopy)
-    error_notice_recipient (postmaster)    smtpd error transcripts; unused here
+    error_notice_recipient (postmaster)    SMTP session transcripts (mta.transcript);
+                                           unused here
     delay_warning_time (0h: no warnings)   when to warn is the caller's;
                                            -> delayWarningTime (the text)
     maximal_queue_lifetime (5d)            -> maximalQueueLifetime

@@ -392,17 +392,24 @@ PARAMETERS = (
     _P("notify_classes",
        T.ChoiceList(("bounce", "2bounce", "data", "delay", "policy", "protocol", "resource", "software")),
        "resource, software",
-       "Problems reported to the postmaster: bounce, 2bounce, data, delay, policy, protocol, "
-       "resource, software.", "bounce"),
+       "Problems reported to the postmaster: bounce (header copies of bounces, transcripts of "
+       "sessions with unknown recipients; implies 2bounce), 2bounce (undeliverable bounces), "
+       "delay (header copies of delay warnings), and transcripts of SMTP sessions with errors "
+       "of the class data (a table that cannot answer), policy (restriction rejects), protocol "
+       "(client or server protocol errors), resource (queue storage) or software (internal "
+       "errors).", "bounce"),
     _P("bounce_notice_recipient", T.String(), "postmaster",
-       "Recipient of postmaster copies of bounces (class bounce).", "bounce"),
+       "Recipient of postmaster copies of bounces and of transcripts of SMTP sessions that met "
+       "the bounce class (an unknown recipient); a bare name gets @$myorigin.", "bounce"),
     _P("2bounce_notice_recipient", T.String(), "postmaster",
-       "Recipient of undeliverable bounces (class 2bounce).", "bounce"),
+       "Recipient of undeliverable bounces (class 2bounce or bounce); a bare name gets @$myorigin.",
+       "bounce"),
     _P("delay_notice_recipient", T.String(), "postmaster",
-       "Recipient of postmaster copies of delay warnings (class delay).", "bounce"),
+       "Recipient of postmaster copies of delay warnings (class delay); a bare name gets "
+       "@$myorigin.", "bounce"),
     _P("error_notice_recipient", T.String(), "postmaster",
-       "Recipient of postmaster notices of the classes data, policy, protocol, resource and "
-       "software.", "bounce"),
+       "Recipient of the SMTP server's and client's session transcripts for the classes data, "
+       "policy, protocol, resource and software; a bare name gets @$myorigin.", "bounce"),
     _P("delay_warning_time", T.Time("h"), "0h",
        "Warn the sender once when a message has been deferred this long; 0: never.", "bounce"),
     _P("double_bounce_sender", T.String(), "double-bounce",

@@ -32,7 +32,23 @@ and proxy_interfaces): those of the listeners, read from their endpoint
 descriptions with Twisted's own parser (mta.delivery.localaddr, so
 "tcp6:port=25:interface=\\:\\:1" is ::1), every address of the host's
 interfaces for a listener without an interface (inet_interfaces = all),
-none for a UNIX socket, and the proxy_interfaces addresses.  Warnings
+none for a UNIX socket, and the proxy_interfaces addresses.
+
+Postmaster notices (Postfix's smtp_chat_notify): with protocol in
+notify_classes, each session keeps a transcript (the commands, "Out: ",
+and the replies, "In:  ", never the content; the first and last 200 lines
+of a longer one) and notes the protocol errors Postfix notes
+(smtp_chat.c, smtp_trouble.c): a malformed reply, a reply nobody asked
+for, a reply of the wrong class ("Protocol error"), a refusal with a code
+that is not 4xx/5xx, 555 or 500-509.  After a delivery that met one, the
+transcript is queued as "Subject: $mail_name SMTP client: errors from
+HOST[ADDR]:PORT" (LMTP client for lmtp) to error_notice_recipient, from
+double_bounce_sender (mta.transcript), unless the mail is from <> or from
+the double-bounce address.  The client has no other class: Postfix's smtp
+sets only protocol and data (a table lookup that fails: the client's
+header/body checks, reply filter and EHLO keyword maps, which mta's client
+does not have), and no delivery agent, the queue manager or bounce(8)
+reports resource or software problems; so mta does neither.  Warnings
 (an MX host name that is an address, an over-long reply, a malformed
 reply, an interface that is a host name) go to the mail log as
 "warning: ...".
@@ -51,7 +67,8 @@ CONFIGURATION
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_connection_reuse_count_limit, disable_mime_output_conversion,
-    best_mx_transport (mail whose best
+    notify_classes (protocol: see below), error_notice_recipient,
+    bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best
     MX is this host goes to that transport, e.g. virtual), syslog_name,
     the [listener:NAME] endpoints, and the session parameters of
     mta.delivery.smtpclient.
@@ -79,10 +96,16 @@ from mta.delivery.mime7bit import to7bit
 from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts, parseInetProtocols
 from mta.delivery.nexthop import parseNexthop
 from mta.delivery.smtpclient import ClientSettings, RemoteHost, SMTPClientSession
+from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
 
 CHUNK = 65536
+# The notify_classes a client session can meet (Postfix's smtp error_mask: protocol; its data
+# class is for table lookups that mta's client does not make).
+CLIENT_ERROR_CLASSES = frozenset({"protocol"})
+# Lines of a client session's transcript kept for a postmaster notice: the first and the last half.
+TRANSCRIPT_LINES = 400
 
 
 def _withSuccessAction(outcome):
@@ -206,6 +229,11 @@ class SMTPTransport:
                                      params["smtp_connection_reuse_time_limit"],
                                      params["smtp_connection_reuse_count_limit"])
         self.maillog = MailLogger(params["syslog_name"], name)
+        maillogFor = getattr(context, "maillogFor", None)
+        self.notices = TranscriptNotices.fromParameters(
+            params, self.store, self.reactor, self.maillog,
+            cleanupLog=maillogFor("cleanup") if maillogFor is not None else None)
+        self.keepTranscripts = self.notices.wants(CLIENT_ERROR_CLASSES)
         addresses = listenerAddresses([e for _, e in context.listenerDescriptions()], warn=self._warn)
         for interface in params["proxy_interfaces"]:
             address = parseAddress(interface)
@@ -351,6 +379,7 @@ class SMTPTransport:
         subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
         outcome = await cached.session.deliver(subrequest, self._content(cached.session, request), cached.remote,
                                                keepOpen=True)
+        self._chatNotify(cached.session, request, cached.remote)
         outcome = attrs.evolve(outcome, results=tuple(attrs.evolve(r, conn_use=uses) for r in outcome.results))
         if outcome.reusable:
             self.cache.put(request.nexthop, cached.session, cached.remote, cached.created, uses)
@@ -368,7 +397,8 @@ class SMTPTransport:
             endpoint = factory(self.reactor, host.address, host.port, timeout=self.connectTimeout,
                                bindAddress=(bind, 0) if bind else None)
             remote = RemoteHost(host.name, host.address, host.port)
-        session = SMTPClientSession(self.settings, self.reactor, self.maillog)
+        transcript = Transcript(maxLines=TRANSCRIPT_LINES) if self.keepTranscripts else None
+        session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript)
         try:
             await connectProtocol(endpoint, session)
         except Exception as e:
@@ -377,9 +407,29 @@ class SMTPTransport:
         keepOpen = self._cacheable(destination) and destination == request.nexthop
         subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
         outcome = await session.deliver(subrequest, self._content(session, request), remote, keepOpen=keepOpen)
+        self._chatNotify(session, request, remote)
         if keepOpen and outcome.reusable:
             self.cache.put(destination, session, remote, created, 1)
         return outcome, None
+
+
+    def _chatNotify(self, session, request, remote):
+        """
+        Postfix's smtp_chat_notify() from smtp_cleanup_session(): after a
+        delivery on a session whose errors notify_classes lists, the
+        transcript goes to the postmaster, unless the mail is itself a
+        bounce or a postmaster notice ("Don't send notifications about
+        errors while sending notifications"); then it starts afresh for
+        the next delivery on the connection.
+        """
+        transcript = session.transcript
+        if transcript is None:
+            return
+        sender = request.envelope.sender
+        if self.notices.due(transcript) and sender and sender.lower() != self.notices.sender.lower():
+            role = "LMTP client" if self.lmtp else "SMTP client"
+            self.notices.send(role, remote.relay, transcript, preface=f"Unexpected response from {remote.relay}.")
+        transcript.clear()
 
 
 def _connectError(e):

@@ -106,6 +106,16 @@ DESCRIPTION
     smtp_data_done_timeout, RSET smtp_rset_timeout, QUIT smtp_quit_timeout.
     The connect timeout is the caller's.
 
+    With a transcript (mta.transcript.Transcript, the caller's when
+    notify_classes asks for one), the session records each command it
+    sends ("Out: ", the final "." and a pipelined QUIT included, never the
+    content) and each reply line it reads ("In:  ", the offending line of
+    a malformed reply too), and notes the protocol class where Postfix's
+    smtp_chat.c and smtp_trouble.c set MAIL_ERROR_PROTOCOL: a malformed
+    reply or one nobody asked for, a refusal whose code is not 4xx or 5xx
+    or is 555 or 500-509, a reply of the wrong class.  The caller
+    (mta.delivery.smtp) sends it to the postmaster.
+
     STARTTLS goes in _startTLS(), after the EHLO reply is parsed and
     before MAIL: send STARTTLS, read 220, call _discardInput() so that
     nothing read before the handshake is trusted, start TLS on the
@@ -369,9 +379,10 @@ class _ContentError(Exception):
 class _Transaction:
     """Per-recipient results of one deliver()."""
 
-    def __init__(self, request, host):
+    def __init__(self, request, host, fault=None):
         self.request = request
         self.host = host
+        self.fault = fault  # fault(errorClass): the session met an error of a notify_classes class
         self.results = {}
         self.retry = set()
         self.reason = None
@@ -404,6 +415,12 @@ class _Transaction:
     def refused(self, rcpts, reply, text, dsn=None, reason=False):
         """A failure the server said: 4xx defers (retry elsewhere), 5xx bounces."""
         dsn = dsn or reply.dsn
+        # Postfix's smtp_check_code(): a code that is not 4xx or 5xx, 555, or 500-509 (syntax
+        # errors, most likely ours) is the protocol class, and so is a reply of the wrong class.
+        code = reply.code
+        if self.fault is not None and (dsn[0] not in "45" or not 400 <= code <= 599 or code == 555
+                                       or 500 <= code < 510):
+            self.fault("protocol")
         if dsn[0] not in "45":
             text = "Protocol error: " + text
             dsn = "5.5.0"
@@ -441,10 +458,12 @@ def _uxtext(text):
 class SMTPClientSession(Protocol, TimeoutMixin):
     """One client session on one connection; see the module docstring."""
 
-    def __init__(self, settings, clock, maillog=None):
+    def __init__(self, settings, clock, maillog=None, transcript=None):
         self.settings = settings
         self.callLater = clock.callLater  # TimeoutMixin's clock
         self.maillog = maillog  # a mta.maillog.MailLogger for warnings, or None (twisted.logger)
+        # A mta.transcript.Transcript (Postfix's session history and error_mask), or None.
+        self.transcript = transcript
         self._parser = ReplyParser(settings.replyLimit)
         self._replies = deque()
         self._expected = 1  # replies owed by the server: the greeting so far
@@ -496,6 +515,9 @@ class SMTPClientSession(Protocol, TimeoutMixin):
         self._wake()
 
     def _reply(self, reply):
+        if self.transcript is not None:
+            for line in reply.lines:
+                self.transcript.received(line)
         if reply.longLines:
             self._warn(f"{self._peer()}: response longer than {reply.limit}: {reply.longSample}...")
         if reply.skippedLines:
@@ -526,6 +548,10 @@ class SMTPClientSession(Protocol, TimeoutMixin):
             log.warn("{text}", text=text)
 
     def _protocolError(self, error):
+        if self.transcript is not None:
+            if isinstance(error, MalformedReply) and error.what != "unexpected response":
+                self.transcript.received(error.line)  # an unexpected reply is in the transcript already
+            self.transcript.error("protocol")
         detail = f"{error.detail}: " if error.detail else ""
         self._warn(f"{error.what} from {self._peer()}: {detail}{error.line}")
         self._abort()
@@ -592,6 +618,8 @@ class SMTPClientSession(Protocol, TimeoutMixin):
         if b"\r" in bare or b"\n" in bare or b"\0" in bare:
             raise ValueError("line end or NUL inside a command")
         self._expected += replies
+        if self.transcript is not None:
+            self.transcript.sentLines(data)
         self.transport.write(data)
 
     def _read(self, timeout):
@@ -658,7 +686,7 @@ class SMTPClientSession(Protocol, TimeoutMixin):
     async def _deliver(self, request, content, host, keepOpen, bestMx):
         self.host = host
         self._queueId = request.queue_id
-        tx = _Transaction(request, host)
+        tx = _Transaction(request, host, self.transcript.error if self.transcript is not None else None)
         quitSent = False
         try:
             try:
@@ -934,6 +962,8 @@ class SMTPClientSession(Protocol, TimeoutMixin):
             tx.dotSent = True
             self._stage = _DOT
             self._expected += 1 if quit else 0
+            if self.transcript is not None:
+                self.transcript.sentLines(b".\r\nQUIT\r\n" if quit else b".\r\n")
             self.transport.write(encoder.finish() + (b"QUIT\r\n" if quit else b""))
         finally:
             self._paused = False

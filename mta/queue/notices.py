@@ -4,18 +4,29 @@ The queue manager decides that a notice is due (bounced recipients, or
 NOTIFY=SUCCESS deliveries); this module builds it with mta.bounce and
 queues it as a new message from the null sender, then logs Postfix's line
 (``ID: sender non-delivery notification: NEWID``, program bounce).  It never
-bounces a bounce: a failed message from <> goes to the postmaster only when
-notify_classes has 2bounce (else it is dropped with a log line), and a
-failed postmaster notice (from $double_bounce_sender) is always dropped
+bounces a bounce: a failed message from <> goes to the postmaster
+(2bounce_notice_recipient, the whole message) only when notify_classes has
+2bounce or bounce ("bounce (also implies 2bounce)", as Postfix's
+bounce_notify_service.c tests either), else it is dropped with a log line;
+a failed postmaster notice (from $double_bounce_sender) is always dropped
 (``warning: ID: undeliverable postmaster notification discarded``).
-With notify_classes containing bounce, the postmaster gets a copy
-(headers only) of every bounce.
+With notify_classes containing bounce, the postmaster
+(bounce_notice_recipient) gets a copy, headers only, of every bounce
+(``postmaster non-delivery notification: NEWID``); with delay, the
+postmaster (delay_notice_recipient) gets a copy, headers only, of every
+delay warning (``postmaster delay notification: NEWID``), as Postfix's
+bounce_warn_service.c sends it.  Mail from <> gets no delay warning at all
+(Postfix's cleanup gives it no warning time), so neither does the
+postmaster.
 
 A notice that cannot be queued (disk full, an I/O error) is logged as
 bounce(8) does (``warning: ID: sender notification failed to ADDR: ...``)
 and the QueueWriteError goes back to the queue manager, which keeps the
 message (and its unrecorded "notified" state) and tries again later: a
-notice is owed until a state record says it was queued.  send() says
+notice is owed until a state record says it was queued.  A postmaster copy
+that cannot be queued after the sender's notice was is only logged
+(``warning: ID: postmaster notification failed: ...``), as in Postfix, so
+the sender never gets the notice twice.  send() says
 whether a notice was queued, so the manager records "notified" only then.
 
 SECURITY
@@ -23,7 +34,9 @@ SECURITY
     quoted; mta.bounce keeps untrusted text out of header lines.
 
 CONFIGURATION
-    bounce_size_limit, notify_classes, bounce_notice_recipient, delay_warning_time,
+    bounce_size_limit, notify_classes (bounce, 2bounce and delay are acted on
+    here; the other classes are the SMTP server's and client's, mta.transcript),
+    bounce_notice_recipient, delay_notice_recipient, delay_warning_time,
     2bounce_notice_recipient, double_bounce_sender, myhostname, myorigin,
     mail_name, maximal_queue_lifetime.
 """
@@ -36,6 +49,8 @@ from mta.queue.files import QueueWriteError
 
 PROGRAM = "bounce"
 WHAT = {"failure": "non-delivery", "delay": "delay", "success": "delivery status"}
+# Postfix's ANY_BOUNCE: either class sends a failed bounce to the postmaster.
+ANY_BOUNCE = frozenset({"bounce", "2bounce"})
 
 
 class Notices:
@@ -50,6 +65,7 @@ class Notices:
         self.classes = frozenset(c.lower() for c in params["notify_classes"])
         self.bounceRecipient = params["bounce_notice_recipient"]
         self.doubleBounceRecipient = params["2bounce_notice_recipient"]
+        self.delayRecipient = params["delay_notice_recipient"]
         self.doubleBounceSender = params["double_bounce_sender"]
         self.lifetime = params["maximal_queue_lifetime"]
         self.delayWarning = params["delay_warning_time"]
@@ -81,8 +97,9 @@ class Notices:
         if not envelope.sender:
             if kind != "failure":
                 return False
-            if "2bounce" not in self.classes:
-                self.maillog.emit("undeliverable bounce discarded (2bounce is not in notify_classes)", queueId)
+            if not self.classes & ANY_BOUNCE:
+                self.maillog.emit("undeliverable bounce discarded (notify_classes has neither 2bounce nor bounce)",
+                                  queueId)
                 return True
             newId = await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.doubleBounceRecipient,
                                       what="postmaster non-delivery")
@@ -90,10 +107,20 @@ class Notices:
         newId = await self._queue(kind, message, pairs, what=f"sender {WHAT[kind]}")
         queued = newId is not None
         if kind == "failure" and "bounce" in self.classes:
-            copyId = await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.bounceRecipient,
-                                       what="postmaster non-delivery")
-            queued = queued or copyId is not None
-        return queued
+            copy = dict(postmaster=self.bounceRecipient, what="postmaster non-delivery")
+        elif kind == "delay" and "delay" in self.classes:
+            copy = dict(postmaster=self.delayRecipient, what="postmaster delay")
+        else:
+            return queued
+        try:
+            copyId = await self._queue(kind, message, pairs, postmasterCopy=True, **copy)
+        except QueueWriteError:
+            if not queued:
+                raise
+            # Postfix: "This postmaster notice is not critical, so if it fails don't retransmit
+            # the bounce that we just generated, just log a warning" (logged by _queue).
+            return True
+        return queued or copyId is not None
 
     async def _queue(self, kind, message, pairs, what, postmasterCopy=False, postmaster="postmaster"):
         """Build and queue one notice; its queue id, or None when nobody asked for it.  QueueWriteError."""

@@ -14,6 +14,10 @@ line-length and size checks.  DATA returns to command mode at its real end
 (CRLF "." CRLF) only; a fatal content error (a bare newline under reject)
 replies and disconnects.
 
+Each refusal marks its notify_classes error class as Postfix's smtpd does
+(self._fault("protocol", reply); mta.smtpd.chat lists which is which), for
+the postmaster's transcript notices.
+
 SECURITY
     Everything a client sends is untrusted: paths and parameters are
     parsed strictly (mta.address), a HELO name longer than a domain may be
@@ -100,12 +104,13 @@ class SMTPCommands:
 
     def _hello(self, verb, arg, protocolName, lines):
         if not arg:
-            return Reply(501, "5.5.4", f"Syntax: {verb} hostname")
+            return self._fault("protocol", Reply(501, "5.5.4", f"Syntax: {verb} hostname"))
         if len(arg.encode("utf-8")) > MAX_DOMAIN:
             # No domain is longer (RFC 5321 4.5.3.1.2); Postfix's reject_invalid_helo_hostname reply.
             reply = Reply(501, "5.5.2", f"<{sanitize(arg[:64])}...>: Helo command rejected: Invalid name")
             self._logReject(verb, reply)
-            return reply
+            return self._fault("policy", reply)
+        self._chatReset()
         self._resetTransaction()
         self.helo = sanitize(arg)
         self.protocolName = protocolName
@@ -136,7 +141,8 @@ class SMTPCommands:
 
     def smtp_RSET(self, arg):
         if arg:
-            return Reply(501, "5.5.4", "Syntax: RSET")
+            return self._fault("protocol", Reply(501, "5.5.4", "Syntax: RSET"))
+        self._chatReset()
         self._resetTransaction()
         return R_OK
 
@@ -148,36 +154,36 @@ class SMTPCommands:
 
     def smtp_VRFY(self, arg):
         if self.factory.disableVrfy:
-            return Reply(502, "5.5.1", "VRFY command is disabled")
+            return self._fault("policy", Reply(502, "5.5.1", "VRFY command is disabled"))
         if not arg:
-            return Reply(501, "5.5.4", "Syntax: VRFY address")
+            return self._fault("protocol", Reply(501, "5.5.4", "Syntax: VRFY address"))
         try:
             address = parsePath(arg if arg.startswith("<") else f"<{arg}>", allowNull=False)
         except PathError as e:
-            return Reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
+            return self._fault("protocol", Reply(501, "5.1.3", f"Bad recipient address syntax: {e}"))
         return Reply(252, "2.0.0", f"<{address}>")
 
     async def smtp_ETRN(self, arg):
         """RFC 1985, with Postfix's replies and checks (smtpd.c etrn_cmd)."""
         factory = self.factory
         if factory.heloRequired and self.helo is None:
-            return Reply(503, "", "Error: send HELO/EHLO first")
+            return self._fault("policy", Reply(503, "", "Error: send HELO/EHLO first"))
         if self.sender is not None:
-            return Reply(503, "", "Error: MAIL transaction in progress")
+            return self._fault("protocol", Reply(503, "", "Error: MAIL transaction in progress"))
         words = arg.split()
         if len(words) != 1:
-            return Reply(500, "", "Syntax: ETRN domain")
+            return self._fault("protocol", Reply(500, "", "Syntax: ETRN domain"))
         site = words[0]
         if site[:1] in ("@", "#"):
             site = site[1:]  # RFC 1985's subdomain and queue forms are taken as the domain, as Postfix does
         try:
             site = parseDomain(site)
         except PathError:
-            return Reply(501, "", "Error: invalid parameter syntax")
-        reply = await factory.policy.checkEtrn(self.clientAddress, self.clientName, self.helo, site)
+            return self._fault("protocol", Reply(501, "", "Error: invalid parameter syntax"))
+        reply, errorClass = await factory.policy.checkEtrn(self.clientAddress, self.clientName, self.helo, site)
         if reply is not None:
             self._logReject("ETRN", reply)
-            return reply
+            return self._fault(errorClass, reply)
         try:
             eligible = await factory.policy.fastFlushDomains.matches(site)
         except TableTemporaryError:
@@ -202,11 +208,11 @@ class SMTPCommands:
     def smtp_MAIL(self, arg):
         factory = self.factory
         if self.sender is not None:
-            return Reply(503, "5.5.1", "Error: nested MAIL command")
+            return self._fault("protocol", Reply(503, "5.5.1", "Error: nested MAIL command"))
         if factory.heloRequired and self.helo is None:
-            return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+            return self._fault("policy", Reply(503, "5.5.1", "Error: send HELO/EHLO first"))
         if arg[:5].upper() != "FROM:":
-            return Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+            return self._fault("protocol", Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
         try:
             path, params = splitPathAndParameters(arg[5:], strict=factory.strictEnvelopes)
             mailParams = parseMailParameters(params, sizeLimit=factory.sizeLimit, offered=self._offered())
@@ -214,17 +220,17 @@ class SMTPCommands:
         except SizeExceeded:
             reply = Reply(552, "5.3.4", "Message size exceeds fixed limit")
             self._logReject("MAIL", reply)
-            return reply
+            return self._fault("policy", reply)
         except ParameterError as e:
-            return Reply(555, "5.5.4", f"Unsupported option: {e}")
+            return self._fault("protocol", Reply(555, "5.5.4", f"Unsupported option: {e}"))
         except NonAsciiPathError as e:
-            return Reply(553, "5.6.7", f"Bad sender address syntax: {e}")
+            return Reply(553, "5.6.7", f"Bad sender address syntax: {e}")  # no class, as in Postfix
         except PathError as e:
-            return Reply(501, "5.1.7", f"Bad sender address syntax: {e}")
+            return self._fault("protocol", Reply(501, "5.1.7", f"Bad sender address syntax: {e}"))
         if not factory.enoughSpace(mailParams.size or 0):
             reply = Reply(452, "4.3.1", "Insufficient system storage")
             self._logReject("MAIL", reply)
-            return reply
+            return self._fault("resource", reply)
         self.sender = sender
         self.mailParams = mailParams
         return chooseHeaderRewrite(self, Reply(250, "2.1.0", "Ok"))  # local_header_rewrite_clients
@@ -232,9 +238,9 @@ class SMTPCommands:
     async def smtp_RCPT(self, arg):
         factory = self.factory
         if self.sender is None:
-            return Reply(503, "5.5.1", "Error: need MAIL command")
+            return self._fault("protocol", Reply(503, "5.5.1", "Error: need MAIL command"))
         if arg[:3].upper() != "TO:":
-            return Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+            return self._fault("protocol", Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
         self._rcptTried = True
         try:
             path, params = splitPathAndParameters(
@@ -243,24 +249,28 @@ class SMTPCommands:
             rcptParams = parseRcptParameters(params, offered=self._offered(), smtputf8=self.mailParams.smtputf8)
             address = factory.rewrite.parsePath(path, allowNull=False, smtputf8=self.mailParams.smtputf8)
         except ParameterError as e:
-            return Reply(555, "5.5.4", f"Unsupported option: {e}")
+            return self._fault("protocol", Reply(555, "5.5.4", f"Unsupported option: {e}"))
         except NonAsciiPathError as e:
-            return Reply(553, "5.6.7", f"Bad recipient address syntax: {e}")
+            return Reply(553, "5.6.7", f"Bad recipient address syntax: {e}")  # no class, as in Postfix
         except PathError as e:
-            return Reply(501, "5.1.3", f"Bad recipient address syntax: {e}")
+            return self._fault("protocol", Reply(501, "5.1.3", f"Bad recipient address syntax: {e}"))
         if len(self.recipients) >= factory.recipientLimit:
             self._overshoot += 1
             self._uncountedError = self._overshoot <= factory.overshootLimit
+            if not self._uncountedError:  # past the overshoot limit: an error, and Postfix's policy class
+                self._fault("policy")
             return Reply(452, "4.5.3", "Error: too many recipients")
+        errorClass = "policy"
         if self._earlyTalker:
-            reply, hold = Reply(550, "5.5.1", "Protocol error"), None
+            reply, hold, errorClass = Reply(550, "5.5.1", "Protocol error"), None, "protocol"
         elif path[1:-1].lower() == "postmaster":  # bare: always accepted (RFC 5321 4.5.1), as in Postfix
             reply, hold = None, None
         else:
-            reply, hold = await factory.policy.checkRecipient(self.clientAddress, address, self.helo, self.sender)
+            reply, hold, errorClass = await factory.policy.checkRecipient(
+                self.clientAddress, address, self.helo, self.sender)
         if reply is not None:
             self._logReject("RCPT", reply, address)
-            return reply
+            return self._fault(errorClass, reply)
         if hold is not None and self.hold is None:
             self.hold = hold
             self._logReject("RCPT", None, address, action="hold", text=hold)
@@ -271,24 +281,24 @@ class SMTPCommands:
         """Open the queue file (with our Received header); a Reply on failure."""
         if not self.recipients:
             if self._rcptTried:
-                return Reply(554, "5.5.1", "Error: no valid recipients")
-            return Reply(503, "5.5.1", "Error: need RCPT command")
+                return Reply(554, "5.5.1", "Error: no valid recipients")  # no class: pipelining makes it normal
+            return self._fault("protocol", Reply(503, "5.5.1", "Error: need RCPT command"))
         try:
             self.transaction = IncomingTransaction(self)
         except Exception as e:
             log.error("smtpd: cannot create a queue file: {error}", error=str(e))
-            return Reply(451, "4.3.0", "Error: queue file write error")
+            return self._fault("resource", Reply(451, "4.3.0", "Error: queue file write error"))
         return None
 
     def smtp_DATA(self, arg):
         if arg:
-            return Reply(501, "5.5.4", "Syntax: DATA")
+            return self._fault("protocol", Reply(501, "5.5.4", "Syntax: DATA"))
         if self.sender is None:
-            return Reply(503, "5.5.1", "Error: need MAIL command")
+            return self._fault("protocol", Reply(503, "5.5.1", "Error: need MAIL command"))
         if self.transaction is not None or self._bdatFailure is not None:
-            return Reply(503, "5.5.1", "Error: DATA after BDAT")
+            return self._fault("protocol", Reply(503, "5.5.1", "Error: DATA after BDAT"))
         if self.mailParams.body == "BINARYMIME":
-            return Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT")
+            return self._fault("protocol", Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT"))
         failure = self._startMessage()
         if failure is not None:
             return failure
@@ -319,10 +329,14 @@ class SMTPCommands:
         self._count(verb, False)
         self._bareNewlineReject(where)
 
-    def _contentReply(self, error):
+    def _contentReply(self, error, verb="data"):
         if error == D.TOO_BIG:
-            return Reply(552, "5.3.4", "Error: message file too big")
-        return Reply(552, "5.3.4", f"Error: message line longer than {self.factory.lineLimit} bytes")
+            # Postfix: cleanup's "message file too big" is the bounce class; BDAT's size check, policy.
+            reply = Reply(552, "5.3.4", "Error: message file too big")
+            return self._fault("bounce" if verb == "data" else "policy", reply)
+        # Postfix has no such limit (it splits long lines): mta counts it a protocol error.
+        reply = Reply(552, "5.3.4", f"Error: message line longer than {self.factory.lineLimit} bytes")
+        return self._fault("protocol", reply)
 
     def _endData(self):
         """The real end of data (CRLF.CRLF): only here does DATA return to command mode."""
@@ -331,6 +345,7 @@ class SMTPCommands:
         self._mode = "command"
         self._newRequest()
         self._lastCommand = "END-OF-MESSAGE"
+        self._resetAfterReply = True
         if reader.error is not None:
             reply = self._contentReply(reader.error)
             self._logReject("END-OF-MESSAGE", reply)
@@ -346,7 +361,7 @@ class SMTPCommands:
         if reply is not None:
             self._logReject("END-OF-MESSAGE", reply)
             self._resetTransaction()
-            self._respond(verb, reply)
+            self._respond(verb, self._fault("bounce", reply))  # too many hops: Postfix's bounce class
             return
         self._resetTransaction()
         d = transaction.commit()
@@ -357,7 +372,7 @@ class SMTPCommands:
 
         def failed(failure):
             log.error("smtpd: queue file write error: {error}", error=failure.getErrorMessage())
-            return Reply(451, "4.3.0", "Error: queue file write error")
+            return self._fault("resource", Reply(451, "4.3.0", "Error: queue file write error"))
 
         self._respond(verb, d.addCallbacks(committed, failed))
 
@@ -370,6 +385,7 @@ class SMTPCommands:
         ):
             # The chunk's length is unknown, so the stream cannot be followed.
             self._count("bdat", False)
+            self._fault("protocol")
             self._reply(Reply(501, "5.5.4", "Syntax: BDAT count [LAST]"))
             self._close()
             return None
@@ -378,9 +394,9 @@ class SMTPCommands:
         self._chunkLast = len(parts) == 2
         self._chunkError = None
         if self.protocolName == "SMTP":
-            self._chunkError = Reply(503, "5.5.1", "Error: send EHLO first")
+            self._chunkError = self._fault("protocol", Reply(503, "5.5.1", "Error: send EHLO first"))
         elif self.sender is None:
-            self._chunkError = Reply(503, "5.5.1", "Error: need MAIL command")
+            self._chunkError = self._fault("protocol", Reply(503, "5.5.1", "Error: need MAIL command"))
         elif size == 0 and not self._chunkLast:
             # Postfix blocks empty chunks rather than count them as junk (smtpd.c bdat_cmd).
             queueId = self.transaction.queueId if self.transaction is not None else "NOQUEUE"
@@ -432,6 +448,7 @@ class SMTPCommands:
         self._newRequest()
         if self._chunkLast:
             self._lastCommand = "END-OF-MESSAGE"
+            self._resetAfterReply = True
         content = self._content
         if self._chunkError is None:
             if self._chunkLast:
@@ -440,7 +457,7 @@ class SMTPCommands:
                     self._contentFatal("bdat", "BDAT")
                     return
             if content.error is not None:
-                self._failBdat(self._contentReply(content.error))
+                self._failBdat(self._contentReply(content.error, "bdat"))
         if self._chunkError is not None:
             if self._chunkLast and self._bdatFailure is not None:
                 if self._bdatFailure.code >= 500:

@@ -17,6 +17,9 @@ CONFIGURATION
     458 as in Postfix without its flush service).  For address rewriting
     (mta.rewrite): append_at_myorigin, append_dot_mydomain, myorigin,
     mydomain, local_header_rewrite_clients, remote_header_rewrite_domain.
+    For postmaster notices (mta.transcript, only for the daemon's
+    listeners): notify_classes, error_notice_recipient,
+    bounce_notice_recipient, double_bounce_sender, myorigin.
 """
 
 from twisted.internet.protocol import Factory
@@ -39,10 +42,17 @@ FREE_SPACE_CACHE = 1.0  # seconds a statvfs() reading is reused
 class SMTPServerFactory(Factory):
     noisy = False
 
-    def __init__(self, params, clock, store, tables, listenerName="smtp", flushSite=None):
+    def __init__(self, params, clock, store, tables, listenerName="smtp", flushSite=None, postmasterNotices=False):
+        """
+        C{postmasterNotices}: send the postmaster transcripts of sessions
+        whose errors notify_classes lists (the daemon's listeners; not in
+        stand-alone mode, mta-sendmail -bs, as in Postfix).
+        """
         from mta.rewrite import AddressRewriting, HeaderRewriteClients
+        from mta.smtpd.chat import SERVER_ERROR_CLASSES
         from mta.smtpd.policy import RecipientPolicy
         from mta.tables.matchers import NetworkMatcher
+        from mta.transcript import TranscriptNotices
 
         self.params = params
         self.clock = clock
@@ -89,6 +99,11 @@ class SMTPServerFactory(Factory):
         self.headerSizeLimit = params["header_size_limit"]
         self.greetWait = params["postscreen_greet_wait"]
         self.greetAction = params["postscreen_greet_action"]
+        # Postmaster notices (smtpd_chat_notify): a transcript is kept when notify_classes lists a
+        # class the server can meet; at the end of the session (or when it passes the flush
+        # threshold) it goes to the postmaster if the session met one of the listed classes.
+        self.notices = TranscriptNotices.fromParameters(params, store, clock, self.maillog)
+        self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(params["notify_classes"]))
 
         words = {k.upper() for k in params["smtpd_discard_ehlo_keywords"]}
         discard = words - {"SILENT-DISCARD"}
@@ -149,5 +164,5 @@ def serverFactory(listener, daemon):
     """The factory for one listener of the running daemon."""
     return SMTPServerFactory(
         listener.params, daemon.clock, daemon.store, daemon.tables, listener.name,
-        flushSite=getattr(daemon, "flushSite", None),
+        flushSite=getattr(daemon, "flushSite", None), postmasterNotices=True,
     )

@@ -166,7 +166,7 @@ def chooseHeaderRewrite(session, ok):
             reply = Reply(451, "4.3.0", "Temporary lookup error")
             session._resetTransaction()  # no sender yet, as in Postfix's log line
             session._logReject("MAIL", reply)
-            return reply
+            return session._fault("resource", reply)  # Postfix's smtpd_check_rewrite: the resource class
         session.headerRewrite = factory.rewrite.headerContext(local)
         return ok
 

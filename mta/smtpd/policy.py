@@ -14,6 +14,10 @@ address class, as Postfix does:
     $virtual_mailbox_domains  virtual_alias_maps, then virtual_mailbox_maps
     $relay_domains            relay_recipient_maps (empty: all valid)
 
+checkRecipient() and checkEtrn() also say the notify_classes class of a
+refusal (policy; bounce for an unknown recipient; data for a table that
+cannot answer), for the postmaster's transcript notices (mta.smtpd.chat).
+
 Relay control (reject_unauth_destination) lets an untrusted client reach
 only those domains (relay_domains with their subdomains).  Relay tricks
 are judged on the address as parsed (mta.address): a recipient whose local
@@ -88,32 +92,36 @@ class RecipientPolicy:
     async def checkRecipient(self, clientAddress, address, helo=None, sender=None):
         """
         Judge RCPT TO:<address> (an mta.model.Address) from C{clientAddress}.
-        Return (reply, hold): reply None to accept, or the Reply to send;
-        hold None, or the reason a HOLD action gave.
+        Return (reply, hold, errorClass): reply None to accept, or the Reply
+        to send; hold None, or the reason a HOLD action gave; errorClass
+        the notify_classes class of a refusal, as Postfix's: policy for a
+        restriction, bounce for an unknown recipient, data for a table
+        that cannot answer.
         """
         try:
             decision = await self.restrictions.evaluate(Request(clientAddress, helo, sender, address))
             if decision.action in ("reject", "defer"):
-                return decision.reply, None
+                return decision.reply, None, decision.errorClass
             if self.rejectUnlisted:
                 reply = await self.unlistedRecipient(address)
                 if reply is not None:
-                    return reply, None
+                    return reply, None, "bounce"
         except TableTemporaryError:
-            return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure"), None
-        return None, decision.hold
+            return Reply(451, "4.3.0", f"<{address}>: Temporary lookup failure"), None, "data"
+        return None, decision.hold, None
 
     async def checkEtrn(self, clientAddress, clientName, helo, domain):
         """
         Judge ETRN C{domain} with smtpd_etrn_restrictions (the domain is
         what check_etrn_access looks up; recipient restrictions have nothing
-        to judge): the Reply to send, or None to go on.
+        to judge): (the Reply to send, its notify_classes class), or (None,
+        None) to go on.
         """
         request = Request(clientAddress, helo, None, None, client_name=clientName, etrn_domain=domain)
         decision = await self.etrnRestrictions.evaluate(request)
         if decision.action in ("reject", "defer"):
-            return decision.reply
-        return None
+            return decision.reply, decision.errorClass
+        return None, None
 
     async def authorizedDestination(self, address):
         if address.domain.startswith("["):

@@ -31,6 +31,10 @@ renewed by every read, as in Postfix by default.  Either way a timeout
 answers "421 4.4.2 <myhostname> Error: timeout exceeded", closes, and logs
 Postfix's "timeout after DATA (N bytes) from ..." line.
 
+Postmaster notices: the session keeps Postfix's transcript and error
+classes (mta.smtpd.chat, which says which reply is which class) and sends
+them to the postmaster when notify_classes says so (mta.transcript).
+
 SECURITY
     Everything read is untrusted.  A command line of line_length_limit
     octets or more (CRLF not counted) is refused with 500 5.5.2 however it
@@ -42,7 +46,9 @@ SECURITY
     forbidden commands get 221 and a close; a client that keeps making
     errors is slowed down, then disconnected; a trickling client meets the
     per-request deadline; a failure inside a check answers 451 4.3.0, it
-    never hangs the session or stops the reactor.
+    never hangs the session or stops the reactor.  The postmaster's
+    transcript is bounded and made harmless (mta.smtpd.chat,
+    mta.transcript); a notice that cannot be queued is only logged.
 
     smtpd_forbid_bare_newline, for command lines: reject and yes answer a
     line with a bare LF or bare CR with the reject code and disconnect;
@@ -62,7 +68,9 @@ CONFIGURATION
     smtpd_junk_command_limit, smtpd_forbid_unauth_pipelining,
     smtpd_forbid_bare_newline (+ _exclusions, _reject_code), hopcount_limit,
     smtpd_etrn_restrictions, fast_flush_domains, postscreen_greet_wait,
-    postscreen_greet_action; see mta.smtpd.factory.
+    postscreen_greet_action (ignore, enforce, drop); notify_classes and
+    the *_notice_recipient parameters (mta.smtpd.chat); see
+    mta.smtpd.factory.
 
 DEVIATIONS
     smtpd_per_request_deadline defaults to yes (Postfix: no, yes only under
@@ -73,7 +81,8 @@ DEVIATIONS
     line_length_limit octets of an over-long line; mta keeps skipping, under
     the per-request deadline.  Postfix's deadline also covers time the
     kernel holds our unsent replies; mta counts the time its own write
-    buffer is full (the client does not read).
+    buffer is full (the client does not read).  For the error classes of
+    postmaster notices see mta.smtpd.chat.
 """
 
 from collections.abc import Coroutine
@@ -88,6 +97,7 @@ from zope.interface import implementer
 
 from mta.maillog import sanitize
 from mta.model import Reply
+from mta.smtpd.chat import SessionChat
 from mta.smtpd.commands import R_OK, SMTPCommands
 from mta.smtpd.deadline import RequestDeadline
 
@@ -102,7 +112,7 @@ PAUSE_THRESHOLD = 65536
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
-class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
+class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
     def __init__(self, factory):
         self.factory = factory
         self.hostname = factory.hostname
@@ -132,6 +142,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         self.saslUsername = None
         self.transaction = None
         self._lastCommand = None
+        self._startChat()  # Postfix's session history and error_mask (mta.smtpd.chat)
         self._resetTransaction()
 
     # -- connection -----------------------------------------------------------
@@ -178,6 +189,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
             factory.maillog.emit(
                 f"warning: Connection concurrency limit exceeded: {count} from {self.client}", client=self.client
             )
+            self._fault("policy")
             self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {self.clientAddress}"))
             self._close()
             return False
@@ -206,11 +218,16 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
                     f"[{self.clientAddress}]:{self.clientPort}: {first}",
                     client=self.client,
                 )
-                if factory.greetAction == "drop":
+                action = factory.greetAction
+                if action == "drop":
+                    self._fault("protocol")
                     self._reply(Reply(521, "5.5.1", "Protocol error"))
                     self._close()
                     return
-                self._earlyTalker = factory.greetAction == "enforce"
+                if action == "enforce":
+                    self._earlyTalker = True  # its recipients are refused (mta.smtpd.commands)
+                elif action == "ignore":
+                    pass  # logged only
         self._greet()
 
     def readConnectionLost(self):
@@ -239,6 +256,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         self._abortMessage()
         if self._counted:
             self.factory.releaseConnection(self.clientAddress)
+        self._chatReset(0)  # the postmaster's transcript, if the session met a notify class
         counts = " ".join(
             f"{verb}={ok}" if ok == total else f"{verb}={ok}/{total}" for verb, (ok, total) in self._counts.items()
         )
@@ -256,6 +274,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         connection, too many errors), with the queue id or NOQUEUE and, in
         message content, the bytes received (Postfix 3.10).
         """
+        self._abortReason = reason
         where = self._lastCommand or "CONNECT"
         if self._mode in ("data", "bdat") or (where == "BDAT" and self.transaction is not None):
             text = f"{reason} after {where} ({self._contentBytes()} bytes) from {self.client}"
@@ -304,6 +323,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
 
     def _internalError(self, failure):
         log.failure("smtpd: internal error in session with {client}", failure, client=self.client)
+        self._fault("software")
         if not self._closing:
             self._reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
             self._close()
@@ -401,14 +421,17 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         if end < 0:
             if len(buf) - buf.endswith(b"\r") >= limit:
                 self._warnTooLong(buf)
+                self._heard(buf[:limit])
                 self._skipLine = True
                 self._buffer = b""
             return False
         line, self._buffer = buf[: end + 1], buf[end + 1 :]
         if end - (buf[end - 1 : end] == b"\r") >= limit:
             self._warnTooLong(line)
+            self._heard(line[:limit])
             self._commandTooLong()
             return True
+        self._heard(line[:-2] if line.endswith(b"\r\n") else line[:-1])
         self._newRequest()
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
             if self.bareNewline in ("reject", "yes"):
@@ -428,10 +451,12 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
     def _commandTooLong(self):
         """Postfix's answer to a command line of line_length_limit octets or more (smtpd_chat_query)."""
         self._newRequest()
+        self._fault("protocol")
         self._respond("unknown", Reply(500, "5.5.2", f"{self.hostname} Error: command too long"))
 
     def _bareNewlineReject(self, where):
         self.factory.maillog.emit(f"reject: bare <LF> received in {where} from {self.client}; disconnecting")
+        self._fault("protocol")
         self._reply(Reply(self.factory.bareNewlineCode, "5.5.2", f"{self.hostname} Error: bare <LF> received"))
         self._close()
 
@@ -450,6 +475,7 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
             verb = verb.decode("ascii")
             arg = arg.decode("utf-8").strip(" ")
         except UnicodeDecodeError:
+            self._fault("protocol")
             self._respond("unknown", Reply(500, "5.5.2", "Error: invalid characters in command"))
             return
         self._lastCommand = verb
@@ -458,10 +484,12 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
             return
         handler = getattr(self, f"smtp_{verb}", None)
         if handler is None:
+            self._fault("protocol")
             self._respond("unknown", Reply(502, "5.5.2", "Error: command not recognized"))
             return
         if verb in GROUP_ENDERS and self._buffer and factory.forbidUnauthPipelining:
             factory.maillog.emit(f"improper command pipelining after {verb} from {self.client}")
+            self._fault("protocol")
             self._count(verb, False)
             self._reply(Reply(554, "5.5.0", "Error: SMTP protocol synchronization"))
             self._close()
@@ -519,15 +547,20 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
         if self._closing:
             return
         self._reply(reply)
+        if self._resetAfterReply:  # the end-of-data reply is out (Postfix's chat_reset in data_cmd)
+            self._resetAfterReply = False
+            self._chatReset()
         if reply.code in (221, 421):
             self._close()
         elif self._errors >= self.factory.hardErrorLimit:
+            self._fault("protocol")
             self._logAbort("too many errors")
             self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
             self._close()
 
     def _failed(self, verb, failure):
         log.failure("smtpd: {verb} failed for {client}", failure, verb=verb, client=self.client)
+        self._fault("software")
         return self._finish(verb, Reply(451, "4.3.0", "Error: internal error, try again later"))
 
     def _resume(self, _):
@@ -547,7 +580,10 @@ class SMTPServer(SMTPCommands, Protocol, TimeoutMixin):
                 reply = Reply(reply.code, reply.status, reply.text + footer[2:])
             else:
                 reply = Reply(reply.code, reply.status, reply.text + "\n" + footer.replace("\\n", "\n"))
-        self._out.append(reply.lines())
+        wire = reply.lines()
+        if self.transcript is not None:
+            self.transcript.sentLines(wire)
+        self._out.append(wire)
 
     def _flush(self):
         if self._out:

@@ -16,6 +16,10 @@ RCPT stage (ETRN) the recipient restrictions answer DUNNO, as in Postfix.  Acces
 access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
 code with optional enhanced status and text (4xx defers, 5xx rejects),
 or HOLD [text] (the message goes to the hold queue; evaluation goes on).
+A reject or defer carries its notify_classes class (Decision.errorClass, as
+Postfix's smtpd_check_reject): policy, bounce for
+reject_unlisted_recipient, data for a table that cannot answer, software
+for an access value that cannot be used.
 The set grows with later changes (IAccessRestriction plugins).
 
 SECURITY
@@ -42,6 +46,9 @@ class Decision:
     action: str  # permit, reject, defer, dunno, hold
     reply: Reply | None = None
     hold: str | None = None  # set on the final decision when a HOLD action was met on the way
+    # The notify_classes class of a reject or defer (Postfix's smtpd_check_reject error_class):
+    # policy, bounce (an unknown recipient), data (a table lookup failure), software.
+    errorClass: str = "policy"
 
 
 PERMIT = Decision("permit")
@@ -102,7 +109,7 @@ def _unlistedRecipient(policy, argument):
         if request.recipient is None:
             return DUNNO
         reply = await policy.unlistedRecipient(request.recipient)
-        return Decision("reject", reply) if reply is not None else DUNNO
+        return Decision("reject", reply, errorClass="bounce") if reply is not None else DUNNO
 
     return check
 
@@ -151,7 +158,7 @@ def accessResult(value, subject, what):
         reply = Reply(code, status, f"{prefix}: {match.group(4) or 'Access denied'}")
         return Decision("reject" if code >= 500 else "defer", reply)
     # Postfix would run a restriction named in the value; we do not yet.
-    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"))
+    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"), errorClass="software")
 
 
 def accessKeys(address):
@@ -254,7 +261,7 @@ class RestrictionList:
             try:
                 decision = await check(request)
             except TableTemporaryError:
-                return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"))
+                return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"), errorClass="data")
             if decision.action == "hold":
                 hold = hold or decision.hold
             elif decision.action != "dunno":
