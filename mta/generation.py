@@ -71,14 +71,14 @@ class Generation:
         if self._resolver is None:
             from mta.delivery.dns import Resolver
 
-            self._resolver = Resolver(self.clock, servers=tuple(self.config["dns_servers"]))
+            self._resolver = Resolver(self.clock, servers=self.config.settings.service.dnsServers)
         return self._resolver
 
     def maillogFor(self, program):
         """The MailLogger of C{program} (qmgr, virtual, bounce, ...)."""
         logger = self._maillogs.get(program)
         if logger is None:
-            logger = self._maillogs[program] = MailLogger(self.config["syslog_name"], program)
+            logger = self._maillogs[program] = MailLogger(self.config.settings.service.syslogName, program)
         return logger
 
     def listenerDescriptions(self):

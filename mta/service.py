@@ -158,7 +158,7 @@ class MTAService(MultiService):
         self.stopReactor = stopReactor if stopReactor is not None else getattr(reactor, "stop", None)
         self.clock = reactor
         self.protocolFactory = protocolFactory
-        self.queueDirectory = config["queue_directory"]
+        self.queueDirectory = config.settings.service.queueDirectory
         self.store = QueueStore(self.queueDirectory, reactor)
         self.startedAt = None
         self._observer = None
@@ -300,10 +300,10 @@ class MTAService(MultiService):
     @staticmethod
     def _openMaillog(config):
         """A new observer for the maillog_file of C{config} (None when it is empty); OSError."""
-        path = config["maillog_file"]
+        path = config.settings.service.maillogFile
         if not path:
             return None
-        return MailLogFileObserver(path, config["myhostname"], config["syslog_name"])
+        return MailLogFileObserver(path, config.settings.service.hostname, config.settings.service.syslogName)
 
     def _swapMaillog(self, observer):
         """Log to C{observer} from now on (None: no file); the old file is closed."""
@@ -392,7 +392,7 @@ class MTAService(MultiService):
         try:
             observer = self._openMaillog(config)
         except OSError as e:
-            raise ReloadRefused(f"maillog_file {config['maillog_file']}: cannot open: {e.strerror}") from None
+            raise ReloadRefused(f"maillog_file {config.settings.service.maillogFile}: cannot open: {e.strerror}") from None
         return generation, observer
 
     def _reopenMaillog(self):
@@ -400,7 +400,7 @@ class MTAService(MultiService):
         try:
             observer = self._openMaillog(self.config)
         except OSError as e:
-            log.error("cannot reopen maillog_file {path}: {error}", path=self.config["maillog_file"],
+            log.error("cannot reopen maillog_file {path}: {error}", path=self.config.settings.service.maillogFile,
                       error=e.strerror)
             return
         self._swapMaillog(observer)
@@ -409,7 +409,7 @@ class MTAService(MultiService):
         """Put C{generation} in force; the list of (level, text) problems with listeners."""
         old = self.current
         # The store, the control socket and its lock stay where they are (self.queueDirectory).
-        before, after = self.queueDirectory, generation.config["queue_directory"]
+        before, after = self.queueDirectory, generation.config.settings.service.queueDirectory
         if before != after:
             for text in ("ignoring queue_directory parameter value change",
                          f'old value: "{before}", new value: "{after}"',

@@ -46,8 +46,9 @@ SECURITY
     printed with its control characters escaped.
 
 CONFIGURATION
-    queue_directory, read from --config (default: the embedded defaults,
-    as ``twistd mta`` without --config).
+    queue_directory, from the configuration found as every program finds
+    it (mta.config.findConfig: -c/--config, else $MTA_CONFIG, else
+    /etc/mta/mta.ini when it exists, else the embedded defaults).
 
 EXIT STATUS
     0 success; 1 the daemon is not running or not reachable, it refused the
@@ -62,7 +63,7 @@ import sys
 
 from mta import control
 from mta.cli import queue as cliQueue
-from mta.config import ConfigError, Scope, load, openTables, readIni
+from mta.config import ConfigError, Scope, findConfig, loadConfig, openTables, readIni
 from mta.config.schema import parameter
 from mta.maillog import sanitize
 
@@ -94,7 +95,7 @@ def buildParser():
     parser.add_argument(
         "-c", "--config", metavar="FILE",
         help="the daemon's configuration file, to find queue_directory (check: the file to check); "
-             "default: the embedded defaults",
+             "default: $MTA_CONFIG, else /etc/mta/mta.ini, else the embedded defaults",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (summary, description) in COMMANDS.items():
@@ -110,12 +111,13 @@ def queueDirectoryOf(path):
     parameters, if that is enough, so that the daemon can be reached and
     give its own answer; otherwise the ConfigError is raised.
     """
+    found = findConfig(path)
     try:
-        return load(path)["queue_directory"]
+        return loadConfig(path).settings.service.queueDirectory
     except ConfigError as e:
-        if path is None:
+        if found.path is None or not os.path.exists(found.path):
             raise
-        error = e
+        path, error = found.path, e
     try:
         with open(path, encoding="utf-8-sig", errors="replace") as f:
             text = _mainParameters(f.read())
@@ -228,7 +230,7 @@ def check(path, err):
     from mta.tables import Tables
 
     try:
-        openTables(load(path), Tables(Clock()))
+        openTables(loadConfig(path), Tables(Clock()))
     except ConfigError as e:
         err.write(f"{PROG}: error: {e}\n")
         return 1

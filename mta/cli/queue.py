@@ -880,7 +880,7 @@ def main(argv=None):
     try:
         try:
             config = loadConfig(args.config)
-            queueDirectory = config["queue_directory"]
+            queueDirectory = config.settings.service.queueDirectory
         except ConfigError as e:
             err.write(f"{PROG}: error: {e}\n")
             return 1
@@ -942,7 +942,8 @@ def _dispatch(args, config, queueDirectory, out, err):
     except (OSError, UnicodeDecodeError) as e:
         err.write(f"{PROG}: {command}: cannot read queue ids from standard input: {_oserror(e)}\n")
         return 1
-    maillog = MailLog(config["maillog_file"], config["myhostname"], config["syslog_name"], err)
+    service = config.settings.service
+    maillog = MailLog(service.maillogFile, service.hostname, service.syslogName, err)
     if _socketMissing(queueDirectory):
         return actOnFiles(queueDirectory, command, ids, out, err, maillog=maillog)
     return _react(queueAction, queueDirectory, command, ids, out, err, control.connect, None, maillog)

@@ -152,7 +152,7 @@ def test_queueDirectoryOfABrokenFile(tmp_path):
     config.write_text(f"[main]\nqueue_directory = {tmp_path}/$mail_name\n  /q\nmail_name = box\nmesage_size_limit = 1\n"
                       "this is junk\n[listener:smtp]\nqueue_directory = /elsewhere\n")
     with pytest.raises(ConfigError):
-        cliMain.load(str(config))
+        cliMain.loadConfig(str(config))
     assert cliMain.queueDirectoryOf(str(config)) == f"{tmp_path}/box /q"  # the daemon can still be asked
 
 
@@ -180,3 +180,11 @@ def test_consoleScriptIsDeclared():
     assert scripts["mta"] == "mta.cli.main:main"
     module, function = scripts["mta"].split(":")
     assert getattr(__import__(module, fromlist=[function]), function) is cliMain.main
+
+
+def test_theConfigurationIsFoundAsEveryProgramFindsIt(tmp_path, monkeypatch):
+    """Without -c, mta reaches the daemon of $MTA_CONFIG's queue, as mta-queue and twistd mta do."""
+    config = tmp_path / "mta.ini"
+    config.write_text(f"[main]\nqueue_directory = {tmp_path}/queue\n")
+    monkeypatch.setenv("MTA_CONFIG", str(config))
+    assert cliMain.queueDirectoryOf(None) == f"{tmp_path}/queue"
