@@ -354,6 +354,7 @@ class SMTPCommands:
         message = self.transaction.takeMessage()
         reply = message.finish()
         if reply is not None:
+            message.abort()  # its queue file (and descriptor) go now, not at the next start
             self._logReject("END-OF-MESSAGE", reply)
             self._resetTransaction()
             self._respond(verb, self._fault("bounce", reply))  # too many hops: Postfix's bounce class

@@ -7,11 +7,14 @@ rcpt_reset; helo_reset leaves TLS and SASL alone) and forgives a client's
 errors when a message is queued (error_count, junk_cmds = 0).
 """
 
+import os
+
 import pytest
 
 from mta.address import MailParameters, parsePath
+from mta.queue.store import QueueStore
 from mta.smtpd.session import SessionState, Transaction
-from mta.testing import FakeQueueStore, serverFactory
+from mta.testing import FakeQueueStore, SyncReactor, serverFactory
 from tests.dialogs.harness import Dialog
 
 OUTSIDE = "198.51.100.7"  # not in mynetworks: a relay attempt is refused (an error)
@@ -242,6 +245,30 @@ def test_a_failed_bdat_transaction_is_discarded_up_to_last(store):
     assert t.bdatFailure is not None and t.message is None and store.messages[0].aborted
     assert d.send("BDAT 2 LAST\r\nok") == "551 5.0.0 Discarded 2 bytes after earlier error\r\n"
     assert d.protocol.transaction == Transaction()
+
+
+def test_regression_a_message_with_too_many_hops_is_aborted(store):
+    """The refused message's queue file was left open in tmp/ (never aborted) until the next start."""
+    d = session(store, main="hopcount_limit = 2\n")
+    envelope(d)
+    d.send("DATA\r\n")
+    assert d.send("Received: x\r\nReceived: y\r\n\r\nloop\r\n.\r\n") == "554 5.4.0 Error: too many hops\r\n"
+    assert store.messages[0].aborted and store.committed == []
+    assert d.protocol.transaction == Transaction()
+
+
+def test_regression_too_many_hops_leaves_nothing_in_tmp(tmp_path):
+    """A big looping message's file stayed in tmp/, its descriptor open, until the daemon restarted."""
+    reactor = SyncReactor()
+    store = QueueStore(str(tmp_path / "queue"), reactor)
+    store.prepare()
+    d = Dialog(serverFactory("hopcount_limit = 2\n", clock=reactor, store=store), peer=OUTSIDE)
+    d.send("EHLO c\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
+    d.send("Received: x\r\nReceived: y\r\n\r\n" + ("z" * 1000 + "\r\n") * 100)
+    assert os.listdir(store.queuePath("tmp")) != []  # past the write buffer: the file exists
+    assert d.send(".\r\n") == "554 5.4.0 Error: too many hops\r\n"
+    assert os.listdir(store.queuePath("tmp")) == []
 
 
 def test_a_lost_connection_gives_up_the_message(store):
