@@ -132,11 +132,16 @@ class FakeQueueStore:
 
 
 def serverFactory(main="", clock=None, store=None, peer=None):
-    """An SMTPServerFactory for [main] text C{main}, with a Clock and a FakeQueueStore."""
+    """
+    An SMTPServerFactory for [main] text C{main}, with a Clock and a
+    FakeQueueStore, built from the settings load() compiled for its
+    (default) listener.
+    """
     from mta.smtpd.factory import SMTPServerFactory
 
     clock = clock or Clock()
     config = load("<test>", "[main]\nmyhostname = mx.test\n" + main)
     tables = Tables(clock)
     openTables(config, tables)
-    return SMTPServerFactory(config.main, clock, store or FakeQueueStore(), tables)
+    listener = config.listeners[0]
+    return SMTPServerFactory(listener.settings.smtpd, clock, store or FakeQueueStore(), tables, listener.params)

@@ -1139,7 +1139,7 @@ def standaloneServer(config, reactor, tables, store):
             if self.lost is not None and not self.lost.called:
                 self.lost.callback(None)
 
-    factory = SMTPServerFactory(standaloneParameters(config.main), reactor, store, tables, "sendmail")
+    factory = SMTPServerFactory.fromScope(standaloneParameters(config.main), reactor, store, tables, "sendmail")
     server = StandaloneServer(factory)
     factory.sessions.add(server)
     return server

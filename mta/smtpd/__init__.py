@@ -1,4 +1,4 @@
-"""mta.smtpd - the ESMTP server: factory, protocol, DATA reader, policy, cleanup.
+"""mta.smtpd - the ESMTP server: factory, protocol, session state, DATA reader, policy, cleanup.
 
 Nothing is imported here eagerly: the configuration loader imports
 mta.smtpd.restrictions to check restriction lists, and short-lived tools

@@ -111,5 +111,6 @@ class SessionChat:
             return
         notices = self.factory.notices
         if notices.due(transcript):
-            notices.send("SMTP server", self.client, transcript, reason=self._abortReason if threshold == 0 else None)
+            reason = self._abortReason if threshold == 0 else None
+            notices.send("SMTP server", self.session.client, transcript, reason=reason)
         transcript.clear()

@@ -5,7 +5,10 @@ that knows the commands: HELO, EHLO, MAIL, RCPT, DATA, BDAT, RSET, NOOP,
 QUIT, HELP, VRFY and ETRN, the envelope they build and the message content
 they hand to the queue.  Each smtp_VERB(arg) returns a Reply, a coroutine
 of one, or None when it answered itself (354, BDAT chunks); the session
-sends the replies in order and keeps time.
+sends the replies in order and keeps time.  The envelope is built in the
+session's Transaction, the client's HELO/EHLO in its SessionState
+(mta.smtpd.session); _resetTransaction() starts a fresh Transaction at
+RSET, HELO/EHLO and the end of a message.
 
 Message content goes through mta.smtpd.data: DATA through a DataReader
 (end of data, dot-unstuffing), BDAT through a ContentReader that lives
@@ -39,6 +42,7 @@ DEVIATIONS
     (Postfix adds the size).  BINARYMIME exists (Postfix has none).
 """
 
+import attrs
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
@@ -58,11 +62,21 @@ from mta.maillog import sanitize
 from mta.model import Recipient, Reply
 from mta.smtpd import data as D
 from mta.smtpd.message import IncomingTransaction, chooseHeaderRewrite
+from mta.smtpd.session import Transaction
 from mta.tables import TableTemporaryError
 
 log = Logger()
 
 R_OK = Reply(250, "2.0.0", "Ok")
+
+
+@attrs.define
+class Chunk:
+    """The BDAT chunk being read: bytes still to come, LAST, and the reply it gets instead of 250."""
+
+    remaining: int
+    last: bool
+    error: Reply | None = None
 
 
 class SMTPCommands:
@@ -71,32 +85,22 @@ class SMTPCommands:
     # -- transaction state --------------------------------------------------------
 
     def _resetTransaction(self):
-        self._abortMessage()
-        self.sender = None
-        self.mailParams = None
-        self.recipients = []
-        self.hold = None  # a HOLD action's reason: the message goes to the hold queue
-        self.headerRewrite = None  # the header rewriting context (mta.rewrite), chosen at MAIL
-        self._rcptTried = False
-        self._overshoot = 0  # recipients refused over smtpd_recipient_limit
-        self._reader = None  # DATA's DataReader
-        self._content = None  # BDAT's ContentReader, across the chunks of a transaction
-        self._bdatBytes = 0  # BDAT content bytes received in this transaction
-        self._bdatFailure = None  # why the BDAT transaction failed; later chunks are discarded
+        """A fresh transaction (RSET, HELO/EHLO, the end of a message): see mta.smtpd.session."""
+        self.transaction.abort()
+        self.transaction = Transaction()
 
     def _abortMessage(self):
-        if self.transaction is not None:
-            self.transaction.abort()
-            self.transaction = None
+        self.transaction.abort()
 
     def _logReject(self, stage, reply, recipient=None, action="reject", text=None):
         """Postfix's 'NOQUEUE: reject: RCPT from ...' line (or hold:, with C{text})."""
-        sender = f" from=<{sanitize(self.sender)}>" if self.sender is not None else ""
+        session, senderAddress = self.session, self.transaction.sender
+        sender = f" from=<{sanitize(senderAddress)}>" if senderAddress is not None else ""
         to = f" to=<{recipient}>" if recipient is not None else ""
         self.factory.maillog.emit(
-            f"NOQUEUE: {action}: {stage} from {self.client}: {sanitize(text or str(reply))};"
-            f"{sender}{to} proto={self.protocolName} helo=<{self.helo or ''}>",
-            client=self.client,
+            f"NOQUEUE: {action}: {stage} from {session.client}: {sanitize(text or str(reply))};"
+            f"{sender}{to} proto={session.protocol} helo=<{session.helo or ''}>",
+            client=session.client,
             status=action,
         )
 
@@ -112,29 +116,18 @@ class SMTPCommands:
             return self._fault("policy", reply)
         self._chatReset()
         self._resetTransaction()
-        self.helo = sanitize(arg)
-        self.protocolName = protocolName
+        self.session.hello(sanitize(arg), protocolName)
         return Reply(250, "", "\n".join([self.hostname, *lines]))
 
     def smtp_HELO(self, arg):
         return self._hello("HELO", arg, "SMTP", ())
 
     def smtp_EHLO(self, arg):
-        reply = self._hello("EHLO", arg, "ESMTP", self.factory.ehloLines)
-        if reply.code == 250 and self.factory.ehloDiscardLog:
-            self.factory.maillog.emit(f"discarding EHLO keywords: {self.factory.ehloDiscardLog}")
+        settings = self.settings
+        reply = self._hello("EHLO", arg, "ESMTP", settings.ehloLines)
+        if reply.code == 250 and settings.ehloDiscardLog:
+            self.factory.maillog.emit(f"discarding EHLO keywords: {settings.ehloDiscardLog}")
         return reply
-
-    def receivedProtocol(self):
-        """
-        The protocol our Received header names (RFC 3848, RFC 6531): SMTP,
-        ESMTP, or UTF8SMTP for a transaction with SMTPUTF8; S with TLS and
-        A with AUTH are added for ESMTP, as Postfix does.
-        """
-        if self.protocolName != "ESMTP":
-            return self.protocolName
-        name = "UTF8SMTP" if self.mailParams is not None and self.mailParams.smtputf8 else "ESMTP"
-        return name + ("S" if self.tlsActive else "") + ("A" if self.saslUsername else "")
 
     def smtp_NOOP(self, arg):
         return R_OK
@@ -153,7 +146,7 @@ class SMTPCommands:
         return Reply(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY ETRN HELP")
 
     def smtp_VRFY(self, arg):
-        if self.factory.disableVrfy:
+        if self.settings.disableVrfy:
             return self._fault("policy", Reply(502, "5.5.1", "VRFY command is disabled"))
         if not arg:
             return self._fault("protocol", Reply(501, "5.5.4", "Syntax: VRFY address"))
@@ -165,10 +158,10 @@ class SMTPCommands:
 
     async def smtp_ETRN(self, arg):
         """RFC 1985, with Postfix's replies and checks (smtpd.c etrn_cmd)."""
-        factory = self.factory
-        if factory.heloRequired and self.helo is None:
+        factory, session = self.factory, self.session
+        if self.settings.heloRequired and session.helo is None:
             return self._fault("policy", Reply(503, "", "Error: send HELO/EHLO first"))
-        if self.sender is not None:
+        if self.transaction.sender is not None:
             return self._fault("protocol", Reply(503, "", "Error: MAIL transaction in progress"))
         words = arg.split()
         if len(words) != 1:
@@ -180,7 +173,8 @@ class SMTPCommands:
             site = parseDomain(site)
         except PathError:
             return self._fault("protocol", Reply(501, "", "Error: invalid parameter syntax"))
-        reply, errorClass = await factory.policy.checkEtrn(self.clientAddress, self.clientName, self.helo, site)
+        reply, errorClass = await factory.policy.checkEtrn(
+            session.clientAddress, session.clientName, session.helo, site)
         if reply is not None:
             self._logReject("ETRN", reply)
             return self._fault(errorClass, reply)
@@ -189,7 +183,7 @@ class SMTPCommands:
         except TableTemporaryError:
             eligible = None
         if eligible is False:
-            factory.maillog.emit(f"warning: reject: ETRN {sanitize(site[:100])}... from {self.client}")
+            factory.maillog.emit(f"warning: reject: ETRN {sanitize(site[:100])}... from {self.session.client}")
             return Reply(459, "", f"<{site}>: service unavailable")
         if eligible is None or factory.flushSite is None:
             factory.maillog.emit("warning: unable to talk to fast flush service")
@@ -203,19 +197,19 @@ class SMTPCommands:
         return Reply(250, "", "Queuing started")
 
     def _offered(self):
-        return self.factory.offered if self.protocolName != "SMTP" else frozenset()
+        return self.settings.offered if self.session.extended else frozenset()
 
     def smtp_MAIL(self, arg):
-        factory = self.factory
-        if self.sender is not None:
+        factory, settings, transaction = self.factory, self.settings, self.transaction
+        if transaction.sender is not None:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: nested MAIL command"))
-        if factory.heloRequired and self.helo is None:
+        if settings.heloRequired and self.session.helo is None:
             return self._fault("policy", Reply(503, "5.5.1", "Error: send HELO/EHLO first"))
         if arg[:5].upper() != "FROM:":
             return self._fault("protocol", Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
         try:
-            path, params = splitPathAndParameters(arg[5:], strict=factory.strictEnvelopes)
-            mailParams = parseMailParameters(params, sizeLimit=factory.sizeLimit, offered=self._offered())
+            path, params = splitPathAndParameters(arg[5:], strict=settings.strictEnvelopes)
+            mailParams = parseMailParameters(params, sizeLimit=settings.sizeLimit, offered=self._offered())
             sender = factory.rewrite.parsePath(path, allowNull=True, smtputf8=mailParams.smtputf8)
         except SizeExceeded:
             reply = Reply(552, "5.3.4", "Message size exceeds fixed limit")
@@ -231,60 +225,60 @@ class SMTPCommands:
             reply = Reply(452, "4.3.1", "Insufficient system storage")
             self._logReject("MAIL", reply)
             return self._fault("resource", reply)
-        self.sender = sender
-        self.mailParams = mailParams
+        transaction.sender = sender
+        transaction.mailParams = mailParams
         return chooseHeaderRewrite(self, Reply(250, "2.1.0", "Ok"))  # local_header_rewrite_clients
 
     async def smtp_RCPT(self, arg):
-        factory = self.factory
-        if self.sender is None:
+        factory, settings, transaction = self.factory, self.settings, self.transaction
+        if transaction.sender is None:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: need MAIL command"))
         if arg[:3].upper() != "TO:":
             return self._fault("protocol", Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
-        self._rcptTried = True
+        transaction.rcptTried = True
+        utf8 = transaction.smtputf8
         try:
-            path, params = splitPathAndParameters(
-                arg[3:], strict=factory.strictEnvelopes, smtputf8=self.mailParams.smtputf8
-            )
-            rcptParams = parseRcptParameters(params, offered=self._offered(), smtputf8=self.mailParams.smtputf8)
-            address = factory.rewrite.parsePath(path, allowNull=False, smtputf8=self.mailParams.smtputf8)
+            path, params = splitPathAndParameters(arg[3:], strict=settings.strictEnvelopes, smtputf8=utf8)
+            rcptParams = parseRcptParameters(params, offered=self._offered(), smtputf8=utf8)
+            address = factory.rewrite.parsePath(path, allowNull=False, smtputf8=utf8)
         except ParameterError as e:
             return self._fault("protocol", Reply(555, "5.5.4", f"Unsupported option: {e}"))
         except NonAsciiPathError as e:
             return Reply(553, "5.6.7", f"Bad recipient address syntax: {e}")  # no class, as in Postfix
         except PathError as e:
             return self._fault("protocol", Reply(501, "5.1.3", f"Bad recipient address syntax: {e}"))
-        if len(self.recipients) >= factory.recipientLimit:
-            self._overshoot += 1
-            self._uncountedError = self._overshoot <= factory.overshootLimit
+        if len(transaction.recipients) >= settings.recipientLimit:
+            transaction.overshoot += 1
+            self._uncountedError = transaction.overshoot <= settings.overshootLimit
             if not self._uncountedError:  # past the overshoot limit: an error, and Postfix's policy class
                 self._fault("policy")
             return Reply(452, "4.5.3", "Error: too many recipients")
         errorClass = "policy"
-        if self._earlyTalker:
+        if self.session.earlyTalker:
             reply, hold, errorClass = Reply(550, "5.5.1", "Protocol error"), None, "protocol"
         elif path[1:-1].lower() == "postmaster":  # bare: always accepted (RFC 5321 4.5.1), as in Postfix
             reply, hold = None, None
         else:
             reply, hold, errorClass = await factory.policy.checkRecipient(
-                self.clientAddress, address, self.helo, self.sender)
+                self.session.clientAddress, address, self.session.helo, transaction.sender)
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)
-        if hold is not None and self.hold is None:
-            self.hold = hold
+        if hold is not None and transaction.hold is None:
+            transaction.hold = hold
             self._logReject("RCPT", None, address, action="hold", text=hold)
-        self.recipients.append(Recipient(str(address), rcptParams.orcpt, rcptParams.notify))
+        transaction.recipients.append(Recipient(str(address), rcptParams.orcpt, rcptParams.notify))
         return Reply(250, "2.1.5", "Ok")
 
     def _startMessage(self):
         """Open the queue file (with our Received header); a Reply on failure."""
-        if not self.recipients:
-            if self._rcptTried:
+        transaction = self.transaction
+        if not transaction.recipients:
+            if transaction.rcptTried:
                 return Reply(554, "5.5.1", "Error: no valid recipients")  # no class: pipelining makes it normal
             return self._fault("protocol", Reply(503, "5.5.1", "Error: need RCPT command"))
         try:
-            self.transaction = IncomingTransaction(self)
+            transaction.message = IncomingTransaction(self)
         except Exception as e:
             log.error("smtpd: cannot create a queue file: {error}", error=str(e))
             return self._fault("resource", Reply(451, "4.3.0", "Error: queue file write error"))
@@ -293,17 +287,18 @@ class SMTPCommands:
     def smtp_DATA(self, arg):
         if arg:
             return self._fault("protocol", Reply(501, "5.5.4", "Syntax: DATA"))
-        if self.sender is None:
+        transaction, settings = self.transaction, self.settings
+        if transaction.sender is None:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: need MAIL command"))
-        if self.transaction is not None or self._bdatFailure is not None:
+        if transaction.message is not None or transaction.bdatFailure is not None:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: DATA after BDAT"))
-        if self.mailParams.body == "BINARYMIME":
+        if transaction.mailParams.body == "BINARYMIME":
             return self._fault("protocol", Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT"))
         failure = self._startMessage()
         if failure is not None:
             return failure
-        self._reader = D.DataReader(
-            self.transaction.write, self.factory.lineLimit, self.factory.sizeLimit, self.bareNewline
+        transaction.reader = D.DataReader(
+            transaction.message.write, settings.lineLimit, settings.sizeLimit, self.session.bareNewline
         )
         self._mode = "data"
         self._newRequest(content=True)
@@ -311,7 +306,7 @@ class SMTPCommands:
         return None
 
     def _dataStep(self):
-        reader = self._reader
+        reader = self.transaction.reader
         consumed = reader.feed(self._buffer)
         if reader.fatal is not None:
             # A bare newline under reject: reply and disconnect, whatever came before.
@@ -335,12 +330,12 @@ class SMTPCommands:
             reply = Reply(552, "5.3.4", "Error: message file too big")
             return self._fault("bounce" if verb == "data" else "policy", reply)
         # Postfix has no such limit (it splits long lines): mta counts it a protocol error.
-        reply = Reply(552, "5.3.4", f"Error: message line longer than {self.factory.lineLimit} bytes")
+        reply = Reply(552, "5.3.4", f"Error: message line longer than {self.settings.lineLimit} bytes")
         return self._fault("protocol", reply)
 
     def _endData(self):
         """The real end of data (CRLF.CRLF): only here does DATA return to command mode."""
-        reader, self._reader = self._reader, None
+        reader, self.transaction.reader = self.transaction.reader, None
         assert reader.done
         self._mode = "command"
         self._newRequest()
@@ -356,18 +351,19 @@ class SMTPCommands:
 
     def _endMessage(self, verb):
         """Commit the message; the reply goes out when the queue file is safe."""
-        transaction, self.transaction = self.transaction, None
-        reply = transaction.finish()
+        message = self.transaction.takeMessage()
+        reply = message.finish()
         if reply is not None:
+            message.abort()  # its queue file (and descriptor) go now, not at the next start
             self._logReject("END-OF-MESSAGE", reply)
             self._resetTransaction()
             self._respond(verb, self._fault("bounce", reply))  # too many hops: Postfix's bounce class
             return
         self._resetTransaction()
-        d = transaction.commit()
+        d = message.commit()
 
         def committed(queueId):
-            self._errors = self._junk = 0  # Postfix forgives a client that delivers mail
+            self.session.forgive()  # Postfix forgives a client that delivers mail
             return Reply(250, "2.0.0", f"Ok: queued as {queueId}")
 
         def failed(failure):
@@ -390,28 +386,28 @@ class SMTPCommands:
             self._close()
             return None
         size = int(parts[0])
-        self._chunkRemaining = size
-        self._chunkLast = len(parts) == 2
-        self._chunkError = None
-        if self.protocolName == "SMTP":
-            self._chunkError = self._fault("protocol", Reply(503, "5.5.1", "Error: send EHLO first"))
-        elif self.sender is None:
-            self._chunkError = self._fault("protocol", Reply(503, "5.5.1", "Error: need MAIL command"))
-        elif size == 0 and not self._chunkLast:
+        chunk = self._chunk = Chunk(size, len(parts) == 2)
+        transaction = self.transaction
+        if not self.session.extended:
+            chunk.error = self._fault("protocol", Reply(503, "5.5.1", "Error: send EHLO first"))
+        elif transaction.sender is None:
+            chunk.error = self._fault("protocol", Reply(503, "5.5.1", "Error: need MAIL command"))
+        elif size == 0 and not chunk.last:
             # Postfix blocks empty chunks rather than count them as junk (smtpd.c bdat_cmd).
-            queueId = self.transaction.queueId if self.transaction is not None else "NOQUEUE"
-            self.factory.maillog.emit(f"warning: {queueId}: null BDAT request from {self.client}")
+            queueId = transaction.queueId or "NOQUEUE"
+            self.factory.maillog.emit(f"warning: {queueId}: null BDAT request from {self.session.client}")
             self._failBdat(Reply(551, "5.7.1", "Null BDAT request"))
-        elif self._bdatFailure is not None:
-            self._chunkError = Reply(551, "5.0.0", f"Discarded {size} bytes after earlier error")
-        elif self.transaction is None:
+        elif transaction.bdatFailure is not None:
+            chunk.error = Reply(551, "5.0.0", f"Discarded {size} bytes after earlier error")
+        elif transaction.message is None:
             failure = self._startMessage()
             if failure is not None:
                 self._failBdat(failure)
             else:
-                binary = self.mailParams.body == "BINARYMIME"  # no lines, no line-end checks
-                self._content = D.ContentReader(
-                    self.transaction.write, self.factory.lineLimit, self.factory.sizeLimit, self.bareNewline,
+                settings = self.settings
+                binary = transaction.mailParams.body == "BINARYMIME"  # no lines, no line-end checks
+                transaction.content = D.ContentReader(
+                    transaction.message.write, settings.lineLimit, settings.sizeLimit, self.session.bareNewline,
                     binary=binary,
                 )
         self._mode = "bdat"
@@ -423,49 +419,52 @@ class SMTPCommands:
 
     def _failBdat(self, reply):
         """The transaction failed: this chunk gets C{reply}, later ones are discarded until LAST."""
-        self._chunkError = self._bdatFailure = reply
-        self._abortMessage()
-        self._content = None
+        transaction = self.transaction
+        self._chunk.error = transaction.bdatFailure = reply
+        transaction.abort()
+        transaction.content = None
 
     def _bdatStep(self):
-        take = min(self._chunkRemaining, len(self._buffer))
+        chunk, transaction = self._chunk, self.transaction
+        take = min(chunk.remaining, len(self._buffer))
         if take == len(self._buffer):
-            chunk, self._buffer = self._buffer, b""
+            data, self._buffer = self._buffer, b""
         else:
-            chunk, self._buffer = self._buffer[:take], self._buffer[take:]
-        self._chunkRemaining -= take
-        self._bdatBytes += take
-        if self._chunkError is None:
-            self._content.write(chunk)
-            if self._content.fatal is not None:
+            data, self._buffer = self._buffer[:take], self._buffer[take:]
+        chunk.remaining -= take
+        transaction.bdatBytes += take
+        if chunk.error is None:
+            transaction.content.write(data)
+            if transaction.content.fatal is not None:
                 self._contentFatal("bdat", "BDAT")
                 return
-        if self._chunkRemaining == 0:
+        if chunk.remaining == 0:
             self._endChunk()
 
     def _endChunk(self):
+        chunk, transaction = self._chunk, self.transaction
         self._mode = "command"
         self._newRequest()
-        if self._chunkLast:
+        if chunk.last:
             self._lastCommand = "END-OF-MESSAGE"
             self._resetAfterReply = True
-        content = self._content
-        if self._chunkError is None:
-            if self._chunkLast:
+        content = transaction.content
+        if chunk.error is None:
+            if chunk.last:
                 content.close()  # the last line may have no line end; a CR at the end is bare
                 if content.fatal is not None:
                     self._contentFatal("bdat", "BDAT")
                     return
             if content.error is not None:
                 self._failBdat(self._contentReply(content.error, "bdat"))
-        if self._chunkError is not None:
-            if self._chunkLast and self._bdatFailure is not None:
-                if self._bdatFailure.code >= 500:
-                    self._logReject("END-OF-MESSAGE", self._bdatFailure)
+        if chunk.error is not None:
+            if chunk.last and transaction.bdatFailure is not None:
+                if transaction.bdatFailure.code >= 500:
+                    self._logReject("END-OF-MESSAGE", transaction.bdatFailure)
                 self._resetTransaction()
-            self._respond("bdat", self._chunkError)
+            self._respond("bdat", chunk.error)
             return
-        if not self._chunkLast:
-            self._respond("bdat", Reply(250, "2.0.0", f"Ok: {self._bdatBytes} bytes"))
+        if not chunk.last:
+            self._respond("bdat", Reply(250, "2.0.0", f"Ok: {transaction.bdatBytes} bytes"))
             return
         self._endMessage("bdat")

@@ -1,128 +1,141 @@
-"""mta.smtpd.factory - the per-listener server factory and its settings.
+"""mta.smtpd.factory - the per-listener server factory.
 
-Everything a session needs from the configuration is read once here, from
-the listener's own parameter scope, so the per-command path does no
-parameter lookups.  The factory also keeps the per-client connection
-counts (smtpd_client_connection_count_limit) and a cached free-space
-reading for queue_minfree.
+The factory takes its listener's SmtpdSettings (mta.config.settings.smtpd:
+every smtpd parameter, read and converted once at load) and the
+collaborators its sessions share: the clock, the queue store, the Tables
+registry (for the network lists that name tables), the recipient policy,
+the address rewriting, the postmaster notices and the cleanup's values.
+It keeps the per-client connection counts
+(smtpd_client_connection_count_limit) and a cached free-space reading for
+queue_minfree.
+
+Construction:
+
+    SMTPServerFactory(settings, clock, store, tables, scope, ...)
+        settings: the listener's SmtpdSettings (listener.settings.smtpd);
+        scope: the listener's parameter scope, read only by the lines
+        marked "other area" below, until the recipient policy, the
+        rewriting, the notices and the cleanup take settings objects of
+        their own.
+    SMTPServerFactory.fromScope(scope, clock, store, tables, ...)
+        the same from a scope alone (mta-sendmail -bs, whose scope is
+        [main] with the stand-alone overrides; tests).
+    serverFactory(listener, daemon)
+        the daemon's factory for one listener.
 
 SECURITY
     See mta.smtpd.protocol.
 
 CONFIGURATION
-    All smtpd_* parameters in mta.config.schema, plus message_size_limit,
-    line_length_limit, queue_minfree, hopcount_limit, postscreen_greet_*,
-    fast_flush_domains.  ETRN flushes through the queue manager's
+    The smtpd parameters through SmtpdSettings (see
+    mta.config.settings.smtpd).  ETRN flushes through the queue manager's
     flushSite(domain) (serverFactory passes it in; without one, ETRN gets
-    458 as in Postfix without its flush service).  For address rewriting
-    (mta.rewrite): append_at_myorigin, append_dot_mydomain, myorigin,
-    mydomain, local_header_rewrite_clients, remote_header_rewrite_domain.
-    For postmaster notices (mta.transcript, only for the daemon's
-    listeners): notify_classes, error_notice_recipient,
-    bounce_notice_recipient, double_bounce_sender, myorigin.
+    458 as in Postfix without its flush service).  Read from the scope for
+    other areas, for now: the recipient checks and ETRN restrictions
+    (mta.smtpd.policy), address rewriting (mta.rewrite: append_at_myorigin,
+    append_dot_mydomain, myorigin, mydomain, local_header_rewrite_clients,
+    remote_header_rewrite_domain), the cleanup (hopcount_limit,
+    message_drop_headers, always_add_missing_headers, header_size_limit)
+    and postmaster notices (mta.transcript, only for the daemon's
+    listeners: notify_classes, error_notice_recipient,
+    bounce_notice_recipient, double_bounce_sender, myorigin).
 """
 
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from mta.config.settings.smtpd import SmtpdSettings
 from mta.maillog import MailLogger
 
 log = Logger()
 
-# EHLO keywords in Postfix's order.
-EHLO_KEYWORDS = ("PIPELINING", "SIZE", "VRFY", "ETRN", "ENHANCEDSTATUSCODES", "8BITMIME", "BINARYMIME",
-                 "DSN", "SMTPUTF8", "CHUNKING")
-# The keywords smtpd_discard_ehlo_keywords knows, in the order Postfix logs them (ehlo_mask.c),
-# with BINARYMIME, which Postfix does not have; other words are ignored, as in Postfix.
-DISCARD_LOG_ORDER = ("8BITMIME", "AUTH", "ETRN", "PIPELINING", "SIZE", "VERP", "VRFY", "XCLIENT", "XFORWARD",
-                     "STARTTLS", "ENHANCEDSTATUSCODES", "DSN", "SMTPUTF8", "CHUNKING", "BINARYMIME", "REQUIRETLS")
 FREE_SPACE_CACHE = 1.0  # seconds a statvfs() reading is reused
 
 
 class SMTPServerFactory(Factory):
+    """
+    The sessions of one listener share it.
+
+    settings              the listener's SmtpdSettings
+    clock, store          the injected clock; the queue store (newMessage,
+                          freeSpace)
+    listenerName          the listener's name ("sendmail" for -bs)
+    maillog               the mail log as $syslog_name/smtpd
+    flushSite             ETRN's flush: flushSite(domain) -> Deferred, or None
+    eventLimitExceptions, bareNewlineExclusions
+                          NetworkMatchers of the settings' network lists
+    policy, rewrite, headerRewriteClients, notices, keepTranscripts
+                          other areas' objects (see the module docstring)
+    sessions              the open sessions (SMTPServer)
+    """
+
     noisy = False
 
-    def __init__(self, params, clock, store, tables, listenerName="smtp", flushSite=None, postmasterNotices=False):
+    def __init__(self, settings, clock, store, tables, scope, listenerName="smtp", flushSite=None,
+                 postmasterNotices=False):
         """
         C{postmasterNotices}: send the postmaster transcripts of sessions
         whose errors notify_classes lists (the daemon's listeners; not in
         stand-alone mode, mta-sendmail -bs, as in Postfix).
         """
-        from mta.rewrite import AddressRewriting, HeaderRewriteClients
-        from mta.smtpd.chat import SERVER_ERROR_CLASSES
-        from mta.smtpd.policy import RecipientPolicy
         from mta.tables.matchers import NetworkMatcher
-        from mta.transcript import TranscriptNotices
 
-        self.params = params
+        self.settings = settings
         self.clock = clock
         self.store = store
         self.listenerName = listenerName
-        self.policy = RecipientPolicy(params, tables)
-        self.rewrite = AddressRewriting(params)
-        self.headerRewriteClients = HeaderRewriteClients(
-            params["local_header_rewrite_clients"], self.policy.mynetworks, tables)
-        self.maillog = MailLogger(params["syslog_name"], "smtpd")
-        self.hostname = params["myhostname"]
-        self.mailName = params["mail_name"]
-        self.banner = params["smtpd_banner"]
-        self.timeout = params["smtpd_timeout"]
-        self.perRequestDeadline = params["smtpd_per_request_deadline"]
-        self.minDataRate = params["smtpd_min_data_rate"]
+        self.maillog = MailLogger(settings.syslogName, "smtpd")
         # ETRN: flushSite(domain) -> Deferred[int] (QueueManager.flushSite); None: 458, as
         # Postfix answers when its flush service is unavailable.
         self.flushSite = flushSite
-        self.sizeLimit = params["message_size_limit"]
-        self.recipientLimit = params["smtpd_recipient_limit"]
-        self.overshootLimit = params["smtpd_recipient_overshoot_limit"]
-        self.lineLimit = params["line_length_limit"]
-        self.heloRequired = params["smtpd_helo_required"]
-        self.strictEnvelopes = params["strict_rfc821_envelopes"]
-        self.disableVrfy = params["disable_vrfy_command"]
-        self.noopCommands = frozenset(c.upper() for c in params["smtpd_noop_commands"])
-        self.forbiddenCommands = frozenset(c.upper().encode("ascii", "replace") for c in params["smtpd_forbidden_commands"])
-        self.rejectFooter = params["smtpd_reject_footer"]
-        self.queueMinfree = params["queue_minfree"]
-        self.connectionLimit = params["smtpd_client_connection_count_limit"]
-        self.eventLimitExceptions = NetworkMatcher(params["smtpd_client_event_limit_exceptions"], tables)
-        self.errorSleep = params["smtpd_error_sleep_time"]
-        self.softErrorLimit = params["smtpd_soft_error_limit"]
-        self.hardErrorLimit = params["smtpd_hard_error_limit"]
-        self.junkLimit = params["smtpd_junk_command_limit"]
-        self.forbidUnauthPipelining = params["smtpd_forbid_unauth_pipelining"]
-        self.bareNewline = params["smtpd_forbid_bare_newline"]
-        self.bareNewlineExclusions = NetworkMatcher(params["smtpd_forbid_bare_newline_exclusions"], tables)
-        self.bareNewlineCode = params["smtpd_forbid_bare_newline_reject_code"]
-        self.hopLimit = params["hopcount_limit"]
-        self.dropHeaders = frozenset(h.lower() for h in params["message_drop_headers"])
-        self.alwaysAddMissing = params["always_add_missing_headers"]
-        self.headerSizeLimit = params["header_size_limit"]
-        self.greetWait = params["postscreen_greet_wait"]
-        self.greetAction = params["postscreen_greet_action"]
-        # Postmaster notices (smtpd_chat_notify): a transcript is kept when notify_classes lists a
-        # class the server can meet; at the end of the session (or when it passes the flush
-        # threshold) it goes to the postmaster if the session met one of the listed classes.
-        self.notices = TranscriptNotices.fromParameters(params, store, clock, self.maillog)
-        self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(params["notify_classes"]))
-
-        words = {k.upper() for k in params["smtpd_discard_ehlo_keywords"]}
-        discard = words - {"SILENT-DISCARD"}
-        # Postfix logs the discarded keywords at each EHLO unless silent-discard is given (and,
-        # as ehlo_cmd does, not when ENHANCEDSTATUSCODES itself is discarded).
-        logged = [k for k in DISCARD_LOG_ORDER if k in discard]
-        silent = "SILENT-DISCARD" in words or "ENHANCEDSTATUSCODES" in discard
-        self.ehloDiscardLog = "" if silent else " ".join(logged)
-        if self.disableVrfy:
-            discard.add("VRFY")
-        offered = [k for k in EHLO_KEYWORDS if k not in discard]
-        if "CHUNKING" not in offered:
-            offered = [k for k in offered if k != "BINARYMIME"]
-        self.offered = frozenset(offered)
-        self.ehloLines = tuple(f"SIZE {self.sizeLimit}" if k == "SIZE" and self.sizeLimit else k for k in offered)
+        self.eventLimitExceptions = NetworkMatcher(settings.eventLimitExceptions, tables)
+        self.bareNewlineExclusions = NetworkMatcher(settings.bareNewlineExclusions, tables)
+        self._otherAreas(scope, tables, postmasterNotices)
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None
         self._freeSpaceAt = None
+
+    def _otherAreas(self, scope, tables, postmasterNotices):
+        """The collaborators of other areas, built from the listener's scope as they take it today."""
+        from mta.rewrite import AddressRewriting, HeaderRewriteClients
+        from mta.smtpd.chat import SERVER_ERROR_CLASSES
+        from mta.smtpd.policy import RecipientPolicy
+        from mta.transcript import TranscriptNotices
+
+        # other area: converted by its helper (routing: RecipientCheckSettings)
+        self.policy = RecipientPolicy(scope, tables)
+        # other area: converted by its helper (cleanup: RewriteSettings)
+        self.rewrite = AddressRewriting(scope)
+        self.headerRewriteClients = HeaderRewriteClients(
+            scope["local_header_rewrite_clients"], self.policy.mynetworks, tables)
+        # other area: converted by its helper (cleanup: CleanupSettings; read by mta.smtpd.message)
+        self.params = scope  # mta.smtpd.message reads params["syslog_name"]
+        self.hopLimit = scope["hopcount_limit"]
+        self.dropHeaders = frozenset(h.lower() for h in scope["message_drop_headers"])
+        self.alwaysAddMissing = scope["always_add_missing_headers"]
+        self.headerSizeLimit = scope["header_size_limit"]
+        # other area: converted by its helper (notices).  Postmaster notices (smtpd_chat_notify):
+        # a transcript is kept when notify_classes lists a class the server can meet; at the end
+        # of the session (or when it passes the flush threshold) it goes to the postmaster if
+        # the session met one of the listed classes.
+        self.notices = TranscriptNotices.fromParameters(scope, self.store, self.clock, self.maillog)
+        self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(scope["notify_classes"]))
+
+    @classmethod
+    def fromScope(cls, scope, clock, store, tables, listenerName="smtp", flushSite=None, postmasterNotices=False):
+        """
+        A factory for the parameter C{scope} alone: its SmtpdSettings are
+        built here (a bad value raises ConfigError with its location).
+        mta-sendmail -bs calls fromScope(standaloneParameters(main), reactor,
+        store, tables, "sendmail").
+        """
+        return cls(SmtpdSettings.build(scope), clock, store, tables, scope, listenerName, flushSite,
+                   postmasterNotices)
+
+    # Read by mta.smtpd.message (the cleanup helper's code replaces these with its settings).
+    hostname = property(lambda self: self.settings.hostname)
+    mailName = property(lambda self: self.settings.mailName)
 
     def buildProtocol(self, addr):
         from mta.smtpd.protocol import SMTPServer
@@ -157,12 +170,12 @@ class SMTPServerFactory(Factory):
                 log.error("smtpd: cannot read the queue's free space: {error}", error=e.strerror)
                 self._freeSpace = 0
             self._freeSpaceAt = now
-        return self._freeSpace >= self.queueMinfree + declaredSize * 3 // 2
+        return self._freeSpace >= self.settings.queueMinfree + declaredSize * 3 // 2
 
 
 def serverFactory(listener, daemon):
     """The factory for one listener of the running daemon."""
     return SMTPServerFactory(
-        listener.params, daemon.clock, daemon.store, daemon.tables, listener.name,
+        listener.settings.smtpd, daemon.clock, daemon.store, daemon.tables, listener.params, listener.name,
         flushSite=getattr(daemon, "flushSite", None), postmasterNotices=True,
     )

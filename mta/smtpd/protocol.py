@@ -4,6 +4,9 @@ A byte-stream protocol: input is split into command lines, or handed to the
 DATA reader or a BDAT chunk (mta.smtpd.data).  The commands themselves are
 in mta.smtpd.commands; this module is the session around them: input and
 output, pipelining, limits on lines and time, and the end of a connection.
+What the session knows of its client and of the mail transaction lives in
+two small objects of their own, SessionState and Transaction
+(mta.smtpd.session, which also says what each reset keeps).
 
 Commands run one at a time; a command whose check is slow (a table lookup,
 the queue's fsync, a tarpit delay) holds back the commands pipelined behind
@@ -69,8 +72,9 @@ CONFIGURATION
     smtpd_forbid_bare_newline (+ _exclusions, _reject_code), hopcount_limit,
     smtpd_etrn_restrictions, fast_flush_domains, postscreen_greet_wait,
     postscreen_greet_action (ignore, enforce, drop); notify_classes and
-    the *_notice_recipient parameters (mta.smtpd.chat); see
-    mta.smtpd.factory.
+    the *_notice_recipient parameters (mta.smtpd.chat).  The smtpd
+    parameters are read once, at load, into the listener's SmtpdSettings
+    (mta.config.settings.smtpd); see mta.smtpd.factory.
 
 DEVIATIONS
     smtpd_per_request_deadline defaults to yes (Postfix: no, yes only under
@@ -100,6 +104,7 @@ from mta.model import Reply
 from mta.smtpd.chat import SessionChat
 from mta.smtpd.commands import R_OK, SMTPCommands
 from mta.smtpd.deadline import RequestDeadline
+from mta.smtpd.session import CompatibilityNames, SessionState, Transaction
 
 log = Logger()
 
@@ -112,10 +117,27 @@ PAUSE_THRESHOLD = 65536
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
-class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
+class SMTPServer(SMTPCommands, SessionChat, CompatibilityNames, Protocol, TimeoutMixin):
+    """
+    One SMTP session: the protocol mechanics.  Its state lives in
+
+    session      SessionState: the client, HELO/EHLO, protocol, TLS, SASL,
+                 error counters (mta.smtpd.session)
+    transaction  Transaction: the mail transaction in progress, a fresh one
+                 after every reset
+    factory, settings
+                 the listener's SMTPServerFactory and its SmtpdSettings
+
+    and the rest is input and output: the input buffer and its mode
+    (command, data, bdat), the BDAT chunk being read, the deadline or idle
+    timer, replies waiting to be written, flow control, the transcript
+    (mta.smtpd.chat).
+    """
+
     def __init__(self, factory):
         self.factory = factory
-        self.hostname = factory.hostname
+        self.settings = settings = factory.settings
+        self.hostname = settings.hostname
         self.callLater = factory.clock.callLater  # TimeoutMixin's clock
         self._buffer = b""
         self._mode = "command"
@@ -128,52 +150,44 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
         self._deadline = None  # a RequestDeadline with smtpd_per_request_deadline
         self._producing = False  # registered as the transport's producer
         self._out = []
-        self._counts = {}
-        self._errors = 0
-        self._junk = 0
-        self._earlyTalker = False
         self._counted = False  # in the factory's per-client connection count
         self._uncountedError = False  # set by a reply that is not a session error
-        self.bareNewline = factory.bareNewline
-        self.helo = None
-        self.protocolName = "SMTP"
-        # Set by STARTTLS and AUTH when they come: the S and A of RFC 3848's names.
-        self.tlsActive = False
-        self.saslUsername = None
-        self.transaction = None
+        self._chunk = None  # the BDAT chunk being read, or the last one (mta.smtpd.commands.Chunk)
         self._lastCommand = None
+        self.session = SessionState(bareNewline=settings.bareNewline)
+        self.transaction = Transaction()
         self._startChat()  # Postfix's session history and error_mask (mta.smtpd.chat)
-        self._resetTransaction()
 
     # -- connection -----------------------------------------------------------
 
     def connectionMade(self):
         peer = self.transport.getPeer()
-        self.clientAddress = getattr(peer, "host", "") or ""
-        self.clientPort = getattr(peer, "port", 0) or 0
-        self.clientName = "unknown"
-        self.client = f"{self.clientName}[{self.clientAddress}]"
-        self.factory.maillog.emit(f"connect from {self.client}", client=self.client)
+        session = self.session
+        session.clientAddress = getattr(peer, "host", "") or ""
+        session.clientPort = getattr(peer, "port", 0) or 0
+        session.clientName = "unknown"
+        self.factory.maillog.emit(f"connect from {self.session.client}", client=self.session.client)
         # As a producer we hear when the client stops reading our replies.
         self.transport.registerProducer(self, True)
         self._producing = True
-        if self.factory.perRequestDeadline:
+        settings = self.settings
+        if settings.perRequestDeadline:
             self._deadline = RequestDeadline(
-                self.factory.clock, self.factory.timeout, self.factory.minDataRate, self.timeoutConnection
+                self.factory.clock, settings.timeout, settings.minDataRate, self.timeoutConnection
             )
         else:
-            self.setTimeout(self.factory.timeout)
-        if self.factory.greetWait > 0 or not self._connectChecksAreStatic():
+            self.setTimeout(settings.timeout)
+        if settings.greetWait > 0 or not self._connectChecksAreStatic():
             d = Deferred.fromCoroutine(self._connect())
             d.addErrback(self._internalError)
             return
         # Fast path: nothing to look up in a table, nothing to wait for.
         factory = self.factory
-        if factory.connectionLimit and not factory.eventLimitExceptions.staticMatch(self.clientAddress):
+        if settings.connectionLimit and not factory.eventLimitExceptions.staticMatch(session.clientAddress):
             if not self._checkConnectionCount():
                 return
-        if self.bareNewline in ("reject", "yes") and factory.bareNewlineExclusions.staticMatch(self.clientAddress):
-            self.bareNewline = "normalize"
+        if session.bareNewline == "reject" and factory.bareNewlineExclusions.staticMatch(session.clientAddress):
+            session.bareNewline = "normalize"
         self._greet()
 
     def _connectChecksAreStatic(self):
@@ -182,50 +196,51 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
 
     def _checkConnectionCount(self):
         """Count this session; refuse it (False) past the per-client limit."""
-        factory = self.factory
-        count = factory.countConnection(self.clientAddress)
+        factory, session = self.factory, self.session
+        count = factory.countConnection(session.clientAddress)
         self._counted = True
-        if count > factory.connectionLimit:
+        if count > self.settings.connectionLimit:
             factory.maillog.emit(
-                f"warning: Connection concurrency limit exceeded: {count} from {self.client}", client=self.client
+                f"warning: Connection concurrency limit exceeded: {count} from {session.client}", client=session.client
             )
             self._fault("policy")
-            self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {self.clientAddress}"))
+            text = f"{self.hostname} Error: too many connections from {session.clientAddress}"
+            self._reply(Reply(421, "4.7.0", text))
             self._close()
             return False
         return True
 
     def _greet(self):
-        self._reply(Reply(220, "", self.factory.banner))
+        self._reply(Reply(220, "", self.settings.banner))
         self._waiting = False
         self._process()
 
     async def _connect(self):
-        factory = self.factory
-        if factory.connectionLimit and not await factory.eventLimitExceptions.matches(self.clientAddress):
+        factory, settings, session = self.factory, self.settings, self.session
+        if settings.connectionLimit and not await factory.eventLimitExceptions.matches(session.clientAddress):
             if not self._checkConnectionCount():
                 return
-        if self.bareNewline in ("reject", "yes") and await factory.bareNewlineExclusions.matches(self.clientAddress):
-            self.bareNewline = "normalize"
-        if factory.greetWait > 0:
-            await deferLater(factory.clock, factory.greetWait)
+        if session.bareNewline == "reject" and await factory.bareNewlineExclusions.matches(session.clientAddress):
+            session.bareNewline = "normalize"
+        if settings.greetWait > 0:
+            await deferLater(factory.clock, settings.greetWait)
             if self._closing:
                 return
             if self._buffer:
                 first = sanitize(self._buffer[:60].decode("latin-1"))
                 factory.maillog.emit(
-                    f"PREGREET {len(self._buffer)} after {factory.greetWait:g} from "
-                    f"[{self.clientAddress}]:{self.clientPort}: {first}",
-                    client=self.client,
+                    f"PREGREET {len(self._buffer)} after {settings.greetWait:g} from "
+                    f"[{session.clientAddress}]:{session.clientPort}: {first}",
+                    client=self.session.client,
                 )
-                action = factory.greetAction
+                action = settings.greetAction
                 if action == "drop":
                     self._fault("protocol")
                     self._reply(Reply(521, "5.5.1", "Protocol error"))
                     self._close()
                     return
                 if action == "enforce":
-                    self._earlyTalker = True  # its recipients are refused (mta.smtpd.commands)
+                    session.earlyTalker = True  # its recipients are refused (mta.smtpd.commands)
                 elif action == "ignore":
                     pass  # logged only
         self._greet()
@@ -255,16 +270,10 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             self._deadline.stop()
         self._abortMessage()
         if self._counted:
-            self.factory.releaseConnection(self.clientAddress)
+            self.factory.releaseConnection(self.session.clientAddress)
         self._chatReset(0)  # the postmaster's transcript, if the session met a notify class
-        counts = " ".join(
-            f"{verb}={ok}" if ok == total else f"{verb}={ok}/{total}" for verb, (ok, total) in self._counts.items()
-        )
-        total = sum(t for _, t in self._counts.values())
-        okTotal = sum(o for o, _ in self._counts.values())
-        commands = f"commands={okTotal}" if okTotal == total and total else f"commands={okTotal}/{total}"
         self.factory.maillog.emit(
-            f"disconnect from {self.client} {counts + ' ' if counts else ''}{commands}", client=self.client
+            f"disconnect from {self.session.client} {self.session.commandSummary()}", client=self.session.client
         )
         self.factory.connectionClosed(self)
 
@@ -276,19 +285,15 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
         """
         self._abortReason = reason
         where = self._lastCommand or "CONNECT"
-        if self._mode in ("data", "bdat") or (where == "BDAT" and self.transaction is not None):
-            text = f"{reason} after {where} ({self._contentBytes()} bytes) from {self.client}"
+        transaction = self.transaction
+        if self._mode in ("data", "bdat") or (where == "BDAT" and transaction.message is not None):
+            text = f"{reason} after {where} ({transaction.contentBytes} bytes) from {self.session.client}"
         elif reason == "lost connection" and where == "END-OF-MESSAGE":
             return  # Postfix does not complain about a client that leaves without QUIT
         else:
-            text = f"{reason} after {where} from {self.client}"
-        queueId = self.transaction.queueId if self.transaction is not None else None
-        self.factory.maillog.emit(text if queueId else f"NOQUEUE: {text}", queue_id=queueId, client=self.client)
-
-    def _contentBytes(self):
-        if self._reader is not None:
-            return self._reader.received
-        return self._bdatBytes
+            text = f"{reason} after {where} from {self.session.client}"
+        queueId = transaction.queueId
+        self.factory.maillog.emit(text if queueId else f"NOQUEUE: {text}", queue_id=queueId, client=self.session.client)
 
     def timeoutConnection(self):
         """smtpd_timeout passed: while idle, or past the request's deadline."""
@@ -322,7 +327,7 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             self.transport.unregisterProducer()
 
     def _internalError(self, failure):
-        log.failure("smtpd: internal error in session with {client}", failure, client=self.client)
+        log.failure("smtpd: internal error in session with {client}", failure, client=self.session.client)
         self._fault("software")
         if not self._closing:
             self._reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
@@ -417,7 +422,7 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             self._skipLine = False
             self._commandTooLong()
             return True
-        limit = self.factory.lineLimit
+        limit = self.settings.lineLimit
         if end < 0:
             if len(buf) - buf.endswith(b"\r") >= limit:
                 self._warnTooLong(buf)
@@ -434,7 +439,7 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
         self._heard(line[:-2] if line.endswith(b"\r\n") else line[:-1])
         self._newRequest()
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            if self.bareNewline in ("reject", "yes"):
+            if self.session.bareNewline == "reject":
                 self._bareNewlineReject("command")
                 return False
             # normalize, no: a bare LF ends the command line (as in Postfix), a bare CR is dropped.
@@ -443,9 +448,9 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
         return True
 
     def _warnTooLong(self, text):
-        shown = sanitize(text[:30].decode("latin-1"))
+        shown, client = sanitize(text[:30].decode("latin-1")), self.session.client
         self.factory.maillog.emit(
-            f"warning: {self.client}: request longer than {self.factory.lineLimit}: {shown}...", client=self.client
+            f"warning: {client}: request longer than {self.settings.lineLimit}: {shown}...", client=client
         )
 
     def _commandTooLong(self):
@@ -455,19 +460,20 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
         self._respond("unknown", Reply(500, "5.5.2", f"{self.hostname} Error: command too long"))
 
     def _bareNewlineReject(self, where):
-        self.factory.maillog.emit(f"reject: bare <LF> received in {where} from {self.client}; disconnecting")
+        self.factory.maillog.emit(f"reject: bare <LF> received in {where} from {self.session.client}; disconnecting")
         self._fault("protocol")
-        self._reply(Reply(self.factory.bareNewlineCode, "5.5.2", f"{self.hostname} Error: bare <LF> received"))
+        self._reply(Reply(self.settings.bareNewlineCode, "5.5.2", f"{self.hostname} Error: bare <LF> received"))
         self._close()
 
     # -- replies ------------------------------------------------------------------
 
     def _command(self, line):
-        factory = self.factory
+        factory, settings = self.factory, self.settings
         verb, _, arg = line.partition(b" ")
         verb = verb.upper()
-        if verb in factory.forbiddenCommands or (verb and not verb[:1].isalpha()):
-            factory.maillog.emit(f"warning: non-SMTP command from {self.client}: {sanitize(line[:60].decode('latin-1'))}")
+        if verb in settings.forbiddenCommands or (verb and not verb[:1].isalpha()):
+            shown = sanitize(line[:60].decode("latin-1"))
+            factory.maillog.emit(f"warning: non-SMTP command from {self.session.client}: {shown}")
             self._reply(Reply(221, "2.7.0", "Error: I can break rules, too. Goodbye."))
             self._close()
             return
@@ -479,7 +485,7 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             self._respond("unknown", Reply(500, "5.5.2", "Error: invalid characters in command"))
             return
         self._lastCommand = verb
-        if verb in factory.noopCommands:
+        if verb in settings.noopCommands:
             self._respond(verb, R_OK)
             return
         handler = getattr(self, f"smtp_{verb}", None)
@@ -487,15 +493,15 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             self._fault("protocol")
             self._respond("unknown", Reply(502, "5.5.2", "Error: command not recognized"))
             return
-        if verb in GROUP_ENDERS and self._buffer and factory.forbidUnauthPipelining:
-            factory.maillog.emit(f"improper command pipelining after {verb} from {self.client}")
+        if verb in GROUP_ENDERS and self._buffer and settings.forbidUnauthPipelining:
+            factory.maillog.emit(f"improper command pipelining after {verb} from {self.session.client}")
             self._fault("protocol")
             self._count(verb, False)
             self._reply(Reply(554, "5.5.0", "Error: SMTP protocol synchronization"))
             self._close()
             return
         if verb in JUNK:
-            self._junk += 1
+            self.session.junk += 1
         try:
             result = handler(arg)
         except Exception:
@@ -534,10 +540,11 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             return None
         ok = reply.code < 400
         self._count(verb, ok)
-        if (not ok and not self._uncountedError) or (verb in JUNK and self._junk > self.factory.junkLimit):
-            self._errors += 1
+        session, settings = self.session, self.settings
+        if (not ok and not self._uncountedError) or (verb in JUNK and session.junk > settings.junkLimit):
+            session.errors += 1
         self._uncountedError = False
-        delay = self.factory.errorSleep if self._errors > self.factory.softErrorLimit else 0
+        delay = settings.errorSleep if session.errors > settings.softErrorLimit else 0
         if delay > 0:
             return deferLater(self.factory.clock, delay, self._send, reply)
         self._send(reply)
@@ -552,14 +559,14 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             self._chatReset()
         if reply.code in (221, 421):
             self._close()
-        elif self._errors >= self.factory.hardErrorLimit:
+        elif self.session.errors >= self.settings.hardErrorLimit:
             self._fault("protocol")
             self._logAbort("too many errors")
             self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
             self._close()
 
     def _failed(self, verb, failure):
-        log.failure("smtpd: {verb} failed for {client}", failure, verb=verb, client=self.client)
+        log.failure("smtpd: {verb} failed for {client}", failure, verb=verb, client=self.session.client)
         self._fault("software")
         return self._finish(verb, Reply(451, "4.3.0", "Error: internal error, try again later"))
 
@@ -569,17 +576,12 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             self._process()
 
     def _count(self, verb, ok):
-        verb = verb.lower()
-        good, total = self._counts.get(verb, (0, 0))
-        self._counts[verb] = (good + bool(ok), total + 1)
+        self.session.count(verb, ok)
 
     def _reply(self, reply):
-        if reply.code >= 400 and self.factory.rejectFooter:
-            footer = self.factory.rejectFooter
-            if footer.startswith("\\c"):
-                reply = Reply(reply.code, reply.status, reply.text + footer[2:])
-            else:
-                reply = Reply(reply.code, reply.status, reply.text + "\n" + footer.replace("\\n", "\n"))
+        footer = self.settings.rejectFooter  # the text to append (mta.config.settings.smtpd)
+        if reply.code >= 400 and footer:
+            reply = Reply(reply.code, reply.status, reply.text + footer)
         wire = reply.lines()
         if self.transcript is not None:
             self.transcript.sentLines(wire)

@@ -378,8 +378,8 @@ def test_receivedNamesTheProtocolAsRfc3848And6531(store, hello, options, tls, au
 
     d = Dialog(serverFactory(store=store), peer="198.51.100.7")  # a stranger: relaying is refused
     d.send(f"{hello} c.example\r\n")
-    d.protocol.tlsActive = tls  # what STARTTLS and AUTH will set
-    d.protocol.saslUsername = "alice" if auth else None
+    d.protocol.session.tlsActive = tls  # what STARTTLS and AUTH will set
+    d.protocol.session.saslUsername = "alice" if auth else None
     with MailLog() as log:
         d.send(f"MAIL FROM:<a@example.org>{options}\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<nobody@elsewhere.example>\r\n")
         d.send("DATA\r\n")

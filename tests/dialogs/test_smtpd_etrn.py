@@ -140,7 +140,7 @@ def test_serverFactoryTakesTheQueueManagersFlushSite():
     """factory.serverFactory hands the daemon's flushSite (the queue manager's, mta.service) to the sessions."""
     config = load("<test>", "[main]\nmyhostname = mx.test\n")
     flush = FakeFlush()
-    listener = SimpleNamespace(params=config.main, name="smtp")
+    listener = SimpleNamespace(params=config.main, settings=config.listeners[0].settings, name="smtp")
     from mta.tables import Tables
     from twisted.internet.task import Clock
 

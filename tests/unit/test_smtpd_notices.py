@@ -31,8 +31,8 @@ def factory(main="", store=None, notices=True, tables=None):
     t = Tables(clock)
     t._open.update(tables or {})  # tables the test made itself, by spec
     openTables(config, t)
-    return SMTPServerFactory(config.main, clock, store if store is not None else FakeQueueStore(), t,
-                             postmasterNotices=notices)
+    return SMTPServerFactory.fromScope(config.main, clock, store if store is not None else FakeQueueStore(), t,
+                                       postmasterNotices=notices)
 
 
 def session(f, script, peer=OUTSIDE, end=True):
