@@ -25,7 +25,7 @@ RSET, while it is younger than smtp_connection_reuse_time_limit and has
 been used fewer than smtp_connection_reuse_count_limit times; the mail
 log then says conn_use=N.  Postfix caches on demand (while a destination
 has a backlog); mta caches every finished connection, which the short
-idle limit makes cheap.  Not yet: TLS.
+idle limit makes cheap (mta.delivery.connectioncache).  Not yet: TLS.
 
 Mail-loop detection needs this host's addresses (Postfix's inet_interfaces
 and proxy_interfaces): those of the listeners, read from their endpoint
@@ -71,7 +71,11 @@ CONFIGURATION
     bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best
     MX is this host goes to that transport, e.g. virtual), syslog_name,
     the [listener:NAME] endpoints, and the session parameters of
-    mta.delivery.smtpclient.
+    mta.delivery.smtpclient: all of them (but the endpoints, which the
+    generation gives, and dns_servers, which its resolver reads) in one
+    settings object, mta.config.settings.client.SmtpClientSettings
+    (``config.settings.smtpClient``, for smtp and relay) or
+    LmtpClientSettings (``lmtpClient``), built and checked at load.
 
 DEVIATIONS FROM POSTFIX
     * An interface or proxy_interfaces entry given as a host name is not
