@@ -6,6 +6,12 @@ virtual ``settings.virtual``, discard/error/retry ``settings.agent``, smtp
 and relay ``settings.smtpClient``, lmtp ``settings.lmtpClient``
 (mta.config.settings.delivery and .client).  Every value was checked when
 the configuration was loaded; only the tables are opened here.
+
+SECURITY
+    None: the settings come from the configuration, checked at load.
+
+CONFIGURATION
+    What each transport's settings class reads (see those modules).
 """
 
 from twisted.plugin import IPlugin
