@@ -60,7 +60,7 @@ class Generation:
         self.store = store
         self._maillogs = {}
         self._resolver = None
-        self.transports = TransportRegistry(config.main, self)
+        self.transports = TransportRegistry(config.settings, self)
         self.router = Router(config.main, tables)
         self.notices = Notices(store, config.main, clock, self.maillogFor)
         self.factories = {listener.name: protocolFactory(listener, self) for listener in config.listeners}
@@ -114,9 +114,13 @@ class TransportRegistry:
     a reload) stops the transports when the last delivery in progress ends.
     """
 
-    def __init__(self, params, context, factories=None):
-        """C{factories}: transport type -> IDeliveryTransportFactory; default: the plugins."""
-        self._params = params
+    def __init__(self, settings, context, factories=None):
+        """
+        C{settings}: the settings compiled from [main] (Config.settings), given
+        to each factory's makeTransport; C{factories}: transport type ->
+        IDeliveryTransportFactory; default: the plugins.
+        """
+        self._settings = settings
         self._context = context
         self._made = {}
         self._factories = factories
@@ -134,7 +138,7 @@ class TransportRegistry:
         transport = None
         if factory is not None:
             try:
-                transport = self._track(factory.makeTransport(name, self._params, self._context))
+                transport = self._track(factory.makeTransport(name, self._settings, self._context))
             except Exception as e:  # a ConfigError, or a plugin's bug: its mail waits
                 log.error("transport {name} cannot start, its mail is deferred: {error}", name=name, error=str(e))
         self._made[name] = transport
@@ -160,7 +164,7 @@ class TransportRegistry:
                 continue
             factory = self._factories.get(name)
             if factory is not None:
-                self._made[name] = self._track(factory.makeTransport(name, self._params, self._context))
+                self._made[name] = self._track(factory.makeTransport(name, self._settings, self._context))
 
     def _delivered(self, result):
         self._inFlight -= 1

@@ -74,13 +74,58 @@ class IDeliveryTransportFactory(Interface):
     transportType = Attribute("The name used in transport_maps and *_transport, e.g. 'virtual'.")
     description = Attribute("One line for documentation.")
 
-    def makeTransport(name, params, context):
+    def makeTransport(name, settings, context):
         """
         Make the transport called C{name} (usually transportType).
 
-        @param params: the mta.config.Scope of [main].
+        @param settings: the settings compiled from [main]
+            (mta.config.Config.settings, a mta.config.settings.Compiled
+            namespace): each transport picks its own object from it, e.g.
+            C{settings.smtpClient}, C{settings.lmtpClient},
+            C{settings.virtual}, C{settings.agent}.  Every value in it was
+            checked when the configuration was loaded.  A plugin whose
+            parameters have no settings class of their own reads what it
+            needs from these objects; it never gets the parameter scope.
         @param context: an object with C{clock} (the reactor: IReactorTime,
-            IReactorThreads), C{tables} (mta.tables.Tables) and C{store}
-            (the queue store, for transports that submit mail).
+            IReactorThreads), C{tables} (mta.tables.Tables), C{store}
+            (the queue store, for transports that submit mail and read
+            queue files), C{resolver} (an L{IDNSResolver}),
+            C{listenerDescriptions()} ((name, endpoint) pairs),
+            C{maillogFor(program)} and C{transports} (the registry:
+            C{transports(name)} gives another transport or None).
         @return: an L{IDeliveryTransport}.
+        @raise mta.config.ConfigError: the transport cannot be made from
+            this configuration (its mail is then deferred).
+
+        Changed in issue 9: the second argument was the mta.config.Scope
+        of [main] (C{params[name]}); it is now the compiled settings.
+        """
+
+
+class IHostResolver(Interface):
+    """Address lookups for the SMTP client (mta.delivery.dns: Resolver, SystemResolver)."""
+
+    def lookupAddresses(name, families=("ipv4", "ipv6"), preference="any"):
+        """
+        The addresses of host C{name} (an IP address is its own result).
+
+        @param families: inet_protocols, as a tuple of "ipv4" and "ipv6".
+        @param preference: smtp_address_preference: "any", "ipv4" or "ipv6" first.
+        @return: a Deferred firing with a list of address texts (empty: the
+            name exists without addresses of those families), or failing
+            with mta.delivery.dns.DNSError (its C{temporary} says whether
+            to defer or bounce).
+        """
+
+
+class IDNSResolver(IHostResolver):
+    """The DNS client of the smtp transports (mta.delivery.dns.Resolver)."""
+
+    def lookupMX(domain):
+        """
+        The MX records of C{domain}.
+
+        @return: a Deferred firing with a list of (preference, exchange)
+            in answer order (empty: NODATA; exchange "." for a null MX), or
+            failing with mta.delivery.dns.DNSError.
         """

@@ -16,7 +16,8 @@ SECURITY
     configuration or the router.
 
 CONFIGURATION
-    syslog_name (mta), for warnings.
+    syslog_name (mta), for warnings: mta.config.settings.delivery.AgentSettings
+    (``config.settings.agent``).
 """
 
 from twisted.internet.defer import succeed
@@ -50,6 +51,6 @@ class DiscardTransport:
         return succeed(None)
 
 
-def makeDiscardTransport(name, params, context):
-    """The plugin's makeTransport: a DiscardTransport called C{name}."""
-    return DiscardTransport(name=name, maillog=MailLogger(params["syslog_name"], name))
+def makeDiscardTransport(name, settings, context):
+    """The plugin's makeTransport: a DiscardTransport called C{name}; C{settings} is an AgentSettings."""
+    return DiscardTransport(name=name, maillog=MailLogger(settings.syslogName, name))

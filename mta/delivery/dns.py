@@ -1,12 +1,12 @@
 """mta.delivery.dns - a non-blocking DNS stub resolver for the SMTP client.
 
 Resolver sends recursive queries to the configured name servers and never
-blocks the reactor: messages are built and parsed with dnspython
-(dns.message), the transport is Twisted's (a DatagramProtocol on a fresh
-UDP port per query; TCP through an endpoint when the UDP answer is
-truncated).  dns.resolver's blocking calls are never used; its
-Resolver(configure=True) only reads /etc/resolv.conf, once, when no
-servers are configured (no nameserver lines: 127.0.0.1, as the C library).
+blocks the reactor.  It is the lookup logic; its parts are
+
+    mta.delivery.dnswire    one query to one server: UDP, TCP when
+                            truncated, EDNS0 and its fall-back, the
+                            name server list (dns_servers, resolv.conf)
+    mta.delivery.dnscache   the TTL cache and the queries in flight
 
     lookupMX(domain)          -> Deferred[list[(preference, exchange)]]
     lookupAddresses(name, families=("ipv4", "ipv6"), preference="any")
@@ -24,8 +24,6 @@ try again"); ``detail`` says what happened at which server, for the log.
 Retries follow the C library's resolver: ``attempts`` rounds over all
 servers, ``timeout`` seconds for each query; a server answering with an
 error rcode (SERVFAIL, REFUSED, ...) makes the query go to the next one.
-Queries carry EDNS0 (payload 1232); a server that answers FORMERR or
-NOTIMP without an OPT record is asked again without EDNS0.
 
 CNAME chains in an answer are followed (at most 10 links, as Postfix's
 dns_lookup()); a chain that ends without data and without an SOA record
@@ -36,31 +34,26 @@ support, else IDNA 2003) or A-labels, with or without a trailing dot.
 Results are lower case, without the trailing dot; the null MX exchange
 (RFC 7505) is ".".
 
-The cache keeps positive answers for the smallest TTL of the records used
-(CNAMEs included) and negative answers (NXDOMAIN, NODATA) for the SOA's
-min(TTL, MINIMUM) (RFC 2308; not cached without an SOA), bounded by
-maxTTL and maxNegativeTTL, and holds at most cacheSize entries (least
-recently used go first).  Temporary failures are not cached.  Identical
-queries in flight at the same time share one exchange.  Time comes from
-the clock (IReactorTime) given, the reactor by default.
+Answers are cached (mta.delivery.dnscache) for their TTL, negative ones
+per RFC 2308, bounded by maxTTL, maxNegativeTTL and cacheSize; temporary
+failures are not cached.  Identical queries in flight at the same time
+share one exchange.  Time comes from the clock (IReactorTime) given, the
+reactor by default.
 
 SystemResolver does the same address lookup with getaddrinfo() in the
 reactor's thread pool (smtp_host_lookup = native, disable_dns_lookups):
 it sees /etc/hosts and NSS, and never blocks the reactor either.
 
+Both provide mta.interfaces.IHostResolver; Resolver also IDNSResolver.
+
 SECURITY
-    Answers come from the network, and anybody can send UDP datagrams.
-    Every query has a random 16-bit id (random.SystemRandom) and its own
-    ephemeral UDP port (randomized by the kernel), connected to the server;
-    a datagram is accepted only from the queried server's address and port
-    (checked again in the protocol), only if it parses,
-    has the query's id, the QR bit and the same question
-    (dns.message.Message.is_response); anything else is ignored and the
-    query keeps waiting.  Only answer records for the names of the chain
-    that starts at the question are used; the additional and authority
-    sections are never cached (the SOA only gives a negative TTL).  No
-    0x20 case randomization and no DNSSEC validation: a resolver on the
-    path (ideally on loopback) is trusted, as Postfix trusts the system's.
+    Answers come from the network, and anybody can send UDP datagrams:
+    see mta.delivery.dnswire for what is accepted as an answer.  Only
+    answer records for the names of the chain that starts at the question
+    are used; the additional and authority sections are never cached (the
+    SOA only gives a negative TTL).  No 0x20 case randomization and no
+    DNSSEC validation: a resolver on the path (ideally on loopback) is
+    trusted, as Postfix trusts the system's.
 
 CONFIGURATION
     dns_servers (empty: /etc/resolv.conf).  The timeout (5 s) and attempts
@@ -69,34 +62,38 @@ CONFIGURATION
 """
 
 import ipaddress
-import random
 import socket
-import struct
-from collections import OrderedDict
 
 import dns.exception
-import dns.flags
-import dns.message
 import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import dns.resolver
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mta.delivery.dnscache import NODATA, NXDOMAIN, DNSCache, Flight
+from mta.delivery.dnswire import (  # noqa: F401 - parseServer and systemServers are this module's API too
+    EDNS_PAYLOAD,
+    DNSNetworkError,
+    DNSTimeout,
+    DNSWire,
+    parseServer,
+    serverText,
+    systemServers,
+)
+from mta.interfaces import IDNSResolver, IHostResolver
+
+__all__ = ["DNSError", "Resolver", "SystemResolver", "nameServiceError", "nameText", "parseServer",
+           "systemServers", "toASCII", "toName"]
 
 log = Logger()
 
 IDNA_CODEC = dns.name.IDNA_2008_Practical if dns.name.have_idna_2008 else dns.name.IDNA_2003_Practical
 
-DNS_PORT = 53
 MAX_CNAME = 10
-EDNS_PAYLOAD = 1232
 
 NOT_FOUND = "Host not found"
 TRY_AGAIN = "Host not found, try again"
@@ -138,17 +135,6 @@ def nameServiceError(name, rdtype, what):
     """Postfix's dns_lookup() text for a failed lookup."""
     return f"Host or domain name not found. Name service error for name={name} type={rdtype}: {what}"
 
-
-class _Timeout(Exception):
-    def __str__(self):
-        return "timeout"
-
-
-class _NetworkError(Exception):
-    pass
-
-
-_TRUNCATED = object()
 
 # Labels as the DNS client sends them: letters, digits, hyphen, underscore.
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -201,232 +187,6 @@ def _isAddress(text):
     return True
 
 
-def parseServer(text):
-    """
-    A name server: an IPv4 or IPv6 address, optionally with a port:
-    C{192.0.2.1}, C{192.0.2.1:5353}, C{2001:db8::1}, C{[2001:db8::1]:53}.
-    Returns (address text, port).  Raises ValueError.
-    """
-    text = text.strip()
-    host, port = text, DNS_PORT
-    if text.startswith("["):
-        inner, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not a name server address")
-        host = inner
-        if rest:
-            port = _port(rest[1:], text)
-    elif text.count(":") == 1:
-        host, portText = text.split(":")
-        port = _port(portText, text)
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a name server address (an IP address is required)") from None
-    return str(address), port
-
-
-def _port(text, whole):
-    if not text.isdigit() or not text.isascii() or not 0 < int(text) < 65536:
-        raise ValueError(f"{whole!r}: bad port")
-    return int(text)
-
-
-def systemServers(path="/etc/resolv.conf"):
-    """
-    The name servers of the system's resolver configuration, read (not
-    queried) with dns.resolver.Resolver(configure=True); 127.0.0.1 when
-    there is none, as the C library.
-    """
-    try:
-        resolver = dns.resolver.Resolver(filename=path, configure=True)
-        names = list(resolver.nameservers)
-    except (dns.resolver.NoResolverConfiguration, OSError):
-        names = []
-    servers = []
-    for entry in names:
-        address = getattr(entry, "address", entry)
-        port = getattr(entry, "port", DNS_PORT)
-        try:
-            servers.append((str(ipaddress.ip_address(address)), int(port)))
-        except ValueError:
-            log.warn("ignoring name server {server!r} in {path}", server=address, path=path)
-    return tuple(servers) or (("127.0.0.1", DNS_PORT),)
-
-
-def _sameEndpoint(addr, server):
-    try:
-        return addr[1] == server[1] and ipaddress.ip_address(addr[0]) == ipaddress.ip_address(server[0])
-    except (ValueError, IndexError, TypeError):
-        return False
-
-
-def _truncatedHeader(data, queryId):
-    """A reply too broken to parse that still says: id, QR and TC."""
-    if len(data) < 12:
-        return False
-    msgId, flags = struct.unpack("!HH", data[:4])
-    return msgId == queryId and flags & dns.flags.QR and flags & dns.flags.TC
-
-
-class _UDPQuery(DatagramProtocol):
-    noisy = False  # one port per query: no "starting/stopping protocol" lines for each
-    """Waits for the one datagram that answers a query."""
-
-    def __init__(self, query, server):
-        self.query = query
-        self.server = server
-        self.deferred = Deferred()
-        self.ignored = 0
-
-    def datagramReceived(self, data, addr):
-        if self.deferred.called:
-            return
-        if not _sameEndpoint(addr, self.server):
-            self.ignored += 1
-            log.debug("DNS: ignoring a datagram from {addr} (waiting for {server})", addr=addr,
-                      server=self.server)
-            return
-        try:
-            response = dns.message.from_wire(data)
-        except Exception:
-            if _truncatedHeader(data, self.query.id):
-                self.deferred.callback(_TRUNCATED)
-            else:
-                self.ignored += 1
-                log.debug("DNS: ignoring a malformed datagram from {addr}", addr=addr)
-            return
-        if not self.query.is_response(response):
-            self.ignored += 1
-            log.debug("DNS: ignoring a datagram from {addr} that does not answer query {id}",
-                      addr=addr, id=self.query.id)
-            return
-        self.deferred.callback(response)
-
-    def connectionRefused(self):
-        if not self.deferred.called:
-            self.deferred.errback(_NetworkError("connection refused"))
-
-    def timedOut(self):
-        if not self.deferred.called:
-            self.deferred.errback(_Timeout())
-
-
-class _TCPQuery(Protocol):
-    """One query over TCP (RFC 1035 4.2.2: two-byte length prefix)."""
-
-    def __init__(self, query):
-        self.query = query
-        self.buffer = b""
-        self.deferred = Deferred()
-
-    def connectionMade(self):
-        wire = self.query.to_wire()
-        self.transport.write(struct.pack("!H", len(wire)) + wire)
-
-    def dataReceived(self, data):
-        if self.deferred.called:
-            return
-        self.buffer += data
-        while len(self.buffer) >= 2:
-            (length,) = struct.unpack("!H", self.buffer[:2])
-            if len(self.buffer) < 2 + length:
-                return
-            wire, self.buffer = self.buffer[2:2 + length], self.buffer[2 + length:]
-            try:
-                response = dns.message.from_wire(wire)
-            except Exception as e:
-                self._fail(_NetworkError(f"malformed reply over TCP: {e}"))
-                return
-            if self.query.is_response(response):
-                self.deferred.callback(response)
-                self.transport.loseConnection()
-                return
-
-    def _fail(self, exc):
-        if not self.deferred.called:
-            self.deferred.errback(exc)
-        if self.transport is not None:
-            self.transport.abortConnection()
-
-    def timedOut(self):
-        self._fail(_Timeout())
-
-    def connectionLost(self, reason):
-        if not self.deferred.called:
-            self.deferred.errback(_NetworkError(f"connection lost: {reason.getErrorMessage()}"))
-
-
-class _Negative:
-    def __init__(self, what):
-        self.what = what
-
-    def __repr__(self):
-        return f"<{self.what}>"
-
-
-_NXDOMAIN = _Negative("NXDOMAIN")
-_NODATA = _Negative("NODATA")
-
-
-class _Cache:
-    """A TTL cache with an upper bound on TTL and on entries (LRU)."""
-
-    def __init__(self, clock, maxSize, maxTTL, maxNegativeTTL):
-        self.clock = clock
-        self.maxSize = maxSize
-        self.maxTTL = maxTTL
-        self.maxNegativeTTL = maxNegativeTTL
-        self.entries = OrderedDict()
-
-    def get(self, key):
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        expires, value = entry
-        if self.clock.seconds() >= expires:
-            del self.entries[key]
-            return None
-        self.entries.move_to_end(key)
-        return value
-
-    def put(self, key, value, ttl):
-        limit = self.maxNegativeTTL if isinstance(value, _Negative) else self.maxTTL
-        ttl = min(ttl, limit)
-        if ttl <= 0 or self.maxSize <= 0:
-            return
-        self.entries[key] = (self.clock.seconds() + ttl, value)
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.maxSize:
-            self.entries.popitem(last=False)
-
-    def __len__(self):
-        return len(self.entries)
-
-    def clear(self):
-        self.entries.clear()
-
-
-class _Flight:
-    """Callers waiting for the same query."""
-
-    def __init__(self):
-        self.waiters = []
-
-    def wait(self):
-        d = Deferred()
-        self.waiters.append(d)
-        return d
-
-    def fire(self, result):
-        waiters, self.waiters = self.waiters, []
-        for d in waiters:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(list(result))
-
-
 def _orderAddresses(byFamily, families, preference):
     order = list(families)
     if preference in ("ipv4", "ipv6") and preference in order:
@@ -452,6 +212,7 @@ def _literal(name, families):
     return [str(address)] if f"ipv{address.version}" in families else []
 
 
+@implementer(IDNSResolver)
 class Resolver:
     """
     A caching stub resolver over UDP and TCP, on the reactor.
@@ -461,6 +222,11 @@ class Resolver:
         pairs); empty: those of /etc/resolv.conf.
     @param timeout: seconds to wait for one answer from one server.
     @param attempts: rounds over all servers.
+    @param clock: IReactorTime for the cache (default: the reactor).
+    @param edns, payload, rng: for the queries (mta.delivery.dnswire.DNSWire).
+
+    @ivar wire: the DNSWire that sends the queries.
+    @ivar cache: the DNSCache of answers.
     """
 
     def __init__(self, reactor, servers=(), timeout=5.0, attempts=2, *, clock=None, cacheSize=10000,
@@ -476,10 +242,8 @@ class Resolver:
             raise ValueError("the DNS timeout must be positive")
         self.timeout = float(timeout)
         self.attempts = max(1, int(attempts))
-        self.edns = edns
-        self.payload = payload
-        self.rng = rng if rng is not None else random.SystemRandom()
-        self.cache = _Cache(self.clock, cacheSize, maxTTL, maxNegativeTTL)
+        self.wire = DNSWire(reactor, self.timeout, edns, payload, rng)
+        self.cache = DNSCache(self.clock, cacheSize, maxTTL, maxNegativeTTL)
         self._flights = {}
 
     # -- public API ------------------------------------------------------
@@ -547,16 +311,16 @@ class Resolver:
         key = (qname, rdtype)
         for cacheKey in (key, (qname, None)):
             cached = self.cache.get(cacheKey)
-            if cached is _NXDOMAIN:
+            if cached is NXDOMAIN:
                 raise self._nxdomain(qname, typeText, "cached")
-            if cached is _NODATA:
+            if cached is NODATA:
                 return []
             if cached is not None:
                 return list(cached)
         flight = self._flights.get(key)
         if flight is not None:
             return await flight.wait()
-        flight = self._flights[key] = _Flight()
+        flight = self._flights[key] = Flight()
         waiter = flight.wait()
 
         def done(result):
@@ -593,15 +357,15 @@ class Resolver:
                 return records
             negativeTTL = min(chainTTL, self._negativeTTL(response))
             if response.rcode() == dns.rcode.NXDOMAIN:
-                self.cache.put((qname, rdtype), _NXDOMAIN, negativeTTL)
+                self.cache.put((qname, rdtype), NXDOMAIN, negativeTTL)
                 if last == qname:
-                    self.cache.put((qname, None), _NXDOMAIN, negativeTTL)
+                    self.cache.put((qname, None), NXDOMAIN, negativeTTL)
                 raise self._nxdomain(qname, typeText, f"NXDOMAIN for {nameText(last)} from {server}")
             if last != current and self._soa(response) is None:
                 # The server gave part of a CNAME chain only: ask for the rest.
                 current = last
                 continue
-            self.cache.put((qname, rdtype), _NODATA, negativeTTL)
+            self.cache.put((qname, rdtype), NODATA, negativeTTL)
             return []
 
     @staticmethod
@@ -650,10 +414,10 @@ class Resolver:
         lastRcode = None
         for _ in range(self.attempts):
             for server in self.servers:
-                where = _serverText(server)
+                where = serverText(server)
                 try:
-                    response = await self._exchange(server, qname, rdtype)
-                except (_Timeout, _NetworkError) as e:
+                    response = await self.wire.exchange(server, qname, rdtype)
+                except (DNSTimeout, DNSNetworkError) as e:
                     problems.append(f"{e} at {where}")
                     continue
                 rcode = response.rcode()
@@ -667,79 +431,8 @@ class Resolver:
         raise DNSError(nameServiceError(nameText(qname), typeText, TRY_AGAIN), temporary=True, rcode=lastRcode,
                        name=nameText(qname), rdtype=typeText, detail=detail)
 
-    async def _exchange(self, server, qname, rdtype):
-        useEdns = self.edns
-        while True:
-            query = dns.message.make_query(qname, rdtype, use_edns=0 if useEdns else False,
-                                           payload=self.payload, id=self.rng.randrange(65536))
-            response = await self._udp(server, query)
-            if response is _TRUNCATED or response.flags & dns.flags.TC:
-                response = await self._tcp(server, query)
-            if useEdns and response.rcode() in (dns.rcode.FORMERR, dns.rcode.NOTIMP) and response.edns < 0:
-                useEdns = False
-                continue
-            return response
 
-    async def _udp(self, server, query):
-        address, port = server
-        protocol = _UDPQuery(query, server)
-        interface = "::" if ":" in address else ""
-        try:
-            listening = self.reactor.listenUDP(0, protocol, interface=interface)
-        except Exception as e:
-            raise _NetworkError(f"cannot open a UDP socket: {e}") from None
-        timer = self.reactor.callLater(self.timeout, protocol.timedOut)
-        try:
-            try:
-                # A connected socket: the kernel drops datagrams from other
-                # sources, and an ICMP "port unreachable" ends the wait.
-                protocol.transport.connect(address.split("%")[0], port)
-                protocol.transport.write(query.to_wire())
-            except Exception as e:
-                raise _NetworkError(f"cannot send: {e}") from None
-            return await protocol.deferred
-        finally:
-            if timer.active():
-                timer.cancel()
-            listening.stopListening()
-
-    async def _tcp(self, server, query):
-        address, port = server
-        endpointClass = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-        endpoint = endpointClass(self.reactor, address, port, timeout=self.timeout)
-        protocol = _TCPQuery(query)
-        connecting = connectProtocol(endpoint, protocol)
-
-        expired = []
-
-        def timedOut():
-            expired.append(True)
-            if not connecting.called:
-                connecting.cancel()
-            else:
-                protocol.timedOut()
-
-        timer = self.reactor.callLater(self.timeout, timedOut)
-        try:
-            try:
-                await connecting
-            except Exception as e:
-                if expired or isinstance(e, (CancelledError, ConnectingCancelledError)):
-                    raise _Timeout() from None
-                raise _NetworkError(f"TCP connection failed: {e}") from None
-            return await protocol.deferred
-        finally:
-            if timer.active():
-                timer.cancel()
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()
-
-
-def _serverText(server):
-    address, port = server
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
+@implementer(IHostResolver)
 class SystemResolver:
     """
     Address lookups with the system's getaddrinfo() (/etc/hosts, NSS), in

@@ -21,7 +21,8 @@ SECURITY
     configuration or the router.
 
 CONFIGURATION
-    syslog_name (mta), for warnings.
+    syslog_name (mta), for warnings: mta.config.settings.delivery.AgentSettings
+    (``config.settings.agent``).
 """
 
 from twisted.internet.defer import succeed
@@ -65,11 +66,11 @@ class ErrorTransport:
         return succeed(None)
 
 
-def makeErrorTransport(name, params, context):
-    """The plugin's makeTransport for error(8): bounces."""
-    return ErrorTransport(retry=False, name=name, maillog=MailLogger(params["syslog_name"], name))
+def makeErrorTransport(name, settings, context):
+    """The plugin's makeTransport for error(8), bounces: C{settings} is an AgentSettings."""
+    return ErrorTransport(retry=False, name=name, maillog=MailLogger(settings.syslogName, name))
 
 
-def makeRetryTransport(name, params, context):
-    """The plugin's makeTransport for retry: defers."""
-    return ErrorTransport(retry=True, name=name, maillog=MailLogger(params["syslog_name"], name))
+def makeRetryTransport(name, settings, context):
+    """The plugin's makeTransport for retry, defers: C{settings} is an AgentSettings."""
+    return ErrorTransport(retry=True, name=name, maillog=MailLogger(settings.syslogName, name))

@@ -104,6 +104,8 @@ import attrs
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger, LogLevel
 
+from mta.config.schema import BY_NAME
+from mta.config.settings.client import inetProtocols
 from mta.delivery.dns import FAMILIES, NO_DATA, DNSError, SystemResolver, nameServiceError
 from mta.delivery.nexthop import Nexthop, parseNexthop, validHostname
 from mta.maillog import sanitize
@@ -189,19 +191,14 @@ class DeliveryProblem(Exception):
 
 
 def parseInetProtocols(values):
-    """inet_protocols (all, ipv4, ipv6, a list) as a tuple of families in Postfix's order."""
-    if isinstance(values, str):
-        values = values.replace(",", " ").split()
-    wanted = set()
-    for value in values:
-        value = value.strip().lower()
-        if value == "all":
-            wanted.update(("ipv4", "ipv6"))
-        elif value in ("ipv4", "ipv6"):
-            wanted.add(value)
-        elif value:
-            raise ValueError(f"{value!r}: inet_protocols takes all, ipv4 and/or ipv6")
-    return tuple(family for family in ("ipv4", "ipv6") if family in wanted)
+    """
+    inet_protocols (its text, or its items: all, ipv4, ipv6) as a tuple of
+    families in Postfix's order; ValueError for anything else.  The same
+    conversion as the settings' (mta.config.settings.client), which is
+    what the smtp transport uses.
+    """
+    text = values if isinstance(values, str) else ", ".join(values)
+    return inetProtocols(BY_NAME["inet_protocols"].type.parse(text))
 
 
 def _family(address):

@@ -25,7 +25,7 @@ RSET, while it is younger than smtp_connection_reuse_time_limit and has
 been used fewer than smtp_connection_reuse_count_limit times; the mail
 log then says conn_use=N.  Postfix caches on demand (while a destination
 has a backlog); mta caches every finished connection, which the short
-idle limit makes cheap.  Not yet: TLS.
+idle limit makes cheap (mta.delivery.connectioncache).  Not yet: TLS.
 
 Mail-loop detection needs this host's addresses (Postfix's inet_interfaces
 and proxy_interfaces): those of the listeners, read from their endpoint
@@ -71,7 +71,11 @@ CONFIGURATION
     bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best
     MX is this host goes to that transport, e.g. virtual), syslog_name,
     the [listener:NAME] endpoints, and the session parameters of
-    mta.delivery.smtpclient.
+    mta.delivery.smtpclient: all of them (but the endpoints, which the
+    generation gives, and dns_servers, which its resolver reads) in one
+    settings object, mta.config.settings.client.SmtpClientSettings
+    (``config.settings.smtpClient``, for smtp and relay) or
+    LmtpClientSettings (``lmtpClient``), built and checked at load.
 
 DEVIATIONS FROM POSTFIX
     * An interface or proxy_interfaces entry given as a host name is not
@@ -93,9 +97,10 @@ from mta.model import RecipientResult
 from mta.queue.fileformat import readContent
 from mta.delivery.localaddr import listenerAddresses, parseAddress
 from mta.delivery.mime7bit import to7bit
-from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts, parseInetProtocols
+from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts
 from mta.delivery.nexthop import parseNexthop
-from mta.delivery.smtpclient import ClientSettings, RemoteHost, SMTPClientSession
+from mta.delivery.connectioncache import ConnectionCache
+from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
 from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
@@ -141,121 +146,72 @@ def _chunks(store, request):
     return chunks()
 
 
-@attrs.define
-class _Cached:
-    session: object
-    remote: object
-    created: float
-    uses: int
-    expiry: object  # the DelayedCall that closes it when idle too long
-
-
-class ConnectionCache:
-    """Idle connections by destination, each closed after C{idleLimit} seconds."""
-
-    def __init__(self, clock, idleLimit, reuseLimit, countLimit):
-        self.clock = clock
-        self.idleLimit = idleLimit
-        self.reuseLimit = reuseLimit
-        self.countLimit = countLimit
-        self._idle = {}  # destination -> [_Cached]
-
-    def put(self, destination, session, remote, created, uses):
-        if self.countLimit and uses >= self.countLimit:
-            session.quit()
-            return
-        if self.clock.seconds() - created >= self.reuseLimit:
-            session.quit()
-            return
-        entry = _Cached(session, remote, created, uses, None)
-        entry.expiry = self.clock.callLater(self.idleLimit, self._expire, destination, entry)
-        self._idle.setdefault(destination, []).append(entry)
-
-    def take(self, destination):
-        """An idle connection reached for C{destination}, or None."""
-        entries = self._idle.get(destination)
-        while entries:
-            entry = entries.pop()
-            if entry.expiry.active():
-                entry.expiry.cancel()
-            if self.clock.seconds() - entry.created < self.reuseLimit:
-                if not entries:
-                    del self._idle[destination]
-                return entry
-            entry.session.quit()
-        self._idle.pop(destination, None)
-        return None
-
-    def _expire(self, destination, entry):
-        entries = self._idle.get(destination, [])
-        if entry in entries:
-            entries.remove(entry)
-            if not entries:
-                del self._idle[destination]
-            entry.session.quit()
-
-    def closeAll(self):
-        from twisted.internet.defer import DeferredList
-
-        quits = []
-        for entries in self._idle.values():
-            for entry in entries:
-                if entry.expiry.active():
-                    entry.expiry.cancel()
-                quits.append(entry.session.quit())
-        self._idle.clear()
-        return DeferredList(quits, consumeErrors=True)
-
-
 @implementer(IDeliveryTransport)
 class SMTPTransport:
-    def __init__(self, name, params, context, lmtp=False):
+    """
+    smtp(8) or lmtp(8) (see the module docstring).
+
+    @param name: the transport's name (smtp, relay, lmtp, ...): the mail
+        log's program name.
+    @param settings: a mta.config.settings.client.SmtpClientSettings
+        (``config.settings.smtpClient``) or LmtpClientSettings
+        (``lmtpClient``); its C{lmtp} says which protocol.
+    @param context: the generation (mta.generation.Generation): C{clock},
+        C{store}, C{resolver}, C{listenerDescriptions()}, and optionally
+        C{maillogFor(program)} and C{transports} (for best_mx_transport).
+
+    @ivar settings: the settings, as given; the session gets them too.
+    @ivar cache: the ConnectionCache of this transport's idle connections.
+    @ivar mxOptions: what mta.delivery.mx.destinationHosts() is given.
+    """
+
+    def __init__(self, name, settings, context):
         self.name = name
-        self.lmtp = lmtp
+        self.settings = settings
+        self.lmtp = settings.lmtp
         self.reactor = context.clock
         self.store = context.store
         self.resolver = context.resolver
-        self.settings = ClientSettings.fromParameters(params, lmtp=lmtp)
-        self.connectTimeout = params["smtp_connect_timeout"]
-        self.relayhost = params["relayhost"]
-        self.fallbackRelays = tuple(params["smtp_fallback_relay"])
-        self.bind4 = params["smtp_bind_address"] or None
-        self.bind6 = params["smtp_bind_address6"] or None
-        self.defaultPort = params["lmtp_tcp_port"] if lmtp else None
-        self.convert8bit = not params["disable_mime_output_conversion"]
-        self.cacheAll = params["smtp_connection_cache_on_demand"]
-        self.cacheDestinations = frozenset(params["smtp_connection_cache_destinations"])
-        self.cache = ConnectionCache(self.reactor, params["smtp_connection_cache_time_limit"],
-                                     params["smtp_connection_reuse_time_limit"],
-                                     params["smtp_connection_reuse_count_limit"])
-        self.maillog = MailLogger(params["syslog_name"], name)
+        self.cache = ConnectionCache(self.reactor, settings.cacheTimeLimit, settings.reuseTimeLimit,
+                                     settings.reuseCountLimit)
+        self.maillog = MailLogger(settings.syslogName, name)
         maillogFor = getattr(context, "maillogFor", None)
-        self.notices = TranscriptNotices.fromParameters(
-            params, self.store, self.reactor, self.maillog,
-            cleanupLog=maillogFor("cleanup") if maillogFor is not None else None)
+        self.notices = TranscriptNotices(
+            self.store, self.reactor,
+            classes=settings.notifyClasses,
+            errorRecipient=settings.errorNoticeRecipient,
+            bounceRecipient=settings.bounceNoticeRecipient,
+            doubleBounceSender=settings.doubleBounceSender,
+            myorigin=settings.myorigin,
+            myhostname=settings.myHostname,
+            mailName=settings.mailName,
+            maillog=self.maillog,
+            cleanupLog=maillogFor("cleanup") if maillogFor is not None else MailLogger(settings.syslogName,
+                                                                                         "cleanup"),
+        )
         self.keepTranscripts = self.notices.wants(CLIENT_ERROR_CLASSES)
         addresses = listenerAddresses([e for _, e in context.listenerDescriptions()], warn=self._warn)
-        for interface in params["proxy_interfaces"]:
+        for interface in settings.proxyInterfaces:
             address = parseAddress(interface)
             if address is None:
                 self._warn(f"proxy_interfaces: {interface} is not an IP address; not used for mail loop detection")
             else:
                 addresses.add(address)
         self.mxOptions = dict(
-            randomize=params["smtp_randomize_addresses"],
-            mxAddressLimit=params["smtp_mx_address_limit"],
-            mxSessionLimit=params["smtp_mx_session_limit"],
-            ignoreMxLookupError=params["ignore_mx_lookup_error"],
-            deferIfNoMxAddressFound=params["smtp_defer_if_no_mx_address_found"],
-            disableDnsLookups=params["disable_dns_lookups"],
-            hostLookup=tuple(params["smtp_host_lookup"]),
-            families=parseInetProtocols(params["inet_protocols"]),
-            addressPreference=params["smtp_address_preference"],
-            balanceInetProtocols=params["smtp_balance_inet_protocols"],
+            randomize=settings.randomize,
+            mxAddressLimit=settings.mxAddressLimit,
+            mxSessionLimit=settings.mxSessionLimit,
+            ignoreMxLookupError=settings.ignoreMxLookupError,
+            deferIfNoMxAddressFound=settings.deferIfNoMxAddressFound,
+            disableDnsLookups=settings.disableDnsLookups,
+            hostLookup=settings.hostLookup,
+            families=settings.families,
+            addressPreference=settings.addressPreference,
+            balanceInetProtocols=settings.balanceInetProtocols,
             myAddresses=frozenset(addresses),
-            myHostnames=frozenset({params["myhostname"]}),
-            bestMxTransport=params["best_mx_transport"],
-            lmtp=lmtp,
+            myHostnames=frozenset({settings.myHostname}),
+            bestMxTransport=settings.bestMxTransport,
+            lmtp=self.lmtp,
             maillog=self.maillog,
         )
         self.transports = getattr(context, "transports", None)
@@ -277,7 +233,7 @@ class SMTPTransport:
         pending = {r.index for r in request.recipients}
         final, last = {}, {}
         problem = None
-        destinations = [request.nexthop] + [r for r in self.fallbackRelays if r != request.nexthop]
+        destinations = [request.nexthop] + [r for r in self.settings.fallbackRelays if r != request.nexthop]
         cached = self.cache.take(request.nexthop)
         if cached is not None:
             outcome = await self._reuse(request, pending, cached)
@@ -291,9 +247,9 @@ class SMTPTransport:
         for number, destination in enumerate(destinations):
             if not pending:
                 break
-            isRelay = number > 0 or destination == self.relayhost
+            isRelay = number > 0 or destination == self.settings.relayhost
             try:
-                nexthop = parseNexthop(destination, "lmtp" if self.lmtp else "smtp", self.defaultPort)
+                nexthop = parseNexthop(destination, "lmtp" if self.lmtp else "smtp", self.settings.defaultPort)
             except ValueError as e:
                 problem = ("deferred", "4.3.5", f"bad next-hop {destination!r}: {e}")
                 break
@@ -358,14 +314,14 @@ class SMTPTransport:
         """
 
         def content():
-            if self.convert8bit and "8BITMIME" not in session.extensions:
+            if not self.settings.disableMimeOutputConversion and "8BITMIME" not in session.extensions:
                 return _converted(self.store, request)
             return _chunks(self.store, request)
 
         return content
 
     def _cacheable(self, destination):
-        return self.cacheAll or destination in self.cacheDestinations
+        return self.settings.cacheOnDemand or destination in self.settings.cacheDestinations
 
     async def _reuse(self, request, pending, cached):
         """Deliver over a cached connection after an RSET; the outcome, or None if it was not usable."""
@@ -388,13 +344,13 @@ class SMTPTransport:
     async def _session(self, request, pending, nexthop, host, destination):
         """One connection and session; (SessionOutcome, None) or (None, connect error text)."""
         if host is None:  # LMTP over a UNIX socket
-            endpoint = UNIXClientEndpoint(self.reactor, nexthop.name, timeout=self.connectTimeout)
+            endpoint = UNIXClientEndpoint(self.reactor, nexthop.name, timeout=self.settings.connectTimeout)
             remote = RemoteHost(self.settings.myHostname, nexthop.name, None)  # Postfix: myhostname[/path]
         else:
             v6 = ":" in host.address
-            bind = self.bind6 if v6 else self.bind4
+            bind = self.settings.bind6 if v6 else self.settings.bind4
             factory = TCP6ClientEndpoint if v6 else TCP4ClientEndpoint
-            endpoint = factory(self.reactor, host.address, host.port, timeout=self.connectTimeout,
+            endpoint = factory(self.reactor, host.address, host.port, timeout=self.settings.connectTimeout,
                                bindAddress=(bind, 0) if bind else None)
             remote = RemoteHost(host.name, host.address, host.port)
         transcript = Transcript(maxLines=TRANSCRIPT_LINES) if self.keepTranscripts else None

@@ -64,7 +64,10 @@ CONFIGURATION
     virtual_mailbox_lock (fcntl, dotlock), deliver_lock_attempts (20),
     deliver_lock_delay (1s), stale_lock_time (500s),
     strict_mailbox_ownership (yes), virtual_mailbox_follow_symlinks (no;
-    mta's own), recipient_delimiter, syslog_name.
+    mta's own), recipient_delimiter, syslog_name: a
+    mta.config.settings.delivery.VirtualSettings (``config.settings.virtual``),
+    which load() checks (the limits, a relative base, the lock styles), so
+    that a bad value stops the start and mta-config --check.
 """
 
 import re
@@ -75,7 +78,6 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
-from mta.config import ConfigError
 from mta.delivery.mailbox import CONFIGURATION_ERROR, FileSystem, MailboxFailure, MailboxJob, splitMailboxPath
 from mta.delivery.maildir import deliverMaildir
 from mta.delivery.mbox import deliverMbox
@@ -86,7 +88,6 @@ from mta.tables import TableTemporaryError, addressKeys
 
 log = Logger()
 
-LOCK_STYLES = ("fcntl", "flock", "dotlock")
 _NUMBER = re.compile(r"[0-9]+")
 
 
@@ -127,41 +128,41 @@ async def findAddress(tables, address, delimiter):
 @implementer(IDeliveryTransport)
 class VirtualTransport:
     """
-    virtual(8).  Plain values in, so that tests need no configuration:
-    C{mailboxMaps}, C{uidMaps}, C{gidMaps} are sequences of ILookupTable;
-    C{clock} is the reactor (seconds() and callFromThread(); getThreadPool()
-    unless C{threadpool} is given); C{fileSystem} replaces the system calls
-    (mta.delivery.mailbox.FileSystem).
+    virtual(8).  C{settings} is a mta.config.settings.delivery.VirtualSettings
+    (``config.settings.virtual``: the base, limits, locks, ownership rules
+    and delimiter, checked at load); C{mailboxMaps}, C{uidMaps},
+    C{gidMaps} are the opened tables, sequences of ILookupTable;
+    C{clock} is the reactor (seconds() and callFromThread();
+    getThreadPool() unless C{threadpool} is given); C{fileSystem} replaces
+    the system calls (mta.delivery.mailbox.FileSystem).
+
+    @ivar settings: the VirtualSettings; base, minimumUid, mailboxLimit,
+        delimiter, lockStyles, lockAttempts, lockDelay, staleLockTime,
+        strictOwnership and followSymlinks are its values.
     """
 
-    def __init__(self, *, base, mailboxMaps, clock, uidMaps=(), gidMaps=(), minimumUid=100,
-                 mailboxLimit=51200000, delimiter="", lockStyles=("fcntl", "dotlock"), lockAttempts=20,
-                 lockDelay=1.0, staleLockTime=500.0, strictOwnership=True, followSymlinks=False,
-                 name="virtual", threadpool=None, fileSystem=None, hostname=None, maillog=None):
-        unknown = [style for style in lockStyles if style not in LOCK_STYLES]
-        if unknown:
-            raise ValueError(f"unknown mailbox lock style {unknown[0]!r} (known: {', '.join(LOCK_STYLES)})")
-        if lockAttempts < 1:
-            raise ValueError("lockAttempts must be at least 1")
-        self.base = base
+    def __init__(self, settings, *, mailboxMaps, clock, uidMaps=(), gidMaps=(), name="virtual", threadpool=None,
+                 fileSystem=None, hostname=None, maillog=None):
+        self.settings = settings
+        self.base = settings.base
         self.mailboxMaps = tuple(mailboxMaps)
         self.uidMaps = tuple(uidMaps)
         self.gidMaps = tuple(gidMaps)
-        self.minimumUid = minimumUid
-        self.mailboxLimit = mailboxLimit
-        self.delimiter = delimiter
-        self.lockStyles = tuple(lockStyles)
-        self.lockAttempts = lockAttempts
-        self.lockDelay = lockDelay
-        self.staleLockTime = staleLockTime
-        self.strictOwnership = strictOwnership
-        self.followSymlinks = followSymlinks
+        self.minimumUid = settings.minimumUid
+        self.mailboxLimit = settings.mailboxLimit
+        self.delimiter = settings.delimiter
+        self.lockStyles = tuple(settings.lockStyles)
+        self.lockAttempts = settings.lockAttempts
+        self.lockDelay = settings.lockDelay
+        self.staleLockTime = settings.staleLockTime
+        self.strictOwnership = settings.strictOwnership
+        self.followSymlinks = settings.followSymlinks
         self.name = name
         self.clock = clock
         self._threadpool = threadpool
         self.fileSystem = fileSystem if fileSystem is not None else FileSystem()
         self.hostname = hostname if hostname is not None else socket.gethostname()
-        self.maillog = maillog if maillog is not None else MailLogger("mta", name)
+        self.maillog = maillog if maillog is not None else MailLogger(settings.syslogName, name)
 
     # -- IDeliveryTransport ------------------------------------------------------
 
@@ -264,45 +265,21 @@ class VirtualTransport:
         return int(text)
 
 
-def makeVirtualTransport(name, params, context):
+def makeVirtualTransport(name, settings, context):
     """
-    The plugin's makeTransport: a VirtualTransport from [main]'s
-    parameters.  Raise ConfigError for a mailbox limit smaller than the
-    message size limit (Postfix refuses to start then too), a relative
-    virtual_mailbox_base or an unknown lock style.  An empty
-    virtual_mailbox_base is not an error here (Postfix's default is empty
-    and the transport may go unused): each delivery then defers.
+    The plugin's makeTransport: a VirtualTransport from C{settings} (a
+    VirtualSettings, checked at load: mta.config.settings.delivery), its
+    tables opened with the context's Tables registry.  An empty
+    virtual_mailbox_base is not an error (Postfix's default is empty and
+    the transport may go unused): each delivery then defers.
     """
-    limit = params["virtual_mailbox_limit"]
-    messageLimit = params["message_size_limit"]
-    if limit:
-        if not messageLimit:
-            raise ConfigError("virtual_mailbox_limit is limited but message_size_limit is unlimited")
-        if limit < messageLimit:
-            raise ConfigError(f"virtual_mailbox_limit ({limit}) is smaller than message_size_limit ({messageLimit})")
-    base = params["virtual_mailbox_base"]
-    if base and not base.startswith("/"):
-        raise ConfigError(f"virtual_mailbox_base: do not specify a relative path: {base!r}")
-    lockStyles = tuple(style.lower() for style in params["virtual_mailbox_lock"])
-    for style in lockStyles:
-        if style not in LOCK_STYLES:
-            raise ConfigError(f"virtual_mailbox_lock: unknown lock style {style!r} (known: {', '.join(LOCK_STYLES)})")
     tables = context.tables
     return VirtualTransport(
-        base=base,
-        mailboxMaps=[tables.open(spec) for spec in params["virtual_mailbox_maps"]],
-        uidMaps=[tables.open(spec) for spec in params["virtual_uid_maps"]],
-        gidMaps=[tables.open(spec) for spec in params["virtual_gid_maps"]],
-        minimumUid=params["virtual_minimum_uid"],
-        mailboxLimit=limit,
-        delimiter=params["recipient_delimiter"],
-        lockStyles=lockStyles,
-        lockAttempts=params["deliver_lock_attempts"],
-        lockDelay=params["deliver_lock_delay"],
-        staleLockTime=params["stale_lock_time"],
-        strictOwnership=params["strict_mailbox_ownership"],
-        followSymlinks=params["virtual_mailbox_follow_symlinks"],
+        settings,
+        mailboxMaps=[tables.open(spec) for spec in settings.mailboxMaps],
+        uidMaps=[tables.open(spec) for spec in settings.uidMaps],
+        gidMaps=[tables.open(spec) for spec in settings.gidMaps],
         name=name,
         clock=context.clock,
-        maillog=MailLogger(params["syslog_name"], name),
+        maillog=MailLogger(settings.syslogName, name),
     )

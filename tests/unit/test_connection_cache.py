@@ -3,7 +3,7 @@
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
-from mta.delivery.smtp import ConnectionCache
+from mta.delivery.connectioncache import ConnectionCache
 
 
 class FakeSession:

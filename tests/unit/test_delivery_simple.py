@@ -150,10 +150,10 @@ def test_stop_fires_at_once():
 
 def test_plugins_make_the_transports_from_the_configuration():
     factories = {f.transportType: f for f in getPlugins(IDeliveryTransportFactory, mta.plugins)}
-    params = load(None, "[main]\nsyslog_name = postfix-test\n").main
-    discard = factories["discard"].makeTransport("discard", params, None)
-    error = factories["error"].makeTransport("error", params, None)
-    retry = factories["retry"].makeTransport("retry", params, None)
+    settings = load(None, "[main]\nsyslog_name = postfix-test\n").settings
+    discard = factories["discard"].makeTransport("discard", settings, None)
+    error = factories["error"].makeTransport("error", settings, None)
+    retry = factories["retry"].makeTransport("retry", settings, None)
     assert isinstance(discard, DiscardTransport) and isinstance(error, ErrorTransport)
     assert isinstance(retry, ErrorTransport) and retry.retry and not error.retry
     assert error.maillog.log.namespace == "postfix-test/error"

@@ -13,7 +13,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mta.config import ConfigError
+from mta.config import ConfigError, load
 from mta.delivery import mailbox
 from mta.delivery.mailbox import FileSystem, MailboxText, splitMailboxPath
 from mta.delivery.maildir import maildirHostname, uniqueName
@@ -190,13 +190,43 @@ def makeRequest(tmp_path, recipients, content=CONTENT, sender="alice@example.org
     return DeliveryRequest("4TbC0hR2x8Zq", "virtual", nexthop, envelope, tuple(rcpts), path, offset, length)
 
 
+# The transport's keyword arguments that are settings: the parameter each comes from.
+SETTINGS = {
+    "base": "virtual_mailbox_base", "minimumUid": "virtual_minimum_uid", "mailboxLimit": "virtual_mailbox_limit",
+    "delimiter": "recipient_delimiter", "lockStyles": "virtual_mailbox_lock", "lockAttempts": "deliver_lock_attempts",
+    "lockDelay": "deliver_lock_delay", "staleLockTime": "stale_lock_time",
+    "strictOwnership": "strict_mailbox_ownership", "followSymlinks": "virtual_mailbox_follow_symlinks",
+}
+
+
+def iniValue(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(value)
+    return str(value)
+
+
+def virtualSettings(**params):
+    """The VirtualSettings of a [main] with C{params} (Postfix's names)."""
+    text = "".join(f"{name} = {iniValue(value)}\n" for name, value in params.items())
+    return load("<test>", "[main]\n" + text).settings.virtual
+
+
 def transport(tmp_path, mailboxes=None, tables=None, **kwargs):
     base = tmp_path / "vmail"
     base.mkdir(exist_ok=True)
-    options = dict(base=str(base), mailboxMaps=tables if tables is not None else [FakeTable(mailboxes or {})],
+    params = {"virtual_mailbox_base": str(base)}
+    for name, parameter in SETTINGS.items():
+        if name in kwargs:
+            params[parameter] = kwargs.pop(name)
+    limit = params.get("virtual_mailbox_limit")
+    if limit:  # a mailbox limit may not be below the message size limit
+        params["message_size_limit"] = min(limit, 10240000)
+    options = dict(mailboxMaps=tables if tables is not None else [FakeTable(mailboxes or {})],
                    clock=FakeReactor(), hostname="mx.example.com", maillog=FakeMailLog())
     options.update(kwargs)
-    return VirtualTransport(**options)
+    return VirtualTransport(virtualSettings(**params), **options)
 
 
 def deliver(t, request):
@@ -881,27 +911,12 @@ def test_mailbox_text_conversion():
 # -- the plugin factory --------------------------------------------------------------
 
 
-def params(**overrides):
-    """[main]'s values, as a dict: it stands for an mta.config.Scope (the schema does not have them all yet)."""
-    values = dict(
-        virtual_mailbox_base="/var/mail/vhosts",
-        virtual_mailbox_maps=(),
-        virtual_uid_maps=(),
-        virtual_gid_maps=(),
-        virtual_minimum_uid=100,
-        virtual_mailbox_limit=51200000,
-        message_size_limit=10240000,
-        virtual_mailbox_lock=("fcntl", "dotlock"),
-        deliver_lock_attempts=20,
-        deliver_lock_delay=1.0,
-        stale_lock_time=500.0,
-        strict_mailbox_ownership=True,
-        virtual_mailbox_follow_symlinks=False,
-        recipient_delimiter="+",
-        syslog_name="mta",
-    )
+def settings(**overrides):
+    """The settings compiled from a [main] with these parameters (and a base and a delimiter)."""
+    values = dict(virtual_mailbox_base="/var/mail/vhosts", recipient_delimiter="+")
     values.update(overrides)
-    return values
+    text = "".join(f"{name} = {iniValue(value)}\n" for name, value in values.items())
+    return load("<test>", "[main]\n" + text).settings
 
 
 class Context:
@@ -915,14 +930,12 @@ def test_plugin_makes_a_virtual_transport():
     from twisted.plugin import getPlugins
 
     import mta.plugins
-    from mta.config.types import parseTableSpec
     from mta.interfaces import IDeliveryTransportFactory
 
     factories = {f.transportType: f for f in getPlugins(IDeliveryTransportFactory, mta.plugins)}
     assert {"virtual", "discard", "error", "retry"} <= set(factories)
-    t = factories["virtual"].makeTransport("virtual", params(
-        virtual_mailbox_maps=(parseTableSpec("inline:{ bob@example.com=bob/ }"),),
-        virtual_uid_maps=(parseTableSpec("static:5000"),)), Context())
+    t = factories["virtual"].makeTransport("virtual", settings(
+        virtual_mailbox_maps="inline:{ bob@example.com=bob/ }", virtual_uid_maps="static:5000"), Context())
     assert isinstance(t, VirtualTransport)
     assert (t.base, t.delimiter, t.mailboxLimit, t.lockStyles, t.name) == (
         "/var/mail/vhosts", "+", 51200000, ("fcntl", "dotlock"), "virtual")
@@ -937,19 +950,21 @@ def test_plugin_makes_a_virtual_transport():
     (dict(virtual_mailbox_limit=1000, message_size_limit=2000), "smaller than message_size_limit"),
     (dict(virtual_mailbox_limit=1000, message_size_limit=0), "message_size_limit is unlimited"),
     (dict(virtual_mailbox_base="relative/path"), "relative"),
-    (dict(virtual_mailbox_lock=("fcntl", "lockf")), "unknown lock style"),
+    # The schema's type refuses an unknown lock style before the settings are built.
+    (dict(virtual_mailbox_lock=("fcntl", "lockf")), "'lockf' is not one of fcntl, flock, dotlock"),
 ])
 def test_plugin_refuses_bad_configuration(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        makeVirtualTransport("virtual", params(**overrides), Context())
+    # Refused when the configuration is loaded (so mta-config --check refuses it too), at the line.
+    with pytest.raises(ConfigError, match=r"^<test>:\d+: \[main\] \w+: .*" + message):
+        makeVirtualTransport("virtual", settings(**overrides).virtual, Context())
 
 
 def test_plugin_accepts_unlimited_mailboxes_and_empty_base():
-    t = makeVirtualTransport("virtual", params(virtual_mailbox_limit=0, message_size_limit=0,
-                                               virtual_mailbox_base=""), Context())
+    t = makeVirtualTransport("virtual", settings(virtual_mailbox_limit=0, message_size_limit=0,
+                                                 virtual_mailbox_base="").virtual, Context())
     assert t.mailboxLimit == 0 and t.base == ""
 
 
-def test_unknown_lock_style_refused_by_the_class(tmp_path):
-    with pytest.raises(ValueError, match="lock style"):
+def test_unknown_lock_style_refused_by_the_settings(tmp_path):
+    with pytest.raises(ConfigError, match="lock"):
         transport(tmp_path, {}, lockStyles=("dotlock", "posix"))

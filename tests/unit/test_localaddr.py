@@ -123,7 +123,7 @@ def transport(listeners, main=""):
     from mta.delivery.smtp import SMTPTransport
 
     config = load(text="[main]\n" + main, checkEndpoints=False)
-    return SMTPTransport("smtp", config.main, Context(listeners))
+    return SMTPTransport("smtp", config.settings.smtpClient, Context(listeners))
 
 
 def test_the_smtp_transport_knows_its_ipv6_listener():

@@ -9,6 +9,7 @@ import dns.rdatatype
 import pytest
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mta.delivery.dns import DNSError, Resolver, SystemResolver, nameServiceError
 from mta.delivery.mx import (
@@ -21,6 +22,7 @@ from mta.delivery.mx import (
     parseInetProtocols,
 )
 from mta.delivery.nexthop import parseNexthop
+from mta.interfaces import IDNSResolver
 
 
 def nxdomain(name, rdtype):
@@ -33,6 +35,7 @@ def tryAgain(name, rdtype):
                     rcode=dns.rcode.SERVFAIL)
 
 
+@implementer(IDNSResolver)
 class FakeResolver:
     """MX and address answers from dicts; a missing name is NXDOMAIN."""
 

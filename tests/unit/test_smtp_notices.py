@@ -129,8 +129,8 @@ class Client:
         self.reactor = MemoryReactorClock()
         self.store = ContentStore()
         config = load(text="[main]\nmyhostname = mx.test\n" + main, checkEndpoints=False)
-        self.transport = SMTPTransport("lmtp" if lmtp else "smtp", config.main, Context(self.reactor, self.store),
-                                       lmtp=lmtp)
+        settings = config.settings.lmtpClient if lmtp else config.settings.smtpClient
+        self.transport = SMTPTransport("lmtp" if lmtp else "smtp", settings, Context(self.reactor, self.store))
         self.path = tmp_path / "content"
         self.path.write_bytes(BODY)
         self.servers = []

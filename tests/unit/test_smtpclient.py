@@ -6,13 +6,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from mta.config import ConfigError, load
 from mta.delivery.smtpclient import (
     REPLY_LINE_LIMIT,
     WRITE_SIZE,
-    ClientSettings,
     RemoteHost,
     SMTPClientSession,
-    Timeouts,
 )
 from mta.model import DeliveryRecipient, DeliveryRequest, Envelope, Recipient
 from mta.smtpd.data import DataReader
@@ -50,13 +49,36 @@ def makeRequest(recipients=("bob@example.net",), sender="alice@example.org", siz
     return DeliveryRequest("4TbC0hR2x8Zq", "smtp", "example.net", env, rcpts, "/nonexistent", 0, size)
 
 
-class Session:
-    """One client session against a scripted server."""
+def iniValue(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(value)
+    return str(value)
 
-    def __init__(self, **settings):
-        settings.setdefault("heloName", "client.example.org")
+
+def clientSettings(lmtp=False, **params):
+    """
+    The smtpClient (lmtpClient) settings of a [main] with C{params}
+    (Postfix's names): myhostname (and so the HELO name) is
+    client.example.org, and an LMTP session skips the QUIT reply (the
+    session's own default before it took its settings from the
+    configuration) unless told otherwise.
+    """
+    params.setdefault("myhostname", "client.example.org")
+    if lmtp:
+        params.setdefault("lmtp_skip_quit_response", True)
+    text = "".join(f"{name} = {iniValue(value)}\n" for name, value in params.items())
+    settings = load("<test>", "[main]\n" + text).settings
+    return settings.lmtpClient if lmtp else settings.smtpClient
+
+
+class Session:
+    """One client session against a scripted server; C{params}: Postfix parameters."""
+
+    def __init__(self, lmtp=False, **params):
         self.clock = Clock()
-        self.settings = ClientSettings(**settings)
+        self.settings = clientSettings(lmtp, **params)
         self.protocol = SMTPClientSession(self.settings, self.clock)
         self.transport = RecordingTransport()
         self.protocol.makeConnection(self.transport)
@@ -214,7 +236,7 @@ def test_ehlo_421_is_not_retried_with_helo():
 
 
 def test_helo_rejected():
-    s = Session(neverSendEhlo=True)
+    s = Session(smtp_never_send_ehlo=True)
     s.deliver()
     s.reply("220 mx.example.net ESMTP\r\n")
     assert s.sent() == "HELO client.example.org\r\n"
@@ -228,14 +250,14 @@ def test_helo_rejected():
 @pytest.mark.parametrize("greeting, verb", [("220 mx.example.net ESMTP Postfix\r\n", "EHLO"),
                                             ("220 mx.example.net Sendmail\r\n", "HELO")])
 def test_always_send_ehlo_off_looks_for_esmtp_in_the_greeting(greeting, verb):
-    s = Session(alwaysSendEhlo=False)
+    s = Session(smtp_always_send_ehlo=False)
     s.deliver()
     s.reply(greeting)
     assert s.sent() == f"{verb} client.example.org\r\n"
 
 
 def test_discarded_ehlo_keywords():
-    s = Session(discardEhloKeywords=["pipelining", "Size", "DSN"])
+    s = Session(smtp_discard_ehlo_keywords=["pipelining", "Size", "DSN"])
     handshake(s)
     assert s.sent() == "MAIL FROM:<alice@example.org>\r\n"
     assert "PIPELINING" not in s.protocol.extensions and "SMTPUTF8" in s.protocol.extensions
@@ -559,7 +581,7 @@ def test_envelope_addresses_are_quoted_as_rfc_5321_wants():
 
 def test_unquoted_envelope_when_quoting_is_off():
     request = makeRequest(['"jim"@example.net', "john smith@example.net"])
-    s = Session(quoteRfc821Envelope=False)
+    s = Session(smtp_quote_rfc821_envelope=False)
     handshake(s, ehlo="250-mx\r\n250 PIPELINING\r\n", request=request)
     assert s.sent() == 'MAIL FROM:<alice@example.org>\r\nRCPT TO:<"jim"@example.net>\r\nDATA\r\n'
     s.reply("250 ok\r\n250 ok\r\n354 go\r\n")
@@ -603,7 +625,7 @@ def test_5xx_greeting_tries_the_next_host():
 
 
 def test_5xx_greeting_bounces_without_smtp_skip_5xx_greeting():
-    s = Session(skip5xxGreeting=False)
+    s = Session(smtp_skip_5xx_greeting=False)
     s.deliver()
     s.reply("554 mx.example.net go away\r\n")
     assert s.statuses() == [(10, "bounced", "5.0.0")]
@@ -620,7 +642,7 @@ def test_4xx_greeting_tries_the_next_host():
 
 
 def test_mail_loop_is_detected():
-    s = Session(myHostname="client.example.org")
+    s = Session(myhostname="client.example.org")
     s.deliver()
     s.reply("220 x ESMTP\r\n")
     s.sent()
@@ -644,7 +666,7 @@ def test_mail_loop_at_a_backup_mx_tries_the_next_host():
 
 
 def test_lmtp_one_reply_per_accepted_recipient():
-    s = Session(lmtp=True, skipQuitResponse=False)
+    s = Session(lmtp=True, lmtp_skip_quit_response=False)
     s.deliver(makeRequest(["a@example.net", "b@example.net", "c@example.net"]))
     s.reply("220 lmtp.example.net LMTP ready\r\n")
     assert s.sent() == "LHLO client.example.org\r\n"
@@ -694,7 +716,7 @@ def test_lmtp_connection_lost_between_final_replies():
                                                        (True, "250 DSN", "relayed"),
                                                        (False, "250 PIPELINING", "relayed")])
 def test_lmtp_assume_final(assumeFinal, ehlo, action):
-    s = Session(lmtp=True, lmtpAssumeFinal=assumeFinal)
+    s = Session(lmtp=True, lmtp_assume_final=assumeFinal)
     s.deliver()
     s.reply("220 lmtp\r\n")
     s.reply(f"250-lmtp\r\n{ehlo}\r\n")
@@ -714,8 +736,8 @@ def toMail(s, ehlo=EHLO_PLAIN, **kw):
 
 @pytest.mark.parametrize("phase", ["greeting", "ehlo", "mail", "rcpt", "data", "body", "dot"])
 def test_every_phase_has_its_own_timeout(phase):
-    timeouts = Timeouts(helo=11, mail=12, rcpt=13, dataInit=14, dataXfer=15, dataDone=16, rset=17, quit=18)
-    s = Session(timeouts=timeouts)
+    s = Session(smtp_helo_timeout=11, smtp_mail_timeout=12, smtp_rcpt_timeout=13, smtp_data_init_timeout=14,
+                smtp_data_xfer_timeout=15, smtp_data_done_timeout=16, smtp_rset_timeout=17, smtp_quit_timeout=18)
     stage, limit = {
         "greeting": ("receiving the initial server greeting", 11),
         "ehlo": ("performing the EHLO handshake", 11),
@@ -749,7 +771,7 @@ def test_every_phase_has_its_own_timeout(phase):
 
 
 def test_a_trickling_server_cannot_extend_the_deadline():
-    s = Session(timeouts=Timeouts(helo=10))
+    s = Session(smtp_helo_timeout=10)
     s.deliver()
     for _ in range(9):
         s.reply("2")
@@ -759,7 +781,7 @@ def test_a_trickling_server_cannot_extend_the_deadline():
 
 
 def test_data_transfer_timeout_is_renewed_by_progress():
-    s = Session(timeouts=Timeouts(dataXfer=10))
+    s = Session(smtp_data_xfer_timeout=10)
 
     def content():
         for i in range(5):
@@ -781,7 +803,7 @@ def test_data_transfer_timeout_is_renewed_by_progress():
 
 
 def test_quit_reply_timeout():
-    s = Session(skipQuitResponse=False, timeouts=Timeouts(quit=5))
+    s = Session(smtp_skip_quit_response=False, smtp_quit_timeout=5)
     toMail(s)
     s.reply("250 ok\r\n")
     s.reply("250 ok\r\n")
@@ -1017,7 +1039,7 @@ def test_an_endless_reply_is_read_in_bounded_memory_until_the_deadline(kind, pha
     the input) ends it with a deferral.
     """
     maillog = RecordingMaillog()
-    s = Session(timeouts=Timeouts(helo=100, rcpt=100))
+    s = Session(smtp_helo_timeout=100, smtp_rcpt_timeout=100)
     s.protocol.maillog = maillog
     s.deliver()
     s.reply("220 mx ESMTP\r\n")
@@ -1057,7 +1079,7 @@ def test_an_over_long_reply_is_warned_of_as_postfix_does():
 
 
 def test_the_reply_text_limit_is_line_length_limit():
-    s = Session(replyLimit=100)
+    s = Session(line_length_limit=100)
     handshake(s, ehlo=EHLO_PLAIN)
     s.sent()
     s.reply("250 ok\r\n")
@@ -1228,7 +1250,7 @@ def test_keep_open_then_reuse_reset_and_quit():
 
 
 def test_reset_probe_failure():
-    s = Session(timeouts=Timeouts(rset=3))
+    s = Session(smtp_rset_timeout=3)
     handshake(s, keepOpen=True)
     s.reply("250 ok\r\n250 ok\r\n354 go\r\n")
     s.reply("250 ok\r\n")
@@ -1275,6 +1297,11 @@ def test_deliver_while_busy_is_refused():
 # -- settings ----------------------------------------------------------------------------------
 
 
+def timeouts(settings):
+    return (settings.heloTimeout, settings.mailTimeout, settings.rcptTimeout, settings.dataInitTimeout,
+            settings.dataXferTimeout, settings.dataDoneTimeout, settings.rsetTimeout, settings.quitTimeout)
+
+
 def test_settings_from_postfix_parameters():
     params = {
         "myhostname": "mail.example.org", "smtp_helo_name": "helo.example.org", "smtp_helo_timeout": 1.0,
@@ -1284,24 +1311,24 @@ def test_settings_from_postfix_parameters():
         "smtp_always_send_ehlo": True, "smtp_skip_5xx_greeting": True, "smtp_skip_quit_response": True,
         "smtp_quote_rfc821_envelope": True, "smtp_line_length_limit": 998, "line_length_limit": 4096,
     }
-    settings = ClientSettings.fromParameters(params)
+    settings = clientSettings(**params)
     assert settings.heloName == "helo.example.org" and settings.myHostname == "mail.example.org"
-    assert settings.timeouts == Timeouts(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    assert timeouts(settings) == (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
     assert settings.discardEhloKeywords == {"PIPELINING"} and not settings.lmtp
     assert settings.replyLimit == 4096
     lmtp = {k.replace("smtp_", "lmtp_").replace("helo", "lhlo").replace("ehlo", "lhlo"): v
-            for k, v in params.items()}
+            for k, v in params.items() if "send_ehlo" not in k}  # LMTP has no such parameters: always LHLO
     lmtp.update(myhostname="mail.example.org", lmtp_assume_final=True, lmtp_skip_quit_response=False)
-    settings = ClientSettings.fromParameters(lmtp, lmtp=True)
+    settings = clientSettings(lmtp=True, **lmtp)
     assert settings.lmtp and settings.lmtpAssumeFinal and not settings.skipQuitResponse
     assert settings.heloName == "helo.example.org"
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError):
-        ClientSettings(heloName="evil\r\nMAIL FROM:<x>")
-    with pytest.raises(ValueError):
-        ClientSettings(heloName="ok.example", lineLengthLimit=1)
+    with pytest.raises(ConfigError, match=r"^<test>:2: \[main\] smtp_helo_name: "):
+        clientSettings(smtp_helo_name="evil\x01MAIL FROM:<x>")
+    with pytest.raises(ConfigError, match=r"^<test>:3: \[main\] smtp_line_length_limit: "):
+        clientSettings(smtp_helo_name="ok.example", smtp_line_length_limit=1)
 
 
 def test_a_reply_to_the_end_of_data_before_the_data_is_a_protocol_error():
@@ -1374,7 +1401,7 @@ def test_a_transaction_with_our_own_smtpd():
     store = FakeQueueStore()
     factory = serverFactory(clock=clock, store=store)
     server = factory.buildProtocol(None)
-    client = SMTPClientSession(ClientSettings(heloName="client.example.org"), clock)
+    client = SMTPClientSession(clientSettings(), clock)
     pump = iosim.connect(server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), greet=False)
     bulk = b"0123456789" * 8 + b"\r\n"
     content = b"Subject: hi\r\n\r\n.leading\r\n.\r\nQUIT\r\n" + bulk * 1000 + b"y" * 1500 + b"\r\nlast line"
