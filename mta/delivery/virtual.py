@@ -78,6 +78,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
+from mta.config import ConfigError
 from mta.delivery.mailbox import CONFIGURATION_ERROR, FileSystem, MailboxFailure, MailboxJob, splitMailboxPath
 from mta.delivery.maildir import deliverMaildir
 from mta.delivery.mbox import deliverMbox
@@ -143,6 +144,9 @@ class VirtualTransport:
 
     def __init__(self, settings, *, mailboxMaps, clock, uidMaps=(), gidMaps=(), name="virtual", threadpool=None,
                  fileSystem=None, hostname=None, maillog=None):
+        problem = settings.mailboxLimitProblem()
+        if problem is not None:  # reachable only through transport_maps: refused at start, as virtual(8)
+            raise ConfigError(problem)
         self.settings = settings
         self.base = settings.base
         self.mailboxMaps = tuple(mailboxMaps)

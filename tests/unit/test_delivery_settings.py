@@ -176,18 +176,43 @@ def test_virtual_defaults():
 
 @pytest.mark.parametrize("text, where, message", [
     ("virtual_mailbox_base = var/mail\n", "<test>:2: [main] virtual_mailbox_base", "relative path"),
-    ("virtual_mailbox_limit = 1000\nmessage_size_limit = 2000\n", "<test>:2: [main] virtual_mailbox_limit",
+    ("virtual_mailbox_limit = 1000\nmessage_size_limit = 2000\nvirtual_mailbox_domains = box.example\n", "<test>:2: [main] virtual_mailbox_limit",
      "virtual_mailbox_limit (1000) is smaller than message_size_limit (2000)"),
     # Only the size limit is in the file: its line is named.
-    ("mail_name = x\nmessage_size_limit = 60000000\n", "<test>:3: [main] message_size_limit",
+    ("mail_name = x\nmessage_size_limit = 60000000\nvirtual_mailbox_domains = box.example\n", "<test>:3: [main] message_size_limit",
      "virtual_mailbox_limit (51200000) is smaller than message_size_limit (60000000)"),
-    ("message_size_limit = 0\n", "<test>:2: [main] message_size_limit",
+    ("message_size_limit = 0\nvirtual_mailbox_domains = box.example\n", "<test>:2: [main] message_size_limit",
      "virtual_mailbox_limit is limited but message_size_limit is unlimited"),
     ("virtual_mailbox_lock = fcntl, posix\n", "<test>:2: [main] virtual_mailbox_lock", "'posix' is not one of"),
     ("deliver_lock_attempts = 0\n", "<test>:2: [main] deliver_lock_attempts", ""),
 ])
 def test_bad_virtual_values_fail_at_load_with_the_line(text, where, message):
     assert message in refused(text, where)
+
+
+@pytest.mark.parametrize("text", [
+    "message_size_limit = 0\n",  # no virtual mailbox domains: nothing goes to virtual(8)
+    "message_size_limit = 0\nvirtual_mailbox_domains = box.example\nvirtual_transport = lmtp:unix:/run/lmtp\n",
+])
+def test_the_mailbox_limit_rule_waits_for_a_configuration_that_uses_virtual(text):
+    """Postfix's virtual(8) refuses the conflict when it starts; mta at load when mail can reach it."""
+    settings = load("<test>", "[main]\n" + text).settings.virtual
+    assert settings.mailboxLimitProblem() == "virtual_mailbox_limit is limited but message_size_limit is unlimited"
+
+
+@pytest.mark.parametrize("transport", ["local_transport = virtual", "default_transport = virtual:"])
+def test_the_mailbox_limit_rule_applies_to_any_transport_of_type_virtual(transport):
+    with pytest.raises(ConfigError, match="virtual_mailbox_limit is limited but message_size_limit is unlimited"):
+        load("<test>", f"[main]\nmessage_size_limit = 0\n{transport}\n")
+
+
+def test_a_virtual_transport_reached_only_by_transport_maps_refuses_to_start():
+    from mta.delivery.virtual import VirtualTransport
+
+    settings = load("<test>", "[main]\nmessage_size_limit = 0\ntransport_maps = inline:{ a.example=virtual }\n")
+    with pytest.raises(ConfigError, match="virtual_mailbox_limit is limited but message_size_limit is unlimited"):
+        VirtualTransport(settings.settings.virtual, mailboxMaps=(), clock=None)
+
 
 
 def test_unlimited_mailboxes_allow_any_message_size():

@@ -947,8 +947,11 @@ def test_plugin_makes_a_virtual_transport():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(virtual_mailbox_limit=1000, message_size_limit=2000), "smaller than message_size_limit"),
-    (dict(virtual_mailbox_limit=1000, message_size_limit=0), "message_size_limit is unlimited"),
+    # (with virtual mailbox domains: a configuration that sends mail to virtual)
+    (dict(virtual_mailbox_limit=1000, message_size_limit=2000, virtual_mailbox_domains="example.com"),
+     "smaller than message_size_limit"),
+    (dict(virtual_mailbox_limit=1000, message_size_limit=0, virtual_mailbox_domains="example.com"),
+     "message_size_limit is unlimited"),
     (dict(virtual_mailbox_base="relative/path"), "relative"),
     # The schema's type refuses an unknown lock style before the settings are built.
     (dict(virtual_mailbox_lock=("fcntl", "lockf")), "'lockf' is not one of fcntl, flock, dotlock"),

@@ -727,8 +727,7 @@ class FailingFileSystem(FileSystem):
 def test_storageFailuresLeaveNothing(config, tmp_path, failOn, size):
     fs = FailingFileSystem(failOn, errno.ENOSPC)
     options = S.parseArguments(["a@x.example"])
-    big = load("<t>", f"[main]\nqueue_directory = {tmp_path}/queue\nmessage_size_limit = 0\n"
-               "virtual_mailbox_limit = 0\n")
+    big = load("<t>", f"[main]\nqueue_directory = {tmp_path}/queue\nmessage_size_limit = 0\n")
     with pytest.raises(S.Exit) as e:
         S.submit(options, big, io.BytesIO(b"Subject: x\n\n" + b"y" * size + b"\n"), fs=fs)
     assert e.value.status == 75

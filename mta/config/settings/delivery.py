@@ -14,7 +14,8 @@ DESCRIPTION
       * virtual_mailbox_limit, when not 0, may not be smaller than
         message_size_limit, nor limited when message_size_limit is not
         ("virtual_mailbox_limit (1000) is smaller than message_size_limit
-        (2000)");
+        (2000)"), when the configuration sends mail to virtual (see
+        DEVIATIONS);
       * virtual_mailbox_base may not be a relative path ("do not specify a
         relative path"); an empty one is allowed (Postfix's default: the
         transport may go unused, and then each delivery defers);
@@ -29,9 +30,14 @@ DESCRIPTION
     stay TableSpec values; the plugin opens them with the Tables registry.
 
 DEVIATIONS FROM POSTFIX
-    The mailbox-limit and base checks fail the whole configuration at
-    load, whether or not any mail is routed to virtual (Postfix's
-    virtual(8) stops when it starts, at its first delivery).
+    The base check fails the whole configuration at load, and so does the
+    mailbox-limit rule when the configuration routes mail to virtual by
+    itself (virtual_mailbox_domains with a virtual_transport of type
+    virtual, or a local, relay or default transport of that type); where
+    only transport_maps could reach it, the virtual transport refuses to
+    start and its mail is deferred, with the error logged.  Postfix's
+    virtual(8) stops with a fatal error when it starts, at its first
+    delivery.
 
 SECURITY
     None: values were parsed and checked by mta.config.types.
@@ -77,23 +83,48 @@ class VirtualSettings(Settings):
     delimiter: str = setting("recipient_delimiter")  # user+extension: the extension's separators
     syslogName: str = setting("syslog_name")  # mail-log program names: $syslog_name/virtual
 
+    messageSizeLimit: int = setting("message_size_limit")  # for the mailbox-limit rule below
+
     @classmethod
     def extraParameters(cls):
-        return ("message_size_limit",)
+        return USED_BY
+
+    def mailboxLimitProblem(self):
+        """Postfix's rule: a limited mailbox may not be smaller than the largest message; the problem, or None."""
+        limit, messageLimit = self.mailboxLimit, self.messageSizeLimit
+        if not limit:
+            return None
+        if not messageLimit:
+            return "virtual_mailbox_limit is limited but message_size_limit is unlimited"
+        if limit < messageLimit:
+            return f"virtual_mailbox_limit ({limit}) is smaller than message_size_limit ({messageLimit})"
+        return None
 
     def check(self, scope):
-        limit = self.mailboxLimit
-        if not limit:
-            return
-        messageLimit = scope["message_size_limit"]
-        # Name the line that made the conflict: the mailbox limit if the file sets it, else the size limit.
-        name = "virtual_mailbox_limit" if scope.entry("virtual_mailbox_limit") is not None else "message_size_limit"
-        if not messageLimit:
-            raise ConfigError(f"{scope.where(name)}: virtual_mailbox_limit is limited "
-                              "but message_size_limit is unlimited")
-        if limit < messageLimit:
-            raise ConfigError(f"{scope.where(name)}: virtual_mailbox_limit ({limit}) "
-                              f"is smaller than message_size_limit ({messageLimit})")
+        problem = self.mailboxLimitProblem()
+        if problem is not None and virtualIsUsed(scope):
+            # Name the line that made the conflict: the mailbox limit if the file sets it, else the size limit.
+            name = "virtual_mailbox_limit" if scope.entry("virtual_mailbox_limit") is not None else "message_size_limit"
+            raise ConfigError(f"{scope.where(name)}: {problem}")
+
+
+# What decides whether the configuration sends mail to virtual(8) at all.
+USED_BY = ("virtual_mailbox_domains", "virtual_transport", "local_transport", "relay_transport", "default_transport")
+
+
+def virtualIsUsed(scope):
+    """
+    Does the configuration route mail to virtual(8) by itself: virtual
+    mailbox domains delivered by a virtual_transport of type virtual, or a
+    local, relay or default transport of that type?  (transport_maps may
+    name it too; then the transport refuses to start, as virtual(8) does.)
+    """
+    def kind(name):
+        return scope[name].split(":", 1)[0].strip()
+
+    if scope["virtual_mailbox_domains"] and kind("virtual_transport") == "virtual":
+        return True
+    return any(kind(name) == "virtual" for name in ("local_transport", "relay_transport", "default_transport"))
 
 
 @settingsClass
