@@ -42,14 +42,19 @@ FREE_SPACE_CACHE = 1.0  # seconds a statvfs() reading is reused
 class SMTPServerFactory(Factory):
     noisy = False
 
-    def __init__(self, params, clock, store, tables, listenerName="smtp", flushSite=None, postmasterNotices=False):
+    def __init__(self, params, clock, store, tables, listenerName="smtp", flushSite=None, postmasterNotices=False,
+                 addressResolver=None):
         """
         C{postmasterNotices}: send the postmaster transcripts of sessions
         whose errors notify_classes lists (the daemon's listeners; not in
         stand-alone mode, mta-sendmail -bs, as in Postfix).
+        C{addressResolver}: the daemon's shared mta.routing.AddressResolver
+        (built from [main]); None: one is made from C{params}.
         """
         from mta.rewrite import AddressRewriting, HeaderRewriteClients
         from mta.smtpd.chat import SERVER_ERROR_CLASSES
+        from mta.config.settings.routing import RecipientCheckSettings, ResolverSettings
+        from mta.routing import AddressResolver
         from mta.smtpd.policy import RecipientPolicy
         from mta.tables.matchers import NetworkMatcher
         from mta.transcript import TranscriptNotices
@@ -58,7 +63,9 @@ class SMTPServerFactory(Factory):
         self.clock = clock
         self.store = store
         self.listenerName = listenerName
-        self.policy = RecipientPolicy(params, tables)
+        if addressResolver is None:
+            addressResolver = AddressResolver(ResolverSettings.build(params), tables)
+        self.policy = RecipientPolicy(RecipientCheckSettings.build(params), addressResolver, tables)
         self.rewrite = AddressRewriting(params)
         self.headerRewriteClients = HeaderRewriteClients(
             params["local_header_rewrite_clients"], self.policy.mynetworks, tables)
@@ -165,4 +172,5 @@ def serverFactory(listener, daemon):
     return SMTPServerFactory(
         listener.params, daemon.clock, daemon.store, daemon.tables, listener.name,
         flushSite=getattr(daemon, "flushSite", None), postmasterNotices=True,
+        addressResolver=getattr(daemon, "addressResolver", None),
     )
