@@ -94,7 +94,6 @@ import unicodedata
 import attrs
 
 from mta.model import ATEXT as _ATEXT
-from mta.model import JOINERS as _JOINERS
 from mta.model import NULL_SENDER, Address, formatAddress
 from mta.model import isBadUnicode as _badUnicode
 from mta.model import isControl as _isControl

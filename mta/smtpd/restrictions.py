@@ -44,7 +44,6 @@ import re
 
 import attrs
 
-from mta.config.types import RESTRICTION_NAMES, parseRestrictions  # noqa: F401 (parseRestrictions: re-exported)
 from mta.model import Reply
 from mta.tables import TableTemporaryError
 
