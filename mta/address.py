@@ -83,6 +83,12 @@ CONFIGURATION
     message_size_limit (default 10240000) -> parseMailParameters(sizeLimit=)
     the EHLO keywords offered in the session (SIZE, 8BITMIME, BINARYMIME,
     CHUNKING, SMTPUTF8, DSN, AUTH, ...)   -> offered=
+
+SIZE
+    Past 600 lines (about 85 of them this page): it is the one parser of the
+    argument of MAIL FROM: and RCPT TO:, whose path and parameters share
+    the split, the limits, the error types and the character checks; the
+    value types it returns (and their formatting) are in mta.model.
 """
 
 from __future__ import annotations
