@@ -75,6 +75,7 @@ def test_each_class_gets_the_same_answer_from_the_resolver_the_router_and_the_sm
     s = Shared()
     resolution = resultOf(s.resolver.resolve(text))
     assert (resolution.addressClass, (resolution.transport, resolution.nexthop)) == (addressClass, transport)
+    assert resolution.final is (addressClass in ("local", "alias", "virtual"))  # RESOLVE_CLASS_FINAL
     assert resultOf(s.resolver.classify(address(text))) == Resolution(text, addressClass)  # as smtpd has it
     assert resultOf(s.router.resolve(text)) == route  # what the queue manager delivers by
     assert resultOf(s.policy.authorizedDestination(address(text))) is authorized  # relay control at RCPT
