@@ -24,7 +24,9 @@ DESCRIPTION
         (RFC 6531), RET/ENVID/NOTIFY/ORCPT (RFC 3461, RFC 6533 for
         utf-8 ORCPT) and AUTH (RFC 4954) and return attrs value objects.
     formatAddress(address)
-        RFC 5321 text of an Address (quoting the local part when needed).
+        RFC 5321 text of an Address (quoting the local part when needed);
+        defined beside Address in mta.model (which imports nothing of
+        mta, so the two modules never import each other), re-exported here.
     xtextDecode / xtextEncode
         RFC 3461 section 4 xtext.
 
@@ -81,6 +83,12 @@ CONFIGURATION
     message_size_limit (default 10240000) -> parseMailParameters(sizeLimit=)
     the EHLO keywords offered in the session (SIZE, 8BITMIME, BINARYMIME,
     CHUNKING, SMTPUTF8, DSN, AUTH, ...)   -> offered=
+
+SIZE
+    Past 600 lines (about 85 of them this page): it is the one parser of the
+    argument of MAIL FROM: and RCPT TO:, whose path and parameters share
+    the split, the limits, the error types and the character checks; the
+    value types it returns (and their formatting) are in mta.model.
 """
 
 from __future__ import annotations
@@ -91,7 +99,10 @@ import unicodedata
 
 import attrs
 
-from mta.model import NULL_SENDER, Address
+from mta.model import ATEXT as _ATEXT
+from mta.model import NULL_SENDER, Address, formatAddress
+from mta.model import isBadUnicode as _badUnicode
+from mta.model import isControl as _isControl
 
 __all__ = [
     "MailParameters",
@@ -140,14 +151,12 @@ MAX_SIZE_DIGITS = 20
 # Anything longer than this is refused before any real parsing work.
 _HARD_CAP = 4 * MAX_PATH
 
-_ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _DIGITS = re.compile(r"[0-9]+\Z")
 _HEX = frozenset("0123456789ABCDEF")
 # Characters outside L*/M*/N* that IDNA2008 allows in a label by context.
 _IDNA_CONTEXT = frozenset("\u00b7\u0375\u05f3\u05f4\u30fb\u200c\u200d")
-_JOINERS = frozenset("\u200c\u200d")
 
 
 def _safe(text: str, limit: int = 32) -> str:
@@ -158,22 +167,6 @@ def _safe(text: str, limit: int = 32) -> str:
 
 def _octets(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _isControl(c: str) -> bool:
-    """C0, DEL and C1 controls."""
-    o = ord(c)
-    return o < 0x20 or 0x7F <= o <= 0x9F
-
-
-def _badUnicode(c: str) -> bool:
-    """Non-ASCII characters never allowed in an address, even with SMTPUTF8:
-    controls, surrogates (undecodable input), line/paragraph separators,
-    non-ASCII spaces and format characters other than the joiners."""
-    cat = unicodedata.category(c)
-    if cat in ("Cc", "Cs", "Zl", "Zp", "Zs"):
-        return True
-    return cat == "Cf" and c not in _JOINERS
 
 
 # -- splitting the command argument ---------------------------------------
@@ -492,35 +485,6 @@ def parsePath(path: str, allowNull: bool, smtputf8: bool = False, *, allowPostma
     if _octets(path) > MAX_PATH:
         raise PathError(f"path exceeds {MAX_PATH} octets")
     return Address(local, domain)
-
-
-# -- formatting ---------------------------------------------------------------
-
-
-def _isDotAtom(local: str) -> bool:
-    if not local or local.startswith(".") or local.endswith(".") or ".." in local:
-        return False
-    return all(c in _ATEXT or c == "." or (ord(c) > 0x7F and not _badUnicode(c)) for c in local)
-
-
-def formatAddress(address: Address) -> str:
-    """
-    The RFC 5321 text of C{address} (without angle brackets): the local
-    part quoted when it is not a dot-atom (``"` and ``\\`` escaped),
-    ``@domain`` unless the domain is empty; "" for the null sender.
-
-    @raise ValueError: the address holds a control character (it could
-        only come from a damaged source; it must never reach the wire).
-    """
-    if address.isNull:
-        return ""
-    local, domain = address.local, address.domain
-    for c in local + domain:
-        if _isControl(c):
-            raise ValueError("control character in address")
-    if not _isDotAtom(local):
-        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{local}@{domain}" if domain else local
 
 
 # -- xtext (RFC 3461 section 4) -------------------------------------------------

@@ -137,13 +137,16 @@ class ControlProtocol(amp.AMP):
             raise ValueError(f"unknown action {action!r}")
         if len(ids) > MAX_IDS:
             raise ValueError(f"at most {MAX_IDS} queue ids per request")
-        done, missing = self.daemon.manager.operate(action, list(ids))
-        return {
-            "done": done[:MAX_IDS],
-            "missing": missing[:MAX_IDS],
-            "doneCount": len(done),
-            "missingCount": len(missing),
-        }
+        def answer(result):
+            done, missing = result
+            return {
+                "done": done[:MAX_IDS],
+                "missing": missing[:MAX_IDS],
+                "doneCount": len(done),
+                "missingCount": len(missing),
+            }
+
+        return self.daemon.manager.operate(action, list(ids)).addCallback(answer)
 
 
     @Reload.responder

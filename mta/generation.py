@@ -1,7 +1,9 @@
 """mta.generation - what one configuration makes, so that a reload can make another beside it.
 
     Generation(config, tables, clock, store, protocolFactory, flushSite=None)
-        .tables, .router, .notices, .transports (a TransportRegistry),
+        .tables, .addressResolver (trivial-rewrite, from [main], shared by the
+        router and every listener's recipient checks), .router, .notices,
+        .transports (a TransportRegistry),
         .resolver (the DNS client, made on first use), .maillogFor(program),
         .factories (one SMTP server factory per listener, by name)
 
@@ -32,7 +34,7 @@ from twisted.logger import Logger
 
 from mta.maillog import MailLogger
 from mta.queue.notices import Notices
-from mta.routing import Router, splitTransport
+from mta.routing import AddressResolver, Router, splitTransport
 
 log = Logger()
 
@@ -61,7 +63,8 @@ class Generation:
         self._maillogs = {}
         self._resolver = None
         self.transports = TransportRegistry(config.settings, self)
-        self.router = Router(config.main, tables)
+        self.addressResolver = AddressResolver(config.settings.resolver, tables)  # shared: router and listeners
+        self.router = Router(config.settings.resolver, tables, self.addressResolver)
         self.notices = Notices(store, config.main, clock, self.maillogFor)
         self.factories = {listener.name: protocolFactory(listener, self) for listener in config.listeners}
 

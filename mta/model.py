@@ -1,13 +1,72 @@
 """mta.model - frozen value types shared by the server, queue and transports.
 
+Address, Reply, Recipient, Envelope, DeliveryRecipient, DeliveryRequest and
+RecipientResult, and the RFC 5321 text of an Address (formatAddress(): the
+local part quoted when it is not a dot-atom).  This module sits below
+everything else of mta but the configuration: it imports nothing of mta, so
+mta.address (the parser of paths, which makes Address values) and every
+other module can use it.
+
 SECURITY
     Values here are already parsed; whatever built them checked the input.
+    formatAddress refuses (ValueError) an Address that holds a control
+    character, so a damaged queue file cannot make the SMTP client send one.
 
 CONFIGURATION
     None.
 """
 
+import unicodedata
+
 import attrs
+
+# RFC 5321 atext; the characters of a dot-atom local part besides ".".
+ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
+# The format characters IDNA and RFC 6531 allow in an address (ZWNJ, ZWJ).
+JOINERS = frozenset("\u200c\u200d")
+
+
+def isControl(c: str) -> bool:
+    """C0, DEL and C1 controls."""
+    o = ord(c)
+    return o < 0x20 or 0x7F <= o <= 0x9F
+
+
+def isBadUnicode(c: str) -> bool:
+    """Non-ASCII characters never allowed in an address, even with SMTPUTF8:
+    controls, surrogates (undecodable input), line/paragraph separators,
+    non-ASCII spaces and format characters other than the joiners."""
+    cat = unicodedata.category(c)
+    if cat in ("Cc", "Cs", "Zl", "Zp", "Zs"):
+        return True
+    return cat == "Cf" and c not in JOINERS
+
+
+def isDotAtom(local: str) -> bool:
+    """Is C{local} an RFC 5321 dot-atom (UTF-8 allowed), needing no quotes?"""
+    if not local or local.startswith(".") or local.endswith(".") or ".." in local:
+        return False
+    return all(c in ATEXT or c == "." or (ord(c) > 0x7F and not isBadUnicode(c)) for c in local)
+
+
+def formatAddress(address) -> str:
+    """
+    The RFC 5321 text of C{address} (an Address; without angle brackets):
+    the local part quoted when it is not a dot-atom (``"`` and ``\\``
+    escaped), ``@domain`` unless the domain is empty; "" for the null sender.
+
+    @raise ValueError: the address holds a control character (it could
+        only come from a damaged source; it must never reach the wire).
+    """
+    if address.isNull:
+        return ""
+    local, domain = address.local, address.domain
+    for c in local + domain:
+        if isControl(c):
+            raise ValueError("control character in address")
+    if not isDotAtom(local):
+        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{local}@{domain}" if domain else local
 
 
 @attrs.frozen
@@ -50,8 +109,6 @@ class Address:
         return not self.local and not self.domain
 
     def __str__(self):
-        from mta.address import formatAddress
-
         return formatAddress(self)
 
 

@@ -1,48 +1,118 @@
-"""mta.routing - where each recipient goes: trivial-rewrite(8)'s resolve.
+"""mta.routing - trivial-rewrite(8): the one resolver of address class and transport:nexthop; the router.
 
-Router.route(address) expands aliases and resolves every resulting address
-to (transport, nexthop), as Postfix's cleanup(8) and trivial-rewrite(8) do:
+AddressResolver is the one place that decides what class an address is in
+and where it goes, as Postfix's trivial-rewrite resolve service; the SMTP
+server's recipient checks (mta.smtpd.policy: relay control,
+reject_unlisted_recipient) and the queue manager's router ask the same
+object, so they can never disagree about a domain.  Router adds the alias
+expansion in front of it for the queue manager.
 
-1. virtual_alias_maps rewrite any address (user+ext@domain, user@domain,
-   @domain, with the extension carried over to the result as
-   propagate_unmatched_extensions = virtual does); alias_maps rewrite the
-   local part of $mydestination addresses (aliases(5): name: targets).
-   One address may become many; expansion is recursive, an address that
-   maps to itself stops there, and virtual_alias_recursion_limit and
-   virtual_alias_expansion_limit bound the work (a loop or an explosion
-   is a bounce, 5.4.6 / 5.3.0).  An alias with no targets, or one naming
-   a file, a command or an :include:, is an error (deferred 4.3.0: mta
-   has no local(8) to run them, and the administrator can fix the table).
-2. The address class picks the transport: $mydestination (and addresses
-   without a domain) -> local_transport; $virtual_alias_domains not
-   rewritten -> bounced "User unknown in virtual alias table";
-   $virtual_mailbox_domains -> virtual_transport; $relay_domains ->
-   relay_transport; anything else -> default_transport.  The nexthop is
-   the transport's own (``smtp:[relay]:587``), else $relayhost for relay
-   and default mail, else the domain.
-3. transport_maps override that: keys tried are the address, the address
-   without extension, the domain, each parent as ``.parent``, then ``*``;
-   a value is ``transport:nexthop`` where an empty part keeps the one from
-   step 2.
+ADDRESS CLASSES (AddressResolver.addressClass(domain), Postfix's resolve_class)
+    Tried in this order, as Postfix's RESOLVE_CLASS_*:
+
+    local     $mydestination, and an address without a domain
+    alias     $virtual_alias_domains (every address there must be
+              rewritten by virtual_alias_maps; one that is not is
+              "User unknown in virtual alias table")
+    virtual   $virtual_mailbox_domains
+    relay     $relay_domains, and their subdomains
+    default   everything else
+
+    Local, alias and virtual are final delivery (RESOLVE_CLASS_FINAL).
+
+RESOLVING (AddressResolver.resolve(address) -> Resolution)
+    The class picks the transport: local_transport, virtual_transport,
+    relay_transport, default_transport (the alias class goes to error:,
+    "5.1.1 User unknown in virtual alias table").  The nexthop is the
+    transport's own (``smtp:[relay]:587``), else $relayhost for relay and
+    default mail, else $myhostname for local mail, else the domain.
+    transport_maps override that (not for the alias class, as in
+    Postfix): keys tried are the address, the address without extension,
+    the domain, each parent as ``.parent``, then ``*``; a value is
+    ``transport:nexthop`` where an empty part keeps the one above.
+
+FLAGS (Resolution)
+    routed    the local part holds "@", "%" or "!": sender-specified
+              routing (Postfix's RESOLVE_FLAG_ROUTED), judged on the
+              address as parsed (mta.address: ``user%other@relay`` has
+              local part ``user%other``, ``"user@other"@relay`` has
+              ``user@other``).  Relay control never authorizes it.
+    literal   the domain is an address literal (``[192.0.2.1]``); relay
+              control never authorizes it either (mta's rule, see
+              DEVIATIONS).
+
+    classify(address) gives the class and the flags without the transport
+    (what the SMTP server's checks need: no transport_maps lookup at RCPT
+    time); resolve(address) gives all.
+
+THE ROUTER (Router.route(address), for the queue manager)
+    1. virtual_alias_maps rewrite any address (user+ext@domain,
+       user@domain, @domain, with the extension carried over to the result
+       as propagate_unmatched_extensions = virtual does); alias_maps
+       rewrite the local part of $mydestination addresses (aliases(5):
+       name: targets).  One address may become many; expansion is
+       recursive, an address that maps to itself stops there, and
+       virtual_alias_recursion_limit and virtual_alias_expansion_limit
+       bound the work (a loop or an explosion is a bounce, 5.4.6 / 5.3.0).
+       An alias with no targets, or one naming a file, a command or an
+       :include:, is an error (deferred 4.3.0: mta has no local(8) to run
+       them, and the administrator can fix the table).
+    2. Every resulting address is resolved (above): a Route(address,
+       transport, nexthop), or a RouteError for the alias class.
+
+ONE RESOLVER, FROM [main]
+    The resolver is built from [main] (mta.config.settings.routing
+    ResolverSettings) and shared by the router and every listener (the
+    daemon's generation makes it: Generation.addressResolver), as Postfix's
+    one trivial-rewrite reads main.cf only.  A listener's override of
+    mydestination, relay_domains, virtual_*_domains, the transports or
+    transport_maps therefore does not change an address's class, for
+    relay control as for delivery (in Postfix, ``smtpd -o relay_domains=``
+    has no effect on reject_unauth_destination either).  What smtpd reads
+    itself (mynetworks, the recipient tables, the restriction lists) stays
+    per listener: mta.smtpd.policy.
 
 SECURITY
-    Addresses are untrusted (they come from the queue file, i.e. from
-    clients); they are only looked up and compared.  Table failures defer
-    (4.3.0), never bounce.
+    Addresses are untrusted (they come from clients and from queue files);
+    they are only split, looked up and compared.  A table that cannot
+    answer raises TableTemporaryError (the SMTP server answers 4xx, the
+    router defers 4.3.0), never a bounce.
 
 CONFIGURATION
     mydestination, virtual_alias_domains, virtual_mailbox_domains,
     relay_domains, relayhost, local_transport, virtual_transport,
     relay_transport, default_transport, transport_maps, virtual_alias_maps,
     alias_maps, recipient_delimiter, virtual_alias_recursion_limit,
-    virtual_alias_expansion_limit.
+    virtual_alias_expansion_limit, myhostname (ResolverSettings).
+
+DEVIATIONS
+    Postfix resolves a domain literal that names one of its own interface
+    addresses to the local class; mta never treats a literal as one of its
+    own (it is never an authorized destination, and mail to it goes to
+    default_transport).  Postfix's local class nexthop is the recipient's
+    domain; mta's is $myhostname (one queue for all local mail, which
+    Postfix gets with local_transport = local:$myhostname).  Postfix's
+    smtpd asks the full resolve, so a failing transport_maps defers RCPT
+    there; mta's server asks classify(), which does not read
+    transport_maps.  Postfix also strips local domains from
+    ``user%other@$mydestination`` and resolves again (allow_percent_hack,
+    swap_bangpath); mta does not rewrite routing operators: such an
+    address keeps its class and its routed flag.
 """
 
 import attrs
 
+from mta.config.settings.routing import ADDRESS_CLASSES, splitTransport
 from mta.config.types import splitList
-from mta.tables.matchers import DomainMatcher
+from mta.model import Address
 from mta.tables import TableTemporaryError, addressKeys
+from mta.tables.matchers import DomainMatcher
+
+__all__ = ["ADDRESS_CLASSES", "AddressResolver", "Resolution", "Route", "RouteError", "Router", "splitTransport"]
+
+FINAL_CLASSES = frozenset({"local", "alias", "virtual"})  # Postfix's RESOLVE_CLASS_FINAL
+ROUTING_OPERATORS = "@%!"
+ALIAS_UNKNOWN = "User unknown in virtual alias table"
 
 
 @attrs.frozen
@@ -60,37 +130,142 @@ class RouteError:
     text: str
 
 
-def splitTransport(value):
-    """'smtp:[host]:25' -> ('smtp', '[host]:25'); 'error:text' -> ('error', 'text')."""
-    transport, _, nexthop = value.strip().partition(":")
-    return transport.strip(), nexthop.strip()
+@attrs.frozen
+class Resolution:
+    """
+    trivial-rewrite's answer for one address.  C{addressClass} is one of
+    ADDRESS_CLASSES; C{routed} and C{literal} are the flags (see the module
+    docstring); C{transport} and C{nexthop} are None from classify().
+    """
+
+    address: str
+    addressClass: str
+    routed: bool = False
+    literal: bool = False
+    transport: str | None = None
+    nexthop: str | None = None
+
+    @property
+    def final(self):
+        """Final delivery here (local, alias or virtual: Postfix's RESOLVE_CLASS_FINAL)."""
+        return self.addressClass in FINAL_CLASSES
 
 
-def _split(address):
+def splitAddress(address):
+    """(local part, lower-cased domain) of C{address}: an mta.model.Address or its text."""
+    if isinstance(address, Address):
+        return address.local, address.domain.lower()
     local, at, domain = address.rpartition("@")
     return (local, domain.lower()) if at else (address, "")
 
 
+class AddressResolver:
+    """
+    The address resolver (see the module docstring).  C{settings} is an
+    mta.config.settings.routing.ResolverSettings; C{tables} opens the
+    tables it names.  Attributes: C{settings}, C{hostname}, the four
+    domain matchers (C{localDomains}, C{aliasDomains}, C{mailboxDomains},
+    C{relayDomains}) and C{transportMaps} (opened tables).
+    """
+
+    def __init__(self, settings, tables):
+        self.settings = settings
+        self.hostname = settings.hostname
+        self.localDomains = DomainMatcher(settings.localDomains, tables, subdomains=False)
+        self.aliasDomains = DomainMatcher(settings.aliasDomains, tables, subdomains=False)
+        self.mailboxDomains = DomainMatcher(settings.mailboxDomains, tables, subdomains=False)
+        self.relayDomains = DomainMatcher(settings.relayDomains, tables, subdomains=True)
+        self.transportMaps = [tables.open(t) for t in settings.transportMaps]
+
+    async def isLocal(self, domain):
+        """Is C{domain} in $mydestination (an empty domain is)?"""
+        return not domain or await self.localDomains.matches(domain)
+
+    async def addressClass(self, domain):
+        """The class of C{domain}: local, alias, virtual, relay or default (Postfix's resolve_class)."""
+        if await self.isLocal(domain):
+            return "local"
+        if await self.aliasDomains.matches(domain):
+            return "alias"
+        if await self.mailboxDomains.matches(domain):
+            return "virtual"
+        if await self.relayDomains.matches(domain):
+            return "relay"
+        return "default"
+
+    def flags(self, address):
+        """(routed, literal) of C{address}: no lookup needed (see FLAGS)."""
+        local, domain = splitAddress(address)
+        return any(c in local for c in ROUTING_OPERATORS), domain.startswith("[")
+
+    async def classify(self, address):
+        """The Resolution of C{address} (an Address or its text): class and flags, no transport."""
+        _, domain = splitAddress(address)
+        routed, literal = self.flags(address)
+        text = address if isinstance(address, str) else str(address)
+        return Resolution(text, await self.addressClass(domain), routed=routed, literal=literal)
+
+    async def resolve(self, address):
+        """The Resolution of C{address} with its transport and nexthop (transport_maps applied)."""
+        resolution = await self.classify(address)
+        _, domain = splitAddress(address)
+        addressClass = resolution.addressClass
+        if addressClass == "alias":
+            return attrs.evolve(resolution, transport="error", nexthop=f"5.1.1 {ALIAS_UNKNOWN}")
+        transport, nexthop = self.settings.transport(addressClass)
+        if not nexthop:
+            if addressClass in ("relay", "default") and self.settings.relayhost:
+                nexthop = self.settings.relayhost
+            elif addressClass == "local":
+                nexthop = self.hostname
+            else:
+                nexthop = domain
+        override = await self._transportMap(resolution.address, domain)
+        if override is not None:
+            t, n = splitTransport(override)
+            transport = t or transport
+            nexthop = n or nexthop
+        return attrs.evolve(resolution, transport=transport, nexthop=nexthop)
+
+    async def _transportMap(self, address, domain):
+        if not self.transportMaps:
+            return None
+        keys = [address.lower()]
+        local, _ = splitAddress(address.lower())
+        for c in self.settings.delimiter:
+            if c in local:
+                keys.append(f"{local.split(c, 1)[0]}@{domain}")
+                break
+        if domain:
+            keys.append(domain)
+            parts = domain.split(".")
+            keys.extend("." + ".".join(parts[i:]) for i in range(1, len(parts)))
+        keys.append("*")
+        for table in self.transportMaps:
+            for key in keys:
+                value = await table.lookup(key)
+                if value is not None:
+                    return value
+        return None
+
+
 class Router:
-    def __init__(self, params, tables):
-        self.hostname = params["myhostname"]
-        self.localDomains = DomainMatcher(params["mydestination"], tables, subdomains=False)
-        self.aliasDomains = DomainMatcher(params["virtual_alias_domains"], tables, subdomains=False)
-        self.mailboxDomains = DomainMatcher(params["virtual_mailbox_domains"], tables, subdomains=False)
-        self.relayDomains = DomainMatcher(params["relay_domains"], tables, subdomains=True)
-        self.virtualAliases = [tables.open(t) for t in params["virtual_alias_maps"]]
-        self.localAliases = [tables.open(t) for t in params["alias_maps"]]
-        self.transportMaps = [tables.open(t) for t in params["transport_maps"]]
-        self.relayhost = params["relayhost"]
-        self.delimiter = params["recipient_delimiter"]
-        self.recursionLimit = params["virtual_alias_recursion_limit"]
-        self.expansionLimit = params["virtual_alias_expansion_limit"]
-        self.transports = {
-            "local": splitTransport(params["local_transport"]),
-            "virtual": splitTransport(params["virtual_transport"]),
-            "relay": splitTransport(params["relay_transport"]),
-            "default": splitTransport(params["default_transport"]),
-        }
+    """
+    Alias expansion, then the resolver: what the queue manager asks for
+    each recipient.  C{settings}: ResolverSettings; C{resolver}: the shared
+    AddressResolver (made from C{settings} when None).  Attributes:
+    C{resolver}, C{virtualAliases} and C{localAliases} (opened tables).
+    """
+
+    def __init__(self, settings, tables, resolver=None):
+        self.settings = settings
+        self.resolver = resolver if resolver is not None else AddressResolver(settings, tables)
+        self.hostname = settings.hostname
+        self.virtualAliases = [tables.open(t) for t in settings.virtualAliasMaps]
+        self.localAliases = [tables.open(t) for t in settings.aliasMaps]
+        self.delimiter = settings.delimiter
+        self.recursionLimit = settings.recursionLimit
+        self.expansionLimit = settings.expansionLimit
 
     async def route(self, address):
         """A list of Route or RouteError, one per address C{address} expands to."""
@@ -113,15 +288,19 @@ class Router:
                 results.append(RouteError(item, "deferred", "4.3.0", "transport table lookup failure"))
         return results
 
-    # -- aliases -----------------------------------------------------------------
+    async def resolve(self, address):
+        """Route (or RouteError) for one address, without alias expansion."""
+        resolution = await self.resolver.resolve(address)
+        if resolution.addressClass == "alias":
+            return RouteError(address, "bounced", "5.1.1", ALIAS_UNKNOWN)
+        return Route(address, resolution.transport, resolution.nexthop)
 
-    async def _isLocal(self, domain):
-        return not domain or await self.localDomains.matches(domain)
+    # -- aliases -----------------------------------------------------------------
 
     async def _lookupAlias(self, address):
         """(matched key, targets text) from virtual_alias_maps, then alias_maps; or None."""
-        local, domain = _split(address)
-        isLocal = await self._isLocal(domain)
+        local, domain = splitAddress(address)
+        isLocal = await self.resolver.isLocal(domain)
         for table in self.virtualAliases:
             for key in addressKeys(address, self.delimiter, False):
                 value = await table.lookup(key)
@@ -137,8 +316,8 @@ class Router:
 
     def _extension(self, address, matchedKey):
         """The +ext of C{address} that the matched key did not contain (propagated to targets)."""
-        local, _ = _split(address)
-        matchedLocal, _ = _split(matchedKey)
+        local, _ = splitAddress(address)
+        matchedLocal, _ = splitAddress(matchedKey)
         if not self.delimiter or matchedKey.startswith("@") or matchedLocal == local.lower():
             return ""
         return local[len(matchedLocal):]
@@ -160,10 +339,10 @@ class Router:
                 results.append(RouteError(address, "deferred", "4.3.0", f"alias {key}: unsupported target {target[:40]}"))
                 continue
             if "@" not in target:
-                _, domain = _split(address)
+                _, domain = splitAddress(address)
                 target = f"{target}@{domain or self.hostname}"
             if extension:
-                tlocal, tdomain = _split(target)
+                tlocal, tdomain = splitAddress(target)
                 target = f"{tlocal}{extension}@{tdomain}"
             if target.lower() == address.lower() or target.lower() in seen:
                 results.append(target)  # maps to itself: deliver here
@@ -179,57 +358,6 @@ class Router:
                 seenAddresses.add(key)
                 unique.append(item)
         return unique
-
-    # -- resolve -------------------------------------------------------------------
-
-    async def resolve(self, address):
-        """Route (or RouteError) for one address, without alias expansion."""
-        _, domain = _split(address)
-        if await self._isLocal(domain):
-            addressClass = "local"
-        elif await self.aliasDomains.matches(domain):
-            return RouteError(address, "bounced", "5.1.1", "User unknown in virtual alias table")
-        elif await self.mailboxDomains.matches(domain):
-            addressClass = "virtual"
-        elif await self.relayDomains.matches(domain):
-            addressClass = "relay"
-        else:
-            addressClass = "default"
-        transport, nexthop = self.transports[addressClass]
-        if not nexthop:
-            if addressClass in ("relay", "default") and self.relayhost:
-                nexthop = self.relayhost
-            elif addressClass == "local":
-                nexthop = self.hostname
-            else:
-                nexthop = domain
-        override = await self._transportMap(address, domain)
-        if override is not None:
-            t, n = splitTransport(override)
-            transport = t or transport
-            nexthop = n or nexthop
-        return Route(address, transport, nexthop)
-
-    async def _transportMap(self, address, domain):
-        if not self.transportMaps:
-            return None
-        keys = [address.lower()]
-        local, _ = _split(address.lower())
-        for c in self.delimiter:
-            if c in local:
-                keys.append(f"{local.split(c, 1)[0]}@{domain}")
-                break
-        if domain:
-            keys.append(domain)
-            parts = domain.split(".")
-            keys.extend("." + ".".join(parts[i:]) for i in range(1, len(parts)))
-        keys.append("*")
-        for table in self.transportMaps:
-            for key in keys:
-                value = await table.lookup(key)
-                if value is not None:
-                    return value
-        return None
 
 
 class _Refused(Exception):

@@ -169,7 +169,7 @@ class MTAService(MultiService):
         self._reloadRunning = False
         self._reloadWaiters = []
         self.manager = QueueManager(
-            self.store, self.current.router, self.current.transports, config.main, reactor, self.maillogFor,
+            self.store, self.current.router, self.current.transports, config.settings.qmgr, reactor, self.maillogFor,
             notices=self.current.notices,
         )
         self.pickup = Pickup(self.store, config.main, reactor, self.current.maillogFor)
@@ -417,7 +417,7 @@ class MTAService(MultiService):
                 self.maillog.emit(f"warning: {text}", level=LogLevel.warn)
         self.current = generation
         self._swapMaillog(observer)
-        self.manager.reconfigure(generation.config.main, generation.router, generation.transports,
+        self.manager.reconfigure(generation.config.settings.qmgr, generation.router, generation.transports,
                                  generation.notices)
         self._retire(old.transports)
         await self._switchPickup(generation)

@@ -60,11 +60,8 @@ import re
 
 import attrs
 
+from mta.config.errors import ConfigError
 from mta.config.schema import BY_NAME, DEFAULT_LISTENERS, LISTENER_KEYS, parameter
-
-
-class ConfigError(Exception):
-    """A configuration problem; str() is the whole message for the user."""
 
 
 class ConfigNotFound(ConfigError):
@@ -477,12 +474,16 @@ def tableSpecs(scope):
 
 
 def openTables(config, tables):
-    """Open every table the configuration names; raise ConfigError naming the key."""
-    from mta.tables import TableError
-
+    """
+    Open every table the configuration names; raise ConfigError naming the
+    key.  C{tables} (an mta.tables.Tables) says in C{openErrors} which of its
+    exceptions mean "this table cannot be opened" (mta.tables.TableError):
+    mta.config imports nothing of mta above itself.
+    """
+    errors = tuple(getattr(tables, "openErrors", ()))
     for scope in [config.main] + [listener.params for listener in config.listeners]:
         for name, spec in tableSpecs(scope):
             try:
                 tables.open(spec)
-            except TableError as e:
+            except errors as e:
                 raise ConfigError(f"{scope.where(name)}: {e}") from None

@@ -309,6 +309,53 @@ class Networks:
         return tuple(result)
 
 
+# The restrictions a list may name (mta.smtpd.restrictions implements each), and
+# whether the name takes a type:table argument (the next item of the list).
+RESTRICTION_NAMES = {
+    "permit": False,
+    "reject": False,
+    "defer": False,
+    "permit_mynetworks": False,
+    "permit_auth_destination": False,
+    "reject_unauth_destination": False,
+    "defer_unauth_destination": False,
+    "reject_unlisted_recipient": False,
+    "reject_non_fqdn_recipient": False,
+    "reject_non_fqdn_sender": False,
+    "check_client_access": True,
+    "check_sender_access": True,
+    "check_recipient_access": True,
+    "check_etrn_access": True,
+}
+
+
+def parseRestrictions(items):
+    """
+    A restriction list's items (names, and a table after each check_*_access)
+    as ((name, TableSpec or None), ...); ValueError if a name is unknown or a
+    table is missing.
+    """
+    result = []
+    items = list(items)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        name = item.lower() if isinstance(item, str) else item
+        if name not in RESTRICTION_NAMES:
+            raise ValueError(f"unknown restriction {str(item)!r} (known: {', '.join(sorted(RESTRICTION_NAMES))})")
+        argument = None
+        if RESTRICTION_NAMES[name]:
+            if i + 1 >= len(items):
+                raise ValueError(f"{name} needs a table argument (type:name)")
+            argument = items[i + 1]
+            if not isinstance(argument, TableSpec):
+                argument = parseTableSpec(str(argument))
+            i += 1
+        result.append((name, argument))
+        i += 1
+    return tuple(result)
+
+
 @attrs.frozen
 class Restrictions:
     """A restriction list (smtpd_*_restrictions): names, and tables after check_*_access."""
@@ -316,7 +363,5 @@ class Restrictions:
     name = "restrictions"
 
     def parse(self, text):
-        from mta.smtpd.restrictions import parseRestrictions
-
         pairs = parseRestrictions(splitList(text))
         return tuple(item for pair in pairs for item in pair if item is not None)

@@ -7,8 +7,12 @@
     store.py        QueueStore: the directories, durable entry of new mail,
                     appends, moves, directory scans in the thread pool
     state.py        the queue manager's state records (results, "notified")
-    manager.py      QueueManager (qmgr): activation, deliveries, the end of
+    manager.py      QueueManager (qmgr): activation, routing, the end of
                     an attempt (defer, bounce, remove), and every error path
+    scheduler.py    the manager's deliveries by (transport, nexthop):
+                    concurrency and recipient limits, transport calls
+    attempt.py      ActiveMessage: one message's results, state records in
+                    flight and the notices it owes
     scanner.py      the manager's directory work: start-up sweeps, deferred
                     scans, stray entries to corrupt/, ETRN (flushSite)
     sites.py        the ETRN index: deferred queue ids by recipient site

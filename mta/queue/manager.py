@@ -5,9 +5,10 @@ polling on the hot path).  The manager moves it from incoming/ to active/,
 reads its envelope and the state records of earlier attempts, checks the
 content's length and CRC-32 against the file header (a damaged file goes
 to corrupt/ and nothing of it is delivered), routes every recipient
-(mta.routing), groups deliveries by (transport, nexthop), and runs them
-with per-destination concurrency and recipient limits, so a dead
-destination only ever holds its own slots.
+(mta.routing), groups deliveries by (transport, nexthop), and hands them
+to its scheduler (mta.queue.scheduler), which runs them with
+per-destination concurrency and recipient limits, so a dead destination
+only ever holds its own slots.
 
 Every transport result is recorded before anything is done about it: a
 state record appended to the queue file and fdatasync'd (mta.queue.store
@@ -59,6 +60,15 @@ SCANS
     the message's age, bounded by minimal_backoff_time and
     maximal_backoff_time (Postfix's rule).
 
+ADMINISTRATION
+    operate(action, ids) is postsuper's -d/-h/-H/-r for the daemon's tools
+    (mta.control; mta.queue.admin): a message being read or delivered gets
+    the action when its attempt ends; for the others the file work runs in
+    the store's thread pool through the store's FileSystem.  Every system
+    call the manager, its scanner and its administration make on the
+    queue goes through that seam, in the pool, except reading a queue file
+    (mta.queue.fileformat.readQueueFile, also in the pool).
+
 ETRN
     flushSite(domain) activates the deferred mail that has a deferred
     recipient in exactly that domain (Postfix's flush(8); mta.queue.sites
@@ -92,6 +102,7 @@ SECURITY
     Names read from directories are sanitised before they reach a log line.
 
 CONFIGURATION
+    QmgrSettings (mta.config.settings.qmgr, from [main]):
     qmgr_message_active_limit, default_destination_concurrency_limit,
     TRANSPORT_destination_concurrency_limit,
     default_destination_recipient_limit, TRANSPORT_destination_recipient_limit,
@@ -99,67 +110,59 @@ CONFIGURATION
     maximal_queue_lifetime, bounce_queue_lifetime, defer_transports,
     soft_bounce, delay_warning_time.
 
-This module is past 600 lines: it is the one state machine of a message's
-attempt (activation, deliveries, the end of an attempt, its errors);
-directory scans live in mta.queue.scanner, the ETRN index in mta.queue.sites.
+SEE ALSO
+    The queue manager's jobs with a boundary of their own live beside it:
+    the deliveries by destination in mta.queue.scheduler, a message's
+    state records and the notices it owes in mta.queue.attempt, directory
+    scans in mta.queue.scanner, the ETRN index in mta.queue.sites, the
+    tools' operations in mta.queue.admin (their file work in
+    mta.queue.tools).  What is left here is the one state machine of an
+    attempt (activation, routing, the end of an attempt, and the error path
+    of each), whose steps share the active table, the backlog and the
+    retry timers.
 """
 
 import collections
 
 import attrs
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from mta.maillog import deliveryFields, sanitize
-from mta.model import DeliveryRecipient, DeliveryRequest, RecipientResult
+from mta.maillog import sanitize
+from mta.model import DeliveryRecipient, RecipientResult
 from mta.queue import tools
+from mta.queue.admin import Administration
+from mta.queue.attempt import ActiveMessage
 from mta.queue.fileformat import CorruptQueueFile, readQueueFile
 from mta.queue.queueid import isValidQueueId
-from mta.queue.files import QueueWriteError
 from mta.queue.scanner import Scanner
+from mta.queue.scheduler import Scheduler
 from mta.queue.sites import SiteIndex, pendingSites, siteOf
-from mta.queue.state import DONE, mergeStates, recipientKey, resultFromState, stateOf, wantsSuccessNotice
+from mta.queue.state import DONE, mergeStates, recipientKey
 from mta.routing import RouteError
 
-__all__ = ["QueueManager", "ActiveMessage", "mergeStates", "recipientKey"]  # the last two: mta.queue.state
+# ActiveMessage: mta.queue.attempt; mergeStates, recipientKey: mta.queue.state (re-exported).
+__all__ = ["QueueManager", "ActiveMessage", "mergeStates", "recipientKey"]
 
 log = Logger()
 
 RETRY_DELAY = 60.0  # seconds before a file that could not be read or moved is tried again
 
 
-@attrs.define
-class ActiveMessage:
-    queueId: str
-    path: str
-    queueFile: object  # fileformat.QueueFile
-    activeSince: float
-    states: dict  # key -> {"status", "dsn", "text", "relay", ...}, merged from state records
-    notified: set  # keys whose result was already reported to the sender
-    results: dict = attrs.Factory(dict)  # key -> (DeliveryRecipient, RecipientResult), this run
-    jobs: int = 0  # deliveries not finished
-    pendingAction: str | None = None  # delete, hold or requeue, asked for while delivering
-    appends: list = attrs.Factory(list)  # Deferreds of state appends in flight (they never fail)
-    recordFailed: bool = False  # a state append failed: results of this run are not durable
-    programs: dict = attrs.Factory(dict)  # key -> the program that logs a result decided while routing
-
-    @property
-    def envelope(self):
-        return self.queueFile.envelope
-
-
-@attrs.define
-class Destination:
-    transport: str
-    nexthop: str
-    limit: int
-    pending: collections.deque = attrs.Factory(collections.deque)
-    active: int = 0
-
-
 class QueueManager:
-    def __init__(self, store, router, transports, params, clock, maillogs, notices=None):
+    """
+    The queue manager (see the module docstring).  Attributes: C{store},
+    C{router}, C{transports}, C{notices}, C{settings} (QmgrSettings) and
+    the values read from it (C{activeLimit}, C{runDelay}, C{softBounce},
+    ...), C{active} (queue id -> ActiveMessage, None while its file is
+    read), C{backlog} (waiting for an active slot), C{scheduler} (the
+    deliveries; C{destinations} is its (transport, nexthop) ->
+    Destination), C{sites} (the ETRN index), C{scanner}.
+    """
+
+    def __init__(self, store, router, transports, settings, clock, maillogs, notices=None):
         """
+        C{settings}: mta.config.settings.qmgr.QmgrSettings (``config.settings.qmgr``).
         C{transports}: a callable name -> IDeliveryTransport or None.
         C{maillogs}: a callable program -> MailLogger.
         C{notices}: an object with send(kind, message, items) -> Deferred, or None.
@@ -167,29 +170,40 @@ class QueueManager:
         self.store = store
         self.router = router
         self.transports = transports
-        self.params = params
         self.clock = clock
         self.maillog = maillogs("qmgr")
         self.maillogs = maillogs
         self.notices = notices
-        self.activeLimit = params["qmgr_message_active_limit"]
-        self.minBackoff = params["minimal_backoff_time"]
-        self.maxBackoff = params["maximal_backoff_time"]
-        self.runDelay = params["queue_run_delay"]
-        self.lifetime = params["maximal_queue_lifetime"]
-        self.bounceLifetime = params["bounce_queue_lifetime"]
-        self.deferTransports = frozenset(params["defer_transports"])
-        self.softBounce = params["soft_bounce"]
-        self.delayWarning = params["delay_warning_time"]
+        self._configure(settings)
+        # The scheduler asks for self.transports at each dispatch: a reload's new registry serves new work.
+        self.scheduler = Scheduler(settings, lambda name: self.transports(name), clock, self._delivered,
+                                   self._deliveryDone)
         self.active = {}  # queue id -> ActiveMessage (None while its file is being read)
         self._pendingActions = {}  # queue id -> action asked for while its file was being read
         self.backlog = collections.OrderedDict()  # queue id -> queue(s) it comes from, waiting for a slot
-        self.destinations = {}
         self.sites = SiteIndex()  # deferred mail by recipient site, for flushSite (ETRN)
         self.scanner = Scanner(self)
+        self.admin = Administration(self)
         self._retries = {}  # queue id -> DelayedCall of a new attempt after an I/O error
         self._running = False
         self.idle = Deferred()  # fires (and is replaced) whenever no message is active: tests
+
+    def _configure(self, settings):
+        self.settings = settings
+        self.activeLimit = settings.activeLimit
+        self.minBackoff = settings.minBackoff
+        self.maxBackoff = settings.maxBackoff
+        self.runDelay = settings.runDelay
+        self.lifetime = settings.lifetime
+        self.bounceLifetime = settings.bounceLifetime
+        self.deferTransports = settings.deferTransports
+        self.softBounce = settings.softBounce
+        self.delayWarning = settings.delayWarning
+
+    @property
+    def destinations(self):
+        """(transport, nexthop) -> Destination (mta.queue.scheduler)."""
+        return self.scheduler.destinations
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -244,9 +258,9 @@ class QueueManager:
         if not isValidQueueId(queueId):
             log.error("qmgr: not a queue id: {name!r}", name=queueId)
             return False
-        retry = self._retries.pop(queueId, None)
-        if retry is not None and retry.active():
-            retry.cancel()
+        if self.admin.holds(queueId, fromQueue):  # a tool's file work on it runs in the pool: taken up after it
+            return False
+        self._cancelRetry(queueId)
         if queueId in self.backlog:
             self.backlog[queueId] = fromQueue
             return False
@@ -325,14 +339,14 @@ class QueueManager:
             message.results.clear()
             return await self._finish(message, failed=True)
         message.jobs += 1  # deliveries may finish while they are being scheduled
-        for job in jobs:
-            self._schedule(message, *job)
+        for (transport, nexthop), targets in jobs.items():
+            self.scheduler.schedule(message, transport, nexthop, targets)
         message.jobs -= 1
         if message.jobs == 0:
             await self._finish(message)
 
     async def _route(self, message):
-        """Route the recipients that are not done; the deliveries, [(transport, nexthop, concurrency limit, targets)]."""
+        """Route the recipients that are not done; the deliveries, {(transport, nexthop): [(key, target)]}."""
         states = message.states
         groups = collections.defaultdict(list)
         for index, recipient in enumerate(message.envelope.recipients):
@@ -353,17 +367,16 @@ class QueueManager:
                     self._result(message, key, target, RecipientResult(index, "deferred", "4.3.0", text))
                 else:
                     groups[(route.transport, route.nexthop)].append((key, target))
-        jobs = []
-        for (transport, nexthop), targets in groups.items():
-            limit = self.params[f"{transport}_destination_recipient_limit"]
-            concurrency = self.params[f"{transport}_destination_concurrency_limit"]
-            jobs += [(transport, nexthop, concurrency, targets[i : i + limit]) for i in range(0, len(targets), limit)]
-        return jobs
+        return groups
+
+    def _softened(self, result):
+        """soft_bounce: a bounce becomes a deferral (5.x.x -> 4.x.x)."""
+        if self.softBounce and result.status == "bounced":
+            return attrs.evolve(result, status="deferred", dsn="4" + result.dsn[1:])
+        return result
 
     def _result(self, message, key, target, result, program="qmgr"):
-        if self.softBounce and result.status == "bounced":
-            result = attrs.evolve(result, status="deferred", dsn="4" + result.dsn[1:])
-        message.results[key] = (target, result)
+        message.results[key] = (target, self._softened(result))
         message.programs[key] = program
 
     def _abandon(self, queueId):
@@ -387,134 +400,36 @@ class QueueManager:
             programs = message.programs
             self._record(message, {k: (t, r, programs.get(k, "qmgr")) for k, (t, r) in message.results.items()})
 
-    # -- deliveries -----------------------------------------------------------------
+    # -- deliveries (mta.queue.scheduler runs them) ------------------------------------
 
-    def _schedule(self, message, transport, nexthop, limit, targets):
-        key = (transport, nexthop)
-        destination = self.destinations.get(key)
-        if destination is None:
-            destination = self.destinations[key] = Destination(transport, nexthop, limit)
-        message.jobs += 1
-        destination.pending.append((message, targets))
-        self._dispatch(destination)
-
-    def _dispatch(self, destination):
-        while destination.active < destination.limit and destination.pending:
-            message, targets = destination.pending.popleft()
-            destination.active += 1
-            started = self.clock.seconds()
-            try:
-                queueFile = message.queueFile
-                request = DeliveryRequest(
-                    queue_id=message.queueId,
-                    transport=destination.transport,
-                    nexthop=destination.nexthop,
-                    envelope=message.envelope,
-                    recipients=tuple(target for _, target in targets),
-                    path=message.path,
-                    content_offset=queueFile.contentOffset,
-                    content_length=queueFile.contentLength,
-                )
-                transport = self.transports(destination.transport)
-                d = maybeDeferred(transport.deliver, request)
-            except Exception:
-                d = fail()
-            d.addBoth(self._delivered, message, destination, targets, started)
-            d.addErrback(lambda f: log.failure("qmgr: after a delivery", f))
-
-    def _delivered(self, results, message, destination, targets, started):
-        destination.active -= 1
+    def _delivered(self, message, batch, started):
+        """The results of one delivery (key -> (target, result, program)): record and log them."""
         try:
-            batch = self._collect(results, destination, targets)
-        except Exception:
-            log.failure("qmgr: {queue_id}: bad results from transport {transport}", queue_id=message.queueId,
-                        transport=destination.transport)
-            batch = {key: (target, RecipientResult(target.index, "deferred", "4.3.0", "delivery agent failed"), "qmgr")
-                     for key, target in targets}
-        message.results.update({key: (target, result) for key, (target, result, _) in batch.items()})
-        try:
+            batch = {key: (target, self._softened(result), program) for key, (target, result, program) in batch.items()}
+            message.results.update({key: (target, result) for key, (target, result, _) in batch.items()})
             self._record(message, batch, started)
         except Exception:
             log.failure("qmgr: {queue_id}: cannot record delivery results", queue_id=message.queueId)
             message.recordFailed = True
-        message.jobs -= 1
-        try:
-            self._dispatch(destination)
         finally:
-            if message.jobs == 0:
-                d = Deferred.fromCoroutine(self._finish(message))
-                d.addErrback(lambda f: log.failure("qmgr: {queue_id}: finishing failed", f, queue_id=message.queueId))
+            message.jobs -= 1
 
-    def _collect(self, results, destination, targets):
-        """key -> (target, result, program) for one delivery; a missing answer defers."""
-        byIndex = collections.defaultdict(list)
-        if isinstance(results, list):
-            for result in results:
-                if isinstance(result, RecipientResult):
-                    byIndex[result.index].append(result)
-        else:
-            log.failure("qmgr: transport {transport} failed", results, transport=destination.transport)
-        batch = {}
-        for key, target in targets:
-            found = byIndex.get(target.index)
-            if found:
-                result, program = found.pop(0), destination.transport
-            else:  # qmgr's own verdict, as Postfix's for a delivery agent that died
-                result = RecipientResult(target.index, "deferred", "4.3.0", "delivery agent failed: no result")
-                program = "qmgr"
-            if self.softBounce and result.status == "bounced":
-                result = attrs.evolve(result, status="deferred", dsn="4" + result.dsn[1:])
-            batch[key] = (target, result, program)
-        return batch
+    def _deliveryDone(self, message):
+        if message.jobs == 0:
+            d = Deferred.fromCoroutine(self._finish(message))
+            d.addErrback(lambda f: log.failure("qmgr: {queue_id}: finishing failed", f, queue_id=message.queueId))
 
     def _record(self, message, batch, started=None):
-        """
-        Append the results (key -> (target, result, program)) to the queue
-        file, then log them, one line each under its program.  A failed
-        append is logged and marks the message (the lines are logged anyway:
-        the deliveries happened).
-        """
-        now = self.clock.seconds()
-        recipients = {}
-        for key, (_, r, _) in batch.items():
-            recipients[key] = message.states[key] = stateOf(r)
-        d = self._append(message, {"time": now, "recipients": recipients})
-
-        def logged(_):
-            arrival = message.envelope.arrival_time
-            for key, (target, r, program) in batch.items():
-                fields = deliveryFields(target.address, target.original, r.relay, r.conn_use, r.dsn, r.status,
-                                        arrival, message.activeSince, started, now)
-                self.maillogs(program).fields(
-                    message.queueId, fields, r.text, recipient=target.address, status=r.status, dsn=r.dsn
-                )
-
-        d.addCallback(logged)
-        d.addErrback(lambda f: log.failure("qmgr: {queue_id}: logging results", f, queue_id=message.queueId))
+        """Append the results (key -> (target, result, program)) to the queue file, then log them."""
+        message.record(self.store, self.clock.seconds(), self.maillogs, batch, started)
 
     def _append(self, message, state):
         """Append a state record; the Deferred never fails (a failure sets message.recordFailed)."""
-        try:
-            d = self.store.appendState(message.path, state)
-        except Exception:
-            d = fail()
-
-        def failed(failure):
-            message.recordFailed = True
-            log.error("qmgr: {queue_id}: cannot record delivery results: {error}",
-                      queue_id=message.queueId, error=failure.getErrorMessage())
-
-        d.addErrback(failed)
-        message.appends.append(d)
-        return d
+        return message.append(self.store, state)
 
     async def _settle(self, message):
         """Wait for the appends in flight; True if every one of them is durable."""
-        while message.appends:
-            appends, message.appends = message.appends, []
-            for d in appends:
-                await d
-        return not message.recordFailed
+        return await message.settle()
 
     # -- the end of an attempt --------------------------------------------------------
 
@@ -569,7 +484,7 @@ class QueueManager:
             deferred = set()
         noticed = await self._notify(message)
         if message.pendingAction is not None:
-            return self._applyPending(message)
+            return await self._applyPending(message)
         if deferred or not noticed:
             await self._defer(message)
             return None
@@ -604,11 +519,11 @@ class QueueManager:
             sites = pendingSites(message.envelope, mergeStates(message.queueFile.states)[0])
         self.sites.add(message.queueId, sites)
 
-    def _applyPending(self, message):
+    async def _applyPending(self, message):
         """A tool's action asked for during delivery; the queue to take the message up from, or None."""
         action, queueId = message.pendingAction, message.queueId
         try:
-            text = tools.apply(self.store, action, queueId, "active", self.clock.seconds())
+            text = await self.store.inPool(tools.apply, self.store, action, queueId, "active", self.clock.seconds())
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -619,99 +534,25 @@ class QueueManager:
             self.maillogs("postsuper").emit(text, queueId)
         return {"requeue": "incoming", "release": "deferred"}.get(action)
 
-    def _owed(self, message, status):
-        """(key, target, result) of the recipients recorded with C{status} whose notice is still owed."""
-        items = []
-        for key, state in message.states.items():
-            if state.get("status") != status or key in message.notified:
-                continue
-            pair = message.results.get(key) or resultFromState(message.envelope, key, state)
-            if pair is None:
-                continue
-            target, result = pair
-            if status == "sent" and not wantsSuccessNotice(target, result):
-                continue
-            items.append((key, target, result))
-        return items
-
     async def _notify(self, message):
-        """Send the bounces and success notices still owed, and a delay warning; False if one failed."""
+        """Send the notices still owed (mta.queue.attempt); False if one that must be sent failed."""
         if self.notices is None:
             return True
-        ok = True
-        for kind, status in (("failure", "bounced"), ("success", "sent")):
-            items = self._owed(message, status)
-            if items and not await self._send(message, kind, items, [key for key, _, _ in items]):
-                ok = False
-        # One delay warning per message, once it has waited delay_warning_time.
-        age = self.clock.seconds() - message.envelope.arrival_time
-        if self.delayWarning > 0 and age >= self.delayWarning and "delay" not in message.notified:
-            items = [(key, target, result) for key, (target, result) in message.results.items()
-                     if result.status == "deferred"]
-            if items:
-                await self._send(message, "delay", items, ["delay"])  # a lost warning is not worth a retry
-        return ok
-
-    async def _send(self, message, kind, items, keys):
-        """One notice; True if it was queued (and recorded as notified) or there was nothing to send."""
-        try:
-            sent = await self.notices.send(kind, message, items)
-        except QueueWriteError:
-            return False  # logged by the notices
-        except Exception:
-            log.failure("qmgr: {queue_id}: {kind} notice failed", queue_id=message.queueId, kind=kind)
-            return False
-        if sent:
-            message.notified.update(keys)
-            self._append(message, {"time": self.clock.seconds(), "notified": keys})
-            await self._settle(message)  # a failure here only risks a duplicate notice, never a lost one
-        return True
+        return await message.sendNotices(self.notices, self.store, self.clock, self.delayWarning)
 
     # -- administration (mta-queue) -----------------------------------------------
 
     def operate(self, action, ids):
         """
-        postsuper's -d/-h/-H/-r: C{ids} is a list of queue ids or ["ALL"].
-        A message being delivered gets the operation when its deliveries end.
-        Returns (done ids, missing ids).
+        postsuper's -d/-h/-H/-r: C{ids} is a list of queue ids or ["ALL"]; a
+        Deferred of (done ids, missing ids).  See mta.queue.admin.
         """
-        queues = tools.SOURCES[action]
-        if ids == ["ALL"]:
-            ids = tools.allIds(self.store, queues) + sorted(q for q in self.active if "active" in queues)
-        done, missing = [], []
-        for queueId in dict.fromkeys(ids):
-            if queueId in self.active and "active" in queues:
-                if self.active[queueId] is None:  # still being read
-                    self._pendingActions[queueId] = action
-                else:
-                    self.active[queueId].pendingAction = action
-                done.append(queueId)
-                continue
-            # A file in active/ that is not being delivered waits for a new attempt after an error.
-            queue = tools.findMessage(self.store, queueId, queues)
-            if queue is None:
-                missing.append(queueId)
-                continue
-            try:
-                self._operate(action, queueId, queue)
-            except OSError as e:
-                log.error("qmgr: {queue_id}: {action} failed: {error}", queue_id=queueId, action=action, error=e.strerror)
-                missing.append(queueId)
-                continue
-            done.append(queueId)
-        return done, missing
+        return self.admin.operate(action, ids)
 
-    def _operate(self, action, queueId, queue):
-        text = tools.apply(self.store, action, queueId, queue, self.clock.seconds())
-        if text is not None:
-            self.maillogs("postsuper").emit(text, queueId)
+    def _cancelRetry(self, queueId):
         retry = self._retries.pop(queueId, None)
         if retry is not None and retry.active():
             retry.cancel()
-        if action == "requeue":
-            self.enqueue(queueId)
-        elif action == "release":
-            self.enqueue(queueId, "deferred")
 
     def _slotFree(self):
         while self.backlog and len(self.active) < self.activeLimit:
@@ -723,32 +564,22 @@ class QueueManager:
 
     # -- reload -----------------------------------------------------------------------
 
-    def reconfigure(self, params, router, transports, notices=None):
+    def reconfigure(self, settings, router, transports, notices=None):
         """
         A reload (mta.service): new work uses C{router}, C{transports},
-        C{notices} and the settings of C{params}.  A delivery in progress
-        finishes with the transport object it holds; the limits of existing
-        destinations change at once (a raised concurrency limit starts
-        waiting deliveries now, a lowered one lets those in progress end).
+        C{notices} and C{settings} (the new QmgrSettings).  A delivery in
+        progress finishes with the transport object it holds; the limits of
+        existing destinations change at once (a raised concurrency limit
+        starts waiting deliveries now, a lowered one lets those in progress
+        end).
         """
-        self.params = params
         self.router = router
         self.transports = transports
         self.notices = notices
         self.maillog = self.maillogs("qmgr")
-        self.activeLimit = params["qmgr_message_active_limit"]
-        self.minBackoff = params["minimal_backoff_time"]
-        self.maxBackoff = params["maximal_backoff_time"]
-        self.runDelay = params["queue_run_delay"]
-        self.lifetime = params["maximal_queue_lifetime"]
-        self.bounceLifetime = params["bounce_queue_lifetime"]
-        self.deferTransports = frozenset(params["defer_transports"])
-        self.softBounce = params["soft_bounce"]
-        self.delayWarning = params["delay_warning_time"]
+        self._configure(settings)
         # A shorter queue_run_delay applies to the next scan, not only to the one after it.
         self.scanner.runDelayChanged()
-        for destination in list(self.destinations.values()):
-            destination.limit = params[f"{destination.transport}_destination_concurrency_limit"]
-            self._dispatch(destination)
+        self.scheduler.reconfigure(settings)
         if self._running:
             self._slotFree()

@@ -3,9 +3,13 @@
 find, delete, hold, release and requeue act on the files of a queue
 directory.  The daemon's queue manager calls them for messages that are not
 being delivered (it defers the operation on active ones until their
-deliveries end); mta-queue calls them itself when the daemon is not
-running, when nothing else writes the queue.  listMessages() reads every
-queue file, as showq(8) does for mailq(1); it never writes.
+deliveries end), in the store's thread pool (applyAll(): a batch of ids a
+job); mta-queue calls them itself when the daemon is not running, when
+nothing else writes the queue.  Every system call that changes or looks at
+a queue directory goes through the store's FileSystem (store.fs: lstat,
+rename, utime, unlink, scandir), the seam through which tests inject
+faults.  listMessages() reads every queue file, as showq(8) does for
+mailq(1); it never writes.
 
 SECURITY
     Queue ids from the command line are checked (mta.queue.queueid) before
@@ -33,12 +37,15 @@ LISTED = ("incoming", "active", "deferred", "hold")
 
 
 def findMessage(store, queueId, queues=LISTED):
-    """The queue that holds C{queueId}, or None."""
+    """Blocking: the queue that holds C{queueId} (any kind of entry: lstat), or None."""
     if not isValidQueueId(queueId):
         return None
     for queue in queues:
-        if os.path.lexists(store.queuePath(queue, queueId)):
-            return queue
+        try:
+            store.fs.lstat(store.queuePath(queue, queueId))
+        except OSError:
+            continue  # as os.path.lexists: what cannot be looked at is not there
+        return queue
     return None
 
 
@@ -52,24 +59,49 @@ def apply(store, action, queueId, queue, now):
     ("removed", "placed on hold", ...) or None if nothing was to be done.
     Raises OSError.
     """
+    fs = store.fs
     path = store.queuePath(queue, queueId)
     if action == "delete":
-        os.unlink(path)
+        fs.unlink(path)
         return "removed"
     if action == "hold":
-        os.rename(path, store.queuePath("hold", queueId))
+        fs.rename(path, store.queuePath("hold", queueId))
         return "placed on hold"
     if action == "release":
         target = store.queuePath("deferred", queueId)
-        os.rename(path, target)
-        os.utime(target, (now, now))  # due at once
+        fs.rename(path, target)
+        fs.utime(target, (now, now))  # due at once
         return "released from hold"
     if action == "requeue":
         if queue == "incoming":
             return None
-        os.rename(path, store.queuePath("incoming", queueId))
+        fs.rename(path, store.queuePath("incoming", queueId))
         return "requeued"
     raise ValueError(f"unknown action {action!r}")
+
+
+def applyAll(store, action, queueIds, queues, now):
+    """
+    Blocking (the queue manager runs it in the store's pool): find each of
+    C{queueIds} in C{queues} and do C{action} on it.  Returns a list of
+    (queue id, found, log text or None, OSError or None); a file that
+    vanished between finding and acting counts as not found.
+    """
+    outcomes = []
+    for queueId in queueIds:
+        queue = findMessage(store, queueId, queues)
+        if queue is None:
+            outcomes.append((queueId, False, None, None))
+            continue
+        try:
+            text = apply(store, action, queueId, queue, now)
+        except FileNotFoundError:
+            outcomes.append((queueId, False, None, None))
+        except OSError as e:
+            outcomes.append((queueId, False, None, e))
+        else:
+            outcomes.append((queueId, True, text, None))
+    return outcomes
 
 
 def describe(store, queue, queueId, now):

@@ -1,8 +1,9 @@
 """mta.smtpd - the ESMTP server: factory, protocol, session state, DATA reader, policy, cleanup.
 
-Nothing is imported here eagerly: the configuration loader imports
-mta.smtpd.restrictions to check restriction lists, and short-lived tools
-(mta-sendmail, mta-config) should not pay for Twisted's networking modules.
+Nothing is imported here eagerly: short-lived tools (mta-sendmail,
+mta-config) should not pay for Twisted's networking modules.  (Restriction
+lists are checked at load by mta.config.types, which imports nothing of
+the server.)
 """
 
 

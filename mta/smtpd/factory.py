@@ -72,11 +72,13 @@ class SMTPServerFactory(Factory):
     noisy = False
 
     def __init__(self, settings, clock, store, tables, scope, listenerName="smtp", flushSite=None,
-                 postmasterNotices=False):
+                 postmasterNotices=False, addressResolver=None):
         """
         C{postmasterNotices}: send the postmaster transcripts of sessions
         whose errors notify_classes lists (the daemon's listeners; not in
         stand-alone mode, mta-sendmail -bs, as in Postfix).
+        C{addressResolver}: the daemon's shared mta.routing.AddressResolver
+        (built from [main]); None: one is made from C{params}.
         """
         from mta.tables.matchers import NetworkMatcher
 
@@ -90,21 +92,26 @@ class SMTPServerFactory(Factory):
         self.flushSite = flushSite
         self.eventLimitExceptions = NetworkMatcher(settings.eventLimitExceptions, tables)
         self.bareNewlineExclusions = NetworkMatcher(settings.bareNewlineExclusions, tables)
-        self._otherAreas(scope, tables, postmasterNotices)
+        self._otherAreas(scope, tables, postmasterNotices, addressResolver)
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None
         self._freeSpaceAt = None
 
-    def _otherAreas(self, scope, tables, postmasterNotices):
+    def _otherAreas(self, scope, tables, postmasterNotices, addressResolver):
         """The collaborators of other areas, built from the listener's scope as they take it today."""
+        from mta.config.settings.routing import RecipientCheckSettings, ResolverSettings
         from mta.rewrite import AddressRewriting, HeaderRewriteClients
+        from mta.routing import AddressResolver
         from mta.smtpd.chat import SERVER_ERROR_CLASSES
         from mta.smtpd.policy import RecipientPolicy
         from mta.transcript import TranscriptNotices
 
-        # other area: converted by its helper (routing: RecipientCheckSettings)
-        self.policy = RecipientPolicy(scope, tables)
+        # The one address resolver is the daemon's (mta.generation), shared with the queue
+        # manager's router; stand-alone (mta-sendmail -bs, tests) builds its own.
+        if addressResolver is None:
+            addressResolver = AddressResolver(ResolverSettings.build(scope), tables)
+        self.policy = RecipientPolicy(RecipientCheckSettings.build(scope), addressResolver, tables)
         # other area: converted by its helper (cleanup: RewriteSettings)
         self.rewrite = AddressRewriting(scope)
         self.headerRewriteClients = HeaderRewriteClients(
@@ -178,4 +185,5 @@ def serverFactory(listener, daemon):
     return SMTPServerFactory(
         listener.settings.smtpd, daemon.clock, daemon.store, daemon.tables, listener.params, listener.name,
         flushSite=getattr(daemon, "flushSite", None), postmasterNotices=True,
+        addressResolver=getattr(daemon, "addressResolver", None),
     )

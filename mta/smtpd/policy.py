@@ -9,39 +9,63 @@ smtpd_recipient_restrictions (mta.smtpd.restrictions; default
 smtpd_reject_unlisted_recipient = yes, refuses recipients unknown in their
 address class, as Postfix does:
 
-    $mydestination            local_recipient_maps (empty: all valid)
-    $virtual_alias_domains    virtual_alias_maps
-    $virtual_mailbox_domains  virtual_alias_maps, then virtual_mailbox_maps
-    $relay_domains            relay_recipient_maps (empty: all valid)
+    local    ($mydestination)            local_recipient_maps (empty: all valid)
+    alias    ($virtual_alias_domains)    virtual_alias_maps
+    virtual  ($virtual_mailbox_domains)  virtual_alias_maps, then virtual_mailbox_maps
+    relay    ($relay_domains)            relay_recipient_maps (empty: all valid)
+
+The address class is not decided here: the shared address resolver
+(mta.routing.AddressResolver, trivial-rewrite) gives it, the same object
+that the queue manager's router asks, so the server and the queue never
+disagree about a domain.  It is built from [main]: a listener's override of
+mydestination, relay_domains or virtual_*_domains does not change the
+classes (as in Postfix, whose smtpd asks trivial-rewrite, which reads
+main.cf only).  What this module reads itself is per listener
+(mta.config.settings.routing.RecipientCheckSettings): mynetworks, the
+recipient tables, the restriction lists, the reply codes, fast_flush_domains.
 
 checkRecipient() and checkEtrn() also say the notify_classes class of a
 refusal (policy; bounce for an unknown recipient; data for a table that
 cannot answer), for the postmaster's transcript notices (mta.smtpd.chat).
 
-Relay control (reject_unauth_destination) lets an untrusted client reach
-only those domains (relay_domains with their subdomains).  Relay tricks
-are judged on the address as parsed (mta.address): a recipient whose local
-part holds '@', '%' or '!' (sender-specified routing; Postfix's
-allow_untrusted_routing = no) or whose domain is a literal is never an
-authorized destination.
+Relay control (reject_unauth_destination, Postfix's
+permit_auth_destination) lets an untrusted client reach only final
+destinations (local, alias, virtual) and relay destinations
+(relay_domains with their subdomains).  Relay tricks are judged on the
+address as parsed (mta.address) through the resolver's flags: a recipient
+whose local part holds '@', '%' or '!' (sender-specified routing, the
+resolver's "routed" flag; Postfix's allow_untrusted_routing = no) or whose
+domain is a literal is never an authorized destination.
 
 SECURITY
     Addresses are untrusted; a table that cannot answer gives a 4xx, never
     a 5xx.
 
 CONFIGURATION
-    mynetworks, mydestination, relay_domains, virtual_alias_domains,
-    virtual_alias_maps, virtual_mailbox_domains, virtual_mailbox_maps,
+    mynetworks, virtual_alias_maps, virtual_mailbox_maps,
     relay_recipient_maps, local_recipient_maps, recipient_delimiter,
     smtpd_recipient_restrictions, smtpd_reject_unlisted_recipient,
     relay_domains_reject_code, unknown_*_reject_code, non_fqdn_reject_code,
-    smtpd_etrn_restrictions, fast_flush_domains.
+    smtpd_etrn_restrictions, fast_flush_domains (per listener); the address
+    classes through the resolver (mydestination, virtual_alias_domains,
+    virtual_mailbox_domains, relay_domains, from [main]).
+
+DEVIATIONS
+    A domain literal is never an authorized destination (Postfix accepts
+    one naming its own interface address as local).  See mta.routing.
 """
 
 from mta.model import Reply
 from mta.smtpd.restrictions import Request, RestrictionList
 from mta.tables import TableTemporaryError, addressKeys
 from mta.tables.matchers import DomainMatcher, NetworkMatcher
+
+_TABLE_NAMES = {
+    "local": "local recipient table",
+    "alias": "virtual alias table",
+    "virtual": "virtual mailbox table",
+    "relay": "relay recipient table",
+}
 
 
 async def _inMaps(maps, address, delimiter, local):
@@ -53,41 +77,32 @@ async def _inMaps(maps, address, delimiter, local):
 
 
 class RecipientPolicy:
-    def __init__(self, params, tables):
-        self.mynetworks = NetworkMatcher(params["mynetworks"], tables)
-        self.mydestination = DomainMatcher(params["mydestination"], tables, subdomains=False)
-        self.relayDomains = DomainMatcher(params["relay_domains"], tables, subdomains=True)
-        self.aliasDomains = DomainMatcher(params["virtual_alias_domains"], tables, subdomains=False)
-        self.mailboxDomains = DomainMatcher(params["virtual_mailbox_domains"], tables, subdomains=False)
-        self.aliasMaps = [tables.open(t) for t in params["virtual_alias_maps"]]
-        self.mailboxMaps = [tables.open(t) for t in params["virtual_mailbox_maps"]]
-        self.relayRecipientMaps = [tables.open(t) for t in params["relay_recipient_maps"]]
-        self.localRecipientMaps = [tables.open(t) for t in params["local_recipient_maps"]]
-        self.delimiter = params["recipient_delimiter"]
-        self.rejectUnlisted = params["smtpd_reject_unlisted_recipient"]
-        self.relayRejectCode = params["relay_domains_reject_code"]
-        self.nonFqdnRejectCode = params["non_fqdn_reject_code"]
-        self.codes = {
-            "local": params["unknown_local_recipient_reject_code"],
-            "alias": params["unknown_virtual_alias_reject_code"],
-            "mailbox": params["unknown_virtual_mailbox_reject_code"],
-            "relay": params["unknown_relay_recipient_reject_code"],
-        }
-        self.restrictions = RestrictionList(params["smtpd_recipient_restrictions"], self, tables)
-        self.etrnRestrictions = RestrictionList(params["smtpd_etrn_restrictions"], self, tables)
-        self.fastFlushDomains = DomainMatcher(params["fast_flush_domains"], tables, subdomains=True)
+    """
+    The recipient checks of one listener.  C{settings}: its
+    RecipientCheckSettings (``listener.settings.recipients``);
+    C{resolver}: the shared mta.routing.AddressResolver; C{tables}: the
+    Tables registry.  Attributes: C{settings}, C{resolver}, C{mynetworks}
+    (a NetworkMatcher, also used for local_header_rewrite_clients),
+    C{fastFlushDomains}, C{restrictions}, C{etrnRestrictions}, and the
+    reply codes the restrictions read (C{relayRejectCode},
+    C{nonFqdnRejectCode}).
+    """
 
-    async def addressClass(self, domain):
-        """local, alias, mailbox, relay or None (elsewhere), as trivial-rewrite(8) sees it."""
-        if not domain or await self.mydestination.matches(domain):
-            return "local"
-        if await self.aliasDomains.matches(domain):
-            return "alias"
-        if await self.mailboxDomains.matches(domain):
-            return "mailbox"
-        if await self.relayDomains.matches(domain):
-            return "relay"
-        return None
+    def __init__(self, settings, resolver, tables):
+        self.settings = settings
+        self.resolver = resolver
+        self.mynetworks = NetworkMatcher(settings.mynetworks, tables)
+        self.aliasMaps = [tables.open(t) for t in settings.virtualAliasMaps]
+        self.mailboxMaps = [tables.open(t) for t in settings.virtualMailboxMaps]
+        self.relayRecipientMaps = [tables.open(t) for t in settings.relayRecipientMaps]
+        self.localRecipientMaps = [tables.open(t) for t in settings.localRecipientMaps]
+        self.delimiter = settings.delimiter
+        self.rejectUnlisted = settings.rejectUnlisted
+        self.relayRejectCode = settings.relayRejectCode
+        self.nonFqdnRejectCode = settings.nonFqdnRejectCode
+        self.restrictions = RestrictionList(settings.recipientRestrictions, self, tables)
+        self.etrnRestrictions = RestrictionList(settings.etrnRestrictions, self, tables)
+        self.fastFlushDomains = DomainMatcher(settings.fastFlushDomains, tables, subdomains=True)
 
     async def checkRecipient(self, clientAddress, address, helo=None, sender=None):
         """
@@ -124,35 +139,36 @@ class RecipientPolicy:
         return None, None
 
     async def authorizedDestination(self, address):
-        if address.domain.startswith("["):
+        """
+        permit_auth_destination: may any client send to C{address}?  Not
+        when it is routed or a literal; yes for the final classes and
+        relay; no for default.
+        """
+        routed, literal = self.resolver.flags(address)
+        if routed or literal:  # judged before any lookup: a trick never costs a table query
             return False
-        if any(c in address.local for c in "@%!"):
-            return False
-        return await self.addressClass(address.domain) is not None
+        return await self.resolver.addressClass(address.domain) != "default"
 
     async def unlistedRecipient(self, address):
         """A Reply if C{address} is unknown in its address class, else None."""
-        addressClass = await self.addressClass(address.domain)
+        addressClass = await self.resolver.addressClass(address.domain)
         text = str(address)
         if addressClass == "local":
             if not address.domain or address.local.lower() == "postmaster" or not self.localRecipientMaps:
                 return None
             if await _inMaps(self.localRecipientMaps + self.aliasMaps, text, self.delimiter, True):
                 return None
-            table = "local recipient table"
         elif addressClass == "alias":
             if await _inMaps(self.aliasMaps, text, self.delimiter, False):
                 return None
-            table = "virtual alias table"
-        elif addressClass == "mailbox":
+        elif addressClass == "virtual":
             if await _inMaps(self.aliasMaps + self.mailboxMaps, text, self.delimiter, False):
                 return None
-            table = "virtual mailbox table"
         elif addressClass == "relay":
             if not self.relayRecipientMaps or await _inMaps(self.relayRecipientMaps, text, self.delimiter, False):
                 return None
-            table = "relay recipient table"
         else:
             return None
-        code = self.codes[addressClass]
+        code = self.settings.unknownCode(addressClass)
+        table = _TABLE_NAMES[addressClass]
         return Reply(code, f"{code // 100}.1.1", f"<{address}>: Recipient address rejected: User unknown in {table}")

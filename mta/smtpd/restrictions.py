@@ -22,6 +22,13 @@ reject_unlisted_recipient, data for a table that cannot answer, software
 for an access value that cannot be used.
 The set grows with later changes (IAccessRestriction plugins).
 
+A list is parsed once, at load: mta.config.types.parseRestrictions checks
+the names (RESTRICTION_NAMES, which must list exactly the names
+implemented here) and the tables, and the recipient check settings
+(mta.config.settings.routing) hold the (name, table) pairs that
+RestrictionList turns into checks.  So the configuration floor does not
+import the server to know the names.
+
 SECURITY
     Input is untrusted; a table that cannot answer now defers (4xx),
     never rejects.
@@ -201,7 +208,8 @@ def _checkAccess(which):
     return make
 
 
-# name -> (needs a table argument, maker(policy, argument) -> async check(request))
+# name -> (needs a table argument, maker(policy, argument) -> async check(request)); the names and
+# their arguments are mta.config.types.RESTRICTION_NAMES (the list is parsed at load, in mta.config).
 RESTRICTIONS = {
     "permit": (False, _constant(PERMIT)),
     "reject": (False, _constant(Decision("reject", Reply(554, "5.7.1", "Access denied")))),
@@ -220,34 +228,19 @@ RESTRICTIONS = {
 }
 
 
-def parseRestrictions(items):
-    """Check a restriction list's syntax: [(name, TableSpec or None)]; ValueError if wrong."""
-    from mta.config.types import parseTableSpec
-
-    result = []
-    items = list(items)
-    i = 0
-    while i < len(items):
-        name = str(items[i]).lower()
-        if name not in RESTRICTIONS:
-            raise ValueError(f"unknown restriction {items[i]!r} (known: {', '.join(sorted(RESTRICTIONS))})")
-        needsTable = RESTRICTIONS[name][0]
-        argument = None
-        if needsTable:
-            if i + 1 >= len(items):
-                raise ValueError(f"{name} needs a table argument (type:name)")
-            argument = parseTableSpec(str(items[i + 1]))
-            i += 1
-        result.append((name, argument))
-        i += 1
-    return tuple(result)
-
-
 class RestrictionList:
-    def __init__(self, items, policy, tables):
-        """C{items}: a restrictions parameter's value."""
+    """
+    One restriction list, ready to evaluate: C{pairs} is the list as the
+    settings compiled it (((name, TableSpec or None), ...): see
+    mta.config.types.parseRestrictions), C{policy} what the checks ask
+    (mynetworks, authorizedDestination, unlistedRecipient, the reply
+    codes: mta.smtpd.policy.RecipientPolicy), C{tables} the registry that
+    opens the tables named.
+    """
+
+    def __init__(self, pairs, policy, tables):
         self._checks = []
-        for name, argument in parseRestrictions(items):
+        for name, argument in pairs:
             table = tables.open(argument) if argument is not None else None
             self._checks.append((name, RESTRICTIONS[name][1](policy, table)))
 

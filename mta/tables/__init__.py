@@ -38,6 +38,9 @@ def tableFactories():
 class Tables:
     """Opens each table spec once and shares it between parameters."""
 
+    # What open() raises for a table that cannot be opened (mta.config.openTables reports it).
+    openErrors = (TableError,)
+
     def __init__(self, clock):
         self._clock = clock
         self._open = {}

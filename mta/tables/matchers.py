@@ -4,8 +4,10 @@ Postfix list parameters (mydestination, relay_domains, mynetworks, ...) mix
 literal entries with lookup tables.  DomainMatcher answers "is this domain
 listed?" (optionally with subdomains, as parent_domain_matches_subdomains
 has it for relay_domains); NetworkMatcher answers "is this client address
-in one of these networks or tables?".  Both are shared by the SMTP server's
-policy and the router.
+in one of these networks or tables?".  DomainMatcher makes the address
+classes of the one address resolver (mta.routing) and the SMTP server's
+fast_flush_domains; NetworkMatcher its mynetworks and the other client
+lists.
 
 SECURITY
     The domain or address is untrusted; it is only compared and looked up.

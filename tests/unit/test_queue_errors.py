@@ -8,6 +8,7 @@ import errno
 import os
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 
 from mta.model import Envelope, Recipient
 from mta.queue import fileformat
@@ -16,7 +17,7 @@ from mta.queue.manager import RETRY_DELAY
 from mta.queue.scanner import TMP_CLEAN_INTERVAL, TMP_MAX_AGE
 from mta.queue.state import mergeStates
 from mta.queue.store import WRITE_BUFFER_SIZE
-from mta.testing import resultOf
+from mta.testing import SyncReactor, resultOf
 from tests.unit.test_queue_manager import FakeTransport, Harness, once
 
 LIMIT_ONE = "qmgr_message_active_limit = 1\n"
@@ -450,3 +451,112 @@ def test_startRemovesEveryTemporaryLeftoverAtOnce(tmp_path):
     receiving.commit(Envelope(sender="a@example.org", recipients=(Recipient("u@box.example"),),
                               arrival_time=now)).addCallback(done.append)
     assert done == [receiving.queueId] and delivered(h) == ["u@box.example"]
+
+
+# -- 6. mta-queue's operations on a running daemon: file work in the pool, through the seam --------
+
+
+def deferredMessage(h):
+    """A message in deferred/ (its one attempt deferred); its queue id."""
+    queueId = h.submit(["x@far.example"])
+    assert h.queue("deferred") == [queueId]
+    return queueId
+
+
+def commit(h, pool, recipients):
+    """Submit a message, running pool jobs only until its commit is durable; its queue id."""
+    message = h.store.newMessage()
+    message.write(b"Subject: t\r\n\r\nhi\r\n")
+    envelope = Envelope(sender="a@example.org", recipients=tuple(Recipient(r) for r in recipients),
+                        arrival_time=h.clock.seconds())
+    ids = []
+    message.commit(envelope).addCallback(ids.append)
+    while not ids:
+        pool.runNext()
+    return ids[0]
+
+
+def manualHarness(tmp_path):
+    from tests.unit.test_queue_scan import ManualPool
+
+    pool = ManualPool()
+    clock = SyncReactor(pool)
+    clock.advance(1_000_000)
+    h = Harness(tmp_path, clock=clock, transports={"smtp": FakeTransport(lambda r: ("deferred", "4.4.1", "later"))})
+    h.manager.start()
+    pool.runAll()
+    return h, pool
+
+
+def test_operateMakesNoSystemCallInTheReactor(tmp_path):
+    h, pool = manualHarness(tmp_path)
+    queueId = commit(h, pool, ["x@far.example"])
+    pool.runAll()
+    assert h.queue("deferred") == [queueId]
+    before = dict(h.fs.calls)
+    d = h.manager.operate("hold", [queueId])
+    everything = h.manager.operate("delete", ["ALL"])
+    assert dict(h.fs.calls) == before and not d.called  # nothing looked at or renamed yet: all in pool jobs
+    pool.runAll()
+    assert resultOf(d) == ([queueId], [])
+    assert resultOf(everything) == ([queueId], [])  # found in hold/ by the second request
+    assert h.fs.calls["rename"] > before.get("rename", 0) and h.fs.calls["unlink"] > before.get("unlink", 0)
+    assert h.queue("hold") == h.queue("deferred") == []
+    assert f"postsuper: {queueId}: placed on hold" in h.lines and f"postsuper: {queueId}: removed" in h.lines
+
+
+def test_anOperationThatFailsIsLoggedAndReportedMissing(tmp_path):
+    h = Harness(tmp_path, transports={"smtp": FakeTransport(lambda r: ("deferred", "4.4.1", "later"))})
+    h.manager.start()
+    queueId = deferredMessage(h)
+    h.fs.faults["rename"] = once(OSError(errno.EIO, "Input/output error"), lambda src, dst: "/hold/" in dst)
+    with capturedLogs() as events:
+        assert resultOf(h.manager.operate("hold", [queueId])) == ([], [queueId])
+    assert h.queue("deferred") == [queueId] and h.queue("hold") == []
+    assert f"qmgr: {queueId}: hold failed: Input/output error" in [formatEvent(e) for e in events]
+    assert resultOf(h.manager.operate("hold", [queueId])) == ([queueId], [])  # the next try works
+
+
+def test_aReleaseSetsTheDueTimeThroughTheSeam(tmp_path):
+    h = Harness(tmp_path, transports={"smtp": FakeTransport(lambda r: ("deferred", "4.4.1", "later"))})
+    h.manager.start()
+    queueId = deferredMessage(h)
+    assert resultOf(h.manager.operate("hold", [queueId])) == ([queueId], [])
+    h.fs.faults["utime"] = once(OSError(errno.EPERM, "Operation not permitted"))
+    assert resultOf(h.manager.operate("release", [queueId])) == ([], [queueId])  # renamed, but not made due
+    assert h.fs.calls["utime"] >= 1
+
+
+def test_noActivationWhileAToolWorksOnTheFile(tmp_path):
+    """A deferred scan (or a retry) asking for a message whose file a tool is moving waits for the tool."""
+    h, pool = manualHarness(tmp_path)
+    held = commit(h, pool, ["x@far.example"])
+    untouched = commit(h, pool, ["y@far.example"])
+    pool.runAll()
+    requests = len(h.transports["smtp"].requests)
+    hold = h.manager.operate("hold", [held])
+    release = h.manager.operate("release", [untouched])  # not on hold: this one touches no file
+    assert h.manager.enqueue(held, "deferred") is False  # asked meanwhile: not taken now
+    assert h.manager.enqueue(untouched, "deferred") is False
+    pool.runAll()
+    assert resultOf(hold) == ([held], []) and resultOf(release) == ([], [untouched])
+    assert h.queue("hold") == [held]  # never activated: no attempt from hold/
+    assert len(h.transports["smtp"].requests) == requests + 1  # the untouched one was taken up afterwards
+    assert h.transports["smtp"].requests[-1].recipients[0].address == "y@far.example"
+    assert h.manager.admin._operating == {} and h.manager.admin._asked == {}
+
+
+def test_aMessageBeingReadGetsTheActionWhenItsAttemptEnds(tmp_path):
+    h, pool = manualHarness(tmp_path)
+    smtp = h.transports["smtp"]
+    smtp.hold = True
+    queueId = commit(h, pool, ["x@far.example"])  # its file is read in a pool job not run yet
+    d = h.manager.operate("delete", [queueId])
+    assert resultOf(d) == ([queueId], [])  # at once: nothing for the pool to do now
+    pool.runAll()
+    assert len(smtp.requests) == 1  # delivered first (the action waits for the attempt)
+    smtp.hold = False
+    smtp.release()
+    pool.runAll()
+    assert h.queue("active") == h.queue("deferred") == []
+    assert f"postsuper: {queueId}: removed" in h.lines

@@ -6,7 +6,7 @@ import os
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
-from mta.config import load, openTables
+from mta.config import ConfigError, load, openTables
 from mta.maillog import MailLogger
 from mta.model import Envelope, Recipient, RecipientResult
 from mta.queue.fileformat import readQueueFile
@@ -104,6 +104,10 @@ class FaultyFileSystem(FileSystem):
         self._call("scandir", path)
         return super().scandir(path)
 
+    def lstat(self, path):
+        self._call("lstat", path)
+        return super().lstat(path)
+
     def fsyncDirectory(self, path):
         self._call("fsyncDirectory", path)
         super().fsyncDirectory(path)
@@ -140,7 +144,8 @@ class Harness:
     def newManager(self):
         main = self.config.main
         return QueueManager(
-            self.store, Router(main, self.tables), self.transports.get, main, self.clock, self.maillog,
+            self.store, Router(self.config.settings.resolver, self.tables), self.transports.get,
+            self.config.settings.qmgr, self.clock, self.maillog,
             notices=Notices(self.store, main, self.clock, self.maillog),
         )
 
@@ -433,3 +438,58 @@ def test_eachLineIsLoggedUnderThePostfixProgram(tmp_path):
                and x.endswith("status=bounced (message expired: deferred transport)") for x in h.lines)
     assert sum("sender non-delivery notification" in x for x in h.lines) == 2
     assert h.lines[-1] == f"qmgr: {queueId}: removed"
+
+
+# -- settings (mta.config.settings.qmgr) ------------------------------------------------------------
+
+
+def test_qmgrSettingsGiveEachTransportItsLimits():
+    settings = load("<t>", "[main]\ndefault_destination_concurrency_limit = 5\nsmtp_destination_concurrency_limit = 7\n"
+                    "relay_destination_recipient_limit = 3\nlmtp_destination_recipient_limit = $relay_destination_recipient_limit\n"
+                    ).settings.qmgr
+    assert [settings.concurrencyLimit(t) for t in ("smtp", "relay", "lmtp")] == [7, 5, 5]
+    assert [settings.recipientLimit(t) for t in ("smtp", "relay", "lmtp")] == [50, 3, 3]
+    assert settings.concurrency == {"smtp": 7} and settings.recipientLimits == {"relay": 3, "lmtp": 3}
+    defaults = load("<t>", "[main]\n").settings.qmgr
+    assert (defaults.activeLimit, defaults.runDelay, defaults.minBackoff, defaults.maxBackoff) == (20000, 300, 300, 4000)
+    assert (defaults.lifetime, defaults.deferTransports, defaults.softBounce) == (5 * 86400, frozenset(), False)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("smtp_destination_recipient_limit = 0", "smtp_destination_recipient_limit: 0 is below the minimum 1"),
+        ("relay_destination_concurrency_limit = many", "relay_destination_concurrency_limit: 'many' is not an integer"),
+        ("queue_run_delay = soon", "queue_run_delay: 'soon' is not a time"),
+        ("qmgr_message_active_limit = 0", "qmgr_message_active_limit: 0 is below the minimum 1"),
+    ],
+)
+def test_aBadQmgrValueFailsAtLoadWithItsLine(line, message):
+    with pytest.raises(ConfigError) as e:
+        load("/etc/mta/mta.ini", f"[main]\nmyhostname = mx.test\n{line}\n")
+    assert str(e.value).startswith(f"/etc/mta/mta.ini:3: [main] {message}")
+
+
+def test_theManagerUsesTheLimitsOfEachTransport(tmp_path):
+    transports = {"smtp": FakeTransport(), "relay": FakeTransport(), "virtual": FakeTransport()}
+    transports["smtp"].hold = transports["relay"].hold = True
+    h = Harness(tmp_path, "relay_domains = relay.example\nsmtp_destination_concurrency_limit = 1\n"
+                "default_destination_concurrency_limit = 3\nrelay_destination_recipient_limit = 2\n", transports)
+    h.manager.start()
+    for i in range(4):
+        h.submit([f"u{i}@far.example"])
+    h.submit([f"r{i}@relay.example" for i in range(5)])
+    assert len(transports["smtp"].requests) == 1  # smtp's own concurrency limit: one at a time to far.example
+    assert [len(r.recipients) for r in transports["relay"].requests] == [2, 2, 1]  # relay's recipient limit
+    assert h.manager.destinations[("relay", "relay.example")].limit == 3  # the default concurrency for relay
+    assert h.manager.destinations[("smtp", "far.example")].limit == 1
+
+
+def test_regression_aTransportNameOutsideTheParameterPatternGetsTheDefaultLimits(tmp_path):
+    """A transport named Fancy.Out (transport_maps) used to fail every routing (no such parameter): deferred forever."""
+    transports = {"Fancy.Out": FakeTransport(), "virtual": FakeTransport()}
+    h = Harness(tmp_path, "transport_maps = inline:{ far.example=Fancy.Out:[gw.example] }\n", transports)
+    h.manager.start()
+    queueId = h.submit(["u@far.example"])
+    assert [r.nexthop for r in transports["Fancy.Out"].requests] == ["[gw.example]"]
+    assert f"qmgr: {queueId}: removed" in h.lines

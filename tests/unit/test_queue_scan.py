@@ -197,8 +197,8 @@ def test_flushSiteSkipsMessagesThatAreGone(tmp_path):
     gone = h.submit(["x@a.example"])
     held = h.submit(["y@a.example"])
     kept = h.submit(["z@a.example"])
-    assert h.manager.operate("delete", [gone]) == ([gone], [])
-    assert h.manager.operate("hold", [held]) == ([held], [])
+    assert resultOf(h.manager.operate("delete", [gone])) == ([gone], [])
+    assert resultOf(h.manager.operate("hold", [held])) == ([held], [])
     assert resultOf(h.manager.flushSite("a.example")) == 1
     assert attempts(h, "z@a.example") == 2 and attempts(h, "x@a.example") == attempts(h, "y@a.example") == 1
     assert h.manager.sites.ids("a.example") == [kept]

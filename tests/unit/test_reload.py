@@ -474,7 +474,7 @@ def test_retiredTransportsStopWhenTheirLastDeliveryEnds(tmp_path):
     assert len(first.requests) == 1
     new = TransportRegistry(None, None, factories={"smtp": factory})
     config = load("<t>", "[main]\nmyhostname = mx.test\nsmtp_destination_concurrency_limit = 3\n")
-    h.manager.reconfigure(config.main, h.manager.router, new, h.manager.notices)
+    h.manager.reconfigure(config.settings.qmgr, h.manager.router, new, h.manager.notices)
     retired = old.retire()
     second = factory.made[1]
     assert [r.recipients[0].address for r in second.requests] == ["b@one.example"]  # new work, new transport

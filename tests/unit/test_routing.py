@@ -14,7 +14,7 @@ def router(main=""):
     config = load("<t>", "[main]\nmyhostname = mx.test\n" + main)
     tables = Tables(Clock())
     openTables(config, tables)
-    return Router(config.main, tables)
+    return Router(config.settings.resolver, tables)
 
 
 run = resultOf
@@ -141,7 +141,7 @@ def test_tableFailuresDefer():
     r.virtualAliases = [FailingTable()]
     assert routes(r, "a@x.example") == [RouteError("a@x.example", "deferred", "4.3.0", "alias table lookup failure")]
     r = router()
-    r.transportMaps = [FailingTable()]
+    r.resolver.transportMaps = [FailingTable()]
     assert routes(r, "a@x.example") == [RouteError("a@x.example", "deferred", "4.3.0", "transport table lookup failure")]
 
 

@@ -46,7 +46,7 @@ CONFIGURATION
 
 import attrs
 
-from mta.config.loader import ConfigError
+from mta.config.errors import ConfigError
 from mta.config.schema import BY_NAME
 
 __all__ = ["Compiled", "Settings", "compile", "setting", "settingsClass"]

@@ -17,6 +17,16 @@ settings class that needs it (a parameter may be read by several areas):
     unknown_relay_recipient_reject_code, non_fqdn_reject_code,
     smtpd_etrn_restrictions, fast_flush_domains
 
+ResolverSettings (``config.settings.resolver``) is built from [main] only:
+Postfix's trivial-rewrite(8) reads main.cf, never a master.cf -o, so one
+resolver (mta.routing.AddressResolver) answers for the queue manager and
+for every listener alike, and a listener's override of mydestination,
+relay_domains, virtual_*_domains or the transports does not change an
+address's class (as in Postfix).  RecipientCheckSettings
+(``listener.settings.recipients``) is built per listener: what smtpd(8)
+itself reads, and what a listener may override (mynetworks, the recipient
+tables, the restriction lists, the reply codes), as smtpd -o does.
+
 SECURITY
     None: values were parsed and checked by mta.config.types.
 
@@ -24,9 +34,100 @@ CONFIGURATION
     As listed above.
 """
 
-from mta.config.settings import Settings, setting, settingsClass  # noqa: F401
+from mta.config.settings import Settings, setting, settingsClass
+from mta.config.types import parseRestrictions
+
+__all__ = ["ADDRESS_CLASSES", "RecipientCheckSettings", "ResolverSettings", "splitTransport"]
+
+# trivial-rewrite's address classes (Postfix's RESOLVE_CLASS_*), in the order they are tried.
+ADDRESS_CLASSES = ("local", "alias", "virtual", "relay", "default")
+
+
+def splitTransport(value):
+    """'smtp:[host]:25' -> ('smtp', '[host]:25'); 'error:text' -> ('error', 'text')."""
+    transport, _, nexthop = value.strip().partition(":")
+    return transport.strip(), nexthop.strip()
+
+
+@settingsClass
+class ResolverSettings(Settings):
+    """
+    What trivial-rewrite reads (mta.routing.AddressResolver, Router): the
+    domain lists of the address classes, their transports, the relayhost,
+    transport_maps, and the alias expansion's tables and limits.  Domain
+    lists and tables are as parsed (names and TableSpecs); the tables are
+    opened by the services with the Tables registry.
+    """
+
+    hostname: str = setting("myhostname")  # the local class's nexthop; the domain of a bare alias target
+    localDomains: tuple = setting("mydestination")  # class local (an address without a domain too)
+    aliasDomains: tuple = setting("virtual_alias_domains")  # class alias: every address must be rewritten
+    mailboxDomains: tuple = setting("virtual_mailbox_domains")  # class virtual
+    relayDomains: tuple = setting("relay_domains")  # class relay (subdomains match too)
+    localTransport: tuple = setting("local_transport", splitTransport)  # (transport, nexthop) of class local
+    virtualTransport: tuple = setting("virtual_transport", splitTransport)  # of class virtual
+    relayTransport: tuple = setting("relay_transport", splitTransport)  # of class relay
+    defaultTransport: tuple = setting("default_transport", splitTransport)  # of class default
+    relayhost: str = setting("relayhost")  # the nexthop of classes relay and default when theirs is empty
+    transportMaps: tuple = setting("transport_maps")  # per-address/domain overrides of transport:nexthop
+    virtualAliasMaps: tuple = setting("virtual_alias_maps")  # rewrite any address (the router's expansion)
+    aliasMaps: tuple = setting("alias_maps")  # rewrite local parts of class local (aliases(5))
+    delimiter: str = setting("recipient_delimiter")  # the characters that start an address extension
+    recursionLimit: int = setting("virtual_alias_recursion_limit")  # deepest alias nesting (then 5.4.6)
+    expansionLimit: int = setting("virtual_alias_expansion_limit")  # most addresses from one (then 5.3.0)
+
+    def transport(self, addressClass):
+        """The configured (transport, nexthop) of C{addressClass} (local, virtual, relay or default)."""
+        return {
+            "local": self.localTransport,
+            "virtual": self.virtualTransport,
+            "relay": self.relayTransport,
+            "default": self.defaultTransport,
+        }[addressClass]
+
+    def transportNames(self):
+        """The transports the four classes name, sorted, without empty names."""
+        names = {t for t, _ in (self.localTransport, self.virtualTransport, self.relayTransport, self.defaultTransport)}
+        return sorted(n for n in names if n)
+
+
+@settingsClass
+class RecipientCheckSettings(Settings):
+    """
+    What smtpd's recipient checks read (mta.smtpd.policy.RecipientPolicy),
+    per listener; the address class of a recipient comes from the shared
+    resolver (ResolverSettings), not from here.  The restriction lists are
+    parsed at load into ((name, TableSpec or None), ...).
+    """
+
+    mynetworks: tuple = setting("mynetworks")  # permit_mynetworks: networks and tables
+    virtualAliasMaps: tuple = setting("virtual_alias_maps")  # the known addresses of alias and virtual classes
+    virtualMailboxMaps: tuple = setting("virtual_mailbox_maps")  # the known addresses of class virtual
+    relayRecipientMaps: tuple = setting("relay_recipient_maps")  # known addresses of class relay (empty: all)
+    localRecipientMaps: tuple = setting("local_recipient_maps")  # known local parts of class local (empty: all)
+    delimiter: str = setting("recipient_delimiter")  # for the keys of those lookups (user+ext -> user)
+    rejectUnlisted: bool = setting("smtpd_reject_unlisted_recipient")  # check them after the restrictions
+    relayRejectCode: int = setting("relay_domains_reject_code")  # reject_unauth_destination
+    nonFqdnRejectCode: int = setting("non_fqdn_reject_code")  # reject_non_fqdn_sender/recipient
+    unknownLocalCode: int = setting("unknown_local_recipient_reject_code")
+    unknownAliasCode: int = setting("unknown_virtual_alias_reject_code")
+    unknownMailboxCode: int = setting("unknown_virtual_mailbox_reject_code")
+    unknownRelayCode: int = setting("unknown_relay_recipient_reject_code")
+    recipientRestrictions: tuple = setting("smtpd_recipient_restrictions", parseRestrictions)  # RCPT TO
+    etrnRestrictions: tuple = setting("smtpd_etrn_restrictions", parseRestrictions)  # ETRN's domain
+    fastFlushDomains: tuple = setting("fast_flush_domains")  # what ETRN may flush (subdomains match)
+
+    def unknownCode(self, addressClass):
+        """The reply code for a recipient unknown in C{addressClass} (local, alias, virtual, relay)."""
+        return {
+            "local": self.unknownLocalCode,
+            "alias": self.unknownAliasCode,
+            "virtual": self.unknownMailboxCode,
+            "relay": self.unknownRelayCode,
+        }[addressClass]
+
 
 # Service name -> settings class, built from [main] (MAIN) or from each
 # listener's scope (LISTENER); see mta.config.settings.
-MAIN = {}
-LISTENER = {}
+MAIN = {"resolver": ResolverSettings}
+LISTENER = {"recipients": RecipientCheckSettings}
