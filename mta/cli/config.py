@@ -32,6 +32,7 @@ import difflib
 import os
 import sys
 
+from mta.cli import Done, parseArguments
 from mta.config import BY_NAME, CONFIG_ENVIRONMENT, DEFAULT_CONFIG, ConfigError, Scope, findConfig, loadConfig, openTables
 from mta.config.schema import parameter
 from mta.config.schema import LISTENER_KEYS
@@ -185,11 +186,10 @@ def _which(args):
 
 def main(argv=None):
     """Run mta-config with C{argv} (default: sys.argv[1:]); return the exit status."""
-    parser = buildParser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2), already printed
-        return e.code if isinstance(e.code, int) else 2
+        args = parseArguments(buildParser(), argv)
+    except Done as e:
+        return e.status
     try:
         if args.check:
             lines = _check(args)

@@ -62,6 +62,7 @@ import re
 import sys
 
 from mta import control
+from mta.cli import Done, parseArguments
 from mta.cli import queue as cliQueue
 from mta.config import ConfigError, Scope, findConfig, loadConfig, openTables, readIni
 from mta.config.schema import parameter
@@ -242,14 +243,10 @@ def check(path, err):
 
 def main(argv=None):
     """Run mta with C{argv} (default: sys.argv[1:]); return the exit status."""
-    parser = buildParser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2), already printed
-        return e.code if isinstance(e.code, int) else 2
-    if args.command is None:
-        parser.print_help()
-        return 0
+        args = parseArguments(buildParser(), argv, needCommand=True)
+    except Done as e:
+        return e.status
     out, err = sys.stdout, sys.stderr
     try:
         if args.command == "check":

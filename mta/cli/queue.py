@@ -148,6 +148,7 @@ import time
 from twisted.internet import error as netError
 
 from mta import control
+from mta.cli import Done, parseArguments
 from mta.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG, ConfigError, loadConfig
 from mta.maillog import sanitize, syslogFormatter
 from mta.queue import tools
@@ -868,14 +869,10 @@ def _socketMissing(queueDirectory):
 
 def main(argv=None):
     """Run mta-queue with C{argv} (default: sys.argv[1:]); return the exit status."""
-    parser = buildParser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error (2), already printed
-        return e.code if isinstance(e.code, int) else 2
-    if args.command is None:
-        parser.print_help()
-        return 0
+        args = parseArguments(buildParser(), argv, needCommand=True)
+    except Done as e:
+        return e.status
     out, err = sys.stdout, sys.stderr
     try:
         try:
