@@ -1,7 +1,7 @@
 """mta.generation - what one configuration makes, so that a reload can make another beside it.
 
     Generation(config, tables, clock, store, protocolFactory, flushSite=None)
-        .tables, .router, .notices, .transports (a TransportRegistry),
+        .tables, .router, .cleanup, .notices, .transports (a TransportRegistry),
         .resolver (the DNS client, made on first use), .maillogFor(program),
         .factories (one SMTP server factory per listener, by name)
 
@@ -30,6 +30,7 @@ CONFIGURATION
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
+from mta.cleanup import Cleanup
 from mta.maillog import MailLogger
 from mta.queue.notices import Notices
 from mta.routing import Router, splitTransport
@@ -62,7 +63,8 @@ class Generation:
         self._resolver = None
         self.transports = TransportRegistry(config.main, self)
         self.router = Router(config.main, tables)
-        self.notices = Notices(store, config.main, clock, self.maillogFor)
+        self.cleanup = Cleanup(config.settings.cleanup, store, clock, self.maillogFor)  # pickup, notices, transcripts
+        self.notices = Notices(config.settings.notices, self.cleanup, clock, self.maillogFor)
         self.factories = {listener.name: protocolFactory(listener, self) for listener in config.listeners}
 
     @property

@@ -87,6 +87,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mta.cleanup import Cleanup
+from mta.config.settings.cleanup import CleanupSettings
+from mta.config.settings.notices import NoticeSettings
 from mta.interfaces import IDeliveryTransport
 from mta.maillog import MailLogger
 from mta.model import RecipientResult
@@ -229,10 +232,11 @@ class SMTPTransport:
                                      params["smtp_connection_reuse_time_limit"],
                                      params["smtp_connection_reuse_count_limit"])
         self.maillog = MailLogger(params["syslog_name"], name)
-        maillogFor = getattr(context, "maillogFor", None)
-        self.notices = TranscriptNotices.fromParameters(
-            params, self.store, self.reactor, self.maillog,
-            cleanupLog=maillogFor("cleanup") if maillogFor is not None else None)
+        # Transcripts go through the one cleanup: the generation's ([main]), or one of our own.
+        cleanup = getattr(context, "cleanup", None) or Cleanup(
+            CleanupSettings.build(params), self.store, self.reactor,
+            getattr(context, "maillogFor", None) or (lambda program: MailLogger(params["syslog_name"], program)))
+        self.notices = TranscriptNotices(NoticeSettings.build(params), cleanup, self.reactor, self.maillog)
         self.keepTranscripts = self.notices.wants(CLIENT_ERROR_CLASSES)
         addresses = listenerAddresses([e for _, e in context.listenerDescriptions()], warn=self._warn)
         for interface in params["proxy_interfaces"]:

@@ -48,7 +48,10 @@ class SMTPServerFactory(Factory):
         whose errors notify_classes lists (the daemon's listeners; not in
         stand-alone mode, mta-sendmail -bs, as in Postfix).
         """
-        from mta.rewrite import AddressRewriting, HeaderRewriteClients
+        from mta.cleanup import Cleanup
+        from mta.config.settings.cleanup import CleanupSettings
+        from mta.config.settings.notices import NoticeSettings
+        from mta.rewrite import HeaderRewriteClients
         from mta.smtpd.chat import SERVER_ERROR_CLASSES
         from mta.smtpd.policy import RecipientPolicy
         from mta.tables.matchers import NetworkMatcher
@@ -59,10 +62,13 @@ class SMTPServerFactory(Factory):
         self.store = store
         self.listenerName = listenerName
         self.policy = RecipientPolicy(params, tables)
-        self.rewrite = AddressRewriting(params)
-        self.headerRewriteClients = HeaderRewriteClients(
-            params["local_header_rewrite_clients"], self.policy.mynetworks, tables)
         self.maillog = MailLogger(params["syslog_name"], "smtpd")
+        # The listener's cleanup (mta.cleanup): Received, header cleanup, rewriting, the commit.
+        self.cleanup = Cleanup(CleanupSettings.build(params), store, clock,
+                               lambda program: MailLogger(params["syslog_name"], program))
+        self.rewrite = self.cleanup.rewriting
+        self.headerRewriteClients = HeaderRewriteClients(
+            self.cleanup.settings.rewrite.localHeaderRewriteClients, self.policy.mynetworks, tables)
         self.hostname = params["myhostname"]
         self.mailName = params["mail_name"]
         self.banner = params["smtpd_banner"]
@@ -93,16 +99,12 @@ class SMTPServerFactory(Factory):
         self.bareNewline = params["smtpd_forbid_bare_newline"]
         self.bareNewlineExclusions = NetworkMatcher(params["smtpd_forbid_bare_newline_exclusions"], tables)
         self.bareNewlineCode = params["smtpd_forbid_bare_newline_reject_code"]
-        self.hopLimit = params["hopcount_limit"]
-        self.dropHeaders = frozenset(h.lower() for h in params["message_drop_headers"])
-        self.alwaysAddMissing = params["always_add_missing_headers"]
-        self.headerSizeLimit = params["header_size_limit"]
         self.greetWait = params["postscreen_greet_wait"]
         self.greetAction = params["postscreen_greet_action"]
         # Postmaster notices (smtpd_chat_notify): a transcript is kept when notify_classes lists a
         # class the server can meet; at the end of the session (or when it passes the flush
         # threshold) it goes to the postmaster if the session met one of the listed classes.
-        self.notices = TranscriptNotices.fromParameters(params, store, clock, self.maillog)
+        self.notices = TranscriptNotices(NoticeSettings.build(params), self.cleanup, clock, self.maillog)
         self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(params["notify_classes"]))
 
         words = {k.upper() for k in params["smtpd_discard_ehlo_keywords"]}

@@ -6,6 +6,7 @@ import os
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
+from mta.cleanup import Cleanup
 from mta.config import load, openTables
 from mta.maillog import MailLogger
 from mta.model import Envelope, Recipient, RecipientResult
@@ -141,7 +142,9 @@ class Harness:
         main = self.config.main
         return QueueManager(
             self.store, Router(main, self.tables), self.transports.get, main, self.clock, self.maillog,
-            notices=Notices(self.store, main, self.clock, self.maillog),
+            notices=Notices(self.config.settings.notices,
+                            Cleanup(self.config.settings.cleanup, self.store, self.clock, self.maillog),
+                            self.clock, self.maillog),
         )
 
     def restart(self):
