@@ -94,8 +94,8 @@ class Harness:
 
 @pytest.fixture(autouse=True)
 def fixedUser(monkeypatch):
-    monkeypatch.setattr(S, "loginName", lambda uid: "alice")
-    monkeypatch.setattr(S, "defaultFullName", lambda uid: None)
+    monkeypatch.setattr(S.addresses, "loginName", lambda uid: "alice")
+    monkeypatch.setattr(S.addresses, "defaultFullName", lambda uid: None)
 
 
 def test_picksUpADeposit(tmp_path):
