@@ -1,4 +1,9 @@
-"""mta.model - frozen value types shared by the server, queue and transports.
+"""mta.model - frozen value types shared by the server, queue and transports; the queue file's error.
+
+CorruptQueueFile is here, below every module that reads queue files
+(mta.queue.fileformat raises it, pickup and the queue manager set such a
+file aside, mta.bounce leaves the original out of a notice when it cannot
+be read), so that none of them depends on another for it.
 
 SECURITY
     Values here are already parsed; whatever built them checked the input.
@@ -137,3 +142,7 @@ class RecipientResult:
     # For a "sent" result: the DSN action of our success notice ("relayed",
     # "delivered"), or "none" when the next hop took NOTIFY and reports itself.
     success_action: str | None = None
+
+
+class CorruptQueueFile(Exception):
+    """A queue file is damaged; str() says how."""
