@@ -1,9 +1,12 @@
 """mta.model - frozen value types shared by the server, queue and transports; the queue file's error.
 
-CorruptQueueFile is here, below every module that reads queue files
-(mta.queue.fileformat raises it, pickup and the queue manager set such a
-file aside, mta.bounce leaves the original out of a notice when it cannot
-be read), so that none of them depends on another for it.
+The queue's two errors are here, below every module that meets them, so
+that none of them depends on another (or on mta.queue) for them:
+CorruptQueueFile (mta.queue.fileformat raises it, pickup and the queue
+manager set such a file aside, mta.bounce leaves the original out of a
+notice when it cannot be read) and QueueWriteError (the store, the one
+writer and mta.cleanup raise it; every entrance turns it into a 4xx, a
+retry or a log line).
 
 SECURITY
     Values here are already parsed; whatever built them checked the input.
@@ -146,3 +149,7 @@ class RecipientResult:
 
 class CorruptQueueFile(Exception):
     """A queue file is damaged; str() says how."""
+
+
+class QueueWriteError(Exception):
+    """A message could not be stored; str() says why (for the log, not the client)."""

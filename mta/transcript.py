@@ -95,7 +95,7 @@ from twisted.python.failure import Failure
 
 from mta.cleanup import Origin
 from mta.maillog import sanitize
-from mta.model import Recipient
+from mta.model import QueueWriteError, Recipient
 
 __all__ = ["LINE_LIMIT", "Transcript", "TranscriptNotices", "buildTranscriptNotice", "printable"]
 
@@ -322,8 +322,6 @@ class TranscriptNotices:
         return d.addErrback(failed)
 
     def _failed(self, error, failure):
-        from mta.queue.files import QueueWriteError
-
         if not isinstance(error, (QueueWriteError, OSError)):  # a bug: its traceback too
             log.failure("postmaster notify failed", failure)
         text = f"postmaster notify: {sanitize(str(error) or type(error).__name__)}"

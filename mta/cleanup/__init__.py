@@ -112,8 +112,7 @@ from twisted.internet.defer import fail
 
 from mta.cleanup.headers import TOO_MANY_HOPS, HeaderCleanup, mailDate, notRewrittenWarning
 from mta.maillog import sanitize
-from mta.model import Envelope, Reply
-from mta.queue.files import QueueWriteError
+from mta.model import Envelope, QueueWriteError, Reply
 from mta.rewrite import AddressRewriting
 
 __all__ = ["Cleanup", "CleanupMessage", "Origin", "TOO_MANY_HOPS"]

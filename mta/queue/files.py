@@ -50,14 +50,11 @@ import zlib
 
 import attrs
 
+from mta.model import QueueWriteError  # noqa: F401 (the store's error; re-exported)
 from mta.queue import fileformat
 
 WRITE_BUFFER_SIZE = 64 * 1024
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class QueueWriteError(Exception):
-    """A message could not be stored; str() says why (for the log, not the client)."""
 
 
 def _describe(e):
