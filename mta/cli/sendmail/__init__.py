@@ -403,7 +403,3 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None, program=None):
         if e.message:
             stderr.write(f"{PROG}: fatal: {e.message}\n")
         return e.status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
