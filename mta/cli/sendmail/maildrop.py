@@ -1,4 +1,4 @@
-"""mta.cli.sendmail.maildrop - where mta-sendmail deposits: maildrop/, found but never created; one file, written by the queue's one writer.
+"""mta.cli.sendmail.maildrop - where mta-sendmail deposits: maildrop/, never created; one file, by the one writer.
 
 maildropDirectory() and findMaildrop() find $queue_directory/maildrop/,
 which must exist (mta.cli.sendmail, DESCRIPTION): a missing one is exit
