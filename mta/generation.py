@@ -2,7 +2,8 @@
 
     Generation(config, tables, clock, store, protocolFactory, flushSite=None)
         .tables, .addressResolver (trivial-rewrite, from [main], shared by the
-        router and every listener's recipient checks), .router, .notices,
+        router and every listener's recipient checks), .router, .cleanup
+        (for pickup, notices and transcripts), .notices,
         .transports (a TransportRegistry),
         .resolver (the DNS client, made on first use), .maillogFor(program),
         .factories (one SMTP server factory per listener, by name)
@@ -32,6 +33,7 @@ CONFIGURATION
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
+from mta.cleanup import Cleanup
 from mta.maillog import MailLogger
 from mta.queue.notices import Notices
 from mta.routing import AddressResolver, Router, splitTransport
@@ -65,7 +67,8 @@ class Generation:
         self.transports = TransportRegistry(config.settings, self)
         self.addressResolver = AddressResolver(config.settings.resolver, tables)  # shared: router and listeners
         self.router = Router(config.settings.resolver, tables, self.addressResolver)
-        self.notices = Notices(store, config.main, clock, self.maillogFor)
+        self.cleanup = Cleanup(config.settings.cleanup, store, clock, self.maillogFor)  # pickup, notices, transcripts
+        self.notices = Notices(config.settings.notices, self.cleanup, clock, self.maillogFor)
         self.factories = {listener.name: protocolFactory(listener, self) for listener in config.listeners}
 
     @property

@@ -1,4 +1,12 @@
-"""mta.model - frozen value types shared by the server, queue and transports.
+"""mta.model - frozen value types shared by the server, queue and transports; the queue file's error.
+
+The queue's two errors are here, below every module that meets them, so
+that none of them depends on another (or on mta.queue) for them:
+CorruptQueueFile (mta.queue.fileformat raises it, pickup and the queue
+manager set such a file aside, mta.bounce leaves the original out of a
+notice when it cannot be read) and QueueWriteError (the store, the one
+writer and mta.cleanup raise it; every entrance turns it into a 4xx, a
+retry or a log line).
 
 Address, Reply, Recipient, Envelope, DeliveryRecipient, DeliveryRequest and
 RecipientResult, and the RFC 5321 text of an Address (formatAddress(): the
@@ -194,3 +202,11 @@ class RecipientResult:
     # For a "sent" result: the DSN action of our success notice ("relayed",
     # "delivered"), or "none" when the next hop took NOTIFY and reports itself.
     success_action: str | None = None
+
+
+class CorruptQueueFile(Exception):
+    """A queue file is damaged; str() says how."""
+
+
+class QueueWriteError(Exception):
+    """A message could not be stored; str() says why (for the log, not the client)."""

@@ -6,13 +6,13 @@ NAME
     trivial-rewrite(8) do it (src/trivial-rewrite/rewrite.c)
 
 SYNOPSIS
-    rewriting = AddressRewriting(params)
+    rewriting = AddressRewriting(settings)   # a RewriteSettings (config.settings.rewrite)
     rewriting.parsePath("<root>", allowNull=False)   # Address("root", "$myorigin")
     rewriting.envelopeAddress("root", allowNull=False)   # "root@$myorigin" (queue files)
     rewriting.headerContext(isLocal)       # rewriting.local, or rewriting.remote (None
                                            # when remote_header_rewrite_domain is empty)
     context.header(b"To: root\\r\\n")        # b"To: root@$myorigin\\r\\n"
-    clients = HeaderRewriteClients(params["local_header_rewrite_clients"], mynetworks, tables)
+    clients = HeaderRewriteClients(settings.localHeaderRewriteClients, mynetworks, tables)
     clients.static; clients.staticMatch(client, server); await clients.matches(client, server)
 
 DESCRIPTION
@@ -108,7 +108,7 @@ DEVIATIONS
     backslash at a line end, more than 10240 tokens) is left as it is;
     Postfix would close the string and rewrite what it parsed, or drop the
     tokens past its token_limit.  At most ten times header_size_limit bytes
-    are added to one message by header rewriting (mta.smtpd.cleanup's
+    are added to one message by header rewriting (mta.cleanup.headers's
     REWRITE_GROWTH); past that, headers are left as they are and cleanup
     logs a warning (Postfix bounds the whole queue file by
     message_size_limit instead, and refuses a message that outgrows it).
@@ -135,17 +135,18 @@ SECURITY
     escapes).  The domains appended come from the configuration: one that
     holds white space, a control character or an address special (a typo
     could otherwise break every header it touches) is not used, with an
-    error in the log, and addresses are then not completed with it.  The
-    rewritten envelope address is checked by mta.address like any other.
+    error in the log, and addresses are then not completed with it (the
+    settings, mta.config.settings.cleanup.RewriteSettings, decide that at
+    load; AddressRewriting logs it).  The rewritten envelope address is checked by mta.address like any other.
 
 CONFIGURATION
-    append_at_myorigin (yes), append_dot_mydomain (no), myorigin
-    ($myhostname), mydomain, remote_header_rewrite_domain (empty),
-    local_header_rewrite_clients (permit_inet_interfaces), mynetworks.
+    RewriteSettings (mta.config.settings.cleanup): append_at_myorigin
+    (yes), append_dot_mydomain (no), myorigin ($myhostname), mydomain,
+    remote_header_rewrite_domain (empty), local_header_rewrite_clients
+    (permit_inet_interfaces); and the caller's mynetworks matcher.
 """
 
 import ipaddress
-import re
 
 from twisted.logger import Logger
 
@@ -164,8 +165,6 @@ ADDRESS_HEADERS = frozenset(
 """Postfix's sender and recipient address headers (header_opts.c), lower case."""
 
 FOLD_LIMIT = 78
-_NOT_IN_LABEL = r"\s()<>@,;:\\\".\[\]%!|\x00-\x1f\x7f"
-_DOMAIN = re.compile(rf"[^{_NOT_IN_LABEL}]+(?:\.[^{_NOT_IN_LABEL}]+)*\Z")
 
 
 def _rewriteTokens(tokens, origin, domain):
@@ -327,30 +326,23 @@ class RewriteContext:
         return _fold(bytes(out), changed, sorted(breaks))
 
 
-def _domainParameter(params, name):
-    value = params[name].strip()
-    if value and not _DOMAIN.match(value):
-        log.error("{name} = {value!r} is not a domain name: addresses are not completed with it",
-                  name=name, value=value)
-        return ""
-    return value
-
-
 class AddressRewriting:
-    """The local and remote contexts of a parameter scope, and envelope rewriting."""
+    """
+    The local and remote contexts of a RewriteSettings
+    (mta.config.settings.cleanup), and envelope rewriting.  The settings
+    have left out a domain that is not a domain name (C{refused}); it is
+    logged here, once per service that rewrites.
+    """
 
-    def __init__(self, params):
-        appendAt = params["append_at_myorigin"]
-        appendDot = params["append_dot_mydomain"]
-        self.local = RewriteContext(
-            "local",
-            _domainParameter(params, "myorigin") if appendAt else "",
-            _domainParameter(params, "mydomain") if appendDot else "",
-        )
+    def __init__(self, settings):
+        self.settings = settings
+        for name, value in settings.refused:
+            log.error("{name} = {value!r} is not a domain name: addresses are not completed with it",
+                      name=name, value=value)
+        self.local = RewriteContext("local", settings.localOrigin, settings.localDomain)
         self.remote = None
-        if params["remote_header_rewrite_domain"].strip():
-            remote = _domainParameter(params, "remote_header_rewrite_domain")
-            self.remote = RewriteContext("remote", remote if appendAt else "", remote if appendDot else "")
+        if settings.remote:
+            self.remote = RewriteContext("remote", settings.remoteOrigin, settings.remoteDomain)
 
     def headerContext(self, isLocal):
         """The context for the headers of a client that is local or not (None: no rewriting)."""

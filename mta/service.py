@@ -172,7 +172,7 @@ class MTAService(MultiService):
             self.store, self.current.router, self.current.transports, config.settings.qmgr, reactor, self.maillogFor,
             notices=self.current.notices,
         )
-        self.pickup = Pickup(self.store, config.main, reactor, self.current.maillogFor)
+        self.pickup = Pickup(self.store, self.current.cleanup, reactor, self.current.maillogFor)
 
         service = StreamServerEndpointService(control.controlServerEndpoint(reactor, self.queueDirectory),
                                               control.controlFactory(self))
@@ -431,7 +431,7 @@ class MTAService(MultiService):
 
     async def _switchPickup(self, generation):
         old = self.pickup
-        self.pickup = Pickup(self.store, generation.config.main, self.clock, generation.maillogFor)
+        self.pickup = Pickup(self.store, generation.cleanup, self.clock, generation.maillogFor)
         stopped = old.stop()
         self._stopping.append(stopped)
         try:

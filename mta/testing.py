@@ -137,6 +137,7 @@ def serverFactory(main="", clock=None, store=None, peer=None):
     FakeQueueStore, built from the settings load() compiled for its
     (default) listener.
     """
+    from mta.routing import AddressResolver
     from mta.smtpd.factory import SMTPServerFactory
 
     clock = clock or Clock()
@@ -144,4 +145,5 @@ def serverFactory(main="", clock=None, store=None, peer=None):
     tables = Tables(clock)
     openTables(config, tables)
     listener = config.listeners[0]
-    return SMTPServerFactory(listener.settings.smtpd, clock, store or FakeQueueStore(), tables, listener.params)
+    resolver = AddressResolver(config.settings.resolver, tables)
+    return SMTPServerFactory(listener.settings, clock, store or FakeQueueStore(), tables, resolver)

@@ -6,7 +6,7 @@ SYNOPSIS
     transcript.sent("250-mx.example.org")   # "Out: 250-mx.example.org"
     transcript.error("protocol")            # an error class (notify_classes)
 
-    notices = TranscriptNotices.fromParameters(params, store, clock, maillog)
+    notices = TranscriptNotices(settings, cleanup, clock, maillog)   # NoticeSettings, mta.cleanup.Cleanup
     if notices.due(transcript):
         notices.send("SMTP server", "unknown[192.0.2.7]", transcript, reason="timeout")
 
@@ -25,7 +25,8 @@ DESCRIPTION
     does instead (smtpd_history_flush_threshold, mta.smtpd.protocol).
 
     TranscriptNotices.send() builds the notice and queues it through the
-    store as smtpd_chat_notify does: envelope from $double_bounce_sender
+    one cleanup (mta.cleanup, an internal origin: no Received: header, the
+    header cleanup as for every message) as smtpd_chat_notify does: envelope from $double_bounce_sender
     (qualified with @$myorigin, so the notice is never bounced: the queue
     manager drops one that fails), to $bounce_notice_recipient when the
     transcript has the bounce class, else $error_notice_recipient
@@ -62,10 +63,10 @@ SECURITY
     threshold).
 
 CONFIGURATION
-    notify_classes (resource, software), error_notice_recipient
-    (postmaster), bounce_notice_recipient (postmaster),
-    double_bounce_sender (double-bounce), myorigin, myhostname, mail_name;
-    fromParameters() reads them.
+    NoticeSettings (mta.config.settings.notices): notify_classes
+    (resource, software), error_notice_recipient (postmaster),
+    bounce_notice_recipient (postmaster), double_bounce_sender
+    (double-bounce), myorigin, myhostname, mail_name.
 
 DEVIATIONS
     The To: header names the envelope recipient (Postfix's always names
@@ -92,8 +93,9 @@ from twisted.internet.defer import succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mta.cleanup import Origin
 from mta.maillog import sanitize
-from mta.model import Envelope, Recipient
+from mta.model import QueueWriteError, Recipient
 
 __all__ = ["LINE_LIMIT", "Transcript", "TranscriptNotices", "buildTranscriptNotice", "printable"]
 
@@ -259,39 +261,21 @@ def buildTranscriptNotice(role, peer, recipient, lines, *, reason=None, preface=
 
 
 class TranscriptNotices:
-    """Queues the postmaster notices of transcripts (see the module docstring)."""
+    """
+    Queues the postmaster notices of transcripts (see the module
+    docstring) through C{cleanup} (an mta.cleanup.Cleanup: the one way
+    into the queue), from C{settings} (a NoticeSettings); C{maillog}: the
+    caller's MailLogger (smtpd, smtp, lmtp), for the warning.  C{sender} is
+    $double_bounce_sender@$myorigin.
+    """
 
-    def __init__(self, store, clock, *, classes, errorRecipient="postmaster", bounceRecipient="postmaster",
-                 doubleBounceSender="double-bounce", myorigin="localhost", myhostname="localhost",
-                 mailName="mta", maillog=None, cleanupLog=None):
-        self.store = store
+    def __init__(self, settings, cleanup, clock, maillog=None):
+        self.settings = settings
+        self.cleanup = cleanup
         self.clock = clock
-        self.classes = frozenset(c.lower() for c in classes)
-        self.errorRecipient = errorRecipient
-        self.bounceRecipient = bounceRecipient
-        self.sender = doubleBounceSender if "@" in doubleBounceSender else f"{doubleBounceSender}@{myorigin}"
-        self.myorigin = myorigin
-        self.myhostname = myhostname
-        self.mailName = mailName
-        self.maillog = maillog  # the caller's MailLogger (smtpd, smtp, lmtp): the warning
-        self.cleanupLog = cleanupLog  # cleanup's MailLogger: message-id=
-
-    @classmethod
-    def fromParameters(cls, params, store, clock, maillog, cleanupLog=None):
-        from mta.maillog import MailLogger
-
-        return cls(
-            store, clock,
-            classes=params["notify_classes"],
-            errorRecipient=params["error_notice_recipient"],
-            bounceRecipient=params["bounce_notice_recipient"],
-            doubleBounceSender=params["double_bounce_sender"],
-            myorigin=params["myorigin"],
-            myhostname=params["myhostname"],
-            mailName=params["mail_name"],
-            maillog=maillog,
-            cleanupLog=cleanupLog or MailLogger(params["syslog_name"], "cleanup"),
-        )
+        self.classes = settings.classes
+        self.sender = settings.doubleBounceAddress
+        self.maillog = maillog
 
     def wants(self, classes):
         """Whether any of C{classes} is reported: then a transcript is worth keeping."""
@@ -303,8 +287,8 @@ class TranscriptNotices:
 
     def recipient(self, transcript):
         """$bounce_notice_recipient if the session had the bounce class (as Postfix), else $error_notice_recipient."""
-        to = self.bounceRecipient if "bounce" in transcript.errors else self.errorRecipient
-        return to if "@" in to else f"{to}@{self.myorigin}"
+        s = self.settings
+        return s.qualified(s.bounceRecipient if "bounce" in transcript.errors else s.errorRecipient)
 
     def send(self, role, peer, transcript, reason=None, preface=None):
         """
@@ -313,46 +297,31 @@ class TranscriptNotices:
         queue id, or None when the notice could not be queued (logged);
         it never fails.
         """
+        s = self.settings
         to = self.recipient(transcript)
         now = self.clock.seconds()
-        incoming = None
+        lines = transcript.lines()
+
+        def content(queueId):
+            return buildTranscriptNotice(
+                role, peer, to, lines, reason=reason, preface=preface, mailName=s.mailName,
+                myorigin=s.myorigin, myhostname=s.hostname, now=now, queueId=queueId,
+            )
+
         try:
-            incoming = self.store.newMessage()
-            queueId = incoming.queueId
-            content = buildTranscriptNotice(
-                role, peer, to, transcript.lines(), reason=reason, preface=preface, mailName=self.mailName,
-                myorigin=self.myorigin, myhostname=self.myhostname, now=now, queueId=queueId,
-            )
-            incoming.write(content)
-            envelope = Envelope(
-                sender=self.sender, recipients=(Recipient(to),), arrival_time=now, client_name="localhost",
-                client_address="127.0.0.1", protocol="local", body="7BIT",
-            )
-            d = incoming.commit(envelope)
+            d = self.cleanup.submit(Origin.internal(), self.sender, (Recipient(to),), content, body="7BIT",
+                                    arrival=now)
         except Exception as e:
-            if incoming is not None:
-                try:
-                    incoming.abort()
-                except Exception:
-                    pass
             self._failed(e, Failure())
             return succeed(None)
-        messageId = _messageId(now, queueId, self.myhostname)
-
-        def committed(newId):
-            if self.cleanupLog is not None:
-                self.cleanupLog.emit(f"message-id={messageId}", queue_id=newId)
-            return newId
 
         def failed(failure):
             self._failed(failure.value, failure)
             return None
 
-        return d.addCallbacks(committed, failed)
+        return d.addErrback(failed)
 
     def _failed(self, error, failure):
-        from mta.queue.files import QueueWriteError
-
         if not isinstance(error, (QueueWriteError, OSError)):  # a bug: its traceback too
             log.failure("postmaster notify failed", failure)
         text = f"postmaster notify: {sanitize(str(error) or type(error).__name__)}"

@@ -157,15 +157,19 @@ class SMTPTransport:
         (``config.settings.smtpClient``) or LmtpClientSettings
         (``lmtpClient``); its C{lmtp} says which protocol.
     @param context: the generation (mta.generation.Generation): C{clock},
-        C{store}, C{resolver}, C{listenerDescriptions()}, and optionally
-        C{maillogFor(program)} and C{transports} (for best_mx_transport).
+        C{store}, C{resolver}, C{cleanup} (the one way into the queue, for
+        the postmaster transcripts), C{listenerDescriptions()}, and
+        optionally C{maillogFor(program)} and C{transports} (for
+        best_mx_transport).
+    @param notices: the NoticeSettings (``config.settings.notices``) of
+        the postmaster transcripts (notify_classes); None: no transcripts.
 
     @ivar settings: the settings, as given; the session gets them too.
     @ivar cache: the ConnectionCache of this transport's idle connections.
     @ivar mxOptions: what mta.delivery.mx.destinationHosts() is given.
     """
 
-    def __init__(self, name, settings, context):
+    def __init__(self, name, settings, context, notices=None):
         self.name = name
         self.settings = settings
         self.lmtp = settings.lmtp
@@ -175,21 +179,10 @@ class SMTPTransport:
         self.cache = ConnectionCache(self.reactor, settings.cacheTimeLimit, settings.reuseTimeLimit,
                                      settings.reuseCountLimit)
         self.maillog = MailLogger(settings.syslogName, name)
-        maillogFor = getattr(context, "maillogFor", None)
-        self.notices = TranscriptNotices(
-            self.store, self.reactor,
-            classes=settings.notifyClasses,
-            errorRecipient=settings.errorNoticeRecipient,
-            bounceRecipient=settings.bounceNoticeRecipient,
-            doubleBounceSender=settings.doubleBounceSender,
-            myorigin=settings.myorigin,
-            myhostname=settings.myHostname,
-            mailName=settings.mailName,
-            maillog=self.maillog,
-            cleanupLog=maillogFor("cleanup") if maillogFor is not None else MailLogger(settings.syslogName,
-                                                                                         "cleanup"),
-        )
-        self.keepTranscripts = self.notices.wants(CLIENT_ERROR_CLASSES)
+        # Postmaster transcripts (notify_classes) go through the generation's one cleanup.
+        self.notices = None if notices is None else TranscriptNotices(notices, context.cleanup, self.reactor,
+                                                                      self.maillog)
+        self.keepTranscripts = self.notices is not None and self.notices.wants(CLIENT_ERROR_CLASSES)
         addresses = listenerAddresses([e for _, e in context.listenerDescriptions()], warn=self._warn)
         for interface in settings.proxyInterfaces:
             address = parseAddress(interface)
@@ -382,7 +375,7 @@ class SMTPTransport:
         if transcript is None:
             return
         sender = request.envelope.sender
-        if self.notices.due(transcript) and sender and sender.lower() != self.notices.sender.lower():
+        if self.notices is not None and self.notices.due(transcript) and sender and sender.lower() != self.notices.sender.lower():
             role = "LMTP client" if self.lmtp else "SMTP client"
             self.notices.send(role, remote.relay, transcript, preface=f"Unexpected response from {remote.relay}.")
         transcript.clear()

@@ -66,13 +66,13 @@ retry = _Factory("retry", "Defer every recipient with the next-hop as the reason
 def _smtp(name, settings, context):
     from mta.delivery.smtp import SMTPTransport
 
-    return SMTPTransport(name, settings.smtpClient, context)
+    return SMTPTransport(name, settings.smtpClient, context, settings.notices)
 
 
 def _lmtp(name, settings, context):
     from mta.delivery.smtp import SMTPTransport
 
-    return SMTPTransport(name, settings.lmtpClient, context)
+    return SMTPTransport(name, settings.lmtpClient, context, settings.notices)
 
 
 smtp = _Factory("smtp", "Delivery over SMTP by MX lookup or to a given host (smtp(8)).", _smtp)

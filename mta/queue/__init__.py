@@ -3,7 +3,8 @@
     queueid.py      queue ids: time-ordered, [0-9A-Za-z], unique across restarts
     fileformat.py   the queue file format (version 1) and its strict parser
     files.py        the system calls the queue makes (FileSystem: the seam
-                    through which tests inject faults), QueueWriteError
+                    through which tests inject faults) and the one queue-file
+                    writer (QueueFileWriter: the store's and mta-sendmail's)
     store.py        QueueStore: the directories, durable entry of new mail,
                     appends, moves, directory scans in the thread pool
     state.py        the queue manager's state records (results, "notified")
@@ -17,7 +18,7 @@
                     scans, stray entries to corrupt/, ETRN (flushSite)
     sites.py        the ETRN index: deferred queue ids by recipient site
     notices.py      bounces, delay warnings and success notices (mta.bounce)
-    pickup.py       pickup(8): maildrop/ into the queue
+    pickup.py       pickup(8): maildrop/ into the queue (through mta.cleanup)
     tools.py        postsuper-style operations, mailq's listing
 
 DIRECTORIES ($queue_directory, each mode 0700)

@@ -86,7 +86,7 @@ import zlib
 
 import attrs
 
-from mta.model import Envelope, Recipient
+from mta.model import CorruptQueueFile, Envelope, Recipient  # noqa: F401 (CorruptQueueFile: raised here)
 
 MAGIC = b"MTA-QUEUE"
 VERSION = 1
@@ -113,10 +113,6 @@ _FORBIDDEN_CHARS = re.compile("[\r\n\0]")
 _BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")
 _RET_VALUES = ("FULL", "HDRS")
 _NOTIFY_VALUES = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
-
-
-class CorruptQueueFile(Exception):
-    """A queue file is damaged; str() says how."""
 
 
 class _Invalid(Exception):

@@ -1,4 +1,4 @@
-"""mta.queue.files - the system calls the queue makes, and their errors; directories read in batches.
+"""mta.queue.files - the system calls the queue makes, the one queue-file writer, directories read in batches.
 
 Kept apart from mta.queue.store (and free of Twisted) so that mta-sendmail,
 a short-lived process that writes one file, starts quickly.
@@ -8,8 +8,36 @@ through the store) makes its system calls; tests substitute their own to
 inject faults.  DirectoryScan reads one directory through it, a batch of
 entries per job of the store's thread pool, as ScanBatch objects.
 
+QueueFileWriter is the one writer of queue files (the format of
+mta.queue.fileformat): the store drives it for incoming/ and hold/ (its
+blocking steps in the thread pool, mta.queue.store), mta-sendmail calls it
+directly for maildrop/ (mta.cli.sendmail.maildrop).  The steps, each made
+through the FileSystem seam:
+
+    writer = QueueFileWriter(fs, "DIR/tmp/QUEUEID")   # nothing on disk yet
+    writer.create()           # O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600 (or
+                              # mode, set with fchmod whatever the umask)
+    writer.write(bytes)       # buffered; past WRITE_BUFFER_SIZE written
+                              # out (creating the file); never raises: the
+                              # first failure is kept in writer.error
+    writer.seal(envelope)     # the envelope record and the real content
+                              # header (length, CRC-32); ValueError
+    writer.store(path)        # [create], write the rest, the header over
+                              # its placeholder, fsync, close, rename
+    fsyncDirectory(fs, directory, [path])   # the rename made durable
+    writer.discard()          # on any other outcome; always safe
+
+A failed step raises StepFailed (C{step}: create, write, fsync, close,
+rename, or "fsync of DIR"), after which nothing of the file is left where
+the queue manager or pickup would take it: store() removes the temporary
+file, fsyncDirectory() unlinks the files just renamed into the directory
+(their submitters are told the message was not stored) and fsyncs it once
+more.  The directory fsync is the caller's, so the store can share one
+between several commits (mta.queue.store, GROUP COMMIT).
+
 SECURITY
-    None beyond the callers'.
+    None beyond the callers'.  Files are created O_EXCL|O_NOFOLLOW: an
+    existing name or a symbolic link is never written through.
 
 CONFIGURATION
     None.
@@ -18,16 +46,35 @@ CONFIGURATION
 import array
 import errno
 import os
+import zlib
 
+import attrs
 
-class QueueWriteError(Exception):
-    """A message could not be stored; str() says why (for the log, not the client)."""
+from mta.model import QueueWriteError  # noqa: F401 (the store's error; re-exported)
+from mta.queue import fileformat
+
+WRITE_BUFFER_SIZE = 64 * 1024
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _describe(e):
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e) or type(e).__name__
+
+
+class StepFailed(Exception):
+    """
+    A step of writing a queue file failed: C{step} names it (create, write,
+    fsync, close, rename, "fsync of DIR"), C{error} is what was raised,
+    C{reason} its text; str() is "STEP failed: REASON".
+    """
+
+    def __init__(self, step, error):
+        self.step = step
+        self.error = error
+        self.reason = _describe(error)
+        super().__init__(f"{step} failed: {self.reason}")
 
 
 def _writeAll(fs, fd, data):
@@ -94,12 +141,184 @@ class FileSystem:
                     st = None
                 yield entry.name, st
 
+    def fchmod(self, fd, mode):
+        os.fchmod(fd, mode)
+
     def fsyncDirectory(self, path):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _step(name, f, *args):
+    try:
+        return f(*args)
+    except Exception as e:  # a bug in a FileSystem too: the message is not stored, never half-stored
+        raise StepFailed(name, e) from None
+
+
+class QueueFileWriter:
+    """
+    One queue file, written under C{tmpPath} and made durable under its
+    final name by store() (see the module docstring).  C{fs}: the
+    FileSystem; C{mode}: the file's mode (0600; mta-sendmail's root gives
+    0644, see mta.cli.sendmail.maildrop.depositMode).
+
+    Attributes: C{size} (content bytes given to write(), also after an
+    error), C{error} (the first StepFailed of create() or a write-out, or
+    None: later content is dropped, store() raises it), C{buffer} (bytes
+    not yet written out: at most WRITE_BUFFER_SIZE plus one write), C{fd}
+    (None until the file is created), C{created}.
+
+    Nothing here is thread-safe: the store hands the writer to one worker
+    thread at its commit and never touches it again.
+    """
+
+    def __init__(self, fs, tmpPath, *, mode=0o600, bufferSize=WRITE_BUFFER_SIZE):
+        self.fs = fs
+        self.tmpPath = tmpPath
+        self.mode = mode
+        self.bufferSize = bufferSize
+        self.size = 0
+        self.crc = 0
+        self.error = None
+        self.fd = None
+        self.created = False
+        # A placeholder header: the real one (length, CRC-32) is known at seal().
+        self.buffer = bytearray(fileformat.fileHeader(0, 0))
+        self._flushed = 0  # bytes written out so far
+        self._header = None  # the real header, to be written over the placeholder by store()
+
+    def create(self):
+        """Blocking: create the temporary file now (write() does it when needed); StepFailed("create")."""
+        if self.fd is not None:
+            return
+        self.fd = _step("create", self.fs.open, self.tmpPath, CREATE_FLAGS, 0o600)
+        self.created = True
+        if self.mode != 0o600:
+            _step("create", self.fs.fchmod, self.fd, self.mode)  # explicitly: the umask may be 077
+
+    def write(self, data):
+        """Add C{data} (bytes) to the content; written out past the buffer size.  Never raises."""
+        self.size += len(data)
+        if self.error is not None:
+            return
+        self.crc = zlib.crc32(data, self.crc)
+        self.buffer += data
+        if len(self.buffer) >= self.bufferSize:
+            self.flush()
+
+    def flush(self):
+        """Blocking: write the buffer out (creating the file first); a failure is kept in C{error}."""
+        if self.error is not None:
+            self.buffer = bytearray()
+            return
+        view = memoryview(self.buffer)
+        try:
+            self.create()
+            _step("write", _writeAll, self.fs, self.fd, view)
+            self._flushed += len(view)
+        except StepFailed as e:
+            self.error = e
+        finally:
+            view.release()
+            self.buffer = bytearray()
+
+    def seal(self, envelope):
+        """
+        End of content: append the record of C{envelope} (an
+        mta.model.Envelope; its size is set to C{size}) and settle the real
+        header.  ValueError (or TypeError) if the envelope cannot be stored.
+        """
+        record = fileformat.envelopeRecord(attrs.evolve(envelope, size=self.size))
+        header = fileformat.fileHeader(self.size, self.crc)
+        if self._flushed == 0:
+            self.buffer[: len(header)] = header
+        else:
+            self._header = header
+        self.buffer += record
+
+    def _writeRest(self):
+        view = memoryview(self.buffer)
+        try:
+            _writeAll(self.fs, self.fd, view)
+            self._flushed += len(view)
+        finally:
+            view.release()
+            self.buffer = bytearray()
+        if self._header is not None:
+            if self.fs.pwrite(self.fd, self._header, 0) != len(self._header):
+                raise OSError(errno.EIO, "short write")
+            self._header = None
+
+    def store(self, path):
+        """
+        Blocking, after seal(): create the file if it was never created,
+        write what is left and the real header, fsync and close it, rename
+        it to C{path}.  Durable once the directory of C{path} is fsynced
+        (fsyncDirectory()).  StepFailed, with the temporary file removed.
+        """
+        try:
+            if self.error is not None:
+                raise self.error
+            self.create()
+            _step("write", self._writeRest)
+            _step("fsync", self.fs.fsync, self.fd)
+            fd, self.fd = self.fd, None
+            _step("close", self.fs.close, fd)
+            _step("rename", self.fs.rename, self.tmpPath, path)
+        except StepFailed:
+            self.discard()
+            raise
+        self.created = False  # it has another name now: discard() must not touch it
+
+    def discard(self):
+        """
+        Close the file and remove it from its temporary name; safe at any
+        time, and a no-op after store().  Returns the OSError of a removal
+        that failed for another reason than that the file is gone, or None.
+        """
+        self.buffer = bytearray()
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                self.fs.close(fd)
+            except OSError:
+                pass
+        if not self.created:
+            return None
+        self.created = False
+        try:
+            self.fs.unlink(self.tmpPath)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                return e
+        return None
+
+
+def fsyncDirectory(fs, directory, renamed=(), step=None):
+    """
+    Blocking: fsync C{directory}, which makes the renames into it durable.
+    When that fails, the files just renamed into it (the paths C{renamed})
+    are unlinked again and the directory fsynced once more (best effort):
+    their submitters are told that nothing was stored, so nothing may be
+    delivered.  StepFailed(C{step}, default "fsync of DIRECTORY").
+    """
+    try:
+        fs.fsyncDirectory(directory)
+    except Exception as e:
+        for path in renamed:
+            try:
+                fs.unlink(path)
+            except OSError:
+                pass
+        try:
+            fs.fsyncDirectory(directory)
+        except Exception:
+            pass
+        raise StepFailed(step or f"fsync of {directory}", e) from None
 
 
 class ScanBatch:

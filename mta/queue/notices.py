@@ -2,7 +2,9 @@
 
 The queue manager decides that a notice is due (bounced recipients, or
 NOTIFY=SUCCESS deliveries); this module builds it with mta.bounce and
-queues it as a new message from the null sender, then logs Postfix's line
+queues it as a new message from the null sender through the one cleanup
+(mta.cleanup, an internal origin, as Postfix's bounce(8) posts to its
+cleanup: cleanup logs ``NEWID: message-id=<...>``), then logs Postfix's line
 (``ID: sender non-delivery notification: NEWID``, program bounce).  It never
 bounces a bounce: a failed message from <> goes to the postmaster
 (2bounce_notice_recipient, the whole message) only when notify_classes has
@@ -34,16 +36,19 @@ SECURITY
     quoted; mta.bounce keeps untrusted text out of header lines.
 
 CONFIGURATION
-    bounce_size_limit, notify_classes (bounce, 2bounce and delay are acted on
-    here; the other classes are the SMTP server's and client's, mta.transcript),
+    NoticeSettings (mta.config.settings.notices): bounce_size_limit,
+    notify_classes (bounce, 2bounce and delay are acted on here; the other
+    classes are the SMTP server's and client's, mta.transcript),
     bounce_notice_recipient, delay_notice_recipient, delay_warning_time,
     2bounce_notice_recipient, double_bounce_sender, myhostname, myorigin,
-    mail_name, maximal_queue_lifetime.
+    mail_name, maximal_queue_lifetime.  The header cleanup of the notice
+    is [main]'s CleanupSettings (mta.cleanup).
 """
 
 from mta.bounce import buildNotice, isDoubleBounce
+from mta.cleanup import Origin
 from mta.maillog import sanitize
-from mta.model import Envelope, Recipient
+from mta.model import Recipient
 from mta.queue.fileformat import readContent
 from mta.queue.files import QueueWriteError
 
@@ -54,21 +59,18 @@ ANY_BOUNCE = frozenset({"bounce", "2bounce"})
 
 
 class Notices:
-    def __init__(self, store, params, clock, maillogs):
-        self.store = store
+    """
+    The queue manager's notices, from C{settings} (a NoticeSettings),
+    queued through C{cleanup} (an mta.cleanup.Cleanup, [main]'s);
+    C{clock}: seconds(); C{maillogs}: program -> MailLogger.
+    """
+
+    def __init__(self, settings, cleanup, clock, maillogs):
+        self.settings = settings
+        self.cleanup = cleanup
         self.clock = clock
         self.maillog = maillogs(PROGRAM)
-        self.hostname = params["myhostname"]
-        self.origin = params["myorigin"]
-        self.mailName = params["mail_name"]
-        self.sizeLimit = params["bounce_size_limit"]
-        self.classes = frozenset(c.lower() for c in params["notify_classes"])
-        self.bounceRecipient = params["bounce_notice_recipient"]
-        self.doubleBounceRecipient = params["2bounce_notice_recipient"]
-        self.delayRecipient = params["delay_notice_recipient"]
-        self.doubleBounceSender = params["double_bounce_sender"]
-        self.lifetime = params["maximal_queue_lifetime"]
-        self.delayWarning = params["delay_warning_time"]
+        self.classes = settings.classes
 
     async def send(self, kind, message, items):
         """
@@ -80,6 +82,7 @@ class Notices:
         could not be queued (logged here): the caller keeps the message and
         tries again later.
         """
+        s = self.settings
         envelope = message.envelope
         if kind == "success":
             # A next hop that took NOTIFY sends its own notice (Postfix clears NOTIFY=SUCCESS then).
@@ -89,7 +92,7 @@ class Notices:
         pairs = [(target, result, result.success_action) if result.success_action else (target, result)
                  for _, target, result in items]
         queueId = message.queueId
-        if isDoubleBounce(envelope, self.doubleBounceSender, self.origin):
+        if isDoubleBounce(envelope, s.doubleBounceSender, s.myorigin):
             if kind != "failure":
                 return False
             self.maillog.warning("undeliverable postmaster notification discarded", queueId)
@@ -101,15 +104,15 @@ class Notices:
                 self.maillog.emit("undeliverable bounce discarded (notify_classes has neither 2bounce nor bounce)",
                                   queueId)
                 return True
-            newId = await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=self.doubleBounceRecipient,
+            newId = await self._queue(kind, message, pairs, postmasterCopy=True, postmaster=s.doubleBounceRecipient,
                                       what="postmaster non-delivery")
             return newId is not None
         newId = await self._queue(kind, message, pairs, what=f"sender {WHAT[kind]}")
         queued = newId is not None
         if kind == "failure" and "bounce" in self.classes:
-            copy = dict(postmaster=self.bounceRecipient, what="postmaster non-delivery")
+            copy = dict(postmaster=s.bounceRecipient, what="postmaster non-delivery")
         elif kind == "delay" and "delay" in self.classes:
-            copy = dict(postmaster=self.delayRecipient, what="postmaster delay")
+            copy = dict(postmaster=s.delayRecipient, what="postmaster delay")
         else:
             return queued
         try:
@@ -124,6 +127,7 @@ class Notices:
 
     async def _queue(self, kind, message, pairs, what, postmasterCopy=False, postmaster="postmaster"):
         """Build and queue one notice; its queue id, or None when nobody asked for it.  QueueWriteError."""
+        s = self.settings
         queueFile = message.queueFile
         now = self.clock.seconds()
 
@@ -132,25 +136,19 @@ class Notices:
 
         notice = buildNotice(
             kind, message.envelope, pairs,
-            queueId=message.queueId, reportingMTA=self.hostname, arrivalTime=message.envelope.arrival_time,
-            now=now, original=original, myhostname=self.hostname, postmasterCopy=postmasterCopy,
-            postmaster=postmaster, bounceSizeLimit=self.sizeLimit, myorigin=self.origin, mailName=self.mailName,
-            maximalQueueLifetime=self.lifetime, doubleBounceSender=self.doubleBounceSender,
-            delayWarningTime=self.delayWarning,
+            queueId=message.queueId, reportingMTA=s.hostname, arrivalTime=message.envelope.arrival_time,
+            now=now, original=original, myhostname=s.hostname, postmasterCopy=postmasterCopy,
+            postmaster=postmaster, bounceSizeLimit=s.bounceSizeLimit, myorigin=s.myorigin, mailName=s.mailName,
+            maximalQueueLifetime=s.maximalQueueLifetime, doubleBounceSender=s.doubleBounceSender,
+            delayWarningTime=s.delayWarningTime,
         )
         if notice is None:  # no recipient's NOTIFY asks for it
             return None
         sender, to, content = notice
-        if "@" not in to:
-            to = f"{to}@{self.origin}"
-        envelope = Envelope(
-            sender=sender, recipients=(Recipient(to),), arrival_time=now, client_name="localhost",
-            client_address="127.0.0.1", protocol="local", body=notice.body, smtputf8=notice.smtputf8,
-        )
+        to = s.qualified(to)
         try:
-            incoming = self.store.newMessage()
-            incoming.write(content)
-            newId = await incoming.commit(envelope)
+            newId = await self.cleanup.submit(Origin.internal(), sender, (Recipient(to),), content,
+                                              body=notice.body, smtputf8=notice.smtputf8, arrival=now)
         except QueueWriteError as e:
             # Postfix's bounce(8) lines: "sender notification failed to ADDR", "postmaster notification failed".
             whom = "postmaster notification failed" if postmasterCopy else f"sender notification failed to {sanitize(to)}"

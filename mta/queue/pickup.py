@@ -5,7 +5,8 @@ NAME
     $queue_directory/maildrop/ and queues them as new messages
 
 SYNOPSIS
-    pickup = Pickup(store, params, reactor, maillogs)   # maillogs: program -> MailLogger
+    pickup = Pickup(store, cleanup, reactor, maillogs)  # cleanup: mta.cleanup.Cleanup ([main]);
+                                                        # maillogs: program -> MailLogger
     pickup.start()              # after the queue manager (it takes store.onCommit)
     d = pickup.stop()           # fires when the file in hand is finished
 
@@ -39,16 +40,17 @@ DESCRIPTION
     deletes it; mta keeps it for a human, as the queue manager does with
     damaged queue files) and the other files go on.
 
-    The message is injected as new mail, as Postfix's pickup hands it to
-    cleanup(8):
+    The message is injected as new mail through the one cleanup
+    (mta.cleanup, with Origin.localSubmission), as Postfix's pickup hands
+    it to cleanup(8):
       - a Received: header in Postfix's shape for local mail,
             Received: by $myhostname ($mail_name, from userid UID)
                     id QUEUEID; DATE
         with the uid that owns the maildrop file (the kernel's record of
         the submitter, not anything the file says) and the date of its
         last change, as Postfix does;
-      - the content through mta.smtpd.cleanup.HeaderCleanup with
-        addMissing=True and the local rewriting context: local submissions
+      - the content through cleanup's header cleanup
+        (mta.cleanup.headers) in the local rewriting context: local submissions
         get Message-Id:, Date: and From: when they lack them, their header
         addresses are completed ("To: root" becomes "To: root@$myorigin";
         local_header_rewrite_clients and remote_header_rewrite_domain do
@@ -60,8 +62,8 @@ DESCRIPTION
         sendmail recorded them; arrival
         time the submission time (at most now); protocol "local",
         client_name "localhost", no client address, port or HELO;
-      - committed with store.newMessage()/commit(), so the queue manager
-        takes it at once (store.onCommit).
+      - committed by cleanup into the store, so the queue manager takes
+        it at once (store.onCommit).
     Only after the commit is durable is the maildrop file removed (and
     maildrop/ fsynced once per tick).  If the daemon stops or crashes
     between the commit and that removal, the file is picked up again at
@@ -92,10 +94,11 @@ SECURITY
     what the queue's owner put in maildrop/, within the format's own limits.
 
 CONFIGURATION
-    myhostname, mail_name (the Received: header); hopcount_limit,
-    message_drop_headers, header_size_limit (the header cleanup);
-    append_at_myorigin, append_dot_mydomain, myorigin, mydomain (address
-    rewriting, mta.rewrite).
+    None of its own: the cleanup's settings (mta.config.settings.cleanup,
+    [main]) give myhostname, mail_name (the Received: header);
+    hopcount_limit, message_drop_headers, header_size_limit (the header
+    cleanup); append_at_myorigin, append_dot_mydomain, myorigin, mydomain
+    (address rewriting, mta.rewrite).
     Constants: POLL_INTERVAL, BATCH_SIZE, CHUNK_SIZE, RETRY_DELAY,
     STALE_TEMPORARY.
 """
@@ -112,14 +115,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from mta.address import PathError
+from mta.cleanup import Origin
 from mta.maillog import sanitize
-from mta.model import Envelope
 from mta.queue import fileformat
 from mta.queue.fileformat import CorruptQueueFile
 from mta.queue.queueid import isValidQueueId
 from mta.queue.store import QueueWriteError
-from mta.rewrite import AddressRewriting
-from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate, notRewrittenWarning
 
 log = Logger()
 
@@ -205,23 +206,23 @@ def rewriteEnvelope(envelope, rewriting):
 class Pickup:
     """
     The pickup service of C{store} (a QueueStore, whose thread pool does
-    the file work).  C{params}: the [main] scope; C{reactor}: the clock
-    (callLater, seconds); C{maillogs}: program -> MailLogger.
+    the file work), queueing through C{cleanup} (an mta.cleanup.Cleanup,
+    [main]'s: it has the settings of the Received: header, the header
+    cleanup and the rewriting); C{reactor}: the clock (callLater,
+    seconds); C{maillogs}: program -> MailLogger.
     """
 
-    def __init__(self, store, params, reactor, maillogs, *, interval=POLL_INTERVAL, batchSize=BATCH_SIZE):
+    def __init__(self, store, cleanup, reactor, maillogs, *, interval=POLL_INTERVAL, batchSize=BATCH_SIZE):
         self.store = store
+        self.cleanup = cleanup
         self.reactor = reactor
         self.maillog = maillogs("pickup")
-        self.cleanupLog = maillogs("cleanup")
         self.interval = interval
         self.batchSize = batchSize
-        self.hostname = params["myhostname"]
-        self.mailName = params["mail_name"]
-        self.hopLimit = params["hopcount_limit"]
-        self.dropHeaders = frozenset(h.lower() for h in params["message_drop_headers"])
-        self.headerSizeLimit = params["header_size_limit"]
-        self.rewrite = AddressRewriting(params)  # local submissions: always the local context
+        self.rewrite = cleanup.rewriting  # local submissions: always the local context
+        # What the Received: header names (the cleanup's settings): "by $myhostname ($mail_name, ...)".
+        self.hostname = cleanup.settings.hostname
+        self.mailName = cleanup.settings.mailName
         self._running = False
         self._call = None
         self._busy = None  # the Deferred of the scan in progress
@@ -343,24 +344,12 @@ class Pickup:
         now = self.reactor.seconds()
         arrival = min(envelope.arrival_time, now)
         try:
-            message = self.store.newMessage()
+            message = self.cleanup.open(Origin.localSubmission(st.st_uid, st.st_mtime), sender, recipients,
+                                        arrival=arrival)
         except QueueWriteError as e:
             self._later(name, str(e))
             return False
         queueId = message.queueId
-        message.write(self._received(st.st_uid, queueId, st.st_mtime))
-        cleanup = HeaderCleanup(
-            message.write,
-            hopLimit=self.hopLimit,
-            dropHeaders=self.dropHeaders,
-            addMissing=True,
-            hostname=self.hostname,
-            queueId=queueId,
-            now=arrival,
-            headerSizeLimit=self.headerSizeLimit,
-            sender=sender,
-            rewrite=self.rewrite.local,
-        )
         crc, remaining = 0, queueFile.contentLength
         try:
             while remaining:
@@ -369,10 +358,10 @@ class Pickup:
                     raise CorruptQueueFile("truncated in the content")
                 crc = zlib.crc32(chunk, crc)
                 remaining -= len(chunk)
-                cleanup.write(chunk)
+                message.write(chunk)
             if crc != queueFile.contentCrc32:
                 raise CorruptQueueFile("content checksum mismatch")
-            cleanup.close()
+            refusal = message.finish()
         except CorruptQueueFile as e:
             message.abort()
             await self._setAside(name, str(e))
@@ -384,36 +373,22 @@ class Pickup:
         except BaseException:
             message.abort()
             raise
-        if cleanup.error == TOO_MANY_HOPS:
+        if refusal is not None:  # too many hops
             message.abort()
             await self._setAside(name, "too many hops (Received: headers), a mail loop")
             return False
-        queued = Envelope(
-            sender=sender,
-            recipients=recipients,
-            arrival_time=arrival,
-            client_name="localhost",
-            client_address="",
-            client_port=0,
-            helo="",
-            protocol="local",
-            body=envelope.body,
-            smtputf8=envelope.smtputf8,
-            ret=envelope.ret,
-            envid=envelope.envid,
-        )
+
+        def announce(queueId):
+            self.maillog.emit(f"uid={st.st_uid} from=<{sanitize(envelope.sender)}>", queue_id=queueId,
+                              sender=envelope.sender)
+
         try:
-            await message.commit(queued)
+            await message.commit(body=envelope.body, smtputf8=envelope.smtputf8, ret=envelope.ret,
+                                 envid=envelope.envid, announce=announce)
         except QueueWriteError as e:
             self._later(name, f"cannot queue: {e}")
             return False
         self.picked += 1
-        self.maillog.emit(f"uid={st.st_uid} from=<{sanitize(envelope.sender)}>", queue_id=queueId,
-                          sender=envelope.sender)
-        if cleanup.messageId:
-            self.cleanupLog.emit(f"message-id={sanitize(cleanup.messageId)}", queue_id=queueId)
-        if cleanup.notRewritten:
-            self.cleanupLog.emit(notRewrittenWarning(cleanup.notRewritten), queue_id=queueId)
         self._retryAt.pop(name, None)
         try:
             await self._inThread(self.store.fs.unlink, path)
@@ -427,12 +402,6 @@ class Pickup:
             )
             return False
         return True
-
-    def _received(self, uid, queueId, mtime):
-        return (
-            f"Received: by {self.hostname} ({self.mailName}, from userid {uid})\r\n"
-            f"\tid {queueId}; {mailDate(mtime)}\r\n"
-        ).encode("utf-8", "replace")
 
     def _later(self, name, reason):
         self._retryAt[name] = self.reactor.seconds() + RETRY_DELAY

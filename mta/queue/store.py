@@ -1,22 +1,28 @@
 """mta.queue.store - durable entry into the queue, and the queue directories.
 
-The SMTP server (and later local submission) calls
+The one cleanup (mta.cleanup: for the SMTP server, pickup and the notices)
+calls
 
     message = store.newMessage()      # tmp/QUEUEID, O_EXCL, mode 0600
     message.write(chunk) ...          # content as it arrives, from the reactor thread
     queueId = await message.commit(envelope)   # then, and only then, 250
     message.abort()                   # on any other outcome; always safe
 
-write() appends to a small buffer and writes it to the temporary file every
-WRITE_BUFFER_SIZE (64 KiB) bytes, so memory does not grow with the message.
+The file is written by the one queue-file writer (mta.queue.files.
+QueueFileWriter, which mta-sendmail uses for maildrop/ too), its system
+calls made through the store's FileSystem seam.  write() appends to a small
+buffer and writes it to the temporary file every WRITE_BUFFER_SIZE (64 KiB)
+bytes, so memory does not grow with the message.
 These writes go to the page cache and are made from the reactor thread, as
 Postfix's cleanup(8) does; a write error is remembered, later data is
 dropped, and commit() reports it (the server reads DATA to its end and then
 answers 451 4.3.0).
 
-commit(envelope) writes the last buffered bytes, the envelope record and
-the real content header (see mta.queue.fileformat), then, in the thread
-pool, fsyncs and closes the file and renames it from tmp/ into incoming/;
+commit(envelope) adds the envelope record and settles the real content
+header (see mta.queue.fileformat); then, in the thread pool, the writer
+writes the last buffered bytes and the header (creating the file if the
+message never outgrew the buffer), fsyncs and closes the file and renames
+it from tmp/ into incoming/;
 then the incoming directory is fsynced, also in the thread pool, and only
 after that fsync does the Deferred fire with the queue id.  Any failure
 (ENOSPC, EIO, EACCES, a failed rename or directory fsync, an envelope that
@@ -63,9 +69,7 @@ import errno
 import os
 import stat
 import threading
-import zlib
 
-import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -74,71 +78,61 @@ from twisted.python.failure import Failure
 from mta.model import Envelope
 from mta.queue import fileformat, queueid
 from mta.queue.files import (  # noqa: F401 (re-exported)
+    WRITE_BUFFER_SIZE,
     DirectoryScan,
     FileSystem,
+    QueueFileWriter,
     QueueWriteError,
+    StepFailed,
     _describe,
     _writeAll,
+    fsyncDirectory,
 )
 
 log = Logger()
 
 QUEUE_NAMES = ("incoming", "active", "deferred", "hold", "corrupt", "maildrop", "tmp")
-WRITE_BUFFER_SIZE = 64 * 1024
 SCAN_BATCH = 1000  # directory entries per thread-pool job of a DirectoryScan
 
 
 class IncomingMessage:
     """
-    A message being received into tmp/.  C{queueId} names it; C{size} is
-    the number of content bytes given to write() so far.
+    A message being received into tmp/, through the one queue-file writer
+    (mta.queue.files.QueueFileWriter).  C{queueId} names it; C{path} is
+    its temporary file; C{size} is the number of content bytes given to
+    write() so far.
     """
 
-    def __init__(self, store, queueId, fd, path):
+    def __init__(self, store, queueId, path):
         self.queueId = queueId
         self.path = path
-        self.size = 0
         self._store = store
-        self._fd = fd
-        self._crc = 0
-        # A placeholder header; the real one is written at commit.
-        self._buffer = bytearray(fileformat.fileHeader(0, 0))
-        self._flushed = 0
-        self._error = None
+        self._writer = QueueFileWriter(store.fs, path)
         self._state = "open"  # -> committing -> committed | failed; open -> aborted | failed
 
     def __repr__(self):
         return f"<IncomingMessage {self.queueId} {self._state} size={self.size}>"
 
+    @property
+    def size(self):
+        return self._writer.size
+
+    @property
+    def _buffer(self):
+        """The content not yet written out (for tests: memory stays bounded)."""
+        return self._writer.buffer
+
     def write(self, data):
-        """Append C{data} (bytes) to the content.  Errors are reported by commit()."""
+        """
+        Append C{data} (bytes) to the content.  Past WRITE_BUFFER_SIZE it is
+        written out from the calling (reactor) thread, the file created
+        then.  Errors are reported by commit().
+        """
         if self._state != "open":
             if self._state == "aborted":
                 return
             raise RuntimeError(f"queue file {self.queueId}: write() after commit()")
-        self.size += len(data)
-        if self._error is not None:
-            return
-        self._crc = zlib.crc32(data, self._crc)
-        self._buffer += data
-        if len(self._buffer) >= WRITE_BUFFER_SIZE:
-            self._flush()
-
-    def _flush(self):
-        view = memoryview(self._buffer)
-        try:
-            if self._fd is None:
-                # A message bigger than the buffer: its file is made now, in
-                # the reactor thread; small ones are written whole at commit,
-                # in a worker thread.
-                self._fd = self._store._create(self.path)
-            _writeAll(self._store.fs, self._fd, view)
-            self._flushed += len(view)
-        except OSError as e:
-            self._error = e
-        finally:
-            view.release()
-            self._buffer = bytearray()
+        self._writer.write(data)
 
     def commit(self, envelope, queue="incoming"):
         """
@@ -151,33 +145,18 @@ class IncomingMessage:
         if self._state != "open":
             return fail(QueueWriteError(f"queue file {self.queueId}: commit() when {self._state}"))
         self._state = "committing"
-        if self._error is None:
-            try:
-                if not isinstance(envelope, Envelope):
-                    raise ValueError(f"not an Envelope: {type(envelope).__name__}")
-                record = fileformat.envelopeRecord(attrs.evolve(envelope, size=self.size))
-                header = fileformat.fileHeader(self.size, self._crc)
-            except (ValueError, TypeError) as e:
-                return self._failNow(f"cannot store message {self.queueId}: {e}")
-            headerInBuffer = self._flushed == 0
-            if headerInBuffer:
-                self._buffer[: len(header)] = header
-            self._buffer += record
-            if self._fd is None and self._error is None:
-                # Never flushed: the worker thread creates, writes and syncs the file.
-                data, self._buffer = bytes(self._buffer), bytearray()
-                return self._store._commit(self, None, data, queue)
-            self._flush()
-            if self._error is None and not headerInBuffer:
-                try:
-                    if self._store.fs.pwrite(self._fd, header, 0) != len(header):
-                        raise OSError(errno.EIO, "short write")
-                except OSError as e:
-                    self._error = e
-        if self._error is not None:
-            return self._failNow(f"cannot write queue file {self.queueId}: {_describe(self._error)}")
-        fd, self._fd = self._fd, None
-        return self._store._commit(self, fd, None, queue)
+        writer = self._writer
+        if writer.error is not None:
+            return self._failNow(f"cannot write queue file {self.queueId}: {writer.error.reason}")
+        try:
+            if not isinstance(envelope, Envelope):
+                raise ValueError(f"not an Envelope: {type(envelope).__name__}")
+            writer.seal(envelope)
+        except (ValueError, TypeError) as e:
+            return self._failNow(f"cannot store message {self.queueId}: {e}")
+        # From here on the writer belongs to a worker thread: it writes what is
+        # left, the header, fsyncs and renames (QueueStore._syncAndRename).
+        return self._store._commit(self, queue)
 
     def _failNow(self, reason):
         self._state = "failed"
@@ -198,20 +177,10 @@ class IncomingMessage:
         self._cleanup()
 
     def _cleanup(self):
-        self._buffer = bytearray()
-        fs = self._store.fs
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                fs.close(fd)
-            except OSError:
-                pass
-        try:
-            fs.unlink(self.path)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                log.warn("{queue_id}: cannot remove {path}: {error}", queue_id=self.queueId,
-                         path=self.path, error=_describe(e))
+        error = self._writer.discard()
+        if error is not None:
+            log.warn("{queue_id}: cannot remove {path}: {error}", queue_id=self.queueId,
+                     path=self.path, error=_describe(error))
         self._store._open.pop(self.queueId, None)
 
 
@@ -382,13 +351,9 @@ class QueueStore:
                 break
         else:
             raise QueueWriteError("cannot create a queue file with a fresh queue id")
-        message = IncomingMessage(self, queueId, None, self.queuePath("tmp", queueId))
+        message = IncomingMessage(self, queueId, self.queuePath("tmp", queueId))
         self._open[queueId] = message
         return message
-
-    def _create(self, path):
-        """Create a queue file in tmp/ (O_EXCL); return its descriptor.  Raises OSError."""
-        return self.fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
     def appendState(self, path, state, truncateTo=None):
         """
@@ -435,51 +400,26 @@ class QueueStore:
             self._threadpool = self.reactor.getThreadPool()
         return self._threadpool
 
-    def _commit(self, message, fd, data, queue="incoming"):
+    def _commit(self, message, queue="incoming"):
         if queue not in ("incoming", "hold"):
             raise ValueError(f"cannot commit into {queue!r}")
         queueId = message.queueId
         result = Deferred()
         self._waiting[queueId] = result
-        d = deferToThreadPool(self.reactor, self._pool(), self._syncAndRename, queueId, fd, message.path, data, queue)
+        d = deferToThreadPool(self.reactor, self._pool(), self._syncAndRename, queueId, message._writer, queue)
         d.addCallbacks(self._renamed_, self._renameFailed, callbackArgs=(message,), errbackArgs=(message,))
         return result
 
-    def _syncAndRename(self, queueId, fd, tmpPath, data=None, queue="incoming"):
+    def _syncAndRename(self, queueId, writer, queue="incoming"):
         """
-        In a worker thread: (create and write the file if C{fd} is None),
-        fsync and close it, rename it into incoming/.
+        In a worker thread: the writer's store() (create the file if it was
+        never written out, write the rest, fsync, close, rename into the
+        queue); the directory fsync follows, shared (_syncIncoming).
         """
-        fs = self.fs
-        created = fd is not None
         try:
-            if fd is None:
-                step = "create"
-                fd = self._create(tmpPath)
-                created = True
-            try:
-                if data is not None:
-                    step = "write"
-                    _writeAll(fs, fd, data)
-                step = "fsync"
-                fs.fsync(fd)
-            except BaseException:
-                try:
-                    fs.close(fd)
-                except OSError:
-                    pass
-                raise
-            step = "close"
-            fs.close(fd)
-            step = "rename"
-            fs.rename(tmpPath, self.queuePath(queue, queueId))
-        except Exception as e:
-            if created:
-                try:
-                    fs.unlink(tmpPath)
-                except OSError:
-                    pass
-            raise QueueWriteError(f"cannot store message {queueId}: {step} failed: {_describe(e)}") from None
+            writer.store(self.queuePath(queue, queueId))
+        except StepFailed as e:
+            raise QueueWriteError(f"cannot store message {queueId}: {e}") from None
         with self._lock:
             self._renamed.append((queue, queueId))
 
@@ -504,23 +444,14 @@ class QueueStore:
         with self._lock:
             batch.extend(self._renamed)
             self._renamed.clear()
+        renamed = [self.queuePath(name, queueId) for name, queueId in batch]
         for queue in sorted({queue for queue, _ in batch}):
-            directory = self.queuePath(queue)
+            self.directoryFsyncs += 1
             try:
-                self.directoryFsyncs += 1
-                self.fs.fsyncDirectory(directory)
-            except Exception as e:
-                # Take the renamed files out again: their clients are told 4xx.
-                for name, queueId in batch:
-                    try:
-                        self.fs.unlink(os.path.join(self.queuePath(name), queueId))
-                    except OSError:
-                        pass
-                try:
-                    self.fs.fsyncDirectory(directory)
-                except Exception:
-                    pass
-                raise QueueWriteError(f"cannot store message: fsync of {directory} failed: {_describe(e)}") from None
+                # On failure the renamed files are taken out again: their clients are told 4xx.
+                fsyncDirectory(self.fs, self.queuePath(queue), renamed)
+            except StepFailed as e:
+                raise QueueWriteError(f"cannot store message: {e}") from None
 
     def _incomingSynced(self, result, batch):
         self._syncing = False

@@ -1,25 +1,25 @@
 """mta.smtpd.factory - the per-listener server factory.
 
-The factory takes its listener's SmtpdSettings (mta.config.settings.smtpd:
-every smtpd parameter, read and converted once at load) and the
-collaborators its sessions share: the clock, the queue store, the Tables
-registry (for the network lists that name tables), the recipient policy,
-the address rewriting, the postmaster notices and the cleanup's values.
-It keeps the per-client connection counts
-(smtpd_client_connection_count_limit) and a cached free-space reading for
-queue_minfree.
+The factory takes its listener's compiled settings (mta.config.settings:
+.smtpd, every smtpd parameter read and converted once at load; .recipients,
+the recipient checks; .cleanup and .rewrite, the listener's cleanup;
+.notices, its postmaster transcripts) and the collaborators its sessions
+share: the clock, the queue store, the Tables registry (for the network
+lists and maps that name tables) and the one address resolver.  It makes
+the listener's recipient policy (mta.smtpd.policy), cleanup (mta.cleanup)
+and transcript notices (mta.transcript), keeps the per-client connection
+counts (smtpd_client_connection_count_limit) and a cached free-space
+reading for queue_minfree.
 
 Construction:
 
-    SMTPServerFactory(settings, clock, store, tables, scope, ...)
-        settings: the listener's SmtpdSettings (listener.settings.smtpd);
-        scope: the listener's parameter scope, read only by the lines
-        marked "other area" below, until the recipient policy, the
-        rewriting, the notices and the cleanup take settings objects of
-        their own.
+    SMTPServerFactory(settings, clock, store, tables, resolver, ...)
+        settings: the listener's Compiled settings (listener.settings);
+        resolver: the daemon's shared AddressResolver (mta.routing).
     SMTPServerFactory.fromScope(scope, clock, store, tables, ...)
-        the same from a scope alone (mta-sendmail -bs, whose scope is
-        [main] with the stand-alone overrides; tests).
+        the same from a scope alone, with a resolver of its own
+        (mta-sendmail -bs, whose scope is [main] with the stand-alone
+        overrides).
     serverFactory(listener, daemon)
         the daemon's factory for one listener.
 
@@ -27,24 +27,17 @@ SECURITY
     See mta.smtpd.protocol.
 
 CONFIGURATION
-    The smtpd parameters through SmtpdSettings (see
-    mta.config.settings.smtpd).  ETRN flushes through the queue manager's
-    flushSite(domain) (serverFactory passes it in; without one, ETRN gets
-    458 as in Postfix without its flush service).  Read from the scope for
-    other areas, for now: the recipient checks and ETRN restrictions
-    (mta.smtpd.policy), address rewriting (mta.rewrite: append_at_myorigin,
-    append_dot_mydomain, myorigin, mydomain, local_header_rewrite_clients,
-    remote_header_rewrite_domain), the cleanup (hopcount_limit,
-    message_drop_headers, always_add_missing_headers, header_size_limit)
-    and postmaster notices (mta.transcript, only for the daemon's
-    listeners: notify_classes, error_notice_recipient,
-    bounce_notice_recipient, double_bounce_sender, myorigin).
+    Through the listener's settings: SmtpdSettings (mta.config.settings
+    .smtpd), RecipientCheckSettings (.routing), CleanupSettings and
+    RewriteSettings (.cleanup), NoticeSettings (.notices).  ETRN flushes
+    through the queue manager's flushSite(domain) (serverFactory passes it
+    in; without one, ETRN gets 458 as in Postfix without its flush
+    service).
 """
 
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from mta.config.settings.smtpd import SmtpdSettings
 from mta.maillog import MailLogger
 
 log = Logger()
@@ -64,85 +57,80 @@ class SMTPServerFactory(Factory):
     flushSite             ETRN's flush: flushSite(domain) -> Deferred, or None
     eventLimitExceptions, bareNewlineExclusions
                           NetworkMatchers of the settings' network lists
-    policy, rewrite, headerRewriteClients, notices, keepTranscripts
-                          other areas' objects (see the module docstring)
+    policy                the recipient checks (mta.smtpd.policy.RecipientPolicy)
+    cleanup, rewrite      the listener's cleanup (mta.cleanup) and its rewriting
+    headerRewriteClients  local_header_rewrite_clients, matched at MAIL FROM
+    notices, keepTranscripts
+                          postmaster transcripts (mta.transcript) and whether to keep them
     sessions              the open sessions (SMTPServer)
     """
 
     noisy = False
 
-    def __init__(self, settings, clock, store, tables, scope, listenerName="smtp", flushSite=None,
-                 postmasterNotices=False, addressResolver=None):
+    def __init__(self, settings, clock, store, tables, resolver, *, listenerName="smtp", flushSite=None,
+                 postmasterNotices=False, maillogs=None):
         """
-        C{postmasterNotices}: send the postmaster transcripts of sessions
-        whose errors notify_classes lists (the daemon's listeners; not in
-        stand-alone mode, mta-sendmail -bs, as in Postfix).
-        C{addressResolver}: the daemon's shared mta.routing.AddressResolver
-        (built from [main]); None: one is made from C{params}.
+        C{settings}: the listener's compiled settings (mta.config.settings
+        Compiled: .smtpd, .recipients, .cleanup, .rewrite, .notices; a
+        listener's own as listener.settings).  C{resolver}: the one
+        mta.routing.AddressResolver (the daemon's, built from [main] and
+        shared with the queue manager).  C{postmasterNotices}: send the
+        postmaster transcripts of sessions whose errors notify_classes
+        lists (the daemon's listeners; not in stand-alone mode,
+        mta-sendmail -bs, as in Postfix).  C{maillogs}: program ->
+        MailLogger (default: loggers under the settings' syslog_name).
         """
+        from mta.cleanup import Cleanup
+        from mta.rewrite import HeaderRewriteClients
+        from mta.smtpd.chat import SERVER_ERROR_CLASSES
+        from mta.smtpd.policy import RecipientPolicy
         from mta.tables.matchers import NetworkMatcher
+        from mta.transcript import TranscriptNotices
 
-        self.settings = settings
+        smtpd = settings.smtpd
+        self.settings = smtpd
         self.clock = clock
         self.store = store
         self.listenerName = listenerName
-        self.maillog = MailLogger(settings.syslogName, "smtpd")
+        if maillogs is None:
+            maillogs = _maillogs(smtpd.syslogName)
+        self.maillog = maillogs("smtpd")
         # ETRN: flushSite(domain) -> Deferred[int] (QueueManager.flushSite); None: 458, as
         # Postfix answers when its flush service is unavailable.
         self.flushSite = flushSite
-        self.eventLimitExceptions = NetworkMatcher(settings.eventLimitExceptions, tables)
-        self.bareNewlineExclusions = NetworkMatcher(settings.bareNewlineExclusions, tables)
-        self._otherAreas(scope, tables, postmasterNotices, addressResolver)
+        self.eventLimitExceptions = NetworkMatcher(smtpd.eventLimitExceptions, tables)
+        self.bareNewlineExclusions = NetworkMatcher(smtpd.bareNewlineExclusions, tables)
+        self.policy = RecipientPolicy(settings.recipients, resolver, tables)
+        # The listener's cleanup (mta.cleanup): Received, header cleanup, rewriting, the commit.
+        self.cleanup = Cleanup(settings.cleanup, store, clock, maillogs)
+        self.rewrite = self.cleanup.rewriting
+        self.headerRewriteClients = HeaderRewriteClients(
+            settings.cleanup.rewrite.localHeaderRewriteClients, self.policy.mynetworks, tables)
+        # Postmaster notices (smtpd_chat_notify): a transcript is kept when notify_classes lists a
+        # class the server can meet; at the end of the session (or when it passes the flush
+        # threshold) it goes to the postmaster if the session met one of the listed classes.
+        self.notices = TranscriptNotices(settings.notices, self.cleanup, clock, self.maillog)
+        self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(settings.notices.classes))
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None
         self._freeSpaceAt = None
 
-    def _otherAreas(self, scope, tables, postmasterNotices, addressResolver):
-        """The collaborators of other areas, built from the listener's scope as they take it today."""
-        from mta.config.settings.routing import RecipientCheckSettings, ResolverSettings
-        from mta.rewrite import AddressRewriting, HeaderRewriteClients
-        from mta.routing import AddressResolver
-        from mta.smtpd.chat import SERVER_ERROR_CLASSES
-        from mta.smtpd.policy import RecipientPolicy
-        from mta.transcript import TranscriptNotices
-
-        # The one address resolver is the daemon's (mta.generation), shared with the queue
-        # manager's router; stand-alone (mta-sendmail -bs, tests) builds its own.
-        if addressResolver is None:
-            addressResolver = AddressResolver(ResolverSettings.build(scope), tables)
-        self.policy = RecipientPolicy(RecipientCheckSettings.build(scope), addressResolver, tables)
-        # other area: converted by its helper (cleanup: RewriteSettings)
-        self.rewrite = AddressRewriting(scope)
-        self.headerRewriteClients = HeaderRewriteClients(
-            scope["local_header_rewrite_clients"], self.policy.mynetworks, tables)
-        # other area: converted by its helper (cleanup: CleanupSettings; read by mta.smtpd.message)
-        self.params = scope  # mta.smtpd.message reads params["syslog_name"]
-        self.hopLimit = scope["hopcount_limit"]
-        self.dropHeaders = frozenset(h.lower() for h in scope["message_drop_headers"])
-        self.alwaysAddMissing = scope["always_add_missing_headers"]
-        self.headerSizeLimit = scope["header_size_limit"]
-        # other area: converted by its helper (notices).  Postmaster notices (smtpd_chat_notify):
-        # a transcript is kept when notify_classes lists a class the server can meet; at the end
-        # of the session (or when it passes the flush threshold) it goes to the postmaster if
-        # the session met one of the listed classes.
-        self.notices = TranscriptNotices.fromParameters(scope, self.store, self.clock, self.maillog)
-        self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(scope["notify_classes"]))
-
     @classmethod
     def fromScope(cls, scope, clock, store, tables, listenerName="smtp", flushSite=None, postmasterNotices=False):
         """
-        A factory for the parameter C{scope} alone: its SmtpdSettings are
-        built here (a bad value raises ConfigError with its location).
-        mta-sendmail -bs calls fromScope(standaloneParameters(main), reactor,
-        store, tables, "sendmail").
+        A factory for the parameter C{scope} alone, with an address
+        resolver of its own: its settings are compiled here (a bad value
+        raises ConfigError with its location).  mta-sendmail -bs calls
+        fromScope(standaloneParameters(main), reactor, store, tables, "sendmail").
         """
-        return cls(SmtpdSettings.build(scope), clock, store, tables, scope, listenerName, flushSite,
-                   postmasterNotices)
+        from mta.config.settings import compile, listenerSettings
+        from mta.config.settings.routing import ResolverSettings
+        from mta.routing import AddressResolver
 
-    # Read by mta.smtpd.message (the cleanup helper's code replaces these with its settings).
-    hostname = property(lambda self: self.settings.hostname)
-    mailName = property(lambda self: self.settings.mailName)
+        resolver = AddressResolver(ResolverSettings.build(scope), tables)
+        return cls(compile(scope, listenerSettings()), clock, store, tables, resolver, listenerName=listenerName,
+                   flushSite=flushSite, postmasterNotices=postmasterNotices)
 
     def buildProtocol(self, addr):
         from mta.smtpd.protocol import SMTPServer
@@ -180,10 +168,25 @@ class SMTPServerFactory(Factory):
         return self._freeSpace >= self.settings.queueMinfree + declaredSize * 3 // 2
 
 
+def _maillogs(syslogName):
+    loggers = {}
+
+    def maillogFor(program):
+        if program not in loggers:
+            loggers[program] = MailLogger(syslogName, program)
+        return loggers[program]
+
+    return maillogFor
+
+
 def serverFactory(listener, daemon):
-    """The factory for one listener of the running daemon."""
+    """
+    The factory for one listener of the running daemon (a mta.generation
+    Generation): its compiled settings, the daemon's shared address
+    resolver, mail loggers and ETRN flush.
+    """
     return SMTPServerFactory(
-        listener.settings.smtpd, daemon.clock, daemon.store, daemon.tables, listener.params, listener.name,
-        flushSite=getattr(daemon, "flushSite", None), postmasterNotices=True,
-        addressResolver=getattr(daemon, "addressResolver", None),
+        listener.settings, daemon.clock, daemon.store, daemon.tables, daemon.addressResolver,
+        listenerName=listener.name, flushSite=getattr(daemon, "flushSite", None), postmasterNotices=True,
+        maillogs=getattr(daemon, "maillogFor", None),
     )

@@ -1,173 +1,144 @@
-"""mta.smtpd.message - one message on its way into the queue.
+"""mta.smtpd.message - the server's entrance into the one cleanup (mta.cleanup).
 
-IncomingTransaction opens the queue file, writes our Received header
-(RFC 5321 4.4), passes the content through the header cleanup and, at the
-end, builds the envelope and commits: the queue id comes back only once the
-file is safe on disk (see mta.queue.store).
+IncomingTransaction takes the transaction's envelope from the session at
+DATA (or the first BDAT), opens the message in the listener's cleanup
+(factory.cleanup, an mta.cleanup.Cleanup built from the listener's
+settings) with an SMTP origin - the client's name, address and port, the
+HELO name, the protocol, the Received: header's protocol name and the
+header rewriting context chosen at MAIL FROM - and, at the end of data,
+commits it: the queue id comes back only once the file is safe on disk
+(mta.queue.store).  The Received: header, the header cleanup and the
+envelope are cleanup's work, the same for every entrance; what is the
+server's own here is its log lines, as Postfix's smtpd logs them:
+
+    smtpd: QUEUEID: client=NAME[ADDRESS]
+    cleanup: QUEUEID: message-id=<...>                  (mta.cleanup)
+    smtpd: QUEUEID: from=<SENDER>, size=N, nrcpt=N (queued)   (mta's own)
 
 chooseHeaderRewrite() runs at MAIL FROM: it picks the header rewriting
 context of the transaction (mta.rewrite) from local_header_rewrite_clients,
 as Postfix's smtpd_check_rewrite() does, and answers 451 4.3.0 "Temporary
 lookup error" when a table there cannot answer.  The envelope addresses are
 already complete when they get here: the server parses MAIL FROM and RCPT TO
-with mta.rewrite (local context, append_at_myorigin).
+with the cleanup's rewriting (local context, append_at_myorigin).
+
+What it reads of the server (mta.smtpd.protocol.SMTPServer): its
+transaction (mta.smtpd.session.Transaction: sender, mailParams, recipients,
+hold, headerRewrite, smtputf8), its session (SessionState: clientName,
+clientAddress, clientPort, client, helo, protocol, receivedProtocol()),
+its factory (.cleanup, .maillog, .rewrite, .headerRewriteClients) and its
+transport (the local address, for permit_inet_interfaces).
 
 SECURITY
-    The content is untrusted and is only copied; the HELO name and client
-    name in the Received header are sanitized (no control characters).
-
-The Received header names the protocol as RFC 3848 and RFC 6531 register
-it (SMTP, ESMTP, UTF8SMTP for a transaction with SMTPUTF8, S and A added
-for TLS and AUTH: the session's receivedProtocol()), as Postfix's smtpd
-does; the envelope's protocol and the log's proto= stay the session's
-SMTP or ESMTP, as Postfix's do.
+    The content is untrusted and is only copied (mta.cleanup); the names
+    in the Received header are sanitized there.
 
 CONFIGURATION
-    myhostname, mail_name; hopcount_limit, message_drop_headers,
-    always_add_missing_headers, header_size_limit (via mta.smtpd.cleanup).
-    Header addresses are completed, and missing headers added, for clients
-    that match local_header_rewrite_clients (default permit_inet_interfaces:
-    this host), for others only when remote_header_rewrite_domain is set;
-    missing headers are added for all with always_add_missing_headers = yes.
+    The listener's CleanupSettings (mta.cleanup); for the choice of
+    context, local_header_rewrite_clients (default permit_inet_interfaces:
+    this host) and remote_header_rewrite_domain (RewriteSettings).
 """
 
 from twisted.internet.defer import Deferred
 
-from mta.maillog import MailLogger
-from mta.model import Envelope, Reply
-from mta.smtpd.cleanup import TOO_MANY_HOPS, HeaderCleanup, mailDate, notRewrittenWarning
+from mta.cleanup import Origin
+from mta.model import Reply
 from mta.tables import TableTemporaryError
 
 
 class IncomingTransaction:
-    def __init__(self, session):
+    """
+    One message of a session, in its listener's cleanup: C{queueId},
+    C{size} (bytes from the client), C{message} (the CleanupMessage).
+    """
+
+    def __init__(self, server):
+        """C{server}: the SMTPServer; its C{session} (SessionState) and C{transaction} (Transaction)."""
         # The envelope is complete at DATA/first BDAT: take it now, the
         # session resets its own state before the commit finishes.
-        self.session = session
-        self.sender = session.sender
-        self.mailParams = session.mailParams
-        self.recipients = tuple(session.recipients)
-        self.hold = session.hold
-        factory = session.factory
-        self.message = factory.store.newMessage()
+        self.server = server
+        session, transaction = server.session, server.transaction
+        self.sender = transaction.sender
+        self.mailParams = transaction.mailParams
+        self.recipients = tuple(transaction.recipients)
+        self.hold = transaction.hold
+        context = transaction.headerRewrite  # chosen at MAIL FROM (chooseHeaderRewrite); None: headers stay
+        origin = Origin.smtp(
+            clientName=session.clientName,
+            clientAddress=session.clientAddress,
+            clientPort=session.clientPort,
+            helo=session.helo,
+            protocol=session.protocol,
+            receivedProtocol=session.receivedProtocol(transaction.smtputf8),
+            headerRewrite=context.name if context is not None else None,
+        )
+        self.message = server.factory.cleanup.open(origin, str(self.sender), self.recipients)
         self.queueId = self.message.queueId
         self.size = 0  # content bytes from the client
-        self.message.write(self._receivedHeader())
-        # The header rewriting context chosen at MAIL FROM (chooseHeaderRewrite); None: the
-        # client is not local and remote_header_rewrite_domain is empty, headers stay as
-        # they are and nothing is added (cleanup_envelope.c, cleanup_message.c).
-        context = session.headerRewrite
-        self.cleanup = HeaderCleanup(
-            self.message.write,
-            hopLimit=factory.hopLimit,
-            dropHeaders=factory.dropHeaders,
-            addMissing=factory.alwaysAddMissing or context is not None,
-            hostname=factory.hostname,
-            queueId=self.queueId,
-            now=factory.clock.seconds(),
-            headerSizeLimit=factory.headerSizeLimit,
-            sender=str(self.sender),
-            rewrite=context,
-        )
-
-    def _receivedHeader(self):
-        """Our Received header, folded as Postfix folds it."""
-        s = self.session
-        factory = s.factory
-        forClause = f"\r\n\tfor <{self.recipients[0].address}>" if len(self.recipients) == 1 else ""
-        date = mailDate(factory.clock.seconds())
-        helo = s.helo or s.clientName
-        text = (
-            f"Received: from {helo} ({s.clientName} [{s.clientAddress}])\r\n"
-            f"\tby {factory.hostname} ({factory.mailName}) with {s.receivedProtocol()} id {self.queueId}"
-            f"{forClause};\r\n\t{date}\r\n"
-        )
-        return text.encode("utf-8", "replace")
 
     def write(self, data):
         self.size += len(data)
-        self.cleanup.write(data)
+        self.message.write(data)
 
     def finish(self):
         """End of content: a Reply if the message must be refused, else None."""
-        self.cleanup.close()
-        if self.cleanup.error == TOO_MANY_HOPS:
-            return Reply(554, "5.4.0", "Error: too many hops")
-        return None
+        return self.message.finish()
 
     def commit(self):
         """Write the envelope and make the file durable; a Deferred firing with the queue id."""
-        s = self.session
         params = self.mailParams
-        envelope = Envelope(
-            sender=str(self.sender),
-            recipients=self.recipients,
-            arrival_time=s.factory.clock.seconds(),
-            client_name=s.clientName,
-            client_address=s.clientAddress,
-            client_port=s.clientPort,
-            helo=s.helo or "",
-            protocol=s.protocolName,
-            body=params.body,
-            smtputf8=params.smtputf8,
-            ret=params.ret,
-            envid=params.envid,
-            size=self.message.size,
-        )
-        client = s.client
-        maillog = s.factory.maillog
-        cleanupLog = MailLogger(s.factory.params["syslog_name"], "cleanup")  # Postfix's cleanup logs message-id=
+        client = self.server.session.client
+        maillog = self.server.factory.maillog
+        message = self.message
+        sender = str(self.sender)
 
-        messageId = self.cleanup.messageId
-
-        notRewritten = self.cleanup.notRewritten
-
-        def committed(queueId):
+        def announce(queueId):
             maillog.emit(f"client={client}", queue_id=queueId, client=client)
-            if messageId:
-                cleanupLog.emit(f"message-id={messageId}", queue_id=queueId)
-            if notRewritten:
-                cleanupLog.emit(notRewrittenWarning(notRewritten), queue_id=queueId)
+
+        def queued(queueId):
             maillog.fields(
                 queueId,
-                [("from", f"<{envelope.sender}>"), ("size", self.message.size), ("nrcpt", len(envelope.recipients))],
+                [("from", f"<{sender}>"), ("size", message.size), ("nrcpt", len(self.recipients))],
                 "queued",
-                sender=envelope.sender,
+                sender=sender,
             )
             return queueId
 
-        return self.message.commit(envelope, queue="hold" if self.hold else "incoming").addCallback(committed)
+        d = message.commit(body=params.body, smtputf8=params.smtputf8, ret=params.ret, envid=params.envid,
+                           hold=bool(self.hold), announce=announce)
+        return d.addCallback(queued)
 
     def abort(self):
         self.message.abort()
 
 
-def chooseHeaderRewrite(session, ok):
+def chooseHeaderRewrite(server, ok):
     """
-    At MAIL FROM, as Postfix's smtpd_check_rewrite(): set
-    C{session.headerRewrite} to the local context when the client matches
+    At MAIL FROM, as Postfix's smtpd_check_rewrite(): set the
+    transaction's C{headerRewrite} to the local context when the client matches
     local_header_rewrite_clients, else to the remote one (None when
     remote_header_rewrite_domain is empty).  Returns C{ok}, or, when a table
     must be asked, a Deferred of C{ok} or of "451 4.3.0 Temporary lookup
     error" (the transaction is then reset and the rejection logged).
     """
-    factory = session.factory
+    factory = server.factory
+    transaction = server.transaction
     clients = factory.headerRewriteClients
-    client = session.clientAddress
-    server = getattr(session.transport.getHost(), "host", None)
+    client = server.session.clientAddress
+    local = getattr(server.transport.getHost(), "host", None)
     if clients.static:
-        session.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, server))
+        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local))
         return ok
 
     async def lookup():
         try:
-            local = await clients.matches(client, server)
+            matched = await clients.matches(client, local)
         except TableTemporaryError:
             reply = Reply(451, "4.3.0", "Temporary lookup error")
-            session._resetTransaction()  # no sender yet, as in Postfix's log line
-            session._logReject("MAIL", reply)
-            return session._fault("resource", reply)  # Postfix's smtpd_check_rewrite: the resource class
-        session.headerRewrite = factory.rewrite.headerContext(local)
+            server._resetTransaction()  # no sender yet, as in Postfix's log line
+            server._logReject("MAIL", reply)
+            return server._fault("resource", reply)  # Postfix's smtpd_check_rewrite: the resource class
+        transaction.headerRewrite = factory.rewrite.headerContext(matched)
         return ok
 
     return Deferred.fromCoroutine(lookup())

@@ -104,7 +104,7 @@ from mta.model import Reply
 from mta.smtpd.chat import SessionChat
 from mta.smtpd.commands import R_OK, SMTPCommands
 from mta.smtpd.deadline import RequestDeadline
-from mta.smtpd.session import CompatibilityNames, SessionState, Transaction
+from mta.smtpd.session import SessionState, Transaction
 
 log = Logger()
 
@@ -117,7 +117,7 @@ PAUSE_THRESHOLD = 65536
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
-class SMTPServer(SMTPCommands, SessionChat, CompatibilityNames, Protocol, TimeoutMixin):
+class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
     """
     One SMTP session: the protocol mechanics.  Its state lives in
 

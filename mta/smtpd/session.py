@@ -48,7 +48,7 @@ CONFIGURATION
 
 import attrs
 
-__all__ = ["CompatibilityNames", "SessionState", "Transaction"]
+__all__ = ["SessionState", "Transaction"]
 
 
 @attrs.define
@@ -206,53 +206,3 @@ class Transaction:
         message = self.takeMessage()
         if message is not None:
             message.abort()
-
-
-class CompatibilityNames:
-    """
-    The names mta.smtpd.message (IncomingTransaction, chooseHeaderRewrite)
-    and mta-sendmail's -bs server read and set on the session, mapped to
-    SessionState and Transaction.  A compatibility shim: the cleanup
-    helper's code (mta.cleanup) replaces it by reading server.session and
-    server.transaction; mta-sendmail sets server.session.clientName.
-    """
-
-    # -- the transaction
-    sender = property(lambda self: self.transaction.sender)
-    mailParams = property(lambda self: self.transaction.mailParams)
-    recipients = property(lambda self: self.transaction.recipients)
-    hold = property(lambda self: self.transaction.hold)
-
-    @property
-    def headerRewrite(self):
-        return self.transaction.headerRewrite
-
-    @headerRewrite.setter
-    def headerRewrite(self, context):  # chooseHeaderRewrite sets it at MAIL FROM
-        self.transaction.headerRewrite = context
-
-    # -- the session
-    clientAddress = property(lambda self: self.session.clientAddress)
-    clientPort = property(lambda self: self.session.clientPort)
-    helo = property(lambda self: self.session.helo)
-    protocolName = property(lambda self: self.session.protocol)
-
-    @property
-    def clientName(self):
-        return self.session.clientName
-
-    @clientName.setter
-    def clientName(self, name):  # mta-sendmail -bs: "localhost"
-        self.session.clientName = name
-
-    @property
-    def client(self):
-        return self.session.client
-
-    @client.setter
-    def client(self, text):  # mta-sendmail -bs: "localhost[127.0.0.1]"
-        name, _, address = text.partition("[")
-        self.session.clientName, self.session.clientAddress = name, address.rstrip("]")
-
-    def receivedProtocol(self):
-        return self.session.receivedProtocol(self.transaction.smtputf8)

@@ -145,7 +145,11 @@ def test_serverFactoryTakesTheQueueManagersFlushSite():
     from twisted.internet.task import Clock
 
     clock = Clock()
-    daemon = SimpleNamespace(clock=clock, store=FakeQueueStore(), tables=Tables(clock), flushSite=flush)
+    from mta.routing import AddressResolver
+
+    tables = Tables(clock)
+    daemon = SimpleNamespace(clock=clock, store=FakeQueueStore(), tables=tables, flushSite=flush,
+                             addressResolver=AddressResolver(config.settings.resolver, tables))
     assert daemonServerFactory(listener, daemon).flushSite is flush
     del daemon.flushSite  # no queue manager to flush: 458
     assert daemonServerFactory(listener, daemon).flushSite is None

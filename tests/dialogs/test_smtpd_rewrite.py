@@ -191,7 +191,7 @@ def test_sourceRoutesAndParametersStillWork(command):
     d = Dialog(serverFactory(store=FakeQueueStore()))
     d.send("EHLO c\r\n")
     assert d.send(command + "\r\n") == "250 2.1.0 Ok\r\n"
-    assert d.protocol.sender.domain == "mx.test"
+    assert d.protocol.transaction.sender.domain == "mx.test"
 
 
 def test_barePostmasterIsAlwaysAccepted():

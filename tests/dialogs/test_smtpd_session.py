@@ -176,7 +176,7 @@ def test_heloHostnameLongerThanADomain(verb):
     assert log.matching(f"NOQUEUE: reject: {verb} from unknown[127.0.0.1]: 501 5.5.2 <hhhh")
     assert replyCodes(d.send(f"{verb} {'h' * 1000}\r\n")) == [501]
     assert replyCodes(d.send(f"{verb} {'h' * 255}\r\n")) == [250]
-    assert d.protocol.helo == "h" * 255
+    assert d.protocol.session.helo == "h" * 255
 
 
 # -- deadlines (smtpd_per_request_deadline, smtpd_min_data_rate) ----------------------------------

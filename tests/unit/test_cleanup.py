@@ -1,4 +1,4 @@
-"""mta.smtpd.cleanup: hop count, dropped headers, missing headers, limits, any chunking."""
+"""mta.cleanup.headers: hop count, dropped headers, missing headers, limits, any chunking."""
 
 import calendar
 import datetime
@@ -10,7 +10,7 @@ import pytest
 from twisted.logger import LogLevel, capturedLogs
 
 from mta.rewrite import RewriteContext
-from mta.smtpd.cleanup import PIECE, TOO_MANY_HOPS, HeaderCleanup, mailDate, messageId
+from mta.cleanup.headers import PIECE, TOO_MANY_HOPS, HeaderCleanup, mailDate, messageId
 
 DROP = frozenset({"bcc", "content-length", "resent-bcc", "return-path"})
 QID = "0aWfQ3Zk1r7Tb2"

@@ -54,13 +54,16 @@ def test_smtp_client_defaults_are_postfix_defaults():
     assert (s.hostLookup, s.families, s.addressPreference, s.balanceInetProtocols, s.bestMxTransport) == (
         ("dns",), ("ipv4", "ipv6"), "any", True, "")
     assert not s.disableMimeOutputConversion
-    assert s.notifyClasses == {"resource", "software"}
-    assert (s.errorNoticeRecipient, s.bounceNoticeRecipient, s.doubleBounceSender, s.myorigin, s.mailName,
-            s.syslogName) == ("postmaster", "postmaster", "double-bounce", "mx.example.org", "mta", "mta")
+    assert s.syslogName == "mta"
+    # The client's postmaster transcripts read the notices' settings (config.settings.notices).
+    n = compiled("myhostname = mx.example.org\n").notices
+    assert n.classes == {"resource", "software"}
+    assert (n.errorRecipient, n.bounceRecipient, n.doubleBounceSender, n.myorigin, n.mailName) == (
+        "postmaster", "postmaster", "double-bounce", "mx.example.org", "mta")
 
 
 def test_smtp_client_conversions():
-    s = compiled(
+    everything = compiled(
         "smtp_helo_name = helo.example.org\n"
         "smtp_helo_timeout = 5m\n"
         "smtp_discard_ehlo_keywords = pipelining, Dsn\n"
@@ -74,7 +77,8 @@ def test_smtp_client_conversions():
         "proxy_interfaces = 198.51.100.1\n"
         "notify_classes = protocol\n"
         "line_length_limit = 4096\n"
-    ).smtpClient
+    )
+    s = everything.smtpClient
     assert s.heloName == "helo.example.org" and s.heloTimeout == 300.0
     assert s.discardEhloKeywords == {"PIPELINING", "DSN"}
     assert s.lineLengthLimit == 0 and s.replyLimit == 4096
@@ -83,7 +87,7 @@ def test_smtp_client_conversions():
     assert (s.bind4, s.bind6) == ("192.0.2.7", "2001:db8::7")
     assert s.cacheDestinations == {"a.example", "[b.example]:25"}
     assert s.fallbackRelays == ("[relay1.example]", "relay2.example")
-    assert s.proxyInterfaces == ("198.51.100.1",) and s.notifyClasses == {"protocol"}
+    assert s.proxyInterfaces == ("198.51.100.1",) and everything.notices.classes == {"protocol"}
 
 
 @pytest.mark.parametrize("value, families", [("all", ("ipv4", "ipv6")), ("ipv4", ("ipv4",)),
@@ -251,6 +255,7 @@ class Context:
         self.clock = Clock()
         self.tables = Tables(self.clock)
         self.store = None
+        self.cleanup = None  # the generation's one cleanup, for postmaster transcripts: none sent here
         self.resolver = resolver
         self.transports = transports
 

@@ -11,6 +11,7 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from mta.cli import sendmail as S
+from mta.cleanup import Cleanup
 from mta.config import load
 from mta.maillog import MailLogger
 from mta.model import Envelope, Recipient
@@ -18,7 +19,7 @@ from mta.queue import fileformat, pickup
 from mta.queue.fileformat import readContent, readQueueFile
 from mta.queue.pickup import Pickup
 from mta.queue.store import FileSystem, QueueStore
-from mta.smtpd.cleanup import mailDate
+from mta.cleanup.headers import mailDate
 from mta.testing import SyncPool, SyncReactor
 
 NOW = time.time()  # the fake clock starts at the real time: maildrop files carry real mtimes
@@ -51,7 +52,8 @@ class Harness:
         self.committed = []
         self.store.onCommit = self.committed.append
         self.lines = []
-        self.pickup = Pickup(self.store, self.config.main, self.clock, self.maillog, **kwargs)
+        self.cleanup = Cleanup(self.config.settings.cleanup, self.store, self.clock, self.maillog)
+        self.pickup = Pickup(self.store, self.cleanup, self.clock, self.maillog, **kwargs)
 
     def maillog(self, program):
         lines = self.lines
@@ -92,8 +94,8 @@ class Harness:
 
 @pytest.fixture(autouse=True)
 def fixedUser(monkeypatch):
-    monkeypatch.setattr(S, "loginName", lambda uid: "alice")
-    monkeypatch.setattr(S, "defaultFullName", lambda uid: None)
+    monkeypatch.setattr(S.addresses, "loginName", lambda uid: "alice")
+    monkeypatch.setattr(S.addresses, "defaultFullName", lambda uid: None)
 
 
 def test_picksUpADeposit(tmp_path):

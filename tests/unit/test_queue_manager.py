@@ -6,6 +6,7 @@ import os
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
+from mta.cleanup import Cleanup
 from mta.config import ConfigError, load, openTables
 from mta.maillog import MailLogger
 from mta.model import Envelope, Recipient, RecipientResult
@@ -146,7 +147,9 @@ class Harness:
         return QueueManager(
             self.store, Router(self.config.settings.resolver, self.tables), self.transports.get,
             self.config.settings.qmgr, self.clock, self.maillog,
-            notices=Notices(self.store, main, self.clock, self.maillog),
+            notices=Notices(self.config.settings.notices,
+                            Cleanup(self.config.settings.cleanup, self.store, self.clock, self.maillog),
+                            self.clock, self.maillog),
         )
 
     def restart(self):

@@ -32,8 +32,9 @@ DOTTED = RewriteContext("local", "bench.example", "localdomain")
 REMOTE = RewriteContext("remote", "domain.invalid", "domain.invalid")
 
 
-def params(main=""):
-    return load("<t>", "[main]\nmyhostname = mx.test\nmydomain = test\n" + main).main
+def settings(main=""):
+    """The RewriteSettings of [main] text C{main}."""
+    return load("<t>", "[main]\nmyhostname = mx.test\nmydomain = test\n" + main).settings.rewrite
 
 
 def rewritten(context, value, name=b"To"):
@@ -303,14 +304,14 @@ def test_withoutOriginNothingIsAppended():
 
 
 def test_defaults():
-    rewriting = AddressRewriting(params())
+    rewriting = AddressRewriting(settings())
     assert (rewriting.local.origin, rewriting.local.domain) == ("mx.test", "")  # myorigin = $myhostname
     assert rewriting.remote is None and rewriting.headerContext(False) is None
     assert rewriting.headerContext(True) is rewriting.local
 
 
 def test_appendAtMyoriginNo():
-    rewriting = AddressRewriting(params("append_at_myorigin = no\nremote_header_rewrite_domain = x.invalid\n"))
+    rewriting = AddressRewriting(settings("append_at_myorigin = no\nremote_header_rewrite_domain = x.invalid\n"))
     assert rewriting.local.header(b"To: root\r\n") == b"To: root\r\n"
     assert rewriting.remote.header(b"To: root\r\n") == b"To: root\r\n"
     with pytest.raises(PathError, match="no domain"):
@@ -319,7 +320,7 @@ def test_appendAtMyoriginNo():
 
 
 def test_appendDotMydomainFromParameters():
-    rewriting = AddressRewriting(params("append_dot_mydomain = yes\nremote_header_rewrite_domain = x.invalid\n"))
+    rewriting = AddressRewriting(settings("append_dot_mydomain = yes\nremote_header_rewrite_domain = x.invalid\n"))
     assert rewriting.local.header(b"To: u@host\r\n") == b"To: u@host.test\r\n"
     assert rewriting.remote.header(b"To: u@host, root\r\n") == b"To: u@host.x.invalid, root@x.invalid\r\n"
     assert rewriting.parsePath("<u@host>", allowNull=False) == Address("u", "host.test")
@@ -327,7 +328,7 @@ def test_appendDotMydomainFromParameters():
 
 
 def test_remoteHeaderRewriteDomain():
-    rewriting = AddressRewriting(params("remote_header_rewrite_domain = domain.invalid\n"))
+    rewriting = AddressRewriting(settings("remote_header_rewrite_domain = domain.invalid\n"))
     assert rewriting.headerContext(False) is rewriting.remote
     assert rewriting.remote.header(b"From: Root <root>\r\n") == b"From: Root <root@domain.invalid>\r\n"
     # the envelope is always rewritten in the local context
@@ -336,7 +337,7 @@ def test_remoteHeaderRewriteDomain():
 
 def test_aDomainParameterThatIsNotADomainIsNotUsed():
     with capturedLogs() as events:
-        rewriting = AddressRewriting(params("myorigin = exa mple, com\nremote_header_rewrite_domain = a@b\n"))
+        rewriting = AddressRewriting(settings("myorigin = exa mple, com\nremote_header_rewrite_domain = a@b\n"))
     assert rewriting.local.origin == "" and rewriting.remote.origin == ""
     assert rewriting.local.header(b"To: root\r\n") == b"To: root\r\n"
     assert rewriting.remote.header(b"To: root\r\n") == b"To: root\r\n"
@@ -365,17 +366,17 @@ def test_aDomainParameterThatIsNotADomainIsNotUsed():
     ],
 )
 def test_envelopePathsInTheLocalContext(path, allowNull, address):
-    assert AddressRewriting(params()).parsePath(path, allowNull) == address
+    assert AddressRewriting(settings()).parsePath(path, allowNull) == address
 
 
 @pytest.mark.parametrize("path", ["<>", "<@relay:>", "<a b>", "<root@>", '<"unbalanced>'])
 def test_badEnvelopePathsStayBad(path):
     with pytest.raises(PathError):
-        AddressRewriting(params()).parsePath(path, allowNull=False)
+        AddressRewriting(settings()).parsePath(path, allowNull=False)
 
 
 def test_envelopeAddressOfAQueueFile():
-    rewriting = AddressRewriting(params("append_dot_mydomain = yes\n"))
+    rewriting = AddressRewriting(settings("append_dot_mydomain = yes\n"))
     assert rewriting.envelopeAddress("root", allowNull=False) == "root@mx.test"
     assert rewriting.envelopeAddress('"john doe"', allowNull=False) == '"john doe"@mx.test'  # as str(Address) wrote it
     assert rewriting.envelopeAddress("u@host", allowNull=False) == "u@host.test"
@@ -411,10 +412,10 @@ class DictTable:
 
 
 def clients(text, mynetworks="127.0.0.0/8", tables=None):
-    scope = params(f"local_header_rewrite_clients = {text}\nmynetworks = {mynetworks}\n")
+    config = load("<t>", f"[main]\nlocal_header_rewrite_clients = {text}\nmynetworks = {mynetworks}\n")
     real = Tables(Clock())
-    return HeaderRewriteClients(scope["local_header_rewrite_clients"], NetworkMatcher(scope["mynetworks"], real),
-                                tables or real)
+    return HeaderRewriteClients(config.settings.rewrite.localHeaderRewriteClients,
+                                NetworkMatcher(config.main["mynetworks"], real), tables or real)
 
 
 def decide(c, client, server="192.0.2.1"):

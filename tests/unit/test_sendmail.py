@@ -23,9 +23,9 @@ ORIGIN = "origin.example"
 @pytest.fixture(autouse=True)
 def fixedUser(monkeypatch):
     """The invoking user is 'alice' with the full name 'Alice Liddell', whoever runs the tests."""
-    monkeypatch.setattr(S, "loginName", lambda uid: "alice")
+    monkeypatch.setattr(S.addresses, "loginName", lambda uid: "alice")
     monkeypatch.delenv("NAME", raising=False)
-    monkeypatch.setattr(S, "defaultFullName", lambda uid: None)
+    monkeypatch.setattr(S.addresses, "defaultFullName", lambda uid: None)
 
 
 @pytest.fixture(autouse=True)
@@ -593,7 +593,7 @@ def test_senderOptionsAndFullName(config, tmp_path, monkeypatch):
     assert content == b"Subject: n\r\nFrom: Bob Dobbs <bob@example.org>\r\n\r\nb\r\n"
     os.unlink(tmp_path / "queue" / "maildrop" / maildrop(tmp_path)[0])
 
-    monkeypatch.setattr(S, "defaultFullName", lambda uid: "Alice Liddell")
+    monkeypatch.setattr(S.addresses, "defaultFullName", lambda uid: "Alice Liddell")
     assert run(["a@x.example"], config, tmp_path, b"Subject: n\n\nb\n")[0] == 0
     assert deposited(tmp_path)[1] == f"Subject: n\r\nFrom: Alice Liddell <alice@{ORIGIN}>\r\n\r\nb\r\n".encode()
 
@@ -737,7 +737,7 @@ def test_storageFailuresLeaveNothing(config, tmp_path, failOn, size):
 
 
 def test_failureThroughMain(config, tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "FileSystem", lambda: FailingFileSystem("fsync"))
+    monkeypatch.setattr(S.maildrop, "FileSystem", lambda: FailingFileSystem("fsync"))
     status, err = run(["a@x.example"], config, tmp_path, b"hi\n")
     assert status == 75
     assert err == ("mta-sendmail: fatal: cannot store the message: fsync failed: Input/output error; "
@@ -816,7 +816,7 @@ def test_standaloneSessionDepositsIntoMaildrop(config, tmp_path):
 
 
 def test_standaloneStorageFailureIs451(config, tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "FileSystem", lambda: FailingFileSystem("rename"))
+    monkeypatch.setattr(S.maildrop, "FileSystem", lambda: FailingFileSystem("rename"))
     server, transport = standalone(config, tmp_path)
     server.dataReceived(b"HELO me\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@far.example>\r\nDATA\r\n")
     server.dataReceived(b"Subject: bs\r\n\r\nhello\r\n.\r\n")

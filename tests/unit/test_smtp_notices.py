@@ -7,6 +7,7 @@ import pytest
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
+from mta.cleanup import Cleanup
 from mta.config import load
 from mta.delivery.smtp import SMTPTransport
 from mta.model import DeliveryRecipient, DeliveryRequest, Envelope, Recipient
@@ -130,7 +131,9 @@ class Client:
         self.store = ContentStore()
         config = load(text="[main]\nmyhostname = mx.test\n" + main, checkEndpoints=False)
         settings = config.settings.lmtpClient if lmtp else config.settings.smtpClient
-        self.transport = SMTPTransport("lmtp" if lmtp else "smtp", settings, Context(self.reactor, self.store))
+        context = Context(self.reactor, self.store)
+        context.cleanup = Cleanup(config.settings.cleanup, self.store, self.reactor, context.maillogFor)
+        self.transport = SMTPTransport("lmtp" if lmtp else "smtp", settings, context, config.settings.notices)
         self.path = tmp_path / "content"
         self.path.write_bytes(BODY)
         self.servers = []

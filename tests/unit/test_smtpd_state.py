@@ -281,20 +281,3 @@ def test_a_lost_connection_gives_up_the_message(store):
 
 
 # -- the compatibility names (read by mta.smtpd.message and mta-sendmail -bs) ------------------------
-
-def test_the_old_names_read_the_new_objects(store):
-    d = session(store)
-    envelope(d)
-    p, s, t = d.protocol, d.protocol.session, d.protocol.transaction
-    assert (p.sender, p.mailParams, p.recipients, p.hold, p.headerRewrite) == (
-        t.sender, t.mailParams, t.recipients, t.hold, t.headerRewrite)
-    assert (p.clientAddress, p.clientPort, p.clientName, p.client, p.helo, p.protocolName) == (
-        s.clientAddress, s.clientPort, s.clientName, s.client, s.helo, s.protocol)
-    assert p.receivedProtocol() == "UTF8SMTP"
-    p.headerRewrite = "context"  # chooseHeaderRewrite sets it
-    assert t.headerRewrite == "context"
-    p.clientName = "localhost"  # mta-sendmail -bs sets both
-    p.client = "localhost[127.0.0.1]"
-    assert (s.clientName, s.clientAddress, s.client) == ("localhost", "127.0.0.1", "localhost[127.0.0.1]")
-    with pytest.raises(AttributeError):
-        p.sender = None

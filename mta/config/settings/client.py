@@ -44,9 +44,8 @@ CONFIGURATION
     smtp_*, lmtp_* (above), inet_protocols, ignore_mx_lookup_error,
     disable_dns_lookups, disable_mime_output_conversion,
     best_mx_transport, proxy_interfaces, line_length_limit, relayhost,
-    myhostname, notify_classes, error_notice_recipient,
-    bounce_notice_recipient, double_bounce_sender, myorigin, mail_name,
-    syslog_name.
+    myhostname, syslog_name.  The postmaster transcripts of client
+    sessions read NoticeSettings (mta.config.settings.notices).
 """
 
 import ipaddress
@@ -145,13 +144,7 @@ class ClientSettings(Settings):
     # -- content ------------------------------------------------------------------------------
     disableMimeOutputConversion: bool = setting("disable_mime_output_conversion")  # no 8-bit to QP
 
-    # -- session transcripts for the postmaster (mta.transcript.TranscriptNotices) --------------
-    notifyClasses: frozenset = setting("notify_classes", frozenset)  # protocol: keep transcripts
-    errorNoticeRecipient: str = setting("error_notice_recipient")  # where a transcript goes
-    bounceNoticeRecipient: str = setting("bounce_notice_recipient")  # ... when it met the bounce class
-    doubleBounceSender: str = setting("double_bounce_sender")  # the notice's sender
-    myorigin: str = setting("myorigin")  # qualifies bare notice addresses
-    mailName: str = setting("mail_name")  # "$mail_name SMTP client: errors from ..."
+    # (session transcripts for the postmaster: NoticeSettings, mta.config.settings.notices)
     syslogName: str = setting("syslog_name")  # mail-log program names: $syslog_name/smtp
 
 

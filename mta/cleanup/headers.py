@@ -1,4 +1,4 @@
-"""mta.smtpd.cleanup - the header work of Postfix's cleanup(8), as a streaming filter.
+"""mta.cleanup.headers - the header work of Postfix's cleanup(8), as a streaming filter.
 
 NAME
     HeaderCleanup - hop count, dropped headers, address rewriting and missing
@@ -15,8 +15,9 @@ SYNOPSIS
     cleanup.notRewritten      # address headers left alone past the budget: log it
 
 DESCRIPTION
-    Sits between the DATA/BDAT reader and the queue file, after the server
-    has written its own Received: header.  It examines the primary header
+    Sits between an entrance (the server's DATA/BDAT reader, pickup's
+    maildrop reader, a notice) and the queue file, after mta.cleanup has
+    written the entrance's Received: header.  It examines the primary header
     section only, one logical header (first line plus continuation lines) at
     a time, and writes every header out as soon as it is complete; the body
     goes to the sink unchanged and uncopied, in the caller's own blocks.
@@ -125,8 +126,8 @@ CONFIGURATION
     always_add_missing_headers (default no), local_header_rewrite_clients
     (default permit_inet_interfaces), remote_header_rewrite_domain (default
     empty)
-        Together decide addMissing and the rewriting context (computed by
-        the caller per client).
+        Together decide addMissing and the rewriting context (mta.cleanup
+        computes them from the message's origin).
     append_at_myorigin (yes), append_dot_mydomain (no), myorigin, mydomain
         How addresses are completed (mta.rewrite).
     header_size_limit (default 102400)

@@ -11,7 +11,15 @@ SYNOPSIS
 DESCRIPTION
     Pure functions; the only I/O is reading the original through the
     C{original} callable, and only as far as needed (its header section,
-    or bounce_size_limit + 1 bytes).
+    or bounce_size_limit + 1 bytes).  The package, one module a part of
+    the notice (this module assembles them: buildNotice):
+        common.py    the kinds, the DSN actions, dates, isBounce()
+        fields.py    values made safe for header and DSN field lines; the
+                     email policy that folds them
+        text.py      the notice texts: Subjects, the human-readable part
+                     (Postfix's bounce(5) templates)
+        report.py    the RFC 3464 delivery-status fields
+        original.py  what is returned of the original message
 
     buildNotice(kind, envelope, recipients, ...) -> Notice | None
         kind: "failure" (bounce), "delay" (warning) or "success" (NOTIFY=
@@ -122,17 +130,17 @@ STANDARDS
 
 from __future__ import annotations
 
-import datetime
-import email.generator
-import email.policy
 import email.utils
 import io
 import re
-import unicodedata
-from email.message import EmailMessage, Message, MIMEPart
+from email.message import EmailMessage, MIMEPart
 from operator import itemgetter
 
-from mta.queue.fileformat import CorruptQueueFile
+from mta.bounce.common import ACTIONS, DELAY, FAILURE, KINDS, MAIL_DAEMON, SUCCESS, isBounce, utc
+from mta.bounce.fields import NoticeGenerator, NoticePolicy, Raw, clean
+from mta.bounce.original import headerBytes, readOriginal, returnPath
+from mta.bounce.report import mailNameToken, perMessageBlock, recipientBlock
+from mta.bounce.text import SUBJECTS, humanText
 
 __all__ = [
     "DELAY",
@@ -147,40 +155,7 @@ __all__ = [
     "shouldNotify",
 ]
 
-FAILURE = "failure"
-DELAY = "delay"
-SUCCESS = "success"
-KINDS = (FAILURE, DELAY, SUCCESS)
-
-MAIL_DAEMON = "MAILER-DAEMON"
-
-# Postfix's built-in templates (bounce_templates.c), Subject and
-# Postmaster-Subject.
-_SUBJECTS = {
-    FAILURE: ("Undelivered Mail Returned to Sender", "Postmaster Copy: Undelivered Mail"),
-    DELAY: ("Delayed Mail (still being retried)", "Postmaster Warning: Delayed Mail"),
-    SUCCESS: ("Successful Mail Delivery Report", "Successful Mail Delivery Report"),
-}
-
-_ACTIONS = frozenset(("failed", "delayed", "delivered", "relayed", "expanded"))
-_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
-_DEFAULT_STATUS = {FAILURE: "5.0.0", DELAY: "4.0.0", SUCCESS: "2.0.0"}
-
-# A DSN field value or header value is cut at this many octets, so that no
-# line of the notice can exceed RFC 5322's 998 (name + value + folding).
-_VALUE_LIMIT = 900
-# RFC 5322 2.1.1: a line is at most 998 octets without its CRLF.
-_MAX_LINE = 998
-# Text lines: Postfix's bounce_print_wrap() (LENGTH 79, INDENT 4).
-_WRAP_WIDTH = 79
-_WRAP_INDENT = 4
-
-# RFC 822 field name followed by a colon (Postfix's is_header()).
-_HEADER_START = re.compile(rb"[!-9;-~]+[ \t]*:")
-_ANY_NEWLINE = re.compile(rb"\r\n|\r|\n")
-# RFC 3461 / RFC 6533 QCHAR: printable ASCII except "+", "=" and "\".
-_QCHAR = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset("+=\\")
-_ATOM_JUNK = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~-]")
+_utc = utc  # the dates of a notice are UTC (tests compare with it)
 
 
 # -- the notice --------------------------------------------------------------
@@ -222,12 +197,6 @@ def shouldNotify(kind, recipient):
     if "NEVER" in notify:
         return False
     return kind.upper() in notify
-
-
-def isBounce(envelope):
-    """True when C{envelope} has the null sender: its failures are never
-    reported to the sender (never bounce a bounce)."""
-    return envelope.sender in ("", "<>")
 
 
 def doubleBounceAddress(doubleBounceSender="double-bounce", myorigin="localhost"):
@@ -318,7 +287,7 @@ def buildNotice(
         full = (envelope.ret or "FULL").upper() != "HDRS"
     if envelope.body == "BINARYMIME":
         full = False
-    returned = _readOriginal(original, full, bounceSizeLimit)
+    returned = readOriginal(original, full, bounceSizeLimit)
 
     # A non-ASCII ORCPT alone does not make the notice global: it travels
     # as utf-8-addr-xtext, so the notice still reaches a non-SMTPUTF8 sender.
@@ -327,33 +296,33 @@ def buildNotice(
         addresses.append(recipient.address)
         addresses.append(getattr(recipient, "original", None) or "")
     utf8 = not all(a.isascii() for a in addresses)
-    if envelope.smtputf8 and returned is not None and not _headerBytes(returned[0]).isascii():
+    if envelope.smtputf8 and returned is not None and not headerBytes(returned[0]).isascii():
         utf8 = True
 
-    policy = _NoticePolicy(linesep="\r\n", max_line_length=78, cte_type="8bit", utf8=utf8)
-    token = _mailNameToken(mailName)
-    subject = _SUBJECTS[kind][1 if postmasterCopy else 0]
+    policy = NoticePolicy(linesep="\r\n", max_line_length=78, cte_type="8bit", utf8=utf8)
+    token = mailNameToken(mailName)
+    subject = SUBJECTS[kind][1 if postmasterCopy else 0]
 
     msg = EmailMessage(policy=policy)
-    msg["From"] = _Raw(f"{MAIL_DAEMON}@{_clean(myorigin, utf8)} (Mail Delivery System)")
+    msg["From"] = Raw(f"{MAIL_DAEMON}@{clean(myorigin, utf8)} (Mail Delivery System)")
     msg["Subject"] = subject
-    msg["To"] = _Raw(_clean(to, utf8))
+    msg["To"] = Raw(clean(to, utf8))
     msg["Auto-Submitted"] = "auto-generated" if postmasterCopy else "auto-replied"
-    msg["Date"] = email.utils.format_datetime(_utc(now))
+    msg["Date"] = email.utils.format_datetime(utc(now))
     msg["Message-Id"] = messageId or _messageId(now, queueId, kind, postmasterCopy, myhostname)
     msg["MIME-Version"] = "1.0"
     msg.preamble = "This is a MIME-encapsulated message."
 
-    texts = _humanText(kind, items, postmasterCopy, myhostname, utf8, now, arrivalTime,
+    texts = humanText(kind, items, postmasterCopy, myhostname, utf8, now, arrivalTime,
                        delayWarningTime, maximalQueueLifetime)
     textPart = MIMEPart(policy=policy)
     textPart.set_content(texts, subtype="plain", charset="us-ascii" if texts.isascii() else "utf-8",
                          cte="7bit" if texts.isascii() else "8bit")
     textPart["Content-Description"] = "Notification"  # after set_content, which clears Content-*
 
-    blocks = [_perMessageBlock(policy, envelope, queueId, reportingMTA, arrivalTime, token, utf8)]
+    blocks = [perMessageBlock(policy, envelope, queueId, reportingMTA, arrivalTime, token, utf8)]
     for recipient, result, action in items:
-        blocks.append(_recipientBlock(policy, kind, recipient, result, action, now, arrivalTime,
+        blocks.append(recipientBlock(policy, kind, recipient, result, action, now, arrivalTime,
                                       maximalQueueLifetime, token, utf8))
     dsnPart = MIMEPart(policy=policy)
     dsnPart["Content-Description"] = "Delivery report"
@@ -366,7 +335,7 @@ def buildNotice(
     eightBit = False
     if returned is not None:
         data, isFull = returned
-        data = _returnPath(envelope.sender, utf8) + data
+        data = returnPath(envelope.sender, utf8) + data
         eightBit = not data.isascii()
         undelivered = "Undelivered " if kind != SUCCESS else ""
         origPart = MIMEPart(policy=policy)
@@ -389,7 +358,7 @@ def buildNotice(
         msg.attach(part[0] if isinstance(part, tuple) else part)
 
     out = io.BytesIO()
-    _NoticeGenerator(out, policy=policy).flatten(msg)
+    NoticeGenerator(out, policy=policy).flatten(msg)
     message = out.getvalue()
     return Notice(sender, to, message, body="7BIT" if message.isascii() else "8BITMIME", smtputf8=utf8)
 
@@ -400,33 +369,19 @@ def _item(entry):
         action = None
     elif len(entry) == 3:
         recipient, result, action = entry
-        if action is not None and action not in _ACTIONS:
+        if action is not None and action not in ACTIONS:
             raise ValueError(f"unknown DSN action {action!r}")
     else:
         raise ValueError("a recipient entry is (recipient, result) or (recipient, result, action)")
     return recipient, result, action
 
 
-def _utc(t):
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
-
-
-def _date(t):
-    return email.utils.format_datetime(_utc(t))
-
-
 def _messageId(now, queueId, kind, postmasterCopy, myhostname):
-    stamp = _utc(now).strftime("%Y%m%d%H%M%S")
+    stamp = utc(now).strftime("%Y%m%d%H%M%S")
     qid = re.sub(r"[^A-Za-z0-9]", "", queueId) or "0"
     tag = kind[0].upper() + ("P" if postmasterCopy else "")
     host = re.sub(r"[^A-Za-z0-9.-]", "", myhostname) or "localhost"
     return f"<{stamp}.{qid}.{tag}@{host}>"
-
-
-def _mailNameToken(mailName):
-    """mail_name as an RFC 822 atom (Postfix transliterates specials to "-")."""
-    token = re.sub(r"[^A-Za-z0-9-]", "-", mailName.strip())[:40] or "mta"
-    return token[0].upper() + token[1:]
 
 
 def _boundary(queueId, now, myhostname, text, parts):
@@ -438,350 +393,3 @@ def _boundary(queueId, now, myhostname, text, parts):
         boundary = f"{base}.{n}"
         n += 1
     return boundary
-
-
-# -- sanitising and folding -------------------------------------------------------
-
-
-def _clean(text, utf8, limit=_VALUE_LIMIT):
-    """
-    C{text} made safe for one header or DSN field line: controls, line and
-    paragraph separators become spaces, surrogates (and non-ASCII in an
-    ASCII notice) "?", leading/trailing space stripped, at most C{limit}
-    octets.
-    """
-    out = []
-    for c in str(text):
-        if c.isascii():
-            out.append(" " if (c < " " or c == "\x7f") else c)
-            continue
-        cat = unicodedata.category(c)
-        if cat in ("Cc", "Zl", "Zp"):
-            out.append(" ")
-        elif cat == "Cs" or not utf8:
-            out.append("?")
-        else:
-            out.append(c)
-    cleaned = "".join(out).strip(" ")
-    if len(cleaned.encode("utf-8")) > limit:
-        cleaned = cleaned.encode("utf-8")[:limit].decode("utf-8", "ignore").rstrip(" ")
-    return cleaned
-
-
-def _textClean(text, utf8):
-    """Like _clean, for the human-readable text (white space collapsed)."""
-    return " ".join(_clean(text, utf8, limit=4 * _VALUE_LIMIT).split())
-
-
-class _Raw(str):
-    """A header value already made safe by _clean(); folded at spaces only."""
-
-
-def _foldRaw(name, value, maxlen, linesep):
-    """C{name}: C{value} folded before spaces; a longer word is never split."""
-    line = f"{name}: {value}"
-    lines = []
-    start = len(name) + 2
-    while len(line) > maxlen:
-        cut = line.rfind(" ", start, maxlen + 1)
-        if cut == -1:
-            cut = line.find(" ", maxlen + 1)
-        # Never leave a line (or the rest) that is nothing but white space.
-        while cut != -1 and not line[cut:].strip(" "):
-            cut = -1
-        if cut == -1 or not line[:cut].strip(" "):
-            break
-        lines.append(line[:cut])
-        line = line[cut:]
-        start = 1
-    lines.append(line)
-    return linesep.join(lines) + linesep
-
-
-class _NoticePolicy(email.policy.EmailPolicy):
-    """
-    The email package's SMTP policy, except that _Raw values (DSN fields,
-    addresses) are stored as they are and folded at spaces only.
-    """
-
-    def header_store_parse(self, name, value):
-        if isinstance(value, _Raw):
-            return (name, value)
-        return super().header_store_parse(name, value)
-
-    def fold(self, name, value):
-        if isinstance(value, _Raw):
-            return _foldRaw(name, value, self.max_line_length or _MAX_LINE, self.linesep)
-        return super().fold(name, value)
-
-    def fold_binary(self, name, value):
-        if isinstance(value, _Raw):
-            return self.fold(name, value).encode("utf-8" if self.utf8 else "ascii")
-        return super().fold_binary(name, value)
-
-
-class _NoticeGenerator(email.generator.BytesGenerator):
-    """BytesGenerator that copies a message/* part's text payload byte for
-    byte (surrogate-escaped 8-bit octets included) and writes
-    message/global-delivery-status blocks like message/delivery-status."""
-
-    def _encode(self, s):
-        return s.encode("ascii", "surrogateescape")
-
-    _handle_message_global_delivery_status = email.generator.BytesGenerator._handle_message_delivery_status
-
-
-# -- the human-readable part ------------------------------------------------------
-
-
-def _wrap(text, width=_WRAP_WIDTH, indent=_WRAP_INDENT):
-    """Postfix's line_wrap(): break at spaces, continuation lines indented."""
-    words = text.split(" ")
-    lines, line = [], ""
-    for word in words:
-        if not word:
-            continue
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = " " * indent + word
-        else:
-            line = f"{line} {word}" if line else word
-    lines.append(line)
-    return lines
-
-
-def _reason(kind, result, utf8):
-    text = result.text or ""
-    if kind == SUCCESS and result.relay and result.relay != "none":
-        text = f"delivery via {result.relay}: {text}"
-    return _textClean(text, utf8) or "no reason given"
-
-
-def _humanText(kind, items, postmasterCopy, myhostname, utf8, now, arrivalTime,
-               delayWarningTime, maximalQueueLifetime):
-    lines = []
-    if not postmasterCopy:
-        lines += [f"This is the mail system at host {_clean(myhostname, utf8)}.", ""]
-        if kind == FAILURE:
-            lines += [
-                "I'm sorry to have to inform you that your message could not",
-                "be delivered to one or more recipients. It's attached below.",
-            ]
-        elif kind == DELAY:
-            if delayWarningTime is None:
-                delayWarningTime = max(now - arrivalTime, 0)
-            hours = int(delayWarningTime // 3600)
-            days = int(maximalQueueLifetime // 86400)
-            lines += [
-                "####################################################################",
-                "# THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #",
-                "####################################################################",
-                "",
-                f"Your message could not be delivered for more than {hours} hour(s).",
-                f"It will be retried until it is {days} day(s) old.",
-            ]
-        else:
-            lines += [
-                "Your message was successfully delivered to the destination(s)",
-                "listed below. If the message was delivered to mailbox you will",
-                "receive no further notifications. Otherwise you may still receive",
-                "notifications of mail delivery errors from other systems.",
-            ]
-        if kind != SUCCESS:
-            lines += [
-                "",
-                "For further assistance, please send mail to postmaster.",
-                "",
-                "If you do so, please include this problem report. You can",
-                "delete your own text from the attached returned message.",
-            ]
-        lines += ["", "                   The mail system"]
-    for recipient, result, _ in items:
-        address = _textClean(recipient.address, utf8)
-        originalAddress = getattr(recipient, "original", None)
-        if originalAddress and originalAddress != recipient.address:
-            head = f"<{address}> (expanded from <{_textClean(originalAddress, utf8)}>)"
-        else:
-            head = f"<{address}>"
-        lines.append("")
-        lines += _wrap(f"{head}: {_reason(kind, result, utf8)}")
-    return "\n".join(lines) + "\n"
-
-
-# -- the delivery-status part -------------------------------------------------------
-
-
-def _block(policy, fields):
-    block = Message(policy=policy)
-    for name, value in fields:
-        block[name] = _Raw(value)
-    return block
-
-
-def _utf8Addr(address, unitext):
-    """RFC 6533 utf-8-addr-xtext (or -unitext: non-ASCII left raw)."""
-    out = []
-    for c in address:
-        if c in _QCHAR or (unitext and not c.isascii()):
-            out.append(c)
-        else:
-            out.append(f"\\x{{{ord(c):X}}}")
-    return "".join(out)
-
-
-def _addressField(address, utf8):
-    """address-type "; " generic-address for Final-Recipient and X-Mta-Sender."""
-    address = _clean(address, True)
-    if address.isascii():
-        return f"rfc822; {address}"
-    return f"utf-8; {_utf8Addr(address, unitext=utf8)}"
-
-
-def _orcptField(orcpt, utf8):
-    addrType, semi, address = orcpt.partition(";")
-    addrType = _ATOM_JUNK.sub("", addrType) or "unknown"
-    if not semi:
-        addrType, address = "unknown", orcpt
-    address = _clean(address, True)
-    if addrType.lower() == "utf-8" or not address.isascii():
-        return f"utf-8;{_utf8Addr(address, unitext=utf8)}"
-    return f"{addrType};{address}"
-
-
-def _typedField(value, defaultType, utf8):
-    """'type; text' with a clean atom type (Remote-MTA, Diagnostic-Code)."""
-    value = _clean(value, utf8)
-    dtype, semi, text = value.partition(";")
-    dtype = dtype.strip(" ")
-    if not semi or not dtype or _ATOM_JUNK.search(dtype):
-        return f"{defaultType}; {value}"
-    return f"{dtype}; {text.strip(' ')}"
-
-
-def _perMessageBlock(policy, envelope, queueId, reportingMTA, arrivalTime, token, utf8):
-    fields = [("Reporting-MTA", f"dns; {_clean(reportingMTA, utf8)}")]
-    if envelope.envid:
-        fields.append(("Original-Envelope-Id", _clean(envelope.envid, utf8)))
-    fields.append((f"X-{token}-Queue-ID", _clean(queueId, utf8)))
-    sender = envelope.sender if not isBounce(envelope) else MAIL_DAEMON
-    fields.append((f"X-{token}-Sender", _addressField(sender, utf8)))
-    if arrivalTime and arrivalTime > 0:
-        fields.append(("Arrival-Date", _date(arrivalTime)))
-    return _block(policy, fields)
-
-
-def _recipientBlock(policy, kind, recipient, result, action, now, arrivalTime, maximalQueueLifetime, token, utf8):
-    fields = [("Final-Recipient", _addressField(recipient.address, utf8))]
-    if recipient.orcpt:
-        fields.append(("Original-Recipient", _orcptField(recipient.orcpt, utf8)))
-    if kind == FAILURE:
-        action = "failed"
-    elif kind == DELAY:
-        action = "delayed"
-    elif action is None:
-        action = "relayed" if result.remote_mta else "delivered"
-    fields.append(("Action", action))
-    status = result.dsn if isinstance(result.dsn, str) and _STATUS.fullmatch(result.dsn) else _DEFAULT_STATUS[kind]
-    fields.append(("Status", status))
-    if result.remote_mta:
-        fields.append(("Remote-MTA", _typedField(result.remote_mta, "dns", utf8)))
-    if result.diagnostic:
-        fields.append(("Diagnostic-Code", _typedField(result.diagnostic, f"X-{token}", utf8)))
-    else:
-        fields.append(("Diagnostic-Code", f"X-{token}; {_clean(result.text or '', utf8)}".rstrip(" ")))
-    fields.append(("Last-Attempt-Date", _date(now)))
-    if kind == DELAY:
-        fields.append(("Will-Retry-Until", _date(arrivalTime + maximalQueueLifetime)))
-    return _block(policy, fields)
-
-
-# -- the original message ------------------------------------------------------------
-
-
-def _readOriginal(original, full, limit):
-    """
-    Read what is needed of the original: (bytes with CRLF line ends, full)
-    where full says whether it is the whole message or only its header
-    section; None when there is no original or it cannot be read.
-    """
-    if original is None:
-        return None
-    buf = bytearray()
-    complete = True
-    try:
-        chunks = iter(original())
-        try:
-            for chunk in chunks:
-                scanFrom = max(len(buf) - 2, 0)
-                buf += chunk
-                if full:
-                    if limit > 0 and len(buf) > limit:
-                        full = False  # too big: headers only (bounce_original)
-                        scanFrom = 0
-                    else:
-                        continue
-                if _endOfHeaders(buf, scanFrom) or (limit > 0 and len(buf) > limit):
-                    complete = False
-                    break
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-    except (OSError, CorruptQueueFile):
-        return None
-    data = bytes(buf)
-    if not complete:
-        # Drop a partial last line (we stopped reading in the middle).
-        data = data[: data.rfind(b"\n") + 1]
-    data = _ANY_NEWLINE.sub(b"\r\n", data)
-    if full:
-        if data and not data.endswith(b"\r\n"):
-            data += b"\r\n"
-        if any(len(line) > _MAX_LINE for line in data.split(b"\r\n")):
-            full = False
-        else:
-            return data, True
-    return _headerSection(data, limit), False
-
-
-def _endOfHeaders(buf, start=0):
-    """Whether C{buf} holds the empty line that ends the header section
-    (looking only from C{start}: reading is linear, not quadratic)."""
-    if buf.startswith(b"\r\n") or buf.startswith(b"\n"):
-        return True
-    return buf.find(b"\n\r\n", start) != -1 or buf.find(b"\n\n", start) != -1
-
-
-def _headerSection(data, limit):
-    """The header fields at the start of C{data} (Postfix's IS_HEADER test),
-    whole fields only, at most C{limit} octets when C{limit} > 0."""
-    lines = data.split(b"\r\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    fields = []
-    for line in lines:
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)
-        elif _HEADER_START.match(line):
-            fields.append([line])
-        else:
-            break
-    out, total = [], 0
-    for field in fields:
-        if any(len(line) > _MAX_LINE for line in field):
-            continue
-        text = b"".join(line + b"\r\n" for line in field)
-        if limit > 0 and total + len(text) > limit:
-            break
-        out.append(text)
-        total += len(text)
-    return b"".join(out)
-
-
-def _headerBytes(data):
-    end = data.find(b"\r\n\r\n")
-    return data if end == -1 else data[:end]
-
-
-def _returnPath(sender, utf8):
-    return b"Return-Path: <" + _clean(sender, utf8).encode("utf-8") + b">\r\n"
