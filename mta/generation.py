@@ -36,15 +36,14 @@ from twisted.logger import Logger
 from mta.cleanup import Cleanup
 from mta.maillog import MailLogger
 from mta.queue.notices import Notices
-from mta.routing import AddressResolver, Router, splitTransport
+from mta.routing import AddressResolver, Router
 
 log = Logger()
 
 
-def configuredTransports(params):
-    names = {splitTransport(params[p])[0] for p in
-             ("local_transport", "virtual_transport", "relay_transport", "default_transport")}
-    return sorted(n for n in names if n)
+def configuredTransports(config):
+    """The transports the four *_transport parameters name: they must start, or the daemon does not."""
+    return sorted(config.settings.resolver.transportNames())
 
 
 class Generation:

@@ -242,7 +242,7 @@ class MTAService(MultiService):
 
     def _bind(self):
         try:
-            self.transports.check(configuredTransports(self.config.main))
+            self.transports.check(configuredTransports(self.config))
         except Exception as e:
             raise StartupError(str(e)) from None
         try:
@@ -383,7 +383,7 @@ class MTAService(MultiService):
             tables = Tables(self.clock)
             openTables(config, tables)
             generation = Generation(config, tables, self.clock, self.store, self.protocolFactory, self._flushSite)
-            generation.transports.check(configuredTransports(config.main))
+            generation.transports.check(configuredTransports(config))
         except ConfigError as e:
             raise ReloadRefused(str(e)) from None
         except Exception as e:  # a plugin's error, or a bug: it must not take the daemon down

@@ -143,7 +143,6 @@ class Harness:
         self.manager = self.newManager()
 
     def newManager(self):
-        main = self.config.main
         return QueueManager(
             self.store, Router(self.config.settings.resolver, self.tables), self.transports.get,
             self.config.settings.qmgr, self.clock, self.maillog,

@@ -18,7 +18,7 @@ from mta.model import Address
 from mta.routing import AddressResolver, Resolution, Route, RouteError, Router
 from mta.smtpd.policy import RecipientPolicy
 from mta.tables import Tables, TableTemporaryError
-from mta.testing import FakeQueueStore, resultOf
+from mta.testing import resultOf
 from tests.dialogs.harness import Dialog
 
 OUTSIDE = "198.51.100.7"

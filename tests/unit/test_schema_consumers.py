@@ -3,14 +3,12 @@
 A parameter that nothing reads promises more than the code does; so does a
 value of an enumerated parameter (a Choice or ChoiceList) that no code acts
 on.  A parameter's consumer is the settings class that declares it
-(mta.config.settings: each class lists the parameters it reads, and load()
-builds every class), or another parameter whose default uses it
-(``$mydomain`` in mydestination's).  Until every service takes its settings
-object, a module under mta/ that names the parameter as a string (or as an
-f-string whose first two words are fields, as the client reads
-smtp_helo_timeout: ``f"{p}_{hello}_timeout"``) counts too.  A value of an
-enumerated parameter must compile to settings of its own (see
-test_every_enumerated_value_has_a_consumer).
+(mta.config.settings: each class lists the parameters it reads, load()
+builds every class, and services take their settings objects, never the
+parameter scope), or another parameter whose default uses it (``$mydomain``
+in mydestination's).  A value of an enumerated parameter must compile to
+settings of its own (see test_every_enumerated_value_has_a_consumer).
+Nothing under mta/ outside mta.config reads a parameter by name.
 """
 
 import pathlib
@@ -24,53 +22,39 @@ from mta.config.settings import allClasses
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "mta"
 CONFIG = ROOT / "config"
-DECLARATIONS = {CONFIG / "schema.py", CONFIG / "docs.py", CONFIG / "types.py"}
-SOURCES = {
-    path: path.read_text(encoding="utf-8")
-    for path in sorted(ROOT.rglob("*.py"))
-    if path not in DECLARATIONS and (CONFIG / "settings") not in path.parents
-}
 DEFAULTS = " ".join(
     [p.default for p in PARAMETERS if isinstance(p.default, str)] + [default for _, _, default, _ in PATTERNS]
 )
 DECLARED = {name for cls in allClasses() for name in cls.parameters()}
-
-
-def _quoted(name):
-    return re.compile(r"""["']%s["']""" % re.escape(name))
-
-
-def _prefixed(name):
-    """smtp_helo_timeout is also read as f"{p}_{hello}_timeout": the first two words may be fields."""
-    words = name.split("_")
-    if len(words) < 3:
-        return None
-    field = r"\{[a-z_.]+\}"
-    head = "_".join(f"(?:{re.escape(w)}|{field})" for w in words[:2])
-    return re.compile(r"""f["']%s_%s["']""" % (head, re.escape("_".join(words[2:]))))
-
-
-def readers(name):
-    patterns = [p for p in (_quoted(name), _prefixed(name)) if p is not None]
-    return [path for path, text in SOURCES.items() if any(p.search(text) for p in patterns)]
+SERVICES = {
+    path: path.read_text(encoding="utf-8")
+    for path in sorted(ROOT.rglob("*.py"))
+    if CONFIG not in path.parents
+}
 
 
 @pytest.mark.parametrize("parameter", PARAMETERS, ids=lambda p: p.name)
 def test_every_parameter_has_a_consumer(parameter):
-    if parameter.name in DECLARED or readers(parameter.name):
+    if parameter.name in DECLARED:
         return
     assert re.search(r"\$\{?%s\b" % re.escape(parameter.name), DEFAULTS), (
-        f"{parameter.name}: no settings class declares it, nothing under mta/ reads it, "
-        "and no other parameter's default uses it"
+        f"{parameter.name}: no settings class declares it and no other parameter's default uses it"
     )
+
+
+def test_no_service_reads_a_parameter_by_name():
+    """Services take their settings objects: no params[...], scope[...] or config[...] outside mta.config."""
+    reads = re.compile(r"""\b(params|scope|config|main)\[\s*f?["'][a-z0-9_]+""")
+    found = [f"{path.relative_to(ROOT.parent)}:{n}: {line.strip()}"
+             for path, text in SERVICES.items()
+             for n, line in enumerate(text.splitlines(), 1) if reads.search(line)]
+    assert not found, "\n".join(found)
 
 
 def test_every_transport_family_has_a_consumer():
     declared = {p.pattern for cls in allClasses() for p in cls.patterns()}
     for pattern, _, _, _ in PATTERNS:
-        assert pattern.pattern in declared or any(
-            re.search(r"_destination_(concurrency|recipient)_limit", text) for text in SOURCES.values()
-        ), pattern.pattern
+        assert pattern.pattern in declared, pattern.pattern
 
 
 ENUMERATED = [
@@ -92,27 +76,19 @@ def compiledWith(name, value):
 @pytest.mark.parametrize("parameter, value", ENUMERATED, ids=lambda x: getattr(x, "name", x))
 def test_every_enumerated_value_has_a_consumer(parameter, value):
     """
-    Declared in a settings class: each value compiles to settings of its own
-    (a value that means another is listed in the class's ALIASES, e.g.
-    smtpd_forbid_bare_newline's yes for reject).  Not yet declared: the
-    value appears as a string in the package of a module that reads it.
+    Each value compiles to settings of its own (a value that means another
+    is listed in the declaring class's ALIASES, e.g.
+    smtpd_forbid_bare_newline's yes for reject), so the services, which see
+    only the settings, can tell every value from the others.
     """
-    if parameter.name in DECLARED:
-        aliases = {}
-        for cls in allClasses():
-            aliases.update(getattr(cls, "ALIASES", {}).get(parameter.name, {}))
-        canonical = aliases.get(value, value)
-        mine = compiledWith(parameter.name, value)
-        for other in parameter.type.choices:
-            if aliases.get(other, other) != canonical:
-                assert compiledWith(parameter.name, other) != mine, (
-                    f"{parameter.name}: {value} and {other} compile to the same settings"
-                )
-        return
-    found = readers(parameter.name)
-    assert found, f"{parameter.name}: no settings class declares it and nothing under mta/ reads it"
-    packages = {path.parent for path in found}
-    assert any(_quoted(value).search(text) for path, text in SOURCES.items() if path.parent in packages), (
-        f"{parameter.name} = {value}: no module beside {', '.join(str(p.relative_to(ROOT.parent)) for p in found)} "
-        "acts on this value"
-    )
+    assert parameter.name in DECLARED, f"{parameter.name}: no settings class declares it"
+    aliases = {}
+    for cls in allClasses():
+        aliases.update(getattr(cls, "ALIASES", {}).get(parameter.name, {}))
+    canonical = aliases.get(value, value)
+    mine = compiledWith(parameter.name, value)
+    for other in parameter.type.choices:
+        if aliases.get(other, other) != canonical:
+            assert compiledWith(parameter.name, other) != mine, (
+                f"{parameter.name}: {value} and {other} compile to the same settings"
+            )
