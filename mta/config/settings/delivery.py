@@ -51,7 +51,7 @@ CONFIGURATION
     syslog_name.
 """
 
-from mta.config.loader import ConfigError
+from mta.config.errors import ConfigError
 from mta.config.settings import Settings, setting, settingsClass
 
 __all__ = ["AgentSettings", "VirtualSettings"]
