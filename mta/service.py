@@ -152,6 +152,31 @@ def loadAgain(path):
 
 
 class MTAService(MultiService):
+    """
+    The daemon: a MultiService of the control channel and one
+    ListenerService per [listener:NAME], beside the queue manager and
+    pickup, all in one reactor (see the module docstring).
+
+    config            the configuration in force (mta.config.Config; the
+                      current generation's)
+    current           the Generation in force (mta.generation): tables,
+                      address resolver, router, cleanup, notices,
+                      transports and one SMTP server factory per listener
+    clock             the reactor (IReactorTime, IReactorThreads, ...)
+    queueDirectory    $queue_directory (fixed for the daemon's life: a
+                      reload cannot change it)
+    store             the QueueStore (mta.queue.store) of that directory
+    manager           the QueueManager (mta.queue.manager)
+    pickup            the Pickup service of maildrop/ (mta.queue.pickup)
+    listeners         listener name -> ListenerService (mta.listeners), in
+                      configuration order
+    startedAt         when the daemon started (clock seconds), for status
+    tables, transports, resolver, maillog
+                      the current generation's (properties)
+
+    reload() is the one path of SIGHUP and the control channel's Reload.
+    """
+
     def __init__(self, config, reactor, tables, protocolFactory, onStartupError=None, stopReactor=None):
         super().__init__()
         self.onStartupError = onStartupError

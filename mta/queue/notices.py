@@ -60,9 +60,20 @@ ANY_BOUNCE = frozenset({"bounce", "2bounce"})
 
 class Notices:
     """
-    The queue manager's notices, from C{settings} (a NoticeSettings),
-    queued through C{cleanup} (an mta.cleanup.Cleanup, [main]'s);
-    C{clock}: seconds(); C{maillogs}: program -> MailLogger.
+    The queue manager's notices (bounce(8)): failure notices, delay
+    warnings and success notices to the sender, and the postmaster copies
+    and double bounces notify_classes asks for.
+
+    settings    the NoticeSettings ([main]'s): classes, recipients, limits
+    cleanup     the mta.cleanup.Cleanup every notice is queued through
+    clock       seconds(), for Date: and the delays in the texts
+    maillog     the bounce program's MailLogger (maillogs("bounce"))
+
+    send(kind, message, items) queues the notice of C{kind} ("failure",
+    "delay", "success") for (key, target, result) items of an
+    ActiveMessage and says whether the queue file should record it as
+    notified; a notice that cannot be queued raises QueueWriteError (the
+    manager keeps the message, which owes the notice).
     """
 
     def __init__(self, settings, cleanup, clock, maillogs):

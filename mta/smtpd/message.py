@@ -48,8 +48,21 @@ from mta.tables import TableTemporaryError
 
 class IncomingTransaction:
     """
-    One message of a session, in its listener's cleanup: C{queueId},
-    C{size} (bytes from the client), C{message} (the CleanupMessage).
+    One message of a session on its way into the queue through its
+    listener's cleanup (mta.cleanup), from DATA (or the first BDAT) to the
+    250 or the refusal.
+
+    server      the SMTPServer whose transaction this is
+    sender, mailParams, recipients, hold
+                the envelope, taken from the transaction at DATA (the
+                session resets its own state before the commit finishes)
+    message     the CleanupMessage being written
+    queueId     its queue id (known from the start, as in Postfix)
+    size        content bytes received from the client so far
+
+    write(bytes) streams content; finish() ends it (a Reply when the
+    message must be refused, e.g. too many hops); commit() makes it
+    durable (a Deferred of the queue id); abort() gives it up.
     """
 
     def __init__(self, server):
