@@ -30,7 +30,7 @@ DESCRIPTION
     flush   mta-queue flush (postqueue -f).
 
     Results go to stdout, errors to stderr, one line each; never a
-    traceback.  The control-channel client is mta-queue's (mta.cli.queue).
+    traceback.  The control-channel client is mta-queue's (mta.cli.queue.client).
 
 DIFFERENCES FROM POSTFIX
     postfix reload signals the master and returns at once; mta reload waits
@@ -63,7 +63,7 @@ import sys
 
 from mta import control
 from mta.cli import Done, parseArguments
-from mta.cli import queue as cliQueue
+from mta.cli.queue import client as cliQueue
 from mta.config import ConfigError, Scope, findConfig, loadConfig, openTables, readIni
 from mta.config.schema import parameter
 from mta.maillog import sanitize

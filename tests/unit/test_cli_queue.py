@@ -14,6 +14,8 @@ from twisted.internet.task import Clock
 
 from mta import control
 from mta.cli import queue as cliQueue
+from mta.cli.queue import actions as queueActions
+from mta.cli.queue.listing import _writeContent
 from mta.model import Envelope, Recipient
 from mta.queue.store import QueueStore
 from mta.testing import SyncReactor, resultOf
@@ -388,7 +390,7 @@ def test_writeContent_joins_crlf_split_between_reads_and_escapes():
         return original(min(n, 2))  # every read returns at most 2 bytes
 
     f.read = smallReads
-    cliQueue._writeContent(out, f, 3, len(data), escape=True)
+    _writeContent(out, f, 3, len(data), escape=True)
     assert out.getvalue() == "a\nb\\x1b[2J\tc\n"
 
 
@@ -590,7 +592,7 @@ def test_action_through_the_daemon(q):
 def test_all_through_the_daemon_is_sent_in_batches(q, monkeypatch):
     ids = sorted(q.add([f"{n}@example.net"], queue="deferred") for n in range(5))
     socketStandIn(q.directory)
-    monkeypatch.setattr(cliQueue, "BATCH", 2)
+    monkeypatch.setattr(queueActions, "BATCH", 2)
     client = FakeClient(lambda command, args: {"done": args["ids"], "missing": []})
     out, err = io.StringIO(), io.StringIO()
     assert run(cliQueue.queueAction(Clock(), q.directory, "delete", ["ALL"], out, err, connect=connectTo(client))) == 0
@@ -601,7 +603,7 @@ def test_all_through_the_daemon_is_sent_in_batches(q, monkeypatch):
 def test_daemon_failing_midway(q, monkeypatch):
     ids = sorted(q.add([f"{n}@example.net"]) for n in range(3))
     socketStandIn(q.directory)
-    monkeypatch.setattr(cliQueue, "BATCH", 1)
+    monkeypatch.setattr(queueActions, "BATCH", 1)
     client = FakeClient(lambda command, args: {"done": args["ids"], "missing": []} if args["ids"] == [ids[0]]
                         else ValueError("boom"))
     out, err = io.StringIO(), io.StringIO()
