@@ -1,5 +1,13 @@
 """mta.interfaces - every interface that plugins and test fakes implement.
 
+IQueueStore and IQueueMessage are the queue's entrance as the one cleanup
+(mta.cleanup) and the SMTP server use it: mta.queue.store.QueueStore and
+IncomingMessage implement them on disk, mta.testing.FakeQueueStore and
+FakeMessage in memory, and one contract test suite
+(tests/unit/test_queue_contract.py) runs against both.  IWorkerPool is the
+part of a Twisted ThreadPool that the store's deferToThreadPool uses
+(mta.testing.SyncPool runs the work at once).
+
 Plugins are found with twisted.plugin.getPlugins(IxxxFactory, mta.plugins) and
 chosen by the prefix the configuration names (``texthash:/etc/mta/access``,
 ``lmtp``, ...).  Interfaces for restrictions, content filters and transports
@@ -128,4 +136,63 @@ class IDNSResolver(IHostResolver):
         @return: a Deferred firing with a list of (preference, exchange)
             in answer order (empty: NODATA; exchange "." for a null MX), or
             failing with mta.delivery.dns.DNSError.
+        """
+
+
+class IQueueMessage(Interface):
+    """
+    A message being written into the queue (QueueStore.newMessage()): the
+    content is written, then the message is committed or aborted, once.
+    """
+
+    queueId = Attribute("The message's queue id (str), fixed when it is made.")
+    size = Attribute("The number of content bytes given to write() so far.")
+
+    def write(data):
+        """
+        Append C{data} (bytes) to the content.  Ignored after abort();
+        RuntimeError after commit().  A write error is remembered and
+        reported by commit(), never raised here.
+        """
+
+    def commit(envelope, queue="incoming"):
+        """
+        Store the message with C{envelope} (an mta.model.Envelope; its size
+        is set to the content written).  C{queue} is "incoming" or "hold".
+
+        @return: a Deferred that fires with the queue id once the message is
+            durable, or fails with mta.queue.files.QueueWriteError (nothing
+            is left in the queue then).  A second commit(), a commit()
+            after abort(), or an envelope that is not an Envelope fails the
+            same way.
+        """
+
+    def abort():
+        """
+        Forget the message; nothing of it stays in the queue.  Safe at any
+        time; it does nothing once commit() has been called (the commit's
+        result decides) or after an earlier abort().
+        """
+
+
+class IQueueStore(Interface):
+    """The queue's entrance: where the one cleanup opens its queue files."""
+
+    def newMessage():
+        """A new L{IQueueMessage}, with a queue id no other message has."""
+
+    def freeSpace():
+        """
+        Bytes available on the queue's file system (an int; queue_minfree
+        is checked against it).  OSError if it cannot be found out.
+        """
+
+
+class IWorkerPool(Interface):
+    """The part of twisted.python.threadpool.ThreadPool the queue store uses."""
+
+    def callInThreadWithCallback(onResult, func, *args, **kw):
+        """
+        Run C{func(*args, **kw)} in a worker and then call
+        C{onResult(True, result)} or C{onResult(False, failure)} there.
         """

@@ -5,22 +5,36 @@ whether) a commit succeeds, so the server's ordering and failure paths can
 be checked without a disk or a thread pool.  serverFactory() builds an SMTP
 server factory from INI text.
 
+SyncPool and SyncReactor run the queue's thread-pool work at once, so
+tests of the store, the queue manager, pickup and the tools need neither
+threads nor sleeps.
+
+Each fake declares the interface of the real thing it stands for, and is
+checked against it (tests/unit/test_fakes.py, zope.interface's
+verifyObject): FakeQueueStore and FakeMessage provide mta.interfaces'
+IQueueStore and IQueueMessage, as QueueStore and IncomingMessage do, and
+one contract test suite (tests/unit/test_queue_contract.py) runs against
+both; SyncPool provides IWorkerPool, the part of Twisted's ThreadPool the
+store uses; SyncReactor provides IReactorTime (it is a Clock) and
+IReactorThreads.
+
 SECURITY
     Test code only.
 
 CONFIGURATION
     None.
-
-SyncPool and SyncReactor run the queue's thread-pool work at once, so
-tests of the store, the queue manager, pickup and the tools need neither
-threads nor sleeps.
 """
 
+import attrs
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mta.config import load, openTables
+from mta.interfaces import IQueueMessage, IQueueStore, IWorkerPool
+from mta.model import Envelope
 from mta.queue.store import QueueWriteError
 from mta.tables import Tables
 
@@ -41,22 +55,24 @@ def resultOf(d):
     return out[0]
 
 
+@implementer(IWorkerPool)
 class SyncPool:
     """A thread pool that runs each job at once, in the calling thread; counts them."""
 
     def __init__(self):
         self.jobs = 0
 
-    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+    def callInThreadWithCallback(self, onResult, func, *args, **kw):
         self.jobs += 1
         try:
-            result = f(*args, **kwargs)
+            result = func(*args, **kw)
         except BaseException:
             onResult(False, Failure())
         else:
             onResult(True, result)
 
 
+@implementer(IReactorTime, IReactorThreads)
 class SyncReactor(Clock):
     """A Clock whose thread pool (C{pool}, a SyncPool by default) runs work at once."""
 
@@ -64,14 +80,28 @@ class SyncReactor(Clock):
         super().__init__()
         self.pool = pool if pool is not None else SyncPool()
 
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
+    def callFromThread(self, callable, *args, **kw):
+        callable(*args, **kw)
+
+    def callInThread(self, callable, *args, **kwargs):
+        self.pool.callInThreadWithCallback(lambda ok, result: None, callable, *args, **kwargs)
 
     def getThreadPool(self):
         return self.pool
 
+    def suggestThreadPoolSize(self, size):
+        pass
 
+
+@implementer(IQueueMessage)
 class FakeMessage:
+    """
+    An in-memory IQueueMessage: C{chunks} and C{content} hold what was
+    written, C{envelope} and C{queue} what commit() was given (the
+    envelope's size set to C{size}, as the real store does), C{aborted}
+    whether abort() took effect.
+    """
+
     def __init__(self, store, queueId):
         self.store = store
         self.queueId = queueId
@@ -79,8 +109,14 @@ class FakeMessage:
         self.size = 0
         self.aborted = False
         self.envelope = None
+        self.queue = None
+        self._state = "open"  # -> committing | aborted, as IncomingMessage
 
     def write(self, data):
+        if self._state != "open":
+            if self._state == "aborted":
+                return
+            raise RuntimeError(f"queue file {self.queueId}: write() after commit()")
         self.chunks.append(bytes(data))
         self.size += len(data)
 
@@ -89,7 +125,15 @@ class FakeMessage:
         return b"".join(self.chunks)
 
     def commit(self, envelope, queue="incoming"):
-        self.envelope = envelope
+        if self._state != "open":
+            return fail(QueueWriteError(f"queue file {self.queueId}: commit() when {self._state}"))
+        self._state = "committing"
+        if not isinstance(envelope, Envelope):
+            return fail(QueueWriteError(f"cannot store message {self.queueId}: not an Envelope: "
+                                        f"{type(envelope).__name__}"))
+        if queue not in ("incoming", "hold"):
+            return fail(QueueWriteError(f"cannot store message {self.queueId}: no queue {queue!r}"))
+        self.envelope = attrs.evolve(envelope, size=self.size)
         self.queue = queue
         if self.store.failCommits:
             return fail(QueueWriteError("fake: disk full"))
@@ -101,11 +145,21 @@ class FakeMessage:
         return succeed(self.queueId)
 
     def abort(self):
+        if self._state != "open":
+            return
+        self._state = "aborted"
         self.aborted = True
 
 
+@implementer(IQueueStore)
 class FakeQueueStore:
-    """An in-memory QueueStore.  Set holdCommits to release commits by hand."""
+    """
+    An in-memory IQueueStore.  C{messages}: every FakeMessage made;
+    C{committed}: those whose commit succeeded, in order.  Set
+    C{failCommits} to fail every commit with QueueWriteError, or
+    C{holdCommits} to keep commits C{pending} until release().
+    C{free} is what freeSpace() answers.
+    """
 
     def __init__(self, freeSpace=10**12):
         self.free = freeSpace
@@ -116,7 +170,7 @@ class FakeQueueStore:
         self.failCommits = False
 
     def newMessage(self):
-        message = FakeMessage(self, f"FAKE{len(self.messages) + 1:04d}")
+        message = FakeMessage(self, f"FAKE{len(self.messages) + 1:010d}")
         self.messages.append(message)
         return message
 

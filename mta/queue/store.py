@@ -74,7 +74,9 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from mta.interfaces import IQueueMessage, IQueueStore
 from mta.model import Envelope
 from mta.queue import fileformat, queueid
 from mta.queue.files import (  # noqa: F401 (re-exported)
@@ -95,6 +97,7 @@ QUEUE_NAMES = ("incoming", "active", "deferred", "hold", "corrupt", "maildrop", 
 SCAN_BATCH = 1000  # directory entries per thread-pool job of a DirectoryScan
 
 
+@implementer(IQueueMessage)
 class IncomingMessage:
     """
     A message being received into tmp/, through the one queue-file writer
@@ -184,6 +187,7 @@ class IncomingMessage:
         self._store._open.pop(self.queueId, None)
 
 
+@implementer(IQueueStore)
 class QueueStore:
     """
     The queue directory C{directory}.  C{reactor} provides callFromThread

@@ -91,7 +91,7 @@ def test_dataAfterAnErrorEndsAtTheRealEndAndTheSessionGoesOn(mode):
     assert d.send(b"x" * 3000 + b"\n.\nMAIL FROM:<evil@example.org>\r\n") == ""
     assert d.send(b"more\r\n.\r\n") == "552 5.3.4 Error: message line longer than 2048 bytes\r\n"
     assert replyCodes(d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")) == [250, 250, 354]
-    assert d.send("ok\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0002\r\n"
+    assert d.send("ok\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0000000002\r\n"
     assert [m.envelope.sender for m in store.committed] == ["a@example.org"]
 
 
@@ -177,7 +177,7 @@ def test_regression_bdatContentGetsTheBareNewlineRules(mode, peer, chunks):
         assert d.closed and store.committed == []
         assert log.matching(f"reject: bare <LF> received in BDAT from unknown[{peer}]; disconnecting")
         return
-    assert out.splitlines()[-1] == "250 2.0.0 Ok: queued as FAKE0001"
+    assert out.splitlines()[-1] == "250 2.0.0 Ok: queued as FAKE0000000001"
     content = store.committed[0].content
     sent = b"".join(chunks).split(b"\r\n\r\n", 1)[1]
     if effectiveMode(mode, peer) == "normalize":
@@ -190,7 +190,7 @@ def test_bdatCrlfSplitAcrossChunksIsFine():
     store = FakeQueueStore()
     d = bdatSession("reject", OUTSIDE, store)
     out = d.send(chunked(b"Subject: x\r", b"\n\r\nbody\r", b"\n"))
-    assert out.splitlines() == ["250 2.0.0 Ok: 11 bytes", "250 2.0.0 Ok: 19 bytes", "250 2.0.0 Ok: queued as FAKE0001"]
+    assert out.splitlines() == ["250 2.0.0 Ok: 11 bytes", "250 2.0.0 Ok: 19 bytes", "250 2.0.0 Ok: queued as FAKE0000000001"]
     assert store.committed[0].content.endswith(b"Subject: x\r\n\r\nbody\r\n")
 
 
@@ -198,7 +198,7 @@ def test_bdatBinarymimeIsExemptFromLineChecks():
     store = FakeQueueStore()
     d = bdatSession("reject", OUTSIDE, store, body="BINARYMIME")
     body = b"Subject: x\r\n\r\n" + bytes(range(256)) * 20 + b"\n.\n\r" + b"z" * 5000
-    assert d.send(chunked(body[:100], body[100:])).splitlines()[-1] == "250 2.0.0 Ok: queued as FAKE0001"
+    assert d.send(chunked(body[:100], body[100:])).splitlines()[-1] == "250 2.0.0 Ok: queued as FAKE0000000001"
     assert store.committed[0].content.endswith(body)
 
 
@@ -229,7 +229,7 @@ def test_regression_nullBdatRequest():
     assert store.committed == []
     # The transaction is over: a new one works.
     assert replyCodes(d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\n")) == [250, 250]
-    assert d.send(b"BDAT 4 LAST\r\nok\r\n") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert d.send(b"BDAT 4 LAST\r\nok\r\n") == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
 
 
 def test_nullBdatInsideATransaction():

@@ -48,14 +48,14 @@ def test_fullTransactionIsQueued(factory, store):
     assert d.send("MAIL FROM:<alice@example.org> SIZE=100\r\n") == "250 2.1.0 Ok\r\n"
     assert d.send("RCPT TO:<bob@mx.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;bob@mx.test\r\n") == "250 2.1.5 Ok\r\n"
     assert d.send("DATA\r\n") == "354 End data with <CR><LF>.<CR><LF>\r\n"
-    assert d.send("Subject: x\r\n\r\n..leading dot\r\nbody\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert d.send("Subject: x\r\n\r\n..leading dot\r\nbody\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     message = store.committed[0]
     received, rest = message.content.split(b"\r\n", 1)[0], message.content
     assert received.startswith(b"Received: from c.example (unknown [127.0.0.1])")
-    assert b"\tby mx.test (mta) with ESMTP id FAKE0001\r\n\tfor <bob@mx.test>;" in rest
+    assert b"\tby mx.test (mta) with ESMTP id FAKE0000000001\r\n\tfor <bob@mx.test>;" in rest
     # From a client on this host, cleanup adds the missing headers (Postfix's permit_inet_interfaces).
     assert rest.endswith(
-        b"Subject: x\r\nMessage-Id: <FAKE0001@mx.test>\r\nDate: Thu,  1 Jan 1970 00:00:00 +0000 (UTC)\r\n"
+        b"Subject: x\r\nMessage-Id: <FAKE0000000001@mx.test>\r\nDate: Thu,  1 Jan 1970 00:00:00 +0000 (UTC)\r\n"
         b"From: alice@example.org\r\n\r\n.leading dot\r\nbody\r\n"
     )
     env = message.envelope
@@ -94,7 +94,7 @@ def test_pipelinedGroupRepliesInOrder(store, bytewise):
         "250 2.1.5 Ok",
         "354 End data with <CR><LF>.<CR><LF>",
     ]
-    assert d.send("hi\r\n.\r\nQUIT\r\n", bytewise).splitlines() == ["250 2.0.0 Ok: queued as FAKE0001", "221 2.0.0 Bye"]
+    assert d.send("hi\r\n.\r\nQUIT\r\n", bytewise).splitlines() == ["250 2.0.0 Ok: queued as FAKE0000000001", "221 2.0.0 Bye"]
     assert [r.address for r in store.committed[0].envelope.recipients] == ["x@mx.test", "z@mx.test"]
 
 
@@ -106,7 +106,7 @@ def test_repliesWaitForSlowCommit(factory, store):
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
     assert d.send("x\r\n.\r\nNOOP\r\n") == ""
     store.release()
-    assert d.read() == "250 2.0.0 Ok: queued as FAKE0001\r\n250 2.0.0 Ok\r\n"
+    assert d.read() == "250 2.0.0 Ok: queued as FAKE0000000001\r\n250 2.0.0 Ok\r\n"
 
 
 def test_commitFailureGives451(factory, store):
@@ -147,7 +147,7 @@ def test_smugglingFromExcludedClientIsNormalizedIntoOneMessage(factory, store, s
     d.send("EHLO c\r\n")
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
     out = d.send(smuggled + b".\r\n")
-    assert out == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert out == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     assert len(store.committed) == 1
     content = store.committed[0].content
     assert b"MAIL FROM:<evil@example.org>\r\n" in content
@@ -171,7 +171,7 @@ def test_bareLineFeedAllowedWithNo(store):
     d = Dialog(factory, peer="198.51.100.7")
     assert d.send("EHLO c\n").startswith("250-mx.test")
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
-    assert d.send("a\n.\nb\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert d.send("a\n.\nb\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     assert store.committed[0].content.endswith(b"a\n.\nb\r\n")
 
 
@@ -309,7 +309,7 @@ def test_bdat(store):
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\n")
     body = b"Subject: x\r\n\r\n.not stuffed\r\n"
     out = d.send(b"BDAT 12\r\n" + body[:12] + b"BDAT %d LAST\r\n" % (len(body) - 12) + body[12:])
-    assert out.splitlines() == ["250 2.0.0 Ok: 12 bytes", "250 2.0.0 Ok: queued as FAKE0001"]
+    assert out.splitlines() == ["250 2.0.0 Ok: 12 bytes", "250 2.0.0 Ok: queued as FAKE0000000001"]
     assert store.committed[0].content.endswith(body)
 
 
@@ -352,7 +352,7 @@ def test_cleanupOnTheWayIn(store):
     d.send("EHLO c\r\n")
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
     out = d.send("Return-Path: <forged@example.org>\r\nBcc: secret@example.org,\r\n  other@example.org\r\nSubject: s\r\n\r\nbody\r\n.\r\n")
-    assert out == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert out == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     content = store.committed[0].content
     assert content.endswith(b"\tThu,  1 Jan 1970 00:00:00 +0000 (UTC)\r\nSubject: s\r\n\r\nbody\r\n")
     assert b"Return-Path" not in content and b"secret" not in content and b"Message-Id" not in content
@@ -383,9 +383,9 @@ def test_receivedNamesTheProtocolAsRfc3848And6531(store, hello, options, tls, au
     with MailLog() as log:
         d.send(f"MAIL FROM:<a@example.org>{options}\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<nobody@elsewhere.example>\r\n")
         d.send("DATA\r\n")
-        assert d.send("Subject: x\r\n\r\nhi\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+        assert d.send("Subject: x\r\n\r\nhi\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     message = store.committed[0]
-    assert f"\tby mx.test (mta) with {name} id FAKE0001".encode() in message.content.split(b";", 1)[0]
+    assert f"\tby mx.test (mta) with {name} id FAKE0000000001".encode() in message.content.split(b";", 1)[0]
     base = "SMTP" if hello == "HELO" else "ESMTP"
     assert message.envelope.protocol == base
     rejects = log.matching("NOQUEUE: reject: RCPT")
@@ -393,4 +393,4 @@ def test_receivedNamesTheProtocolAsRfc3848And6531(store, hello, options, tls, au
     # The next transaction, without SMTPUTF8, is ESMTP again.
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
     d.send("x\r\n.\r\n")
-    assert f"with {name.replace('UTF8SMTP', 'ESMTP')} id FAKE0002".encode() in store.committed[1].content
+    assert f"with {name.replace('UTF8SMTP', 'ESMTP')} id FAKE0000000002".encode() in store.committed[1].content

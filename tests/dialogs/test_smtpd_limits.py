@@ -229,7 +229,7 @@ def test_binaryMimeNeedsBdat():
     d.send("MAIL FROM:<a@example.org> BODY=BINARYMIME\r\nRCPT TO:<b@mx.test>\r\n")
     assert d.send("DATA\r\n") == "503 5.5.1 Error: BODY=BINARYMIME requires BDAT\r\n"
     body = b"\x00\x01binary\r\n.\r\n"
-    assert d.send(b"BDAT %d LAST\r\n" % len(body) + body) == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert d.send(b"BDAT %d LAST\r\n" % len(body) + body) == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     assert store.committed[0].content.endswith(body)
     assert store.committed[0].envelope.body == "BINARYMIME"
 

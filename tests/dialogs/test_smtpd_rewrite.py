@@ -43,7 +43,7 @@ def test_aLoopbackClientGetsItsHeadersQualified():
     message, _, _ = deliver()
     assert headers(message) == (
         b"From: Charlie Root <root@mx.test>\r\nTo: alice@mx.test, bob@example.org\r\nSubject: s\r\n"
-        b"Message-Id: <FAKE0001@mx.test>\r\nDate: Thu,  1 Jan 1970 00:00:00 +0000 (UTC)"
+        b"Message-Id: <FAKE0000000001@mx.test>\r\nDate: Thu,  1 Jan 1970 00:00:00 +0000 (UTC)"
     )
     assert message.content.endswith(b"\r\n\r\nbody To: root\r\n")
 
@@ -58,7 +58,7 @@ def test_remoteHeaderRewriteDomain():
     message, _, _ = deliver("remote_header_rewrite_domain = domain.invalid\n", peer=OUTSIDE)
     assert headers(message) == (
         b"From: Charlie Root <root@domain.invalid>\r\nTo: alice@domain.invalid, bob@example.org\r\nSubject: s\r\n"
-        b"Message-Id: <FAKE0001@mx.test>\r\nDate: Thu,  1 Jan 1970 00:00:00 +0000 (UTC)"
+        b"Message-Id: <FAKE0000000001@mx.test>\r\nDate: Thu,  1 Jan 1970 00:00:00 +0000 (UTC)"
     )
     # a local client still gets $myorigin
     message, _, _ = deliver("remote_header_rewrite_domain = domain.invalid\n")
@@ -96,7 +96,7 @@ def test_anEmptyListMakesEveryClientRemote():
 def test_alwaysAddMissingHeadersDoesNotRewrite():
     message, _, _ = deliver("always_add_missing_headers = yes\n", peer=OUTSIDE)
     assert headers(message).startswith(b"From: Charlie Root <root>\r\nTo: alice, bob@example.org\r\nSubject: s\r\n"
-                                       b"Message-Id: <FAKE0001@mx.test>")
+                                       b"Message-Id: <FAKE0000000001@mx.test>")
 
 
 class FlakyTable:

@@ -41,7 +41,7 @@ def test_regression_halfCloseAfterDotAndQuit(slowCommit):
         if slowCommit:
             assert d.read() == "" and not d.closed  # the commit is still in progress
             store.release()
-    assert d.read() == "250 2.0.0 Ok: queued as FAKE0001\r\n221 2.0.0 Bye\r\n"
+    assert d.read() == "250 2.0.0 Ok: queued as FAKE0000000001\r\n221 2.0.0 Bye\r\n"
     assert d.closed and len(store.committed) == 1
     assert not log.matching("lost connection")
 
@@ -59,7 +59,7 @@ def test_regression_halfCloseAfterPipelinedBdat():
     d.protocol.readConnectionLost()
     assert not d.closed
     store.release()
-    assert d.read().splitlines() == ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 Ok: queued as FAKE0001", "221 2.0.0 Bye"]
+    assert d.read().splitlines() == ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 Ok: queued as FAKE0000000001", "221 2.0.0 Bye"]
     assert d.closed and len(store.committed) == 1
 
 
@@ -72,7 +72,7 @@ def test_halfCloseWithoutQuitAfterTheMessage():
         d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@mx.test>\r\nDATA\r\n")
         d.protocol.dataReceived(MESSAGE + b".\r\n")
         d.protocol.readConnectionLost()
-        assert d.read() == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+        assert d.read() == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
         assert d.closed
         d.protocol.connectionLost(None)
     assert not log.matching("lost connection")
@@ -91,7 +91,7 @@ def test_halfCloseInsideData():
         assert d.closed and d.read() == ""
         d.protocol.connectionLost(None)
     assert store.committed == [] and store.messages[0].aborted
-    assert log.matching("FAKE0001: lost connection after DATA (23 bytes) from unknown[127.0.0.1]")
+    assert log.matching("FAKE0000000001: lost connection after DATA (23 bytes) from unknown[127.0.0.1]")
     assert log.matching("data=0/1")
 
 
@@ -220,7 +220,7 @@ def test_regression_tricklingDataIsCutOffAtTheDeadline():
         out, closed = trickle(d, clock, b"Subject: slow\r\n\r\n" + b"x" * 100 + b"\r\n.\r\n")
     assert closed and out + d.read() == TIMEOUT
     assert 10 < clock.seconds() - start <= 11  # 10 s, plus 1/500 s for each byte
-    assert log.matching("FAKE0001: timeout after DATA (10 bytes) from unknown[127.0.0.1]")
+    assert log.matching("FAKE0000000001: timeout after DATA (10 bytes) from unknown[127.0.0.1]")
     assert store.committed == []
 
 
@@ -235,7 +235,7 @@ def test_dataAtTheMinimumRateIsNotCutOff():
         clock.advance(1)
         assert d.send(line) == ""
     clock.advance(1)
-    assert d.send(b".\r\n") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert d.send(b".\r\n") == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     assert not d.closed
 
 
@@ -251,7 +251,7 @@ def test_theServersOwnTimeIsNotCounted():
     clock.advance(100)
     assert not d.closed
     store.release()
-    assert d.read() == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert d.read() == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     clock.advance(9)
     assert not d.closed
     clock.advance(2)
@@ -278,7 +278,7 @@ def test_noDeadlineKeepsTheIdleTimer():
     out, closed = trickle(d, clock, b"MAIL FROM:<alice@example.org>\r\n" + b"RCPT TO:<b@mx.test>\r\nDATA\r\n")
     assert not closed and replyCodes(out) == [250, 250, 354]
     out, closed = trickle(d, clock, b"x" * 40 + b"\r\n.\r\n")  # 45 s, a byte a second
-    assert not closed and out == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert not closed and out == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     clock.advance(9)
     assert not d.closed
     clock.advance(2)

@@ -1416,7 +1416,7 @@ def test_a_transaction_with_our_own_smtpd():
         pump.flush()
         clock.advance(0.1)
     assert [(r.status, r.dsn) for r in outcomes[0].results] == [("sent", "2.0.0"), ("sent", "2.0.0")]
-    assert outcomes[0].results[0].text == "250 2.0.0 Ok: queued as FAKE0001"
+    assert outcomes[0].results[0].text == "250 2.0.0 Ok: queued as FAKE0000000001"
     message = store.committed[0]
     assert message.content.endswith(b"\r\n\r\n.leading\r\n.\r\nQUIT\r\n" + bulk * 1000 + b"y" * 998
                                     + b"\r\n " + b"y" * 502 + b"\r\nlast line\r\n")

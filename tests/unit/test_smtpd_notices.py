@@ -407,7 +407,7 @@ def test_theSessionsOwnMessagesAreUntouched():
     assert senders == ["a@example.org", DOUBLE_BOUNCE]
     [(_, message, _)] = notices(f)
     lines = transcript(message)
-    assert " Out: 250 2.0.0 Ok: queued as FAKE0001" in lines
+    assert " Out: 250 2.0.0 Ok: queued as FAKE0000000001" in lines
 
 
 
@@ -446,7 +446,7 @@ def test_theEndOfDataFlushesTheTranscriptAfterItsReply():
     assert notices(f) == []
     d.send("Subject: s\r\n\r\nhi\r\n.\r\n")  # its reply is line 101: flushed now, not at the next command
     [(_, message, _)] = notices(f)
-    assert transcript(message)[-1] == " Out: 250 2.0.0 Ok: queued as FAKE0001"
+    assert transcript(message)[-1] == " Out: 250 2.0.0 Ok: queued as FAKE0000000001"
     assert len(d.protocol.transcript) == 0
 
 

@@ -168,7 +168,7 @@ def test_rset_gives_up_a_bdat_message_in_progress(store):
     envelope(d)
     assert d.send("BDAT 3\r\nabc") == "250 2.0.0 Ok: 3 bytes\r\n"
     t = d.protocol.transaction
-    assert (t.bdatBytes, t.queueId) == (3, "FAKE0001") and t.content is not None
+    assert (t.bdatBytes, t.queueId) == (3, "FAKE0000000001") and t.content is not None
     d.send("RSET\r\n")
     assert store.messages[0].aborted and d.protocol.transaction == Transaction()
     assert d.send("BDAT 1 LAST\r\nx") == "503 5.5.1 Error: need MAIL command\r\n"
@@ -207,8 +207,8 @@ def test_the_end_of_data_starts_a_fresh_transaction_and_forgives_errors(store):
     s = d.protocol.session
     assert (s.errors, s.junk) == (1, 1)
     d.send("DATA\r\n")
-    assert d.protocol.transaction.queueId == "FAKE0001" and d.protocol.transaction.reader is not None
-    assert d.send("Subject: x\r\n\r\nhi\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert d.protocol.transaction.queueId == "FAKE0000000001" and d.protocol.transaction.reader is not None
+    assert d.send("Subject: x\r\n\r\nhi\r\n.\r\n") == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     assert d.protocol.transaction == Transaction()
     assert (s.errors, s.junk) == (0, 0)  # Postfix forgives a client that delivers mail
     assert (s.helo, s.protocol) == ("c.example", "ESMTP")
@@ -229,9 +229,9 @@ def test_bdat_chunks_keep_the_transaction_until_last(store):
     d.send("BDAT 5\r\nSubje")
     t = d.protocol.transaction
     assert d.send("BDAT 7\r\nct: x\r\n") == "250 2.0.0 Ok: 12 bytes\r\n"
-    assert d.protocol.transaction is t and t.bdatBytes == 12 and t.queueId == "FAKE0001"
+    assert d.protocol.transaction is t and t.bdatBytes == 12 and t.queueId == "FAKE0000000001"
     assert [r.address for r in t.recipients] == ["b@mx.test"]
-    assert d.send("BDAT 4 LAST\r\n\r\nhi") == "250 2.0.0 Ok: queued as FAKE0001\r\n"
+    assert d.send("BDAT 4 LAST\r\n\r\nhi") == "250 2.0.0 Ok: queued as FAKE0000000001\r\n"
     assert d.protocol.transaction == Transaction()
     assert d.protocol.session.helo == "c.example"
     assert store.committed[0].content.endswith(b"Subject: x\r\n\r\nhi")
