@@ -30,6 +30,12 @@ DESCRIPTION
     xtextDecode / xtextEncode
         RFC 3461 section 4 xtext.
 
+    One module of about 750 lines (a sixth of them this text), on purpose:
+    the path grammar, xtext and the parameters share the error types, the
+    control-character and length checks and the octet counting, and are
+    read together when the relay check's split of an address is reviewed;
+    split, they would import each other's private helpers.
+
     Errors are exceptions whose str() is short, printable ASCII, never an
     echo of control characters, and safe to put in a reply:
 
