@@ -190,7 +190,8 @@ def _rewriteTokens(tokens, origin, domain):
     return result
 
 
-def _hasUnquotedAt(text):
+def hasUnquotedAt(text):
+    """Whether C{text} (an address as written) has an @ outside quotes and backslash escapes."""
     quoted = escaped = False
     for c in text:
         if escaped:
@@ -265,7 +266,7 @@ class RewriteContext:
             if colon < 0 or colon == len(inner) - 1:
                 return path
             mailbox = inner[colon + 1:]
-        if _hasUnquotedAt(mailbox):
+        if hasUnquotedAt(mailbox):
             return path
         return f"<{inner}@{self.origin}>"
 

@@ -13,24 +13,11 @@ import attrs
 import pytest
 from twisted.python.failure import Failure
 
-from mta.model import Envelope, Recipient
 from mta.queue import fileformat
 from mta.queue.queueid import isValidQueueId
 from mta.queue.store import FileSystem, QueueStore, QueueWriteError
 from mta.testing import FakeQueueStore, SyncReactor
-
-ENVELOPE = Envelope(
-    sender="alice@example.org",
-    recipients=(Recipient("bob@example.com"), Recipient("carol@example.net", notify=("FAILURE",))),
-    arrival_time=1700000000.5,
-    client_name="mail.example.org",
-    client_address="192.0.2.7",
-    client_port=40211,
-    helo="mail.example.org",
-    protocol="ESMTP",
-)
-CONTENT = b"Subject: hello\r\n\r\nHello, world.\r\n"
-
+from tests.unit.test_queue_store import CONTENT, ENVELOPE
 
 class FullDisk(FileSystem):
     """Every fsync fails with ENOSPC while C{full} is set."""

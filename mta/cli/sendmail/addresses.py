@@ -27,6 +27,7 @@ from mta.address import PathError, formatAddress, parsePath
 from mta.cli.sendmail.options import EX_OSERR, EX_USAGE, Exit
 from mta.maillog import sanitize
 from mta.model import NULL_SENDER, Address
+from mta.rewrite import hasUnquotedAt
 
 _SPECIALS = frozenset('()<>@,;:\\".[]')
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~")
@@ -113,23 +114,9 @@ def extractAddresses(text):
     return found
 
 
-def _hasDomain(spec):
-    quoted = escaped = False
-    for c in spec:
-        if escaped:
-            escaped = False
-        elif c == "\\":
-            escaped = True
-        elif c == '"':
-            quoted = not quoted
-        elif c == "@" and not quoted:
-            return True
-    return False
-
-
 def canonicalAddress(spec, origin, what):
     """C{spec} (an addr-spec) as an Address, @C{origin} appended to a bare name; Exit(64) if bad."""
-    if not _hasDomain(spec):
+    if not hasUnquotedAt(spec):
         spec = f"{spec}@{origin}"
     try:
         return parsePath(f"<{spec}>", allowNull=False, smtputf8=not spec.isascii(), allowPostmaster=False)
