@@ -402,7 +402,75 @@ PHASES = {
 }
 
 
-class FakeSMTPServer:
+class _ThreadedServer:
+    """
+    A listening socket on C{address}:C{port} (a free port by default) with an
+    accepting thread and a thread per connection running self._session(client,
+    number); counts self.connections.  stop() closes everything and joins the
+    threads.  C{receiveBuffer}: a small SO_RCVBUF, so that a client's writes
+    soon block.
+    """
+
+    threadName = "threaded-server"
+
+    def _listen(self, address="127.0.0.1", port=None, receiveBuffer=None):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if receiveBuffer:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receiveBuffer)
+        self.address = address
+        self.listener.bind((address, port or 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._clients = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads = []
+        self._acceptor = threading.Thread(target=self._accept, name=self.threadName, daemon=True)
+
+    def start(self):
+        self._acceptor.start()
+        return self
+
+    def _accept(self):
+        while not self._stopping.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                number = self.connections
+                self._clients.append(client)
+            thread = threading.Thread(target=self._session, args=(client, number), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self):
+        self._stopping.set()
+        self._acceptor.join(STOP_TIMEOUT)
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        with self._lock:
+            clients = list(self._clients)
+        for client in clients:
+            with contextlib.suppress(OSError):
+                client.close()
+        for thread in self._threads:
+            thread.join(STOP_TIMEOUT)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class FakeSMTPServer(_ThreadedServer):
     """
     A threaded SMTP server on ADDRESS:PORT (127.0.0.1, a free port by default) that speaks SMTP until
     C{phase} (a key of PHASES) and then C{action}s:
@@ -426,43 +494,11 @@ class FakeSMTPServer:
         self.action = action
         self.pipelining = pipelining
         self.dropAfter = dropAfter
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if phase == "body":
-            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.address = address
-        self.listener.bind((address, port or 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
+        self.threadName = f"fake-smtp-{phase}"
+        self._listen(address, port, receiveBuffer=4096 if phase == "body" else None)
         self.phasesReached = 0
         self.commands = []
         self.bodyBytes = 0
-        self._clients = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._threads = []
-        self._acceptor = threading.Thread(target=self._accept, name=f"fake-smtp-{phase}", daemon=True)
-
-    def start(self):
-        self._acceptor.start()
-        return self
-
-    def _accept(self):
-        while not self._stopping.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                self._clients.append(client)
-            thread = threading.Thread(target=self._session, args=(client,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
 
     def _reached(self, connection):
         with self._lock:
@@ -475,7 +511,7 @@ class FakeSMTPServer:
             self._stopping.wait()  # silence until stop() (or the client goes away: nothing more is read)
         return None
 
-    def _session(self, connection):
+    def _session(self, connection, number):
         connection.settimeout(1.0)
         buffer = b""
 
@@ -567,24 +603,6 @@ class FakeSMTPServer:
         except (EOFError, OSError):
             return None
 
-    def stop(self):
-        self._stopping.set()
-        self._acceptor.join(STOP_TIMEOUT)
-        with contextlib.suppress(OSError):
-            self.listener.close()
-        with self._lock:
-            clients = list(self._clients)
-        for client in clients:
-            with contextlib.suppress(OSError):
-                client.close()
-        for thread in self._threads:
-            thread.join(STOP_TIMEOUT)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 # -- a scripted SMTP/LMTP server -------------------------------------------------------------
@@ -601,7 +619,7 @@ class ScriptedSession:
         self.line = b""  # the command line being answered
 
 
-class ScriptedSMTPServer:
+class ScriptedSMTPServer(_ThreadedServer):
     """
     A threaded SMTP (or, with C{lmtp}, LMTP) server on 127.0.0.1:PORT whose
     replies come from C{script}: phase -> reply, for the phases "greeting",
@@ -617,6 +635,7 @@ class ScriptedSMTPServer:
     self.connections; self.bytesSent (of floods).
     """
 
+    threadName = "scripted-smtp"
     EHLO = (b"250-scripted.test\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n"
             b"250 SIZE 10240000\r\n")
 
@@ -624,41 +643,10 @@ class ScriptedSMTPServer:
         self.script = dict(script or {})
         self.lmtp = lmtp
         self.floodSeconds = floodSeconds
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
+        self._listen()
         self.commands = []
         self.messages = []
         self.bytesSent = 0
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._clients = []
-        self._threads = []
-        self._acceptor = threading.Thread(target=self._accept, name="scripted-smtp", daemon=True)
-
-    def start(self):
-        self._acceptor.start()
-        return self
-
-    def _accept(self):
-        while not self._stopping.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                number = self.connections
-                self._clients.append(client)
-            thread = threading.Thread(target=self._session, args=(client, ScriptedSession(number)), daemon=True)
-            self._threads.append(thread)
-            thread.start()
 
     def _default(self, phase, session):
         if phase == "greeting":
@@ -693,7 +681,8 @@ class ScriptedSMTPServer:
                 self.bytesSent += len(piece)
         raise EOFError  # after a flood the conversation is over
 
-    def _session(self, connection, session):
+    def _session(self, connection, number):
+        session = ScriptedSession(number)
         connection.settimeout(1.0)
         buffer = b""
 
@@ -761,24 +750,6 @@ class ScriptedSMTPServer:
         except (EOFError, OSError):
             return
 
-    def stop(self):
-        self._stopping.set()
-        self._acceptor.join(STOP_TIMEOUT)
-        with contextlib.suppress(OSError):
-            self.listener.close()
-        with self._lock:
-            clients = list(self._clients)
-        for client in clients:
-            with contextlib.suppress(OSError):
-                client.close()
-        for thread in self._threads:
-            thread.join(STOP_TIMEOUT)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 # -- Dovecot --------------------------------------------------------------------------
