@@ -147,6 +147,7 @@ CONFIGURATION
 """
 
 import ipaddress
+import re
 
 from twisted.logger import Logger
 
@@ -165,6 +166,33 @@ ADDRESS_HEADERS = frozenset(
 """Postfix's sender and recipient address headers (header_opts.c), lower case."""
 
 FOLD_LIMIT = 78
+
+
+# The fast path of AddressRewritingContext.header(): a header value made only of
+# plain, qualified addresses, comma-separated, each alone or as "Display Name
+# <address>", with no quotes, comments, groups, literals, escapes or non-ASCII.
+# The rules above change none of them (each has an "@", a dotted domain without
+# a trailing dot and a dot-atom local part, so it is written back as it was),
+# so the tokenizer is not run.  tests/unit/test_rewrite.py checks by property
+# that a value the fast path passes is one the full path leaves alone.
+_ATEXT = rb"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_PLAIN_ADDRESS = re.compile(
+    rb"[%s]+(?:\.[%s]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+" % (_ATEXT, _ATEXT))
+_PLAIN_ITEM = re.compile(
+    rb"[ \t\r\n]*(?:(?:[.%s]+[ \t\r\n]+)*<(?P<angle>[^<>@ \t\r\n]+@[^<> \t\r\n]+)>"
+    rb"|(?P<bare>[^<>, \t\r\n]+))[ \t\r\n]*" % _ATEXT)
+
+
+def _plainlyQualified(value):
+    """Whether the header value C{value} (bytes) holds only plain qualified addresses."""
+    for item in value.split(b","):
+        match = _PLAIN_ITEM.fullmatch(item)
+        if match is None:
+            return False
+        address = match.group("angle") or match.group("bare")
+        if _PLAIN_ADDRESS.fullmatch(address) is None:
+            return False
+    return True
 
 
 def _rewriteTokens(tokens, origin, domain):
@@ -290,7 +318,7 @@ class RewriteContext:
         its addresses rewritten; the very same object when nothing changes.
         """
         colon = header.find(b":")
-        if colon < 0:
+        if colon < 0 or _plainlyQualified(header[colon + 1:]):
             return header
         try:
             tokens = scan(header, colon + 1)

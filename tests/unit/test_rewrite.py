@@ -132,6 +132,28 @@ def test_theFastPathsOfTheTokenizerAgreeWithTheSlowOnes(monkeypatch):
     assert sum(result != "malformed" for result in fast) > 1000
 
 
+def test_theHeaderFastPathOnlyPassesWhatTheFullPathLeavesAlone(monkeypatch):
+    """header() skips the tokenizer for plain qualified addresses; the full path agrees."""
+    import random
+
+    from mta import rewrite
+
+    pieces = [b"a", b"bob", b"x.org", b"host", b"@", b"@x.org", b"@host", b".", b"..", b" ", b"\r\n\t", b",", b", ",
+              b"<", b">", b"Bob ", b"J. Smith ", b'"', b"(c)", b"\\", b"[1.2.3.4]", b":", b";", b"\xc3\xb6", b"-",
+              b"a@b.org", b"Bob <bob@x.org>", b"root", b"x@y.z.", b"+tag"]
+    rnd = random.Random(7)
+    samples = [b"".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 12))) for _ in range(20000)]
+    samples += [b"a@b.org", b"Bob Smith <bob@x.org>, c@d.example", b"Bob\r\n\t<bob@x.org>", b"J. R. <j@x.org>"]
+    contexts = [LOCAL, DOTTED, REMOTE]
+    passed = [value for value in samples if rewrite._plainlyQualified(b" " + value + b"\r\n")]
+    monkeypatch.setattr(rewrite, "_plainlyQualified", lambda value: False)
+    for value in passed:
+        header = b"To: " + value + b"\r\n"
+        for context in contexts:
+            assert context.header(header) == header, (value, context)
+    assert len(passed) > 100
+
+
 def test_tokenLimit():
     scan(b"a," * (TOKEN_LIMIT // 2))
     with pytest.raises(Malformed):
