@@ -67,8 +67,7 @@ class RequestDeadline:
             self._schedule()
         elif not clientsTurn and self._since is not None:
             self._charge()
-            self._since = None
-            self._cancel()
+            self._since = None  # the timer stays: when it fires early it is set again (_fire)
 
     def stop(self):
         self._since = None
@@ -81,11 +80,12 @@ class RequestDeadline:
             self._since = now
 
     def _schedule(self):
-        delay = max(0.0, self._budget)
-        if self._call is not None and self._call.active():
-            self._call.reset(delay)
-        else:
-            self._call = self._clock.callLater(delay, self._fire)
+        # The deadline only moves later while a session runs (a wait uses up
+        # budget at the clock's pace; a new request or content adds budget),
+        # so a timer that is already set can only fire early: _fire() then
+        # sets it again for what is left.  No reactor call per read or reply.
+        if self._call is None or not self._call.active():
+            self._call = self._clock.callLater(max(0.0, self._budget), self._fire)
 
     def _cancel(self):
         if self._call is not None and self._call.active():
@@ -94,6 +94,12 @@ class RequestDeadline:
 
     def _fire(self):
         self._call = None
+        if self._since is None:
+            return  # the server's turn: the next wait sets a timer again
+        left = self.remaining
+        if left > 0:
+            self._call = self._clock.callLater(left, self._fire)
+            return
         self._since = None
         self._budget = 0
         self._expired()

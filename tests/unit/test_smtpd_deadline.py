@@ -76,3 +76,51 @@ def test_aNewRequestStartsWithAFullBudget():
     deadline.stop()
     clock.advance(100)
     assert fired == []
+
+
+class CountingClock(Clock):
+    """A Clock that counts the calls scheduled, reset and cancelled."""
+
+    def __init__(self):
+        super().__init__()
+        self.scheduled = 0
+
+    def callLater(self, delay, f, *args, **kw):
+        self.scheduled += 1
+        return super().callLater(delay, f, *args, **kw)
+
+
+def test_oneTimerServesManyRequestsAndStillFiresOnTime():
+    clock = CountingClock()
+    fired = []
+    deadline = RequestDeadline(clock, 10, 500, lambda: fired.append(clock.seconds()))
+    for _ in range(1000):  # a busy session: a command, the server's work, the reply, the next one
+        deadline.start()
+        deadline.waiting(True)
+        clock.advance(0.001)
+        deadline.received(20)
+        deadline.waiting(False)
+        clock.advance(0.001)
+    assert fired == [] and clock.scheduled == 1  # no reactor call per read or reply
+    deadline.start()
+    deadline.waiting(True)
+    clock.advance(9.9)
+    assert fired == []
+    clock.advance(0.2)
+    assert fired == [pytest.approx(2 + 10.1, abs=0.01)]  # seen at the advance that passed it
+    assert clock.getDelayedCalls() == []
+
+
+def test_aTimerFiringWhileTheServerWorksDoesNothing():
+    clock, deadline, fired = make(timeout=10)
+    deadline.start()
+    deadline.waiting(True)
+    clock.advance(2)
+    deadline.waiting(False)
+    clock.advance(60)  # the timer set for t=10 fires during a slow lookup
+    assert fired == [] and clock.getDelayedCalls() == []
+    deadline.waiting(True)
+    clock.advance(7.9)
+    assert fired == []
+    clock.advance(0.2)
+    assert fired == [pytest.approx(70.1)]
