@@ -20,7 +20,6 @@ CONFIGURATION
     queue_directory.
 """
 
-import os
 
 from mta.queue.fileformat import CorruptQueueFile, readQueueFile
 from mta.queue.queueid import isValidQueueId
@@ -110,7 +109,7 @@ def describe(store, queue, queueId, now):
     entry = {"id": queueId, "queue": queue}
     try:
         queueFile = readQueueFile(path)
-        mtime = os.stat(path).st_mtime
+        mtime = store.fs.lstat(path).st_mtime  # through the seam; the file was opened O_NOFOLLOW
     except (CorruptQueueFile, OSError) as e:
         entry["error"] = str(e)
         return entry
