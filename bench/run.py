@@ -1,7 +1,8 @@
 """Side-by-side benchmarks of mta and a private Postfix, in one run.
 
     python bench/run.py accept [--messages N] [--sessions 20] [--size 2048]
-                               [--reuse | --no-reuse] [--json]
+                               [--reuse | --no-reuse] [--tls [--tls-key rsa|ecdsa]]
+                               [--rounds R] [--json]
     python bench/run.py relay  [same options]
 
 accept   Postfix's smtp-source sends N messages to mta, then to a private
@@ -12,10 +13,22 @@ relay    The same load, but each server relays everything to a local
          smtp-sink; the time runs from the start of smtp-source until the
          sink has received all N messages.
 
-Each run starts with a short warm-up (not timed).  The table gives
-messages, seconds and messages/s per server and the line
-``ratio mta/postfix = X.XX`` (above 1: mta is faster).  --json prints the
-figures as JSON instead.  Progress and diagnostics go to stderr.
+--tls     The same, over STARTTLS: bench/tlsload.py sends instead of
+         smtp-source (which has no TLS), one TLS handshake per message, or
+         per session with --reuse; both servers get smtpd_tls_security_level
+         = may and the same self-signed certificate, made at run time (RSA
+         2048, or ECDSA P-256 with --tls-key ecdsa), which the client
+         verifies.  A server that does not offer STARTTLS fails with a line
+         that says so.
+
+Both servers are started and warmed up first (untimed), then the timed runs
+alternate between them (mta, postfix, mta, postfix, ... for --rounds R).
+The table gives messages, seconds, messages/s and the server's CPU per
+message (utime+stime from /proc, the twistd process for mta, the master and
+all its descendants, reaped children included, for Postfix) per server, and
+the lines ``ratio mta/postfix = X.XX`` (above 1: mta is faster) and ``CPU
+per message mta/postfix``.  --json prints the figures as JSON instead.
+Progress and diagnostics go to stderr.
 
 Everything listens on and connects to 127.0.0.1 only, on free ports picked
 at run time.  Every process the harness starts is stopped at the end, on
@@ -51,6 +64,7 @@ from postfix_instance import (  # noqa: E402
     tail, waitForGreeting)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TLS_NAME = "bench-tls.example"  # the certificate's name; tlsload verifies it (--tls)
 SENDER = f"sender@{BENCH_DOMAIN}"
 RECIPIENT = f"rcpt@{BENCH_DOMAIN}"
 # mta queue directories that hold messages (hold too, should mta park mail there).
@@ -98,6 +112,9 @@ class Result:
     detail: str | None = None           # e.g. the last lines of mta's output
     notes: list[str] = dataclasses.field(default_factory=list)
     rounds: list[dict] = dataclasses.field(default_factory=list)  # every timed run
+    cpu_ms_per_message: float | None = None  # the server's CPU (utime+stime) per message, median
+    connections: int | None = None       # --tls: connections of the median run (handshakes)
+    tls: dict | None = None              # --tls: version and cipher the client saw
 
 
 # -- processes ----------------------------------------------------------------
@@ -121,6 +138,134 @@ def stopProcessGroup(proc: subprocess.Popen, grace: float = 15.0) -> None:
         proc.wait(5)
     except subprocess.TimeoutExpired:
         pass
+
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def treeCpuSeconds(root: int | None) -> float | None:
+    """utime+stime+cutime+cstime of process root and all its descendants (/proc), seconds.
+
+    cutime/cstime hold the CPU of children that have exited and been
+    reaped (a Postfix smtpd that ended after max_use), so a difference of
+    two readings counts every process of the tree that ran in between.
+    """
+    if root is None:
+        return None
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read().decode("latin-1")
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2:].split()
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    if root not in ticks:
+        return None
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total / CLOCK_TICK
+
+
+def makeCertificate(directory: Path, kind: str) -> tuple[Path, Path]:
+    """A self-signed certificate for TLS_NAME and its key (rsa 2048 or ecdsa P-256): (cert, key)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
+           else ec.generate_private_key(ec.SECP256R1()))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_NAME)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(TLS_NAME)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(mode=0o755, exist_ok=True)
+    certPath, keyPath = directory / f"{kind}-cert.pem", directory / f"{kind}-key.pem"
+    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(keyPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return certPath, keyPath
+
+
+def offersStarttls(port: int, timeout: float = 10.0) -> tuple[bool, str]:
+    """Does 127.0.0.1:port list STARTTLS in its EHLO reply?  (answer, the EHLO keywords)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        f = s.makefile("rb")
+
+        def reply():
+            lines = []
+            while True:
+                line = f.readline(4096).decode("latin-1").rstrip("\r\n")
+                lines.append(line)
+                if len(line) < 4 or line[3] != "-":
+                    return lines
+
+        reply()
+        s.sendall(b"EHLO bench-probe.example\r\n")
+        keywords = [l[4:].split()[0].upper() for l in reply()[1:] if len(l) > 4]
+        s.sendall(b"QUIT\r\n")
+        return "STARTTLS" in keywords, " ".join(keywords)
+
+
+def runTlsLoad(port: int, messages: int, sessions: int, size: int, reuse: bool,
+               timeout: float, cafile: Path, phase: str = "timed run") -> dict:
+    """Send messages over STARTTLS with bench/tlsload.py; its JSON result (seconds: wall time)."""
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "tlsload.py"), "--json",
+            "-m", str(messages), "-s", str(min(sessions, messages)), "-l", str(size),
+            "--cafile", str(cafile), "--servername", TLS_NAME]
+    if reuse:
+        argv.append("--reuse")
+    argv.append(f"127.0.0.1:{port}")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, errText = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stopProcessGroup(proc, grace=2)
+        raise BenchFailure(f"{phase}: tlsload did not finish {messages} messages "
+                           f"within {timeout:.0f}s") from None
+    except BaseException:
+        stopProcessGroup(proc, grace=2)
+        raise
+    try:
+        result = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        text = errText.decode("utf-8", "replace")
+        raise BenchFailure(f"{phase}: tlsload failed (rc={proc.returncode}): "
+                           f"{text.strip().splitlines()[-1] if text.strip() else 'no output'}") from None
+    if result["failed"] or result["ok"] != messages:
+        raise BenchFailure(f"{phase}: {result['failed']} of {messages} messages failed over TLS: "
+                           f"{result['errors'][0] if result['errors'] else '?'}",
+                           "\n".join(result["errors"]) or None)
+    return result
+
+
+def runLoad(server, messages: int, args, phase: str = "timed run") -> dict:
+    """The load of one run, smtp-source or (--tls) tlsload: {"seconds": wall time, ...}."""
+    if args.tls:
+        return runTlsLoad(server.port, messages, args.sessions, args.size, args.reuse,
+                          args.timeout, args.tls_files[0], phase)
+    return {"seconds": runSmtpSource(server.port, messages, args.sessions, args.size, args.reuse,
+                                     args.timeout, phase)}
 
 
 def runSmtpSource(port: int, messages: int, sessions: int, size: int, reuse: bool,
@@ -182,8 +327,9 @@ class MtaServer:
     name = "mta"
 
     def __init__(self, workdir: Path, port: int, relay_port: int | None,
-                 start_timeout: float, root: Path = REPO_ROOT):
+                 start_timeout: float, root: Path = REPO_ROOT, tls: tuple[Path, Path] | None = None):
         self.root = root
+        self.tls = tls
         self.workdir = workdir
         self.port = port
         self.relay_port = relay_port
@@ -204,6 +350,10 @@ class MtaServer:
             # The benchmark domain must not be local, or nothing is relayed.
             lines += ["mydestination = localhost",
                       f"relayhost = [127.0.0.1]:{self.relay_port}"]
+        if self.tls is not None:
+            # Postfix's names, as in the Postfix instance's main.cf.
+            lines += ["smtpd_tls_security_level = may", f"smtpd_tls_cert_file = {self.tls[0]}",
+                      f"smtpd_tls_key_file = {self.tls[1]}"]
         lines += ["", "[listener:smtp]",
                   f"endpoint = tcp:port={self.port}:interface=127.0.0.1", ""]
         ini = self.workdir / "mta.ini"
@@ -241,7 +391,8 @@ class MtaServer:
                                        alive=lambda: self.proc.poll() is None)
         except RuntimeError:
             rc = self.proc.poll()
-            raise BenchFailure(f"mta exited (rc={rc}) before answering SMTP: {self.lastLine()}",
+            hint = " (--tls: does this mta have server TLS, the smtpd_tls_* parameters?)" if self.tls else ""
+            raise BenchFailure(f"mta exited (rc={rc}) before answering SMTP: {self.lastLine()}{hint}",
                                self.logTail()) from None
         except TimeoutError as e:
             raise BenchFailure(f"mta does not answer SMTP: {e}", self.logTail()) from None
@@ -256,6 +407,10 @@ class MtaServer:
         return sum(countRegularFiles(self.spool / q) for q in MTA_QUEUES
                    if (self.spool / q).is_dir())
 
+    def cpuSeconds(self) -> float | None:
+        """CPU of the twistd process (and any children it has)."""
+        return treeCpuSeconds(self.proc.pid if self.proc else None)
+
 
 class PostfixServer:
     """The private Postfix instance, with the same start/stop/queueCount shape."""
@@ -263,7 +418,8 @@ class PostfixServer:
     name = "postfix"
 
     def __init__(self, workdir: Path, port: int, relay_port: int | None,
-                 start_timeout: float, keep: bool):
+                 start_timeout: float, keep: bool, tls: tuple[Path, Path] | None = None):
+        self.tls = tls
         self.workdir = workdir
         self.port = port
         self.relay_port = relay_port
@@ -274,7 +430,8 @@ class PostfixServer:
     def start(self) -> None:
         try:
             self.instance = PostfixInstance(self.port, self.relay_port, keep=self.keep,
-                                            parent_dir=str(self.workdir))
+                                            parent_dir=str(self.workdir),
+                                            tls=tuple(map(str, self.tls)) if self.tls else None)
             log(f"postfix: starting private instance on 127.0.0.1:{self.port}")
             self.instance.start(timeout=self.start_timeout)
         except PostfixError as e:
@@ -297,6 +454,10 @@ class PostfixServer:
 
     def postqueueCount(self) -> int:
         return self.instance.postqueueCount()
+
+    def cpuSeconds(self) -> float | None:
+        """CPU of the master and all its descendants (smtpd, cleanup, qmgr, tlsmgr, ...)."""
+        return treeCpuSeconds(self.instance.masterPid() if self.instance else None)
 
 
 class SmtpSink:
@@ -382,6 +543,11 @@ def _fail(result: Result, e: BenchFailure) -> None:
         log(f"{result.name}: its output (last lines):\n{e.detail}")
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]  # the lower median: a real round
+
+
 def _summarise(result: Result, rounds: list[dict], count_key: str) -> None:
     """Median round -> result figures; verified only if every round was."""
     ordered = sorted(rounds, key=lambda r: r["seconds"])
@@ -391,102 +557,158 @@ def _summarise(result: Result, rounds: list[dict], count_key: str) -> None:
     result.rate = result.messages / median["seconds"]
     setattr(result, count_key, median["count"])
     result.accept_seconds = median.get("accept_seconds")
+    result.connections = median.get("connections")
+    cpu = [r["cpu_ms_per_message"] for r in rounds if r.get("cpu_ms_per_message") is not None]
+    result.cpu_ms_per_message = _median(cpu) if len(cpu) == len(rounds) else None
     result.verified = all(r["count"] == result.messages for r in rounds)
     result.ok = True
 
 
-def benchAccept(server, args) -> Result:
-    """Warm up, then time args.rounds runs of N messages; verify the queue."""
-    result = Result(server.name, args.messages)
-    rounds = []
-    try:
-        server.start()
-        log(f"{server.name}: warm-up, {args.warmup} messages")
-        runSmtpSource(server.port, args.warmup, args.sessions, args.size, args.reuse,
-                      args.timeout, "warm-up")
-        for i in range(args.rounds):
-            before = stableCount(server.queueCount)
-            log(f"{server.name}: {before} messages in the queue; timed run "
-                f"{i + 1}/{args.rounds}, {args.messages} messages")
-            os.sync()  # start every timed run with no dirty data of anyone
-            seconds = runSmtpSource(server.port, args.messages, args.sessions, args.size,
-                                    args.reuse, args.timeout)
-            # Every 250 came after the queue file was committed, so the count
-            # is normally complete at once; allow a little time for renames.
-            deadline = time.monotonic() + 10
-            queued = stableCount(server.queueCount) - before
-            while queued < args.messages and time.monotonic() < deadline:
-                time.sleep(0.2)
-                queued = stableCount(server.queueCount) - before
-            if queued != args.messages:
-                result.notes.append(f"run {i + 1}: expected {args.messages} new messages "
-                                    f"in the queue, found {queued}")
-            if isinstance(server, PostfixServer):
-                pq = server.postqueueCount()
-                if pq != before + queued:
-                    result.notes.append(f"run {i + 1}: postqueue -p counts {pq}, "
-                                        f"the queue directories {before + queued}")
-                    queued = -1
-            rounds.append({"seconds": seconds, "rate": args.messages / seconds, "count": queued})
-            log(f"{server.name}: {args.messages} messages in {seconds:.3f}s, "
-                f"{args.messages / seconds:.1f}/s, {queued} new in the queue")
-        _summarise(result, rounds, "queued")
-    except BenchFailure as e:
-        _fail(result, e)
-    finally:
-        server.stop()
-    return result
+class Entry:
+    """One server under test in a run: the server, its sink (relay), result and rounds."""
+
+    def __init__(self, server, sink, messages: int):
+        self.server, self.sink = server, sink
+        self.result = Result(server.name, messages)
+        self.rounds: list[dict] = []
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self.sink is not None:
+            self.sink.stop()
 
 
-def benchRelay(server, sink: SmtpSink, args) -> Result:
-    """Warm up, then time args.rounds runs of N messages through to the sink."""
-    result = Result(server.name, args.messages)
-    rounds = []
-    try:
-        sink.start()
-        server.start()
-        log(f"{server.name}: warm-up, {args.warmup} messages")
-        runSmtpSource(server.port, args.warmup, args.sessions, args.size, args.reuse,
-                      args.timeout, "warm-up")
-        got = sink.waitFor(args.warmup, args.drain_timeout, args.stall_timeout)
+def prepare(entry: Entry, args) -> None:
+    """Start the server (and its sink), check STARTTLS (--tls), run the untimed warm-up."""
+    server = entry.server
+    if entry.sink is not None:
+        entry.sink.start()
+    server.start()
+    if args.tls:
+        try:
+            offered, keywords = offersStarttls(server.port)
+        except OSError as e:
+            raise BenchFailure(f"{server.name}: EHLO probe failed: {e}") from None
+        if not offered:
+            raise BenchFailure(f"{server.name} does not offer STARTTLS (EHLO: {keywords}); "
+                               f"--tls needs its server TLS with smtpd_tls_security_level = may")
+    log(f"{server.name}: warm-up, {args.warmup} messages")
+    warm = runLoad(server, args.warmup, args, "warm-up")
+    if warm.get("tls"):
+        entry.result.tls = warm["tls"]
+    if entry.sink is not None:
+        got = entry.sink.waitFor(args.warmup, args.drain_timeout, args.stall_timeout)
         if got < args.warmup:
             raise BenchFailure(f"{server.name} accepted {args.warmup} warm-up messages but relayed "
                                f"{got} to the sink (nothing new for {args.stall_timeout:.0f}s, "
                                f"or over {args.drain_timeout:.0f}s)")
+
+
+def _cpuPerMessage(before, after, messages):
+    if before is None or after is None:
+        return None
+    return (after - before) * 1000.0 / messages
+
+
+def acceptRound(entry: Entry, args, i: int) -> dict:
+    server, result = entry.server, entry.result
+    before = stableCount(server.queueCount)
+    log(f"{server.name}: {before} messages in the queue; timed run "
+        f"{i + 1}/{args.rounds}, {args.messages} messages")
+    os.sync()  # start every timed run with no dirty data of anyone
+    cpu0 = server.cpuSeconds()
+    load = runLoad(server, args.messages, args)
+    seconds = load["seconds"]
+    # Every 250 came after the queue file was committed, so the count
+    # is normally complete at once; allow a little time for renames.
+    deadline = time.monotonic() + 10
+    queued = stableCount(server.queueCount) - before
+    while queued < args.messages and time.monotonic() < deadline:
+        time.sleep(0.2)
+        queued = stableCount(server.queueCount) - before
+    cpu = _cpuPerMessage(cpu0, server.cpuSeconds(), args.messages)
+    if queued != args.messages:
+        result.notes.append(f"run {i + 1}: expected {args.messages} new messages "
+                            f"in the queue, found {queued}")
+    if isinstance(server, PostfixServer):
+        pq = server.postqueueCount()
+        if pq != before + queued:
+            result.notes.append(f"run {i + 1}: postqueue -p counts {pq}, "
+                                f"the queue directories {before + queued}")
+            queued = -1
+    cpuText = f", CPU {cpu:.2f} ms/message" if cpu is not None else ""
+    log(f"{server.name}: {args.messages} messages in {seconds:.3f}s, "
+        f"{args.messages / seconds:.1f}/s, {queued} new in the queue{cpuText}")
+    return {"seconds": seconds, "rate": args.messages / seconds, "count": queued,
+            "cpu_ms_per_message": cpu, "connections": load.get("connections")}
+
+
+def relayRound(entry: Entry, args, i: int) -> dict:
+    server, sink, result = entry.server, entry.sink, entry.result
+    base = sink.count
+    log(f"{server.name}: timed run {i + 1}/{args.rounds}, {args.messages} messages")
+    os.sync()
+    cpu0 = server.cpuSeconds()
+    t0 = time.monotonic()
+    load = runLoad(server, args.messages, args)
+    accept = load["seconds"]
+    got = sink.waitFor(base + args.messages, args.drain_timeout, args.stall_timeout)
+    seconds = time.monotonic() - t0
+    cpu = _cpuPerMessage(cpu0, server.cpuSeconds(), args.messages)
+    delivered = got - base
+    if delivered < args.messages:
+        raise BenchFailure(f"{server.name} relayed {delivered} of {args.messages} "
+                           f"messages to the sink (no progress for "
+                           f"{args.stall_timeout:.0f}s, or over {args.drain_timeout:.0f}s)")
+    time.sleep(0.2)  # a duplicate delivery would show up now
+    if sink.count - base != args.messages:
+        delivered = sink.count - base
+        result.notes.append(f"run {i + 1}: the sink received {delivered} messages, "
+                            f"expected {args.messages}")
+    cpuText = f", CPU {cpu:.2f} ms/message" if cpu is not None else ""
+    log(f"{server.name}: {args.messages} messages relayed in {seconds:.3f}s "
+        f"({args.messages / seconds:.1f}/s; the client done after {accept:.3f}s{cpuText})")
+    return {"seconds": seconds, "rate": args.messages / seconds, "count": delivered,
+            "accept_seconds": accept, "cpu_ms_per_message": cpu, "connections": load.get("connections")}
+
+
+def benchmark(entries: list[Entry], args) -> dict[str, Result]:
+    """Start and warm up every server, then alternate them over args.rounds timed runs.
+
+    All servers run for the whole benchmark (each on its own port, idle
+    while another is measured), so that round i of one and round i of the
+    other are close in time and drift of the machine hits both alike.
+    """
+    timed = acceptRound if args.command == "accept" else relayRound
+    live = []
+    try:
+        for entry in entries:
+            try:
+                prepare(entry, args)
+                live.append(entry)
+            except BenchFailure as e:
+                _fail(entry.result, e)
+                entry.stop()
         for i in range(args.rounds):
-            base = sink.count
-            log(f"{server.name}: timed run {i + 1}/{args.rounds}, {args.messages} messages")
-            os.sync()
-            t0 = time.monotonic()
-            accept = runSmtpSource(server.port, args.messages, args.sessions, args.size,
-                                   args.reuse, args.timeout)
-            got = sink.waitFor(base + args.messages, args.drain_timeout, args.stall_timeout)
-            seconds = time.monotonic() - t0
-            delivered = got - base
-            if delivered < args.messages:
-                raise BenchFailure(f"{server.name} relayed {delivered} of {args.messages} "
-                                   f"messages to the sink (no progress for "
-                                   f"{args.stall_timeout:.0f}s, or over {args.drain_timeout:.0f}s)")
-            time.sleep(0.2)  # a duplicate delivery would show up now
-            if sink.count - base != args.messages:
-                delivered = sink.count - base
-                result.notes.append(f"run {i + 1}: the sink received {delivered} messages, "
-                                    f"expected {args.messages}")
-            rounds.append({"seconds": seconds, "rate": args.messages / seconds,
-                           "count": delivered, "accept_seconds": accept})
-            log(f"{server.name}: {args.messages} messages relayed in {seconds:.3f}s "
-                f"({args.messages / seconds:.1f}/s; smtp-source done after {accept:.3f}s)")
-        _summarise(result, rounds, "delivered")
-        if server.name == "mta":
-            reuse = connectionReuse(server.logfile)
-            if reuse:
-                result.notes.append(reuse)
-    except BenchFailure as e:
-        _fail(result, e)
+            for entry in list(live):
+                try:
+                    entry.rounds.append(timed(entry, args, i))
+                except BenchFailure as e:
+                    _fail(entry.result, e)
+                    entry.stop()
+                    live.remove(entry)
+        for entry in live:
+            _summarise(entry.result, entry.rounds, "queued" if args.command == "accept" else "delivered")
     finally:
-        server.stop()
-        sink.stop()
-    return result
+        for entry in entries:
+            entry.stop()
+    if args.command == "relay":
+        for entry in live:
+            if entry.server.name == "mta":
+                reuse = connectionReuse(entry.server.logfile)
+                if reuse:
+                    entry.result.notes.append(reuse)
+    return {entry.result.name: entry.result for entry in entries}
 
 
 def connectionReuse(logfile: Path) -> str | None:
@@ -513,10 +735,22 @@ def ratio(results: dict[str, Result]) -> float | None:
     return None
 
 
+def cpuRatio(results: dict[str, Result]) -> float | None:
+    mta, pf = results.get("mta"), results.get("postfix")
+    if mta and pf and mta.ok and pf.ok and mta.cpu_ms_per_message and pf.cpu_ms_per_message:
+        return mta.cpu_ms_per_message / pf.cpu_ms_per_message
+    return None
+
+
 def describe(args) -> str:
-    how = "connections reused (-d)" if args.reuse else "one connection per message"
+    if args.tls:
+        how = ("STARTTLS, connections reused (one handshake per session)" if args.reuse
+               else "STARTTLS, one connection and one TLS handshake per message")
+        how += f", {'RSA 2048' if args.tls_key == 'rsa' else 'ECDSA P-256'} certificate, bench/tlsload.py"
+    else:
+        how = "connections reused (-d)" if args.reuse else "one connection per message"
     what = "accepted and queued" if args.command == "accept" else "relayed to smtp-sink"
-    rounds = f", median of {args.rounds} timed runs" if args.rounds > 1 else ""
+    rounds = f", median of {args.rounds} alternating timed runs" if args.rounds > 1 else ""
     return (f"{args.command}: {args.messages} messages of {args.size} bytes {what}, "
             f"{args.sessions} parallel sessions, {how}{rounds}")
 
@@ -524,23 +758,34 @@ def describe(args) -> str:
 def printTable(args, results: dict[str, Result]) -> None:
     count = "queued" if args.command == "accept" else "delivered"
     print(describe(args))
-    print(f"{'':10}{'messages':>10}{'seconds':>10}{'messages/s':>12}{count:>11}")
+    print(f"{'':10}{'messages':>10}{'seconds':>10}{'messages/s':>12}{count:>11}{'CPU ms/msg':>12}")
     for r in results.values():
         if not r.ok:
             first, *rest = (r.error or "failed").splitlines()
-            print(f"{r.name:10}{'-':>10}{'-':>10}{'-':>12}{'-':>11}  FAILED: {first}")
+            print(f"{r.name:10}{'-':>10}{'-':>10}{'-':>12}{'-':>11}{'-':>12}  FAILED: {first}")
             for line in rest:
                 print(f"{'':12}{line}")
             continue
         n = r.queued if args.command == "accept" else r.delivered
         mark = "ok" if r.verified else "NOT VERIFIED"
-        print(f"{r.name:10}{r.messages:>10}{r.seconds:>10.3f}{r.rate:>12.1f}{n:>11}  {mark}")
+        cpu = f"{r.cpu_ms_per_message:.2f}" if r.cpu_ms_per_message is not None else "n/a"
+        print(f"{r.name:10}{r.messages:>10}{r.seconds:>10.3f}{r.rate:>12.1f}{n:>11}{cpu:>12}  {mark}")
         if len(r.rounds) > 1:
             print(f"{'':12}messages/s per run: " + " ".join(f"{x['rate']:.1f}" for x in r.rounds))
+            if all(x.get("cpu_ms_per_message") is not None for x in r.rounds):
+                print(f"{'':12}CPU ms/message per run: "
+                      + " ".join(f"{x['cpu_ms_per_message']:.2f}" for x in r.rounds))
+        if r.tls:
+            per = (f"{r.connections} connections (handshakes) for {r.messages} messages"
+                   if r.connections is not None else "")
+            print(f"{'':12}{r.tls['version']} {r.tls['cipher']}{'; ' + per if per else ''}")
         for note in r.notes:
             print(f"{'':12}{note}")
     x = ratio(results)
     print(f"ratio mta/postfix = {x:.2f}" if x is not None else "ratio mta/postfix = n/a")
+    c = cpuRatio(results)
+    if c is not None:
+        print(f"CPU per message mta/postfix = {c:.2f}")
 
 
 def printJson(args, results: dict[str, Result]) -> None:
@@ -553,7 +798,9 @@ def printJson(args, results: dict[str, Result]) -> None:
         "warmup": args.warmup,
         "rounds": args.rounds,
         "results": {name: dataclasses.asdict(r) for name, r in results.items()},
+        "tls": args.tls_key if args.tls else None,
         "ratio": ratio(results),
+        "cpu_ratio": cpuRatio(results),
     }
     print(json.dumps(doc, indent=2))
 
@@ -573,12 +820,18 @@ def parseArgs(argv):
         s.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=False,
                        help="send many messages per connection (smtp-source -d); "
                             "default: a new connection per message")
+        s.add_argument("--tls", action="store_true",
+                       help="send over STARTTLS with bench/tlsload.py (both servers: "
+                            "smtpd_tls_security_level = may, the same certificate made at run time)")
+        s.add_argument("--tls-key", choices=("rsa", "ecdsa"), default="rsa",
+                       help="--tls: the certificate's key, RSA 2048 or ECDSA P-256 (default rsa)")
         s.add_argument("--rounds", type=int, default=1,
-                       help="timed runs per server; the table shows the median (default 1)")
+                       help="timed runs per server, alternating between the servers; "
+                            "the table shows the median (default 1)")
         s.add_argument("--warmup", type=int, default=None,
                        help="untimed warm-up messages (default: N/10, 20..200)")
         s.add_argument("--timeout", type=float, default=600.0,
-                       help="time limit of one smtp-source run, seconds (default 600)")
+                       help="time limit of one smtp-source or tlsload run, seconds (default 600)")
         s.add_argument("--start-timeout", type=float, default=30.0,
                        help="time a server gets to answer SMTP after start (default 30)")
         s.add_argument("--drain-timeout", type=float, default=300.0,
@@ -615,7 +868,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     try:
-        findProgram("smtp-source")
+        if not args.tls:
+            findProgram("smtp-source")
         if args.command == "relay":
             findProgram("smtp-sink")
     except PostfixError as e:
@@ -626,9 +880,12 @@ def main(argv=None) -> int:
     results: dict[str, Result] = {}
     log(f"{describe(args)}; work directory {rundir}")
     try:
+        args.tls_files = makeCertificate(rundir / "tls", args.tls_key) if args.tls else None
         names = [n for n, skip in (("mta", args.skip_mta), ("postfix", args.skip_postfix)) if not skip]
-        for name in names:
-            port, relay_port = freePorts(2)
+        ports = freePorts(2 * len(names))  # distinct: the servers run side by side
+        entries = []
+        for i, name in enumerate(names):
+            port, relay_port = ports[2 * i], ports[2 * i + 1]
             sink = None
             if args.command == "relay":
                 sink = SmtpSink(relay_port, args.start_timeout)
@@ -636,13 +893,12 @@ def main(argv=None) -> int:
                 relay_port = None
             if name == "mta":
                 server = MtaServer(rundir / "mta", port, relay_port, args.start_timeout,
-                                   args.mta_root.resolve())
+                                   args.mta_root.resolve(), tls=args.tls_files)
             else:
-                server = PostfixServer(rundir, port, relay_port, args.start_timeout, args.keep)
-            if args.command == "accept":
-                results[name] = benchAccept(server, args)
-            else:
-                results[name] = benchRelay(server, sink, args)
+                server = PostfixServer(rundir, port, relay_port, args.start_timeout, args.keep,
+                                       tls=args.tls_files)
+            entries.append(Entry(server, sink, args.messages))
+        results = benchmark(entries, args)
     except KeyboardInterrupt:
         log("interrupted; everything started has been stopped")
         return 130
