@@ -42,8 +42,6 @@ something failed (the table says what), 2 on a usage error, 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import re
 import shutil
@@ -59,14 +57,14 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # no __pycache__ left in bench/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from loads import (  # noqa: E402
+    BenchFailure, makeCertificate, offersStarttls, runLoad, stopProcessGroup, treeCpuSeconds)
 from postfix_instance import (  # noqa: E402
     BENCH_DOMAIN, PostfixError, PostfixInstance, countRegularFiles, findProgram,
     tail, waitForGreeting)
+from report import Result, describe, printJson, printTable  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TLS_NAME = "bench-tls.example"  # the certificate's name; tlsload verifies it (--tls)
-SENDER = f"sender@{BENCH_DOMAIN}"
-RECIPIENT = f"rcpt@{BENCH_DOMAIN}"
 # mta queue directories that hold messages (hold too, should mta park mail there).
 MTA_QUEUES = ("incoming", "active", "deferred", "hold")
 
@@ -87,220 +85,6 @@ def freePorts(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-class BenchFailure(Exception):
-    """One server's run failed: a one-line reason for the table, and detail."""
-
-    def __init__(self, message: str, detail: str | None = None):
-        super().__init__(message)
-        self.detail = detail
-
-
-@dataclasses.dataclass
-class Result:
-    name: str
-    messages: int
-    ok: bool = False
-    seconds: float | None = None
-    rate: float | None = None
-    queued: int | None = None          # accept: new messages found in the queue
-    delivered: int | None = None       # relay: messages the sink received
-    accept_seconds: float | None = None  # relay: time until smtp-source finished
-    verified: bool = False
-    error: str | None = None
-    detail: str | None = None           # e.g. the last lines of mta's output
-    notes: list[str] = dataclasses.field(default_factory=list)
-    rounds: list[dict] = dataclasses.field(default_factory=list)  # every timed run
-    cpu_ms_per_message: float | None = None  # the server's CPU (utime+stime) per message, median
-    connections: int | None = None       # --tls: connections of the median run (handshakes)
-    tls: dict | None = None              # --tls: version and cipher the client saw
-
-
-# -- processes ----------------------------------------------------------------
-
-def stopProcessGroup(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """Stop a child started with start_new_session=True, and its group."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:  # stragglers in the group (or the child itself, if it ignored TERM)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def treeCpuSeconds(root: int | None) -> float | None:
-    """utime+stime+cutime+cstime of process root and all its descendants (/proc), seconds.
-
-    cutime/cstime hold the CPU of children that have exited and been
-    reaped (a Postfix smtpd that ended after max_use), so a difference of
-    two readings counts every process of the tree that ran in between.
-    """
-    if root is None:
-        return None
-    children: dict[int, list[int]] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read().decode("latin-1")
-        except OSError:
-            continue
-        fields = data[data.rindex(")") + 2:].split()
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)
-        ticks[pid] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    if root not in ticks:
-        return None
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += ticks.get(pid, 0)
-        todo.extend(children.get(pid, ()))
-    return total / CLOCK_TICK
-
-
-def makeCertificate(directory: Path, kind: str) -> tuple[Path, Path]:
-    """A self-signed certificate for TLS_NAME and its key (rsa 2048 or ecdsa P-256): (cert, key)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import NameOID
-
-    key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "rsa"
-           else ec.generate_private_key(ec.SECP256R1()))
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_NAME)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(TLS_NAME)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    directory.mkdir(mode=0o755, exist_ok=True)
-    certPath, keyPath = directory / f"{kind}-cert.pem", directory / f"{kind}-key.pem"
-    certPath.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(keyPath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return certPath, keyPath
-
-
-def offersStarttls(port: int, timeout: float = 10.0) -> tuple[bool, str]:
-    """Does 127.0.0.1:port list STARTTLS in its EHLO reply?  (answer, the EHLO keywords)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        f = s.makefile("rb")
-
-        def reply():
-            lines = []
-            while True:
-                line = f.readline(4096).decode("latin-1").rstrip("\r\n")
-                lines.append(line)
-                if len(line) < 4 or line[3] != "-":
-                    return lines
-
-        reply()
-        s.sendall(b"EHLO bench-probe.example\r\n")
-        keywords = [l[4:].split()[0].upper() for l in reply()[1:] if len(l) > 4]
-        s.sendall(b"QUIT\r\n")
-        return "STARTTLS" in keywords, " ".join(keywords)
-
-
-def runTlsLoad(port: int, messages: int, sessions: int, size: int, reuse: bool,
-               timeout: float, cafile: Path, phase: str = "timed run") -> dict:
-    """Send messages over STARTTLS with bench/tlsload.py; its JSON result (seconds: wall time)."""
-    argv = [sys.executable, str(Path(__file__).resolve().parent / "tlsload.py"), "--json",
-            "-m", str(messages), "-s", str(min(sessions, messages)), "-l", str(size),
-            "--cafile", str(cafile), "--servername", TLS_NAME]
-    if reuse:
-        argv.append("--reuse")
-    argv.append(f"127.0.0.1:{port}")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, errText = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stopProcessGroup(proc, grace=2)
-        raise BenchFailure(f"{phase}: tlsload did not finish {messages} messages "
-                           f"within {timeout:.0f}s") from None
-    except BaseException:
-        stopProcessGroup(proc, grace=2)
-        raise
-    try:
-        result = json.loads(out.decode("utf-8", "replace").strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        text = errText.decode("utf-8", "replace")
-        raise BenchFailure(f"{phase}: tlsload failed (rc={proc.returncode}): "
-                           f"{text.strip().splitlines()[-1] if text.strip() else 'no output'}") from None
-    if result["failed"] or result["ok"] != messages:
-        raise BenchFailure(f"{phase}: {result['failed']} of {messages} messages failed over TLS: "
-                           f"{result['errors'][0] if result['errors'] else '?'}",
-                           "\n".join(result["errors"]) or None)
-    return result
-
-
-def runLoad(server, messages: int, args, phase: str = "timed run") -> dict:
-    """The load of one run, smtp-source or (--tls) tlsload: {"seconds": wall time, ...}."""
-    if args.tls:
-        return runTlsLoad(server.port, messages, args.sessions, args.size, args.reuse,
-                          args.timeout, args.tls_files[0], phase)
-    return {"seconds": runSmtpSource(server.port, messages, args.sessions, args.size, args.reuse,
-                                     args.timeout, phase)}
-
-
-def runSmtpSource(port: int, messages: int, sessions: int, size: int, reuse: bool,
-                  timeout: float, phase: str = "timed run") -> float:
-    """Send messages with smtp-source; return its wall time in seconds.
-
-    smtp-source's -m is the total over all sessions.  By default it opens a
-    new connection for every message (MAIL/RCPT/DATA/QUIT); -d keeps the
-    connection and sends the next message over it.
-    """
-    argv = [findProgram("smtp-source"),
-            "-s", str(min(sessions, messages)), "-m", str(messages), "-l", str(size),
-            "-f", SENDER, "-t", RECIPIENT, "-M", "bench-client.example"]
-    if reuse:
-        argv.append("-d")
-    argv.append(f"127.0.0.1:{port}")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stopProcessGroup(proc, grace=2)
-        raise BenchFailure(f"{phase}: smtp-source did not finish {messages} messages "
-                           f"within {timeout:.0f}s") from None
-    except BaseException:
-        stopProcessGroup(proc, grace=2)
-        raise
-    seconds = time.monotonic() - t0
-    if proc.returncode != 0:
-        text = out.decode("utf-8", "replace")
-        lines = [l for l in text.splitlines() if l.strip()]
-        raise BenchFailure(f"{phase}: smtp-source failed (rc={proc.returncode}): "
-                           f"{lines[-1] if lines else 'no output'}", tail(text, 10) or None)
-    return seconds
 
 
 def stableCount(count, timeout: float = 5.0) -> int:
@@ -724,85 +508,6 @@ def connectionReuse(logfile: Path) -> str | None:
     connections = sent - reused
     return (f"connection reuse: {sent} deliveries over {connections} connections "
             f"({sent / max(connections, 1):.1f} messages per connection, warm-up included)")
-
-
-# -- output ---------------------------------------------------------------------
-
-def ratio(results: dict[str, Result]) -> float | None:
-    mta, pf = results.get("mta"), results.get("postfix")
-    if mta and pf and mta.ok and pf.ok and mta.rate and pf.rate:
-        return mta.rate / pf.rate
-    return None
-
-
-def cpuRatio(results: dict[str, Result]) -> float | None:
-    mta, pf = results.get("mta"), results.get("postfix")
-    if mta and pf and mta.ok and pf.ok and mta.cpu_ms_per_message and pf.cpu_ms_per_message:
-        return mta.cpu_ms_per_message / pf.cpu_ms_per_message
-    return None
-
-
-def describe(args) -> str:
-    if args.tls:
-        how = ("STARTTLS, connections reused (one handshake per session)" if args.reuse
-               else "STARTTLS, one connection and one TLS handshake per message")
-        how += f", {'RSA 2048' if args.tls_key == 'rsa' else 'ECDSA P-256'} certificate, bench/tlsload.py"
-    else:
-        how = "connections reused (-d)" if args.reuse else "one connection per message"
-    what = "accepted and queued" if args.command == "accept" else "relayed to smtp-sink"
-    rounds = f", median of {args.rounds} alternating timed runs" if args.rounds > 1 else ""
-    return (f"{args.command}: {args.messages} messages of {args.size} bytes {what}, "
-            f"{args.sessions} parallel sessions, {how}{rounds}")
-
-
-def printTable(args, results: dict[str, Result]) -> None:
-    count = "queued" if args.command == "accept" else "delivered"
-    print(describe(args))
-    print(f"{'':10}{'messages':>10}{'seconds':>10}{'messages/s':>12}{count:>11}{'CPU ms/msg':>12}")
-    for r in results.values():
-        if not r.ok:
-            first, *rest = (r.error or "failed").splitlines()
-            print(f"{r.name:10}{'-':>10}{'-':>10}{'-':>12}{'-':>11}{'-':>12}  FAILED: {first}")
-            for line in rest:
-                print(f"{'':12}{line}")
-            continue
-        n = r.queued if args.command == "accept" else r.delivered
-        mark = "ok" if r.verified else "NOT VERIFIED"
-        cpu = f"{r.cpu_ms_per_message:.2f}" if r.cpu_ms_per_message is not None else "n/a"
-        print(f"{r.name:10}{r.messages:>10}{r.seconds:>10.3f}{r.rate:>12.1f}{n:>11}{cpu:>12}  {mark}")
-        if len(r.rounds) > 1:
-            print(f"{'':12}messages/s per run: " + " ".join(f"{x['rate']:.1f}" for x in r.rounds))
-            if all(x.get("cpu_ms_per_message") is not None for x in r.rounds):
-                print(f"{'':12}CPU ms/message per run: "
-                      + " ".join(f"{x['cpu_ms_per_message']:.2f}" for x in r.rounds))
-        if r.tls:
-            per = (f"{r.connections} connections (handshakes) for {r.messages} messages"
-                   if r.connections is not None else "")
-            print(f"{'':12}{r.tls['version']} {r.tls['cipher']}{'; ' + per if per else ''}")
-        for note in r.notes:
-            print(f"{'':12}{note}")
-    x = ratio(results)
-    print(f"ratio mta/postfix = {x:.2f}" if x is not None else "ratio mta/postfix = n/a")
-    c = cpuRatio(results)
-    if c is not None:
-        print(f"CPU per message mta/postfix = {c:.2f}")
-
-
-def printJson(args, results: dict[str, Result]) -> None:
-    doc = {
-        "benchmark": args.command,
-        "messages": args.messages,
-        "sessions": args.sessions,
-        "size": args.size,
-        "reuse": args.reuse,
-        "warmup": args.warmup,
-        "rounds": args.rounds,
-        "results": {name: dataclasses.asdict(r) for name, r in results.items()},
-        "tls": args.tls_key if args.tls else None,
-        "ratio": ratio(results),
-        "cpu_ratio": cpuRatio(results),
-    }
-    print(json.dumps(doc, indent=2))
 
 
 # -- main -------------------------------------------------------------------------
