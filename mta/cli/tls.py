@@ -57,9 +57,12 @@ CONFIGURATION
     (the hint to set it to may when it is not).  The configuration is found
     as every program finds it (mta.config.findConfig).  Until the tls
     branch's TlsSettings lands in mta.config.settings, the five TLS
-    parameters (TLS_PARAMETERS) are read by tlsParameter() below, from the
-    loaded [main] when the schema declares them, else from the file's own
-    [main] lines, which the loader is not shown (it would call them unknown).
+    parameters (TLS_PARAMETERS) are read by TlsConfig.tlsParameter(), a tiny
+    accessor: from the file's own [main] lines (with $name expansion), which
+    the loader is not shown (without the schema's declarations it would
+    call them unknown; with them, a check that the files exist would stop
+    new-server-key from creating them), else the schema's default once it
+    declares them.  The rest of the file is loaded and checked as always.
     Relative file names are taken from the working directory.
 
 DEVIATIONS
@@ -152,17 +155,16 @@ class TlsConfig:
     def tlsParameter(self, name):
         """
         The expanded value of TLS parameter C{name} in [main] ("" when not
-        set).  A tiny accessor until the tls branch's TlsSettings lands: then
-        the schema declares the parameters and this reads the loaded [main];
-        until then, the file's own line.
+        set): the file's own line, else the schema's default once the schema
+        declares the parameter.  A tiny accessor until the tls branch's
+        TlsSettings lands (see CONFIGURATION).
         """
         try:
+            if name in self.pending:
+                return Scope(tuple(self.pending.values()), parent=self.config.main).expanded(name).strip()
             if parameter(name) is not None:
                 return self.config.main.expanded(name).strip()
-            entry = self.pending.get(name)
-            if entry is None:
-                return ""
-            return Scope([entry], parent=self.config.main).expanded(name).strip()
+            return ""
         except ValueError as e:
             where = self.pending[name].location if name in self.pending else self.config.main.where(name)
             raise ConfigError(f"{where}: {e}") from None
@@ -182,13 +184,18 @@ class TlsConfig:
 
 
 def loadTlsConfig(explicit):
-    """loadConfig(C{explicit}), tolerant of TLS_PARAMETERS that the schema does not declare yet."""
+    """
+    loadConfig(C{explicit}), with the lines that set TLS_PARAMETERS kept
+    from the loader (they are read by TlsConfig.tlsParameter instead): the
+    schema may not declare them yet, and a check at load that the key and
+    certificate files exist must not stop the command that creates them.
+    """
     found = findConfig(explicit)
     if found.path is None or not os.path.isfile(found.path):
         return TlsConfig(loadConfig(explicit), {})  # the embedded defaults, or loadConfig's own error
     sections = readIni(found.path)
     unknown = [(section, entry) for section in sections for entry in section.entries
-               if entry.key in TLS_PARAMETERS and parameter(entry.key) is None]
+               if entry.key in TLS_PARAMETERS]
     if not unknown:
         return TlsConfig(loadConfig(explicit), {})
     with open(found.path, encoding="utf-8-sig") as f:
