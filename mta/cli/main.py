@@ -29,6 +29,9 @@ DESCRIPTION
                 mta: stopping the mta mail system
 
     flush   mta-queue flush (postqueue -f).
+    tls     postfix tls: server keys, self-signed certificates and DANE
+            TLSA records (new-server-key, new-server-cert,
+            output-server-tlsa); see mta.cli.tls.
 
     Results go to stdout, errors to stderr, one line each; never a
     traceback.  The control-channel client is mta-queue's (mta.cli.queue.client).
