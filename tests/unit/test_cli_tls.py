@@ -213,3 +213,22 @@ def test_usageErrors(tmp_path, capsys):
     assert mta(capsys, "tls")[0] == 2
     code, out, err = mta(capsys, "tls", "new-server-key", "-a", "dsa")
     assert code == 2 and "invalid choice: 'dsa'" in err
+
+
+def test_newServerCertWithChainFilesCopiesTheKeyOfTheTypeAsked(tmp_path, capsys):
+    rsaKey, ecKey = tlskeys.generateKey("rsa"), tlskeys.generateKey("ecdsa")
+    for name, key in (("rsa.pem", rsaKey), ("ec.pem", ecKey)):
+        cert = tlskeys.selfSignedCertificate(key, [HOST])
+        (tmp_path / name).write_bytes(tlskeys.keyPem(key) + tlskeys.certificatePem(cert))
+    ini = writeIni(tmp_path, f"smtpd_tls_chain_files = {tmp_path}/rsa.pem, {tmp_path}/ec.pem")
+    code, out, err = mta(capsys, "-c", ini, "tls", "new-server-cert", "-a", "ecdsa")
+    assert (code, err) == (0, "")
+    (key,) = [n for n in os.listdir(tmp_path) if n.startswith("eckey-")]
+    (cert,) = [n for n in os.listdir(tmp_path) if n.startswith("eccert-")]
+    assert tlskeys.readPrivateKey(str(tmp_path / key)).private_numbers() == ecKey.private_numbers()
+    assert tlskeys.readPublicKey(str(tmp_path / cert)) == ecKey.public_key()
+    assert f"  smtpd_tls_chain_files = {tmp_path / key}, {tmp_path / cert}\n" in out
+    assert f"(in place of the entry for {tmp_path}/ec.pem and its certificate;" in out
+    code, out, err = mta(capsys, "-c", ini, "tls", "output-server-tlsa")
+    assert out == (f"; {tmp_path}/rsa.pem\n{tlskeys.tlsaRecord(HOST, rsaKey.public_key())}\n"
+                   f"; {tmp_path}/ec.pem\n{tlskeys.tlsaRecord(HOST, ecKey.public_key())}\n")
