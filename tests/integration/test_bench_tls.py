@@ -108,3 +108,20 @@ def test_treeCpuSecondsCountsAReapedChild(loads):
                     "while time.process_time() - t < 0.3: pass"], check=True, timeout=60)
     assert loads.treeCpuSeconds(os.getpid()) - before >= 0.25  # the child's, in our cutime once reaped
     assert loads.treeCpuSeconds(2 ** 22 + 12345) is None  # no such process
+
+
+def test_anMtaWithoutStarttlsFailsWithAClearLine(loads, tmp_path):
+    """bench/run.py's mta side under --tls, against this branch's mta started without TLS parameters."""
+    import types
+
+    import run
+
+    server = run.MtaServer(tmp_path / "mta", freePort(), None, 30)
+    entry = run.Entry(server, None, 10)
+    try:
+        with pytest.raises(run.BenchFailure) as failure:
+            run.prepare(entry, types.SimpleNamespace(tls=True, warmup=5))
+    finally:
+        entry.stop()
+    assert str(failure.value).startswith("mta does not offer STARTTLS (EHLO: PIPELINING ")
+    assert str(failure.value).endswith("--tls needs its server TLS with smtpd_tls_security_level = may")
