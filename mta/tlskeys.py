@@ -252,10 +252,11 @@ def readPublicKey(path):
 # -- writing ----------------------------------------------------------------------------------
 
 
-def writeFile(path, data, mode, force=False):
+def writeFile(path, data, mode, force=False, owner=None):
     """
     Write C{data} to a new file C{path} with C{mode} (O_EXCL: an existing
     name is refused); with C{force}, replace an existing file atomically.
+    C{owner} (uid, gid) is given to the file before anything is written.
     """
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.lexists(path) and not force:
@@ -276,6 +277,8 @@ def writeFile(path, data, mode, force=False):
         raise TlsKeyError(f"{path}: cannot create: {e.strerror or e}") from None
     try:
         try:
+            if owner is not None:
+                os.fchown(fd, *owner)
             os.fchmod(fd, mode)  # the umask may have taken bits away (0644 files); never adds any to a key
             view = memoryview(data)
             while view:

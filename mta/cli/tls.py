@@ -1,8 +1,10 @@
 """mta.cli.tls - mta tls: server keys, self-signed certificates, DANE TLSA records (postfix tls).
 
 SYNOPSIS
-    mta [-c FILE] tls new-server-key [-a|-t rsa|ecdsa] [-b bits] [-d days] [--force] [hostname...]
-    mta [-c FILE] tls new-server-cert [-a|-t rsa|ecdsa] [-b bits] [-d days] [--force] [hostname...]
+    mta [-c FILE] tls new-server-key [-a|-t rsa|ecdsa] [-b bits] [-d days] [--force] [--owner USER]
+                                     [hostname...]
+    mta [-c FILE] tls new-server-cert [-a|-t rsa|ecdsa] [-b bits] [-d days] [--force] [--owner USER]
+                                      [hostname...]
     mta [-c FILE] tls output-server-tlsa [-h hostname] [file|rsa|ecdsa...]
 
 DESCRIPTION
@@ -48,8 +50,9 @@ SECURITY
     Keys are created mode 0600 with O_EXCL and O_NOFOLLOW (mta.tlskeys).
     Host names from the command line or myhostname must be DNS names.  Run
     as root, the files belong to root: a daemon that runs as another user
-    (etc/mta.service: User=mta) needs them chown'ed to it; the command says
-    so.
+    (etc/mta.service: User=mta) cannot read the key, so --owner mta gives
+    the new files to that user (fchown before the key is written; the
+    command reminds you when root runs it without).
 
 CONFIGURATION
     myhostname; smtpd_tls_cert_file, smtpd_tls_key_file (default
@@ -122,6 +125,8 @@ def addParser(commands):
         p.add_argument("-d", "--days", dest="days", type=int, default=tlskeys.CERT_DAYS,
                        help=f"days the certificate is valid (default {tlskeys.CERT_DAYS})")
         p.add_argument("--force", action="store_true", help="replace existing files")
+        p.add_argument("--owner", metavar="USER[:GROUP]",
+                       help="give the new files to this user (e.g. the daemon's user, mta; needs root)")
         p.add_argument("-c", "--config", dest="tlsConfig", metavar="FILE", help="as mta -c")
         p.add_argument("hostnames", nargs="*", metavar="hostname",
                        help="names for the certificate (default: $myhostname)")
@@ -313,6 +318,7 @@ def newServerKeyOrCert(cfg, args, out, err, reuseKey, now=None):
     now = time.time() if now is None else now
     hostnames = args.hostnames or [cfg.hostname()]
     names = [tlskeys.checkHostname(n) for n in hostnames]
+    owner = ownerOf(args.owner)
     plan = makePlan(cfg, args, reuseKey, err, now)
     keyType = plan.keyType
     targets = [p for p in dict.fromkeys((plan.keyPath, plan.certPath)) if p]
@@ -327,14 +333,14 @@ def newServerKeyOrCert(cfg, args, out, err, reuseKey, now=None):
     created = []
     try:
         if plan.combined:
-            tlskeys.writeFile(plan.certPath, tlskeys.keyPem(plan.key) + certPem, tlskeys.KEY_MODE, args.force)
+            tlskeys.writeFile(plan.certPath, tlskeys.keyPem(plan.key) + certPem, tlskeys.KEY_MODE, args.force, owner)
         else:
             if plan.keyPath:
                 existed = os.path.lexists(plan.keyPath)
-                tlskeys.writeFile(plan.keyPath, tlskeys.keyPem(plan.key), tlskeys.KEY_MODE, args.force)
+                tlskeys.writeFile(plan.keyPath, tlskeys.keyPem(plan.key), tlskeys.KEY_MODE, args.force, owner)
                 if not existed:
                     created.append(plan.keyPath)
-            tlskeys.writeFile(plan.certPath, certPem, tlskeys.CERT_MODE, args.force)
+            tlskeys.writeFile(plan.certPath, certPem, tlskeys.CERT_MODE, args.force, owner)
     except TlsKeyError:
         for path in created:  # no key left behind without its certificate
             os.unlink(path)
@@ -367,10 +373,33 @@ def newServerKeyOrCert(cfg, args, out, err, reuseKey, now=None):
     else:
         out.write(f"{PROG}: the key's TLSA record is unchanged:\n")
     out.write(f"  {tlskeys.tlsaRecord(names[0], plan.key.public_key())}\n")
-    if os.geteuid() == 0 and plan.keyPath:
+    if os.geteuid() == 0 and plan.keyPath and owner is None:
         out.write(f"{PROG}: note: {keyPath} belongs to root: if the daemon runs as another user, "
-                  f"chown it to that user\n")
+                  f"give it to that user (--owner USER, or chown)\n")
     return 0
+
+
+def ownerOf(text):
+    """(uid, gid) for --owner USER[:GROUP] (the user's group by default), or None."""
+    if text is None:
+        return None
+    import grp
+    import pwd
+
+    user, _, group = text.partition(":")
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise TlsKeyError(f"--owner: no such user {user!r}") from None
+    gid = entry.pw_gid
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise TlsKeyError(f"--owner: no such group {group!r}") from None
+    if os.geteuid() != 0 and (entry.pw_uid != os.geteuid()):
+        raise TlsKeyError(f"--owner: only root can give files to {user}")
+    return entry.pw_uid, gid
 
 
 # -- output-server-tlsa -------------------------------------------------------------------------

@@ -232,3 +232,28 @@ def test_newServerCertWithChainFilesCopiesTheKeyOfTheTypeAsked(tmp_path, capsys)
     code, out, err = mta(capsys, "-c", ini, "tls", "output-server-tlsa")
     assert out == (f"; {tmp_path}/rsa.pem\n{tlskeys.tlsaRecord(HOST, rsaKey.public_key())}\n"
                    f"; {tmp_path}/ec.pem\n{tlskeys.tlsaRecord(HOST, ecKey.public_key())}\n")
+
+
+def test_ownerGivesTheNewFilesToTheDaemonsUser(tmp_path, capsys):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    ini = writeIni(tmp_path, f"smtpd_tls_cert_file = {tmp_path}/cert.pem", f"smtpd_tls_key_file = {tmp_path}/key.pem")
+    if os.geteuid() != 0:  # not root: another user is refused, one's own user works
+        code, out, err = mta(capsys, "-c", ini, "tls", "new-server-key", "--owner", "nobody")
+        assert (code, err) == (1, "mta: error: --owner: only root can give files to nobody\n")
+        nobody = pwd.getpwuid(os.geteuid())
+    code, out, err = mta(capsys, "-c", ini, "tls", "new-server-key", "--owner", nobody.pw_name)
+    assert code == 0, err
+    for name, mode in (("key.pem", 0o600), ("cert.pem", 0o644)):
+        st = (tmp_path / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (nobody.pw_uid, nobody.pw_gid, mode)
+    assert "belongs to root" not in out
+
+
+@pytest.mark.parametrize("owner, message", [("no-such-user-xyz", "no such user 'no-such-user-xyz'"),
+                                            ("root:no-such-group-xyz", "no such group 'no-such-group-xyz'")])
+def test_aBadOwnerIsRefusedBeforeAnythingIsWritten(tmp_path, capsys, owner, message):
+    code, out, err = mta(capsys, "-c", writeIni(tmp_path), "tls", "new-server-key", "--owner", owner)
+    assert (code, out, err) == (1, "", f"mta: error: --owner: {message}\n")
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".pem")] == []
