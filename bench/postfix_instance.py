@@ -7,7 +7,7 @@ greeting, and on stop() runs ``postfix -c DIR stop``, makes sure that no
 process of the instance is left, and removes the directory.  It is a context
 manager; stop() also runs on an exception or Ctrl-C inside the ``with``.
 
-Two configurations:
+Two configurations, each with or without TLS:
 
 accept (the default)
     Mail for the benchmark domain is accepted and queued exactly as a normal
@@ -33,6 +33,10 @@ relay (relay_port given)
     No hold; everything is relayed to relayhost = [127.0.0.1]:relay_port by
     Postfix's smtp client with Postfix's default scheduling and
     concurrency.  Used for the end-to-end benchmark against smtp-sink.
+
+with tls=(cert, key)
+    smtpd_tls_security_level = may with that certificate and key: smtpd
+    offers STARTTLS; everything else about TLS is Postfix's default.
 
 Obstacles this module deals with (found on Debian 12, Postfix 3.7):
   * The postfix command and postfix-script report their errors on stderr
@@ -301,6 +305,15 @@ ACCEPT_SETTINGS = """\
 smtpd_recipient_restrictions = check_recipient_access inline:{{ {domain}=HOLD }}, permit_mynetworks, reject_unauth_destination
 """
 
+TLS_SETTINGS = """\
+# TLS benchmark: STARTTLS offered (may), the harness's key and certificate.
+# Everything else is Postfix's default (session tickets on, no session cache
+# database, smtpd_tls_loglevel = 0).
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = {cert}
+smtpd_tls_key_file = {key}
+"""
+
 RELAY_SETTINGS = """\
 # End-to-end benchmark: everything goes to the local smtp-sink.
 relayhost = [127.0.0.1]:{relay_port}
@@ -343,8 +356,9 @@ class PostfixInstance:
 
     def __init__(self, port: int, relay_port: int | None = None, *,
                  domain: str = BENCH_DOMAIN, keep: bool = False,
-                 parent_dir: str | None = None):
+                 parent_dir: str | None = None, tls: tuple[str, str] | None = None):
         self.port = port
+        self.tls = tls  # (certificate file, key file): STARTTLS with smtpd_tls_security_level = may
         self.relay_port = relay_port
         self.domain = domain
         self.keep = keep
@@ -395,6 +409,8 @@ class PostfixInstance:
             mode = ACCEPT_SETTINGS.format(domain=self.domain)
         else:
             mode = RELAY_SETTINGS.format(relay_port=self.relay_port)
+        if self.tls is not None:
+            mode += TLS_SETTINGS.format(cert=self.tls[0], key=self.tls[1])
         (self.config_dir / "main.cf").write_text(MAIN_CF.format(
             queue=self.queue_dir, data=self.data_dir,
             base=self.base, mode_settings=mode))
@@ -540,6 +556,15 @@ class PostfixInstance:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    # -- processes' CPU ------------------------------------------------------
+
+    def masterPid(self) -> int | None:
+        """The master's pid, from its pid file in the queue directory."""
+        try:
+            return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError, TypeError):
+            return None
 
     # -- queue ------------------------------------------------------------
 

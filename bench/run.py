@@ -1,7 +1,8 @@
 """Side-by-side benchmarks of mta and a private Postfix, in one run.
 
     python bench/run.py accept [--messages N] [--sessions 20] [--size 2048]
-                               [--reuse | --no-reuse] [--json]
+                               [--reuse | --no-reuse] [--tls [--tls-key rsa|ecdsa]]
+                               [--rounds R] [--json]
     python bench/run.py relay  [same options]
 
 accept   Postfix's smtp-source sends N messages to mta, then to a private
@@ -12,10 +13,22 @@ relay    The same load, but each server relays everything to a local
          smtp-sink; the time runs from the start of smtp-source until the
          sink has received all N messages.
 
-Each run starts with a short warm-up (not timed).  The table gives
-messages, seconds and messages/s per server and the line
-``ratio mta/postfix = X.XX`` (above 1: mta is faster).  --json prints the
-figures as JSON instead.  Progress and diagnostics go to stderr.
+--tls     The same, over STARTTLS: bench/tlsload.py sends instead of
+         smtp-source (which has no TLS), one TLS handshake per message, or
+         per session with --reuse; both servers get smtpd_tls_security_level
+         = may and the same self-signed certificate, made at run time (RSA
+         2048, or ECDSA P-256 with --tls-key ecdsa), which the client
+         verifies.  A server that does not offer STARTTLS fails with a line
+         that says so.
+
+Both servers are started and warmed up first (untimed), then the timed runs
+alternate between them (mta, postfix, mta, postfix, ... for --rounds R).
+The table gives messages, seconds, messages/s and the server's CPU per
+message (utime+stime from /proc, the twistd process for mta, the master and
+all its descendants, reaped children included, for Postfix) per server, and
+the lines ``ratio mta/postfix = X.XX`` (above 1: mta is faster) and ``CPU
+per message mta/postfix``.  --json prints the figures as JSON instead.
+Progress and diagnostics go to stderr.
 
 Everything listens on and connects to 127.0.0.1 only, on free ports picked
 at run time.  Every process the harness starts is stopped at the end, on
@@ -29,8 +42,6 @@ something failed (the table says what), 2 on a usage error, 130 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import re
 import shutil
@@ -46,13 +57,14 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # no __pycache__ left in bench/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from loads import (  # noqa: E402
+    BenchFailure, makeCertificate, offersStarttls, runLoad, stopProcessGroup, treeCpuSeconds)
 from postfix_instance import (  # noqa: E402
     BENCH_DOMAIN, PostfixError, PostfixInstance, countRegularFiles, findProgram,
     tail, waitForGreeting)
+from report import Result, describe, printJson, printTable  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SENDER = f"sender@{BENCH_DOMAIN}"
-RECIPIENT = f"rcpt@{BENCH_DOMAIN}"
 # mta queue directories that hold messages (hold too, should mta park mail there).
 MTA_QUEUES = ("incoming", "active", "deferred", "hold")
 
@@ -73,89 +85,6 @@ def freePorts(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-class BenchFailure(Exception):
-    """One server's run failed: a one-line reason for the table, and detail."""
-
-    def __init__(self, message: str, detail: str | None = None):
-        super().__init__(message)
-        self.detail = detail
-
-
-@dataclasses.dataclass
-class Result:
-    name: str
-    messages: int
-    ok: bool = False
-    seconds: float | None = None
-    rate: float | None = None
-    queued: int | None = None          # accept: new messages found in the queue
-    delivered: int | None = None       # relay: messages the sink received
-    accept_seconds: float | None = None  # relay: time until smtp-source finished
-    verified: bool = False
-    error: str | None = None
-    detail: str | None = None           # e.g. the last lines of mta's output
-    notes: list[str] = dataclasses.field(default_factory=list)
-    rounds: list[dict] = dataclasses.field(default_factory=list)  # every timed run
-
-
-# -- processes ----------------------------------------------------------------
-
-def stopProcessGroup(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    """Stop a child started with start_new_session=True, and its group."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:  # stragglers in the group (or the child itself, if it ignored TERM)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def runSmtpSource(port: int, messages: int, sessions: int, size: int, reuse: bool,
-                  timeout: float, phase: str = "timed run") -> float:
-    """Send messages with smtp-source; return its wall time in seconds.
-
-    smtp-source's -m is the total over all sessions.  By default it opens a
-    new connection for every message (MAIL/RCPT/DATA/QUIT); -d keeps the
-    connection and sends the next message over it.
-    """
-    argv = [findProgram("smtp-source"),
-            "-s", str(min(sessions, messages)), "-m", str(messages), "-l", str(size),
-            "-f", SENDER, "-t", RECIPIENT, "-M", "bench-client.example"]
-    if reuse:
-        argv.append("-d")
-    argv.append(f"127.0.0.1:{port}")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stopProcessGroup(proc, grace=2)
-        raise BenchFailure(f"{phase}: smtp-source did not finish {messages} messages "
-                           f"within {timeout:.0f}s") from None
-    except BaseException:
-        stopProcessGroup(proc, grace=2)
-        raise
-    seconds = time.monotonic() - t0
-    if proc.returncode != 0:
-        text = out.decode("utf-8", "replace")
-        lines = [l for l in text.splitlines() if l.strip()]
-        raise BenchFailure(f"{phase}: smtp-source failed (rc={proc.returncode}): "
-                           f"{lines[-1] if lines else 'no output'}", tail(text, 10) or None)
-    return seconds
 
 
 def stableCount(count, timeout: float = 5.0) -> int:
@@ -182,8 +111,9 @@ class MtaServer:
     name = "mta"
 
     def __init__(self, workdir: Path, port: int, relay_port: int | None,
-                 start_timeout: float, root: Path = REPO_ROOT):
+                 start_timeout: float, root: Path = REPO_ROOT, tls: tuple[Path, Path] | None = None):
         self.root = root
+        self.tls = tls
         self.workdir = workdir
         self.port = port
         self.relay_port = relay_port
@@ -204,6 +134,10 @@ class MtaServer:
             # The benchmark domain must not be local, or nothing is relayed.
             lines += ["mydestination = localhost",
                       f"relayhost = [127.0.0.1]:{self.relay_port}"]
+        if self.tls is not None:
+            # Postfix's names, as in the Postfix instance's main.cf.
+            lines += ["smtpd_tls_security_level = may", f"smtpd_tls_cert_file = {self.tls[0]}",
+                      f"smtpd_tls_key_file = {self.tls[1]}"]
         lines += ["", "[listener:smtp]",
                   f"endpoint = tcp:port={self.port}:interface=127.0.0.1", ""]
         ini = self.workdir / "mta.ini"
@@ -241,7 +175,8 @@ class MtaServer:
                                        alive=lambda: self.proc.poll() is None)
         except RuntimeError:
             rc = self.proc.poll()
-            raise BenchFailure(f"mta exited (rc={rc}) before answering SMTP: {self.lastLine()}",
+            hint = " (--tls: does this mta have server TLS, the smtpd_tls_* parameters?)" if self.tls else ""
+            raise BenchFailure(f"mta exited (rc={rc}) before answering SMTP: {self.lastLine()}{hint}",
                                self.logTail()) from None
         except TimeoutError as e:
             raise BenchFailure(f"mta does not answer SMTP: {e}", self.logTail()) from None
@@ -256,6 +191,10 @@ class MtaServer:
         return sum(countRegularFiles(self.spool / q) for q in MTA_QUEUES
                    if (self.spool / q).is_dir())
 
+    def cpuSeconds(self) -> float | None:
+        """CPU of the twistd process (and any children it has)."""
+        return treeCpuSeconds(self.proc.pid if self.proc else None)
+
 
 class PostfixServer:
     """The private Postfix instance, with the same start/stop/queueCount shape."""
@@ -263,7 +202,8 @@ class PostfixServer:
     name = "postfix"
 
     def __init__(self, workdir: Path, port: int, relay_port: int | None,
-                 start_timeout: float, keep: bool):
+                 start_timeout: float, keep: bool, tls: tuple[Path, Path] | None = None):
+        self.tls = tls
         self.workdir = workdir
         self.port = port
         self.relay_port = relay_port
@@ -274,7 +214,8 @@ class PostfixServer:
     def start(self) -> None:
         try:
             self.instance = PostfixInstance(self.port, self.relay_port, keep=self.keep,
-                                            parent_dir=str(self.workdir))
+                                            parent_dir=str(self.workdir),
+                                            tls=tuple(map(str, self.tls)) if self.tls else None)
             log(f"postfix: starting private instance on 127.0.0.1:{self.port}")
             self.instance.start(timeout=self.start_timeout)
         except PostfixError as e:
@@ -297,6 +238,10 @@ class PostfixServer:
 
     def postqueueCount(self) -> int:
         return self.instance.postqueueCount()
+
+    def cpuSeconds(self) -> float | None:
+        """CPU of the master and all its descendants (smtpd, cleanup, qmgr, tlsmgr, ...)."""
+        return treeCpuSeconds(self.instance.masterPid() if self.instance else None)
 
 
 class SmtpSink:
@@ -382,6 +327,11 @@ def _fail(result: Result, e: BenchFailure) -> None:
         log(f"{result.name}: its output (last lines):\n{e.detail}")
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]  # the lower median: a real round
+
+
 def _summarise(result: Result, rounds: list[dict], count_key: str) -> None:
     """Median round -> result figures; verified only if every round was."""
     ordered = sorted(rounds, key=lambda r: r["seconds"])
@@ -391,102 +341,158 @@ def _summarise(result: Result, rounds: list[dict], count_key: str) -> None:
     result.rate = result.messages / median["seconds"]
     setattr(result, count_key, median["count"])
     result.accept_seconds = median.get("accept_seconds")
+    result.connections = median.get("connections")
+    cpu = [r["cpu_ms_per_message"] for r in rounds if r.get("cpu_ms_per_message") is not None]
+    result.cpu_ms_per_message = _median(cpu) if len(cpu) == len(rounds) else None
     result.verified = all(r["count"] == result.messages for r in rounds)
     result.ok = True
 
 
-def benchAccept(server, args) -> Result:
-    """Warm up, then time args.rounds runs of N messages; verify the queue."""
-    result = Result(server.name, args.messages)
-    rounds = []
-    try:
-        server.start()
-        log(f"{server.name}: warm-up, {args.warmup} messages")
-        runSmtpSource(server.port, args.warmup, args.sessions, args.size, args.reuse,
-                      args.timeout, "warm-up")
-        for i in range(args.rounds):
-            before = stableCount(server.queueCount)
-            log(f"{server.name}: {before} messages in the queue; timed run "
-                f"{i + 1}/{args.rounds}, {args.messages} messages")
-            os.sync()  # start every timed run with no dirty data of anyone
-            seconds = runSmtpSource(server.port, args.messages, args.sessions, args.size,
-                                    args.reuse, args.timeout)
-            # Every 250 came after the queue file was committed, so the count
-            # is normally complete at once; allow a little time for renames.
-            deadline = time.monotonic() + 10
-            queued = stableCount(server.queueCount) - before
-            while queued < args.messages and time.monotonic() < deadline:
-                time.sleep(0.2)
-                queued = stableCount(server.queueCount) - before
-            if queued != args.messages:
-                result.notes.append(f"run {i + 1}: expected {args.messages} new messages "
-                                    f"in the queue, found {queued}")
-            if isinstance(server, PostfixServer):
-                pq = server.postqueueCount()
-                if pq != before + queued:
-                    result.notes.append(f"run {i + 1}: postqueue -p counts {pq}, "
-                                        f"the queue directories {before + queued}")
-                    queued = -1
-            rounds.append({"seconds": seconds, "rate": args.messages / seconds, "count": queued})
-            log(f"{server.name}: {args.messages} messages in {seconds:.3f}s, "
-                f"{args.messages / seconds:.1f}/s, {queued} new in the queue")
-        _summarise(result, rounds, "queued")
-    except BenchFailure as e:
-        _fail(result, e)
-    finally:
-        server.stop()
-    return result
+class Entry:
+    """One server under test in a run: the server, its sink (relay), result and rounds."""
+
+    def __init__(self, server, sink, messages: int):
+        self.server, self.sink = server, sink
+        self.result = Result(server.name, messages)
+        self.rounds: list[dict] = []
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self.sink is not None:
+            self.sink.stop()
 
 
-def benchRelay(server, sink: SmtpSink, args) -> Result:
-    """Warm up, then time args.rounds runs of N messages through to the sink."""
-    result = Result(server.name, args.messages)
-    rounds = []
-    try:
-        sink.start()
-        server.start()
-        log(f"{server.name}: warm-up, {args.warmup} messages")
-        runSmtpSource(server.port, args.warmup, args.sessions, args.size, args.reuse,
-                      args.timeout, "warm-up")
-        got = sink.waitFor(args.warmup, args.drain_timeout, args.stall_timeout)
+def prepare(entry: Entry, args) -> None:
+    """Start the server (and its sink), check STARTTLS (--tls), run the untimed warm-up."""
+    server = entry.server
+    if entry.sink is not None:
+        entry.sink.start()
+    server.start()
+    if args.tls:
+        try:
+            offered, keywords = offersStarttls(server.port)
+        except OSError as e:
+            raise BenchFailure(f"{server.name}: EHLO probe failed: {e}") from None
+        if not offered:
+            raise BenchFailure(f"{server.name} does not offer STARTTLS (EHLO: {keywords}); "
+                               f"--tls needs its server TLS with smtpd_tls_security_level = may")
+    log(f"{server.name}: warm-up, {args.warmup} messages")
+    warm = runLoad(server, args.warmup, args, "warm-up")
+    if warm.get("tls"):
+        entry.result.tls = warm["tls"]
+    if entry.sink is not None:
+        got = entry.sink.waitFor(args.warmup, args.drain_timeout, args.stall_timeout)
         if got < args.warmup:
             raise BenchFailure(f"{server.name} accepted {args.warmup} warm-up messages but relayed "
                                f"{got} to the sink (nothing new for {args.stall_timeout:.0f}s, "
                                f"or over {args.drain_timeout:.0f}s)")
+
+
+def _cpuPerMessage(before, after, messages):
+    if before is None or after is None:
+        return None
+    return (after - before) * 1000.0 / messages
+
+
+def acceptRound(entry: Entry, args, i: int) -> dict:
+    server, result = entry.server, entry.result
+    before = stableCount(server.queueCount)
+    log(f"{server.name}: {before} messages in the queue; timed run "
+        f"{i + 1}/{args.rounds}, {args.messages} messages")
+    os.sync()  # start every timed run with no dirty data of anyone
+    cpu0 = server.cpuSeconds()
+    load = runLoad(server, args.messages, args)
+    seconds = load["seconds"]
+    # Every 250 came after the queue file was committed, so the count
+    # is normally complete at once; allow a little time for renames.
+    deadline = time.monotonic() + 10
+    queued = stableCount(server.queueCount) - before
+    while queued < args.messages and time.monotonic() < deadline:
+        time.sleep(0.2)
+        queued = stableCount(server.queueCount) - before
+    cpu = _cpuPerMessage(cpu0, server.cpuSeconds(), args.messages)
+    if queued != args.messages:
+        result.notes.append(f"run {i + 1}: expected {args.messages} new messages "
+                            f"in the queue, found {queued}")
+    if isinstance(server, PostfixServer):
+        pq = server.postqueueCount()
+        if pq != before + queued:
+            result.notes.append(f"run {i + 1}: postqueue -p counts {pq}, "
+                                f"the queue directories {before + queued}")
+            queued = -1
+    cpuText = f", CPU {cpu:.2f} ms/message" if cpu is not None else ""
+    log(f"{server.name}: {args.messages} messages in {seconds:.3f}s, "
+        f"{args.messages / seconds:.1f}/s, {queued} new in the queue{cpuText}")
+    return {"seconds": seconds, "rate": args.messages / seconds, "count": queued,
+            "cpu_ms_per_message": cpu, "connections": load.get("connections")}
+
+
+def relayRound(entry: Entry, args, i: int) -> dict:
+    server, sink, result = entry.server, entry.sink, entry.result
+    base = sink.count
+    log(f"{server.name}: timed run {i + 1}/{args.rounds}, {args.messages} messages")
+    os.sync()
+    cpu0 = server.cpuSeconds()
+    t0 = time.monotonic()
+    load = runLoad(server, args.messages, args)
+    accept = load["seconds"]
+    got = sink.waitFor(base + args.messages, args.drain_timeout, args.stall_timeout)
+    seconds = time.monotonic() - t0
+    cpu = _cpuPerMessage(cpu0, server.cpuSeconds(), args.messages)
+    delivered = got - base
+    if delivered < args.messages:
+        raise BenchFailure(f"{server.name} relayed {delivered} of {args.messages} "
+                           f"messages to the sink (no progress for "
+                           f"{args.stall_timeout:.0f}s, or over {args.drain_timeout:.0f}s)")
+    time.sleep(0.2)  # a duplicate delivery would show up now
+    if sink.count - base != args.messages:
+        delivered = sink.count - base
+        result.notes.append(f"run {i + 1}: the sink received {delivered} messages, "
+                            f"expected {args.messages}")
+    cpuText = f", CPU {cpu:.2f} ms/message" if cpu is not None else ""
+    log(f"{server.name}: {args.messages} messages relayed in {seconds:.3f}s "
+        f"({args.messages / seconds:.1f}/s; the client done after {accept:.3f}s{cpuText})")
+    return {"seconds": seconds, "rate": args.messages / seconds, "count": delivered,
+            "accept_seconds": accept, "cpu_ms_per_message": cpu, "connections": load.get("connections")}
+
+
+def benchmark(entries: list[Entry], args) -> dict[str, Result]:
+    """Start and warm up every server, then alternate them over args.rounds timed runs.
+
+    All servers run for the whole benchmark (each on its own port, idle
+    while another is measured), so that round i of one and round i of the
+    other are close in time and drift of the machine hits both alike.
+    """
+    timed = acceptRound if args.command == "accept" else relayRound
+    live = []
+    try:
+        for entry in entries:
+            try:
+                prepare(entry, args)
+                live.append(entry)
+            except BenchFailure as e:
+                _fail(entry.result, e)
+                entry.stop()
         for i in range(args.rounds):
-            base = sink.count
-            log(f"{server.name}: timed run {i + 1}/{args.rounds}, {args.messages} messages")
-            os.sync()
-            t0 = time.monotonic()
-            accept = runSmtpSource(server.port, args.messages, args.sessions, args.size,
-                                   args.reuse, args.timeout)
-            got = sink.waitFor(base + args.messages, args.drain_timeout, args.stall_timeout)
-            seconds = time.monotonic() - t0
-            delivered = got - base
-            if delivered < args.messages:
-                raise BenchFailure(f"{server.name} relayed {delivered} of {args.messages} "
-                                   f"messages to the sink (no progress for "
-                                   f"{args.stall_timeout:.0f}s, or over {args.drain_timeout:.0f}s)")
-            time.sleep(0.2)  # a duplicate delivery would show up now
-            if sink.count - base != args.messages:
-                delivered = sink.count - base
-                result.notes.append(f"run {i + 1}: the sink received {delivered} messages, "
-                                    f"expected {args.messages}")
-            rounds.append({"seconds": seconds, "rate": args.messages / seconds,
-                           "count": delivered, "accept_seconds": accept})
-            log(f"{server.name}: {args.messages} messages relayed in {seconds:.3f}s "
-                f"({args.messages / seconds:.1f}/s; smtp-source done after {accept:.3f}s)")
-        _summarise(result, rounds, "delivered")
-        if server.name == "mta":
-            reuse = connectionReuse(server.logfile)
-            if reuse:
-                result.notes.append(reuse)
-    except BenchFailure as e:
-        _fail(result, e)
+            for entry in list(live):
+                try:
+                    entry.rounds.append(timed(entry, args, i))
+                except BenchFailure as e:
+                    _fail(entry.result, e)
+                    entry.stop()
+                    live.remove(entry)
+        for entry in live:
+            _summarise(entry.result, entry.rounds, "queued" if args.command == "accept" else "delivered")
     finally:
-        server.stop()
-        sink.stop()
-    return result
+        for entry in entries:
+            entry.stop()
+    if args.command == "relay":
+        for entry in live:
+            if entry.server.name == "mta":
+                reuse = connectionReuse(entry.server.logfile)
+                if reuse:
+                    entry.result.notes.append(reuse)
+    return {entry.result.name: entry.result for entry in entries}
 
 
 def connectionReuse(logfile: Path) -> str | None:
@@ -504,60 +510,6 @@ def connectionReuse(logfile: Path) -> str | None:
             f"({sent / max(connections, 1):.1f} messages per connection, warm-up included)")
 
 
-# -- output ---------------------------------------------------------------------
-
-def ratio(results: dict[str, Result]) -> float | None:
-    mta, pf = results.get("mta"), results.get("postfix")
-    if mta and pf and mta.ok and pf.ok and mta.rate and pf.rate:
-        return mta.rate / pf.rate
-    return None
-
-
-def describe(args) -> str:
-    how = "connections reused (-d)" if args.reuse else "one connection per message"
-    what = "accepted and queued" if args.command == "accept" else "relayed to smtp-sink"
-    rounds = f", median of {args.rounds} timed runs" if args.rounds > 1 else ""
-    return (f"{args.command}: {args.messages} messages of {args.size} bytes {what}, "
-            f"{args.sessions} parallel sessions, {how}{rounds}")
-
-
-def printTable(args, results: dict[str, Result]) -> None:
-    count = "queued" if args.command == "accept" else "delivered"
-    print(describe(args))
-    print(f"{'':10}{'messages':>10}{'seconds':>10}{'messages/s':>12}{count:>11}")
-    for r in results.values():
-        if not r.ok:
-            first, *rest = (r.error or "failed").splitlines()
-            print(f"{r.name:10}{'-':>10}{'-':>10}{'-':>12}{'-':>11}  FAILED: {first}")
-            for line in rest:
-                print(f"{'':12}{line}")
-            continue
-        n = r.queued if args.command == "accept" else r.delivered
-        mark = "ok" if r.verified else "NOT VERIFIED"
-        print(f"{r.name:10}{r.messages:>10}{r.seconds:>10.3f}{r.rate:>12.1f}{n:>11}  {mark}")
-        if len(r.rounds) > 1:
-            print(f"{'':12}messages/s per run: " + " ".join(f"{x['rate']:.1f}" for x in r.rounds))
-        for note in r.notes:
-            print(f"{'':12}{note}")
-    x = ratio(results)
-    print(f"ratio mta/postfix = {x:.2f}" if x is not None else "ratio mta/postfix = n/a")
-
-
-def printJson(args, results: dict[str, Result]) -> None:
-    doc = {
-        "benchmark": args.command,
-        "messages": args.messages,
-        "sessions": args.sessions,
-        "size": args.size,
-        "reuse": args.reuse,
-        "warmup": args.warmup,
-        "rounds": args.rounds,
-        "results": {name: dataclasses.asdict(r) for name, r in results.items()},
-        "ratio": ratio(results),
-    }
-    print(json.dumps(doc, indent=2))
-
-
 # -- main -------------------------------------------------------------------------
 
 def parseArgs(argv):
@@ -573,12 +525,18 @@ def parseArgs(argv):
         s.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=False,
                        help="send many messages per connection (smtp-source -d); "
                             "default: a new connection per message")
+        s.add_argument("--tls", action="store_true",
+                       help="send over STARTTLS with bench/tlsload.py (both servers: "
+                            "smtpd_tls_security_level = may, the same certificate made at run time)")
+        s.add_argument("--tls-key", choices=("rsa", "ecdsa"), default="rsa",
+                       help="--tls: the certificate's key, RSA 2048 or ECDSA P-256 (default rsa)")
         s.add_argument("--rounds", type=int, default=1,
-                       help="timed runs per server; the table shows the median (default 1)")
+                       help="timed runs per server, alternating between the servers; "
+                            "the table shows the median (default 1)")
         s.add_argument("--warmup", type=int, default=None,
                        help="untimed warm-up messages (default: N/10, 20..200)")
         s.add_argument("--timeout", type=float, default=600.0,
-                       help="time limit of one smtp-source run, seconds (default 600)")
+                       help="time limit of one smtp-source or tlsload run, seconds (default 600)")
         s.add_argument("--start-timeout", type=float, default=30.0,
                        help="time a server gets to answer SMTP after start (default 30)")
         s.add_argument("--drain-timeout", type=float, default=300.0,
@@ -615,7 +573,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
     try:
-        findProgram("smtp-source")
+        if not args.tls:
+            findProgram("smtp-source")
         if args.command == "relay":
             findProgram("smtp-sink")
     except PostfixError as e:
@@ -626,9 +585,12 @@ def main(argv=None) -> int:
     results: dict[str, Result] = {}
     log(f"{describe(args)}; work directory {rundir}")
     try:
+        args.tls_files = makeCertificate(rundir / "tls", args.tls_key) if args.tls else None
         names = [n for n, skip in (("mta", args.skip_mta), ("postfix", args.skip_postfix)) if not skip]
-        for name in names:
-            port, relay_port = freePorts(2)
+        ports = freePorts(2 * len(names))  # distinct: the servers run side by side
+        entries = []
+        for i, name in enumerate(names):
+            port, relay_port = ports[2 * i], ports[2 * i + 1]
             sink = None
             if args.command == "relay":
                 sink = SmtpSink(relay_port, args.start_timeout)
@@ -636,13 +598,12 @@ def main(argv=None) -> int:
                 relay_port = None
             if name == "mta":
                 server = MtaServer(rundir / "mta", port, relay_port, args.start_timeout,
-                                   args.mta_root.resolve())
+                                   args.mta_root.resolve(), tls=args.tls_files)
             else:
-                server = PostfixServer(rundir, port, relay_port, args.start_timeout, args.keep)
-            if args.command == "accept":
-                results[name] = benchAccept(server, args)
-            else:
-                results[name] = benchRelay(server, sink, args)
+                server = PostfixServer(rundir, port, relay_port, args.start_timeout, args.keep,
+                                       tls=args.tls_files)
+            entries.append(Entry(server, sink, args.messages))
+        results = benchmark(entries, args)
     except KeyboardInterrupt:
         log("interrupted; everything started has been stopped")
         return 130

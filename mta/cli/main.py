@@ -2,6 +2,7 @@
 
 SYNOPSIS
     mta [-c FILE] reload | status | check | stop | flush
+    mta [-c FILE] tls new-server-key | new-server-cert | output-server-tlsa  (mta.cli.tls)
 
 DESCRIPTION
     reload  postfix reload: asks the running daemon, over its control
@@ -28,6 +29,9 @@ DESCRIPTION
                 mta: stopping the mta mail system
 
     flush   mta-queue flush (postqueue -f).
+    tls     postfix tls: server keys, self-signed certificates and DANE
+            TLSA records (new-server-key, new-server-cert,
+            output-server-tlsa); see mta.cli.tls.
 
     Results go to stdout, errors to stderr, one line each; never a
     traceback.  The control-channel client is mta-queue's (mta.cli.queue.client).
@@ -63,6 +67,7 @@ import sys
 
 from mta import control
 from mta.cli import Done, parseArguments
+from mta.cli import tls
 from mta.cli.queue import client as cliQueue
 from mta.config import ConfigError, Scope, findConfig, loadConfig, openTables, readIni
 from mta.config.schema import parameter
@@ -101,6 +106,7 @@ def buildParser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (summary, description) in COMMANDS.items():
         commands.add_parser(name, help=summary, description=description)
+    parser.tls = tls.addParser(commands)  # mta tls: mta.cli.tls
     return parser
 
 
@@ -243,12 +249,15 @@ def check(path, err):
 
 def main(argv=None):
     """Run mta with C{argv} (default: sys.argv[1:]); return the exit status."""
+    parser = buildParser()
     try:
-        args = parseArguments(buildParser(), argv, needCommand=True)
+        args = parseArguments(parser, argv, needCommand=True)
     except Done as e:
         return e.status
     out, err = sys.stdout, sys.stderr
     try:
+        if args.command == "tls":
+            return tls.run(args, parser.tls, out, err)
         if args.command == "check":
             return check(args.config, err)
         try:

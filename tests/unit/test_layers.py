@@ -42,6 +42,7 @@ FLOORS = {
     "mta.model": 1,
     "mta.interfaces": 1,
     "mta.maillog": 1,
+    "mta.tlskeys": 1,
     "mta.plugins": 1,
     "mta.tables": 2,
     "mta.routing": 3,
