@@ -66,6 +66,7 @@ class SMTPServerFactory(Factory):
     """
 
     noisy = False
+    # tlsSettings, tls  the listener's TlsSettings and its mta.tls.context.ServerTLS (None: no TLS)
 
     def __init__(self, settings, clock, store, tables, resolver, *, listenerName="smtp", flushSite=None,
                  postmasterNotices=False, maillogs=None):
@@ -111,6 +112,16 @@ class SMTPServerFactory(Factory):
         # threshold) it goes to the postmaster if the session met one of the listed classes.
         self.notices = TranscriptNotices(settings.notices, self.cleanup, clock, self.maillog)
         self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(settings.notices.classes))
+        # TLS (mta.smtpd.starttls): the listener's TlsSettings, and its contexts (mta.tls.context,
+        # the certificate files read now, at start and reload); None when STARTTLS is not offered.
+        self.tlsSettings = settings.tls
+        self.tls = None
+        if settings.tls.enabled:
+            from mta.tls.context import ServerTLS
+
+            self.tls = ServerTLS(settings.tls, tables, sessionId=f"mta-{listenerName}".encode())
+        for note in settings.tls.notes:
+            self.maillog.emit(f"warning: {note}")
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None

@@ -84,6 +84,7 @@ class IncomingTransaction:
             protocol=session.protocol,
             receivedProtocol=session.receivedProtocol(transaction.smtputf8),
             headerRewrite=context.name if context is not None else None,
+            tlsComment=_tlsComment(server),
         )
         self.message = server.factory.cleanup.open(origin, str(self.sender), self.recipients)
         self.queueId = self.message.queueId
@@ -123,6 +124,14 @@ class IncomingTransaction:
 
     def abort(self):
         self.message.abort()
+
+
+def _tlsComment(server):
+    """smtpd_tls_received_header: the TLS lines of the Received: header (mta.tls.info), or none."""
+    settings, info = server.factory.tlsSettings, server.session.tls
+    if info is None or not settings.receivedHeader:
+        return ()
+    return info.receivedComment(settings.askClientCertificate)
 
 
 def chooseHeaderRewrite(server, ok):
