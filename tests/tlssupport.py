@@ -207,7 +207,9 @@ class TLSStringTransport(StringTransport):
         return self.tlsProtocol.getPeerCertificate()
 
     def deliver(self, data):
-        """Bytes from the client's side of the wire."""
+        """Bytes from the client's side of the wire (dropped once the connection is gone)."""
+        if self.lost:
+            return
         if self.tlsProtocol is not None:
             self.tlsProtocol.dataReceived(data)
         else:
@@ -230,13 +232,14 @@ def clientContext(certificates=None, cert=None, key=None, maxVersion=None, sessi
 class TLSDialog:
     """An SMTP dialog whose client can start TLS over the in-memory wire."""
 
-    def __init__(self, factory, peer="127.0.0.1", context=None, wrapper=False, serverName=None):
+    def __init__(self, factory, peer="127.0.0.1", context=None, wrapper=False, serverName=None, session=None):
         self.factory = factory
         self.transport = TLSStringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
         self.protocol = factory.buildProtocol(self.transport.getPeer())
         self.transport.protocol = self.protocol
         self.context = context
         self.serverName = serverName
+        self.session = session  # a pyOpenSSL Session to resume
         self.client = None
         self._plain = b""
         if wrapper:
@@ -283,6 +286,8 @@ class TLSDialog:
         self.client = SSL.Connection(self.context, None)
         if self.serverName:
             self.client.set_tlsext_host_name(self.serverName.encode())
+        if self.session is not None:
+            self.client.set_session(self.session)
         self.client.set_connect_state()
 
     def _pump(self):

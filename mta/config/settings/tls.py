@@ -343,7 +343,7 @@ class TlsSettings(Settings):
             probe = SSL.Context(SSL.TLS_METHOD)
             if lib.SSL_CTX_set1_curves_list(probe._context, name.encode("ascii", "replace")) == 1:
                 groups.append(name)
-        if not groups and (self.curves or self.ffdheGroups):
+        if not groups and (curves or self.ffdheGroups):
             fail("tls_eecdh_auto_curves", "none of the key-exchange groups (tls_eecdh_auto_curves, "
                                           "tls_ffdhe_auto_groups) is known to the TLS library")
 
