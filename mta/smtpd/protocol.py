@@ -213,6 +213,8 @@ class SMTPServer(SMTPCommands, StartTLSCommands, SessionChat, Protocol, TimeoutM
         return True
 
     def _greet(self):
+        if self._greetAfterHandshake():  # wrapper mode: the banner after the TLS handshake
+            return
         self._reply(Reply(220, "", self.settings.banner))
         self._waiting = False
         self._process()

@@ -71,6 +71,7 @@ class StartTLSCommands:
     _handshaking = False  # between STARTTLS's 220 (or connect, in wrapper mode) and the end of the handshake
     _handshakeTimer = None
     _handshakeWhere = None  # "STARTTLS" or "CONNECT", for the failure's log line
+    _greetingHeld = False  # wrapper mode: the banner waits for the handshake
 
     # -- hooks called by the session ----------------------------------------------
 
@@ -100,6 +101,17 @@ class StartTLSCommands:
         """smtpd_tls_wrappermode: TLS from the first byte (called first thing at connect)."""
         if self.factory.tls is not None and self.factory.tlsSettings.wrapperMode:
             self._beginHandshake("CONNECT")
+
+    def _greetAfterHandshake(self):
+        """
+        Wrapper mode: hold the banner until the handshake is done (True).  Written
+        earlier it would sit in the TLS layer's buffer, which pauses the session as
+        its producer, which stops reading the socket: the handshake could not finish.
+        """
+        if self._handshaking and self._handshakeWhere == "CONNECT":
+            self._greetingHeld = True
+            return True
+        return False
 
     def _tlsConnectionLost(self, reason):
         """The connection ended: during a handshake that is its failure."""
@@ -152,12 +164,13 @@ class StartTLSCommands:
 
     def _handshakeTimeout(self):
         self._handshakeTimer = None
-        if not self._handshaking or self._closing:
+        if not self._handshaking:
             return
         self._handshaking = False
         client = self.session.client
         self.factory.maillog.emit(f"SSL_accept error from {client}: timed out", client=client)
-        self._logAbort("timeout")
+        if not self._closing:
+            self._logAbort("timeout")
         self._closing = True
         self._unregister()
         self.transport.abortConnection()
@@ -186,3 +199,6 @@ class StartTLSCommands:
         if self._handshakeWhere == "STARTTLS":
             self._waiting = False
             self._process()
+        elif self._greetingHeld:
+            self._greetingHeld = False
+            self._greet()
