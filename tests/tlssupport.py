@@ -22,12 +22,12 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import ISSLTransport, ITLSTransport
 from twisted.python.failure import Failure
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from zope.interface import directlyProvides
+from zope.interface import directlyProvides, implementer
 
 from tests.dialogs.harness import replyCodes
 
@@ -148,6 +148,7 @@ class _Raw:
         return getattr(self._transport, name)
 
 
+@implementer(ITLSTransport)
 class TLSStringTransport(StringTransport):
     """A StringTransport with startTLS as Twisted's TCP transport has it (the server side)."""
 

@@ -189,8 +189,8 @@ PARAMETERS = (
        "cleanup"),
     _P("local_header_rewrite_clients", T.RewriteClients(), "permit_inet_interfaces",
        "Clients whose message headers are rewritten as local mail's: permit_inet_interfaces, "
-       "permit_mynetworks, check_address_map type:table (permit_sasl_authenticated and "
-       "permit_tls_clientcerts are accepted but never match: no AUTH or TLS yet).", "cleanup"),
+       "permit_mynetworks, permit_tls_clientcerts, permit_tls_all_clientcerts, check_address_map "
+       "type:table (permit_sasl_authenticated is accepted but never matches: no AUTH yet).", "cleanup"),
     _P("remote_header_rewrite_domain", T.String(), "",
        "Domain appended to incomplete header addresses from other clients; empty: leave "
        "their headers as they are.", "cleanup"),

@@ -106,7 +106,8 @@ class SMTPServerFactory(Factory):
         self.cleanup = Cleanup(settings.cleanup, store, clock, maillogs)
         self.rewrite = self.cleanup.rewriting
         self.headerRewriteClients = HeaderRewriteClients(
-            settings.cleanup.rewrite.localHeaderRewriteClients, self.policy.mynetworks, tables)
+            settings.cleanup.rewrite.localHeaderRewriteClients, self.policy.mynetworks, tables,
+            self.policy.relayClientcerts)
         # Postmaster notices (smtpd_chat_notify): a transcript is kept when notify_classes lists a
         # class the server can meet; at the end of the session (or when it passes the flush
         # threshold) it goes to the postmaster if the session met one of the listed classes.

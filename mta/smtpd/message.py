@@ -148,13 +148,14 @@ def chooseHeaderRewrite(server, ok):
     clients = factory.headerRewriteClients
     client = server.session.clientAddress
     local = getattr(server.transport.getHost(), "host", None)
+    tls = server.session.tls  # permit_tls_clientcerts, permit_tls_all_clientcerts (mta.tls.info.TlsInfo)
     if clients.static:
-        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local))
+        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local, tls))
         return ok
 
     async def lookup():
         try:
-            matched = await clients.matches(client, local)
+            matched = await clients.matches(client, local, tls)
         except TableTemporaryError:
             reply = Reply(451, "4.3.0", "Temporary lookup error")
             server._resetTransaction()  # no sender yet, as in Postfix's log line

@@ -50,9 +50,12 @@ CONFIGURATION
 DEVIATIONS
     Under encrypt the 530 comes before any other check of MAIL, VRFY and
     ETRN.  A STARTTLS pipelined behind other commands is accepted (the
-    commands before it are answered first); Postfix does the same.
+    commands before it are answered first); Postfix does the same.  A
+    transport without TLS (standard I/O, mta-sendmail -bs) never offers
+    STARTTLS and ignores wrapper mode.
 """
 
+from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 
 from mta.model import Reply
@@ -78,7 +81,7 @@ class StartTLSCommands:
     def _startTlsOffered(self):
         """Is STARTTLS offered now (and accepted)?"""
         return (self.factory.tls is not None and not self.session.tlsActive and not self._handshaking
-                and "STARTTLS" not in self.settings.discardEhloKeywords)
+                and "STARTTLS" not in self.settings.discardEhloKeywords and ITLSTransport.providedBy(self.transport))
 
     def _ehloKeywords(self, lines):
         """The EHLO keyword lines with STARTTLS in Postfix's place, when offered."""
@@ -100,6 +103,8 @@ class StartTLSCommands:
     def _startWrapperMode(self):
         """smtpd_tls_wrappermode: TLS from the first byte (called first thing at connect)."""
         if self.factory.tls is not None and self.factory.tlsSettings.wrapperMode:
+            if not ITLSTransport.providedBy(self.transport):  # standard I/O (mta-sendmail -bs): no TLS
+                return
             self._beginHandshake("CONNECT")
 
     def _greetAfterHandshake(self):

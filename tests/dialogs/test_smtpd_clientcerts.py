@@ -189,3 +189,28 @@ def test_certificate_files_are_read_again_when_the_factory_is_rebuilt(certs, tmp
     after.send("EHLO c.test\r\n")
     after.starttls()
     assert after.client.get_peer_certificate().get_subject().CN == "other.test"
+
+
+@pytest.mark.parametrize("which, local", [("client", True), ("rogue", False), (None, False)])
+def test_local_header_rewrite_clients_knows_trusted_certificates(certs, which, local):
+    """A client with a trusted certificate is local: cleanup adds its missing headers, as for this host."""
+    store = FakeQueueStore()
+    f = factory(certs, "smtpd_tls_ask_ccert = yes\nlocal_header_rewrite_clients = permit_tls_all_clientcerts\n",
+                store=store)
+    d = tlsSession(f, certs, which, OUTSIDE)
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@mx.test>\r\nDATA\r\n")
+    d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
+    assert (b"\r\nMessage-Id: <" in store.committed[0].content) == local
+
+
+def test_local_header_rewrite_clients_knows_listed_certificates(certs, tmp_path):
+    table = tmp_path / "relay_clientcerts"
+    table.write_text(f"{certs.fingerprint('rogue')} pinned\n")
+    store = FakeQueueStore()
+    f = factory(certs, f"smtpd_tls_ask_ccert = yes\nrelay_clientcerts = texthash:{table}\n"
+                       "local_header_rewrite_clients = permit_tls_clientcerts\n", store=store)
+    for which in ("rogue", "client"):
+        d = tlsSession(f, certs, which, OUTSIDE)
+        d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@mx.test>\r\nDATA\r\n")
+        d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
+    assert [b"\r\nMessage-Id: <" in m.content for m in store.committed] == [True, False]

@@ -292,3 +292,14 @@ def test_encrypt_without_a_certificate_refuses_starttls_with_454(certs):
     assert "STARTTLS" not in d.send("EHLO c.test\r\n")
     assert d.send("STARTTLS\r\n") == "454 4.7.0 TLS not available due to local problem\r\n"
     assert d.send(MAIL) == "530 5.7.0 Must issue a STARTTLS command first\r\n"
+
+
+def test_a_transport_without_tls_never_offers_starttls(certs):
+    """Standard I/O (mta-sendmail -bs) cannot start TLS: no STARTTLS, and wrapper mode is ignored."""
+    from tests.dialogs.harness import Dialog
+
+    d = Dialog(make(certs))  # a plain StringTransport: no ITLSTransport
+    assert "STARTTLS" not in d.send("EHLO c.test\r\n")
+    assert d.send("STARTTLS\r\n") == "502 5.5.1 Error: command not implemented\r\n"
+    wrapped = Dialog(make(certs, extra="smtpd_tls_wrappermode = yes\n"))
+    assert wrapped.banner == "220 mx.test ESMTP mta\r\n"
