@@ -47,7 +47,7 @@ def _cert(subject, key, issuer, issuerKey, *, ca=False, names=(), client=False):
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=365))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if names:
         alt = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() else x509.DNSName(n) for n in names]
@@ -58,6 +58,10 @@ def _cert(subject, key, issuer, issuerKey, *, ca=False, names=(), client=False):
     else:
         usage = x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        # A CRL location (never fetched: loopback), as a real CA's certificates name one (testssl.sh asks).
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier("http://127.0.0.1/mta-test.crl")],
+                                       None, None, None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
     return builder.sign(issuerKey, hashes.SHA256())
 
 

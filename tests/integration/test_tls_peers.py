@@ -181,3 +181,32 @@ def test_a_real_postfix_delivers_to_mta_with_encrypt(makeDaemon, certs):
                 what="Postfix's TLS log line", timeout=30)
     finally:
         instance.stop()
+
+
+@pytest.mark.slow
+def test_testssl_finds_nothing_high_or_critical_on_starttls_and_465(makeDaemon, certs, tmp_path):
+    """testssl.sh (Debian's testssl.sh) against the STARTTLS listener and the wrapper-mode one, in parallel."""
+    import json
+
+    wrapper = freePort()
+    d = makeDaemon(
+        main=certs.serverMain("may", "tls_preempt_cipherlist = yes\n"),
+        listeners=None,
+    )
+    with open(d.config, "a") as f:
+        f.write(f"\n[listener:submissions]\nendpoint = tcp:port={wrapper}:interface=127.0.0.1\n"
+                "smtpd_tls_wrappermode = yes\n")
+    d.start()
+    runs = []
+    for port, starttls in ((d.port, ["--starttls", "smtp"]), (wrapper, [])):
+        out = tmp_path / f"testssl-{port}.json"
+        runs.append((out, subprocess.Popen(
+            [requireProgram("/usr/bin/testssl"), "--quiet", "--color", "0", "--warnings", "batch", *starttls,
+             "--add-ca", certs["ca.pem"], "--severity", "HIGH", "--jsonfile", str(out), f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    for out, process in runs:
+        output, _ = process.communicate(timeout=900)
+        findings = json.loads(out.read_text())
+        bad = [f for f in findings if f["severity"] in ("HIGH", "CRITICAL")]
+        assert not bad, json.dumps(bad, indent=1) + output[-2000:]
+        assert "TLSv1.3" in output
