@@ -70,10 +70,14 @@ DESCRIPTION
                                ::ffff:127.x.y.z) or the address of the
                                listener it connected to
       permit_mynetworks        the client address matches $mynetworks
-      permit_sasl_authenticated, permit_tls_clientcerts,
       permit_tls_all_clientcerts
-                               accepted, but never match: mta has no AUTH
-                               and no TLS yet
+                               the client's certificate verified (tls: the
+                               session's mta.tls.info.TlsInfo)
+      permit_tls_clientcerts   its fingerprint or public-key fingerprint is
+                               a key of relay_clientcerts (the opened tables)
+      permit_sasl_authenticated
+                               accepted, but never matches: mta has no AUTH
+                               yet
       check_address_map type:table, or a bare type:table
                                the client address (IPv4, or IPv6 without
                                brackets) is a key in the table; the value is
@@ -416,27 +420,45 @@ class HeaderRewriteClients:
     NetworkMatcher, C{tables} opens the TableSpecs.
     """
 
-    NEVER = frozenset(("permit_sasl_authenticated", "permit_tls_clientcerts", "permit_tls_all_clientcerts"))
+    NEVER = frozenset(("permit_sasl_authenticated",))
 
-    def __init__(self, items, mynetworks, tables):
+    def __init__(self, items, mynetworks, tables, relayClientcerts=()):
         self._items = [tables.open(i) if isinstance(i, TableSpec) else i for i in items]
         self._mynetworks = mynetworks
+        self._relayClientcerts = tuple(relayClientcerts)  # opened relay_clientcerts tables
         self.static = all(isinstance(i, str) for i in self._items) and (
-            mynetworks.static or "permit_mynetworks" not in self._items)
+            mynetworks.static or "permit_mynetworks" not in self._items) and (
+            not self._relayClientcerts or "permit_tls_clientcerts" not in self._items)
 
-    def staticMatch(self, client, server):
+    @staticmethod
+    def _trusted(tls):
+        return tls is not None and tls.peer is not None and tls.peer.trusted
+
+    def staticMatch(self, client, server, tls=None):
         """Does the client match (tables, and tables in mynetworks, not consulted)?"""
         for item in self._items:
             if item == "permit_inet_interfaces" and isOwnAddress(client, server):
                 return True
             if item == "permit_mynetworks" and self._mynetworks.staticMatch(client):
                 return True
+            if item == "permit_tls_all_clientcerts" and self._trusted(tls):
+                return True
         return False
 
-    async def matches(self, client, server):
+    async def matches(self, client, server, tls=None):
         """Does the client match?  TableTemporaryError when a table cannot answer."""
         for item in self._items:
-            if item == "permit_inet_interfaces":
+            if item == "permit_tls_all_clientcerts":
+                if self._trusted(tls):
+                    return True
+            elif item == "permit_tls_clientcerts":
+                peer = tls.peer if tls is not None else None
+                if peer is not None:
+                    for table in self._relayClientcerts:
+                        for key in (peer.fingerprint, peer.pkeyFingerprint):
+                            if await table.lookup(key) is not None:
+                                return True
+            elif item == "permit_inet_interfaces":
                 if isOwnAddress(client, server):
                     return True
             elif item == "permit_mynetworks":

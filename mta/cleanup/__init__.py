@@ -145,14 +145,15 @@ class Origin:
     uid: int | None = None
     submitted: float | None = None
     headerRewrite: str | None = "local"
+    tlsComment: tuple = ()  # the Received: header's TLS lines (smtpd_tls_received_header; mta.tls.info)
 
     @classmethod
     def smtp(cls, *, clientName, clientAddress, clientPort, helo, protocol, receivedProtocol=None,
-             headerRewrite=None):
+             headerRewrite=None, tlsComment=()):
         """An SMTP client's message (C{helo} None or empty when it sent none)."""
         return cls(kind=SMTP, clientName=clientName, clientAddress=clientAddress, clientPort=clientPort,
                    helo=helo or "", protocol=protocol, receivedProtocol=receivedProtocol or protocol,
-                   headerRewrite=headerRewrite)
+                   headerRewrite=headerRewrite, tlsComment=tuple(tlsComment))
 
     @classmethod
     def localSubmission(cls, uid, submitted):
@@ -227,7 +228,8 @@ class Cleanup:
             name = sanitize(origin.clientName)
             helo = sanitize(origin.helo) if origin.helo else name
             forClause = f"\r\n\tfor <{sanitize(recipients[0].address)}>" if len(recipients) == 1 else ""
-            text = (f"Received: from {helo} ({name} [{sanitize(origin.clientAddress)}])\r\n"
+            tls = "".join(f"\t{sanitize(line)}\r\n" for line in origin.tlsComment)
+            text = (f"Received: from {helo} ({name} [{sanitize(origin.clientAddress)}])\r\n{tls}"
                     f"\tby {s.hostname} ({s.mailName}) with {sanitize(origin.receivedProtocol)} id {queueId}"
                     f"{forClause};\r\n\t{mailDate(now)}\r\n")
         elif origin.kind == LOCAL:

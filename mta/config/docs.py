@@ -38,12 +38,20 @@ EXAMPLES = {
     "mydomain": "example.com",
 }
 
-# The second listener, shown commented out in the example configuration.
-EXAMPLE_LISTENER = (
-    "submission",
-    "tcp:port=5870:interface=127.0.0.1",
-    (("smtpd_recipient_limit", "100"),),
+# The usual three services of master.cf, shown commented out in the example
+# configuration after the default listener: (name, endpoint, overrides, comment).
+# They need a certificate: smtpd_tls_cert_file and smtpd_tls_key_file in [main].
+# The default listener's real-server settings: master.cf's smtp service on port 25, STARTTLS offered.
+EXAMPLE_SMTP = (("endpoint", "tcp:port=25"), ("smtpd_tls_security_level", "may"))
+EXAMPLE_LISTENERS = (
+    ("submission", "tcp:port=587",
+     (("smtpd_tls_security_level", "encrypt"), ("smtpd_recipient_limit", "100")),
+     "submission on port 587: mail from users, STARTTLS required (530 5.7.0 before it)"),
+    ("submissions", "tcp:port=465", (("smtpd_tls_wrappermode", "yes"), ("smtpd_recipient_limit", "100")),
+     "submissions on port 465: TLS from the first byte (wrapper mode)"),
 )
+# Where the submission listeners' SASL overrides go (AUTH is built separately).
+SASL_PLACEHOLDER = "# TODO(sasl, lead): this listener's AUTH overrides go here (smtpd_sasl_auth_enable = yes, ...)."
 
 INI_HEADER = f"""\
 # mta.ini - the mta configuration, annotated.
@@ -127,7 +135,6 @@ def ini():
                 lines.append(f"# Set {parameter.name} = VALUE to override it.")
 
     name, endpoint = DEFAULT_LISTENERS[0]
-    other, otherEndpoint, overrides = EXAMPLE_LISTENER
     lines += [
         "",
         "",
@@ -139,13 +146,19 @@ def ini():
         "",
         f"[listener:{name}]",
         f"endpoint = {endpoint}",
+        "# On a real server, as master.cf's smtp service: port 25, STARTTLS offered",
+        "# (replace the endpoint above with these lines):",
+        *(_assignment(key, value, "#") for key, value in EXAMPLE_SMTP),
         "",
-        "# A second listener, e.g. for submission from local programs, with its own",
-        "# limits (remove the # signs to enable it):",
-        f"#[listener:{other}]",
-        f"#endpoint = {otherEndpoint}",
+        "# The submission services, as master.cf has them (remove the # signs of a section",
+        "# to enable it).  TLS needs smtpd_tls_cert_file and smtpd_tls_key_file in [main]",
+        "# (or smtpd_tls_chain_files); ports below 1024 need root.",
     ]
-    lines += [_assignment(key, value, "#") for key, value in overrides]
+    for other, otherEndpoint, overrides, comment in EXAMPLE_LISTENERS:
+        lines += ["", f"# {comment}", f"#[listener:{other}]", f"#endpoint = {otherEndpoint}"]
+        lines += [_assignment(key, value, "#") for key, value in overrides]
+        if other.startswith("submission"):
+            lines.append(SASL_PLACEHOLDER)
     return "\n".join(lines) + "\n"
 
 

@@ -326,6 +326,9 @@ RESTRICTION_NAMES = {
     "check_sender_access": True,
     "check_recipient_access": True,
     "check_etrn_access": True,
+    "permit_tls_clientcerts": False,
+    "permit_tls_all_clientcerts": False,
+    "check_ccert_access": True,
 }
 
 

@@ -124,7 +124,7 @@ class SMTPCommands:
 
     def smtp_EHLO(self, arg):
         settings = self.settings
-        reply = self._hello("EHLO", arg, "ESMTP", settings.ehloLines)
+        reply = self._hello("EHLO", arg, "ESMTP", self._ehloKeywords(settings.ehloLines))  # + STARTTLS
         if reply.code == 250 and settings.ehloDiscardLog:
             self.factory.maillog.emit(f"discarding EHLO keywords: {settings.ehloDiscardLog}")
         return reply
@@ -260,7 +260,7 @@ class SMTPCommands:
             reply, hold = None, None
         else:
             reply, hold, errorClass = await factory.policy.checkRecipient(
-                self.session.clientAddress, address, self.session.helo, transaction.sender)
+                self.session.clientAddress, address, self.session.helo, transaction.sender, tls=self.session.tls)
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)

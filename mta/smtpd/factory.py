@@ -66,6 +66,7 @@ class SMTPServerFactory(Factory):
     """
 
     noisy = False
+    # tlsSettings, tls  the listener's TlsSettings and its mta.tls.context.ServerTLS (None: no TLS)
 
     def __init__(self, settings, clock, store, tables, resolver, *, listenerName="smtp", flushSite=None,
                  postmasterNotices=False, maillogs=None):
@@ -105,12 +106,23 @@ class SMTPServerFactory(Factory):
         self.cleanup = Cleanup(settings.cleanup, store, clock, maillogs)
         self.rewrite = self.cleanup.rewriting
         self.headerRewriteClients = HeaderRewriteClients(
-            settings.cleanup.rewrite.localHeaderRewriteClients, self.policy.mynetworks, tables)
+            settings.cleanup.rewrite.localHeaderRewriteClients, self.policy.mynetworks, tables,
+            self.policy.relayClientcerts)
         # Postmaster notices (smtpd_chat_notify): a transcript is kept when notify_classes lists a
         # class the server can meet; at the end of the session (or when it passes the flush
         # threshold) it goes to the postmaster if the session met one of the listed classes.
         self.notices = TranscriptNotices(settings.notices, self.cleanup, clock, self.maillog)
         self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(settings.notices.classes))
+        # TLS (mta.smtpd.starttls): the listener's TlsSettings, and its contexts (mta.tls.context,
+        # the certificate files read now, at start and reload); None when STARTTLS is not offered.
+        self.tlsSettings = settings.tls
+        self.tls = None
+        if settings.tls.enabled:
+            from mta.tls.context import ServerTLS
+
+            self.tls = ServerTLS(settings.tls, tables, sessionId=f"mta-{listenerName}".encode())
+        for note in settings.tls.notes:
+            self.maillog.emit(f"warning: {note}")
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None

@@ -84,6 +84,7 @@ class IncomingTransaction:
             protocol=session.protocol,
             receivedProtocol=session.receivedProtocol(transaction.smtputf8),
             headerRewrite=context.name if context is not None else None,
+            tlsComment=_tlsComment(server),
         )
         self.message = server.factory.cleanup.open(origin, str(self.sender), self.recipients)
         self.queueId = self.message.queueId
@@ -125,6 +126,14 @@ class IncomingTransaction:
         self.message.abort()
 
 
+def _tlsComment(server):
+    """smtpd_tls_received_header: the TLS lines of the Received: header (mta.tls.info), or none."""
+    settings, info = server.factory.tlsSettings, server.session.tls
+    if info is None or not settings.receivedHeader:
+        return ()
+    return info.receivedComment(settings.askClientCertificate)
+
+
 def chooseHeaderRewrite(server, ok):
     """
     At MAIL FROM, as Postfix's smtpd_check_rewrite(): set the
@@ -139,13 +148,14 @@ def chooseHeaderRewrite(server, ok):
     clients = factory.headerRewriteClients
     client = server.session.clientAddress
     local = getattr(server.transport.getHost(), "host", None)
+    tls = server.session.tls  # permit_tls_clientcerts, permit_tls_all_clientcerts (mta.tls.info.TlsInfo)
     if clients.static:
-        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local))
+        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local, tls))
         return ok
 
     async def lookup():
         try:
-            matched = await clients.matches(client, local)
+            matched = await clients.matches(client, local, tls)
         except TableTemporaryError:
             reply = Reply(451, "4.3.0", "Temporary lookup error")
             server._resetTransaction()  # no sender yet, as in Postfix's log line

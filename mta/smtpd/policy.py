@@ -103,18 +103,19 @@ class RecipientPolicy:
         self.restrictions = RestrictionList(settings.recipientRestrictions, self, tables)
         self.etrnRestrictions = RestrictionList(settings.etrnRestrictions, self, tables)
         self.fastFlushDomains = DomainMatcher(settings.fastFlushDomains, tables, subdomains=True)
+        self.relayClientcerts = [tables.open(t) for t in settings.relayClientcerts]  # permit_tls_clientcerts
 
-    async def checkRecipient(self, clientAddress, address, helo=None, sender=None):
+    async def checkRecipient(self, clientAddress, address, helo=None, sender=None, tls=None):
         """
         Judge RCPT TO:<address> (an mta.model.Address) from C{clientAddress}.
         Return (reply, hold, errorClass): reply None to accept, or the Reply
         to send; hold None, or the reason a HOLD action gave; errorClass
         the notify_classes class of a refusal, as Postfix's: policy for a
         restriction, bounce for an unknown recipient, data for a table
-        that cannot answer.
+        that cannot answer.  C{tls}: the session's TlsInfo (mta.tls.info), None without TLS.
         """
         try:
-            decision = await self.restrictions.evaluate(Request(clientAddress, helo, sender, address))
+            decision = await self.restrictions.evaluate(Request(clientAddress, helo, sender, address, tls=tls))
             if decision.action in ("reject", "defer"):
                 return decision.reply, None, decision.errorClass
             if self.rejectUnlisted:

@@ -92,7 +92,7 @@ DEVIATIONS
 from collections.abc import Coroutine
 
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -105,6 +105,7 @@ from mta.smtpd.chat import SessionChat
 from mta.smtpd.commands import R_OK, SMTPCommands
 from mta.smtpd.deadline import RequestDeadline
 from mta.smtpd.session import SessionState, Transaction
+from mta.smtpd.starttls import StartTLSCommands
 
 log = Logger()
 
@@ -116,8 +117,8 @@ JUNK = frozenset({"NOOP", "VRFY", "ETRN", "RSET"})
 PAUSE_THRESHOLD = 65536
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
-class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
+@implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
+class SMTPServer(SMTPCommands, StartTLSCommands, SessionChat, Protocol, TimeoutMixin):
     """
     One SMTP session: the protocol mechanics.  Its state lives in
 
@@ -167,6 +168,7 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
         session.clientPort = getattr(peer, "port", 0) or 0
         session.clientName = "unknown"
         self.factory.maillog.emit(f"connect from {self.session.client}", client=self.session.client)
+        self._startWrapperMode()  # smtpd_tls_wrappermode: TLS first (mta.smtpd.starttls)
         # As a producer we hear when the client stops reading our replies.
         self.transport.registerProducer(self, True)
         self._producing = True
@@ -211,6 +213,8 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
         return True
 
     def _greet(self):
+        if self._greetAfterHandshake():  # wrapper mode: the banner after the TLS handshake
+            return
         self._reply(Reply(220, "", self.settings.banner))
         self._waiting = False
         self._process()
@@ -260,6 +264,7 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
         """Our sending side is shut down; we never do that before closing."""
 
     def connectionLost(self, reason):
+        self._tlsConnectionLost(reason)  # a handshake in progress failed (mta.smtpd.starttls)
         if not self._closing:
             if self._mode in ("data", "bdat"):
                 self._count(self._mode, False)
@@ -502,6 +507,10 @@ class SMTPServer(SMTPCommands, SessionChat, Protocol, TimeoutMixin):
             return
         if verb in JUNK:
             self.session.junk += 1
+        gate = self._tlsGate(verb)  # 530 under smtpd_tls_security_level = encrypt (mta.smtpd.starttls)
+        if gate is not None:
+            self._respond(verb, gate)
+            return
         try:
             result = handler(arg)
         except Exception:

@@ -11,7 +11,12 @@ permit_auth_destination, reject_unauth_destination,
 defer_unauth_destination, reject_unlisted_recipient,
 reject_non_fqdn_recipient, reject_non_fqdn_sender, check_client_access,
 check_sender_access, check_recipient_access, check_etrn_access (the ETRN
-domain and its parent domains; smtpd_etrn_restrictions only).  Outside the
+domain and its parent domains; smtpd_etrn_restrictions only),
+permit_tls_clientcerts (the client certificate's fingerprint or public-key
+fingerprint in relay_clientcerts), permit_tls_all_clientcerts (any client
+certificate that verifies against smtpd_tls_CAfile), check_ccert_access
+type:table (those fingerprints as access(5) keys; the reply names the
+certificate's CN: "<CN>: Client certificate rejected: ...").  Outside the
 RCPT stage (ETRN) the recipient restrictions answer DUNNO, as in Postfix.  Access tables answer as in
 access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
 code with optional enhanced status and text (4xx defers, 5xx rejects),
@@ -72,6 +77,7 @@ class Request:
     recipient: object  # mta.model.Address or None
     client_name: str = "unknown"
     etrn_domain: str | None = None  # the ETRN command's domain (smtpd_etrn_restrictions)
+    tls: object = None  # the session's TlsInfo (mta.tls.info), None without TLS
 
 
 def _constant(decision):
@@ -208,6 +214,48 @@ def _checkAccess(which):
     return make
 
 
+def _permitClientcerts(everyTrusted):
+    """
+    permit_tls_all_clientcerts (C{everyTrusted}): any client certificate
+    that verifies; permit_tls_clientcerts: a certificate (trusted or not,
+    as Postfix) whose fingerprint or public-key fingerprint is a key of
+    relay_clientcerts.
+    """
+
+    def make(policy, argument):
+        async def check(request):
+            peer = request.tls.peer if request.tls is not None else None
+            if peer is None:
+                return DUNNO
+            if everyTrusted:
+                return PERMIT if peer.trusted else DUNNO
+            for table in policy.relayClientcerts:
+                for key in (peer.fingerprint, peer.pkeyFingerprint):
+                    if await table.lookup(key) is not None:
+                        return PERMIT
+            return DUNNO
+
+        return check
+
+    return make
+
+
+def _checkCcertAccess(policy, table):
+    """check_ccert_access type:table: the certificate's fingerprint, then its public key's, as access(5)."""
+
+    async def check(request):
+        peer = request.tls.peer if request.tls is not None else None
+        if peer is None:
+            return DUNNO
+        for key in (peer.fingerprint, peer.pkeyFingerprint):
+            value = await table.lookup(key)
+            if value is not None:
+                return accessResult(value, peer.subjectCN, "Client certificate")
+        return DUNNO
+
+    return check
+
+
 # name -> (needs a table argument, maker(policy, argument) -> async check(request)); the names and
 # their arguments are mta.config.types.RESTRICTION_NAMES (the list is parsed at load, in mta.config).
 RESTRICTIONS = {
@@ -225,6 +273,9 @@ RESTRICTIONS = {
     "check_sender_access": (True, _checkAccess("sender")),
     "check_recipient_access": (True, _checkAccess("recipient")),
     "check_etrn_access": (True, _checkAccess("etrn")),
+    "permit_tls_clientcerts": (False, _permitClientcerts(False)),
+    "permit_tls_all_clientcerts": (False, _permitClientcerts(True)),
+    "check_ccert_access": (True, _checkCcertAccess),
 }
 
 

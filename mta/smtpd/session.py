@@ -28,11 +28,13 @@ rcpt_reset, helo_reset) say:
                            queue on its own); SessionState unchanged, but a
                            message queued forgives the client's errors
                            (Postfix: error_count and junk_cmds to 0)
-    STARTTLS (next issue)  RFC 3207 4.2: a fresh Transaction, and the
+    STARTTLS               RFC 3207 4.2: a fresh Transaction, and the
                            session forgets what the client said (helo None,
-                           as Postfix's helo_reset) until it sends EHLO
-                           again; tlsActive set.  AUTH sets saslUsername
-                           (RFC 4954 4: once per session).
+                           protocol SMTP, as Postfix's helo_reset) and any
+                           AUTH (saslUsername None) until it sends EHLO
+                           again; tlsActive set, tls the TlsInfo
+                           (startedTLS(), mta.smtpd.starttls).  AUTH sets
+                           saslUsername (RFC 4954 4: once per session).
 
 The Received header's protocol name derives from the session (RFC 3848,
 RFC 6531): receivedProtocol().
@@ -66,6 +68,9 @@ class SessionState:
                    the envelope's protocol and the log's proto=; whether
                    ESMTP extensions are offered (extended)
     tlsActive      STARTTLS completed (the S of ESMTPS); set by STARTTLS
+                   or at connect in wrapper mode
+    tls            the TlsInfo of the session's TLS (mta.tls.info: protocol,
+                   cipher, bits, key exchange, client certificate), or None
     saslUsername   the AUTH identity (the A of ESMTPA), None without AUTH
     bareNewline    the smtpd_forbid_bare_newline mode for this client:
                    reject, normalize (an excluded client) or no
@@ -84,6 +89,7 @@ class SessionState:
     helo: str | None = None
     protocol: str = "SMTP"
     tlsActive: bool = False
+    tls: object = None
     saslUsername: str | None = None
     bareNewline: str = "reject"
     earlyTalker: bool = False
@@ -105,6 +111,14 @@ class SessionState:
         """HELO (protocol SMTP) or EHLO (ESMTP) with the sanitized C{name}."""
         self.helo = name
         self.protocol = protocol
+
+    def startedTLS(self, info):
+        """The TLS handshake is done (C{info}: its TlsInfo): forget HELO/EHLO and AUTH (RFC 3207 4.2)."""
+        self.helo = None
+        self.protocol = "SMTP"
+        self.saslUsername = None
+        self.tlsActive = True
+        self.tls = info
 
     def receivedProtocol(self, smtputf8=False):
         """

@@ -28,24 +28,35 @@ def test_example_configuration_loads_and_starts_as_is():
     assert config.listeners[0].endpoint == "tcp:port=2525:interface=127.0.0.1"
 
 
-def test_example_second_listener_works_when_uncommented(tmp_path):
+def test_the_example_listeners_work_when_uncommented(tmp_path):
+    from tests.tlssupport import Certificates
+
+    certs = Certificates(tmp_path)
     lines = docs.ini().splitlines()
-    start = lines.index("#[listener:submission]")
-    enabled = lines[:start] + [line[1:] for line in lines[start:]]
+    start = lines.index("[listener:smtp]")
+    assignment = re.compile(r"#(\[listener:|[A-Za-z0-9_]+ = )")
+    enabled = lines[:start + 1] + [line[1:] for line in lines[start + 1:] if assignment.match(line)]
+    main = lines.index("[main]")
+    enabled[main + 1:main + 1] = [f"smtpd_tls_cert_file = {certs['server.pem']}",
+                                  f"smtpd_tls_key_file = {certs['server.key']}"]
     path = tmp_path / "enabled.ini"
     path.write_text("\n".join(enabled) + "\n")
     config = load(str(path))
-    smtp, submission = config.listeners
-    assert (submission.name, submission.endpoint) == ("submission", "tcp:port=5870:interface=127.0.0.1")
+    smtp, submission, submissions = config.listeners
+    assert [(listener.name, listener.endpoint) for listener in config.listeners] == [
+        ("smtp", "tcp:port=25"), ("submission", "tcp:port=587"), ("submissions", "tcp:port=465")]
+    assert (smtp.settings.tls.level, submission.settings.tls.level) == ("may", "encrypt")
+    assert submissions.settings.tls.wrapperMode and submissions.settings.tls.enabled
     assert submission.params["smtpd_recipient_limit"] == 100
     assert smtp.params["smtpd_recipient_limit"] == 1000
+    assert lines.count(docs.SASL_PLACEHOLDER) == 2
 
 
 def test_every_parameter_uncommented_gives_its_default(tmp_path):
     # Uncommenting '#name = value' lines in [main] must give valid values equal to the defaults.
     text = docs.ini()
     main, listeners = text.split("\n[listener:", 1)
-    uncommented = re.sub(r"(?m)^#([a-z0-9_]+ =)", r"\1", main)
+    uncommented = re.sub(r"(?m)^#([A-Za-z0-9_]+ =)", r"\1", main)  # Postfix's smtpd_tls_CAfile has capitals
     path = tmp_path / "all.ini"
     path.write_text(uncommented + "\n[listener:" + listeners)
     config = load(str(path))

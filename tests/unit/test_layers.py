@@ -14,7 +14,8 @@ README's Design section), lowest first:
        mta.addrlist               rewriting and header address lists
     4  mta.smtpd, mta.queue,      the services and what they share
        mta.delivery, mta.cleanup,
-       mta.bounce, mta.transcript
+       mta.bounce, mta.transcript,
+       mta.tls
     5  mta.generation, mta.service, mta.listeners, mta.tap, mta.control, mta.cli,
        mta.testing, mta.plugins.* the daemon, the tools, the plugin modules, the fakes
 
@@ -54,6 +55,7 @@ FLOORS = {
     "mta.cleanup": 4,
     "mta.bounce": 4,
     "mta.transcript": 4,
+    "mta.tls": 4,
     "mta.generation": 5,
     "mta.service": 5,
     "mta.listeners": 5,
