@@ -145,14 +145,20 @@ class Origin:
     uid: int | None = None
     submitted: float | None = None
     headerRewrite: str | None = "local"
+    # The SMTP AUTH login (mta.smtpd.auth): to the envelope; authenticatedHeader puts Postfix's
+    # "(Authenticated sender: USER)" comment in the Received: header (smtpd_sasl_authenticated_header).
+    saslMethod: str | None = None
+    saslUsername: str | None = None
+    saslSender: str | None = None
+    authenticatedHeader: bool = False
 
     @classmethod
     def smtp(cls, *, clientName, clientAddress, clientPort, helo, protocol, receivedProtocol=None,
-             headerRewrite=None):
-        """An SMTP client's message (C{helo} None or empty when it sent none)."""
+             headerRewrite=None, **sasl):
+        """An SMTP client's message (C{helo} None or empty when it sent none); C{sasl}: the sasl* fields."""
         return cls(kind=SMTP, clientName=clientName, clientAddress=clientAddress, clientPort=clientPort,
                    helo=helo or "", protocol=protocol, receivedProtocol=receivedProtocol or protocol,
-                   headerRewrite=headerRewrite)
+                   headerRewrite=headerRewrite, **sasl)
 
     @classmethod
     def localSubmission(cls, uid, submitted):
@@ -227,7 +233,11 @@ class Cleanup:
             name = sanitize(origin.clientName)
             helo = sanitize(origin.helo) if origin.helo else name
             forClause = f"\r\n\tfor <{sanitize(recipients[0].address)}>" if len(recipients) == 1 else ""
-            text = (f"Received: from {helo} ({name} [{sanitize(origin.clientAddress)}])\r\n"
+            comment = ""
+            if origin.authenticatedHeader and origin.saslUsername:
+                user = sanitize(origin.saslUsername).translate({ord("("): "?", ord(")"): "?", ord("\\"): "?"})
+                comment = f"\t(Authenticated sender: {user})\r\n"
+            text = (f"Received: from {helo} ({name} [{sanitize(origin.clientAddress)}])\r\n{comment}"
                     f"\tby {s.hostname} ({s.mailName}) with {sanitize(origin.receivedProtocol)} id {queueId}"
                     f"{forClause};\r\n\t{mailDate(now)}\r\n")
         elif origin.kind == LOCAL:
@@ -338,6 +348,9 @@ class CleanupMessage:
             ret=ret,
             envid=envid,
             size=self.size,  # the store sets it again from what it wrote
+            sasl_method=origin.saslMethod,
+            sasl_username=origin.saslUsername,
+            sasl_sender=origin.saslSender,
         )
         messageId, notRewritten = self.messageId, self.notRewritten
         maillog = cleanup.maillog

@@ -54,6 +54,10 @@ def defaultMydomain():
 
 _P = Parameter
 
+# smtpd_sasl_security_options and smtpd_sasl_tls_security_options (Postfix's xsasl names).
+SASL_SECURITY_OPTIONS = ("noanonymous", "noplaintext", "noactive", "nodictionary", "mutual_auth",
+                         "forward_secrecy")
+
 PARAMETERS = (
     # -- identity ---------------------------------------------------------
     _P("myhostname", T.String(), defaultMyhostname,
@@ -226,6 +230,37 @@ PARAMETERS = (
     _P("postscreen_greet_action", T.Choice(("ignore", "enforce", "drop")), "ignore",
        "For an early talker: ignore (log only), enforce (refuse its recipients with 550 5.5.1) "
        "or drop (521 and disconnect).", "smtpd"),
+    # -- smtpd: SASL AUTH (mta.smtpd.auth, mta.sasl) ------------------------
+    _P("smtpd_sasl_auth_enable", T.Boolean(), "no",
+       "Offer and accept SMTP AUTH (RFC 4954).", "sasl"),
+    _P("smtpd_sasl_type", T.Choice(("dovecot", "builtin")), "dovecot",
+       "The SASL backend: dovecot (Dovecot's auth service at smtpd_sasl_path) or builtin (PLAIN "
+       "and LOGIN against the password table at smtpd_sasl_path). Postfix's default is cyrus, "
+       "which mta does not have.", "sasl"),
+    _P("smtpd_sasl_path", T.SaslPath(), "private/auth",
+       "dovecot: the auth socket, a path (relative to queue_directory) or inet:host:port; "
+       "builtin: the password table, e.g. texthash:/etc/mta/sasl_passwd (mta-config sasl-passwd).",
+       "sasl"),
+    _P("smtpd_sasl_security_options", T.ChoiceList(SASL_SECURITY_OPTIONS), "noanonymous",
+       "Mechanisms not offered before TLS: noanonymous, noplaintext, noactive, nodictionary, "
+       "mutual_auth, forward_secrecy.", "sasl"),
+    _P("smtpd_sasl_tls_security_options", T.ChoiceList(SASL_SECURITY_OPTIONS), "$smtpd_sasl_security_options",
+       "As smtpd_sasl_security_options, for sessions under TLS.", "sasl"),
+    _P("smtpd_tls_auth_only", T.Boolean(), "no",
+       "Offer and accept AUTH only after STARTTLS (504 5.5.4 before).", "sasl"),
+    _P("smtpd_sasl_local_domain", T.String(), "",
+       "The realm of user names without @ (builtin: looked up as user@realm; dovecot: not "
+       "sent, as in Postfix).", "sasl"),
+    _P("smtpd_sasl_exceptions_networks", T.Networks(), "",
+       "Clients to which EHLO does not offer AUTH (they may still use it).", "sasl"),
+    _P("smtpd_sasl_response_limit", T.Integer(minimum=1), "12288",
+       "The longest AUTH initial response or SASL response line (500 5.5.6 beyond).", "sasl"),
+    _P("smtpd_sasl_authenticated_header", T.Boolean(), "no",
+       "Add (Authenticated sender: USER) to the Received header.", "sasl"),
+    _P("smtpd_sasl_service", T.String(), "smtp",
+       "The service name given to the SASL backend (Dovecot's service=).", "sasl"),
+    _P("broken_sasl_auth_clients", T.Boolean(), "no",
+       "Also offer AUTH as the obsolete AUTH=MECH... EHLO line (old Outlook clients).", "sasl"),
     # -- smtp client ---------------------------------------------------------
     _P("smtp_connect_timeout", T.Time("s"), "30s",
        "How long the SMTP and LMTP clients wait for a TCP connection to complete.", "smtp"),

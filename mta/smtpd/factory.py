@@ -62,6 +62,9 @@ class SMTPServerFactory(Factory):
     headerRewriteClients  local_header_rewrite_clients, matched at MAIL FROM
     notices, keepTranscripts
                           postmaster transcripts (mta.transcript) and whether to keep them
+    sasl, saslSettings, saslExceptions
+                          the SASL backend (mta.sasl; None: AUTH off), the listener's
+                          SaslSettings, smtpd_sasl_exceptions_networks
     sessions              the open sessions (SMTPServer)
     """
 
@@ -111,6 +114,12 @@ class SMTPServerFactory(Factory):
         # threshold) it goes to the postmaster if the session met one of the listed classes.
         self.notices = TranscriptNotices(settings.notices, self.cleanup, clock, self.maillog)
         self.keepTranscripts = postmasterNotices and bool(SERVER_ERROR_CLASSES & set(settings.notices.classes))
+        # SASL AUTH (mta.smtpd.auth, mta.sasl): None when off, and in stand-alone mode (-bs) as in Postfix.
+        from mta.sasl import makeBackend
+
+        self.saslSettings = settings.sasl
+        self.saslExceptions = NetworkMatcher(settings.sasl.exceptionsNetworks, tables)
+        self.sasl = None if listenerName == "sendmail" else makeBackend(settings.sasl, tables, clock, self.maillog)
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None

@@ -42,6 +42,7 @@ CONFIGURATION
 from twisted.internet.defer import Deferred
 
 from mta.cleanup import Origin
+from mta.maillog import sanitize
 from mta.model import Reply
 from mta.tables import TableTemporaryError
 
@@ -84,7 +85,12 @@ class IncomingTransaction:
             protocol=session.protocol,
             receivedProtocol=session.receivedProtocol(transaction.smtputf8),
             headerRewrite=context.name if context is not None else None,
+            saslMethod=session.saslMethod,
+            saslUsername=session.saslUsername,
+            saslSender=saslSender(transaction.mailParams),
+            authenticatedHeader=server.factory.saslSettings.authenticatedHeader,
         )
+        self.login = loginFields(origin)
         self.message = server.factory.cleanup.open(origin, str(self.sender), self.recipients)
         self.queueId = self.message.queueId
         self.size = 0  # content bytes from the client
@@ -105,8 +111,10 @@ class IncomingTransaction:
         message = self.message
         sender = str(self.sender)
 
-        def announce(queueId):
-            maillog.emit(f"client={client}", queue_id=queueId, client=client)
+        login = self.login
+
+        def announce(queueId):  # Postfix's smtpd_sasl_mail_log: client=..., sasl_method=..., sasl_username=...
+            maillog.emit(f"client={client}{login}", queue_id=queueId, client=client)
 
         def queued(queueId):
             maillog.fields(
@@ -123,6 +131,21 @@ class IncomingTransaction:
 
     def abort(self):
         self.message.abort()
+
+
+def saslSender(mailParams):
+    """MAIL FROM's AUTH= value as Postfix keeps it (printable, "<>" dropped), or None."""
+    value = mailParams.auth if mailParams is not None else None
+    if value is None or value == "<>":
+        return None
+    return "".join(c if c.isprintable() and c.isascii() else "?" for c in value)
+
+
+def loginFields(origin):
+    """", sasl_method=PLAIN, sasl_username=alice, sasl_sender=..." for the client= line ("" without AUTH)."""
+    fields = [("sasl_method", origin.saslMethod), ("sasl_username", origin.saslUsername),
+              ("sasl_sender", origin.saslSender)]
+    return "".join(f", {name}={sanitize(value)}" for name, value in fields if value)
 
 
 def chooseHeaderRewrite(server, ok):

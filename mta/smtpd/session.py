@@ -67,6 +67,7 @@ class SessionState:
                    ESMTP extensions are offered (extended)
     tlsActive      STARTTLS completed (the S of ESMTPS); set by STARTTLS
     saslUsername   the AUTH identity (the A of ESMTPA), None without AUTH
+    saslMethod     the AUTH mechanism that logged in (PLAIN, LOGIN, ...), or None
     bareNewline    the smtpd_forbid_bare_newline mode for this client:
                    reject, normalize (an excluded client) or no
     earlyTalker    caught talking before the greeting under
@@ -85,6 +86,7 @@ class SessionState:
     protocol: str = "SMTP"
     tlsActive: bool = False
     saslUsername: str | None = None
+    saslMethod: str | None = None
     bareNewline: str = "reject"
     earlyTalker: bool = False
     errors: int = 0

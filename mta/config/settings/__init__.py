@@ -151,10 +151,10 @@ class Compiled:
 
 def _registry():
     """(MAIN_SETTINGS, LISTENER_SETTINGS): service name -> settings class."""
-    from mta.config.settings import client, cleanup, delivery, notices, qmgr, routing, service, smtpd
+    from mta.config.settings import client, cleanup, delivery, notices, qmgr, routing, sasl, service, smtpd
 
     main, listener = {}, {}
-    for module in (service, smtpd, cleanup, routing, qmgr, notices, client, delivery):
+    for module in (service, smtpd, cleanup, routing, qmgr, notices, client, delivery, sasl):
         main.update(getattr(module, "MAIN", {}))
         listener.update(getattr(module, "LISTENER", {}))
     return main, listener
