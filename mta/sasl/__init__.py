@@ -108,4 +108,4 @@ def makeBackend(settings, tables, clock, maillog):
         return BuiltinBackend(tables.open(settings.table), clock, realm=settings.localDomain)
     from mta.sasl.dovecot import DovecotBackend
 
-    return DovecotBackend(settings.socket, clock, maillog)
+    return DovecotBackend(settings.socket, clock, maillog, service=settings.service)

@@ -112,12 +112,12 @@ class SMTPAuth:
         return sasl.tlsSecurityOptions if self.session.tlsActive else sasl.securityOptions
 
     async def _mechanisms(self):
-        """The mechanism names this session may use, or () (backend down: logged)."""
+        """The mechanism names this session may use, or None (the backend is down: logged)."""
         try:
             mechanisms = await self.factory.sasl.mechanisms(self.session.tlsActive)
         except Exception as e:
             self.factory.maillog.emit(f"warning: SASL: cannot get the authentication mechanisms: {e}")
-            return ()
+            return None
         return allowed(mechanisms, self._securityOptions())
 
     async def _authEhloLines(self, lines):
@@ -155,7 +155,10 @@ class SMTPAuth:
         return self._authStart(words[0].upper(), words[1] if len(words) == 2 else None)
 
     async def _authStart(self, mechanism, initial):
-        if mechanism not in await self._mechanisms():
+        names = await self._mechanisms()
+        if names is None:
+            return self._authFailed(mechanism, "Connection lost to authentication server", temporary=True)
+        if mechanism not in names:
             return self._authFailed(mechanism, "Invalid authentication mechanism")
         response = None
         if initial is not None:
