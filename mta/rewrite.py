@@ -70,10 +70,11 @@ DESCRIPTION
                                ::ffff:127.x.y.z) or the address of the
                                listener it connected to
       permit_mynetworks        the client address matches $mynetworks
-      permit_sasl_authenticated, permit_tls_clientcerts,
+      permit_sasl_authenticated  a client that logged in with AUTH
+      permit_tls_clientcerts,
       permit_tls_all_clientcerts
-                               accepted, but never match: mta has no AUTH
-                               and no TLS yet
+                               accepted, but never match: mta has no TLS
+                               yet
       check_address_map type:table, or a bare type:table
                                the client address (IPv4, or IPv6 without
                                brackets) is a key in the table; the value is
@@ -388,7 +389,7 @@ class HeaderRewriteClients:
     NetworkMatcher, C{tables} opens the TableSpecs.
     """
 
-    NEVER = frozenset(("permit_sasl_authenticated", "permit_tls_clientcerts", "permit_tls_all_clientcerts"))
+    NEVER = frozenset(("permit_tls_clientcerts", "permit_tls_all_clientcerts"))
 
     def __init__(self, items, mynetworks, tables):
         self._items = [tables.open(i) if isinstance(i, TableSpec) else i for i in items]
@@ -396,18 +397,22 @@ class HeaderRewriteClients:
         self.static = all(isinstance(i, str) for i in self._items) and (
             mynetworks.static or "permit_mynetworks" not in self._items)
 
-    def staticMatch(self, client, server):
+    def staticMatch(self, client, server, saslUsername=None):
         """Does the client match (tables, and tables in mynetworks, not consulted)?"""
         for item in self._items:
+            if item == "permit_sasl_authenticated" and saslUsername:
+                return True
             if item == "permit_inet_interfaces" and isOwnAddress(client, server):
                 return True
             if item == "permit_mynetworks" and self._mynetworks.staticMatch(client):
                 return True
         return False
 
-    async def matches(self, client, server):
+    async def matches(self, client, server, saslUsername=None):
         """Does the client match?  TableTemporaryError when a table cannot answer."""
         for item in self._items:
+            if item == "permit_sasl_authenticated" and saslUsername:
+                return True
             if item == "permit_inet_interfaces":
                 if isOwnAddress(client, server):
                     return True

@@ -193,8 +193,8 @@ PARAMETERS = (
        "cleanup"),
     _P("local_header_rewrite_clients", T.RewriteClients(), "permit_inet_interfaces",
        "Clients whose message headers are rewritten as local mail's: permit_inet_interfaces, "
-       "permit_mynetworks, check_address_map type:table (permit_sasl_authenticated and "
-       "permit_tls_clientcerts are accepted but never match: no AUTH or TLS yet).", "cleanup"),
+       "permit_mynetworks, permit_sasl_authenticated, check_address_map type:table "
+       "(permit_tls_clientcerts is accepted but never matches: no TLS yet).", "cleanup"),
     _P("remote_header_rewrite_domain", T.String(), "",
        "Domain appended to incomplete header addresses from other clients; empty: leave "
        "their headers as they are.", "cleanup"),
@@ -259,6 +259,9 @@ PARAMETERS = (
        "Add (Authenticated sender: USER) to the Received header.", "sasl"),
     _P("smtpd_sasl_service", T.String(), "smtp",
        "The service name given to the SASL backend (Dovecot's service=).", "sasl"),
+    _P("smtpd_sender_login_maps", T.Tables(), "",
+       "Tables of envelope sender address -> the SASL login names (comma or space separated) that "
+       "own it, for reject_*sender_login_mismatch.", "sasl"),
     _P("broken_sasl_auth_clients", T.Boolean(), "no",
        "Also offer AUTH as the obsolete AUTH=MECH... EHLO line (old Outlook clients).", "sasl"),
     # -- smtp client ---------------------------------------------------------

@@ -345,6 +345,12 @@ RESTRICTION_NAMES = {
     "check_sender_access": True,
     "check_recipient_access": True,
     "check_etrn_access": True,
+    # SASL AUTH (mta.smtpd.auth): the login, and smtpd_sender_login_maps
+    "permit_sasl_authenticated": False,
+    "reject_sender_login_mismatch": False,
+    "reject_known_sender_login_mismatch": False,
+    "reject_authenticated_sender_login_mismatch": False,
+    "reject_unauthenticated_sender_login_mismatch": False,
 }
 
 

@@ -270,7 +270,8 @@ class SMTPCommands:
             reply, hold = None, None
         else:
             reply, hold, errorClass = await factory.policy.checkRecipient(
-                self.session.clientAddress, address, self.session.helo, transaction.sender)
+                self.session.clientAddress, address, self.session.helo, transaction.sender,
+                login=(self.session.saslMethod, self.session.saslUsername))
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)

@@ -162,13 +162,14 @@ def chooseHeaderRewrite(server, ok):
     clients = factory.headerRewriteClients
     client = server.session.clientAddress
     local = getattr(server.transport.getHost(), "host", None)
+    login = server.session.saslUsername  # permit_sasl_authenticated
     if clients.static:
-        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local))
+        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local, login))
         return ok
 
     async def lookup():
         try:
-            matched = await clients.matches(client, local)
+            matched = await clients.matches(client, local, login)
         except TableTemporaryError:
             reply = Reply(451, "4.3.0", "Temporary lookup error")
             server._resetTransaction()  # no sender yet, as in Postfix's log line

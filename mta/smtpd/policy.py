@@ -103,8 +103,18 @@ class RecipientPolicy:
         self.restrictions = RestrictionList(settings.recipientRestrictions, self, tables)
         self.etrnRestrictions = RestrictionList(settings.etrnRestrictions, self, tables)
         self.fastFlushDomains = DomainMatcher(settings.fastFlushDomains, tables, subdomains=True)
+        self.senderLoginMaps = [tables.open(t) for t in settings.senderLoginMaps]
 
-    async def checkRecipient(self, clientAddress, address, helo=None, sender=None):
+    async def senderOwners(self, sender):
+        """smtpd_sender_login_maps: the login names (lower case) that own C{sender}, or None if unlisted."""
+        for table in self.senderLoginMaps:
+            for key in addressKeys(str(sender), self.delimiter, False):
+                value = await table.lookup(key)
+                if value is not None:
+                    return {name.lower() for name in value.replace(",", " ").split()}
+        return None
+
+    async def checkRecipient(self, clientAddress, address, helo=None, sender=None, login=(None, None)):
         """
         Judge RCPT TO:<address> (an mta.model.Address) from C{clientAddress}.
         Return (reply, hold, errorClass): reply None to accept, or the Reply
@@ -114,7 +124,8 @@ class RecipientPolicy:
         that cannot answer.
         """
         try:
-            decision = await self.restrictions.evaluate(Request(clientAddress, helo, sender, address))
+            request = Request(clientAddress, helo, sender, address, sasl_method=login[0], sasl_username=login[1])
+            decision = await self.restrictions.evaluate(request)
             if decision.action in ("reject", "defer"):
                 return decision.reply, None, decision.errorClass
             if self.rejectUnlisted:

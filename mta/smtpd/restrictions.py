@@ -11,7 +11,14 @@ permit_auth_destination, reject_unauth_destination,
 defer_unauth_destination, reject_unlisted_recipient,
 reject_non_fqdn_recipient, reject_non_fqdn_sender, check_client_access,
 check_sender_access, check_recipient_access, check_etrn_access (the ETRN
-domain and its parent domains; smtpd_etrn_restrictions only).  Outside the
+domain and its parent domains; smtpd_etrn_restrictions only);
+permit_sasl_authenticated (any AUTH login but ANONYMOUS),
+reject_sender_login_mismatch, reject_known_sender_login_mismatch,
+reject_authenticated_sender_login_mismatch and
+reject_unauthenticated_sender_login_mismatch (smtpd_sender_login_maps:
+the sender address, looked up as virtual(5) keys, gives the login names
+that own it; "553 5.7.1 <addr>: Sender address rejected: not owned by
+user NAME" or "... not logged in", as Postfix; the null sender passes).  Outside the
 RCPT stage (ETRN) the recipient restrictions answer DUNNO, as in Postfix.  Access tables answer as in
 access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
 code with optional enhanced status and text (4xx defers, 5xx rejects),
@@ -72,6 +79,8 @@ class Request:
     recipient: object  # mta.model.Address or None
     client_name: str = "unknown"
     etrn_domain: str | None = None  # the ETRN command's domain (smtpd_etrn_restrictions)
+    sasl_username: str | None = None  # the AUTH login (mta.smtpd.auth), None without one
+    sasl_method: str | None = None
 
 
 def _constant(decision):
@@ -208,6 +217,44 @@ def _checkAccess(which):
     return make
 
 
+def _permitSaslAuthenticated(policy, argument):
+    async def check(request):  # Postfix's permit_sasl_auth: any login but ANONYMOUS
+        method = request.sasl_method
+        return PERMIT if request.sasl_username and method and method.upper() != "ANONYMOUS" else DUNNO
+
+    return check
+
+
+def _senderLoginMismatch(authenticated, unknownAllowed, unauthenticated):
+    """
+    Postfix's reject_auth_sender_login_mismatch (C{authenticated}; an
+    unknown sender passes with C{unknownAllowed}) and
+    reject_unauth_sender_login_mismatch (C{unauthenticated}), against
+    smtpd_sender_login_maps (address -> the login names that own it).
+    """
+
+    def make(policy, argument):
+        async def check(request):
+            sender = request.sender
+            if sender is None or sender.isNull or not policy.senderLoginMaps:
+                return DUNNO
+            owners = await policy.senderOwners(sender)
+            user = request.sasl_username
+            if user is not None and authenticated:
+                if owners is None and unknownAllowed:
+                    return DUNNO
+                if owners is None or user.lower() not in owners:
+                    text = f"<{sender}>: Sender address rejected: not owned by user {user}"
+                    return Decision("reject", Reply(553, "5.7.1", text))
+            elif user is None and unauthenticated and owners is not None:
+                return Decision("reject", Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not logged in"))
+            return DUNNO
+
+        return check
+
+    return make
+
+
 # name -> (needs a table argument, maker(policy, argument) -> async check(request)); the names and
 # their arguments are mta.config.types.RESTRICTION_NAMES (the list is parsed at load, in mta.config).
 RESTRICTIONS = {
@@ -225,6 +272,11 @@ RESTRICTIONS = {
     "check_sender_access": (True, _checkAccess("sender")),
     "check_recipient_access": (True, _checkAccess("recipient")),
     "check_etrn_access": (True, _checkAccess("etrn")),
+    "permit_sasl_authenticated": (False, _permitSaslAuthenticated),
+    "reject_sender_login_mismatch": (False, _senderLoginMismatch(True, False, True)),
+    "reject_known_sender_login_mismatch": (False, _senderLoginMismatch(True, True, True)),
+    "reject_authenticated_sender_login_mismatch": (False, _senderLoginMismatch(True, False, False)),
+    "reject_unauthenticated_sender_login_mismatch": (False, _senderLoginMismatch(False, False, True)),
 }
 
 

@@ -390,3 +390,91 @@ def test_password_absent_from_logs_and_transcripts(passwd):
         for secret in secrets:
             assert secret not in text
     assert log.matching("request longer than 2048: AUTH PLAIN [response hidden]")
+
+
+# -- restrictions ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logins(tmp_path):
+    path = tmp_path / "sender_logins"
+    path.write_text("alice@example.org  alice@example.org, Bob\nshared@example.org  bob alice@example.org\n"
+                    "@owned.example  bob\n")
+    return path
+
+
+def relayDialog(auth, restrictions, logins=None):
+    main = f"mynetworks = 192.0.2.0/24\nsmtpd_recipient_restrictions = {restrictions}\n"
+    if logins is not None:
+        main += f"smtpd_sender_login_maps = texthash:{logins}\n"
+    d = auth(main)
+    d.send("EHLO c\r\n")
+    return d
+
+
+def test_permit_sasl_authenticated_relays(auth):
+    d = relayDialog(auth, "permit_sasl_authenticated, reject_unauth_destination")
+    d.send("MAIL FROM:<alice@example.org>\r\n")
+    assert d.send("RCPT TO:<x@elsewhere.example>\r\n") == "554 5.7.1 <x@elsewhere.example>: Relay access denied\r\n"
+    d.send("RSET\r\n")
+    login(d)
+    d.send("MAIL FROM:<alice@example.org>\r\n")
+    assert d.send("RCPT TO:<x@elsewhere.example>\r\n") == "250 2.1.5 Ok\r\n"
+
+
+@pytest.mark.parametrize("restriction, user, sender, expected", [
+    # reject_sender_login_mismatch: logged-in users send only as what they own; others as nothing owned
+    ("reject_sender_login_mismatch", "alice@example.org", "alice@example.org", 250),
+    ("reject_sender_login_mismatch", "alice@example.org", "shared@example.org", 250),
+    ("reject_sender_login_mismatch", "bob", "alice@example.org", 250),  # owners are case-insensitive
+    ("reject_sender_login_mismatch", "bob", "x@owned.example", 250),
+    ("reject_sender_login_mismatch", "alice@example.org", "x@owned.example", 553),
+    ("reject_sender_login_mismatch", "alice@example.org", "nobody@elsewhere.example", 553),
+    ("reject_sender_login_mismatch", None, "alice@example.org", 553),
+    ("reject_sender_login_mismatch", None, "nobody@elsewhere.example", 250),
+    ("reject_sender_login_mismatch", "alice@example.org", "", 250),  # the null sender
+    # known: an unlisted sender passes
+    ("reject_known_sender_login_mismatch", "alice@example.org", "nobody@elsewhere.example", 250),
+    ("reject_known_sender_login_mismatch", "alice@example.org", "x@owned.example", 553),
+    ("reject_known_sender_login_mismatch", None, "alice@example.org", 553),
+    # authenticated only
+    ("reject_authenticated_sender_login_mismatch", None, "alice@example.org", 250),
+    ("reject_authenticated_sender_login_mismatch", "bob", "nobody@elsewhere.example", 553),
+    # unauthenticated only
+    ("reject_unauthenticated_sender_login_mismatch", "bob", "nobody@elsewhere.example", 250),
+    ("reject_unauthenticated_sender_login_mismatch", None, "shared@example.org", 553),
+])
+def test_sender_login_mismatch(auth, logins, restriction, user, sender, expected):
+    d = relayDialog(auth, f"{restriction}, permit", logins)
+    if user is not None:
+        password = "bobs password" if user == "bob" else PASSWORD
+        assert d.send(f"AUTH PLAIN {plain(user, password)}\r\n").startswith("235 ")
+    d.send(f"MAIL FROM:<{sender}>\r\n")
+    with MailLog() as log:
+        reply = d.send("RCPT TO:<x@mx.test>\r\n")
+    assert int(reply[:3]) == expected, reply
+    if expected == 553:
+        why = f"not owned by user {user}" if user else "not logged in"
+        assert reply == f"553 5.7.1 <{sender}>: Sender address rejected: {why}\r\n"
+        assert log.matching(f"NOQUEUE: reject: RCPT from unknown[{OUTSIDE}]: 553 5.7.1 <{sender}>")
+
+
+def test_login_maps_unused_without_a_map(auth):
+    d = relayDialog(auth, "reject_sender_login_mismatch, permit")
+    login(d)
+    d.send("MAIL FROM:<someone@elsewhere.example>\r\n")
+    assert d.send("RCPT TO:<x@mx.test>\r\n") == "250 2.1.5 Ok\r\n"
+
+
+def test_local_header_rewrite_clients_permit_sasl_authenticated(auth):
+    store = FakeQueueStore()
+    d = auth("local_header_rewrite_clients = permit_sasl_authenticated\n", store=store)
+    d.send("EHLO c\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@mx.test>\r\nDATA\r\n")
+    d.send("To: root\r\n\r\nx\r\n.\r\n")
+    login(d)
+    d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@mx.test>\r\nDATA\r\n")
+    d.send("To: root\r\n\r\nx\r\n.\r\n")
+    before, after = store.committed
+    assert b"\r\nTo: root\r\n" in before.content
+    assert b"\r\nTo: root@mx.test\r\n" in after.content

@@ -116,6 +116,7 @@ class RecipientCheckSettings(Settings):
     recipientRestrictions: tuple = setting("smtpd_recipient_restrictions", parseRestrictions)  # RCPT TO
     etrnRestrictions: tuple = setting("smtpd_etrn_restrictions", parseRestrictions)  # ETRN's domain
     fastFlushDomains: tuple = setting("fast_flush_domains")  # what ETRN may flush (subdomains match)
+    senderLoginMaps: tuple = setting("smtpd_sender_login_maps")  # sender address -> its SASL login names
 
     def unknownCode(self, addressClass):
         """The reply code for a recipient unknown in C{addressClass} (local, alias, virtual, relay)."""
