@@ -262,6 +262,11 @@ PARAMETERS = (
     _P("smtpd_sender_login_maps", T.Tables(), "",
        "Tables of envelope sender address -> the SASL login names (comma or space separated) that "
        "own it, for reject_*sender_login_mismatch.", "sasl"),
+    _P("smtpd_client_auth_rate_limit", T.Integer(), "0",
+       "AUTH commands one client address may send per anvil_rate_time_unit (450 4.7.1 beyond); "
+       "0: no limit. smtpd_client_event_limit_exceptions are exempt.", "sasl"),
+    _P("anvil_rate_time_unit", T.Time("s"), "60s",
+       "The time unit over which client rates (smtpd_client_auth_rate_limit) are counted.", "sasl"),
     _P("broken_sasl_auth_clients", T.Boolean(), "no",
        "Also offer AUTH as the obsolete AUTH=MECH... EHLO line (old Outlook clients).", "sasl"),
     # -- smtp client ---------------------------------------------------------

@@ -22,6 +22,7 @@ The AUTH command, checked in this order (Postfix's texts and codes):
     smtpd_tls_auth_only, no TLS     504 5.5.4 Encryption required for requested authentication mechanism
     a second login                  503 5.5.1 Error: already authenticated
     no or too many arguments        501 5.5.4 Syntax: AUTH mechanism
+    over smtpd_client_auth_rate_limit   450 4.7.1 Error: too many AUTH commands from ADDR
     a mechanism not offered         535 5.7.8 Error: authentication failed: Invalid authentication mechanism
     a response over the limit       500 5.5.6 SASL response limit exceeded
     a response that is not base64   501 5.5.2 Invalid base64 data in initial (continued) response
@@ -52,7 +53,10 @@ CONFIGURATION
     smtpd_sasl_type, smtpd_sasl_path, smtpd_sasl_security_options,
     smtpd_sasl_tls_security_options, smtpd_tls_auth_only,
     smtpd_sasl_exceptions_networks, smtpd_sasl_response_limit,
-    smtpd_sasl_service, broken_sasl_auth_clients; smtpd_discard_ehlo_keywords.
+    smtpd_sasl_service, broken_sasl_auth_clients, smtpd_client_auth_rate_limit
+    and anvil_rate_time_unit (AUTH commands per client address per unit,
+    counted by the listener; smtpd_client_event_limit_exceptions exempt);
+    smtpd_discard_ehlo_keywords.
 
 DEVIATIONS
     AUTH before EHLO (after HELO, or with no greeting) is refused with 503
@@ -60,6 +64,10 @@ DEVIATIONS
     A response line over smtpd_sasl_response_limit is refused whole, as a
     command line over line_length_limit is (Postfix cuts it into pieces).
     The failure warning names no user (Postfix 3.5 logs sasl_username=).
+    The AUTH rate is counted per listener in the process, not by a shared
+    anvil service; a reload starts the counts afresh.  Only AUTH commands
+    that pass the protocol checks above are counted (Postfix counts every
+    AUTH command).
 """
 
 import base64
@@ -94,6 +102,32 @@ def _decode(text):
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         return None
+
+
+class AuthRates:
+    """
+    Postfix's anvil for AUTH: AUTH commands per client address in the
+    current window of C{unit} seconds (a window starts at a client's first
+    command, as anvil's do); the listener's factory keeps one.
+    """
+
+    PRUNE = 10000  # past this many clients, expired windows are dropped
+
+    def __init__(self, clock, unit):
+        self.clock = clock
+        self.unit = unit
+        self._windows = {}  # address -> [start, count]
+
+    def count(self, address):
+        """One more AUTH from C{address}: the count in its window, this one included."""
+        now = self.clock.seconds()
+        if len(self._windows) > self.PRUNE:
+            self._windows = {a: w for a, w in self._windows.items() if now - w[0] < self.unit}
+        window = self._windows.get(address)
+        if window is None or now - window[0] >= self.unit:
+            window = self._windows[address] = [now, 0]
+        window[1] += 1
+        return window[1]
 
 
 class SMTPAuth:
@@ -155,6 +189,14 @@ class SMTPAuth:
         return self._authStart(words[0].upper(), words[1] if len(words) == 2 else None)
 
     async def _authStart(self, mechanism, initial):
+        limit, session = self.factory.saslSettings.authRateLimit, self.session
+        if limit and not await self.factory.eventLimitExceptions.matches(session.clientAddress):
+            rate = self.factory.authRates.count(session.clientAddress)
+            if rate > limit:  # Postfix's anvil check (smtpd_sasl_auth_cmd_wrapper)
+                self.factory.maillog.emit(f"warning: AUTH command rate limit exceeded: {rate} from {session.client} "
+                                          f"for service {self.factory.listenerName}", client=session.client)
+                return self._fault("policy", Reply(450, "4.7.1", f"Error: too many AUTH commands from "
+                                                                 f"{session.clientAddress}"))
         names = await self._mechanisms()
         if names is None:
             return self._authFailed(mechanism, "Connection lost to authentication server", temporary=True)

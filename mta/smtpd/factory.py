@@ -120,6 +120,9 @@ class SMTPServerFactory(Factory):
         self.saslSettings = settings.sasl
         self.saslExceptions = NetworkMatcher(settings.sasl.exceptionsNetworks, tables)
         self.sasl = None if listenerName == "sendmail" else makeBackend(settings.sasl, tables, clock, self.maillog)
+        from mta.smtpd.auth import AuthRates
+
+        self.authRates = AuthRates(clock, settings.sasl.rateTimeUnit)  # smtpd_client_auth_rate_limit (anvil)
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None

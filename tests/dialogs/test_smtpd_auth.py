@@ -478,3 +478,37 @@ def test_local_header_rewrite_clients_permit_sasl_authenticated(auth):
     before, after = store.committed
     assert b"\r\nTo: root\r\n" in before.content
     assert b"\r\nTo: root@mx.test\r\n" in after.content
+
+
+# -- smtpd_client_auth_rate_limit -----------------------------------------------------------
+
+
+def test_auth_rate_limit(passwd):
+    clock = Clock()
+    f = serverFactory(f"smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\nsmtpd_sasl_path = texthash:{passwd}\n"
+                      "smtpd_client_auth_rate_limit = 2\nanvil_rate_time_unit = 60s\n", clock=clock)
+    d = Dialog(f, peer=OUTSIDE)
+    d.send("EHLO c\r\n")
+    assert d.send(f"AUTH PLAIN {plain('alice@example.org', 'x')}\r\n").startswith("535 ")  # failed ones count
+    other = Dialog(f, peer=OUTSIDE)  # the count is per client address, across sessions
+    other.send("EHLO c\r\n")
+    login(other)  # and successful ones
+    with MailLog() as log:
+        assert d.send(f"AUTH PLAIN {plain('alice@example.org')}\r\n") == (
+            f"450 4.7.1 Error: too many AUTH commands from {OUTSIDE}\r\n")
+    assert log.matching(f"warning: AUTH command rate limit exceeded: 3 from unknown[{OUTSIDE}] for service smtp")
+    assert d.protocol.session.saslUsername is None and d.protocol.session.errors == 2
+    neighbour = Dialog(f, peer="198.51.100.8")
+    neighbour.send("EHLO c\r\n")
+    login(neighbour)
+    clock.advance(60)  # a new window
+    login(d)
+
+
+def test_auth_rate_limit_exceptions(passwd):
+    f = serverFactory(f"smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\nsmtpd_sasl_path = texthash:{passwd}\n"
+                      "smtpd_client_auth_rate_limit = 1\n")  # exceptions: $mynetworks (127.0.0.0/8)
+    for _ in range(3):
+        d = Dialog(f, peer="127.0.0.1")
+        d.send("EHLO c\r\n")
+        login(d)
