@@ -179,3 +179,39 @@ def test_smtplib_login_dovecot_and_dovecot_down(makeDaemon, dovecot):
         code, text = client.docmd("AUTH", "PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHdyb25n")
         assert (code, text) == (454, b"4.7.0 Temporary authentication failure: Connection lost to authentication server")
     assert "connect to Dovecot auth socket" in d.maillogText()
+
+
+def test_tls_auth_only_hides_and_refuses_auth_in_plaintext(makeDaemon, tmp_path):
+    path = tmp_path / "sasl_passwd"
+    saslPasswd(path, "alice@example.org", PASSWORD)
+    d = makeDaemon(STRANGER + "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\n"
+                   f"smtpd_sasl_path = texthash:{path}\nsmtpd_tls_auth_only = yes\n").start()
+    probe = swaks(d.port, "--quit-after", "EHLO")
+    assert "AUTH" not in probe.stdout
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as client:
+        client.ehlo("client.example")
+        assert "auth" not in client.esmtp_features
+        code, text = client.docmd("AUTH", "PLAIN " + __import__("base64").b64encode(
+            f"\0alice@example.org\0{PASSWORD}".encode()).decode())
+        assert (code, text) == (504, b"5.5.4 Encryption required for requested authentication mechanism")
+    done = swaks(d.port, "--to", "bob@mta.test", "--auth", "PLAIN", "--auth-user", "alice@example.org",
+                 "--auth-password", PASSWORD)
+    assert done.returncode != 0 and d.incoming() == []
+    assertNoPassword(d)
+
+
+def test_auth_rate_limit_with_swaks(makeDaemon, tmp_path):
+    path = tmp_path / "sasl_passwd"
+    saslPasswd(path, "alice@example.org", PASSWORD)
+    d = makeDaemon(STRANGER + "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\n"
+                   f"smtpd_sasl_path = texthash:{path}\nsmtpd_client_auth_rate_limit = 2\n"
+                   "smtpd_client_event_limit_exceptions =\n").start()
+    outcomes = []
+    for password in ("wrong", PASSWORD, PASSWORD):
+        done = swaks(d.port, "--to", "bob@mta.test", "--auth", "PLAIN", "--auth-user", "alice@example.org",
+                     "--auth-password", password)
+        outcomes.append([line for line in done.stdout.splitlines() if line[4:7] in ("535", "235", "450")])
+    assert outcomes == [["<** 535 5.7.8 Error: authentication failed: authentication failure"],
+                        ["<-  235 2.7.0 Authentication successful"],
+                        ["<** 450 4.7.1 Error: too many AUTH commands from 127.0.0.1"]]
+    assert "AUTH command rate limit exceeded: 3 from " in d.maillogText()

@@ -203,3 +203,29 @@ def test_bad_settings_fail_at_load_with_the_line(text, match):
 def test_tls_security_options_follow_the_plaintext_ones():
     s = sasl("smtpd_sasl_security_options = noanonymous, noplaintext\n")
     assert s.tlsSecurityOptions == frozenset({"noanonymous", "noplaintext"})
+
+
+def test_check_opens_the_builtin_table(tmp_path):
+    from mta.config import openTables
+    from mta.tables import Tables
+
+    config = load("<test>", "[main]\nsmtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\n"
+                  f"smtpd_sasl_path = texthash:{tmp_path}/missing\n")
+    with pytest.raises(ConfigError, match="smtpd_sasl_path"):
+        openTables(config, Tables(Clock()))
+
+
+def test_auth_rates_window_and_pruning():
+    from mta.smtpd.auth import AuthRates
+
+    clock = Clock()
+    rates = AuthRates(clock, 60)
+    assert [rates.count("a"), rates.count("a"), rates.count("b")] == [1, 2, 1]
+    clock.advance(59)
+    assert rates.count("a") == 3
+    clock.advance(1)
+    assert rates.count("a") == 1
+    rates.PRUNE = 1
+    clock.advance(60)
+    rates.count("c")
+    assert set(rates._windows) == {"c"}
