@@ -512,3 +512,16 @@ def test_auth_rate_limit_exceptions(passwd):
         d = Dialog(f, peer="127.0.0.1")
         d.send("EHLO c\r\n")
         login(d)
+
+
+def test_no_auth_in_stand_alone_mode(passwd):
+    # mta-sendmail -bs, as Postfix's smtpd in stand-alone mode: no AUTH.
+    clock = Clock()
+    config = load("<test>", "[main]\nmyhostname = mx.test\nsmtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\n"
+                  f"smtpd_sasl_path = texthash:{passwd}\n")
+    tables = Tables(clock)
+    openTables(config, tables)
+    f = SMTPServerFactory.fromScope(config.main, clock, FakeQueueStore(), tables, "sendmail")
+    d = Dialog(f, peer="127.0.0.1")
+    assert "AUTH" not in d.send("EHLO c\r\n")
+    assert d.send(f"AUTH PLAIN {plain('alice@example.org')}\r\n") == "503 5.5.1 Error: authentication not enabled\r\n"
