@@ -108,6 +108,10 @@ class SessionState:
         self.helo = name
         self.protocol = protocol
 
+    def logout(self):
+        """Forget the AUTH login (STARTTLS starts the session over: RFC 3207 4.2)."""
+        self.saslUsername = self.saslMethod = None
+
     def receivedProtocol(self, smtputf8=False):
         """
         The protocol our Received header names (RFC 3848, RFC 6531): SMTP,

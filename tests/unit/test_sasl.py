@@ -229,3 +229,19 @@ def test_auth_rates_window_and_pruning():
     clock.advance(60)
     rates.count("c")
     assert set(rates._windows) == {"c"}
+
+
+def test_a_type_and_path_mismatch_names_the_line(tmp_path):
+    path = tmp_path / "mta.ini"
+    path.write_text("[main]\nsmtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\n")
+    with pytest.raises(ConfigError, match=r"mta.ini:3: .*smtpd_sasl_type"):
+        load(str(path))
+
+
+def test_logout_forgets_the_login():
+    from mta.smtpd.session import SessionState
+
+    s = SessionState(protocol="ESMTP", saslUsername="alice", saslMethod="PLAIN")
+    assert s.receivedProtocol() == "ESMTPA"
+    s.logout()
+    assert (s.saslUsername, s.saslMethod, s.receivedProtocol()) == (None, None, "ESMTP")

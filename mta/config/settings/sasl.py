@@ -94,7 +94,8 @@ class SaslSettings(Settings):
     def check(self, scope):
         if not self.enabled:
             return
-        where = scope.where("smtpd_sasl_path")
+        # Name the line that made the mismatch: the path when it is set, else the type.
+        where = scope.where("smtpd_sasl_path" if "smtpd_sasl_path" in scope.setNames() else "smtpd_sasl_type")
         if self.type == "builtin" and self.table is None:
             raise ConfigError(f"{where}: smtpd_sasl_type = builtin needs a table (e.g. texthash:/etc/mta/sasl_passwd)")
         if self.type == "dovecot" and self.socket is None:
