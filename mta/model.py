@@ -149,6 +149,10 @@ class Envelope:
     ret: str | None = None  # FULL or HDRS
     envid: str | None = None  # xtext-decoded
     size: int = 0  # bytes of content as queued
+    # The SMTP AUTH login (mta.smtpd.auth), for later policy and content filters; None without one.
+    sasl_method: str | None = None  # PLAIN, LOGIN, ...
+    sasl_username: str | None = None
+    sasl_sender: str | None = None  # MAIL FROM's AUTH= (RFC 4954 5), xtext-decoded
 
 
 @attrs.frozen

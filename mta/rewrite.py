@@ -70,13 +70,12 @@ DESCRIPTION
                                ::ffff:127.x.y.z) or the address of the
                                listener it connected to
       permit_mynetworks        the client address matches $mynetworks
+      permit_sasl_authenticated  a client that logged in with AUTH
       permit_tls_all_clientcerts
                                the client's certificate verified (tls: the
                                session's mta.tls.info.TlsInfo)
       permit_tls_clientcerts   its fingerprint or public-key fingerprint is
                                a key of relay_clientcerts (the opened tables)
-      permit_sasl_authenticated
-                               accepted, but never matches: mta has no AUTH
                                yet
       check_address_map type:table, or a bare type:table
                                the client address (IPv4, or IPv6 without
@@ -420,7 +419,7 @@ class HeaderRewriteClients:
     NetworkMatcher, C{tables} opens the TableSpecs.
     """
 
-    NEVER = frozenset(("permit_sasl_authenticated",))
+    NEVER = frozenset()
 
     def __init__(self, items, mynetworks, tables, relayClientcerts=()):
         self._items = [tables.open(i) if isinstance(i, TableSpec) else i for i in items]
@@ -434,9 +433,11 @@ class HeaderRewriteClients:
     def _trusted(tls):
         return tls is not None and tls.peer is not None and tls.peer.trusted
 
-    def staticMatch(self, client, server, tls=None):
+    def staticMatch(self, client, server, tls=None, saslUsername=None):
         """Does the client match (tables, and tables in mynetworks, not consulted)?"""
         for item in self._items:
+            if item == "permit_sasl_authenticated" and saslUsername:
+                return True
             if item == "permit_inet_interfaces" and isOwnAddress(client, server):
                 return True
             if item == "permit_mynetworks" and self._mynetworks.staticMatch(client):
@@ -445,10 +446,13 @@ class HeaderRewriteClients:
                 return True
         return False
 
-    async def matches(self, client, server, tls=None):
+    async def matches(self, client, server, tls=None, saslUsername=None):
         """Does the client match?  TableTemporaryError when a table cannot answer."""
         for item in self._items:
-            if item == "permit_tls_all_clientcerts":
+            if item == "permit_sasl_authenticated":
+                if saslUsername:
+                    return True
+            elif item == "permit_tls_all_clientcerts":
                 if self._trusted(tls):
                     return True
             elif item == "permit_tls_clientcerts":

@@ -146,14 +146,20 @@ class Origin:
     submitted: float | None = None
     headerRewrite: str | None = "local"
     tlsComment: tuple = ()  # the Received: header's TLS lines (smtpd_tls_received_header; mta.tls.info)
+    # The SMTP AUTH login (mta.smtpd.auth): to the envelope; authenticatedHeader puts Postfix's
+    # "(Authenticated sender: USER)" comment in the Received: header (smtpd_sasl_authenticated_header).
+    saslMethod: str | None = None
+    saslUsername: str | None = None
+    saslSender: str | None = None
+    authenticatedHeader: bool = False
 
     @classmethod
     def smtp(cls, *, clientName, clientAddress, clientPort, helo, protocol, receivedProtocol=None,
-             headerRewrite=None, tlsComment=()):
-        """An SMTP client's message (C{helo} None or empty when it sent none)."""
+             headerRewrite=None, tlsComment=(), **sasl):
+        """An SMTP client's message (C{helo} None or empty when it sent none); C{sasl}: the sasl* fields."""
         return cls(kind=SMTP, clientName=clientName, clientAddress=clientAddress, clientPort=clientPort,
                    helo=helo or "", protocol=protocol, receivedProtocol=receivedProtocol or protocol,
-                   headerRewrite=headerRewrite, tlsComment=tuple(tlsComment))
+                   headerRewrite=headerRewrite, tlsComment=tuple(tlsComment), **sasl)
 
     @classmethod
     def localSubmission(cls, uid, submitted):
@@ -229,7 +235,11 @@ class Cleanup:
             helo = sanitize(origin.helo) if origin.helo else name
             forClause = f"\r\n\tfor <{sanitize(recipients[0].address)}>" if len(recipients) == 1 else ""
             tls = "".join(f"\t{sanitize(line)}\r\n" for line in origin.tlsComment)
-            text = (f"Received: from {helo} ({name} [{sanitize(origin.clientAddress)}])\r\n{tls}"
+            comment = ""
+            if origin.authenticatedHeader and origin.saslUsername:
+                user = sanitize(origin.saslUsername).translate({ord("("): "?", ord(")"): "?", ord("\\"): "?"})
+                comment = f"\t(Authenticated sender: {user})\r\n"
+            text = (f"Received: from {helo} ({name} [{sanitize(origin.clientAddress)}])\r\n{tls}{comment}"
                     f"\tby {s.hostname} ({s.mailName}) with {sanitize(origin.receivedProtocol)} id {queueId}"
                     f"{forClause};\r\n\t{mailDate(now)}\r\n")
         elif origin.kind == LOCAL:
@@ -340,6 +350,9 @@ class CleanupMessage:
             ret=ret,
             envid=envid,
             size=self.size,  # the store sets it again from what it wrote
+            sasl_method=origin.saslMethod,
+            sasl_username=origin.saslUsername,
+            sasl_sender=origin.saslSender,
         )
         messageId, notRewritten = self.messageId, self.notRewritten
         maillog = cleanup.maillog

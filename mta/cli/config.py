@@ -186,6 +186,11 @@ def _which(args):
 
 def main(argv=None):
     """Run mta-config with C{argv} (default: sys.argv[1:]); return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sasl-passwd"]:  # the builtin SASL backend's password table (mta.cli.saslpasswd)
+        from mta.cli.saslpasswd import main as saslPasswd
+
+        return saslPasswd(argv[1:])
     try:
         args = parseArguments(buildParser(), argv)
     except Done as e:

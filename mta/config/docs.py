@@ -45,13 +45,22 @@ EXAMPLES = {
 EXAMPLE_SMTP = (("endpoint", "tcp:port=25"), ("smtpd_tls_security_level", "may"))
 EXAMPLE_LISTENERS = (
     ("submission", "tcp:port=587",
-     (("smtpd_tls_security_level", "encrypt"), ("smtpd_recipient_limit", "100")),
-     "submission on port 587: mail from users, STARTTLS required (530 5.7.0 before it)"),
-    ("submissions", "tcp:port=465", (("smtpd_tls_wrappermode", "yes"), ("smtpd_recipient_limit", "100")),
-     "submissions on port 465: TLS from the first byte (wrapper mode)"),
+     (("smtpd_tls_security_level", "encrypt"), ("smtpd_sasl_auth_enable", "yes"), ("smtpd_tls_auth_only", "yes"),
+      ("smtpd_recipient_restrictions", "reject_sender_login_mismatch, permit_sasl_authenticated, reject"),
+      ("smtpd_recipient_limit", "100")),
+     "submission on port 587: mail from users, STARTTLS required (530 5.7.0 before it), then AUTH"),
+    ("submissions", "tcp:port=465",
+     (("smtpd_tls_wrappermode", "yes"), ("smtpd_sasl_auth_enable", "yes"),
+      ("smtpd_recipient_restrictions", "reject_sender_login_mismatch, permit_sasl_authenticated, reject"),
+      ("smtpd_recipient_limit", "100")),
+     "submissions on port 465: TLS from the first byte (wrapper mode), then AUTH"),
 )
-# Where the submission listeners' SASL overrides go (AUTH is built separately).
-SASL_PLACEHOLDER = "# TODO(sasl, lead): this listener's AUTH overrides go here (smtpd_sasl_auth_enable = yes, ...)."
+# What the submission services need besides their own lines.
+SUBMISSION_NOTE = (
+    "# AUTH needs smtpd_sasl_type and smtpd_sasl_path in [main] (Dovecot's auth socket, or\n"
+    "# smtpd_sasl_type = builtin with a table made by mta-config sasl-passwd); a sender may\n"
+    "# only use the addresses that smtpd_sender_login_maps gives its login (none: any)."
+)
 
 INI_HEADER = f"""\
 # mta.ini - the mta configuration, annotated.
@@ -153,12 +162,11 @@ def ini():
         "# The submission services, as master.cf has them (remove the # signs of a section",
         "# to enable it).  TLS needs smtpd_tls_cert_file and smtpd_tls_key_file in [main]",
         "# (or smtpd_tls_chain_files); ports below 1024 need root.",
+        *SUBMISSION_NOTE.split("\n"),
     ]
     for other, otherEndpoint, overrides, comment in EXAMPLE_LISTENERS:
         lines += ["", f"# {comment}", f"#[listener:{other}]", f"#endpoint = {otherEndpoint}"]
         lines += [_assignment(key, value, "#") for key, value in overrides]
-        if other.startswith("submission"):
-            lines.append(SASL_PLACEHOLDER)
     return "\n".join(lines) + "\n"
 
 

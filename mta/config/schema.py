@@ -54,6 +54,10 @@ def defaultMydomain():
 
 _P = Parameter
 
+# smtpd_sasl_security_options and smtpd_sasl_tls_security_options (Postfix's xsasl names).
+SASL_SECURITY_OPTIONS = ("noanonymous", "noplaintext", "noactive", "nodictionary", "mutual_auth",
+                         "forward_secrecy")
+
 PARAMETERS = (
     # -- identity ---------------------------------------------------------
     _P("myhostname", T.String(), defaultMyhostname,
@@ -189,8 +193,8 @@ PARAMETERS = (
        "cleanup"),
     _P("local_header_rewrite_clients", T.RewriteClients(), "permit_inet_interfaces",
        "Clients whose message headers are rewritten as local mail's: permit_inet_interfaces, "
-       "permit_mynetworks, permit_tls_clientcerts, permit_tls_all_clientcerts, check_address_map "
-       "type:table (permit_sasl_authenticated is accepted but never matches: no AUTH yet).", "cleanup"),
+       "permit_mynetworks, permit_sasl_authenticated, permit_tls_clientcerts, "
+       "permit_tls_all_clientcerts, check_address_map type:table.", "cleanup"),
     _P("remote_header_rewrite_domain", T.String(), "",
        "Domain appended to incomplete header addresses from other clients; empty: leave "
        "their headers as they are.", "cleanup"),
@@ -329,6 +333,45 @@ PARAMETERS = (
        "Obsolete and ignored: resumption uses session tickets.", "tls"),
     _P("smtpd_tls_session_cache_database", T.String(), "",
        "Obsolete and ignored: mta resumes sessions with tickets only.", "tls"),
+    # -- smtpd: SASL AUTH (mta.smtpd.auth, mta.sasl) ------------------------
+    _P("smtpd_sasl_auth_enable", T.Boolean(), "no",
+       "Offer and accept SMTP AUTH (RFC 4954).", "sasl"),
+    _P("smtpd_sasl_type", T.Choice(("dovecot", "builtin")), "dovecot",
+       "The SASL backend: dovecot (Dovecot's auth service at smtpd_sasl_path) or builtin (PLAIN "
+       "and LOGIN against the password table at smtpd_sasl_path). Postfix's default is cyrus, "
+       "which mta does not have.", "sasl"),
+    _P("smtpd_sasl_path", T.SaslPath(), "private/auth",
+       "dovecot: the auth socket, a path (relative to queue_directory) or inet:host:port; "
+       "builtin: the password table, e.g. texthash:/etc/mta/sasl_passwd (mta-config sasl-passwd).",
+       "sasl"),
+    _P("smtpd_sasl_security_options", T.ChoiceList(SASL_SECURITY_OPTIONS), "noanonymous",
+       "Mechanisms not offered before TLS: noanonymous, noplaintext, noactive, nodictionary, "
+       "mutual_auth, forward_secrecy.", "sasl"),
+    _P("smtpd_sasl_tls_security_options", T.ChoiceList(SASL_SECURITY_OPTIONS), "$smtpd_sasl_security_options",
+       "As smtpd_sasl_security_options, for sessions under TLS.", "sasl"),
+    _P("smtpd_tls_auth_only", T.Boolean(), "no",
+       "Offer and accept AUTH only after STARTTLS (504 5.5.4 before).", "sasl"),
+    _P("smtpd_sasl_local_domain", T.String(), "",
+       "The realm of user names without @ (builtin: looked up as user@realm; dovecot: not "
+       "sent, as in Postfix).", "sasl"),
+    _P("smtpd_sasl_exceptions_networks", T.Networks(), "",
+       "Clients to which EHLO does not offer AUTH (they may still use it).", "sasl"),
+    _P("smtpd_sasl_response_limit", T.Integer(minimum=1), "12288",
+       "The longest AUTH initial response or SASL response line (500 5.5.6 beyond).", "sasl"),
+    _P("smtpd_sasl_authenticated_header", T.Boolean(), "no",
+       "Add (Authenticated sender: USER) to the Received header.", "sasl"),
+    _P("smtpd_sasl_service", T.String(), "smtp",
+       "The service name given to the SASL backend (Dovecot's service=).", "sasl"),
+    _P("smtpd_sender_login_maps", T.Tables(), "",
+       "Tables of envelope sender address -> the SASL login names (comma or space separated) that "
+       "own it, for reject_*sender_login_mismatch.", "sasl"),
+    _P("smtpd_client_auth_rate_limit", T.Integer(), "0",
+       "AUTH commands one client address may send per anvil_rate_time_unit (450 4.7.1 beyond); "
+       "0: no limit. smtpd_client_event_limit_exceptions are exempt.", "sasl"),
+    _P("anvil_rate_time_unit", T.Time("s"), "60s",
+       "The time unit over which client rates (smtpd_client_auth_rate_limit) are counted.", "sasl"),
+    _P("broken_sasl_auth_clients", T.Boolean(), "no",
+       "Also offer AUTH as the obsolete AUTH=MECH... EHLO line (old Outlook clients).", "sasl"),
     # -- smtp client ---------------------------------------------------------
     _P("smtp_connect_timeout", T.Time("s"), "30s",
        "How long the SMTP and LMTP clients wait for a TCP connection to complete.", "smtp"),

@@ -211,6 +211,25 @@ class Tables:
 
 
 @attrs.frozen
+class SaslPath:
+    """smtpd_sasl_path: a socket (a path, unix:PATH or inet:HOST:PORT) or a table (type:name).
+
+    A one-item tuple: (TableSpec,) for a table, so that --check opens it;
+    else (text,).  mta.config.settings.sasl decides which fits smtpd_sasl_type.
+    """
+
+    name = "SASL path"
+
+    def parse(self, text):
+        value = text.strip()
+        if not value:
+            raise ValueError("empty")
+        if re.match(r"[a-z][a-z0-9_-]*:", value) and not value.startswith(("inet:", "unix:")):
+            return (parseTableSpec(value),)
+        return (value,)
+
+
+@attrs.frozen
 class RewriteClients:
     """local_header_rewrite_clients: permit_* names and check_address_map type:table.
 
@@ -329,6 +348,12 @@ RESTRICTION_NAMES = {
     "permit_tls_clientcerts": False,
     "permit_tls_all_clientcerts": False,
     "check_ccert_access": True,
+    # SASL AUTH (mta.smtpd.auth): the login, and smtpd_sender_login_maps
+    "permit_sasl_authenticated": False,
+    "reject_sender_login_mismatch": False,
+    "reject_known_sender_login_mismatch": False,
+    "reject_authenticated_sender_login_mismatch": False,
+    "reject_unauthenticated_sender_login_mismatch": False,
 }
 
 

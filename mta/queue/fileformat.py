@@ -46,7 +46,9 @@ ENVELOPE
     its Python type (tuples as arrays, None as null; recipients as objects
     with the fields of mta.model.Recipient).  "size" is the content length
     and must equal N.  Unknown or missing fields are errors: a change of
-    fields is a new version.
+    fields is a new version, except for the optional fields sasl_method,
+    sasl_username and sasl_sender (the AUTH login), written only when set
+    and read as null when absent, so that older files still parse.
 
 STATE RECORDS
     Owned by the queue manager, which defines their JSON object; this module
@@ -218,10 +220,16 @@ _ENVELOPE_FIELDS = {
     "ret": _enum(_RET_VALUES, optional=True),
     "envid": _optionalString,
     "size": _integer(0, MAX_CONTENT_LENGTH),
+    "sasl_method": _optionalString,
+    "sasl_username": _optionalString,
+    "sasl_sender": _optionalString,
 }
+# Fields added after version 1 was defined: absent in older files (read as None), and not
+# written when None, so a file without AUTH is what it always was.
+OPTIONAL_ENVELOPE_FIELDS = frozenset({"sasl_method", "sasl_username", "sasl_sender"})
 
 
-def _fields(name, value, schema):
+def _fields(name, value, schema, optional=frozenset()):
     if type(value) is not dict:
         raise _Invalid(f"{name}: expected an object, got {_typeName(value)}")
     for key in value:
@@ -230,6 +238,9 @@ def _fields(name, value, schema):
     result = {}
     for key, check in schema.items():
         if key not in value:
+            if key in optional:
+                result[key] = None
+                continue
             raise _Invalid(f"{name}: missing field {key!r}")
         result[key] = check(f"{name}.{key}" if name else key, value[key])
     return result
@@ -270,8 +281,11 @@ def dumpEnvelope(envelope):
                 raise ValueError(f"recipients[{i}]: not a Recipient: {_typeName(recipient)}")
             converted.append({field.name: getattr(recipient, field.name) for field in attrs.fields(Recipient)})
         obj["recipients"] = converted
+    for key in OPTIONAL_ENVELOPE_FIELDS:
+        if obj[key] is None:
+            del obj[key]
     try:
-        _fields("", obj, _ENVELOPE_FIELDS)
+        _fields("", obj, _ENVELOPE_FIELDS, OPTIONAL_ENVELOPE_FIELDS)
     except _Invalid as e:
         raise ValueError(f"envelope cannot be stored: {e}") from None
     payload = _jsonBytes(obj)
@@ -377,7 +391,7 @@ def parseEnvelope(payload):
     """The Envelope in an envelope record's C{payload} (bytes); CorruptQueueFile if bad."""
     obj = _loadJSON(payload, "envelope")
     try:
-        return Envelope(**_fields("", obj, _ENVELOPE_FIELDS))
+        return Envelope(**_fields("", obj, _ENVELOPE_FIELDS, OPTIONAL_ENVELOPE_FIELDS))
     except _Invalid as e:
         raise CorruptQueueFile(f"envelope: {e}") from None
 

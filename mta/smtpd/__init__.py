@@ -5,6 +5,8 @@
                      half-close, deadlines, limits
     session.py       SessionState (per connection) and Transaction (per message)
     commands.py      the SMTP commands (HELO ... BDAT, ETRN, VRFY)
+    auth.py          AUTH (RFC 4954): EHLO's AUTH line, the SASL exchange, the
+                     AUTH rate limit (the mechanisms and backends: mta.sasl)
     data.py          the DATA/BDAT content reader: end of data, bare newlines, limits
     deadline.py      smtpd_per_request_deadline and smtpd_min_data_rate
     policy.py        relay control and recipient checks, ETRN's restrictions

@@ -123,8 +123,16 @@ class SMTPCommands:
         return self._hello("HELO", arg, "SMTP", ())
 
     def smtp_EHLO(self, arg):
+        if arg and self._authEnabled:  # the AUTH line may need the backend's mechanisms (mta.smtpd.auth)
+            return self._ehloWithAuth(arg)
+        return self._ehlo(arg, self.settings.ehloLines)
+
+    async def _ehloWithAuth(self, arg):
+        return self._ehlo(arg, await self._authEhloLines(self.settings.ehloLines))
+
+    def _ehlo(self, arg, lines):
         settings = self.settings
-        reply = self._hello("EHLO", arg, "ESMTP", self._ehloKeywords(settings.ehloLines))  # + STARTTLS
+        reply = self._hello("EHLO", arg, "ESMTP", self._ehloKeywords(lines))  # + STARTTLS (mta.smtpd.starttls)
         if reply.code == 250 and settings.ehloDiscardLog:
             self.factory.maillog.emit(f"discarding EHLO keywords: {settings.ehloDiscardLog}")
         return reply
@@ -197,7 +205,9 @@ class SMTPCommands:
         return Reply(250, "", "Queuing started")
 
     def _offered(self):
-        return self.settings.offered if self.session.extended else frozenset()
+        if not self.session.extended:
+            return frozenset()
+        return self.settings.offered | {"AUTH"} if self._authEnabled else self.settings.offered  # RFC 4954 5
 
     def smtp_MAIL(self, arg):
         factory, settings, transaction = self.factory, self.settings, self.transaction
@@ -260,7 +270,8 @@ class SMTPCommands:
             reply, hold = None, None
         else:
             reply, hold, errorClass = await factory.policy.checkRecipient(
-                self.session.clientAddress, address, self.session.helo, transaction.sender, tls=self.session.tls)
+                self.session.clientAddress, address, self.session.helo, transaction.sender, tls=self.session.tls,
+                login=(self.session.saslMethod, self.session.saslUsername))
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)

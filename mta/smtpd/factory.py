@@ -62,6 +62,9 @@ class SMTPServerFactory(Factory):
     headerRewriteClients  local_header_rewrite_clients, matched at MAIL FROM
     notices, keepTranscripts
                           postmaster transcripts (mta.transcript) and whether to keep them
+    sasl, saslSettings, saslExceptions
+                          the SASL backend (mta.sasl; None: AUTH off), the listener's
+                          SaslSettings, smtpd_sasl_exceptions_networks
     sessions              the open sessions (SMTPServer)
     """
 
@@ -123,6 +126,15 @@ class SMTPServerFactory(Factory):
             self.tls = ServerTLS(settings.tls, tables, sessionId=f"mta-{listenerName}".encode())
         for note in settings.tls.notes:
             self.maillog.emit(f"warning: {note}")
+        # SASL AUTH (mta.smtpd.auth, mta.sasl): None when off, and in stand-alone mode (-bs) as in Postfix.
+        from mta.sasl import makeBackend
+
+        self.saslSettings = settings.sasl
+        self.saslExceptions = NetworkMatcher(settings.sasl.exceptionsNetworks, tables)
+        self.sasl = None if listenerName == "sendmail" else makeBackend(settings.sasl, tables, clock, self.maillog)
+        from mta.smtpd.auth import AuthRates
+
+        self.authRates = AuthRates(clock, settings.sasl.rateTimeUnit)  # smtpd_client_auth_rate_limit (anvil)
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None

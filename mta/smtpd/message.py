@@ -42,6 +42,7 @@ CONFIGURATION
 from twisted.internet.defer import Deferred
 
 from mta.cleanup import Origin
+from mta.maillog import sanitize
 from mta.model import Reply
 from mta.tables import TableTemporaryError
 
@@ -85,7 +86,12 @@ class IncomingTransaction:
             receivedProtocol=session.receivedProtocol(transaction.smtputf8),
             headerRewrite=context.name if context is not None else None,
             tlsComment=_tlsComment(server),
+            saslMethod=session.saslMethod,
+            saslUsername=session.saslUsername,
+            saslSender=saslSender(transaction.mailParams),
+            authenticatedHeader=server.factory.saslSettings.authenticatedHeader,
         )
+        self.login = loginFields(origin)
         self.message = server.factory.cleanup.open(origin, str(self.sender), self.recipients)
         self.queueId = self.message.queueId
         self.size = 0  # content bytes from the client
@@ -106,8 +112,10 @@ class IncomingTransaction:
         message = self.message
         sender = str(self.sender)
 
-        def announce(queueId):
-            maillog.emit(f"client={client}", queue_id=queueId, client=client)
+        login = self.login
+
+        def announce(queueId):  # Postfix's smtpd_sasl_mail_log: client=..., sasl_method=..., sasl_username=...
+            maillog.emit(f"client={client}{login}", queue_id=queueId, client=client)
 
         def queued(queueId):
             maillog.fields(
@@ -134,6 +142,21 @@ def _tlsComment(server):
     return info.receivedComment(settings.askClientCertificate)
 
 
+def saslSender(mailParams):
+    """MAIL FROM's AUTH= value as Postfix keeps it (printable, "<>" dropped), or None."""
+    value = mailParams.auth if mailParams is not None else None
+    if value is None or value == "<>":
+        return None
+    return "".join(c if c.isprintable() and c.isascii() else "?" for c in value)
+
+
+def loginFields(origin):
+    """", sasl_method=PLAIN, sasl_username=alice, sasl_sender=..." for the client= line ("" without AUTH)."""
+    fields = [("sasl_method", origin.saslMethod), ("sasl_username", origin.saslUsername),
+              ("sasl_sender", origin.saslSender)]
+    return "".join(f", {name}={sanitize(value)}" for name, value in fields if value)
+
+
 def chooseHeaderRewrite(server, ok):
     """
     At MAIL FROM, as Postfix's smtpd_check_rewrite(): set the
@@ -149,13 +172,14 @@ def chooseHeaderRewrite(server, ok):
     client = server.session.clientAddress
     local = getattr(server.transport.getHost(), "host", None)
     tls = server.session.tls  # permit_tls_clientcerts, permit_tls_all_clientcerts (mta.tls.info.TlsInfo)
+    login = server.session.saslUsername  # permit_sasl_authenticated
     if clients.static:
-        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local, tls))
+        transaction.headerRewrite = factory.rewrite.headerContext(clients.staticMatch(client, local, tls, login))
         return ok
 
     async def lookup():
         try:
-            matched = await clients.matches(client, local, tls)
+            matched = await clients.matches(client, local, tls, login)
         except TableTemporaryError:
             reply = Reply(451, "4.3.0", "Temporary lookup error")
             server._resetTransaction()  # no sender yet, as in Postfix's log line

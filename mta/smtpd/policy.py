@@ -104,8 +104,18 @@ class RecipientPolicy:
         self.etrnRestrictions = RestrictionList(settings.etrnRestrictions, self, tables)
         self.fastFlushDomains = DomainMatcher(settings.fastFlushDomains, tables, subdomains=True)
         self.relayClientcerts = [tables.open(t) for t in settings.relayClientcerts]  # permit_tls_clientcerts
+        self.senderLoginMaps = [tables.open(t) for t in settings.senderLoginMaps]
 
-    async def checkRecipient(self, clientAddress, address, helo=None, sender=None, tls=None):
+    async def senderOwners(self, sender):
+        """smtpd_sender_login_maps: the login names (lower case) that own C{sender}, or None if unlisted."""
+        for table in self.senderLoginMaps:
+            for key in addressKeys(str(sender), self.delimiter, False):
+                value = await table.lookup(key)
+                if value is not None:
+                    return {name.lower() for name in value.replace(",", " ").split()}
+        return None
+
+    async def checkRecipient(self, clientAddress, address, helo=None, sender=None, tls=None, login=(None, None)):
         """
         Judge RCPT TO:<address> (an mta.model.Address) from C{clientAddress}.
         Return (reply, hold, errorClass): reply None to accept, or the Reply
@@ -115,7 +125,9 @@ class RecipientPolicy:
         that cannot answer.  C{tls}: the session's TlsInfo (mta.tls.info), None without TLS.
         """
         try:
-            decision = await self.restrictions.evaluate(Request(clientAddress, helo, sender, address, tls=tls))
+            request = Request(clientAddress, helo, sender, address, tls=tls, sasl_method=login[0],
+                              sasl_username=login[1])
+            decision = await self.restrictions.evaluate(request)
             if decision.action in ("reject", "defer"):
                 return decision.reply, None, decision.errorClass
             if self.rejectUnlisted:

@@ -101,6 +101,7 @@ from zope.interface import implementer
 
 from mta.maillog import sanitize
 from mta.model import Reply
+from mta.smtpd.auth import SMTPAuth
 from mta.smtpd.chat import SessionChat
 from mta.smtpd.commands import R_OK, SMTPCommands
 from mta.smtpd.deadline import RequestDeadline
@@ -118,7 +119,7 @@ PAUSE_THRESHOLD = 65536
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
-class SMTPServer(SMTPCommands, StartTLSCommands, SessionChat, Protocol, TimeoutMixin):
+class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol, TimeoutMixin):
     """
     One SMTP session: the protocol mechanics.  Its state lives in
 
@@ -274,6 +275,7 @@ class SMTPServer(SMTPCommands, StartTLSCommands, SessionChat, Protocol, TimeoutM
         if self._deadline is not None:
             self._deadline.stop()
         self._abortMessage()
+        self._authEnd()
         if self._counted:
             self.factory.releaseConnection(self.session.clientAddress)
         self._chatReset(0)  # the postmaster's transcript, if the session met a notify class
@@ -425,23 +427,23 @@ class SMTPServer(SMTPCommands, StartTLSCommands, SessionChat, Protocol, TimeoutM
                 return False
             self._buffer = buf[end + 1 :]
             self._skipLine = False
-            self._commandTooLong()
+            self._authTooLong() if self._auth is not None else self._commandTooLong()
             return True
-        limit = self.settings.lineLimit
+        limit = self._lineLimit()  # smtpd_sasl_response_limit in an AUTH exchange (mta.smtpd.auth)
         if end < 0:
             if len(buf) - buf.endswith(b"\r") >= limit:
                 self._warnTooLong(buf)
-                self._heard(buf[:limit])
+                self._heard(self._redact(buf[:limit]))
                 self._skipLine = True
                 self._buffer = b""
             return False
         line, self._buffer = buf[: end + 1], buf[end + 1 :]
         if end - (buf[end - 1 : end] == b"\r") >= limit:
             self._warnTooLong(line)
-            self._heard(line[:limit])
-            self._commandTooLong()
+            self._heard(self._redact(line[:limit]))
+            self._authTooLong() if self._auth is not None else self._commandTooLong()
             return True
-        self._heard(line[:-2] if line.endswith(b"\r\n") else line[:-1])
+        self._heard(self._redact(line[:-2] if line.endswith(b"\r\n") else line[:-1]))
         self._newRequest()
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
             if self.session.bareNewline == "reject":
@@ -449,11 +451,14 @@ class SMTPServer(SMTPCommands, StartTLSCommands, SessionChat, Protocol, TimeoutM
                 return False
             # normalize, no: a bare LF ends the command line (as in Postfix), a bare CR is dropped.
             line = line.rstrip(b"\r\n").replace(b"\r", b"") + b"\r\n"
+        if self._auth is not None:  # a SASL response, never a command (mta.smtpd.auth)
+            self._respond("auth", self._authResponse(line[:-2]))
+            return True
         self._command(line[:-2])
         return True
 
     def _warnTooLong(self, text):
-        shown, client = sanitize(text[:30].decode("latin-1")), self.session.client
+        shown, client = sanitize(self._redact(text[:30]).decode("latin-1")), self.session.client
         self.factory.maillog.emit(
             f"warning: {client}: request longer than {self.settings.lineLimit}: {shown}...", client=client
         )

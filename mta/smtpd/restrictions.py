@@ -16,7 +16,14 @@ permit_tls_clientcerts (the client certificate's fingerprint or public-key
 fingerprint in relay_clientcerts), permit_tls_all_clientcerts (any client
 certificate that verifies against smtpd_tls_CAfile), check_ccert_access
 type:table (those fingerprints as access(5) keys; the reply names the
-certificate's CN: "<CN>: Client certificate rejected: ...").  Outside the
+certificate's CN: "<CN>: Client certificate rejected: ..."),
+permit_sasl_authenticated (any AUTH login but ANONYMOUS),
+reject_sender_login_mismatch, reject_known_sender_login_mismatch,
+reject_authenticated_sender_login_mismatch and
+reject_unauthenticated_sender_login_mismatch (smtpd_sender_login_maps:
+the sender address, looked up as virtual(5) keys, gives the login names
+that own it; "553 5.7.1 <addr>: Sender address rejected: not owned by
+user NAME" or "... not logged in", as Postfix; the null sender passes).  Outside the
 RCPT stage (ETRN) the recipient restrictions answer DUNNO, as in Postfix.  Access tables answer as in
 access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
 code with optional enhanced status and text (4xx defers, 5xx rejects),
@@ -78,6 +85,8 @@ class Request:
     client_name: str = "unknown"
     etrn_domain: str | None = None  # the ETRN command's domain (smtpd_etrn_restrictions)
     tls: object = None  # the session's TlsInfo (mta.tls.info), None without TLS
+    sasl_username: str | None = None  # the AUTH login (mta.smtpd.auth), None without one
+    sasl_method: str | None = None
 
 
 def _constant(decision):
@@ -240,6 +249,44 @@ def _permitClientcerts(everyTrusted):
     return make
 
 
+def _permitSaslAuthenticated(policy, argument):
+    async def check(request):  # Postfix's permit_sasl_auth: any login but ANONYMOUS
+        method = request.sasl_method
+        return PERMIT if request.sasl_username and method and method.upper() != "ANONYMOUS" else DUNNO
+
+    return check
+
+
+def _senderLoginMismatch(authenticated, unknownAllowed, unauthenticated):
+    """
+    Postfix's reject_auth_sender_login_mismatch (C{authenticated}; an
+    unknown sender passes with C{unknownAllowed}) and
+    reject_unauth_sender_login_mismatch (C{unauthenticated}), against
+    smtpd_sender_login_maps (address -> the login names that own it).
+    """
+
+    def make(policy, argument):
+        async def check(request):
+            sender = request.sender
+            if sender is None or sender.isNull or not policy.senderLoginMaps:
+                return DUNNO
+            owners = await policy.senderOwners(sender)
+            user = request.sasl_username
+            if user is not None and authenticated:
+                if owners is None and unknownAllowed:
+                    return DUNNO
+                if owners is None or user.lower() not in owners:
+                    text = f"<{sender}>: Sender address rejected: not owned by user {user}"
+                    return Decision("reject", Reply(553, "5.7.1", text))
+            elif user is None and unauthenticated and owners is not None:
+                return Decision("reject", Reply(553, "5.7.1", f"<{sender}>: Sender address rejected: not logged in"))
+            return DUNNO
+
+        return check
+
+    return make
+
+
 def _checkCcertAccess(policy, table):
     """check_ccert_access type:table: the certificate's fingerprint, then its public key's, as access(5)."""
 
@@ -276,6 +323,11 @@ RESTRICTIONS = {
     "permit_tls_clientcerts": (False, _permitClientcerts(False)),
     "permit_tls_all_clientcerts": (False, _permitClientcerts(True)),
     "check_ccert_access": (True, _checkCcertAccess),
+    "permit_sasl_authenticated": (False, _permitSaslAuthenticated),
+    "reject_sender_login_mismatch": (False, _senderLoginMismatch(True, False, True)),
+    "reject_known_sender_login_mismatch": (False, _senderLoginMismatch(True, True, True)),
+    "reject_authenticated_sender_login_mismatch": (False, _senderLoginMismatch(True, False, False)),
+    "reject_unauthenticated_sender_login_mismatch": (False, _senderLoginMismatch(False, False, True)),
 }
 
 

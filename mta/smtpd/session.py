@@ -72,6 +72,7 @@ class SessionState:
     tls            the TlsInfo of the session's TLS (mta.tls.info: protocol,
                    cipher, bits, key exchange, client certificate), or None
     saslUsername   the AUTH identity (the A of ESMTPA), None without AUTH
+    saslMethod     the AUTH mechanism that logged in (PLAIN, LOGIN, ...), or None
     bareNewline    the smtpd_forbid_bare_newline mode for this client:
                    reject, normalize (an excluded client) or no
     earlyTalker    caught talking before the greeting under
@@ -91,6 +92,7 @@ class SessionState:
     tlsActive: bool = False
     tls: object = None
     saslUsername: str | None = None
+    saslMethod: str | None = None
     bareNewline: str = "reject"
     earlyTalker: bool = False
     errors: int = 0
@@ -116,9 +118,13 @@ class SessionState:
         """The TLS handshake is done (C{info}: its TlsInfo): forget HELO/EHLO and AUTH (RFC 3207 4.2)."""
         self.helo = None
         self.protocol = "SMTP"
-        self.saslUsername = None
+        self.logout()
         self.tlsActive = True
         self.tls = info
+
+    def logout(self):
+        """Forget the AUTH login (STARTTLS starts the session over: RFC 3207 4.2)."""
+        self.saslUsername = self.saslMethod = None
 
     def receivedProtocol(self, smtputf8=False):
         """

@@ -49,7 +49,9 @@ def test_the_example_listeners_work_when_uncommented(tmp_path):
     assert submissions.settings.tls.wrapperMode and submissions.settings.tls.enabled
     assert submission.params["smtpd_recipient_limit"] == 100
     assert smtp.params["smtpd_recipient_limit"] == 1000
-    assert lines.count(docs.SASL_PLACEHOLDER) == 2
+    assert (submission.settings.sasl.enabled, submission.settings.sasl.tlsAuthOnly) == (True, True)
+    assert submissions.settings.sasl.enabled and not smtp.settings.sasl.enabled
+    assert "permit_sasl_authenticated" in submission.params["smtpd_recipient_restrictions"]
 
 
 def test_every_parameter_uncommented_gives_its_default(tmp_path):

@@ -49,6 +49,7 @@ FLOORS = {
     "mta.routing": 3,
     "mta.rewrite": 3,
     "mta.addrlist": 3,
+    "mta.sasl": 3,
     "mta.smtpd": 4,
     "mta.queue": 4,
     "mta.delivery": 4,

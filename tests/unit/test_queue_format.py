@@ -86,6 +86,8 @@ def corrupt(data, match, **kw):
         attrs.evolve(FULL, ret="FULL", body="BINARYMIME", envid=None, smtputf8=False, client_port=0),
         attrs.evolve(FULL, sender="x" * ff.MAX_FIELD_CHARS),
         attrs.evolve(FULL, recipients=tuple(Recipient(f"r{i}@example.com") for i in range(1000))),
+        attrs.evolve(FULL, sasl_method="LOGIN", sasl_username="alice@example.org", sasl_sender=None),
+        attrs.evolve(FULL, sasl_method="PLAIN", sasl_username="bob", sasl_sender="bob@example.org"),
     ],
 )
 def test_envelope_round_trip_is_exact(envelope):
@@ -101,7 +103,9 @@ def test_envelope_round_trip_is_exact(envelope):
 def test_every_model_field_is_stored():
     # A new field in mta.model must be added to the format (and the version bumped).
     obj = json.loads(ff.dumpEnvelope(FULL))
-    assert set(obj) == {f.name for f in attrs.fields(Envelope)}
+    assert set(obj) == {f.name for f in attrs.fields(Envelope)} - ff.OPTIONAL_ENVELOPE_FIELDS
+    login = attrs.evolve(FULL, sasl_method="PLAIN", sasl_username="alice", sasl_sender="alice@example.org")
+    assert set(json.loads(ff.dumpEnvelope(login))) == {f.name for f in attrs.fields(Envelope)}
     assert set(obj["recipients"][0]) == {f.name for f in attrs.fields(Recipient)}
 
 
@@ -284,7 +288,7 @@ def test_bad_json(payload, match):
     corrupt(build(payload), match)
 
 
-@pytest.mark.parametrize("field", [f.name for f in attrs.fields(Envelope)])
+@pytest.mark.parametrize("field", [f.name for f in attrs.fields(Envelope) if f.name not in ff.OPTIONAL_ENVELOPE_FIELDS])
 def test_missing_envelope_field(field):
     obj = envelopeDict()
     del obj[field]
@@ -559,3 +563,20 @@ def test_random_type_confusion_in_the_envelope():
         except CorruptQueueFile:
             continue
         assert ff.parseEnvelope(ff.dumpEnvelope(envelope)) == envelope  # accepted means storable
+
+
+def test_an_envelope_without_the_login_fields_still_parses():
+    # Files written before AUTH existed have no sasl_* fields: they read as None.
+    obj = json.loads(ff.dumpEnvelope(FULL))
+    assert not set(obj) & ff.OPTIONAL_ENVELOPE_FIELDS
+    back = ff.parseEnvelope(json.dumps(obj).encode("ascii"))
+    assert back.sasl_method is None and back.sasl_username is None and back.sasl_sender is None
+    assert back == FULL
+
+
+def test_login_fields_are_checked_like_other_strings():
+    obj = json.loads(ff.dumpEnvelope(FULL))
+    for bad in (5, "a\r\nb", ["x"]):
+        obj["sasl_username"] = bad
+        with pytest.raises(CorruptQueueFile, match="sasl_username"):
+            ff.parseEnvelope(json.dumps(obj).encode("ascii"))

@@ -151,10 +151,10 @@ class Compiled:
 
 def _registry():
     """(MAIN_SETTINGS, LISTENER_SETTINGS): service name -> settings class."""
-    from mta.config.settings import client, cleanup, delivery, notices, qmgr, routing, service, smtpd, tls
+    from mta.config.settings import client, cleanup, delivery, notices, qmgr, routing, sasl, service, smtpd, tls
 
     main, listener = {}, {}
-    for module in (service, smtpd, cleanup, routing, qmgr, notices, client, delivery, tls):
+    for module in (service, smtpd, cleanup, routing, qmgr, notices, client, delivery, tls, sasl):
         main.update(getattr(module, "MAIN", {}))
         listener.update(getattr(module, "LISTENER", {}))
     return main, listener

@@ -117,6 +117,7 @@ class RecipientCheckSettings(Settings):
     etrnRestrictions: tuple = setting("smtpd_etrn_restrictions", parseRestrictions)  # ETRN's domain
     fastFlushDomains: tuple = setting("fast_flush_domains")  # what ETRN may flush (subdomains match)
     relayClientcerts: tuple = setting("relay_clientcerts")  # permit_tls_clientcerts: fingerprint tables
+    senderLoginMaps: tuple = setting("smtpd_sender_login_maps")  # sender address -> its SASL login names
 
     def unknownCode(self, addressClass):
         """The reply code for a recipient unknown in C{addressClass} (local, alias, virtual, relay)."""
