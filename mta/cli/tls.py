@@ -58,14 +58,13 @@ CONFIGURATION
     myhostname; smtpd_tls_cert_file, smtpd_tls_key_file (default
     $smtpd_tls_cert_file), smtpd_tls_chain_files, smtpd_tls_security_level
     (the hint to set it to may when it is not).  The configuration is found
-    as every program finds it (mta.config.findConfig).  Until the tls
-    branch's TlsSettings lands in mta.config.settings, the five TLS
-    parameters (TLS_PARAMETERS) are read by TlsConfig.tlsParameter(), a tiny
-    accessor: from the file's own [main] lines (with $name expansion), which
-    the loader is not shown (without the schema's declarations it would
-    call them unknown; with them, a check that the files exist would stop
-    new-server-key from creating them), else the schema's default once it
-    declares them.  The rest of the file is loaded and checked as always.
+    as every program finds it (mta.config.findConfig).  The five TLS
+    parameters (TLS_PARAMETERS) are read by TlsConfig.tlsParameter(): from
+    the file's own [main] lines (with $name expansion), which the loader is
+    not shown, else the schema's default.  The loader is not shown them
+    because TlsSettings checks at load that the certificate and key files
+    exist and match, and new-server-key is there to create them.  The rest
+    of the file is loaded and checked as always.
     Relative file names are taken from the working directory.
 
 DEVIATIONS
@@ -99,8 +98,8 @@ from mta.tlskeys import TlsKeyError
 
 PROG = "mta"
 
-# Until the tls branch's TlsSettings lands: the TLS parameters this command
-# reads (or tolerates in the file), whether or not the schema declares them yet.
+# The TLS parameters this command reads from the file itself, kept from the loader
+# (whose TlsSettings would refuse a certificate file that new-server-key is to create).
 TLS_PARAMETERS = ("smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_chain_files",
                   "smtpd_tls_security_level", "smtpd_tls_wrappermode")
 
@@ -140,11 +139,11 @@ def addParser(commands):
     return tls
 
 
-# -- the configuration, tolerant of TLS parameters the schema does not declare yet -----------
+# -- the configuration, with the TLS parameters read apart from the loader ------------------
 
 
 class TlsConfig:
-    """The loaded configuration, and the [main] entries of TLS parameters the schema does not know yet."""
+    """The loaded configuration, and the file's [main] entries of the TLS parameters (kept from the loader)."""
 
     def __init__(self, config, pending):
         self.config = config
@@ -160,9 +159,8 @@ class TlsConfig:
     def tlsParameter(self, name):
         """
         The expanded value of TLS parameter C{name} in [main] ("" when not
-        set): the file's own line, else the schema's default once the schema
-        declares the parameter.  A tiny accessor until the tls branch's
-        TlsSettings lands (see CONFIGURATION).
+        set): the file's own line, else the schema's default (see
+        CONFIGURATION).
         """
         try:
             if name in self.pending:

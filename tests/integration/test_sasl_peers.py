@@ -4,7 +4,8 @@ swaks (--auth PLAIN and LOGIN), Python's smtplib (login), msmtp (auth on), with
 the builtin backend (a password table made by ``mta-config sasl-passwd``) and with
 Dovecot's auth service (tests/integration/dovecotauth.py) over its UNIX socket and
 over TCP.  AUTH in plaintext is allowed explicitly here (smtpd_tls_auth_only = no,
-the default): STARTTLS is another branch's work.  127.0.0.1 is a stranger
+the default); AUTH under TLS on the submission services is tests/integration/
+test_submission.py.  127.0.0.1 is a stranger
 (mynetworks elsewhere), so what is accepted was accepted for the login.
 """
 
