@@ -43,6 +43,9 @@ CONFIGURATION
     mta.config.settings.tls (TlsSettings).
 
 DEVIATIONS
+    smtpd_tls_req_ccert fails the handshake itself when the client has no
+    certificate that verifies (Postfix completes the handshake, logs and
+    answers 421 4.7.1); either way the client cannot send mail.
     tls_server_sni_maps is asked synchronously during the handshake: only
     tables that answer at once (texthash, inline, static) can be used.
     Without smtpd_tls_dh1024_param_file, DHE ciphers are not offered (ECDHE
