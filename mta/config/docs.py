@@ -93,7 +93,7 @@ def typeText(parameterType):
     if isinstance(parameterType, T.Integer) and parameterType.minimum:
         return f"{parameterType.name} (at least {parameterType.minimum})"
     if isinstance(parameterType, (T.Choice, T.ChoiceList)):
-        return f"{parameterType.name} ({', '.join(parameterType.choices)})"
+        return f"{parameterType.name} ({', '.join(c or '(empty)' for c in parameterType.choices)})"
     if isinstance(parameterType, T.Size):
         return f"{parameterType.name} (bytes; a k, m or g suffix multiplies by 1024, 1024^2, 1024^3)"
     return parameterType.name

@@ -344,6 +344,8 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
 
     def pauseProducing(self):
         """The transport's write buffer is full: the client does not read our replies."""
+        if self._handshaking:
+            return  # only the TLS layer holding our replies until its handshake ends (mta.smtpd.starttls)
         self._writeBlocked = True
         self._updateReading()
         self._clientsTurn()

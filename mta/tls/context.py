@@ -43,6 +43,9 @@ CONFIGURATION
     mta.config.settings.tls (TlsSettings).
 
 DEVIATIONS
+    smtpd_tls_req_ccert fails the handshake itself when the client has no
+    certificate that verifies (Postfix completes the handshake, logs and
+    answers 421 4.7.1); either way the client cannot send mail.
     tls_server_sni_maps is asked synchronously during the handshake: only
     tables that answer at once (texthash, inline, static) can be used.
     Without smtpd_tls_dh1024_param_file, DHE ciphers are not offered (ECDHE
@@ -155,19 +158,16 @@ class ServerTLS:
         keys = [host] + ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
         for table in self._sniTables:
             for key in keys:
-                result = []
+                answers, failures = [], []
                 d = table.lookup(key)
-                d.addCallbacks(result.append, lambda f: result.append(f))
-                if not result:
-                    self._log.warn("tls_server_sni_maps: no immediate answer for {name}; default keys used",
-                                   name=host)
-                    d.addErrback(lambda f: None)
+                d.addCallbacks(answers.append, failures.append)
+                if failures or not answers:
+                    why = "failed" if failures else "gave no immediate answer"
+                    self._log.warn("tls_server_sni_maps: the lookup of {name} {why}; default keys used",
+                                   name=host, why=why)
                     return None
-                if not isinstance(result[0], str):
-                    self._log.warn("tls_server_sni_maps: lookup of {name} failed; default keys used", name=host)
-                    return None
-                if result[0] is not None:
-                    return result[0]
+                if answers[0] is not None:
+                    return answers[0]
         return None
 
     # -- client certificates ----------------------------------------------------------

@@ -214,3 +214,23 @@ def test_local_header_rewrite_clients_knows_listed_certificates(certs, tmp_path)
         d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<bob@mx.test>\r\nDATA\r\n")
         d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
     assert [b"\r\nMessage-Id: <" in m.content for m in store.committed] == [True, False]
+
+
+def test_sni_tries_parent_domains_then_the_default_and_warns_only_of_a_broken_file(certs, tmp_path):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    broken = tmp_path / "broken.pem"
+    broken.write_text("no key here\n")
+    f = factory(certs, f"tls_server_sni_maps = inline:{{.other.test={certs['other-chain.pem']}, bad.test={broken}}}\n")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for name, cn in (("mail.other.test", "other.test"), ("nowhere.test", "mx.test"), ("bad.test", "mx.test")):
+            d = TLSDialog(f, context=clientContext(certs), serverName=name)
+            d.send("EHLO c.test\r\n")
+            d.starttls()
+            assert d.client.get_peer_certificate().get_subject().CN == cn, name
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(e) for e in events if "tls_server_sni_maps" in formatEvent(e)]
+    assert len(warnings) == 1 and "cannot load" in warnings[0] and "bad.test" in warnings[0]

@@ -303,3 +303,20 @@ def test_a_transport_without_tls_never_offers_starttls(certs):
     assert d.send("STARTTLS\r\n") == "502 5.5.1 Error: command not implemented\r\n"
     wrapped = Dialog(make(certs, extra="smtpd_tls_wrappermode = yes\n"))
     assert wrapped.banner == "220 mx.test ESMTP mta\r\n"
+
+
+def test_the_tls_layer_buffering_during_the_handshake_does_not_stop_the_session(certs):
+    """
+    Before its handshake Twisted's TLS layer buffers what the session writes and pauses its
+    producer (the session); on a TCP socket that pause would stop reading, so the handshake
+    could never finish.  During a handshake the session ignores the pause.
+    """
+    factory = make(certs, extra="smtpd_tls_wrappermode = yes\n")
+    d = TLSDialog(factory, context=clientContext(certs))
+    assert d.protocol._handshaking
+    d.protocol.pauseProducing()  # what TLSMemoryBIOProtocol._bufferedWrite does
+    assert not d.protocol._writeBlocked and d.transport.producerState != "paused"
+    d.handshake()
+    assert d.read() == "220 mx.test ESMTP mta\r\n"
+    d.protocol.pauseProducing()  # after the handshake a pause is a real one
+    assert d.protocol._writeBlocked

@@ -210,3 +210,28 @@ def test_testssl_finds_nothing_high_or_critical_on_starttls_and_465(makeDaemon, 
         bad = [f for f in findings if f["severity"] in ("HIGH", "CRITICAL")]
         assert not bad, json.dumps(bad, indent=1) + output[-2000:]
         assert "TLSv1.3" in output
+
+
+def test_sighup_reads_a_renewed_certificate_and_logs_the_older_names(makeDaemon, certs, tmp_path):
+    """The certificate files are read again at reload: after SIGHUP new sessions get the new certificate."""
+    from tests.integration.test_reload import sighupAndWait
+
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(open(certs["server-chain.pem"], "rb").read())
+    d = makeDaemon(main=f"smtpd_use_tls = yes\nsmtpd_tls_chain_files = {chain}\n").start()
+
+    context = clientContext(certs)
+    context.check_hostname = False  # other.test's certificate does not name 127.0.0.1; the CA is still checked
+
+    def served():
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=TIMEOUT) as s:
+            s.starttls(context=context)
+            return dict(item[0] for item in s.sock.getpeercert()["subject"])["commonName"]
+
+    assert served() == "mx.test"
+    chain.write_bytes(open(certs["other-chain.pem"], "rb").read())
+    assert served() == "mx.test"  # read at start, not at each session
+    sighupAndWait(d)
+    assert served() == "other.test"
+    assert "warning: " in d.maillogText() and "smtpd_use_tls is obsolete; use smtpd_tls_security_level = may" \
+        in d.maillogText()
