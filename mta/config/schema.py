@@ -350,7 +350,8 @@ PARAMETERS = (
     _P("smtpd_sasl_tls_security_options", T.ChoiceList(SASL_SECURITY_OPTIONS), "$smtpd_sasl_security_options",
        "As smtpd_sasl_security_options, for sessions under TLS.", "sasl"),
     _P("smtpd_tls_auth_only", T.Boolean(), "no",
-       "Offer and accept AUTH only after STARTTLS (504 5.5.4 before).", "sasl"),
+       "Offer and accept AUTH only after STARTTLS (504 5.5.4 before); smtpd_tls_security_level = "
+       "encrypt implies it.", "sasl"),
     _P("smtpd_sasl_local_domain", T.String(), "",
        "The realm of user names without @ (builtin: looked up as user@realm; dovecot: not "
        "sent, as in Postfix).", "sasl"),

@@ -46,7 +46,8 @@ SECURITY
     hidden]" before _heard() and the over-long-line warning see them).
     Every response is base64-checked and bounded by
     smtpd_sasl_response_limit before the backend sees it.  AUTH is neither
-    offered nor accepted before TLS with smtpd_tls_auth_only = yes.
+    offered nor accepted before TLS with smtpd_tls_auth_only = yes, which
+    smtpd_tls_security_level = encrypt implies (as in Postfix).
 
 CONFIGURATION
     mta.config.settings.sasl.SaslSettings: smtpd_sasl_auth_enable,
@@ -157,7 +158,7 @@ class SMTPAuth:
     async def _authEhloLines(self, lines):
         """C{lines} (EHLO's keyword lines) with AUTH put where Postfix puts it, when offered."""
         sasl = self.factory.saslSettings
-        if sasl.tlsAuthOnly and not self.session.tlsActive:
+        if self._tlsAuthOnly() and not self.session.tlsActive:
             return lines
         if await self.factory.saslExceptions.matches(self.session.clientAddress):
             return lines
@@ -170,6 +171,10 @@ class SMTPAuth:
 
     # -- the command --------------------------------------------------------------
 
+    def _tlsAuthOnly(self):
+        """smtpd_tls_auth_only, which smtpd_tls_security_level = encrypt implies (as in Postfix)."""
+        return self.factory.saslSettings.tlsAuthOnly or self.factory.tlsSettings.level == "encrypt"
+
     def smtp_AUTH(self, arg):
         session, sasl = self.session, self.factory.saslSettings
         if not self._authEnabled:
@@ -178,7 +183,7 @@ class SMTPAuth:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: send EHLO first"))
         if self.transaction.sender is not None:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: MAIL transaction in progress"))
-        if sasl.tlsAuthOnly and not session.tlsActive:
+        if self._tlsAuthOnly() and not session.tlsActive:
             return self._fault("protocol",
                                Reply(504, "5.5.4", "Encryption required for requested authentication mechanism"))
         if session.saslUsername is not None:

@@ -320,3 +320,23 @@ def test_the_tls_layer_buffering_during_the_handshake_does_not_stop_the_session(
     assert d.read() == "220 mx.test ESMTP mta\r\n"
     d.protocol.pauseProducing()  # after the handshake a pause is a real one
     assert d.protocol._writeBlocked
+
+
+# -- the encrypt level and AUTH ----------------------------------------------------------------
+
+
+def test_encrypt_implies_tls_auth_only(certs, tmp_path):
+    """Postfix: smtpd_tls_security_level = encrypt implies smtpd_tls_auth_only = yes."""
+    from argon2 import PasswordHasher
+
+    table = tmp_path / "sasl_passwd"
+    table.write_text(f"alice@example.org  {PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash('pw')}\n")
+    factory = make(certs, "encrypt", f"smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\n"
+                                     f"smtpd_sasl_path = texthash:{table}\n")
+    assert not factory.saslSettings.tlsAuthOnly  # not set: implied
+    d = dialog(factory, certs)
+    assert "AUTH" not in d.send("EHLO c.test\r\n")
+    assert d.send("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHB3\r\n").startswith("530 5.7.0 ")
+    d.starttls()
+    assert "250-AUTH PLAIN LOGIN" in d.send("EHLO c.test\r\n")
+    assert d.send("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHB3\r\n") == "235 2.7.0 Authentication successful\r\n"
