@@ -176,7 +176,7 @@ class SMTPAuth:
         return self.factory.saslSettings.tlsAuthOnly or self.factory.tlsSettings.level == "encrypt"
 
     def smtp_AUTH(self, arg):
-        session, sasl = self.session, self.factory.saslSettings
+        session = self.session
         if not self._authEnabled:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: authentication not enabled"))
         if not session.extended:
