@@ -2,7 +2,8 @@
 The real ``twistd mta`` with TLS against real TLS clients on loopback: swaks (--tls,
 --tlsc on the wrapper-mode listener, a client certificate), ``openssl s_client
 -starttls smtp``, Python's smtplib (starttls, SMTP_SSL), Postfix's posttls-finger, and a
-real Postfix smtp client delivering to mta with smtp_tls_security_level = encrypt.
+real Postfix smtp client delivering to mta with smtp_tls_security_level = encrypt
+(and, as a satellite, with SASL: smtp_sasl_password_maps).
 Certificates are made by tests.tlssupport in the test's directory.
 """
 
@@ -179,6 +180,43 @@ def test_a_real_postfix_delivers_to_mta_with_encrypt(makeDaemon, certs):
         waitFor(lambda: "Trusted TLS connection established to 127.0.0.1" in instance.maillog.read_text()
                 or "Verified TLS connection established to 127.0.0.1" in instance.maillog.read_text(),
                 what="Postfix's TLS log line", timeout=30)
+    finally:
+        instance.stop()
+
+
+def test_a_real_postfix_relays_to_mta_with_encrypt_and_sasl(makeDaemon, certs, tmp_path):
+    """Postfix's smtp client, as a satellite: STARTTLS required, then AUTH with its smtp_sasl_password_maps."""
+    from bench.postfix_instance import PostfixInstance
+    from tests.integration.test_sasl_peers import PASSWORD, STRANGER, saslPasswd
+
+    table = tmp_path / "sasl_passwd"
+    saslPasswd(table, "satellite@example.org", PASSWORD)
+    d = makeDaemon(main=certs.serverMain("encrypt", STRANGER + "smtpd_sasl_auth_enable = yes\n"
+                                                   f"smtpd_sasl_type = builtin\nsmtpd_sasl_path = texthash:{table}\n"),
+                   listeners=None)
+    with open(d.config, "a") as f:  # only a login may relay; accepted mail is held for the test
+        f.write("smtpd_recipient_restrictions = check_recipient_access static:HOLD, permit_sasl_authenticated, "
+                "reject\n")
+    d.start()
+    instance = PostfixInstance(freePort(), relay_port=d.port)
+    try:
+        instance.create()
+        passwords = instance.config_dir / "relay_passwd"
+        passwords.write_text(f"[127.0.0.1]:{d.port} satellite@example.org:{PASSWORD}\n")
+        with open(instance.config_dir / "main.cf", "a") as f:
+            f.write(f"smtp_tls_security_level = encrypt\nsmtp_tls_CAfile = {certs['ca.pem']}\n"
+                    "smtp_sasl_auth_enable = yes\nsmtp_sasl_security_options = noanonymous\n"
+                    f"smtp_sasl_tls_security_options = noanonymous\nsmtp_sasl_password_maps = texthash:{passwords}\n")
+        instance.start()
+        done = swaks(instance.port, "--from", "a@example.org", "--to", "carol@elsewhere.example")
+        assert done.returncode == 0, done.stdout + done.stderr
+        [content] = queuedContent(d)
+        [queueId] = d.incoming()
+        envelope, _ = readQueued(d, queueId)
+        assert (envelope.sasl_method, envelope.sasl_username) in {("PLAIN", "satellite@example.org"),
+                                                                  ("LOGIN", "satellite@example.org")}
+        assert b" with ESMTPSA id " in content
+        assert PASSWORD not in d.maillogText()
     finally:
         instance.stop()
 
