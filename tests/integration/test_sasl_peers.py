@@ -1,6 +1,7 @@
 """
 SMTP AUTH of the real ``twistd mta`` against real clients and a real Dovecot:
-swaks (--auth PLAIN and LOGIN), Python's smtplib (login), msmtp (auth on), with
+swaks (--auth PLAIN and LOGIN), Python's smtplib (login), msmtp (auth on), Postfix's
+smtp client relaying with smtp_sasl_auth_enable (tests/integration/postfixclient.py), with
 the builtin backend (a password table made by ``mta-config sasl-passwd``) and with
 Dovecot's auth service (tests/integration/dovecotauth.py) over its UNIX socket and
 over TCP.  AUTH in plaintext is allowed explicitly here (smtpd_tls_auth_only = no,
@@ -216,3 +217,23 @@ def test_auth_rate_limit_with_swaks(makeDaemon, tmp_path):
                         ["<-  235 2.7.0 Authentication successful"],
                         ["<** 450 4.7.1 Error: too many AUTH commands from 127.0.0.1"]]
     assert "AUTH command rate limit exceeded: 3 from " in d.maillogText()
+
+
+@pytest.mark.parametrize("mechanism", ["plain", "login"])
+def test_postfix_smtp_client_with_sasl(builtin, mechanism):
+    from tests.integration.postfixclient import PostfixClient
+
+    postfix = PostfixClient(builtin.port, "alice@example.org", PASSWORD, mechanism).start()
+    try:
+        postfix.send("alice@example.org", "bob@mta.test", MESSAGE)
+        try:
+            waitFor(lambda: builtin.incoming(), timeout=30, what="the relayed message")
+            waitFor(lambda: "status=sent" in postfix.log(), timeout=30, what="Postfix's delivery line")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{postfix.log()}\n{builtin.maillogText()}") from None
+    finally:
+        postfix.stop()
+    (queueId,) = builtin.incoming()
+    envelope, _ = assertLogin(builtin, queueId, mechanism.upper())
+    assert envelope.helo == "client.test" and envelope.sender == "alice@example.org"
+    assertNoPassword(builtin)

@@ -355,6 +355,13 @@ def test_show(q, capsys):
     )
 
 
+def test_show_the_login(q, capsys):
+    queueId = q.add(["bob@example.net"], protocol="ESMTP", sasl_method="PLAIN", sasl_username="alice@example.org",
+                    sasl_sender="alice@example.org")
+    out = q.run(capsys, "show", queueId)[1]
+    assert "\nsasl_method: PLAIN\nsasl_username: alice@example.org\nsasl_sender: alice@example.org\nrecipient:" in out
+
+
 def test_show_null_sender_on_hold(q, capsys):
     queueId = q.add(["bob@example.net"], sender="", queue="hold")
     out = q.run(capsys, "show", queueId)[1]

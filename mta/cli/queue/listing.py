@@ -187,6 +187,9 @@ def _showEnvelope(out, queue, queueId, entry, envelope):
         write("ret", envelope.ret)
     if envelope.envid is not None:
         write("envid", envelope.envid)
+    for name in ("sasl_method", "sasl_username", "sasl_sender"):  # the AUTH login (postcat's named attributes)
+        if getattr(envelope, name, None):
+            write(name, getattr(envelope, name))
     for state, recipient in zip(entry["recipients"], envelope.recipients):
         text = f"{state['address']} ({state['status']}{': ' + state['reason'] if state['reason'] else ''})"
         if recipient.notify:
