@@ -58,7 +58,9 @@ DEVIATIONS
     (no value) is "not found", as in Postfix.  Postfix sends requests
     synchronously; mta queues them and sends the next when the reply comes.
     Keys with control characters or over MAX_KEY are refused (Postfix sends
-    them).
+    them).  Postfix refuses socketmap (an unauthenticated table) where its
+    caller opens a table with DICT_FLAG_NO_UNAUTH; mta has no such flag yet,
+    so socketmap is accepted wherever a table is.
 """
 
 import collections
