@@ -35,6 +35,14 @@ def _static(name, clock):
     return StaticTable(name)
 
 
+def _socketmap(name, reactor):
+    from mta.tables.socketmap import SocketmapTable
+
+    return SocketmapTable(name, reactor)
+
+
 texthash = _Factory("texthash", "A flat 'key value' file, read at start and when it changes.", _texthash)
 inline = _Factory("inline", "Entries in the configuration: inline:{ key=value, ... }.", _inline)
 static = _Factory("static", "The same value for every key: static:value.", _static)
+socketmap = _Factory("socketmap", "A Sendmail-style socketmap server: socketmap:inet:host:port:name or unix:/path:name.",
+                     _socketmap)

@@ -217,6 +217,26 @@ def test_check_missing_table(capsys, tmp_path):
     )
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("socketmap:inet:127.0.0.1:nosuchport:postfix", "bad port 'nosuchport'"),
+    ("socketmap:inet:127.0.0.1:8461", "inet: needs host:port"),
+    ("socketmap:unix:relative:postfix", "unix: needs an absolute socket path"),
+])
+def test_check_bad_socketmap_spec(capsys, tmp_path, spec, message):
+    path = tmp_path / "mta.ini"
+    path.write_text(f"[main]\ntransport_maps = {spec}\n")
+    code, out, err = run(capsys, "-c", str(path), "--check")
+    assert (code, out) == (1, "")
+    assert err == f"mta-config: error: {path}:2: [main] transport_maps: {spec}: {message}\n"
+
+
+def test_check_good_socketmap_spec_connects_to_nothing(capsys, tmp_path):
+    # The server need not run: --check parses the spec, the first lookup connects.
+    path = tmp_path / "mta.ini"
+    path.write_text("[main]\ntransport_maps = socketmap:inet:127.0.0.1:9:postfix\n")
+    assert run(capsys, "-c", str(path), "--check") == (0, "", "")
+
+
 def test_check_bad_config(capsys, tmp_path):
     path = tmp_path / "mta.ini"
     path.write_text("[main]\nmesage_size_limit = 5\n")
