@@ -293,3 +293,21 @@ def test_names_from_the_policy(certs):
     assert serverNameFor(clientSettings(smtp_tls_servername="hostname").tls, RemoteHost("1.2.3.4", "1.2.3.4", 25),
                          "x") is None
     assert serverNameFor(clientSettings().tls, HOST, "x") is None
+
+
+@pytest.mark.parametrize("level, tlsActive, madeUnder, allowed", [
+    ("encrypt", False, "encrypt", False),  # never a plaintext connection where TLS is required
+    ("encrypt", True, "encrypt", True),
+    ("verify", True, "encrypt", False),  # made under another level
+    ("may", False, "none", True),  # a plaintext retry under may serves may
+    ("may", True, "may", True),
+    ("none", False, "none", True),
+])
+def test_cached_connections_serve_only_their_tls_policy(level, tlsActive, madeUnder, allowed):
+    from types import SimpleNamespace
+
+    from mta.delivery.smtp import SMTPTransport
+
+    transport = SimpleNamespace(settings=clientSettings(smtp_tls_security_level=level))
+    session = SimpleNamespace(tlsActive=tlsActive, tlsLevel=madeUnder)
+    assert SMTPTransport._tlsAllows(transport, session) is allowed
