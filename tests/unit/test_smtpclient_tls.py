@@ -26,9 +26,9 @@ class Lines(list):
 
 
 class TLSSession:
-    def __init__(self, certs, chain="server-chain.pem", nexthop="example.net", **params):
+    def __init__(self, certs, chain="server-chain.pem", nexthop="example.net", lmtp=False, **params):
         self.clock = Clock()
-        self.settings = clientSettings(**params)
+        self.settings = clientSettings(lmtp, **params)
         self.log = Lines()
         self.protocol = SMTPClientSession(self.settings, self.clock, self.log)
         self.transport = TLSStringTransport(client=True)
@@ -311,3 +311,13 @@ def test_cached_connections_serve_only_their_tls_policy(level, tlsActive, madeUn
     transport = SimpleNamespace(settings=clientSettings(smtp_tls_security_level=level))
     session = SimpleNamespace(tlsActive=tlsActive, tlsLevel=madeUnder)
     assert SMTPTransport._tlsAllows(transport, session) is allowed
+
+
+def test_lmtp_reads_the_lmtp_twins(certs):
+    s = TLSSession(certs, lmtp=True, lmtp_tls_security_level="encrypt", smtp_tls_security_level="none")
+    s.server.send("220 mx.test LMTP\r\n")
+    assert s.server.read() == "LHLO client.example.org\r\n"
+    s.server.send(EHLO_TLS)
+    s.starttls()
+    assert s.server.read() == "LHLO client.example.org\r\n"  # LHLO again inside TLS
+    assert s.protocol.tlsActive
