@@ -78,6 +78,7 @@ CONFIGURATION
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_connection_reuse_count_limit, disable_mime_output_conversion,
+    smtp_tls_* and lmtp_tls_* (mta.delivery.smtptls, mta.delivery.smtpstarttls),
     notify_classes (protocol: see below), error_notice_recipient,
     bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best
     MX is this host goes to that transport, e.g. virtual), syslog_name,
@@ -89,6 +90,9 @@ CONFIGURATION
     LmtpClientSettings (``lmtpClient``), built and checked at load.
 
 DEVIATIONS FROM POSTFIX
+    * Under encrypt and above a STARTTLS refused with 5xx defers the host
+      like a 4xx (Postfix's smtp_site_fail() may bounce on a 5xx at the
+      last host); no mail is lost to a server's TLS trouble.
     * An interface or proxy_interfaces entry given as a host name is not
       looked up (Postfix resolves it at start-up): it is left out of the
       loop detection, with a warning.
