@@ -156,15 +156,16 @@ class _Raw:
 class TLSStringTransport(StringTransport):
     """A StringTransport with startTLS as Twisted's TCP transport has it (the server side)."""
 
-    def __init__(self, **kw):
+    def __init__(self, client=False, **kw):
         super().__init__(**kw)
+        self.isClient = client  # startTLS makes the client side (the SMTP client's transport)
         self.tlsProtocol = None
         self.aborted = False
         self.lost = False  # the TLS layer closed the wire (connectionLost scheduled)
         self.tlsClock = Clock()  # TLSMemoryBIOProtocol aggregates small writes until the next "iteration"
 
     def startTLS(self, contextFactory, normal=True):
-        factory = TLSMemoryBIOFactory(contextFactory, False, None, clock=self.tlsClock)
+        factory = TLSMemoryBIOFactory(contextFactory, self.isClient, None, clock=self.tlsClock)
         self.tlsProtocol = factory.protocol(factory, self.protocol, False)
         directlyProvides(self, ISSLTransport)
         producer, streaming = self.producer, self.streaming
@@ -337,3 +338,80 @@ class TLSDialog:
     @property
     def closed(self):
         return self.transport.disconnecting or self.transport.aborted
+
+
+class TLSServerEnd:
+    """
+    The server's end of an SMTP client's TLSStringTransport(client=True):
+    plaintext lines before STARTTLS, then a pyOpenSSL server over the
+    in-memory wire (no sockets, no sleeps).
+    """
+
+    def __init__(self, transport, context):
+        self.transport = transport
+        self.context = context
+        self.server = None
+
+    @staticmethod
+    def serverContext(certificates, chain="server-chain.pem", maxVersion=None):
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.use_certificate_chain_file(certificates[chain])
+        ctx.use_privatekey_file(certificates[chain])
+        if maxVersion:
+            ctx.set_max_proto_version(maxVersion)
+        return ctx
+
+    def _wire(self):
+        self.transport.tlsClock.advance(0)
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def accept(self):
+        """The client has started TLS: answer its handshake."""
+        self.server = SSL.Connection(self.context, None)
+        self.server.set_accept_state()
+        self.pump()
+
+    def pump(self):
+        for _ in range(50):
+            moved = False
+            data = self._wire()
+            if data:
+                moved = True
+                self.server.bio_write(data)
+            try:
+                self.server.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                out = self.server.bio_read(65536)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                moved = True
+                self.transport.deliver(out)
+            if not moved:
+                self.transport.tlsClock.advance(0)
+                return
+
+    def read(self):
+        """What the client sent (decrypted once TLS is up)."""
+        if self.server is None:
+            return self._wire().decode("utf-8")
+        self.pump()
+        out = b""
+        while True:
+            try:
+                out += self.server.recv(65536)
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                break
+        return out.decode("utf-8")
+
+    def send(self, text):
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        if self.server is None:
+            self.transport.deliver(data)
+        else:
+            self.server.sendall(data)
+            self.pump()

@@ -52,6 +52,64 @@ def defaultMydomain():
     return name.split(".", 1)[1] if "." in name else "localdomain"
 
 
+
+# smtp_tls_* and their lmtp_tls_* twins (mta.delivery.smtptls), Postfix's names and defaults.
+CLIENT_TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
+_GRADES = ("export", "low", "medium", "high", "null")
+
+
+def _clientTls(prefix, group):
+    who = "SMTP" if prefix == "smtp" else "LMTP"
+    return (
+        Parameter(f"{prefix}_tls_security_level", T.Choice(CLIENT_TLS_LEVELS), "may",
+                  f"TLS in the {who} client: none, may (STARTTLS when offered, else plaintext), encrypt "
+                  "(TLS required), verify/secure (TLS with a verified certificate whose name matches); "
+                  "dane is may until DANE is built; dane-only and fingerprint are not implemented yet "
+                  "(a load error).", group),
+        Parameter(f"{prefix}_tls_wrappermode", T.Boolean(), "no",
+                  "TLS from the connect, not STARTTLS (port 465 relays); needs encrypt or above in "
+                  "Postfix (mta: never plaintext in this mode).", group),
+        Parameter(f"{prefix}_tls_CAfile", T.String(), "",
+                  "PEM file of the CA certificates that server certificates are verified against; with "
+                  f"{prefix}_tls_CApath empty too: the system trust store.", group),
+        Parameter(f"{prefix}_tls_CApath", T.String(), "",
+                  "Directory of hashed CA certificates (c_rehash) for server certificates.", group),
+        Parameter(f"{prefix}_tls_cert_file", T.String(), "",
+                  "PEM file of the client certificate (and its chain) to present; empty: none.", group),
+        Parameter(f"{prefix}_tls_key_file", T.String(), f"${prefix}_tls_cert_file",
+                  f"PEM file of the private key of {prefix}_tls_cert_file.", group),
+        Parameter(f"{prefix}_tls_protocols", T.List(), ">=TLSv1",
+                  "TLS protocols used with opportunistic TLS (may): >=TLSv1.2, <=TLSv1.3, or names "
+                  "to exclude with !.", group),
+        Parameter(f"{prefix}_tls_mandatory_protocols", T.List(), ">=TLSv1",
+                  "TLS protocols used under encrypt and above (same syntax).", group),
+        Parameter(f"{prefix}_tls_ciphers", T.Choice(_GRADES), "medium",
+                  "The cipher grade with opportunistic TLS (tls_GRADE_cipherlist).", group),
+        Parameter(f"{prefix}_tls_mandatory_ciphers", T.Choice(_GRADES), "medium",
+                  "The cipher grade under encrypt and above.", group),
+        Parameter(f"{prefix}_tls_exclude_ciphers", T.List(), "",
+                  "OpenSSL cipher names or classes removed from the grade.", group),
+        Parameter(f"{prefix}_tls_mandatory_exclude_ciphers", T.List(), "",
+                  "More ciphers removed under encrypt and above.", group),
+        Parameter(f"{prefix}_tls_servername", T.String(), "",
+                  "The server name sent in SNI: empty (none), hostname (the MX or relay host name), "
+                  "nexthop (the next-hop domain) or a literal name.", group),
+        Parameter(f"{prefix}_tls_verify_cert_match", T.List(), "hostname",
+                  "Names the server certificate must match under verify: hostname, nexthop, "
+                  "dot-nexthop (a subdomain of the next hop) or literal names.", group),
+        Parameter(f"{prefix}_tls_secure_cert_match", T.List(), "nexthop, dot-nexthop",
+                  "Names the server certificate must match under secure (same values).", group),
+        Parameter(f"{prefix}_starttls_timeout", T.Time("s"), "300s",
+                  f"How long the {who} client waits for the TLS handshake (after STARTTLS, or at "
+                  "connect in wrapper mode).", group),
+        Parameter(f"{prefix}_tls_loglevel", T.Integer(), "0",
+                  "0: TLS failures only; 1 or more: also a line per handshake (Trusted/Verified/"
+                  "Untrusted/Anonymous TLS connection established to ...).", group),
+        Parameter(f"{prefix}_tls_note_starttls_offer", T.Boolean(), "no",
+                  "Log 'Host offered STARTTLS: [name]' when a server offers STARTTLS and TLS is not "
+                  "used (level none).", group),
+    )
+
 _P = Parameter
 
 # smtpd_sasl_security_options and smtpd_sasl_tls_security_options (Postfix's xsasl names).
@@ -440,6 +498,7 @@ PARAMETERS = (
        "How long after it was made a connection may still be reused.", "smtp"),
     _P("smtp_connection_reuse_count_limit", T.Integer(), "0",
        "How many times a connection may be used; 0: no limit.", "smtp"),
+    *_clientTls("smtp", "smtp"),
     _P("lmtp_lhlo_name", T.String(), "$myhostname", "The hostname the LMTP client sends in LHLO.", "lmtp"),
     _P("lmtp_lhlo_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the greeting and the LHLO reply.", "lmtp"),
     _P("lmtp_mail_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the reply to MAIL FROM.", "lmtp"),
@@ -460,6 +519,7 @@ PARAMETERS = (
     _P("lmtp_assume_final", T.Boolean(), "no",
        "When an LMTP server does not announce DSN, report success notices as 'delivered', not 'relayed'.", "lmtp"),
     _P("lmtp_tcp_port", T.String(), "24", "The LMTP client's default port (number or service name).", "lmtp"),
+    *_clientTls("lmtp", "lmtp"),
     # -- routing (trivial-rewrite) --------------------------------------------
     _P("local_transport", T.String(), "error:5.1.1 local delivery is not available",
        "transport:nexthop for $mydestination recipients that no alias rewrites (mta has no "

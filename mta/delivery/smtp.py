@@ -25,7 +25,18 @@ RSET, while it is younger than smtp_connection_reuse_time_limit and has
 been used fewer than smtp_connection_reuse_count_limit times; the mail
 log then says conn_use=N.  Postfix caches on demand (while a destination
 has a backlog); mta caches every finished connection, which the short
-idle limit makes cheap (mta.delivery.connectioncache).  Not yet: TLS.
+idle limit makes cheap (mta.delivery.connectioncache).  A cached
+connection is reused only where the TLS policy allows it: never a
+plaintext one where TLS is required (encrypt and above), never one made
+under another level.
+
+TLS (smtp_tls_security_level and the rest, mta.delivery.smtptls): the
+session sends STARTTLS after EHLO when offered and the level is not none,
+and EHLO again after the handshake.  Under may, a failed handshake is
+followed by a new connection to the same host without TLS (Postfix's
+behaviour); under encrypt and above, no STARTTLS, a refused STARTTLS, a
+failed handshake or (verify, secure) a certificate that does not verify
+defers the host (4.7.x) and the next host is tried.
 
 Mail-loop detection needs this host's addresses (Postfix's inet_interfaces
 and proxy_interfaces): those of the listeners, read from their endpoint
@@ -67,6 +78,7 @@ CONFIGURATION
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_connection_reuse_count_limit, disable_mime_output_conversion,
+    smtp_tls_* and lmtp_tls_* (mta.delivery.smtptls, mta.delivery.smtpstarttls),
     notify_classes (protocol: see below), error_notice_recipient,
     bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best
     MX is this host goes to that transport, e.g. virtual), syslog_name,
@@ -78,6 +90,9 @@ CONFIGURATION
     LmtpClientSettings (``lmtpClient``), built and checked at load.
 
 DEVIATIONS FROM POSTFIX
+    * Under encrypt and above a STARTTLS refused with 5xx defers the host
+      like a 4xx (Postfix's smtp_site_fail() may bounce on a 5xx at the
+      last host); no mail is lost to a server's TLS trouble.
     * An interface or proxy_interfaces entry given as a host name is not
       looked up (Postfix resolves it at start-up): it is left out of the
       loop detection, with a warning.
@@ -101,6 +116,7 @@ from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts
 from mta.delivery.nexthop import parseNexthop
 from mta.delivery.connectioncache import ConnectionCache
 from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
+from mta.delivery.smtptls import ClientTLS
 from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
@@ -179,6 +195,8 @@ class SMTPTransport:
         self.cache = ConnectionCache(self.reactor, settings.cacheTimeLimit, settings.reuseTimeLimit,
                                      settings.reuseCountLimit)
         self.maillog = MailLogger(settings.syslogName, name)
+        # The TLS client context (smtp_tls_*), built once per transport (mta.delivery.smtptls).
+        self.tls = ClientTLS(settings.tls) if settings.tls.level != "none" or settings.tls.wrapperMode else None
         # Postmaster transcripts (notify_classes) go through the generation's one cleanup.
         self.notices = None if notices is None else TranscriptNotices(notices, context.cleanup, self.reactor,
                                                                       self.maillog)
@@ -228,6 +246,9 @@ class SMTPTransport:
         problem = None
         destinations = [request.nexthop] + [r for r in self.settings.fallbackRelays if r != request.nexthop]
         cached = self.cache.take(request.nexthop)
+        if cached is not None and not self._tlsAllows(cached.session):
+            cached.session.quit()
+            cached = None
         if cached is not None:
             outcome = await self._reuse(request, pending, cached)
             if outcome is not None:
@@ -313,6 +334,17 @@ class SMTPTransport:
 
         return content
 
+    def _tlsAllows(self, session):
+        """
+        May a cached connection serve this transport's TLS policy?  Never a
+        plaintext one where TLS is required, nor one made under another
+        level (smtp_tls_connection_reuse proper is a later step).
+        """
+        policy = self.settings.tls
+        if policy.required and not session.tlsActive:
+            return False
+        return session.tlsLevel in (policy.level, "none" if policy.level == "may" else policy.level)
+
     def _cacheable(self, destination):
         return self.settings.cacheOnDemand or destination in self.settings.cacheDestinations
 
@@ -334,8 +366,13 @@ class SMTPTransport:
             self.cache.put(request.nexthop, cached.session, cached.remote, cached.created, uses)
         return outcome
 
-    async def _session(self, request, pending, nexthop, host, destination):
-        """One connection and session; (SessionOutcome, None) or (None, connect error text)."""
+    async def _session(self, request, pending, nexthop, host, destination, tlsLevel=None):
+        """
+        One connection and session; (SessionOutcome, None) or (None, connect
+        error text).  Under smtp_tls_security_level = may a failed TLS
+        handshake is followed by a new connection to the same host in
+        plaintext (tlsLevel "none"), as Postfix does.
+        """
         if host is None:  # LMTP over a UNIX socket
             endpoint = UNIXClientEndpoint(self.reactor, nexthop.name, timeout=self.settings.connectTimeout)
             remote = RemoteHost(self.settings.myHostname, nexthop.name, None)  # Postfix: myhostname[/path]
@@ -347,7 +384,8 @@ class SMTPTransport:
                                bindAddress=(bind, 0) if bind else None)
             remote = RemoteHost(host.name, host.address, host.port)
         transcript = Transcript(maxLines=TRANSCRIPT_LINES) if self.keepTranscripts else None
-        session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript)
+        session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript, tls=self.tls,
+                                    tlsLevel=tlsLevel)
         try:
             await connectProtocol(endpoint, session)
         except Exception as e:
@@ -359,6 +397,11 @@ class SMTPTransport:
         self._chatNotify(session, request, remote)
         if keepOpen and outcome.reusable:
             self.cache.put(destination, session, remote, created, 1)
+        policy = self.settings.tls
+        if session.tlsFailed and tlsLevel is None and policy.level == "may" and not policy.wrapperMode:
+            self.maillog.emit(f"{remote.relay}: TLS handshake failed; trying again without TLS (smtp_tls_security_level"
+                              f" = may)", request.queue_id)
+            return await self._session(request, pending, nexthop, host, destination, tlsLevel="none")
         return outcome, None
 
 

@@ -116,10 +116,12 @@ DESCRIPTION
     mta.delivery.smtpresults).  The caller (mta.delivery.smtp) sends it to
     the postmaster.
 
-    STARTTLS goes in _startTLS(), after the EHLO reply is parsed and
-    before MAIL: send STARTTLS, read 220, call _discardInput() so that
-    nothing read before the handshake is trusted, start TLS on the
-    transport, forget the EHLO keywords and send EHLO again.
+    STARTTLS (mta.delivery.smtpstarttls) comes after the EHLO reply is
+    parsed and before MAIL: by smtp_tls_security_level, STARTTLS, its 220
+    (whatever follows it in plaintext is dropped), _discardInput() so that
+    nothing read before the handshake is trusted, TLS on the transport,
+    the certificate judged (mta.delivery.smtptls), then EHLO again; with
+    smtp_tls_wrappermode the handshake comes before the greeting.
 
 SECURITY
     Everything read is untrusted.  Reply lines are cut at
@@ -145,7 +147,8 @@ CONFIGURATION
     smtp_rset_timeout, smtp_quit_timeout, smtp_discard_ehlo_keywords,
     smtp_never_send_ehlo, smtp_always_send_ehlo, smtp_skip_5xx_greeting,
     smtp_skip_quit_response, smtp_quote_rfc821_envelope,
-    smtp_line_length_limit, lmtp_assume_final, line_length_limit (the
+    smtp_line_length_limit, lmtp_assume_final, the smtp_tls_* parameters
+    (mta.delivery.smtpstarttls), line_length_limit (the
     reply bound, as Postfix's smtp_chat.c uses it); the lmtp_* forms for
     LMTP.
 
@@ -183,6 +186,7 @@ from twisted.logger import Logger
 from mta.delivery.dotstuff import DotStuffer
 from mta.delivery.smtpcommands import mailCommand, parseEhlo, rcptCommand
 from mta.delivery.smtpconnection import REPLY_LINE_LIMIT, WRITE_SIZE, ClientConnection, _Broken
+from mta.delivery.smtpstarttls import StartTLS
 from mta.delivery.smtpreply import SMTPReply
 from mta.delivery.smtpresults import RemoteHost, SessionOutcome, Transaction
 
@@ -205,7 +209,7 @@ class _ContentError(Exception):
     """The caller's chunk source failed."""
 
 
-class SMTPClientSession(ClientConnection):
+class SMTPClientSession(StartTLS, ClientConnection):
     """
     One client session on one connection; see the module docstring.
 
@@ -216,9 +220,14 @@ class SMTPClientSession(ClientConnection):
     @ivar sizeLimit: the server's SIZE; 0: none announced.
     """
 
-    def __init__(self, settings, clock, maillog=None, transcript=None):
+    def __init__(self, settings, clock, maillog=None, transcript=None, tls=None, tlsLevel=None):
         super().__init__(clock, settings.replyLimit, settings.heloTimeout, maillog, transcript)
         self.settings = settings
+        self.tls = tls  # a mta.delivery.smtptls.ClientTLS (the transport's); None: made on first use
+        self.tlsLevel = tlsLevel or settings.tls.level  # "none" for a plaintext retry under may
+        self.tlsInfo = None  # mta.tls.info.TlsInfo once TLS is up
+        self.tlsVerdict = None  # mta.delivery.smtptls.TlsVerdict once TLS is up
+        self.tlsFailed = False  # the handshake failed (under may the caller may retry in plaintext)
         self._busy = False
         self._greeted = False
         self._stage = _GREETING
@@ -330,7 +339,13 @@ class SMTPClientSession(ClientConnection):
         """Greeting, EHLO/HELO/LHLO, STARTTLS; False (results recorded) if this host will not do."""
         s = self.settings
         self._stage = _GREETING
-        greeting = await self._read(None)
+        if s.tls.wrapperMode and self.tlsLevel != "none":
+            # smtp_tls_wrappermode: TLS from the connect, the greeting inside it.
+            if not await self._tlsHandshake(tx):
+                return False
+            greeting = await self._read(s.heloTimeout)
+        else:
+            greeting = await self._read(None)
         if not greeting.positive:
             dsn = greeting.dsn
             if greeting.code // 100 == 5 and s.skip5xxGreeting:
@@ -342,7 +357,10 @@ class SMTPClientSession(ClientConnection):
         esmtp = s.lmtp or (s.alwaysSendEhlo or "ESMTP" in words[1:]) and not s.neverSendEhlo
         if not await self._hello(tx, bestMx, esmtp):
             return False
-        if await self._startTLS(tx):  # pragma: no cover - no STARTTLS yet
+        started = await self._startTLS(tx)
+        if started is None:
+            return False
+        if started:
             # After the TLS handshake there is no greeting: EHLO again, trusting nothing from before.
             if not await self._hello(tx, bestMx, True):
                 return False
@@ -380,16 +398,6 @@ class SMTPClientSession(ClientConnection):
                      retry=not bestMx)
             return False
         return True
-
-    async def _startTLS(self, tx):
-        """
-        The place for STARTTLS, between the EHLO reply and MAIL: decide by
-        policy and "STARTTLS" in self.extensions, send STARTTLS, read 220,
-        call self._discardInput() (nothing read in plaintext is trusted
-        afterwards), start TLS on the transport and return True; the caller
-        then sends EHLO again.  Not implemented yet: never starts TLS.
-        """
-        return False
 
     def _discardInput(self):
         """Forget everything read and not yet used (before a TLS handshake)."""

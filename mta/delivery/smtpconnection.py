@@ -16,6 +16,15 @@ DESCRIPTION
     is going away: it is queued, and the connection is then closed and
     counted as lost.
 
+    TLS: _expectTLS() before STARTTLS goes out makes the connection drop
+    whatever follows the STARTTLS reply in the same read, and everything
+    after it until _beginTLS(creator, timeout) has put TLS under it
+    (nothing read in plaintext before the handshake is trusted after it);
+    _beginTLS() returns a Deferred that fires when the handshake is done
+    (IHandshakeListener) or fails with _Broken when the connection is lost
+    (a handshake failure: the TLS error is kept in C{lostReason}) or the
+    handshake takes longer than the timeout.
+
     _send(data, replies) writes commands (refusing a CR, LF or NUL inside
     a line); _write(data) writes content in pieces of at most WRITE_SIZE
     (64 KiB), each when the transport wants more: the connection is the
@@ -53,7 +62,7 @@ CONFIGURATION
 from collections import deque
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import TimeoutMixin
@@ -78,7 +87,7 @@ class _Broken(Exception):
         self.detail = detail
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class ClientConnection(Protocol, TimeoutMixin):
     """
     Replies in, commands and content out (see the module docstring).
@@ -107,6 +116,11 @@ class ClientConnection(Protocol, TimeoutMixin):
         self._paused = False
         self._drain = None
         self._queueId = None
+        self._dropAfterReply = False  # STARTTLS sent: drop what follows its reply
+        self._dropPlaintext = False  # its reply came: drop everything until TLS starts
+        self._tlsWaiter = None
+        self.tlsActive = False  # TLS is under the session (after a finished handshake)
+        self.lostReason = None  # the Failure of connectionLost
 
     # -- connection -----------------------------------------------------------------
 
@@ -117,7 +131,16 @@ class ClientConnection(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason):
         self._connected = False
+        self.lostReason = reason
         self._fail("lost")
+
+    def handshakeCompleted(self):
+        """IHandshakeListener: the TLS handshake is done."""
+        self.tlsActive = True
+        waiter, self._tlsWaiter = self._tlsWaiter, None
+        if waiter is not None:
+            self.setTimeout(None)
+            waiter.callback(None)
 
     def timeoutConnection(self):
         self._abort()
@@ -127,7 +150,7 @@ class ClientConnection(Protocol, TimeoutMixin):
         # The parser keeps at most line_length_limit bytes of a line and
         # about twice that of a reply, whatever arrives; the deadline of the
         # reply being waited for (not renewed here) ends an endless one.
-        if self._failure is not None or self._closing:
+        if self._failure is not None or self._closing or self._dropPlaintext:
             return
         for event in self._parser.feed(data):
             if isinstance(event, MalformedReply):
@@ -135,6 +158,12 @@ class ClientConnection(Protocol, TimeoutMixin):
                 break
             self._reply(event)
             if self._failure is not None:
+                break
+            if self._dropAfterReply and self._expected <= 0:
+                # The STARTTLS reply: whatever came with it or comes next in plaintext is dropped.
+                self._dropAfterReply = False
+                self._dropPlaintext = True
+                self._parser.reset()
                 break
         self._wake()
 
@@ -187,6 +216,9 @@ class ClientConnection(Protocol, TimeoutMixin):
         drain, self._drain = self._drain, None
         if drain is not None:
             drain.errback(_Broken(kind, detail))
+        waiter, self._tlsWaiter = self._tlsWaiter, None
+        if waiter is not None:
+            waiter.errback(_Broken(kind, detail))
         self._wake()
 
     def _wake(self):
@@ -219,6 +251,21 @@ class ClientConnection(Protocol, TimeoutMixin):
         """Forget every reply read and not yet used (before a TLS handshake)."""
         self._parser.reset()
         self._replies.clear()
+
+    def _expectTLS(self):
+        """STARTTLS is about to go out: drop everything after its reply until _startTLS()."""
+        self._dropAfterReply = True
+
+    def _beginTLS(self, creator, timeout):
+        """Put TLS under the session (discarding unread plaintext); a Deferred for the handshake."""
+        self._discardReplies()
+        self._dropAfterReply = self._dropPlaintext = False
+        if self._failure is not None or self._closing:
+            return fail(_Broken(*(self._failure or ("lost", None))))
+        waiter = self._tlsWaiter = Deferred()
+        self.setTimeout(timeout)
+        self.transport.startTLS(creator)
+        return waiter
 
     # -- IPushProducer (for the message content) ------------------------------------------
 

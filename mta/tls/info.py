@@ -9,6 +9,10 @@ and of its public key with smtpd_tls_fingerprint_digest, trusted or not).
 
 The texts, as Postfix writes them:
 
+    clientLogLine(server, trust)
+                      the SMTP client's "Verified TLS connection established
+                      to name[addr]:port: ..." (trust: Anonymous, Untrusted,
+                      Trusted or Verified, from mta.delivery.smtptls)
     logLine(client)   "Anonymous TLS connection established from
                        name[addr]: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384
                        (256/256 bits) key-exchange X25519 server-signature
@@ -113,7 +117,12 @@ class TlsInfo:
     peer: PeerCertificate | None = None
 
     @classmethod
-    def fromConnection(cls, connection, trusted=False, digest="sha256"):
+    def fromConnection(cls, connection, trusted=False, digest="sha256", client=False):
+        """
+        The session of a finished handshake; C{client}: we are the client
+        (the peer's certificate is the server's: it gives the
+        server-signature, and no client certificate is recorded).
+        """
         protocol = connection.get_protocol_version_name()
         cipher = connection.get_cipher_name() or "unknown"
         alg = ffi.new("int *")
@@ -126,8 +135,9 @@ class TlsInfo:
         group = _GROUP_NAMES.get(group, group)
         peerX509 = connection.get_peer_certificate()
         peer = PeerCertificate.fromX509(peerX509, trusted, digest) if peerX509 is not None else None
+        serverX509 = peerX509 if client else connection.get_certificate()
         return cls(protocol=protocol, cipher=cipher, bits=bits, algBits=alg[0], keyExchange=group,
-                   serverSignature=_signature(connection.get_certificate(), protocol),
+                   serverSignature=_signature(serverX509, protocol),
                    reused=bool(lib.SSL_session_reused(connection._ssl)), peer=peer)
 
     @property
@@ -149,6 +159,10 @@ class TlsInfo:
     def logLine(self, client):
         return f"{self.trust} TLS connection {'reused' if self.reused else 'established'} from {client}: " \
                f"{self.summary()}"
+
+    def clientLogLine(self, server, trust):
+        """The SMTP client's line: "Verified TLS connection established to host[addr]:port: TLSv1.3 ..."."""
+        return f"{trust} TLS connection {'reused' if self.reused else 'established'} to {server}: {self.summary()}"
 
     def certificateLine(self, client):
         """The client certificate's line (None without one)."""

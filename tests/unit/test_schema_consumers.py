@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from mta.config import load, types as T
+from mta.config import ConfigError, load, types as T
 from mta.config.schema import PARAMETERS, PATTERNS
 from mta.config.settings import allClasses
 
@@ -57,12 +57,23 @@ def test_every_transport_family_has_a_consumer():
         assert pattern.pattern in declared, pattern.pattern
 
 
+# Values the schema accepts but load() refuses as "not implemented yet" (the client's TLS levels
+# that wait for DANE and fingerprint matching): each must fail at load with that text.
+NOT_YET = {(f"{p}_tls_security_level", v) for p in ("smtp", "lmtp") for v in ("dane-only", "fingerprint")}
+
 ENUMERATED = [
     (parameter, value)
     for parameter in PARAMETERS
     if isinstance(parameter.type, (T.Choice, T.ChoiceList))
     for value in parameter.type.choices
+    if (parameter.name, value) not in NOT_YET
 ]
+
+
+@pytest.mark.parametrize("name, value", sorted(NOT_YET))
+def test_values_not_implemented_yet_fail_at_load(name, value):
+    with pytest.raises(ConfigError, match=f"{name} = {value} is not implemented yet"):
+        load("<test>", f"[main]\n{name} = {value}\n")
 
 
 def compiledWith(name, value):
@@ -88,7 +99,7 @@ def test_every_enumerated_value_has_a_consumer(parameter, value):
     canonical = aliases.get(value, value)
     mine = compiledWith(parameter.name, value)
     for other in parameter.type.choices:
-        if aliases.get(other, other) != canonical:
+        if aliases.get(other, other) != canonical and (parameter.name, other) not in NOT_YET:
             assert compiledWith(parameter.name, other) != mine, (
                 f"{parameter.name}: {value} and {other} compile to the same settings"
             )

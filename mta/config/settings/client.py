@@ -36,12 +36,26 @@ DESCRIPTION
     that is not an address of its family (Postfix's smtp stops with
     "bad smtp_bind_address parameter" too).
 
+    TLS: the smtp_tls_* (lmtp_tls_*) parameters are compiled into C{tls},
+    a ClientTls (the effective level, protocol ranges and cipher lists as
+    mta.config.settings.tls parses them for the server, the key-exchange
+    groups set explicitly, CA and client-certificate files read and
+    checked here with their file:line).
+
 SECURITY
     The HELO name reaches the wire: it may hold no line end, NUL or white
     space (checked here and again when the command is written).
 
+DEVIATIONS
+    smtp_tls_security_level = dane is may until DANE is built;
+    dane-only and fingerprint are refused at load ("not implemented
+    yet").  Empty smtp_tls_CAfile and smtp_tls_CApath mean the system
+    trust store (Postfix: no CAs unless tls_append_default_CA = yes).
+
 CONFIGURATION
-    smtp_*, lmtp_* (above), inet_protocols, ignore_mx_lookup_error,
+    smtp_*, lmtp_* (above), smtp_tls_*, lmtp_tls_*, smtp_starttls_timeout,
+    lmtp_starttls_timeout, tls_*_cipherlist, tls_eecdh_auto_curves,
+    tls_ffdhe_auto_groups, inet_protocols, ignore_mx_lookup_error,
     disable_dns_lookups, disable_mime_output_conversion,
     best_mx_transport, proxy_interfaces, line_length_limit, relayhost,
     myhostname, syslog_name.  The postmaster transcripts of client
@@ -49,10 +63,69 @@ CONFIGURATION
 """
 
 import ipaddress
+import os
 
+import attrs
+
+from mta.config.errors import ConfigError
 from mta.config.settings import Settings, setting, settingsClass
+from mta.config.settings.tls import compileCipherList, knownGroups, parseProtocols
 
-__all__ = ["ClientSettings", "LmtpClientSettings", "SmtpClientSettings"]
+__all__ = ["ClientSettings", "ClientTls", "LmtpClientSettings", "SmtpClientSettings"]
+
+# Levels that never send mail in plaintext, and those that check the certificate's chain and name.
+TLS_REQUIRED = frozenset({"encrypt", "verify", "secure"})
+TLS_MATCH = frozenset({"verify", "secure"})
+_NOT_YET = ("dane-only", "fingerprint")
+
+
+@attrs.frozen
+class ClientTls:
+    """
+    The client's TLS policy, compiled at load from the smtp_tls_* (lmtp_tls_*)
+    parameters: what mta.delivery.smtptls builds its contexts from.
+    """
+
+    level: str = "none"  # none, may, encrypt, verify or secure (dane: may until DANE is built)
+    configuredLevel: str = "none"  # as written (dane shows here)
+    wrapperMode: bool = False
+    caFile: str = ""
+    caPath: str = ""  # both empty: the system trust store
+    certFile: str = ""
+    keyFile: str = ""
+    protocolRange: tuple = ("TLSv1", "TLSv1.3")  # under may
+    mandatoryProtocolRange: tuple = ("TLSv1", "TLSv1.3")  # under encrypt and above
+    cipherList: str = "DEFAULT"
+    mandatoryCipherList: str = "DEFAULT"
+    groups: tuple = ()  # key-exchange groups, explicitly (no post-quantum share by surprise)
+    serverName: str = ""  # "", "hostname", "nexthop" or a literal name
+    verifyCertMatch: tuple = ("hostname",)
+    secureCertMatch: tuple = ("nexthop", "dot-nexthop")
+    starttlsTimeout: float = 300.0
+    loglevel: int = 0
+    noteStarttlsOffer: bool = False
+
+    @property
+    def required(self):
+        """No plaintext: encrypt and above, or wrapper mode."""
+        return self.level in TLS_REQUIRED or self.wrapperMode
+
+    @property
+    def mustMatch(self):
+        return self.level in TLS_MATCH
+
+    @property
+    def activeProtocolRange(self):
+        return self.mandatoryProtocolRange if self.required else self.protocolRange
+
+    @property
+    def activeCipherList(self):
+        return self.mandatoryCipherList if self.required else self.cipherList
+
+    @property
+    def matchNames(self):
+        """The smtp_tls_verify_cert_match (verify) or smtp_tls_secure_cert_match (secure) list."""
+        return self.secureCertMatch if self.level == "secure" else self.verifyCertMatch if self.level == "verify" else ()
 
 
 def _hasControl(text):
@@ -147,6 +220,101 @@ class ClientSettings(Settings):
     # (session transcripts for the postmaster: NoticeSettings, mta.config.settings.notices)
     syslogName: str = setting("syslog_name")  # mail-log program names: $syslog_name/smtp
 
+    # -- TLS (the cipher grades and groups are the server's too: mta.config.settings.tls)
+    highCipherlist: str = setting("tls_high_cipherlist")
+    mediumCipherlist: str = setting("tls_medium_cipherlist")
+    lowCipherlist: str = setting("tls_low_cipherlist")
+    exportCipherlist: str = setting("tls_export_cipherlist")
+    nullCipherlist: str = setting("tls_null_cipherlist")
+    curves: tuple = setting("tls_eecdh_auto_curves", tuple)
+    ffdheGroups: tuple = setting("tls_ffdhe_auto_groups", tuple)
+    tls: ClientTls = attrs.field(init=False, default=ClientTls())  # compiled in check()
+
+    def check(self, scope):
+        """Compile the smtp_tls_* (lmtp_tls_*) parameters into C{tls}, every file read once."""
+        from OpenSSL import SSL
+
+        prefix = "lmtp" if self.lmtp else "smtp"
+
+        def fail(name, message):
+            raise ConfigError(f"{scope.where(prefix + name)}: {message}")
+
+        level = self.tlsSecurityLevel
+        if level in _NOT_YET:
+            fail("_tls_security_level", f"{prefix}_tls_security_level = {level} is not implemented yet "
+                                        f"(use verify or secure)")
+        effective = "may" if level == "dane" else level
+        ranges = {}
+        for name, items in (("_tls_protocols", self.tlsProtocols),
+                            ("_tls_mandatory_protocols", self.tlsMandatoryProtocols)):
+            try:
+                ranges[name] = parseProtocols(items)
+            except ValueError as e:
+                fail(name, str(e))
+        lists = {}
+        for name, grade, excluded in (
+            ("_tls_ciphers", self.tlsCiphers, self.tlsExcludeCiphers),
+            ("_tls_mandatory_ciphers", self.tlsMandatoryCiphers,
+             (*self.tlsExcludeCiphers, *self.tlsMandatoryExcludeCiphers)),
+        ):
+            base = getattr(self, f"{grade}Cipherlist")
+            text = compileCipherList(base, excluded)
+            if text is None:
+                fail(name if not excluded else "_tls_exclude_ciphers",
+                     f"the cipher list {base!r} (tls_{grade}_cipherlist) less {' '.join(excluded)!r} selects no cipher")
+            lists[name] = text
+        groups = knownGroups((*self.curves, *self.ffdheGroups))
+        if not groups and (self.curves or self.ffdheGroups):
+            raise ConfigError(f"{scope.where('tls_eecdh_auto_curves')}: none of the key-exchange groups "
+                              f"(tls_eecdh_auto_curves, tls_ffdhe_auto_groups) is known to the TLS library")
+        caFile, caPath = self.tlsCAfile.strip(), self.tlsCApath.strip()
+        probe = SSL.Context(SSL.TLS_METHOD)
+        if caFile:
+            if not os.access(caFile, os.R_OK):
+                fail("_tls_CAfile", f"cannot read {caFile!r}")
+            try:
+                probe.load_verify_locations(caFile.encode(), None)
+            except SSL.Error:
+                fail("_tls_CAfile", f"{caFile!r} holds no PEM CA certificates")
+        if caPath and not os.path.isdir(caPath):
+            fail("_tls_CApath", f"{caPath!r} is not a directory")
+        certFile, keyFile = self.tlsCertFile.strip(), self.tlsKeyFile.strip() or self.tlsCertFile.strip()
+        if certFile:
+            for path, name in ((certFile, "_tls_cert_file"), (keyFile, "_tls_key_file")):
+                if not os.path.isfile(path) or not os.access(path, os.R_OK):
+                    fail(name, f"cannot read {path!r}")
+            try:
+                probe.use_certificate_chain_file(certFile)
+            except SSL.Error:
+                fail("_tls_cert_file", f"{certFile!r} holds no PEM certificate")
+            try:
+                probe.use_privatekey_file(keyFile)
+                probe.check_privatekey()
+            except (SSL.Error, OSError):
+                fail("_tls_key_file", f"{keyFile!r} holds no unencrypted PEM private key of {certFile!r}")
+        elif self.tlsKeyFile.strip() and scope.entry(prefix + "_tls_key_file") is not None:
+            fail("_tls_key_file", f"a key without a certificate ({prefix}_tls_cert_file is empty)")
+        for name, values in (("_tls_verify_cert_match", self.tlsVerifyCertMatch),
+                             ("_tls_secure_cert_match", self.tlsSecureCertMatch)):
+            for value in values:
+                if not value or _hasControl(value) or any(c.isspace() for c in value):
+                    fail(name, f"{value!r} is not hostname, nexthop, dot-nexthop or a name")
+        serverName = self.tlsServername.strip()
+        if serverName and (_hasControl(serverName) or any(c.isspace() for c in serverName)):
+            fail("_tls_servername", f"{serverName!r} is not a server name")
+        tls = ClientTls(
+            level=effective, configuredLevel=level, wrapperMode=self.tlsWrapperMode, caFile=caFile, caPath=caPath,
+            certFile=certFile, keyFile=keyFile if certFile else "",
+            protocolRange=ranges["_tls_protocols"], mandatoryProtocolRange=ranges["_tls_mandatory_protocols"],
+            cipherList=lists["_tls_ciphers"], mandatoryCipherList=lists["_tls_mandatory_ciphers"],
+            groups=groups, serverName=serverName,
+            verifyCertMatch=tuple(v.lower() for v in self.tlsVerifyCertMatch),
+            secureCertMatch=tuple(v.lower() for v in self.tlsSecureCertMatch),
+            starttlsTimeout=self.starttlsTimeout, loglevel=self.tlsLoglevel,
+            noteStarttlsOffer=self.tlsNoteStarttlsOffer,
+        )
+        object.__setattr__(self, "tls", tls)
+
 
 @settingsClass
 class SmtpClientSettings(ClientSettings):
@@ -172,6 +340,25 @@ class SmtpClientSettings(ClientSettings):
     skipQuitResponse: bool = setting("smtp_skip_quit_response")  # close after QUIT without its reply
     quoteRfc821Envelope: bool = setting("smtp_quote_rfc821_envelope")  # quote local parts that need it
     lineLengthLimit: int = setting("smtp_line_length_limit", validLineLimit)  # longer lines are broken
+    # -- TLS (smtp_tls_*; compiled into C{tls} by check())
+    tlsSecurityLevel: str = setting("smtp_tls_security_level")
+    tlsWrapperMode: bool = setting("smtp_tls_wrappermode")
+    tlsCAfile: str = setting("smtp_tls_CAfile")
+    tlsCApath: str = setting("smtp_tls_CApath")
+    tlsCertFile: str = setting("smtp_tls_cert_file")
+    tlsKeyFile: str = setting("smtp_tls_key_file")
+    tlsProtocols: tuple = setting("smtp_tls_protocols", tuple)
+    tlsMandatoryProtocols: tuple = setting("smtp_tls_mandatory_protocols", tuple)
+    tlsCiphers: str = setting("smtp_tls_ciphers")
+    tlsMandatoryCiphers: str = setting("smtp_tls_mandatory_ciphers")
+    tlsExcludeCiphers: tuple = setting("smtp_tls_exclude_ciphers", tuple)
+    tlsMandatoryExcludeCiphers: tuple = setting("smtp_tls_mandatory_exclude_ciphers", tuple)
+    tlsServername: str = setting("smtp_tls_servername")
+    tlsVerifyCertMatch: tuple = setting("smtp_tls_verify_cert_match", tuple)
+    tlsSecureCertMatch: tuple = setting("smtp_tls_secure_cert_match", tuple)
+    starttlsTimeout: float = setting("smtp_starttls_timeout")
+    tlsLoglevel: int = setting("smtp_tls_loglevel")
+    tlsNoteStarttlsOffer: bool = setting("smtp_tls_note_starttls_offer")
 
 
 @settingsClass
@@ -198,6 +385,25 @@ class LmtpClientSettings(ClientSettings):
     lineLengthLimit: int = setting("lmtp_line_length_limit", validLineLimit)  # longer lines are broken
     lmtpAssumeFinal: bool = setting("lmtp_assume_final")  # success without DSN is "delivered"
     defaultPort: str = setting("lmtp_tcp_port")  # the port of a next-hop without one
+    # -- TLS (lmtp_tls_*; compiled into C{tls} by check())
+    tlsSecurityLevel: str = setting("lmtp_tls_security_level")
+    tlsWrapperMode: bool = setting("lmtp_tls_wrappermode")
+    tlsCAfile: str = setting("lmtp_tls_CAfile")
+    tlsCApath: str = setting("lmtp_tls_CApath")
+    tlsCertFile: str = setting("lmtp_tls_cert_file")
+    tlsKeyFile: str = setting("lmtp_tls_key_file")
+    tlsProtocols: tuple = setting("lmtp_tls_protocols", tuple)
+    tlsMandatoryProtocols: tuple = setting("lmtp_tls_mandatory_protocols", tuple)
+    tlsCiphers: str = setting("lmtp_tls_ciphers")
+    tlsMandatoryCiphers: str = setting("lmtp_tls_mandatory_ciphers")
+    tlsExcludeCiphers: tuple = setting("lmtp_tls_exclude_ciphers", tuple)
+    tlsMandatoryExcludeCiphers: tuple = setting("lmtp_tls_mandatory_exclude_ciphers", tuple)
+    tlsServername: str = setting("lmtp_tls_servername")
+    tlsVerifyCertMatch: tuple = setting("lmtp_tls_verify_cert_match", tuple)
+    tlsSecureCertMatch: tuple = setting("lmtp_tls_secure_cert_match", tuple)
+    starttlsTimeout: float = setting("lmtp_starttls_timeout")
+    tlsLoglevel: int = setting("lmtp_tls_loglevel")
+    tlsNoteStarttlsOffer: bool = setting("lmtp_tls_note_starttls_offer")
 
 
 # Service name -> settings class, built from [main] (MAIN) or from each

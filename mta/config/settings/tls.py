@@ -65,7 +65,7 @@ import attrs
 from mta.config.errors import ConfigError
 from mta.config.settings import Settings, setting, settingsClass
 
-__all__ = ["KeyPair", "PROTOCOLS", "TlsSettings"]
+__all__ = ["KeyPair", "PROTOCOLS", "TlsSettings", "compileCipherList", "knownGroups", "parseProtocols"]
 
 # Protocol names in order, Postfix's spelling; SSLv2/SSLv3 are known names that are never enabled.
 PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
@@ -113,6 +113,31 @@ def parseProtocols(items):
     if not ordered:
         raise ValueError(f"{' '.join(items)!r} enables no protocol (mta supports {', '.join(ENABLEABLE)})")
     return ordered[0], ordered[-1]
+
+
+def compileCipherList(base, excluded):
+    """OpenSSL's cipher list C{base} less the C{excluded} names; None if it selects no cipher."""
+    from OpenSSL import SSL
+
+    text = base + "".join(f":!{c}" for c in excluded)
+    try:
+        SSL.Context(SSL.TLS_METHOD).set_cipher_list(text.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError):
+        return None
+    return text
+
+
+def knownGroups(names):
+    """The key-exchange group names (tls_eecdh_auto_curves, tls_ffdhe_auto_groups) the library knows, in order."""
+    from OpenSSL import SSL
+    from OpenSSL._util import lib
+
+    groups = []
+    for name in names:
+        probe = SSL.Context(SSL.TLS_METHOD)
+        if lib.SSL_CTX_set1_curves_list(probe._context, name.encode("ascii", "replace")) == 1:
+            groups.append(name)
+    return tuple(groups)
 
 
 def _protocolName(text):
@@ -321,10 +346,9 @@ class TlsSettings(Settings):
             else:
                 base = getattr(self, f"{grade}Cipherlist")
             excluded = [c for names in excludeNames for c in names]
-            text = base + "".join(f":!{c}" for c in excluded)
-            try:
-                SSL.Context(SSL.TLS_METHOD).set_cipher_list(text.encode("ascii"))
-            except (SSL.Error, UnicodeEncodeError):
+            text = compileCipherList(base, excluded)
+            if text is None:
+                text = base + "".join(f":!{c}" for c in excluded)
                 where = "smtpd_tls_cipherlist" if self.obsoleteCipherlist else f"tls_{grade}_cipherlist"
                 fail(gradeName if not excluded else "smtpd_tls_exclude_ciphers",
                      f"the cipher list {text!r} ({where}) selects no cipher")
@@ -335,14 +359,8 @@ class TlsSettings(Settings):
                           [self.excludeCiphers, self.mandatoryExcludeCiphers])
 
         # -- key-exchange groups
-        from OpenSSL._util import lib
-
         curves = {"auto": self.curves, "strong": (STRONG_CURVE,), "ultra": (ULTRA_CURVE,), "none": ()}[self.eecdhGrade]
-        groups = []
-        for name in (*curves, *self.ffdheGroups):
-            probe = SSL.Context(SSL.TLS_METHOD)
-            if lib.SSL_CTX_set1_curves_list(probe._context, name.encode("ascii", "replace")) == 1:
-                groups.append(name)
+        groups = knownGroups((*curves, *self.ffdheGroups))
         if not groups and (curves or self.ffdheGroups):
             fail("tls_eecdh_auto_curves", "none of the key-exchange groups (tls_eecdh_auto_curves, "
                                           "tls_ffdhe_auto_groups) is known to the TLS library")

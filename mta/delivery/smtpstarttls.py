@@ -1,0 +1,150 @@
+"""mta.delivery.smtpstarttls - StartTLS: the STARTTLS steps of an SMTP/LMTP client session.
+
+NAME
+    StartTLS - mixed into mta.delivery.smtpclient.SMTPClientSession: the
+    decision, the STARTTLS command, the handshake and the certificate's
+    verdict, each outcome recorded as Postfix's smtp(8) words it.
+
+DESCRIPTION
+    After the EHLO reply (or at connect in wrapper mode), by the session's
+    level (smtp_tls_security_level; "none" for a plaintext retry):
+
+        none                 no STARTTLS (smtp_tls_note_starttls_offer
+                             logs "Host offered STARTTLS: [name]")
+        may                  STARTTLS when offered; not offered, or a 4xx/5xx
+                             reply to it: plaintext; a failed handshake:
+                             4.7.5 "Cannot start TLS: handshake failure" for
+                             this connection (mta.delivery.smtp then retries
+                             the host without TLS, as Postfix does)
+        encrypt and above    not offered: 4.7.4 "TLS is required, but was not
+                             offered by host NAME[ADDR]"; refused: "TLS is
+                             required, but host NAME[ADDR] refused to start
+                             TLS: REPLY"; a failed handshake: 4.7.5 "Cannot
+                             start TLS: handshake failure"; each defers this
+                             host and the next one is tried
+        verify, secure       also 4.7.5 "Server certificate not trusted" or
+                             "Server certificate not verified"
+
+    After the handshake everything read before it is forgotten (the
+    replies and a partial line, the EHLO keywords, the SIZE) and the
+    caller sends EHLO again.  With smtp_tls_loglevel >= 1 (and on every
+    certificate failure) the log has Postfix's "Verified TLS connection
+    established to NAME[ADDR]:PORT: TLSv1.3 with cipher ... (256/256 bits)
+    key-exchange X25519 server-signature RSA-PSS (2048 bits)".
+
+SECURITY
+    What the server sends after its 220 to STARTTLS and before the
+    handshake is dropped unread (mta.delivery.smtpconnection); the
+    handshake has its own deadline (smtp_starttls_timeout).
+
+CONFIGURATION
+    mta.config.settings.client.ClientTls (smtp_tls_*, lmtp_tls_*).
+
+DEVIATIONS
+    The delivery status line does not repeat the TLS outcome (Postfix's
+    does not either; its TLS words are in the lines above).
+"""
+
+from twisted.logger import Logger
+
+from mta.delivery.smtpconnection import _Broken
+
+__all__ = ["StartTLS"]
+
+log = Logger()
+
+
+def _tlsError(reason):
+    """The TLS library's words for a failed handshake (from connectionLost's Failure)."""
+    if reason is None:
+        return "lost connection"
+    value = reason.value
+    errors = getattr(value, "args", ())
+    if errors and isinstance(errors[0], list):
+        texts = [e[2] for e in errors[0] if isinstance(e, tuple) and len(e) == 3]
+        if texts:
+            return ", ".join(texts)
+    return str(value) or type(value).__name__
+
+
+
+class StartTLS:
+    """The STARTTLS steps (see the module docstring); needs a ClientConnection and the session's state."""
+
+    async def _startTLS(self, tx):
+        """
+        STARTTLS by policy (mta.delivery.smtptls for the context and the
+        verdict): True when TLS was started (the caller sends EHLO again),
+        False to go on in plaintext, None when this host will not do (the
+        results are recorded: TLS required and not offered, refused or
+        failed, or a certificate that the policy does not accept).
+        """
+        level = self.tlsLevel
+        namaddr = tx.host.namaddr
+        offered = self.esmtp and "STARTTLS" in self.extensions
+        if self.tlsActive or level == "none":
+            if offered and not self.tlsActive and self.settings.tls.noteStarttlsOffer:
+                self._note(f"Host offered STARTTLS: [{tx.host.name}]")
+            return False
+        required = self.settings.tls.required
+        if not offered:
+            if required:
+                tx.local(tx.pending(), "deferred", "4.7.4", f"TLS is required, but was not offered by host {namaddr}",
+                         retry=True)
+                return None
+            return False
+        self._stage = "performing the STARTTLS handshake"
+        self._expectTLS()
+        reply = await self._command("STARTTLS", self.settings.heloTimeout)
+        if reply.code != 220:
+            self._dropAfterReply = self._dropPlaintext = False
+            if required:
+                tx.refused(tx.pending(), reply, f"TLS is required, but host {namaddr} refused to start TLS: "
+                                                f"{reply.text}", dsn="4" + reply.dsn[1:], reason=True)
+                return None
+            self._note(f"{namaddr}: STARTTLS refused: {reply.text}; going on in plaintext")
+            return False
+        if not await self._tlsHandshake(tx):
+            return None
+        return True
+
+    async def _tlsHandshake(self, tx):
+        """Start TLS on the transport, wait for the handshake, judge the certificate; False: recorded."""
+        from mta.delivery.smtptls import ClientTLS, matchNamesFor, serverNameFor
+        from mta.tls.info import TlsInfo
+
+        policy = self.settings.tls
+        if self.tls is None:
+            self.tls = ClientTLS(policy)
+        self._discardInput()
+        self._stage = "performing the TLS handshake"
+        creator = self.tls.creator(serverNameFor(policy, tx.host, tx.request.nexthop))
+        try:
+            await self._beginTLS(creator, policy.starttlsTimeout)
+        except _Broken as e:
+            self.tlsFailed = True
+            why = "timed out" if e.kind == "timeout" else _tlsError(self.lostReason)
+            self._note(f"SSL_connect error to {tx.host.relay}: {why}", warn=True)
+            tx.local(tx.pending(), "deferred", "4.7.5", "Cannot start TLS: handshake failure", retry=True)
+            return False
+        connection = self.transport.getHandle()
+        verdict = self.tls.judge(connection, matchNamesFor(policy, tx.host, tx.request.nexthop))
+        self.tlsVerdict = verdict
+        self.tlsInfo = TlsInfo.fromConnection(connection, verdict.trusted, client=True)
+        if policy.loglevel >= 1 or verdict.failure:
+            self._note(self.tlsInfo.clientLogLine(tx.host.relay, verdict.trust))
+        if verdict.failure:
+            self._note(f"{verdict.failure}: {tx.host.relay} (smtp_tls_security_level = {self.tlsLevel})", warn=True)
+            tx.local(tx.pending(), "deferred", "4.7.5", verdict.failure, retry=True)
+            return False
+        return True
+
+    def _note(self, text, warn=False):
+        """A mail-log line under the session's queue id (a warning: "warning: ...")."""
+        if warn:
+            self._warn(text)
+        elif self.maillog is not None:
+            self.maillog.emit(text, self._queueId)
+        else:
+            log.info("{text}", text=text)
+

@@ -1,0 +1,206 @@
+"""
+mta's SMTP client with STARTTLS against real TLS servers on loopback: a private Postfix
+(bench/postfix_instance.py, smtpd_tls_security_level = may with the test certificate) and
+mta's own server with TLS, under smtp_tls_security_level may, encrypt and verify (with
+smtp_tls_CAfile = the test CA); and encrypt against smtp-sink, which has no TLS.
+"""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.integration.daemon import freePort
+from tests.integration.peers import readQueued, waitFor
+from tests.integration.test_client_peers import send, waitDelivery
+from tests.integration.test_smtp_client import sink  # noqa: F401 - the fixture
+from tests.tlssupport import Certificates
+
+pytestmark = pytest.mark.integration
+
+LEVELS = {
+    "may": "smtp_tls_security_level = may\n",
+    "encrypt": "smtp_tls_security_level = encrypt\n",
+    "verify": "smtp_tls_security_level = verify\nsmtp_tls_CAfile = {ca}\n",
+}
+TRUST = {"may": "Untrusted", "encrypt": "Untrusted", "verify": "Verified"}
+
+
+@pytest.fixture
+def certs(tmp_path):
+    directory = tmp_path / "certs"
+    directory.mkdir()
+    return Certificates(directory)
+
+
+@pytest.fixture
+def postfixTls(certs):
+    from bench.postfix_instance import PostfixInstance
+
+    instance = PostfixInstance(freePort(), tls=(certs["server.pem"], certs["server.key"]))
+    instance.create()
+    with open(instance.config_dir / "main.cf", "a") as f:
+        f.write("smtpd_tls_loglevel = 1\nsmtpd_tls_received_header = yes\n")
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.stop()
+
+
+def sender(makeDaemon, certs, level, nexthop, domain="tls.example"):
+    """mta relaying C{domain} to C{nexthop} ([localhost]:port, found with getaddrinfo) under C{level}."""
+    main = (f"transport_maps = inline:{{ {domain}=smtp:{nexthop} }}\nsmtp_host_lookup = native\n"
+            "inet_protocols = ipv4\nsmtp_tls_loglevel = 1\n" + LEVELS[level].format(ca=certs["ca.pem"]))
+    return makeDaemon(main=main, hold=False).start()
+
+
+def clientLine(daemon, port):
+    text = waitFor(lambda: "TLS connection established to" in daemon.maillogText() and daemon.maillogText(),
+                   timeout=30, what="the client's TLS line")
+    return re.search(rf"(\w+) TLS connection established to localhost\[127\.0\.0\.1\]:{port}: (TLSv1\.\d) with cipher "
+                     r"\S+ \(\d+/\d+ bits\)", text)
+
+
+@pytest.mark.parametrize("level", ["may", "encrypt", "verify"])
+def test_relay_to_postfix_over_starttls(makeDaemon, certs, postfixTls, level):
+    d = sender(makeDaemon, certs, level, f"[localhost]:{postfixTls.port}", "bench.example")
+    qid = send(d, ["rcpt@bench.example"])
+    [line] = waitDelivery(d, qid, "rcpt@bench.example")
+    assert line[3] == "sent", line
+    match = clientLine(d, postfixTls.port)
+    assert match and match.group(1) == TRUST[level], d.maillogText()
+    log = waitFor(lambda: "disconnect from" in postfixTls.maillog.read_text().split("client=", 1)[-1]
+                  and postfixTls.maillog.read_text(), timeout=15, what="Postfix's disconnect line")
+    assert "Anonymous TLS connection established from localhost[127.0.0.1]: TLSv1.3" in log, log
+    # EHLO twice, STARTTLS once, as Postfix's smtpd counted it.
+    assert re.search(r"disconnect from localhost\[127\.0\.0\.1\] ehlo=2 starttls=1 mail=1 rcpt=1 data=1 quit=1", log), log
+    [held] = os.listdir(postfixTls.queue_dir / "hold")
+    content = subprocess.run(["postcat", "-b", "-h", str(postfixTls.queue_dir / "hold" / held)],
+                             capture_output=True, text=True, timeout=30).stdout
+    assert re.search(r"\(using TLSv1\.3 with cipher \S+", content), content
+    assert "with ESMTPS id" in content, content
+
+
+def mtaNexthop(makeDaemon, main):
+    """mta with smtpd TLS as the next hop, calling itself mx.test (the sender is mta.test: no mail loop)."""
+    port = freePort()
+    d = makeDaemon(main=main, subdir="n", listeners=f"[listener:smtp]\nendpoint = tcp:port={port}:interface=127.0.0.1\n"
+                                                      "myhostname = mx.test\n")
+    d.port = port
+    return d.start()
+
+
+@pytest.mark.parametrize("level", ["may", "encrypt", "verify"])
+def test_relay_to_mta_over_starttls(makeDaemon, certs, level):
+    nexthop = mtaNexthop(makeDaemon, certs.serverMain("may", "smtpd_tls_received_header = yes\n"))
+    d = sender(makeDaemon, certs, level, f"[localhost]:{nexthop.port}")
+    qid = send(d, ["rcpt@tls.example"])
+    [line] = waitDelivery(d, qid, "rcpt@tls.example")
+    assert line[3] == "sent", line
+    match = clientLine(d, nexthop.port)
+    assert match and match.group(1) == TRUST[level], d.maillogText()
+    [held] = waitFor(lambda: nexthop.incoming(), timeout=15, what="the message at the next hop")
+    _, content = readQueued(nexthop, held)
+    assert b"with ESMTPS id" in content.split(b"\n\n")[0] or b"with ESMTPS id" in content, content[:600]
+    assert b"(using TLSv1.3 with cipher" in content
+    assert re.search(r"Anonymous TLS connection established from (localhost|unknown)\[127\.0\.0\.1\]: TLSv1\.3",
+                     nexthop.maillogText()), nexthop.maillogText()
+
+
+def test_verify_defers_a_certificate_for_another_name(makeDaemon, certs):
+    nexthop = mtaNexthop(makeDaemon, certs.serverMain("may").replace(certs["server.pem"], certs["other-chain.pem"])
+                         .replace(certs["server.key"], certs["other-chain.pem"]))
+    d = sender(makeDaemon, certs, "verify", f"[localhost]:{nexthop.port}")
+    qid = send(d, ["rcpt@tls.example"])
+    [line] = waitDelivery(d, qid, "rcpt@tls.example")
+    assert line[2:] == ("4.7.5", "deferred", "Server certificate not verified"), line
+    assert nexthop.incoming() == []
+
+
+def test_encrypt_defers_a_next_hop_without_starttls(makeDaemon, certs, sink):  # noqa: F811
+    dump, start = sink
+    port = start()
+    d = sender(makeDaemon, certs, "encrypt", f"[localhost]:{port}")
+    qid = send(d, ["rcpt@tls.example"])
+    [line] = waitDelivery(d, qid, "rcpt@tls.example")
+    assert line[2:] == ("4.7.4", "deferred", "TLS is required, but was not offered by host localhost[127.0.0.1]"), line
+    assert os.listdir(dump) == []
+
+
+class BrokenTlsServer:
+    """
+    A next hop on loopback that offers STARTTLS and then fails the handshake (it answers the
+    ClientHello with garbage); a session without STARTTLS gets the mail.  Records each session.
+    """
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sessions = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                commands = []
+                self.sessions.append(commands)
+                reader = conn.makefile("rb")
+                conn.sendall(b"220 broken.test ESMTP\r\n")
+                for line in reader:
+                    verb = line.split(b" ", 1)[0].strip().upper()
+                    commands.append(verb.decode("ascii", "replace"))
+                    if verb == b"EHLO":
+                        conn.sendall(b"250-broken.test\r\n250-STARTTLS\r\n250 8BITMIME\r\n")
+                    elif verb == b"STARTTLS":
+                        conn.sendall(b"220 go ahead\r\n")
+                        conn.recv(4096)  # the ClientHello
+                        conn.sendall(b"this is no TLS server hello\r\n" * 8)
+                        break
+                    elif verb == b"DATA":
+                        conn.sendall(b"354 go\r\n")
+                        for body in reader:
+                            if body == b".\r\n":
+                                break
+                        conn.sendall(b"250 2.0.0 Ok: queued as BROKEN1\r\n")
+                    elif verb == b"QUIT":
+                        conn.sendall(b"221 bye\r\n")
+                        break
+                    else:
+                        conn.sendall(b"250 ok\r\n")
+
+    def stop(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("level", ["may", "encrypt"])
+def test_a_failed_handshake(makeDaemon, certs, level):
+    """may: retried on a new connection without TLS, as Postfix does; encrypt: deferred."""
+    server = BrokenTlsServer()
+    try:
+        d = sender(makeDaemon, certs, level, f"[localhost]:{server.port}")
+        qid = send(d, ["rcpt@tls.example"])
+        [line] = waitDelivery(d, qid, "rcpt@tls.example")
+        log = d.maillogText()
+        assert f"SSL_connect error to localhost[127.0.0.1]:{server.port}: " in log, log
+        if level == "may":
+            assert line[3] == "sent" and "queued as BROKEN1" in line[4], line
+            assert "TLS handshake failed; trying again without TLS" in log
+            assert server.sessions[0][:2] == ["EHLO", "STARTTLS"]
+            assert "STARTTLS" not in server.sessions[1] and "DATA" in server.sessions[1]
+        else:
+            assert line[2:] == ("4.7.5", "deferred", "Cannot start TLS: handshake failure"), line
+            assert all("MAIL" not in s for s in server.sessions)
+    finally:
+        server.stop()
