@@ -7,17 +7,10 @@ service, listening on the UNIX socket self.socketPath (mode 0666) and on
 ``dovecot -F -c CONF`` in its own process group and stopped with it.
 """
 
-import contextlib
 import os
-import signal
-import shutil
 import socket
-import subprocess
-import tempfile
 
-from tests.integration.peerservers import freePort, publicTempDir, stopProcess, waitFor
-
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+from tests.integration.peerservers import _DovecotProcess, freePort, publicTempDir
 
 CONF = """\
 # A private Dovecot auth service for mta's SMTP AUTH tests (tests/integration/dovecotauth.py).
@@ -61,7 +54,7 @@ def _answers(address, port):
         return False
 
 
-class DovecotAuth:
+class DovecotAuth(_DovecotProcess):
     """Dovecot's auth service for C{users}: {name: password} (stored as {PLAIN} in the passwd-file)."""
 
     def __init__(self, users):
@@ -71,6 +64,7 @@ class DovecotAuth:
         self.port = freePort()
         self.socketPath = str(self.base / "auth")
         self.config = self.base / "dovecot.conf"
+        self.log = self.base / "dovecot.log"
         self.process = None
         self.output = None
 
@@ -82,34 +76,5 @@ class DovecotAuth:
                 f.write(f"{user}:{{PLAIN}}{password}::::::\n")
         os.chmod(self.base / "users", 0o644)
         self.config.write_text(CONF.format(base=self.base, port=self.port, tag=self.base.name))
-        self.output = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([DOVECOT, "-F", "-c", str(self.config)], stdin=subprocess.DEVNULL,
-                                        stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready():
-            if self.process.poll() is not None:
-                raise AssertionError(f"dovecot exited with {self.process.returncode}:\n{self.errors()}")
-            return os.path.exists(self.socketPath) and _answers("127.0.0.1", self.port)
-
-        waitFor(ready, timeout, "dovecot's auth listeners")
-        return self
-
-    def errors(self):
-        text = ""
-        if self.output is not None:
-            self.output.seek(0)
-            text = self.output.read().decode("utf-8", "replace")
-        try:
-            text += (self.base / "dovecot.log").read_text(errors="replace")
-        except OSError:
-            pass
-        return text
-
-    def stop(self):
-        stopProcess(self.process, group=True)
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        if self.output is not None:
-            self.output.close()
-        shutil.rmtree(self.base, ignore_errors=True)
+        return self._launch(lambda: os.path.exists(self.socketPath) and _answers("127.0.0.1", self.port),
+                            timeout, "dovecot's auth listeners")

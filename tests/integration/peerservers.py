@@ -790,7 +790,60 @@ service lmtp {{
 """
 
 
-class Dovecot:
+class _DovecotProcess:
+    """
+    A private ``dovecot -F -c self.config`` run as a child in its own process
+    group, its output in a temporary file and its log at self.log, under
+    self.base (removed at stop()).  Subclasses write the configuration and say
+    when the service is ready.
+    """
+
+    def _launch(self, ready, timeout, what):
+        self.output = tempfile.TemporaryFile()
+        self.process = subprocess.Popen([DOVECOT, "-F", "-c", str(self.config)], stdin=subprocess.DEVNULL,
+                                        stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def check():
+            if self.process.poll() is not None:
+                raise AssertionError(f"dovecot exited with {self.process.returncode}:\n{self.errors()}")
+            return ready()
+
+        waitFor(check, timeout, what)
+        return self
+
+    def errors(self):
+        text = ""
+        if self.output is not None:
+            self.output.seek(0)
+            text = self.output.read().decode("utf-8", "replace")
+        return text + self.logText()
+
+    def logText(self):
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        # SIGTERM to the master's process group (it started a new session): the
+        # master stops its children; whatever is left gets SIGKILL.
+        stopProcess(self.process, group=True)
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        if self.output is not None:
+            self.output.close()
+            self.output = None
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Dovecot(_DovecotProcess):
     """
     A private Dovecot serving LMTP on the UNIX socket self.socketPath and on
     127.0.0.1:self.port, for the users (full addresses) given; their
@@ -837,48 +890,8 @@ class Dovecot:
 
     def start(self, timeout=20.0):
         self.write()
-        self.output = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([DOVECOT, "-F", "-c", str(self.config)], stdin=subprocess.DEVNULL,
-                                        stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready():
-            if self.process.poll() is not None:
-                raise AssertionError(f"dovecot exited with {self.process.returncode}:\n{self.errors()}")
-            return os.path.exists(self.socketPath) and smtpGreets("127.0.0.1", self.port)
-
-        waitFor(ready, timeout, "dovecot's LMTP listeners")
-        return self
-
-    def errors(self):
-        text = ""
-        if self.output is not None:
-            self.output.seek(0)
-            text = self.output.read().decode("utf-8", "replace")
-        return text + self.logText()
-
-    def logText(self):
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self):
-        # SIGTERM to the master's process group (it started a new session): the
-        # master stops its children; whatever is left gets SIGKILL.
-        stopProcess(self.process, group=True)
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        if self.output is not None:
-            self.output.close()
-            self.output = None
-        shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
+        return self._launch(lambda: os.path.exists(self.socketPath) and smtpGreets("127.0.0.1", self.port),
+                            timeout, "dovecot's LMTP listeners")
 
 
 def maildirMessages(maildir):

@@ -1,7 +1,7 @@
 """
 SMTP AUTH of the real ``twistd mta`` against real clients and a real Dovecot:
 swaks (--auth PLAIN and LOGIN), Python's smtplib (login), msmtp (auth on), Postfix's
-smtp client relaying with smtp_sasl_auth_enable (tests/integration/postfixclient.py), with
+smtp client relaying with smtp_sasl_auth_enable (a private bench/postfix_instance.py), with
 the builtin backend (a password table made by ``mta-config sasl-passwd``) and with
 Dovecot's auth service (tests/integration/dovecotauth.py) over its UNIX socket and
 over TCP.  AUTH in plaintext is allowed explicitly here (smtpd_tls_auth_only = no,
@@ -221,19 +221,29 @@ def test_auth_rate_limit_with_swaks(makeDaemon, tmp_path):
 
 @pytest.mark.parametrize("mechanism", ["plain", "login"])
 def test_postfix_smtp_client_with_sasl(builtin, mechanism):
-    from tests.integration.postfixclient import PostfixClient
+    """A private Postfix (bench/postfix_instance.py) relays to mta with smtp_sasl_auth_enable."""
+    from bench.postfix_instance import PostfixInstance
+    from tests.integration.daemon import freePort
 
-    postfix = PostfixClient(builtin.port, "alice@example.org", PASSWORD, mechanism).start()
+    instance = PostfixInstance(freePort(), relay_port=builtin.port)
     try:
-        postfix.send("alice@example.org", "bob@mta.test", MESSAGE)
+        instance.create()
+        with open(instance.config_dir / "main.cf", "a") as f:
+            f.write("smtp_sasl_auth_enable = yes\nsmtp_sasl_security_options = noanonymous\n"
+                    f"smtp_sasl_password_maps = inline:{{ {{ [127.0.0.1]:{builtin.port} = "
+                    f"alice@example.org:{PASSWORD} }} }}\nsmtp_sasl_mechanism_filter = {mechanism}\n")
+        instance.start()
+        done = swaks(instance.port, "--from", "alice@example.org", "--to", "bob@mta.test")
+        assert done.returncode == 0, done.stdout + done.stderr
         try:
             waitFor(lambda: builtin.incoming(), timeout=30, what="the relayed message")
-            waitFor(lambda: "status=sent" in postfix.log(), timeout=30, what="Postfix's delivery line")
+            waitFor(lambda: "status=sent" in instance.maillog.read_text(errors="replace"), timeout=30,
+                    what="Postfix's delivery line")
         except AssertionError as e:
-            raise AssertionError(f"{e}\n{postfix.log()}\n{builtin.maillogText()}") from None
+            raise AssertionError(f"{e}\n{instance.logTail()}\n{builtin.maillogText()}") from None
     finally:
-        postfix.stop()
+        instance.stop()
     (queueId,) = builtin.incoming()
     envelope, _ = assertLogin(builtin, queueId, mechanism.upper())
-    assert envelope.helo == "client.test" and envelope.sender == "alice@example.org"
+    assert envelope.helo == "bench-postfix.localdomain" and envelope.sender == "alice@example.org"
     assertNoPassword(builtin)
