@@ -25,10 +25,22 @@ RSET, while it is younger than smtp_connection_reuse_time_limit and has
 been used fewer than smtp_connection_reuse_count_limit times; the mail
 log then says conn_use=N.  Postfix caches on demand (while a destination
 has a backlog); mta caches every finished connection, which the short
-idle limit makes cheap (mta.delivery.connectioncache).  A cached
-connection is reused only where the TLS policy allows it: never a
-plaintext one where TLS is required (encrypt and above), never one made
-under another level.
+idle limit makes cheap (mta.delivery.connectioncache).  The cache's key
+is the destination, the TLS policy (SitePolicy.reuseKey; the transport's
+ClientTls) and the SASL identity, if any: a connection made under one TLS
+policy never serves a destination whose policy differs, and on top of
+that never a plaintext one where TLS is required (encrypt and above), nor
+one made under another level.  TLS connections are cached only with
+smtp_tls_connection_reuse = yes (mta's default; Postfix's is no, since it
+needs tlsproxy(8)) or the policy's connection_reuse=yes; with no, a TLS
+connection gets QUIT after its delivery, as in Postfix.
+
+TLS sessions are resumed (smtp_tls_session_cache_timeout, 0: never): the
+transport keeps the sessions of its TLS connections in memory by server
+address, port, SNI and TLS policy (mta.delivery.tlssessions) and offers
+the session to the next new connection to the same server; with
+smtp_tls_loglevel >= 2 the log says "smtp:ADDR:PORT: Reusing old session",
+and the handshake line "... TLS connection reused to ...".
 
 TLS (smtp_tls_security_level and the rest, mta.delivery.smtptls): the
 session sends STARTTLS after EHLO when offered and the level is not none,
@@ -77,7 +89,8 @@ CONFIGURATION
     smtp_balance_inet_protocols, proxy_interfaces, dns_servers, lmtp_tcp_port,
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
-    smtp_connection_reuse_count_limit, disable_mime_output_conversion,
+    smtp_connection_reuse_count_limit, smtp_tls_connection_reuse,
+    smtp_tls_session_cache_timeout, disable_mime_output_conversion,
     smtp_tls_* and lmtp_tls_* (mta.delivery.smtptls, mta.delivery.smtpstarttls),
     notify_classes (protocol: see below), error_notice_recipient,
     bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best
@@ -90,6 +103,11 @@ CONFIGURATION
     LmtpClientSettings (``lmtpClient``), built and checked at load.
 
 DEVIATIONS FROM POSTFIX
+    * smtp_tls_connection_reuse defaults to yes (Postfix: no); no
+      tlsproxy(8) or scache(8) is needed, the cache is in the process.
+    * Client TLS sessions are cached in memory without
+      smtp_tls_session_cache_database (Postfix caches them only when that
+      names a database); they do not survive a restart.
     * Under encrypt and above a STARTTLS refused with 5xx defers the host
       like a 4xx (Postfix's smtp_site_fail() may bounce on a 5xx at the
       last host); no mail is lost to a server's TLS trouble.
@@ -114,9 +132,10 @@ from mta.delivery.localaddr import listenerAddresses, parseAddress
 from mta.delivery.mime7bit import to7bit
 from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts
 from mta.delivery.nexthop import parseNexthop
-from mta.delivery.connectioncache import ConnectionCache
+from mta.delivery.connectioncache import ConnectionCache, cacheKey
 from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
 from mta.delivery.smtptls import ClientTLS
+from mta.delivery.tlssessions import TlsSessionCache
 from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
@@ -197,6 +216,9 @@ class SMTPTransport:
         self.maillog = MailLogger(settings.syslogName, name)
         # The TLS client context (smtp_tls_*), built once per transport (mta.delivery.smtptls).
         self.tls = ClientTLS(settings.tls) if settings.tls.level != "none" or settings.tls.wrapperMode else None
+        # TLS session resumption (smtp_tls_session_cache_timeout; mta.delivery.tlssessions).
+        sessionTimeout = TlsSessionCache.effectiveTimeout(settings.tlsSessionCacheTimeout)
+        self.tlsSessions = TlsSessionCache(self.reactor, sessionTimeout) if self.tls and sessionTimeout else None
         # Postmaster transcripts (notify_classes) go through the generation's one cleanup.
         self.notices = None if notices is None else TranscriptNotices(notices, context.cleanup, self.reactor,
                                                                       self.maillog)
@@ -245,7 +267,7 @@ class SMTPTransport:
         final, last = {}, {}
         problem = None
         destinations = [request.nexthop] + [r for r in self.settings.fallbackRelays if r != request.nexthop]
-        cached = self.cache.take(request.nexthop)
+        cached = self.cache.take(self._cacheKey(request.nexthop))
         if cached is not None and not self._tlsAllows(cached.session):
             cached.session.quit()
             cached = None
@@ -345,6 +367,26 @@ class SMTPTransport:
             return False
         return session.tlsLevel in (policy.level, "none" if policy.level == "may" else policy.level)
 
+    def _cacheKey(self, destination, site=None, identity=None):
+        """
+        The connection cache's key: the destination, the TLS policy
+        (SitePolicy.reuseKey; the transport's ClientTls without one) and
+        the SASL identity, if any: a connection made under one policy
+        never serves another (smtp_tls_connection_reuse).
+        """
+        return cacheKey(destination, site.reuseKey if site is not None else self.settings.tls, identity)
+
+    def _tlsReuse(self, site=None):
+        """May a TLS connection be cached?  The policy's connection_reuse=, else smtp_tls_connection_reuse."""
+        return site.connectionReuse if site is not None else self.settings.tlsConnectionReuse
+
+    def _keep(self, key, session, remote, created, uses, site=None):
+        """Cache an idle connection, unless it is a TLS one and TLS connection reuse is off (then QUIT)."""
+        if session.tlsActive and not self._tlsReuse(site):
+            session.quit()
+            return
+        self.cache.put(key, session, remote, created, uses)
+
     def _cacheable(self, destination):
         return self.settings.cacheOnDemand or destination in self.settings.cacheDestinations
 
@@ -363,7 +405,7 @@ class SMTPTransport:
         self._chatNotify(cached.session, request, cached.remote)
         outcome = attrs.evolve(outcome, results=tuple(attrs.evolve(r, conn_use=uses) for r in outcome.results))
         if outcome.reusable:
-            self.cache.put(request.nexthop, cached.session, cached.remote, cached.created, uses)
+            self._keep(self._cacheKey(request.nexthop), cached.session, cached.remote, cached.created, uses)
         return outcome
 
     async def _session(self, request, pending, nexthop, host, destination, tlsLevel=None):
@@ -386,6 +428,7 @@ class SMTPTransport:
         transcript = Transcript(maxLines=TRANSCRIPT_LINES) if self.keepTranscripts else None
         session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript, tls=self.tls,
                                     tlsLevel=tlsLevel)
+        session.tlsSessions = self.tlsSessions
         try:
             await connectProtocol(endpoint, session)
         except Exception as e:
@@ -396,7 +439,7 @@ class SMTPTransport:
         outcome = await session.deliver(subrequest, self._content(session, request), remote, keepOpen=keepOpen)
         self._chatNotify(session, request, remote)
         if keepOpen and outcome.reusable:
-            self.cache.put(destination, session, remote, created, 1)
+            self._keep(self._cacheKey(destination), session, remote, created, 1)
         policy = self.settings.tls
         if session.tlsFailed and tlsLevel is None and policy.level == "may" and not policy.wrapperMode:
             self.maillog.emit(f"{remote.relay}: TLS handshake failed; trying again without TLS (smtp_tls_security_level"

@@ -45,6 +45,7 @@ DEVIATIONS
     does not either; its TLS words are in the lines above).
 """
 
+from OpenSSL._util import lib
 from twisted.logger import Logger
 
 from mta.delivery.smtpconnection import _Broken
@@ -118,7 +119,9 @@ class StartTLS:
             self.tls = ClientTLS(policy)
         self._discardInput()
         self._stage = "performing the TLS handshake"
-        creator = self.tls.creator(serverNameFor(policy, tx.host, tx.request.nexthop))
+        serverName = serverNameFor(policy, tx.host, tx.request.nexthop)
+        sessions, sessionKey, offered = self._tlsOffer(tx, serverName)
+        creator = self.tls.creator(serverName, offered[0] if offered else None)
         try:
             await self._beginTLS(creator, policy.starttlsTimeout)
         except _Broken as e:
@@ -128,16 +131,50 @@ class StartTLS:
             tx.local(tx.pending(), "deferred", "4.7.5", "Cannot start TLS: handshake failure", retry=True)
             return False
         connection = self.transport.getHandle()
+        resumed = offered is not None and bool(lib.SSL_session_reused(connection._ssl))
+        if resumed and not offered[1]:
+            self.tls.markUntrusted(connection)  # no chain check on resumption: the original's verdict
         verdict = self.tls.judge(connection, matchNamesFor(policy, tx.host, tx.request.nexthop))
         self.tlsVerdict = verdict
         self.tlsInfo = TlsInfo.fromConnection(connection, verdict.trusted, client=True)
+        if resumed and policy.loglevel >= 2:
+            self._note(f"{'lmtp' if self.settings.lmtp else 'smtp'}:{tx.host.address}:{tx.host.port}: "
+                       f"Reusing old session")
         if policy.loglevel >= 1 or verdict.failure:
             self._note(self.tlsInfo.clientLogLine(tx.host.relay, verdict.trust))
+        if sessions is not None:
+            if verdict.failure:
+                sessions.forget(sessionKey)
+            else:
+                sessions.remember(sessionKey, connection, verdict.trusted)
         if verdict.failure:
             self._note(f"{verdict.failure}: {tx.host.relay} (smtp_tls_security_level = {self.tlsLevel})", warn=True)
             tx.local(tx.pending(), "deferred", "4.7.5", verdict.failure, retry=True)
             return False
         return True
+
+    def _tlsPolicyKey(self):
+        """The TLS policy part of the session key: the SitePolicy's reuseKey, else the transport's."""
+        site = getattr(self, "site", None)
+        if site is not None:
+            return site.reuseKey
+        return (self.tlsLevel, self.settings.tls)
+
+    def _tlsOffer(self, tx, serverName):
+        """(cache, key, (Session, trusted) or None): the cached session to offer this host, if any."""
+        sessions = getattr(self, "tlsSessions", None)
+        if sessions is None or tx.host is None or tx.host.port is None:
+            return None, None, None
+        from mta.delivery.tlssessions import sessionKey
+
+        key = sessionKey(tx.host.address, tx.host.port, serverName, self._tlsPolicyKey())
+        return sessions, key, sessions.lookup(key)
+
+    def _tlsSettle(self):
+        """The first reply inside TLS has come (TLS 1.3 tickets with it): the session cache takes the session."""
+        sessions = getattr(self, "tlsSessions", None)
+        if sessions is not None and self.tlsActive:
+            sessions.settle(self.transport.getHandle())
 
     def _note(self, text, warn=False):
         """A mail-log line under the session's queue id (a warning: "warning: ...")."""

@@ -146,6 +146,13 @@ def validLineLimit(value):
     return value
 
 
+def validSessionCacheTimeout(value):
+    """smtp_tls_session_cache_timeout: 0 disables; no more than 100 days (Postfix's limit since 2.11)."""
+    if value > 100 * 86400:
+        raise ValueError(f"{value:g}s is more than 100 days (8640000s)")
+    return value
+
+
 def keywordSet(values):
     """EHLO keywords, compared in upper case."""
     return frozenset(str(v).upper() for v in values)
@@ -359,6 +366,9 @@ class SmtpClientSettings(ClientSettings):
     starttlsTimeout: float = setting("smtp_starttls_timeout")
     tlsLoglevel: int = setting("smtp_tls_loglevel")
     tlsNoteStarttlsOffer: bool = setting("smtp_tls_note_starttls_offer")
+    # TLS connection reuse and session resumption (mta.delivery.connectioncache, mta.delivery.tlssessions)
+    tlsConnectionReuse: bool = setting("smtp_tls_connection_reuse")  # cache TLS connections (per policy)
+    tlsSessionCacheTimeout: float = setting("smtp_tls_session_cache_timeout", validSessionCacheTimeout)  # 0: off
 
 
 @settingsClass
@@ -404,6 +414,9 @@ class LmtpClientSettings(ClientSettings):
     starttlsTimeout: float = setting("lmtp_starttls_timeout")
     tlsLoglevel: int = setting("lmtp_tls_loglevel")
     tlsNoteStarttlsOffer: bool = setting("lmtp_tls_note_starttls_offer")
+    # TLS connection reuse and session resumption (mta.delivery.connectioncache, mta.delivery.tlssessions)
+    tlsConnectionReuse: bool = setting("lmtp_tls_connection_reuse")  # cache TLS connections (per policy)
+    tlsSessionCacheTimeout: float = setting("lmtp_tls_session_cache_timeout", validSessionCacheTimeout)  # 0: off
 
 
 # Service name -> settings class, built from [main] (MAIN) or from each
