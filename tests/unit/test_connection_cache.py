@@ -96,6 +96,8 @@ def test_transportKeysByTlsPolicy():
     assert may._cacheKey("d.example") != encrypt._cacheKey("d.example")
     assert may._cacheKey("d.example") == same._cacheKey("d.example")
     assert may._cacheKey("d.example") != may._cacheKey("d.example", identity="alice")
+    assert may._cacheKey("d.example", "key-a") != may._cacheKey("d.example", "key-b")  # SitePolicy.reuseKey
+    assert may._cacheKey("d.example", "key-a") == ("d.example", "key-a")
 
 
 def test_tlsConnectionsAreCachedOnlyWithConnectionReuse():
@@ -116,5 +118,28 @@ def test_tlsConnectionsAreCachedOnlyWithConnectionReuse():
     site = SimpleNamespace(reuseKey="site-key", connectionReuse=True)
     tls = FakeSession()
     tls.tlsActive = True
-    transport._keep(transport._cacheKey("d.example", site), tls, "remote", clock.seconds(), 1, site=site)
+    transport._keep(transport._cacheKey("d.example", site.reuseKey), tls, "remote", clock.seconds(), 1, site=site)
     assert transport.cache.take(("d.example", "site-key")).session is tls
+
+
+def test_realSitePoliciesKeyTheCache():
+    import attrs
+
+    from mta.delivery.tlspolicy import SitePolicy
+
+    transport, clock = _transport(smtp_tls_security_level="may")
+    base = transport.settings.tls
+    may = SitePolicy(tls=base, domain="d.example")
+    encrypt = SitePolicy(tls=attrs.evolve(base, level="encrypt"), domain="d.example", source="smtp_tls_policy_maps")
+    a = FakeSession()
+    a.tlsActive = True
+    transport._keep(transport._cacheKey("d.example", encrypt.reuseKey), a, "remote", clock.seconds(), 1, site=encrypt)
+    assert transport.cache.take(transport._cacheKey("d.example", may.reuseKey)) is None  # the policy differs
+    same = SitePolicy(tls=attrs.evolve(base, level="encrypt"), domain="d.example", source="smtp_tls_policy_maps")
+    assert transport.cache.take(transport._cacheKey("d.example", same.reuseKey)).session is a  # an equal policy
+    # connection_reuse=no in the policy: a TLS connection is not cached (QUIT)
+    off = attrs.evolve(encrypt, connectionReuse=False)
+    b = FakeSession()
+    b.tlsActive = True
+    transport._keep(transport._cacheKey("d.example", off.reuseKey), b, "remote", clock.seconds(), 1, site=off)
+    assert b.quits == 1 and len(transport.cache) == 0
