@@ -39,8 +39,10 @@ TLS sessions are resumed (smtp_tls_session_cache_timeout, 0: never): the
 transport keeps the sessions of its TLS connections in memory by server
 address, port, SNI and TLS policy (mta.delivery.tlssessions) and offers
 the session to the next new connection to the same server; with
-smtp_tls_loglevel >= 2 the log says "smtp:ADDR:PORT: Reusing old session",
-and the handshake line "... TLS connection reused to ...".
+smtp_tls_loglevel >= 2 the log says "smtp:ADDR:PORT: Reusing old session"
+(the handshake line still says "established"); a cached TLS connection
+used again logs "Untrusted TLS connection reused to ..." at
+smtp_tls_loglevel >= 1, as Postfix's tlsproxy-backed reuse does.
 
 
 TLS (smtp_tls_security_level and the rest, mta.delivery.smtptls; per
@@ -449,6 +451,11 @@ class SMTPTransport:
         if not usable:
             return None
         uses = cached.uses + 1
+        session = cached.session
+        if session.tlsInfo is not None and session.site.tls.loglevel >= 1 and session.tlsVerdict is not None:
+            # Postfix's line for a cached TLS connection used again (TLS_USAGE_USED).
+            self.maillog.emit(attrs.evolve(session.tlsInfo, reused=True).clientLogLine(
+                cached.remote.relay, session.tlsVerdict.trust), request.queue_id)
         subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
         outcome = await cached.session.deliver(subrequest, self._content(cached.session, request), cached.remote,
                                                keepOpen=True)

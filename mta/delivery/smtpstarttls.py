@@ -45,6 +45,7 @@ DEVIATIONS
     does not either; its TLS words are in the lines above).
 """
 
+import attrs
 from OpenSSL._util import lib
 from twisted.logger import Logger
 
@@ -148,7 +149,9 @@ class StartTLS:
             self._note(f"{'lmtp' if self.settings.lmtp else 'smtp'}:{tx.host.address}:{tx.host.port}: "
                        f"Reusing old session")
         if policy.loglevel >= 1 or verdict.failure:
-            self._note(self.tlsInfo.clientLogLine(tx.host.relay, verdict.trust))
+            # A new connection is "established" even when its session was resumed (Postfix's words:
+            # "reused" is for a cached connection used again, logged by mta.delivery.smtp).
+            self._note(attrs.evolve(self.tlsInfo, reused=False).clientLogLine(tx.host.relay, verdict.trust))
         if sessions is not None:
             if verdict.failure:
                 sessions.forget(sessionKey)
