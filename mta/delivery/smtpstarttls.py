@@ -32,6 +32,14 @@ DESCRIPTION
     established to NAME[ADDR]:PORT: TLSv1.3 with cipher ... (256/256 bits)
     key-exchange X25519 server-signature RSA-PSS (2048 bits)".
 
+    Session resumption (mta.delivery.tlssessions): when the transport
+    gives the session a cache (tlsSessions), the handshake offers the
+    session stored for (address, port, SNI, SitePolicy.reuseKey), a
+    policy-accepted handshake stores its session (taken after the first
+    reply inside TLS: TLS 1.3 tickets), a refused one drops it; a resumed
+    session keeps the original's chain verdict, and smtp_tls_loglevel >= 2
+    logs Postfix's "smtp:ADDR:PORT: Reusing old session".
+
 SECURITY
     What the server sends after its 220 to STARTTLS and before the
     handshake is dropped unread (mta.delivery.smtpconnection); the
