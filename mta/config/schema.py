@@ -121,6 +121,19 @@ def _clientTls(prefix, group):
                   group),
     )
 
+
+def _clientTlsReuse(prefix, group):
+    """TLS connection reuse and session resumption in the SMTP/LMTP client (mta.delivery.tlssessions)."""
+    return (
+        Parameter(f"{prefix}_tls_connection_reuse", T.Boolean(), "yes",
+                  "Cache TLS connections for reuse (same destination and same TLS policy only); no: TLS "
+                  "connections are not cached. Postfix's default is no (mta: yes, no tlsproxy needed).",
+                  group),
+        Parameter(f"{prefix}_tls_session_cache_timeout", T.Time("s"), "3600s",
+                  "How long client TLS sessions are kept for resumption (in memory); 0: no resumption; "
+                  "under 2 minutes means 2 minutes; at most 100 days.", group),
+    )
+
 _P = Parameter
 
 # smtpd_sasl_security_options and smtpd_sasl_tls_security_options (Postfix's xsasl names).
@@ -510,6 +523,7 @@ PARAMETERS = (
     _P("smtp_connection_reuse_count_limit", T.Integer(), "0",
        "How many times a connection may be used; 0: no limit.", "smtp"),
     *_clientTls("smtp", "smtp"),
+    *_clientTlsReuse("smtp", "smtp"),
     _P("lmtp_lhlo_name", T.String(), "$myhostname", "The hostname the LMTP client sends in LHLO.", "lmtp"),
     _P("lmtp_lhlo_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the greeting and the LHLO reply.", "lmtp"),
     _P("lmtp_mail_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the reply to MAIL FROM.", "lmtp"),
@@ -531,6 +545,7 @@ PARAMETERS = (
        "When an LMTP server does not announce DSN, report success notices as 'delivered', not 'relayed'.", "lmtp"),
     _P("lmtp_tcp_port", T.String(), "24", "The LMTP client's default port (number or service name).", "lmtp"),
     *_clientTls("lmtp", "lmtp"),
+    *_clientTlsReuse("lmtp", "lmtp"),
     # -- routing (trivial-rewrite) --------------------------------------------
     _P("local_transport", T.String(), "error:5.1.1 local delivery is not available",
        "transport:nexthop for $mydestination recipients that no alias rewrites (mta has no "

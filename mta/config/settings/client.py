@@ -149,6 +149,13 @@ def validLineLimit(value):
     return value
 
 
+def validSessionCacheTimeout(value):
+    """smtp_tls_session_cache_timeout: 0 disables; no more than 100 days (Postfix's limit since 2.11)."""
+    if value > 100 * 86400:
+        raise ValueError(f"{value:g}s is more than 100 days (8640000s)")
+    return value
+
+
 def keywordSet(values):
     """EHLO keywords, compared in upper case."""
     return frozenset(str(v).upper() for v in values)
@@ -373,6 +380,9 @@ class SmtpClientSettings(ClientSettings):
     tlsPolicyMaps: tuple = setting("smtp_tls_policy_maps")
     tlsFingerprintCertMatch: tuple = setting("smtp_tls_fingerprint_cert_match", tuple)
     tlsFingerprintDigest: str = setting("smtp_tls_fingerprint_digest")
+    # TLS connection reuse and session resumption (mta.delivery.connectioncache, mta.delivery.tlssessions)
+    tlsConnectionReuse: bool = setting("smtp_tls_connection_reuse")  # cache TLS connections (per policy)
+    tlsSessionCacheTimeout: float = setting("smtp_tls_session_cache_timeout", validSessionCacheTimeout)  # 0: off
 
 
 @settingsClass
@@ -421,6 +431,9 @@ class LmtpClientSettings(ClientSettings):
     tlsPolicyMaps: tuple = setting("lmtp_tls_policy_maps")
     tlsFingerprintCertMatch: tuple = setting("lmtp_tls_fingerprint_cert_match", tuple)
     tlsFingerprintDigest: str = setting("lmtp_tls_fingerprint_digest")
+    # TLS connection reuse and session resumption (mta.delivery.connectioncache, mta.delivery.tlssessions)
+    tlsConnectionReuse: bool = setting("lmtp_tls_connection_reuse")  # cache TLS connections (per policy)
+    tlsSessionCacheTimeout: float = setting("lmtp_tls_session_cache_timeout", validSessionCacheTimeout)  # 0: off
 
 
 # Service name -> settings class, built from [main] (MAIN) or from each
