@@ -214,7 +214,8 @@ class SMTPTransport:
             mxSessionLimit=settings.mxSessionLimit,
             ignoreMxLookupError=settings.ignoreMxLookupError,
             deferIfNoMxAddressFound=settings.deferIfNoMxAddressFound,
-            disableDnsLookups=settings.disableDnsLookups,
+            disableDnsLookups=settings.dnsDisabled,  # disable_dns_lookups or smtp_dns_support_level
+            dnssec=settings.dnssec,  # smtp_dns_support_level = dnssec: Hosts say what was validated (DANE)
             hostLookup=settings.hostLookup,
             families=settings.families,
             addressPreference=settings.addressPreference,
