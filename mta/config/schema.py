@@ -65,8 +65,9 @@ def _clientTls(prefix, group):
                   f"TLS in the {who} client: none, may (STARTTLS when offered, else plaintext), encrypt "
                   "(TLS required), dane (RFC 7672 DANE with DNSSEC-validated TLSA records, else may; "
                   f"needs {prefix}_dns_support_level = dnssec), dane-only (DANE or a deferral), "
-                  "verify/secure (TLS with a verified certificate whose name matches); fingerprint is "
-                  "not implemented yet (a load error).", group),
+                  "verify/secure (TLS with a verified certificate whose name matches); "
+                  "fingerprint (TLS with a certificate or public key whose digest is in "
+                  f"{prefix}_tls_fingerprint_cert_match).", group),
         Parameter(f"{prefix}_tls_wrappermode", T.Boolean(), "no",
                   "TLS from the connect, not STARTTLS (port 465 relays); needs encrypt or above in "
                   "Postfix (mta: never plaintext in this mode).", group),
@@ -109,6 +110,16 @@ def _clientTls(prefix, group):
         Parameter(f"{prefix}_tls_note_starttls_offer", T.Boolean(), "no",
                   "Log 'Host offered STARTTLS: [name]' when a server offers STARTTLS and TLS is not "
                   "used (level none).", group),
+        Parameter(f"{prefix}_tls_policy_maps", T.Tables(), "",
+                  "Per-destination TLS policy tables: keys are the next hop as routed ([host]:port, "
+                  "[host], domain, .parent.domain), values a level and attributes (match=, protocols=, "
+                  "ciphers=, exclude=, servername=, connection_reuse=).", group),
+        Parameter(f"{prefix}_tls_fingerprint_cert_match", T.List(), "",
+                  "Under the fingerprint level: the digests (hex, colons allowed) of the server "
+                  "certificates or public keys to accept.", group),
+        Parameter(f"{prefix}_tls_fingerprint_digest", T.Choice(("md5", "sha1", "sha256", "sha512")), "sha256",
+                  "The digest of the fingerprint level and of match= fingerprints in the policy maps.",
+                  group),
     )
 
 _P = Parameter

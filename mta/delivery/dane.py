@@ -3,7 +3,8 @@
 NAME
     Dane(resolver, settings, maillog=None)
         .forHost(site, host)   -> the site, evolved for this host (async)
-        .judge(site, connection, verdict) -> a TlsVerdict
+        .judge(site, verdict, connection, host) -> a TlsVerdict
+                               (TlsPolicy.dane in mta.delivery.tlspolicy)
     decide(level, host, records, ...)   the policy decision, pure
     verifyChain(tlsa, chain, names)     the chain against the TLSA records, pure
     Tlsa, usable(record), DanePolicyError
@@ -44,8 +45,10 @@ DESCRIPTION
                       DANE-TA(2) chain must match: the base domain and the MX
                       host name (expanded and original)
 
-    The deferrals are raised as DanePolicyError(dsn, text): the caller
-    records the host as deferred with that reason and tries the next one.
+    A deferral comes back as site.failure (mta.delivery.tlspolicy's
+    PolicyError(text, dsn)): mta.delivery.smtp records the host as deferred
+    with that reason and tries the next one.  (decide() raises
+    DanePolicyError for it.)
 
     judge() after the handshake, for a site with TLSA records: the chain the
     server sent is matched by verifyChain().  DANE-EE(3) matches the leaf
@@ -342,19 +345,21 @@ class Dane:
         level = tls.level
         if host is None:  # LMTP over a UNIX socket: Postfix's "dane is invalid for unix-domain sockets"
             self._log(f"{level} security level is invalid for delivery via unix-domain sockets", warn=True)
-            raise DanePolicyError("4.7.5", "client TLS configuration problem")
+            return self._failed(site, DanePolicyError("4.7.5", "client TLS configuration problem"))
         destination = getattr(site, "domain", "") or host.name
         problem = self.problem(level)
         if problem:
             self._log(f"{destination}: {problem}", warn=True)
-        found = None
-        if not problem and (host.mxSecure or (level == "dane" and tls.insecureMxPolicy != "may")):
-            found = await self.lookup(host)
+        # Explicit, or Postfix's default: dane for the dane level (also when a policy map set it: 3.10)
+        insecureMxPolicy = getattr(self.settings, "insecureMxPolicy", "") or "dane"
         try:
-            decision = decide(level, host, found, insecureMxPolicy=tls.insecureMxPolicy, problem=problem)
+            found = None
+            if not problem and (host.mxSecure or (level == "dane" and insecureMxPolicy != "may")):
+                found = await self.lookup(host)
+            decision = decide(level, host, found, insecureMxPolicy=insecureMxPolicy, problem=problem)
         except DanePolicyError as e:
             self._log(f"{host.name}[{host.address}]:{host.port}: {level}: {e.text}; deferred")
-            raise
+            return self._failed(site, e)
         self._log(f"{host.name}[{host.address}]:{host.port}: {level}: {decision.reason}; TLS level "
                   f"{decision.level}" + (f" ({len(decision.tlsa)} TLSA records at _{host.port}._tcp."
                                         f"{decision.base})" if decision.tlsa else ""))
@@ -363,7 +368,13 @@ class Dane:
         newTls = attrs.evolve(tls, level="dane", serverName=decision.base, verifyCertMatch=decision.names)
         return attrs.evolve(site, tls=newTls, source="dane", tlsa=decision.tlsa, mxSecure=decision.mxSecure)
 
-    def judge(self, site, connection, verdict):
+    @staticmethod
+    def _failed(site, error):
+        from mta.delivery.tlspolicy import PolicyError
+
+        return attrs.evolve(site, failure=PolicyError(error.text, error.dsn))
+
+    def judge(self, site, verdict, connection, host=None):
         """The verdict for a DANE site (site.tlsa non-empty): by the TLSA records, not by CAs; else C{verdict}."""
         from mta.delivery.smtptls import TlsVerdict
 

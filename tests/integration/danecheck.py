@@ -17,27 +17,15 @@ DANE site's context and SNI (mta.delivery.smtptls.ClientTLS), and the chain is j
 import json
 import sys
 
-import attrs
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.protocols.basic import LineReceiver
 
 from mta.config import load
-from mta.delivery.dane import Dane, DanePolicyError
+from mta.delivery.dane import Dane
 from mta.delivery.dns import Resolver
 from mta.delivery.mx import destinationHosts
-from mta.delivery.smtptls import ClientTLS
-
-
-@attrs.frozen
-class Site:
-    """The SitePolicy fields DANE reads and sets (mta.delivery.tlspolicy has the real one)."""
-
-    tls: object
-    source: str = "transport"
-    domain: str = ""
-    tlsa: tuple = ()
-    mxSecure: bool = False
+from mta.delivery.tlspolicy import TlsPolicy
 
 
 class StartTLSProbe(LineReceiver):
@@ -83,21 +71,20 @@ async def check(reactor, spec):
     resolver = Resolver(reactor, [f"127.0.0.1:{spec['dns']}"], timeout=3.0, attempts=1)
     hosts = await destinationHosts(resolver, spec["nexthop"], families=("ipv4",), dnssec=True, randomize=False)
     out = {"hosts": [[h.name, h.mxSecure, h.secure] for h in hosts], "deferred": None}
-    dane = Dane(resolver, settings)
+    policy = TlsPolicy(settings, resolver, reactor)  # the transport's policy layer, with DANE as smtp.py wires it
+    policy.dane = Dane(resolver, settings)
     host = hosts[0]
-    site = Site(settings.tls, domain=spec["nexthop"].partition(":")[0])
-    try:
-        site = await dane.forHost(site, host)
-    except DanePolicyError as e:
-        out["deferred"] = [e.dsn, e.text]
+    site = await policy.forHost(policy.default(spec["nexthop"]), host)
+    if site.failure is not None:
+        out["deferred"] = [site.failure.dsn, site.failure.text]
         return out
     out.update(level=site.tls.level, tlsa=len(site.tlsa), sni=site.tls.serverName, mxSecure=site.mxSecure)
     if site.tlsa:
-        tls = ClientTLS(site.tls)
+        tls = policy.context(site.tls)
         probe = StartTLSProbe(tls.creator(site.tls.serverName))
         await connectProtocol(TCP4ClientEndpoint(reactor, host.address, host.port, timeout=10), probe)
         connection = await probe.done
-        verdict = dane.judge(site, connection, tls.judge(connection, ()))
+        verdict = policy.judge(site, tls.judge(connection, ()), connection, host)
         out.update(trust=verdict.trust, failure=verdict.failure)
     return out
 

@@ -126,3 +126,40 @@ def test_no_tlsa_dane_is_may_and_dane_only_defers(bed, nexthop):
 def test_only_unusable_tlsa_dane_is_encrypt(bed, nexthop, certs):
     b = bed(nexthop.port, [f"1 1 1 {leafSpkiSha256(certs)}"])  # PKIX-EE: unusable for SMTP
     assert danecheck(b, f"dane.test:{nexthop.port}", DANE)["level"] == "encrypt"
+
+
+# -- end to end: mta relays to mta over DANE ---------------------------------------------------------
+
+
+def daneSender(makeDaemon, b, port, level="dane"):
+    """mta sending mail for dane.test / plain.test through MX lookups at unbound, to port C{port}."""
+    main = (f"transport_maps = inline:{{ dane.test=smtp:dane.test:{port}, plain.test=smtp:plain.test:{port} }}\n"
+            f"dns_servers = 127.0.0.1:{b.port}\nsmtp_dns_support_level = dnssec\ninet_protocols = ipv4\n"
+            f"smtp_tls_security_level = {level}\nsmtp_tls_loglevel = 1\n")
+    return makeDaemon(main=main, hold=False).start()
+
+
+def test_delivery_over_dane_is_verified(makeDaemon, bed, nexthop, certs):
+    from tests.integration.peers import waitFor
+    from tests.integration.test_client_peers import send, waitDelivery
+
+    b = bed(nexthop.port, [f"3 1 1 {leafSpkiSha256(certs)}"])
+    d = daneSender(makeDaemon, b, nexthop.port, "dane-only")
+    qid = send(d, ["rcpt@dane.test"])
+    [line] = waitDelivery(d, qid, "rcpt@dane.test")
+    assert line[3] == "sent", (line, d.maillogText())
+    log = d.maillogText()
+    assert f"Verified TLS connection established to mx.test[127.0.0.1]:{nexthop.port}: TLSv1.3" in log, log
+    assert waitFor(lambda: nexthop.incoming(), timeout=15, what="the message at the next hop")
+
+
+def test_delivery_with_a_wrong_tlsa_record_is_deferred(makeDaemon, bed, nexthop):
+    from tests.integration.test_client_peers import send, waitDelivery
+
+    b = bed(nexthop.port, ["3 1 1 " + "00" * 32])
+    d = daneSender(makeDaemon, b, nexthop.port)
+    qid = send(d, ["rcpt@dane.test"])
+    [line] = waitDelivery(d, qid, "rcpt@dane.test")
+    assert line[2:] == ("4.7.5", "deferred", "Server certificate not verified"), (line, d.maillogText())
+    assert f"Untrusted TLS connection established to mx.test[127.0.0.1]:{nexthop.port}" in d.maillogText()
+    assert nexthop.incoming() == []

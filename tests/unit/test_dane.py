@@ -18,6 +18,7 @@ from mta.config import load
 from mta.delivery.dane import Dane, DanePolicyError, Tlsa, decide, usable, verifyChain
 from mta.delivery.dns import Answer, DNSError
 from mta.delivery.mx import Host
+from mta.delivery.tlspolicy import PolicyError, SitePolicy, TlsPolicy
 from mta.testing import resultOf
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -190,13 +191,8 @@ def test_decide_configuration_problem():
 # -- Dane.forHost() with a fake DNS ------------------------------------------------------------------
 
 
-@attrs.frozen
-class Site:  # the fields of mta.delivery.tlspolicy.SitePolicy that DANE reads and sets
-    tls: object
-    source: str = "transport"
-    domain: str = "example.com"
-    tlsa: tuple = ()
-    mxSecure: bool = False
+def Site(tls, **kw):
+    return SitePolicy(tls=tls, domain="example.com", **kw)
 
 
 class FakeDNS:
@@ -239,10 +235,9 @@ def test_for_host_usable_tlsa():
 
 def test_for_host_no_tlsa_dane_is_may_and_dane_only_defers():
     site = resultOf(forHost({})[0])
-    assert site.tls.level == "may" and not site.tls.required and site.tlsa == ()
-    failure = []
-    forHost({}, level="dane-only")[0].addErrback(failure.append)
-    assert failure[0].check(DanePolicyError) and failure[0].value.text == "no TLSA records found"
+    assert site.tls.level == "may" and not site.tls.required and site.tlsa == () and site.failure is None
+    failure = resultOf(forHost({}, level="dane-only")[0]).failure
+    assert isinstance(failure, PolicyError) and (failure.dsn, failure.text) == ("4.7.5", "no TLSA records found")
 
 
 def test_for_host_insecure_tlsa_rrset_does_not_count():
@@ -252,10 +247,8 @@ def test_for_host_insecure_tlsa_rrset_does_not_count():
 
 def test_for_host_servfail_defers():
     error = DNSError("try again", temporary=True)
-    failure = []
-    forHost({"_25._tcp.mx.example.com": error})[0].addErrback(failure.append)
-    assert failure[0].value.dsn == "4.7.5"
-    assert failure[0].value.text == "TLSA lookup error for mx.example.com:25"
+    failure = resultOf(forHost({"_25._tcp.mx.example.com": error})[0]).failure
+    assert (failure.dsn, failure.text) == ("4.7.5", "TLSA lookup error for mx.example.com:25")
 
 
 def test_for_host_cname_expanded_name_first_then_the_original():
@@ -312,7 +305,7 @@ def judged(pki, records, chain, mxSecure=True):
     settings = smtp("smtp_tls_security_level = dane\n")
     tls = attrs.evolve(settings.tls, verifyCertMatch=("mx.example.com",))
     site = Site(tls, tlsa=tuple(records), mxSecure=mxSecure)
-    return Dane(FakeDNS({}), settings).judge(site, FakeConnection(*chain), verdict=None)
+    return Dane(FakeDNS({}), settings).judge(site, None, FakeConnection(*chain), MX)
 
 
 def test_judge_verified_trusted_untrusted(pki):
@@ -327,4 +320,18 @@ def test_judge_verified_trusted_untrusted(pki):
 def test_judge_without_tlsa_keeps_the_verdict(pki):
     settings = smtp()
     marker = object()
-    assert Dane(FakeDNS({}), settings).judge(Site(settings.tls), FakeConnection(pki["leaf"]), marker) is marker
+    assert Dane(FakeDNS({}), settings).judge(Site(settings.tls), marker, FakeConnection(pki["leaf"]), MX) is marker
+
+
+def test_through_the_tls_policy_hooks(pki):
+    """TlsPolicy.forHost asks DANE for dane levels, and TlsPolicy.judge lets it judge by TLSA."""
+    settings = smtp("smtp_tls_security_level = dane-only\n")
+    policy = TlsPolicy(settings)
+    policy.dane = Dane(FakeDNS({"_25._tcp.mx.example.com": ["3 1 1 " + rec(3, 1, 1, pki["leaf"]).data.hex()]}),
+                       settings)
+    site = resultOf(Deferred.fromCoroutine(policy.forHost(policy.default("example.com"), MX)))
+    assert site.tls.level == "dane" and len(site.tlsa) == 1 and site.failure is None
+    verdict = policy.judge(site, policy.context(site.tls).judge(FakeConnection(pki["leaf"]), ()),
+                           FakeConnection(pki["leaf"], pki["mid"]), MX)
+    assert verdict.trust == "Verified" and verdict.failure is None
+    assert site.reuseKey != policy.default("example.com").reuseKey  # a DANE connection is cached apart

@@ -47,7 +47,8 @@ SECURITY
     space (checked here and again when the command is written).
 
 DEVIATIONS
-    fingerprint is refused at load ("not implemented yet").  dane and
+    fingerprint needs smtp_tls_fingerprint_cert_match (a load error
+    otherwise).  dane and
     dane-only are real levels only with smtp_dns_support_level = dnssec
     (mta.delivery.dane decides per MX host); without it, as Postfix's
     dane_init(), dane is may and dane-only defers every delivery (4.7.5
@@ -80,12 +81,13 @@ from mta.config.settings.tls import compileCipherList, knownGroups, parseProtoco
 __all__ = ["ClientSettings", "ClientTls", "LmtpClientSettings", "SmtpClientSettings"]
 
 # Levels that never send mail in plaintext, and those that check the certificate's chain and name.
-TLS_REQUIRED = frozenset({"encrypt", "dane", "dane-only", "verify", "secure"})
+TLS_REQUIRED = frozenset({"encrypt", "dane", "dane-only", "fingerprint", "verify", "secure"})
 # A "dane" level reaches a session only with usable TLSA records (mta.delivery.dane evolves it per
 # host); without them judging by CAs and names fails closed (no name to match).
 TLS_MATCH = frozenset({"dane", "dane-only", "verify", "secure"})
 DANE_LEVELS = frozenset({"dane", "dane-only"})
-_NOT_YET = ("fingerprint",)
+# Every smtp_tls_security_level (and smtp_tls_policy_maps level) Postfix knows.
+TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
 
 
 @attrs.frozen
@@ -113,6 +115,8 @@ class ClientTls:
     starttlsTimeout: float = 300.0
     loglevel: int = 0
     noteStarttlsOffer: bool = False
+    fingerprintCertMatch: tuple = ()  # the fingerprint level's digests, as written
+    fingerprintDigest: str = "sha256"
     # DANE (mta.delivery.dane): smtp_tls_dane_insecure_mx_policy (resolved), and why DANE cannot be
     # used at all (Postfix's NONDANE_CONFIG warning text, without the destination), or "".
     insecureMxPolicy: str = "may"
@@ -253,9 +257,6 @@ class ClientSettings(Settings):
             raise ConfigError(f"{scope.where(prefix + name)}: {message}")
 
         level = self.tlsSecurityLevel
-        if level in _NOT_YET:
-            fail("_tls_security_level", f"{prefix}_tls_security_level = {level} is not implemented yet "
-                                        f"(use verify or secure)")
         effective, daneProblem = level, ""
         if level in DANE_LEVELS:
             if self.dnsSupportLevelEffective != "dnssec" or "dns" not in self.hostLookup:
@@ -265,6 +266,13 @@ class ClientSettings(Settings):
             if daneProblem and level == "dane":
                 effective = "may"  # dane_incompat(NONDANE_CONFIG): may, with a warning per delivery
         insecureMxPolicy = self.insecureMxPolicy or ("dane" if level == "dane" else "may")
+        for digest in self.tlsFingerprintCertMatch:
+            hexits = digest.strip().lower().replace(":", "")
+            if not hexits or len(hexits) % 2 or any(c not in "0123456789abcdef" for c in hexits):
+                fail("_tls_fingerprint_cert_match", f"{digest!r} is not a hex fingerprint")
+        if level == "fingerprint" and not self.tlsFingerprintCertMatch:
+            fail("_tls_security_level", f"{prefix}_tls_security_level = fingerprint needs "
+                                                f"{prefix}_tls_fingerprint_cert_match")
         ranges = {}
         for name, items in (("_tls_protocols", self.tlsProtocols),
                             ("_tls_mandatory_protocols", self.tlsMandatoryProtocols)):
@@ -332,8 +340,9 @@ class ClientSettings(Settings):
             verifyCertMatch=tuple(v.lower() for v in self.tlsVerifyCertMatch),
             secureCertMatch=tuple(v.lower() for v in self.tlsSecureCertMatch),
             starttlsTimeout=self.starttlsTimeout, loglevel=self.tlsLoglevel,
-            noteStarttlsOffer=self.tlsNoteStarttlsOffer, insecureMxPolicy=insecureMxPolicy,
-            daneProblem=daneProblem,
+            noteStarttlsOffer=self.tlsNoteStarttlsOffer,
+            fingerprintCertMatch=tuple(self.tlsFingerprintCertMatch), fingerprintDigest=self.tlsFingerprintDigest,
+            insecureMxPolicy=insecureMxPolicy, daneProblem=daneProblem,
         )
         object.__setattr__(self, "tls", tls)
 
@@ -396,6 +405,9 @@ class SmtpClientSettings(ClientSettings):
     starttlsTimeout: float = setting("smtp_starttls_timeout")
     tlsLoglevel: int = setting("smtp_tls_loglevel")
     tlsNoteStarttlsOffer: bool = setting("smtp_tls_note_starttls_offer")
+    tlsPolicyMaps: tuple = setting("smtp_tls_policy_maps")
+    tlsFingerprintCertMatch: tuple = setting("smtp_tls_fingerprint_cert_match", tuple)
+    tlsFingerprintDigest: str = setting("smtp_tls_fingerprint_digest")
     # -- DNSSEC and DANE (mta.delivery.dane; resolved by check() into tls and dnsSupportLevelEffective)
     dnsSupportLevel: str = setting("smtp_dns_support_level")
     insecureMxPolicy: str = setting("smtp_tls_dane_insecure_mx_policy")
@@ -444,6 +456,9 @@ class LmtpClientSettings(ClientSettings):
     starttlsTimeout: float = setting("lmtp_starttls_timeout")
     tlsLoglevel: int = setting("lmtp_tls_loglevel")
     tlsNoteStarttlsOffer: bool = setting("lmtp_tls_note_starttls_offer")
+    tlsPolicyMaps: tuple = setting("lmtp_tls_policy_maps")
+    tlsFingerprintCertMatch: tuple = setting("lmtp_tls_fingerprint_cert_match", tuple)
+    tlsFingerprintDigest: str = setting("lmtp_tls_fingerprint_digest")
     # -- DNSSEC and DANE (mta.delivery.dane); Postfix has no lmtp_ insecure-MX twin (no MX in LMTP)
     dnsSupportLevel: str = setting("lmtp_dns_support_level")
     insecureMxPolicy = ""
