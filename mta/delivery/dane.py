@@ -81,7 +81,12 @@ DEVIATIONS
     5.2.2 says servers must send it); a bare trust-anchor key that is not
     in the chain is not matched.  dane-only with an insecure MX defers
     ("non DNSSEC destination") whatever smtp_tls_dane_insecure_mx_policy
-    says (Postfix documents that parameter for the dane level only).
+    says (Postfix documents that parameter for the dane level only).  An
+    empty smtp_tls_dane_insecure_mx_policy means dane for every site at
+    the dane level, also one that smtp_tls_policy_maps made dane (the
+    Postfix 3.10 / 3.9.2 behaviour; before, the default followed only the
+    main.cf level).  A warning when dnssec is on but no DNS server is
+    trusted (mta.delivery.dns: no answer can then be secure).
 """
 
 import hashlib
@@ -304,6 +309,10 @@ class Dane:
         self.resolver = resolver
         self.settings = settings
         self.maillog = maillog
+        trusted = getattr(resolver, "trustedServers", None)
+        if settings.dnssec and trusted is not None and not trusted:
+            self._log("smtp_dns_support_level = dnssec, but no DNS server is trusted (dns_servers, or a loopback "
+                      "address in /etc/resolv.conf): no answer will be DNSSEC-validated", warn=True)
 
     def problem(self, level):
         """Postfix's NONDANE_CONFIG reasons (without the destination), or ""."""

@@ -335,3 +335,20 @@ def test_through_the_tls_policy_hooks(pki):
                            FakeConnection(pki["leaf"], pki["mid"]), MX)
     assert verdict.trust == "Verified" and verdict.failure is None
     assert site.reuseKey != policy.default("example.com").reuseKey  # a DANE connection is cached apart
+
+
+def test_a_warning_when_no_dns_server_is_trusted():
+    class Untrusted(FakeDNS):
+        trustedServers = frozenset()
+
+    lines = []
+
+    class Log:
+        def emit(self, text, queueId=None, level=None):
+            lines.append(text)
+
+    Dane(Untrusted({}), smtp(), Log())
+    assert lines and lines[0].startswith("warning: smtp_dns_support_level = dnssec, but no DNS server is trusted")
+    lines.clear()
+    Dane(FakeDNS({}), smtp(), Log())  # (a resolver without the attribute: nothing to say)
+    assert lines == []
