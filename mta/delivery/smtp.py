@@ -142,6 +142,7 @@ from mta.delivery.connectioncache import ConnectionCache, cacheKey
 from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
 from mta.delivery.tlspolicy import TlsPolicy
 from mta.delivery.tlssessions import TlsSessionCache
+from mta.delivery.dane import Dane
 from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
@@ -227,6 +228,11 @@ class SMTPTransport:
         # TLS session resumption (smtp_tls_session_cache_timeout; mta.delivery.tlssessions).
         sessionTimeout = TlsSessionCache.effectiveTimeout(settings.tlsSessionCacheTimeout)
         self.tlsSessions = TlsSessionCache(self.reactor, sessionTimeout) if sessionTimeout else None
+        # DANE (smtp_tls_security_level dane / dane-only, per MX host): mta.delivery.dane.
+        self.tlsPolicy.dane = Dane(self.resolver, settings, self.maillog)
+        if settings.tls.daneProblem:
+            self._warn(f"{settings.tls.daneProblem}: " + ("DANE is not used (may)" if settings.tls.level == "may"
+                                                          else "every delivery defers"))
         # Postmaster transcripts (notify_classes) go through the generation's one cleanup.
         self.notices = None if notices is None else TranscriptNotices(notices, context.cleanup, self.reactor,
                                                                       self.maillog)
@@ -244,7 +250,8 @@ class SMTPTransport:
             mxSessionLimit=settings.mxSessionLimit,
             ignoreMxLookupError=settings.ignoreMxLookupError,
             deferIfNoMxAddressFound=settings.deferIfNoMxAddressFound,
-            disableDnsLookups=settings.disableDnsLookups,
+            disableDnsLookups=settings.dnsDisabled,  # disable_dns_lookups or smtp_dns_support_level
+            dnssec=settings.dnssec,  # smtp_dns_support_level = dnssec: Hosts say what was validated (DANE)
             hostLookup=settings.hostLookup,
             families=settings.families,
             addressPreference=settings.addressPreference,
