@@ -186,6 +186,7 @@ from twisted.logger import Logger
 from mta.delivery.dotstuff import DotStuffer
 from mta.delivery.smtpcommands import mailCommand, parseEhlo, rcptCommand
 from mta.delivery.smtpconnection import REPLY_LINE_LIMIT, WRITE_SIZE, ClientConnection, _Broken
+from mta.delivery.smtpquirks import ServerQuirks
 from mta.delivery.smtpstarttls import StartTLS
 from mta.delivery.smtpreply import SMTPReply
 from mta.delivery.smtpresults import RemoteHost, SessionOutcome, Transaction
@@ -209,7 +210,7 @@ class _ContentError(Exception):
     """The caller's chunk source failed."""
 
 
-class SMTPClientSession(StartTLS, ClientConnection):
+class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
     """
     One client session on one connection; see the module docstring.
 
@@ -223,6 +224,7 @@ class SMTPClientSession(StartTLS, ClientConnection):
     def __init__(self, settings, clock, maillog=None, transcript=None, tls=None, tlsLevel=None):
         super().__init__(clock, settings.replyLimit, settings.heloTimeout, maillog, transcript)
         self.settings = settings
+        self._clock = clock
         self.tls = tls  # a mta.delivery.smtptls.ClientTLS (the transport's); None: made on first use
         self.tlsLevel = tlsLevel or settings.tls.level  # "none" for a plaintext retry under may
         self.tlsInfo = None  # mta.tls.info.TlsInfo once TLS is up
@@ -352,9 +354,13 @@ class SMTPClientSession(StartTLS, ClientConnection):
                 dsn = "4" + dsn[1:]
             text = f"host {tx.host.namaddr} refused to talk to me: {greeting.text}"
             tx.refused(tx.pending(), greeting, text, dsn, reason=True)
+            if greeting.code // 100 == 4 and not s.skip4xxGreeting:
+                tx.retry.clear()  # smtp_skip_4xx_greeting = no: defer now, no next host
             return False
+        await self._pixCheck(tx, greeting)
         words = " ".join(line[4:] for line in greeting.lines).upper().split()
-        esmtp = s.lmtp or (s.alwaysSendEhlo or "ESMTP" in words[1:]) and not s.neverSendEhlo
+        esmtp = s.lmtp or (s.alwaysSendEhlo or "ESMTP" in words[1:]) and not s.neverSendEhlo \
+            and "disable_esmtp" not in self.pixFeatures
         if not await self._hello(tx, bestMx, esmtp):
             return False
         started = await self._startTLS(tx)
@@ -389,7 +395,10 @@ class SMTPClientSession(StartTLS, ClientConnection):
             return False
         self.esmtp = esmtp
         self.serverName = (reply.lines[0][4:].split() or [""])[0]
-        self.extensions, self.sizeLimit = parseEhlo(reply if esmtp else None, s.discardEhloKeywords)
+        discard = await self._ehloDiscards(tx) if esmtp else frozenset()
+        if discard is None:
+            return False
+        self.extensions, self.sizeLimit = parseEhlo(reply if esmtp else None, discard)
         myself = s.myHostname or s.heloName
         if esmtp and not s.lmtp and self.serverName.lower() == myself.lower():
             log.warn("host {host} replied to HELO/EHLO with my own hostname {me}", host=namaddr, me=myself)
@@ -434,7 +443,7 @@ class SMTPClientSession(StartTLS, ClientConnection):
                 steps.append(("RCPT", rcptCommand(rcpt, self.extensions, needUtf8, s.quoteRfc821Envelope), rcpt))
             except ValueError:
                 tx.local([rcpt], "bounced", "5.1.3", "bad recipient address syntax in the queue file", reason=False)
-        if len(steps) == 1:
+        if len(steps) == 1 or self._earlyReply(tx):
             return False
         steps.append(("DATA", "DATA", None))
         pipelining = "PIPELINING" in self.extensions
@@ -537,12 +546,13 @@ class SMTPClientSession(StartTLS, ClientConnection):
                     raise _ContentError() from e
                 await self._write(encoder.feed(chunk))
             await self._write(b"")
+            tail = await self._pixDelay(encoder.finish())  # smtp_pix_workarounds delay_dotcrlf
             tx.dotSent = True
             self._stage = _DOT
             self._expected += 1 if quit else 0
             if self.transcript is not None:
                 self.transcript.sentLines(b".\r\nQUIT\r\n" if quit else b".\r\n")
-            self.transport.write(encoder.finish() + (b"QUIT\r\n" if quit else b""))
+            self.transport.write(tail + (b"QUIT\r\n" if quit else b""))
         finally:
             self._paused = False
             self.transport.unregisterProducer()
