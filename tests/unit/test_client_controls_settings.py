@@ -251,3 +251,26 @@ def test_two_lookups_combine_as_postfix_does(first, second, combined):
 ])
 def test_the_level_of_a_delivery(globalLevel, results, level):
     assert perSitePolicy(globalLevel, results) == level
+
+
+# -- the destinations are checked at load (not at the first delivery) ----------------------------------
+
+
+@pytest.mark.parametrize("line, key, message", [
+    ("smtp_fallback_relay = [backup.example", "smtp_fallback_relay", "bad next-hop '[backup.example': missing \"]\""),
+    ("smtp_fallback_relay = ok.example, [192.0.2.1]:99999", "smtp_fallback_relay", "bad network port: 99999"),
+    ("fallback_relay = relay..example", "fallback_relay", "valid hostname or network address required"),
+    ("lmtp_tcp_port = no-such-service", "lmtp_tcp_port", "unknown service: no-such-service/tcp"),
+    ("lmtp_fallback_relay = unix:/run/lmtp", "lmtp_fallback_relay", "the fall-back relays must be TCP destinations"),
+    ("lmtp_fallback_relay = [lmtp.example", "lmtp_fallback_relay", "missing \"]\""),
+])
+def test_bad_destinations_fail_at_load(line, key, message):
+    with pytest.raises(ConfigError) as e:
+        load(PATH, f"[main]\n{line}\n")
+    assert str(e.value).startswith(f"{PATH}:2: [main] {key}: ") and message in str(e.value), str(e.value)
+
+
+def test_good_destinations_load():
+    s = settings("smtp_fallback_relay = [192.0.2.1]:587, backup.example, [ipv6:2001:db8::1]\n"
+                 "lmtp_tcp_port = lmtp\nlmtp_fallback_relay = inet:h.example:2003, h2.example\n", lmtp=True)
+    assert s.defaultPort == "lmtp" and s.fallbackRelays == ("inet:h.example:2003", "h2.example")

@@ -328,6 +328,29 @@ class ClientSettings(Settings):
         )
         object.__setattr__(self, "tls", tls)
         object.__setattr__(self, "notes", tuple(notes))
+        self._checkDestinations(scope, prefix)
+
+    def _checkDestinations(self, scope, prefix):
+        """The fall-back relays and lmtp_tcp_port, parsed now as a delivery would (mta.config.nexthop)."""
+        from mta.config.nexthop import parseNexthop, servicePort
+
+        name = f"{prefix}_fallback_relay"
+        if prefix == "smtp" and scope.entry(name) is None and scope.entry("fallback_relay") is not None:
+            name = "fallback_relay"
+        port = self.defaultPort
+        if self.lmtp:
+            try:
+                servicePort(port)
+            except ValueError as e:
+                raise ConfigError(f"{scope.where('lmtp_tcp_port')}: {e}") from None
+        for destination in self.fallbackRelays:
+            try:
+                nexthop = parseNexthop(destination, prefix, port)
+            except ValueError as e:
+                raise ConfigError(f"{scope.where(name)}: bad next-hop {destination!r}: {e}") from None
+            if nexthop.kind == "unix":
+                raise ConfigError(f"{scope.where(name)}: {destination!r}: the fall-back relays must be TCP "
+                                  f"destinations")
 
     def _olderLevel(self, scope, prefix, notes):
         """
