@@ -77,7 +77,10 @@ CONFIGURATION
     smtp_balance_inet_protocols, proxy_interfaces, dns_servers, lmtp_tcp_port,
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
-    smtp_connection_reuse_count_limit, disable_mime_output_conversion,
+    smtp_connection_reuse_count_limit, lmtp_cache_connection (no: LMTP
+    connections are never cached), smtp_cname_overrides_servername (the end
+    of the host name's CNAME chain names the server in the log and the TLS
+    checks), disable_mime_output_conversion,
     smtp_tls_* and lmtp_tls_* (mta.delivery.smtptls, mta.delivery.smtpstarttls),
     notify_classes (protocol: see below), error_notice_recipient,
     bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best

@@ -27,7 +27,8 @@ DESCRIPTION
         mta.delivery.dotstuff        the content encoder
 
     Greeting (220; 4xx, or 5xx with smtp_skip_5xx_greeting, defers and
-    asks for the next host; 5xx otherwise bounces), EHLO (LHLO for LMTP;
+    asks for the next host unless smtp_skip_4xx_greeting = no; 5xx
+    otherwise bounces), EHLO (LHLO for LMTP;
     HELO when EHLO gets anything but 2xx or 421, or with
     smtp_never_send_ehlo; with smtp_always_send_ehlo = no, EHLO only when
     the greeting says ESMTP), EHLO keywords (case-insensitive; SIZE and its
@@ -147,8 +148,10 @@ CONFIGURATION
     smtp_rset_timeout, smtp_quit_timeout, smtp_discard_ehlo_keywords,
     smtp_never_send_ehlo, smtp_always_send_ehlo, smtp_skip_5xx_greeting,
     smtp_skip_quit_response, smtp_quote_rfc821_envelope,
-    smtp_line_length_limit, lmtp_assume_final, the smtp_tls_* parameters
-    (mta.delivery.smtpstarttls), line_length_limit (the
+    smtp_line_length_limit, lmtp_assume_final, smtp_tls_* (mta.delivery.
+    smtpstarttls), the per-server controls (mta.delivery.smtpquirks:
+    EHLO keyword maps, PIX workarounds, smtp_skip_4xx_greeting,
+    smtp_tls_block_early_mail_reply), line_length_limit (the
     reply bound, as Postfix's smtp_chat.c uses it); the lmtp_* forms for
     LMTP.
 

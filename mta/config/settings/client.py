@@ -46,11 +46,30 @@ SECURITY
     The HELO name reaches the wire: it may hold no line end, NUL or white
     space (checked here and again when the command is written).
 
+    The rest of smtp(8)'s controls (mta.delivery.smtpquirks) are read in
+    one block at the end of each class; the older names are mapped here
+    and each one set gives a line in C{notes} (logged as a warning by the
+    generation, at start and reload): PREFIX_use_tls and PREFIX_enforce_tls
+    (with PREFIX_tls_enforce_peername) give the level when
+    PREFIX_tls_security_level is not set (Postfix's global_tls_level());
+    PREFIX_tls_chain_files replace the cert/key, eccert and dcert files,
+    which are otherwise loaded beside PREFIX_tls_cert_file (C{tls.keyPairs},
+    every file read and its key checked); fallback_relay is the default of
+    smtp_fallback_relay; PREFIX_tls_per_site is a table list for the TLS
+    policy (mta.delivery.tlspersite).  The fall-back relays and
+    lmtp_tcp_port are parsed with mta.config.nexthop.
+
 DEVIATIONS
     smtp_tls_security_level = dane is may until DANE is built;
     dane-only and fingerprint are refused at load ("not implemented
     yet").  Empty smtp_tls_CAfile and smtp_tls_CApath mean the system
     trust store (Postfix: no CAs unless tls_append_default_CA = yes).
+    The older TLS names apply when smtp_tls_security_level is not set in
+    the file (mta's default is may, as Postfix 3.11's; Postfix also takes
+    an explicitly empty level).  A chain file gives its first key and
+    certificate only (as the server's smtpd_tls_chain_files).
+    smtp_skip_4xx_greeting and lmtp_cache_connection act as in Postfix 2.0
+    and 2.2 (later Postfix ignores them).
 
 CONFIGURATION
     smtp_*, lmtp_* (above), smtp_tls_*, lmtp_tls_*, smtp_starttls_timeout,
