@@ -64,8 +64,9 @@ def _clientTls(prefix, group):
         Parameter(f"{prefix}_tls_security_level", T.Choice(CLIENT_TLS_LEVELS), "may",
                   f"TLS in the {who} client: none, may (STARTTLS when offered, else plaintext), encrypt "
                   "(TLS required), verify/secure (TLS with a verified certificate whose name matches); "
-                  "dane is may until DANE is built; dane-only and fingerprint are not implemented yet "
-                  "(a load error).", group),
+                  "fingerprint (TLS with a certificate or public key whose digest is in "
+                  f"{prefix}_tls_fingerprint_cert_match); dane is may until DANE is built; dane-only is not "
+                  "implemented yet (a load error).", group),
         Parameter(f"{prefix}_tls_wrappermode", T.Boolean(), "no",
                   "TLS from the connect, not STARTTLS (port 465 relays); needs encrypt or above in "
                   "Postfix (mta: never plaintext in this mode).", group),
@@ -108,6 +109,16 @@ def _clientTls(prefix, group):
         Parameter(f"{prefix}_tls_note_starttls_offer", T.Boolean(), "no",
                   "Log 'Host offered STARTTLS: [name]' when a server offers STARTTLS and TLS is not "
                   "used (level none).", group),
+        Parameter(f"{prefix}_tls_policy_maps", T.Tables(), "",
+                  "Per-destination TLS policy tables: keys are the next hop as routed ([host]:port, "
+                  "[host], domain, .parent.domain), values a level and attributes (match=, protocols=, "
+                  "ciphers=, exclude=, servername=, connection_reuse=).", group),
+        Parameter(f"{prefix}_tls_fingerprint_cert_match", T.List(), "",
+                  "Under the fingerprint level: the digests (hex, colons allowed) of the server "
+                  "certificates or public keys to accept.", group),
+        Parameter(f"{prefix}_tls_fingerprint_digest", T.Choice(("md5", "sha1", "sha256", "sha512")), "sha256",
+                  "The digest of the fingerprint level and of match= fingerprints in the policy maps.",
+                  group),
     )
 
 

@@ -28,9 +28,12 @@ has a backlog); mta caches every finished connection, which the short
 idle limit makes cheap (mta.delivery.connectioncache).  A cached
 connection is reused only where the TLS policy allows it: never a
 plaintext one where TLS is required (encrypt and above), never one made
-under another level.
+under another policy (SitePolicy.reuseKey).
 
-TLS (smtp_tls_security_level and the rest, mta.delivery.smtptls): the
+TLS (smtp_tls_security_level and the rest, mta.delivery.smtptls; per
+destination smtp_tls_policy_maps and the other sources of
+mta.delivery.tlspolicy, resolved once per destination and once per host;
+a policy that defers is the destination's problem, as a failed lookup): the
 session sends STARTTLS after EHLO when offered and the level is not none,
 and EHLO again after the handshake.  Under may, a failed handshake is
 followed by a new connection to the same host without TLS (Postfix's
@@ -119,7 +122,7 @@ from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts
 from mta.delivery.nexthop import parseNexthop
 from mta.delivery.connectioncache import ConnectionCache
 from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
-from mta.delivery.smtptls import ClientTLS
+from mta.delivery.tlspolicy import TlsPolicy
 from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
@@ -198,8 +201,10 @@ class SMTPTransport:
         self.cache = ConnectionCache(self.reactor, settings.cacheTimeLimit, settings.reuseTimeLimit,
                                      settings.reuseCountLimit)
         self.maillog = MailLogger(settings.syslogName, name)
-        # The TLS client context (smtp_tls_*), built once per transport (mta.delivery.smtptls).
-        self.tls = ClientTLS(settings.tls) if settings.tls.level != "none" or settings.tls.wrapperMode else None
+        # The TLS policy of each destination and host (smtp_tls_*, smtp_tls_policy_maps; DANE,
+        # MTA-STS): mta.delivery.tlspolicy; it also holds the TLS contexts, one per distinct policy.
+        self.tlsPolicy = TlsPolicy(settings, self.resolver, self.reactor, getattr(context, "tables", None),
+                                   warn=self._warn)
         # Postmaster transcripts (notify_classes) go through the generation's one cleanup.
         self.notices = None if notices is None else TranscriptNotices(notices, context.cleanup, self.reactor,
                                                                       self.maillog)
@@ -249,8 +254,12 @@ class SMTPTransport:
         final, last = {}, {}
         problem = None
         destinations = [request.nexthop] + [r for r in self.settings.fallbackRelays if r != request.nexthop]
+        sites = {}  # destination -> (Nexthop, SitePolicy), or a problem tuple
+        first = await self._site(request, destinations[0])
+        sites[destinations[0]] = first
         cached = self.cache.take(request.nexthop)
-        if cached is not None and not self._tlsAllows(cached.session):
+        if cached is not None and not (isinstance(first, tuple) and len(first) == 2
+                                       and self._tlsAllows(cached.session, first[1])):
             cached.session.quit()
             cached = None
         if cached is not None:
@@ -266,11 +275,13 @@ class SMTPTransport:
             if not pending:
                 break
             isRelay = number > 0 or destination == self.settings.relayhost
-            try:
-                nexthop = parseNexthop(destination, "lmtp" if self.lmtp else "smtp", self.settings.defaultPort)
-            except ValueError as e:
-                problem = ("deferred", "4.3.5", f"bad next-hop {destination!r}: {e}")
-                break
+            found = sites.get(destination) or await self._site(request, destination)
+            if len(found) == 3:
+                problem = found
+                if found[1] == "4.3.5":  # a bad next-hop: the next ones are not tried (as before)
+                    break
+                continue
+            nexthop, site = found
             if nexthop.kind == "unix":
                 hosts = [None]
                 sessionLimit = 0
@@ -291,7 +302,20 @@ class SMTPTransport:
             for host in hosts:
                 if sessionLimit and sessions >= sessionLimit:
                     break
-                outcome, error = await self._session(request, pending, nexthop, host, destination)
+                hostSite = site
+                if host is not None:
+                    reason = self.tlsPolicy.hostAllowed(site, host)
+                    if reason is not None:
+                        self.maillog.emit(f"{host.name}[{host.address}]:{host.port}: skipped: {reason}",
+                                          request.queue_id)
+                        problem = ("deferred", "4.7.5", reason)
+                        continue
+                    hostSite = await self.tlsPolicy.forHost(site, host)
+                    if hostSite.failure is not None:
+                        problem = ("deferred", hostSite.failure.dsn, hostSite.failure.text)
+                        continue
+                outcome, error = await self._session(request, pending, nexthop, host, destination, site=hostSite,
+                                                     siteKey=site.reuseKey)
                 if error is not None:
                     problem = ("deferred", "4.4.1", error)
                     continue
@@ -338,16 +362,32 @@ class SMTPTransport:
 
         return content
 
-    def _tlsAllows(self, session):
+    async def _site(self, request, destination):
         """
-        May a cached connection serve this transport's TLS policy?  Never a
-        plaintext one where TLS is required, nor one made under another
-        level (smtp_tls_connection_reuse proper is a later step).
+        (Nexthop, SitePolicy) of one destination, or a (status, dsn, text)
+        problem: a next hop that cannot be parsed, or a TLS policy that
+        defers (mta.delivery.tlspolicy).
         """
-        policy = self.settings.tls
-        if policy.required and not session.tlsActive:
+        try:
+            nexthop = parseNexthop(destination, "lmtp" if self.lmtp else "smtp", self.settings.defaultPort)
+        except ValueError as e:
+            return ("deferred", "4.3.5", f"bad next-hop {destination!r}: {e}")
+        if nexthop.kind == "unix":
+            return nexthop, self.tlsPolicy.default(destination)
+        site = await self.tlsPolicy.forDestination(nexthop, destination, request)
+        if site.failure is not None:
+            return ("deferred", site.failure.dsn, site.failure.text)
+        return nexthop, site
+
+    def _tlsAllows(self, session, site):
+        """
+        May a cached connection serve this destination's TLS policy?  Only
+        one made under the same policy (SitePolicy.reuseKey), and never a
+        plaintext one where TLS is required.
+        """
+        if site.tls.required and not session.tlsActive:
             return False
-        return session.tlsLevel in (policy.level, "none" if policy.level == "may" else policy.level)
+        return getattr(session, "siteKey", None) == site.reuseKey
 
     def _cacheable(self, destination):
         if not self.settings.cacheConnection:  # lmtp_cache_connection = no
@@ -372,7 +412,7 @@ class SMTPTransport:
             self.cache.put(request.nexthop, cached.session, cached.remote, cached.created, uses)
         return outcome
 
-    async def _session(self, request, pending, nexthop, host, destination, tlsLevel=None):
+    async def _session(self, request, pending, nexthop, host, destination, tlsLevel=None, site=None, siteKey=None):
         """
         One connection and session; (SessionOutcome, None) or (None, connect
         error text).  Under smtp_tls_security_level = may a failed TLS
@@ -390,8 +430,12 @@ class SMTPTransport:
                                bindAddress=(bind, 0) if bind else None)
             remote = RemoteHost(await self._serverName(host), host.address, host.port)
         transcript = Transcript(maxLines=TRANSCRIPT_LINES) if self.keepTranscripts else None
-        session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript, tls=self.tls,
-                                    tlsLevel=tlsLevel)
+        if site is None:
+            site = self.tlsPolicy.default(destination)
+        tls = self.tlsPolicy.context(site.tls) if site.tls.level != "none" or site.tls.wrapperMode else None
+        session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript, tls=tls,
+                                    tlsLevel=tlsLevel, site=site, policy=self.tlsPolicy)
+        session.siteKey = site.reuseKey if siteKey is None else siteKey  # what a cached reuse must match
         session.tables = self.tables
         try:
             await connectProtocol(endpoint, session)
@@ -404,11 +448,12 @@ class SMTPTransport:
         self._chatNotify(session, request, remote)
         if keepOpen and outcome.reusable:
             self.cache.put(destination, session, remote, created, 1)
-        policy = self.settings.tls
+        policy = site.tls
         if session.tlsFailed and tlsLevel is None and policy.level == "may" and not policy.wrapperMode:
             self.maillog.emit(f"{remote.relay}: TLS handshake failed; trying again without TLS (smtp_tls_security_level"
                               f" = may)", request.queue_id)
-            return await self._session(request, pending, nexthop, host, destination, tlsLevel="none")
+            return await self._session(request, pending, nexthop, host, destination, tlsLevel="none", site=site,
+                                       siteKey=siteKey)
         return outcome, None
 
 

@@ -193,6 +193,7 @@ from mta.delivery.smtpquirks import ServerQuirks
 from mta.delivery.smtpstarttls import StartTLS
 from mta.delivery.smtpreply import SMTPReply
 from mta.delivery.smtpresults import RemoteHost, SessionOutcome, Transaction
+from mta.delivery.tlspolicy import SitePolicy
 
 __all__ = ["REPLY_LINE_LIMIT", "WRITE_SIZE", "RemoteHost", "SMTPClientSession", "SMTPReply", "SessionOutcome"]
 
@@ -224,12 +225,17 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
     @ivar sizeLimit: the server's SIZE; 0: none announced.
     """
 
-    def __init__(self, settings, clock, maillog=None, transcript=None, tls=None, tlsLevel=None):
+    def __init__(self, settings, clock, maillog=None, transcript=None, tls=None, tlsLevel=None, site=None,
+                 policy=None):
         super().__init__(clock, settings.replyLimit, settings.heloTimeout, maillog, transcript)
         self.settings = settings
         self._clock = clock
-        self.tls = tls  # a mta.delivery.smtptls.ClientTLS (the transport's); None: made on first use
-        self.tlsLevel = tlsLevel or settings.tls.level  # "none" for a plaintext retry under may
+        # The TLS policy of this host (mta.delivery.tlspolicy.SitePolicy; the transport's own by
+        # default) and the TlsPolicy that made it (its judge() and record()); None in unit tests.
+        self.site = site if site is not None else SitePolicy(tls=settings.tls)
+        self.tlsPolicy = policy
+        self.tls = tls  # a mta.delivery.smtptls.ClientTLS for site.tls; None: made on first use
+        self.tlsLevel = tlsLevel or self.site.tls.level  # "none" for a plaintext retry under may
         self.tlsInfo = None  # mta.tls.info.TlsInfo once TLS is up
         self.tlsVerdict = None  # mta.delivery.smtptls.TlsVerdict once TLS is up
         self.tlsFailed = False  # the handshake failed (under may the caller may retry in plaintext)
@@ -344,7 +350,7 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
         """Greeting, EHLO/HELO/LHLO, STARTTLS; False (results recorded) if this host will not do."""
         s = self.settings
         self._stage = _GREETING
-        if s.tls.wrapperMode and self.tlsLevel != "none":
+        if self.site.tls.wrapperMode and self.tlsLevel != "none":
             # smtp_tls_wrappermode: TLS from the connect, the greeting inside it.
             if not await self._tlsHandshake(tx):
                 return False

@@ -74,21 +74,24 @@ class StartTLS:
     async def _startTLS(self, tx):
         """
         STARTTLS by policy (mta.delivery.smtptls for the context and the
-        verdict): True when TLS was started (the caller sends EHLO again),
-        False to go on in plaintext, None when this host will not do (the
-        results are recorded: TLS required and not offered, refused or
-        failed, or a certificate that the policy does not accept).
+        verdict, mta.delivery.tlspolicy for the site's policy): True when
+        TLS was started (the caller sends EHLO again), False to go on in
+        plaintext, None when this host will not do (the results are
+        recorded: TLS required and not offered, refused or failed, or a
+        certificate that the policy does not accept).
         """
         level = self.tlsLevel
+        policy = self.site.tls
         namaddr = tx.host.namaddr
         offered = self.esmtp and "STARTTLS" in self.extensions
         if self.tlsActive or level == "none":
-            if offered and not self.tlsActive and self.settings.tls.noteStarttlsOffer:
+            if offered and not self.tlsActive and policy.noteStarttlsOffer:
                 self._note(f"Host offered STARTTLS: [{tx.host.name}]")
             return False
-        required = self.settings.tls.required
+        required = policy.required
         if not offered:
             if required:
+                self._recordTls(tx, False, "starttls-not-supported", "STARTTLS not offered")
                 tx.local(tx.pending(), "deferred", "4.7.4", f"TLS is required, but was not offered by host {namaddr}",
                          retry=True)
                 return None
@@ -99,6 +102,7 @@ class StartTLS:
         if reply.code != 220:
             self._dropAfterReply = self._dropPlaintext = False
             if required:
+                self._recordTls(tx, False, "starttls-not-supported", f"STARTTLS refused: {reply.code}")
                 tx.refused(tx.pending(), reply, f"TLS is required, but host {namaddr} refused to start TLS: "
                                                 f"{reply.text}", dsn="4" + reply.dsn[1:], reason=True)
                 return None
@@ -113,9 +117,9 @@ class StartTLS:
         from mta.delivery.smtptls import ClientTLS, matchNamesFor, serverNameFor
         from mta.tls.info import TlsInfo
 
-        policy = self.settings.tls
+        policy = self.site.tls
         if self.tls is None:
-            self.tls = ClientTLS(policy)
+            self.tls = self.tlsPolicy.context(policy) if self.tlsPolicy is not None else ClientTLS(policy)
         self._discardInput()
         self._stage = "performing the TLS handshake"
         creator = self.tls.creator(serverNameFor(policy, tx.host, tx.request.nexthop))
@@ -125,19 +129,32 @@ class StartTLS:
             self.tlsFailed = True
             why = "timed out" if e.kind == "timeout" else _tlsError(self.lostReason)
             self._note(f"SSL_connect error to {tx.host.relay}: {why}", warn=True)
+            self._recordTls(tx, False, "validation-failure", f"handshake failure: {why}")
             tx.local(tx.pending(), "deferred", "4.7.5", "Cannot start TLS: handshake failure", retry=True)
             return False
         connection = self.transport.getHandle()
         verdict = self.tls.judge(connection, matchNamesFor(policy, tx.host, tx.request.nexthop))
+        if self.tlsPolicy is not None:
+            verdict = self.tlsPolicy.judge(self.site, verdict, connection, tx.host)
         self.tlsVerdict = verdict
         self.tlsInfo = TlsInfo.fromConnection(connection, verdict.trusted, client=True)
         if policy.loglevel >= 1 or verdict.failure:
             self._note(self.tlsInfo.clientLogLine(tx.host.relay, verdict.trust))
         if verdict.failure:
+            failureType = "certificate-not-trusted" if not verdict.trusted else "certificate-host-mismatch"
+            self._recordTls(tx, False, failureType, verdict.failure)
             self._note(f"{verdict.failure}: {tx.host.relay} (smtp_tls_security_level = {self.tlsLevel})", warn=True)
             tx.local(tx.pending(), "deferred", "4.7.5", verdict.failure, retry=True)
             return False
+        self._recordTls(tx, True)
         return True
+
+    def _recordTls(self, tx, success, failureType=None, detail=""):
+        """One TLS attempt's outcome for TLS-RPT (mta.delivery.tlspolicy.TlsPolicy.record)."""
+        if self.tlsPolicy is not None:
+            from mta.delivery.tlspolicy import TlsResult
+
+            self.tlsPolicy.record(self.site, tx.host, TlsResult(success, failureType, detail))
 
     def _note(self, text, warn=False):
         """A mail-log line under the session's queue id (a warning: "warning: ...")."""

@@ -1,7 +1,8 @@
 """mta.delivery.smtptls - the SMTP/LMTP client's TLS: the pyOpenSSL client context, SNI, the certificate's verdict.
 
 NAME
-    ClientTLS(policy)     the context of one transport's ClientTls policy
+    ClientTLS(policy)     the context of one ClientTls policy (the transport's,
+                          or a destination's from mta.delivery.tlspolicy)
                           (mta.config.settings.client), built once
     ClientTLS.creator(serverName)
                           what Twisted's transport.startTLS takes (an

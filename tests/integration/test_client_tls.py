@@ -204,3 +204,63 @@ def test_a_failed_handshake(makeDaemon, certs, level):
             assert all("MAIL" not in s for s in server.sessions)
     finally:
         server.stop()
+
+
+def serverDigest(certs, kind="cert"):
+    """The sha256 fingerprint of the test server certificate (or of its public key), colon-separated."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(open(certs["server.pem"], "rb").read())
+    blob = cert.public_bytes(serialization.Encoding.DER) if kind == "cert" else cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashlib.sha256(blob).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def policySender(makeDaemon, certs, nexthop, entry, tmp_path, domain="tls.example"):
+    """mta at level may relaying C{domain} to C{nexthop}, with smtp_tls_policy_maps holding C{entry} for it."""
+    table = tmp_path / "tls_policy"
+    table.write_text(f"{nexthop} {entry}\n")
+    main = (f"transport_maps = inline:{{ {domain}=smtp:{nexthop} }}\nsmtp_host_lookup = native\n"
+            f"inet_protocols = ipv4\nsmtp_tls_loglevel = 1\nsmtp_tls_security_level = may\n"
+            f"smtp_tls_policy_maps = texthash:{table}\n")
+    return makeDaemon(main=main, hold=False).start()
+
+
+@pytest.mark.parametrize("kind", ["cert", "spki"])
+def test_policy_map_fingerprint_to_postfix(makeDaemon, certs, postfixTls, tmp_path, kind):
+    """smtp_tls_policy_maps: fingerprint match= the certificate (or its key) of a real Postfix: Verified."""
+    nexthop = f"[localhost]:{postfixTls.port}"
+    d = policySender(makeDaemon, certs, nexthop, f"fingerprint match={serverDigest(certs, kind)}", tmp_path,
+                     "bench.example")
+    qid = send(d, ["rcpt@bench.example"])
+    [line] = waitDelivery(d, qid, "rcpt@bench.example")
+    assert line[3] == "sent", line
+    match = clientLine(d, postfixTls.port)
+    assert match and match.group(1) == "Verified", d.maillogText()
+
+
+def test_policy_map_wrong_fingerprint_defers(makeDaemon, certs, tmp_path):
+    """The transport says may; the policy map's fingerprint does not match mta's server: 4.7.5."""
+    nexthop = mtaNexthop(makeDaemon, certs.serverMain("may"))
+    hop = f"[localhost]:{nexthop.port}"
+    d = policySender(makeDaemon, certs, hop, "fingerprint match=" + ":".join(["00"] * 32), tmp_path)
+    qid = send(d, ["rcpt@tls.example"])
+    [line] = waitDelivery(d, qid, "rcpt@tls.example")
+    assert line[2:] == ("4.7.5", "deferred", "Server certificate not verified"), line
+    assert nexthop.incoming() == []
+
+
+def test_policy_map_bad_entry_defers(makeDaemon, certs, tmp_path):
+    """An entry that cannot be parsed defers with "TLS policy lookup error" and a warning naming the key."""
+    nexthop = mtaNexthop(makeDaemon, certs.serverMain("may"))
+    hop = f"[localhost]:{nexthop.port}"
+    d = policySender(makeDaemon, certs, hop, "secure frobnicate=yes", tmp_path)
+    qid = send(d, ["rcpt@tls.example"])
+    [line] = waitDelivery(d, qid, "rcpt@tls.example")
+    assert line[2:] == ("4.7.5", "deferred", "TLS policy lookup error"), line
+    assert f"unknown TLS policy attribute 'frobnicate=yes' (key '{hop}'); deferring mail for {hop}" in d.maillogText()
+    assert nexthop.incoming() == []

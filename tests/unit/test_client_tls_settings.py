@@ -40,10 +40,21 @@ def test_dane_is_may_until_built():
     assert tls.level == "may" and tls.configuredLevel == "dane"
 
 
-@pytest.mark.parametrize("level", ["dane-only", "fingerprint"])
+@pytest.mark.parametrize("level", ["dane-only"])
 def test_unbuilt_levels_refused_at_load(level):
     with pytest.raises(ConfigError, match=rf"mta.ini:2: .*smtp_tls_security_level = {level} is not implemented yet"):
         client(f"smtp_tls_security_level = {level}\n")
+
+
+def test_fingerprint_needs_digests_and_checks_them():
+    with pytest.raises(ConfigError, match=r"mta.ini:2: .*fingerprint needs smtp_tls_fingerprint_cert_match"):
+        client("smtp_tls_security_level = fingerprint\n")
+    with pytest.raises(ConfigError, match=r"mta.ini:3: .*'zz:11' is not a hex fingerprint"):
+        client("smtp_tls_security_level = fingerprint\nsmtp_tls_fingerprint_cert_match = zz:11\n")
+    tls = client("smtp_tls_security_level = fingerprint\nsmtp_tls_fingerprint_cert_match = AB:CD, 0102\n"
+                 "smtp_tls_fingerprint_digest = sha512\n")
+    assert tls.required and not tls.mustMatch
+    assert tls.fingerprintCertMatch == ("AB:CD", "0102") and tls.fingerprintDigest == "sha512"
 
 
 def test_mandatory_ranges_and_ciphers():

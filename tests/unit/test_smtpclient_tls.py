@@ -298,19 +298,22 @@ def test_names_from_the_policy(certs):
 @pytest.mark.parametrize("level, tlsActive, madeUnder, allowed", [
     ("encrypt", False, "encrypt", False),  # never a plaintext connection where TLS is required
     ("encrypt", True, "encrypt", True),
-    ("verify", True, "encrypt", False),  # made under another level
-    ("may", False, "none", True),  # a plaintext retry under may serves may
+    ("verify", True, "encrypt", False),  # made under another policy
+    ("may", False, "may", True),  # a plaintext retry under may serves may
     ("may", True, "may", True),
     ("none", False, "none", True),
+    ("may", True, "encrypt", False),
 ])
 def test_cached_connections_serve_only_their_tls_policy(level, tlsActive, madeUnder, allowed):
     from types import SimpleNamespace
 
     from mta.delivery.smtp import SMTPTransport
+    from mta.delivery.tlspolicy import SitePolicy
 
-    transport = SimpleNamespace(settings=clientSettings(smtp_tls_security_level=level))
-    session = SimpleNamespace(tlsActive=tlsActive, tlsLevel=madeUnder)
-    assert SMTPTransport._tlsAllows(transport, session) is allowed
+    site = SitePolicy(tls=clientSettings(smtp_tls_security_level=level).tls)
+    made = SitePolicy(tls=clientSettings(smtp_tls_security_level=madeUnder).tls)
+    session = SimpleNamespace(tlsActive=tlsActive, siteKey=made.reuseKey)
+    assert SMTPTransport._tlsAllows(None, session, site) is allowed
 
 
 def test_lmtp_reads_the_lmtp_twins(certs):

@@ -61,8 +61,7 @@ SECURITY
 
 DEVIATIONS
     smtp_tls_security_level = dane is may until DANE is built;
-    dane-only and fingerprint are refused at load ("not implemented
-    yet").  Empty smtp_tls_CAfile and smtp_tls_CApath mean the system
+    dane-only is refused at load ("not implemented yet").  Empty smtp_tls_CAfile and smtp_tls_CApath mean the system
     trust store (Postfix: no CAs unless tls_append_default_CA = yes).
     The older TLS names apply when smtp_tls_security_level is not set in
     the file (mta's default is may, as Postfix 3.11's; Postfix also takes
@@ -93,9 +92,11 @@ from mta.config.settings.tls import compileCipherList, knownGroups, parseProtoco
 __all__ = ["ClientSettings", "ClientTls", "LmtpClientSettings", "SmtpClientSettings"]
 
 # Levels that never send mail in plaintext, and those that check the certificate's chain and name.
-TLS_REQUIRED = frozenset({"encrypt", "verify", "secure"})
+TLS_REQUIRED = frozenset({"encrypt", "dane-only", "fingerprint", "verify", "secure"})
 TLS_MATCH = frozenset({"verify", "secure"})
-_NOT_YET = ("dane-only", "fingerprint")
+_NOT_YET = ("dane-only",)
+# Every smtp_tls_security_level (and smtp_tls_policy_maps level) Postfix knows.
+TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
 
 
 @attrs.frozen
@@ -123,6 +124,8 @@ class ClientTls:
     starttlsTimeout: float = 300.0
     loglevel: int = 0
     noteStarttlsOffer: bool = False
+    fingerprintCertMatch: tuple = ()  # the fingerprint level's digests, as written
+    fingerprintDigest: str = "sha256"
     keyPairs: tuple = ()  # (certFile, keyFile) loaded after certFile: smtp_tls_chain_files, eccert, dcert
 
     @property
@@ -273,6 +276,13 @@ class ClientSettings(Settings):
             fail("_tls_security_level", f"{prefix}_tls_security_level = {level} is not implemented yet "
                                         f"(use verify or secure)")
         effective = "may" if level == "dane" else level
+        for digest in self.tlsFingerprintCertMatch:
+            hexits = digest.strip().lower().replace(":", "")
+            if not hexits or len(hexits) % 2 or any(c not in "0123456789abcdef" for c in hexits):
+                fail("_tls_fingerprint_cert_match", f"{digest!r} is not a hex fingerprint")
+        if level == "fingerprint" and not self.tlsFingerprintCertMatch:
+            fail("_tls_security_level", f"{prefix}_tls_security_level = fingerprint needs "
+                                                f"{prefix}_tls_fingerprint_cert_match")
         ranges = {}
         for name, items in (("_tls_protocols", self.tlsProtocols),
                             ("_tls_mandatory_protocols", self.tlsMandatoryProtocols)):
@@ -344,6 +354,7 @@ class ClientSettings(Settings):
             secureCertMatch=tuple(v.lower() for v in self.tlsSecureCertMatch),
             starttlsTimeout=self.starttlsTimeout, loglevel=self.tlsLoglevel,
             noteStarttlsOffer=self.tlsNoteStarttlsOffer, keyPairs=pairs,
+            fingerprintCertMatch=tuple(self.tlsFingerprintCertMatch), fingerprintDigest=self.tlsFingerprintDigest,
         )
         object.__setattr__(self, "tls", tls)
         object.__setattr__(self, "notes", tuple(notes))
@@ -493,6 +504,9 @@ class SmtpClientSettings(ClientSettings):
     starttlsTimeout: float = setting("smtp_starttls_timeout")
     tlsLoglevel: int = setting("smtp_tls_loglevel")
     tlsNoteStarttlsOffer: bool = setting("smtp_tls_note_starttls_offer")
+    tlsPolicyMaps: tuple = setting("smtp_tls_policy_maps")
+    tlsFingerprintCertMatch: tuple = setting("smtp_tls_fingerprint_cert_match", tuple)
+    tlsFingerprintDigest: str = setting("smtp_tls_fingerprint_digest")
     # -- the rest of smtp(8)'s controls (mta.delivery.smtpquirks) and the older names
     discardEhloKeywordMaps: tuple = setting("smtp_discard_ehlo_keyword_address_maps")  # by server IP address
     skip4xxGreeting: bool = setting("smtp_skip_4xx_greeting")  # no: a 4xx greeting defers, no next host
@@ -558,6 +572,9 @@ class LmtpClientSettings(ClientSettings):
     starttlsTimeout: float = setting("lmtp_starttls_timeout")
     tlsLoglevel: int = setting("lmtp_tls_loglevel")
     tlsNoteStarttlsOffer: bool = setting("lmtp_tls_note_starttls_offer")
+    tlsPolicyMaps: tuple = setting("lmtp_tls_policy_maps")
+    tlsFingerprintCertMatch: tuple = setting("lmtp_tls_fingerprint_cert_match", tuple)
+    tlsFingerprintDigest: str = setting("lmtp_tls_fingerprint_digest")
     # -- the rest of lmtp(8)'s controls (mta.delivery.smtpquirks) and the older names
     discardEhloKeywordMaps: tuple = setting("lmtp_discard_lhlo_keyword_address_maps")  # by server IP address
     skip4xxGreeting = True  # smtp_skip_4xx_greeting is SMTP's
