@@ -148,10 +148,8 @@ CONFIGURATION
     smtp_rset_timeout, smtp_quit_timeout, smtp_discard_ehlo_keywords,
     smtp_never_send_ehlo, smtp_always_send_ehlo, smtp_skip_5xx_greeting,
     smtp_skip_quit_response, smtp_quote_rfc821_envelope,
-    smtp_line_length_limit, lmtp_assume_final, smtp_tls_* (mta.delivery.
-    smtpstarttls), the per-server controls (mta.delivery.smtpquirks:
-    EHLO keyword maps, PIX workarounds, smtp_skip_4xx_greeting,
-    smtp_tls_block_early_mail_reply), line_length_limit (the
+    smtp_line_length_limit, lmtp_assume_final, smtp_tls_*, those of
+    mta.delivery.smtpstarttls and smtpquirks, line_length_limit (the
     reply bound, as Postfix's smtp_chat.c uses it); the lmtp_* forms for
     LMTP.
 
