@@ -31,7 +31,7 @@ CONFIGURATION
 """
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from mta.cleanup import Cleanup
 from mta.maillog import MailLogger
@@ -69,6 +69,9 @@ class Generation:
         self.cleanup = Cleanup(config.settings.cleanup, store, clock, self.maillogFor)  # pickup, notices, transcripts
         self.notices = Notices(config.settings.notices, self.cleanup, clock, self.maillogFor)
         self.factories = {listener.name: protocolFactory(listener, self) for listener in config.listeners}
+        for program, client in (("smtp", config.settings.smtpClient), ("lmtp", config.settings.lmtpClient)):
+            for note in client.notes:  # older client parameter names, mapped at load
+                self.maillogFor(program).emit(f"warning: {note}", level=LogLevel.warn)
 
     @property
     def resolver(self):

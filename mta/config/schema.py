@@ -135,6 +135,59 @@ def _clientTlsReuse(prefix, group):
                   "under 2 minutes means 2 minutes; at most 100 days.", group),
     )
 
+
+def _clientControls(prefix, group):
+    """The rest of smtp(8)'s controls (mta.delivery.smtpquirks) and the older names Postfix still accepts."""
+    ehlo = "EHLO" if prefix == "smtp" else "LHLO"
+    keywords = "smtp_discard_ehlo_keywords" if prefix == "smtp" else "lmtp_discard_lhlo_keywords"
+    maps = "discard_ehlo_keyword_address_maps" if prefix == "smtp" else "discard_lhlo_keyword_address_maps"
+    return (
+        Parameter(f"{prefix}_{maps}", T.Tables(), "",
+                  f"Tables by remote server IP address of {ehlo} keywords to ignore (as {keywords}, which "
+                  "a match replaces; silent-discard: no log line).", group),
+        Parameter(f"{prefix}_pix_workarounds", T.ChoiceList(("disable_esmtp", "delay_dotcrlf")),
+                  "disable_esmtp, delay_dotcrlf",
+                  "Workarounds for a CISCO PIX 'smtp fixup' greeting (220 ****...): disable_esmtp (HELO, "
+                  "not EHLO), delay_dotcrlf (wait before the final '.').", group),
+        Parameter(f"{prefix}_pix_workaround_maps", T.Tables(), "",
+                  f"Tables by remote server IP address of PIX workarounds; a match replaces "
+                  f"{prefix}_pix_workarounds.", group),
+        Parameter(f"{prefix}_pix_workaround_delay_time", T.Time("s"), "10s",
+                  "How long delay_dotcrlf waits before sending the final '.' (non-zero).", group),
+        Parameter(f"{prefix}_pix_workaround_threshold_time", T.Time("s"), "500s",
+                  "How long a message must have been queued before delay_dotcrlf applies; 0: from the "
+                  "first attempt.", group),
+        Parameter(f"{prefix}_cname_overrides_servername", T.Boolean(), "no",
+                  "When a server name is a DNS CNAME, use the CNAME target as the server name for the "
+                  "log and the TLS name checks (deprecated in Postfix 3.11).", group),
+        Parameter(f"{prefix}_tls_block_early_mail_reply", T.Boolean(), "no",
+                  "Defer (4.7.0 'unexpected server message') when, inside TLS, server input is waiting "
+                  "before MAIL FROM goes out (CVE-2009-3555 command injection).", group),
+        Parameter(f"{prefix}_tls_enforce_peername", T.Boolean(), "yes",
+                  f"Obsolete: with {prefix}_enforce_tls = yes, check the server name (verify; no: "
+                  "encrypt).", group),
+        Parameter(f"{prefix}_use_tls", T.Boolean(), "no",
+                  f"Obsolete: {prefix}_tls_security_level = may when that is not set (no: none).", group),
+        Parameter(f"{prefix}_enforce_tls", T.Boolean(), "no",
+                  f"Obsolete: {prefix}_tls_security_level = verify (encrypt with "
+                  f"{prefix}_tls_enforce_peername = no) when that is not set.", group),
+        Parameter(f"{prefix}_tls_per_site", T.Tables(), "",
+                  "Obsolete per-site TLS tables by next-hop and server name: NONE, MAY, MUST_NOPEERMATCH "
+                  f"(encrypt), MUST (verify); use {prefix}_tls_policy_maps.", group),
+        Parameter(f"{prefix}_tls_chain_files", T.List(), "",
+                  f"PEM files of client keys each followed by its certificate chain; when set, "
+                  f"{prefix}_tls_cert_file and the other key and certificate files are ignored.", group),
+        Parameter(f"{prefix}_tls_dcert_file", T.String(), "",
+                  f"Obsolete: a DSA client certificate (loaded beside {prefix}_tls_cert_file).", group),
+        Parameter(f"{prefix}_tls_dkey_file", T.String(), f"${prefix}_tls_dcert_file",
+                  f"Obsolete: the key of {prefix}_tls_dcert_file.", group),
+        Parameter(f"{prefix}_tls_eccert_file", T.String(), "",
+                  f"An ECDSA client certificate (loaded beside {prefix}_tls_cert_file; prefer "
+                  f"{prefix}_tls_chain_files).", group),
+        Parameter(f"{prefix}_tls_eckey_file", T.String(), f"${prefix}_tls_eccert_file",
+                  f"The key of {prefix}_tls_eccert_file.", group),
+    )
+
 _P = Parameter
 
 # smtpd_sasl_security_options and smtpd_sasl_tls_security_options (Postfix's xsasl names).
@@ -497,7 +550,7 @@ PARAMETERS = (
        "The address family tried first among addresses of equal preference.", "smtp"),
     _P("smtp_balance_inet_protocols", T.Boolean(), "yes",
        "Keep both IPv4 and IPv6 addresses within smtp_mx_address_limit.", "smtp"),
-    _P("smtp_fallback_relay", T.List(), "",
+    _P("smtp_fallback_relay", T.List(), "$fallback_relay",
        "Destinations tried when the primary ones fail (never when this host is an MX for the destination).", "smtp"),
     _P("disable_mime_output_conversion", T.Boolean(), "no",
        "Send 8-bit MIME as it is to servers without 8BITMIME, instead of converting it to "
@@ -535,6 +588,12 @@ PARAMETERS = (
        "lookup under the dane level: may (TLSA ignored), encrypt (TLS required, not "
        "authenticated), dane (TLSA used; success logged as Trusted); empty: Postfix's default, "
        "dane when the level is dane, else may.", "smtp"),
+    *_clientControls("smtp", "smtp"),
+    _P("smtp_skip_4xx_greeting", T.Boolean(), "yes",
+       "A 4xx greeting: try the next host (no: defer the delivery at once; Postfix 2.0 and "
+       "earlier, later Postfix always skips).", "smtp"),
+    _P("fallback_relay", T.List(), "",
+       "Obsolete: the default of smtp_fallback_relay (Postfix 2.2 and earlier).", "smtp"),
     _P("lmtp_lhlo_name", T.String(), "$myhostname", "The hostname the LMTP client sends in LHLO.", "lmtp"),
     _P("lmtp_lhlo_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the greeting and the LHLO reply.", "lmtp"),
     _P("lmtp_mail_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the reply to MAIL FROM.", "lmtp"),
@@ -560,6 +619,11 @@ PARAMETERS = (
     _P("lmtp_dns_support_level", T.Choice(("", "disabled", "enabled", "dnssec")), "",
        "The LMTP client's smtp_dns_support_level (LMTP has no MX lookups; dnssec validates host "
        "addresses for DANE).", "lmtp"),
+    *_clientControls("lmtp", "lmtp"),
+    _P("lmtp_cache_connection", T.Boolean(), "yes",
+       "Keep LMTP connections open for reuse (Postfix 2.2 and earlier; no: never cache one).", "lmtp"),
+    _P("lmtp_fallback_relay", T.List(), "",
+       "LMTP destinations (host or host:port) tried when the primary ones fail.", "lmtp"),
     # -- routing (trivial-rewrite) --------------------------------------------
     _P("local_transport", T.String(), "error:5.1.1 local delivery is not available",
        "transport:nexthop for $mydestination recipients that no alias rewrites (mta has no "

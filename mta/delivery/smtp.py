@@ -73,10 +73,10 @@ that is not 4xx/5xx, 555 or 500-509.  After a delivery that met one, the
 transcript is queued as "Subject: $mail_name SMTP client: errors from
 HOST[ADDR]:PORT" (LMTP client for lmtp) to error_notice_recipient, from
 double_bounce_sender (mta.transcript), unless the mail is from <> or from
-the double-bounce address.  The client has no other class: Postfix's smtp
-sets only protocol and data (a table lookup that fails: the client's
-header/body checks, reply filter and EHLO keyword maps, which mta's client
-does not have), and no delivery agent, the queue manager or bounce(8)
+the double-bounce address.  The client has one other class, data (a
+table lookup that fails: smtp_discard_ehlo_keyword_address_maps; mta's
+client has no header/body checks or reply filter); Postfix's smtp sets
+only these two, and no delivery agent, the queue manager or bounce(8)
 reports resource or software problems; so mta does neither.  Warnings
 (an MX host name that is an address, an over-long reply, a malformed
 reply, an interface that is a host name) go to the mail log as
@@ -96,7 +96,10 @@ CONFIGURATION
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
     smtp_connection_reuse_count_limit, smtp_tls_connection_reuse,
-    smtp_tls_session_cache_timeout, disable_mime_output_conversion,
+    smtp_tls_session_cache_timeout, lmtp_cache_connection (no: LMTP
+    connections are never cached), smtp_cname_overrides_servername (the end
+    of the host name's CNAME chain names the server in the log and the TLS
+    checks), disable_mime_output_conversion,
     smtp_tls_* and lmtp_tls_* (mta.delivery.smtptls, mta.delivery.smtpstarttls),
     notify_classes (protocol: see below), error_notice_recipient,
     bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best
@@ -148,9 +151,9 @@ from mta.transcript import Transcript, TranscriptNotices
 log = Logger()
 
 CHUNK = 65536
-# The notify_classes a client session can meet (Postfix's smtp error_mask: protocol; its data
-# class is for table lookups that mta's client does not make).
-CLIENT_ERROR_CLASSES = frozenset({"protocol"})
+# The notify_classes a client session can meet (Postfix's smtp error_mask: protocol, and data for a
+# table lookup that fails: smtp_discard_ehlo_keyword_address_maps).
+CLIENT_ERROR_CLASSES = frozenset({"protocol", "data"})
 # Lines of a client session's transcript kept for a postmaster notice: the first and the last half.
 TRANSCRIPT_LINES = 400
 
@@ -263,6 +266,7 @@ class SMTPTransport:
             maillog=self.maillog,
         )
         self.transports = getattr(context, "transports", None)
+        self.tables = getattr(context, "tables", None)  # the session's *_address_maps (mta.delivery.smtpquirks)
 
     def _warn(self, text):
         from twisted.logger import LogLevel
@@ -447,6 +451,8 @@ class SMTPTransport:
         self.cache.put(key, session, remote, created, uses)
 
     def _cacheable(self, destination):
+        if not self.settings.cacheConnection:  # lmtp_cache_connection = no
+            return False
         return self.settings.cacheOnDemand or destination in self.settings.cacheDestinations
 
     async def _reuse(self, request, pending, cached):
@@ -489,7 +495,7 @@ class SMTPTransport:
             factory = TCP6ClientEndpoint if v6 else TCP4ClientEndpoint
             endpoint = factory(self.reactor, host.address, host.port, timeout=self.settings.connectTimeout,
                                bindAddress=(bind, 0) if bind else None)
-            remote = RemoteHost(host.name, host.address, host.port)
+            remote = RemoteHost(await self._serverName(host), host.address, host.port)
         transcript = Transcript(maxLines=TRANSCRIPT_LINES) if self.keepTranscripts else None
         if site is None:
             site = self.tlsPolicy.default(destination)
@@ -498,6 +504,7 @@ class SMTPTransport:
                                     tlsLevel=tlsLevel, site=site, policy=self.tlsPolicy)
         session.siteKey = site.reuseKey if siteKey is None else siteKey  # what a cached reuse must match
         session.tlsSessions = self.tlsSessions
+        session.tables = self.tables
         try:
             await connectProtocol(endpoint, session)
         except Exception as e:
@@ -518,6 +525,30 @@ class SMTPTransport:
                                        siteKey=siteKey)
         return outcome, None
 
+
+    async def _serverName(self, host):
+        """
+        The server's name for the log and the TLS name checks: the MX or
+        host name, or with smtp_cname_overrides_servername = yes the end of
+        its DNS CNAME chain (Postfix's rname; SMTP_HNAME()).  Not for
+        addresses, nor without DNS; a failed lookup keeps the name.
+        """
+        name = host.name
+        lookup = getattr(self.resolver, "lookupRecords", None)
+        if (not self.settings.cnameOverridesServername or lookup is None or not name or name == host.address
+                or self.settings.disableDnsLookups or "dns" not in self.settings.hostLookup):
+            return name
+        from mta.delivery.dns import MAX_CNAME, nameText
+
+        for _ in range(MAX_CNAME):
+            try:
+                records = await lookup(name, "CNAME")
+            except Exception:
+                break
+            if not records:
+                break
+            name = nameText(records[0].target)
+        return name
 
     def _chatNotify(self, session, request, remote):
         """

@@ -27,7 +27,8 @@ DESCRIPTION
         mta.delivery.dotstuff        the content encoder
 
     Greeting (220; 4xx, or 5xx with smtp_skip_5xx_greeting, defers and
-    asks for the next host; 5xx otherwise bounces), EHLO (LHLO for LMTP;
+    asks for the next host unless smtp_skip_4xx_greeting = no; 5xx
+    otherwise bounces), EHLO (LHLO for LMTP;
     HELO when EHLO gets anything but 2xx or 421, or with
     smtp_never_send_ehlo; with smtp_always_send_ehlo = no, EHLO only when
     the greeting says ESMTP), EHLO keywords (case-insensitive; SIZE and its
@@ -147,8 +148,8 @@ CONFIGURATION
     smtp_rset_timeout, smtp_quit_timeout, smtp_discard_ehlo_keywords,
     smtp_never_send_ehlo, smtp_always_send_ehlo, smtp_skip_5xx_greeting,
     smtp_skip_quit_response, smtp_quote_rfc821_envelope,
-    smtp_line_length_limit, lmtp_assume_final, the smtp_tls_* parameters
-    (mta.delivery.smtpstarttls), line_length_limit (the
+    smtp_line_length_limit, lmtp_assume_final, smtp_tls_*, those of
+    mta.delivery.smtpstarttls and smtpquirks, line_length_limit (the
     reply bound, as Postfix's smtp_chat.c uses it); the lmtp_* forms for
     LMTP.
 
@@ -186,6 +187,7 @@ from twisted.logger import Logger
 from mta.delivery.dotstuff import DotStuffer
 from mta.delivery.smtpcommands import mailCommand, parseEhlo, rcptCommand
 from mta.delivery.smtpconnection import REPLY_LINE_LIMIT, WRITE_SIZE, ClientConnection, _Broken
+from mta.delivery.smtpquirks import ServerQuirks
 from mta.delivery.smtpstarttls import StartTLS
 from mta.delivery.smtpreply import SMTPReply
 from mta.delivery.smtpresults import RemoteHost, SessionOutcome, Transaction
@@ -210,7 +212,7 @@ class _ContentError(Exception):
     """The caller's chunk source failed."""
 
 
-class SMTPClientSession(StartTLS, ClientConnection):
+class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
     """
     One client session on one connection; see the module docstring.
 
@@ -225,6 +227,7 @@ class SMTPClientSession(StartTLS, ClientConnection):
                  policy=None):
         super().__init__(clock, settings.replyLimit, settings.heloTimeout, maillog, transcript)
         self.settings = settings
+        self._clock = clock
         # The TLS policy of this host (mta.delivery.tlspolicy.SitePolicy; the transport's own by
         # default) and the TlsPolicy that made it (its judge() and record()); None in unit tests.
         self.site = site if site is not None else SitePolicy(tls=settings.tls)
@@ -358,9 +361,13 @@ class SMTPClientSession(StartTLS, ClientConnection):
                 dsn = "4" + dsn[1:]
             text = f"host {tx.host.namaddr} refused to talk to me: {greeting.text}"
             tx.refused(tx.pending(), greeting, text, dsn, reason=True)
+            if greeting.code // 100 == 4 and not s.skip4xxGreeting:
+                tx.retry.clear()  # smtp_skip_4xx_greeting = no: defer now, no next host
             return False
+        await self._pixCheck(tx, greeting)
         words = " ".join(line[4:] for line in greeting.lines).upper().split()
-        esmtp = s.lmtp or (s.alwaysSendEhlo or "ESMTP" in words[1:]) and not s.neverSendEhlo
+        esmtp = s.lmtp or (s.alwaysSendEhlo or "ESMTP" in words[1:]) and not s.neverSendEhlo \
+            and "disable_esmtp" not in self.pixFeatures
         if not await self._hello(tx, bestMx, esmtp):
             return False
         started = await self._startTLS(tx)
@@ -396,7 +403,10 @@ class SMTPClientSession(StartTLS, ClientConnection):
             return False
         self.esmtp = esmtp
         self.serverName = (reply.lines[0][4:].split() or [""])[0]
-        self.extensions, self.sizeLimit = parseEhlo(reply if esmtp else None, s.discardEhloKeywords)
+        discard = await self._ehloDiscards(tx) if esmtp else frozenset()
+        if discard is None:
+            return False
+        self.extensions, self.sizeLimit = parseEhlo(reply if esmtp else None, discard)
         myself = s.myHostname or s.heloName
         if esmtp and not s.lmtp and self.serverName.lower() == myself.lower():
             log.warn("host {host} replied to HELO/EHLO with my own hostname {me}", host=namaddr, me=myself)
@@ -441,7 +451,7 @@ class SMTPClientSession(StartTLS, ClientConnection):
                 steps.append(("RCPT", rcptCommand(rcpt, self.extensions, needUtf8, s.quoteRfc821Envelope), rcpt))
             except ValueError:
                 tx.local([rcpt], "bounced", "5.1.3", "bad recipient address syntax in the queue file", reason=False)
-        if len(steps) == 1:
+        if len(steps) == 1 or self._earlyReply(tx):
             return False
         steps.append(("DATA", "DATA", None))
         pipelining = "PIPELINING" in self.extensions
@@ -544,12 +554,13 @@ class SMTPClientSession(StartTLS, ClientConnection):
                     raise _ContentError() from e
                 await self._write(encoder.feed(chunk))
             await self._write(b"")
+            tail = await self._pixDelay(encoder.finish())  # smtp_pix_workarounds delay_dotcrlf
             tx.dotSent = True
             self._stage = _DOT
             self._expected += 1 if quit else 0
             if self.transcript is not None:
                 self.transcript.sentLines(b".\r\nQUIT\r\n" if quit else b".\r\n")
-            self.transport.write(encoder.finish() + (b"QUIT\r\n" if quit else b""))
+            self.transport.write(tail + (b"QUIT\r\n" if quit else b""))
         finally:
             self._paused = False
             self.transport.unregisterProducer()

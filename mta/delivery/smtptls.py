@@ -186,6 +186,9 @@ class ClientTLS:
         if p.certFile:
             ctx.use_certificate_chain_file(p.certFile)
             ctx.use_privatekey_file(p.keyFile or p.certFile)
+        for certFile, keyFile in p.keyPairs:  # smtp_tls_chain_files, or the ECDSA/DSA files
+            ctx.use_certificate_chain_file(certFile)
+            ctx.use_privatekey_file(keyFile)
         ctx.set_verify(SSL.VERIFY_PEER, self._verify)
         return ctx
 

@@ -310,3 +310,38 @@ def test_a_cached_tls_connection_to_postfix_is_used_again(makeDaemon, postfixTls
     connects = len(re.findall(r"\]: connect from localhost", log))
     assert connects - log.count("disconnect from localhost") == 1, log
     assert log.count("Anonymous TLS connection established from localhost[127.0.0.1]") == 1, log
+def test_older_names_and_chain_files_against_postfix(makeDaemon, certs, tmp_path):
+    """
+    smtp_enforce_tls = yes (the older name of verify) with the client key and certificate in one
+    smtp_tls_chain_files file: the load warning, a Verified session, and Postfix (which asks for
+    client certificates and trusts the test CA) sees the certificate: Trusted, not Anonymous.
+    """
+    from bench.postfix_instance import PostfixInstance
+
+    chain = tmp_path / "client-chain.pem"
+    chain.write_bytes(open(certs["client.key"], "rb").read() + open(certs["client.pem"], "rb").read())
+    instance = PostfixInstance(freePort(), tls=(certs["server.pem"], certs["server.key"]))
+    instance.create()
+    with open(instance.config_dir / "main.cf", "a") as f:
+        f.write(f"smtpd_tls_loglevel = 1\nsmtpd_tls_ask_ccert = yes\nsmtpd_tls_CAfile = {certs['ca.pem']}\n")
+    try:
+        instance.start()
+        main = (f"transport_maps = inline:{{ bench.example=smtp:[localhost]:{instance.port} }}\n"
+                "smtp_host_lookup = native\ninet_protocols = ipv4\nsmtp_tls_loglevel = 1\n"
+                f"smtp_enforce_tls = yes\nsmtp_tls_CAfile = {certs['ca.pem']}\nsmtp_tls_chain_files = {chain}\n")
+        d = makeDaemon(main=main, hold=False).start()
+        qid = send(d, ["rcpt@bench.example"])
+        [line] = waitDelivery(d, qid, "rcpt@bench.example")
+        assert line[3] == "sent", line
+        text = d.maillogText()
+        match = clientLine(d, instance.port)
+        assert match and match.group(1) == "Verified", text
+        log = waitFor(lambda: "TLS connection established from" in instance.maillog.read_text()
+                      and instance.maillog.read_text(), timeout=15, what="Postfix's TLS line")
+        assert "Trusted TLS connection established from localhost[127.0.0.1]" in log, log
+        # the load-time warning (logged when the configuration is put in force, before maillog_file opens)
+        _, out, err = d.stop()
+        assert re.search(r"warning: \S+:\d+: \[main\] smtp_enforce_tls: smtp_enforce_tls is obsolete; use "
+                         r"smtp_tls_security_level \(smtp_tls_security_level = verify is used\)", out + err), out + err
+    finally:
+        instance.stop()

@@ -46,6 +46,19 @@ SECURITY
     The HELO name reaches the wire: it may hold no line end, NUL or white
     space (checked here and again when the command is written).
 
+    The rest of smtp(8)'s controls (mta.delivery.smtpquirks) are read in
+    one block at the end of each class; the older names are mapped here
+    and each one set gives a line in C{notes} (logged as a warning by the
+    generation, at start and reload): PREFIX_use_tls and PREFIX_enforce_tls
+    (with PREFIX_tls_enforce_peername) give the level when
+    PREFIX_tls_security_level is not set (Postfix's global_tls_level());
+    PREFIX_tls_chain_files replace the cert/key, eccert and dcert files,
+    which are otherwise loaded beside PREFIX_tls_cert_file (C{tls.keyPairs},
+    every file read and its key checked); fallback_relay is the default of
+    smtp_fallback_relay; PREFIX_tls_per_site is a table list for the TLS
+    policy (mta.delivery.tlspersite).  The fall-back relays and
+    lmtp_tcp_port are parsed with mta.config.nexthop.
+
 DEVIATIONS
     fingerprint needs smtp_tls_fingerprint_cert_match (a load error
     otherwise).  dane and
@@ -58,6 +71,12 @@ DEVIATIONS
     ("... with MX lookup errors ignored") or without dns in
     smtp_host_lookup.  Empty smtp_tls_CAfile and smtp_tls_CApath mean the system
     trust store (Postfix: no CAs unless tls_append_default_CA = yes).
+    The older TLS names apply when smtp_tls_security_level is not set in
+    the file (mta's default is may, as Postfix 3.11's; Postfix also takes
+    an explicitly empty level).  A chain file gives its first key and
+    certificate only (as the server's smtpd_tls_chain_files).
+    smtp_skip_4xx_greeting and lmtp_cache_connection act as in Postfix 2.0
+    and 2.2 (later Postfix ignores them).
 
 CONFIGURATION
     smtp_*, lmtp_* (above), smtp_tls_*, lmtp_tls_*, smtp_starttls_timeout,
@@ -121,6 +140,7 @@ class ClientTls:
     # used at all (Postfix's NONDANE_CONFIG warning text, without the destination), or "".
     insecureMxPolicy: str = "may"
     daneProblem: str = ""
+    keyPairs: tuple = ()  # (certFile, keyFile) loaded after certFile: smtp_tls_chain_files, eccert, dcert
 
     @property
     def required(self):
@@ -198,6 +218,13 @@ def _bindAddress(version):
     return convert
 
 
+def positiveTime(value):
+    """A time that must not be 0 (smtp_pix_workaround_delay_time)."""
+    if value <= 0:
+        raise ValueError("must be a non-zero time")
+    return value
+
+
 @settingsClass
 class ClientSettings(Settings):
     """
@@ -253,6 +280,7 @@ class ClientSettings(Settings):
     curves: tuple = setting("tls_eecdh_auto_curves", tuple)
     ffdheGroups: tuple = setting("tls_ffdhe_auto_groups", tuple)
     tls: ClientTls = attrs.field(init=False, default=ClientTls())  # compiled in check()
+    notes: tuple = attrs.field(init=False, default=())  # older names mapped at load: logged as warnings
 
     def check(self, scope):
         """Compile the smtp_tls_* (lmtp_tls_*) parameters into C{tls}, every file read once."""
@@ -263,7 +291,8 @@ class ClientSettings(Settings):
         def fail(name, message):
             raise ConfigError(f"{scope.where(prefix + name)}: {message}")
 
-        level = self.tlsSecurityLevel
+        notes = []
+        level = self._olderLevel(scope, prefix, notes)
         effective, daneProblem = level, ""
         if level in DANE_LEVELS:
             if self.dnsSupportLevelEffective != "dnssec" or "dns" not in self.hostLookup:
@@ -314,7 +343,10 @@ class ClientSettings(Settings):
                 fail("_tls_CAfile", f"{caFile!r} holds no PEM CA certificates")
         if caPath and not os.path.isdir(caPath):
             fail("_tls_CApath", f"{caPath!r} is not a directory")
+        pairs = self._moreKeyPairs(scope, prefix, fail, notes)
         certFile, keyFile = self.tlsCertFile.strip(), self.tlsKeyFile.strip() or self.tlsCertFile.strip()
+        if self.tlsChainFiles:
+            certFile = keyFile = ""  # Postfix: the chain files replace the legacy files
         if certFile:
             for path, name in ((certFile, "_tls_cert_file"), (keyFile, "_tls_key_file")):
                 if not os.path.isfile(path) or not os.access(path, os.R_OK):
@@ -328,7 +360,7 @@ class ClientSettings(Settings):
                 probe.check_privatekey()
             except (SSL.Error, OSError):
                 fail("_tls_key_file", f"{keyFile!r} holds no unencrypted PEM private key of {certFile!r}")
-        elif self.tlsKeyFile.strip() and scope.entry(prefix + "_tls_key_file") is not None:
+        elif self.tlsKeyFile.strip() and scope.entry(prefix + "_tls_key_file") is not None and not self.tlsChainFiles:
             fail("_tls_key_file", f"a key without a certificate ({prefix}_tls_cert_file is empty)")
         for name, values in (("_tls_verify_cert_match", self.tlsVerifyCertMatch),
                              ("_tls_secure_cert_match", self.tlsSecureCertMatch)):
@@ -347,11 +379,113 @@ class ClientSettings(Settings):
             verifyCertMatch=tuple(v.lower() for v in self.tlsVerifyCertMatch),
             secureCertMatch=tuple(v.lower() for v in self.tlsSecureCertMatch),
             starttlsTimeout=self.starttlsTimeout, loglevel=self.tlsLoglevel,
-            noteStarttlsOffer=self.tlsNoteStarttlsOffer,
+            noteStarttlsOffer=self.tlsNoteStarttlsOffer, keyPairs=pairs,
             fingerprintCertMatch=tuple(self.tlsFingerprintCertMatch), fingerprintDigest=self.tlsFingerprintDigest,
             insecureMxPolicy=insecureMxPolicy, daneProblem=daneProblem,
         )
         object.__setattr__(self, "tls", tls)
+        object.__setattr__(self, "notes", tuple(notes))
+        self._checkDestinations(scope, prefix)
+
+    def _checkDestinations(self, scope, prefix):
+        """The fall-back relays and lmtp_tcp_port, parsed now as a delivery would (mta.config.nexthop)."""
+        from mta.config.nexthop import parseNexthop, servicePort
+
+        name = f"{prefix}_fallback_relay"
+        if prefix == "smtp" and scope.entry(name) is None and scope.entry("fallback_relay") is not None:
+            name = "fallback_relay"
+        port = self.defaultPort
+        if self.lmtp:
+            try:
+                servicePort(port)
+            except ValueError as e:
+                raise ConfigError(f"{scope.where('lmtp_tcp_port')}: {e}") from None
+        for destination in self.fallbackRelays:
+            try:
+                nexthop = parseNexthop(destination, prefix, port)
+            except ValueError as e:
+                raise ConfigError(f"{scope.where(name)}: bad next-hop {destination!r}: {e}") from None
+            if nexthop.kind == "unix":
+                raise ConfigError(f"{scope.where(name)}: {destination!r}: the fall-back relays must be TCP "
+                                  f"destinations")
+
+    def _olderLevel(self, scope, prefix, notes):
+        """
+        The level, with Postfix's older names: when PREFIX_tls_security_level
+        is not set, PREFIX_enforce_tls = yes is verify (encrypt with
+        PREFIX_tls_enforce_peername = no) and PREFIX_use_tls may or none
+        (Postfix's global_tls_level()); each one set is noted.
+        """
+        level = self.tlsSecurityLevel
+        current = f"{prefix}_tls_security_level"
+        explicit = scope.entry(current) is not None
+        olderSet = [name for name in (f"{prefix}_use_tls", f"{prefix}_enforce_tls", f"{prefix}_tls_enforce_peername")
+                    if scope.entry(name) is not None]
+        if f"{prefix}_use_tls" in olderSet or f"{prefix}_enforce_tls" in olderSet:
+            if not explicit:
+                if self.enforceTls:
+                    level = "verify" if self.tlsEnforcePeername else "encrypt"
+                else:
+                    level = "may" if self.useTls else "none"
+        for name in olderSet:
+            tail = f"ignored: {current} is set" if explicit else f"{current} = {level} is used"
+            notes.append(f"{scope.where(name)}: {name} is obsolete; use {current} ({tail})")
+        if prefix == "smtp" and scope.entry("fallback_relay") is not None:
+            tail = ("ignored: smtp_fallback_relay is set" if scope.entry("smtp_fallback_relay") is not None
+                    else "its value is used")
+            notes.append(f"{scope.where('fallback_relay')}: fallback_relay is obsolete; use smtp_fallback_relay "
+                         f"({tail})")
+        if self.tlsPerSite and scope.entry(f"{prefix}_tls_per_site") is not None:
+            notes.append(f"{scope.where(prefix + '_tls_per_site')}: {prefix}_tls_per_site is obsolete; use "
+                         f"{prefix}_tls_policy_maps")
+        return level
+
+    def _moreKeyPairs(self, scope, prefix, fail, notes):
+        """
+        (certFile, keyFile) pairs beyond PREFIX_tls_cert_file, each read and
+        checked now: every PREFIX_tls_chain_files file (its key and chain,
+        as the server's smtpd_tls_chain_files), else the ECDSA and DSA
+        files; with chain files the legacy files are ignored (noted).
+        """
+        from OpenSSL import SSL
+
+        if self.tlsChainFiles:
+            legacy = [name for name in (f"{prefix}_tls_cert_file", f"{prefix}_tls_dcert_file",
+                                        f"{prefix}_tls_eccert_file") if scope.entry(name) is not None]
+            for name in legacy:
+                notes.append(f"{scope.where(name)}: {name} is ignored: {prefix}_tls_chain_files is set")
+            pairs = [(path.strip(), path.strip(), "_tls_chain_files", "_tls_chain_files")
+                     for path in self.tlsChainFiles]
+        else:
+            pairs = []
+            for cert, key, certName, keyName in ((self.tlsEccertFile, self.tlsEckeyFile, "_tls_eccert_file",
+                                                  "_tls_eckey_file"),
+                                                 (self.tlsDcertFile, self.tlsDkeyFile, "_tls_dcert_file",
+                                                  "_tls_dkey_file")):
+                if cert.strip():
+                    pairs.append((cert.strip(), key.strip() or cert.strip(), certName, keyName))
+                elif key.strip() and scope.entry(prefix + keyName) is not None:
+                    fail(keyName, f"a key without a certificate ({prefix}{certName} is empty)")
+            if scope.entry(f"{prefix}_tls_dcert_file") is not None:
+                notes.append(f"{scope.where(prefix + '_tls_dcert_file')}: {prefix}_tls_dcert_file is obsolete; "
+                             f"use {prefix}_tls_chain_files (the file is still loaded)")
+        checked = []
+        for cert, key, certName, keyName in pairs:
+            for path, name in ((cert, certName), (key, keyName)):
+                if not os.path.isfile(path) or not os.access(path, os.R_OK):
+                    fail(name, f"cannot read {path!r}")
+            probe = SSL.Context(SSL.TLS_METHOD)
+            try:
+                probe.use_certificate_chain_file(cert)
+            except SSL.Error:
+                fail(certName, f"{cert!r} holds no PEM certificate")
+            try:
+                probe.use_privatekey_file(key)
+                probe.check_privatekey()
+            except (SSL.Error, OSError):
+                fail(keyName, f"{key!r} holds no unencrypted PEM private key of {cert!r}")
+            checked.append((cert, key))
+        return tuple(checked)
 
     @property
     def dnsSupportLevelEffective(self):
@@ -421,6 +555,26 @@ class SmtpClientSettings(ClientSettings):
     # -- DNSSEC and DANE (mta.delivery.dane; resolved by check() into tls and dnsSupportLevelEffective)
     dnsSupportLevel: str = setting("smtp_dns_support_level")
     insecureMxPolicy: str = setting("smtp_tls_dane_insecure_mx_policy")
+    # -- the rest of smtp(8)'s controls (mta.delivery.smtpquirks) and the older names
+    discardEhloKeywordMaps: tuple = setting("smtp_discard_ehlo_keyword_address_maps")  # by server IP address
+    skip4xxGreeting: bool = setting("smtp_skip_4xx_greeting")  # no: a 4xx greeting defers, no next host
+    pixWorkarounds: frozenset = setting("smtp_pix_workarounds", frozenset)  # disable_esmtp, delay_dotcrlf
+    pixWorkaroundMaps: tuple = setting("smtp_pix_workaround_maps")  # by server IP address
+    pixDelayTime: float = setting("smtp_pix_workaround_delay_time", positiveTime)  # the wait before "."
+    pixThresholdTime: float = setting("smtp_pix_workaround_threshold_time")  # queued this long: delay "."
+    cnameOverridesServername: bool = setting("smtp_cname_overrides_servername")  # CNAME target as the name
+    tlsBlockEarlyMailReply: bool = setting("smtp_tls_block_early_mail_reply")  # input before MAIL in TLS: 4.7.0
+    tlsEnforcePeername: bool = setting("smtp_tls_enforce_peername")  # obsolete (with smtp_enforce_tls)
+    useTls: bool = setting("smtp_use_tls")  # obsolete: may
+    enforceTls: bool = setting("smtp_enforce_tls")  # obsolete: verify or encrypt
+    tlsPerSite: tuple = setting("smtp_tls_per_site")  # obsolete per-site tables (the TLS policy looks them up)
+    tlsChainFiles: tuple = setting("smtp_tls_chain_files", tuple)  # client keys and chains (compiled into tls)
+    tlsDcertFile: str = setting("smtp_tls_dcert_file")
+    tlsDkeyFile: str = setting("smtp_tls_dkey_file")
+    tlsEccertFile: str = setting("smtp_tls_eccert_file")
+    tlsEckeyFile: str = setting("smtp_tls_eckey_file")
+    obsoleteFallbackRelay: tuple = setting("fallback_relay", tuple)  # the default of smtp_fallback_relay
+    cacheConnection = True  # lmtp_cache_connection is LMTP's
 
 
 @settingsClass
@@ -475,6 +629,26 @@ class LmtpClientSettings(ClientSettings):
     # -- DNSSEC and DANE (mta.delivery.dane); Postfix has no lmtp_ insecure-MX twin (no MX in LMTP)
     dnsSupportLevel: str = setting("lmtp_dns_support_level")
     insecureMxPolicy = ""
+    # -- the rest of lmtp(8)'s controls (mta.delivery.smtpquirks) and the older names
+    discardEhloKeywordMaps: tuple = setting("lmtp_discard_lhlo_keyword_address_maps")  # by server IP address
+    skip4xxGreeting = True  # smtp_skip_4xx_greeting is SMTP's
+    pixWorkarounds: frozenset = setting("lmtp_pix_workarounds", frozenset)
+    pixWorkaroundMaps: tuple = setting("lmtp_pix_workaround_maps")
+    pixDelayTime: float = setting("lmtp_pix_workaround_delay_time", positiveTime)
+    pixThresholdTime: float = setting("lmtp_pix_workaround_threshold_time")
+    cnameOverridesServername: bool = setting("lmtp_cname_overrides_servername")
+    tlsBlockEarlyMailReply: bool = setting("lmtp_tls_block_early_mail_reply")
+    tlsEnforcePeername: bool = setting("lmtp_tls_enforce_peername")
+    useTls: bool = setting("lmtp_use_tls")
+    enforceTls: bool = setting("lmtp_enforce_tls")
+    tlsPerSite: tuple = setting("lmtp_tls_per_site")
+    tlsChainFiles: tuple = setting("lmtp_tls_chain_files", tuple)
+    tlsDcertFile: str = setting("lmtp_tls_dcert_file")
+    tlsDkeyFile: str = setting("lmtp_tls_dkey_file")
+    tlsEccertFile: str = setting("lmtp_tls_eccert_file")
+    tlsEckeyFile: str = setting("lmtp_tls_eckey_file")
+    cacheConnection: bool = setting("lmtp_cache_connection")  # no: LMTP connections are never cached
+    fallbackRelays: tuple = setting("lmtp_fallback_relay", tuple)  # LMTP's own (Postfix 3.1)
 
 
 # Service name -> settings class, built from [main] (MAIN) or from each
