@@ -38,6 +38,12 @@ DESCRIPTION
       * REQUIRETLS (the message's envelope) may raise the requirement
         (the REQUIRETLS work plugs in here).
 
+    forHost() also applies the obsolete smtp_tls_per_site when there are
+    no smtp_tls_policy_maps (with both, per-site is ignored with Postfix's
+    warning): the next-hop domain, then the server's host name, NONE /
+    MAY / MUST_NOPEERMATCH / MUST combined as Postfix's tls_site_lookup()
+    (mta.delivery.tlspersite); an unknown value is ignored with a warning.
+
     hostAllowed(site, host) gives a reason to skip an MX host (MTA-STS
     enforce: the MX name matches no policy pattern).  forHost(site, host)
     asks DANE (self.dane) for the host's TLSA records; without DANE the
@@ -61,7 +67,7 @@ SECURITY
     parseProtocols, names are lower-cased host names, digests hex).
 
 CONFIGURATION
-    smtp_tls_policy_maps, smtp_tls_fingerprint_cert_match,
+    smtp_tls_policy_maps, smtp_tls_per_site, smtp_tls_fingerprint_cert_match,
     smtp_tls_fingerprint_digest (and the lmtp_ twins), with the rest of
     ClientTls (mta.config.settings.client).
 
@@ -268,6 +274,14 @@ class TlsPolicy:
         self._warn = warn or (lambda text: log.warn("{text}", text=text))
         specs = getattr(settings, "tlsPolicyMaps", ())
         self.maps = [tables.open(spec) for spec in specs] if specs and tables is not None else []
+        # The obsolete smtp_tls_per_site (mta.delivery.tlspersite), only without smtp_tls_policy_maps (Postfix).
+        perSite = getattr(settings, "tlsPerSite", ())
+        prefix = "lmtp" if getattr(settings, "lmtp", False) else "smtp"
+        if perSite and specs:
+            self._warn(f"{prefix}_tls_per_site ignored when {prefix}_tls_policy_maps is not empty.")
+            perSite = ()
+        self.perSite = [tables.open(spec) for spec in perSite] if perSite and tables is not None else []
+        self._prefix = prefix
         self._contexts = {}
         self._parsed = {}
 
@@ -334,9 +348,13 @@ class TlsPolicy:
         return check(site, host) if check is not None else None
 
     async def forHost(self, site, host):
-        """The site's policy for one host: DANE's TLSA records, or "dane" as "may" without DANE."""
+        """The site's policy for one host: smtp_tls_per_site, DANE's TLSA records, or "dane" as "may" without DANE."""
         if site.failure is not None:
             return site
+        if self.perSite and site.source == "transport":
+            site = await self._withPerSite(site, host)
+            if site.failure is not None:
+                return site
         if self.dane is not None and site.tls.level in ("dane", "dane-only"):
             return await self.dane.forHost(site, host)
         if site.tls.level == "dane":
@@ -345,6 +363,45 @@ class TlsPolicy:
             return attrs.evolve(site, failure=PolicyError("DANE is not available (smtp_tls_security_level = "
                                                           "dane-only)"))
         return site
+
+    async def _withPerSite(self, site, host):
+        """
+        smtp_tls_per_site as Postfix's tls_site_lookup(): the next-hop
+        destination's name, then the server's host name when it differs;
+        the results combine by mta.delivery.tlspersite's precedence.  An
+        unknown value is ignored with Postfix's warning.
+        """
+        from mta.delivery.tlspersite import combinePerSite, perSitePolicy
+        from mta.tables import TableTemporaryError
+
+        names = [(site.domain, "next-hop destination")]
+        hostName = (host.name or "").lower().rstrip(".")
+        if hostName and hostName != site.domain:
+            names.append((hostName, "server hostname"))
+        results = []
+        for name, kind in names:
+            value = None
+            for table in self.perSite:
+                try:
+                    value = await table.lookup(name)
+                except TableTemporaryError as e:
+                    self._warn(f"{self._prefix}_tls_per_site: lookup of {name!r} failed: {e}")
+                    return attrs.evolve(site, failure=PolicyError(f"TLS policy lookup for {name} failed", "4.3.0"))
+                if value is not None:
+                    break
+            if value is not None:
+                try:
+                    combinePerSite(None, value)
+                except ValueError:
+                    self._warn(f"Table {self._prefix}_tls_per_site: ignoring unknown TLS policy '{value}' for "
+                               f"{kind} {name}")
+                    value = None
+            results.append(value)
+        level = perSitePolicy(self.base.level, results)
+        if level == site.tls.level:
+            return site
+        return attrs.evolve(site, tls=attrs.evolve(site.tls, level=level, configuredLevel=level),
+                            source=f"{self._prefix}_tls_per_site")
 
     def judge(self, site, verdict, connection, host):
         """Refine ClientTLS.judge()'s verdict by the site's policy: fingerprints, DANE, MTA-STS."""

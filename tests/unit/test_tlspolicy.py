@@ -262,3 +262,43 @@ def test_the_fingerprint_level_defers_any_other_certificate(certs):  # noqa: F81
     results = s.outcomes[0].results
     assert [(r.status, r.dsn, r.text) for r in results] == [("deferred", "4.7.5", "Server certificate not verified")]
     assert any("Untrusted TLS connection established to mx.test[127.0.0.1]:25" in line for line in s.log)
+
+
+def perSitePolicy(values, **params):
+    params.setdefault("smtp_tls_per_site", "texthash:/nonexistent/per_site")
+    params.setdefault("smtp_tls_policy_maps", "")
+    table = Table(values)
+    settings = clientSettings(**params)
+    warnings = []
+    return TlsPolicy(settings, None, Clock(), Tables(table), warn=warnings.append), table, warnings
+
+
+@pytest.mark.parametrize("values, level", [
+    ({}, "may"),
+    ({"example.com": "MUST"}, "verify"),
+    ({"mx.example.com": "MUST_NOPEERMATCH"}, "encrypt"),
+    ({"example.com": "NONE", "mx.example.com": "MAY"}, "none"),  # NONE overrides MAY
+    ({"example.com": "MAY", "mx.example.com": "must"}, "verify"),
+    ({"example.com": "bogus"}, "may"),  # ignored with a warning
+])
+def test_per_site_looks_up_the_destination_then_the_host(values, level):
+    policy, table, warnings = perSitePolicy(values)
+    host = RemoteHost("mx.example.com", "192.0.2.1", 25)
+    site = run(policy.forDestination(parseNexthop("example.com", "smtp"), "example.com"))
+    site = run(policy.forHost(site, host))
+    assert table.asked == ["example.com", "mx.example.com"]
+    assert site.tls.level == level
+    assert warnings == ([] if "bogus" not in values.values() else
+                        ["Table smtp_tls_per_site: ignoring unknown TLS policy 'bogus' for next-hop destination "
+                         "example.com"])
+
+
+def test_per_site_may_does_not_lower_a_stronger_global_level():
+    policy, _, _ = perSitePolicy({"example.com": "MAY"}, smtp_tls_security_level="encrypt")
+    site = run(policy.forDestination(parseNexthop("example.com", "smtp"), "example.com"))
+    assert run(policy.forHost(site, RemoteHost("mx.example.com", "192.0.2.1", 25))).tls.level == "encrypt"
+
+
+def test_per_site_is_ignored_beside_policy_maps():
+    policy, table, warnings = perSitePolicy({"example.com": "MUST"}, smtp_tls_policy_maps="texthash:/x")
+    assert policy.perSite == [] and warnings == ["smtp_tls_per_site ignored when smtp_tls_policy_maps is not empty."]
