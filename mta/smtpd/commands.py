@@ -132,6 +132,8 @@ class SMTPCommands:
 
     def _ehlo(self, arg, lines):
         settings = self.settings
+        if self.session.tlsActive and settings.offerRequireTls:
+            lines = (*lines, "REQUIRETLS")  # RFC 8689: only inside TLS, last as in Postfix
         reply = self._hello("EHLO", arg, "ESMTP", self._ehloKeywords(lines))  # + STARTTLS (mta.smtpd.starttls)
         if reply.code == 250 and settings.ehloDiscardLog:
             self.factory.maillog.emit(f"discarding EHLO keywords: {settings.ehloDiscardLog}")
@@ -207,7 +209,10 @@ class SMTPCommands:
     def _offered(self):
         if not self.session.extended:
             return frozenset()
-        return self.settings.offered | {"AUTH"} if self._authEnabled else self.settings.offered  # RFC 4954 5
+        offered = self.settings.offered | {"AUTH"} if self._authEnabled else self.settings.offered  # RFC 4954 5
+        if self.session.tlsActive and self.settings.offerRequireTls:
+            offered = offered | {"REQUIRETLS"}  # RFC 8689: never in plaintext (555 5.5.4 there, as Postfix)
+        return offered
 
     def smtp_MAIL(self, arg):
         factory, settings, transaction = self.factory, self.settings, self.transaction
