@@ -185,6 +185,10 @@ class RequireTlsPolicy:
                 log.warn("{text}", text=str(e))
                 return attrs.evolve(site, failure=RequireTlsError("REQUIRETLS policy configuration error", "4.7.10"))
             site = attrs.evolve(site, requiretls=action)
+            daneLater = site.tls.level == "dane" or getattr(site.tls, "configuredLevel", "") in ("dane", "dane-only")
+            if action == ENFORCE and not daneLater and not canMatch(site):
+                # Postfix's smtp_get_effective_tls_level: refused before any connection.
+                return attrs.evolve(site, failure=_levelFailure(site, "disables certificate matching"))
             if action == STARTTLS and site.tls.level in ("none", "may", "dane"):
                 # opportunistic+starttls: no plaintext; the level says so (and its mandatory protocols).
                 level = "encrypt" if site.tls.level != "dane" else "dane"
