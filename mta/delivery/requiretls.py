@@ -77,7 +77,9 @@ DEVIATIONS
     not with regexp:, pcre:, socketmap:, tcp:).  LMTP over a UNIX socket
     uses the fixed actions of lmtp_requiretls_policy (tables are not asked
     with $myhostname).  Postfix's "tls=level/requiretls" delivery-log
-    field is written as a separate "requiretls=" note in the log line.
+    field is not written; the decisions are log lines of their own and
+    the 5.7.x texts.  requiretls_esmtp_header (Require-TLS-ESMTP: yes) and
+    sendmail -Orequiretls=yes are not implemented.
 """
 
 import attrs

@@ -150,7 +150,9 @@ CONFIGURATION
     smtp_line_length_limit, lmtp_assume_final, the smtp_tls_* parameters
     (mta.delivery.smtpstarttls), line_length_limit (the
     reply bound, as Postfix's smtp_chat.c uses it); the lmtp_* forms for
-    LMTP.
+    LMTP.  REQUIRETLS (RFC 8689): requiretls_enable and
+    smtp_requiretls_policy, through three hooks of mta.delivery.requiretls
+    (after the first EHLO, after a failed STARTTLS, before MAIL FROM).
 
 DEVIATIONS FROM POSTFIX
     * The session sends the content its caller gives it: for a server

@@ -27,7 +27,9 @@ SECURITY
     (255 octets) is refused, table failures answer 4xx.
 
 CONFIGURATION
-    See mta.smtpd.protocol and mta.smtpd.factory.
+    See mta.smtpd.protocol and mta.smtpd.factory.  requiretls_enable: the
+    EHLO keyword REQUIRETLS (RFC 8689) inside TLS only, and MAIL FROM's
+    REQUIRETLS taken there (kept in the envelope, mta.model.Envelope).
 
 DEVIATIONS
     A HELO/EHLO name over 255 octets is refused at once with the reply of
@@ -40,6 +42,9 @@ DEVIATIONS
     non-final BDAT chunk is answered with the transaction's bytes so far
     (Postfix: the chunk's own size); BDAT LAST with "Ok: queued as ID"
     (Postfix adds the size).  BINARYMIME exists (Postfix has none).
+    MAIL FROM ... REQUIRETLS in plaintext gets "555 5.5.4 Unsupported
+    option: REQUIRETLS not offered" (Postfix: "Unsupported option:
+    REQUIRETLS"); RFC 8689 defines no reply for it.
 """
 
 import attrs
