@@ -321,6 +321,20 @@ smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 smtp_tls_security_level = none
 """
 
+RELAY_TLS_SETTINGS = """\
+# Outbound TLS (relay_tls): TLS required to the next hop, TLS connections
+# reused (tlsproxy(8) encrypts, scache(8) keeps them), sessions resumed
+# from tlsmgr(8)'s client cache (in place of RELAY_SETTINGS's
+# smtp_tls_security_level = none).
+smtp_tls_connection_reuse = yes
+smtp_tls_session_cache_database = btree:${data_directory}/smtp_scache
+smtp_tls_security_level = encrypt
+"""
+
+TLSPROXY_SERVICE = """\
+tlsproxy   unix  -       -       n       -       0       tlsproxy
+"""
+
 # Debian's master.cf minus chroot (column 5 is "n" everywhere) and minus the
 # services nothing here uses (local, virtual, pipe examples, postscreen).
 MASTER_CF = """\
@@ -356,8 +370,10 @@ class PostfixInstance:
 
     def __init__(self, port: int, relay_port: int | None = None, *,
                  domain: str = BENCH_DOMAIN, keep: bool = False,
-                 parent_dir: str | None = None, tls: tuple[str, str] | None = None):
+                 parent_dir: str | None = None, tls: tuple[str, str] | None = None,
+                 relay_tls: bool = False):
         self.port = port
+        self.relay_tls = relay_tls  # relay over TLS (encrypt), TLS connections reused via tlsproxy
         self.tls = tls  # (certificate file, key file): STARTTLS with smtpd_tls_security_level = may
         self.relay_port = relay_port
         self.domain = domain
@@ -411,10 +427,14 @@ class PostfixInstance:
             mode = RELAY_SETTINGS.format(relay_port=self.relay_port)
         if self.tls is not None:
             mode += TLS_SETTINGS.format(cert=self.tls[0], key=self.tls[1])
+        master = MASTER_CF.format(port=self.port)
+        if self.relay_tls:
+            mode = mode.replace("smtp_tls_security_level = none\n", "") + RELAY_TLS_SETTINGS
+            master += TLSPROXY_SERVICE
         (self.config_dir / "main.cf").write_text(MAIN_CF.format(
             queue=self.queue_dir, data=self.data_dir,
             base=self.base, mode_settings=mode))
-        (self.config_dir / "master.cf").write_text(MASTER_CF.format(port=self.port))
+        (self.config_dir / "master.cf").write_text(master)
 
     def _postfix(self, *args: str, timeout: float = 60.0) -> tuple[int, str]:
         env = dict(os.environ)

@@ -24,6 +24,24 @@ class Result:
     cpu_ms_per_message: float | None = None  # the server's CPU (utime+stime) per message, median
     connections: int | None = None       # --tls: connections of the median run (handshakes)
     tls: dict | None = None              # --tls: version and cipher the client saw
+    out: dict | None = None              # --relay-tls: the sink's conn, tls, resumed of the median run
+
+
+def perMessage(r: Result) -> dict | None:
+    """--relay-tls: messages per connection and handshakes (full, resumed) per message."""
+    if not r.ok or not r.out or not r.delivered:
+        return None
+    conn, tls, resumed = r.out["conn"], r.out["tls"], r.out["resumed"]
+    return {"messages_per_connection": r.delivered / conn if conn else None,
+            "handshakes_per_message": tls / r.delivered,
+            "full_handshakes_per_message": (tls - resumed) / r.delivered}
+
+
+def outRatios(results: dict[str, Result]) -> dict:
+    mta, pf = (perMessage(results[n]) if n in results else None for n in ("mta", "postfix"))
+    if not mta or not pf:
+        return {}
+    return {k: mta[k] / pf[k] for k in mta if mta[k] is not None and pf[k]}
 
 
 def ratio(results: dict[str, Result]) -> float | None:
@@ -48,6 +66,9 @@ def describe(args) -> str:
     else:
         how = "connections reused (-d)" if args.reuse else "one connection per message"
     what = "accepted and queued" if args.command == "accept" else "relayed to smtp-sink"
+    if getattr(args, "relay_tls", False):
+        what = ("relayed over STARTTLS (smtp_tls_security_level = encrypt, TLS connection reuse on) "
+                "to bench/tlssink.py")
     rounds = f", median of {args.rounds} alternating timed runs" if args.rounds > 1 else ""
     return (f"{args.command}: {args.messages} messages of {args.size} bytes {what}, "
             f"{args.sessions} parallel sessions, {how}{rounds}")
@@ -77,6 +98,13 @@ def printTable(args, results: dict[str, Result]) -> None:
             per = (f"{r.connections} connections (handshakes) for {r.messages} messages"
                    if r.connections is not None else "")
             print(f"{'':12}{r.tls['version']} {r.tls['cipher']}{'; ' + per if per else ''}")
+        pm = perMessage(r)
+        if pm:
+            mpc = pm["messages_per_connection"]
+            print(f"{'':12}to the next hop: {r.out['conn']} connections, {r.out['tls']} TLS handshakes "
+                  f"({r.out['resumed']} resumed): {mpc:.1f} messages per connection, "
+                  f"{pm['handshakes_per_message']:.3f} handshakes per message "
+                  f"({pm['full_handshakes_per_message']:.3f} full)" if mpc else "no connections")
         for note in r.notes:
             print(f"{'':12}{note}")
     x = ratio(results)
@@ -84,6 +112,12 @@ def printTable(args, results: dict[str, Result]) -> None:
     c = cpuRatio(results)
     if c is not None:
         print(f"CPU per message mta/postfix = {c:.2f}")
+    o = outRatios(results)
+    for key, text in (("messages_per_connection", "messages per connection"),
+                      ("handshakes_per_message", "handshakes per message"),
+                      ("full_handshakes_per_message", "full handshakes per message")):
+        if key in o:
+            print(f"{text} mta/postfix = {o[key]:.2f}")
 
 
 def printJson(args, results: dict[str, Result]) -> None:
@@ -99,5 +133,8 @@ def printJson(args, results: dict[str, Result]) -> None:
         "tls": args.tls_key if args.tls else None,
         "ratio": ratio(results),
         "cpu_ratio": cpuRatio(results),
+        "relay_tls": getattr(args, "relay_tls", False),
+        "out": {name: perMessage(r) for name, r in results.items()},
+        "out_ratios": outRatios(results),
     }
     print(json.dumps(doc, indent=2))

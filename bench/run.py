@@ -3,7 +3,7 @@
     python bench/run.py accept [--messages N] [--sessions 20] [--size 2048]
                                [--reuse | --no-reuse] [--tls [--tls-key rsa|ecdsa]]
                                [--rounds R] [--json]
-    python bench/run.py relay  [same options]
+    python bench/run.py relay  [same options] [--relay-tls]
 
 accept   Postfix's smtp-source sends N messages to mta, then to a private
          Postfix instance (bench/postfix_instance.py), one after the other,
@@ -20,6 +20,12 @@ relay    The same load, but each server relays everything to a local
          2048, or ECDSA P-256 with --tls-key ecdsa), which the client
          verifies.  A server that does not offer STARTTLS fails with a line
          that says so.
+--relay-tls  (relay) Outbound TLS: the next hop is bench/tlssink.py, a
+         counting sink that requires STARTTLS; mta relays with
+         smtp_tls_security_level = encrypt, Postfix too, with
+         smtp_tls_connection_reuse = yes (its tlsproxy and scache) and a
+         client session cache.  Each server's row then tells the
+         connections, full and resumed handshakes the sink saw.
 
 Both servers are started and warmed up first (untimed), then the timed runs
 alternate between them (mta, postfix, mta, postfix, ... for --rounds R).
@@ -63,6 +69,7 @@ from postfix_instance import (  # noqa: E402
     BENCH_DOMAIN, PostfixError, PostfixInstance, countRegularFiles, findProgram,
     tail, waitForGreeting)
 from report import Result, describe, printJson, printTable  # noqa: E402
+from tlssink import TlsSink  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # mta queue directories that hold messages (hold too, should mta park mail there).
@@ -111,8 +118,10 @@ class MtaServer:
     name = "mta"
 
     def __init__(self, workdir: Path, port: int, relay_port: int | None,
-                 start_timeout: float, root: Path = REPO_ROOT, tls: tuple[Path, Path] | None = None):
+                 start_timeout: float, root: Path = REPO_ROOT, tls: tuple[Path, Path] | None = None,
+                 relay_tls: bool = False):
         self.root = root
+        self.relay_tls = relay_tls
         self.tls = tls
         self.workdir = workdir
         self.port = port
@@ -134,6 +143,8 @@ class MtaServer:
             # The benchmark domain must not be local, or nothing is relayed.
             lines += ["mydestination = localhost",
                       f"relayhost = [127.0.0.1]:{self.relay_port}"]
+            if self.relay_tls:  # as the Postfix instance: TLS required, TLS connections reused
+                lines += ["smtp_tls_security_level = encrypt", "smtp_tls_connection_reuse = yes"]
         if self.tls is not None:
             # Postfix's names, as in the Postfix instance's main.cf.
             lines += ["smtpd_tls_security_level = may", f"smtpd_tls_cert_file = {self.tls[0]}",
@@ -202,8 +213,10 @@ class PostfixServer:
     name = "postfix"
 
     def __init__(self, workdir: Path, port: int, relay_port: int | None,
-                 start_timeout: float, keep: bool, tls: tuple[Path, Path] | None = None):
+                 start_timeout: float, keep: bool, tls: tuple[Path, Path] | None = None,
+                 relay_tls: bool = False):
         self.tls = tls
+        self.relay_tls = relay_tls
         self.workdir = workdir
         self.port = port
         self.relay_port = relay_port
@@ -215,7 +228,8 @@ class PostfixServer:
         try:
             self.instance = PostfixInstance(self.port, self.relay_port, keep=self.keep,
                                             parent_dir=str(self.workdir),
-                                            tls=tuple(map(str, self.tls)) if self.tls else None)
+                                            tls=tuple(map(str, self.tls)) if self.tls else None,
+                                            relay_tls=self.relay_tls)
             log(f"postfix: starting private instance on 127.0.0.1:{self.port}")
             self.instance.start(timeout=self.start_timeout)
         except PostfixError as e:
@@ -342,6 +356,7 @@ def _summarise(result: Result, rounds: list[dict], count_key: str) -> None:
     setattr(result, count_key, median["count"])
     result.accept_seconds = median.get("accept_seconds")
     result.connections = median.get("connections")
+    result.out = median.get("out")
     cpu = [r["cpu_ms_per_message"] for r in rounds if r.get("cpu_ms_per_message") is not None]
     result.cpu_ms_per_message = _median(cpu) if len(cpu) == len(rounds) else None
     result.verified = all(r["count"] == result.messages for r in rounds)
@@ -430,6 +445,7 @@ def acceptRound(entry: Entry, args, i: int) -> dict:
 def relayRound(entry: Entry, args, i: int) -> dict:
     server, sink, result = entry.server, entry.sink, entry.result
     base = sink.count
+    seen = sink.snapshot() if hasattr(sink, "snapshot") else None
     log(f"{server.name}: timed run {i + 1}/{args.rounds}, {args.messages} messages")
     os.sync()
     cpu0 = server.cpuSeconds()
@@ -452,8 +468,15 @@ def relayRound(entry: Entry, args, i: int) -> dict:
     cpuText = f", CPU {cpu:.2f} ms/message" if cpu is not None else ""
     log(f"{server.name}: {args.messages} messages relayed in {seconds:.3f}s "
         f"({args.messages / seconds:.1f}/s; the client done after {accept:.3f}s{cpuText})")
+    out = None
+    if seen is not None:  # --relay-tls: what the sink saw of this run
+        now = sink.snapshot()
+        out = {k: now[k] - seen[k] for k in ("conn", "tls", "resumed")}
+        log(f"{server.name}: to the sink: {out['conn']} connections, {out['tls']} TLS handshakes "
+            f"({out['resumed']} resumed) for {delivered} messages")
     return {"seconds": seconds, "rate": args.messages / seconds, "count": delivered,
-            "accept_seconds": accept, "cpu_ms_per_message": cpu, "connections": load.get("connections")}
+            "accept_seconds": accept, "cpu_ms_per_message": cpu, "connections": load.get("connections"),
+            "out": out}
 
 
 def benchmark(entries: list[Entry], args) -> dict[str, Result]:
@@ -528,6 +551,10 @@ def parseArgs(argv):
         s.add_argument("--tls", action="store_true",
                        help="send over STARTTLS with bench/tlsload.py (both servers: "
                             "smtpd_tls_security_level = may, the same certificate made at run time)")
+        if name == "relay":
+            s.add_argument("--relay-tls", action="store_true",
+                           help="outbound TLS: relay over STARTTLS to bench/tlssink.py (encrypt; "
+                                "Postfix with smtp_tls_connection_reuse = yes)")
         s.add_argument("--tls-key", choices=("rsa", "ecdsa"), default="rsa",
                        help="--tls: the certificate's key, RSA 2048 or ECDSA P-256 (default rsa)")
         s.add_argument("--rounds", type=int, default=1,
@@ -551,6 +578,7 @@ def parseArgs(argv):
                        help="keep the temporary directories (configuration, queues, logs)")
         s.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
+    args.relay_tls = getattr(args, "relay_tls", False)
     if args.messages < 1 or args.sessions < 1 or args.rounds < 1 or args.size < 0:
         p.error("--messages, --sessions and --rounds must be positive, --size not negative")
     if args.warmup is None:
@@ -575,7 +603,7 @@ def main(argv=None) -> int:
     try:
         if not args.tls:
             findProgram("smtp-source")
-        if args.command == "relay":
+        if args.command == "relay" and not args.relay_tls:
             findProgram("smtp-sink")
     except PostfixError as e:
         log(str(e))
@@ -585,23 +613,26 @@ def main(argv=None) -> int:
     results: dict[str, Result] = {}
     log(f"{describe(args)}; work directory {rundir}")
     try:
-        args.tls_files = makeCertificate(rundir / "tls", args.tls_key) if args.tls else None
+        args.tls_files = makeCertificate(rundir / "tls", args.tls_key) if args.tls or args.relay_tls else None
+        inbound = args.tls_files if args.tls else None
         names = [n for n, skip in (("mta", args.skip_mta), ("postfix", args.skip_postfix)) if not skip]
         ports = freePorts(2 * len(names))  # distinct: the servers run side by side
         entries = []
         for i, name in enumerate(names):
             port, relay_port = ports[2 * i], ports[2 * i + 1]
             sink = None
-            if args.command == "relay":
+            if args.relay_tls:
+                sink = TlsSink(relay_port, args.start_timeout, *args.tls_files)
+            elif args.command == "relay":
                 sink = SmtpSink(relay_port, args.start_timeout)
             else:
                 relay_port = None
             if name == "mta":
                 server = MtaServer(rundir / "mta", port, relay_port, args.start_timeout,
-                                   args.mta_root.resolve(), tls=args.tls_files)
+                                   args.mta_root.resolve(), tls=inbound, relay_tls=args.relay_tls)
             else:
                 server = PostfixServer(rundir, port, relay_port, args.start_timeout, args.keep,
-                                       tls=args.tls_files)
+                                       tls=inbound, relay_tls=args.relay_tls)
             entries.append(Entry(server, sink, args.messages))
         results = benchmark(entries, args)
     except KeyboardInterrupt:

@@ -63,10 +63,11 @@ def _clientTls(prefix, group):
     return (
         Parameter(f"{prefix}_tls_security_level", T.Choice(CLIENT_TLS_LEVELS), "may",
                   f"TLS in the {who} client: none, may (STARTTLS when offered, else plaintext), encrypt "
-                  "(TLS required), verify/secure (TLS with a verified certificate whose name matches); "
+                  "(TLS required), dane (RFC 7672 DANE with DNSSEC-validated TLSA records, else may; "
+                  f"needs {prefix}_dns_support_level = dnssec), dane-only (DANE or a deferral), "
+                  "verify/secure (TLS with a verified certificate whose name matches); "
                   "fingerprint (TLS with a certificate or public key whose digest is in "
-                  f"{prefix}_tls_fingerprint_cert_match); dane is may until DANE is built; dane-only is not "
-                  "implemented yet (a load error).", group),
+                  f"{prefix}_tls_fingerprint_cert_match).", group),
         Parameter(f"{prefix}_tls_wrappermode", T.Boolean(), "no",
                   "TLS from the connect, not STARTTLS (port 465 relays); needs encrypt or above in "
                   "Postfix (mta: never plaintext in this mode).", group),
@@ -119,6 +120,19 @@ def _clientTls(prefix, group):
         Parameter(f"{prefix}_tls_fingerprint_digest", T.Choice(("md5", "sha1", "sha256", "sha512")), "sha256",
                   "The digest of the fingerprint level and of match= fingerprints in the policy maps.",
                   group),
+    )
+
+
+def _clientTlsReuse(prefix, group):
+    """TLS connection reuse and session resumption in the SMTP/LMTP client (mta.delivery.tlssessions)."""
+    return (
+        Parameter(f"{prefix}_tls_connection_reuse", T.Boolean(), "yes",
+                  "Cache TLS connections for reuse (same destination and same TLS policy only); no: TLS "
+                  "connections are not cached. Postfix's default is no (mta: yes, no tlsproxy needed).",
+                  group),
+        Parameter(f"{prefix}_tls_session_cache_timeout", T.Time("s"), "3600s",
+                  "How long client TLS sessions are kept for resumption (in memory); 0: no resumption; "
+                  "under 2 minutes means 2 minutes; at most 100 days.", group),
     )
 
 _P = Parameter
@@ -516,6 +530,17 @@ PARAMETERS = (
        "keyed by the next-hop domain (then .parent domains) that return one; the first answer wins. "
        "enforce: only verified TLS (verify, secure, fingerprint, DANE, MTA-STS enforce) to a server "
        "that offers REQUIRETLS, else the mail bounces (5.7.10, 5.7.30).", "smtp"),
+    *_clientTlsReuse("smtp", "smtp"),
+    # -- DNSSEC and DANE in the SMTP client (mta.delivery.dane) --------------------
+    _P("smtp_dns_support_level", T.Choice(("", "disabled", "enabled", "dnssec")), "",
+       "DNS in the SMTP client: disabled (no MX lookups, native host lookups), enabled, dnssec "
+       "(MX, address and TLSA lookups ask for DNSSEC: needed by dane and dane-only); empty: "
+       "disable_dns_lookups decides.", "smtp"),
+    _P("smtp_tls_dane_insecure_mx_policy", T.Choice(("", "may", "encrypt", "dane")), "",
+       "The TLS policy for MX hosts with secure TLSA records found through an insecure MX "
+       "lookup under the dane level: may (TLSA ignored), encrypt (TLS required, not "
+       "authenticated), dane (TLSA used; success logged as Trusted); empty: Postfix's default, "
+       "dane when the level is dane, else may.", "smtp"),
     _P("lmtp_lhlo_name", T.String(), "$myhostname", "The hostname the LMTP client sends in LHLO.", "lmtp"),
     _P("lmtp_lhlo_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the greeting and the LHLO reply.", "lmtp"),
     _P("lmtp_mail_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the reply to MAIL FROM.", "lmtp"),
@@ -540,6 +565,10 @@ PARAMETERS = (
     _P("lmtp_requiretls_policy", T.List(), "opportunistic",
        "The LMTP client's smtp_requiretls_policy: opportunistic sends REQUIRETLS when the server "
        "offers it inside TLS, else delivers as if REQUIRETLS had not been requested.", "lmtp"),
+    *_clientTlsReuse("lmtp", "lmtp"),
+    _P("lmtp_dns_support_level", T.Choice(("", "disabled", "enabled", "dnssec")), "",
+       "The LMTP client's smtp_dns_support_level (LMTP has no MX lookups; dnssec validates host "
+       "addresses for DANE).", "lmtp"),
     # -- routing (trivial-rewrite) --------------------------------------------
     _P("local_transport", T.String(), "error:5.1.1 local delivery is not available",
        "transport:nexthop for $mydestination recipients that no alias rewrites (mta has no "

@@ -1,8 +1,15 @@
 """mta.delivery.connectioncache - idle SMTP/LMTP client connections kept for reuse (Postfix's scache(8), in the process).
 
-ConnectionCache keeps idle client sessions by destination (the next-hop
-as routed: a connection is reused only for the destination it was reached
-for).  put() keeps a session that finished a transaction, unless it has
+ConnectionCache keeps idle client sessions by key: cacheKey(destination,
+policyKey, *extra), the destination (the next-hop as routed: a connection
+is reused only for the destination it was reached for), the TLS policy it
+was made under (mta.delivery.tlspolicy's SitePolicy.reuseKey: a connection
+made under one policy never serves a destination whose policy differs)
+and any further part the caller needs (the SASL identity the connection
+logged in as).  Keys are compared whole; the cache never looks inside
+them.  Whether a TLS connection is cached at all is the caller's decision
+(smtp_tls_connection_reuse, the policy's connection_reuse=; see
+mta.delivery.smtp).  put() keeps a session that finished a transaction, unless it has
 been used smtp_connection_reuse_count_limit times or is older than
 smtp_connection_reuse_time_limit (then it gets QUIT), and closes it
 (QUIT) after smtp_connection_cache_time_limit of idleness.  take() gives
@@ -22,7 +29,17 @@ CONFIGURATION
 import attrs
 from twisted.internet.defer import DeferredList
 
-__all__ = ["ConnectionCache"]
+__all__ = ["ConnectionCache", "cacheKey"]
+
+
+def cacheKey(destination, policyKey=None, *extra):
+    """
+    The key of a cached connection: (destination, policy key, extra...).
+    C{policyKey} is the TLS policy's reuseKey (None: no TLS policy); each
+    of C{extra} (a SASL identity, ...) must be hashable; empty parts are
+    left out, so cacheKey(d, k) == cacheKey(d, k, None).
+    """
+    return (destination, policyKey, *(part for part in extra if part not in (None, "", ())))
 
 
 @attrs.define
@@ -52,9 +69,13 @@ class ConnectionCache:
         self.idleLimit = idleLimit
         self.reuseLimit = reuseLimit
         self.countLimit = countLimit
-        self._idle = {}  # destination -> [_Cached]
+        self._idle = {}  # key (cacheKey()) -> [_Cached]
+
+    def __len__(self):
+        return sum(len(entries) for entries in self._idle.values())
 
     def put(self, destination, session, remote, created, uses):
+        """Keep C{session} idle under the key C{destination} (a cacheKey()), or QUIT it (limits)."""
         if self.countLimit and uses >= self.countLimit:
             session.quit()
             return
@@ -66,7 +87,7 @@ class ConnectionCache:
         self._idle.setdefault(destination, []).append(entry)
 
     def take(self, destination):
-        """An idle connection reached for C{destination}, or None."""
+        """An idle connection cached under exactly the key C{destination} (a cacheKey()), or None."""
         entries = self._idle.get(destination)
         while entries:
             entry = entries.pop()

@@ -13,6 +13,12 @@ blocks the reactor.  It is the lookup logic; its parts are
                               -> Deferred[list[str]]
     lookupRecords(name, rdtype) -> Deferred[list[dnspython rdata]]
 
+    With dnssec=True (smtp_dns_support_level = dnssec) each of them asks
+    with the DO and AD bits and returns an Answer: the same list, with
+    ``secure`` (every reply of the CNAME chain had the AD bit, from a
+    trusted server) and ``name`` (the last name of the chain: the
+    CNAME-expanded name that RFC 7672 2.2.3 looks TLSA records up at).
+
 Results: a list (empty for NODATA: the name exists without records of the
 type).  Failures: DNSError, with ``temporary`` (SERVFAIL, REFUSED and
 every other error rcode, timeouts, network errors: try again later) or
@@ -52,8 +58,18 @@ SECURITY
     answer records for the names of the chain that starts at the question
     are used; the additional and authority sections are never cached (the
     SOA only gives a negative TTL).  No 0x20 case randomization and no
-    DNSSEC validation: a resolver on the path (ideally on loopback) is
-    trusted, as Postfix trusts the system's.
+    DNSSEC validation here: a validating resolver does it, and its AD
+    bit says so.  The AD bit is believed only from a trusted server: one
+    named in dns_servers (the administrator chose it), or a loopback
+    address from /etc/resolv.conf (nobody on the network can forge the
+    bit on the way); from any other server an answer is never "secure".
+    Negative answers are never secure (a secure denial is not needed:
+    no TLSA records and insecure TLSA records mean the same to DANE).
+
+DEVIATIONS
+    Postfix trusts the AD bit of whatever resolver /etc/resolv.conf
+    names; mta trusts a resolv.conf server only on a loopback address
+    (dns_servers entries are trusted as configured).
 
 CONFIGURATION
     dns_servers (empty: /etc/resolv.conf).  The timeout (5 s) and attempts
@@ -65,6 +81,7 @@ import ipaddress
 import socket
 
 import dns.exception
+import dns.flags
 import dns.name
 import dns.rcode
 import dns.rdataclass
@@ -86,7 +103,7 @@ from mta.delivery.dnswire import (  # noqa: F401 - parseServer and systemServers
 )
 from mta.interfaces import IDNSResolver, IHostResolver
 
-__all__ = ["DNSError", "Resolver", "SystemResolver", "nameServiceError", "nameText", "parseServer",
+__all__ = ["Answer", "DNSError", "Records", "Resolver", "SystemResolver", "nameServiceError", "nameText", "parseServer",
            "systemServers", "toASCII", "toName"]
 
 log = Logger()
@@ -100,6 +117,36 @@ TRY_AGAIN = "Host not found, try again"
 NO_DATA = "Host found but no data record of requested type"
 
 FAMILIES = {"ipv4": dns.rdatatype.A, "ipv6": dns.rdatatype.AAAA}
+
+
+class Records(tuple):
+    """Records as the cache keeps them: a tuple, with C{secure} and the chain's last C{name}."""
+
+    def __new__(cls, items=(), secure=False, name=None):
+        self = super().__new__(cls, items)
+        self.secure = secure
+        self.name = name
+        return self
+
+
+class Answer(list):
+    """
+    The result of a dnssec=True lookup: a list (records, addresses or MX
+    pairs) with C{secure} (DNSSEC-validated by a trusted resolver) and
+    C{name} (the CNAME-expanded name, text, or None).
+    """
+
+    def __init__(self, items=(), secure=False, name=None):
+        super().__init__(items)
+        self.secure = secure
+        self.name = name
+
+
+def _isLoopback(address):
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class DNSError(Exception):
@@ -238,6 +285,8 @@ class Resolver:
         for server in servers or ():
             parsed.append(parseServer(server) if isinstance(server, str) else (str(server[0]), int(server[1])))
         self.servers = tuple(parsed) or systemServers(resolvConf)
+        # Whose AD bit is believed (see SECURITY): configured servers, or loopback ones from resolv.conf.
+        self.trustedServers = frozenset(s for s in self.servers if parsed or _isLoopback(s[0]))
         if timeout <= 0:
             raise ValueError("the DNS timeout must be positive")
         self.timeout = float(timeout)
@@ -248,75 +297,89 @@ class Resolver:
 
     # -- public API ------------------------------------------------------
 
-    def lookupMX(self, domain):
-        """The MX records of C{domain}: [(preference, exchange)], answer order."""
-        return Deferred.fromCoroutine(self._lookupMX(domain))
+    def lookupMX(self, domain, dnssec=False):
+        """The MX records of C{domain}: [(preference, exchange)], answer order (an Answer with dnssec)."""
+        return Deferred.fromCoroutine(self._lookupMX(domain, dnssec))
 
-    def lookupAddresses(self, name, families=("ipv4", "ipv6"), preference="any"):
+    def lookupAddresses(self, name, families=("ipv4", "ipv6"), preference="any", dnssec=False):
         """
         The addresses of C{name}: A and/or AAAA records as C{families} asks
         (inet_protocols), in that order or with C{preference}'s family first
         (smtp_address_preference: any, ipv4, ipv6).  An IP address is its
         own result.  Records of one family are enough: a failure of the
-        other is then ignored, as by Postfix.
+        other is then ignored, as by Postfix.  With dnssec, an Answer that
+        is secure when every family's records were.
         """
-        return Deferred.fromCoroutine(self._lookupAddresses(name, tuple(families), preference))
+        return Deferred.fromCoroutine(self._lookupAddresses(name, tuple(families), preference, dnssec))
 
-    def lookupRecords(self, name, rdtype):
-        """The rdata of type C{rdtype} for C{name}, CNAMEs followed."""
-        return Deferred.fromCoroutine(self._lookupRecords(name, dns.rdatatype.RdataType.make(rdtype)))
+    def lookupRecords(self, name, rdtype, dnssec=False):
+        """The rdata of type C{rdtype} for C{name}, CNAMEs followed (an Answer with dnssec)."""
+        return Deferred.fromCoroutine(self._lookupRecords(name, dns.rdatatype.RdataType.make(rdtype), dnssec))
 
     # -- lookups ------------------------------------------------------------
 
-    async def _lookupMX(self, domain):
-        records = await self._lookupRecords(domain, dns.rdatatype.MX)
-        return [(rdata.preference, nameText(rdata.exchange)) for rdata in records]
+    async def _lookupMX(self, domain, dnssec=False):
+        records = await self._lookupRecords(domain, dns.rdatatype.MX, dnssec)
+        pairs = [(rdata.preference, nameText(rdata.exchange)) for rdata in records]
+        return Answer(pairs, records.secure, records.name) if dnssec else pairs
 
-    async def _lookupAddresses(self, name, families, preference):
+    async def _lookupAddresses(self, name, families, preference, dnssec=False):
         _checkFamilies(families, preference)
         literal = _literal(name, families)
         if literal is not None:
-            return literal
+            return Answer(literal, True, None) if dnssec else literal
         if not families:
-            return []
-        deferreds = [Deferred.fromCoroutine(self._lookupRecords(name, FAMILIES[family]))
+            return Answer() if dnssec else []
+        deferreds = [Deferred.fromCoroutine(self._lookupRecords(name, FAMILIES[family], dnssec))
                      for family in families]
         results = await defer.DeferredList(deferreds, consumeErrors=True)
         byFamily = {}
         problems = []
+        secure, canonical = True, None
         for family, (ok, value) in zip(families, results):
             if ok:
                 byFamily[family] = [str(ipaddress.ip_address(rdata.address)) for rdata in value]
+                if dnssec and len(value):
+                    secure = secure and value.secure
+                    canonical = canonical or value.name
             elif value.check(DNSError):
                 problems.append(value.value)
             else:
                 value.raiseException()
         addresses = _orderAddresses(byFamily, families, preference)
         if addresses:
-            return addresses
+            return Answer(addresses, secure, canonical) if dnssec else addresses
         for problem in problems:
             if problem.temporary:
                 raise problem
         if problems:
             raise problems[-1]
-        return []
+        return Answer() if dnssec else []
 
-    async def _lookupRecords(self, name, rdtype):
+    async def _lookupRecords(self, name, rdtype, dnssec=False):
+        records = await self._lookupCached(name, rdtype, dnssec)
+        if dnssec:
+            return Answer(records, records.secure, None if records.name is None else nameText(records.name))
+        return list(records)
+
+    async def _lookupCached(self, name, rdtype, dnssec=False):
+        """A L{Records} (from the cache, a query in flight or a new one), or DNSError."""
         typeText = dns.rdatatype.to_text(rdtype)
         try:
             qname = toName(name)
         except ValueError:
             raise DNSError(f"Name service error for {name}: invalid host or domain name", temporary=False,
                            notFound=True, name=name, rdtype=typeText) from None
-        key = (qname, rdtype)
+        # DNSSEC answers (DO/AD asked) are kept apart: a plain answer says nothing of security.
+        key = (qname, rdtype, "dnssec") if dnssec else (qname, rdtype)
         for cacheKey in (key, (qname, None)):
             cached = self.cache.get(cacheKey)
             if cached is NXDOMAIN:
                 raise self._nxdomain(qname, typeText, "cached")
             if cached is NODATA:
-                return []
+                return Records()
             if cached is not None:
-                return list(cached)
+                return cached
         flight = self._flights.get(key)
         if flight is not None:
             return await flight.wait()
@@ -327,7 +390,7 @@ class Resolver:
             self._flights.pop(key, None)
             flight.fire(result)
 
-        Deferred.fromCoroutine(self._resolve(qname, rdtype)).addBoth(done)
+        Deferred.fromCoroutine(self._resolve(qname, rdtype, key, dnssec)).addBoth(done)
         return await waiter
 
     def _nxdomain(self, qname, typeText, detail):
@@ -335,15 +398,18 @@ class Resolver:
                         rcode=dns.rcode.NXDOMAIN, notFound=True, name=nameText(qname), rdtype=typeText,
                         detail=detail)
 
-    async def _resolve(self, qname, rdtype):
-        """Query, follow CNAMEs, cache; the records, or DNSError."""
+    async def _resolve(self, qname, rdtype, key=None, dnssec=False):
+        """Query, follow CNAMEs, cache; the L{Records}, or DNSError."""
         typeText = dns.rdatatype.to_text(rdtype)
+        key = key or (qname, rdtype)
         current = qname
         chainTTL = float("inf")
         seen = {qname}
         links = 0
+        secure = dnssec
         while True:
-            response, server = await self._query(current, rdtype)
+            response, server = await self._query(current, rdtype, dnssec)
+            secure = secure and self._authenticated(response, server)
             records, last, ttl, chain = self._answer(response, current, rdtype)
             chainTTL = min(chainTTL, ttl)
             for name in chain:
@@ -353,11 +419,12 @@ class Resolver:
                 seen.add(name)
                 links += 1
             if records:
-                self.cache.put((qname, rdtype), tuple(records), chainTTL)
-                return records
+                found = Records(records, secure, last)
+                self.cache.put(key, found, chainTTL)
+                return found
             negativeTTL = min(chainTTL, self._negativeTTL(response))
             if response.rcode() == dns.rcode.NXDOMAIN:
-                self.cache.put((qname, rdtype), NXDOMAIN, negativeTTL)
+                self.cache.put(key, NXDOMAIN, negativeTTL)
                 if last == qname:
                     self.cache.put((qname, None), NXDOMAIN, negativeTTL)
                 raise self._nxdomain(qname, typeText, f"NXDOMAIN for {nameText(last)} from {server}")
@@ -365,8 +432,12 @@ class Resolver:
                 # The server gave part of a CNAME chain only: ask for the rest.
                 current = last
                 continue
-            self.cache.put((qname, rdtype), NODATA, negativeTTL)
-            return []
+            self.cache.put(key, NODATA, negativeTTL)
+            return Records()
+
+    def _authenticated(self, response, server):
+        """The AD bit of a reply from a trusted server (see SECURITY)."""
+        return bool(response.flags & dns.flags.AD) and server in self._trustedText
 
     @staticmethod
     def _answer(response, qname, rdtype):
@@ -404,7 +475,11 @@ class Resolver:
 
     # -- the wire ---------------------------------------------------------
 
-    async def _query(self, qname, rdtype):
+    @property
+    def _trustedText(self):
+        return {serverText(s) for s in self.trustedServers}
+
+    async def _query(self, qname, rdtype, dnssec=False):
         """
         An answer (NOERROR or NXDOMAIN) for one question, trying every server
         C{attempts} times; else a temporary DNSError.
@@ -416,7 +491,7 @@ class Resolver:
             for server in self.servers:
                 where = serverText(server)
                 try:
-                    response = await self.wire.exchange(server, qname, rdtype)
+                    response = await self.wire.exchange(server, qname, rdtype, dnssec)
                 except (DNSTimeout, DNSNetworkError) as e:
                     problems.append(f"{e} at {where}")
                     continue

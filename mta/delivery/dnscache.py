@@ -106,5 +106,7 @@ class Flight:
         for d in waiters:
             if isinstance(result, Failure):
                 d.errback(result)
+            elif isinstance(result, tuple):
+                d.callback(result)  # immutable (mta.delivery.dns.Records): shared as it is
             else:
                 d.callback(list(result))

@@ -250,12 +250,19 @@ class DNSWire:
         self.payload = payload
         self.rng = rng if rng is not None else random.SystemRandom()
 
-    async def exchange(self, server, qname, rdtype):
-        """The server's response to a query for C{qname}/C{rdtype}; DNSTimeout or DNSNetworkError."""
+    async def exchange(self, server, qname, rdtype, dnssec=False):
+        """
+        The server's response to a query for C{qname}/C{rdtype}; DNSTimeout or
+        DNSNetworkError.  With C{dnssec} the query has the DO bit (EDNS0) and
+        the AD bit (RFC 6840 5.7: "tell me whether you validated it").
+        """
         useEdns = self.edns
         while True:
             query = dns.message.make_query(qname, rdtype, use_edns=0 if useEdns else False,
+                                           want_dnssec=bool(dnssec and useEdns),
                                            payload=self.payload, id=self.rng.randrange(65536))
+            if dnssec:
+                query.flags |= dns.flags.AD
             response = await self._udp(server, query)
             if response is _TRUNCATED or response.flags & dns.flags.TC:
                 response = await self._tcp(server, query)

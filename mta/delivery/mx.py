@@ -54,6 +54,14 @@ With best_mx_transport set, a 5.4.6 becomes PassToTransport(transport,
 nexthop) for the caller to hand the mail over (Postfix's
 deliver_pass_all()).
 
+DNSSEC (dnssec=True, smtp_dns_support_level = dnssec): the MX and
+address lookups ask with the DO/AD bits (mta.delivery.dns), and each Host
+carries C{mxSecure} (the MX RRset was validated; True where there is none:
+a [host] or implicit-MX destination, which Postfix treats as a statically
+validated "MX 0 host"), C{secure} (its address RRset was) and
+C{canonical} (its CNAME-expanded name): what DANE (mta.delivery.dane)
+decides from.
+
 Limits: smtp_balance_inet_protocols keeps both IPv4 and IPv6 addresses
 within smtp_mx_address_limit (Postfix's smtp_balance_inet_proto()), then
 the list is cut at smtp_mx_address_limit (0: no limit).  The session
@@ -123,6 +131,10 @@ class Host:
     address: str
     port: int
     preference: int
+    # smtp_dns_support_level = dnssec only (else all False/""): DANE's inputs (mta.delivery.dane)
+    secure: bool = False  # the host's address RRset was DNSSEC-validated
+    mxSecure: bool = False  # the MX RRset that named it was (True: no MX RRset, as [host] or implicit MX)
+    canonical: str = ""  # the CNAME-expanded host name, when it differs
 
 
 class HostList(list):
@@ -267,7 +279,10 @@ class _Selection:
     # -- smtp_addr_one --------------------------------------------------------
 
     async def addrOne(self, host, why):
-        """The addresses of one host name (or address); problems go to C{why}."""
+        """
+        The addresses of one host name (or address); problems go to C{why}.
+        With dnssec, an Answer (mta.delivery.dns) whose C{secure} tells.
+        """
         address = _asAddress(host)
         if address is not None:
             if f"ipv{address.version}" in self.families:
@@ -277,9 +292,13 @@ class _Selection:
             return []
         if "dns" in self.hostLookup:
             try:
-                addresses = await self.resolver.lookupAddresses(host, self.families, "any")
+                if self.dnssec:
+                    addresses = await self.resolver.lookupAddresses(host, self.families, "any", dnssec=True)
+                else:
+                    addresses = await self.resolver.lookupAddresses(host, self.families, "any")
             except DNSError as e:
                 if e.temporary:
+                    # (with dnssec, Postfix too never goes on to "native" after a temporary failure)
                     why.set("4.4.3", e.text)
                     return []
                 why.set(why.hard("4.4.4", "5.4.4"), e.text)
@@ -371,18 +390,26 @@ class _Selection:
         addresses = await self.addrOne(name, why)
         if not addresses:
             raise self.problem(why.dsn or "5.4.4", why.text or f"{name}: host not found")
-        hosts = [Host(name, address, self.nexthop.port, 0) for address in addresses]
+        hosts = [self.host(name, address, 0, addresses, True) for address in addresses]
         if self.loopDetect and any(self.isMe(host) for host in hosts):
             return self.loop(name)
         hosts = self.order(hosts, sortFamilies=len(self.families) > 1)
         return self.result(hosts)
+
+    def host(self, name, address, preference, answer, mxSecure):
+        """A Host; with dnssec, the DNSSEC status of its MX and address RRsets (DANE's inputs)."""
+        if not self.dnssec:
+            return Host(name, address, self.nexthop.port, preference)
+        canonical = getattr(answer, "name", None) or ""
+        return Host(name, address, self.nexthop.port, preference, secure=bool(getattr(answer, "secure", False)),
+                    mxSecure=mxSecure, canonical="" if canonical == name.lower().rstrip(".") else canonical)
 
     # -- smtp_domain_addr -------------------------------------------------
 
     async def domainAddresses(self, name):
         why = self.why
         try:
-            records = await self.resolver.lookupMX(name)
+            records = await (self.resolver.lookupMX(name, dnssec=True) if self.dnssec else self.resolver.lookupMX(name))
         except DNSError as e:
             if not e.temporary:
                 # NXDOMAIN, invalid name: Postfix's DNS_NOTFOUND.
@@ -408,6 +435,7 @@ class _Selection:
                 return await self.hostAddresses(name)
             raise self.problem("5.4.4", f"Name service error for name={name} type=MX: "
                                         "Malformed or unexpected name server reply")
+        mxSecure = bool(getattr(records, "secure", False))
         records = valid
         if len(records) > DNS_RR_LIST_LIMIT:
             self.warn(f"DNS resource record limit ({DNS_RR_LIST_LIMIT}) exceeded while looking up MX "
@@ -428,7 +456,7 @@ class _Selection:
         for (preference, exchange), addresses, w in zip(records, results, whys):
             if w.dsn is not None:
                 why.set(w.dsn, w.text)
-            hosts.extend(Host(exchange, address, self.nexthop.port, preference) for address in addresses)
+            hosts.extend(self.host(exchange, address, preference, addresses, mxSecure) for address in addresses)
         if not hosts:
             dsn, text = why.dsn or "5.4.4", why.text or f"no MX host for {name} has a valid address record"
             if self.deferIfNoMxAddressFound and dsn.startswith("5"):
@@ -498,7 +526,7 @@ async def destinationHosts(resolver, nexthop, *, randomize=True, mxAddressLimit=
                            hostLookup=("dns",), families=("ipv4", "ipv6"), addressPreference="any",
                            balanceInetProtocols=True, myAddresses=frozenset(), myHostnames=frozenset(),
                            bestMxTransport="", lmtp=False, relay=False, relayName="relayhost",
-                           nativeResolver=None, rng=random, maillog=None):
+                           nativeResolver=None, rng=random, maillog=None, dnssec=False):
     """
     The hosts to try for C{nexthop} (a L{Nexthop} or its text), as a
     L{HostList}; or L{PassToTransport}; or raise L{DeliveryProblem}.
@@ -519,6 +547,9 @@ async def destinationHosts(resolver, nexthop, *, randomize=True, mxAddressLimit=
         L{SystemResolver} on the resolver's reactor.
     @param rng: has C{shuffle} (the random module, or a seeded Random).
     @param maillog: a L{mta.maillog.MailLogger} for warnings, or None.
+    @param dnssec: smtp_dns_support_level = dnssec: MX and address lookups
+        ask for DNSSEC, and each Host says whether its MX and address
+        RRsets were validated (C{mxSecure}, C{secure}).
     """
     if isinstance(nexthop, str):
         nexthop = parseNexthop(nexthop, "lmtp" if lmtp else "smtp")
@@ -548,7 +579,7 @@ async def destinationHosts(resolver, nexthop, *, randomize=True, mxAddressLimit=
         hostLookup=hostLookup, families=families, addressPreference=addressPreference,
         balanceInetProtocols=balanceInetProtocols, myAddresses=_addressSet(myAddresses),
         myHostnames=frozenset(n.lower().rstrip(".") for n in myHostnames), bestMxTransport=bestMxTransport,
-        relay=relay, relayName=relayName, nativeResolver=nativeResolver, rng=rng, maillog=maillog,
+        relay=relay, relayName=relayName, nativeResolver=nativeResolver, rng=rng, maillog=maillog, dnssec=dnssec,
         loopDetect=not lmtp and nexthop.port == 25))
     if nexthop.kind == "mx" and not lmtp and not disableDnsLookups:
         return await selection.domainAddresses(nexthop.name)

@@ -25,10 +25,25 @@ RSET, while it is younger than smtp_connection_reuse_time_limit and has
 been used fewer than smtp_connection_reuse_count_limit times; the mail
 log then says conn_use=N.  Postfix caches on demand (while a destination
 has a backlog); mta caches every finished connection, which the short
-idle limit makes cheap (mta.delivery.connectioncache).  A cached
-connection is reused only where the TLS policy allows it: never a
-plaintext one where TLS is required (encrypt and above), never one made
-under another policy (SitePolicy.reuseKey).
+idle limit makes cheap (mta.delivery.connectioncache).  The cache's key
+is the destination, the TLS policy (SitePolicy.reuseKey; the transport's
+ClientTls) and the SASL identity, if any: a connection made under one TLS
+policy never serves a destination whose policy differs, and on top of
+that never a plaintext one where TLS is required (encrypt and above), nor
+one made under another level.  TLS connections are cached only with
+smtp_tls_connection_reuse = yes (mta's default; Postfix's is no, since it
+needs tlsproxy(8)) or the policy's connection_reuse=yes; with no, a TLS
+connection gets QUIT after its delivery, as in Postfix.
+
+TLS sessions are resumed (smtp_tls_session_cache_timeout, 0: never): the
+transport keeps the sessions of its TLS connections in memory by server
+address, port, SNI and TLS policy (mta.delivery.tlssessions) and offers
+the session to the next new connection to the same server; with
+smtp_tls_loglevel >= 2 the log says "smtp:ADDR:PORT: Reusing old session"
+(the handshake line still says "established"); a cached TLS connection
+used again logs "Untrusted TLS connection reused to ..." at
+smtp_tls_loglevel >= 1, as Postfix's tlsproxy-backed reuse does.
+
 
 TLS (smtp_tls_security_level and the rest, mta.delivery.smtptls; per
 destination smtp_tls_policy_maps and the other sources of
@@ -80,7 +95,8 @@ CONFIGURATION
     smtp_balance_inet_protocols, proxy_interfaces, dns_servers, lmtp_tcp_port,
     smtp_connection_cache_on_demand, smtp_connection_cache_destinations,
     smtp_connection_cache_time_limit, smtp_connection_reuse_time_limit,
-    smtp_connection_reuse_count_limit, disable_mime_output_conversion,
+    smtp_connection_reuse_count_limit, smtp_tls_connection_reuse,
+    smtp_tls_session_cache_timeout, disable_mime_output_conversion,
     smtp_tls_* and lmtp_tls_* (mta.delivery.smtptls, mta.delivery.smtpstarttls),
     notify_classes (protocol: see below), error_notice_recipient,
     bounce_notice_recipient, double_bounce_sender, best_mx_transport (mail whose best
@@ -93,6 +109,11 @@ CONFIGURATION
     LmtpClientSettings (``lmtpClient``), built and checked at load.
 
 DEVIATIONS FROM POSTFIX
+    * smtp_tls_connection_reuse defaults to yes (Postfix: no); no
+      tlsproxy(8) or scache(8) is needed, the cache is in the process.
+    * Client TLS sessions are cached in memory without
+      smtp_tls_session_cache_database (Postfix caches them only when that
+      names a database); they do not survive a restart.
     * Under encrypt and above a STARTTLS refused with 5xx defers the host
       like a 4xx (Postfix's smtp_site_fail() may bounce on a 5xx at the
       last host); no mail is lost to a server's TLS trouble.
@@ -117,9 +138,11 @@ from mta.delivery.localaddr import listenerAddresses, parseAddress
 from mta.delivery.mime7bit import to7bit
 from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts
 from mta.delivery.nexthop import parseNexthop
-from mta.delivery.connectioncache import ConnectionCache
+from mta.delivery.connectioncache import ConnectionCache, cacheKey
 from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
 from mta.delivery.tlspolicy import TlsPolicy
+from mta.delivery.tlssessions import TlsSessionCache
+from mta.delivery.dane import Dane
 from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
@@ -207,6 +230,14 @@ class SMTPTransport:
         # MTA-STS): mta.delivery.tlspolicy; it also holds the TLS contexts, one per distinct policy.
         self.tlsPolicy = TlsPolicy(settings, self.resolver, self.reactor, getattr(context, "tables", None),
                                    warn=self._warn)
+        # TLS session resumption (smtp_tls_session_cache_timeout; mta.delivery.tlssessions).
+        sessionTimeout = TlsSessionCache.effectiveTimeout(settings.tlsSessionCacheTimeout)
+        self.tlsSessions = TlsSessionCache(self.reactor, sessionTimeout) if sessionTimeout else None
+        # DANE (smtp_tls_security_level dane / dane-only, per MX host): mta.delivery.dane.
+        self.tlsPolicy.dane = Dane(self.resolver, settings, self.maillog)
+        if settings.tls.daneProblem:
+            self._warn(f"{settings.tls.daneProblem}: " + ("DANE is not used (may)" if settings.tls.level == "may"
+                                                          else "every delivery defers"))
         # Postmaster transcripts (notify_classes) go through the generation's one cleanup.
         self.notices = None if notices is None else TranscriptNotices(notices, context.cleanup, self.reactor,
                                                                       self.maillog)
@@ -224,7 +255,8 @@ class SMTPTransport:
             mxSessionLimit=settings.mxSessionLimit,
             ignoreMxLookupError=settings.ignoreMxLookupError,
             deferIfNoMxAddressFound=settings.deferIfNoMxAddressFound,
-            disableDnsLookups=settings.disableDnsLookups,
+            disableDnsLookups=settings.dnsDisabled,  # disable_dns_lookups or smtp_dns_support_level
+            dnssec=settings.dnssec,  # smtp_dns_support_level = dnssec: Hosts say what was validated (DANE)
             hostLookup=settings.hostLookup,
             families=settings.families,
             addressPreference=settings.addressPreference,
@@ -258,9 +290,10 @@ class SMTPTransport:
         sites = {}  # destination -> (Nexthop, SitePolicy), or a problem tuple
         first = await self._site(request, destinations[0])
         sites[destinations[0]] = first
-        cached = self.cache.take(request.nexthop)
-        if cached is not None and not (isinstance(first, tuple) and len(first) == 2
-                                       and self._tlsAllows(cached.session, first[1])):
+        usable = isinstance(first, tuple) and len(first) == 2
+        cached = self.cache.take(self._cacheKey(request.nexthop, first[1].reuseKey,
+                                                self._saslIdentityFor(request))) if usable else None
+        if cached is not None and not self._tlsAllows(cached.session, first[1]):
             cached.session.quit()
             cached = None
         if cached is not None:
@@ -390,6 +423,34 @@ class SMTPTransport:
             return False
         return getattr(session, "siteKey", None) == site.reuseKey
 
+    def _cacheKey(self, destination, policyKey=None, identity=None):
+        """
+        The connection cache's key: the destination, the TLS policy (the
+        destination's SitePolicy.reuseKey; the transport's ClientTls
+        without one) and the SASL identity the connection logged in as, if
+        any: a connection made under one policy never serves another.
+        """
+        return cacheKey(destination, self.settings.tls if policyKey is None else policyKey, identity)
+
+    def _saslIdentityFor(self, request):
+        """
+        The SASL identity a delivery of C{request} would log in as (the SASL
+        client sets the session's saslIdentity; its lookup goes here).  None:
+        only connections that did not log in are taken from the cache.
+        """
+        return None
+
+    def _tlsReuse(self, site=None):
+        """May a TLS connection be cached?  The policy's connection_reuse=, else smtp_tls_connection_reuse."""
+        return site.connectionReuse if site is not None else self.settings.tlsConnectionReuse
+
+    def _keep(self, key, session, remote, created, uses, site=None):
+        """Cache an idle connection, unless it is a TLS one and TLS connection reuse is off (then QUIT)."""
+        if session.tlsActive and not self._tlsReuse(site):
+            session.quit()
+            return
+        self.cache.put(key, session, remote, created, uses)
+
     def _cacheable(self, destination):
         return self.settings.cacheOnDemand or destination in self.settings.cacheDestinations
 
@@ -402,13 +463,19 @@ class SMTPTransport:
         if not usable:
             return None
         uses = cached.uses + 1
+        session = cached.session
+        if session.tlsInfo is not None and session.site.tls.loglevel >= 1 and session.tlsVerdict is not None:
+            # Postfix's line for a cached TLS connection used again (TLS_USAGE_USED).
+            self.maillog.emit(attrs.evolve(session.tlsInfo, reused=True).clientLogLine(
+                cached.remote.relay, session.tlsVerdict.trust), request.queue_id)
         subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
         outcome = await cached.session.deliver(subrequest, self._content(cached.session, request), cached.remote,
                                                keepOpen=True)
         self._chatNotify(cached.session, request, cached.remote)
         outcome = attrs.evolve(outcome, results=tuple(attrs.evolve(r, conn_use=uses) for r in outcome.results))
         if outcome.reusable:
-            self.cache.put(request.nexthop, cached.session, cached.remote, cached.created, uses)
+            key = self._cacheKey(request.nexthop, cached.session.siteKey, getattr(cached.session, "saslIdentity", None))
+            self._keep(key, cached.session, cached.remote, cached.created, uses, getattr(cached.session, "site", None))
         return outcome
 
     async def _session(self, request, pending, nexthop, host, destination, tlsLevel=None, site=None, siteKey=None):
@@ -435,6 +502,7 @@ class SMTPTransport:
         session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript, tls=tls,
                                     tlsLevel=tlsLevel, site=site, policy=self.tlsPolicy)
         session.siteKey = site.reuseKey if siteKey is None else siteKey  # what a cached reuse must match
+        session.tlsSessions = self.tlsSessions
         try:
             await connectProtocol(endpoint, session)
         except Exception as e:
@@ -445,7 +513,8 @@ class SMTPTransport:
         outcome = await session.deliver(subrequest, self._content(session, request), remote, keepOpen=keepOpen)
         self._chatNotify(session, request, remote)
         if keepOpen and outcome.reusable:
-            self.cache.put(destination, session, remote, created, 1)
+            self._keep(self._cacheKey(destination, session.siteKey, getattr(session, "saslIdentity", None)),
+                       session, remote, created, 1, site)
         policy = site.tls
         if session.tlsFailed and tlsLevel is None and policy.level == "may" and not policy.wrapperMode:
             self.maillog.emit(f"{remote.relay}: TLS handshake failed; trying again without TLS (smtp_tls_security_level"

@@ -376,6 +376,7 @@ class SMTPClientSession(StartTLS, ClientConnection):
             # After the TLS handshake there is no greeting: EHLO again, trusting nothing from before.
             if not await self._hello(tx, bestMx, True):
                 return False
+        self._tlsSettle()
         self._greeted = True
         return True
 

@@ -32,6 +32,14 @@ DESCRIPTION
     established to NAME[ADDR]:PORT: TLSv1.3 with cipher ... (256/256 bits)
     key-exchange X25519 server-signature RSA-PSS (2048 bits)".
 
+    Session resumption (mta.delivery.tlssessions): when the transport
+    gives the session a cache (tlsSessions), the handshake offers the
+    session stored for (address, port, SNI, SitePolicy.reuseKey), a
+    policy-accepted handshake stores its session (taken after the first
+    reply inside TLS: TLS 1.3 tickets), a refused one drops it; a resumed
+    session keeps the original's chain verdict, and smtp_tls_loglevel >= 2
+    logs Postfix's "smtp:ADDR:PORT: Reusing old session".
+
 SECURITY
     What the server sends after its 220 to STARTTLS and before the
     handshake is dropped unread (mta.delivery.smtpconnection); the
@@ -45,6 +53,8 @@ DEVIATIONS
     does not either; its TLS words are in the lines above).
 """
 
+import attrs
+from OpenSSL._util import lib
 from twisted.logger import Logger
 
 from mta.delivery.smtpconnection import _Broken
@@ -122,7 +132,9 @@ class StartTLS:
             self.tls = self.tlsPolicy.context(policy) if self.tlsPolicy is not None else ClientTLS(policy)
         self._discardInput()
         self._stage = "performing the TLS handshake"
-        creator = self.tls.creator(serverNameFor(policy, tx.host, tx.request.nexthop))
+        serverName = serverNameFor(policy, tx.host, tx.request.nexthop)
+        sessions, sessionKey, offered = self._tlsOffer(tx, serverName)
+        creator = self.tls.creator(serverName, offered[0] if offered else None)
         try:
             await self._beginTLS(creator, policy.starttlsTimeout)
         except _Broken as e:
@@ -133,13 +145,26 @@ class StartTLS:
             tx.local(tx.pending(), "deferred", "4.7.5", "Cannot start TLS: handshake failure", retry=True)
             return False
         connection = self.transport.getHandle()
+        resumed = offered is not None and bool(lib.SSL_session_reused(connection._ssl))
+        if resumed and not offered[1]:
+            self.tls.markUntrusted(connection)  # no chain check on resumption: the original's verdict
         verdict = self.tls.judge(connection, matchNamesFor(policy, tx.host, tx.request.nexthop))
         if self.tlsPolicy is not None:
             verdict = self.tlsPolicy.judge(self.site, verdict, connection, tx.host)
         self.tlsVerdict = verdict
         self.tlsInfo = TlsInfo.fromConnection(connection, verdict.trusted, client=True)
+        if resumed and policy.loglevel >= 2:
+            self._note(f"{'lmtp' if self.settings.lmtp else 'smtp'}:{tx.host.address}:{tx.host.port}: "
+                       f"Reusing old session")
         if policy.loglevel >= 1 or verdict.failure:
-            self._note(self.tlsInfo.clientLogLine(tx.host.relay, verdict.trust))
+            # A new connection is "established" even when its session was resumed (Postfix's words:
+            # "reused" is for a cached connection used again, logged by mta.delivery.smtp).
+            self._note(attrs.evolve(self.tlsInfo, reused=False).clientLogLine(tx.host.relay, verdict.trust))
+        if sessions is not None:
+            if verdict.failure:
+                sessions.forget(sessionKey)
+            else:
+                sessions.remember(sessionKey, connection, verdict.trusted)
         if verdict.failure:
             failureType = "certificate-not-trusted" if not verdict.trusted else "certificate-host-mismatch"
             self._recordTls(tx, False, failureType, verdict.failure)
@@ -148,6 +173,29 @@ class StartTLS:
             return False
         self._recordTls(tx, True)
         return True
+
+    def _tlsPolicyKey(self):
+        """The TLS policy part of the session key: the SitePolicy's reuseKey, else the transport's."""
+        site = getattr(self, "site", None)
+        if site is not None:
+            return site.reuseKey
+        return (self.tlsLevel, self.settings.tls)
+
+    def _tlsOffer(self, tx, serverName):
+        """(cache, key, (Session, trusted) or None): the cached session to offer this host, if any."""
+        sessions = getattr(self, "tlsSessions", None)
+        if sessions is None or tx.host is None or tx.host.port is None:
+            return None, None, None
+        from mta.delivery.tlssessions import sessionKey
+
+        key = sessionKey(tx.host.address, tx.host.port, serverName, self._tlsPolicyKey())
+        return sessions, key, sessions.lookup(key)
+
+    def _tlsSettle(self):
+        """The first reply inside TLS has come (TLS 1.3 tickets with it): the session cache takes the session."""
+        sessions = getattr(self, "tlsSessions", None)
+        if sessions is not None and self.tlsActive:
+            sessions.settle(self.transport.getHandle())
 
     def _recordTls(self, tx, success, failureType=None, detail=""):
         """One TLS attempt's outcome for TLS-RPT (mta.delivery.tlspolicy.TlsPolicy.record)."""

@@ -4,9 +4,10 @@ NAME
     ClientTLS(policy)     the context of one ClientTls policy (the transport's,
                           or a destination's from mta.delivery.tlspolicy)
                           (mta.config.settings.client), built once
-    ClientTLS.creator(serverName)
+    ClientTLS.creator(serverName, session)
                           what Twisted's transport.startTLS takes (an
-                          IOpenSSLClientConnectionCreator) for one connection
+                          IOpenSSLClientConnectionCreator) for one connection,
+                          offering a cached session (mta.delivery.tlssessions)
     ClientTLS.judge(connection, matchNames)
                           the verdict after the handshake: a TlsVerdict
     serverNameFor(policy, host, nexthop), matchNamesFor(policy, host, nexthop)
@@ -51,8 +52,9 @@ CONFIGURATION
 
 DEVIATIONS
     Empty smtp_tls_CAfile and smtp_tls_CApath mean the system trust store
-    (Postfix: none unless tls_append_default_CA = yes).  TLS sessions are
-    not resumed yet (smtp_tls_session_cache_timeout is a later step).
+    (Postfix: none unless tls_append_default_CA = yes).  Sessions are
+    resumed from an in-memory cache (mta.delivery.tlssessions), not
+    tlsmgr(8)'s database.
 """
 
 import weakref
@@ -140,14 +142,20 @@ def _below(pattern, domain):
 
 @implementer(IOpenSSLClientConnectionCreator)
 class _Creator:
-    def __init__(self, context, serverName):
+    def __init__(self, context, serverName, session=None):
         self._context = context
         self._serverName = serverName
+        self._session = session
 
     def clientConnectionForTLS(self, tlsProtocol):
         connection = SSL.Connection(self._context, None)
         if self._serverName:
             connection.set_tlsext_host_name(self._serverName.encode("idna"))
+        if self._session is not None:
+            try:
+                connection.set_session(self._session)  # resumption (mta.delivery.tlssessions)
+            except ValueError:
+                pass  # a session of another context (a rebuilt one): a full handshake
         connection.set_connect_state()
         return connection
 
@@ -187,12 +195,20 @@ class ClientTLS:
             self._unverified.add(connection)
         return True
 
+    def markUntrusted(self, connection):
+        """A resumed session whose original chain did not verify: judge() says Untrusted again."""
+        self._unverified.add(connection)
+
     def getContext(self):
         return self._context
 
-    def creator(self, serverName=None):
-        """An IOpenSSLClientConnectionCreator for transport.startTLS, sending C{serverName} as SNI."""
-        return _Creator(self._context, serverName)
+    def creator(self, serverName=None, session=None):
+        """
+        An IOpenSSLClientConnectionCreator for transport.startTLS, sending
+        C{serverName} as SNI and offering C{session} (a pyOpenSSL Session
+        from mta.delivery.tlssessions) for resumption.
+        """
+        return _Creator(self._context, serverName, session)
 
     def judge(self, connection, matchNames=()):
         """The TlsVerdict of a finished handshake (matchNames from matchNamesFor())."""

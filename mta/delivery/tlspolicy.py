@@ -161,7 +161,7 @@ def _normalizeDigest(text):
     return value
 
 
-def parsePolicyEntry(text, base, settings, where="smtp_tls_policy_maps"):
+def parsePolicyEntry(text, base, settings, where="smtp_tls_policy_maps", warn=None):
     """
     One smtp_tls_policy_maps value ("secure match=... protocols=...") as
     (ClientTls, fingerprints, connectionReuse or None); PolicyError when it
@@ -176,12 +176,19 @@ def parsePolicyEntry(text, base, settings, where="smtp_tls_policy_maps"):
     level = words[0].lower()
     if level not in TLS_LEVELS:
         raise PolicyError(f"{where}: invalid TLS security level {words[0]!r}")
+    if level == "none":
+        # Postfix ignores (with a warning) the attributes of an entry that disables TLS.
+        if len(words) > 1 and warn is not None:
+            warn(f"{where}: ignoring attributes {' '.join(words[1:])!r} with TLS disabled")
+        return attrs.evolve(base, level="none", configuredLevel="none"), (), None
     matches, values = [], {}
     for word in words[1:]:
         name, eq, value = word.partition("=")
         name = name.lower()
         if not eq or name not in _ATTRIBUTES:
             raise PolicyError(f"{where}: unknown TLS policy attribute {word!r}")
+        if not value and name != "enable_rpk":
+            raise PolicyError(f"{where}: attribute {name!r} has an empty value")
         if name == "match":
             if level == "fingerprint":
                 matches.append(value)
@@ -308,7 +315,7 @@ class TlsPolicy:
             parsed = self._parsed.get(value)
             if parsed is None:
                 try:
-                    parsed = parsePolicyEntry(value, self.base, self.settings)
+                    parsed = parsePolicyEntry(value, self.base, self.settings, warn=self._warn)
                 except PolicyError as e:
                     self._warn(f"{e.text} (key {key!r}); deferring mail for {destination}")
                     return attrs.evolve(site, failure=PolicyError("TLS policy lookup error"))

@@ -2,7 +2,10 @@
 mta's SMTP client with STARTTLS against real TLS servers on loopback: a private Postfix
 (bench/postfix_instance.py, smtpd_tls_security_level = may with the test certificate) and
 mta's own server with TLS, under smtp_tls_security_level may, encrypt and verify (with
-smtp_tls_CAfile = the test CA); and encrypt against smtp-sink, which has no TLS.
+smtp_tls_CAfile = the test CA); and encrypt against smtp-sink, which has no TLS. Against
+Postfix too: with smtp_tls_connection_reuse = no a second connection resumes the first's TLS
+session ("Reusing old session"), with yes the second message goes over the cached TLS
+connection ("TLS connection reused to", conn_use=2, one connection and handshake at Postfix).
 """
 
 import os
@@ -264,3 +267,46 @@ def test_policy_map_bad_entry_defers(makeDaemon, certs, tmp_path):
     assert line[2:] == ("4.7.5", "deferred", "TLS policy lookup error"), line
     assert f"unknown TLS policy attribute 'frobnicate=yes' (key '{hop}'); deferring mail for {hop}" in d.maillogText()
     assert nexthop.incoming() == []
+
+
+def reuseSender(makeDaemon, nexthop, extra):
+    main = (f"transport_maps = inline:{{ bench.example=smtp:{nexthop} }}\nsmtp_host_lookup = native\n"
+            "inet_protocols = ipv4\nsmtp_tls_security_level = encrypt\nsmtp_tls_loglevel = 2\n"
+            "smtp_connection_cache_time_limit = 30s\n" + extra)
+    return makeDaemon(main=main, hold=False).start()
+
+
+def test_a_new_connection_to_postfix_resumes_the_tls_session(makeDaemon, postfixTls):
+    """smtp_tls_connection_reuse = no: each message its own connection; the second resumes the first's session."""
+    d = reuseSender(makeDaemon, f"[localhost]:{postfixTls.port}", "smtp_tls_connection_reuse = no\n")
+    for n in (1, 2):
+        qid = send(d, ["rcpt@bench.example"])
+        [line] = waitDelivery(d, qid, "rcpt@bench.example")
+        assert line[3] == "sent", line
+    text = d.maillogText()
+    assert len(re.findall(r"Untrusted TLS connection established to localhost\[127\.0\.0\.1\]", text)) == 2, text
+    assert len(re.findall(rf"smtp:127\.0\.0\.1:{postfixTls.port}: Reusing old session", text)) == 1, text
+    assert "conn_use=" not in text  # TLS connections were not cached
+    log = waitFor(lambda: postfixTls.maillog.read_text().count("disconnect from") >= 2 and postfixTls.maillog.read_text(),
+                  timeout=15, what="Postfix's two disconnect lines")
+    assert len(re.findall(r"disconnect from localhost\[127\.0\.0\.1\] ehlo=2 starttls=1 mail=1", log)) == 2, log
+
+
+def test_a_cached_tls_connection_to_postfix_is_used_again(makeDaemon, postfixTls):
+    """smtp_tls_connection_reuse = yes (the default): the second message goes over the first's TLS connection."""
+    d = reuseSender(makeDaemon, f"[localhost]:{postfixTls.port}", "")
+    for n in (1, 2):
+        qid = send(d, ["rcpt@bench.example"])
+        [line] = waitDelivery(d, qid, "rcpt@bench.example")
+        assert line[3] == "sent", line
+    text = d.maillogText()
+    assert len(re.findall(r"Untrusted TLS connection established to localhost\[127\.0\.0\.1\]", text)) == 1, text
+    assert re.search(r"Untrusted TLS connection reused to localhost\[127\.0\.0\.1\]:\d+: TLSv1\.3", text), text
+    assert "conn_use=2" in text, text
+    log = waitFor(lambda: postfixTls.maillog.read_text().count("client=") >= 2 and postfixTls.maillog.read_text(),
+                  timeout=15, what="Postfix's two messages")
+    # Both messages came over one connection, still open (cached): one connect more than disconnects
+    # (the harness's start-up probe is the other pair), one TLS handshake.
+    connects = len(re.findall(r"\]: connect from localhost", log))
+    assert connects - log.count("disconnect from localhost") == 1, log
+    assert log.count("Anonymous TLS connection established from localhost[127.0.0.1]") == 1, log

@@ -35,15 +35,9 @@ def test_match_levels(level):
     assert tls.matchNames == (("hostname",) if level == "verify" else ("nexthop", "dot-nexthop"))
 
 
-def test_dane_is_may_until_built():
+def test_dane_without_dnssec_is_may():
     tls = client("smtp_tls_security_level = dane\n")
-    assert tls.level == "may" and tls.configuredLevel == "dane"
-
-
-@pytest.mark.parametrize("level", ["dane-only"])
-def test_unbuilt_levels_refused_at_load(level):
-    with pytest.raises(ConfigError, match=rf"mta.ini:2: .*smtp_tls_security_level = {level} is not implemented yet"):
-        client(f"smtp_tls_security_level = {level}\n")
+    assert tls.level == "may" and tls.configuredLevel == "dane"  # more in test_dane_settings.py
 
 
 def test_fingerprint_needs_digests_and_checks_them():

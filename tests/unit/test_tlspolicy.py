@@ -117,11 +117,21 @@ def test_fingerprint_entries_take_bar_separated_and_repeated_digests():
     ("fingerprint match=xyz", "malformed fingerprint"),
     ("fingerprint", "fingerprint level without match= digests"),
     ("encrypt ciphers=high ciphers=low", "duplicate TLS policy attribute"),
+    ("encrypt ciphers=", "attribute 'ciphers' has an empty value"),
+    ("encrypt match=example.com", "match= is not allowed with level encrypt"),
 ])
 def test_bad_entries_are_refused_with_a_reason(entry, words):
     tls, settings = base()
     with pytest.raises(PolicyError, match=words.replace("(", r"\(").replace("=<", "=<").replace("|", r"\|")):
         parsePolicyEntry(entry, tls, settings)
+
+
+def test_none_ignores_its_attributes_with_a_warning():
+    tls, settings = base()
+    warnings = []
+    new, fingerprints, reuse = parsePolicyEntry("none match=x ciphers=high", tls, settings, warn=warnings.append)
+    assert new.level == "none" and fingerprints == () and reuse is None
+    assert warnings == ["smtp_tls_policy_maps: ignoring attributes 'match=x ciphers=high' with TLS disabled"]
 
 
 def test_for_destination_looks_up_the_domain_then_parents():

@@ -51,8 +51,16 @@ SECURITY
     space (checked here and again when the command is written).
 
 DEVIATIONS
-    smtp_tls_security_level = dane is may until DANE is built;
-    dane-only is refused at load ("not implemented yet").  Empty smtp_tls_CAfile and smtp_tls_CApath mean the system
+    fingerprint needs smtp_tls_fingerprint_cert_match (a load error
+    otherwise).  dane and
+    dane-only are real levels only with smtp_dns_support_level = dnssec
+    (mta.delivery.dane decides per MX host); without it, as Postfix's
+    dane_init(), dane is may and dane-only defers every delivery (4.7.5
+    "client TLS configuration problem"), each with the warning
+    "DEST: dane configured with dnssec lookups disabled"
+    (C{ClientTls.daneProblem}); likewise with ignore_mx_lookup_error
+    ("... with MX lookup errors ignored") or without dns in
+    smtp_host_lookup.  Empty smtp_tls_CAfile and smtp_tls_CApath mean the system
     trust store (Postfix: no CAs unless tls_append_default_CA = yes).
 
 CONFIGURATION
@@ -77,9 +85,11 @@ from mta.config.settings.tls import compileCipherList, knownGroups, parseProtoco
 __all__ = ["ClientSettings", "ClientTls", "LmtpClientSettings", "SmtpClientSettings"]
 
 # Levels that never send mail in plaintext, and those that check the certificate's chain and name.
-TLS_REQUIRED = frozenset({"encrypt", "dane-only", "fingerprint", "verify", "secure"})
-TLS_MATCH = frozenset({"verify", "secure"})
-_NOT_YET = ("dane-only",)
+TLS_REQUIRED = frozenset({"encrypt", "dane", "dane-only", "fingerprint", "verify", "secure"})
+# A "dane" level reaches a session only with usable TLSA records (mta.delivery.dane evolves it per
+# host); without them judging by CAs and names fails closed (no name to match).
+TLS_MATCH = frozenset({"dane", "dane-only", "verify", "secure"})
+DANE_LEVELS = frozenset({"dane", "dane-only"})
 # Every smtp_tls_security_level (and smtp_tls_policy_maps level) Postfix knows.
 TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "fingerprint", "verify", "secure")
 
@@ -91,8 +101,8 @@ class ClientTls:
     parameters: what mta.delivery.smtptls builds its contexts from.
     """
 
-    level: str = "none"  # none, may, encrypt, verify or secure (dane: may until DANE is built)
-    configuredLevel: str = "none"  # as written (dane shows here)
+    level: str = "none"  # none, may, encrypt, dane, dane-only, verify or secure (effective)
+    configuredLevel: str = "none"  # as written (dane without dnssec shows here; level is may)
     wrapperMode: bool = False
     caFile: str = ""
     caPath: str = ""  # both empty: the system trust store
@@ -111,6 +121,10 @@ class ClientTls:
     noteStarttlsOffer: bool = False
     fingerprintCertMatch: tuple = ()  # the fingerprint level's digests, as written
     fingerprintDigest: str = "sha256"
+    # DANE (mta.delivery.dane): smtp_tls_dane_insecure_mx_policy (resolved), and why DANE cannot be
+    # used at all (Postfix's NONDANE_CONFIG warning text, without the destination), or "".
+    insecureMxPolicy: str = "may"
+    daneProblem: str = ""
 
     @property
     def required(self):
@@ -171,6 +185,13 @@ def validLineLimit(value):
     """smtp_line_length_limit: 0 (no limit) or at least 2 (a line break needs room)."""
     if value < 0 or value == 1:
         raise ValueError(f"{value} must be 0 (no limit) or at least 2")
+    return value
+
+
+def validSessionCacheTimeout(value):
+    """smtp_tls_session_cache_timeout: 0 disables; no more than 100 days (Postfix's limit since 2.11)."""
+    if value > 100 * 86400:
+        raise ValueError(f"{value:g}s is more than 100 days (8640000s)")
     return value
 
 
@@ -271,10 +292,15 @@ class ClientSettings(Settings):
             raise ConfigError(f"{scope.where(prefix + name)}: {message}")
 
         level = self.tlsSecurityLevel
-        if level in _NOT_YET:
-            fail("_tls_security_level", f"{prefix}_tls_security_level = {level} is not implemented yet "
-                                        f"(use verify or secure)")
-        effective = "may" if level == "dane" else level
+        effective, daneProblem = level, ""
+        if level in DANE_LEVELS:
+            if self.dnsSupportLevelEffective != "dnssec" or "dns" not in self.hostLookup:
+                daneProblem = f"{level} configured with dnssec lookups disabled"
+            elif not self.lmtp and self.ignoreMxLookupError:
+                daneProblem = f"{level} configured with MX lookup errors ignored"
+            if daneProblem and level == "dane":
+                effective = "may"  # dane_incompat(NONDANE_CONFIG): may, with a warning per delivery
+        insecureMxPolicy = self.insecureMxPolicy or ("dane" if level == "dane" else "may")
         for digest in self.tlsFingerprintCertMatch:
             hexits = digest.strip().lower().replace(":", "")
             if not hexits or len(hexits) % 2 or any(c not in "0123456789abcdef" for c in hexits):
@@ -351,8 +377,24 @@ class ClientSettings(Settings):
             starttlsTimeout=self.starttlsTimeout, loglevel=self.tlsLoglevel,
             noteStarttlsOffer=self.tlsNoteStarttlsOffer,
             fingerprintCertMatch=tuple(self.tlsFingerprintCertMatch), fingerprintDigest=self.tlsFingerprintDigest,
+            insecureMxPolicy=insecureMxPolicy, daneProblem=daneProblem,
         )
         object.__setattr__(self, "tls", tls)
+
+    @property
+    def dnsSupportLevelEffective(self):
+        """smtp_dns_support_level, its empty default resolved by disable_dns_lookups (Postfix)."""
+        return self.dnsSupportLevel or ("disabled" if self.disableDnsLookups else "enabled")
+
+    @property
+    def dnsDisabled(self):
+        """No DNS in this client (disable_dns_lookups, or smtp_dns_support_level = disabled)."""
+        return self.dnsSupportLevelEffective == "disabled"
+
+    @property
+    def dnssec(self):
+        """smtp_dns_support_level = dnssec: MX, address and TLSA lookups ask for DNSSEC."""
+        return self.dnsSupportLevelEffective == "dnssec"
 
 
 @settingsClass
@@ -402,6 +444,12 @@ class SmtpClientSettings(ClientSettings):
     requiretlsPolicy: tuple = setting("smtp_requiretls_policy", _requiretlsPolicy)  # actions and tables
     tlsFingerprintCertMatch: tuple = setting("smtp_tls_fingerprint_cert_match", tuple)
     tlsFingerprintDigest: str = setting("smtp_tls_fingerprint_digest")
+    # TLS connection reuse and session resumption (mta.delivery.connectioncache, mta.delivery.tlssessions)
+    tlsConnectionReuse: bool = setting("smtp_tls_connection_reuse")  # cache TLS connections (per policy)
+    tlsSessionCacheTimeout: float = setting("smtp_tls_session_cache_timeout", validSessionCacheTimeout)  # 0: off
+    # -- DNSSEC and DANE (mta.delivery.dane; resolved by check() into tls and dnsSupportLevelEffective)
+    dnsSupportLevel: str = setting("smtp_dns_support_level")
+    insecureMxPolicy: str = setting("smtp_tls_dane_insecure_mx_policy")
 
 
 @settingsClass
@@ -451,6 +499,12 @@ class LmtpClientSettings(ClientSettings):
     requiretlsPolicy: tuple = setting("lmtp_requiretls_policy", _requiretlsPolicy)  # actions and tables
     tlsFingerprintCertMatch: tuple = setting("lmtp_tls_fingerprint_cert_match", tuple)
     tlsFingerprintDigest: str = setting("lmtp_tls_fingerprint_digest")
+    # TLS connection reuse and session resumption (mta.delivery.connectioncache, mta.delivery.tlssessions)
+    tlsConnectionReuse: bool = setting("lmtp_tls_connection_reuse")  # cache TLS connections (per policy)
+    tlsSessionCacheTimeout: float = setting("lmtp_tls_session_cache_timeout", validSessionCacheTimeout)  # 0: off
+    # -- DNSSEC and DANE (mta.delivery.dane); Postfix has no lmtp_ insecure-MX twin (no MX in LMTP)
+    dnsSupportLevel: str = setting("lmtp_dns_support_level")
+    insecureMxPolicy = ""
 
 
 # Service name -> settings class, built from [main] (MAIN) or from each
