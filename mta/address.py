@@ -551,6 +551,7 @@ class MailParameters:
     ret: str | None = None  # FULL or HDRS
     envid: str | None = None  # xtext-decoded
     auth: str | None = None  # xtext-decoded mailbox or "<>"
+    requiretls: bool = False  # RFC 8689 REQUIRETLS (offered inside TLS only)
 
 
 def _require(extension: str, offered: frozenset[str]) -> None:
@@ -634,6 +635,11 @@ def parseMailParameters(params, *, sizeLimit: int, offered: frozenset[str]) -> M
             if len(value) > MAX_PATH * 3:
                 raise ParameterError("AUTH value too long")
             fields["auth"] = xtextDecode(value)
+        elif keyword == "REQUIRETLS":
+            _require("REQUIRETLS", offered)
+            if value is not None:
+                raise ParameterError("REQUIRETLS takes no value")
+            fields["requiretls"] = True
         else:
             raise ParameterError(f"unsupported parameter {_safe(keyword)}")
     result = MailParameters(**fields)

@@ -153,6 +153,9 @@ class Envelope:
     sasl_method: str | None = None  # PLAIN, LOGIN, ...
     sasl_username: str | None = None
     sasl_sender: str | None = None  # MAIL FROM's AUTH= (RFC 4954 5), xtext-decoded
+    # RFC 8689: MAIL FROM's REQUIRETLS (taken only over TLS), and a "TLS-Required: No" header.
+    requiretls: bool = False
+    tls_required_no: bool = False
 
 
 @attrs.frozen

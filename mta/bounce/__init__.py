@@ -51,6 +51,13 @@ DESCRIPTION
         octets.  The returned header section is cut at a field boundary at
         bounce_size_limit.  An unreadable original (OSError,
         CorruptQueueFile) leaves part 3 out: some notice beats none.
+    REQUIRETLS (RFC 8689 5, Postfix's requiretls_redact_dsn = yes): a
+        notice about a message received with REQUIRETLS returns its headers
+        only (as RET=HDRS) and is queued without REQUIRETLS, because the
+        reverse path may lack it; with requiretls_redact_dsn = no it returns
+        what RET asks and is queued with REQUIRETLS (Notice.requiretls).
+        A "TLS-Required: No" original (without REQUIRETLS) gives the notice
+        a "TLS-Required: No" header too (tls_required_enable).
     Success Action (RFC 3461 6.2.4, Postfix's smtp_rcpt_done): "relayed"
         when result.remote_mta is set (SMTP, and LMTP with Postfix's
         default lmtp_assume_final=no), else "delivered"; a triple's action
@@ -169,10 +176,11 @@ class Notice(tuple):
     (the notice needs SMTPUTF8 on its way out).
     """
 
-    def __new__(cls, sender, to, message, *, body="7BIT", smtputf8=False):
+    def __new__(cls, sender, to, message, *, body="7BIT", smtputf8=False, requiretls=False):
         self = super().__new__(cls, (sender, to, message))
         self.body = body
         self.smtputf8 = smtputf8
+        self.requiretls = requiretls  # RFC 8689: queue the notice with REQUIRETLS (not redacted)
         return self
 
     sender = property(itemgetter(0))
@@ -237,6 +245,8 @@ def buildNotice(
     maximalQueueLifetime=5 * 86400,
     doubleBounceSender="double-bounce",
     messageId=None,
+    requiretlsRedact=True,
+    tlsRequiredEnable=True,
 ):
     """
     Build a delivery status notification; see the module docstring.
@@ -287,6 +297,11 @@ def buildNotice(
         full = (envelope.ret or "FULL").upper() != "HDRS"
     if envelope.body == "BINARYMIME":
         full = False
+    # RFC 8689 5 (requiretls_redact_dsn): a REQUIRETLS original comes back as headers only, and the
+    # notice goes without REQUIRETLS (the reverse path may not have it); unredacted, it keeps it.
+    requiretls = bool(getattr(envelope, "requiretls", False))
+    if requiretls and requiretlsRedact:
+        full = False
     returned = readOriginal(original, full, bounceSizeLimit)
 
     # A non-ASCII ORCPT alone does not make the notice global: it travels
@@ -311,6 +326,8 @@ def buildNotice(
     msg["Date"] = email.utils.format_datetime(utc(now))
     msg["Message-Id"] = messageId or _messageId(now, queueId, kind, postmasterCopy, myhostname)
     msg["MIME-Version"] = "1.0"
+    if getattr(envelope, "tls_required_no", False) and not requiretls and tlsRequiredEnable:
+        msg["TLS-Required"] = "No"  # RFC 8689 5, Postfix's tls_required_enable: the notice is as lax
     msg.preamble = "This is a MIME-encapsulated message."
 
     texts = humanText(kind, items, postmasterCopy, myhostname, utf8, now, arrivalTime,
@@ -360,7 +377,8 @@ def buildNotice(
     out = io.BytesIO()
     NoticeGenerator(out, policy=policy).flatten(msg)
     message = out.getvalue()
-    return Notice(sender, to, message, body="7BIT" if message.isascii() else "8BITMIME", smtputf8=utf8)
+    return Notice(sender, to, message, body="7BIT" if message.isascii() else "8BITMIME", smtputf8=utf8,
+                  requiretls=requiretls and not requiretlsRedact)
 
 
 def _item(entry):

@@ -208,7 +208,8 @@ class Cleanup:
         """
         return CleanupMessage(self, origin, sender, tuple(recipients), arrival)
 
-    def submit(self, origin, sender, recipients, content, *, body="7BIT", smtputf8=False, arrival=None):
+    def submit(self, origin, sender, recipients, content, *, body="7BIT", smtputf8=False, arrival=None,
+               requiretls=False):
         """
         A message made whole in memory (C{content}: bytes, or a callable
         that gets the queue id and returns them): open, write, finish and
@@ -225,7 +226,7 @@ class Cleanup:
         if refusal is not None:
             message.abort()
             return fail(QueueWriteError(f"cannot queue message {message.queueId}: {refusal}"))
-        return message.commit(body=body, smtputf8=smtputf8)
+        return message.commit(body=body, smtputf8=smtputf8, requiretls=requiretls)
 
     def received(self, origin, queueId, recipients, now):
         """The Received: header (bytes) of a message from C{origin}, or b"" (see the module docstring)."""
@@ -324,7 +325,8 @@ class CleanupMessage:
             return TOO_MANY_HOPS_REPLY
         return None
 
-    def commit(self, *, body="7BIT", smtputf8=False, ret=None, envid=None, hold=False, announce=None):
+    def commit(self, *, body="7BIT", smtputf8=False, ret=None, envid=None, hold=False, announce=None,
+               requiretls=False):
         """
         Build the envelope and make the file durable (into hold/ with
         C{hold}); a Deferred of the queue id, or of a QueueWriteError.
@@ -353,6 +355,8 @@ class CleanupMessage:
             sasl_method=origin.saslMethod,
             sasl_username=origin.saslUsername,
             sasl_sender=origin.saslSender,
+            requiretls=bool(requiretls),  # RFC 8689 MAIL FROM ... REQUIRETLS (smtpd, inside TLS only)
+            tls_required_no=self._headers.tlsRequiredNo,  # a "TLS-Required: No" header
         )
         messageId, notRewritten = self.messageId, self.notRewritten
         maillog = cleanup.maillog

@@ -270,6 +270,7 @@ class HeaderCleanup:
         self.error = TOO_MANY_HOPS if priorHops and priorHops >= hopLimit else None
         self.added = ()
         self.messageId = None
+        self.tlsRequiredNo = False  # RFC 8689 5: a "TLS-Required: No" header (kept in the message)
         self.truncated = False
         self.rewritten = 0  # address headers changed by rewriting
         self.notRewritten = 0  # address headers left alone once the budget was spent
@@ -463,6 +464,10 @@ class HeaderCleanup:
         self._seen.add(name)
         if name in _RESENT:
             self._resent = True
+        if name == b"tls-required":
+            value = bytes(hdr[hdr.index(b":") + 1:])
+            if b"".join(value.split()).lower() == b"no":
+                self.tlsRequiredNo = True
         if name == b"message-id" and self.messageId is None:
             value = bytes(hdr[hdr.index(b":") + 1:])
             self.messageId = b" ".join(value.split()).decode("utf-8", "replace")[:998]

@@ -577,6 +577,12 @@ PARAMETERS = (
     _P("smtp_connection_reuse_count_limit", T.Integer(), "0",
        "How many times a connection may be used; 0: no limit.", "smtp"),
     *_clientTls("smtp", "smtp"),
+    _P("smtp_requiretls_policy", T.List(), "enforce",
+       "How the SMTP client enforces REQUIRETLS (RFC 8689) for mail received with it: a list of "
+       "actions (enforce, opportunistic+starttls, opportunistic, disable) and type:table lookups "
+       "keyed by the next-hop domain (then .parent domains) that return one; the first answer wins. "
+       "enforce: only verified TLS (verify, secure, fingerprint, DANE, MTA-STS enforce) to a server "
+       "that offers REQUIRETLS, else the mail bounces (5.7.10, 5.7.30).", "smtp"),
     *_clientTlsReuse("smtp", "smtp"),
     # -- DNSSEC and DANE in the SMTP client (mta.delivery.dane) --------------------
     _P("smtp_dns_support_level", T.Choice(("", "disabled", "enabled", "dnssec")), "",
@@ -615,6 +621,9 @@ PARAMETERS = (
        "When an LMTP server does not announce DSN, report success notices as 'delivered', not 'relayed'.", "lmtp"),
     _P("lmtp_tcp_port", T.String(), "24", "The LMTP client's default port (number or service name).", "lmtp"),
     *_clientTls("lmtp", "lmtp"),
+    _P("lmtp_requiretls_policy", T.List(), "opportunistic",
+       "The LMTP client's smtp_requiretls_policy: opportunistic sends REQUIRETLS when the server "
+       "offers it inside TLS, else delivers as if REQUIRETLS had not been requested.", "lmtp"),
     *_clientTlsReuse("lmtp", "lmtp"),
     _P("lmtp_dns_support_level", T.Choice(("", "disabled", "enabled", "dnssec")), "",
        "The LMTP client's smtp_dns_support_level (LMTP has no MX lookups; dnssec validates host "
@@ -696,6 +705,18 @@ PARAMETERS = (
     _P("virtual_mailbox_follow_symlinks", T.Boolean(), "no",
        "Follow symbolic links below $virtual_mailbox_base (mta's own; Postfix has no such check): "
        "no refuses them with 5.3.5, so a mailbox owner cannot redirect deliveries.", "virtual"),
+    # -- REQUIRETLS (RFC 8689) ---------------------------------------------------
+    _P("requiretls_enable", T.Boolean(), "yes",
+       "REQUIRETLS (RFC 8689): the SMTP server offers it in EHLO inside TLS only and takes MAIL FROM's "
+       "REQUIRETLS there; the SMTP/LMTP clients enforce it by smtp_requiretls_policy.", "tls"),
+    _P("tls_required_enable", T.Boolean(), "yes",
+       "Honour a 'TLS-Required: No' header (RFC 8689 5): the SMTP client delivers such mail at "
+       "TLS level may (no certificate checks, plaintext fall-back, no MTA-STS or DANE), unless it "
+       "came with REQUIRETLS; bounces of it carry the header.", "tls"),
+    _P("requiretls_redact_dsn", T.Boolean(), "yes",
+       "A bounce of a message received with REQUIRETLS returns its headers only (as RET=HDRS) and is "
+       "itself sent without REQUIRETLS (RFC 8689 5); no: the whole message, sent with REQUIRETLS.",
+       "bounce"),
     # -- bounces (bounce(8)) ---------------------------------------------------
     _P("bounce_size_limit", T.Size(), "50000",
        "Most bytes of the original returned in a notice; a larger message is returned as "

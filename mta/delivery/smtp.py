@@ -158,6 +158,11 @@ CLIENT_ERROR_CLASSES = frozenset({"protocol", "data"})
 TRANSCRIPT_LINES = 400
 
 
+def _failureStatus(failure):
+    """A TLS policy failure (mta.delivery.tlspolicy.PolicyError) bounces with a 5.x.x code (REQUIRETLS), else defers."""
+    return "bounced" if failure.dsn.startswith("5") else "deferred"
+
+
 def _withSuccessAction(outcome):
     """Mark sent results: the next hop took NOTIFY (it reports success), or our notice's action."""
     action = "none" if outcome.dsnOffered else outcome.successAction
@@ -345,7 +350,7 @@ class SMTPTransport:
                         continue
                     hostSite = await self.tlsPolicy.forHost(site, host)
                     if hostSite.failure is not None:
-                        problem = ("deferred", hostSite.failure.dsn, hostSite.failure.text)
+                        problem = (_failureStatus(hostSite.failure), hostSite.failure.dsn, hostSite.failure.text)
                         continue
                 outcome, error = await self._session(request, pending, nexthop, host, destination, site=hostSite,
                                                      siteKey=site.reuseKey)
@@ -409,7 +414,7 @@ class SMTPTransport:
             return nexthop, self.tlsPolicy.default(destination)
         site = await self.tlsPolicy.forDestination(nexthop, destination, request)
         if site.failure is not None:
-            return ("deferred", site.failure.dsn, site.failure.text)
+            return (_failureStatus(site.failure), site.failure.dsn, site.failure.text)
         return nexthop, site
 
     def _tlsAllows(self, session, site):

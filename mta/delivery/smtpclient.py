@@ -151,7 +151,9 @@ CONFIGURATION
     smtp_line_length_limit, lmtp_assume_final, smtp_tls_*, those of
     mta.delivery.smtpstarttls and smtpquirks, line_length_limit (the
     reply bound, as Postfix's smtp_chat.c uses it); the lmtp_* forms for
-    LMTP.
+    LMTP.  REQUIRETLS (RFC 8689): requiretls_enable and
+    smtp_requiretls_policy, through three hooks of mta.delivery.requiretls
+    (after the first EHLO, after a failed STARTTLS, before MAIL FROM).
 
 DEVIATIONS FROM POSTFIX
     * The session sends the content its caller gives it: for a server
@@ -184,6 +186,7 @@ DEVIATIONS FROM POSTFIX
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mta.delivery import requiretls
 from mta.delivery.dotstuff import DotStuffer
 from mta.delivery.smtpcommands import mailCommand, parseEhlo, rcptCommand
 from mta.delivery.smtpconnection import REPLY_LINE_LIMIT, WRITE_SIZE, ClientConnection, _Broken
@@ -370,8 +373,11 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
             and "disable_esmtp" not in self.pixFeatures
         if not await self._hello(tx, bestMx, esmtp):
             return False
+        if not requiretls.beforeStarttls(self, tx):  # RFC 8689: no STARTTLS is a 5.7.30 (next MX)
+            return False
         started = await self._startTLS(tx)
         if started is None:
+            requiretls.afterStarttlsFailure(self, tx)  # a REQUIRETLS message bounces (5.7.10), never waits
             return False
         if started:
             # After the TLS handshake there is no greeting: EHLO again, trusting nothing from before.
@@ -440,8 +446,11 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
             tx.local(tx.pending(), "bounced", "5.6.7", f"SMTPUTF8 is required, but was not offered by host {namaddr}",
                      retry=True)
             return False
+        sendRequireTls = requiretls.beforeMail(self, tx)  # RFC 8689: verified TLS, REQUIRETLS offered
+        if sendRequireTls is None:
+            return False
         try:
-            mail = mailCommand(request, self.extensions, needUtf8, s.quoteRfc821Envelope)
+            mail = mailCommand(request, self.extensions, needUtf8, s.quoteRfc821Envelope, sendRequireTls)
         except ValueError:
             tx.local(tx.pending(), "bounced", "5.1.7", "bad sender address syntax in the queue file")
             return False

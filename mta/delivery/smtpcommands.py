@@ -91,8 +91,12 @@ def parseEhlo(reply, discard):
     return extensions, sizeLimit
 
 
-def mailCommand(request, extensions, needUtf8, quote):
-    """The MAIL FROM line for C{request}; ValueError for a sender that cannot be sent."""
+def mailCommand(request, extensions, needUtf8, quote, requiretls=False):
+    """
+    The MAIL FROM line for C{request}; ValueError for a sender that cannot
+    be sent.  C{requiretls}: add RFC 8689's REQUIRETLS (the caller decides:
+    mta.delivery.requiretls.beforeMail, only inside TLS when offered).
+    """
     envelope = request.envelope
     line = f"MAIL FROM:<{envelopePath(envelope.sender, quote)}>"
     if "SIZE" in extensions:
@@ -106,6 +110,8 @@ def mailCommand(request, extensions, needUtf8, quote):
             line += f" RET={envelope.ret}"
     if needUtf8:
         line += " SMTPUTF8"
+    if requiretls:
+        line += " REQUIRETLS"
     return line
 
 

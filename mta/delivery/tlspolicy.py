@@ -35,8 +35,13 @@ DESCRIPTION
         cannot answer defers with 4.3.0.
       * MTA-STS (self.sts, mta.delivery.mtasts) when no map entry applies
         and the destination is MX-routed (not a [literal] next hop).
-      * REQUIRETLS (the message's envelope) may raise the requirement
-        (the REQUIRETLS work plugs in here).
+      * REQUIRETLS (the message's envelope; mta.delivery.requiretls): the
+        smtp_requiretls_policy action is kept in site.requiretls; under
+        enforce a level that cannot match a certificate fails with
+        5.7.10 (a bounce), here or after DANE in forHost(); under
+        opportunistic+starttls may becomes encrypt.  A "TLS-Required: No"
+        message without REQUIRETLS is delivered at level may with no
+        MTA-STS or DANE (source "tls-required").
 
     forHost() also applies the obsolete smtp_tls_per_site when there are
     no smtp_tls_policy_maps (with both, per-site is ignored with Postfix's
@@ -84,6 +89,7 @@ from twisted.logger import Logger
 
 from mta.config.settings.client import TLS_LEVELS
 from mta.delivery.nexthop import validHostname
+from mta.delivery.requiretls import RequireTlsPolicy
 from mta.delivery.smtptls import ClientTLS, TlsVerdict, nexthopDomain
 
 __all__ = ["PolicyError", "SitePolicy", "TlsPolicy", "TlsResult", "fingerprintMatches", "parsePolicyEntry",
@@ -126,12 +132,13 @@ class SitePolicy:
     tlsa: tuple = ()  # DANE: the host's usable TLSA records
     mxSecure: bool = False  # DANE: the MX RRset was validated
     failure: object = None  # a PolicyError: the destination cannot be delivered to now
+    requiretls: str = ""  # REQUIRETLS (mta.delivery.requiretls): the action for this message; "": none
 
     @property
     def reuseKey(self):
         """What a cached connection must have been made under to be reused (hashable)."""
         sts = getattr(self.sts, "id", None) if self.sts is not None else None
-        return (self.tls, self.fingerprints, self.source, sts, self.tlsa)
+        return (self.tls, self.fingerprints, self.source, sts, self.tlsa, self.requiretls)
 
 
 def policyKeys(nexthop):
@@ -284,6 +291,7 @@ class TlsPolicy:
         self._prefix = prefix
         self._contexts = {}
         self._parsed = {}
+        self.requiretls = RequireTlsPolicy(settings, tables)  # RFC 8689 (mta.delivery.requiretls)
 
     def context(self, tls):
         """The ClientTLS of a ClientTls, built once per distinct policy."""
@@ -335,6 +343,8 @@ class TlsPolicy:
             site = attrs.evolve(site, fingerprints=tuple(_normalizeDigest(d) for d in self.base.fingerprintCertMatch))
         elif self.sts is not None and getattr(nexthop, "kind", None) == "mx":
             site = await self._withSts(site)
+        if request is not None:  # REQUIRETLS may raise the requirement, "TLS-Required: No" lower it
+            site = await self.requiretls.apply(site, request, destination)
         return site
 
     async def _withSts(self, site):
@@ -349,6 +359,9 @@ class TlsPolicy:
 
     async def forHost(self, site, host):
         """The site's policy for one host: smtp_tls_per_site, DANE's TLSA records, or "dane" as "may" without DANE."""
+        return self.requiretls.checkHost(await self._forHost(site, host))
+
+    async def _forHost(self, site, host):
         if site.failure is not None:
             return site
         if self.perSite and site.source == "transport":

@@ -48,7 +48,10 @@ ENVELOPE
     and must equal N.  Unknown or missing fields are errors: a change of
     fields is a new version, except for the optional fields sasl_method,
     sasl_username and sasl_sender (the AUTH login), written only when set
-    and read as null when absent, so that older files still parse.
+    and read as null when absent, and requiretls and tls_required_no (RFC
+    8689: MAIL FROM's REQUIRETLS, a "TLS-Required: No" header), written
+    only when true and read as false when absent, so that older files
+    still parse (and a file without them is byte for byte what it was).
 
 STATE RECORDS
     Owned by the queue manager, which defines their JSON object; this module
@@ -223,10 +226,14 @@ _ENVELOPE_FIELDS = {
     "sasl_method": _optionalString,
     "sasl_username": _optionalString,
     "sasl_sender": _optionalString,
+    "requiretls": _boolean,
+    "tls_required_no": _boolean,
 }
 # Fields added after version 1 was defined: absent in older files (read as None), and not
 # written when None, so a file without AUTH is what it always was.
-OPTIONAL_ENVELOPE_FIELDS = frozenset({"sasl_method", "sasl_username", "sasl_sender"})
+OPTIONAL_ENVELOPE_FIELDS = frozenset({"sasl_method", "sasl_username", "sasl_sender", "requiretls", "tls_required_no"})
+# The value of an optional field that is absent (and is not written): None, or False for the RFC 8689 flags.
+OPTIONAL_DEFAULTS = {"requiretls": False, "tls_required_no": False}
 
 
 def _fields(name, value, schema, optional=frozenset()):
@@ -239,7 +246,7 @@ def _fields(name, value, schema, optional=frozenset()):
     for key, check in schema.items():
         if key not in value:
             if key in optional:
-                result[key] = None
+                result[key] = OPTIONAL_DEFAULTS.get(key)
                 continue
             raise _Invalid(f"{name}: missing field {key!r}")
         result[key] = check(f"{name}.{key}" if name else key, value[key])
@@ -282,7 +289,7 @@ def dumpEnvelope(envelope):
             converted.append({field.name: getattr(recipient, field.name) for field in attrs.fields(Recipient)})
         obj["recipients"] = converted
     for key in OPTIONAL_ENVELOPE_FIELDS:
-        if obj[key] is None:
+        if obj[key] is None or (key in OPTIONAL_DEFAULTS and obj[key] is OPTIONAL_DEFAULTS[key]):
             del obj[key]
     try:
         _fields("", obj, _ENVELOPE_FIELDS, OPTIONAL_ENVELOPE_FIELDS)

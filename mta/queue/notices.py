@@ -151,7 +151,8 @@ class Notices:
             now=now, original=original, myhostname=s.hostname, postmasterCopy=postmasterCopy,
             postmaster=postmaster, bounceSizeLimit=s.bounceSizeLimit, myorigin=s.myorigin, mailName=s.mailName,
             maximalQueueLifetime=s.maximalQueueLifetime, doubleBounceSender=s.doubleBounceSender,
-            delayWarningTime=s.delayWarningTime,
+            delayWarningTime=s.delayWarningTime, requiretlsRedact=s.requiretlsRedactDsn,
+            tlsRequiredEnable=s.tlsRequiredEnable,
         )
         if notice is None:  # no recipient's NOTIFY asks for it
             return None
@@ -159,7 +160,8 @@ class Notices:
         to = s.qualified(to)
         try:
             newId = await self.cleanup.submit(Origin.internal(), sender, (Recipient(to),), content,
-                                              body=notice.body, smtputf8=notice.smtputf8, arrival=now)
+                                              body=notice.body, smtputf8=notice.smtputf8, arrival=now,
+                                              requiretls=notice.requiretls)
         except QueueWriteError as e:
             # Postfix's bounce(8) lines: "sender notification failed to ADDR", "postmaster notification failed".
             whom = "postmaster notification failed" if postmasterCopy else f"sender notification failed to {sanitize(to)}"

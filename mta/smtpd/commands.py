@@ -27,7 +27,9 @@ SECURITY
     (255 octets) is refused, table failures answer 4xx.
 
 CONFIGURATION
-    See mta.smtpd.protocol and mta.smtpd.factory.
+    See mta.smtpd.protocol and mta.smtpd.factory.  requiretls_enable: the
+    EHLO keyword REQUIRETLS (RFC 8689) inside TLS only, and MAIL FROM's
+    REQUIRETLS taken there (kept in the envelope, mta.model.Envelope).
 
 DEVIATIONS
     A HELO/EHLO name over 255 octets is refused at once with the reply of
@@ -40,6 +42,9 @@ DEVIATIONS
     non-final BDAT chunk is answered with the transaction's bytes so far
     (Postfix: the chunk's own size); BDAT LAST with "Ok: queued as ID"
     (Postfix adds the size).  BINARYMIME exists (Postfix has none).
+    MAIL FROM ... REQUIRETLS in plaintext gets "555 5.5.4 Unsupported
+    option: REQUIRETLS not offered" (Postfix: "Unsupported option:
+    REQUIRETLS"); RFC 8689 defines no reply for it.
 """
 
 import attrs
@@ -132,6 +137,8 @@ class SMTPCommands:
 
     def _ehlo(self, arg, lines):
         settings = self.settings
+        if self.session.tlsActive and settings.offerRequireTls:
+            lines = (*lines, "REQUIRETLS")  # RFC 8689: only inside TLS, last as in Postfix
         reply = self._hello("EHLO", arg, "ESMTP", self._ehloKeywords(lines))  # + STARTTLS (mta.smtpd.starttls)
         if reply.code == 250 and settings.ehloDiscardLog:
             self.factory.maillog.emit(f"discarding EHLO keywords: {settings.ehloDiscardLog}")
@@ -207,7 +214,10 @@ class SMTPCommands:
     def _offered(self):
         if not self.session.extended:
             return frozenset()
-        return self.settings.offered | {"AUTH"} if self._authEnabled else self.settings.offered  # RFC 4954 5
+        offered = self.settings.offered | {"AUTH"} if self._authEnabled else self.settings.offered  # RFC 4954 5
+        if self.session.tlsActive and self.settings.offerRequireTls:
+            offered = offered | {"REQUIRETLS"}  # RFC 8689: never in plaintext (555 5.5.4 there, as Postfix)
+        return offered
 
     def smtp_MAIL(self, arg):
         factory, settings, transaction = self.factory, self.settings, self.transaction

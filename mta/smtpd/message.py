@@ -116,6 +116,8 @@ class IncomingTransaction:
 
         def announce(queueId):  # Postfix's smtpd_sasl_mail_log: client=..., sasl_method=..., sasl_username=...
             maillog.emit(f"client={client}{login}", queue_id=queueId, client=client)
+            if params.requiretls:  # RFC 8689: the sender's request, kept in the queue file
+                maillog.emit("sender requested REQUIRETLS", queue_id=queueId, client=client)
 
         def queued(queueId):
             maillog.fields(
@@ -127,7 +129,7 @@ class IncomingTransaction:
             return queueId
 
         d = message.commit(body=params.body, smtputf8=params.smtputf8, ret=params.ret, envid=params.envid,
-                           hold=bool(self.hold), announce=announce)
+                           hold=bool(self.hold), announce=announce, requiretls=params.requiretls)
         return d.addCallback(queued)
 
     def abort(self):

@@ -104,7 +104,8 @@ def test_every_model_field_is_stored():
     # A new field in mta.model must be added to the format (and the version bumped).
     obj = json.loads(ff.dumpEnvelope(FULL))
     assert set(obj) == {f.name for f in attrs.fields(Envelope)} - ff.OPTIONAL_ENVELOPE_FIELDS
-    login = attrs.evolve(FULL, sasl_method="PLAIN", sasl_username="alice", sasl_sender="alice@example.org")
+    login = attrs.evolve(FULL, sasl_method="PLAIN", sasl_username="alice", sasl_sender="alice@example.org",
+                         requiretls=True, tls_required_no=True)
     assert set(json.loads(ff.dumpEnvelope(login))) == {f.name for f in attrs.fields(Envelope)}
     assert set(obj["recipients"][0]) == {f.name for f in attrs.fields(Recipient)}
 
@@ -580,3 +581,38 @@ def test_login_fields_are_checked_like_other_strings():
         obj["sasl_username"] = bad
         with pytest.raises(CorruptQueueFile, match="sasl_username"):
             ff.parseEnvelope(json.dumps(obj).encode("ascii"))
+
+
+# -- RFC 8689: REQUIRETLS and "TLS-Required: No" --------------------------------------------
+
+
+def test_requiretls_flags_round_trip_in_the_queue_file():
+    envelope = attrs.evolve(FULL, requiretls=True, tls_required_no=True)
+    data = ff.dumpQueueFile(envelope, CONTENT)
+    obj = json.loads(ff.dumpEnvelope(envelope))
+    assert obj["requiretls"] is True and obj["tls_required_no"] is True
+    back = parse(data, verifyContent=True).envelope
+    assert back.requiretls is True and back.tls_required_no is True
+    assert back == envelope
+
+
+def test_an_envelope_without_the_flags_is_written_as_before():
+    # False is not written: a file of a message without REQUIRETLS is byte for byte what it was.
+    obj = json.loads(ff.dumpEnvelope(FULL))
+    assert "requiretls" not in obj and "tls_required_no" not in obj
+
+
+def test_an_old_queue_file_without_the_flags_still_loads():
+    obj = json.loads(ff.dumpEnvelope(FULL))
+    obj.pop("requiretls", None)
+    obj.pop("tls_required_no", None)
+    back = ff.parseEnvelope(json.dumps(obj).encode("ascii"))
+    assert back.requiretls is False and back.tls_required_no is False
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, []])
+def test_a_mistyped_requiretls_flag_is_corrupt(value):
+    obj = json.loads(ff.dumpEnvelope(FULL))
+    obj["requiretls"] = value
+    with pytest.raises(CorruptQueueFile, match="requiretls"):
+        ff.parseEnvelope(json.dumps(obj).encode("ascii"))

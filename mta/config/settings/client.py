@@ -36,6 +36,10 @@ DESCRIPTION
     that is not an address of its family (Postfix's smtp stops with
     "bad smtp_bind_address parameter" too).
 
+    REQUIRETLS (RFC 8689): requiretls_enable, tls_required_enable and
+    smtp_requiretls_policy (lmtp_requiretls_policy), whose items must be
+    actions or type:table specs (mta.delivery.requiretls).
+
     TLS: the smtp_tls_* (lmtp_tls_*) parameters are compiled into C{tls},
     a ClientTls (the effective level, protocol ranges and cipher lists as
     mta.config.settings.tls parses them for the server, the key-exchange
@@ -176,6 +180,27 @@ def validHeloName(value):
     return value
 
 
+# smtp_requiretls_policy's actions (Postfix 3.11; mta.delivery.requiretls).
+REQUIRETLS_ACTIONS = ("enforce", "opportunistic+starttls", "opportunistic", "disable")
+
+
+def parseRequireTlsPolicy(items):
+    """smtp_requiretls_policy's items: each an action (lower case) or a type:table; ValueError otherwise."""
+    result = []
+    for item in items:
+        word = item.strip()
+        if word.lower() in REQUIRETLS_ACTIONS:
+            result.append(word.lower())
+        elif ":" in word and not word.startswith(":"):
+            result.append(word)
+        else:
+            raise ValueError(f"{item!r} is not a REQUIRETLS action ({', '.join(REQUIRETLS_ACTIONS)}) or a type:table")
+    return tuple(result)
+
+
+_requiretlsPolicy = parseRequireTlsPolicy
+
+
 def validLineLimit(value):
     """smtp_line_length_limit: 0 (no limit) or at least 2 (a line break needs room)."""
     if value < 0 or value == 1:
@@ -237,6 +262,9 @@ class ClientSettings(Settings):
 
     # -- the session --------------------------------------------------------------------
     myHostname: str = setting("myhostname")  # loop detection (EHLO reply, MX names); names a UNIX-socket peer
+    # -- RFC 8689 (mta.delivery.requiretls)
+    requiretlsEnable: bool = setting("requiretls_enable")  # no: mail goes as if REQUIRETLS was not requested
+    tlsRequiredEnable: bool = setting("tls_required_enable")  # honour "TLS-Required: No" (level may)
     replyLimit: int = setting("line_length_limit")  # bytes kept of a reply line; about twice that of a reply
 
     # -- connections ------------------------------------------------------------------------
@@ -547,6 +575,7 @@ class SmtpClientSettings(ClientSettings):
     tlsLoglevel: int = setting("smtp_tls_loglevel")
     tlsNoteStarttlsOffer: bool = setting("smtp_tls_note_starttls_offer")
     tlsPolicyMaps: tuple = setting("smtp_tls_policy_maps")
+    requiretlsPolicy: tuple = setting("smtp_requiretls_policy", _requiretlsPolicy)  # actions and tables
     tlsFingerprintCertMatch: tuple = setting("smtp_tls_fingerprint_cert_match", tuple)
     tlsFingerprintDigest: str = setting("smtp_tls_fingerprint_digest")
     # TLS connection reuse and session resumption (mta.delivery.connectioncache, mta.delivery.tlssessions)
@@ -621,6 +650,7 @@ class LmtpClientSettings(ClientSettings):
     tlsLoglevel: int = setting("lmtp_tls_loglevel")
     tlsNoteStarttlsOffer: bool = setting("lmtp_tls_note_starttls_offer")
     tlsPolicyMaps: tuple = setting("lmtp_tls_policy_maps")
+    requiretlsPolicy: tuple = setting("lmtp_requiretls_policy", _requiretlsPolicy)  # actions and tables
     tlsFingerprintCertMatch: tuple = setting("lmtp_tls_fingerprint_cert_match", tuple)
     tlsFingerprintDigest: str = setting("lmtp_tls_fingerprint_digest")
     # TLS connection reuse and session resumption (mta.delivery.connectioncache, mta.delivery.tlssessions)

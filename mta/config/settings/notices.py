@@ -3,7 +3,8 @@
 The parameters of this area (mta.config.schema), each read by exactly the
 settings class that needs it (a parameter may be read by several areas):
 
-    bounce_size_limit, notify_classes, bounce_notice_recipient,
+    bounce_size_limit, notify_classes, requiretls_redact_dsn,
+    tls_required_enable, bounce_notice_recipient,
     2bounce_notice_recipient, delay_notice_recipient,
     error_notice_recipient, double_bounce_sender,
     maximal_queue_lifetime, delay_warning_time, myhostname, myorigin,
@@ -50,6 +51,8 @@ class NoticeSettings(Settings):
     doubleBounceSender: str = setting("double_bounce_sender")  # the sender of postmaster notices
     maximalQueueLifetime: float = setting("maximal_queue_lifetime")  # "retried until it is N day(s) old"
     delayWarningTime: float = setting("delay_warning_time")  # "could not be delivered for more than N hour(s)"
+    requiretlsRedactDsn: bool = setting("requiretls_redact_dsn")  # RFC 8689 5: headers only, no REQUIRETLS
+    tlsRequiredEnable: bool = setting("tls_required_enable")  # copy "TLS-Required: No" into the notice
 
     def qualified(self, address):
         """C{address} with @$myorigin when it has no domain."""

@@ -16,7 +16,7 @@ settings class that needs it (a parameter may be read by several areas):
     smtpd_forbid_bare_newline_reject_code, smtpd_per_request_deadline,
     smtpd_min_data_rate, postscreen_greet_wait, postscreen_greet_action,
     message_size_limit, line_length_limit, myhostname, mail_name,
-    syslog_name
+    syslog_name, requiretls_enable
 
 SmtpdSettings does here, once per listener at load, what the server
 factory did at each start: command names folded to upper case, the EHLO
@@ -142,6 +142,7 @@ class SmtpdSettings(Settings):
     # Known keywords to hide (upper case), and SILENT-DISCARD if listed; unknown words are dropped.
     discardEhloKeywords: frozenset = setting("smtpd_discard_ehlo_keywords", _discarded)
     rejectFooter: str = setting("smtpd_reject_footer", _footer)  # appended to 4xx/5xx reply text; "": none
+    requiretlsEnable: bool = setting("requiretls_enable")  # RFC 8689: REQUIRETLS offered inside TLS
 
     # -- bare newlines (mta.smtpd.data)
     bareNewline: str = setting("smtpd_forbid_bare_newline", _bareNewline)  # reject, normalize or no
@@ -152,6 +153,11 @@ class SmtpdSettings(Settings):
     ehloLines: tuple = attrs.field(init=False)  # keyword lines after the host name, Postfix's order ("SIZE N")
     offered: frozenset = attrs.field(init=False)  # extensions offered, for MAIL/RCPT parameters (after EHLO)
     ehloDiscardLog: str = attrs.field(init=False)  # "discarding EHLO keywords: ..." at each EHLO; "": no line
+
+    @property
+    def offerRequireTls(self):
+        """Is REQUIRETLS (RFC 8689) offered inside TLS: requiretls_enable, and not discarded?"""
+        return self.requiretlsEnable and "REQUIRETLS" not in self.discardEhloKeywords
 
     def __attrs_post_init__(self):
         discard = set(self.discardEhloKeywords) - {SILENT_DISCARD}
