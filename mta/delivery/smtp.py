@@ -30,6 +30,11 @@ connection is reused only where the TLS policy allows it: never a
 plaintext one where TLS is required (encrypt and above), never one made
 under another level.
 
+SASL (smtp_sasl_*, mta.delivery.smtpsasl): AUTH after the final EHLO;
+with smtp_sender_dependent_authentication the cache key holds the sender
+too; a failed handshake under may is not retried in plaintext when there
+are SASL credentials for the host (as Postfix).
+
 TLS (smtp_tls_security_level and the rest, mta.delivery.smtptls): the
 session sends STARTTLS after EHLO when offered and the level is not none,
 and EHLO again after the handshake.  Under may, a failed handshake is
@@ -116,6 +121,7 @@ from mta.delivery.mx import DeliveryProblem, PassToTransport, destinationHosts
 from mta.delivery.nexthop import parseNexthop
 from mta.delivery.connectioncache import ConnectionCache
 from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
+from mta.delivery.smtpsasl import SaslClient
 from mta.delivery.smtptls import ClientTLS
 from mta.transcript import Transcript, TranscriptNotices
 
@@ -226,6 +232,7 @@ class SMTPTransport:
             maillog=self.maillog,
         )
         self.transports = getattr(context, "transports", None)
+        self.sasl = _saslClient(settings, context, self.reactor)  # smtp_sasl_* (mta.delivery.smtpsasl)
 
     def _warn(self, text):
         from twisted.logger import LogLevel
@@ -236,6 +243,8 @@ class SMTPTransport:
         return Deferred.fromCoroutine(self._deliver(request))
 
     def stop(self):
+        if self.sasl is not None:
+            self.sasl.close()
         return self.cache.closeAll()
 
     # -- one request ---------------------------------------------------------------
@@ -245,7 +254,7 @@ class SMTPTransport:
         final, last = {}, {}
         problem = None
         destinations = [request.nexthop] + [r for r in self.settings.fallbackRelays if r != request.nexthop]
-        cached = self.cache.take(request.nexthop)
+        cached = self.cache.take(self._cacheKey(request.nexthop, request))
         if cached is not None and not self._tlsAllows(cached.session):
             cached.session.quit()
             cached = None
@@ -345,6 +354,29 @@ class SMTPTransport:
             return False
         return session.tlsLevel in (policy.level, "none" if policy.level == "may" else policy.level)
 
+    def _cacheKey(self, destination, request):
+        """
+        The connection-cache key: the destination, and with sender-dependent
+        SASL the sender too (Postfix's cache label), so that a connection
+        logged in with one sender's credentials never serves another.
+        """
+        label = self.sasl.cacheLabel(request) if self.sasl is not None else None
+        return destination if label is None else (destination, label)
+
+    async def _saslCredentials(self, request, remote, destination):
+        """
+        Are there SASL credentials for this delivery?  Then a failed TLS
+        handshake under may is not retried in plaintext (Postfix's
+        PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE): the server may not
+        offer AUTH there, and the mail would be refused as a relay attempt.
+        """
+        if self.sasl is None or not self.sasl.policy.active:
+            return False
+        try:
+            return await self.sasl.credentials(request.envelope.sender, remote.name, destination) is not None
+        except Exception:
+            return True
+
     def _cacheable(self, destination):
         return self.settings.cacheOnDemand or destination in self.settings.cacheDestinations
 
@@ -363,7 +395,8 @@ class SMTPTransport:
         self._chatNotify(cached.session, request, cached.remote)
         outcome = attrs.evolve(outcome, results=tuple(attrs.evolve(r, conn_use=uses) for r in outcome.results))
         if outcome.reusable:
-            self.cache.put(request.nexthop, cached.session, cached.remote, cached.created, uses)
+            self.cache.put(self._cacheKey(request.nexthop, request), cached.session, cached.remote, cached.created,
+                           uses)
         return outcome
 
     async def _session(self, request, pending, nexthop, host, destination, tlsLevel=None):
@@ -385,7 +418,7 @@ class SMTPTransport:
             remote = RemoteHost(host.name, host.address, host.port)
         transcript = Transcript(maxLines=TRANSCRIPT_LINES) if self.keepTranscripts else None
         session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript, tls=self.tls,
-                                    tlsLevel=tlsLevel)
+                                    tlsLevel=tlsLevel, sasl=self.sasl, destination=destination)
         try:
             await connectProtocol(endpoint, session)
         except Exception as e:
@@ -396,9 +429,10 @@ class SMTPTransport:
         outcome = await session.deliver(subrequest, self._content(session, request), remote, keepOpen=keepOpen)
         self._chatNotify(session, request, remote)
         if keepOpen and outcome.reusable:
-            self.cache.put(destination, session, remote, created, 1)
+            self.cache.put(self._cacheKey(destination, request), session, remote, created, 1)
         policy = self.settings.tls
-        if session.tlsFailed and tlsLevel is None and policy.level == "may" and not policy.wrapperMode:
+        if session.tlsFailed and tlsLevel is None and policy.level == "may" and not policy.wrapperMode \
+                and not await self._saslCredentials(request, remote, destination):
             self.maillog.emit(f"{remote.relay}: TLS handshake failed; trying again without TLS (smtp_tls_security_level"
                               f" = may)", request.queue_id)
             return await self._session(request, pending, nexthop, host, destination, tlsLevel="none")
@@ -422,6 +456,18 @@ class SMTPTransport:
             role = "LMTP client" if self.lmtp else "SMTP client"
             self.notices.send(role, remote.relay, transcript, preface=f"Unexpected response from {remote.relay}.")
         transcript.clear()
+
+
+def _saslClient(settings, context, clock):
+    """The transport's SaslClient (its tables opened once), or None without smtp_sasl_auth_enable."""
+    if not settings.sasl.active:
+        return None
+    tables = getattr(context, "tables", None)
+    if tables is None:
+        from mta.tables import Tables
+
+        tables = Tables(clock)
+    return SaslClient(settings.sasl, tables, clock, lmtp=settings.lmtp)
 
 
 def _connectError(e):

@@ -186,6 +186,7 @@ from twisted.logger import Logger
 from mta.delivery.dotstuff import DotStuffer
 from mta.delivery.smtpcommands import mailCommand, parseEhlo, rcptCommand
 from mta.delivery.smtpconnection import REPLY_LINE_LIMIT, WRITE_SIZE, ClientConnection, _Broken
+from mta.delivery.smtpsasl import SaslAuth
 from mta.delivery.smtpstarttls import StartTLS
 from mta.delivery.smtpreply import SMTPReply
 from mta.delivery.smtpresults import RemoteHost, SessionOutcome, Transaction
@@ -209,7 +210,7 @@ class _ContentError(Exception):
     """The caller's chunk source failed."""
 
 
-class SMTPClientSession(StartTLS, ClientConnection):
+class SMTPClientSession(SaslAuth, StartTLS, ClientConnection):
     """
     One client session on one connection; see the module docstring.
 
@@ -220,7 +221,8 @@ class SMTPClientSession(StartTLS, ClientConnection):
     @ivar sizeLimit: the server's SIZE; 0: none announced.
     """
 
-    def __init__(self, settings, clock, maillog=None, transcript=None, tls=None, tlsLevel=None):
+    def __init__(self, settings, clock, maillog=None, transcript=None, tls=None, tlsLevel=None, sasl=None,
+                 destination=""):
         super().__init__(clock, settings.replyLimit, settings.heloTimeout, maillog, transcript)
         self.settings = settings
         self.tls = tls  # a mta.delivery.smtptls.ClientTLS (the transport's); None: made on first use
@@ -235,6 +237,8 @@ class SMTPClientSession(StartTLS, ClientConnection):
         self.serverName = ""
         self.extensions = {}
         self.sizeLimit = 0
+        self.sasl = sasl  # a mta.delivery.smtpsasl.SaslClient (the transport's); None: no AUTH
+        self.saslDestination = destination  # the next-hop as written (smtp_sasl_password_maps)
 
 
     # -- the public API ---------------------------------------------------------------------
@@ -364,6 +368,8 @@ class SMTPClientSession(StartTLS, ClientConnection):
             # After the TLS handshake there is no greeting: EHLO again, trusting nothing from before.
             if not await self._hello(tx, bestMx, True):
                 return False
+        if not await self._saslLogin(tx):  # mta.delivery.smtpsasl: AUTH after the final EHLO
+            return False
         self._greeted = True
         return True
 
@@ -390,6 +396,7 @@ class SMTPClientSession(StartTLS, ClientConnection):
         self.esmtp = esmtp
         self.serverName = (reply.lines[0][4:].split() or [""])[0]
         self.extensions, self.sizeLimit = parseEhlo(reply if esmtp else None, s.discardEhloKeywords)
+        self.ehloReply = reply if esmtp else None
         myself = s.myHostname or s.heloName
         if esmtp and not s.lmtp and self.serverName.lower() == myself.lower():
             log.warn("host {host} replied to HELO/EHLO with my own hostname {me}", host=namaddr, me=myself)
@@ -424,7 +431,7 @@ class SMTPClientSession(StartTLS, ClientConnection):
                      retry=True)
             return False
         try:
-            mail = mailCommand(request, self.extensions, needUtf8, s.quoteRfc821Envelope)
+            mail = mailCommand(request, self.extensions, needUtf8, s.quoteRfc821Envelope) + self.saslMailParameter()
         except ValueError:
             tx.local(tx.pending(), "bounced", "5.1.7", "bad sender address syntax in the queue file")
             return False
