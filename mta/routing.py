@@ -25,7 +25,9 @@ RESOLVING (AddressResolver.resolve(address) -> Resolution)
     relay_transport, default_transport (the alias class goes to error:,
     "5.1.1 User unknown in virtual alias table").  The nexthop is the
     transport's own (``smtp:[relay]:587``), else $relayhost for relay and
-    default mail, else $myhostname for local mail, else the domain.
+    default mail (sender_dependent_relayhost_maps first: the sender, its
+    @domain, <> for the null sender; DUNNO stops there), else $myhostname
+    for local mail, else the domain.
     transport_maps override that (not for the alias class, as in
     Postfix): keys tried are the address, the address without extension,
     the domain, each parent as ``.parent``, then ``*``; a value is
@@ -80,7 +82,8 @@ SECURITY
 
 CONFIGURATION
     mydestination, virtual_alias_domains, virtual_mailbox_domains,
-    relay_domains, relayhost, local_transport, virtual_transport,
+    relay_domains, relayhost, sender_dependent_relayhost_maps,
+    empty_address_relayhost_maps_lookup_key, local_transport, virtual_transport,
     relay_transport, default_transport, transport_maps, virtual_alias_maps,
     alias_maps, recipient_delimiter, virtual_alias_recursion_limit,
     virtual_alias_expansion_limit, myhostname (ResolverSettings).
@@ -176,6 +179,7 @@ class AddressResolver:
         self.mailboxDomains = DomainMatcher(settings.mailboxDomains, tables, subdomains=False)
         self.relayDomains = DomainMatcher(settings.relayDomains, tables, subdomains=True)
         self.transportMaps = [tables.open(t) for t in settings.transportMaps]
+        self.senderRelayhostMaps = [tables.open(t) for t in settings.senderRelayhostMaps]
 
     async def isLocal(self, domain):
         """Is C{domain} in $mydestination (an empty domain is)?"""
@@ -205,8 +209,12 @@ class AddressResolver:
         text = address if isinstance(address, str) else str(address)
         return Resolution(text, await self.addressClass(domain), routed=routed, literal=literal)
 
-    async def resolve(self, address):
-        """The Resolution of C{address} with its transport and nexthop (transport_maps applied)."""
+    async def resolve(self, address, sender=None):
+        """
+        The Resolution of C{address} with its transport and nexthop
+        (transport_maps applied); C{sender} (the envelope sender, "" for
+        <>; None: unknown) for sender_dependent_relayhost_maps.
+        """
         resolution = await self.classify(address)
         _, domain = splitAddress(address)
         addressClass = resolution.addressClass
@@ -214,7 +222,12 @@ class AddressResolver:
             return attrs.evolve(resolution, transport="error", nexthop=f"5.1.1 {ALIAS_UNKNOWN}")
         transport, nexthop = self.settings.transport(addressClass)
         if not nexthop:
-            if addressClass in ("relay", "default") and self.settings.relayhost:
+            relayhost = None
+            if addressClass in ("relay", "default") and sender is not None:
+                relayhost = await self._senderRelayhost(sender)
+            if relayhost:
+                nexthop = relayhost
+            elif addressClass in ("relay", "default") and self.settings.relayhost:
                 nexthop = self.settings.relayhost
             elif addressClass == "local":
                 nexthop = self.hostname
@@ -226,6 +239,19 @@ class AddressResolver:
             transport = t or transport
             nexthop = n or nexthop
         return attrs.evolve(resolution, transport=transport, nexthop=nexthop)
+
+    async def _senderRelayhost(self, sender):
+        """sender_dependent_relayhost_maps: the sender, then @domain (<> as its key); DUNNO: none."""
+        if not self.senderRelayhostMaps:
+            return None
+        keys = addressKeys(sender, self.settings.delimiter) if sender else [self.settings.nullSenderRelayKey]
+        for table in self.senderRelayhostMaps:
+            for key in keys:
+                value = await table.lookup(key)
+                if value is not None:
+                    value = value.strip()
+                    return None if value.upper() == "DUNNO" else value
+        return None
 
     async def _transportMap(self, address, domain):
         if not self.transportMaps:
@@ -267,8 +293,8 @@ class Router:
         self.recursionLimit = settings.recursionLimit
         self.expansionLimit = settings.expansionLimit
 
-    async def route(self, address):
-        """A list of Route or RouteError, one per address C{address} expands to."""
+    async def route(self, address, sender=None):
+        """A list of Route or RouteError, one per address C{address} expands to (C{sender}: see resolve())."""
         try:
             expanded = await self._expand(address, 0, frozenset())
         except _Refused as e:
@@ -283,14 +309,14 @@ class Router:
                 results.append(item)
                 continue
             try:
-                results.append(await self.resolve(item))
+                results.append(await self.resolve(item, sender))
             except TableTemporaryError:
                 results.append(RouteError(item, "deferred", "4.3.0", "transport table lookup failure"))
         return results
 
-    async def resolve(self, address):
+    async def resolve(self, address, sender=None):
         """Route (or RouteError) for one address, without alias expansion."""
-        resolution = await self.resolver.resolve(address)
+        resolution = await self.resolver.resolve(address, sender)
         if resolution.addressClass == "alias":
             return RouteError(address, "bounced", "5.1.1", ALIAS_UNKNOWN)
         return Route(address, resolution.transport, resolution.nexthop)

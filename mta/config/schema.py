@@ -188,6 +188,57 @@ def _clientControls(prefix, group):
                   f"The key of {prefix}_tls_eccert_file.", group),
     )
 
+
+# smtp_sasl_* and their lmtp_sasl_* twins (mta.delivery.smtpsasl), Postfix's names and defaults.
+CLIENT_SASL_SECURITY_OPTIONS = ("noanonymous", "noplaintext", "noactive", "nodictionary", "mutual_auth",
+                                "forward_secrecy")
+
+
+def _clientSasl(prefix, group):
+    who = "SMTP" if prefix == "smtp" else "LMTP"
+    return (
+        Parameter(f"{prefix}_sasl_auth_enable", T.Boolean(), "no",
+                  f"SASL authentication (AUTH) in the {who} client, with the credentials of "
+                  f"{prefix}_sasl_password_maps.", group),
+        Parameter(f"{prefix}_sasl_password_maps", T.Tables(), "",
+                  "Tables of user:password per sender (with sender-dependent authentication), remote host "
+                  "name or next-hop as written ([host]:port); no entry: no AUTH. For XOAUTH2/OAUTHBEARER the "
+                  "password is the bearer token (see README: SASL in the client).", group),
+        Parameter(f"{prefix}_sasl_password_result_delimiter", T.String(), ":",
+                  f"The character between user name and password in {prefix}_sasl_password_maps results.",
+                  group),
+        Parameter(f"{prefix}_sender_dependent_authentication", T.Boolean(), "no",
+                  f"Look up {prefix}_sasl_password_maps by the sender address (then @domain) first; "
+                  "cached connections are then kept per sender.", group),
+        Parameter(f"{prefix}_sasl_mechanism_filter", T.List(), "",
+                  "If set, only the server's AUTH mechanisms that match: names, !name, /file/name (more "
+                  "names) or type:table (the key is the mechanism; any value matches).", group),
+        Parameter(f"{prefix}_sasl_security_options", T.ChoiceList(CLIENT_SASL_SECURITY_OPTIONS),
+                  "noplaintext, noanonymous",
+                  "SASL mechanism properties required without TLS: noplaintext forbids PLAIN, LOGIN, XOAUTH2 "
+                  "and OAUTHBEARER; also noanonymous, noactive, nodictionary, mutual_auth, forward_secrecy.",
+                  group),
+        Parameter(f"{prefix}_sasl_tls_security_options", T.ChoiceList(CLIENT_SASL_SECURITY_OPTIONS),
+                  f"${prefix}_sasl_security_options",
+                  "The same for sessions under TLS (e.g. noanonymous: plaintext mechanisms only in TLS).", group),
+        Parameter(f"{prefix}_sasl_tls_verified_security_options", T.ChoiceList(CLIENT_SASL_SECURITY_OPTIONS),
+                  f"${prefix}_sasl_tls_security_options",
+                  "The same for sessions under TLS with a verified server certificate.", group),
+        Parameter(f"{prefix}_sasl_auth_soft_bounce", T.Boolean(), "yes",
+                  "A 5xx reply to AUTH defers the mail (4.x.x) instead of bouncing it.", group),
+        Parameter(f"{prefix}_sasl_auth_cache_name", T.String(), "",
+                  "A persistent cache of logins refused with 535 (host, user, password hash): "
+                  "[proxy:]btree:/path (also hash, lmdb, dbm); mta keeps it in the SQLite file /path.sqlite. "
+                  "Empty: none.", group),
+        Parameter(f"{prefix}_sasl_auth_cache_time", T.Time("d"), "90d",
+                  f"How long a {prefix}_sasl_auth_cache_name entry is used.", group),
+        Parameter(f"{prefix}_sasl_type", T.Choice(("cyrus",)), "cyrus",
+                  "Accepted for Postfix compatibility: mta's client mechanisms are built in (PLAIN, LOGIN, "
+                  "XOAUTH2, OAUTHBEARER).", group),
+        Parameter(f"{prefix}_send_dummy_mail_auth", T.Boolean(), "no",
+                  "Append AUTH=<> to MAIL FROM in SASL-authenticated sessions.", group),
+    )
+
 _P = Parameter
 
 # smtpd_sasl_security_options and smtpd_sasl_tls_security_options (Postfix's xsasl names).
@@ -235,6 +286,11 @@ PARAMETERS = (
        "addresses"),
     _P("relayhost", T.String(), "",
        "The next-hop destination of non-local mail; empty: deliver directly by MX.", "addresses"),
+    _P("sender_dependent_relayhost_maps", T.Tables(), "",
+       "Tables of a relayhost per sender address (then @domain), overriding $relayhost for the relay "
+       "and default classes when their transport names no nexthop; DUNNO: use $relayhost.", "addresses"),
+    _P("empty_address_relayhost_maps_lookup_key", T.String(), "<>",
+       "The sender_dependent_relayhost_maps key for the null sender.", "addresses"),
     # -- queue ------------------------------------------------------------
     _P("queue_directory", T.Path(), "var/spool/mta",
        "The queue's top directory; a relative path is taken from the start-up directory.",
@@ -600,6 +656,7 @@ PARAMETERS = (
        "earlier, later Postfix always skips).", "smtp"),
     _P("fallback_relay", T.List(), "",
        "Obsolete: the default of smtp_fallback_relay (Postfix 2.2 and earlier).", "smtp"),
+    *_clientSasl("smtp", "smtp"),
     _P("lmtp_lhlo_name", T.String(), "$myhostname", "The hostname the LMTP client sends in LHLO.", "lmtp"),
     _P("lmtp_lhlo_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the greeting and the LHLO reply.", "lmtp"),
     _P("lmtp_mail_timeout", T.Time("s"), "300s", "How long the LMTP client waits for the reply to MAIL FROM.", "lmtp"),
@@ -633,6 +690,7 @@ PARAMETERS = (
        "Keep LMTP connections open for reuse (Postfix 2.2 and earlier; no: never cache one).", "lmtp"),
     _P("lmtp_fallback_relay", T.List(), "",
        "LMTP destinations (host or host:port) tried when the primary ones fail.", "lmtp"),
+    *_clientSasl("lmtp", "lmtp"),
     # -- routing (trivial-rewrite) --------------------------------------------
     _P("local_transport", T.String(), "error:5.1.1 local delivery is not available",
        "transport:nexthop for $mydestination recipients that no alias rewrites (mta has no "

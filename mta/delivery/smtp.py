@@ -35,6 +35,11 @@ smtp_tls_connection_reuse = yes (mta's default; Postfix's is no, since it
 needs tlsproxy(8)) or the policy's connection_reuse=yes; with no, a TLS
 connection gets QUIT after its delivery, as in Postfix.
 
+SASL (smtp_sasl_*, mta.delivery.smtpsasl): AUTH after the final EHLO;
+with smtp_sender_dependent_authentication the cache key holds the sender
+too; a failed handshake under may is not retried in plaintext when there
+are SASL credentials for the host (as Postfix).
+
 TLS sessions are resumed (smtp_tls_session_cache_timeout, 0: never): the
 transport keeps the sessions of its TLS connections in memory by server
 address, port, SNI and TLS policy (mta.delivery.tlssessions) and offers
@@ -146,6 +151,7 @@ from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
 from mta.delivery.tlspolicy import TlsPolicy
 from mta.delivery.tlssessions import TlsSessionCache
 from mta.delivery.dane import Dane
+from mta.delivery.smtpsasl import SaslClient
 from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
@@ -272,6 +278,7 @@ class SMTPTransport:
         )
         self.transports = getattr(context, "transports", None)
         self.tables = getattr(context, "tables", None)  # the session's *_address_maps (mta.delivery.smtpquirks)
+        self.sasl = _saslClient(settings, context, self.reactor)  # smtp_sasl_* (mta.delivery.smtpsasl)
 
     def _warn(self, text):
         from twisted.logger import LogLevel
@@ -282,6 +289,8 @@ class SMTPTransport:
         return Deferred.fromCoroutine(self._deliver(request))
 
     def stop(self):
+        if self.sasl is not None:
+            self.sasl.close()
         return self.cache.closeAll()
 
     # -- one request ---------------------------------------------------------------
@@ -296,7 +305,7 @@ class SMTPTransport:
         sites[destinations[0]] = first
         usable = isinstance(first, tuple) and len(first) == 2
         cached = self.cache.take(self._cacheKey(request.nexthop, first[1].reuseKey,
-                                                self._saslIdentityFor(request))) if usable else None
+                                                self._saslLabel(request))) if usable else None
         if cached is not None and not self._tlsAllows(cached.session, first[1]):
             cached.session.quit()
             cached = None
@@ -436,14 +445,6 @@ class SMTPTransport:
         """
         return cacheKey(destination, self.settings.tls if policyKey is None else policyKey, identity)
 
-    def _saslIdentityFor(self, request):
-        """
-        The SASL identity a delivery of C{request} would log in as (the SASL
-        client sets the session's saslIdentity; its lookup goes here).  None:
-        only connections that did not log in are taken from the cache.
-        """
-        return None
-
     def _tlsReuse(self, site=None):
         """May a TLS connection be cached?  The policy's connection_reuse=, else smtp_tls_connection_reuse."""
         return site.connectionReuse if site is not None else self.settings.tlsConnectionReuse
@@ -454,6 +455,29 @@ class SMTPTransport:
             session.quit()
             return
         self.cache.put(key, session, remote, created, uses)
+
+    def _saslLabel(self, request):
+        """
+        The SASL part of the cache key: with sender-dependent SASL the sender
+        (Postfix's cache label), so that a connection logged in with one
+        sender's credentials never serves another; else None (the
+        credentials are the destination's).
+        """
+        return self.sasl.cacheLabel(request) if self.sasl is not None else None
+
+    async def _saslCredentials(self, request, remote, destination):
+        """
+        Are there SASL credentials for this delivery?  Then a failed TLS
+        handshake under may is not retried in plaintext (Postfix's
+        PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE): the server may not
+        offer AUTH there, and the mail would be refused as a relay attempt.
+        """
+        if self.sasl is None or not self.sasl.policy.active:
+            return False
+        try:
+            return await self.sasl.credentials(request.envelope.sender, remote.name, destination) is not None
+        except Exception:
+            return True
 
     def _cacheable(self, destination):
         if not self.settings.cacheConnection:  # lmtp_cache_connection = no
@@ -480,7 +504,7 @@ class SMTPTransport:
         self._chatNotify(cached.session, request, cached.remote)
         outcome = attrs.evolve(outcome, results=tuple(attrs.evolve(r, conn_use=uses) for r in outcome.results))
         if outcome.reusable:
-            key = self._cacheKey(request.nexthop, cached.session.siteKey, getattr(cached.session, "saslIdentity", None))
+            key = self._cacheKey(request.nexthop, cached.session.siteKey, self._saslLabel(request))
             self._keep(key, cached.session, cached.remote, cached.created, uses, getattr(cached.session, "site", None))
         return outcome
 
@@ -506,7 +530,8 @@ class SMTPTransport:
             site = self.tlsPolicy.default(destination)
         tls = self.tlsPolicy.context(site.tls) if site.tls.level != "none" or site.tls.wrapperMode else None
         session = SMTPClientSession(self.settings, self.reactor, self.maillog, transcript=transcript, tls=tls,
-                                    tlsLevel=tlsLevel, site=site, policy=self.tlsPolicy)
+                                    tlsLevel=tlsLevel, site=site, policy=self.tlsPolicy, sasl=self.sasl,
+                                    destination=destination)
         session.siteKey = site.reuseKey if siteKey is None else siteKey  # what a cached reuse must match
         session.tlsSessions = self.tlsSessions
         session.tables = self.tables
@@ -520,10 +545,11 @@ class SMTPTransport:
         outcome = await session.deliver(subrequest, self._content(session, request), remote, keepOpen=keepOpen)
         self._chatNotify(session, request, remote)
         if keepOpen and outcome.reusable:
-            self._keep(self._cacheKey(destination, session.siteKey, getattr(session, "saslIdentity", None)),
+            self._keep(self._cacheKey(destination, session.siteKey, self._saslLabel(request)),
                        session, remote, created, 1, site)
         policy = site.tls
-        if session.tlsFailed and tlsLevel is None and policy.level == "may" and not policy.wrapperMode:
+        if session.tlsFailed and tlsLevel is None and policy.level == "may" and not policy.wrapperMode \
+                and not await self._saslCredentials(request, remote, destination):
             self.maillog.emit(f"{remote.relay}: TLS handshake failed; trying again without TLS (smtp_tls_security_level"
                               f" = may)", request.queue_id)
             return await self._session(request, pending, nexthop, host, destination, tlsLevel="none", site=site,
@@ -572,6 +598,18 @@ class SMTPTransport:
             role = "LMTP client" if self.lmtp else "SMTP client"
             self.notices.send(role, remote.relay, transcript, preface=f"Unexpected response from {remote.relay}.")
         transcript.clear()
+
+
+def _saslClient(settings, context, clock):
+    """The transport's SaslClient (its tables opened once), or None without smtp_sasl_auth_enable."""
+    if not settings.sasl.active:
+        return None
+    tables = getattr(context, "tables", None)
+    if tables is None:
+        from mta.tables import Tables
+
+        tables = Tables(clock)
+    return SaslClient(settings.sasl, tables, clock, lmtp=settings.lmtp)
 
 
 def _connectError(e):

@@ -191,6 +191,7 @@ from mta.delivery.dotstuff import DotStuffer
 from mta.delivery.smtpcommands import mailCommand, parseEhlo, rcptCommand
 from mta.delivery.smtpconnection import REPLY_LINE_LIMIT, WRITE_SIZE, ClientConnection, _Broken
 from mta.delivery.smtpquirks import ServerQuirks
+from mta.delivery.smtpsasl import SaslAuth
 from mta.delivery.smtpstarttls import StartTLS
 from mta.delivery.smtpreply import SMTPReply
 from mta.delivery.smtpresults import RemoteHost, SessionOutcome, Transaction
@@ -215,7 +216,7 @@ class _ContentError(Exception):
     """The caller's chunk source failed."""
 
 
-class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
+class SMTPClientSession(ServerQuirks, SaslAuth, StartTLS, ClientConnection):
     """
     One client session on one connection; see the module docstring.
 
@@ -227,7 +228,7 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
     """
 
     def __init__(self, settings, clock, maillog=None, transcript=None, tls=None, tlsLevel=None, site=None,
-                 policy=None):
+                 policy=None, sasl=None, destination=""):
         super().__init__(clock, settings.replyLimit, settings.heloTimeout, maillog, transcript)
         self.settings = settings
         self._clock = clock
@@ -247,6 +248,8 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
         self.serverName = ""
         self.extensions = {}
         self.sizeLimit = 0
+        self.sasl = sasl  # a mta.delivery.smtpsasl.SaslClient (the transport's); None: no AUTH
+        self.saslDestination = destination  # the next-hop as written (smtp_sasl_password_maps)
 
 
     # -- the public API ---------------------------------------------------------------------
@@ -384,6 +387,8 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
             if not await self._hello(tx, bestMx, True):
                 return False
         self._tlsSettle()
+        if not await self._saslLogin(tx):  # mta.delivery.smtpsasl: AUTH after the final EHLO
+            return False
         self._greeted = True
         return True
 
@@ -413,6 +418,7 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
         if discard is None:
             return False
         self.extensions, self.sizeLimit = parseEhlo(reply if esmtp else None, discard)
+        self.ehloReply = reply if esmtp else None
         myself = s.myHostname or s.heloName
         if esmtp and not s.lmtp and self.serverName.lower() == myself.lower():
             log.warn("host {host} replied to HELO/EHLO with my own hostname {me}", host=namaddr, me=myself)
@@ -450,7 +456,7 @@ class SMTPClientSession(ServerQuirks, StartTLS, ClientConnection):
         if sendRequireTls is None:
             return False
         try:
-            mail = mailCommand(request, self.extensions, needUtf8, s.quoteRfc821Envelope, sendRequireTls)
+            mail = mailCommand(request, self.extensions, needUtf8, s.quoteRfc821Envelope, sendRequireTls) + self.saslMailParameter()
         except ValueError:
             tx.local(tx.pending(), "bounced", "5.1.7", "bad sender address syntax in the queue file")
             return False

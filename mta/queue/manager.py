@@ -352,7 +352,7 @@ class QueueManager:
         for index, recipient in enumerate(message.envelope.recipients):
             if states.get(str(index), {}).get("status") in DONE:
                 continue
-            for route in await self.router.route(recipient.address):
+            for route in await self.router.route(recipient.address, message.envelope.sender):
                 key = recipientKey(index, recipient.address, route.address)
                 if states.get(key, {}).get("status") in DONE:
                     continue

@@ -149,11 +149,11 @@ def test_routerFailureDefersTheMessageAndFreesTheSlot(tmp_path):
     route = h.manager.router.route
     calls = []
 
-    async def broken(address):
+    async def broken(address, sender=None):
         calls.append(address)
         if address == "u@box.example" and calls.count(address) == 1:
             raise RuntimeError("a bug in a table")
-        return await route(address)
+        return await route(address, sender)
 
     h.manager.router.route = broken
     h.manager.start()

@@ -99,6 +99,7 @@ import attrs
 
 from mta.config.errors import ConfigError
 from mta.config.settings import Settings, setting, settingsClass
+from mta.config.settings.clientsasl import ClientSasl, compileClientSasl
 from mta.config.settings.tls import compileCipherList, knownGroups, parseProtocols
 
 __all__ = ["ClientSettings", "ClientTls", "LmtpClientSettings", "SmtpClientSettings"]
@@ -414,6 +415,7 @@ class ClientSettings(Settings):
         object.__setattr__(self, "tls", tls)
         object.__setattr__(self, "notes", tuple(notes))
         self._checkDestinations(scope, prefix)
+        object.__setattr__(self, "sasl", compileClientSasl(self, scope, prefix))
 
     def _checkDestinations(self, scope, prefix):
         """The fall-back relays and lmtp_tcp_port, parsed now as a delivery would (mta.config.nexthop)."""
@@ -604,6 +606,21 @@ class SmtpClientSettings(ClientSettings):
     tlsEckeyFile: str = setting("smtp_tls_eckey_file")
     obsoleteFallbackRelay: tuple = setting("fallback_relay", tuple)  # the default of smtp_fallback_relay
     cacheConnection = True  # lmtp_cache_connection is LMTP's
+    # -- SASL (smtp_sasl_*; compiled into C{sasl} by check(): mta.config.settings.clientsasl)
+    saslAuthEnable: bool = setting("smtp_sasl_auth_enable")
+    saslPasswordMaps: tuple = setting("smtp_sasl_password_maps")
+    saslPasswordResultDelimiter: str = setting("smtp_sasl_password_result_delimiter")
+    senderDependentAuthentication: bool = setting("smtp_sender_dependent_authentication")
+    saslMechanismFilter: tuple = setting("smtp_sasl_mechanism_filter", tuple)
+    saslSecurityOptions: tuple = setting("smtp_sasl_security_options")
+    saslTlsSecurityOptions: tuple = setting("smtp_sasl_tls_security_options")
+    saslTlsVerifiedSecurityOptions: tuple = setting("smtp_sasl_tls_verified_security_options")
+    saslAuthSoftBounce: bool = setting("smtp_sasl_auth_soft_bounce")
+    saslAuthCacheName: str = setting("smtp_sasl_auth_cache_name")
+    saslAuthCacheTime: float = setting("smtp_sasl_auth_cache_time")
+    saslType: str = setting("smtp_sasl_type")
+    sendDummyMailAuth: bool = setting("smtp_send_dummy_mail_auth")
+    sasl: ClientSasl = attrs.field(init=False, default=ClientSasl())
 
 
 @settingsClass
@@ -679,6 +696,21 @@ class LmtpClientSettings(ClientSettings):
     tlsEckeyFile: str = setting("lmtp_tls_eckey_file")
     cacheConnection: bool = setting("lmtp_cache_connection")  # no: LMTP connections are never cached
     fallbackRelays: tuple = setting("lmtp_fallback_relay", tuple)  # LMTP's own (Postfix 3.1)
+    # -- SASL (lmtp_sasl_*; compiled into C{sasl} by check(): mta.config.settings.clientsasl)
+    saslAuthEnable: bool = setting("lmtp_sasl_auth_enable")
+    saslPasswordMaps: tuple = setting("lmtp_sasl_password_maps")
+    saslPasswordResultDelimiter: str = setting("lmtp_sasl_password_result_delimiter")
+    senderDependentAuthentication: bool = setting("lmtp_sender_dependent_authentication")
+    saslMechanismFilter: tuple = setting("lmtp_sasl_mechanism_filter", tuple)
+    saslSecurityOptions: tuple = setting("lmtp_sasl_security_options")
+    saslTlsSecurityOptions: tuple = setting("lmtp_sasl_tls_security_options")
+    saslTlsVerifiedSecurityOptions: tuple = setting("lmtp_sasl_tls_verified_security_options")
+    saslAuthSoftBounce: bool = setting("lmtp_sasl_auth_soft_bounce")
+    saslAuthCacheName: str = setting("lmtp_sasl_auth_cache_name")
+    saslAuthCacheTime: float = setting("lmtp_sasl_auth_cache_time")
+    saslType: str = setting("lmtp_sasl_type")
+    sendDummyMailAuth: bool = setting("lmtp_send_dummy_mail_auth")
+    sasl: ClientSasl = attrs.field(init=False, default=ClientSasl())
 
 
 # Service name -> settings class, built from [main] (MAIN) or from each

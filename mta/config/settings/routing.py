@@ -9,6 +9,7 @@ settings class that needs it (a parameter may be read by several areas):
     virtual_transport, relay_transport, default_transport,
     transport_maps, alias_maps, recipient_delimiter,
     virtual_alias_recursion_limit, virtual_alias_expansion_limit,
+    sender_dependent_relayhost_maps, empty_address_relayhost_maps_lookup_key,
     mynetworks, relay_recipient_maps, local_recipient_maps,
     smtpd_recipient_restrictions, smtpd_reject_unlisted_recipient,
     relay_domains_reject_code, unknown_local_recipient_reject_code,
@@ -75,6 +76,9 @@ class ResolverSettings(Settings):
     delimiter: str = setting("recipient_delimiter")  # the characters that start an address extension
     recursionLimit: int = setting("virtual_alias_recursion_limit")  # deepest alias nesting (then 5.4.6)
     expansionLimit: int = setting("virtual_alias_expansion_limit")  # most addresses from one (then 5.3.0)
+    # sender_dependent_relayhost_maps: a relayhost per sender (mta.routing.AddressResolver.resolve)
+    senderRelayhostMaps: tuple = setting("sender_dependent_relayhost_maps")
+    nullSenderRelayKey: str = setting("empty_address_relayhost_maps_lookup_key")
 
     def transport(self, addressClass):
         """The configured (transport, nexthop) of C{addressClass} (local, virtual, relay or default)."""
