@@ -37,6 +37,28 @@ class BenchFailure(Exception):
         self.detail = detail
 
 
+def waitForCount(sink, target: float, timeout: float, stall: float, name: str) -> int:
+    """
+    Wait until C{sink.count} reaches C{target}; return the count.  Gives up
+    after C{timeout} seconds, or after C{stall} seconds without a new
+    message (a server that does not relay at all is seen quickly); a sink
+    process (C{sink.proc}) that exits is a BenchFailure naming C{name}.
+    """
+    now = time.monotonic()
+    deadline = now + timeout
+    last, lastChange = sink.count, now
+    while sink.count < target and now < deadline:
+        if sink.proc.poll() is not None:
+            raise BenchFailure(f"{name} exited (rc={sink.proc.returncode})")
+        time.sleep(0.02)
+        now = time.monotonic()
+        if sink.count != last:
+            last, lastChange = sink.count, now
+        elif now - lastChange > stall:
+            break
+    return sink.count
+
+
 def stopProcessGroup(proc: subprocess.Popen, grace: float = 15.0) -> None:
     """Stop a child started with start_new_session=True, and its group."""
     if proc.poll() is None:

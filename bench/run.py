@@ -64,7 +64,7 @@ sys.dont_write_bytecode = True  # no __pycache__ left in bench/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loads import (  # noqa: E402
-    BenchFailure, makeCertificate, offersStarttls, runLoad, stopProcessGroup, treeCpuSeconds)
+    BenchFailure, makeCertificate, offersStarttls, runLoad, stopProcessGroup, treeCpuSeconds, waitForCount)
 from postfix_instance import (  # noqa: E402
     BENCH_DOMAIN, PostfixError, PostfixInstance, countRegularFiles, findProgram,
     tail, waitForGreeting)
@@ -303,24 +303,8 @@ class SmtpSink:
                 self.count = int(matches[-1])
 
     def waitFor(self, target: int, timeout: float, stall: float) -> int:
-        """Wait until the sink has target messages; return the count.
-
-        Gives up after timeout seconds, or after stall seconds without a
-        new message (a server that does not relay at all is seen quickly).
-        """
-        now = time.monotonic()
-        deadline = now + timeout
-        last, lastChange = self.count, now
-        while self.count < target and now < deadline:
-            if self.proc.poll() is not None:
-                raise BenchFailure(f"smtp-sink exited (rc={self.proc.returncode})")
-            time.sleep(0.02)
-            now = time.monotonic()
-            if self.count != last:
-                last, lastChange = self.count, now
-            elif now - lastChange > stall:
-                break
-        return self.count
+        """Wait until the sink has target messages; return the count (loads.waitForCount)."""
+        return waitForCount(self, target, timeout, stall, "smtp-sink")
 
     def stop(self) -> None:
         if self.proc is not None:

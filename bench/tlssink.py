@@ -34,7 +34,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 MAX_LINE = 4096
@@ -194,21 +193,9 @@ class TlsSink:
         return dict(self.counters)
 
     def waitFor(self, target, timeout, stall):
-        from loads import BenchFailure
+        from loads import waitForCount
 
-        now = time.monotonic()
-        deadline = now + timeout
-        last, lastChange = self.count, now
-        while self.count < target and now < deadline:
-            if self.proc.poll() is not None:
-                raise BenchFailure(f"bench/tlssink.py exited (rc={self.proc.returncode})")
-            time.sleep(0.02)
-            now = time.monotonic()
-            if self.count != last:
-                last, lastChange = self.count, now
-            elif now - lastChange > stall:
-                break
-        return self.count
+        return waitForCount(self, target, timeout, stall, "bench/tlssink.py")
 
     def stop(self):
         from loads import stopProcessGroup

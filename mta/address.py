@@ -91,7 +91,8 @@ CONFIGURATION
     CHUNKING, SMTPUTF8, DSN, AUTH, ...)   -> offered=
 
 SIZE
-    Past 600 lines (about 85 of them this page): it is the one parser of the
+    Past 700 lines (about 100 of them this page; REQUIRETLS added its
+    parameter): it is the one parser of the
     argument of MAIL FROM: and RCPT TO:, whose path and parameters share
     the split, the limits, the error types and the character checks; the
     value types it returns (and their formatting) are in mta.model.

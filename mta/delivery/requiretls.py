@@ -87,6 +87,7 @@ from twisted.logger import Logger
 
 from mta.config.settings.client import REQUIRETLS_ACTIONS as ACTIONS
 from mta.config.settings.client import parseRequireTlsPolicy as parsePolicy
+from mta.delivery.smtptls import dotParents, nexthopDomain
 
 __all__ = ["ACTIONS", "RequireTlsPolicy", "afterStarttlsFailure", "beforeMail", "beforeStarttls", "demand",
            "parsePolicy"]
@@ -112,21 +113,11 @@ class RequireTlsError(Exception):
 
 
 def _domainKeys(destination):
-    """The lookup keys of a next hop: the domain without [ ] or :port, then ".parent" domains."""
-    name = (destination or "").strip().lower()
-    if name.startswith("["):
-        name = name[1:].split("]", 1)[0]
-        return [name] if name else []
-    name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
-    name = name.rstrip(".")
+    """The lookup keys of a next hop: the domain without [ ] or :port (alone when bracketed), then ".parent" domains."""
+    name = nexthopDomain((destination or "").strip())
     if not name:
         return []
-    keys = [name]
-    index = name.find(".", 1)
-    while index != -1:
-        keys.append(name[index:])
-        index = name.find(".", index + 1)
-    return keys
+    return [name] if destination.strip().startswith("[") else dotParents(name)
 
 
 class RequireTlsPolicy:

@@ -69,7 +69,7 @@ from zope.interface import implementer
 
 from mta.tls.context import VERSIONS
 
-__all__ = ["ClientTLS", "TlsVerdict", "matchNamesFor", "nexthopDomain", "serverNameFor"]
+__all__ = ["ClientTLS", "TlsVerdict", "dotParents", "matchNamesFor", "nexthopDomain", "serverNameFor"]
 
 
 def nexthopDomain(nexthop):
@@ -80,6 +80,16 @@ def nexthopDomain(nexthop):
     elif text.count(":") == 1:
         text = text.partition(":")[0]
     return text.lower().rstrip(".")
+
+
+def dotParents(name):
+    """A domain then its ".parent" domains, as Postfix's parent-domain lookups: "a.b.c" -> a.b.c, .b.c, .c."""
+    keys = [name]
+    index = name.find(".", 1)
+    while index != -1:
+        keys.append(name[index:])
+        index = name.find(".", index + 1)
+    return keys
 
 
 def serverNameFor(policy, host, nexthop):

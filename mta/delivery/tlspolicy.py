@@ -90,7 +90,7 @@ from twisted.logger import Logger
 from mta.config.settings.client import TLS_LEVELS
 from mta.delivery.nexthop import validHostname
 from mta.delivery.requiretls import RequireTlsPolicy
-from mta.delivery.smtptls import ClientTLS, TlsVerdict, nexthopDomain
+from mta.delivery.smtptls import ClientTLS, TlsVerdict, dotParents, nexthopDomain
 
 __all__ = ["PolicyError", "SitePolicy", "TlsPolicy", "TlsResult", "fingerprintMatches", "parsePolicyEntry",
            "policyKeys"]
@@ -148,16 +148,7 @@ def policyKeys(nexthop):
         return []
     if name.startswith("[") or ":" in name or not validHostname(name.rstrip(".")):
         return [name]
-    return _dotParents(name.rstrip("."))
-
-
-def _dotParents(name):
-    keys = [name]
-    index = name.find(".", 1)
-    while index != -1:
-        keys.append(name[index:])
-        index = name.find(".", index + 1)
-    return keys
+    return dotParents(name.rstrip("."))
 
 
 def _normalizeDigest(text):
@@ -278,6 +269,7 @@ class TlsPolicy:
         self.resolver = resolver
         self.clock = clock
         self.base = settings.tls
+        self._baseFingerprints = tuple(_normalizeDigest(d) for d in self.base.fingerprintCertMatch)
         self._warn = warn or (lambda text: log.warn("{text}", text=text))
         specs = getattr(settings, "tlsPolicyMaps", ())
         self.maps = [tables.open(spec) for spec in specs] if specs and tables is not None else []
@@ -302,8 +294,7 @@ class TlsPolicy:
 
     def default(self, nexthop=""):
         """The transport's own policy (no lookups): for LMTP over UNIX sockets and tests."""
-        return SitePolicy(tls=self.base, domain=nexthopDomain(nexthop), connectionReuse=self.settings.tlsConnectionReuse
-                          if hasattr(self.settings, "tlsConnectionReuse") else True)
+        return SitePolicy(tls=self.base, domain=nexthopDomain(nexthop), connectionReuse=self.settings.tlsConnectionReuse)
 
     async def forDestination(self, nexthop, destination, request=None):
         """The SitePolicy of one destination as routed (C{destination}: the next-hop text)."""
@@ -340,7 +331,7 @@ class TlsPolicy:
             site = attrs.evolve(site, tls=tls, fingerprints=fingerprints, source="smtp_tls_policy_maps",
                                 connectionReuse=site.connectionReuse if reuse is None else reuse)
         elif self.base.level == "fingerprint":
-            site = attrs.evolve(site, fingerprints=tuple(_normalizeDigest(d) for d in self.base.fingerprintCertMatch))
+            site = attrs.evolve(site, fingerprints=self._baseFingerprints)
         elif self.sts is not None and getattr(nexthop, "kind", None) == "mx":
             site = await self._withSts(site)
         if request is not None:  # REQUIRETLS may raise the requirement, "TLS-Required: No" lower it

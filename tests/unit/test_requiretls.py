@@ -6,7 +6,7 @@ import email.policy
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
 from mta.config.errors import ConfigError
@@ -19,6 +19,7 @@ from tests.unit.test_bounce import BOB, CONTENT, REJECTED, envelope, notice
 from tests.unit.test_smtpclient import BODY, clientSettings, makeRequest
 from tests.tlssupport import Certificates
 from tests.unit.test_smtpclient_tls import EHLO_AFTER, EHLO_TLS, HOST, Lines
+from tests.synchronous import run
 
 EHLO_REQUIRETLS = "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 REQUIRETLS\r\n"
 
@@ -26,15 +27,6 @@ EHLO_REQUIRETLS = "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 REQUIRET
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     return Certificates(tmp_path_factory.mktemp("certs"))
-
-
-def run(coroutine):
-    results = []
-    Deferred.fromCoroutine(coroutine).addBoth(results.append)
-    assert len(results) == 1
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 # -- the session over in-memory TLS -------------------------------------------------------------

@@ -4,7 +4,7 @@ import hashlib
 
 import attrs
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 
 from mta.delivery.nexthop import parseNexthop
@@ -15,15 +15,7 @@ from mta.tables import TableTemporaryError
 from tests.unit.test_smtpclient import BODY, clientSettings, makeRequest
 from tests.unit.test_smtpclient_tls import EHLO_TLS, HOST, Lines, certs  # noqa: F401 (fixture)
 from tests.tlssupport import TLSServerEnd, TLSStringTransport
-
-
-def run(coroutine):
-    results = []
-    Deferred.fromCoroutine(coroutine).addBoth(results.append)
-    assert len(results) == 1
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
+from tests.synchronous import run
 
 
 class Table:
