@@ -171,7 +171,10 @@ class StartTLS:
             self._note(f"{verdict.failure}: {tx.host.relay} (smtp_tls_security_level = {self.tlsLevel})", warn=True)
             tx.local(tx.pending(), "deferred", "4.7.5", verdict.failure, retry=True)
             return False
-        self._recordTls(tx, True)
+        if verdict.report is not None:  # a policy in "testing" mode: reported, not enforced
+            self._recordTls(tx, False, *verdict.report)
+        else:
+            self._recordTls(tx, True)
         return True
 
     def _tlsPolicyKey(self):

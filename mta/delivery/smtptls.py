@@ -128,6 +128,8 @@ class TlsVerdict:
     trusted: bool  # the chain verifies
     matched: bool  # a name matched (only checked under verify/secure)
     failure: str | None = None
+    # A failure for TLS-RPT only, the delivery going on (MTA-STS "testing"): (RFC 8460 type, detail).
+    report: tuple | None = None
 
 
 def _dnsNames(x509):

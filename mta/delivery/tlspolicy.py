@@ -117,6 +117,9 @@ class TlsResult:
     success: bool
     failureType: str | None = None
     detail: str = ""
+    # The RFC 8460 policy type when the site does not tell it: "sts" for a failed MTA-STS policy
+    # fetch or an invalid policy (the site then has no sts); None: from the site (sts, tlsa or none).
+    policyType: str | None = None
 
 
 @attrs.frozen
