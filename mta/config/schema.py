@@ -656,6 +656,21 @@ PARAMETERS = (
        "lookup under the dane level: may (TLSA ignored), encrypt (TLS required, not "
        "authenticated), dane (TLSA used; success logged as Trusted); empty: Postfix's default, "
        "dane when the level is dane, else may.", "smtp"),
+    # -- MTA-STS (RFC 8461) in the SMTP client (mta.delivery.mtasts); mta's own names ----
+    _P("smtp_mta_sts_enable", T.Boolean(), "yes",
+       "Look up and honour the MTA-STS policies of the domains mail goes to through MX records "
+       "(enforce: verified TLS to a matching MX, else deferred); not under level none.", "smtp"),
+    _P("smtp_mta_sts_cache_file", T.String(), "",
+       "The SQLite file that keeps fetched MTA-STS policies across restarts; empty: mta-sts.sqlite "
+       "in the queue directory.", "smtp"),
+    _P("smtp_mta_sts_fetch_timeout", T.Time("s"), "10s",
+       "How long the HTTPS fetch of an MTA-STS policy may take (connect, TLS, response).", "smtp"),
+    _P("smtp_mta_sts_CAfile", T.String(), "",
+       "PEM file of the CAs that verify the MTA-STS policy hosts (web PKI); empty: the system "
+       "trust store.", "smtp"),
+    _P("smtp_mta_sts_retry_time", T.Time("s"), "300s",
+       "After a failed MTA-STS policy fetch, how long a domain's policy is not fetched again (the "
+       "cached policy, if any, applies meanwhile).", "smtp"),
     *_clientControls("smtp", "smtp"),
     _P("smtp_skip_4xx_greeting", T.Boolean(), "yes",
        "A 4xx greeting: try the next host (no: defer the delivery at once; Postfix 2.0 and "

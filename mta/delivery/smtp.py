@@ -151,6 +151,7 @@ from mta.delivery.smtpclient import RemoteHost, SMTPClientSession
 from mta.delivery.tlspolicy import TlsPolicy
 from mta.delivery.tlssessions import TlsSessionCache
 from mta.delivery.dane import Dane
+from mta.delivery.mtasts import Sts
 from mta.delivery.smtpsasl import SaslClient
 from mta.transcript import Transcript, TranscriptNotices
 
@@ -244,6 +245,10 @@ class SMTPTransport:
         self.tlsSessions = TlsSessionCache(self.reactor, sessionTimeout) if sessionTimeout else None
         # DANE (smtp_tls_security_level dane / dane-only, per MX host): mta.delivery.dane.
         self.tlsPolicy.dane = Dane(self.resolver, settings, self.maillog)
+        # MTA-STS (RFC 8461) for MX deliveries: mta.delivery.mtasts.
+        if settings.mtaStsEnable and hasattr(self.resolver, "lookupRecords"):
+            self.tlsPolicy.sts = Sts(settings, self.resolver, self.reactor, self.maillog,
+                                     cachePath=_stsCachePath(settings, context), record=self.tlsPolicy.record)
         if settings.tls.daneProblem:
             self._warn(f"{settings.tls.daneProblem}: " + ("DANE is not used (may)" if settings.tls.level == "may"
                                                           else "every delivery defers"))
@@ -291,6 +296,8 @@ class SMTPTransport:
     def stop(self):
         if self.sasl is not None:
             self.sasl.close()
+        if self.tlsPolicy.sts is not None:
+            self.tlsPolicy.sts.close()
         return self.cache.closeAll()
 
     # -- one request ---------------------------------------------------------------
@@ -598,6 +605,15 @@ class SMTPTransport:
             role = "LMTP client" if self.lmtp else "SMTP client"
             self.notices.send(role, remote.relay, transcript, preface=f"Unexpected response from {remote.relay}.")
         transcript.clear()
+
+
+def _stsCachePath(settings, context):
+    """smtp_mta_sts_cache_file, or mta-sts.sqlite in the queue directory (None: no store, memory only)."""
+    path = settings.mtaStsCacheFile.strip()
+    if path:
+        return path
+    directory = getattr(getattr(context, "store", None), "directory", None)
+    return os.path.join(directory, "mta-sts.sqlite") if isinstance(directory, str) and directory else None
 
 
 def _saslClient(settings, context, clock):

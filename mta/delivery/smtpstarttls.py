@@ -168,7 +168,7 @@ class StartTLS:
         if verdict.failure:
             failureType = "certificate-not-trusted" if not verdict.trusted else "certificate-host-mismatch"
             self._recordTls(tx, False, failureType, verdict.failure)
-            self._note(f"{verdict.failure}: {tx.host.relay} (smtp_tls_security_level = {self.tlsLevel})", warn=True)
+            self._note(f"{verdict.failure}: {tx.host.relay} ({self._levelSource()})", warn=True)
             tx.local(tx.pending(), "deferred", "4.7.5", verdict.failure, retry=True)
             return False
         if verdict.report is not None:  # a policy in "testing" mode: reported, not enforced
@@ -176,6 +176,14 @@ class StartTLS:
         else:
             self._recordTls(tx, True)
         return True
+
+    def _levelSource(self):
+        """Where the TLS level came from, for a warning: the parameter, or the MTA-STS policy."""
+        site = getattr(self, "site", None)
+        sts = getattr(site, "sts", None)
+        if site is not None and site.source == "mta-sts" and sts is not None:
+            return f"MTA-STS policy of {sts.domain}: mode {sts.mode}, TLS level {self.tlsLevel}"
+        return f"smtp_tls_security_level = {self.tlsLevel}"
 
     def _tlsPolicyKey(self):
         """The TLS policy part of the session key: the SitePolicy's reuseKey, else the transport's."""

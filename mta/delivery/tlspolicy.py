@@ -264,7 +264,7 @@ class TlsPolicy:
     """One per SMTPTransport: resolves the SitePolicy of each destination and host (module docstring)."""
 
     dane = None  # an object with async forHost(site, host) -> SitePolicy (mta.delivery.dane)
-    sts = None  # an object with async policyFor(domain) -> policy or None (mta.delivery.mtasts)
+    sts = None  # mta.delivery.mtasts.Sts: apply(site), hostAllowed(site, host), judge(...), enforcedTls(tls)
     reporter = None  # an object with record(site, host, TlsResult) (TLS-RPT)
 
     def __init__(self, settings, resolver=None, clock=None, tables=None, warn=None):
@@ -363,8 +363,15 @@ class TlsPolicy:
             if site.failure is not None:
                 return site
         if self.dane is not None and site.tls.level in ("dane", "dane-only"):
-            return await self.dane.forHost(site, host)
+            hostSite = await self.dane.forHost(site, host)
+            if (hostSite.failure is None and not hostSite.tlsa and hostSite.tls.level in ("may", "encrypt")
+                    and site.sts is not None and site.sts.mode == "enforce"):
+                # No usable TLSA records: MTA-STS enforce where DANE would have fallen back (RFC 8461 2)
+                hostSite = attrs.evolve(hostSite, tls=self.sts.enforcedTls(hostSite.tls), source="mta-sts")
+            return hostSite
         if site.tls.level == "dane":
+            if site.sts is not None and site.sts.mode == "enforce":
+                return attrs.evolve(site, tls=self.sts.enforcedTls(site.tls), source="mta-sts")
             return attrs.evolve(site, tls=attrs.evolve(site.tls, level="may"))
         if site.tls.level == "dane-only":
             return attrs.evolve(site, failure=PolicyError("DANE is not available (smtp_tls_security_level = "

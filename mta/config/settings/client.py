@@ -424,6 +424,12 @@ class ClientSettings(Settings):
         object.__setattr__(self, "tls", tls)
         object.__setattr__(self, "notes", tuple(notes))
         self._checkDestinations(scope, prefix)
+        stsCA = self.mtaStsCAfile.strip()
+        if stsCA:  # the MTA-STS policy fetch's trust store (mta.delivery.mtasts)
+            try:
+                probe.load_verify_locations(stsCA.encode(), None)
+            except (SSL.Error, OSError):
+                fail("_mta_sts_CAfile", f"cannot read PEM CA certificates from {stsCA!r}")
         object.__setattr__(self, "sasl", compileClientSasl(self, scope, prefix))
 
     def _checkDestinations(self, scope, prefix):
@@ -595,6 +601,12 @@ class SmtpClientSettings(ClientSettings):
     # -- DNSSEC and DANE (mta.delivery.dane; resolved by check() into tls and dnsSupportLevelEffective)
     dnsSupportLevel: str = setting("smtp_dns_support_level")
     insecureMxPolicy: str = setting("smtp_tls_dane_insecure_mx_policy")
+    # -- MTA-STS (mta.delivery.mtasts)
+    mtaStsEnable: bool = setting("smtp_mta_sts_enable")
+    mtaStsCacheFile: str = setting("smtp_mta_sts_cache_file")  # empty: mta-sts.sqlite in the queue directory
+    mtaStsFetchTimeout: float = setting("smtp_mta_sts_fetch_timeout", positiveTime)
+    mtaStsCAfile: str = setting("smtp_mta_sts_CAfile")  # empty: the system trust store
+    mtaStsRetryTime: float = setting("smtp_mta_sts_retry_time")
     # -- the rest of smtp(8)'s controls (mta.delivery.smtpquirks) and the older names
     discardEhloKeywordMaps: tuple = setting("smtp_discard_ehlo_keyword_address_maps")  # by server IP address
     skip4xxGreeting: bool = setting("smtp_skip_4xx_greeting")  # no: a 4xx greeting defers, no next host
@@ -638,6 +650,8 @@ class LmtpClientSettings(ClientSettings):
 
     lmtp = True
     neverSendEhlo = False  # LMTP always sends LHLO
+    mtaStsEnable = False  # MTA-STS is for MX deliveries (smtp only)
+    mtaStsCAfile = ""
     alwaysSendEhlo = True
 
     heloName: str = setting("lmtp_lhlo_name", validHeloName)  # sent in LHLO
