@@ -139,6 +139,9 @@ def _clientTlsReuse(prefix, group):
         Parameter(f"{prefix}_tls_session_cache_timeout", T.Time("s"), "3600s",
                   "How long client TLS sessions are kept for resumption (in memory); 0: no resumption; "
                   "under 2 minutes means 2 minutes; at most 100 days.", group),
+        Parameter(f"{prefix}_tls_force_insecure_host_tlsa_lookup", T.Boolean(), "no",
+                  "DANE: look up TLSA records even for a host whose address records are not "
+                  "DNSSEC-validated (only a secure TLSA RRset is used).", group),
     )
 
 

@@ -31,9 +31,9 @@ DESCRIPTION
       TLSA lookup     _PORT._tcp.HOST through the same DNS client, with
                       DNSSEC; for a host reached through a CNAME first at the
                       expanded name, then at the original one (RFC 7672
-                      2.2.3); never for a host whose address RRset is insecure
-                      (Postfix's smtp_tls_force_insecure_host_tlsa_lookup =
-                      no).  A temporary failure (SERVFAIL, timeout) defers the
+                      2.2.3); not for a host whose address RRset is insecure
+                      unless smtp_tls_force_insecure_host_tlsa_lookup = yes
+                      (Postfix's default no).  A temporary failure (SERVFAIL, timeout) defers the
                       host: 4.7.5 "TLSA lookup error for HOST:PORT".  Only a
                       secure TLSA RRset counts
       no TLSA         dane: may; dane-only: 4.7.5 "no TLSA records found"
@@ -73,7 +73,8 @@ SECURITY
 
 CONFIGURATION
     smtp_dns_support_level (lmtp_dns_support_level), smtp_host_lookup,
-    ignore_mx_lookup_error, smtp_tls_dane_insecure_mx_policy, through
+    ignore_mx_lookup_error, smtp_tls_dane_insecure_mx_policy,
+    smtp_tls_force_insecure_host_tlsa_lookup (and the lmtp_ twins), through
     mta.config.settings.client (ClientSettings.dnssec, ClientTls).
 
 DEVIATIONS
@@ -325,7 +326,7 @@ class Dane:
 
     async def lookup(self, host):
         """(base domain, [Tlsa]) of a secure TLSA RRset, or None; DanePolicyError on a temporary failure."""
-        if not host.secure:
+        if not host.secure and not getattr(self.settings, "forceInsecureHostTlsaLookup", False):
             return None  # an insecure address RRset: no TLSA lookup (RFC 7672 2.2.2)
         candidates = [n for n in (host.canonical, host.name.lower().rstrip(".")) if n]
         for name in dict.fromkeys(candidates):

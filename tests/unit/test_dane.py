@@ -264,6 +264,16 @@ def test_for_host_insecure_address_rrset_means_no_tlsa_lookup():
     assert resultOf(d).tls.level == "may" and dane.resolver.asked == []
 
 
+def test_for_host_insecure_address_rrset_with_forced_tlsa_lookup():
+    d, dane = forHost({"_25._tcp.mx.example.com": [EE_TEXT]}, host=attrs.evolve(MX, secure=False),
+                      extra="smtp_tls_force_insecure_host_tlsa_lookup = yes\n")
+    site = resultOf(d)
+    assert dane.resolver.asked == ["_25._tcp.mx.example.com"] and site.tls.level == "dane" and len(site.tlsa) == 1
+    d, dane = forHost({"_25._tcp.mx.example.com": ([EE_TEXT], False)}, host=attrs.evolve(MX, secure=False),
+                      extra="smtp_tls_force_insecure_host_tlsa_lookup = yes\n")
+    assert resultOf(d).tls.level == "may"  # the TLSA RRset itself must still be secure
+
+
 def test_for_host_insecure_mx_under_the_default_policy_uses_tlsa():
     d, dane = forHost({"_25._tcp.mx.example.com": [EE_TEXT]}, host=attrs.evolve(MX, mxSecure=False))
     site = resultOf(d)

@@ -601,6 +601,7 @@ class SmtpClientSettings(ClientSettings):
     # -- DNSSEC and DANE (mta.delivery.dane; resolved by check() into tls and dnsSupportLevelEffective)
     dnsSupportLevel: str = setting("smtp_dns_support_level")
     insecureMxPolicy: str = setting("smtp_tls_dane_insecure_mx_policy")
+    forceInsecureHostTlsaLookup: bool = setting("smtp_tls_force_insecure_host_tlsa_lookup")
     # -- MTA-STS (mta.delivery.mtasts)
     mtaStsEnable: bool = setting("smtp_mta_sts_enable")
     mtaStsCacheFile: str = setting("smtp_mta_sts_cache_file")  # empty: mta-sts.sqlite in the queue directory
@@ -699,6 +700,7 @@ class LmtpClientSettings(ClientSettings):
     # -- DNSSEC and DANE (mta.delivery.dane); Postfix has no lmtp_ insecure-MX twin (no MX in LMTP)
     dnsSupportLevel: str = setting("lmtp_dns_support_level")
     insecureMxPolicy = ""
+    forceInsecureHostTlsaLookup: bool = setting("lmtp_tls_force_insecure_host_tlsa_lookup")
     # -- the rest of lmtp(8)'s controls (mta.delivery.smtpquirks) and the older names
     discardEhloKeywordMaps: tuple = setting("lmtp_discard_lhlo_keyword_address_maps")  # by server IP address
     skip4xxGreeting = True  # smtp_skip_4xx_greeting is SMTP's
