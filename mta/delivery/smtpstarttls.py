@@ -131,6 +131,7 @@ class StartTLS:
         if self.tls is None:
             self.tls = self.tlsPolicy.context(policy) if self.tlsPolicy is not None else ClientTLS(policy)
         self._discardInput()
+        self.localAddress()  # known before a failed handshake drops the connection (TLS-RPT)
         self._stage = "performing the TLS handshake"
         serverName = serverNameFor(policy, tx.host, tx.request.nexthop)
         sessions, sessionKey, offered = self._tlsOffer(tx, serverName)
@@ -220,11 +221,14 @@ class StartTLS:
         self.tlsPolicy.record(self.site, tx.host, TlsResult(success, failureType, detail), sendingIp=self.localAddress())
 
     def localAddress(self):
-        """This end's IP address of the connection (TLS-RPT's sending-mta-ip), or None."""
-        try:
-            return getattr(self.transport.getHost(), "host", None)
-        except Exception:
-            return None
+        """This end's IP address of the connection (TLS-RPT's sending-mta-ip), or None; kept once known."""
+        known = getattr(self, "_localAddress", None)
+        if known is None:
+            try:
+                known = self._localAddress = getattr(self.transport.getHost(), "host", None)
+            except Exception:
+                return None
+        return known
 
     def _note(self, text, warn=False):
         """A mail-log line under the session's queue id (a warning: "warning: ...")."""

@@ -363,6 +363,20 @@ def reportMessage(*, sender, recipients, organization, domain, report, payload, 
 # -- https: ------------------------------------------------------------------------------------------
 
 
+def _reason(error):
+    """A failed request's words: the TLS library's texts, or the error's."""
+    reasons = getattr(error, "reasons", None)  # twisted.web's ResponseNeverReceived and friends
+    errors = [r.value for r in reasons] if reasons else [error]
+    texts = []
+    for e in errors:
+        args = getattr(e, "args", ())
+        if args and isinstance(args[0], list):  # OpenSSL.SSL.Error: [(library, function, reason)]
+            texts.extend(t[2] for t in args[0] if isinstance(t, tuple) and len(t) == 3)
+        else:
+            texts.append(str(e) or type(e).__name__)
+    return _text("; ".join(texts) or type(error).__name__, 300)
+
+
 class _Drain(Protocol):
     """Reads (and drops) an answer's body, at most MAX_ANSWER octets."""
 
@@ -798,8 +812,7 @@ class TlsReporter:
             try:
                 code = await self._postOnce(url, payload)
             except Exception as e:
-                why = _text(getattr(e, "reasons", None) and "; ".join(str(r.value) for r in e.reasons) or e
-                            or type(e).__name__, 300)
+                why = _reason(e)
             else:
                 if 200 <= code < 300:
                     self._emit(f"{domain}: report {rid} sent to {_text(url)}: HTTP {code}")
