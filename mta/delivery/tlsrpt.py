@@ -9,8 +9,10 @@ NAME
         .use(generation)        a reload: the new settings, cleanup, DNS
         .flush()                memory -> the SQLite store
         .reportDue(now)         report every finished interval (async)
-    parseRecords(texts)         the _smtp._tls TXT answer -> rua URIs
-    buildReport(...), reportMessage(...), reportFilename(...)
+    policyOf(site, host, result), daneFailureType(text)
+    (from mta.delivery.tlsrptreport: parseRecords(texts), the _smtp._tls
+    TXT answer -> rua URIs; buildReport(...), compress(...),
+    reportMessage(...), reportFilename(...))
 
 DESCRIPTION
     Recording.  mta.delivery.smtpstarttls reports every TLS attempt through
@@ -101,26 +103,20 @@ DEVIATIONS
     most one minute of sessions) and https: retries in progress are lost.
 """
 
-import datetime
-import email.policy
-import email.utils
-import gzip
 import io
 import json
 import os
-import re
 import sqlite3
-from email.mime.application import MIMEApplication
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
-from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-__all__ = ["TlsReporter", "buildReport", "parseRecords", "reportFilename", "reportMessage", "policyOf",
-           "daneFailureType"]
+from mta.delivery.tlsrptreport import (RecordError, buildReport, clean, compress, isoTime, parseRecords,
+                                       reportFilename, reportId, reportMessage)
+
+__all__ = ["RecordError", "TlsReporter", "buildReport", "compress", "daneFailureType", "parseRecords", "policyOf",
+           "reportFilename", "reportId", "reportMessage"]
 
 log = Logger()
 
@@ -128,25 +124,18 @@ FLUSH_INTERVAL = 60  # seconds between writes of the in-memory counts
 MAX_POLICIES = 10000  # policy rows per interval (memory and store)
 MAX_DETAILS = 100  # failure-detail rows per policy row
 MAX_POLICY_STRINGS = 100  # policy-string entries kept (lines of an MTA-STS policy, TLSA records)
-MAX_TEXT = 500  # a policy string, a host name, a reason: at most this many characters
-MAX_RECORD = 2048  # octets of one TXT record
-MAX_RUA = 10  # URIs of one rua=
-MAX_URI = 1024
 MAX_ANSWER = 65536  # octets read (and dropped) of an https: answer
 RETRY_DELAYS = (300, 1800, 7200)  # https: tries after the first
 DNS_RETRY = 3600  # a temporary DNS failure: the next try
 KEEP_UNSENT = 2 * 86400  # data whose report cannot be sent (DNS trouble) is dropped after this
 REPORT_DELAY = 60  # seconds after an interval's end before it is reported (at most a tenth of the interval)
 
-VERSION = "v=TLSRPTv1"
 MEDIA_TYPE = "application/tlsrpt+gzip"
 RESULT_TYPES = frozenset({
     "starttls-not-supported", "certificate-host-mismatch", "certificate-expired", "certificate-not-trusted",
     "validation-failure", "tlsa-invalid", "dnssec-invalid", "dane-required", "sts-policy-fetch-error",
     "sts-policy-invalid", "sts-webpki-invalid",
 })
-_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
-_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS policy (
@@ -159,15 +148,6 @@ CREATE TABLE IF NOT EXISTS detail (
     PRIMARY KEY (start, end, domain, type, strings, mx, result, sending, mxname, ip, reason));
 """
 _POLICY_KEY = "start = ? AND end = ? AND domain = ? AND type = ? AND strings = ? AND mx = ?"
-
-
-def _text(value, limit=MAX_TEXT):
-    """Printable ASCII, cut: for the report, the log and headers."""
-    return _PRINTABLE.sub("?", str(value))[:limit]
-
-
-def _iso(t):
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def daneFailureType(text):
@@ -188,176 +168,14 @@ def policyOf(site, host, result):
     kind = result.policyType or ("sts" if sts is not None else "tlsa" if tlsa else "no-policy-found")
     if kind == "sts" and sts is not None:
         lines = [line.strip() for line in (getattr(sts, "text", "") or "").splitlines() if line.strip()]
-        strings = tuple(_text(line) for line in lines[:MAX_POLICY_STRINGS])
-        mx = tuple(_text(m) for m in tuple(getattr(sts, "mx", ()) or ())[:MAX_POLICY_STRINGS])
+        strings = tuple(clean(line) for line in lines[:MAX_POLICY_STRINGS])
+        mx = tuple(clean(m) for m in tuple(getattr(sts, "mx", ()) or ())[:MAX_POLICY_STRINGS])
         return kind, strings, mx
     if kind == "tlsa":
-        strings = tuple(_text(t) for t in tlsa[:MAX_POLICY_STRINGS])
+        strings = tuple(clean(t) for t in tlsa[:MAX_POLICY_STRINGS])
         name = (getattr(host, "name", "") or "").lower().rstrip(".") if host is not None else ""
-        return kind, strings, (_text(name),) if name else ()
+        return kind, strings, (clean(name),) if name else ()
     return kind, (), ()
-
-
-# -- the _smtp._tls record ------------------------------------------------------------------------
-
-
-class RecordError(ValueError):
-    """The _smtp._tls answer gives no usable reporting policy (the text says why)."""
-
-
-def parseRecords(texts):
-    """
-    The rua URIs (("mailto", address) and ("https", url) pairs, in order)
-    of the TXT record strings C{texts} (each record's strings joined) as
-    RFC 8460 3: records not starting "v=TLSRPTv1;" are ignored, exactly one
-    must remain; RecordError otherwise or when it has no usable rua.
-    """
-    candidates = [t for t in texts if re.match(r"v=TLSRPTv1[ \t]*;", t)]
-    if not candidates:
-        raise RecordError("no TLSRPTv1 record")
-    if len(candidates) > 1:
-        raise RecordError(f"{len(candidates)} TLSRPTv1 records")
-    record = candidates[0]
-    if len(record) > MAX_RECORD:
-        raise RecordError("record too long")
-    rua = None
-    for index, field in enumerate(f.strip(" \t") for f in record.split(";")):
-        if index == 0 or not field:
-            continue  # the version; an empty field after a trailing ";"
-        name, eq, value = field.partition("=")
-        if not eq or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}", name):
-            raise RecordError(f"bad field {_text(field, 60)!r}")
-        if name == "rua":
-            if rua is not None:
-                raise RecordError("more than one rua=")
-            rua = value
-    if rua is None:
-        raise RecordError("no rua=")
-    uris = []
-    for item in rua.split(","):
-        uri = item.strip(" \t")
-        if not uri or len(uri) > MAX_URI or any(ord(c) <= 32 or ord(c) > 126 for c in uri):
-            continue
-        scheme = uri.split(":", 1)[0].lower()
-        if scheme == "mailto":
-            target = unquote(uri[len("mailto:"):].split("?", 1)[0])
-            for address in target.split(","):
-                if _ADDRESS.fullmatch(address.strip()):
-                    uris.append(("mailto", address.strip()))
-        elif scheme == "https":
-            parts = urlsplit(uri)
-            if parts.hostname and not parts.username and not parts.password:
-                uris.append(("https", uri))
-        if len(uris) >= MAX_RUA:
-            break
-    if not uris:
-        raise RecordError("no usable mailto: or https: URI in rua=")
-    return uris
-
-
-# -- the report --------------------------------------------------------------------------------------
-
-
-def reportId(start, domain, hostname):
-    return f"{_iso(start)}_{domain}@{hostname}"
-
-
-def buildReport(*, organization, contact, start, end, domain, hostname, policies, maxDetails=None):
-    """
-    The RFC 8460 4 report (a dict) of C{policies}: [((type, strings, mx),
-    success, failure, [((result, sending, mxname, ip, reason), count)])].
-    C{maxDetails}: keep at most this many failure details per policy (the
-    most counted).
-    """
-    entries = []
-    for (kind, strings, mx), success, failure, details in policies:
-        policy = {"policy-type": kind}
-        if strings:
-            policy["policy-string"] = list(strings)
-        policy["policy-domain"] = domain
-        if mx:
-            policy["mx-host"] = list(mx)
-        entry = {"policy": policy,
-                 "summary": {"total-successful-session-count": success, "total-failure-session-count": failure}}
-        ordered = sorted(details, key=lambda d: (-d[1], d[0]))
-        if maxDetails is not None:
-            ordered = ordered[:maxDetails]
-        if ordered:
-            items = []
-            for (result, sending, mxname, ip, reason), count in ordered:
-                item = {"result-type": result}
-                if sending:
-                    item["sending-mta-ip"] = sending
-                if mxname:
-                    item["receiving-mx-hostname"] = mxname
-                if ip:
-                    item["receiving-ip"] = ip
-                item["failed-session-count"] = count
-                if reason:
-                    item["failure-reason-code"] = reason
-                items.append(item)
-            entry["failure-details"] = items
-        entries.append(entry)
-    return {
-        "organization-name": organization,
-        "date-range": {"start-datetime": _iso(start), "end-datetime": _iso(end - 1)},
-        "contact-info": contact,
-        "report-id": reportId(start, domain, hostname),
-        "policies": entries,
-    }
-
-
-def compress(report, limit):
-    """The gzipped JSON of C{report} within C{limit} octets, dropping failure details if need be; None: cannot."""
-
-    def packed(value):
-        return gzip.compress(json.dumps(value, indent=None, separators=(",", ":")).encode("utf-8"), mtime=0)
-
-    data = packed(report)
-    if len(data) <= limit:
-        return data
-    most = max((len(p.get("failure-details", ())) for p in report["policies"]), default=0)
-    while most > 0:
-        most //= 2
-        trimmed = dict(report, policies=[dict(p, **{"failure-details": p["failure-details"][:most]})
-                                         if "failure-details" in p else p for p in report["policies"]])
-        for p in trimmed["policies"]:
-            if "failure-details" in p and not p["failure-details"]:
-                del p["failure-details"]
-        data = packed(trimmed)
-        if len(data) <= limit:
-            return data
-    return None
-
-
-def reportFilename(organization, domain, start, end, unique):
-    """RFC 8460 5.3: sender!policy-domain!begin!end!unique.json.gz (no "!" or "/" from the inputs)."""
-    clean = [re.sub(r"[^A-Za-z0-9._@-]", "_", str(v)) for v in (organization, domain, int(start), int(end), unique)]
-    return "!".join(clean) + ".json.gz"
-
-
-def reportMessage(*, sender, recipients, organization, domain, report, payload, start, end, now, hostname):
-    """The report mail (bytes, CRLF) of RFC 8460 5.3."""
-    rid = report["report-id"]
-    unique = re.sub(r"[^A-Za-z0-9]", "", _iso(start))
-    message = MIMEMultipart("report", report_type="tlsrpt")
-    message["From"] = _text(sender, 200)
-    message["To"] = ", ".join(_text(r, 200) for r in recipients)
-    message["Subject"] = f"Report Domain: {_text(domain, 255)} Submitter: {_text(organization, 255)} " \
-                         f"Report-ID: <{_text(rid, 300)}>"
-    message["Date"] = email.utils.format_datetime(datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
-    message["Message-ID"] = f"<tlsrpt.{unique}.{_text(domain, 255)}@{_text(hostname, 255)}>"
-    message["TLS-Report-Domain"] = _text(domain, 255)
-    message["TLS-Report-Submitter"] = _text(organization, 255)
-    message["Auto-Submitted"] = "auto-generated"
-    text = (f"This is an aggregate TLS report (RFC 8460) from {_text(organization)} for {_text(domain)},\r\n"
-            f"covering {report['date-range']['start-datetime']} to {report['date-range']['end-datetime']}.\r\n")
-    message.attach(MIMEText(text, "plain", "us-ascii"))
-    attachment = MIMEApplication(payload, "tlsrpt+gzip")
-    attachment.add_header("Content-Disposition", "attachment",
-                          filename=reportFilename(organization, domain, start, end, unique))
-    message.attach(attachment)
-    return message.as_bytes(policy=email.policy.SMTP)
 
 
 # -- https: ------------------------------------------------------------------------------------------
@@ -374,7 +192,7 @@ def _reason(error):
             texts.extend(t[2] for t in args[0] if isinstance(t, tuple) and len(t) == 3)
         else:
             texts.append(str(e) or type(e).__name__)
-    return _text("; ".join(texts) or type(error).__name__, 300)
+    return clean("; ".join(texts) or type(error).__name__, 300)
 
 
 class _Drain(Protocol):
@@ -495,7 +313,7 @@ class TlsReporter:
         """One TLS attempt's outcome (mta.delivery.tlspolicy.TlsResult); counts in memory only."""
         if not self.settings.enable:
             return
-        domain = _text((getattr(site, "domain", "") or "").lower().rstrip("."), 255)
+        domain = clean((getattr(site, "domain", "") or "").lower().rstrip("."), 255)
         if not domain:
             return
         kind, strings, mx = policyOf(site, host, result)
@@ -513,10 +331,10 @@ class TlsReporter:
             return
         counts.failure += 1
         failureType = result.failureType if result.failureType in RESULT_TYPES else "validation-failure"
-        detail = (failureType, _text(sendingIp or "", 64),
-                  _text((getattr(host, "name", "") or "").lower().rstrip("."), 255) if host is not None else "",
-                  _text(getattr(host, "address", "") or "", 64) if host is not None else "",
-                  _text(result.detail or ""))
+        detail = (failureType, clean(sendingIp or "", 64),
+                  clean((getattr(host, "name", "") or "").lower().rstrip("."), 255) if host is not None else "",
+                  clean(getattr(host, "address", "") or "", 64) if host is not None else "",
+                  clean(result.detail or ""))
         if detail in counts.details:
             counts.details[detail] += 1
         elif len(counts.details) < MAX_DETAILS:
@@ -665,6 +483,10 @@ class TlsReporter:
         """Stop the timers and write what is in memory; a Deferred."""
         self._started = False
         self._stopTimers()
+        if self.pending:
+            self._warn(f"{len(self.pending)} https: report deliveries in progress given up at stop")
+            for d in list(self.pending):
+                d.cancel()
         self.flush()
         self._close()
         return succeed(None)
@@ -733,8 +555,8 @@ class TlsReporter:
                 return True
             if outcome == "later":
                 if now >= end + KEEP_UNSENT:
-                    self._emit(f"{domain}: report for {_iso(start)} dropped: no answer from DNS since "
-                               f"{_iso(end)}")
+                    self._emit(f"{domain}: report for {isoTime(start)} dropped: no answer from DNS since "
+                               f"{isoTime(end)}")
                     self._forget(start, end, domain)
                 else:
                     retry = True
@@ -756,12 +578,12 @@ class TlsReporter:
             uris = parseRecords(texts)
         except DNSError as e:
             if e.temporary:
-                self._emit(f"{domain}: TXT lookup of {name} failed: {_text(e.detail or e)}; trying again later")
+                self._emit(f"{domain}: TXT lookup of {name} failed: {clean(e.detail or e)}; trying again later")
                 return "later"
-            self._emit(f"{domain}: no TLSRPT policy ({name}: {_text(e)}); report for {_iso(start)} dropped")
+            self._emit(f"{domain}: no TLSRPT policy ({name}: {clean(e)}); report for {isoTime(start)} dropped")
             return "done"
         except RecordError as e:
-            self._emit(f"{domain}: no TLSRPT policy ({name}: {e}); report for {_iso(start)} dropped")
+            self._emit(f"{domain}: no TLSRPT policy ({name}: {e}); report for {isoTime(start)} dropped")
             return "done"
         s = self.settings
         report = buildReport(organization=s.organizationName, contact=s.contactInfo, start=start, end=end,
@@ -798,7 +620,7 @@ class TlsReporter:
             queueId = await self.cleanup.submit(Origin.internal(), s.sender, tuple(Recipient(r) for r in recipients),
                                                 content, body="7BIT", arrival=now)
         except Exception as e:
-            self._warn(f"{domain}: report {rid} to {targets} could not be queued: {_text(e)}")
+            self._warn(f"{domain}: report {rid} to {targets} could not be queued: {clean(e)}")
             return
         self._emit(f"{domain}: report {rid} queued as {queueId} to {targets}")
 
@@ -811,18 +633,20 @@ class TlsReporter:
                 await deferLater(self.clock, RETRY_DELAYS[attempt - 1], lambda: None)
             try:
                 code = await self._postOnce(url, payload)
+            except CancelledError:
+                raise  # stop()
             except Exception as e:
                 why = _reason(e)
             else:
                 if 200 <= code < 300:
-                    self._emit(f"{domain}: report {rid} sent to {_text(url)}: HTTP {code}")
+                    self._emit(f"{domain}: report {rid} sent to {clean(url)}: HTTP {code}")
                     return True
                 why = f"HTTP {code}"
             if attempt < len(RETRY_DELAYS):
-                self._emit(f"{domain}: report {rid} to {_text(url)} failed: {why}; trying again in "
+                self._emit(f"{domain}: report {rid} to {clean(url)} failed: {why}; trying again in "
                            f"{RETRY_DELAYS[attempt]}s")
             else:
-                self._warn(f"{domain}: report {rid} to {_text(url)} failed: {why}; given up")
+                self._warn(f"{domain}: report {rid} to {clean(url)} failed: {why}; given up")
         return False
 
     def _makeAgent(self):

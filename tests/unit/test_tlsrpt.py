@@ -514,3 +514,36 @@ def test_resumed_handshakes_and_reports_are_not_recorded(world):
     world.reporter.settings = attrs.evolve(world.reporter.settings, skipReused=False)
     StartTLS._recordTls(session, tx, True, resumed=True)
     assert counts.success == 2
+
+
+def test_stop_gives_up_https_retries(world):
+    world.agent.codes = [500] * 10
+    world.reporter.record(site(), MX1, TlsResult(True))
+    run(world.reporter.reportDue(START + DAY))
+    assert len(world.reporter.pending) == 1
+    world.reporter.stop()
+    assert world.reporter.pending == set()
+    assert "warning: 1 https: report deliveries in progress given up at stop" in world.log.lines
+    world.clock.advance(DAY)
+    assert len(world.agent.posts) == 1
+
+
+def test_dane_policy_failures_are_recorded_by_the_transport(world):
+    """mta.delivery.smtp records a host's DANE policy failure as its RFC 8460 type (policy type tlsa)."""
+    from mta.delivery.mx import Host
+    from mta.delivery.smtp import SMTPTransport
+    from mta.delivery.tlspolicy import PolicyError, TlsPolicy
+
+    transport = SMTPTransport.__new__(SMTPTransport)
+    transport.tlsPolicy = TlsPolicy.__new__(TlsPolicy)
+    transport.tlsPolicy.reporter = world.reporter
+    host = Host("mx1.example.com", "192.0.2.1", 25, 10)
+    request = Request(Envelope("user@example.org"))
+    for text in ("no TLSA records found", "TLSA lookup error for mx1.example.com:25", "non DNSSEC destination"):
+        transport._recordPolicyFailure(request, site(failure=PolicyError(text)), host)
+    transport._recordPolicyFailure(Request(Envelope(world.reporter.settings.sender)),
+                                   site(failure=PolicyError("no TLSA records found")), host)
+    [entry] = reportOf(world)["policies"]
+    assert entry["policy"] == {"policy-type": "tlsa", "policy-domain": "example.com", "mx-host": ["mx1.example.com"]}
+    assert entry["summary"]["total-failure-session-count"] == 2
+    assert sorted(d["result-type"] for d in entry["failure-details"]) == ["dane-required", "dnssec-invalid"]
