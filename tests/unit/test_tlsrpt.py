@@ -547,3 +547,82 @@ def test_dane_policy_failures_are_recorded_by_the_transport(world):
     assert entry["policy"] == {"policy-type": "tlsa", "policy-domain": "example.com", "mx-host": ["mx1.example.com"]}
     assert entry["summary"]["total-failure-session-count"] == 2
     assert sorted(d["result-type"] for d in entry["failure-details"]) == ["dane-required", "dnssec-invalid"]
+
+
+# -- what a real client session records (in-memory TLS, mta.delivery.smtpstarttls) ----------------------------
+
+
+class Recorder:
+    skipReused = True
+
+    def __init__(self):
+        self.seen = []
+
+    def record(self, site, host, result, sendingIp=None):
+        self.seen.append((site, host, result, sendingIp))
+
+    def ignores(self, request):
+        return False
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    from tests.tlssupport import Certificates
+
+    return Certificates(tmp_path_factory.mktemp("certs"))
+
+
+def recordingSession(certs, tlsa=(), **params):
+    from mta.delivery.dane import Dane
+    from mta.delivery.tlspolicy import TlsPolicy
+    from tests.unit.test_smtpclient_tls import TLSSession
+
+    s = TLSSession(certs, **params)
+    policy = TlsPolicy(s.settings)
+    policy.dane = Dane(None, s.settings)
+    policy.reporter = Recorder()
+    tls = s.settings.tls if not tlsa else attrs.evolve(s.settings.tls, level="dane")
+    s.protocol.tlsPolicy = policy
+    s.protocol.site = SitePolicy(tls=tls, domain="example.net", tlsa=tlsa)
+    return s, policy.reporter
+
+
+def test_sessions_record_success_and_certificate_failures(certs):
+    s, reporter = recordingSession(certs, smtp_tls_security_level="may")
+    s.greet()
+    s.starttls()
+    s.finish()
+    [(recordedSite, host, result, _)] = reporter.seen
+    assert result == TlsResult(True) and recordedSite.domain == "example.net" and host.name == "mx.test"
+    s, reporter = recordingSession(certs, smtp_tls_security_level="verify")
+    s.greet()
+    s.starttls()
+    assert [r.failureType for _, _, r, _ in reporter.seen] == ["certificate-not-trusted"]
+    s, reporter = recordingSession(certs, chain="other-chain.pem", smtp_tls_security_level="verify",
+                                   smtp_tls_CAfile=certs["ca.pem"])
+    s.greet()
+    s.starttls()
+    assert [r.failureType for _, _, r, _ in reporter.seen] == ["certificate-host-mismatch"]
+
+
+def test_a_dane_chain_that_matches_no_tlsa_record_is_tlsa_invalid(certs):
+    from mta.delivery.dane import Tlsa
+
+    s, reporter = recordingSession(certs, tlsa=(Tlsa(3, 1, 1, b"\x00" * 32),), smtp_tls_security_level="may")
+    s.greet()
+    s.starttls()
+    [(_, _, result, _)] = reporter.seen
+    assert (result.success, result.failureType, result.detail) == (False, "tlsa-invalid",
+                                                                   "Server certificate not verified")
+
+
+def test_a_failed_handshake_is_a_validation_failure(certs):
+    s, reporter = recordingSession(certs, smtp_tls_security_level="may")
+    s.greet()
+    assert s.server.read() == "STARTTLS\r\n"
+    s.server.send("220 Ready\r\n")
+    s.transport.deliver(b"this is not a TLS server hello\r\n" * 4)
+    s.transport.tlsClock.advance(0)
+    [(_, _, result, sendingIp)] = reporter.seen
+    assert result.failureType == "validation-failure" and result.detail.startswith("handshake failure")
+    assert sendingIp == s.transport.getHost().host
