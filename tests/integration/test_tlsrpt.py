@@ -196,3 +196,28 @@ class TlsRptLoopbackTests(unittest.TestCase):
         reporter.stop()
         self.assertEqual(reporter.pending, set())
         self.assertIn("warning: 1 https: report deliveries in progress given up at stop", lines)
+
+
+def test_the_daemon_records_a_tls_session_and_keeps_it_at_stop(makeDaemon, tmp_path):
+    """
+    A real mta daemon with smtp_tlsrpt_enable = yes: a STARTTLS delivery to mta's own TLS server
+    is in the store after the daemon stops (written at stop, before the minute's flush).
+    """
+    import sqlite3
+
+    from tests.integration.test_client_peers import send, waitDelivery
+    from tests.integration.test_client_tls import mtaNexthop
+
+    (tmp_path / "certs").mkdir()
+    certs = Certificates(tmp_path / "certs")
+    nexthop = mtaNexthop(makeDaemon, certs.serverMain("may"))
+    main = (f"transport_maps = inline:{{ tls.example=smtp:[localhost]:{nexthop.port} }}\nsmtp_host_lookup = native\n"
+            "inet_protocols = ipv4\nsmtp_tls_security_level = may\nsmtp_tlsrpt_enable = yes\n")
+    d = makeDaemon(main=main, hold=False).start()
+    qid = send(d, ["rcpt@tls.example"])
+    [line] = waitDelivery(d, qid, "rcpt@tls.example")
+    assert line[3] == "sent", line
+    d.stop()
+    with sqlite3.connect(os.path.join(d.queue, "tlsrpt.sqlite")) as db:
+        rows = db.execute("SELECT domain, type, success, failure FROM policy").fetchall()
+    assert rows == [("localhost", "no-policy-found", 1, 0)], rows
