@@ -11,6 +11,8 @@ field by field.
 import gzip
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,7 +57,8 @@ class TlsRptLoopbackTests(unittest.TestCase):
     def setUp(self):
         from bench.postfix_instance import PostfixInstance
 
-        base = Path(os.path.abspath(self.mktemp()))
+        base = Path(tempfile.mkdtemp(prefix="mta-tlsrpt-"))  # not trial's mktemp(): that is under the cwd
+        self.addCleanup(shutil.rmtree, base, True)
         (base / "certs").mkdir(parents=True)
         self.certs = certs = Certificates(base / "certs")
         self.postfix = PostfixInstance(freePort(), tls=(certs["server.pem"], certs["server.key"]))
