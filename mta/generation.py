@@ -6,6 +6,7 @@
         (for pickup, notices and transcripts), .notices,
         .transports (a TransportRegistry),
         .resolver (the DNS client, made on first use), .maillogFor(program),
+        .tlsReporter (TLS-RPT, mta.delivery.tlsrpt: the daemon's, shared),
         .factories (one SMTP server factory per listener, by name)
 
 The daemon (mta.service) holds one generation in force; a reload makes a
@@ -54,8 +55,13 @@ class Generation:
     factories (clock, store, tables, flushSite).
     """
 
-    def __init__(self, config, tables, clock, store, protocolFactory, flushSite=None):
-        """C{flushSite}: the queue manager's flushSite(domain), for ETRN (the manager outlives generations)."""
+    def __init__(self, config, tables, clock, store, protocolFactory, flushSite=None, tlsReporter=None):
+        """
+        C{flushSite}: the queue manager's flushSite(domain), for ETRN (the
+        manager outlives generations); C{tlsReporter}: the daemon's one
+        mta.delivery.tlsrpt.TlsReporter (it outlives generations too;
+        None: one of this generation's own).
+        """
         self.config = config
         self.flushSite = flushSite
         self.tables = tables
@@ -68,6 +74,11 @@ class Generation:
         self.router = Router(config.settings.resolver, tables, self.addressResolver)
         self.cleanup = Cleanup(config.settings.cleanup, store, clock, self.maillogFor)  # pickup, notices, transcripts
         self.notices = Notices(config.settings.notices, self.cleanup, clock, self.maillogFor)
+        if tlsReporter is None:
+            from mta.delivery.tlsrpt import TlsReporter
+
+            tlsReporter = TlsReporter.forGeneration(self)
+        self.tlsReporter = tlsReporter  # TLS-RPT: every smtp transport records through it
         self.factories = {listener.name: protocolFactory(listener, self) for listener in config.listeners}
         for program, client in (("smtp", config.settings.smtpClient), ("lmtp", config.settings.lmtpClient)):
             for note in client.notes:  # older client parameter names, mapped at load

@@ -64,6 +64,8 @@ RELOAD
       log rotation), also when the reload is refused; syslog_name applies
       to lines logged after the reload.
     - the control channel stays as it is.
+    - TLS-RPT (mta.delivery.tlsrpt): the one reporter keeps its counts
+      (in memory and in its SQLite store) and takes the new settings.
 
     queue_directory cannot change without a restart (the queue store, the
     control socket and its lock live there): a change is ignored with
@@ -189,6 +191,8 @@ class MTAService(MultiService):
         self._observer = None
         self.setName("mta")
         self.current = Generation(config, tables, reactor, self.store, protocolFactory, self._flushSite)
+        # TLS-RPT (mta.delivery.tlsrpt): one reporter for the daemon's life, handed to every generation.
+        self.tlsReporter = self.current.tlsReporter
         self._retiring = set()  # TransportRegistry objects of earlier generations, not stopped yet
         self._stopping = []  # Deferreds of old pickups finishing their file
         self._reloadRunning = False
@@ -297,6 +301,7 @@ class MTAService(MultiService):
         super().startService()
         self.manager.start()
         self.pickup.start()
+        self.tlsReporter.start()
         self.maillog.emit(f"daemon started -- version {mta.__version__}, configuration "
                           f"{describeConfiguration(self.config)}")
 
@@ -307,6 +312,7 @@ class MTAService(MultiService):
         d.addBoth(lambda result: pickupStopped.addBoth(lambda _: result))
         registries = [self.transports] + list(self._retiring)
         d.addBoth(lambda result: DeferredList([r.stop() for r in registries]).addBoth(lambda _: result))
+        d.addBoth(lambda result: maybeDeferred(self.tlsReporter.stop).addBoth(lambda _: result))
 
         def stopped(result):
             self.maillog.emit("daemon stopped")
@@ -407,7 +413,8 @@ class MTAService(MultiService):
             config = loadAgain(path)
             tables = Tables(self.clock)
             openTables(config, tables)
-            generation = Generation(config, tables, self.clock, self.store, self.protocolFactory, self._flushSite)
+            generation = Generation(config, tables, self.clock, self.store, self.protocolFactory, self._flushSite,
+                                    tlsReporter=self.tlsReporter)
             generation.transports.check(configuredTransports(config))
         except ConfigError as e:
             raise ReloadRefused(str(e)) from None
@@ -442,6 +449,7 @@ class MTAService(MultiService):
                 self.maillog.emit(f"warning: {text}", level=LogLevel.warn)
         self.current = generation
         self._swapMaillog(observer)
+        self.tlsReporter.use(generation)  # its settings, cleanup and DNS from now on (the store stays)
         self.manager.reconfigure(generation.config.settings.qmgr, generation.router, generation.transports,
                                  generation.notices)
         self._retire(old.transports)

@@ -674,6 +674,32 @@ PARAMETERS = (
     _P("smtp_mta_sts_retry_time", T.Time("s"), "300s",
        "After a failed MTA-STS policy fetch, how long a domain's policy is not fetched again (the "
        "cached policy, if any, applies meanwhile).", "smtp"),
+    # -- TLS-RPT (RFC 8460) in the SMTP client (mta.delivery.tlsrpt) ----------------
+    _P("smtp_tlsrpt_enable", T.Boolean(), "no",
+       "Record the outcome of every SMTP client TLS attempt per policy domain and send the daily "
+       "RFC 8460 report to each domain's _smtp._tls rua (mailto: through the queue, https: by POST); "
+       "built in (Postfix 3.10 needs an external tlsrpt daemon).", "smtp"),
+    _P("smtp_tlsrpt_skip_reused_handshakes", T.Boolean(), "yes",
+       "Do not record handshakes that resumed an earlier TLS session, nor deliveries over a cached "
+       "TLS connection (no new information).", "smtp"),
+    _P("smtp_tlsrpt_organization_name", T.String(), "$myhostname",
+       "mta's own: the report's organization-name and Submitter.", "smtp"),
+    _P("smtp_tlsrpt_contact_info", T.String(), "postmaster@$mydomain",
+       "mta's own: the report's contact-info.", "smtp"),
+    _P("smtp_tlsrpt_sender", T.String(), "noreply-smtp-tls-reporting@$mydomain",
+       "mta's own: the envelope sender and From: of mailto: reports; deliveries of mail from it "
+       "are not recorded.", "smtp"),
+    _P("smtp_tlsrpt_report_interval", T.Time("s"), "1d",
+       "mta's own: the reporting period, aligned on UTC midnight (RFC 8460: one UTC day); a "
+       "divisor of 1d, at least 1s (shorter ones are for tests).", "smtp"),
+    _P("smtp_tlsrpt_store", T.String(), "",
+       "mta's own: the SQLite file of the recorded sessions; empty: tlsrpt.sqlite in "
+       "$queue_directory.", "smtp"),
+    _P("smtp_tlsrpt_http_timeout", T.Time("s"), "30s",
+       "mta's own: how long an https: report POST may take (connect and answer).", "smtp"),
+    _P("smtp_tlsrpt_max_report_size", T.Size(), "1m",
+       "mta's own: the most bytes of a gzipped report; a larger one loses failure details "
+       "until it fits.", "smtp"),
     *_clientControls("smtp", "smtp"),
     _P("smtp_skip_4xx_greeting", T.Boolean(), "yes",
        "A 4xx greeting: try the next host (no: defer the delivery at once; Postfix 2.0 and "

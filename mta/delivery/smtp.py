@@ -245,6 +245,9 @@ class SMTPTransport:
         self.tlsSessions = TlsSessionCache(self.reactor, sessionTimeout) if sessionTimeout else None
         # DANE (smtp_tls_security_level dane / dane-only, per MX host): mta.delivery.dane.
         self.tlsPolicy.dane = Dane(self.resolver, settings, self.maillog)
+        # TLS-RPT (mta.delivery.tlsrpt): the daemon's one reporter, for SMTP (not LMTP) deliveries.
+        if not self.lmtp:
+            self.tlsPolicy.reporter = getattr(context, "tlsReporter", None)
         # MTA-STS (RFC 8461) for MX deliveries: mta.delivery.mtasts.
         if settings.mtaStsEnable and hasattr(self.resolver, "lookupRecords"):
             self.tlsPolicy.sts = Sts(settings, self.resolver, self.reactor, self.maillog,
@@ -366,6 +369,7 @@ class SMTPTransport:
                         continue
                     hostSite = await self.tlsPolicy.forHost(site, host)
                     if hostSite.failure is not None:
+                        self._recordPolicyFailure(request, hostSite, host)
                         problem = (_failureStatus(hostSite.failure), hostSite.failure.dsn, hostSite.failure.text)
                         continue
                 outcome, error = await self._session(request, pending, nexthop, host, destination, site=hostSite,
@@ -505,6 +509,7 @@ class SMTPTransport:
             # Postfix's line for a cached TLS connection used again (TLS_USAGE_USED).
             self.maillog.emit(attrs.evolve(session.tlsInfo, reused=True).clientLogLine(
                 cached.remote.relay, session.tlsVerdict.trust), request.queue_id)
+        self._recordReuse(request, session, cached.remote)
         subrequest = attrs.evolve(request, recipients=tuple(r for r in request.recipients if r.index in pending))
         outcome = await cached.session.deliver(subrequest, self._content(cached.session, request), cached.remote,
                                                keepOpen=True)
@@ -514,6 +519,27 @@ class SMTPTransport:
             key = self._cacheKey(request.nexthop, cached.session.siteKey, self._saslLabel(request))
             self._keep(key, cached.session, cached.remote, cached.created, uses, getattr(cached.session, "site", None))
         return outcome
+
+    def _recordPolicyFailure(self, request, site, host):
+        """TLS-RPT: a DANE policy failure of one host (dane-required, tlsa-invalid, dnssec-invalid)."""
+        from mta.delivery.tlsrpt import daneFailureType
+
+        reporter = self.tlsPolicy.reporter
+        failureType = daneFailureType(site.failure.text)
+        if reporter is None or failureType is None or reporter.ignores(request):
+            return
+        from mta.delivery.tlspolicy import TlsResult
+
+        self.tlsPolicy.record(site, host, TlsResult(False, failureType, site.failure.text, policyType="tlsa"))
+
+    def _recordReuse(self, request, session, remote):
+        """TLS-RPT: a cached TLS connection used again counts only with smtp_tlsrpt_skip_reused_handshakes = no."""
+        reporter = self.tlsPolicy.reporter
+        if reporter is None or reporter.skipReused or not session.tlsActive or reporter.ignores(request):
+            return
+        from mta.delivery.tlspolicy import TlsResult
+
+        self.tlsPolicy.record(session.site, remote, TlsResult(True), sendingIp=session.localAddress())
 
     async def _session(self, request, pending, nexthop, host, destination, tlsLevel=None, site=None, siteKey=None):
         """

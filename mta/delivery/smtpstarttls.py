@@ -131,6 +131,7 @@ class StartTLS:
         if self.tls is None:
             self.tls = self.tlsPolicy.context(policy) if self.tlsPolicy is not None else ClientTLS(policy)
         self._discardInput()
+        self.localAddress()  # known before a failed handshake drops the connection (TLS-RPT)
         self._stage = "performing the TLS handshake"
         serverName = serverNameFor(policy, tx.host, tx.request.nexthop)
         sessions, sessionKey, offered = self._tlsOffer(tx, serverName)
@@ -166,15 +167,18 @@ class StartTLS:
             else:
                 sessions.remember(sessionKey, connection, verdict.trusted)
         if verdict.failure:
-            failureType = "certificate-not-trusted" if not verdict.trusted else "certificate-host-mismatch"
-            self._recordTls(tx, False, failureType, verdict.failure)
+            if self.site.tlsa:  # DANE: no TLSA record matches the chain
+                failureType = "tlsa-invalid"
+            else:
+                failureType = "certificate-not-trusted" if not verdict.trusted else "certificate-host-mismatch"
+            self._recordTls(tx, False, failureType, verdict.failure, resumed=resumed)
             self._note(f"{verdict.failure}: {tx.host.relay} ({self._levelSource()})", warn=True)
             tx.local(tx.pending(), "deferred", "4.7.5", verdict.failure, retry=True)
             return False
         if verdict.report is not None:  # a policy in "testing" mode: reported, not enforced
-            self._recordTls(tx, False, *verdict.report)
+            self._recordTls(tx, False, *verdict.report, resumed=resumed)
         else:
-            self._recordTls(tx, True)
+            self._recordTls(tx, True, resumed=resumed)
         return True
 
     def _levelSource(self):
@@ -208,12 +212,31 @@ class StartTLS:
         if sessions is not None and self.tlsActive:
             sessions.settle(self.transport.getHandle())
 
-    def _recordTls(self, tx, success, failureType=None, detail=""):
-        """One TLS attempt's outcome for TLS-RPT (mta.delivery.tlspolicy.TlsPolicy.record)."""
-        if self.tlsPolicy is not None:
-            from mta.delivery.tlspolicy import TlsResult
+    def _recordTls(self, tx, success, failureType=None, detail="", resumed=False):
+        """
+        One TLS attempt's outcome for TLS-RPT (mta.delivery.tlspolicy.TlsPolicy.record,
+        mta.delivery.tlsrpt): not for a report's own delivery, nor for a resumed
+        session under smtp_tlsrpt_skip_reused_handshakes = yes.
+        """
+        reporter = getattr(self.tlsPolicy, "reporter", None)
+        if reporter is None:
+            return
+        ignores = getattr(reporter, "ignores", None)
+        if (ignores is not None and ignores(tx.request)) or (resumed and getattr(reporter, "skipReused", True)):
+            return
+        from mta.delivery.tlspolicy import TlsResult
 
-            self.tlsPolicy.record(self.site, tx.host, TlsResult(success, failureType, detail))
+        self.tlsPolicy.record(self.site, tx.host, TlsResult(success, failureType, detail), sendingIp=self.localAddress())
+
+    def localAddress(self):
+        """This end's IP address of the connection (TLS-RPT's sending-mta-ip), or None; kept once known."""
+        known = getattr(self, "_localAddress", None)
+        if known is None:
+            try:
+                known = self._localAddress = getattr(self.transport.getHost(), "host", None)
+            except Exception:
+                return None
+        return known
 
     def _note(self, text, warn=False):
         """A mail-log line under the session's queue id (a warning: "warning: ...")."""

@@ -430,10 +430,10 @@ class TlsPolicy:
                 verdict = refine(site, verdict, connection, host)
         return verdict
 
-    def record(self, site, host, result):
-        """One TLS attempt's outcome, for TLS-RPT."""
+    def record(self, site, host, result, **details):
+        """One TLS attempt's outcome, for TLS-RPT (C{details}: sendingIp)."""
         if self.reporter is not None:
             try:
-                self.reporter.record(site, host, result)
+                self.reporter.record(site, host, result, **details)
             except Exception:
                 log.failure("TLS-RPT record failed")

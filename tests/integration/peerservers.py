@@ -241,11 +241,12 @@ class Dnsmasq:
     asked for get NODATA), plus per-domain forwarding (C{servers}: domain ->
     "address#port", or "#" for "the default servers", of which there are
     none: REFUSED).  C{mx}: (domain, exchange, preference) with exchange "."
-    for a null MX; C{hosts}: (name, address).
+    for a null MX; C{hosts}: (name, address); C{txt}: (name, text).
     """
 
-    def __init__(self, mx=(), hosts=(), local=("example",), servers=(), directory=None):
+    def __init__(self, mx=(), hosts=(), local=("example",), servers=(), directory=None, txt=()):
         self.port = freePort(udp=True)
+        self.txt = tuple(txt)  # (name, text): in a configuration file, where a text may hold commas
         self.mx = tuple(mx)
         self.hosts = tuple(hosts)
         self.local = tuple(local)
@@ -259,7 +260,7 @@ class Dnsmasq:
         args = [
             DNSMASQ,
             "--keep-in-foreground",
-            "--conf-file=/dev/null",  # not /etc/dnsmasq.conf nor /etc/dnsmasq.d
+            f"--conf-file={self._confFile()}",  # not /etc/dnsmasq.conf nor /etc/dnsmasq.d
             "--no-resolv",  # no /etc/resolv.conf: no upstream servers at all
             "--no-poll",
             "--no-hosts",  # no /etc/hosts
@@ -276,6 +277,14 @@ class Dnsmasq:
         args += [f"--mx-host={d},{x},{p}" for d, x, p in self.mx]
         args += [f"--host-record={n},{a}" for n, a in self.hosts]
         return args
+
+    def _confFile(self):
+        """/dev/null, or a file of the txt-record lines (dnsmasq splits a command-line TXT text at commas)."""
+        if not self.txt:
+            return "/dev/null"
+        path = self.directory / "dnsmasq.conf"
+        path.write_text("".join(f'txt-record={name},"{text}"\n' for name, text in self.txt))
+        return str(path)
 
     def start(self, timeout=15.0):
         self._logFile = open(self.log, "ab")

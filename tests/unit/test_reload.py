@@ -596,3 +596,29 @@ def test_reloadCommandThroughTheRealDaemon(daemon):
     daemon.write("bad line\n")
     answer = callOverAmp(daemon.service, control.Reload)
     assert answer["refused"] and answer["error"] == f"{daemon.path}:5: expected 'name = value', found: bad line"
+
+
+def test_theTlsReporterOutlivesAReloadAndTakesTheNewSettings(daemon):
+    """TLS-RPT (mta.delivery.tlsrpt): one reporter for the daemon, its counts kept, the new settings used."""
+    from mta.delivery.tlspolicy import SitePolicy, TlsResult
+    from mta.delivery.smtpclient import RemoteHost
+
+    daemon.write("smtp_tlsrpt_enable = yes\n")
+    daemon.start()
+    reporter = daemon.service.tlsReporter
+    assert daemon.service.current.tlsReporter is reporter
+    smtp = daemon.service.transports("smtp")
+    assert smtp.tlsPolicy.reporter is reporter
+    reporter.record(SitePolicy(tls=None, domain="example.com"), RemoteHost("mx.example.com", "192.0.2.1", 25),
+                    TlsResult(True))
+    daemon.write("smtp_tlsrpt_enable = yes\nsmtp_tlsrpt_organization_name = after.test\n")
+    daemon.reload()
+    assert daemon.service.tlsReporter is reporter and daemon.service.current.tlsReporter is reporter
+    assert daemon.service.transports("smtp").tlsPolicy.reporter is reporter
+    assert reporter.settings.organizationName == "after.test"
+    assert reporter.cleanup is daemon.service.current.cleanup
+    assert sum(c.success for c in reporter._memory.values()) == 1
+    assert daemon.service.transports("lmtp") is None or daemon.service.transports("lmtp").tlsPolicy.reporter is None
+    resultOf(daemon.service.stopService())
+    assert reporter._memory == {}  # written to the store at stop
+    assert os.path.exists(os.path.join(str(daemon.tmp), "q", "tlsrpt.sqlite"))

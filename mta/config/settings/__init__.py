@@ -151,10 +151,11 @@ class Compiled:
 
 def _registry():
     """(MAIN_SETTINGS, LISTENER_SETTINGS): service name -> settings class."""
-    from mta.config.settings import client, cleanup, delivery, notices, qmgr, routing, sasl, service, smtpd, tls
+    from mta.config.settings import (client, cleanup, delivery, notices, qmgr, routing, sasl, service, smtpd, tls,
+                                     tlsrpt)
 
     main, listener = {}, {}
-    for module in (service, smtpd, cleanup, routing, qmgr, notices, client, delivery, tls, sasl):
+    for module in (service, smtpd, cleanup, routing, qmgr, notices, client, delivery, tls, sasl, tlsrpt):
         main.update(getattr(module, "MAIN", {}))
         listener.update(getattr(module, "LISTENER", {}))
     return main, listener
