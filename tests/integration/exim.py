@@ -120,16 +120,18 @@ def _nssWrapper(root):
     raise AssertionError("libnss_wrapper.so not found: remove the Exim directory to fetch it again")
 
 
-class Exim:
+class _EximHome:
     """
-    One Exim with its own configuration, spool and log in a fresh directory under /tmp (Exim
-    drops to its own user, which must reach it).  send() submits a message and delivers it at
-    once (-odf) to the smarthost 127.0.0.1:C{port}; mainlog() is Exim's log.
+    A fresh directory under /tmp for one Exim (Exim drops to its own user, which must reach it):
+    the Exim user's uid/gid (nobody, or the calling user when that is not root, through
+    nss-wrapper when Debian-exim does not exist), spool/ and log/ owned by it, and the script
+    C{wrapper} that runs the binary with the library path (and nss-wrapper) set; Exim's
+    exim_path, so that its re-executions find the same.
     """
 
-    def __init__(self, port, chunking=False, root=None):
+    def __init__(self, root=None, prefix="mta-exim-"):
         self.root = fetch(root)
-        self.directory = tempfile.mkdtemp(prefix="mta-exim-")
+        self.directory = tempfile.mkdtemp(prefix=prefix)
         os.chmod(self.directory, 0o755)
         if _userExists(EXIM_USER):
             uid, gid = pwd.getpwnam(EXIM_USER)[2:4]
@@ -151,11 +153,9 @@ class Exim:
                 f.write(f"{EXIM_USER}:x:{gid}:\n")
             preload = {"LD_PRELOAD": _nssWrapper(self.root), "NSS_WRAPPER_PASSWD": passwd,
                        "NSS_WRAPPER_GROUP": group}
-        self.spool = os.path.join(self.directory, "spool")
-        self.logs = os.path.join(self.directory, "log")
-        for path in (self.spool, self.logs):
-            os.mkdir(path)
-            os.chown(path, uid, gid)
+        self.uid, self.gid = uid, gid
+        self.spool = self.ownedDirectory("spool")
+        self.logs = self.ownedDirectory("log")
         environment = {"LD_LIBRARY_PATH": ":".join(libraryDirectories(self.root)), **preload}
         self.wrapper = os.path.join(self.directory, "exim")
         with open(self.wrapper, "w") as f:
@@ -164,35 +164,68 @@ class Exim:
             f.write(f"exec '{binaryPath(self.root)}' \"$@\"\n")
         os.chmod(self.wrapper, 0o755)
         self.config = os.path.join(self.directory, "exim.conf")
+
+    def ownedDirectory(self, name):
+        """A new directory C{name} in the home, owned by the Exim user; its path."""
+        path = os.path.join(self.directory, name)
+        os.mkdir(path)
+        os.chown(path, self.uid, self.gid)
+        return path
+
+    def writeConfig(self, text):
         with open(self.config, "w") as f:
-            f.write(textwrap.dedent(f"""\
-                primary_hostname = exim.test
-                qualify_domain = exim.test
-                spool_directory = {self.spool}
-                log_file_path = {self.logs}/%slog
-                exim_path = {self.wrapper}
-                keep_environment =
-                untrusted_set_sender = *
-                # Exim re-executes itself for the delivery; no daemon, no local deliveries.
-                begin routers
-                smarthost:
-                  driver = manualroute
-                  domains = *
-                  transport = mta
-                  route_list = * 127.0.0.1
-                  self = send
-                  no_more
-                begin transports
-                mta:
-                  driver = smtp
-                  port = {port}
-                  allow_localhost
-                  hosts_avoid_tls = *
-                  hosts_try_chunking = {"*" if chunking else ":"}
-                begin retry
-                * * F,1h,15m
-                """))
+            f.write(text)
         os.chmod(self.config, 0o644)
+
+    def log(self, name="mainlog"):
+        try:
+            with open(os.path.join(self.logs, name), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def cleanup(self):
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Exim:
+    """
+    One Exim with its own configuration, spool and log in a fresh directory under /tmp (Exim
+    drops to its own user, which must reach it).  send() submits a message and delivers it at
+    once (-odf) to the smarthost 127.0.0.1:C{port}; mainlog() is Exim's log.
+    """
+
+    def __init__(self, port, chunking=False, root=None):
+        self.home = _EximHome(root)
+        self.root, self.directory, self.wrapper = self.home.root, self.home.directory, self.home.wrapper
+        self.spool, self.logs, self.config = self.home.spool, self.home.logs, self.home.config
+        self.home.writeConfig(textwrap.dedent(f"""\
+            primary_hostname = exim.test
+            qualify_domain = exim.test
+            spool_directory = {self.spool}
+            log_file_path = {self.logs}/%slog
+            exim_path = {self.wrapper}
+            keep_environment =
+            untrusted_set_sender = *
+            # Exim re-executes itself for the delivery; no daemon, no local deliveries.
+            begin routers
+            smarthost:
+              driver = manualroute
+              domains = *
+              transport = mta
+              route_list = * 127.0.0.1
+              self = send
+              no_more
+            begin transports
+            mta:
+              driver = smtp
+              port = {port}
+              allow_localhost
+              hosts_avoid_tls = *
+              hosts_try_chunking = {"*" if chunking else ":"}
+            begin retry
+            * * F,1h,15m
+            """))
 
     def send(self, sender, recipients, message):
         """Submit C{message} (bytes) and deliver it now; the CompletedProcess."""
@@ -203,14 +236,10 @@ class Exim:
         )
 
     def mainlog(self):
-        try:
-            with open(os.path.join(self.logs, "mainlog"), errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return self.home.log()
 
     def cleanup(self):
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self.home.cleanup()
 
 
 if __name__ == "__main__":
