@@ -1,5 +1,6 @@
 """
-Exim as a real SMTP client for the integration tests, found or fetched from Debian on first use.
+Exim as a real SMTP client (Exim) and as a real SMTP server with STARTTLS (EximServer) for the
+integration tests, found or fetched from Debian on first use.
 
 Debian's exim4 packages conflict with postfix (both provide mail-transport-agent), so Exim is
 never installed: ``apt-get download`` fetches exim4-daemon-light and exim4-base, and those of
@@ -11,6 +12,14 @@ no system file is read or changed.  Exim insists on its compiled-in user Debian-
 user does not exist, libnss-wrapper (fetched the same way) supplies it from a passwd file of
 ours, mapped to nobody (or to the calling user when that is not root).
 
+Both roles share one helper (_EximHome: the directory, the Exim user, the wrapper script that
+is also Exim's exim_path).  EximServer is the daemon (``exim -bdf``, foreground, a child of the
+test) on 127.0.0.1 only, with the GnuTLS that exim4-daemon-light is built with (libgnutls30, a
+dependency fetched like the others when it is missing) and an appendfile transport into a
+Maildir.  Its deliveries re-execute Exim as the Exim user, and with -C that loses root: Exim
+says so in its panic log ("exim user lost privilege for using -C option"); harmless, since the
+transport runs as the Exim user anyway.
+
 scripts/test fetches Exim before the suite (``python3 -m tests.integration.exim``); a test that
 finds it missing fetches it too, and fails (never skips) if that is impossible.
 """
@@ -19,10 +28,12 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 PACKAGES = ["exim4-daemon-light", "exim4-base"]
 EXIM_USER = "Debian-exim"
@@ -240,6 +251,141 @@ class Exim:
 
     def cleanup(self):
         self.home.cleanup()
+
+
+class EximServer:
+    """
+    The Exim daemon (``exim -bdf``, in the foreground, a child of the test) as an SMTP server
+    on 127.0.0.1:C{port} only, with STARTTLS offered to every client (tls_advertise_hosts = *)
+    with C{certFile}/C{keyFile} (copied into its directory, readable by the Exim user), and
+    TLS 1.3 session tickets for resumption (tls_resumption_hosts = *; Exim's default is none).
+    Every recipient is accepted and delivered at once by an appendfile transport running as
+    the Exim user into a Maildir: messages() is the list of stored messages (bytes, each one
+    file), oldest first.  C{requireTls}: MAIL without TLS gets 530 (an ACL).  start() waits for
+    the 220 banner, and on failure shows Exim's output and its main and panic logs; stop()
+    ends the daemon (SIGTERM, then SIGKILL) and removes the directory.
+    """
+
+    def __init__(self, port, certFile, keyFile, requireTls=False, hostname="mx.test", root=None):
+        self.port = port
+        self.hostname = hostname
+        self.home = _EximHome(root, prefix="mta-exim-server-")
+        self.process = None
+        certificate = self._copy(certFile, "server.pem")
+        key = self._copy(keyFile, "server.key")
+        self.maildir = self.home.ownedDirectory("mail")
+        self.home.writeConfig(textwrap.dedent(f"""\
+            primary_hostname = {hostname}
+            qualify_domain = {hostname}
+            spool_directory = {self.home.spool}
+            log_file_path = {self.home.logs}/%slog
+            exim_path = {self.home.wrapper}
+            keep_environment =
+            local_interfaces = <; 127.0.0.1.{port}
+            daemon_smtp_ports = {port}
+            # A port in use fails the start at once (the default retries for 5 minutes).
+            daemon_startup_retries = 0
+            # No DNS for the client: no reverse lookup, no ident.
+            host_lookup =
+            rfc1413_hosts =
+            tls_advertise_hosts = *
+            tls_resumption_hosts = *
+            tls_certificate = {certificate}
+            tls_privatekey = {key}
+            log_selector = +smtp_connection +tls_sni +tls_resumption +received_recipients
+            acl_smtp_mail = acl_mail
+            acl_smtp_rcpt = acl_rcpt
+            begin acl
+            acl_mail:
+              deny    condition = {"true" if requireTls else "false"}
+                      !encrypted = *
+                      message = 530 5.7.0 Must issue a STARTTLS command first
+              accept
+            acl_rcpt:
+              accept
+            begin routers
+            store:
+              driver = accept
+              transport = maildir
+            begin transports
+            maildir:
+              driver = appendfile
+              directory = {self.maildir}
+              maildir_format
+              create_directory
+              user = {EXIM_USER}
+              group = {EXIM_USER}
+              mode = 0644
+              envelope_to_add
+              return_path_add
+            begin retry
+            * * F,1h,15m
+            """))
+
+    def _copy(self, source, name):
+        path = os.path.join(self.home.directory, name)
+        shutil.copyfile(source, path)
+        os.chown(path, self.home.uid, self.home.gid)
+        os.chmod(path, 0o600)
+        return path
+
+    def start(self, timeout=TIMEOUT):
+        self.output = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [self.home.wrapper, "-C", self.home.config, "-bdf", "-oX", f"127.0.0.1.{self.port}"],
+            stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        error = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                error = f"exim exited with {self.process.returncode}"
+                break
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    banner = s.makefile("rb").readline()
+                    s.sendall(b"QUIT\r\n")
+                if banner.startswith(b"220 "):
+                    return self
+                error = f"banner {banner!r}"
+            except OSError as e:
+                error = str(e)
+            time.sleep(0.1)
+        self.stop(cleanup=False)
+        self.output.seek(0)
+        raise AssertionError(f"Exim did not start on 127.0.0.1:{self.port} ({error}):\n"
+                             f"{self.output.read().decode(errors='replace')}\n--- mainlog ---\n{self.mainlog()}"
+                             f"\n--- paniclog ---\n{self.paniclog()}")
+
+    def stop(self, cleanup=True):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if cleanup:
+            self.home.cleanup()
+
+    def messages(self):
+        """The stored messages (bytes, as Exim wrote them: LF line ends), oldest first."""
+        new = os.path.join(self.maildir, "new")
+        try:
+            names = sorted(os.listdir(new), key=lambda n: os.stat(os.path.join(new, n)).st_mtime_ns)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            with open(os.path.join(new, name), "rb") as f:
+                found.append(f.read())
+        return found
+
+    def mainlog(self):
+        return self.home.log()
+
+    def paniclog(self):
+        return self.home.log("paniclog")
 
 
 if __name__ == "__main__":
