@@ -28,6 +28,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -253,6 +254,21 @@ class Exim:
         self.home.cleanup()
 
 
+def _groupLives(group):
+    """Whether a process of process group C{group} is alive (zombies, which init reaps in its own time, are not)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[2] == str(group) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
 class EximServer:
     """
     The Exim daemon (``exim -bdf``, in the foreground, a child of the test) as an SMTP server
@@ -331,9 +347,10 @@ class EximServer:
 
     def start(self, timeout=TIMEOUT):
         self.output = tempfile.TemporaryFile()
+        # A process group of its own: stop() ends the connection and delivery processes too.
         self.process = subprocess.Popen(
             [self.home.wrapper, "-C", self.home.config, "-bdf", "-oX", f"127.0.0.1.{self.port}"],
-            stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=self.output, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         error = None
@@ -358,13 +375,30 @@ class EximServer:
                              f"\n--- paniclog ---\n{self.paniclog()}")
 
     def stop(self, cleanup=True):
-        if self.process is not None and self.process.poll() is None:
+        """
+        SIGTERM to the daemon, SIGKILL after 10 s, then SIGKILL to what is left of its process
+        group (a child still serving a client's cached connection would log into the
+        directory after it is gone, and outlive the test) until none of it runs (Linux's
+        /proc); then the directory goes.
+        """
+        if self.process is None:
+            return
+        group = self.process.pid
+        if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _groupLives(group):
+            assert time.monotonic() < deadline, f"Exim's process group {group} did not end"
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
         if cleanup:
             self.home.cleanup()
 
