@@ -86,8 +86,11 @@ def tlsLine(daemon, host, port, what="established"):
 
 def arrived(exim, token, count=1):
     """Exim's <= lines for the message(s), and the stored message holding C{token}; both checked for TLS."""
-    messages = waitFor(lambda: len(exim.messages()) >= count and exim.messages(), timeout=15,
-                       what=f"{count} message(s) at Exim\n--- mainlog ---\n{exim.mainlog()}")
+    try:
+        messages = waitFor(lambda: len(exim.messages()) >= count and exim.messages(), timeout=15,
+                           what=f"{count} message(s) at Exim")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n--- Exim's mainlog ---\n{exim.mainlog()}") from None
     [message] = [m for m in messages if token.encode() in m]
     head, _, body = message.partition(b"\n\n")
     assert body == f"hello {token}\n".encode(), message
