@@ -53,6 +53,9 @@ class _Cached:
     expiry: object  # the DelayedCall that closes it when idle too long
 
 
+CLOSE_TIMEOUT = 5.0  # seconds closeAll() waits for a QUIT connection to be gone before it aborts it
+
+
 class ConnectionCache:
     """
     Idle connections by destination, each closed after C{idleLimit} seconds
@@ -109,12 +112,33 @@ class ConnectionCache:
                 del self._idle[destination]
             entry.session.quit()
 
-    def closeAll(self):
+    def closeAll(self, closeTimeout=CLOSE_TIMEOUT):
+        """
+        QUIT every idle connection; a Deferred that fires when each is gone:
+        QUIT (and under TLS the close_notify) written and the socket closed,
+        not just queued (a stop would otherwise end the reactor first and
+        the server would see a lost connection).  A connection that is not
+        gone after C{closeTimeout} seconds is aborted.
+        """
         quits = []
         for entries in self._idle.values():
             for entry in entries:
                 if entry.expiry.active():
                     entry.expiry.cancel()
-                quits.append(entry.session.quit())
+                quits.append(self._quitAndWait(entry.session, closeTimeout))
         self._idle.clear()
         return DeferredList(quits, consumeErrors=True)
+
+    def _quitAndWait(self, session, closeTimeout):
+        d = session.quit()
+        whenClosed = getattr(session, "whenClosed", None)
+        if whenClosed is None:
+            return d
+
+        def closed(_):
+            waiting = whenClosed()
+            timer = self.clock.callLater(closeTimeout, session.abortNow)
+            waiting.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+            return waiting
+
+        return d.addBoth(closed)

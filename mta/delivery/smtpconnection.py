@@ -121,6 +121,7 @@ class ClientConnection(Protocol, TimeoutMixin):
         self._tlsWaiter = None
         self.tlsActive = False  # TLS is under the session (after a finished handshake)
         self.lostReason = None  # the Failure of connectionLost
+        self._closedWaiters = []  # Deferreds of whenClosed()
 
     # -- connection -----------------------------------------------------------------
 
@@ -133,6 +134,24 @@ class ClientConnection(Protocol, TimeoutMixin):
         self._connected = False
         self.lostReason = reason
         self._fail("lost")
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenClosed(self):
+        """A Deferred that fires when the connection is gone (at once when it is not connected)."""
+        from twisted.internet.defer import Deferred, succeed
+
+        if not self._connected:
+            return succeed(None)
+        waiter = Deferred()
+        self._closedWaiters.append(waiter)
+        return waiter
+
+    def abortNow(self):
+        """Drop the connection without waiting for buffered output (a close that did not finish)."""
+        if self._connected and self.transport is not None:
+            self.transport.abortConnection()
 
     def handshakeCompleted(self):
         """IHandshakeListener: the TLS handshake is done."""

@@ -185,6 +185,12 @@ def test_a_cached_tls_connection_to_exim_is_used_again(makeDaemon, makeExim):
     # The start-up probe (connection and QUIT), then mta's one connection, still open (cached).
     assert log.count("SMTP connection from [127.0.0.1] (TCP/IP connection count") == 2, log
     assert log.count("closed by QUIT") == 1, log
+    # Stopping mta closes the cached connection properly: QUIT and the TLS close_notify go out
+    # before the reactor stops (mta.delivery.connectioncache.closeAll waits for the socket).
+    d.stop()
+    log = waitFor(lambda: exim.mainlog().count("closed by QUIT") >= 2 and exim.mainlog(), timeout=15,
+                  what="the cached connection's QUIT at Exim")
+    assert "non-properly terminated" not in log and " lost D=" not in log, log
 
 
 def test_a_new_connection_to_exim_resumes_the_tls_session(makeDaemon, makeExim):

@@ -1,6 +1,6 @@
 """The in-process connection cache (scache): idle limit, reuse limit, count limit, per destination."""
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from mta.delivery.connectioncache import ConnectionCache
@@ -53,6 +53,39 @@ def test_closeAll():
     assert [s.quits for s in sessions] == [1, 1, 1]
     clock.advance(20)  # no timer left behind
     assert [s.quits for s in sessions] == [1, 1, 1]
+
+
+class ClosingSession(FakeSession):
+    """A session whose socket closes only when told (connectionLost later than QUIT)."""
+
+    def __init__(self):
+        super().__init__()
+        self.closed = Deferred()
+        self.aborted = 0
+
+    def whenClosed(self):
+        return self.closed
+
+    def abortNow(self):
+        self.aborted += 1
+        self.closed.callback(None)
+
+
+def test_closeAll_waits_until_each_connection_is_gone():
+    clock = Clock()
+    cache = ConnectionCache(clock, idleLimit=10, reuseLimit=300, countLimit=0)
+    quick, slow = ClosingSession(), ClosingSession()
+    cache.put("a.example", quick, "remote", clock.seconds(), 1)
+    cache.put("b.example", slow, "remote", clock.seconds(), 1)
+    done = []
+    cache.closeAll(closeTimeout=5).addCallback(done.append)
+    assert quick.quits == slow.quits == 1 and done == []  # QUIT queued, the sockets still open
+    quick.closed.callback(None)
+    assert done == []
+    clock.advance(5)  # the slow one is aborted
+    assert slow.aborted == 1 and quick.aborted == 0 and len(done) == 1
+    clock.advance(20)
+    assert slow.aborted == 1
 
 
 # -- keys: destination, TLS policy, extra parts (smtp_tls_connection_reuse) --------------------
