@@ -132,7 +132,8 @@ class MtaServer:
         self.spool = workdir / "spool"
 
     def writeConfig(self) -> Path:
-        lines = ["[main]", f"queue_directory = {self.spool}"]
+        # A mail log file, as the Postfix instance writes one (maillog_file there too).
+        lines = ["[main]", f"queue_directory = {self.spool}", f"maillog_file = {self.workdir / 'maillog'}"]
         if self.relay_port is None:
             # As the Postfix instance: accepted mail goes on hold, so that the
             # accept path (smtpd, cleanup, fsync) is measured without deliveries.
@@ -496,7 +497,7 @@ def benchmark(entries: list[Entry], args) -> dict[str, Result]:
     if args.command == "relay":
         for entry in live:
             if entry.server.name == "mta":
-                reuse = connectionReuse(entry.server.logfile)
+                reuse = connectionReuse(entry.server.workdir / "maillog")
                 if reuse:
                     entry.result.notes.append(reuse)
     return {entry.result.name: entry.result for entry in entries}

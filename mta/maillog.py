@@ -15,9 +15,22 @@ the line: smtpd (connect, client=, rejects), cleanup (message-id=), pickup
 expired; corrupt files), the delivery agent, named as the transport is
 (smtp, relay, lmtp, virtual, error, discard, retry: master.cf's service
 name) for each to= line, bounce (notification lines), postsuper (queue
-operations); with maillog_file set, MailLogFileObserver also
-writes the lines in syslog form (``Nov 21 07:48:25 host mta/smtpd[42]: ...``)
+operations); with maillog_file set, MailLogFile writes the lines in
+syslog form (``Nov 21 07:48:25 host mta/smtpd[42]: ...``)
 for tools such as pflogsumm.
+
+With maillog_file set, the daemon installs a MailLogFile (installFile()):
+then each line is formatted once, straight into the syslog shape, and
+buffered; the buffer is written with one write(2) at most FLUSH_INTERVAL
+(50 ms) after its first line, at once when it holds BUFFER_LIMIT bytes,
+and when the file is closed (stop, reload, log rotation).  Informational
+lines then go only to that file, not through twisted.logger (an event,
+its time formatted and its text written and flushed per line cost a
+fifth of the daemon's CPU per message); warnings and errors, and the
+daemon's own lines (program master: started, reload, stopped), go to
+both.
+A crash (kill -9, power loss) can lose the last 50 ms of log lines, never
+mail: the queue does not depend on the log.
 
 SECURITY
     Addresses and replies come from the network: control characters are
@@ -30,6 +43,11 @@ CONFIGURATION
 import os
 import re
 import time
+
+FLUSH_INTERVAL = 0.05  # seconds from a buffered line to its write
+BUFFER_LIMIT = 64 * 1024  # bytes buffered before an immediate write
+
+_file = None  # the MailLogFile in force (installFile), or None: lines are twisted.logger events
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -81,6 +99,9 @@ def formatFields(pairs):
     return ", ".join(f"{name}={sanitize(value)}" for name, value in pairs)
 
 
+_ALSO_AS_EVENTS = frozenset({"warn", "error", "critical"})  # with a MailLogFile: also in twistd's log
+
+
 class MailLogger:
     """Emits mail-log events for one program (smtpd, qmgr, smtp, ...)."""
 
@@ -91,6 +112,7 @@ class MailLogger:
 
         self.program = program
         self.log = Logger(namespace=f"{syslogName}/{program}")
+        self._alwaysEvents = program == "master"  # the daemon's few lifecycle lines: twistd's log too
 
     def emit(self, text, queue_id=None, level=None, *, prefix=True, **fields):
         """
@@ -102,6 +124,10 @@ class MailLogger:
 
             level = LogLevel.info
         line = f"{queue_id}: {text}" if queue_id and prefix else text
+        if _file is not None:
+            _file.write(self.program, line)
+            if not self._alwaysEvents and level.name not in _ALSO_AS_EVENTS:
+                return
         self.log.emit(level, "{mail_line}", mail_line=line, mail_program=self.program, queue_id=queue_id, **fields)
 
     def warning(self, text, queue_id=None, **fields):
@@ -130,11 +156,92 @@ def syslogFormatter(hostname, syslogName, pid):
     return format
 
 
-def MailLogFileObserver(path, hostname, syslogName, pid=None):
-    """A log observer writing only mail-log events to C{path}, syslog-style."""
-    from twisted.logger import FileLogObserver
+class MailLogFile:
+    """
+    maillog_file, written by the daemon (see the module docstring): lines
+    pre-formatted in syslog form, buffered, written by one write(2) per
+    FLUSH_INTERVAL through C{clock} (the reactor), at BUFFER_LIMIT bytes,
+    and by flush() and close().  Opening raises OSError.  A failed write
+    drops the buffered lines with one error in twistd's log (mail goes on).
+    """
 
-    stream = open(path, "a", encoding="utf-8", buffering=1)
-    observer = FileLogObserver(stream, syslogFormatter(hostname, syslogName, pid or os.getpid()))
-    observer.stream = stream
-    return observer
+    def __init__(self, path, hostname, syslogName, pid=None, clock=None, interval=FLUSH_INTERVAL):
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._prefix = f" {hostname} {syslogName}/"
+        self._pid = pid or os.getpid()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self._interval = interval
+        self._parts = []
+        self._size = 0
+        self._timer = None
+        self._second = None
+        self._stamp = ""
+        self._failed = False
+        self.writes = 0  # write(2) calls made (statistics, tests)
+
+    def _stampFor(self, now):
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%b %e %H:%M:%S", time.localtime(now))
+        return self._stamp
+
+    def write(self, program, line, now=None):
+        """Buffer one line of C{program} (text already shaped and sanitized)."""
+        if self._fd is None:
+            return
+        data = f"{self._stampFor(time.time() if now is None else now)}{self._prefix}{program}[{self._pid}]: {line}\n"
+        data = data.encode("utf-8", "backslashreplace")
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= BUFFER_LIMIT:
+            self.flush()
+        elif self._timer is None:
+            self._timer = self._clock.callLater(self._interval, self._due)
+
+    def _due(self):
+        self._timer = None
+        self.flush()
+
+    def flush(self):
+        """Write what is buffered now."""
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        if not self._parts or self._fd is None:
+            return
+        data = b"".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                self.writes += 1
+                view = view[written:]
+            self._failed = False
+        except OSError as e:
+            if not self._failed:  # once per failure spell, not per flush
+                from twisted.logger import Logger
+
+                Logger().error("maillog_file {path}: write failed, log lines lost: {error}", path=self.path,
+                               error=e.strerror)
+            self._failed = True
+
+    def close(self):
+        """Write what is buffered and close the file."""
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def installFile(mailLogFile):
+    """Send every MailLogger's lines to C{mailLogFile} (None: as twisted.logger events only); the previous one."""
+    global _file
+    previous, _file = _file, mailLogFile
+    return previous

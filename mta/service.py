@@ -107,7 +107,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 import mta
@@ -115,7 +115,7 @@ from mta import control
 from mta.config import ConfigError, load, openTables
 from mta.generation import Generation, TransportRegistry, configuredTransports
 from mta.listeners import ListenerService, describeError, shareConnectionCounts
-from mta.maillog import MailLogFileObserver
+from mta.maillog import MailLogFile, installFile
 from mta.queue.manager import QueueManager
 from mta.queue.pickup import Pickup
 from mta.queue.store import QueueStore
@@ -295,9 +295,7 @@ class MTAService(MultiService):
 
     def startService(self):
         self.startedAt = self.clock.seconds()
-        self._observer = self._openMaillog(self.config)
-        if self._observer is not None:
-            globalLogPublisher.addObserver(self._observer)
+        self._swapMaillog(self._openMaillog(self.config))
         super().startService()
         self.manager.start()
         self.pickup.start()
@@ -328,22 +326,20 @@ class MTAService(MultiService):
 
     # -- maillog_file ----------------------------------------------------------------------
 
-    @staticmethod
-    def _openMaillog(config):
-        """A new observer for the maillog_file of C{config} (None when it is empty); OSError."""
+    def _openMaillog(self, config):
+        """A new MailLogFile (mta.maillog) for the maillog_file of C{config} (None when it is empty); OSError."""
         path = config.settings.service.maillogFile
         if not path:
             return None
-        return MailLogFileObserver(path, config.settings.service.hostname, config.settings.service.syslogName)
+        return MailLogFile(path, config.settings.service.hostname, config.settings.service.syslogName,
+                           clock=self.clock)
 
     def _swapMaillog(self, observer):
-        """Log to C{observer} from now on (None: no file); the old file is closed."""
+        """Log to C{observer} (a MailLogFile) from now on (None: no file); the old file is flushed and closed."""
         old, self._observer = self._observer, observer
-        if observer is not None:
-            globalLogPublisher.addObserver(observer)
+        installFile(observer)
         if old is not None:
-            globalLogPublisher.removeObserver(old)
-            old.stream.close()
+            old.close()
 
     # -- reload ------------------------------------------------------------------------------
 

@@ -857,8 +857,9 @@ PARAMETERS = (
        "bounce"),
     # -- logging -------------------------------------------------------------
     _P("maillog_file", T.String(), "",
-       "Also write mail-log lines in Postfix's syslog shape to this file "
-       "(/dev/stdout allowed); empty: only the twistd log.", "logging"),
+       "Write mail-log lines in Postfix's syslog shape to this file, in batches at most 50 ms "
+       "apart (/dev/stdout allowed); informational lines then go only there; empty: the twistd log.",
+       "logging"),
 )
 
 BY_NAME = {p.name: p for p in PARAMETERS}

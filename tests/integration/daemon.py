@@ -171,9 +171,28 @@ class Daemon:
         path = os.path.join(self.queue, "hold")
         return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
-    def maillogText(self):
-        try:
-            with open(self.maillog) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+    def maillogText(self, settle=0.1, limit=2.0):
+        """
+        The mail log so far.  mta writes it in batches (mta.maillog: at most
+        50 ms after a line is logged), so this waits until the file has
+        stayed the same for C{settle} seconds (at most C{limit} in all):
+        what the daemon logged before the call is then in the text.
+        """
+
+        def read():
+            try:
+                with open(self.maillog) as f:
+                    return f.read()
+            except FileNotFoundError:
+                return ""
+
+        deadline = time.monotonic() + limit
+        time.sleep(settle)
+        text = read()
+        while time.monotonic() < deadline:
+            time.sleep(settle)
+            again = read()
+            if again == text:
+                break
+            text = again
+        return text

@@ -6,7 +6,7 @@ import time
 import pytest
 from twisted.logger import LogLevel, Logger
 
-from mta.maillog import MailLogFileObserver, MailLogger, formatFields, sanitize, syslogFormatter
+from mta.maillog import MailLogger, formatFields, sanitize, syslogFormatter
 
 
 @pytest.mark.parametrize(
@@ -129,31 +129,107 @@ def test_syslogFormatter_skips_other_events():
     assert format({"mail_line": "x", "log_time": 0}).endswith(" h mta/mta[1]: x\n")
 
 
-def test_MailLogFileObserver_writes_only_mail_lines(tmp_path):
+class Clock:
+    """task.Clock with the calls it was asked for (MailLogFile's flush timer)."""
+
+    def __init__(self):
+        from twisted.internet.task import Clock as C
+
+        self.clock = C()
+        self.callLater = self.clock.callLater
+        self.advance = self.clock.advance
+
+
+@pytest.fixture
+def mailLogFile(tmp_path):
+    from mta.maillog import MailLogFile, installFile
+
+    clock = Clock()
     path = tmp_path / "maillog"
-    observer = MailLogFileObserver(str(path), "mx.example.org", "mta", pid=7)
-    try:
-        logger = MailLogger("mta", "smtpd")
-        logger.log = Logger(namespace=logger.log.namespace, observer=observer)
-        logger.fields("3F1A", [("from", "<a@b>\nforged line")], detail="queue active")
-        Logger(observer=observer).info("not a mail-log event")
-        logger.emit("disconnect from c[192.0.2.1]")
-    finally:
-        observer.stream.close()
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    assert len(lines) == 2
+    f = MailLogFile(str(path), "mx.example.org", "mta", pid=7, clock=clock)
+    f.clock, f.file = clock, path
+    previous = installFile(f)
+    yield f
+    installFile(previous)
+    f.close()
+
+
+def test_mail_log_file_writes_syslog_lines_after_the_flush_interval(mailLogFile, events):
+    logger = MailLogger("mta", "smtpd")
+    logger.log = Logger(namespace=logger.log.namespace, observer=events.append)
+    logger.fields("3F1A", [("from", "<a@b>\nforged line")], detail="queue active")
+    logger.emit("disconnect from c[192.0.2.1]")
+    assert mailLogFile.file.read_text() == "" and mailLogFile.writes == 0  # buffered
+    mailLogFile.clock.advance(0.05)
+    lines = mailLogFile.file.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert mailLogFile.writes == 1 and len(lines) == 2
     for line in lines:
         assert SYSLOG.match(line), line
     assert lines[0].endswith(" mx.example.org mta/smtpd[7]: 3F1A: from=<a@b>\\x0aforged line (queue active)\n")
     assert lines[1].endswith(" mx.example.org mta/smtpd[7]: disconnect from c[192.0.2.1]\n")
+    assert events == []  # informational lines: the file only, no twisted.logger event
 
 
-def test_MailLogFileObserver_appends(tmp_path):
+def test_mail_log_file_warnings_are_also_events(mailLogFile, events):
+    logger = MailLogger("mta", "smtp")
+    logger.log = Logger(namespace=logger.log.namespace, observer=events.append)
+    logger.warning("TLS handshake failed", "3F1A")
+    assert [e["mail_line"] for e in events] == ["warning: 3F1A: TLS handshake failed"]
+    mailLogFile.flush()
+    assert mailLogFile.file.read_text().endswith(" mta/smtp[7]: warning: 3F1A: TLS handshake failed\n")
+
+
+def test_mail_log_file_writes_at_the_buffer_limit_and_on_close(mailLogFile):
+    from mta.maillog import BUFFER_LIMIT
+
+    logger = MailLogger("mta", "qmgr")
+    line = "x" * 1000
+    for _ in range(BUFFER_LIMIT // 1000 + 1):
+        logger.emit(line)
+    assert mailLogFile.writes == 1  # the limit, before any timer
+    logger.emit("last")
+    mailLogFile.close()
+    text = mailLogFile.file.read_text()
+    assert text.endswith(" mta/qmgr[7]: last\n") and text.count("\n") == BUFFER_LIMIT // 1000 + 2
+
+
+def test_mail_log_file_appends(tmp_path):
+    from mta.maillog import MailLogFile
+
     path = tmp_path / "maillog"
     path.write_text("old line\n")
-    observer = MailLogFileObserver(str(path), "h", "mta", pid=1)
-    observer({"mail_line": "new", "mail_program": "qmgr", "log_time": 0})
-    observer.stream.close()
+    f = MailLogFile(str(path), "h", "mta", pid=1, clock=Clock())
+    f.write("qmgr", "new", now=0)
+    f.close()
     text = path.read_text()
-    assert text.startswith("old line\n")
-    assert text.endswith(" h mta/qmgr[1]: new\n")
+    assert text.startswith("old line\n") and text.endswith(" h mta/qmgr[1]: new\n")
+    f.write("qmgr", "after close")  # ignored, not a crash
+
+
+def test_mail_log_file_write_failure_is_logged_once_and_mail_goes_on(tmp_path, monkeypatch):
+    import os as _os
+
+    from mta.maillog import MailLogFile
+
+    f = MailLogFile(str(tmp_path / "maillog"), "h", "mta", pid=1, clock=Clock())
+    errors = []
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.addObserver(errors.append)
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_os, "write", full)
+    try:
+        for _ in range(3):
+            f.write("smtpd", "line")
+            f.flush()
+    finally:
+        globalLogPublisher.removeObserver(errors.append)
+        monkeypatch.undo()
+    messages = [e for e in errors if "maillog_file" in e.get("log_format", "")]
+    assert len(messages) == 1 and messages[0]["error"] == "No space left on device"
+    f.write("smtpd", "later")
+    f.close()
+    assert (tmp_path / "maillog").read_text().endswith(" h mta/smtpd[1]: later\n")

@@ -112,6 +112,9 @@ class Daemon:
         return Dialog(self.service.listeners[name].factory)
 
     def log(self):
+        mailLogFile = getattr(self.service, "_observer", None) if self.service is not None else None
+        if mailLogFile is not None:
+            mailLogFile.flush()  # buffered for up to 50 ms (mta.maillog.MailLogFile)
         return self.maillog.read_text()
 
 
