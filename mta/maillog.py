@@ -94,6 +94,21 @@ def deliveryFields(address, original, relay, connUse, dsn, status, arrival, acti
     return fields
 
 
+def note(maillog, text, warn=False, fallback=None):
+    """
+    One line of a component that may run without a mail log: into
+    C{maillog} (a MailLogger; at level warn with "warning: " before it), or
+    else through the twisted.logger Logger C{fallback}.
+    """
+    from twisted.logger import Logger, LogLevel
+
+    if maillog is not None:
+        maillog.emit(f"warning: {text}" if warn else text, None, LogLevel.warn if warn else LogLevel.info)
+        return
+    fallback = fallback or Logger()
+    (fallback.warn if warn else fallback.info)("{text}", text=text)
+
+
 def formatFields(pairs):
     """'name=value, name=value' from (name, value) pairs; values sanitized."""
     return ", ".join(f"{name}={sanitize(value)}" for name, value in pairs)

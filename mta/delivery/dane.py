@@ -94,9 +94,10 @@ import hashlib
 import datetime
 
 import attrs
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 
 from mta.delivery.dns import DNSError
+from mta.maillog import note
 
 __all__ = ["Dane", "DaneDecision", "DanePolicyError", "Tlsa", "decide", "usable", "verifyChain"]
 
@@ -405,9 +406,4 @@ class Dane:
         return TlsVerdict("Untrusted", False, False, "Server certificate not verified")
 
     def _log(self, text, warn=False):
-        if self.maillog is not None:
-            self.maillog.emit(f"warning: {text}" if warn else text, None, LogLevel.warn if warn else LogLevel.info)
-        elif warn:
-            log.warn("{text}", text=text)
-        else:
-            log.info("{text}", text=text)
+        note(self.maillog, text, warn, log)

@@ -97,7 +97,9 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
+
+from mta.maillog import note
 
 __all__ = ["MAX_AGE_LIMIT", "MAX_POLICY_SIZE", "PolicyFetcher", "Sts", "StsError", "StsPolicy", "mxMatches",
            "parsePolicy", "parseTxt"]
@@ -664,12 +666,7 @@ class Sts:
         self._log(text, warn=True)
 
     def _log(self, text, warn=False):
-        if self.maillog is not None:
-            self.maillog.emit(f"warning: {text}" if warn else text, None, LogLevel.warn if warn else LogLevel.info)
-        elif warn:
-            log.warn("{text}", text=text)
-        else:
-            log.info("{text}", text=text)
+        note(self.maillog, text, warn, log)
 
 
 def _certificateMatches(connection, hostname):
