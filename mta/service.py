@@ -86,6 +86,15 @@ SECURITY
     new listener on a port below 1024 cannot be bound (logged, the rest of
     the reload applies).
 
+    twistd --uid/--gid: the privileged start (as root) binds the sockets
+    and creates the queue directory, then gives the queue to that user
+    (chownTree: the directory, its files and its queue subdirectories;
+    only entries owned otherwise, with lchown, never following a symbolic
+    link, so a link planted in the queue cannot make root chown another
+    file; unknown subdirectories are left alone).  startService, as the user the daemon runs
+    as, checks that it can use every queue directory (queueAccessProblem)
+    and open maillog_file, and stops with one fatal line when it cannot.
+
 CONFIGURATION
     queue_directory, maillog_file, syslog_name, myhostname, dns_servers,
     local_transport, virtual_transport, relay_transport, default_transport;
@@ -101,6 +110,7 @@ DEVIATIONS
 """
 
 import os
+import stat
 
 import attrs
 from twisted.application.internet import StreamServerEndpointService
@@ -179,9 +189,11 @@ class MTAService(MultiService):
     reload() is the one path of SIGHUP and the control channel's Reload.
     """
 
-    def __init__(self, config, reactor, tables, protocolFactory, onStartupError=None, stopReactor=None):
+    def __init__(self, config, reactor, tables, protocolFactory, onStartupError=None, stopReactor=None, runAs=None):
+        """C{runAs}: (uid, gid) twistd switches to after binding (--uid/--gid), or None."""
         super().__init__()
         self.onStartupError = onStartupError
+        self.runAs = runAs
         self.stopReactor = stopReactor if stopReactor is not None else getattr(reactor, "stop", None)
         self.clock = reactor
         self.protocolFactory = protocolFactory
@@ -292,10 +304,32 @@ class MTAService(MultiService):
                 raise StartupError(f"{self._describe(service)}: cannot listen: {e.socketError}") from None
             except Exception as e:
                 raise StartupError(f"{self._describe(service)}: cannot listen: {e}") from None
+        if self.runAs is not None and os.geteuid() == 0:
+            uid, gid = self.runAs
+            try:
+                changed = chownTree(self.queueDirectory, uid, gid)
+            except OSError as e:
+                raise StartupError(f"cannot give queue directory {self.queueDirectory} to uid {uid} gid {gid}: "
+                                   f"{e.filename}: {e.strerror}") from None
+            if changed:
+                log.info("queue directory {path}: {count} entries given to uid {uid} gid {gid} (twistd --uid/--gid)",
+                         path=self.queueDirectory, count=changed, uid=uid, gid=gid)
 
     def startService(self):
         self.startedAt = self.clock.seconds()
-        self._swapMaillog(self._openMaillog(self.config))
+        problem = queueAccessProblem(self.queueDirectory)
+        if problem is None:
+            try:
+                observer = self._openMaillog(self.config)
+            except OSError as e:
+                problem = f"maillog_file {self.config.settings.service.maillogFile}: cannot open: {e.strerror}"
+        if problem is not None:  # as the user twistd runs the daemon as (--uid): a clear stop, not a broken daemon
+            log.critical("fatal: {error}", error=problem)
+            if self.onStartupError is None:
+                raise StartupError(problem)
+            self.onStartupError(problem)
+            return
+        self._swapMaillog(observer)
         super().startService()
         self.manager.start()
         self.pickup.start()
@@ -517,8 +551,62 @@ class MTAService(MultiService):
         return problems
 
 
-def buildService(config, reactor, tables, onStartupError=None):
-    """The daemon's service tree for C{config}; tables already opened in C{tables}."""
+def buildService(config, reactor, tables, onStartupError=None, runAs=None):
+    """The daemon's service tree for C{config}; tables already opened in C{tables}; C{runAs}: see MTAService."""
     from mta.smtpd import serverFactory
 
-    return MTAService(config, reactor, tables, serverFactory, onStartupError)
+    return MTAService(config, reactor, tables, serverFactory, onStartupError, runAs=runAs)
+
+
+def chownTree(directory, uid, gid):
+    """
+    Give the queue directory C{directory} to C{uid}:C{gid}: itself, the
+    files directly in it (the SQLite caches), and the queue directories
+    (QUEUE_NAMES, private) with everything under them; entries owned
+    otherwise only; symbolic links themselves, never what they point to;
+    other subdirectories are left alone (a queue_directory set to a
+    directory that holds other things must not hand those over).  The
+    number of entries changed; OSError on failure.
+    """
+    from mta.queue.store import QUEUE_NAMES
+
+    changed = 0
+
+    def give(path):
+        nonlocal changed
+        st = os.lstat(path)
+        if st.st_uid != uid or st.st_gid != gid:
+            os.lchown(path, uid, gid)
+            changed += 1
+        return st
+
+    give(directory)
+    queues = {*QUEUE_NAMES, "private"}
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        st = give(path) if name in queues or not os.path.isdir(path) or os.path.islink(path) else None
+        if st is None or name not in queues or stat.S_ISLNK(st.st_mode):
+            continue
+        for top, dirs, files in os.walk(path, onerror=_raise):
+            for entry in dirs + files:
+                give(os.path.join(top, entry))
+    return changed
+
+
+def _raise(error):
+    raise error
+
+
+QUEUE_ACCESS = os.R_OK | os.W_OK | os.X_OK
+
+
+def queueAccessProblem(directory):
+    """Why the daemon, as the user it runs as, cannot use its queue directory, or None."""
+    from mta.queue.store import QUEUE_NAMES
+
+    for path in [directory] + [os.path.join(directory, name) for name in (*QUEUE_NAMES, "private")]:
+        if os.path.isdir(path) and not os.access(path, QUEUE_ACCESS):
+            return (f"queue directory {path} is not readable and writable by uid {os.geteuid()} "
+                    f"(owned by uid {os.stat(path).st_uid}); when twistd runs mta with --uid, start it as root "
+                    f"so that mta gives the queue to that user, or chown -R the queue directory")
+    return None

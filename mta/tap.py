@@ -24,6 +24,7 @@ CONFIGURATION
     --config/-c FILE; the environment variable MTA_CONFIG.
 """
 
+import os
 import signal
 import sys
 
@@ -93,6 +94,23 @@ def reloadOnSighup(reactor, service):
     signal.signal(signal.SIGHUP, handler)
 
 
+def runAs(twistdOptions):
+    """(uid, gid) of twistd's --uid/--gid (the gid defaults to the uid's group, as twistd's), or None."""
+    if not twistdOptions:
+        return None
+    uid, gid = twistdOptions.get("uid"), twistdOptions.get("gid")
+    if uid is None:
+        return None
+    if gid is None:
+        import pwd
+
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = os.getgid()
+    return (uid, gid)
+
+
 def makeService(options):
     from twisted.internet import reactor
 
@@ -107,6 +125,7 @@ def makeService(options):
         fatal(str(e))
     reactor.callWhenRunning(exitCleanlyOnSigterm, reactor)
     nodaemon = bool(options.parent and options.parent.get("nodaemon"))
-    service = buildService(options.mtaConfig, reactor, tables, onStartupError=fatal if nodaemon else None)
+    service = buildService(options.mtaConfig, reactor, tables, onStartupError=fatal if nodaemon else None,
+                           runAs=runAs(options.parent))
     reloadOnSighup(reactor, service)
     return service
