@@ -159,6 +159,7 @@ class StartTLSCommands:
         self._skipLine = False
 
     def _beginHandshake(self, where):
+        self._directSocket = None  # from now on every byte goes through the TLS layer
         self._handshaking = True
         self._handshakeWhere = where
         if where == "STARTTLS":
