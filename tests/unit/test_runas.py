@@ -8,7 +8,19 @@ import pytest
 from mta import service as mtaservice
 from mta import tap
 from mta.service import MTAService, StartupError, chownTree, queueAccessProblem
+from mta.smtpd import serverFactory
 from tests.unit.test_reload import Daemon
+
+
+def loaded(daemon):
+    """(config, tables) of the test daemon's file, as the service is given them."""
+    from mta.config import load, openTables
+    from mta.tables import Tables
+
+    config = load(daemon.path)
+    tables = Tables(daemon.reactor)
+    openTables(config, tables)
+    return config, tables
 
 
 def test_runAs_from_twistds_options():
@@ -59,13 +71,7 @@ def test_start_as_root_gives_the_queue_to_the_twistd_user(tmp_path, monkeypatch)
     given = []
     monkeypatch.setattr(mtaservice.os, "geteuid", lambda: 0)
     monkeypatch.setattr(mtaservice, "chownTree", lambda path, uid, gid: given.append((path, uid, gid)) or 3)
-    from mta.config import load, openTables
-    from mta.smtpd import serverFactory
-    from mta.tables import Tables
-
-    config = load(d.path)
-    tables = Tables(d.reactor)
-    openTables(config, tables)
+    config, tables = loaded(d)
     service = MTAService(config, d.reactor, tables, serverFactory, runAs=(65534, 65534))
     service.privilegedStartService()
     assert given == [(f"{tmp_path}/q", 65534, 65534)]
@@ -77,13 +83,7 @@ def test_start_as_root_gives_the_queue_to_the_twistd_user(tmp_path, monkeypatch)
 def test_a_queue_the_daemon_cannot_use_stops_the_start_with_one_message(tmp_path, monkeypatch):
     d = Daemon(tmp_path)
     d.write()
-    from mta.config import load, openTables
-    from mta.smtpd import serverFactory
-    from mta.tables import Tables
-
-    config = load(d.path)
-    tables = Tables(d.reactor)
-    openTables(config, tables)
+    config, tables = loaded(d)
     errors = []
     service = MTAService(config, d.reactor, tables, serverFactory, onStartupError=errors.append)
     service.privilegedStartService()
@@ -100,13 +100,7 @@ def test_a_maillog_file_that_cannot_be_opened_stops_the_start(tmp_path):
     d = Daemon(tmp_path)
     d.maillog = tmp_path / "no" / "such" / "dir" / "maillog"
     d.write()
-    from mta.config import load, openTables
-    from mta.smtpd import serverFactory
-    from mta.tables import Tables
-
-    config = load(d.path)
-    tables = Tables(d.reactor)
-    openTables(config, tables)
+    config, tables = loaded(d)
     errors = []
     service = MTAService(config, d.reactor, tables, serverFactory, onStartupError=errors.append)
     service.privilegedStartService()
