@@ -119,6 +119,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 import mta
 from mta import control
@@ -198,7 +199,12 @@ class MTAService(MultiService):
         self.clock = reactor
         self.protocolFactory = protocolFactory
         self.queueDirectory = config.settings.service.queueDirectory
-        self.store = QueueStore(self.queueDirectory, reactor)
+        # The queue's durable writes get a thread of their own (mta.queue.committer), not the reactor's
+        # pool that DNS and delivery share; a test reactor's synchronous pool is used as it is.
+        reactorPool = reactor.getThreadPool() if hasattr(reactor, "getThreadPool") else None
+        self.commitPool = ThreadPool(1, 1, "mta-commit") if isinstance(reactorPool, ThreadPool) else None
+        self.store = QueueStore(self.queueDirectory, reactor, commitPool=self.commitPool,
+                                syncMethod=config.settings.service.queueSyncMethod)
         self.startedAt = None
         self._observer = None
         self.setName("mta")
@@ -330,6 +336,8 @@ class MTAService(MultiService):
             self.onStartupError(problem)
             return
         self._swapMaillog(observer)
+        if self.commitPool is not None:
+            self.commitPool.start()
         super().startService()
         self.manager.start()
         self.pickup.start()
@@ -347,6 +355,9 @@ class MTAService(MultiService):
         d.addBoth(lambda result: maybeDeferred(self.tlsReporter.stop).addBoth(lambda _: result))
 
         def stopped(result):
+            if self.commitPool is not None and self.commitPool.started:
+                self.commitPool.stop()  # after the last commit and state record: waits for a batch running
+                self.store.close()
             self.maillog.emit("daemon stopped")
             self._swapMaillog(None)
             return result
@@ -479,6 +490,7 @@ class MTAService(MultiService):
                 self.maillog.emit(f"warning: {text}", level=LogLevel.warn)
         self.current = generation
         self._swapMaillog(observer)
+        self.store.setSyncMethod(generation.config.settings.service.queueSyncMethod)
         self.tlsReporter.use(generation)  # its settings, cleanup and DNS from now on (the store stays)
         self.manager.reconfigure(generation.config.settings.qmgr, generation.router, generation.transports,
                                  generation.notices)

@@ -304,6 +304,10 @@ PARAMETERS = (
     _P("queue_directory", T.Path(), "var/spool/mta",
        "The queue's top directory; a relative path is taken from the start-up directory.",
        "queue"),
+    _P("queue_sync_method", T.Choice(("syncfs", "fsync")), "syncfs",
+       "How new queue files and state records are made durable before the reply: syncfs, one syncfs(2) "
+       "of the queue's file system per batch (Linux; a queue on its own file system is best); fsync, "
+       "each file and each changed directory fsynced (mta only).", "queue"),
     _P("message_size_limit", T.Size(), "10240000",
        "The largest message accepted, in bytes, envelope and headers included.", "queue"),
     # -- smtpd -------------------------------------------------------------

@@ -24,6 +24,8 @@ through the FileSystem seam:
                               # header (length, CRC-32); ValueError
     writer.store(path)        # [create], write the rest, the header over
                               # its placeholder, fsync, close, rename
+                              # (sync=False: no fsync; the store's
+                              # committer syncs the file system instead)
     fsyncDirectory(fs, directory, [path])   # the rename made durable
     writer.discard()          # on any other outcome; always safe
 
@@ -44,8 +46,11 @@ CONFIGURATION
 """
 
 import array
+import ctypes
+import ctypes.util
 import errno
 import os
+import sys
 import zlib
 
 import attrs
@@ -85,6 +90,47 @@ def _writeAll(fs, fd, data):
         if not n or n < 0:
             raise OSError(errno.EIO, "short write")
         view = view[n:]
+
+
+_syncfs = []  # [the C library's syncfs as a callable, or None], once looked up
+
+
+def _syncfsFunction():
+    """The C library's syncfs(2) as a callable of a descriptor (raises OSError), or None where there is none."""
+    if _syncfs:
+        return _syncfs[0]
+    function = None
+    if sys.platform.startswith("linux"):
+        try:
+            function = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), "syncfs", None)
+        except OSError:
+            function = None
+    if function is None:
+        _syncfs.append(None)
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+
+    def call(fd):
+        if function(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    _syncfs.append(call)
+    return call
+
+
+def syncfsAvailable():
+    """True where syncfs(2) can be called."""
+    return _syncfsFunction() is not None
+
+
+def syncfs(fd):
+    """syncfs(2) of the file system of descriptor C{fd}; OSError (ENOSYS where there is none)."""
+    function = _syncfsFunction()
+    if function is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available")
+    function(fd)
 
 
 class FileSystem:
@@ -143,6 +189,17 @@ class FileSystem:
 
     def fchmod(self, fd, mode):
         os.fchmod(fd, mode)
+
+    def syncfs(self, fd):
+        """syncfs(2) of the file system of C{fd} (mta.queue.committer); OSError."""
+        syncfs(fd)
+
+    def syncfsAvailable(self):
+        return syncfsAvailable()
+
+    def openDirectory(self, path):
+        """A descriptor of directory C{path} (for syncfs); OSError."""
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def fsyncDirectory(self, path):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -253,19 +310,22 @@ class QueueFileWriter:
                 raise OSError(errno.EIO, "short write")
             self._header = None
 
-    def store(self, path):
+    def store(self, path, sync=True):
         """
         Blocking, after seal(): create the file if it was never created,
         write what is left and the real header, fsync and close it, rename
         it to C{path}.  Durable once the directory of C{path} is fsynced
-        (fsyncDirectory()).  StepFailed, with the temporary file removed.
+        (fsyncDirectory()).  C{sync} false: no fsync, the caller makes the
+        file durable (a syncfs of its file system: mta.queue.committer).
+        StepFailed, with the temporary file removed.
         """
         try:
             if self.error is not None:
                 raise self.error
             self.create()
             _step("write", self._writeRest)
-            _step("fsync", self.fs.fsync, self.fd)
+            if sync:
+                _step("fsync", self.fs.fsync, self.fd)
             fd, self.fd = self.fd, None
             _step("close", self.fs.close, fd)
             _step("rename", self.fs.rename, self.tmpPath, path)

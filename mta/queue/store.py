@@ -19,34 +19,34 @@ dropped, and commit() reports it (the server reads DATA to its end and then
 answers 451 4.3.0).
 
 commit(envelope) adds the envelope record and settles the real content
-header (see mta.queue.fileformat); then, in the thread pool, the writer
-writes the last buffered bytes and the header (creating the file if the
-message never outgrew the buffer), fsyncs and closes the file and renames
-it from tmp/ into incoming/;
-then the incoming directory is fsynced, also in the thread pool, and only
-after that fsync does the Deferred fire with the queue id.  Any failure
-(ENOSPC, EIO, EACCES, a failed rename or directory fsync, an envelope that
-cannot be stored) fails the Deferred with QueueWriteError and leaves nothing
-in incoming/ or tmp/: the temporary file is removed, and after a failed
-directory fsync the renamed files are unlinked again.  (If the machine
-then crashes before that unlink reaches the disk, a message the client was
-told to retry may still be delivered: a duplicate, never a loss.)
+header (see mta.queue.fileformat); then the store's committer
+(mta.queue.committer: one thread, a batch of jobs at a time) has the
+writer write the last buffered bytes and the header (creating the file if
+the message never outgrew the buffer), close the file and rename it from
+tmp/ into incoming/, and makes the batch durable -- one syncfs(2) of the
+queue's file system per batch (queue_sync_method = syncfs, the default),
+or an fsync of each file and one of each directory per batch (fsync) --
+and only after that does the Deferred fire with the queue id.  Any failure
+(ENOSPC, EIO, EACCES, a failed rename or sync, an envelope that cannot be
+stored) fails the Deferred with QueueWriteError and leaves nothing in
+incoming/ or tmp/: the temporary file is removed, and after a failed sync
+the renamed files are unlinked again.  (If the machine then crashes before
+that unlink reaches the disk, a message the client was told to retry may
+still be delivered: a duplicate, never a loss.)
 
 GROUP COMMIT
-    Directory fsyncs are shared.  A finished rename puts its queue id on a
-    list; at most one directory fsync job runs at a time; the job takes the
-    whole list (under a lock, in the worker thread, immediately before it
-    calls fsync) and, once fsync returns, the reactor fires the Deferreds
-    of exactly those ids.  Every id on the list was renamed before the list
-    was taken, so no commit fires before a directory fsync that began after
-    its own rename.  Renames that finish while a job runs wait for the next
-    job, which then serves all of them with one fsync.
+    The committer takes every job submitted while its previous batch ran
+    and serves them with one sync: a commit fires only after a sync that
+    began after its rename (mta.queue.committer, BATCHES).  State records
+    (appendState) go through the same batches, so a relayed message's
+    results share the sync of the messages being received.
 
 THE QUEUE MANAGER'S FILE WORK
     Blocking methods, run in the store's thread pool (inPool), their system
     calls made through the FileSystem seam so that tests can inject faults
     (reading a queue file, fileformat.readQueueFile, does not use it):
-    appendState() (a state record, fdatasync'd; a Deferred), move() (a
+    appendState() (a state record, made durable by the committer; a
+    Deferred), move() (a
     rename, and the deferred queue's mtime), setAside() (anything, under
     any name, into corrupt/ without overwriting), presentIn(), truncate()
     (a torn append), cleanTemporary().  scan() reads a directory in the
@@ -62,13 +62,13 @@ SECURITY
     lstat'ed, never followed.
 
 CONFIGURATION
-    queue_directory (the store's directory); queue_minfree uses freeSpace().
+    queue_directory (the store's directory), queue_sync_method (the
+    committer's); queue_minfree uses freeSpace().
 """
 
 import errno
 import os
 import stat
-import threading
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
@@ -79,6 +79,7 @@ from zope.interface import implementer
 from mta.interfaces import IQueueMessage, IQueueStore
 from mta.model import Envelope
 from mta.queue import fileformat, queueid
+from mta.queue.committer import Committer
 from mta.queue.files import (  # noqa: F401 (re-exported)
     WRITE_BUFFER_SIZE,
     DirectoryScan,
@@ -196,19 +197,17 @@ class QueueStore:
     callable returning fresh ids) are for tests.
     """
 
-    def __init__(self, directory, reactor, threadpool=None, *, fileSystem=None, newQueueId=None):
+    def __init__(self, directory, reactor, threadpool=None, *, fileSystem=None, newQueueId=None, commitPool=None,
+                 syncMethod="syncfs"):
         self.directory = os.fspath(directory)
         self.reactor = reactor
         self._threadpool = threadpool
         self.fs = fileSystem if fileSystem is not None else FileSystem()
         self._newQueueId = newQueueId if newQueueId is not None else queueid.newQueueId
         self._open = {}  # queue id -> IncomingMessage with a file in tmp/
-        self._waiting = {}  # queue id -> Deferred of commit(), until the directory fsync
-        self._lock = threading.Lock()
-        self._renamed = []  # (queue, id) renamed, not yet in a directory fsync; under _lock
-        self._syncing = False
-        self._syncAgain = False
-        self.directoryFsyncs = 0  # how many fsyncs of incoming/ were made (statistics, tests)
+        self._commitPool = commitPool
+        self.syncMethod = syncMethod
+        self._committer = None
         self.onCommit = None  # called with the queue id of every durable commit (the queue manager)
 
     def queuePath(self, name, queueId=None):
@@ -355,21 +354,25 @@ class QueueStore:
                 break
         else:
             raise QueueWriteError("cannot create a queue file with a fresh queue id")
+        try:
+            self.committer().openDescriptor()  # before the content's first write (mta.queue.committer)
+        except OSError as e:
+            raise QueueWriteError(f"cannot open {self.directory}: {_describe(e)}") from None
         message = IncomingMessage(self, queueId, self.queuePath("tmp", queueId))
         self._open[queueId] = message
         return message
 
     def appendState(self, path, state, truncateTo=None):
         """
-        Append a state record to the committed queue file C{path} and
-        fdatasync it, in a worker thread; a Deferred that fires when it is
-        durable.  C{truncateTo} first cuts off a torn append.  Raises
+        Append a state record to the committed queue file C{path}, in the
+        committer's next batch (mta.queue.committer); a Deferred that fires
+        when it is durable.  C{truncateTo} first cuts off a torn append.  Raises
         (through the Deferred) QueueWriteError.
         """
         record = fileformat.dumpState(state)
-        return deferToThreadPool(self.reactor, self._pool(), self._append, path, record, truncateTo)
+        return self.committer().submit(_AppendJob(self, path, record, truncateTo))
 
-    def _append(self, path, record, truncateTo):
+    def _append(self, path, record, truncateTo, sync=True):
         fs = self.fs
         try:
             fd = fs.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -379,7 +382,8 @@ class QueueStore:
             if truncateTo is not None:
                 fs.ftruncate(fd, truncateTo)
             _writeAll(fs, fd, record)
-            fs.fdatasync(fd)
+            if sync:
+                fs.fdatasync(fd)
         except OSError as e:
             raise QueueWriteError(f"cannot update {path}: {_describe(e)}") from None
         finally:
@@ -404,86 +408,98 @@ class QueueStore:
             self._threadpool = self.reactor.getThreadPool()
         return self._threadpool
 
+    def committer(self):
+        """The Committer (mta.queue.committer) of this queue's durable writes, made at first use."""
+        if self._committer is None:
+            pool = self._commitPool if self._commitPool is not None else self._pool()
+            self._committer = Committer(self.reactor, pool, self.fs, self.directory, self.syncMethod)
+        return self._committer
+
+    def setSyncMethod(self, method):
+        """Use queue_sync_method C{method} from the next batch on (a reload)."""
+        self.syncMethod = method
+        if self._committer is not None:
+            self._committer.setMethod(method)
+
+    @property
+    def syncs(self):
+        """How many syncs (syncfs calls or directory fsyncs) the commits and state records needed so far."""
+        return 0 if self._committer is None else self._committer.syncs
+
+    def close(self):
+        """After the commit pool has stopped: release the committer's descriptor."""
+        if self._committer is not None:
+            self._committer.close()
+
     def _commit(self, message, queue="incoming"):
         if queue not in ("incoming", "hold"):
             raise ValueError(f"cannot commit into {queue!r}")
-        queueId = message.queueId
         result = Deferred()
-        self._waiting[queueId] = result
-        d = deferToThreadPool(self.reactor, self._pool(), self._syncAndRename, queueId, message._writer, queue)
-        d.addCallbacks(self._renamed_, self._renameFailed, callbackArgs=(message,), errbackArgs=(message,))
+        self.committer().submit(_StoreJob(self, message, queue)).addBoth(
+            self._finish, message, result, queue == "incoming")
         return result
 
-    def _syncAndRename(self, queueId, writer, queue="incoming"):
-        """
-        In a worker thread: the writer's store() (create the file if it was
-        never written out, write the rest, fsync, close, rename into the
-        queue); the directory fsync follows, shared (_syncIncoming).
-        """
-        try:
-            writer.store(self.queuePath(queue, queueId))
-        except StepFailed as e:
-            raise QueueWriteError(f"cannot store message {queueId}: {e}") from None
-        with self._lock:
-            self._renamed.append((queue, queueId))
-
-    def _renamed_(self, _, message):
-        self._requestDirectorySync()
-
-    def _renameFailed(self, failure, message):
-        self._finish(message, failure)
-
-    def _requestDirectorySync(self):
-        if self._syncing:
-            self._syncAgain = True
-            return
-        self._syncing = True
-        self._syncAgain = False
-        batch = []
-        d = deferToThreadPool(self.reactor, self._pool(), self._syncIncoming, batch)
-        d.addBoth(self._incomingSynced, batch)
-
-    def _syncIncoming(self, batch):
-        """In a worker thread: fsync incoming/ (and hold/) for every rename made so far."""
-        with self._lock:
-            batch.extend(self._renamed)
-            self._renamed.clear()
-        renamed = [self.queuePath(name, queueId) for name, queueId in batch]
-        for queue in sorted({queue for queue, _ in batch}):
-            self.directoryFsyncs += 1
-            try:
-                # On failure the renamed files are taken out again: their clients are told 4xx.
-                fsyncDirectory(self.fs, self.queuePath(queue), renamed)
-            except StepFailed as e:
-                raise QueueWriteError(f"cannot store message: {e}") from None
-
-    def _incomingSynced(self, result, batch):
-        self._syncing = False
-        for queue, queueId in batch:
-            message = self._open.get(queueId)
-            if message is None:  # cannot happen; never leave a commit hanging
-                d = self._waiting.pop(queueId, None)
-                if d is not None:
-                    d.errback(QueueWriteError(f"cannot store message {queueId}: internal error"))
-                continue
-            self._finish(message, result, notify=queue == "incoming")
-        if self._syncAgain:
-            self._requestDirectorySync()
-
-    def _finish(self, message, result, notify=True):
+    def _finish(self, outcome, message, result, notify):
         queueId = message.queueId
         self._open.pop(queueId, None)
-        d = self._waiting.pop(queueId)
-        if isinstance(result, Failure):
+        if isinstance(outcome, Failure):
             message._state = "failed"
-            error = result.value
+            error = outcome.value
             if not isinstance(error, QueueWriteError):
+                log.failure("{queue_id}: unexpected error in commit", outcome, queue_id=queueId)
                 error = QueueWriteError(f"cannot store message {queueId}: {_describe(error)}")
-                log.failure("{queue_id}: unexpected error in commit", result, queue_id=queueId)
             log.error("{queue_id}: {error}", queue_id=queueId, error=str(error))
-            d.errback(error)
-        else:
-            message._state = "committed"
-            d.callback(queueId)
-            if notify and self.onCommit is not None:
-                self.onCommit(queueId)
+            result.errback(error)
+            return
+        message._state = "committed"
+        result.callback(queueId)  # the 250 first, then the queue manager
+        if notify and self.onCommit is not None:
+            self.onCommit(queueId)
+
+
+class _StoreJob:
+    """A committer job (mta.queue.committer): an IncomingMessage's file written out and renamed into its queue."""
+
+    def __init__(self, store, message, queue):
+        self.queueId = message.queueId
+        self.writer = message._writer  # from here on the committer's thread's alone
+        self.path = store.queuePath(queue, message.queueId)
+        self.directory = store.queuePath(queue)
+        self.fs = store.fs
+
+    def run(self, grouped):
+        try:
+            self.writer.store(self.path, sync=not grouped)
+        except StepFailed as e:
+            raise QueueWriteError(f"cannot store message {self.queueId}: {e}") from None
+        return self.queueId
+
+    def undo(self):
+        try:
+            self.fs.unlink(self.path)
+        except OSError:
+            pass
+
+    def failed(self, reason):
+        return QueueWriteError(f"cannot store message {self.queueId}: {reason}")
+
+
+class _AppendJob:
+    """A committer job: a state record appended to a committed queue file."""
+
+    directory = None
+
+    def __init__(self, store, path, record, truncateTo):
+        self.store = store
+        self.path = path
+        self.record = record
+        self.truncateTo = truncateTo
+
+    def run(self, grouped):
+        self.store._append(self.path, self.record, self.truncateTo, sync=not grouped)
+
+    def undo(self):
+        pass  # the record may or may not be on the disk; the queue manager treats it as not recorded
+
+    def failed(self, reason):
+        return QueueWriteError(f"cannot update {self.path}: {reason}")

@@ -42,12 +42,12 @@ class ManualPool(SyncPool):
 
 
 class Harness:
-    def __init__(self, tmp_path, main="", pool=None, fileSystem=None, **kwargs):
+    def __init__(self, tmp_path, main="", pool=None, fileSystem=None, syncMethod="syncfs", **kwargs):
         self.pool = pool or SyncPool()
         self.clock = SyncReactor(self.pool)
         self.clock.advance(NOW)
         self.config = load("<t>", "[main]\nmyhostname = mx.test\nmail_name = mta\n" + main)
-        self.store = QueueStore(str(tmp_path / "queue"), self.clock, fileSystem=fileSystem)
+        self.store = QueueStore(str(tmp_path / "queue"), self.clock, fileSystem=fileSystem, syncMethod=syncMethod)
         self.store.prepare()
         self.committed = []
         self.store.onCommit = self.committed.append
@@ -326,15 +326,21 @@ class FailingFS(FileSystem):
             raise OSError(errno.EIO, "Input/output error")
         super().fsync(fd)
 
+    def syncfs(self, fd):
+        if self.failFsync:
+            raise OSError(errno.EIO, "Input/output error")
+        super().syncfs(fd)
+
     def unlink(self, path):
         if self.failUnlink and path.startswith(self.failUnlink):
             raise OSError(errno.EACCES, "Permission denied")
         super().unlink(path)
 
 
-def test_queueWriteFailureLeavesTheFileForLater(tmp_path):
+@pytest.mark.parametrize("syncMethod", ["syncfs", "fsync"])
+def test_queueWriteFailureLeavesTheFileForLater(tmp_path, syncMethod):
     fs = FailingFS()
-    h = Harness(tmp_path, fileSystem=fs)
+    h = Harness(tmp_path, fileSystem=fs, syncMethod=syncMethod)
     name = h.drop()
     fs.failFsync = True
     h.pickup.start()
@@ -342,8 +348,9 @@ def test_queueWriteFailureLeavesTheFileForLater(tmp_path):
     assert h.queued() == [] and h.maildrop() == [name]
     assert os.listdir(h.store.queuePath("tmp")) == []
     [line] = h.lines
+    failed = "fsync failed" if syncMethod == "fsync" else r"syncfs of \S+ failed"
     assert re.fullmatch(rf"pickup: warning: maildrop/{name}: cannot queue: cannot store message \w+: "
-                        r"fsync failed: Input/output error; trying again in 60s", line)
+                        rf"{failed}: Input/output error; trying again in 60s", line), line
     fs.failFsync = False
     h.clock.advance(pickup.POLL_INTERVAL)
     assert h.queued() == []  # not before RETRY_DELAY

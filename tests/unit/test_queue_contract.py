@@ -20,7 +20,7 @@ from mta.testing import FakeQueueStore, SyncReactor
 from tests.unit.test_queue_store import CONTENT, ENVELOPE
 
 class FullDisk(FileSystem):
-    """Every fsync fails with ENOSPC while C{full} is set."""
+    """Every fsync and syncfs fails with ENOSPC while C{full} is set."""
 
     full = False
 
@@ -28,6 +28,11 @@ class FullDisk(FileSystem):
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")
         super().fsync(fd)
+
+    def syncfs(self, fd):
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().syncfs(fd)
 
 
 class RealStore:

@@ -207,15 +207,24 @@ def test_corruptFileThatCannotBeMovedIsTriedAgain(tmp_path):
 # -- 2. a failed state append ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["write ENOSPC", "fdatasync EIO"])
-def test_failedStateAppendDefersTheMessageAndItIsRetried(tmp_path, fault):
-    h = Harness(tmp_path, LIMIT_ONE)
+def failStateSync(h, error):
+    """Make the sync of the next state record fail with C{error} (written, but whether it is on the disk is unknown)."""
+    if h.store.syncMethod == "fsync":
+        h.fs.faults["fdatasync"] = once(error)
+    else:  # the batch's syncfs
+        h.fs.faults["syncfs"] = once(error, lambda fd: h.fs.stateWritten)
+
+
+@pytest.mark.parametrize("syncMethod", ["syncfs", "fsync"])
+@pytest.mark.parametrize("fault", ["write ENOSPC", "sync EIO"])
+def test_failedStateAppendDefersTheMessageAndItIsRetried(tmp_path, fault, syncMethod):
+    h = Harness(tmp_path, LIMIT_ONE, syncMethod=syncMethod)
     h.manager.start()
     if fault == "write ENOSPC":  # the record never reaches the file
         h.fs.faults["write"] = once(OSError(errno.ENOSPC, "No space left on device"),
                                     lambda fd, data: bytes(data[:6]) == b"state ")
-    else:  # written, but whether it is on the disk is unknown
-        h.fs.faults["fdatasync"] = once(OSError(errno.EIO, "Input/output error"))
+    else:
+        failStateSync(h, OSError(errno.EIO, "Input/output error"))
     queueId = h.submit(["u@box.example"])
     # delivered, but not known to be recorded: deferred, never left in active/
     assert delivered(h) == ["u@box.example"]
@@ -235,13 +244,14 @@ def test_failedStateAppendDefersTheMessageAndItIsRetried(tmp_path, fault):
     assert f"qmgr: {queueId}: removed" in h.lines and h.store.listQueue("deferred") == []
 
 
-def test_failedAppendSendsNoNoticeForUnrecordedResults(tmp_path):
+@pytest.mark.parametrize("syncMethod", ["syncfs", "fsync"])
+def test_failedAppendSendsNoNoticeForUnrecordedResults(tmp_path, syncMethod):
     smtp = FakeTransport(lambda r: ("bounced", "5.1.1", "no such user"))
     smtp.hold = True
-    h = Harness(tmp_path, transports={"smtp": smtp})
+    h = Harness(tmp_path, transports={"smtp": smtp}, syncMethod=syncMethod)
     h.manager.start()
     queueId = h.submit(["bad@far.example"])
-    h.fs.faults["fdatasync"] = once(OSError(errno.ENOSPC, "No space left on device"))
+    failStateSync(h, OSError(errno.ENOSPC, "No space left on device"))
     smtp.release()
     assert not any("notification" in line for line in h.lines)
     assert h.store.listQueue("deferred") == [queueId]
@@ -270,14 +280,17 @@ def test_failedMoveOrRemovalIsTriedAgain(tmp_path, step):
         assert delivered(h) == ["u@box.example"]  # recorded as sent: not delivered again
 
 
-def test_commonPathIsOneAppendAndOneSync(tmp_path):
-    h = Harness(tmp_path)
+@pytest.mark.parametrize("syncMethod", ["syncfs", "fsync"])
+def test_commonPathIsOneAppendAndOneSync(tmp_path, syncMethod):
+    h = Harness(tmp_path, syncMethod=syncMethod)
     h.manager.start()
-    before = h.fs.calls["fdatasync"]
+    before = dict(h.fs.calls)
     queueId = h.submit(["u@box.example"])
     assert f"qmgr: {queueId}: removed" in h.lines
     assert h.fs.appendOpens == 1
-    assert h.fs.calls["fdatasync"] - before == 1
+    synced = {name: h.fs.calls[name] - before.get(name, 0) for name in ("fdatasync", "syncfs")}
+    # the commit's sync and the state record's (one batch each here: the pool runs jobs at once)
+    assert synced == ({"fdatasync": 1, "syncfs": 0} if syncMethod == "fsync" else {"fdatasync": 0, "syncfs": 2})
     assert not any("notification" in line for line in h.lines)
 
 

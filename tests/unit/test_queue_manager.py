@@ -62,6 +62,7 @@ class FaultyFileSystem(FileSystem):
         self.faults = {}
         self.appendOpens = 0
         self.appendPaths = []  # the files opened for a state append, in order
+        self.stateWritten = False  # a state record was written since the last syncfs
 
     def _call(self, name, *args):
         self.calls[name] += 1
@@ -79,7 +80,16 @@ class FaultyFileSystem(FileSystem):
 
     def write(self, fd, data):
         self._call("write", fd, data)
-        return super().write(fd, data)
+        n = super().write(fd, data)
+        self.stateWritten = self.stateWritten or bytes(data[:6]) == b"state "
+        return n
+
+    def syncfs(self, fd):
+        try:
+            self._call("syncfs", fd)
+            super().syncfs(fd)
+        finally:
+            self.stateWritten = False
 
     def fsync(self, fd):
         self._call("fsync", fd)
@@ -128,7 +138,7 @@ def once(error, match=lambda *args: True):
 
 
 class Harness:
-    def __init__(self, tmp_path, main="", transports=None, fs=None, clock=None):
+    def __init__(self, tmp_path, main="", transports=None, fs=None, clock=None, syncMethod="syncfs"):
         self.clock = clock or SyncReactor()
         if clock is None:
             self.clock.advance(1_000_000)
@@ -136,7 +146,7 @@ class Harness:
         self.config = load("<t>", "[main]\nmyhostname = mx.test\nvirtual_mailbox_domains = box.example\n" + main)
         self.tables = Tables(self.clock)
         openTables(self.config, self.tables)
-        self.store = QueueStore(str(tmp_path / "queue"), self.clock, fileSystem=self.fs)
+        self.store = QueueStore(str(tmp_path / "queue"), self.clock, fileSystem=self.fs, syncMethod=syncMethod)
         self.store.prepare()
         self.transports = transports if transports is not None else {"virtual": FakeTransport(), "smtp": FakeTransport()}
         self.lines = []

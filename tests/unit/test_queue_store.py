@@ -93,7 +93,7 @@ class RecordingFileSystem(FileSystem):
         self.paths = {}
         self.failures = {}
         self.bytesWritten = 0
-        self.onDirectoryFsync = None
+        self.onSync = None  # called at each directory fsync and syncfs, before it is made
 
     def _maybeFail(self, op, *args):
         error = self.failures.get(op)
@@ -142,19 +142,30 @@ class RecordingFileSystem(FileSystem):
         super().unlink(path)
 
     def fsyncDirectory(self, path):
-        if self.onDirectoryFsync is not None:
-            self.onDirectoryFsync()
+        if self.onSync is not None:
+            self.onSync()
         self._maybeFail("fsyncDirectory")
         self.log.append(("fsyncDirectory", os.path.basename(path)))
         super().fsyncDirectory(path)
+
+    def syncfs(self, fd):
+        if self.onSync is not None:
+            self.onSync()
+        self._maybeFail("syncfs")
+        self.log.append(("syncfs",))
+        super().syncfs(fd)
 
 
 def _rel(path):
     return "/".join(path.split(os.sep)[-2:])
 
 
-def makeStore(tmp_path, pool=None, fs=None, **kw):
-    store = QueueStore(str(tmp_path / "queue"), FakeReactor(pool), fileSystem=fs or RecordingFileSystem(), **kw)
+SYNC_METHODS = pytest.mark.parametrize("method", ["syncfs", "fsync"])
+
+
+def makeStore(tmp_path, pool=None, fs=None, method="syncfs", **kw):
+    store = QueueStore(str(tmp_path / "queue"), FakeReactor(pool), fileSystem=fs or RecordingFileSystem(),
+                       syncMethod=method, **kw)
     store.prepare()
     return store
 
@@ -319,10 +330,11 @@ def test_empty_message(tmp_path):
     assert fileformat.readQueueFile(store.queuePath("incoming", queueId), verifyContent=True).contentLength == 0
 
 
-def test_commit_order(tmp_path):
-    """Data written, file fsynced, renamed, directory fsynced, and only then the Deferred fires."""
+@SYNC_METHODS
+def test_commit_order(tmp_path, method):
+    """Data written, [file fsynced,] renamed, made durable, and only then the Deferred fires."""
     log = []
-    store = makeStore(tmp_path, fs=RecordingFileSystem(log))
+    store = makeStore(tmp_path, fs=RecordingFileSystem(log), method=method)
     message = store.newMessage()
     qid = message.queueId
     message.write(b"x" * (3 * WRITE_BUFFER_SIZE))  # some content is flushed before commit
@@ -331,44 +343,57 @@ def test_commit_order(tmp_path):
     d = message.commit(ENVELOPE)
     d.addCallback(lambda queueId: log.append(("fired", queueId)) or queueId)
     events = [e for e in log if e[0] != "write"]
-    assert events == [
-        ("pwrite", 0),  # the real header over the placeholder
-        ("fsync", qid),
-        ("close", qid),
-        ("rename", f"tmp/{qid}", f"incoming/{qid}"),
-        ("fsyncDirectory", "incoming"),
-        ("fired", qid),
-    ]
+    if method == "fsync":
+        assert events == [
+            ("pwrite", 0),  # the real header over the placeholder
+            ("fsync", qid),
+            ("close", qid),
+            ("rename", f"tmp/{qid}", f"incoming/{qid}"),
+            ("fsyncDirectory", "incoming"),
+            ("fired", qid),
+        ]
+    else:  # one syncfs of the file system: the file's data and the rename
+        assert events == [
+            ("pwrite", 0),
+            ("close", qid),
+            ("rename", f"tmp/{qid}", f"incoming/{qid}"),
+            ("syncfs",),
+            ("fired", qid),
+        ]
     assert log.index(("pwrite", 0)) > max(i for i, e in enumerate(log) if e[0] == "write")
 
 
 def test_commit_order_with_a_real_thread_pool_shape(tmp_path):
-    """With jobs held back, nothing fires before the directory fsync job has run."""
+    """With the committer's job held back, nothing is renamed or fires; one job then serves every commit made."""
     pool = ManualPool()
     store = makeStore(tmp_path, pool=pool)
     message = store.newMessage()
     message.write(CONTENT)
     d = message.commit(ENVELOPE)
-    assert not hasFired(d) and pool.names() == ["_syncAndRename"]
+    other = store.newMessage()
+    other.write(CONTENT)
+    d2 = other.commit(ENVELOPE)
+    assert not hasFired(d) and pool.names() == ["_drain"]  # one hand-off to the committer, not one per commit
+    assert files(store, "incoming") == []
     pool.runNext()
-    assert files(store, "incoming") == [message.queueId]  # renamed, but not yet durable
-    assert not hasFired(d) and pool.names() == ["_syncIncoming"]
-    pool.runNext()
-    assert result(d) == message.queueId and pool.jobs == []
+    assert result(d) == message.queueId and result(d2) == other.queueId and pool.jobs == []
+    assert store.syncs == 1 and store.committer().batches == 1
 
 
-def test_fsync_and_rename_run_in_the_thread_pool(tmp_path):
-    """The reactor thread only writes; fsync, rename and directory fsync happen in pool jobs."""
+@SYNC_METHODS
+def test_fsync_and_rename_run_in_the_thread_pool(tmp_path, method):
+    """The reactor thread only writes; [fsync,] rename and the sync happen in the committer's job."""
     log = []
     pool = ManualPool()
-    store = makeStore(tmp_path, pool=pool, fs=RecordingFileSystem(log))
+    store = makeStore(tmp_path, pool=pool, fs=RecordingFileSystem(log), method=method)
     message = store.newMessage()
     message.write(CONTENT)
     del log[:]
     message.commit(ENVELOPE)
     assert log == []  # a small message: the reactor thread makes no system call at all
     pool.runAll()
-    assert [e[0] for e in log] == ["open", "write", "fsync", "close", "rename", "fsyncDirectory"]
+    assert [e[0] for e in log] == (["open", "write", "fsync", "close", "rename", "fsyncDirectory"] if method == "fsync"
+                                   else ["open", "write", "close", "rename", "syncfs"])
 
 
 def test_default_thread_pool_is_the_reactors(tmp_path):
@@ -434,26 +459,32 @@ def enospc(*_):
 
 
 @pytest.mark.parametrize(
-    "op, error, big, reason",
+    "op, error, big, reason, method",
     [
-        ("write", OSError(errno.ENOSPC, "No space left on device"), False, "No space left on device"),
-        ("write", OSError(errno.ENOSPC, "No space left on device"), True, "No space left on device"),
-        ("pwrite", OSError(errno.EIO, "Input/output error"), True, "Input/output error"),
-        ("fsync", OSError(errno.EIO, "Input/output error"), False, "fsync failed: Input/output error"),
-        ("close", OSError(errno.EIO, "Input/output error"), False, "close failed: Input/output error"),
-        ("rename", OSError(errno.EACCES, "Permission denied"), False, "rename failed: Permission denied"),
-        ("fsyncDirectory", OSError(errno.EIO, "Input/output error"), False, "fsync of .*incoming failed"),
+        ("write", OSError(errno.ENOSPC, "No space left on device"), False, "No space left on device", "syncfs"),
+        ("write", OSError(errno.ENOSPC, "No space left on device"), True, "No space left on device", "syncfs"),
+        ("pwrite", OSError(errno.EIO, "Input/output error"), True, "Input/output error", "syncfs"),
+        ("close", OSError(errno.EIO, "Input/output error"), False, "close failed: Input/output error", "syncfs"),
+        ("rename", OSError(errno.EACCES, "Permission denied"), False, "rename failed: Permission denied", "syncfs"),
+        ("syncfs", OSError(errno.EIO, "Input/output error"), False, "syncfs of .* failed: Input/output error",
+         "syncfs"),
+        ("syncfs", OSError(errno.ENOSPC, "No space left on device"), True, "syncfs of .* failed: No space", "syncfs"),
+        ("write", OSError(errno.ENOSPC, "No space left on device"), True, "No space left on device", "fsync"),
+        ("fsync", OSError(errno.EIO, "Input/output error"), False, "fsync failed: Input/output error", "fsync"),
+        ("close", OSError(errno.EIO, "Input/output error"), False, "close failed: Input/output error", "fsync"),
+        ("rename", OSError(errno.EACCES, "Permission denied"), False, "rename failed: Permission denied", "fsync"),
+        ("fsyncDirectory", OSError(errno.EIO, "Input/output error"), False, "fsync of .*incoming failed", "fsync"),
     ],
 )
-def test_storage_failures_give_QueueWriteError_and_leave_nothing(tmp_path, op, error, big, reason):
+def test_storage_failures_give_QueueWriteError_and_leave_nothing(tmp_path, op, error, big, reason, method):
     fs = RecordingFileSystem()
-    store = makeStore(tmp_path, fs=fs)
+    store = makeStore(tmp_path, fs=fs, method=method)
     message = store.newMessage()
     fs.failures[op] = error
     for _ in range(4 if big else 1):
         message.write(b"y" * WRITE_BUFFER_SIZE if big else CONTENT)  # the server reads on to the end
     e = failure(message.commit(ENVELOPE))
-    assert message.queueId in str(e) or op == "fsyncDirectory"
+    assert message.queueId in str(e)
     assert re.search(reason, str(e)), str(e)
     assert nothingLeft(store)
     message.abort()  # safe after a failed commit
@@ -594,104 +625,148 @@ def startCommits(store, n):
     return messages, deferreds
 
 
-def test_one_directory_fsync_serves_several_commits(tmp_path):
+@SYNC_METHODS
+def test_one_sync_serves_several_commits(tmp_path, method):
     log = []
     pool = ManualPool()
-    store = makeStore(tmp_path, pool=pool, fs=RecordingFileSystem(log))
+    store = makeStore(tmp_path, pool=pool, fs=RecordingFileSystem(log), method=method)
     messages, deferreds = startCommits(store, 3)
     for m, d in zip(messages, deferreds):
         d.addCallback(lambda queueId: log.append(("fired", queueId)) or queueId)
     del log[:]
-    assert pool.names() == ["_syncAndRename"] * 3
-    pool.runNext()  # the first rename asks for a directory fsync ...
-    assert pool.names() == ["_syncAndRename"] * 2 + ["_syncIncoming"]
-    pool.runNext()
-    pool.runNext()  # ... and the other renames finish before it runs
+    assert pool.names() == ["_drain"]
     assert not any(hasFired(d) for d in deferreds)
     pool.runNext()
     assert [result(d) for d in deferreds] == [m.queueId for m in messages]
-    assert store.directoryFsyncs == 1
+    assert store.syncs == 1
+    sync = "syncfs" if method == "syncfs" else "fsyncDirectory"
     renames = [i for i, e in enumerate(log) if e[0] == "rename"]
-    syncs = [i for i, e in enumerate(log) if e[0] == "fsyncDirectory"]
+    syncs = [i for i, e in enumerate(log) if e[0] == sync]
     fired = [i for i, e in enumerate(log) if e[0] == "fired"]
     assert len(renames) == 3 and len(syncs) == 1 and len(fired) == 3
     assert max(renames) < syncs[0] < min(fired)
-    pool.runAll()  # a follow-up job finds nothing to do
-    assert store.directoryFsyncs == 1 and [e for e in log if e[0] == "fsyncDirectory"] == [log[syncs[0]]]
+    assert [e[1] for e in log if e[0] == "fired"] == [m.queueId for m in messages]  # in the order of commit()
+    assert pool.jobs == []  # the committer stopped: nothing left to do
 
 
-def test_a_rename_after_the_batch_was_taken_waits_for_the_next_fsync(tmp_path):
+@SYNC_METHODS
+def test_a_commit_made_while_a_batch_syncs_waits_for_the_next_sync(tmp_path, method):
     log = []
     pool = ManualPool()
     fs = RecordingFileSystem(log)
-    store = makeStore(tmp_path, pool=pool, fs=fs)
+    store = makeStore(tmp_path, pool=pool, fs=fs, method=method)
     del log[:]
-    (a, b), (da, db) = startCommits(store, 2)
-    for d in (da, db):
-        d.addCallback(lambda queueId: log.append(("fired", queueId)) or queueId)
-    pool.runNext()  # rename A; directory fsync #1 queued after rename B
-    assert pool.names() == ["_syncAndRename", "_syncIncoming"]
-    # Run fsync #1 first, and let B's rename happen "concurrently", after #1 took its batch
-    # but before its fsync: B must not be served by #1.
-    renameB = pool.jobs.pop(0)
-    fs.onDirectoryFsync = lambda: (setattr(fs, "onDirectoryFsync", None),
-                                   SyncPool().callInThreadWithCallback(renameB[0], renameB[1], *renameB[2]))
-    pool.runNext()
-    assert hasFired(da) and not hasFired(db)
-    assert pool.names() == ["_syncIncoming"]
-    pool.runNext()
-    assert result(db) == b.queueId and store.directoryFsyncs == 2
-    events = [e[0] + ("" if e[0] != "fired" else (" A" if e[1] == a.queueId else " B")) for e in log
-              if e[0] in ("rename", "fsyncDirectory", "fired")]
-    assert events == ["rename", "rename", "fsyncDirectory", "fired A", "fsyncDirectory", "fired B"]
-
-
-def test_commit_started_after_a_fsync_was_queued_is_not_served_by_it(tmp_path):
-    pool = ManualPool()
-    store = makeStore(tmp_path, pool=pool)
     (a,), (da,) = startCommits(store, 1)
-    pool.runNext()  # rename A, fsync #1 queued
-    (b,), (db,) = startCommits(store, 1)
-    assert pool.names() == ["_syncIncoming", "_syncAndRename"]
+    da.addCallback(lambda queueId: log.append(("fired A",)) or queueId)
+    later = []
+
+    def commitB():  # "concurrently", from the reactor thread, while A's batch is syncing
+        fs.onSync = None
+        later.extend(startCommits(store, 1))
+        later[1][0].addCallback(lambda queueId: log.append(("fired B",)) or queueId)
+        assert pool.names() == []  # no second hand-off: the running committer takes it
+
+    fs.onSync = commitB
     pool.runNext()
-    assert hasFired(da) and not hasFired(db)
+    (b,), (db,) = later
+    assert result(da) == a.queueId and result(db) == b.queueId
+    sync = "syncfs" if method == "syncfs" else "fsyncDirectory"
+    events = [e[0] for e in log if e[0] in ("rename", sync, "fired A", "fired B")]
+    assert events == ["rename", sync, "fired A", "rename", sync, "fired B"]
+    assert store.syncs == 2 and store.committer().batches == 2 and pool.jobs == []
+
+
+@SYNC_METHODS
+def test_commit_started_after_a_batch_is_not_served_by_it(tmp_path, method):
+    pool = ManualPool()
+    store = makeStore(tmp_path, pool=pool, method=method)
+    (a,), (da,) = startCommits(store, 1)
+    pool.runNext()
+    assert hasFired(da)
+    (b,), (db,) = startCommits(store, 1)
+    assert not hasFired(db) and pool.names() == ["_drain"]
     pool.runAll()
-    assert result(db) == b.queueId and store.directoryFsyncs == 2
+    assert result(db) == b.queueId and store.syncs == 2
 
 
-def test_failed_directory_fsync_fails_its_whole_batch(tmp_path):
+@SYNC_METHODS
+def test_failed_sync_fails_its_whole_batch(tmp_path, method):
     pool = ManualPool()
     fs = RecordingFileSystem()
-    store = makeStore(tmp_path, pool=pool, fs=fs)
+    store = makeStore(tmp_path, pool=pool, fs=fs, method=method)
     messages, deferreds = startCommits(store, 3)
+    op = "syncfs" if method == "syncfs" else "fsyncDirectory"
+    fs.failures[op] = OSError(errno.EIO, "Input/output error")
     pool.runNext()
-    pool.runNext()
-    pool.runNext()
-    fs.failures["fsyncDirectory"] = OSError(errno.EIO, "Input/output error")
-    pool.runNext()
-    for d in deferreds:
-        assert "Input/output error" in str(failure(d))
+    for m, d in zip(messages, deferreds):
+        e = str(failure(d))
+        assert "Input/output error" in e and m.queueId in e
     assert nothingLeft(store)
     # the store keeps working once the disk does
-    del fs.failures["fsyncDirectory"]
+    del fs.failures[op]
     (m,), (d,) = startCommits(store, 1)
     pool.runAll()
     assert result(d) == m.queueId and files(store, "incoming") == [m.queueId]
 
 
-def test_a_failed_rename_does_not_disturb_others_in_the_group(tmp_path):
+@SYNC_METHODS
+def test_a_failed_rename_does_not_disturb_others_in_the_group(tmp_path, method):
     pool = ManualPool()
     fs = RecordingFileSystem()
-    store = makeStore(tmp_path, pool=pool, fs=fs)
+    store = makeStore(tmp_path, pool=pool, fs=fs, method=method)
     (a, b, c), (da, db, dc) = startCommits(store, 3)
-    pool.runNext()
-    fs.failures["rename"] = OSError(errno.EXDEV, "Invalid cross-device link")
-    pool.runNext()
-    del fs.failures["rename"]
+    renames = []
+
+    def secondRenameFails():
+        renames.append(1)
+        return OSError(errno.EXDEV, "Invalid cross-device link") if len(renames) == 2 else None
+
+    fs.failures["rename"] = secondRenameFails
     pool.runAll()
     assert result(da) == a.queueId and result(dc) == c.queueId
     assert "rename failed" in str(failure(db))
     assert files(store, "incoming") == sorted([a.queueId, c.queueId]) and files(store, "tmp") == []
+    assert store.syncs == 1
+
+
+def test_a_bug_in_a_sync_fails_the_batch_and_leaves_nothing(tmp_path):
+    fs = RecordingFileSystem()
+    store = makeStore(tmp_path, fs=fs)
+    fs.failures["syncfs"] = lambda: ValueError("a bug")  # not an OSError
+    messages, deferreds = startCommits(store, 2)
+    for d in deferreds:
+        assert "a bug" in str(failure(d))
+    assert nothingLeft(store)
+
+
+def test_state_records_share_the_batch_of_commits(tmp_path):
+    pool = ManualPool()
+    log = []
+    store = makeStore(tmp_path, pool=pool, fs=RecordingFileSystem(log))
+    (a,), (da,) = startCommits(store, 1)
+    pool.runAll()
+    path = store.queuePath("incoming", result(da))
+    size = os.path.getsize(path)
+    del log[:]
+    (b,), (db,) = startCommits(store, 1)
+    appended = store.appendState(path, {"r": {"status": "sent"}})
+    assert pool.names() == ["_drain"]
+    pool.runNext()
+    assert result(db) == b.queueId and result(appended) is None
+    assert os.path.getsize(path) > size
+    assert [e[0] for e in log].count("syncfs") == 1 and "fsync" not in [e[0] for e in log]
+
+
+def test_a_stopped_pool_fails_commits_instead_of_dropping_them(tmp_path):
+    from twisted.python.threadpool import ThreadPool
+
+    pool = ThreadPool(1, 1)
+    pool.start()
+    pool.stop()
+    store = makeStore(tmp_path, pool=pool)
+    (m,), (d,) = startCommits(store, 1)
+    assert "stopped" in str(failure(d))
+    assert nothingLeft(store)
 
 
 def test_many_commits_with_a_synchronous_pool(tmp_path):
@@ -720,13 +795,15 @@ def test_commit_into_hold(tmp_path):
     assert seen == [other.queueId]
 
 
-def test_commit_into_hold_directory_fsync_failure(tmp_path):
+@SYNC_METHODS
+def test_commit_into_hold_sync_failure(tmp_path, method):
     fs = RecordingFileSystem()
-    store = makeStore(tmp_path, fs=fs)
-    fs.failures["fsyncDirectory"] = OSError(errno.EIO, "Input/output error")
+    store = makeStore(tmp_path, fs=fs, method=method)
+    fs.failures["fsyncDirectory" if method == "fsync" else "syncfs"] = OSError(errno.EIO, "Input/output error")
     message = store.newMessage()
     message.write(CONTENT)
-    assert "/hold failed: Input/output error" in str(failure(message.commit(ENVELOPE, queue="hold")))
+    e = str(failure(message.commit(ENVELOPE, queue="hold")))
+    assert ("/hold failed: Input/output error" if method == "fsync" else "failed: Input/output error") in e
     assert store.listQueue("hold") == []
     assert nothingLeft(store)
 

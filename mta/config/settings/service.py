@@ -3,7 +3,8 @@
 The parameters of this area (mta.config.schema), each read by exactly the
 settings class that needs it (a parameter may be read by several areas):
 
-    queue_directory, syslog_name, myhostname, maillog_file, dns_servers
+    queue_directory, queue_sync_method, syslog_name, myhostname, maillog_file,
+    dns_servers
 
 SECURITY
     None: values were parsed and checked by mta.config.types.
@@ -23,6 +24,7 @@ class ServiceSettings(Settings):
     """What the daemon (mta.service) and the tools need of [main]."""
 
     queueDirectory: str = setting("queue_directory")  # absolute, or relative to the start-up directory
+    queueSyncMethod: str = setting("queue_sync_method")  # the queue committer's (mta.queue.committer)
     syslogName: str = setting("syslog_name")  # mail-log program names are $syslog_name/program
     hostname: str = setting("myhostname")  # in syslog-shaped mail-log lines
     maillogFile: str = setting("maillog_file")  # empty: only the twistd log
