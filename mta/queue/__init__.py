@@ -47,8 +47,10 @@ DIRECTORIES ($queue_directory, each mode 0700)
 LIFE OF A QUEUE FILE
 
     1. The server writes the content into tmp/ID as it arrives, then the
-       envelope, fsyncs, renames into incoming/ID, fsyncs incoming/, and
-       only then replies 250.  A file in incoming/ is complete by
+       envelope, renames into incoming/ID, and once the store's committer
+       has made its batch durable (one syncfs of the file system, or an
+       fsync of the file and of incoming/: queue_sync_method) it replies
+       250.  A file in incoming/ is complete by
        construction (only complete files are renamed there), and says so
        itself: the envelope record after the content, with its length and
        checksum, is the completion mark that the parser checks.
@@ -65,7 +67,8 @@ HOW THE QUEUE MANAGER UPDATES A MESSAGE
     copied with the body (mta.queue.state defines the records):
 
       - Record results: open the file O_WRONLY|O_APPEND, write one record
-        from fileformat.dumpState(...) and fdatasync().  This happens
+        from fileformat.dumpState(...) and make it durable (the committer's
+        batch: syncfs, or fdatasync() under queue_sync_method = fsync).  This happens
         BEFORE the result is acted on (before removing the file, before
         logging "status=sent", before a bounce), so a crash can repeat
         work (a duplicate) but never lose a recipient.  A torn append is
