@@ -5,7 +5,9 @@
       +- one ListenerService per [listener:NAME]
     and beside them, started after the listeners:
       queue manager (mta.queue.manager) and pickup (mta.queue.pickup) for
-      maildrop/.
+      maildrop/; and the queue committer's one thread (a ThreadPool of
+      one, mta.queue.committer), started before the listeners and stopped
+      after everything else, so the last commits and state records finish.
 
 Everything made from one configuration is a Generation (mta.generation):
 the opened tables, the router, the notices, the delivery transports
@@ -64,6 +66,7 @@ RELOAD
       log rotation), also when the reload is refused; syslog_name applies
       to lines logged after the reload.
     - the control channel stays as it is.
+    - queue_sync_method applies from the committer's next batch.
     - TLS-RPT (mta.delivery.tlsrpt): the one reporter keeps its counts
       (in memory and in its SQLite store) and takes the new settings.
 

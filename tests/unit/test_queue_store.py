@@ -2,6 +2,7 @@
 
 import errno
 import os
+import queue
 import re
 import stat
 import tracemalloc
@@ -848,3 +849,38 @@ def test_scan_reads_in_batches_and_reports_errors(tmp_path):
     store.fs.failures["scandir"] = OSError(errno.EIO, "Input/output error")
     store.fs.scandir = lambda path: store.fs._maybeFail("scandir", path) or FileSystem.scandir(store.fs, path)
     failure(store.scan("deferred").next(), OSError)
+
+
+def test_a_real_committer_thread_batches_commits_made_while_it_works(tmp_path):
+    """Commits from the 'reactor' thread while the committer thread works: every one fires, durable, in fewer batches."""
+    from twisted.python.threadpool import ThreadPool
+
+    class QueuedReactor(FakeReactor):  # callFromThread as a real reactor does it: later, in the reactor thread
+        def __init__(self):
+            super().__init__()
+            self.calls = queue.Queue()
+
+        def callFromThread(self, f, *args, **kwargs):
+            self.calls.put((f, args, kwargs))
+
+    reactor = QueuedReactor()
+    pool = ThreadPool(1, 1, "test-commit")
+    store = QueueStore(str(tmp_path / "queue"), reactor, commitPool=pool, fileSystem=FileSystem(),
+                       newQueueId=QueueIdGenerator())
+    store.prepare()
+    pool.start()
+    try:
+        messages, deferreds = startCommits(store, 300)
+        fired = []
+        for d in deferreds:
+            d.addBoth(fired.append)
+        while len(fired) < len(deferreds):
+            f, args, kwargs = reactor.calls.get(timeout=30)
+            f(*args, **kwargs)
+    finally:
+        pool.stop()
+        store.close()
+    assert fired == [m.queueId for m in messages]  # all stored, in the order of commit()
+    assert store.listQueue("incoming") == sorted(m.queueId for m in messages) and files(store, "tmp") == []
+    committer = store.committer()
+    assert committer.jobs == 300 and committer.syncs == committer.batches < 300

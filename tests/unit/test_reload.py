@@ -625,3 +625,47 @@ def test_theTlsReporterOutlivesAReloadAndTakesTheNewSettings(daemon):
     resultOf(daemon.service.stopService())
     assert reporter._memory == {}  # written to the store at stop
     assert os.path.exists(os.path.join(str(daemon.tmp), "q", "tlsrpt.sqlite"))
+
+
+# -- the queue committer's thread --------------------------------------------------------------
+
+
+class ThreadedReactor(Reactor):
+    """A reactor whose pool is a real (never started) Twisted ThreadPool, as the daemon's is."""
+
+    def __init__(self):
+        super().__init__()
+        from twisted.python.threadpool import ThreadPool
+
+        self.pool = ThreadPool(1, 1)
+
+
+def test_theCommitterGetsAThreadOfItsOwnForTheDaemonsLife(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    reactor = ThreadedReactor()
+    config = load(None)
+    service = MTAService(config, reactor, Tables(reactor), serverFactory)
+    pool = service.commitPool
+    assert pool is not None and pool is not reactor.pool and (pool.min, pool.max) == (1, 1)
+    assert service.store.committer().pool is pool and service.store.committer().method == "syncfs"
+    service.privilegedStartService()
+    service.startService()
+    assert pool.started and not pool.joined
+    resultOf(service.stopService())
+    assert pool.joined  # its thread ended with the daemon: nothing keeps the process alive
+
+
+def test_aTestReactorsSynchronousPoolIsUsedAsItIs(daemon):
+    daemon.write()
+    daemon.start()
+    assert daemon.service.commitPool is None
+    assert daemon.service.store.committer().pool is daemon.reactor.pool
+
+
+def test_reloadChangesTheSyncMethod(daemon):
+    daemon.write()
+    daemon.start()
+    assert daemon.service.store.committer().method == "syncfs"
+    daemon.write("queue_sync_method = fsync\n")
+    assert daemon.reload() == ReloadResult(daemon.path)
+    assert daemon.service.store.syncMethod == "fsync" and daemon.service.store.committer().method == "fsync"
