@@ -95,7 +95,7 @@ class Committer:
         self._lock = threading.Lock()
         self._pending = []  # (job, Deferred); under _lock
         self._running = False  # a batch is running or about to; under _lock
-        self._fd = None  # the queue directory, open for syncfs (committer thread only)
+        self._fd = None  # the queue directory, open for syncfs (openDescriptor)
         self.batches = 0
         self.syncs = 0
         self.jobs = 0
@@ -135,7 +135,7 @@ class Committer:
 
     def _drained(self, ok, result):
         if not ok:  # a bug in _drain: never leave a commit hanging
-            log.failure("queue committer failed", result)
+            self.reactor.callFromThread(log.failure, "queue committer failed", result)
             with self._lock:
                 pending, self._pending = self._pending, []
                 self._running = False
@@ -194,9 +194,10 @@ class Committer:
         if grouped:
             try:
                 self.openDescriptor()
-            except OSError as e:
-                error = Failure(QueueWriteError(f"cannot store message: cannot open {self.directory}: {_describe(e)}"))
-                return [(d, error) for _, d in batch]
+            except OSError as e:  # this batch is fsynced file by file instead
+                grouped = False
+                self.reactor.callFromThread(log.warn, "cannot open {directory} for syncfs: {error}; using fsync",
+                                            directory=self.directory, error=_describe(e))
         done = []  # [job, Deferred, result or Failure]
         for job, d in batch:
             try:

@@ -356,8 +356,8 @@ class QueueStore:
             raise QueueWriteError("cannot create a queue file with a fresh queue id")
         try:
             self.committer().openDescriptor()  # before the content's first write (mta.queue.committer)
-        except OSError as e:
-            raise QueueWriteError(f"cannot open {self.directory}: {_describe(e)}") from None
+        except OSError:
+            pass  # the committer tries again, and fsyncs the batch if it still cannot
         message = IncomingMessage(self, queueId, self.queuePath("tmp", queueId))
         self._open[queueId] = message
         return message

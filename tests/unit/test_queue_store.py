@@ -884,3 +884,23 @@ def test_a_real_committer_thread_batches_commits_made_while_it_works(tmp_path):
     assert store.listQueue("incoming") == sorted(m.queueId for m in messages) and files(store, "tmp") == []
     committer = store.committer()
     assert committer.jobs == 300 and committer.syncs == committer.batches < 300
+
+
+def test_when_the_queue_directory_cannot_be_opened_for_syncfs_the_batch_is_fsynced(tmp_path):
+    log = []
+    fs = RecordingFileSystem(log)
+    pool = ManualPool()
+    store = makeStore(tmp_path, pool=pool, fs=fs)
+    opened = []
+
+    def openDirectory(path):
+        opened.append(path)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    fs.openDirectory = openDirectory
+    del log[:]
+    (m,), (d,) = startCommits(store, 1)  # newMessage() could not open it either: the commit still works
+    pool.runAll()
+    assert result(d) == m.queueId and files(store, "incoming") == [m.queueId]
+    assert [e[0] for e in log if e[0] in ("fsync", "fsyncDirectory", "syncfs")] == ["fsync", "fsyncDirectory"]
+    assert len(opened) == 2
