@@ -133,12 +133,12 @@ from mta.model import DeliveryRecipient, RecipientResult
 from mta.queue import tools
 from mta.queue.admin import Administration
 from mta.queue.attempt import ActiveMessage
-from mta.queue.fileformat import CorruptQueueFile, readQueueFile
+from mta.queue.fileformat import SMALL_FILE, CorruptQueueFile, openQueueFile, readOpenQueueFile
 from mta.queue.queueid import isValidQueueId
 from mta.queue.scanner import Scanner
 from mta.queue.scheduler import Scheduler
 from mta.queue.sites import SiteIndex, pendingSites, siteOf
-from mta.queue.state import DONE, mergeStates, recipientKey
+from mta.queue.state import DONE, mergeStates, recipientKey, wantsSuccessNotice
 from mta.routing import RouteError
 
 # ActiveMessage: mta.queue.attempt; mergeStates, recipientKey: mta.queue.state (re-exported).
@@ -147,6 +147,7 @@ __all__ = ["QueueManager", "ActiveMessage", "mergeStates", "recipientKey"]
 log = Logger()
 
 RETRY_DELAY = 60.0  # seconds before a file that could not be read or moved is tried again
+CONTENT_MEMORY = 8 * 1024 * 1024  # bytes of small messages' content held in memory for the transports, at most
 
 
 class QueueManager:
@@ -184,6 +185,7 @@ class QueueManager:
         self.sites = SiteIndex()  # deferred mail by recipient site, for flushSite (ETRN)
         self.scanner = Scanner(self)
         self.admin = Administration(self)
+        self._contentBytes = 0  # content held in the active messages' QueueFile.content (CONTENT_MEMORY)
         self._retries = {}  # queue id -> DelayedCall of a new attempt after an I/O error
         self._running = False
         self.idle = Deferred()  # fires (and is replaced) whenever no message is active: tests
@@ -283,28 +285,54 @@ class QueueManager:
             d = Deferred.fromCoroutine(self._finish(message, failed=True))
             d.addErrback(lambda f: log.failure("qmgr: {queue_id}: finishing failed", f, queue_id=queueId))
 
-    def _load(self, queueId, fromQueues):
-        """In a worker thread: move the file into active/, parse and verify it, cut off a torn tail."""
+    def _moveToActive(self, queueId, fromQueues):
+        """Rename the file into active/ from the first of C{fromQueues} that has it; its path."""
         for i, queue in enumerate(fromQueues):
             try:
-                path = self.store.move(queueId, queue, "active")
-                break
+                return self.store.move(queueId, queue, "active")
             except FileNotFoundError:
                 if i == len(fromQueues) - 1:
                     raise
+
+    def _parse(self, queueId, path, fd, size):
+        """Parse and verify the file open at C{fd} (and close it); a corrupt one is set aside."""
         try:
-            queueFile = readQueueFile(path, verifyContent=True)
+            return readOpenQueueFile(fd, size, path, verifyContent=True, keepContent=True)
         except CorruptQueueFile as e:
             e.savedAs = self.store.setAside("active", queueId)
             raise
+
+    async def _load(self, queueId, fromQueues):
+        """
+        Move the file into active/, parse and verify it, cut off a torn tail.
+        The rename, the open and the read and parse of a small file run in
+        the reactor thread (cheaper than a thread-pool round trip: see the
+        module docstring); a big file is read in the pool, and the truncation
+        (an fdatasync) runs there too.
+        """
+        path = self._moveToActive(queueId, fromQueues)
+        try:
+            fd, size = openQueueFile(path)
+        except CorruptQueueFile as e:
+            e.savedAs = self.store.setAside("active", queueId)
+            raise
+        if size <= SMALL_FILE:
+            queueFile = self._parse(queueId, path, fd, size)
+        else:
+            queueFile = await self.store.inPool(self._parse, queueId, path, fd, size)
+        if queueFile.content is not None:
+            if self._contentBytes + len(queueFile.content) > CONTENT_MEMORY:
+                queueFile = attrs.evolve(queueFile, content=None)  # read from the file by the transport
+            else:
+                self._contentBytes += len(queueFile.content)
         if queueFile.tornTail:
-            self.store.truncate(path, queueFile.validLength)
+            await self.store.inPool(self.store.truncate, path, queueFile.validLength)
         return path, queueFile
 
     async def _activate(self, queueId, fromQueue):
         fromQueues = (fromQueue,) if isinstance(fromQueue, str) else tuple(fromQueue)
         try:
-            path, queueFile = await self.store.inPool(self._load, queueId, fromQueues)
+            path, queueFile = await self._load(queueId, fromQueues)
         except FileNotFoundError:
             return self._abandon(queueId)  # deleted or moved meanwhile (a tool, another scan)
         except CorruptQueueFile as e:
@@ -407,7 +435,14 @@ class QueueManager:
         try:
             batch = {key: (target, self._softened(result), program) for key, (target, result, program) in batch.items()}
             message.results.update({key: (target, result) for key, (target, result, _) in batch.items()})
-            self._record(message, batch, started)
+            if message.jobs == 1 and message.pendingAction is None and all(
+                    result.status == "sent" and not wantsSuccessNotice(target, result)
+                    for target, result, _ in batch.values()):
+                # The last delivery and nothing left to tell: the file is likely removed next, so its
+                # record is not synced first (a crash before the removal repeats these deliveries).
+                message.withhold(self.clock.seconds(), batch, started)
+            else:
+                self._record(message, batch, started)
         except Exception:
             log.failure("qmgr: {queue_id}: cannot record delivery results", queue_id=message.queueId)
             message.recordFailed = True
@@ -451,6 +486,8 @@ class QueueManager:
                 log.failure("qmgr: {queue_id}: cannot defer", queue_id=queueId)
                 self._retryLater(queueId, ("active",))
         del self.active[queueId]
+        if message.queueFile.content is not None:
+            self._contentBytes -= len(message.queueFile.content)
         self._slotFree()
         if requeue is not None:
             self.enqueue(queueId, requeue)
@@ -484,23 +521,34 @@ class QueueManager:
             deferred = set()
         noticed = await self._notify(message)
         if message.pendingAction is not None:
+            await self._recordWithheld(message)
             return await self._applyPending(message)
         if deferred or not noticed:
             await self._defer(message)
             return None
         try:
-            await self.store.inPool(self.store.fs.unlink, message.path)
+            self.store.fs.unlink(message.path)  # in the reactor thread: cheaper than a pool round trip (measured)
         except FileNotFoundError:
+            message.logWithheld(self.maillogs)
             return None
         except OSError as e:
             log.error("qmgr: {queue_id}: cannot remove: {error}", queue_id=queueId, error=e.strerror)
+            await self._recordWithheld(message)
             self._retryLater(queueId, ("active",))
             return None
+        message.logWithheld(self.maillogs)
         self.maillog.emit("removed", queueId)
         return None
 
+    async def _recordWithheld(self, message):
+        """The file stays: record (and log) the last results that were withheld in the hope of removing it."""
+        if message.withheld is not None:
+            message.recordWithheld(self.store, self.maillogs)
+            await message.settle()
+
     async def _defer(self, message):
         """Move the message to deferred/, due after the backoff; on failure try again later from active/."""
+        await self._recordWithheld(message)
         now = self.clock.seconds()
         age = now - message.envelope.arrival_time
         delay = min(max(age, self.minBackoff), self.maxBackoff)
