@@ -17,7 +17,10 @@ notices); settle() waits for every append in flight.  owed() lists the
 recipients whose bounce or success notice has not been recorded as
 "notified" yet, from this run or from an earlier one; sendNotices() sends
 them (mta.queue.notices) and records each one queued, and sends the one
-delay warning (delay_warning_time) when it is due.
+delay warning (delay_warning_time) when it is due.  withhold() keeps the
+last results of an attempt unrecorded when the file is about to be
+removed (mta.queue.manager explains when): recordWithheld() records them
+if it stays, logWithheld() only logs them once it is gone.
 
 SECURITY
     Results come from transports and from queue files (untrusted); they

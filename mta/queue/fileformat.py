@@ -62,6 +62,15 @@ STATE RECORDS
     it appends again.  Damage in the header, content or envelope is never
     excused: the file is corrupt.
 
+READING
+    openQueueFile opens a file (O_NOFOLLOW, fstat: regular files only);
+    readOpenQueueFile reads one of at most SMALL_FILE bytes whole, in one
+    read, and parses it from memory (with keepContent the QueueFile keeps
+    its content, for the queue manager to hand to a transport); a bigger
+    one is parsed through a buffered file in bounded reads, and its
+    content is never held whole.  readContent streams the content in
+    chunks.
+
 SECURITY
     Queue files are untrusted input (a bug, a crash, a full disk, an
     administrator's editor can damage them).  parseQueueFile() raises
