@@ -82,8 +82,9 @@ ADMINISTRATION
     (mta.queue.fileformat) and the cheap steps of the relay path below.
 
 CHEAP FILE OPERATIONS IN THE REACTOR THREAD
-    An activation renames the file into active/ (store.move, no mtime, no
-    sync), opens it and, for a file of at most SMALL_FILE (64 KiB) bytes,
+    The activation of new mail (the store's hand-over; not the scans, which
+    can take thousands of files in a row and keep a pool job per file)
+    renames the file into active/ (store.move, no mtime, no sync), opens it and, for a file of at most SMALL_FILE (64 KiB) bytes,
     reads it whole in one read and parses and verifies it from memory, all
     in the reactor thread; the end of an attempt unlinks the file there
     too.  Each of these is a local file system call on a small file that
@@ -241,7 +242,7 @@ class QueueManager:
     def start(self):
         """Sweep tmp/, take up what a crash left in active/, then incoming/, then deferred mail that is due."""
         self._running = True
-        self.store.onCommit = self.enqueue
+        self.store.onCommit = self._committed
         self.scanner.start()
 
     def stop(self):
@@ -277,11 +278,16 @@ class QueueManager:
 
     # -- activation ---------------------------------------------------------------
 
-    def enqueue(self, queueId, fromQueue="incoming"):
+    def _committed(self, queueId):
+        """The store's hand-over of new mail: activated with the cheap file steps inline."""
+        return self.enqueue(queueId, inline=True)
+
+    def enqueue(self, queueId, fromQueue="incoming", inline=False):
         """
         A message is ready (new, or due): activate it now or when a slot
         frees.  C{fromQueue}: the queue it is in, or a tuple of queues to
-        look in, in order.  True if it was taken; False if it was already
+        look in, in order; C{inline}: new mail, whose file steps may run in the
+        reactor thread (see _load).  True if it was taken; False if it was already
         active or waiting (a waiting one then comes from C{fromQueue}).
         """
         if not self._running or queueId in self.active:
@@ -299,7 +305,7 @@ class QueueManager:
             self.backlog[queueId] = fromQueue
             return True
         self.active[queueId] = None  # the slot (and a second activation) is taken while the file is read
-        d = Deferred.fromCoroutine(self._activate(queueId, fromQueue))
+        d = Deferred.fromCoroutine(self._activate(queueId, fromQueue, inline))
         d.addErrback(self._activationFailed, queueId)
         return True
 
@@ -331,37 +337,55 @@ class QueueManager:
             e.savedAs = self.store.setAside("active", queueId)
             raise
 
-    async def _load(self, queueId, fromQueues):
-        """
-        Move the file into active/, parse and verify it, cut off a torn tail.
-        The rename, the open and the read and parse of a small file run in
-        the reactor thread (cheaper than a thread-pool round trip: see the
-        module docstring); a big file is read in the pool, and the truncation
-        (an fdatasync) runs there too.
-        """
+    def _open(self, queueId, fromQueues):
+        """Move the file into active/ and open it: (path, fd, size); a corrupt one is set aside."""
         path = self._moveToActive(queueId, fromQueues)
         try:
             fd, size = openQueueFile(path)
         except CorruptQueueFile as e:
             e.savedAs = self.store.setAside("active", queueId)
             raise
-        if size <= SMALL_FILE:
-            queueFile = self._parse(queueId, path, fd, size)
+        return path, fd, size
+
+    def _loadBlocking(self, queueId, fromQueues):
+        """In a worker thread: move, open, parse and verify the file, cut off a torn tail."""
+        path, fd, size = self._open(queueId, fromQueues)
+        queueFile = self._parse(queueId, path, fd, size)
+        if queueFile.tornTail:
+            self.store.truncate(path, queueFile.validLength)
+        return path, queueFile
+
+    async def _load(self, queueId, fromQueues, inline):
+        """
+        Move the file into active/, parse and verify it, cut off a torn tail.
+        For new mail (C{inline}), the rename, the open and the read and parse
+        of a small file run in the reactor thread (cheaper than a thread-pool
+        round trip: see the module docstring); a big file is read in the pool,
+        and the truncation (an fdatasync) runs there too.  Scans and retries,
+        which can activate thousands of files in a row, keep one pool job
+        per file, so that they never hold the reactor.
+        """
+        if inline:
+            path, fd, size = self._open(queueId, fromQueues)
+            if size <= SMALL_FILE:
+                queueFile = self._parse(queueId, path, fd, size)
+            else:
+                queueFile = await self.store.inPool(self._parse, queueId, path, fd, size)
+            if queueFile.tornTail:
+                await self.store.inPool(self.store.truncate, path, queueFile.validLength)
         else:
-            queueFile = await self.store.inPool(self._parse, queueId, path, fd, size)
+            path, queueFile = await self.store.inPool(self._loadBlocking, queueId, fromQueues)
         if queueFile.content is not None:
             if self._contentBytes + len(queueFile.content) > CONTENT_MEMORY:
                 queueFile = attrs.evolve(queueFile, content=None)  # read from the file by the transport
             else:
                 self._contentBytes += len(queueFile.content)
-        if queueFile.tornTail:
-            await self.store.inPool(self.store.truncate, path, queueFile.validLength)
         return path, queueFile
 
-    async def _activate(self, queueId, fromQueue):
+    async def _activate(self, queueId, fromQueue, inline=False):
         fromQueues = (fromQueue,) if isinstance(fromQueue, str) else tuple(fromQueue)
         try:
-            path, queueFile = await self._load(queueId, fromQueues)
+            path, queueFile = await self._load(queueId, fromQueues, inline)
         except FileNotFoundError:
             return self._abandon(queueId)  # deleted or moved meanwhile (a tool, another scan)
         except CorruptQueueFile as e:

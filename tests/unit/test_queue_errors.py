@@ -604,3 +604,17 @@ def test_aMessageBeingReadGetsTheActionWhenItsAttemptEnds(tmp_path):
     pool.runAll()
     assert h.queue("active") == h.queue("deferred") == []
     assert f"postsuper: {queueId}: removed" in h.lines
+
+
+def test_newMailIsActivatedInTheReactorAndDeferredMailThroughThePool(tmp_path):
+    h, pool = manualHarness(tmp_path)
+    queueId = commit(h, pool, ["x@far.example"])
+    # the hand-over of new mail: renamed into active/ and read without a pool job
+    assert h.queue("active") == [queueId] and len(h.transports["smtp"].requests) == 1
+    pool.runAll()
+    assert h.queue("deferred") == [queueId]
+    renames = h.fs.calls["rename"]
+    h.clock.advance(301)  # the deferred scan: the activation is a pool job
+    while pool.jobs and h.fs.calls["rename"] == renames:
+        pool.runNext()
+    assert pool.done[-1][0] == "_loadBlocking" and h.queue("active") == [queueId]
