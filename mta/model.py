@@ -176,7 +176,8 @@ class DeliveryRequest:
     some of its recipients, all for one (transport, nexthop).  The content
     is C{content_length} bytes at C{content_offset} in the queue file
     C{path}; read it with mta.queue.fileformat.readContent (blocking: in a
-    thread) and never write to that file.
+    thread) and never write to that file.  C{content}: the same bytes,
+    when the queue manager read the (small) file whole; None otherwise.
     """
 
     queue_id: str
@@ -187,6 +188,7 @@ class DeliveryRequest:
     path: str
     content_offset: int
     content_length: int
+    content: bytes | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen

@@ -180,6 +180,8 @@ def _converted(store, request):
     """The whole content, converted to 7-bit MIME (mta.delivery.mime7bit) in the thread pool."""
 
     def load():
+        if request.content is not None:
+            return to7bit(request.content)
         data = b"".join(readContent(request.path, request.content_offset, request.content_length, CHUNK))
         return to7bit(data)
 
@@ -190,7 +192,19 @@ def _converted(store, request):
 
 
 def _chunks(store, request):
-    """The message content, read in the store's thread pool one chunk at a time."""
+    """
+    The message content: from memory when the queue manager read the file
+    whole (small messages), else read in the store's thread pool one chunk
+    at a time.
+    """
+
+    if request.content is not None:
+
+        async def inMemory():
+            if request.content:
+                yield request.content
+
+        return inMemory()
 
     async def chunks():
         reader = readContent(request.path, request.content_offset, request.content_length, CHUNK)

@@ -17,7 +17,10 @@ notices); settle() waits for every append in flight.  owed() lists the
 recipients whose bounce or success notice has not been recorded as
 "notified" yet, from this run or from an earlier one; sendNotices() sends
 them (mta.queue.notices) and records each one queued, and sends the one
-delay warning (delay_warning_time) when it is due.
+delay warning (delay_warning_time) when it is due.  withhold() keeps the
+last results of an attempt unrecorded when the file is about to be
+removed (mta.queue.manager explains when): recordWithheld() records them
+if it stays, logWithheld() only logs them once it is gone.
 
 SECURITY
     Results come from transports and from queue files (untrusted); they
@@ -66,6 +69,7 @@ class ActiveMessage:
     appends: list = attrs.Factory(list)  # Deferreds of state appends in flight (they never fail)
     recordFailed: bool = False  # a state append failed: results of this run are not durable
     programs: dict = attrs.Factory(dict)  # key -> the program that logs a result decided while routing
+    withheld: tuple | None = None  # (now, batch, started): the last results, not recorded (see withhold)
 
     @property
     def envelope(self):
@@ -83,18 +87,43 @@ class ActiveMessage:
         for key, (_, r, _) in batch.items():
             recipients[key] = self.states[key] = stateOf(r)
         d = self.append(store, {"time": now, "recipients": recipients})
-
-        def logged(_):
-            arrival = self.envelope.arrival_time
-            for key, (target, r, program) in batch.items():
-                fields = deliveryFields(target.address, target.original, r.relay, r.conn_use, r.dsn, r.status,
-                                        arrival, self.activeSince, started, now)
-                maillogs(program).fields(self.queueId, fields, r.text, recipient=target.address, status=r.status,
-                                         dsn=r.dsn)
-
-        d.addCallback(logged)
+        d.addCallback(lambda _: self._log(maillogs, now, batch, started))
         d.addErrback(lambda f: log.failure("qmgr: {queue_id}: logging results", f, queue_id=self.queueId))
         return d
+
+    def _log(self, maillogs, now, batch, started):
+        arrival = self.envelope.arrival_time
+        for key, (target, r, program) in batch.items():
+            fields = deliveryFields(target.address, target.original, r.relay, r.conn_use, r.dsn, r.status,
+                                    arrival, self.activeSince, started, now)
+            maillogs(program).fields(self.queueId, fields, r.text, recipient=target.address, status=r.status,
+                                     dsn=r.dsn)
+
+    def withhold(self, now, batch, started=None):
+        """
+        Keep the last results of the attempt (all final, nothing to notify)
+        unrecorded: if the file is then removed, a state record synced just
+        before the unlink is saved.  The manager calls recordWithheld if the
+        file stays after all, or logWithheld once it is gone.  A crash in
+        between repeats these deliveries (a duplicate, never a loss).
+        """
+        for key, (_, r, _) in batch.items():
+            self.states[key] = stateOf(r)
+        self.withheld = (now, batch, started)
+
+    def recordWithheld(self, store, maillogs):
+        """Record (and then log) the withheld results: the file stays."""
+        if self.withheld is not None:
+            now, batch, started = self.withheld
+            self.withheld = None
+            self.record(store, now, maillogs, batch, started)
+
+    def logWithheld(self, maillogs):
+        """Log the withheld results: the file is gone, so they will not be repeated."""
+        if self.withheld is not None:
+            now, batch, started = self.withheld
+            self.withheld = None
+            self._log(maillogs, now, batch, started)
 
     def append(self, store, state):
         """Append a state record; the Deferred never fails (a failure sets recordFailed)."""

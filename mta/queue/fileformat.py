@@ -62,6 +62,15 @@ STATE RECORDS
     it appends again.  Damage in the header, content or envelope is never
     excused: the file is corrupt.
 
+READING
+    openQueueFile opens a file (O_NOFOLLOW, fstat: regular files only);
+    readOpenQueueFile reads one of at most SMALL_FILE bytes whole, in one
+    read, and parses it from memory (with keepContent the QueueFile keeps
+    its content, for the queue manager to hand to a transport); a bigger
+    one is parsed through a buffered file in bounded reads, and its
+    content is never held whole.  readContent streams the content in
+    chunks.
+
 SECURITY
     Queue files are untrusted input (a bug, a crash, a full disk, an
     administrator's editor can damage them).  parseQueueFile() raises
@@ -78,10 +87,11 @@ SECURITY
 
 CONFIGURATION
     None.  Limits: MAX_ENVELOPE_BYTES, MAX_STATE_RECORD_BYTES,
-    MAX_STATE_TOTAL_BYTES, MAX_FIELD_CHARS.
+    MAX_STATE_TOTAL_BYTES, MAX_FIELD_CHARS; SMALL_FILE (read whole, in one read).
 """
 
 import errno
+import io
 import json
 import math
 import os
@@ -104,6 +114,7 @@ MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
 MAX_STATE_RECORD_BYTES = 16 * 1024 * 1024
 MAX_STATE_TOTAL_BYTES = 64 * 1024 * 1024
 MAX_FIELD_CHARS = 4096
+SMALL_FILE = 64 * 1024  # a queue file up to this size is read whole, in one read
 _MAX_RECORD_HEADER = 64
 _MAX_TIME = 1e11  # seconds since the epoch, year 5138
 
@@ -369,6 +380,7 @@ class QueueFile:
     states: tuple
     validLength: int
     tornTail: bool
+    content: bytes | None = attrs.field(default=None, repr=False)  # the content, when read whole (small files)
 
 
 def _rejectConstant(name):
@@ -522,10 +534,11 @@ def _verifyContent(f, length, expected):
         raise CorruptQueueFile("content checksum mismatch")
 
 
-def readQueueFile(path, *, verifyContent=False):
+def openQueueFile(path):
     """
-    Open and parse the queue file at C{path}.  A symbolic link or anything
-    but a regular file is corrupt; OSError if it cannot be opened or read.
+    Open the queue file at C{path} for reading: (fd, size).  A symbolic
+    link or anything but a regular file is corrupt; OSError if it cannot be
+    opened.  Pass the fd to readOpenQueueFile, which closes it.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -534,18 +547,63 @@ def readQueueFile(path, *, verifyContent=False):
             raise CorruptQueueFile(f"{path}: is a symbolic link") from None
         raise
     try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
-    if not regular:
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise CorruptQueueFile(f"{path}: not a regular file")
-    with open(fd, "rb") as f:
+    return fd, st.st_size
+
+
+def _readAll(fd, size):
+    """The whole file open at C{fd}: one read when it is C{size} bytes, as fstat said, more if it grew."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, size + 1)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def readOpenQueueFile(fd, size, path, *, verifyContent=False, keepContent=False):
+    """
+    Parse the queue file open at C{fd} (from openQueueFile, C{size} bytes)
+    and close it.  A file of at most SMALL_FILE bytes is read whole in one
+    read and parsed from memory; with C{keepContent}, its content is kept
+    in the QueueFile (C{content}).  A bigger one is read in bounded chunks
+    and its content is never held.
+    """
+    try:
+        if size <= SMALL_FILE:
+            data = _readAll(fd, size)
+            f = io.BytesIO(data)
+        else:
+            data = None
+            f = open(fd, "rb", closefd=False)
         try:
-            return parseQueueFile(f, verifyContent=verifyContent)
+            queueFile = parseQueueFile(f, verifyContent=verifyContent)
         except CorruptQueueFile as e:
             raise CorruptQueueFile(f"{path}: {e}") from None
+        finally:
+            f.close()
+    finally:
+        os.close(fd)
+    if keepContent and data is not None:
+        start = queueFile.contentOffset
+        queueFile = attrs.evolve(queueFile, content=data[start : start + queueFile.contentLength])
+    return queueFile
+
+
+def readQueueFile(path, *, verifyContent=False, keepContent=False):
+    """
+    Open and parse the queue file at C{path} (openQueueFile, then
+    readOpenQueueFile).  A symbolic link or anything but a regular file is
+    corrupt; OSError if it cannot be opened or read.
+    """
+    fd, size = openQueueFile(path)
+    return readOpenQueueFile(fd, size, path, verifyContent=verifyContent, keepContent=keepContent)
 
 
 def readEnvelope(path):

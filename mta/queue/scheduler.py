@@ -113,6 +113,7 @@ class Scheduler:
                     path=message.path,
                     content_offset=queueFile.contentOffset,
                     content_length=queueFile.contentLength,
+                    content=queueFile.content,
                 )
                 transport = self.transports(destination.transport)
                 d = maybeDeferred(transport.deliver, request)

@@ -308,9 +308,53 @@ def test_notifiedIsRecordedOnlyWhenANoticeWasQueued(tmp_path):
     notices = [line for line in h.lines if "notification" in line]
     assert len(notices) == 1 and notices[0].startswith(f"bounce: {queueId}: sender delivery status notification: ")
     noticeId = notices[0].rsplit(" ", 1)[1]
-    # x's result and "notified" for u; and the notice's own delivery result
-    assert sorted(h.fs.appendPaths) == sorted([path, path, path, h.store.queuePath("active", noticeId)])
+    # "notified" for u, and the notice's own delivery result; x's result, the last one, is not
+    # recorded: the file is removed right after it (a crash in between repeats x, loses nothing)
+    assert sorted(h.fs.appendPaths) == sorted([path, path, h.store.queuePath("active", noticeId)])
     assert f"qmgr: {queueId}: removed" in h.lines
+
+
+def test_lastResultsBeforeTheRemovalAreNotSynced(tmp_path):
+    smtp = FakeTransport()
+    smtp.hold = True
+    h = Harness(tmp_path, transports={"smtp": smtp})
+    h.manager.start()
+    before = h.fs.calls["fdatasync"]
+    queueId = h.submit(["x@far.example"])
+    smtp.release()
+    assert h.fs.appendOpens == 0 and h.fs.calls["fdatasync"] == before  # no record synced, then deleted
+    lines = [line for line in h.lines if line.startswith(("smtp: " + queueId, "qmgr: " + queueId + ": removed"))]
+    assert len(lines) == 2 and "to=<x@far.example>" in lines[0] and "status=sent" in lines[0]
+    assert lines[1] == f"qmgr: {queueId}: removed"
+    assert h.store.listQueue("active") == []
+
+
+def test_lastResultsAreRecordedWhenTheFileStays(tmp_path):
+    # x is deferred, y (the last delivery) sent: the file goes to deferred/, so y must be recorded
+    smtp = FakeTransport(lambda r: ("deferred", "4.4.1", "later") if r.address.startswith("x@") else ("sent", "2.0.0", "ok"))
+    smtp.hold = True
+    h = Harness(tmp_path, transports={"smtp": smtp})
+    h.manager.start()
+    queueId = h.submit(["x@far.example", "y@other.example"])
+    smtp.release()
+    smtp.release()
+    assert h.store.listQueue("deferred") == [queueId]
+    assert states(h, "deferred", queueId)[0]["1"]["status"] == "sent"
+    assert any(line.startswith(f"smtp: {queueId}: to=<y@other.example>") for line in h.lines)
+
+
+def test_removalThatFailsRecordsTheLastResults(tmp_path):
+    smtp = FakeTransport()
+    smtp.hold = True
+    h = Harness(tmp_path, transports={"smtp": smtp})
+    h.manager.start()
+    h.fs.faults["unlink"] = once(OSError(errno.EIO, "Input/output error"), lambda path: "/active/" in path)
+    queueId = h.submit(["x@far.example"])
+    smtp.release()
+    assert states(h, "active", queueId)[0]["0"]["status"] == "sent"  # recorded: the retry will not repeat it
+    h.clock.advance(301)
+    assert h.store.listQueue("active") == [] and f"qmgr: {queueId}: removed" in h.lines
+    assert len(smtp.requests) == 1
 
 
 # -- 3. a notice is owed until it is recorded ------------------------------------------------------
@@ -573,3 +617,17 @@ def test_aMessageBeingReadGetsTheActionWhenItsAttemptEnds(tmp_path):
     pool.runAll()
     assert h.queue("active") == h.queue("deferred") == []
     assert f"postsuper: {queueId}: removed" in h.lines
+
+
+def test_newMailIsActivatedInTheReactorAndDeferredMailThroughThePool(tmp_path):
+    h, pool = manualHarness(tmp_path)
+    queueId = commit(h, pool, ["x@far.example"])
+    # the hand-over of new mail: renamed into active/ and read without a pool job
+    assert h.queue("active") == [queueId] and len(h.transports["smtp"].requests) == 1
+    pool.runAll()
+    assert h.queue("deferred") == [queueId]
+    renames = h.fs.calls["rename"]
+    h.clock.advance(301)  # the deferred scan: the activation is a pool job
+    while pool.jobs and h.fs.calls["rename"] == renames:
+        pool.runNext()
+    assert pool.done[-1][0] == "_loadBlocking" and h.queue("active") == [queueId]

@@ -616,3 +616,36 @@ def test_a_mistyped_requiretls_flag_is_corrupt(value):
     obj["requiretls"] = value
     with pytest.raises(CorruptQueueFile, match="requiretls"):
         ff.parseEnvelope(json.dumps(obj).encode("ascii"))
+
+
+def test_a_small_file_is_read_once_and_its_content_kept(tmp_path, monkeypatch):
+    path = tmp_path / "0000000000AAAAA"
+    path.write_bytes(ff.dumpQueueFile(FULL, CONTENT) + ff.dumpState({"time": 1.0}))
+    reads = []
+    realRead = os.read
+    monkeypatch.setattr(ff.os, "read", lambda fd, n: reads.append(n) or realRead(fd, n))
+    q = ff.readQueueFile(str(path), verifyContent=True, keepContent=True)
+    assert q.content == CONTENT and q.states == ({"time": 1.0},)
+    assert len(reads) == 2  # the whole file, then the end of file
+    assert ff.readQueueFile(str(path)).content is None  # kept only when asked for
+
+
+def test_a_big_file_is_read_in_chunks_and_its_content_not_kept(tmp_path):
+    content = b"x" * 998 + b"\r\n"
+    content *= ff.SMALL_FILE // len(content) + 1
+    path = tmp_path / "0000000000AAAAA"
+    path.write_bytes(ff.dumpQueueFile(FULL, content))
+    q = ff.readQueueFile(str(path), verifyContent=True, keepContent=True)
+    assert q.content is None and q.contentLength == len(content)
+
+
+def test_reading_from_memory_finds_the_same_damage(tmp_path):
+    data = bytearray(ff.dumpQueueFile(FULL, CONTENT))
+    data[ff.HEADER_SIZE] ^= 1
+    path = tmp_path / "0000000000AAAAA"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptQueueFile, match="content checksum mismatch"):
+        ff.readQueueFile(str(path), verifyContent=True, keepContent=True)
+    path.write_bytes(ff.dumpQueueFile(FULL, CONTENT)[:-3])
+    with pytest.raises(CorruptQueueFile, match="envelope record"):
+        ff.readQueueFile(str(path), keepContent=True)

@@ -505,3 +505,27 @@ def test_regression_aTransportNameOutsideTheParameterPatternGetsTheDefaultLimits
     queueId = h.submit(["u@far.example"])
     assert [r.nexthop for r in transports["Fancy.Out"].requests] == ["[gw.example]"]
     assert f"qmgr: {queueId}: removed" in h.lines
+
+
+def test_smallContentIsHandedToTheTransportFromMemoryAndBigContentIsNot(tmp_path):
+    from mta.queue.fileformat import SMALL_FILE
+    h = Harness(tmp_path)
+    h.manager.start()
+    big = b"x" * 998 + b"\r\n"
+    big *= SMALL_FILE // len(big) + 1
+    h.submit(["u@box.example"])
+    h.submit(["v@box.example"], content=big)
+    small, large = h.transports["virtual"].requests
+    assert small.content == b"Subject: t\r\n\r\nhi\r\n" and large.content is None
+    assert h.transports["virtual"].contents[1] == big
+    assert h.manager._contentBytes == 0  # given back at the end of each attempt
+
+
+def test_contentHeldInMemoryIsBounded(tmp_path, monkeypatch):
+    from mta.queue import manager
+    monkeypatch.setattr(manager, "CONTENT_MEMORY", 10)
+    h = Harness(tmp_path)
+    h.manager.start()
+    h.submit(["u@box.example"])
+    assert h.transports["virtual"].requests[0].content is None  # over the budget: read from the file
+    assert h.transports["virtual"].contents == [b"Subject: t\r\n\r\nhi\r\n"]
