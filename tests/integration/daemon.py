@@ -62,18 +62,45 @@ def _drain(stream, chunks):
         chunks.append(chunk)
 
 
+# The mail-log lines of waitForBanner's probe session (mta does no reverse lookup: "unknown").
+PROBE_LINES = ("connect from unknown[127.0.0.1]", "disconnect from unknown[127.0.0.1] quit=1 commands=1")
+
+
 def waitForBanner(port, process, timeout=30.0):
-    """Wait until the port answers with 220; return the banner line."""
+    """
+    Wait until the port answers; return the first line of its banner.
+
+    The probe then says QUIT and reads until mta closes, so that mta has ended
+    its session (logged it, PROBE_LINES, and no longer counts it against
+    smtpd_client_connection_count_limit) before this returns.  A probe that
+    only closed its own end would still be a session in mta until mta read
+    the EOF, and the caller's next connection can get there first.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             out, err = process.communicate()
             raise AssertionError(f"mta exited with {process.returncode}:\n{out.decode()}\n{err.decode()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                return s.makefile("rb").readline()
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
         except OSError:
             time.sleep(0.05)
+            continue
+        with s, s.makefile("rb") as reader:
+            try:
+                banner = reader.readline()
+            except OSError:  # no banner within 2 s: try again
+                time.sleep(0.05)
+                continue
+            s.settimeout(max(deadline - time.monotonic(), 5.0))
+            try:
+                s.sendall(b"QUIT\r\n")
+                reader.read()  # to mta's close
+            except TimeoutError:
+                raise AssertionError(f"mta did not close the probe's session on port {port} after QUIT") from None
+            except OSError:
+                pass  # mta closed (reset) first: its session is over too
+        return banner
     raise AssertionError(f"mta did not answer on port {port} within {timeout}s")
 
 

@@ -8,18 +8,52 @@ import sys
 
 import pytest
 
-from tests.integration.daemon import ROOT, TWISTD, Daemon, environment, freePort, stop, twistd, waitForBanner
+from tests.integration.daemon import (
+    ROOT,
+    TWISTD,
+    Daemon,
+    environment,
+    freePort,
+    stop,
+    twistd,
+    waitFor,
+    waitForBanner,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def portFree(port):
+    """
+    Whether mta could listen on 127.0.0.1:PORT.  Bound as twistd binds it
+    (SO_REUSEADDR), so that only a listener counts, not the connections of an
+    earlier daemon on the port in TIME_WAIT (mta closes first after QUIT, so
+    its end of waitForBanner's probe stays in TIME_WAIT for a minute).
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
+
+
+def portHolder(port):
+    """What ss(8) says listens on 127.0.0.1:PORT (the process, when it is ours), or why it cannot say."""
+    if not shutil.which("ss"):
+        return "ss(8) is not installed"
+    result = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=30)
+    return result.stdout.strip() or result.stderr.strip() or "nothing listens (any more)"
+
+
+def waitForPortFree(port, timeout=15.0):
+    """Wait for 127.0.0.1:PORT to be free (a daemon of an earlier test may still be stopping), else fail clearly."""
+    try:
+        waitFor(lambda: portFree(port), timeout=timeout, what=f"127.0.0.1:{port} to be free")
+    except AssertionError:
+        pytest.fail(f"127.0.0.1:{port} is busy for {timeout}s; the embedded defaults need it. A daemon left over "
+                    f"from a killed run, or another test run at the same time? Listening: {portHolder(port)}")
 
 
 # twistd with the default location (/etc/mta/mta.ini) pointed elsewhere (the
@@ -43,8 +77,7 @@ def test_startsOnDefaultsAndStopsCleanly(tmp_path, config):
     `twistd -n mta` and `twistd -n mta -c etc/mta.ini` listen on
     127.0.0.1:2525, create ./var/spool/mta, and exit 0 on SIGTERM.
     """
-    if not portFree(2525):
-        pytest.fail("127.0.0.1:2525 is busy; the embedded defaults need it")
+    waitForPortFree(2525)
     args = ["mta"] + (["-c", os.path.join(ROOT, config)] if config else [])
     process = twistdWith(args, cwd=tmp_path)
     banner = waitForBanner(2525, process)

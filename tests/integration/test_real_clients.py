@@ -20,6 +20,7 @@ import pytest
 
 from mta.queue.fileformat import readQueueFile
 from mta.queue.queueid import isValidQueueId
+from tests.integration.daemon import PROBE_LINES
 from tests.integration.exim import Exim
 from tests.integration.peers import (
     RawClient,
@@ -60,9 +61,10 @@ def messageId(subject, body):
 
 
 def waitForDisconnect(d, contains="mail="):
-    """The text of the first mail-log disconnect line holding C{contains} (the probe's has no commands)."""
+    """The text of the first mail-log disconnect line holding C{contains}, never the start-up probe's."""
     def find():
-        return next((t for _, t in maillogLines(d) if t.startswith("disconnect from ") and contains in t), None)
+        return next((t for _, t in maillogLines(d)
+                     if t.startswith("disconnect from ") and contains in t and t != PROBE_LINES[1]), None)
 
     return waitFor(find, what=f"a disconnect line with {contains!r}")
 
@@ -686,8 +688,9 @@ def test_maillogTransaction(daemon):
         s.sendmail("a@example.org", ["b@mta.test"], message())
         queueId = s.lastQueueId
         size = readQueued(daemon, queueId)[0].size
-    # The probe that waited for the banner made a connect/disconnect pair first.
+    # The probe that waited for the banner (connect, QUIT) ended before this session began.
     expected = [
+        *PROBE_LINES,
         "connect from unknown[127.0.0.1]",
         # the test daemon holds all mail (check_recipient_access static:HOLD)
         "NOQUEUE: hold: RCPT from unknown[127.0.0.1]: <b@mta.test>: Recipient address triggers HOLD action; "
@@ -697,14 +700,7 @@ def test_maillogTransaction(daemon):
         "disconnect from unknown[127.0.0.1] ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5",
     ]
     lines = waitFor(lambda: (l := maillogLines(daemon)) and l[-1][1] == expected[-1] and l, what="disconnect line")
-    # The probe's three lines (connect, lost connection after CONNECT, disconnect) come first, but its
-    # disconnect may follow the next connect: the probe's EOF is a half-close until mta closes too.
-    probe = ["connect from unknown[127.0.0.1]", "NOQUEUE: lost connection after CONNECT from unknown[127.0.0.1]",
-             "disconnect from unknown[127.0.0.1] commands=0/0"]
-    texts = [t for _, t in lines]
-    for line in probe:
-        texts.remove(line)
-    assert texts == expected, lines
+    assert [t for _, t in lines] == expected, lines
     assert [t for _, t in maillogLines(daemon, "mta/cleanup")] == [f"{queueId}: message-id=<{messageId('test', HELLO)}>"]
     assert {pid for pid, _ in lines} == {daemon.process.pid}
     prefix = re.compile(
@@ -757,8 +753,7 @@ def test_maillogCannotBeForged(daemon):
         c.ehlo("evil.example\x07")
         assert c.command("MAIL FROM:<a\x01b@example.org>")[0] in (250, 501, 553)
         assert c.command("QUIT")[0] == 221
-    waitFor(lambda: any(t.startswith("disconnect") and "quit=1" in t for _, t in maillogLines(daemon)),
-            what="disconnect line")
+    waitForDisconnect(daemon, "ehlo=1")
     for line in daemon.maillogText().splitlines():
         assert "\x07" not in line and "\x01" not in line
 
@@ -1056,8 +1051,8 @@ def test_regression_eximDeliversExactlyOnce(daemon, chunking):
         assert envelope.helo == "exim.test"
         assert f"Subject: from exim {token}\r\n".encode() in content
         assert content.endswith(b"\r\nHello from Exim.\r\n.\r\n..dots\r\n")  # unstuffed once, CRLF
-        line = waitForDisconnect(daemon, "quit=1")
-        assert ("bdat=1" in line) is chunking and ("data=1" in line) is not chunking, line
+        line = waitForDisconnect(daemon, "mail=1")
+        assert " quit=1 " in line and ("bdat=1" in line) is chunking and ("data=1" in line) is not chunking, line
     finally:
         exim.cleanup()
 
