@@ -7,6 +7,8 @@
                     writer (QueueFileWriter: the store's and mta-sendmail's)
     store.py        QueueStore: the directories, durable entry of new mail,
                     appends, moves, directory scans in the thread pool
+    committer.py    Committer: the one thread that makes new queue files and
+                    state records durable, one sync per batch (group commit)
     state.py        the queue manager's state records (results, "notified")
     manager.py      QueueManager (qmgr): activation, routing, the end of
                     an attempt (defer, bounce, remove), and every error path
