@@ -622,7 +622,8 @@ def postfix(peers):
 
 
 def postcat(instance, queueId):
-    result = subprocess.run(["postcat", "-e", str(instance.queue_dir / "hold" / queueId)],
+    # -c: the instance's own configuration, never the machine's (which may have no main.cf at all)
+    result = subprocess.run(["postcat", "-c", str(instance.config_dir), "-e", str(instance.queue_dir / "hold" / queueId)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -80,7 +80,8 @@ def test_relay_to_postfix_over_starttls(makeDaemon, certs, postfixTls, level):
     # EHLO twice, STARTTLS once, as Postfix's smtpd counted it.
     assert re.search(r"disconnect from localhost\[127\.0\.0\.1\] ehlo=2 starttls=1 mail=1 rcpt=1 data=1 quit=1", log), log
     [held] = os.listdir(postfixTls.queue_dir / "hold")
-    content = subprocess.run(["postcat", "-b", "-h", str(postfixTls.queue_dir / "hold" / held)],
+    content = subprocess.run(["postcat", "-c", str(postfixTls.config_dir), "-b", "-h",
+                              str(postfixTls.queue_dir / "hold" / held)],
                              capture_output=True, text=True, timeout=30).stdout
     assert re.search(r"\(using TLSv1\.3 with cipher \S+", content), content
     assert "with ESMTPS id" in content, content

@@ -7,6 +7,7 @@ real Postfix smtp client delivering to mta with smtp_tls_security_level = encryp
 Certificates are made by tests.tlssupport in the test's directory.
 """
 
+import os
 import re
 import smtplib
 import ssl
@@ -151,12 +152,16 @@ def test_plaintext_injected_after_starttls_is_not_executed_by_the_real_daemon(tl
             what="the discard warning")
 
 
-def test_posttls_finger_reports_the_tls_session(tlsDaemon, certs):
+def test_posttls_finger_reports_the_tls_session(tlsDaemon, certs, tmp_path):
     d = tlsDaemon()
+    # posttls-finger reads main.cf: an empty one of its own, never the machine's (which may have none)
+    config = tmp_path / "posttls-finger"
+    config.mkdir()
+    (config / "main.cf").write_text("")
     done = subprocess.run(
         [requireProgram("/usr/sbin/posttls-finger"), "-c", "-l", "secure", "-F", certs["ca.pem"],
          "-L", "summary", f"[127.0.0.1]:{d.port}", "mta.test"],
-        capture_output=True, text=True, timeout=TIMEOUT)
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "MAIL_CONFIG": str(config)})
     output = done.stdout + done.stderr
     assert re.search(r"Verified TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]:\d+: TLSv1\.3 with "
                      r"cipher TLS_AES_256_GCM_SHA384 \(256/256 bits\)", output), output
