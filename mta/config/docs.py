@@ -90,6 +90,8 @@ def typeText(parameterType):
     """The type's name, with what a reader needs to write a value."""
     if isinstance(parameterType, T.Time):
         return f"{parameterType.name} (unit s, m, h, d or w; without one: {parameterType.unit})"
+    if isinstance(parameterType, T.Integer) and parameterType.maximum is not None:
+        return f"{parameterType.name} ({parameterType.minimum} to {parameterType.maximum})"
     if isinstance(parameterType, T.Integer) and parameterType.minimum:
         return f"{parameterType.name} (at least {parameterType.minimum})"
     if isinstance(parameterType, (T.Choice, T.ChoiceList)):

@@ -73,6 +73,7 @@ class Path:
 @attrs.frozen
 class Integer:
     minimum: int = 0
+    maximum: int | None = None
     name = "integer"
 
     def parse(self, text):
@@ -82,6 +83,8 @@ class Integer:
         value = int(text)
         if value < self.minimum:
             raise ValueError(f"{value} is below the minimum {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{value} is above the maximum {self.maximum}")
         return value
 
 
