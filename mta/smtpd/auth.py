@@ -75,6 +75,7 @@ import base64
 import binascii
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mta.maillog import sanitize
@@ -196,7 +197,9 @@ class SMTPAuth:
     async def _authStart(self, mechanism, initial):
         limit, session = self.factory.saslSettings.authRateLimit, self.session
         if limit and not await self.factory.eventLimitExceptions.matches(session.clientAddress):
-            rate = self.factory.authRates.count(session.clientAddress)
+            rate = self.factory.countAuth(session.clientAddress)
+            if isinstance(rate, Deferred):  # counted by the master (mta.workers)
+                rate = await rate
             if rate > limit:  # Postfix's anvil check (smtpd_sasl_auth_cmd_wrapper)
                 self.factory.maillog.emit(f"warning: AUTH command rate limit exceeded: {rate} from {session.client} "
                                           f"for service {self.factory.listenerName}", client=session.client)

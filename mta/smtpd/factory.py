@@ -8,8 +8,9 @@ share: the clock, the queue store, the Tables registry (for the network
 lists and maps that name tables) and the one address resolver.  It makes
 the listener's recipient policy (mta.smtpd.policy), cleanup (mta.cleanup)
 and transcript notices (mta.transcript), keeps the per-client connection
-counts (smtpd_client_connection_count_limit) and a cached free-space
-reading for queue_minfree.
+counts (smtpd_client_connection_count_limit; in a worker process the
+master counts for every worker: ``anvil``, mta.workers) and a cached
+free-space reading for queue_minfree.
 
 Construction:
 
@@ -135,6 +136,10 @@ class SMTPServerFactory(Factory):
         from mta.smtpd.auth import AuthRates
 
         self.authRates = AuthRates(clock, settings.sasl.rateTimeUnit)  # smtpd_client_auth_rate_limit (anvil)
+        # The counts of smtpd_client_connection_count_limit and smtpd_client_auth_rate_limit are
+        # kept here, or, in a worker process, by the master for all of them (mta.workers: a
+        # RemoteAnvil, whose counts are Deferreds).
+        self.anvil = None
         self.sessions = set()
         self._connections = {}
         self._freeSpace = None
@@ -167,12 +172,23 @@ class SMTPServerFactory(Factory):
         self.sessions.discard(protocol)
 
     def countConnection(self, address):
-        """Count one more session from C{address}; return the new count."""
+        """Count one more session from C{address}; return the new count (a Deferred of it with an anvil)."""
+        if self.anvil is not None:
+            return self.anvil.countConnection(self.listenerName, address)
         count = self._connections.get(address, 0) + 1
         self._connections[address] = count
         return count
 
+    def countAuth(self, address):
+        """One more AUTH command from C{address}: the count in its window (a Deferred of it with an anvil)."""
+        if self.anvil is not None:
+            return self.anvil.countAuth(self.listenerName, address)
+        return self.authRates.count(address)
+
     def releaseConnection(self, address):
+        if self.anvil is not None:
+            self.anvil.releaseConnection(self.listenerName, address)
+            return
         count = self._connections.get(address, 0) - 1
         if count > 0:
             self._connections[address] = count

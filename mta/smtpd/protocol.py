@@ -227,12 +227,15 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
 
     def _connectChecksAreStatic(self):
         factory = self.factory
+        if factory.anvil is not None and self.settings.connectionLimit:  # the count is the master's answer
+            return False
         return factory.eventLimitExceptions.static and factory.bareNewlineExclusions.static
 
-    def _checkConnectionCount(self):
-        """Count this session; refuse it (False) past the per-client limit."""
+    def _checkConnectionCount(self, count=None):
+        """Count this session (or take C{count}, counted already); refuse it (False) past the per-client limit."""
         factory, session = self.factory, self.session
-        count = factory.countConnection(session.clientAddress)
+        if count is None:
+            count = factory.countConnection(session.clientAddress)
         self._counted = True
         if count > self.settings.connectionLimit:
             factory.maillog.emit(
@@ -255,7 +258,13 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
     async def _connect(self):
         factory, settings, session = self.factory, self.settings, self.session
         if settings.connectionLimit and not await factory.eventLimitExceptions.matches(session.clientAddress):
-            if not self._checkConnectionCount():
+            count = factory.countConnection(session.clientAddress)
+            if isinstance(count, Deferred):  # counted by the master (mta.workers)
+                self._counted = True  # released at the end of the session, whatever the answer
+                count = await count
+                if self._closing:
+                    return
+            if not self._checkConnectionCount(count):
                 return
         if session.bareNewline == "reject" and await factory.bareNewlineExclusions.matches(session.clientAddress):
             session.bareNewline = "normalize"
