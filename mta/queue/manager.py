@@ -254,6 +254,10 @@ class QueueManager:
                 call.cancel()
         self._retries.clear()
 
+    def scanIncoming(self):
+        """Take up whatever incoming/ holds now (mta.workers, after a worker ended); a Deferred."""
+        return self.scanner.scanIncoming()
+
     def scanDeferred(self, flush=False):
         """
         Activate deferred mail whose time has come (all of it with C{flush});

@@ -19,8 +19,10 @@ Postfix's qmgr warning:
 START-UP (start())
     1. tmp/: everything but directories and the files of messages being
        received is removed, whatever its age (store.cleanTemporary()).
-       Only this process writes tmp/ and it holds the queue lock (a second
-       daemon cannot start); mta-sendmail and mta-sendmail -bs write maildrop/QUEUEID.tmp,
+       Only this process writes tmp/ itself and it holds the queue lock (a
+       second daemon cannot start); worker processes (mta.workers) write
+       their own directories tmp/worker.PID, which the master empties when
+       the worker ends and at its start; mta-sendmail and mta-sendmail -bs write maildrop/QUEUEID.tmp,
        pickup reads maildrop/ and writes through the store (its files are
        "being received").  Then every TMP_CLEAN_INTERVAL, files older than
        TMP_MAX_AGE that no message being received owns (left by an I/O
@@ -137,6 +139,15 @@ class Scanner:
         call = self._scanCall
         if call is not None and call.active() and call.getTime() - self.clock.seconds() > self.manager.runDelay:
             call.reset(self.manager.runDelay)
+
+    def scanIncoming(self):
+        """
+        Take up every message in incoming/ (a worker process that ended may
+        have committed mail it could not announce, mta.workers); a Deferred.
+        """
+        d = Deferred.fromCoroutine(self._sweep("incoming", self._takeUp))
+        d.addErrback(lambda f: log.failure("qmgr: incoming/ scan failed", f))
+        return d
 
     async def _startUp(self):
         await self._cleanTemporary(None)

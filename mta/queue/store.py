@@ -198,8 +198,12 @@ class QueueStore:
     """
 
     def __init__(self, directory, reactor, threadpool=None, *, fileSystem=None, newQueueId=None, commitPool=None,
-                 syncMethod="syncfs"):
+                 syncMethod="syncfs", temporary=None):
         self.directory = os.fspath(directory)
+        # Where new files are written before their commit: tmp/, or a worker process's own
+        # directory under it (tmp/worker.PID, mta.workers), so that no two processes sweep each
+        # other's files.
+        self.tmpDirectory = os.path.join(self.directory, temporary or "tmp")
         self.reactor = reactor
         self._threadpool = threadpool
         self.fs = fileSystem if fileSystem is not None else FileSystem()
@@ -313,15 +317,16 @@ class QueueStore:
         was last modified more than C{olderThan} seconds before C{now} (the
         reactor's clock by default; C{olderThan} None: whatever its age),
         except the files of messages being received.  Returns the names
-        removed, sorted.  Only this process writes tmp/ (mta-sendmail and
-        pickup's submissions use maildrop/), so at start-up, holding the
-        queue lock, everything there is garbage.
+        removed, sorted.  Only this process writes its tmp directory
+        (mta-sendmail and pickup's submissions use maildrop/; each worker
+        process has a directory of its own under tmp/, mta.workers), so at
+        start-up, holding the queue lock, everything there is garbage.
         """
         if olderThan is None:
             limit = None
         else:
             limit = (self.reactor.seconds() if now is None else now) - olderThan
-        tmp = self.queuePath("tmp")
+        tmp = self.tmpDirectory
         removed = []
         for name, st in self.fs.scandir(tmp):
             if name in self._open or st is None:
@@ -358,7 +363,7 @@ class QueueStore:
             self.committer().openDescriptor()  # before the content's first write (mta.queue.committer)
         except OSError:
             pass  # the committer tries again, and fsyncs the batch if it still cannot
-        message = IncomingMessage(self, queueId, self.queuePath("tmp", queueId))
+        message = IncomingMessage(self, queueId, os.path.join(self.tmpDirectory, queueId))
         self._open[queueId] = message
         return message
 
