@@ -8,6 +8,9 @@
       maildrop/; and the queue committer's one thread (a ThreadPool of
       one, mta.queue.committer), started before the listeners and stopped
       after everything else, so the last commits and state records finish.
+    and, with worker_processes = N, N worker processes (mta.workers): they
+      adopt the listeners' sockets and run the SMTP sessions; they are
+      started last, and stopped first (stopService waits for them).
 
 Everything made from one configuration is a Generation (mta.generation):
 the opened tables, the router, the notices, the delivery transports
@@ -66,6 +69,10 @@ RELOAD
       log rotation), also when the reload is refused; syslog_name applies
       to lines logged after the reload.
     - the control channel stays as it is.
+    - worker processes (mta.workers.master.WorkerPool.reload): a new set
+      is started with the new configuration and the new sockets (as many
+      as the new worker_processes says; 0 stops using workers), and the old
+      ones finish their sessions and exit.
     - queue_sync_method applies from the committer's next batch.
     - TLS-RPT (mta.delivery.tlsrpt): the one reporter keeps its counts
       (in memory and in its SQLite store) and takes the new settings.
@@ -100,7 +107,7 @@ SECURITY
 
 CONFIGURATION
     queue_directory, maillog_file, syslog_name, myhostname, dns_servers,
-    local_transport, virtual_transport, relay_transport, default_transport;
+    worker_processes, service_throttle_time, local_transport, virtual_transport, relay_transport, default_transport;
     [listener:NAME] endpoint and per-listener overrides.
 
 DEVIATIONS
@@ -133,6 +140,7 @@ from mta.maillog import MailLogFile, installFile
 from mta.queue.manager import QueueManager
 from mta.queue.pickup import Pickup
 from mta.queue.store import QueueStore
+from mta.workers.master import WorkerPool, removeWorkerDirectories
 
 __all__ = ["MTAService", "ReloadResult", "StartupError", "TransportRegistry", "buildService"]
 
@@ -223,6 +231,7 @@ class MTAService(MultiService):
             notices=self.current.notices,
         )
         self.pickup = Pickup(self.store, self.current.cleanup, reactor, self.current.maillogFor)
+        self.workers = WorkerPool(self, reactor)  # worker_processes (mta.workers)
 
         service = StreamServerEndpointService(control.controlServerEndpoint(reactor, self.queueDirectory),
                                               control.controlFactory(self))
@@ -341,14 +350,27 @@ class MTAService(MultiService):
         self._swapMaillog(observer)
         if self.commitPool is not None:
             self.commitPool.start()
+        try:
+            removed = removeWorkerDirectories(self.store)  # no worker runs yet: what an earlier run left
+        except OSError as e:
+            log.error("cannot clean the worker directories in {path}: {error}", path=self.store.queuePath("tmp"),
+                      error=e.strerror)
+        else:
+            if removed:
+                log.info("removed {count} temporary file(s) left by worker processes", count=removed)
         super().startService()
         self.manager.start()
         self.pickup.start()
         self.tlsReporter.start()
         self.maillog.emit(f"daemon started -- version {mta.__version__}, configuration "
                           f"{describeConfiguration(self.config)}")
+        self.workers.start()
 
     def stopService(self):
+        # The workers first (their sessions are cut, their commits in flight finish), then the rest.
+        return self.workers.stop().addBoth(lambda _: self._stopMaster())
+
+    def _stopMaster(self):
         pickupStopped = DeferredList([self.pickup.stop()] + self._stopping)
         self.manager.stop()
         d = super().stopService()
@@ -501,7 +523,9 @@ class MTAService(MultiService):
         await self._switchPickup(generation)
         if not self.running:
             return []
-        return await self._switchListeners(generation)
+        problems = await self._switchListeners(generation)
+        self.workers.reload()  # new workers with the new configuration and sockets; the old ones retire
+        return problems
 
     def _retire(self, registry):
         self._retiring.add(registry)

@@ -310,6 +310,14 @@ PARAMETERS = (
        "each file and each changed directory fsynced (mta only).", "queue"),
     _P("message_size_limit", T.Size(), "10240000",
        "The largest message accepted, in bytes, envelope and headers included.", "queue"),
+    # -- master (processes) -------------------------------------------------
+    _P("worker_processes", T.Integer(minimum=0, maximum=64), "0",
+       "0: one process does everything; N: N worker processes share the listeners' sockets and run "
+       "the SMTP sessions, the master keeps the queue manager, deliveries and the control channel "
+       "(mta only).", "master"),
+    _P("service_throttle_time", T.Time("s"), "60s",
+       "How long the master waits before starting again a worker process that ended before it was "
+       "ready.", "master"),
     # -- smtpd -------------------------------------------------------------
     _P("smtpd_banner", T.String(), "$myhostname ESMTP $mail_name",
        "The text after 220 in the greeting.", "smtpd"),

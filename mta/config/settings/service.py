@@ -4,7 +4,7 @@ The parameters of this area (mta.config.schema), each read by exactly the
 settings class that needs it (a parameter may be read by several areas):
 
     queue_directory, queue_sync_method, syslog_name, myhostname, maillog_file,
-    dns_servers
+    dns_servers, worker_processes, service_throttle_time
 
 SECURITY
     None: values were parsed and checked by mta.config.types.
@@ -29,6 +29,8 @@ class ServiceSettings(Settings):
     hostname: str = setting("myhostname")  # in syslog-shaped mail-log lines
     maillogFile: str = setting("maillog_file")  # empty: only the twistd log
     dnsServers: tuple = setting("dns_servers", tuple)  # empty: /etc/resolv.conf
+    workerProcesses: int = setting("worker_processes")  # 0: one process (mta.workers)
+    serviceThrottleTime: float = setting("service_throttle_time")  # a worker that failed to start waits
 
 
 MAIN = {"service": ServiceSettings}
