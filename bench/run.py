@@ -119,8 +119,9 @@ class MtaServer:
 
     def __init__(self, workdir: Path, port: int, relay_port: int | None,
                  start_timeout: float, root: Path = REPO_ROOT, tls: tuple[Path, Path] | None = None,
-                 relay_tls: bool = False):
+                 relay_tls: bool = False, workers: int = 0):
         self.root = root
+        self.workers = workers
         self.relay_tls = relay_tls
         self.tls = tls
         self.workdir = workdir
@@ -134,6 +135,8 @@ class MtaServer:
     def writeConfig(self) -> Path:
         # A mail log file, as the Postfix instance writes one (maillog_file there too).
         lines = ["[main]", f"queue_directory = {self.spool}", f"maillog_file = {self.workdir / 'maillog'}"]
+        if self.workers:
+            lines.append(f"worker_processes = {self.workers}")
         if self.relay_port is None:
             # As the Postfix instance: accepted mail goes on hold, so that the
             # accept path (smtpd, cleanup, fsync) is measured without deliveries.
@@ -555,6 +558,8 @@ def parseArgs(argv):
                        help="relay: time for the sink to receive everything (default 300)")
         s.add_argument("--stall-timeout", type=float, default=30.0,
                        help="relay: give up when the sink gets nothing new for this long (default 30)")
+        s.add_argument("--mta-workers", type=int, default=0,
+                       help="mta's worker_processes (default 0: one process)")
         s.add_argument("--skip-mta", action="store_true", help="run Postfix only")
         s.add_argument("--skip-postfix", action="store_true", help="run mta only")
         s.add_argument("--mta-root", type=Path, default=REPO_ROOT,
@@ -614,7 +619,8 @@ def main(argv=None) -> int:
                 relay_port = None
             if name == "mta":
                 server = MtaServer(rundir / "mta", port, relay_port, args.start_timeout,
-                                   args.mta_root.resolve(), tls=inbound, relay_tls=args.relay_tls)
+                                   args.mta_root.resolve(), tls=inbound, relay_tls=args.relay_tls,
+                                   workers=args.mta_workers)
             else:
                 server = PostfixServer(rundir, port, relay_port, args.start_timeout, args.keep,
                                        tls=inbound, relay_tls=args.relay_tls)
