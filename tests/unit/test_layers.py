@@ -17,7 +17,8 @@ README's Design section), lowest first:
        mta.bounce, mta.transcript,
        mta.tls
     5  mta.generation, mta.service, mta.listeners, mta.tap, mta.control, mta.cli,
-       mta.testing, mta.plugins.* the daemon, the tools, the plugin modules, the fakes
+       mta.workers, mta.testing,  the daemon and its worker processes, the tools, the
+       mta.plugins.*              plugin modules, the fakes
 
 A module may import from its own floor or any floor below.  Every import
 counts, at module level or inside a function (a lazy import is still a
@@ -62,6 +63,7 @@ FLOORS = {
     "mta.listeners": 5,
     "mta.tap": 5,
     "mta.control": 5,
+    "mta.workers": 5,
     "mta.cli": 5,
     "mta.testing": 5,
     "mta.plugins.": 5,
