@@ -42,6 +42,8 @@ class Status(amp.Command):
         (b"uptime", amp.Float()),
         (b"queue_directory", amp.Unicode()),
         (b"listeners", amp.ListOf(amp.Unicode())),
+        # "worker N[PID] ready|starting|retiring" (worker_processes, mta.workers); empty without
+        (b"workers", amp.ListOf(amp.Unicode(), optional=True)),
     ]
 
 
@@ -123,6 +125,7 @@ class ControlProtocol(amp.AMP):
             "uptime": self.daemon.clock.seconds() - self.daemon.startedAt,
             "queue_directory": self.daemon.queueDirectory,
             "listeners": [f"{name} {endpoint}" for name, endpoint in self.daemon.listenerDescriptions()],
+            "workers": self.daemon.workers.describe(),
         }
 
     @Flush.responder

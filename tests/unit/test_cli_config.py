@@ -395,6 +395,16 @@ def test_queue_status_running(tmp_path):
     assert client.transport.lost
 
 
+def test_queue_status_lists_the_workers(tmp_path):
+    client = _Client(succeed({
+        "version": "0.1.0", "pid": 123, "uptime": 1.0, "queue_directory": "/q", "listeners": [],
+        "workers": ["worker 1[124] ready", "worker 2[125] starting"],
+    }))
+    assert _status(tmp_path, lambda reactor, queueDirectory, timeout: succeed(client))[1] == (
+        "mta is running: pid 123, version 0.1.0, up 1s, queue /q, listeners: none, "
+        "workers: worker 1[124] ready, worker 2[125] starting\n")
+
+
 def test_queue_status_stale_socket(tmp_path):
     def connect(reactor, queueDirectory, timeout):
         raise netError.ConnectionRefusedError()

@@ -15,7 +15,9 @@ DESCRIPTION
                     mta is running: pid 123, version 0.1.0, up 12s, queue /var/spool/mta,
                         listeners: smtp tcp:port=2525:interface=127.0.0.1
 
-                (on one line).
+                (on one line); with worker_processes, then ``workers: worker
+                1[124] ready, worker 2[125] ready`` (starting, or retiring
+                after a reload).
 
     list        mailq(1), postqueue -p: reads the queue files itself, as
                 Postfix's showq(8) does, so it works whether the daemon runs

@@ -47,10 +47,11 @@ def formatDuration(seconds):
 def formatStatus(status):
     """The one line 'mta is running: ...' for a Status response."""
     listeners = ", ".join(sanitize(item) for item in status["listeners"]) or "none"
+    workers = status.get("workers") or []
     return (
         f"mta is running: pid {status['pid']}, version {sanitize(status['version'])}, "
         f"up {formatDuration(status['uptime'])}, queue {sanitize(status['queue_directory'])}, "
-        f"listeners: {listeners}"
+        f"listeners: {listeners}" + (f", workers: {', '.join(sanitize(w) for w in workers)}" if workers else "")
     )
 
 
