@@ -1,6 +1,7 @@
 """Start and stop a real ``twistd mta`` on a free loopback port."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -186,9 +187,37 @@ class Daemon:
         out, err = self._collected()
         return self.process.returncode, out, err
 
-    def kill(self):
-        """kill -9 and reap: (returncode, stdout, stderr)."""
+    def children(self):
+        """The pids of the daemon's child processes (its worker processes, mta.workers)."""
+        pids = []
+        for task in os.listdir(f"/proc/{self.process.pid}/task"):
+            try:
+                with open(f"/proc/{self.process.pid}/task/{task}/children") as f:
+                    pids += [int(pid) for pid in f.read().split()]
+            except OSError:
+                pass
+        return pids
+
+    def waitForWorkers(self, count, timeout=30.0):
+        """Until C{count} worker processes said they are ready (twistd's log on stdout): their pids."""
+
+        def ready():
+            text = b"".join(self._output["stdout"]).decode("utf-8", "replace")
+            pids = set(re.findall(r"worker \d+\[(\d+)\]: ready", text))
+            alive = {str(pid) for pid in self.children()}
+            return sorted(int(pid) for pid in pids & alive) if len(pids & alive) >= count else None
+
+        return waitFor(ready, timeout, f"{count} ready worker processes")
+
+    def kill(self, everyone=False):
+        """kill -9 (with C{everyone}, its worker processes too, at once) and reap: (returncode, stdout, stderr)."""
+        children = self.children() if everyone else []
         self.process.kill()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.wait(10)
         out, err = self._collected()
         return self.process.returncode, out, err

@@ -79,17 +79,27 @@ def checkQueued(d, queueId, thread, n):
     assert splitReceived(queued)[1] == content(thread, n)
 
 
-def test_killDashNineUnderLoad(tmp_path):
+def filesUnder(path):
+    return [os.path.join(top, name) for top, _, names in os.walk(path) for name in names]
+
+
+@pytest.mark.parametrize("workerProcesses", [0, 2], ids=["one-process", "two-workers"])
+def test_killDashNineUnderLoad(tmp_path, workerProcesses):
     """
     10 clients send in a loop (one smtplib connection each) and a raw client is half-way
-    through a message; after 1.5 s, kill -9.  Then: every 250 has its complete, correct file
-    in incoming/; every file there is whole and is a message that was sent; a new daemon on
-    the same queue directory starts, takes mail and answers on its control socket.
+    through a message; after 1.5 s, kill -9 (of the master and its worker processes at once,
+    with worker_processes = 2).  Then: every 250 has its complete, correct file in incoming/;
+    every file there is whole and is a message that was sent; a new daemon on the same queue
+    directory starts, takes mail and answers on its control socket.
     """
     started = time.monotonic()
-    d = Daemon(tmp_path).start()
+    main = f"worker_processes = {workerProcesses}\n"
+    d = Daemon(tmp_path, main=main).start()
     restarted = None
     try:
+        if workerProcesses:
+            d.waitForWorkers(workerProcesses)
+            started = time.monotonic()
         stop = threading.Event()
         accepted, attempted = [], []
         workers = [
@@ -109,10 +119,10 @@ def test_killDashNineUnderLoad(tmp_path):
         assert partial.command("DATA")[0] == 354
         partial.send(b"Subject: partial\r\n\r\n" + (b"p" * 78 + b"\r\n") * 3000)
         tmp = os.path.join(d.queue, "tmp")
-        waitFor(lambda: len(os.listdir(tmp)) > 0, timeout=5, what="a file in tmp/")
+        waitFor(lambda: filesUnder(tmp), timeout=5, what="a file in tmp/ (or a worker's tmp/worker.PID)")
         time.sleep(max(0.0, started + LOAD_SECONDS + 0.5 - time.monotonic()))
 
-        code, out, err = d.kill()
+        code, out, err = d.kill(everyone=True)
         assert code == -9
         stop.set()
         for w in workers:
@@ -144,7 +154,7 @@ def test_killDashNineUnderLoad(tmp_path):
             checkQueued(d, queueId, *sent[marker])
             unacknowledged.append(queueId)
         assert len(unacknowledged) <= THREADS, unacknowledged  # at most one in flight per client
-        garbage = os.listdir(os.path.join(d.queue, "tmp"))  # allowed: unfinished messages stay there
+        garbage = filesUnder(os.path.join(d.queue, "tmp"))  # allowed: unfinished messages stay there
 
         # The killed daemon left its control socket and lock behind.
         private = os.path.join(d.queue, "private")
@@ -152,7 +162,7 @@ def test_killDashNineUnderLoad(tmp_path):
         assert os.path.lexists(os.path.join(private, "control"))
 
         # A new daemon on the same queue directory starts and takes mail.
-        restarted = Daemon(tmp_path).start()
+        restarted = Daemon(tmp_path, main=main).start()
         assert restarted.queue == d.queue
         with RecordingSMTP(port=restarted.port, local_hostname="after.example") as s:
             s.sendmail("after@example.org", ["b@mta.test"], content(99, 0))
@@ -169,12 +179,14 @@ def test_killDashNineUnderLoad(tmp_path):
         assert status.returncode == 0, status.stderr
         assert f"pid {restarted.process.pid}" in status.stdout
 
+        if workerProcesses:
+            assert not filesUnder(os.path.join(restarted.queue, "tmp")), "the killed workers' files were not removed"
         code, out, err = restarted.stop()
         restarted = None
         assert code == 0, out + err
         assert "Traceback" not in out + err
         print(
-            f"kill -9 after {LOAD_SECONDS}s: {len(accepted)} acknowledged, {len(unacknowledged)} queued "
+            f"kill -9 ({workerProcesses} workers) after {LOAD_SECONDS}s: {len(accepted)} acknowledged, {len(unacknowledged)} queued "
             f"without a 250 seen, {len(garbage)} file(s) left in tmp/; whole test {time.monotonic() - started:.1f}s"
         )
     finally:
