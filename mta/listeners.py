@@ -48,13 +48,18 @@ class ListenerFactory(Factory):
 
 def shareConnectionCounts(old, new):
     """
-    smtpd_client_connection_count_limit counts sessions per listener: the new
-    factory shares the old one's counts, so that sessions still open under
-    the old settings count (and are released) in the same place.
+    The per-client counts and rates (mta.smtpd.anvil) are per listener: the
+    new factory shares the old one's Anvil (with the new
+    anvil_rate_time_unit), so that sessions still open under the old
+    settings count (and are released) in the same place, and a reload does
+    not start the clients' windows again.
     """
-    counts = getattr(old, "_connections", None)
-    if isinstance(counts, dict) and hasattr(new, "_connections"):
-        new._connections = counts
+    from mta.smtpd.anvil import Anvil
+
+    anvil, fresh = getattr(old, "anvil", None), getattr(new, "anvil", None)
+    if isinstance(anvil, Anvil) and isinstance(fresh, Anvil):
+        anvil.unit = fresh.unit
+        new.anvil = anvil
 
 
 class ListenerService(Service):

@@ -372,8 +372,23 @@ PARAMETERS = (
        "of the declared size would cut into it.", "smtpd"),
     _P("smtpd_client_connection_count_limit", T.Integer(), "50",
        "Simultaneous connections one client address may have; 0: no limit.", "smtpd"),
+    _P("smtpd_client_connection_rate_limit", T.Integer(), "0",
+       "Connections one client address may make per anvil_rate_time_unit (421 4.7.0 beyond); "
+       "0: no limit.", "smtpd"),
+    _P("smtpd_client_message_rate_limit", T.Integer(), "0",
+       "Message delivery requests (MAIL FROM) one client address may make per "
+       "anvil_rate_time_unit (450 4.7.1 beyond); 0: no limit.", "smtpd"),
+    _P("smtpd_client_recipient_rate_limit", T.Integer(), "0",
+       "Recipient addresses (RCPT TO) one client address may send per anvil_rate_time_unit "
+       "(450 4.7.1 beyond); 0: no limit.", "smtpd"),
+    _P("smtpd_client_new_tls_session_rate_limit", T.Integer(), "0",
+       "New (not resumed) TLS sessions one client address may negotiate per anvil_rate_time_unit "
+       "(STARTTLS refused with 454 4.7.0 beyond); 0: no limit.", "smtpd"),
+    _P("anvil_rate_time_unit", T.Time("s"), "60s",
+       "The time unit over which client rates are counted (the smtpd_client_*_rate_limit "
+       "parameters).", "smtpd"),
     _P("smtpd_client_event_limit_exceptions", T.Networks(), "$mynetworks",
-       "Clients exempt from the connection count limit.", "smtpd"),
+       "Clients exempt from the connection count and every client rate limit.", "smtpd"),
     _P("smtpd_error_sleep_time", T.Time("s"), "1s",
        "Delay before each reply once a client has made more than smtpd_soft_error_limit errors.",
        "smtpd"),
@@ -582,8 +597,6 @@ PARAMETERS = (
     _P("smtpd_client_auth_rate_limit", T.Integer(), "0",
        "AUTH commands one client address may send per anvil_rate_time_unit (450 4.7.1 beyond); "
        "0: no limit. smtpd_client_event_limit_exceptions are exempt.", "sasl"),
-    _P("anvil_rate_time_unit", T.Time("s"), "60s",
-       "The time unit over which client rates (smtpd_client_auth_rate_limit) are counted.", "sasl"),
     _P("broken_sasl_auth_clients", T.Boolean(), "no",
        "Also offer AUTH as the obsolete AUTH=MECH... EHLO line (old Outlook clients).", "sasl"),
     # -- smtp client ---------------------------------------------------------

@@ -56,7 +56,8 @@ CONFIGURATION
     smtpd_sasl_exceptions_networks, smtpd_sasl_response_limit,
     smtpd_sasl_service, broken_sasl_auth_clients, smtpd_client_auth_rate_limit
     and anvil_rate_time_unit (AUTH commands per client address per unit,
-    counted by the listener; smtpd_client_event_limit_exceptions exempt);
+    counted by the listener's anvil, mta.smtpd.anvil;
+    smtpd_client_event_limit_exceptions exempt);
     smtpd_discard_ehlo_keywords.
 
 DEVIATIONS
@@ -104,32 +105,6 @@ def _decode(text):
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         return None
-
-
-class AuthRates:
-    """
-    Postfix's anvil for AUTH: AUTH commands per client address in the
-    current window of C{unit} seconds (a window starts at a client's first
-    command, as anvil's do); the listener's factory keeps one.
-    """
-
-    PRUNE = 10000  # past this many clients, expired windows are dropped
-
-    def __init__(self, clock, unit):
-        self.clock = clock
-        self.unit = unit
-        self._windows = {}  # address -> [start, count]
-
-    def count(self, address):
-        """One more AUTH from C{address}: the count in its window, this one included."""
-        now = self.clock.seconds()
-        if len(self._windows) > self.PRUNE:
-            self._windows = {a: w for a, w in self._windows.items() if now - w[0] < self.unit}
-        window = self._windows.get(address)
-        if window is None or now - window[0] >= self.unit:
-            window = self._windows[address] = [now, 0]
-        window[1] += 1
-        return window[1]
 
 
 class SMTPAuth:
@@ -195,16 +170,13 @@ class SMTPAuth:
         return self._authStart(words[0].upper(), words[1] if len(words) == 2 else None)
 
     async def _authStart(self, mechanism, initial):
-        limit, session = self.factory.saslSettings.authRateLimit, self.session
-        if limit and not await self.factory.eventLimitExceptions.matches(session.clientAddress):
-            rate = self.factory.countAuth(session.clientAddress)
-            if isinstance(rate, Deferred):  # counted by the master (mta.workers)
-                rate = await rate
-            if rate > limit:  # Postfix's anvil check (smtpd_sasl_auth_cmd_wrapper)
-                self.factory.maillog.emit(f"warning: AUTH command rate limit exceeded: {rate} from {session.client} "
-                                          f"for service {self.factory.listenerName}", client=session.client)
-                return self._fault("policy", Reply(450, "4.7.1", f"Error: too many AUTH commands from "
-                                                                 f"{session.clientAddress}"))
+        session = self.session
+        rate = await self._rateExceeded("auth", self.factory.saslSettings.authRateLimit)
+        if rate is not None:  # Postfix's anvil check (smtpd_sasl_auth_cmd_wrapper)
+            self.factory.maillog.emit(f"warning: AUTH command rate limit exceeded: {rate} from {session.client} "
+                                      f"for service {self.factory.listenerName}", client=session.client)
+            return self._fault("policy", Reply(450, "4.7.1", f"Error: too many AUTH commands from "
+                                                             f"{session.clientAddress}"))
         names = await self._mechanisms()
         if names is None:
             return self._authFailed(mechanism, "Connection lost to authentication server", temporary=True)
@@ -274,8 +246,7 @@ class SMTPAuth:
         response = self._checkResponse(text, "continued")
         if isinstance(response, Reply):
             return response
-        from twisted.internet.defer import Deferred
-
+        
         return Deferred.fromCoroutine(self._authStep(response))
 
     def _authTooLong(self):

@@ -30,6 +30,10 @@ CONFIGURATION
     See mta.smtpd.protocol and mta.smtpd.factory.  requiretls_enable: the
     EHLO keyword REQUIRETLS (RFC 8689) inside TLS only, and MAIL FROM's
     REQUIRETLS taken there (kept in the envelope, mta.model.Envelope).
+    smtpd_client_message_rate_limit (MAIL) and
+    smtpd_client_recipient_rate_limit (RCPT): counted by the listener's
+    anvil (mta.smtpd.anvil) after the command's own syntax check, as
+    Postfix does; past the limit 450 4.7.1 and a warning line.
 
 DEVIATIONS
     A HELO/EHLO name over 255 octets is refused at once with the reply of
@@ -220,13 +224,29 @@ class SMTPCommands:
         return offered
 
     def smtp_MAIL(self, arg):
-        factory, settings, transaction = self.factory, self.settings, self.transaction
+        settings, transaction = self.settings, self.transaction
         if transaction.sender is not None:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: nested MAIL command"))
         if settings.heloRequired and self.session.helo is None:
             return self._fault("policy", Reply(503, "5.5.1", "Error: send HELO/EHLO first"))
         if arg[:5].upper() != "FROM:":
             return self._fault("protocol", Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
+        if settings.messageRateLimit:  # smtpd_client_message_rate_limit (mta.smtpd.anvil)
+            return self._mailRateChecked(arg)
+        return self._mailFrom(arg)
+
+    async def _mailRateChecked(self, arg):
+        rate = await self._rateExceeded("mail", self.settings.messageRateLimit)
+        if rate is None:
+            return self._mailFrom(arg)
+        session = self.session
+        self.factory.maillog.emit(f"warning: Message delivery request rate limit exceeded: {rate} from "
+                                  f"{session.client} for service {self.factory.listenerName}", client=session.client)
+        return self._fault("policy", Reply(450, "4.7.1", f"Error: too much mail from {session.clientAddress}"))
+
+    def _mailFrom(self, arg):
+        """MAIL past the checks of the command itself: the path and its parameters."""
+        factory, settings, transaction = self.factory, self.settings, self.transaction
         try:
             path, params = splitPathAndParameters(arg[5:], strict=settings.strictEnvelopes)
             mailParams = parseMailParameters(params, sizeLimit=settings.sizeLimit, offered=self._offered())
@@ -256,6 +276,14 @@ class SMTPCommands:
         if arg[:3].upper() != "TO:":
             return self._fault("protocol", Reply(501, "5.5.4", "Syntax: RCPT TO:<address>"))
         transaction.rcptTried = True
+        if settings.recipientRateLimit:  # smtpd_client_recipient_rate_limit (mta.smtpd.anvil)
+            rate = await self._rateExceeded("rcpt", settings.recipientRateLimit)
+            if rate is not None:
+                session = self.session
+                factory.maillog.emit(f"warning: Recipient address rate limit exceeded: {rate} from {session.client} "
+                                     f"for service {factory.listenerName}", client=session.client)
+                return self._fault("policy", Reply(450, "4.7.1", f"Error: too many recipients from "
+                                                                 f"{session.clientAddress}"))
         utf8 = transaction.smtputf8
         try:
             path, params = splitPathAndParameters(arg[3:], strict=settings.strictEnvelopes, smtputf8=utf8)

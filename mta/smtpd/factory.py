@@ -8,9 +8,10 @@ share: the clock, the queue store, the Tables registry (for the network
 lists and maps that name tables) and the one address resolver.  It makes
 the listener's recipient policy (mta.smtpd.policy), cleanup (mta.cleanup)
 and transcript notices (mta.transcript), keeps the per-client connection
-counts (smtpd_client_connection_count_limit; in a worker process the
-master counts for every worker: ``anvil``, mta.workers) and a cached
-free-space reading for queue_minfree.
+counts and event rates (the smtpd_client_*_limit parameters,
+mta.smtpd.anvil; in a worker process the master counts for every worker:
+``remoteAnvil``, mta.workers) and a cached free-space reading for
+queue_minfree.
 
 Construction:
 
@@ -133,15 +134,14 @@ class SMTPServerFactory(Factory):
         self.saslSettings = settings.sasl
         self.saslExceptions = NetworkMatcher(settings.sasl.exceptionsNetworks, tables)
         self.sasl = None if listenerName == "sendmail" else makeBackend(settings.sasl, tables, clock, self.maillog)
-        from mta.smtpd.auth import AuthRates
+        from mta.smtpd.anvil import Anvil
 
-        self.authRates = AuthRates(clock, settings.sasl.rateTimeUnit)  # smtpd_client_auth_rate_limit (anvil)
-        # The counts of smtpd_client_connection_count_limit and smtpd_client_auth_rate_limit are
-        # kept here, or, in a worker process, by the master for all of them (mta.workers: a
-        # RemoteAnvil, whose counts are Deferreds).
-        self.anvil = None
+        # Per-client session counts and event rates (mta.smtpd.anvil), shared by the listener's
+        # factories across reloads; in a worker process the master counts for all of them
+        # (mta.workers: remoteAnvil, a RemoteAnvil whose answers are Deferreds).
+        self.anvil = Anvil(clock, smtpd.rateTimeUnit)
+        self.remoteAnvil = None
         self.sessions = set()
-        self._connections = {}
         self._freeSpace = None
         self._freeSpaceAt = None
 
@@ -171,29 +171,31 @@ class SMTPServerFactory(Factory):
     def connectionClosed(self, protocol):
         self.sessions.discard(protocol)
 
-    def countConnection(self, address):
-        """Count one more session from C{address}; return the new count (a Deferred of it with an anvil)."""
-        if self.anvil is not None:
-            return self.anvil.countConnection(self.listenerName, address)
-        count = self._connections.get(address, 0) + 1
-        self._connections[address] = count
-        return count
+    # -- anvil (mta.smtpd.anvil): each answer is a value, or a Deferred of it in a worker process --
 
-    def countAuth(self, address):
-        """One more AUTH command from C{address}: the count in its window (a Deferred of it with an anvil)."""
-        if self.anvil is not None:
-            return self.anvil.countAuth(self.listenerName, address)
-        return self.authRates.count(address)
+    def clientConnect(self, address):
+        """One more session from C{address}: (sessions open, connections in the window)."""
+        if self.remoteAnvil is not None:
+            return self.remoteAnvil.connect(self.listenerName, address)
+        return self.anvil.connect(address)
 
-    def releaseConnection(self, address):
-        if self.anvil is not None:
-            self.anvil.releaseConnection(self.listenerName, address)
-            return
-        count = self._connections.get(address, 0) - 1
-        if count > 0:
-            self._connections[address] = count
+    def clientDisconnect(self, address):
+        if self.remoteAnvil is not None:
+            self.remoteAnvil.disconnect(self.listenerName, address)
         else:
-            self._connections.pop(address, None)
+            self.anvil.disconnect(address)
+
+    def clientEvent(self, address, kind):
+        """One more C{kind} event ("mail", "rcpt", "newtls", "auth"): its count in the client's window."""
+        if self.remoteAnvil is not None:
+            return self.remoteAnvil.event(self.listenerName, address, kind, True)
+        return self.anvil.event(address, kind)
+
+    def clientStatus(self, address, kind):
+        """The count of C{kind} events in the client's window, without counting one."""
+        if self.remoteAnvil is not None:
+            return self.remoteAnvil.event(self.listenerName, address, kind, False)
+        return self.anvil.status(address, kind)
 
     def enoughSpace(self, declaredSize):
         """queue_minfree: is there room for a message of C{declaredSize} bytes?"""

@@ -218,35 +218,63 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
             return
         # Fast path: nothing to look up in a table, nothing to wait for.
         factory = self.factory
-        if settings.connectionLimit and not factory.eventLimitExceptions.staticMatch(session.clientAddress):
+        if self._connectLimited() and not factory.eventLimitExceptions.staticMatch(session.clientAddress):
             if not self._checkConnectionCount():
                 return
         if session.bareNewline == "reject" and factory.bareNewlineExclusions.staticMatch(session.clientAddress):
             session.bareNewline = "normalize"
         self._greet()
 
+    def _connectLimited(self):
+        """Is this session counted at connect (smtpd_client_connection_count_limit or _rate_limit)?"""
+        settings = self.settings
+        return bool(settings.connectionLimit or settings.connectionRateLimit) and bool(self.session.clientAddress)
+
     def _connectChecksAreStatic(self):
         factory = self.factory
-        if factory.anvil is not None and self.settings.connectionLimit:  # the count is the master's answer
+        if factory.remoteAnvil is not None and self._connectLimited():  # the count is the master's answer
             return False
         return factory.eventLimitExceptions.static and factory.bareNewlineExclusions.static
 
-    def _checkConnectionCount(self, count=None):
-        """Count this session (or take C{count}, counted already); refuse it (False) past the per-client limit."""
-        factory, session = self.factory, self.session
-        if count is None:
-            count = factory.countConnection(session.clientAddress)
+    def _checkConnectionCount(self, counts=None):
+        """
+        Count this session (or take C{counts}, counted already: sessions open,
+        connections in the window); refuse it (False) past the per-client
+        concurrency or rate limit (Postfix's order and words).
+        """
+        factory, session, settings = self.factory, self.session, self.settings
+        if counts is None:
+            counts = factory.clientConnect(session.clientAddress)
         self._counted = True
-        if count > self.settings.connectionLimit:
-            factory.maillog.emit(
-                f"warning: Connection concurrency limit exceeded: {count} from {session.client}", client=session.client
-            )
-            self._fault("policy")
-            text = f"{self.hostname} Error: too many connections from {session.clientAddress}"
-            self._reply(Reply(421, "4.7.0", text))
-            self._close()
-            return False
-        return True
+        count, rate = counts
+        service = factory.listenerName
+        if settings.connectionLimit and count > settings.connectionLimit:
+            warning = f"warning: Connection concurrency limit exceeded: {count} from {session.client} for service {service}"
+        elif settings.connectionRateLimit and rate > settings.connectionRateLimit:
+            warning = f"warning: Connection rate limit exceeded: {rate} from {session.client} for service {service}"
+        else:
+            return True
+        factory.maillog.emit(warning, client=session.client)
+        self._fault("policy")
+        self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many connections from {session.clientAddress}"))
+        self._close()
+        return False
+
+    async def _rateExceeded(self, kind, limit, count=True):
+        """
+        smtpd_client_*_rate_limit: count one C{kind} event ("mail", "rcpt",
+        "newtls", "auth"; with C{count} false only look) and return the
+        client's count in its window when it is past C{limit}, else None.
+        A limit of 0, a client in smtpd_client_event_limit_exceptions and a
+        session without a client address (mta-sendmail -bs) count nothing.
+        """
+        factory, address = self.factory, self.session.clientAddress
+        if not limit or not address or await factory.eventLimitExceptions.matches(address):
+            return None
+        rate = factory.clientEvent(address, kind) if count else factory.clientStatus(address, kind)
+        if isinstance(rate, Deferred):  # counted by the master (mta.workers)
+            rate = await rate
+        return rate if rate > limit else None
 
     def _greet(self):
         if self._greetAfterHandshake():  # wrapper mode: the banner after the TLS handshake
@@ -257,14 +285,14 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
 
     async def _connect(self):
         factory, settings, session = self.factory, self.settings, self.session
-        if settings.connectionLimit and not await factory.eventLimitExceptions.matches(session.clientAddress):
-            count = factory.countConnection(session.clientAddress)
-            if isinstance(count, Deferred):  # counted by the master (mta.workers)
+        if self._connectLimited() and not await factory.eventLimitExceptions.matches(session.clientAddress):
+            counts = factory.clientConnect(session.clientAddress)
+            if isinstance(counts, Deferred):  # counted by the master (mta.workers)
                 self._counted = True  # released at the end of the session, whatever the answer
-                count = await count
+                counts = await counts
                 if self._closing:
                     return
-            if not self._checkConnectionCount(count):
+            if not self._checkConnectionCount(counts):
                 return
         if session.bareNewline == "reject" and await factory.bareNewlineExclusions.matches(session.clientAddress):
             session.bareNewline = "normalize"
@@ -318,7 +346,7 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         self._abortMessage()
         self._authEnd()
         if self._counted:
-            self.factory.releaseConnection(self.session.clientAddress)
+            self.factory.clientDisconnect(self.session.clientAddress)
         self._chatReset(0)  # the postmaster's transcript, if the session met a notify class
         self.factory.maillog.emit(
             f"disconnect from {self.session.client} {self.session.commandSummary()}", client=self.session.client

@@ -13,7 +13,11 @@ beside the other commands.  It owns everything TLS in a session:
                                                   encrypt without a certificate
                 503 5.5.1 Error: MAIL transaction in progress
                 554 5.5.1 Error: TLS already active
-                220 2.0.0 Ready to start TLS, then the handshake
+                454 4.7.0 Error: too many new TLS sessions from name[addr]
+                                  past smtpd_client_new_tls_session_rate_limit
+                220 2.0.0 Ready to start TLS, then the handshake; a new
+                (not resumed) session is counted (mta.smtpd.anvil), and
+                past the limit gets 421 4.7.0 and a close
     encrypt     MAIL, VRFY, ETRN (and AUTH) before TLS:
                 530 5.7.0 Must issue a STARTTLS command first
     wrapper     smtpd_tls_wrappermode: the handshake starts at connect;
@@ -52,9 +56,13 @@ DEVIATIONS
     ETRN.  A STARTTLS pipelined behind other commands is accepted (the
     commands before it are answered first); Postfix does the same.  A
     transport without TLS (standard I/O, mta-sendmail -bs) never offers
-    STARTTLS and ignores wrapper mode.
+    STARTTLS and ignores wrapper mode.  In wrapper mode a client past
+    smtpd_client_new_tls_session_rate_limit is refused after the handshake
+    (421), where Postfix closes the connection before it ("Refusing TLS
+    service request").
 """
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITLSTransport
 from twisted.logger import Logger
 
@@ -142,6 +150,22 @@ class StartTLSCommands:
             if self.factory.tlsSettings.level == "encrypt" and self.factory.tls is None:
                 return self._fault("software", Reply(454, "4.7.0", "TLS not available due to local problem"))
             return self._fault("protocol", Reply(502, "5.5.1", "Error: command not implemented"))
+        if self.settings.newTlsRateLimit:  # smtpd_client_new_tls_session_rate_limit (mta.smtpd.anvil)
+            return self._startTlsRateChecked()
+        return self._startTls()
+
+    async def _startTlsRateChecked(self):
+        rate = await self._rateExceeded("newtls", self.settings.newTlsRateLimit, count=False)
+        if rate is None:
+            return self._startTls()
+        client = self.session.client
+        self.factory.maillog.emit(f"warning: Refusing STARTTLS request from {client} for service "
+                                  f"{self.factory.listenerName}", client=client)
+        return self._fault("policy", Reply(454, "4.7.0", f"Error: too many new TLS sessions from {client}"))
+
+    def _startTls(self):
+        if self._closing:
+            return None
         self._count("starttls", True)
         self._reply(Reply(220, "2.0.0", "Ready to start TLS"))
         self._flush()  # the 220 goes out in plaintext, before the TLS layer
@@ -202,6 +226,28 @@ class StartTLSCommands:
             if certificate is not None:
                 factory.maillog.emit(certificate, client=session.client)
             factory.maillog.emit(info.logLine(session.client), client=session.client)
+        if self.settings.newTlsRateLimit and not info.reused:
+            d = Deferred.fromCoroutine(self._countNewTls())
+            d.addErrback(self._internalError)
+            return
+        self._afterHandshake()
+
+    async def _countNewTls(self):
+        """A new TLS session (not a resumption): counted; past the limit 421 and a close (Postfix's)."""
+        rate = await self._rateExceeded("newtls", self.settings.newTlsRateLimit)
+        if self._closing:
+            return
+        if rate is None:
+            self._afterHandshake()
+            return
+        client = self.session.client
+        self.factory.maillog.emit(f"warning: New TLS session rate limit exceeded: {rate} from {client} for service "
+                                  f"{self.factory.listenerName}", client=client)
+        self._fault("policy")
+        self._reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many new TLS sessions from {client}"))
+        self._close()
+
+    def _afterHandshake(self):
         if self._handshakeWhere == "STARTTLS":
             self._waiting = False
             self._process()

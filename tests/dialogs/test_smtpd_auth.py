@@ -501,7 +501,9 @@ def test_auth_rate_limit(passwd):
     neighbour = Dialog(f, peer="198.51.100.8")
     neighbour.send("EHLO c\r\n")
     login(neighbour)
-    clock.advance(60)  # a new window
+    clock.advance(60)
+    assert d.send(f"AUTH PLAIN {plain('alice@example.org')}\r\n").startswith("450 ")  # anvil: a window lasts 60s
+    clock.advance(1)  # past it: a new window
     login(d)
 
 

@@ -215,22 +215,6 @@ def test_check_opens_the_builtin_table(tmp_path):
         openTables(config, Tables(Clock()))
 
 
-def test_auth_rates_window_and_pruning():
-    from mta.smtpd.auth import AuthRates
-
-    clock = Clock()
-    rates = AuthRates(clock, 60)
-    assert [rates.count("a"), rates.count("a"), rates.count("b")] == [1, 2, 1]
-    clock.advance(59)
-    assert rates.count("a") == 3
-    clock.advance(1)
-    assert rates.count("a") == 1
-    rates.PRUNE = 1
-    clock.advance(60)
-    rates.count("c")
-    assert set(rates._windows) == {"c"}
-
-
 def test_a_type_and_path_mismatch_names_the_line(tmp_path):
     path = tmp_path / "mta.ini"
     path.write_text("[main]\nsmtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = builtin\n")

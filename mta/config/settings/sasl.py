@@ -8,7 +8,7 @@ The parameters of this area (mta.config.schema, group "sasl"):
     smtpd_sasl_exceptions_networks, smtpd_sasl_response_limit,
     smtpd_sasl_authenticated_header, smtpd_sasl_service,
     broken_sasl_auth_clients, smtpd_client_auth_rate_limit,
-    anvil_rate_time_unit, queue_directory (a relative Dovecot socket path
+    queue_directory (a relative Dovecot socket path
     is taken from it, as Postfix takes private/auth)
 
 smtpd_sasl_path is compiled into ``socket`` (dovecot: ("unix", PATH) or
@@ -69,7 +69,6 @@ class SaslSettings(Settings):
     brokenClients: bool = setting("broken_sasl_auth_clients")  # also "AUTH=MECH ..." in EHLO
     queueDirectory: str = setting("queue_directory")  # a relative socket path is under it
     authRateLimit: int = setting("smtpd_client_auth_rate_limit", _nonNegative)  # AUTHs per client per unit; 0: any
-    rateTimeUnit: float = setting("anvil_rate_time_unit")  # seconds of anvil's counting window
 
     socket: tuple | None = attrs.field(init=False)  # dovecot: ("unix", path) or ("inet", host, port)
     table: TableSpec | None = attrs.field(init=False)  # builtin: the password table

@@ -9,6 +9,9 @@ settings class that needs it (a parameter may be read by several areas):
     smtpd_discard_ehlo_keywords, smtpd_reject_footer,
     smtpd_recipient_overshoot_limit, queue_minfree,
     smtpd_client_connection_count_limit,
+    smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
+    smtpd_client_recipient_rate_limit,
+    smtpd_client_new_tls_session_rate_limit, anvil_rate_time_unit,
     smtpd_client_event_limit_exceptions, smtpd_error_sleep_time,
     smtpd_soft_error_limit, smtpd_hard_error_limit,
     smtpd_junk_command_limit, smtpd_forbid_unauth_pipelining,
@@ -124,6 +127,11 @@ class SmtpdSettings(Settings):
     overshootLimit: int = setting("smtpd_recipient_overshoot_limit")  # 452s past the limit that are no error
     queueMinfree: int = setting("queue_minfree")  # free bytes the queue must keep (MAIL: 452 4.3.1)
     connectionLimit: int = setting("smtpd_client_connection_count_limit")  # sessions per client; 0: any
+    connectionRateLimit: int = setting("smtpd_client_connection_rate_limit")  # per rateTimeUnit; 0: any
+    messageRateLimit: int = setting("smtpd_client_message_rate_limit")  # MAIL commands per unit; 0: any
+    recipientRateLimit: int = setting("smtpd_client_recipient_rate_limit")  # RCPT commands per unit; 0: any
+    newTlsRateLimit: int = setting("smtpd_client_new_tls_session_rate_limit")  # new TLS sessions per unit
+    rateTimeUnit: float = setting("anvil_rate_time_unit")  # seconds of anvil's window (mta.smtpd.anvil)
     eventLimitExceptions: tuple = setting("smtpd_client_event_limit_exceptions")  # networks/tables exempt
 
     # -- the error tarpit (smtpd's error_count and junk_cmds)
