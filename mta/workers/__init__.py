@@ -11,8 +11,8 @@ worker processes, each with its own reactor:
       queue manager (the only writer of        connection to one accepting
       queue state), pickup, deliveries,        process) and runs the SMTP
       bounces, the control channel             sessions: cleanup and commit
-      the anvil: per-client connection         into incoming/ through its own
-      and AUTH counts for all processes        committer (250 after the sync)
+      the anvil: per-client counts and         into incoming/ through its own
+      rates for all processes                  committer (250 after the sync)
       watches the workers: restarts a          announces each commit to the
       dead one, replaces all on reload         master (AMP), asks it for counts
 

@@ -8,13 +8,15 @@ starts the worker (the worker's descriptor 3).  Worker to master:
     Committed(ids)                   new mail durable in incoming/: the queue
                                      manager takes it up (no answer; one box
                                      per reactor turn of the worker)
-    CountConnection(listener, address) -> count
-    ReleaseConnection(listener, address)   (no answer)
-    CountAuth(listener, address) -> count
-                                     the anvil counts of
-                                     smtpd_client_connection_count_limit and
-                                     smtpd_client_auth_rate_limit, kept by
-                                     the master for every process
+    ClientConnect(listener, address) -> count, rate
+    ClientDisconnect(listener, address)    (no answer)
+    ClientEvent(listener, address, kind, count) -> rate
+                                     the anvil (mta.smtpd.anvil): sessions
+                                     open and connections, MAIL, RCPT, new
+                                     TLS sessions and AUTH per client in its
+                                     window, kept by the master for every
+                                     process (the smtpd_client_*_limit
+                                     parameters)
     FlushSite(domain) -> count       ETRN: the queue manager's flushSite
 
 Master to worker:
@@ -44,19 +46,22 @@ class Committed(amp.Command):
     requiresAnswer = False
 
 
-class CountConnection(amp.Command):
+class ClientConnect(amp.Command):
     arguments = [(b"listener", amp.Unicode()), (b"address", amp.Unicode())]
-    response = [(b"count", amp.Integer())]
+    response = [(b"count", amp.Integer()), (b"rate", amp.Integer())]
 
 
-class ReleaseConnection(amp.Command):
+class ClientDisconnect(amp.Command):
     arguments = [(b"listener", amp.Unicode()), (b"address", amp.Unicode())]
     requiresAnswer = False
 
 
-class CountAuth(amp.Command):
-    arguments = [(b"listener", amp.Unicode()), (b"address", amp.Unicode())]
-    response = [(b"count", amp.Integer())]
+class ClientEvent(amp.Command):
+    """C{kind}: one of mta.smtpd.anvil.EVENTS; C{count} false: only look (anvil's status)."""
+
+    arguments = [(b"listener", amp.Unicode()), (b"address", amp.Unicode()), (b"kind", amp.Unicode()),
+                 (b"count", amp.Boolean())]
+    response = [(b"rate", amp.Integer())]
 
 
 class FlushSite(amp.Command):

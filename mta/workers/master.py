@@ -41,8 +41,9 @@ still running after RETIRE_LIMIT seconds is sent SIGTERM.
 SECURITY
     The workers run as the master's user (after twistd's --uid).  What a
     worker says over AMP is checked: queue ids by the queue manager,
-    listener names against the configuration in force; a count for an
-    unknown listener is 0.  Worker directories are emptied without
+    listener names against the configuration in force, event kinds
+    against mta.smtpd.anvil.EVENTS; a count for an unknown listener or
+    kind is 0.  Worker directories are emptied without
     following links (unlink of each entry; the directory itself must be a
     directory, lstat).
 
@@ -60,6 +61,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from mta.smtpd.anvil import EVENTS
 from mta.workers import commands
 
 log = Logger()
@@ -146,17 +148,18 @@ class MasterSide(amp.AMP):
             manager.enqueue(queueId, inline=True)
         return {}
 
-    @commands.CountConnection.responder
-    def countConnection(self, listener, address):
+    @commands.ClientConnect.responder
+    def clientConnect(self, listener, address):
         factory = self.pool.factoryFor(listener)
         if factory is None:
-            return {"count": 0}
+            return {"count": 0, "rate": 0}
         key = (listener, address)
         self.worker.counts[key] = self.worker.counts.get(key, 0) + 1
-        return {"count": factory.countConnection(address)}
+        count, rate = factory.clientConnect(address)
+        return {"count": count, "rate": rate}
 
-    @commands.ReleaseConnection.responder
-    def releaseConnection(self, listener, address):
+    @commands.ClientDisconnect.responder
+    def clientDisconnect(self, listener, address):
         key = (listener, address)
         count = self.worker.counts.get(key, 0)
         if count <= 0:
@@ -167,13 +170,15 @@ class MasterSide(amp.AMP):
             self.worker.counts[key] = count - 1
         factory = self.pool.factoryFor(listener)
         if factory is not None:
-            factory.releaseConnection(address)
+            factory.clientDisconnect(address)
         return {}
 
-    @commands.CountAuth.responder
-    def countAuth(self, listener, address):
+    @commands.ClientEvent.responder
+    def clientEvent(self, listener, address, kind, count):
         factory = self.pool.factoryFor(listener)
-        return {"count": 0 if factory is None else factory.countAuth(address)}
+        if factory is None or kind not in EVENTS:
+            return {"rate": 0}
+        return {"rate": factory.clientEvent(address, kind) if count else factory.clientStatus(address, kind)}
 
     @commands.FlushSite.responder
     def flushSite(self, domain):
@@ -377,7 +382,7 @@ class WorkerPool:
         for (listener, address), count in worker.counts.items():
             factory = self.factoryFor(listener)
             for _ in range(count if factory is not None else 0):
-                factory.releaseConnection(address)
+                factory.clientDisconnect(address)
         worker.counts.clear()
         removed = removeWorkerDirectory(workerDirectory(self.daemon.store, worker.pid))
         if removed:

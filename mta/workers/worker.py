@@ -15,10 +15,11 @@ the AMP channel on descriptor 3, says Ready, and from then on:
 - every commit into incoming/ is announced with Committed (the ids of one
   reactor turn in one box), so the master's queue manager takes it up at
   once; mail on hold is not announced (as in one process);
-- the per-client counts of smtpd_client_connection_count_limit and
-  smtpd_client_auth_rate_limit are the master's (RemoteAnvil: the
-  session waits for the count before its banner, only when a limit
-  applies to the client); ETRN asks the master's queue manager;
+- the per-client counts and rates of the smtpd_client_*_limit parameters
+  are the master's (RemoteAnvil, mta.smtpd.anvil: the session waits for
+  the count before its banner, its MAIL, RCPT, STARTTLS or AUTH reply,
+  only when a limit applies to the client); ETRN asks the master's
+  queue manager;
 - mail-log lines go to maillog_file, which every process of the daemon
   appends to (O_APPEND, whole lines per write; the lines carry the
   worker's own pid, as Postfix's smtpd processes do), else to twistd's log
@@ -61,26 +62,29 @@ RETIRE_POLL = 0.5  # seconds between looks at the sessions still open while reti
 
 
 class RemoteAnvil:
-    """The master's connection and AUTH counts (SMTPServerFactory.anvil), over the worker's channel."""
+    """The master's anvil (SMTPServerFactory.remoteAnvil, mta.smtpd.anvil), over the worker's channel."""
 
     def __init__(self, channel):
         self.channel = channel
 
-    def countConnection(self, listener, address):
-        return self.channel.callRemote(commands.CountConnection, listener=listener, address=address).addCallbacks(
-            lambda answer: answer["count"], self._unanswered)
+    def connect(self, listener, address):
+        """(sessions open, connections in the window): a Deferred."""
+        return self.channel.callRemote(commands.ClientConnect, listener=listener, address=address).addCallbacks(
+            lambda answer: (answer["count"], answer["rate"]), self._unanswered, errbackArgs=((0, 0),))
 
-    def releaseConnection(self, listener, address):
-        self.channel.callRemote(commands.ReleaseConnection, listener=listener, address=address)
+    def disconnect(self, listener, address):
+        self.channel.callRemote(commands.ClientDisconnect, listener=listener, address=address)
 
-    def countAuth(self, listener, address):
-        return self.channel.callRemote(commands.CountAuth, listener=listener, address=address).addCallbacks(
-            lambda answer: answer["count"], self._unanswered)
+    def event(self, listener, address, kind, count):
+        """The client's count of C{kind} events (one more counted with C{count}): a Deferred."""
+        return self.channel.callRemote(commands.ClientEvent, listener=listener, address=address, kind=kind,
+                                       count=count).addCallbacks(lambda answer: answer["rate"], self._unanswered,
+                                                                 errbackArgs=(0,))
 
-    def _unanswered(self, failure):
+    def _unanswered(self, failure, nothing):
         # The master is gone (this worker stops now): count nothing rather than refuse.
         log.warn("the master did not answer a count: {error}", error=failure.getErrorMessage())
-        return 0
+        return nothing
 
 
 class WorkerSide(amp.AMP):
@@ -149,7 +153,7 @@ class Worker:
         from mta.listeners import ListenerFactory
 
         for factory in self.generation.factories.values():
-            factory.anvil = anvil
+            factory.remoteAnvil = anvil
         for name, fd, family in self.listeners:
             factory = self.generation.factories.get(name)
             if factory is None:

@@ -27,24 +27,27 @@ OUTSIDE = "192.0.2.10"
 
 
 class FakeFactory:
-    """The per-client counts of one listener's SMTPServerFactory."""
+    """The per-client counts of one listener's SMTPServerFactory (its anvil's, in the master)."""
 
     def __init__(self):
         self.connections = {}
-        self.auths = {}
+        self.events = {}
 
-    def countConnection(self, address):
+    def clientConnect(self, address):
         self.connections[address] = self.connections.get(address, 0) + 1
-        return self.connections[address]
+        return self.connections[address], 10 + self.connections[address]
 
-    def releaseConnection(self, address):
+    def clientDisconnect(self, address):
         self.connections[address] -= 1
         if not self.connections[address]:
             del self.connections[address]
 
-    def countAuth(self, address):
-        self.auths[address] = self.auths.get(address, 0) + 1
-        return self.auths[address]
+    def clientEvent(self, address, kind):
+        self.events[address, kind] = self.events.get((address, kind), 0) + 1
+        return self.events[address, kind]
+
+    def clientStatus(self, address, kind):
+        return self.events.get((address, kind), 0)
 
 
 class FakeManager:
@@ -271,35 +274,38 @@ def channel(tmp_path):
 
 def test_remote_anvil_counts_in_the_master_for_every_worker(tmp_path):
     c = channel(tmp_path)
-    first = c.anvil.countConnection("smtp", OUTSIDE)
-    second = c.anvil.countConnection("smtp", OUTSIDE)
+    first = c.anvil.connect("smtp", OUTSIDE)
+    second = c.anvil.connect("smtp", OUTSIDE)
     c.pump.flush()
-    assert (resultOf(first), resultOf(second)) == (1, 2)
+    assert (resultOf(first), resultOf(second)) == ((1, 11), (2, 12))
     assert c.daemon.factory.connections == {OUTSIDE: 2}
     assert c.process.counts == {("smtp", OUTSIDE): 2}
-    c.anvil.releaseConnection("smtp", OUTSIDE)
+    c.anvil.disconnect("smtp", OUTSIDE)
     c.pump.flush()
     assert c.daemon.factory.connections == {OUTSIDE: 1} and c.process.counts == {("smtp", OUTSIDE): 1}
-    auth = c.anvil.countAuth("smtp", OUTSIDE)
+    counted = [c.anvil.event("smtp", OUTSIDE, "rcpt", True) for _ in range(2)]
+    looked = c.anvil.event("smtp", OUTSIDE, "rcpt", False)
     c.pump.flush()
-    assert resultOf(auth) == 1
+    assert [resultOf(d) for d in counted] == [1, 2] and resultOf(looked) == 2
 
 
 def test_remote_anvil_unknown_listener_and_unmatched_release(tmp_path):
     c = channel(tmp_path)
-    count = c.anvil.countConnection("nosuch", OUTSIDE)
-    auth = c.anvil.countAuth("nosuch", OUTSIDE)
-    c.anvil.releaseConnection("smtp", "198.51.100.1")  # never counted by this worker: ignored
+    count = c.anvil.connect("nosuch", OUTSIDE)
+    auth = c.anvil.event("nosuch", OUTSIDE, "auth", True)
+    strange = c.anvil.event("smtp", OUTSIDE, "__class__", True)  # not an anvil event: 0, nothing counted
+    c.anvil.disconnect("smtp", "198.51.100.1")  # never counted by this worker: ignored
     c.pump.flush()
-    assert (resultOf(count), resultOf(auth)) == (0, 0)
-    assert c.daemon.factory.connections == {} and c.process.counts == {}
+    assert (resultOf(count), resultOf(auth), resultOf(strange)) == ((0, 0), 0, 0)
+    assert c.daemon.factory.connections == {} and c.daemon.factory.events == {} and c.process.counts == {}
 
 
 def test_remote_anvil_counts_nothing_when_the_master_is_gone(tmp_path):
     c = channel(tmp_path)
-    count = c.anvil.countConnection("smtp", OUTSIDE)
+    count = c.anvil.connect("smtp", OUTSIDE)
+    rate = c.anvil.event("smtp", OUTSIDE, "mail", True)
     c.workerSide.connectionLost(Failure(error.ConnectionDone()))  # before the master answered
-    assert resultOf(count) == 0
+    assert (resultOf(count), resultOf(rate)) == ((0, 0), 0)
     assert c.worker.gone == 1
 
 
@@ -437,28 +443,34 @@ def test_worker_standard_error_is_logged_line_by_line(tmp_path):
 
 
 class DeferredAnvil:
+    """A RemoteAnvil whose answers the test gives."""
+
     def __init__(self):
         self.pending = []
         self.released = []
-        self.auths = []
+        self.events = []  # (kind, count, Deferred)
 
-    def countConnection(self, listener, address):
+    def connect(self, listener, address):
         d = Deferred()
         self.pending.append(d)
         return d
 
-    def releaseConnection(self, listener, address):
+    def disconnect(self, listener, address):
         self.released.append((listener, address))
 
-    def countAuth(self, listener, address):
+    def event(self, listener, address, kind, count):
         d = Deferred()
-        self.auths.append(d)
+        self.events.append((kind, count, d))
         return d
+
+    @property
+    def auths(self):
+        return [d for kind, _, d in self.events if kind == "auth"]
 
 
 def anvilFactory(main="smtpd_client_connection_count_limit = 2\n"):
     factory = serverFactory(main, store=FakeQueueStore())
-    factory.anvil = DeferredAnvil()
+    factory.remoteAnvil = DeferredAnvil()
     return factory
 
 
@@ -467,31 +479,31 @@ def test_the_banner_waits_for_the_masters_count():
     d = Dialog(factory, peer=OUTSIDE)
     assert d.banner == ""
     assert d.send("EHLO c\r\n") == ""  # early commands wait for the banner
-    factory.anvil.pending[0].callback(2)
+    factory.remoteAnvil.pending[0].callback((2, 2))
     out = d.read()
     assert out.startswith("220 ") and "250" in out
     d.protocol.connectionLost(None)
-    assert factory.anvil.released == [("smtp", OUTSIDE)]
+    assert factory.remoteAnvil.released == [("smtp", OUTSIDE)]
 
 
 def test_over_the_masters_count_is_421():
     factory = anvilFactory()
     d = Dialog(factory, peer=OUTSIDE)
     with MailLog() as log:
-        factory.anvil.pending[0].callback(3)
+        factory.remoteAnvil.pending[0].callback((3, 3))
     assert d.read() == f"421 4.7.0 mx.test Error: too many connections from {OUTSIDE}\r\n" and d.closed
-    assert log.matching(f"warning: Connection concurrency limit exceeded: 3 from unknown[{OUTSIDE}]")
+    assert log.matching(f"warning: Connection concurrency limit exceeded: 3 from unknown[{OUTSIDE}] for service smtp")
     d.protocol.connectionLost(None)
-    assert factory.anvil.released == [("smtp", OUTSIDE)]
+    assert factory.remoteAnvil.released == [("smtp", OUTSIDE)]
 
 
 def test_a_client_gone_before_the_count_is_released_once():
     factory = anvilFactory()
     d = Dialog(factory, peer=OUTSIDE)
     d.protocol.connectionLost(None)
-    factory.anvil.pending[0].callback(1)
+    factory.remoteAnvil.pending[0].callback((1, 1))
     assert d.read() == ""
-    assert factory.anvil.released == [("smtp", OUTSIDE)]
+    assert factory.remoteAnvil.released == [("smtp", OUTSIDE)]
 
 
 def test_no_count_is_asked_for_exempt_clients_or_without_a_limit():
@@ -499,8 +511,8 @@ def test_no_count_is_asked_for_exempt_clients_or_without_a_limit():
     assert Dialog(factory, peer="127.0.0.1").banner.startswith("220 ")  # $mynetworks: exempt
     unlimited = anvilFactory("smtpd_client_connection_count_limit = 0\n")
     assert Dialog(unlimited, peer=OUTSIDE).banner.startswith("220 ")  # no limit: the fast path
-    assert unlimited.anvil.pending == []
-    assert factory.anvil.pending == []
+    assert unlimited.remoteAnvil.pending == []
+    assert factory.remoteAnvil.pending == []
 
 
 def test_auth_rate_counted_by_the_master(tmp_path):
@@ -514,9 +526,9 @@ def test_auth_rate_counted_by_the_master(tmp_path):
     plain = base64.b64encode(b"\0alice@example.org\0secret").decode()
     assert d.send(f"AUTH PLAIN {plain}\r\n") == ""  # waits for the master's count
     with MailLog() as log:
-        factory.anvil.auths[0].callback(3)
+        factory.remoteAnvil.auths[0].callback(3)
     assert d.read() == f"450 4.7.1 Error: too many AUTH commands from {OUTSIDE}\r\n"
     assert log.matching(f"warning: AUTH command rate limit exceeded: 3 from unknown[{OUTSIDE}] for service smtp")
     d.send(f"AUTH PLAIN {plain}\r\n")
-    factory.anvil.auths[1].callback(2)
+    factory.remoteAnvil.auths[1].callback(2)
     assert d.read().startswith("235 ")
