@@ -131,12 +131,15 @@ class Figures:
 # -- the servers: bench/run.py's, with room for 10 MB -----------------------------
 
 class GrowthMta(MtaServer):
-    """bench/run.py's mta, with message_size_limit = SIZE_LIMIT."""
+    """bench/run.py's mta, with message_size_limit = SIZE_LIMIT (and --mta-set's parameters)."""
+
+    extra: tuple[str, ...] = ()
 
     def writeConfig(self) -> Path:
         ini = super().writeConfig()
         text = ini.read_text()
-        ini.write_text(text.replace("[main]\n", f"[main]\nmessage_size_limit = {SIZE_LIMIT}\n", 1))
+        lines = "".join(f"{line}\n" for line in (f"message_size_limit = {SIZE_LIMIT}", *self.extra))
+        ini.write_text(text.replace("[main]\n", f"[main]\n{lines}", 1))
         return ini
 
     def alive(self) -> bool:
@@ -303,6 +306,7 @@ def runMode(mode: str, args, rundir: Path) -> list[Figures]:
         if name == "mta":
             server = GrowthMta(rundir / f"mta-{mode}", port, relay, args.start_timeout,
                                args.mta_root.resolve(), workers=args.mta_workers)
+            server.extra = tuple(args.mta_set)
         else:
             (rundir / f"postfix-{mode}").mkdir(mode=0o755)
             server = GrowthPostfix(rundir / f"postfix-{mode}", port, relay, args.start_timeout, args.keep)
@@ -378,6 +382,7 @@ def printTable(results: list[Figures], args, loads: tuple, out=sys.stdout) -> No
           f"{args.sessions} parallel sessions, a connection per message, median of "
           f"{args.rounds} alternating timed runs"
           + (f", mta with worker_processes = {args.mta_workers}" if args.mta_workers else "")
+          + "".join(f", mta with {item}" for item in args.mta_set)
           + f"; load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end", file=out)
     head = (f"{'mode':<7}{'size':>8}{'rcpt':>6}{'msgs':>6}  {'server':<8}{'msg/s':>8}"
             f"{'CPU ms/msg':>12}{'ms/rcpt':>9}  {'CPU mta/postfix':>15}")
@@ -410,6 +415,34 @@ def printTable(results: list[Figures], args, loads: tuple, out=sys.stdout) -> No
             for n in notes:
                 print(" " * 29 + n, file=out)
             first = False
+    growth = slopes(results)
+    if growth:
+        print("CPU growth (the difference of the medians over the difference of size or recipients):", file=out)
+        for line in growth:
+            print(f"  {line}", file=out)
+
+
+def slopes(results: list[Figures]) -> list[str]:
+    """CPU per extra MB (smallest to largest message) and per extra recipient (1 to most), per server and mode."""
+    lines = []
+    for mode in dict.fromkeys(f.mode for f in results):
+        for server in ("mta", "postfix"):
+            mine = {(f.size, f.recipients): f.median("cpu_ms_per_message") for f in results
+                    if f.mode == mode and f.server == server and f.ok}
+            parts = []
+            sizes = sorted(s for s, r in mine if r == 1 and mine[(s, r)] is not None)
+            if len(sizes) > 1:
+                a, b = sizes[0], sizes[-1]
+                perMb = (mine[(b, 1)] - mine[(a, 1)]) / ((b - a) / MB)
+                parts.append(f"{perMb:.2f} ms per extra MB ({sizeText(a)} to {sizeText(b)})")
+            rcpts = sorted(r for s, r in mine if s == 2 * KB and mine[(s, r)] is not None)
+            if len(rcpts) > 1:
+                a, b = rcpts[0], rcpts[-1]
+                perRcpt = (mine[(2 * KB, b)] - mine[(2 * KB, a)]) / (b - a)
+                parts.append(f"{perRcpt:.3f} ms per extra recipient ({a} to {b})")
+            if parts:
+                lines.append(f"{mode:<7}{server:<8} " + ", ".join(parts))
+    return lines
 
 
 def plot(results: list[Figures], path: Path, args, loads: tuple) -> None:
@@ -451,7 +484,8 @@ def plot(results: list[Figures], path: Path, args, loads: tuple) -> None:
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     fig.suptitle(f"mta vs Postfix, median of {args.rounds} alternating runs, "
                  f"{os.cpu_count()} cores, load average {loads[0]:.1f} to {loads[1]:.1f}"
-                 + (f", mta worker_processes = {args.mta_workers}" if args.mta_workers else ""))
+                 + (f", mta worker_processes = {args.mta_workers}" if args.mta_workers else "")
+                 + "".join(f", mta {item}" for item in args.mta_set))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -465,7 +499,11 @@ def parseArgs(argv):
     p.add_argument("--out", type=Path, default=Path("bench/growth.png"),
                    help="the plot, a PNG (default bench/growth.png; '' for none)")
     p.add_argument("--json", type=Path, default=None, help="write every run's figures to this file")
+    p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                   help="run nothing: print the table and draw the plot of a --json FILE of an earlier run")
     p.add_argument("--mta-workers", type=int, default=0, help="mta's worker_processes (default 0)")
+    p.add_argument("--mta-set", action="append", default=[], metavar="NAME=VALUE",
+                   help="one more parameter for mta's [main] (repeatable), e.g. queue_sync_method=fsync")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every cell's message count by this (default 1)")
     p.add_argument("--modes", default="accept,relay", help="accept, relay or both (default accept,relay)")
@@ -485,6 +523,10 @@ def parseArgs(argv):
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or any(m not in ("accept", "relay") for m in args.modes):
         p.error("--modes: accept, relay or accept,relay")
+    for item in args.mta_set:
+        if "=" not in item or "\n" in item:
+            p.error(f"--mta-set: NAME=VALUE, not {item!r}")
+    args.mta_set = [" = ".join(part.strip() for part in item.split("=", 1)) for item in args.mta_set]
     if args.rounds < 1 or args.sessions < 1 or args.scale <= 0:
         p.error("--rounds, --sessions and --scale must be positive")
     args.cells = selectCells(args.cells, p)
@@ -517,7 +559,27 @@ def main(argv=None) -> int:
     return run(parseArgs(argv))
 
 
+def replay(args) -> int:
+    """--from-json: the table and the plot of an earlier run."""
+    try:
+        doc = json.loads(args.from_json.read_text())
+        results = [Figures(**f) for f in doc["results"]]
+        args.rounds, args.sessions = doc["rounds"], doc["sessions"]
+        args.mta_workers, args.mta_set = doc.get("mta_workers", 0), doc.get("mta_set", [])
+        loads = tuple(doc["load"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log(f"--from-json {args.from_json}: cannot read it: {e}")
+        return 1
+    printTable(results, args, loads)
+    if str(args.out) not in ("", "."):
+        plot(results, args.out, args, loads)
+        log(f"plot: {args.out}")
+    return 0 if results and all(f.ok for f in results) else 1
+
+
 def run(args) -> int:
+    if args.from_json is not None:
+        return replay(args)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
@@ -554,7 +616,8 @@ def run(args) -> int:
     printTable(results, args, loads)
     if args.json:
         args.json.write_text(json.dumps({"rounds": args.rounds, "sessions": args.sessions,
-                                         "mta_workers": args.mta_workers, "load": loads,
+                                         "mta_workers": args.mta_workers, "mta_set": args.mta_set,
+                                         "load": loads,
                                          "results": [asdict(f) for f in results]}, indent=1))
     if str(args.out) not in ("", "."):
         plot(results, args.out, args, loads)
