@@ -1,7 +1,9 @@
 """CPU per message as the message and the recipient list grow, mta and Postfix side by side.
 
     sudo python3 bench/growth.py [--rounds 3] [--out bench/growth.png] [--mta-workers N]
-                                 [--scale F] [--json FILE] [--modes accept,relay] [--keep]
+                                 [--scale F] [--json FILE] [--modes accept,relay]
+                                 [--cells 10MB:1,2KB:100] [--mta-set NAME=VALUE] [--keep]
+    python3 bench/growth.py --from-json FILE [--out PNG]   # redraw an earlier --json run
 
 For each mode, accept (mail put on HOLD, as ``bench/run.py accept``) and relay
 (everything relayed to a local smtp-sink, as ``bench/run.py relay``), the
@@ -30,7 +32,10 @@ per cell and server, the medians over the rounds of messages/s and CPU
 ms/message (and CPU ms/recipient), and the ratio mta/postfix of the CPU; the
 PNG (--out, matplotlib's Agg backend) has two panels: CPU ms/message against
 the message size and against the recipients per message, a line per server
-and mode.  --json FILE keeps every run's figures.
+and mode.  --json FILE keeps every run's figures; --from-json FILE prints
+the table and draws the plot of such a file without running anything.
+Below the table: the growth, the difference of the medians per extra MB
+(2 KB to 10 MB) and per extra recipient (1 to 100).
 
 Recipient limits: both servers keep their defaults, which allow the 100
 recipients (smtpd_recipient_limit = 1000 in both) and relay at most 50
