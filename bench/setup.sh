@@ -1,7 +1,9 @@
 #!/bin/sh
 # Install what bench/run.py needs, idempotently: Debian's postfix package,
 # which brings the postfix daemons and the smtp-source / smtp-sink load tools
-# (/usr/sbin/smtp-source, /usr/sbin/smtp-sink on Debian).
+# (/usr/sbin/smtp-source, /usr/sbin/smtp-sink on Debian); and matplotlib,
+# for the plot that bench/growth.py draws (with the Python that runs the
+# benchmarks: $PYTHON, default python3; from PyPI with its pip).
 #
 # - Installs only what is missing; runs `apt-get update` only when the first
 #   install attempt fails (stale or missing package lists).
@@ -62,6 +64,15 @@ if postfix status >/dev/null 2>&1; then
 fi
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     systemctl stop postfix.service >/dev/null 2>&1 || true
+fi
+
+# bench/growth.py draws its PNG with matplotlib (the Agg backend: no display).
+PYTHON=${PYTHON:-python3}
+if "$PYTHON" -c "import matplotlib" 2>/dev/null; then
+    say "matplotlib already installed"
+else
+    say "installing matplotlib for $PYTHON (bench/growth.py's plot)"
+    "$PYTHON" -m pip install -q "matplotlib>=3.5"
 fi
 
 if ! have_all; then
