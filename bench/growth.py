@@ -501,8 +501,9 @@ def plot(results: list[Figures], path: Path, args, loads: tuple) -> None:
 def parseArgs(argv):
     p = argparse.ArgumentParser(prog="bench/growth.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="timed runs per server and cell (default 3)")
-    p.add_argument("--out", type=Path, default=Path("bench/growth.png"),
-                   help="the plot, a PNG (default bench/growth.png; '' for none)")
+    p.add_argument("--out", type=Path, default=Path("growth.png"),
+                   help="the plot, a PNG (default growth.png in the current directory; '' for none; "
+                        "bench/growth.png is the one the README shows)")
     p.add_argument("--json", type=Path, default=None, help="write every run's figures to this file")
     p.add_argument("--from-json", type=Path, default=None, metavar="FILE",
                    help="run nothing: print the table and draw the plot of a --json FILE of an earlier run")
@@ -525,6 +526,8 @@ def parseArgs(argv):
                    help="the checkout whose mta is run (default: this one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
+    if not (args.mta_root / "mta" / "__init__.py").is_file():  # else Python would run the installed mta
+        p.error(f"--mta-root {args.mta_root}: no mta package there (mta/__init__.py)")
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or any(m not in ("accept", "relay") for m in args.modes):
         p.error("--modes: accept, relay or accept,relay")

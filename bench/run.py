@@ -568,6 +568,8 @@ def parseArgs(argv):
                        help="keep the temporary directories (configuration, queues, logs)")
         s.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
+    if not (args.mta_root / "mta" / "__init__.py").is_file():  # else Python would run the installed mta
+        p.error(f"--mta-root {args.mta_root}: no mta package there (mta/__init__.py)")
     args.relay_tls = getattr(args, "relay_tls", False)
     if args.messages < 1 or args.sessions < 1 or args.rounds < 1 or args.size < 0:
         p.error("--messages, --sessions and --rounds must be positive, --size not negative")
