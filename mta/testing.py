@@ -185,11 +185,12 @@ class FakeQueueStore:
             d.callback(message.queueId)
 
 
-def serverFactory(main="", clock=None, store=None, peer=None):
+def serverFactory(main="", clock=None, store=None, peer=None, dns=None):
     """
     An SMTPServerFactory for [main] text C{main}, with a Clock and a
     FakeQueueStore, built from the settings load() compiled for its
-    (default) listener.
+    (default) listener.  C{dns}: an IDNSResolver for the client's name
+    (mta.smtpd.peername); None: no name lookups (every client unknown).
     """
     from mta.routing import AddressResolver
     from mta.smtpd.factory import SMTPServerFactory
@@ -200,4 +201,5 @@ def serverFactory(main="", clock=None, store=None, peer=None):
     openTables(config, tables)
     listener = config.listeners[0]
     resolver = AddressResolver(config.settings.resolver, tables)
-    return SMTPServerFactory(listener.settings, clock, store or FakeQueueStore(), tables, resolver)
+    return SMTPServerFactory(listener.settings, clock, store or FakeQueueStore(), tables, resolver,
+                             dns=None if dns is None else (lambda: dns))

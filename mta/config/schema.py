@@ -347,6 +347,13 @@ PARAMETERS = (
        "The reply code for a recipient not in $relay_recipient_maps.", "smtpd"),
     _P("non_fqdn_reject_code", T.Integer(minimum=400), "504",
        "The reply code of reject_non_fqdn_sender and reject_non_fqdn_recipient.", "smtpd"),
+    _P("unknown_client_reject_code", T.Integer(minimum=400), "450",
+       "The reply code of reject_unknown_client_hostname and reject_unknown_reverse_client_hostname "
+       "when the name is missing or does not resolve back (a temporary DNS error is always 450).",
+       "smtpd"),
+    _P("smtpd_peername_lookup", T.Boolean(), "yes",
+       "Look up the client's name at connect (/etc/hosts, then PTR through the DNS client) and "
+       "confirm it with a forward lookup; no: every client is unknown.", "smtpd"),
     _P("smtpd_helo_required", T.Boolean(), "no",
        "Require HELO or EHLO before MAIL.", "smtpd"),
     _P("strict_rfc821_envelopes", T.Boolean(), "no",

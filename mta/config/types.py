@@ -345,6 +345,11 @@ RESTRICTION_NAMES = {
     "reject_non_fqdn_recipient": False,
     "reject_non_fqdn_sender": False,
     "check_client_access": True,
+    "check_reverse_client_hostname_access": True,
+    # the client's name (mta.smtpd.peername); reject_unknown_client is Postfix's older name
+    "reject_unknown_client_hostname": False,
+    "reject_unknown_client": False,
+    "reject_unknown_reverse_client_hostname": False,
     "check_sender_access": True,
     "check_recipient_access": True,
     "check_etrn_access": True,

@@ -71,6 +71,7 @@ from mta.maillog import sanitize
 from mta.model import Recipient, Reply
 from mta.smtpd import data as D
 from mta.smtpd.message import IncomingTransaction, chooseHeaderRewrite
+from mta.smtpd.peername import PeerName
 from mta.smtpd.session import Transaction
 from mta.tables import TableTemporaryError
 
@@ -307,9 +308,12 @@ class SMTPCommands:
         elif path[1:-1].lower() == "postmaster":  # bare: always accepted (RFC 5321 4.5.1), as in Postfix
             reply, hold = None, None
         else:
+            session = self.session
             reply, hold, errorClass = await factory.policy.checkRecipient(
-                self.session.clientAddress, address, self.session.helo, transaction.sender, tls=self.session.tls,
-                login=(self.session.saslMethod, self.session.saslUsername))
+                session.clientAddress, address, session.helo, transaction.sender, tls=session.tls,
+                login=(session.saslMethod, session.saslUsername),
+                peer=PeerName(session.clientName, session.reverseClientName, session.nameStatus,
+                              session.reverseNameStatus))
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)

@@ -74,7 +74,7 @@ class SMTPServerFactory(Factory):
     # tlsSettings, tls  the listener's TlsSettings and its mta.tls.context.ServerTLS (None: no TLS)
 
     def __init__(self, settings, clock, store, tables, resolver, *, listenerName="smtp", flushSite=None,
-                 postmasterNotices=False, maillogs=None):
+                 postmasterNotices=False, maillogs=None, dns=None):
         """
         C{settings}: the listener's compiled settings (mta.config.settings
         Compiled: .smtpd, .recipients, .cleanup, .rewrite, .notices; a
@@ -85,6 +85,10 @@ class SMTPServerFactory(Factory):
         lists (the daemon's listeners; not in stand-alone mode,
         mta-sendmail -bs, as in Postfix).  C{maillogs}: program ->
         MailLogger (default: loggers under the settings' syslog_name).
+        C{dns}: a callable that returns the daemon's DNS client
+        (mta.delivery.dns.Resolver, made on first use), for the client's
+        name (mta.smtpd.peername); None: no name lookups, every client is
+        unknown (the test factories, mta-sendmail -bs).
         """
         from mta.cleanup import Cleanup
         from mta.rewrite import HeaderRewriteClients
@@ -141,6 +145,12 @@ class SMTPServerFactory(Factory):
         # (mta.workers: remoteAnvil, a RemoteAnvil whose answers are Deferreds).
         self.anvil = Anvil(clock, smtpd.rateTimeUnit)
         self.remoteAnvil = None
+        # The client's name at connect (smtpd_peername_lookup): None when not looked up.
+        self.peerNames = None
+        if smtpd.peernameLookup and dns is not None:
+            from mta.smtpd.peername import PeerNames
+
+            self.peerNames = PeerNames(dns, clock, self.maillog)
         self.sessions = set()
         self._freeSpace = None
         self._freeSpaceAt = None
@@ -230,5 +240,5 @@ def serverFactory(listener, daemon):
     return SMTPServerFactory(
         listener.settings, daemon.clock, daemon.store, daemon.tables, daemon.addressResolver,
         listenerName=listener.name, flushSite=getattr(daemon, "flushSite", None), postmasterNotices=True,
-        maillogs=getattr(daemon, "maillogFor", None),
+        maillogs=getattr(daemon, "maillogFor", None), dns=lambda: daemon.resolver,
     )

@@ -100,6 +100,7 @@ class RecipientPolicy:
         self.rejectUnlisted = settings.rejectUnlisted
         self.relayRejectCode = settings.relayRejectCode
         self.nonFqdnRejectCode = settings.nonFqdnRejectCode
+        self.unknownClientCode = settings.unknownClientCode
         self.restrictions = RestrictionList(settings.recipientRestrictions, self, tables)
         self.etrnRestrictions = RestrictionList(settings.etrnRestrictions, self, tables)
         self.fastFlushDomains = DomainMatcher(settings.fastFlushDomains, tables, subdomains=True)
@@ -115,7 +116,8 @@ class RecipientPolicy:
                     return {name.lower() for name in value.replace(",", " ").split()}
         return None
 
-    async def checkRecipient(self, clientAddress, address, helo=None, sender=None, tls=None, login=(None, None)):
+    async def checkRecipient(self, clientAddress, address, helo=None, sender=None, tls=None, login=(None, None),
+                             peer=None):
         """
         Judge RCPT TO:<address> (an mta.model.Address) from C{clientAddress}.
         Return (reply, hold, errorClass): reply None to accept, or the Reply
@@ -123,10 +125,14 @@ class RecipientPolicy:
         the notify_classes class of a refusal, as Postfix's: policy for a
         restriction, bounce for an unknown recipient, data for a table
         that cannot answer.  C{tls}: the session's TlsInfo (mta.tls.info), None without TLS.
+        C{peer}: the client's names (mta.smtpd.peername.PeerName), None: unknown.
         """
+        names = {} if peer is None else dict(
+            client_name=peer.name, reverse_client_name=peer.reverseName, client_name_status=peer.nameStatus,
+            reverse_client_name_status=peer.reverseStatus)
         try:
             request = Request(clientAddress, helo, sender, address, tls=tls, sasl_method=login[0],
-                              sasl_username=login[1])
+                              sasl_username=login[1], **names)
             decision = await self.restrictions.evaluate(request)
             if decision.action in ("reject", "defer"):
                 return decision.reply, None, decision.errorClass

@@ -183,6 +183,7 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         self._out = []
         self._directSocket = None  # set at connect (directSocket()); None: transport.write
         self._counted = False  # in the factory's per-client connection count
+        self._connectLogged = False  # "connect from": after the client's name is known
         self._uncountedError = False  # set by a reply that is not a session error
         self._chunk = None  # the BDAT chunk being read, or the last one (mta.smtpd.commands.Chunk)
         self._lastCommand = None
@@ -198,7 +199,9 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         session.clientAddress = getattr(peer, "host", "") or ""
         session.clientPort = getattr(peer, "port", 0) or 0
         session.clientName = "unknown"
-        self.factory.maillog.emit(f"connect from {self.session.client}", client=self.session.client)
+        lookup = self._lookUpName()  # the client's name (mta.smtpd.peername): None when known now
+        if lookup is None:
+            self._logConnect()
         # Replies go straight to a plain TCP socket (_sendDirect) until TLS or a short send.
         self._directSocket = directSocket(self.transport)
         self._startWrapperMode()  # smtpd_tls_wrappermode: TLS first (mta.smtpd.starttls)
@@ -212,8 +215,8 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
             )
         else:
             self.setTimeout(settings.timeout)
-        if settings.greetWait > 0 or not self._connectChecksAreStatic():
-            d = Deferred.fromCoroutine(self._connect())
+        if lookup is not None or settings.greetWait > 0 or not self._connectChecksAreStatic():
+            d = Deferred.fromCoroutine(self._connect(lookup))
             d.addErrback(self._internalError)
             return
         # Fast path: nothing to look up in a table, nothing to wait for.
@@ -224,6 +227,30 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         if session.bareNewline == "reject" and factory.bareNewlineExclusions.staticMatch(session.clientAddress):
             session.bareNewline = "normalize"
         self._greet()
+
+    def _lookUpName(self):
+        """
+        smtpd_peername_lookup: set the session's names now and return None
+        when /etc/hosts answers (or nothing is looked up), else return the
+        Deferred of the lookup (mta.smtpd.peername.PeerName).
+        """
+        names, address = self.factory.peerNames, self.session.clientAddress
+        if names is None or not address:
+            return None
+        result = names.lookup(address)
+        if isinstance(result, Deferred):
+            return result
+        self._setNames(result)
+        return None
+
+    def _setNames(self, peer):
+        session = self.session
+        session.clientName, session.reverseClientName = peer.name, peer.reverseName
+        session.nameStatus, session.reverseNameStatus = peer.nameStatus, peer.reverseStatus
+
+    def _logConnect(self):
+        self._connectLogged = True
+        self.factory.maillog.emit(f"connect from {self.session.client}", client=self.session.client)
 
     def _connectLimited(self):
         """Is this session counted at connect (smtpd_client_connection_count_limit or _rate_limit)?"""
@@ -283,8 +310,13 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         self._waiting = False
         self._process()
 
-    async def _connect(self):
+    async def _connect(self, lookup=None):
         factory, settings, session = self.factory, self.settings, self.session
+        if lookup is not None:
+            self._setNames(await lookup)
+            if self._closing:
+                return
+            self._logConnect()
         if self._connectLimited() and not await factory.eventLimitExceptions.matches(session.clientAddress):
             counts = factory.clientConnect(session.clientAddress)
             if isinstance(counts, Deferred):  # counted by the master (mta.workers)
@@ -334,6 +366,8 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         """Our sending side is shut down; we never do that before closing."""
 
     def connectionLost(self, reason):
+        if not self._connectLogged:  # the client left while its name was looked up
+            self._logConnect()
         self._tlsConnectionLost(reason)  # a handshake in progress failed (mta.smtpd.starttls)
         if not self._closing:
             if self._mode in ("data", "bdat"):

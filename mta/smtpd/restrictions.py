@@ -9,7 +9,15 @@ type:table) consume the next item.
 Implemented: permit, reject, defer, permit_mynetworks,
 permit_auth_destination, reject_unauth_destination,
 defer_unauth_destination, reject_unlisted_recipient,
-reject_non_fqdn_recipient, reject_non_fqdn_sender, check_client_access,
+reject_non_fqdn_recipient, reject_non_fqdn_sender, check_client_access
+(the client's verified name, "unknown" too, and its parent domains, then its address and
+the address with its last octets or IPv6 groups cut off, as Postfix),
+check_reverse_client_hostname_access (the unverified PTR name and its
+parents, then the address), reject_unknown_client_hostname (or reject_unknown_client; 450
+4.7.25 or unknown_client_reject_code: "Client host rejected: cannot find
+your hostname, [ADDR]") and reject_unknown_reverse_client_hostname (the
+same with "reverse hostname" and 4.7.1; a temporary DNS failure is always
+a 450), the names from mta.smtpd.peername,
 check_sender_access, check_recipient_access, check_etrn_access (the ETRN
 domain and its parent domains; smtpd_etrn_restrictions only),
 permit_tls_clientcerts (the client certificate's fingerprint or public-key
@@ -83,6 +91,9 @@ class Request:
     sender: object  # mta.model.Address or None
     recipient: object  # mta.model.Address or None
     client_name: str = "unknown"
+    reverse_client_name: str = "unknown"
+    client_name_status: int = 5  # mta.smtpd.peername: 2 found, 4 temporary failure, 5 not found/confirmed
+    reverse_client_name_status: int = 5
     etrn_domain: str | None = None  # the ETRN command's domain (smtpd_etrn_restrictions)
     tls: object = None  # the session's TlsInfo (mta.tls.info), None without TLS
     sasl_username: str | None = None  # the AUTH login (mta.smtpd.auth), None without one
@@ -194,12 +205,49 @@ def accessKeys(address):
     return [f"{local}@{address.domain}"] + [".".join(parts[i:]) for i in range(len(parts))] + [f"{local}@"]
 
 
+def domainKeys(name):
+    """A host name and its parent domains, as access(5) looks them up (parent_domain_matches_subdomains)."""
+    parts = name.lower().split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))]
+
+
+def addressKeysOf(address):
+    """
+    access(5)'s keys for a client address: the address, then the address
+    with its last octets (IPv4) or its last 16-bit groups (IPv6) cut off,
+    as Postfix's check_addr_access; a mapped IPv4 address as IPv4.
+    """
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return [address]
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    text, delimiter = str(ip), ("." if ip.version == 4 else ":")  # IPv6 in RFC 5952 form, as inet_ntop
+    keys = [text]
+    while delimiter in text:  # Postfix's split_at_right: "2001:db8::1", "2001:db8:", "2001:db8", "2001"
+        text = text.rsplit(delimiter, 1)[0]
+        if not text:
+            break
+        keys.append(text)
+    return keys
+
+
 def _checkAccess(which):
     def make(policy, table):
         async def check(request):
             if which == "client":
-                keys, what = [request.client_address], "Client host"
+                # Postfix's check_namadr_access: the verified name ("unknown" too) and its parents, then
+                # the address and its networks.
+                keys = domainKeys(request.client_name) + addressKeysOf(request.client_address)
+                what = "Client host"
                 subject = f"{request.client_name}[{request.client_address}]"
+            elif which == "reverse_client":
+                keys = domainKeys(request.reverse_client_name) + addressKeysOf(request.client_address)
+                what = "Client host"
+                subject = f"{request.reverse_client_name}[{request.client_address}]"
             elif which == "etrn":
                 if request.etrn_domain is None:
                     return DUNNO
@@ -217,6 +265,31 @@ def _checkAccess(which):
                 if value is not None:
                     return accessResult(value, subject, what)
             return DUNNO
+
+        return check
+
+    return make
+
+
+def _unknownClient(reverse):
+    """
+    reject_unknown_client_hostname (the name did not resolve back to the
+    address, or there is none) and reject_unknown_reverse_client_hostname
+    (no PTR name at all): unknown_client_reject_code, or 450 after a
+    temporary DNS failure, as Postfix's reject_unknown_client and
+    reject_unknown_reverse_name.
+    """
+
+    def make(policy, argument):
+        async def check(request):
+            status = request.reverse_client_name_status if reverse else request.client_name_status
+            if status == 2:
+                return DUNNO
+            code = policy.unknownClientCode if status >= 5 else 450
+            detail, text = ("7.1", "reverse hostname") if reverse else ("7.25", "hostname")
+            return Decision("reject" if code >= 500 else "defer",
+                            Reply(code, f"{code // 100}.{detail}",
+                                  f"Client host rejected: cannot find your {text}, [{request.client_address}]"))
 
         return check
 
@@ -317,6 +390,10 @@ RESTRICTIONS = {
     "reject_non_fqdn_recipient": (False, _nonFqdn("recipient")),
     "reject_non_fqdn_sender": (False, _nonFqdn("sender")),
     "check_client_access": (True, _checkAccess("client")),
+    "check_reverse_client_hostname_access": (True, _checkAccess("reverse_client")),
+    "reject_unknown_client_hostname": (False, _unknownClient(False)),
+    "reject_unknown_client": (False, _unknownClient(False)),
+    "reject_unknown_reverse_client_hostname": (False, _unknownClient(True)),
     "check_sender_access": (True, _checkAccess("sender")),
     "check_recipient_access": (True, _checkAccess("recipient")),
     "check_etrn_access": (True, _checkAccess("etrn")),

@@ -60,9 +60,15 @@ class SessionState:
 
     clientAddress  the peer's IP address as text ("" when unknown)
     clientPort     the peer's port (0 when unknown)
-    clientName     its name: "unknown" (no reverse lookup yet, as Postfix
-                   names an unverified client); mta-sendmail -bs sets
-                   "localhost"
+    clientName     its verified name (mta.smtpd.peername: reverse lookup and
+                   forward confirmation at connect), else "unknown", as
+                   Postfix names an unverified client; mta-sendmail -bs
+                   sets "localhost"
+    reverseClientName
+                   the name the reverse lookup gave, unverified, or "unknown"
+    nameStatus, reverseNameStatus
+                   Postfix's codes of those lookups: 2 found, 4 a temporary
+                   failure, 5 not found (or, for the name, not confirmed)
     helo           the HELO/EHLO argument, sanitized; None before any
     protocol       "SMTP" before EHLO and after HELO, "ESMTP" after EHLO:
                    the envelope's protocol and the log's proto=; whether
@@ -87,6 +93,9 @@ class SessionState:
     clientAddress: str = ""
     clientPort: int = 0
     clientName: str = "unknown"
+    reverseClientName: str = "unknown"
+    nameStatus: int = 5
+    reverseNameStatus: int = 5
     helo: str | None = None
     protocol: str = "SMTP"
     tlsActive: bool = False

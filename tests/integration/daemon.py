@@ -149,6 +149,10 @@ class Daemon:
                     else ""
                 )
                 + textwrap.dedent(main)
+                # No client name lookups unless a test asks (mta.smtpd.peername): a test's clients
+                # (127.0.0.x) would otherwise ask the machine's DNS server for their PTR records.
+                # (After the test's own lines, so that their line numbers stay as the tests count them.)
+                + ("" if "smtpd_peername_lookup" in main else "\nsmtpd_peername_lookup = no")
                 + "\n"
                 + listeners
             )

@@ -241,10 +241,12 @@ class Dnsmasq:
     asked for get NODATA), plus per-domain forwarding (C{servers}: domain ->
     "address#port", or "#" for "the default servers", of which there are
     none: REFUSED).  C{mx}: (domain, exchange, preference) with exchange "."
-    for a null MX; C{hosts}: (name, address); C{txt}: (name, text).
+    for a null MX; C{hosts}: (name, address), with its PTR record; C{ptr}:
+    (reverse name, target) PTR records alone; C{txt}: (name, text).
     """
 
-    def __init__(self, mx=(), hosts=(), local=("example",), servers=(), directory=None, txt=()):
+    def __init__(self, mx=(), hosts=(), local=("example",), servers=(), directory=None, txt=(), ptr=()):
+        self.ptr = tuple(ptr)
         self.port = freePort(udp=True)
         self.txt = tuple(txt)  # (name, text): in a configuration file, where a text may hold commas
         self.mx = tuple(mx)
@@ -276,6 +278,7 @@ class Dnsmasq:
         args += [f"--server=/{d}/{s}" for d, s in self.servers]
         args += [f"--mx-host={d},{x},{p}" for d, x, p in self.mx]
         args += [f"--host-record={n},{a}" for n, a in self.hosts]
+        args += [f"--ptr-record={n},{t}" for n, t in self.ptr]
         return args
 
     def _confFile(self):

@@ -16,7 +16,7 @@ settings class that needs it (a parameter may be read by several areas):
     unknown_virtual_alias_reject_code,
     unknown_virtual_mailbox_reject_code,
     unknown_relay_recipient_reject_code, non_fqdn_reject_code,
-    smtpd_etrn_restrictions, fast_flush_domains
+    unknown_client_reject_code, smtpd_etrn_restrictions, fast_flush_domains
 
 ResolverSettings (``config.settings.resolver``) is built from [main] only:
 Postfix's trivial-rewrite(8) reads main.cf, never a master.cf -o, so one
@@ -113,6 +113,7 @@ class RecipientCheckSettings(Settings):
     rejectUnlisted: bool = setting("smtpd_reject_unlisted_recipient")  # check them after the restrictions
     relayRejectCode: int = setting("relay_domains_reject_code")  # reject_unauth_destination
     nonFqdnRejectCode: int = setting("non_fqdn_reject_code")  # reject_non_fqdn_sender/recipient
+    unknownClientCode: int = setting("unknown_client_reject_code")  # reject_unknown_*client_hostname
     unknownLocalCode: int = setting("unknown_local_recipient_reject_code")
     unknownAliasCode: int = setting("unknown_virtual_alias_reject_code")
     unknownMailboxCode: int = setting("unknown_virtual_mailbox_reject_code")

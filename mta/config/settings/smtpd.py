@@ -8,7 +8,7 @@ settings class that needs it (a parameter may be read by several areas):
     smtpd_noop_commands, smtpd_forbidden_commands,
     smtpd_discard_ehlo_keywords, smtpd_reject_footer,
     smtpd_recipient_overshoot_limit, queue_minfree,
-    smtpd_client_connection_count_limit,
+    smtpd_peername_lookup, smtpd_client_connection_count_limit,
     smtpd_client_connection_rate_limit, smtpd_client_message_rate_limit,
     smtpd_client_recipient_rate_limit,
     smtpd_client_new_tls_session_rate_limit, anvil_rate_time_unit,
@@ -126,6 +126,7 @@ class SmtpdSettings(Settings):
     recipientLimit: int = setting("smtpd_recipient_limit")  # recipients per transaction; then 452 4.5.3
     overshootLimit: int = setting("smtpd_recipient_overshoot_limit")  # 452s past the limit that are no error
     queueMinfree: int = setting("queue_minfree")  # free bytes the queue must keep (MAIL: 452 4.3.1)
+    peernameLookup: bool = setting("smtpd_peername_lookup")  # the client's name at connect (mta.smtpd.peername)
     connectionLimit: int = setting("smtpd_client_connection_count_limit")  # sessions per client; 0: any
     connectionRateLimit: int = setting("smtpd_client_connection_rate_limit")  # per rateTimeUnit; 0: any
     messageRateLimit: int = setting("smtpd_client_message_rate_limit")  # MAIL commands per unit; 0: any
