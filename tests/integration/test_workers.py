@@ -388,7 +388,7 @@ def test_connectionLimitIsCountedAcrossWorkers(makeDaemon):
     assert {pid for _, pid in sessions} == set(workers.values())
     refused()
     line = [(pid, text) for pid, text in maillogLines(d) if "Connection concurrency limit exceeded" in text][-1]
-    assert line[1] == "warning: Connection concurrency limit exceeded: 4 from unknown[127.0.0.1]"
+    assert line[1] == "warning: Connection concurrency limit exceeded: 4 from unknown[127.0.0.1] for service smtp"
     assert line[0] in workers.values() and line[0] != master
 
     # QUIT releases: three new sessions are accepted, and a fourth is refused again.
@@ -566,6 +566,34 @@ def test_aWorkerThatCannotStartIsThrottledAndTheMasterAcceptsMeanwhile(makeDaemo
     assert pid in again.values()
     assert client.command("QUIT")[0] == 221
     client.close()
+
+
+def test_aWorkerWhoseListenerIsGoneFromTheFileSaysSoInOneLine(makeDaemon):
+    """
+    The file's listener renamed without a reload, then the worker killed: the new worker finds
+    no configuration for the socket it inherits.  One fatal line and exit status 1 (this used to
+    be a traceback and exit status 0), the throttling line, and the master takes the sessions.
+    """
+    d = makeDaemon(main="worker_processes = 1\nservice_throttle_time = 1s\n").start()
+    master = d.process.pid
+    (index, pid), = readyWorkers(d, 1).items()
+    with open(d.config) as f:
+        good = f.read()
+    with open(d.config, "w") as f:
+        f.write(good.replace("[listener:smtp]", "[listener:renamed]"))
+    os.kill(pid, signal.SIGKILL)
+    waitFor(lambda: "bad command startup -- throttling" in maillogNow(d), what="the throttling line")
+    failed = re.search(rf"\] worker {index}\[(\d+)\]: fatal: listener smtp is not in the configuration$",
+                       twistdLog(d), re.MULTILINE)
+    assert failed, twistdLog(d)
+    assert f"mta/master[{master}]: warning: process mta-worker pid {failed.group(1)} exit status 1\n" in d.maillogText()
+    assert "Traceback" not in twistdLog(d)
+    client, served = openSession(d)
+    assert served == master
+    client.close()
+    with open(d.config, "w") as f:
+        f.write(good)
+    readyWorkers(d, 1, exclude={pid, int(failed.group(1))})
 
 
 def test_noWorkerProcessesByDefault(makeDaemon):
