@@ -14,12 +14,14 @@ import re
 import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from tests.integration.daemon import waitFor
+from tests.integration.daemon import environment, waitFor
 from tests.integration.peers import (
     MAILLOG_LINE,
     RawClient,
@@ -171,6 +173,14 @@ def sighup(d, edit=None):
     waitFor(lambda: maillogNow(d).count("reload done") > seen, what="reload done")
 
 
+def status(d):
+    """The first line of ``mta status``."""
+    result = subprocess.run([sys.executable, "-m", "mta.cli.main", "-c", d.config, "status"],
+                            check=False, env=environment(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def relayTo(sink):
     return f"transport_maps = inline:{{ sink.example=smtp:[127.0.0.1]:{sink.port} }}\n"
 
@@ -260,6 +270,7 @@ def test_workersServeTheSessionsAndTheMasterDelivers(makeDaemon, sink):
     assert sorted(workers) == [1, 2]
     assert master not in workers.values() and len(set(workers.values())) == 2
     assert sorted(workers.values()) == [pid for pid in children(master) if isWorker(pid)]
+    assert f", workers: worker 1[{workers[1]}] ready, worker 2[{workers[2]}] ready\n" in status(d)
 
     accepted = []
 
@@ -333,6 +344,7 @@ def test_killDashNineOfAWorkerLosesNothingAcknowledged(makeDaemon, sink):
 
     log = d.maillogText()
     assert f"mta/master[{master}]: warning: process mta-worker pid {victim} killed by signal 9\n" in log
+    assert f"[mta/master#warn] warning: process mta-worker pid {victim} killed by signal 9\n" in twistdLog(d)
     assert not alive(victim)
     counts = checkDeliveredOnce(d, sink, stream.accepted, stream.attempted)
     assert "partial" not in counts
@@ -430,6 +442,8 @@ def test_sighupReplacesTheWorkersAndAnOpenSessionFinishes(makeDaemon):
     idle = next(pid for pid in old.values() if pid != holder)
     waitRetired(d, [idle])  # at once: it has no session
     assert alive(holder)
+    assert re.search(rf", workers: worker 1\[\d+\] ready, worker 2\[\d+\] ready, worker \d\[{holder}\] retiring\n",
+                     status(d))
 
     # The old session still works, with the old settings, and its message is queued.
     assert "SIZE 100000" in session.ehlo()
@@ -551,6 +565,7 @@ def test_aWorkerThatCannotStartIsThrottledAndTheMasterAcceptsMeanwhile(makeDaemo
         assert f"mta/master[{master}]: warning: process mta-worker pid {pid} killed by signal 9\n" in log
     assert re.search(rf"mta/master\[{master}\]: warning: process mta-worker pid \d+ exit status 1\n", log)
     assert f"mta/master[{master}]: warning: mta-worker: bad command startup -- throttling\n" in log
+    assert "[mta/master#warn] warning: mta-worker: bad command startup -- throttling\n" in twistdLog(d)
     assert "expected 'name = value', found: this is not a parameter" in twistdLog(d)
 
     # No worker is ready: the master accepts.
