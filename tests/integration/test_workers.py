@@ -424,6 +424,60 @@ def test_connectionLimitIsCountedAcrossWorkers(makeDaemon):
     quit(kept + more)
 
 
+def test_ratesAreCountedAcrossWorkers(makeDaemon):
+    """
+    smtpd_client_message_rate_limit and smtpd_client_connection_rate_limit with 2 workers: the
+    master's anvil counts the events of both, and of the master's own start-up probe session.
+    """
+    limit = 12
+    d = makeDaemon(main=f"worker_processes = 2\nsmtpd_client_connection_rate_limit = {limit}\n"
+                        "smtpd_client_message_rate_limit = 3\nanvil_rate_time_unit = 600s\n"
+                        "smtpd_client_event_limit_exceptions =\n").start()
+    workers = readyWorkers(d, 2)
+    connections = 1  # Daemon.start's probe, served by the master before the workers were ready
+    kept = {}  # pid -> a session it serves
+    while len(kept) < 2:
+        assert connections < limit, f"{connections} sessions all went to the same worker"
+        client, pid = openSession(d)
+        connections += 1
+        assert client.banner[0] == 220
+        if pid in kept:
+            assert client.command("QUIT")[0] == 221
+            client.close()
+        else:
+            kept[pid] = client
+    assert set(kept) == set(workers.values())
+    (_, first), (b, second) = kept.items()
+
+    # Three MAILs from the two workers together, the fourth is one too many.
+    first.ehlo()
+    second.ehlo()
+    assert first.command("MAIL FROM:<a@example.org>")[0] == 250
+    assert second.command("MAIL FROM:<a@example.org>")[0] == 250
+    assert first.command("RSET")[0] == 250
+    assert first.command("MAIL FROM:<a@example.org>")[0] == 250
+    assert second.command("RSET")[0] == 250
+    assert second.command("MAIL FROM:<a@example.org>") == (450, ["4.7.1 Error: too much mail from 127.0.0.1"])
+    warning = "warning: Message delivery request rate limit exceeded: 4 from unknown[127.0.0.1] for service smtp"
+    waitFor(lambda: (b, warning) in maillogLines(d), what="the message rate warning from the second worker")
+    for client in (first, second):
+        assert client.command("QUIT")[0] == 221
+        client.close()
+
+    # Connections: up to the limit, counting every process's, then 421.
+    while connections < limit:
+        client, _ = openSession(d)
+        connections += 1
+        assert client.banner[0] == 220, (connections, client.banner)
+        assert client.command("QUIT")[0] == 221
+        client.close()
+    with RawClient(d.port) as over:
+        assert over.banner == (421, ["4.7.0 mta.test Error: too many connections from 127.0.0.1"])
+        assert over.closedByPeer()
+    warning = f"warning: Connection rate limit exceeded: {limit + 1} from unknown[127.0.0.1] for service smtp"
+    waitFor(lambda: any(text == warning for _, text in maillogLines(d)), what="the connection rate warning")
+
+
 def test_sighupReplacesTheWorkersAndAnOpenSessionFinishes(makeDaemon):
     """
     SIGHUP: a new set of workers with the new configuration; the old worker without a session
