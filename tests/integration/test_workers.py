@@ -564,18 +564,25 @@ def test_reloadsUnderLoadLoseNothing(makeDaemon, sink):
 
 
 def test_sigtermStopsTheMasterAndEveryWorker(makeDaemon):
+    """SIGTERM with a worker retiring (an open session across a reload) and a session on a new one: all exit."""
     d = makeDaemon(main="worker_processes = 2\n").start()
-    workers = readyWorkers(d, 2)
+    old = readyWorkers(d, 2)
+    retiring, holder = openSession(d)
+    sighup(d)
+    new = readyWorkers(d, 2, exclude=set(old.values()))
+    assert alive(holder)
     session, pid = openSession(d)
-    assert pid in workers.values()
+    assert pid in new.values()
+    everyone = {holder, *new.values()}
     started = time.monotonic()
     code, out, err = d.stop(timeout=15)
     took = time.monotonic() - started
     assert code == 0, out + err
     assert took < 10, f"SIGTERM took {took:.1f}s (the workers needed SIGKILL?)"
-    assert session.closedByPeer()
-    session.close()
-    orphans = [pid for pid in workers.values() if alive(pid)]
+    for client in (retiring, session):
+        assert client.closedByPeer()
+        client.close()
+    orphans = [pid for pid in everyone if alive(pid)]
     assert not orphans, f"workers still running after the master exited: {orphans}"
     assert "Traceback" not in out + err
     assert "daemon stopped" in out
