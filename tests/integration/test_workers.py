@@ -1,12 +1,24 @@
 """
-worker_processes = N against a real ``twistd mta``: the workers serve the sessions, the master
-delivers; kill -9 of a worker loses nothing acknowledged; connection counts hold across
-processes; SIGHUP replaces the workers while an open session finishes; SIGTERM leaves no
-orphan; a worker that cannot start is throttled and the master accepts meanwhile.
+worker_processes = N against a real ``twistd mta`` (the master and its ``python -m mta.workers``
+children, seen in /proc, in twistd's log and in the mail log, whose smtpd lines carry the pid of
+the worker that ran the session):
+
+- the workers serve the sessions, the master delivers (its qmgr and smtp lines), each message
+  once; ``mta status`` lists the workers;
+- kill -9 of a worker under load loses nothing acknowledged, the master logs it, starts another
+  at once and removes the dead one's tmp/worker.PID; the queue drains;
+- the connection count and the connection and message rates are the master's, summed over the
+  workers; QUIT and a worker's death release the counts;
+- SIGHUP: a new set of workers, the old one with an open session finishes it; reloads to
+  worker_processes = 0 and back, under load, lose nothing;
+- SIGTERM and kill -9 of the master leave no worker behind;
+- a worker that cannot start (the file edited, not reloaded) is throttled with Postfix's lines
+  while the master accepts, and comes back once the file is mended;
+- worker_processes = 0 starts none.
 
 Deliveries go to Postfix's smtp-sink on loopback (tests/integration/peerservers.SmtpSink),
 each message carrying an X-Marker header that names it, so that "delivered exactly once" is a
-count of markers in the sink's dump files.
+count of markers in the sink's dump files.  No test here takes 30 s on an idle machine.
 """
 
 import os
