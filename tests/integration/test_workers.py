@@ -21,6 +21,7 @@ each message carrying an X-Marker header that names it, so that "delivered exact
 count of markers in the sink's dump files.  No test here takes 30 s on an idle machine.
 """
 
+import itertools
 import os
 import re
 import signal
@@ -235,7 +236,7 @@ class Stream:
                 time.sleep(0.05)
                 continue
             try:
-                for _ in iter(int, 1) if self.perConnection is None else range(self.perConnection):
+                for _ in itertools.count() if self.perConnection is None else range(self.perConnection):
                     if self.stopping.is_set():
                         break
                     marker = f"t{thread}-m{n}"
@@ -311,12 +312,14 @@ def test_workersServeTheSessionsAndTheMasterDelivers(makeDaemon, sink):
             smtpd[match.group(1)] = pid
     served = {smtpd[queueId] for queueId, _ in accepted}
     assert served <= set(workers.values()), (served, workers)
+    cleanup = {text.split(":", 1)[0]: pid for pid, text in maillogLines(d, "mta/cleanup") if "message-id=" in text}
+    assert {queueId: cleanup[queueId] for queueId, _ in accepted} == {queueId: smtpd[queueId] for queueId, _ in accepted}
     for program in ("mta/qmgr", "mta/smtp"):
         pids = {pid for pid, _ in maillogLines(d, program)}
         assert pids == {master}, (program, pids, master)
     sent = [text for _, text in maillogLines(d, "mta/smtp") if "status=sent" in text]
     assert len(sent) == 50 and all(f"relay=127.0.0.1[127.0.0.1]:{sink.port}" in line for line in sent)
-    print(f"sessions per worker: { {pid: list(smtpd.values()).count(pid) for pid in served} }")
+    print(f"messages per worker: { {pid: list(smtpd.values()).count(pid) for pid in served} }")
 
 
 def test_killDashNineOfAWorkerLosesNothingAcknowledged(makeDaemon, sink):
