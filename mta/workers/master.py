@@ -58,7 +58,7 @@ import sys
 
 from twisted.internet import error, protocol
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 
 from mta.smtpd.anvil import EVENTS
@@ -399,11 +399,13 @@ class WorkerPool:
         self._updateAccepting()
         if not self.running:
             return
-        self.daemon.maillogFor("master").emit(f"warning: process {PROGRAM} pid {worker.pid} {describeEnd(reason)}")
+        self.daemon.maillogFor("master").emit(f"warning: process {PROGRAM} pid {worker.pid} {describeEnd(reason)}",
+                                             level=LogLevel.warn)
         if worker.ready:
             self.reactor.callLater(0, self._spawn, worker.index)
         else:
-            self.daemon.maillogFor("master").emit(f"warning: {PROGRAM}: bad command startup -- throttling")
+            self.daemon.maillogFor("master").emit(f"warning: {PROGRAM}: bad command startup -- throttling",
+                                                 level=LogLevel.warn)
             self._restarts[worker.index] = self.reactor.callLater(
                 self.daemon.config.settings.service.serviceThrottleTime, self._spawn, worker.index)
 

@@ -87,6 +87,10 @@ class RemoteAnvil:
         return nothing
 
 
+class StartError(Exception):
+    """The worker cannot start, for a reason that one line tells (a configuration edited since the reload)."""
+
+
 class WorkerSide(amp.AMP):
     """The worker's end of its channel to the master."""
 
@@ -158,7 +162,7 @@ class Worker:
             factory = self.generation.factories.get(name)
             if factory is None:
                 os.close(fd)
-                raise RuntimeError(f"listener {name} is not in the configuration")
+                raise StartError(f"listener {name} is not in the configuration")
             self.ports.append(self.reactor.adoptStreamPort(fd, family, ListenerFactory(factory)))
             os.close(fd)
         return self.channel.callRemote(commands.Ready, index=self.index, pid=self.pid)
@@ -307,12 +311,23 @@ def main(argv=None):
         sys.stderr.write(f"critical fatal: {e}\n")
         return 1
 
+    failed = []
+
+    def cannotStart(failure):
+        # A reason is one "fatal:" line (as a bad configuration is before the reactor runs); a bug
+        # is a traceback.  Either way the exit status tells the master the start failed.
+        failed.append(failure)
+        if failure.check(StartError, OSError):
+            log.critical("fatal: {error}", error=str(failure.value))
+        else:
+            log.failure("cannot start", failure)
+        worker.stopReactor()
+
     def started():
-        d = maybeDeferred(worker.start)
-        d.addErrback(lambda f: (log.failure("cannot start", f), worker.stopReactor()))
+        maybeDeferred(worker.start).addErrback(cannotStart)
 
     signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(worker.stopReactor))
     reactor.addSystemEventTrigger("before", "shutdown", worker.stop)
     reactor.callWhenRunning(started)
     reactor.run(installSignalHandlers=False)
-    return 0
+    return 1 if failed else 0
