@@ -318,6 +318,8 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
                 return
             self._logConnect()
         if self._connectLimited() and not await factory.eventLimitExceptions.matches(session.clientAddress):
+            if self._closing:  # gone while the table answered: nothing to count, nobody to greet
+                return
             counts = factory.clientConnect(session.clientAddress)
             if isinstance(counts, Deferred):  # counted by the master (mta.workers)
                 self._counted = True  # released at the end of the session, whatever the answer
@@ -328,6 +330,8 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
                 return
         if session.bareNewline == "reject" and await factory.bareNewlineExclusions.matches(session.clientAddress):
             session.bareNewline = "normalize"
+        if self._closing:
+            return
         if settings.greetWait > 0:
             await deferLater(factory.clock, settings.greetWait)
             if self._closing:

@@ -268,3 +268,21 @@ def test_mailRejectsAreLogged():
         "proto=ESMTP helo=<c>"
     ) in lines
     assert f"NOQUEUE: reject: MAIL from unknown[{OUTSIDE}]: 452 4.3.1 Insufficient system storage; proto=ESMTP helo=<c>" in lines
+
+
+def test_a_client_gone_while_the_exceptions_table_answers_is_neither_counted_nor_greeted(tmp_path):
+    from twisted.internet.defer import Deferred
+
+    table = tmp_path / "exceptions"
+    table.write_text("192.0.2.1 OK\n")
+    factory = serverFactory("smtpd_client_connection_count_limit = 1\n"
+                            f"smtpd_client_event_limit_exceptions = texthash:{table}\n", store=FakeQueueStore())
+    lookups = factory.eventLimitExceptions._tables[0]
+    answer, pending = lookups.lookup, Deferred()
+    lookups.lookup = lambda key: pending
+    first = Dialog(factory, peer=OUTSIDE)
+    first.protocol.connectionLost(None)
+    pending.callback(None)  # the table answers after the client left
+    assert first.read() == ""  # no banner into a closed session
+    lookups.lookup = answer
+    assert Dialog(factory, peer=OUTSIDE).banner.startswith("220 ")  # and no count left behind
