@@ -460,6 +460,7 @@ class MTAService(MultiService):
             generation, observer = self._prepare(path)
         except ReloadRefused as e:
             self._reopenMaillog()
+            self.workers.reopenLogs()  # a log rotation's reload may be refused: the workers reopen too
             self.maillog.emit(f"error: reload refused, the configuration in force stays: {e}", level=LogLevel.error)
             return ReloadResult(describeConfiguration(self.config), refused=True, error=str(e))
         problems = await self._commit(generation, observer)

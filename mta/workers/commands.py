@@ -23,6 +23,8 @@ Master to worker:
 
     Retire()                         stop accepting, finish the open
                                      sessions, then exit (a reload)
+    ReopenLog()                      open maillog_file again (a reload, also a
+                                     refused one: log rotation); no answer
 
 SECURITY
     Both ends are processes of the same daemon, as the same user; the
@@ -72,3 +74,8 @@ class FlushSite(amp.Command):
 class Retire(amp.Command):
     arguments = []
     response = []
+
+
+class ReopenLog(amp.Command):
+    arguments = []
+    requiresAnswer = False

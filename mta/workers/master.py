@@ -3,6 +3,7 @@
     pool = WorkerPool(daemon, reactor)   # daemon: the MTAService
     pool.start()      after the listeners are bound and the queue manager runs
     pool.reload()     after a reload: a new set of workers, the old ones retire
+    pool.reopenLogs() after a refused reload: the workers open maillog_file again
     pool.stop()       a Deferred: every worker has ended (SIGTERM, then SIGKILL)
     pool.describe()   "worker N pid P" lines for mta status
 
@@ -286,9 +287,16 @@ class WorkerPool:
         self._restarts.clear()
         for worker in old.values():
             self._retire(worker)
+        self.reopenLogs(old.values())  # they finish their sessions: into the file as it is now
         for index in range(1, self.count + 1):
             self._spawn(index)
         self._updateAccepting()
+
+    def reopenLogs(self, workers=None):
+        """Tell the workers (C{workers}, default: every one) to open maillog_file again (log rotation)."""
+        for worker in list(self.workers.values()) + list(self.retiring) if workers is None else workers:
+            if worker.channel is not None:
+                worker.channel.callRemote(commands.ReopenLog)
 
     def stop(self):
         """Stop every worker (SIGTERM; SIGKILL after KILL_AFTER seconds); a Deferred that fires when all ended."""

@@ -23,7 +23,8 @@ the AMP channel on descriptor 3, says Ready, and from then on:
 - mail-log lines go to maillog_file, which every process of the daemon
   appends to (O_APPEND, whole lines per write; the lines carry the
   worker's own pid, as Postfix's smtpd processes do), else to twistd's log
-  through the master (standard error, one event per line).
+  through the master (standard error, one event per line); ReopenLog (a
+  reload, also a refused one, as after a log rotation) opens the file again.
 
 SIGTERM stops it: it stops accepting, lets the commits in flight finish
 (the committer's thread is stopped after its batch), flushes the mail log
@@ -103,6 +104,11 @@ class WorkerSide(amp.AMP):
         self.worker.retire()
         return {}
 
+    @commands.ReopenLog.responder
+    def reopenLog(self):
+        self.worker.reopenMaillog()
+        return {}
+
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.worker.masterGone()
@@ -138,13 +144,22 @@ class Worker:
     # -- start ---------------------------------------------------------------------
 
     def openMaillog(self):
+        """maillog_file (again, after a rotation: the new file first, then the old one flushed and closed); OSError."""
         from mta.maillog import MailLogFile, installFile
 
         service = self.generation.config.settings.service
         if service.maillogFile:
-            self.maillogFile = MailLogFile(service.maillogFile, service.hostname, service.syslogName,
-                                           clock=self.reactor)
+            old, self.maillogFile = self.maillogFile, MailLogFile(service.maillogFile, service.hostname,
+                                                                  service.syslogName, clock=self.reactor)
             installFile(self.maillogFile)
+            if old is not None:
+                old.close()
+
+    def reopenMaillog(self):
+        try:
+            self.openMaillog()
+        except OSError as e:
+            log.error("cannot reopen maillog_file: {error}", error=e.strerror)
 
     def start(self):
         os.mkdir(self.store.tmpDirectory, 0o700)

@@ -697,3 +697,28 @@ def test_noWorkerProcessesByDefault(makeDaemon):
     assert not os.path.exists(os.path.join(d.queue, "tmp")) or not any(
         name.startswith("worker.") for name in os.listdir(os.path.join(d.queue, "tmp")))
     assert "worker 1[" not in twistdLog(d)
+
+
+def test_aRefusedReloadAfterALogRotationReopensTheWorkersLog(makeDaemon):
+    """logrotate renames maillog_file and sends SIGHUP; the reload is refused (a broken file): the workers reopen too."""
+    d = makeDaemon(main="worker_processes = 2\n").start()
+    workers = set(readyWorkers(d, 2).values())
+    os.rename(d.maillog, d.maillog + ".1")
+    with open(d.config, "a") as f:
+        f.write("this is not a parameter\n")
+    d.process.send_signal(signal.SIGHUP)
+    waitFor(lambda: "reload refused" in maillogNow(d), what="the refused reload in the new file")
+    assert set(readyWorkers(d, 2).values()) == workers  # refused: the same workers
+
+    def served():
+        client, pid = openSession(d)  # its connect line is in the new file
+        assert client.command("QUIT")[0] == 221
+        client.close()
+        return pid
+
+    pids = {served() for _ in range(6)}
+    assert pids <= workers
+    with open(d.maillog + ".1") as f:
+        rotated = f.read()
+    assert "reload refused" not in rotated
+    assert not any(f"mta/smtpd[{pid}]: connect from" in rotated.split("reload --")[-1] for pid in workers)

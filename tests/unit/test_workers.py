@@ -250,9 +250,13 @@ class FakeWorker:
     def __init__(self):
         self.retired = 0
         self.gone = 0
+        self.reopened = 0
 
     def retire(self):
         self.retired += 1
+
+    def reopenMaillog(self):
+        self.reopened += 1
 
     def masterGone(self):
         self.gone += 1
@@ -532,3 +536,15 @@ def test_auth_rate_counted_by_the_master(tmp_path):
     d.send(f"AUTH PLAIN {plain}\r\n")
     factory.remoteAnvil.auths[1].callback(2)
     assert d.read().startswith("235 ")
+
+
+def test_reopen_logs_reaches_the_workers(tmp_path):
+    c = channel(tmp_path)
+    c.pool.reopenLogs()
+    c.pump.flush()
+    assert c.worker.reopened == 1
+    c.pool._retire(c.process)  # a retiring worker too
+    c.pool.workers.clear()
+    c.pool.reopenLogs()
+    c.pump.flush()
+    assert c.worker.reopened == 2
