@@ -22,6 +22,7 @@ class Result:
     notes: list[str] = dataclasses.field(default_factory=list)
     rounds: list[dict] = dataclasses.field(default_factory=list)  # every timed run
     cpu_ms_per_message: float | None = None  # the server's CPU (utime+stime) per message, median
+    machine_ms_per_message: float | None = None  # the whole machine's busy CPU per message, median
     connections: int | None = None       # --tls: connections of the median run (handshakes)
     tls: dict | None = None              # --tls: version and cipher the client saw
     out: dict | None = None              # --relay-tls: the sink's conn, tls, resumed of the median run
@@ -55,6 +56,13 @@ def cpuRatio(results: dict[str, Result]) -> float | None:
     mta, pf = results.get("mta"), results.get("postfix")
     if mta and pf and mta.ok and pf.ok and mta.cpu_ms_per_message and pf.cpu_ms_per_message:
         return mta.cpu_ms_per_message / pf.cpu_ms_per_message
+    return None
+
+
+def machineRatio(results: dict[str, Result]) -> float | None:
+    mta, pf = results.get("mta"), results.get("postfix")
+    if mta and pf and mta.ok and pf.ok and mta.machine_ms_per_message and pf.machine_ms_per_message:
+        return mta.machine_ms_per_message / pf.machine_ms_per_message
     return None
 
 
@@ -94,6 +102,11 @@ def printTable(args, results: dict[str, Result]) -> None:
             if all(x.get("cpu_ms_per_message") is not None for x in r.rounds):
                 print(f"{'':12}CPU ms/message per run: "
                       + " ".join(f"{x['cpu_ms_per_message']:.2f}" for x in r.rounds))
+        if r.machine_ms_per_message is not None:
+            print(f"{'':12}machine CPU ms/message (every process and kernel thread, the load tools "
+                  f"included): {r.machine_ms_per_message:.2f}"
+                  + (" (per run: " + " ".join(f"{x['machine_ms_per_message']:.2f}" for x in r.rounds) + ")"
+                     if len(r.rounds) > 1 else ""))
         if r.tls:
             per = (f"{r.connections} connections (handshakes) for {r.messages} messages"
                    if r.connections is not None else "")
@@ -112,6 +125,9 @@ def printTable(args, results: dict[str, Result]) -> None:
     c = cpuRatio(results)
     if c is not None:
         print(f"CPU per message mta/postfix = {c:.2f}")
+    m = machineRatio(results)
+    if m is not None:
+        print(f"machine CPU per message mta/postfix = {m:.2f}")
     o = outRatios(results)
     for key, text in (("messages_per_connection", "messages per connection"),
                       ("handshakes_per_message", "handshakes per message"),
@@ -133,6 +149,7 @@ def printJson(args, results: dict[str, Result]) -> None:
         "tls": args.tls_key if args.tls else None,
         "ratio": ratio(results),
         "cpu_ratio": cpuRatio(results),
+        "machine_cpu_ratio": machineRatio(results),
         "relay_tls": getattr(args, "relay_tls", False),
         "out": {name: perMessage(r) for name, r in results.items()},
         "out_ratios": outRatios(results),
