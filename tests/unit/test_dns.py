@@ -912,13 +912,16 @@ def test_loopback_udp_and_tcp():
     private = PrivateReactor()
     reactor = private.reactor
     big = [f"{i} mx{i:02d}.big.example." for i in range(60)]
-    server = TinyDNS({
+    records = {
         ("example.com", "MX"): ["10 mx1.example.com.", "20 mx2.example.com."],
         ("mx1.example.com", "A"): ["127.0.0.11"],
         ("mx1.example.com", "AAAA"): ["::1"],
         ("big.example", "MX"): big,
-    }, big=["big.example"])
+    }
     for attempt in range(20):
+        # A fresh protocol per attempt: one whose port was stopped keeps its transport until the
+        # (not running) reactor tells it, and a protocol can be bound once.
+        server = TinyDNS(records, big=["big.example"])
         udp = reactor.listenUDP(0, server, interface="127.0.0.1")
         port = udp.getHost().port
         try:
