@@ -10,7 +10,9 @@ continues the previous value; lines whose first non-blank character is # or
 expand ``$name``, ``${name}``, ``$(name)``, ``${name?text}`` (text when name
 is not empty), ``${name:text}`` (text when name is empty) and ``$$`` (a
 dollar sign), lazily and against the scope in use: in a listener its
-overrides win.
+overrides win.  A raw parameter (a template such as default_rbl_reply,
+whose $rbl_code and the like are filled in where it is used) is taken as
+written, as Postfix's raw parameters are.
 
 SECURITY
     The file is untrusted in shape: every error (unknown section or
@@ -203,6 +205,10 @@ class Scope:
         return entry.value if entry else parameter(name).defaultText()
 
     def expanded(self, name):
+        """The text after $name expansion (a raw parameter's template as written: schema Parameter.raw)."""
+        spec = parameter(name)
+        if spec is not None and spec.raw:
+            return self.raw(name)
         return self._expand(self.raw(name), [name])
 
     def __getitem__(self, name):
@@ -219,6 +225,8 @@ class Scope:
             raise ValueError(f"${name} is not a known parameter")
         if name in stack:
             raise ValueError("circular reference: " + " -> ".join(f"${n}" for n in stack + [name]))
+        if parameter(name).raw:  # a template: its text as written
+            return self.raw(name)
         return self._expand(self.raw(name), stack + [name])
 
     def _expand(self, text, stack):

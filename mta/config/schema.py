@@ -37,6 +37,9 @@ class Parameter:
     default: object  # str, or a callable returning str (computed defaults)
     doc: str
     group: str = "general"
+    # A template expanded where it is used (Postfix's raw parameters, e.g. default_rbl_reply's
+    # $rbl_code): its $names are not parameters and are not expanded at load.
+    raw: bool = False
 
     def defaultText(self):
         return self.default() if callable(self.default) else self.default
@@ -351,6 +354,18 @@ PARAMETERS = (
        "The reply code of reject_unknown_client_hostname and reject_unknown_reverse_client_hostname "
        "when the name is missing or does not resolve back (a temporary DNS error is always 450).",
        "smtpd"),
+    _P("maps_rbl_reject_code", T.Integer(minimum=400), "554",
+       "The reply code ($rbl_code) when a DNS list restriction (reject_rbl_client, "
+       "reject_rhsbl_*) matches.", "smtpd"),
+    _P("default_rbl_reply", T.String(),
+       "$rbl_code Service unavailable; $rbl_class [$rbl_what] blocked using $rbl_domain"
+       "${rbl_reason?; $rbl_reason}",
+       "The reply template of a DNS list match, expanded at use ($rbl_code, $rbl_class, $rbl_what, "
+       "$rbl_domain, $rbl_reason, $client_address, $helo_name, $sender, ...; not at load).",
+       "smtpd", raw=True),
+    _P("rbl_reply_maps", T.Tables(), "",
+       "Tables of DNS list domain (domain=pattern, then domain) -> a reply template, as "
+       "default_rbl_reply.", "smtpd"),
     _P("smtpd_peername_lookup", T.Boolean(), "yes",
        "Look up the client's name at connect (/etc/hosts, then PTR through the DNS client) and "
        "confirm it with a forward lookup; no: every client is unknown.", "smtpd"),

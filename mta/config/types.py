@@ -350,6 +350,16 @@ RESTRICTION_NAMES = {
     "reject_unknown_client_hostname": False,
     "reject_unknown_client": False,
     "reject_unknown_reverse_client_hostname": False,
+    # DNS lists (mta.smtpd.dnsxl): an argument domain[=pattern]; reject_rbl is Postfix's older name
+    "reject_rbl_client": "dnsxl",
+    "reject_rbl": "dnsxl",
+    "permit_dnswl_client": "dnsxl",
+    "reject_rhsbl_client": "dnsxl",
+    "reject_rhsbl_reverse_client": "dnsxl",
+    "reject_rhsbl_helo": "dnsxl",
+    "reject_rhsbl_sender": "dnsxl",
+    "reject_rhsbl_recipient": "dnsxl",
+    "permit_rhswl_client": "dnsxl",
     "check_sender_access": True,
     "check_recipient_access": True,
     "check_etrn_access": True,
@@ -363,6 +373,69 @@ RESTRICTION_NAMES = {
     "reject_authenticated_sender_login_mismatch": False,
     "reject_unauthenticated_sender_login_mismatch": False,
 }
+
+
+@attrs.frozen
+class DnsxlSpec:
+    """
+    The argument of reject_rbl_client and its kin: a DNS list domain and,
+    after "=", the A-record pattern that counts as listed (Postfix's
+    ip_match syntax, each octet a number or [n;m..k], e.g. 127.0.0.[2..11]);
+    C{octets}: per octet, the tuple of (low, high) ranges.
+    """
+
+    domain: str
+    pattern: str | None = None
+    octets: tuple | None = None
+
+    def __str__(self):
+        return self.domain + (f"={self.pattern}" if self.pattern else "")
+
+    def matches(self, address):
+        """Does the A record C{address} (dotted text) count as listed?"""
+        if self.octets is None:
+            return True
+        parts = address.split(".")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+            return False
+        return all(any(lo <= int(p) <= hi for lo, hi in ranges) for p, ranges in zip(parts, self.octets))
+
+
+def _octetRanges(field, pattern):
+    def number(text):
+        if not text.isdigit() or int(text) > 255:
+            raise ValueError(f"{pattern!r}: {text!r} is not an octet (0-255)")
+        return int(text)
+
+    if field.startswith("[") and field.endswith("]"):
+        ranges = []
+        for item in re.split(r"[;,]", field[1:-1]):
+            low, dots, high = item.strip().partition("..")
+            lo, hi = number(low.strip()), (number(high.strip()) if dots else None)
+            if hi is not None and hi < lo:
+                raise ValueError(f"{pattern!r}: the range {item!r} is empty")
+            ranges.append((lo, lo if hi is None else hi))
+        return tuple(ranges)
+    value = number(field)
+    return ((value, value),)
+
+
+def parseDnsxl(text):
+    """'domain[=pattern]' -> DnsxlSpec; ValueError."""
+    if isinstance(text, DnsxlSpec):
+        return text
+    domain, equals, pattern = str(text).partition("=")
+    domain = domain.strip().lower().rstrip(".")
+    labels = domain.split(".")
+    if not domain or not all(_LABEL.fullmatch(label) for label in labels) or ":" in domain:
+        raise ValueError(f"{text!r} is not a DNS list domain (domain[=d.d.d.d])")
+    if not equals:
+        return DnsxlSpec(domain)
+    pattern = pattern.strip()
+    fields = re.findall(r"\[[^\]]*\]|[^.\[\]]+", pattern)  # a [] sequence may hold ".."
+    if len(fields) != 4 or ".".join(fields) != pattern:
+        raise ValueError(f"{text!r}: the pattern needs four octets, as 127.0.0.[2..11]")
+    return DnsxlSpec(domain, pattern.strip(), tuple(_octetRanges(f, pattern) for f in fields))
 
 
 def parseRestrictions(items):
@@ -380,7 +453,12 @@ def parseRestrictions(items):
         if name not in RESTRICTION_NAMES:
             raise ValueError(f"unknown restriction {str(item)!r} (known: {', '.join(sorted(RESTRICTION_NAMES))})")
         argument = None
-        if RESTRICTION_NAMES[name]:
+        if RESTRICTION_NAMES[name] == "dnsxl":
+            if i + 1 >= len(items) or isinstance(items[i + 1], TableSpec):
+                raise ValueError(f"{name} needs a DNS list domain argument (domain[=d.d.d.d])")
+            argument = parseDnsxl(items[i + 1])
+            i += 1
+        elif RESTRICTION_NAMES[name]:
             if i + 1 >= len(items):
                 raise ValueError(f"{name} needs a table argument (type:name)")
             argument = items[i + 1]

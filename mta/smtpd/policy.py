@@ -85,11 +85,19 @@ class RecipientPolicy:
     (a NetworkMatcher, also used for local_header_rewrite_clients),
     C{fastFlushDomains}, C{restrictions}, C{etrnRestrictions}, and the
     reply codes the restrictions read (C{relayRejectCode},
-    C{nonFqdnRejectCode}).
+    C{nonFqdnRejectCode}).  C{dns}: a callable that returns the DNS client,
+    for the DNS lists (C{dnsxl}, mta.smtpd.dnsxl; without one a DNS list
+    restriction never matches and a warning says why); C{maillog}: where
+    the lists' warnings go.
     """
 
-    def __init__(self, settings, resolver, tables):
+    def __init__(self, settings, resolver, tables, dns=None, maillog=None):
+        from mta.smtpd.dnsxl import Dnsxl
+
         self.settings = settings
+        self.dnsxl = Dnsxl(dns, settings.rblCode, settings.defaultRblReply,
+                           [tables.open(t) for t in settings.rblReplyMaps], maillog) if dns is not None else None
+        self.maillog = maillog
         self.resolver = resolver
         self.mynetworks = NetworkMatcher(settings.mynetworks, tables)
         self.aliasMaps = [tables.open(t) for t in settings.virtualAliasMaps]

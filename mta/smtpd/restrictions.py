@@ -17,7 +17,11 @@ parents, then the address), reject_unknown_client_hostname (or reject_unknown_cl
 4.7.25 or unknown_client_reject_code: "Client host rejected: cannot find
 your hostname, [ADDR]") and reject_unknown_reverse_client_hostname (the
 same with "reverse hostname" and 4.7.1; a temporary DNS failure is always
-a 450), the names from mta.smtpd.peername,
+a 450), the names from mta.smtpd.peername, the DNS lists of
+mta.smtpd.dnsxl (reject_rbl_client, permit_dnswl_client,
+reject_rhsbl_client, permit_rhswl_client, reject_rhsbl_reverse_client,
+reject_rhsbl_helo, reject_rhsbl_sender, reject_rhsbl_recipient; a
+domain[=pattern] argument),
 check_sender_access, check_recipient_access, check_etrn_access (the ETRN
 domain and its parent domains; smtpd_etrn_restrictions only),
 permit_tls_clientcerts (the client certificate's fingerprint or public-key
@@ -36,6 +40,8 @@ RCPT stage (ETRN) the recipient restrictions answer DUNNO, as in Postfix.  Acces
 access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
 code with optional enhanced status and text (4xx defers, 5xx rejects),
 or HOLD [text] (the message goes to the hold queue; evaluation goes on).
+An allow list that cannot be asked answers DEFER_IF_REJECT: evaluation
+goes on, and a reject that follows becomes that 450 (as in Postfix).
 A reject or defer carries its notify_classes class (Decision.errorClass, as
 Postfix's smtpd_check_reject): policy, bounce for
 reject_unlisted_recipient, data for a table that cannot answer, software
@@ -246,7 +252,7 @@ def _checkAccess(which):
                 subject = f"{request.client_name}[{request.client_address}]"
             elif which == "reverse_client":
                 keys = domainKeys(request.reverse_client_name) + addressKeysOf(request.client_address)
-                what = "Client host"
+                what = "Unverified Client host"  # Postfix's SMTPD_NAME_REV_CLIENT
                 subject = f"{request.reverse_client_name}[{request.client_address}]"
             elif which == "etrn":
                 if request.etrn_domain is None:
@@ -290,6 +296,70 @@ def _unknownClient(reverse):
             return Decision("reject" if code >= 500 else "defer",
                             Reply(code, f"{code // 100}.{detail}",
                                   f"Client host rejected: cannot find your {text}, [{request.client_address}]"))
+
+        return check
+
+    return make
+
+
+def _dnsxl(kind, permit):
+    """
+    The DNS list restrictions (mta.smtpd.dnsxl): C{kind} says what is
+    looked up (client, reverse_client, helo, sender, recipient); C{permit}
+    makes it an allow list.
+    """
+    from mta.smtpd import dnsxl
+
+    def what(request):
+        """(what the reply names, the query) or None when there is nothing to ask."""
+        if kind == "client":
+            return request.client_address, None
+        if kind == "client_name":
+            name = request.client_name
+        elif kind == "reverse_client":
+            name = request.reverse_client_name
+        elif kind == "helo":
+            name = request.helo
+        else:
+            address = getattr(request, kind)
+            if address is None or address.isNull:
+                return None
+            name = str(address)
+        if not name or (kind in ("client_name", "reverse_client") and name == "unknown"):
+            return None
+        return name, name
+
+    def make(policy, spec):
+        async def check(request):
+            found = what(request)
+            if found is None or not request.client_address and kind == "client":
+                return DUNNO
+            shown, name = found
+            if policy.dnsxl is None:
+                return DUNNO
+            if permit and request.recipient is not None and not await policy.authorizedDestination(request.recipient):
+                return DUNNO  # Postfix: an allow list never lets through mail for unauthorized recipients
+            try:
+                query = dnsxl.clientQuery(shown, spec.domain) if name is None else dnsxl.domainQuery(name, spec.domain)
+            except ValueError:
+                return DUNNO
+            if query is None:
+                return DUNNO
+            status, txt = await policy.dnsxl.listed(query, spec)
+            replyClass = dnsxl.CLASSES["client" if kind == "client_name" else kind]
+            if permit:
+                if status == "listed":
+                    return PERMIT
+                if status == "unavailable":
+                    return Decision("defer_if_reject", Reply(450, "4.7.1",
+                                                             f"<{shown}>: {replyClass} rejected: Service unavailable"))
+                return DUNNO
+            if status != "listed":
+                return DUNNO
+            reply = await policy.dnsxl.reply(request, spec, shown, "client" if kind == "client_name" else kind, txt)
+            if reply.code < 400:
+                return DUNNO
+            return Decision("reject" if reply.code >= 500 else "defer", reply)
 
         return check
 
@@ -376,7 +446,8 @@ def _checkCcertAccess(policy, table):
     return check
 
 
-# name -> (needs a table argument, maker(policy, argument) -> async check(request)); the names and
+# name -> (needs a table argument, or "dnsxl": a DNS list's domain[=pattern]; maker(policy, argument) ->
+# async check(request)); the names and
 # their arguments are mta.config.types.RESTRICTION_NAMES (the list is parsed at load, in mta.config).
 RESTRICTIONS = {
     "permit": (False, _constant(PERMIT)),
@@ -394,6 +465,15 @@ RESTRICTIONS = {
     "reject_unknown_client_hostname": (False, _unknownClient(False)),
     "reject_unknown_client": (False, _unknownClient(False)),
     "reject_unknown_reverse_client_hostname": (False, _unknownClient(True)),
+    "reject_rbl_client": ("dnsxl", _dnsxl("client", False)),
+    "reject_rbl": ("dnsxl", _dnsxl("client", False)),
+    "permit_dnswl_client": ("dnsxl", _dnsxl("client", True)),
+    "reject_rhsbl_client": ("dnsxl", _dnsxl("client_name", False)),
+    "permit_rhswl_client": ("dnsxl", _dnsxl("client_name", True)),
+    "reject_rhsbl_reverse_client": ("dnsxl", _dnsxl("reverse_client", False)),
+    "reject_rhsbl_helo": ("dnsxl", _dnsxl("helo", False)),
+    "reject_rhsbl_sender": ("dnsxl", _dnsxl("sender", False)),
+    "reject_rhsbl_recipient": ("dnsxl", _dnsxl("recipient", False)),
     "check_sender_access": (True, _checkAccess("sender")),
     "check_recipient_access": (True, _checkAccess("recipient")),
     "check_etrn_access": (True, _checkAccess("etrn")),
@@ -419,17 +499,22 @@ class RestrictionList:
     """
 
     def __init__(self, pairs, policy, tables):
+        from mta.config.types import TableSpec
+
         self._checks = []
         for name, argument in pairs:
-            table = tables.open(argument) if argument is not None else None
+            # A table is opened; another argument (a DNS list's domain=pattern) is given as it is.
+            table = tables.open(argument) if isinstance(argument, TableSpec) else argument
             self._checks.append((name, RESTRICTIONS[name][1](policy, table)))
 
     async def evaluate(self, request):
         """
         The first decision other than DUNNO; PERMIT when none.  HOLD does not
         stop the evaluation (as in Postfix): its reason rides on the result.
+        A DEFER_IF_REJECT (an allow list that could not be asked) does not
+        stop it either: if a reject follows, that reject becomes its defer.
         """
-        hold = None
+        hold = deferIfReject = None
         for name, check in self._checks:
             try:
                 decision = await check(request)
@@ -437,6 +522,10 @@ class RestrictionList:
                 return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"), errorClass="data")
             if decision.action == "hold":
                 hold = hold or decision.hold
+            elif decision.action == "defer_if_reject":
+                deferIfReject = deferIfReject or decision.reply
             elif decision.action != "dunno":
+                if decision.action == "reject" and deferIfReject is not None:
+                    decision = Decision("defer", deferIfReject, errorClass=decision.errorClass)
                 return attrs.evolve(decision, hold=hold) if hold else decision
         return Decision("permit", hold=hold) if hold else PERMIT

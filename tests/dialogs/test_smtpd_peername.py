@@ -126,7 +126,7 @@ def test_check_client_access_looks_up_the_name_its_parents_then_the_networks(tmp
     assert rcpt("forged.example REJECT\n", FORGED) == "250 2.1.5 Ok\r\n"  # not verified: not its name
     assert rcpt("unknown REJECT nameless\n", FORGED).endswith("Client host rejected: nameless\r\n")  # as Postfix
     assert rcpt("forged.example REJECT unverified\n", FORGED, "check_reverse_client_hostname_access") == (
-        f"554 5.7.1 <forged.example[{FORGED}]>: Client host rejected: unverified\r\n")
+        f"554 5.7.1 <forged.example[{FORGED}]>: Unverified Client host rejected: unverified\r\n")
 
 
 def test_no_lookup_when_turned_off(tmp_path):

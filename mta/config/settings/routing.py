@@ -16,7 +16,8 @@ settings class that needs it (a parameter may be read by several areas):
     unknown_virtual_alias_reject_code,
     unknown_virtual_mailbox_reject_code,
     unknown_relay_recipient_reject_code, non_fqdn_reject_code,
-    unknown_client_reject_code, smtpd_etrn_restrictions, fast_flush_domains
+    unknown_client_reject_code, maps_rbl_reject_code, default_rbl_reply,
+    rbl_reply_maps, smtpd_etrn_restrictions, fast_flush_domains
 
 ResolverSettings (``config.settings.resolver``) is built from [main] only:
 Postfix's trivial-rewrite(8) reads main.cf, never a master.cf -o, so one
@@ -114,6 +115,9 @@ class RecipientCheckSettings(Settings):
     relayRejectCode: int = setting("relay_domains_reject_code")  # reject_unauth_destination
     nonFqdnRejectCode: int = setting("non_fqdn_reject_code")  # reject_non_fqdn_sender/recipient
     unknownClientCode: int = setting("unknown_client_reject_code")  # reject_unknown_*client_hostname
+    rblCode: int = setting("maps_rbl_reject_code")  # $rbl_code of the DNS list replies (mta.smtpd.dnsxl)
+    defaultRblReply: str = setting("default_rbl_reply")  # the reply template of a listed client
+    rblReplyMaps: tuple = setting("rbl_reply_maps")  # DNS list domain -> a reply template
     unknownLocalCode: int = setting("unknown_local_recipient_reject_code")
     unknownAliasCode: int = setting("unknown_virtual_alias_reject_code")
     unknownMailboxCode: int = setting("unknown_virtual_mailbox_reject_code")

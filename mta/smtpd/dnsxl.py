@@ -1,0 +1,233 @@
+"""mta.smtpd.dnsxl - DNS block and allow lists in the restrictions, as Postfix's smtpd_check.c.
+
+    reject_rbl_client D[=P]            the client address, reversed (1.2.0.192.D; IPv6: 32
+                                       nibbles), has an A record (matching P)
+    permit_dnswl_client D[=P]          the same, as a permit (never for a recipient that is
+                                       not an authorized destination)
+    reject_rhsbl_client D[=P]          the client's verified name (not "unknown"): NAME.D
+    permit_rhswl_client D[=P]          the same, as a permit
+    reject_rhsbl_reverse_client D[=P]  the unverified PTR name
+    reject_rhsbl_helo D[=P]            the HELO/EHLO name
+    reject_rhsbl_sender D[=P]          the sender's domain
+    reject_rhsbl_recipient D[=P]       the recipient's domain
+
+P is Postfix's A-record pattern (mta.config.types.DnsxlSpec: 127.0.0.[2..11]).
+A listed client gets the reply of rbl_reply_maps (looked up by D=P, then
+D) or default_rbl_reply, a template expanded with $rbl_code
+(maps_rbl_reject_code), $rbl_class ("Client host", "Helo command", ...),
+$rbl_what (the address or name looked up), $rbl_domain, $rbl_reason and
+$rbl_txt (the TXT records of the listing, at most 500 characters), and the
+session's $client_address, $client_name, $reverse_client_name,
+$helo_name, $sender, $sender_name, $sender_domain, $recipient,
+$recipient_name and $recipient_domain; ${name?text} and ${name:text} as
+in Postfix.  By default::
+
+    554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.example; listed
+
+A template that does not expand, or does not start with a 4xx/5xx code, is
+a warning and the default (or 450 4.7.1 Service unavailable).
+
+A list that cannot be asked (SERVFAIL, timeout) is a warning
+(``warning: 1.2.0.192.zen.example: RBL lookup error: ...``) and: a block
+list does not match (mail is not refused because a list is down); an
+allow list gives Postfix's DEFER_IF_REJECT (450 4.7.1 ... Service
+unavailable, if the decision would otherwise be a reject).  Answers are
+cached by the DNS client (mta.delivery.dns) for their TTL.
+
+SECURITY
+    Names from the client (HELO, the sender's and recipient's domains, the
+    PTR name) are checked (valid hostname, not numeric, converted to ASCII)
+    before they become a query.  Expanded values pass
+    smtpd_expand_filter's rule (printable ASCII; the rest becomes "_").
+
+CONFIGURATION
+    default_rbl_reply, rbl_reply_maps, maps_rbl_reject_code (through
+    mta.smtpd.policy.RecipientPolicy).
+
+DEVIATIONS
+    Postfix 3.9's "&" bit-mask patterns are not built.
+"""
+
+import ipaddress
+import re
+
+from twisted.logger import Logger
+
+from mta.model import Reply
+from mta.smtpd.peername import validHostname
+
+log = Logger()
+
+TXT_LIMIT = 500  # characters of the listing's TXT records kept for $rbl_reason (Postfix's RBL_TXT_LIMIT)
+CLASSES = {  # Postfix's SMTPD_NAME_* reply classes
+    "client": "Client host", "reverse_client": "Unverified Client host", "helo": "Helo command",
+    "sender": "Sender address", "recipient": "Recipient address",
+}
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def clientQuery(address, domain):
+    """The query name of a client address on DNS list C{domain}: reversed octets, or nibbles for IPv6."""
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    reverse = ip.reverse_pointer  # 1.2.0.192.in-addr.arpa / ....ip6.arpa
+    return reverse.rsplit(".", 2)[0] + "." + domain
+
+
+def domainQuery(what, domain):
+    """The query name of a name or address (its part after '@') on C{domain}, or None when it cannot be asked."""
+    name = what.rpartition("@")[2] if "@" in what else what
+    if not name or name.startswith("["):
+        return None
+    name = name.rstrip(".")
+    if name.rpartition(".")[2].isdigit():  # a numeric last label (Spamhaus refuses IP queries): not asked
+        return None
+    try:
+        name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        return None
+    if not validHostname(name):
+        return None
+    return f"{name.lower()}.{domain}"
+
+
+def _filtered(value):
+    """smtpd_expand_filter: printable ASCII stays, anything else becomes '_'."""
+    return "".join(ch if " " <= ch <= "~" or ch == "\t" else "_" for ch in value)
+
+
+def expandTemplate(template, values):
+    """
+    Postfix's mac_expand for reply templates: $name, ${name}, $(name),
+    ${name?text}, ${name:text}, $$.  ValueError for an unknown name or a
+    malformed expression.
+    """
+    out, i, n = [], 0, len(template)
+    while i < n:
+        j = template.find("$", i)
+        if j < 0:
+            out.append(template[i:])
+            break
+        out.append(template[i:j])
+        i = j + 1
+        if i < n and template[i] == "$":
+            out.append("$")
+            i += 1
+            continue
+        if i < n and template[i] in "{(":
+            opener, closer = template[i], "}" if template[i] == "{" else ")"
+            depth, k = 1, i + 1
+            while k < n and depth:
+                depth += {opener: 1, closer: -1}.get(template[k], 0)
+                k += 1
+            if depth:
+                raise ValueError(f"unbalanced '{opener}'")
+            match = re.fullmatch(r"([A-Za-z0-9_]+)\s*(?:([?:])(.*))?", template[i + 1 : k - 1], re.S)
+            if not match:
+                raise ValueError(f"malformed expression ${template[i:k]}")
+            i = k
+            name, op, text = match.groups()
+            if name not in values:
+                raise ValueError(f"unknown name ${name}")
+            value = values[name]
+            if op is None:
+                out.append(_filtered(value))
+            elif bool(value) == (op == "?"):
+                out.append(expandTemplate(text, values))
+            continue
+        match = _NAME.match(template, i)
+        if not match:
+            raise ValueError("'$' is not followed by a name")
+        if match.group() not in values:
+            raise ValueError(f"unknown name ${match.group()}")
+        out.append(_filtered(values[match.group()]))
+        i = match.end()
+    return "".join(out)
+
+
+def requestValues(request):
+    """The session's part of the template names (Postfix's smtpd_expand_lookup)."""
+    def parts(address):
+        if address is None:
+            return "", "", ""
+        text = str(address) if not address.isNull else ""
+        return text, (address.local if text else ""), (address.domain if text else "")
+
+    sender, senderName, senderDomain = parts(request.sender)
+    recipient, recipientName, recipientDomain = parts(request.recipient)
+    return {
+        "client": f"{request.client_name}[{request.client_address}]", "client_address": request.client_address,
+        "client_name": request.client_name, "reverse_client_name": request.reverse_client_name,
+        "helo_name": request.helo or "", "sender": sender, "sender_name": senderName,
+        "sender_domain": senderDomain, "recipient": recipient, "recipient_name": recipientName,
+        "recipient_domain": recipientDomain,
+    }
+
+
+class Dnsxl:
+    """The DNS list lookups of one listener's restrictions (RecipientPolicy.dnsxl)."""
+
+    def __init__(self, dns, code, template, replyMaps, maillog):
+        self.dns = dns  # a callable that returns the IDNSResolver (made on first use)
+        self.code = code
+        self.template = template
+        self.replyMaps = replyMaps
+        self.maillog = maillog
+
+    async def listed(self, query, spec):
+        """
+        Is C{query} listed?  ("listed", txt), ("not listed", None) or
+        ("unavailable", None) after a temporary DNS failure (warned).
+        """
+        from mta.delivery.dns import DNSError
+
+        resolver = self.dns()
+        try:
+            records = await resolver.lookupRecords(query, "A")
+        except DNSError as e:
+            if e.temporary:
+                self.maillog.emit(f"warning: {query}: RBL lookup error: {e.text}")
+                return "unavailable", None
+            return "not listed", None
+        if not any(spec.matches(getattr(rdata, "address", "")) for rdata in records):
+            return "not listed", None
+        try:
+            texts = await resolver.lookupRecords(query, "TXT")
+        except DNSError:
+            texts = []
+        txt = "".join(b"".join(rdata.strings).decode("utf-8", "replace") for rdata in texts)[:TXT_LIMIT]
+        return "listed", txt
+
+    async def reply(self, request, spec, what, kind, txt):
+        """The Reply for a listed C{what} (rbl_reply_maps, else default_rbl_reply)."""
+        from mta.tables import TableTemporaryError
+
+        template = None
+        for table in self.replyMaps:
+            for key in dict.fromkeys((str(spec), spec.domain)):
+                try:
+                    template = await table.lookup(key)
+                except TableTemporaryError:
+                    return Reply(451, "4.3.0", "Temporary lookup failure")
+                if template is not None:
+                    break
+            if template is not None:
+                break
+        values = requestValues(request)
+        values.update(rbl_code=str(self.code), rbl_domain=spec.domain, rbl_reason=txt or "", rbl_txt=txt or "",
+                      rbl_what=what, rbl_class=CLASSES[kind])
+        for candidate in ([template] if template is not None else []) + [self.template]:
+            try:
+                text = expandTemplate(candidate, values)
+                break
+            except ValueError as e:
+                self.maillog.emit(f"warning: bad rbl reply template for domain {spec.domain}: {candidate}: {e}")
+        else:
+            return Reply(450, "4.7.1", "Service unavailable")
+        match = re.match(r"([45][0-9][0-9]) (?:([45]\.[0-9]{1,3}\.[0-9]{1,3}) )?(.*)", text, re.S)
+        if not match:
+            self.maillog.emit(f"warning: rbl response code configuration error: {text}")
+            return Reply(450, "4.7.1", "Service unavailable")
+        code, dsn, rest = int(match.group(1)), match.group(2) or "4.7.1", match.group(3)
+        return Reply(code, f"{code // 100}{dsn[1:]}", rest or "Service unavailable")
