@@ -172,7 +172,8 @@ class Memory:
 
     def __init__(self, pids: list[int], withPss: bool = True):
         self.processes = len(pids)
-        self.rss = sum(vmRss(p) for p in pids)
+        self.each = [vmRss(p) for p in pids]  # in the order of pids: for mta, the master first
+        self.rss = sum(self.each)
         self.pss = sum(pss(p) for p in pids) if withPss else None
 
     def __str__(self):
@@ -309,8 +310,11 @@ class DumpingSink(SmtpSink):
 class IdleSessions:
     """N SMTP sessions that read the 220 banner and then stay silent (asyncio, in a thread)."""
 
-    def __init__(self, port: int, count: int, sources: int, concurrency: int = 100, timeout: float = 120.0):
+    def __init__(self, port: int, count: int, sources: int, concurrency: int = 100, timeout: float = 120.0,
+                 minAvailable: int = 0):
         self.port, self.count, self.sources = port, count, sources
+        self.minAvailable = minAvailable  # stop opening sessions when MemAvailable falls below this
+        self.memoryGuard = False
         self.concurrency, self.timeout = concurrency, timeout
         self.transports: list[asyncio.Transport] = []
         self.failed = 0
@@ -320,6 +324,13 @@ class IdleSessions:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+
+    def _memoryLow(self) -> bool:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 < self.minAvailable
+        return False
 
     def _source(self, i: int) -> tuple[str, int] | None:
         if self.sources <= 1:
@@ -349,6 +360,12 @@ class IdleSessions:
                     self.banner.set_exception(ConnectionError(f"closed before the banner ({exc})"))
 
         async with gate:
+            if self.memoryGuard or (i % 50 == 0 and self._memoryLow()):
+                if not self.memoryGuard:
+                    self.firstError = self.firstError or f"session {i}: MemAvailable under the guard; stopped opening"
+                self.memoryGuard = True
+                self.failed += 1
+                return
             try:
                 transport, protocol = await asyncio.wait_for(
                     self.loop.create_connection(Idle, "127.0.0.1", self.port, local_addr=self._source(i)), 60)
@@ -405,7 +422,8 @@ def idleRun(server, args, result: dict) -> None:
     result["before"] = server.memory()
     log(f"{server.name}: {args.messages} messages without idle sessions: {result['rate_alone']:.1f}/s; "
         f"before: {result['before']}; load {loadavg()}")
-    sessions = IdleSessions(server.port, args.sessions, args.sources, timeout=args.open_timeout)
+    sessions = IdleSessions(server.port, args.sessions, args.sources, timeout=args.open_timeout,
+                            minAvailable=args.min_available_mb * MiB)
     try:
         result["open_seconds"] = sessions.open()
         result["opened"], result["failed"] = len(sessions.transports), sessions.failed
@@ -431,20 +449,24 @@ def idleRun(server, args, result: dict) -> None:
     time.sleep(3)
     result["after"] = server.memory()
     log(f"{server.name}: idle sessions closed: {result['after']}")
+    time.sleep(15)
+    result["settled"] = server.memory()
+    log(f"{server.name}: 15s later: {result['settled']}")
     result["ok"] = (result["opened"] == args.sessions and result["lost"] == 0
                     and result["queued"] == 2 * args.messages)
 
 
 def benchIdle(args, workdir: Path) -> int:
-    limit = raiseFileLimit(args.sessions + 4096)
+    limit = raiseFileLimit(args.sessions + 1000)
     log(f"RLIMIT_NOFILE {limit} (this process and, inherited, the servers)")
-    if limit < args.sessions + 200:
+    if limit < args.sessions + 500:
         raise BenchFailure(f"RLIMIT_NOFILE is {limit}: too low for {args.sessions} sessions")
     rows = []
     if not args.skip_mta:
         port, = freePorts(1)
         mta = ScaleMta(workdir / "mta", port, None, args.start_timeout, workers=args.workers,
-                       extra=("smtpd_client_connection_count_limit = 0", "smtpd_timeout = 1800s"), backlog=4096)
+                       extra=("smtpd_client_connection_count_limit = 0", "smtpd_timeout = 1800s"),
+                       backlog=args.backlog)
         rows.append((f"mta (worker_processes = {args.workers})", mta, {}))
     if not args.skip_postfix:
         port, = freePorts(1)
@@ -472,7 +494,7 @@ def benchIdle(args, workdir: Path) -> int:
             print(f"    FAILED: {result['error']}")
         for key, label in (("start", "at start"), ("before", "before (warm)"), ("idle", f"{args.sessions} idle"),
                            ("idle_after", f"{args.sessions} idle + {args.messages} msgs"),
-                           ("after", "sessions closed")):
+                           ("after", "sessions closed"), ("settled", "15 s later")):
             m = result.get(key)
             if m is not None:
                 print(f"    {label:30} {m.processes:>6} {mib(m.rss):>8} {mib(m.pss):>8}")
@@ -487,6 +509,9 @@ def benchIdle(args, workdir: Path) -> int:
             perPss = (idle.pss - result["before"].pss) / max(1, result["opened"])
             print(f"    per idle session: {perSession / 1024:.1f} KiB RSS, {perPss / 1024:.1f} KiB PSS; "
                   f"{'under' if idle.rss < 1 << 30 else 'OVER'} 1 GiB RSS")
+            if 1 < idle.processes <= 8:
+                print(f"    RSS per process with the sessions idle (master first), MiB: "
+                      f"{' '.join(mib(r) for r in idle.each)} (before: {' '.join(mib(r) for r in result['before'].each)})")
         if "error" in result and "idle" in result:
             print(f"    FAILED: {result['error']}")
         print(f"    load average at the end: {result.get('load', loadavg())}")
@@ -706,7 +731,12 @@ def deferredRun(args, workdir: Path, deferredCount: int, result: dict) -> None:
     if deferredCount:
         log(f"writing {deferredCount} deferred queue files")
         result["write_seconds"] = writeDeferred(spool, deferredCount)
-        subprocess.run(["sync"], check=False, timeout=300)
+        t = time.monotonic()
+        try:
+            subprocess.run(["sync"], check=False, timeout=600)
+        except subprocess.TimeoutExpired:
+            log("sync did not finish within 600s (going on)")
+        log(f"wrote them in {result['write_seconds']:.1f}s, sync took {time.monotonic() - t:.1f}s")
 
     def countNew():
         return sum(countRegularFiles(spool / q) for q in ("incoming", "active", "hold") if (spool / q).is_dir())
@@ -749,8 +779,11 @@ def deferredRun(args, workdir: Path, deferredCount: int, result: dict) -> None:
         result["left"] = countRegularFiles(spool / "deferred") if deferredCount else 0
         result["loadavg"] = loadavg()
     finally:
-        watch.stop() if watchStarted else None
-        server.stop()
+        try:
+            if watchStarted:
+                watch.stop()
+        finally:
+            server.stop()
     first = result["scans"][0] if result["scans"] else None
     result["ok"] = result["queued"] == args.messages and result["left"] == deferredCount and \
         (not deferredCount or bool(first and first[1] is not None))
@@ -785,13 +818,16 @@ def benchDeferred(args, workdir: Path) -> int:
             print(f"{r['deferred']:>8} FAILED: {r.get('error')}")
             continue
         scans = []
+        loadStart, loadEnd = r["load_window"]
         for start, end, before, after, _ in r["scans"][:4]:
             if end is None:
                 scans.append(f"{start:.2f}-(still running)")
-            else:
-                during = after - before
-                rate = during / (end - start) if end > start else 0
-                scans.append(f"{start:.2f}-{end:.2f} ({end - start:.2f}s, {during} msgs, {rate:.0f}/s)")
+                continue
+            # The rate while the scan and the load overlap (smtp-source starts once SMTP answers).
+            overlap = min(end, loadEnd) - max(start, loadStart)
+            during = after - before
+            rate = f"{during / overlap:.0f}/s" if overlap > 0.05 else "no overlap with the load"
+            scans.append(f"{start:.2f}-{end:.2f} ({end - start:.2f}s, {during} msgs, {rate})")
         more = f" +{len(r['scans']) - 4} more" if len(r["scans"]) > 4 else ""
         scanned = r["scans"][0][4] if r["scans"] and r["scans"][0][4] else None
         print(f"{r['deferred']:>8} {r['ready_seconds']:>8.2f} {mib(r['ready'].rss):>7} {mib(r['ready'].pss):>7} "
@@ -813,6 +849,10 @@ def main(argv=None) -> int:
     idle.add_argument("--sources", type=int, default=1,
                       help="source addresses 127.0.0.2.. to spread the sessions over (1: 127.0.0.1 only)")
     idle.add_argument("--open-timeout", type=float, default=600.0)
+    idle.add_argument("--backlog", type=int, default=4096,
+                      help="listen backlog in mta's endpoint (0: the endpoint's default, Twisted's 50)")
+    idle.add_argument("--min-available-mb", type=int, default=4096,
+                      help="stop opening sessions when the machine's MemAvailable falls below this")
     big = sub.add_parser("bigmessage")
     big.add_argument("--size-mb", type=int, default=50)
     deferred = sub.add_parser("deferred")
