@@ -8,7 +8,7 @@
 
 idle        mta (twistd, as bench/run.py's MtaServer, mail to bench.example on
             HOLD) with smtpd_client_connection_count_limit = 0, smtpd_timeout =
-            1800s and a listen backlog of 4096 in its endpoint; the harness opens
+            1800s and a listen backlog of 4096 in its endpoint (--backlog); the harness opens
             --sessions SMTP sessions (an asyncio client in this process, from
             127.0.0.1 or --sources K addresses 127.0.0.2..), each reads the 220
             banner and then stays silent.  While they are open, smtp-source sends
@@ -20,7 +20,9 @@ idle        mta (twistd, as bench/run.py's MtaServer, mail to bench.example on
             processes that share them), at start, before, with the N sessions
             idle, after the messages, and after the sessions are closed.  Postfix
             gets default_process_limit = N + 50 (one smtpd per session) and the
-            same smtpd_timeout and connection count limit.
+            same smtpd_timeout and connection count limit.  The harness stops
+            opening sessions when the machine's MemAvailable falls under
+            --min-available-mb (4096): Postfix needs about 1.2 MiB per session.
 bigmessage  a --size-mb (50) MiB message of 76-character lines sent with smtplib
             to the server, which relays it to smtp-sink (relayhost =
             [127.0.0.1]:PORT, message_size_limit = size + 10 MiB); after a
