@@ -644,8 +644,12 @@ def benchBig(args, workdir: Path) -> int:
             print(f"{name:34} FAILED: {result.get('error')}")
             continue
         b = result["baseline"].rss
-        print(f"{name:34} {mib(b):>9} {mib(result['receive_peak']):>9} {mib(result['receive_peak'] - b):>8} "
-              f"{mib(result['relay_peak']):>9} {mib(result['relay_peak'] - b):>8} {mib(result['after']):>8}"
+
+        def growth(peak, b=b):  # None: no 50 ms sample fell into a phase that short (VmHWM below covers it)
+            return None if peak is None else peak - b
+
+        print(f"{name:34} {mib(b):>9} {mib(result['receive_peak']):>9} {mib(growth(result['receive_peak'])):>8} "
+              f"{mib(result['relay_peak']):>9} {mib(growth(result['relay_peak'])):>8} {mib(result['after']):>8}"
               f"  {result['receive_seconds']:.1f} + {result['relay_seconds']:.1f}")
         print(f"{'':34} peak RSS (VmHWM) summed: receive {mib(result['receive_hwm'])} "
               f"(+{mib(result['receive_hwm'] - b)}), relay {mib(result['relay_hwm'])} (+{mib(result['relay_hwm'] - b)})")
