@@ -263,8 +263,9 @@ class SMTPAuth:
         return self._fault("policy", Reply(535, "5.7.8", f"Error: authentication failed: {reason}"))
 
     def _authEnd(self):
-        auth, self._auth = self._auth, None
-        if auth is not None:
+        auth = self._auth
+        if auth is not None:  # (a session without AUTH never gets an instance attribute for it)
+            self._auth = None
             auth.exchange.abort()
 
     # -- hooks for the session ------------------------------------------------------

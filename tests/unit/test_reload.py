@@ -181,7 +181,8 @@ def test_tableThatDoesNotOpenRefusesTheReload(daemon, tmp_path):
 def test_transportThatCannotBeMadeRefusesTheReload(daemon):
     daemon.write()
     daemon.start()
-    daemon.write("message_size_limit = 0\n")  # the virtual transport refuses an unlimited message size
+    # The virtual transport refuses an unlimited message size (when mail can reach it: virtual mailbox domains).
+    daemon.write("virtual_mailbox_domains = v.example\nmessage_size_limit = 0\n")
     result = daemon.reload()
     assert result.refused
     assert "message_size_limit is unlimited" in result.error

@@ -243,7 +243,17 @@ def test_transport_settings_with_a_nexthop():
                     ).settings.resolver
     assert settings.transport("relay") == ("smtp", "[relay.example]:587")
     assert settings.transport("virtual") == ("lmtp", "unix:/run/l")
-    assert settings.transportNames() == ["error", "lmtp", "smtp"]
+    assert settings.transportNames() == ["error", "smtp"]  # no virtual_mailbox_domains: lmtp gets no mail
+    withDomains = load("<t>", "[main]\nvirtual_transport = lmtp:unix:/run/l\nvirtual_mailbox_domains = v.example\n"
+                       ).settings.resolver
+    assert withDomains.transportNames() == ["error", "lmtp", "relay", "smtp"]
+
+
+def test_a_message_size_limit_above_the_virtual_mailbox_limit_starts_when_virtual_gets_no_mail(tmp_path):
+    from mta.generation import configuredTransports
+
+    config = load("<t>", "[main]\nmessage_size_limit = 62914560\n")  # virtual_mailbox_limit stays 51200000
+    assert "virtual" not in configuredTransports(config)
 
 
 def test_recipient_check_settings_hold_the_parsed_restriction_lists():

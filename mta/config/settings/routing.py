@@ -91,8 +91,16 @@ class ResolverSettings(Settings):
         }[addressClass]
 
     def transportNames(self):
-        """The transports the four classes name, sorted, without empty names."""
-        names = {t for t, _ in (self.localTransport, self.virtualTransport, self.relayTransport, self.defaultTransport)}
+        """
+        The transports the address classes name, sorted, without empty names;
+        virtual_transport only when there are virtual_mailbox_domains (no mail
+        reaches it otherwise, as virtualIsUsed in mta.config.settings.delivery
+        says).
+        """
+        classes = [self.localTransport, self.relayTransport, self.defaultTransport]
+        if self.mailboxDomains:
+            classes.append(self.virtualTransport)
+        names = {t for t, _ in classes}
         return sorted(n for n in names if n)
 
 
