@@ -354,6 +354,20 @@ PARAMETERS = (
        "The reply code of reject_unknown_client_hostname and reject_unknown_reverse_client_hostname "
        "when the name is missing or does not resolve back (a temporary DNS error is always 450).",
        "smtpd"),
+    _P("invalid_hostname_reject_code", T.Integer(minimum=400), "501",
+       "The reply code of reject_invalid_helo_hostname.", "smtpd"),
+    _P("unknown_hostname_reject_code", T.Integer(minimum=400), "450",
+       "The reply code of reject_unknown_helo_hostname (no A, AAAA or MX record).", "smtpd"),
+    _P("unknown_address_reject_code", T.Integer(minimum=400), "450",
+       "The reply code of reject_unknown_sender_domain and reject_unknown_recipient_domain.", "smtpd"),
+    _P("reject_tempfail_action", T.Choice(("defer", "defer_if_permit")), "defer_if_permit",
+       "After a temporary failure of a reject_unknown_* lookup: defer at once, or only if the "
+       "request would otherwise be permitted.", "smtpd"),
+    _P("unknown_address_tempfail_action", T.Choice(("defer", "defer_if_permit")), "$reject_tempfail_action",
+       "reject_tempfail_action for reject_unknown_sender_domain and reject_unknown_recipient_domain.",
+       "smtpd"),
+    _P("unknown_helo_hostname_tempfail_action", T.Choice(("defer", "defer_if_permit")),
+       "$reject_tempfail_action", "reject_tempfail_action for reject_unknown_helo_hostname.", "smtpd"),
     _P("maps_rbl_reject_code", T.Integer(minimum=400), "554",
        "The reply code ($rbl_code) when a DNS list restriction (reject_rbl_client, "
        "reject_rhsbl_*) matches.", "smtpd"),

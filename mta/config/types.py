@@ -350,6 +350,15 @@ RESTRICTION_NAMES = {
     "reject_unknown_client_hostname": False,
     "reject_unknown_client": False,
     "reject_unknown_reverse_client_hostname": False,
+    # the HELO name and the address domains (mta.smtpd.dnschecks); the _hostname names are Postfix's older ones
+    "reject_invalid_helo_hostname": False,
+    "reject_invalid_hostname": False,
+    "reject_non_fqdn_helo_hostname": False,
+    "reject_non_fqdn_hostname": False,
+    "reject_unknown_helo_hostname": False,
+    "reject_unknown_hostname": False,
+    "reject_unknown_sender_domain": False,
+    "reject_unknown_recipient_domain": False,
     # DNS lists (mta.smtpd.dnsxl): an argument domain[=pattern]; reject_rbl is Postfix's older name
     "reject_rbl_client": "dnsxl",
     "reject_rbl": "dnsxl",

@@ -95,6 +95,7 @@ class RecipientPolicy:
         from mta.smtpd.dnsxl import Dnsxl
 
         self.settings = settings
+        self.dns = dns
         self.dnsxl = Dnsxl(dns, settings.rblCode, settings.defaultRblReply,
                            [tables.open(t) for t in settings.rblReplyMaps], maillog) if dns is not None else None
         self.maillog = maillog

@@ -41,7 +41,10 @@ access(5): OK or PERMIT, REJECT [text], DEFER [text], DUNNO, or an SMTP
 code with optional enhanced status and text (4xx defers, 5xx rejects),
 or HOLD [text] (the message goes to the hold queue; evaluation goes on).
 An allow list that cannot be asked answers DEFER_IF_REJECT: evaluation
-goes on, and a reject that follows becomes that 450 (as in Postfix).
+goes on, and a reject that follows becomes that 450 (as in Postfix); a
+domain check whose DNS lookup failed for now answers DEFER_IF_PERMIT: a
+permit that follows (or the end of the list) becomes that 450.  The HELO
+and domain checks are mta.smtpd.dnschecks'.
 A reject or defer carries its notify_classes class (Decision.errorClass, as
 Postfix's smtpd_check_reject): policy, bounce for
 reject_unlisted_recipient, data for a table that cannot answer, software
@@ -71,21 +74,11 @@ import re
 import attrs
 
 from mta.model import Reply
+from mta.smtpd import dnschecks
+from mta.smtpd.decision import DUNNO, PERMIT, Decision
 from mta.tables import TableTemporaryError
 
 
-@attrs.frozen
-class Decision:
-    action: str  # permit, reject, defer, dunno, hold
-    reply: Reply | None = None
-    hold: str | None = None  # set on the final decision when a HOLD action was met on the way
-    # The notify_classes class of a reject or defer (Postfix's smtpd_check_reject error_class):
-    # policy, bounce (an unknown recipient), data (a table lookup failure), software.
-    errorClass: str = "policy"
-
-
-PERMIT = Decision("permit")
-DUNNO = Decision("dunno")
 
 
 @attrs.frozen
@@ -465,6 +458,14 @@ RESTRICTIONS = {
     "reject_unknown_client_hostname": (False, _unknownClient(False)),
     "reject_unknown_client": (False, _unknownClient(False)),
     "reject_unknown_reverse_client_hostname": (False, _unknownClient(True)),
+    "reject_invalid_helo_hostname": (False, dnschecks.invalidHelo),
+    "reject_invalid_hostname": (False, dnschecks.invalidHelo),
+    "reject_non_fqdn_helo_hostname": (False, dnschecks.nonFqdnHelo),
+    "reject_non_fqdn_hostname": (False, dnschecks.nonFqdnHelo),
+    "reject_unknown_helo_hostname": (False, dnschecks.unknownHelo),
+    "reject_unknown_hostname": (False, dnschecks.unknownHelo),
+    "reject_unknown_sender_domain": (False, dnschecks.unknownAddress("sender")),
+    "reject_unknown_recipient_domain": (False, dnschecks.unknownAddress("recipient")),
     "reject_rbl_client": ("dnsxl", _dnsxl("client", False)),
     "reject_rbl": ("dnsxl", _dnsxl("client", False)),
     "permit_dnswl_client": ("dnsxl", _dnsxl("client", True)),
@@ -514,7 +515,7 @@ class RestrictionList:
         A DEFER_IF_REJECT (an allow list that could not be asked) does not
         stop it either: if a reject follows, that reject becomes its defer.
         """
-        hold = deferIfReject = None
+        hold = deferIfReject = deferIfPermit = None
         for name, check in self._checks:
             try:
                 decision = await check(request)
@@ -524,8 +525,14 @@ class RestrictionList:
                 hold = hold or decision.hold
             elif decision.action == "defer_if_reject":
                 deferIfReject = deferIfReject or decision.reply
+            elif decision.action == "defer_if_permit":
+                deferIfPermit = deferIfPermit or decision.reply
             elif decision.action != "dunno":
                 if decision.action == "reject" and deferIfReject is not None:
                     decision = Decision("defer", deferIfReject, errorClass=decision.errorClass)
+                elif decision.action == "permit" and deferIfPermit is not None:
+                    decision = Decision("defer", deferIfPermit)
                 return attrs.evolve(decision, hold=hold) if hold else decision
+        if deferIfPermit is not None:  # the implicit permit at the end
+            return Decision("defer", deferIfPermit, hold=hold)
         return Decision("permit", hold=hold) if hold else PERMIT

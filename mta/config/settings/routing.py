@@ -16,7 +16,10 @@ settings class that needs it (a parameter may be read by several areas):
     unknown_virtual_alias_reject_code,
     unknown_virtual_mailbox_reject_code,
     unknown_relay_recipient_reject_code, non_fqdn_reject_code,
-    unknown_client_reject_code, maps_rbl_reject_code, default_rbl_reply,
+    unknown_client_reject_code, invalid_hostname_reject_code,
+    unknown_hostname_reject_code, unknown_address_reject_code,
+    unknown_address_tempfail_action, unknown_helo_hostname_tempfail_action,
+    maps_rbl_reject_code, default_rbl_reply,
     rbl_reply_maps, smtpd_etrn_restrictions, fast_flush_domains
 
 ResolverSettings (``config.settings.resolver``) is built from [main] only:
@@ -113,6 +116,12 @@ class RecipientCheckSettings(Settings):
     parsed at load into ((name, TableSpec or None), ...).
     """
 
+    @classmethod
+    def extraParameters(cls):
+        # Read through the defaults of unknown_address_tempfail_action and
+        # unknown_helo_hostname_tempfail_action ($reject_tempfail_action).
+        return ("reject_tempfail_action",)
+
     mynetworks: tuple = setting("mynetworks")  # permit_mynetworks: networks and tables
     virtualAliasMaps: tuple = setting("virtual_alias_maps")  # the known addresses of alias and virtual classes
     virtualMailboxMaps: tuple = setting("virtual_mailbox_maps")  # the known addresses of class virtual
@@ -123,6 +132,11 @@ class RecipientCheckSettings(Settings):
     relayRejectCode: int = setting("relay_domains_reject_code")  # reject_unauth_destination
     nonFqdnRejectCode: int = setting("non_fqdn_reject_code")  # reject_non_fqdn_sender/recipient
     unknownClientCode: int = setting("unknown_client_reject_code")  # reject_unknown_*client_hostname
+    invalidHostnameCode: int = setting("invalid_hostname_reject_code")  # reject_invalid_helo_hostname
+    unknownHostnameCode: int = setting("unknown_hostname_reject_code")  # reject_unknown_helo_hostname
+    unknownAddressCode: int = setting("unknown_address_reject_code")  # reject_unknown_*_domain
+    unknownAddressTempfail: str = setting("unknown_address_tempfail_action")  # defer or defer_if_permit
+    unknownHeloTempfail: str = setting("unknown_helo_hostname_tempfail_action")
     rblCode: int = setting("maps_rbl_reject_code")  # $rbl_code of the DNS list replies (mta.smtpd.dnsxl)
     defaultRblReply: str = setting("default_rbl_reply")  # the reply template of a listed client
     rblReplyMaps: tuple = setting("rbl_reply_maps")  # DNS list domain -> a reply template
