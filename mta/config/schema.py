@@ -354,6 +354,8 @@ PARAMETERS = (
        "The reply code of reject_unknown_client_hostname and reject_unknown_reverse_client_hostname "
        "when the name is missing or does not resolve back (a temporary DNS error is always 450).",
        "smtpd"),
+    _P("multi_recipient_bounce_reject_code", T.Integer(minimum=400), "550",
+       "The reply code of reject_multi_recipient_bounce.", "smtpd"),
     _P("invalid_hostname_reject_code", T.Integer(minimum=400), "501",
        "The reply code of reject_invalid_helo_hostname.", "smtpd"),
     _P("unknown_hostname_reject_code", T.Integer(minimum=400), "450",

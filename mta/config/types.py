@@ -350,6 +350,11 @@ RESTRICTION_NAMES = {
     "reject_unknown_client_hostname": False,
     "reject_unknown_client": False,
     "reject_unknown_reverse_client_hostname": False,
+    "defer_if_permit": False,
+    "defer_if_reject": False,
+    "warn_if_reject": False,
+    "reject_multi_recipient_bounce": False,
+    "reject_unlisted_sender": False,
     # the HELO name and the address domains (mta.smtpd.dnschecks); the _hostname names are Postfix's older ones
     "reject_invalid_helo_hostname": False,
     "reject_invalid_hostname": False,

@@ -313,7 +313,9 @@ class SMTPCommands:
                 session.clientAddress, address, session.helo, transaction.sender, tls=session.tls,
                 login=(session.saslMethod, session.saslUsername),
                 peer=PeerName(session.clientName, session.reverseClientName, session.nameStatus,
-                              session.reverseNameStatus))
+                              session.reverseNameStatus),
+                recipients=len(transaction.recipients),
+                warn=lambda warning: self._logReject("RCPT", warning, address, action="reject_warning"))
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)

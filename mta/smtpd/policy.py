@@ -126,7 +126,7 @@ class RecipientPolicy:
         return None
 
     async def checkRecipient(self, clientAddress, address, helo=None, sender=None, tls=None, login=(None, None),
-                             peer=None):
+                             peer=None, recipients=0, warn=None):
         """
         Judge RCPT TO:<address> (an mta.model.Address) from C{clientAddress}.
         Return (reply, hold, errorClass): reply None to accept, or the Reply
@@ -135,14 +135,17 @@ class RecipientPolicy:
         restriction, bounce for an unknown recipient, data for a table
         that cannot answer.  C{tls}: the session's TlsInfo (mta.tls.info), None without TLS.
         C{peer}: the client's names (mta.smtpd.peername.PeerName), None: unknown.
+        C{recipients}: the recipients accepted so far in the transaction;
+        C{warn}: called with the Reply of a reject that warn_if_reject made
+        a warning (the caller logs it).
         """
         names = {} if peer is None else dict(
             client_name=peer.name, reverse_client_name=peer.reverseName, client_name_status=peer.nameStatus,
             reverse_client_name_status=peer.reverseStatus)
         try:
             request = Request(clientAddress, helo, sender, address, tls=tls, sasl_method=login[0],
-                              sasl_username=login[1], **names)
-            decision = await self.restrictions.evaluate(request)
+                              sasl_username=login[1], recipient_count=recipients, **names)
+            decision = await self.restrictions.evaluate(request, warn)
             if decision.action in ("reject", "defer"):
                 return decision.reply, None, decision.errorClass
             if self.rejectUnlisted:
@@ -177,8 +180,11 @@ class RecipientPolicy:
             return False
         return await self.resolver.addressClass(address.domain) != "default"
 
-    async def unlistedRecipient(self, address):
-        """A Reply if C{address} is unknown in its address class, else None."""
+    async def unlistedRecipient(self, address, what="Recipient address", detail="1.1"):
+        """
+        A Reply if C{address} is unknown in its address class, else None
+        (reject_unlisted_sender: C{what} "Sender address", C{detail} "1.0").
+        """
         addressClass = await self.resolver.addressClass(address.domain)
         text = str(address)
         if addressClass == "local":
@@ -199,4 +205,4 @@ class RecipientPolicy:
             return None
         code = self.settings.unknownCode(addressClass)
         table = _TABLE_NAMES[addressClass]
-        return Reply(code, f"{code // 100}.1.1", f"<{address}>: Recipient address rejected: User unknown in {table}")
+        return Reply(code, f"{code // 100}.{detail}", f"<{address}>: {what} rejected: User unknown in {table}")

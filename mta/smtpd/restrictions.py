@@ -45,6 +45,14 @@ goes on, and a reject that follows becomes that 450 (as in Postfix); a
 domain check whose DNS lookup failed for now answers DEFER_IF_PERMIT: a
 permit that follows (or the end of the list) becomes that 450.  The HELO
 and domain checks are mta.smtpd.dnschecks'.
+defer_if_permit and defer_if_reject are restrictions too (450 4.7.0
+"<ADDR>: Recipient address rejected: defer_if_permit requested");
+warn_if_reject makes a reject of the next restriction a warning (the
+caller logs "NOQUEUE: reject_warning: ..."), reject_multi_recipient_bounce
+refuses a second recipient of the null sender (550 5.5.3,
+multi_recipient_bounce_reject_code), reject_unlisted_sender refuses a
+sender unknown in its address class (5.1.0, the unknown_*_reject_code of
+its class).
 A reject or defer carries its notify_classes class (Decision.errorClass, as
 Postfix's smtpd_check_reject): policy, bounce for
 reject_unlisted_recipient, data for a table that cannot answer, software
@@ -94,6 +102,7 @@ class Request:
     client_name_status: int = 5  # mta.smtpd.peername: 2 found, 4 temporary failure, 5 not found/confirmed
     reverse_client_name_status: int = 5
     etrn_domain: str | None = None  # the ETRN command's domain (smtpd_etrn_restrictions)
+    recipient_count: int = 0  # recipients accepted so far in the transaction (reject_multi_recipient_bounce)
     tls: object = None  # the session's TlsInfo (mta.tls.info), None without TLS
     sasl_username: str | None = None  # the AUTH login (mta.smtpd.auth), None without one
     sasl_method: str | None = None
@@ -359,6 +368,57 @@ def _dnsxl(kind, permit):
     return make
 
 
+def _subject(request):
+    """Postfix's reply_name and reply_class in the recipient stage (ETRN: the domain)."""
+    if request.recipient is not None:
+        return str(request.recipient), "Recipient address"
+    return request.etrn_domain or "", "Etrn command"
+
+
+def _deferIf(which):
+    """defer_if_permit and defer_if_reject, as restrictions of their own (450 4.7.0, Postfix's text)."""
+
+    def make(policy, argument):
+        async def check(request):
+            name, what = _subject(request)
+            return Decision(f"defer_if_{which}", Reply(450, "4.7.0", f"<{name}>: {what} rejected: "
+                                                                     f"defer_if_{which} requested"))
+
+        return check
+
+    return make
+
+
+def _warnIfReject(policy, argument):
+    async def check(request):
+        return Decision("warn_if_reject")
+
+    return check
+
+
+def _multiRecipientBounce(policy, argument):
+    async def check(request):
+        sender = request.sender
+        if sender is None or not sender.isNull or request.recipient_count < 1:
+            return DUNNO
+        code = policy.settings.multiRecipientBounceCode
+        return Decision("reject" if code >= 500 else "defer",
+                        Reply(code, f"{code // 100}.5.3", "<>: Sender address rejected: Multi-recipient bounce"))
+
+    return check
+
+
+def _unlistedSender(policy, argument):
+    async def check(request):
+        sender = request.sender
+        if sender is None or sender.isNull:
+            return DUNNO
+        reply = await policy.unlistedRecipient(sender, "Sender address", "1.0")
+        return Decision("reject" if reply.code >= 500 else "defer", reply) if reply is not None else DUNNO
+
+    return check
+
+
 def _permitClientcerts(everyTrusted):
     """
     permit_tls_all_clientcerts (C{everyTrusted}): any client certificate
@@ -458,6 +518,11 @@ RESTRICTIONS = {
     "reject_unknown_client_hostname": (False, _unknownClient(False)),
     "reject_unknown_client": (False, _unknownClient(False)),
     "reject_unknown_reverse_client_hostname": (False, _unknownClient(True)),
+    "defer_if_permit": (False, _deferIf("permit")),
+    "defer_if_reject": (False, _deferIf("reject")),
+    "warn_if_reject": (False, _warnIfReject),
+    "reject_multi_recipient_bounce": (False, _multiRecipientBounce),
+    "reject_unlisted_sender": (False, _unlistedSender),
     "reject_invalid_helo_hostname": (False, dnschecks.invalidHelo),
     "reject_invalid_hostname": (False, dnschecks.invalidHelo),
     "reject_non_fqdn_helo_hostname": (False, dnschecks.nonFqdnHelo),
@@ -508,7 +573,7 @@ class RestrictionList:
             table = tables.open(argument) if isinstance(argument, TableSpec) else argument
             self._checks.append((name, RESTRICTIONS[name][1](policy, table)))
 
-    async def evaluate(self, request):
+    async def evaluate(self, request, warn=None):
         """
         The first decision other than DUNNO; PERMIT when none.  HOLD does not
         stop the evaluation (as in Postfix): its reason rides on the result.
@@ -516,12 +581,19 @@ class RestrictionList:
         stop it either: if a reject follows, that reject becomes its defer.
         """
         hold = deferIfReject = deferIfPermit = None
+        warnNext = False
         for name, check in self._checks:
+            warning, warnNext = warnNext, False
             try:
                 decision = await check(request)
             except TableTemporaryError:
                 return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"), errorClass="data")
-            if decision.action == "hold":
+            if decision.action == "warn_if_reject":
+                warnNext = True
+            elif warning and decision.action in ("reject", "defer"):  # warn_if_reject: logged, evaluation goes on
+                if warn is not None:
+                    warn(decision.reply)
+            elif decision.action == "hold":
                 hold = hold or decision.hold
             elif decision.action == "defer_if_reject":
                 deferIfReject = deferIfReject or decision.reply

@@ -16,7 +16,8 @@ settings class that needs it (a parameter may be read by several areas):
     unknown_virtual_alias_reject_code,
     unknown_virtual_mailbox_reject_code,
     unknown_relay_recipient_reject_code, non_fqdn_reject_code,
-    unknown_client_reject_code, invalid_hostname_reject_code,
+    unknown_client_reject_code, multi_recipient_bounce_reject_code,
+    invalid_hostname_reject_code,
     unknown_hostname_reject_code, unknown_address_reject_code,
     unknown_address_tempfail_action, unknown_helo_hostname_tempfail_action,
     maps_rbl_reject_code, default_rbl_reply,
@@ -132,6 +133,7 @@ class RecipientCheckSettings(Settings):
     relayRejectCode: int = setting("relay_domains_reject_code")  # reject_unauth_destination
     nonFqdnRejectCode: int = setting("non_fqdn_reject_code")  # reject_non_fqdn_sender/recipient
     unknownClientCode: int = setting("unknown_client_reject_code")  # reject_unknown_*client_hostname
+    multiRecipientBounceCode: int = setting("multi_recipient_bounce_reject_code")  # reject_multi_recipient_bounce
     invalidHostnameCode: int = setting("invalid_hostname_reject_code")  # reject_invalid_helo_hostname
     unknownHostnameCode: int = setting("unknown_hostname_reject_code")  # reject_unknown_helo_hostname
     unknownAddressCode: int = setting("unknown_address_reject_code")  # reject_unknown_*_domain
