@@ -146,6 +146,7 @@ class Origin:
     submitted: float | None = None
     headerRewrite: str | None = "local"
     tlsComment: tuple = ()  # the Received: header's TLS lines (smtpd_tls_received_header; mta.tls.info)
+    prepend: tuple = ()  # headers written before the Received: header (smtpd's PREPEND actions)
     # The SMTP AUTH login (mta.smtpd.auth): to the envelope; authenticatedHeader puts Postfix's
     # "(Authenticated sender: USER)" comment in the Received: header (smtpd_sasl_authenticated_header).
     saslMethod: str | None = None
@@ -155,11 +156,11 @@ class Origin:
 
     @classmethod
     def smtp(cls, *, clientName, clientAddress, clientPort, helo, protocol, receivedProtocol=None,
-             headerRewrite=None, tlsComment=(), **sasl):
+             headerRewrite=None, tlsComment=(), prepend=(), **sasl):
         """An SMTP client's message (C{helo} None or empty when it sent none); C{sasl}: the sasl* fields."""
         return cls(kind=SMTP, clientName=clientName, clientAddress=clientAddress, clientPort=clientPort,
                    helo=helo or "", protocol=protocol, receivedProtocol=receivedProtocol or protocol,
-                   headerRewrite=headerRewrite, tlsComment=tuple(tlsComment), **sasl)
+                   headerRewrite=headerRewrite, tlsComment=tuple(tlsComment), prepend=tuple(prepend), **sasl)
 
     @classmethod
     def localSubmission(cls, uid, submitted):
@@ -240,7 +241,8 @@ class Cleanup:
             if origin.authenticatedHeader and origin.saslUsername:
                 user = sanitize(origin.saslUsername).translate({ord("("): "?", ord(")"): "?", ord("\\"): "?"})
                 comment = f"\t(Authenticated sender: {user})\r\n"
-            text = (f"Received: from {helo} ({name} [{sanitize(origin.clientAddress)}])\r\n{tls}{comment}"
+            first = "".join(f"{sanitize(header)}\r\n" for header in origin.prepend)
+            text = (f"{first}Received: from {helo} ({name} [{sanitize(origin.clientAddress)}])\r\n{tls}{comment}"
                     f"\tby {s.hostname} ({s.mailName}) with {sanitize(origin.receivedProtocol)} id {queueId}"
                     f"{forClause};\r\n\t{mailDate(now)}\r\n")
         elif origin.kind == LOCAL:

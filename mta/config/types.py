@@ -354,6 +354,7 @@ RESTRICTION_NAMES = {
     "defer_if_reject": False,
     "warn_if_reject": False,
     "reject_multi_recipient_bounce": False,
+    "check_policy_service": "policy",  # mta.smtpd.policyclient
     "reject_unlisted_sender": False,
     # the HELO name and the address domains (mta.smtpd.dnschecks); the _hostname names are Postfix's older ones
     "reject_invalid_helo_hostname": False,
@@ -452,6 +453,37 @@ def parseDnsxl(text):
     return DnsxlSpec(domain, pattern.strip(), tuple(_octetRanges(f, pattern) for f in fields))
 
 
+@attrs.frozen
+class PolicySpec:
+    """check_policy_service's server: inet:host:port (host may be [IPv6]) or unix:path."""
+
+    kind: str  # "inet" or "unix"
+    address: str  # host, or path
+    port: int = 0
+
+    def __str__(self):
+        if self.kind == "unix":
+            return f"unix:{self.address}"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"inet:{host}:{self.port}"
+
+
+def parsePolicy(text):
+    """'inet:host:port' or 'unix:path' -> PolicySpec; ValueError."""
+    if isinstance(text, PolicySpec):
+        return text
+    text = str(text).strip()
+    kind, _, rest = text.partition(":")
+    if kind == "unix" and rest:
+        return PolicySpec("unix", rest)
+    if kind == "inet" and rest:
+        host, _, port = rest.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if host and port.isdigit() and 0 < int(port) < 65536:
+            return PolicySpec("inet", host, int(port))
+    raise ValueError(f"{text!r} is not a policy server (inet:host:port or unix:path)")
+
+
 def parseRestrictions(items):
     """
     A restriction list's items (names, and a table after each check_*_access)
@@ -467,7 +499,12 @@ def parseRestrictions(items):
         if name not in RESTRICTION_NAMES:
             raise ValueError(f"unknown restriction {str(item)!r} (known: {', '.join(sorted(RESTRICTION_NAMES))})")
         argument = None
-        if RESTRICTION_NAMES[name] == "dnsxl":
+        if RESTRICTION_NAMES[name] == "policy":
+            if i + 1 >= len(items) or isinstance(items[i + 1], TableSpec) and items[i + 1].type not in ("inet", "unix"):
+                raise ValueError(f"{name} needs a server argument (inet:host:port or unix:path)")
+            argument = parsePolicy(items[i + 1])
+            i += 1
+        elif RESTRICTION_NAMES[name] == "dnsxl":
             if i + 1 >= len(items) or isinstance(items[i + 1], TableSpec):
                 raise ValueError(f"{name} needs a DNS list domain argument (domain[=d.d.d.d])")
             argument = parseDnsxl(items[i + 1])

@@ -114,6 +114,38 @@ class SMTPCommands:
             status=action,
         )
 
+    def _restrictionNote(self, address):
+        """What a restriction does besides deciding (RestrictionList.evaluate's note)."""
+
+        def note(action, value):
+            if action == "prepend":
+                self.transaction.prepend.append(value)
+            elif action == "reject_warning":
+                self._logReject("RCPT", value, address, action="reject_warning")
+            else:  # warn, info
+                self._logReject("RCPT", None, address, action=action, text=value or "")
+
+        return note
+
+    def _policyAttributes(self):
+        """What check_policy_service sends beyond the request's own fields (Postfix's names)."""
+        session, transaction = self.session, self.transaction
+        tls = session.tls
+        params = transaction.mailParams
+        host = self.transport.getHost() if self.transport is not None else None
+        peer = tls.peer if tls is not None else None
+        return {
+            "protocol_name": session.protocol, "client_port": session.clientPort,
+            "server_address": getattr(host, "host", ""), "server_port": getattr(host, "port", ""),
+            "instance": f"{id(self):x}.{id(transaction):x}", "size": getattr(params, "size", None) or 0,
+            "encryption_protocol": tls.protocol if tls is not None else "",
+            "encryption_cipher": tls.cipher if tls is not None else "",
+            "encryption_keysize": tls.bits if tls is not None else "",
+            "ccert_subject": getattr(peer, "subjectCN", "") or "", "ccert_issuer": getattr(peer, "issuerCN", "") or "",
+            "ccert_fingerprint": getattr(peer, "fingerprint", "") or "",
+            "ccert_pubkey_fingerprint": getattr(peer, "pkeyFingerprint", "") or "",
+        }
+
     # -- commands -----------------------------------------------------------------
 
     def _hello(self, verb, arg, protocolName, lines):
@@ -314,8 +346,8 @@ class SMTPCommands:
                 login=(session.saslMethod, session.saslUsername),
                 peer=PeerName(session.clientName, session.reverseClientName, session.nameStatus,
                               session.reverseNameStatus),
-                recipients=len(transaction.recipients),
-                warn=lambda warning: self._logReject("RCPT", warning, address, action="reject_warning"))
+                recipients=len(transaction.recipients), note=self._restrictionNote(address),
+                attributes=self._policyAttributes())
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)

@@ -4,7 +4,9 @@
 
 action is permit, reject, defer, dunno, hold, or Postfix's deferred forms
 defer_if_reject and defer_if_permit (RestrictionList.evaluate turns those
-into a defer when a reject, or a permit, follows).
+into a defer when a reject, or a permit, follows), or one that only has
+an effect and goes on: prepend (a header for the message), warn and info
+(a log line), warn_if_reject.
 
 SECURITY
     None: a value type.
@@ -26,6 +28,7 @@ class Decision:
     # The notify_classes class of a reject or defer (Postfix's smtpd_check_reject error_class):
     # policy, bounce (an unknown recipient), data (a table lookup failure), software.
     errorClass: str = "policy"
+    text: str | None = None  # prepend: the header; warn, info: what to log
 
 
 PERMIT = Decision("permit")

@@ -110,7 +110,8 @@ class SMTPServerFactory(Factory):
         self.flushSite = flushSite
         self.eventLimitExceptions = NetworkMatcher(smtpd.eventLimitExceptions, tables)
         self.bareNewlineExclusions = NetworkMatcher(smtpd.bareNewlineExclusions, tables)
-        self.policy = RecipientPolicy(settings.recipients, resolver, tables, dns=dns, maillog=self.maillog)
+        self.policy = RecipientPolicy(settings.recipients, resolver, tables, dns=dns, maillog=self.maillog,
+                                      reactor=clock, queueDirectory=getattr(store, "directory", None))
         # The listener's cleanup (mta.cleanup): Received, header cleanup, rewriting, the commit.
         self.cleanup = Cleanup(settings.cleanup, store, clock, maillogs)
         self.rewrite = self.cleanup.rewriting

@@ -86,6 +86,7 @@ class IncomingTransaction:
             receivedProtocol=session.receivedProtocol(transaction.smtputf8),
             headerRewrite=context.name if context is not None else None,
             tlsComment=_tlsComment(server),
+            prepend=transaction.prepend,
             saslMethod=session.saslMethod,
             saslUsername=session.saslUsername,
             saslSender=saslSender(transaction.mailParams),

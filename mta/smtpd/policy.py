@@ -91,14 +91,17 @@ class RecipientPolicy:
     the lists' warnings go.
     """
 
-    def __init__(self, settings, resolver, tables, dns=None, maillog=None):
+    def __init__(self, settings, resolver, tables, dns=None, maillog=None, reactor=None, queueDirectory=None):
         from mta.smtpd.dnsxl import Dnsxl
+        from mta.smtpd.policyclient import PolicyClients
 
         self.settings = settings
         self.dns = dns
         self.dnsxl = Dnsxl(dns, settings.rblCode, settings.defaultRblReply,
                            [tables.open(t) for t in settings.rblReplyMaps], maillog) if dns is not None else None
         self.maillog = maillog
+        # check_policy_service's servers and their connections (None without a reactor: no queries).
+        self.policyClients = PolicyClients(reactor, settings, queueDirectory, maillog) if reactor is not None else None
         self.resolver = resolver
         self.mynetworks = NetworkMatcher(settings.mynetworks, tables)
         self.aliasMaps = [tables.open(t) for t in settings.virtualAliasMaps]
@@ -126,7 +129,7 @@ class RecipientPolicy:
         return None
 
     async def checkRecipient(self, clientAddress, address, helo=None, sender=None, tls=None, login=(None, None),
-                             peer=None, recipients=0, warn=None):
+                             peer=None, recipients=0, note=None, attributes=None):
         """
         Judge RCPT TO:<address> (an mta.model.Address) from C{clientAddress}.
         Return (reply, hold, errorClass): reply None to accept, or the Reply
@@ -136,16 +139,18 @@ class RecipientPolicy:
         that cannot answer.  C{tls}: the session's TlsInfo (mta.tls.info), None without TLS.
         C{peer}: the client's names (mta.smtpd.peername.PeerName), None: unknown.
         C{recipients}: the recipients accepted so far in the transaction;
-        C{warn}: called with the Reply of a reject that warn_if_reject made
-        a warning (the caller logs it).
+        C{note}: RestrictionList.evaluate's, for PREPEND, WARN, INFO and
+        warn_if_reject (the caller adds the header or logs the line);
+        C{attributes}: what check_policy_service sends besides (mta.smtpd.policyclient).
         """
         names = {} if peer is None else dict(
             client_name=peer.name, reverse_client_name=peer.reverseName, client_name_status=peer.nameStatus,
             reverse_client_name_status=peer.reverseStatus)
         try:
             request = Request(clientAddress, helo, sender, address, tls=tls, sasl_method=login[0],
-                              sasl_username=login[1], recipient_count=recipients, **names)
-            decision = await self.restrictions.evaluate(request, warn)
+                              sasl_username=login[1], recipient_count=recipients, attributes=attributes or {},
+                              **names)
+            decision = await self.restrictions.evaluate(request, note)
             if decision.action in ("reject", "defer"):
                 return decision.reply, None, decision.errorClass
             if self.rejectUnlisted:

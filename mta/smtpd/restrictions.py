@@ -103,6 +103,7 @@ class Request:
     reverse_client_name_status: int = 5
     etrn_domain: str | None = None  # the ETRN command's domain (smtpd_etrn_restrictions)
     recipient_count: int = 0  # recipients accepted so far in the transaction (reject_multi_recipient_bounce)
+    attributes: object = None  # more of the session for check_policy_service (a dict; mta.smtpd.commands)
     tls: object = None  # the session's TlsInfo (mta.tls.info), None without TLS
     sasl_username: str | None = None  # the AUTH login (mta.smtpd.auth), None without one
     sasl_method: str | None = None
@@ -172,6 +173,7 @@ def _nonFqdn(which):
     return make
 
 
+_HEADER = re.compile(r"[!-9;-~]+:")  # a header field name and its colon (RFC 5322 2.2)
 _CODE = re.compile(r"([245])([0-9][0-9])(?:\s+([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?:\s+(.*))?$", re.S)
 
 
@@ -188,6 +190,16 @@ def accessResult(value, subject, what):
         return DUNNO
     if word == "HOLD":
         return Decision("hold", hold=f"<{subject}>: {what} triggers HOLD action" + (f": {rest}" if rest else ""))
+    if word in ("WARN", "INFO"):  # a log line, and evaluation goes on
+        return Decision(word.lower(), text=rest)
+    if word == "PREPEND":  # a header for the message (Postfix's is_header check)
+        if not _HEADER.match(rest):
+            return Decision("warn", text=f"access value {text!r} requires header: text")
+        return Decision("prepend", text=rest)
+    if word in ("DEFER_IF_PERMIT", "DEFER_IF_REJECT"):
+        match = re.match(r"([45]\.[0-9]{1,3}\.[0-9]{1,3})\s+(.*)", rest, re.S)
+        status, why = (f"4{match.group(1)[1:]}", match.group(2)) if match else ("4.7.1", rest)
+        return Decision(word.lower(), Reply(450, status, f"{prefix}: {why or 'Service unavailable'}"))
     if word == "REJECT":
         return Decision("reject", Reply(554, "5.7.1", f"{prefix}: {rest or 'Access denied'}"))
     if word == "DEFER":
@@ -389,6 +401,42 @@ def _deferIf(which):
     return make
 
 
+def policyRequest(request):
+    """The attributes of a policy query (SMTPD_POLICY_README), for the recipient or ETRN stage."""
+    import mta
+
+    def text(address):
+        return "" if address is None or address.isNull else str(address)
+
+    extra = dict(request.attributes or {})
+    attributes = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT" if request.recipient is not None else "ETRN",
+        "protocol_name": extra.pop("protocol_name", "ESMTP"), "helo_name": request.helo or "", "queue_id": "",
+        "sender": text(request.sender), "recipient": text(request.recipient),
+        "recipient_count": request.recipient_count, "client_address": request.client_address,
+        "client_name": request.client_name, "reverse_client_name": request.reverse_client_name,
+        "sasl_method": request.sasl_method or "", "sasl_username": request.sasl_username or "",
+        "sasl_sender": "", "etrn_domain": request.etrn_domain or "", "stress": "", "policy_context": "",
+        "mail_version": mta.__version__,
+    }
+    attributes.update(extra)
+    return attributes
+
+
+def _policyService(policy, spec):
+    """check_policy_service SERVER: the server's action, as an access(5) value (mta.smtpd.policyclient)."""
+
+    async def check(request):
+        if policy.policyClients is None:
+            return DUNNO
+        action = await policy.policyClients.query(spec, policyRequest(request))
+        name, what = _subject(request)
+        return accessResult(action, name, what)
+
+    return check
+
+
 def _warnIfReject(policy, argument):
     async def check(request):
         return Decision("warn_if_reject")
@@ -521,6 +569,7 @@ RESTRICTIONS = {
     "defer_if_permit": (False, _deferIf("permit")),
     "defer_if_reject": (False, _deferIf("reject")),
     "warn_if_reject": (False, _warnIfReject),
+    "check_policy_service": ("policy", _policyService),
     "reject_multi_recipient_bounce": (False, _multiRecipientBounce),
     "reject_unlisted_sender": (False, _unlistedSender),
     "reject_invalid_helo_hostname": (False, dnschecks.invalidHelo),
@@ -573,12 +622,15 @@ class RestrictionList:
             table = tables.open(argument) if isinstance(argument, TableSpec) else argument
             self._checks.append((name, RESTRICTIONS[name][1](policy, table)))
 
-    async def evaluate(self, request, warn=None):
+    async def evaluate(self, request, note=None):
         """
         The first decision other than DUNNO; PERMIT when none.  HOLD does not
         stop the evaluation (as in Postfix): its reason rides on the result.
         A DEFER_IF_REJECT (an allow list that could not be asked) does not
         stop it either: if a reject follows, that reject becomes its defer.
+        C{note(action, value)} gets what only has an effect: "prepend" (the
+        header), "warn" and "info" (the text), "reject_warning" (the Reply
+        that warn_if_reject made a warning).
         """
         hold = deferIfReject = deferIfPermit = None
         warnNext = False
@@ -591,8 +643,11 @@ class RestrictionList:
             if decision.action == "warn_if_reject":
                 warnNext = True
             elif warning and decision.action in ("reject", "defer"):  # warn_if_reject: logged, evaluation goes on
-                if warn is not None:
-                    warn(decision.reply)
+                if note is not None:
+                    note("reject_warning", decision.reply)
+            elif decision.action in ("prepend", "warn", "info"):  # an effect, and evaluation goes on
+                if note is not None:
+                    note(decision.action, decision.text)
             elif decision.action == "hold":
                 hold = hold or decision.hold
             elif decision.action == "defer_if_reject":

@@ -195,6 +195,7 @@ class Transaction:
     bdatBytes     BDAT content bytes received so far
     bdatFailure   the Reply that failed the BDAT transaction: later chunks
                   are discarded up to LAST
+    prepend       the headers PREPEND actions of the restrictions gave
     """
 
     sender: object = None
@@ -209,6 +210,7 @@ class Transaction:
     content: object = None
     bdatBytes: int = 0
     bdatFailure: object = None
+    prepend: list = attrs.Factory(list)  # headers a PREPEND action gave (before our Received:, as Postfix)
 
     @property
     def smtputf8(self):

@@ -17,6 +17,10 @@ settings class that needs it (a parameter may be read by several areas):
     unknown_virtual_mailbox_reject_code,
     unknown_relay_recipient_reject_code, non_fqdn_reject_code,
     unknown_client_reject_code, multi_recipient_bounce_reject_code,
+    smtpd_policy_service_timeout, smtpd_policy_service_max_idle,
+    smtpd_policy_service_max_ttl, smtpd_policy_service_request_limit,
+    smtpd_policy_service_try_limit, smtpd_policy_service_retry_delay,
+    smtpd_policy_service_default_action,
     invalid_hostname_reject_code,
     unknown_hostname_reject_code, unknown_address_reject_code,
     unknown_address_tempfail_action, unknown_helo_hostname_tempfail_action,
@@ -134,6 +138,14 @@ class RecipientCheckSettings(Settings):
     nonFqdnRejectCode: int = setting("non_fqdn_reject_code")  # reject_non_fqdn_sender/recipient
     unknownClientCode: int = setting("unknown_client_reject_code")  # reject_unknown_*client_hostname
     multiRecipientBounceCode: int = setting("multi_recipient_bounce_reject_code")  # reject_multi_recipient_bounce
+    # check_policy_service (mta.smtpd.policyclient)
+    policyTimeout: float = setting("smtpd_policy_service_timeout")
+    policyMaxIdle: float = setting("smtpd_policy_service_max_idle")
+    policyMaxTtl: float = setting("smtpd_policy_service_max_ttl")
+    policyRequestLimit: int = setting("smtpd_policy_service_request_limit")
+    policyTryLimit: int = setting("smtpd_policy_service_try_limit")
+    policyRetryDelay: float = setting("smtpd_policy_service_retry_delay")
+    policyDefaultAction: str = setting("smtpd_policy_service_default_action")
     invalidHostnameCode: int = setting("invalid_hostname_reject_code")  # reject_invalid_helo_hostname
     unknownHostnameCode: int = setting("unknown_hostname_reject_code")  # reject_unknown_helo_hostname
     unknownAddressCode: int = setting("unknown_address_reject_code")  # reject_unknown_*_domain
