@@ -356,6 +356,22 @@ RESTRICTION_NAMES = {
     "reject_multi_recipient_bounce": False,
     "check_policy_service": "policy",  # mta.smtpd.policyclient
     "reject_unlisted_sender": False,
+    # the servers (MX, NS) or addresses (A) of a name, in a table (mta.smtpd.dnschecks)
+    "check_client_a_access": True,
+    "check_client_mx_access": True,
+    "check_client_ns_access": True,
+    "check_reverse_client_a_access": True,
+    "check_reverse_client_mx_access": True,
+    "check_reverse_client_ns_access": True,
+    "check_helo_a_access": True,
+    "check_helo_mx_access": True,
+    "check_helo_ns_access": True,
+    "check_sender_a_access": True,
+    "check_sender_mx_access": True,
+    "check_sender_ns_access": True,
+    "check_recipient_a_access": True,
+    "check_recipient_mx_access": True,
+    "check_recipient_ns_access": True,
     # the HELO name and the address domains (mta.smtpd.dnschecks); the _hostname names are Postfix's older ones
     "reject_invalid_helo_hostname": False,
     "reject_invalid_hostname": False,

@@ -12,6 +12,15 @@
                                      accept mail (nullMX)"; the domains mta delivers itself
                                      and address literals are not looked up)
 
+check_{client,reverse_client,helo,sender,recipient}_{a,mx,ns}_access
+type:table (Postfix's check_server_access): the name's MX hosts (none:
+the domain itself; a null MX: none), its NS hosts (from the nearest
+enclosing zone) or its addresses are looked up in the table, host names
+with their parent domains, then their addresses with their networks; the
+first value found decides, except that OK is refused (451 4.3.5 and three
+warnings: an allow list here would let anyone in who points an MX at a
+listed host); a DNS failure is a warning and no match.
+
 The older names reject_invalid_hostname, reject_non_fqdn_hostname and
 reject_unknown_hostname are the HELO checks too.  The codes are
 invalid_hostname_reject_code, non_fqdn_reject_code,
@@ -192,6 +201,120 @@ def unknownAddress(which):
                 return _tempfail(policy.settings.unknownAddressTempfail, Reply(450, f"4.{detail}", text))
             code = policy.settings.unknownAddressCode
             return Decision("reject" if code >= 500 else "defer", Reply(code, f"{code // 100}.{detail}", text))
+
+        return check
+
+    return make
+
+
+# -- check_*_{a,mx,ns}_access: the name's servers (or addresses) looked up in a table ------------------
+
+_WHAT = {"client": "Client host", "reverse_client": "Unverified Client host", "helo": "Helo command",
+         "sender": "Sender address", "recipient": "Recipient address"}
+
+
+def _target(request, which):
+    """(the domain looked up, the subject of the reply) of C{which}, or None when there is none."""
+    if which in ("client", "reverse_client"):
+        name = request.client_name if which == "client" else request.reverse_client_name
+        if not name or name == "unknown":
+            return None
+        return name, f"{name}[{request.client_address}]"
+    if which == "helo":
+        return (request.helo, request.helo) if request.helo else None
+    address = getattr(request, which)
+    if address is None or address.isNull or not address.domain:
+        return None
+    return address.domain, str(address)
+
+
+async def _servers(dns, domain, rrtype, maillog):
+    """The host names (MX, NS) or addresses (A) to look up for C{domain}, or None after a DNS failure (warned)."""
+    from mta.delivery.dns import DNSError, nameText
+
+    try:
+        if rrtype == "a":
+            return await dns.lookupAddresses(domain, ("ipv4", "ipv6"))
+        if rrtype == "mx":
+            try:
+                mx = await dns.lookupMX(domain)
+            except DNSError as e:
+                if e.temporary:
+                    raise
+                mx = []
+            hosts = [host for _, host in mx if host != "."]
+            return hosts if mx else [domain]  # no MX: the domain is its own mail server (Postfix's rule)
+        name = domain
+        while True:  # NS: the nearest enclosing zone's servers
+            try:
+                records = await dns.lookupRecords(name, "NS")
+            except DNSError as e:
+                if e.temporary:
+                    raise
+                records = []
+            if records or "." not in name:
+                return [nameText(rdata.target) for rdata in records]
+            name = name.split(".", 1)[1]
+    except DNSError as e:
+        maillog.emit(f"warning: Unable to look up {rrtype.upper()} host for {domain}: {e.text}")
+        return None
+
+
+def serverAccess(which, rrtype):
+    """check_{which}_{rrtype}_access type:table (Postfix's check_server_access)."""
+    from mta.smtpd.access import accessResult, addressKeysOf, domainKeys
+
+    what = _WHAT[which]
+
+    def make(policy, table):
+        async def lookup(keys, subject):
+            for key in keys:
+                value = await table.lookup(key)
+                if value is not None:
+                    return accessResult(value, subject, what)
+            return None
+
+        async def check(request):
+            from mta.delivery.dns import DNSError
+
+            found = _target(request, which)
+            if found is None or policy.dns is None:
+                return DUNNO
+            domain, subject = found
+            dns = policy.dns()
+            if domain.startswith("["):  # an address literal is its own server (no NS equivalent)
+                if rrtype == "ns":
+                    return DUNNO
+                decision = await lookup(addressKeysOf(domain.strip("[]").removeprefix("IPv6:")), subject)
+            else:
+                decision = None
+                servers = await _servers(dns, domain, rrtype, policy.maillog)
+                for server in servers or ():
+                    if rrtype == "a":
+                        decision = await lookup(addressKeysOf(server), subject)
+                    else:
+                        decision = await lookup(domainKeys(server), subject)
+                        if decision is None:
+                            try:
+                                addresses = await dns.lookupAddresses(server, ("ipv4", "ipv6"))
+                            except DNSError:
+                                addresses = []
+                            for address in addresses:
+                                decision = await lookup(addressKeysOf(address), subject)
+                                if decision is not None:
+                                    break
+                    if decision is not None and decision.action != "dunno":
+                        break
+            if decision is None:
+                return DUNNO
+            if decision.action == "permit":  # Postfix's forbid_allowlist: OK is no exception here
+                maillog = policy.maillog
+                rule = f"check_{which}_{rrtype}_access"
+                for line in (f"restriction {rule} returns OK for {subject}", "this is not allowed for security reasons",
+                             "use DUNNO instead of OK if you want to make an exception"):
+                    maillog.emit(f"warning: {line}")
+                return Decision("defer", Reply(451, "4.3.5", "Server configuration error"), errorClass="software")
+            return decision
 
         return check
 

@@ -77,15 +77,13 @@ CONFIGURATION
     unknown_*_reject_code (550).
 """
 
-import re
-
 import attrs
 
 from mta.model import Reply
 from mta.smtpd import dnschecks
+from mta.smtpd.access import accessKeys, accessResult, addressKeysOf, domainKeys
 from mta.smtpd.decision import DUNNO, PERMIT, Decision
 from mta.tables import TableTemporaryError
-
 
 
 
@@ -171,88 +169,6 @@ def _nonFqdn(which):
         return check
 
     return make
-
-
-_HEADER = re.compile(r"[!-9;-~]+:")  # a header field name and its colon (RFC 5322 2.2)
-_CODE = re.compile(r"([245])([0-9][0-9])(?:\s+([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?:\s+(.*))?$", re.S)
-
-
-def accessResult(value, subject, what):
-    """Turn an access(5) table value into a Decision."""
-    text = value.strip()
-    word, _, rest = text.partition(" ")
-    word = word.upper()
-    rest = rest.strip()
-    prefix = f"<{subject}>: {what} rejected"
-    if word in ("OK", "PERMIT") or (word.isdigit() and not text.startswith(("4", "5"))):
-        return PERMIT
-    if word == "DUNNO":
-        return DUNNO
-    if word == "HOLD":
-        return Decision("hold", hold=f"<{subject}>: {what} triggers HOLD action" + (f": {rest}" if rest else ""))
-    if word in ("WARN", "INFO"):  # a log line, and evaluation goes on
-        return Decision(word.lower(), text=rest)
-    if word == "PREPEND":  # a header for the message (Postfix's is_header check)
-        if not _HEADER.match(rest):
-            return Decision("warn", text=f"access value {text!r} requires header: text")
-        return Decision("prepend", text=rest)
-    if word in ("DEFER_IF_PERMIT", "DEFER_IF_REJECT"):
-        match = re.match(r"([45]\.[0-9]{1,3}\.[0-9]{1,3})\s+(.*)", rest, re.S)
-        status, why = (f"4{match.group(1)[1:]}", match.group(2)) if match else ("4.7.1", rest)
-        return Decision(word.lower(), Reply(450, status, f"{prefix}: {why or 'Service unavailable'}"))
-    if word == "REJECT":
-        return Decision("reject", Reply(554, "5.7.1", f"{prefix}: {rest or 'Access denied'}"))
-    if word == "DEFER":
-        return Decision("defer", Reply(450, "4.7.1", f"{prefix}: {rest or 'Access denied'}"))
-    match = _CODE.match(text)
-    if match and match.group(1) in "45":
-        code = int(match.group(1) + match.group(2))
-        status = match.group(3) or f"{match.group(1)}.7.1"
-        reply = Reply(code, status, f"{prefix}: {match.group(4) or 'Access denied'}")
-        return Decision("reject" if code >= 500 else "defer", reply)
-    # Postfix would run a restriction named in the value; we do not yet.
-    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"), errorClass="software")
-
-
-def accessKeys(address):
-    """access(5)'s keys for an address: user@domain, domain and its parents, user@."""
-    if address.isNull:
-        return ["<>"]
-    local = address.local.lower()
-    if not address.domain:
-        return [local, f"{local}@"]
-    parts = address.domain.split(".")
-    return [f"{local}@{address.domain}"] + [".".join(parts[i:]) for i in range(len(parts))] + [f"{local}@"]
-
-
-def domainKeys(name):
-    """A host name and its parent domains, as access(5) looks them up (parent_domain_matches_subdomains)."""
-    parts = name.lower().split(".")
-    return [".".join(parts[i:]) for i in range(len(parts))]
-
-
-def addressKeysOf(address):
-    """
-    access(5)'s keys for a client address: the address, then the address
-    with its last octets (IPv4) or its last 16-bit groups (IPv6) cut off,
-    as Postfix's check_addr_access; a mapped IPv4 address as IPv4.
-    """
-    import ipaddress
-
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return [address]
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    text, delimiter = str(ip), ("." if ip.version == 4 else ":")  # IPv6 in RFC 5952 form, as inet_ntop
-    keys = [text]
-    while delimiter in text:  # Postfix's split_at_right: "2001:db8::1", "2001:db8:", "2001:db8", "2001"
-        text = text.rsplit(delimiter, 1)[0]
-        if not text:
-            break
-        keys.append(text)
-    return keys
 
 
 def _checkAccess(which):
@@ -572,6 +488,21 @@ RESTRICTIONS = {
     "check_policy_service": ("policy", _policyService),
     "reject_multi_recipient_bounce": (False, _multiRecipientBounce),
     "reject_unlisted_sender": (False, _unlistedSender),
+    "check_client_a_access": (True, dnschecks.serverAccess("client", "a")),
+    "check_client_mx_access": (True, dnschecks.serverAccess("client", "mx")),
+    "check_client_ns_access": (True, dnschecks.serverAccess("client", "ns")),
+    "check_reverse_client_a_access": (True, dnschecks.serverAccess("reverse_client", "a")),
+    "check_reverse_client_mx_access": (True, dnschecks.serverAccess("reverse_client", "mx")),
+    "check_reverse_client_ns_access": (True, dnschecks.serverAccess("reverse_client", "ns")),
+    "check_helo_a_access": (True, dnschecks.serverAccess("helo", "a")),
+    "check_helo_mx_access": (True, dnschecks.serverAccess("helo", "mx")),
+    "check_helo_ns_access": (True, dnschecks.serverAccess("helo", "ns")),
+    "check_sender_a_access": (True, dnschecks.serverAccess("sender", "a")),
+    "check_sender_mx_access": (True, dnschecks.serverAccess("sender", "mx")),
+    "check_sender_ns_access": (True, dnschecks.serverAccess("sender", "ns")),
+    "check_recipient_a_access": (True, dnschecks.serverAccess("recipient", "a")),
+    "check_recipient_mx_access": (True, dnschecks.serverAccess("recipient", "mx")),
+    "check_recipient_ns_access": (True, dnschecks.serverAccess("recipient", "ns")),
     "reject_invalid_helo_hostname": (False, dnschecks.invalidHelo),
     "reject_invalid_hostname": (False, dnschecks.invalidHelo),
     "reject_non_fqdn_helo_hostname": (False, dnschecks.nonFqdnHelo),
