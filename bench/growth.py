@@ -57,7 +57,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,8 +66,8 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loads import RECIPIENT, SENDER, BenchFailure, stopProcessGroup
-from postfix_instance import PostfixError, PostfixInstance, findProgram, tail
+from loads import BenchFailure, runSmtpSource
+from postfix_instance import PostfixError, PostfixInstance, findProgram
 from run import (
     REPO_ROOT,
     MtaServer,
@@ -184,29 +183,8 @@ class GrowthPostfix(PostfixServer):
 
 def smtpSource(port: int, messages: int, size: int, recipients: int, sessions: int,
                timeout: float, phase: str) -> float:
-    """smtp-source with -r recipients; its wall time (as loads.runSmtpSource, which has no -r)."""
-    argv = [findProgram("smtp-source"), "-s", str(min(sessions, messages)), "-m", str(messages),
-            "-l", str(size), "-r", str(recipients), "-f", SENDER, "-t", RECIPIENT,
-            "-M", "bench-client.example", f"127.0.0.1:{port}"]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stopProcessGroup(proc, grace=2)
-        raise BenchFailure(f"{phase}: smtp-source did not finish {messages} messages "
-                           f"within {timeout:.0f}s") from None
-    except BaseException:
-        stopProcessGroup(proc, grace=2)
-        raise
-    seconds = time.monotonic() - t0
-    if proc.returncode != 0:
-        text = out.decode("utf-8", "replace")
-        lines = [line for line in text.splitlines() if line.strip()]
-        raise BenchFailure(f"{phase}: smtp-source failed (rc={proc.returncode}): "
-                           f"{lines[-1] if lines else 'no output'}", tail(text, 10) or None)
-    return seconds
+    """smtp-source with -r recipients, a connection per message; its wall time."""
+    return runSmtpSource(port, messages, sessions, size, False, timeout, phase, recipients=recipients)
 
 
 def deliveriesPerMessage(recipients: int) -> int:

@@ -209,16 +209,19 @@ def runLoad(server, messages: int, args, phase: str = "timed run") -> dict:
 
 
 def runSmtpSource(port: int, messages: int, sessions: int, size: int, reuse: bool,
-                  timeout: float, phase: str = "timed run") -> float:
+                  timeout: float, phase: str = "timed run", recipients: int = 1) -> float:
     """Send messages with smtp-source; return its wall time in seconds.
 
     smtp-source's -m is the total over all sessions.  By default it opens a
     new connection for every message (MAIL/RCPT/DATA/QUIT); -d keeps the
-    connection and sends the next message over it.
+    connection and sends the next message over it; -r N gives each message
+    N recipients.
     """
     argv = [findProgram("smtp-source"),
             "-s", str(min(sessions, messages)), "-m", str(messages), "-l", str(size),
             "-f", SENDER, "-t", RECIPIENT, "-M", "bench-client.example"]
+    if recipients != 1:
+        argv += ["-r", str(recipients)]
     if reuse:
         argv.append("-d")
     argv.append(f"127.0.0.1:{port}")

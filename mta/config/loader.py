@@ -170,6 +170,60 @@ def _unknown(key):
     return "unknown parameter" + (f" (did you mean {hint[0]}?)" if hint else "")
 
 
+def expandMacros(text, lookup):
+    """
+    Postfix's mac_expand: ``$name``, ``${name}``, ``$(name)``,
+    ``${name?text}`` (text when the value is not empty), ``${name:text}``
+    (text when it is empty) and ``$$``; C{lookup(name)} gives a value or
+    raises ValueError.  ValueError for a malformed expression.  (The
+    configuration's values, and the smtpd reply templates of
+    mta.smtpd.dnsxl, with their own lookups.)
+    """
+    if "$" not in text:
+        return text
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch != "$":
+            j = text.find("$", i)
+            j = n if j < 0 else j
+            out.append(text[i:j])
+            i = j
+            continue
+        i += 1
+        if i < n and text[i] == "$":
+            out.append("$")
+            i += 1
+        elif i < n and text[i] in "{(":
+            opener, closer = text[i], "}" if text[i] == "{" else ")"
+            depth, j = 1, i + 1
+            while j < n and depth:
+                depth += {opener: 1, closer: -1}.get(text[j], 0)
+                j += 1
+            if depth:
+                raise ValueError(f"unbalanced '{opener}' after '$'")
+            match = re.fullmatch(r"([A-Za-z0-9_]+)\s*(?:([?:])(.*))?", text[i + 1 : j - 1], re.S)
+            if not match:
+                raise ValueError(f"malformed expression ${text[i:j]}")
+            i = j
+            value = lookup(match.group(1))
+            if match.group(2) is None:
+                out.append(value)
+            elif bool(value) == (match.group(2) == "?"):
+                arg = match.group(3).strip()
+                if arg.startswith("{") and arg.endswith("}"):
+                    arg = arg[1:-1]
+                out.append(expandMacros(arg, lookup))
+        else:
+            match = re.match(r"[A-Za-z0-9_]+", text[i:])
+            if not match:
+                raise ValueError("'$' is not followed by a parameter name (write $$ for a dollar sign)")
+            i += match.end()
+            out.append(lookup(match.group()))
+    return "".join(out)
+
+
 class Scope:
     """
     The parameters in force in one place: [main], or a listener over [main].
@@ -230,49 +284,7 @@ class Scope:
         return self._expand(self.raw(name), stack + [name])
 
     def _expand(self, text, stack):
-        if "$" not in text:
-            return text
-        out = []
-        i, n = 0, len(text)
-        while i < n:
-            ch = text[i]
-            if ch != "$":
-                j = text.find("$", i)
-                j = n if j < 0 else j
-                out.append(text[i:j])
-                i = j
-                continue
-            i += 1
-            if i < n and text[i] == "$":
-                out.append("$")
-                i += 1
-            elif i < n and text[i] in "{(":
-                opener, closer = text[i], "}" if text[i] == "{" else ")"
-                depth, j = 1, i + 1
-                while j < n and depth:
-                    depth += {opener: 1, closer: -1}.get(text[j], 0)
-                    j += 1
-                if depth:
-                    raise ValueError(f"unbalanced '{opener}' after '$'")
-                match = re.fullmatch(r"([A-Za-z0-9_]+)\s*(?:([?:])(.*))?", text[i + 1 : j - 1], re.S)
-                if not match:
-                    raise ValueError(f"malformed expression ${text[i:j]}")
-                i = j
-                value = self._lookup(match.group(1), stack)
-                if match.group(2) is None:
-                    out.append(value)
-                elif bool(value) == (match.group(2) == "?"):
-                    arg = match.group(3).strip()
-                    if arg.startswith("{") and arg.endswith("}"):
-                        arg = arg[1:-1]
-                    out.append(self._expand(arg, stack))
-            else:
-                match = re.match(r"[A-Za-z0-9_]+", text[i:])
-                if not match:
-                    raise ValueError("'$' is not followed by a parameter name (write $$ for a dollar sign)")
-                i += match.end()
-                out.append(self._lookup(match.group(), stack))
-        return "".join(out)
+        return expandMacros(text, lambda name: self._lookup(name, stack))
 
     def check(self):
         """Compute every parameter, set ones first; raise ConfigError with the location."""

@@ -63,7 +63,6 @@ CLASSES = {  # Postfix's SMTPD_NAME_* reply classes
     "client": "Client host", "reverse_client": "Unverified Client host", "helo": "Helo command",
     "sender": "Sender address", "recipient": "Recipient address",
 }
-_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def clientQuery(address, domain):
@@ -99,51 +98,19 @@ def _filtered(value):
 
 def expandTemplate(template, values):
     """
-    Postfix's mac_expand for reply templates: $name, ${name}, $(name),
-    ${name?text}, ${name:text}, $$.  ValueError for an unknown name or a
-    malformed expression.
+    A reply template expanded with C{values} (Postfix's mac_expand, as the
+    configuration's: mta.config.loader.expandMacros); each value passes
+    smtpd_expand_filter.  ValueError for an unknown name or a malformed
+    expression.
     """
-    out, i, n = [], 0, len(template)
-    while i < n:
-        j = template.find("$", i)
-        if j < 0:
-            out.append(template[i:])
-            break
-        out.append(template[i:j])
-        i = j + 1
-        if i < n and template[i] == "$":
-            out.append("$")
-            i += 1
-            continue
-        if i < n and template[i] in "{(":
-            opener, closer = template[i], "}" if template[i] == "{" else ")"
-            depth, k = 1, i + 1
-            while k < n and depth:
-                depth += {opener: 1, closer: -1}.get(template[k], 0)
-                k += 1
-            if depth:
-                raise ValueError(f"unbalanced '{opener}'")
-            match = re.fullmatch(r"([A-Za-z0-9_]+)\s*(?:([?:])(.*))?", template[i + 1 : k - 1], re.S)
-            if not match:
-                raise ValueError(f"malformed expression ${template[i:k]}")
-            i = k
-            name, op, text = match.groups()
-            if name not in values:
-                raise ValueError(f"unknown name ${name}")
-            value = values[name]
-            if op is None:
-                out.append(_filtered(value))
-            elif bool(value) == (op == "?"):
-                out.append(expandTemplate(text, values))
-            continue
-        match = _NAME.match(template, i)
-        if not match:
-            raise ValueError("'$' is not followed by a name")
-        if match.group() not in values:
-            raise ValueError(f"unknown name ${match.group()}")
-        out.append(_filtered(values[match.group()]))
-        i = match.end()
-    return "".join(out)
+    from mta.config.loader import expandMacros
+
+    def lookup(name):
+        if name not in values:
+            raise ValueError(f"unknown name ${name}")
+        return _filtered(values[name])
+
+    return expandMacros(template, lookup)
 
 
 def requestValues(request):
