@@ -162,17 +162,8 @@ class GrowthPostfixInstance(PostfixInstance):
 class GrowthPostfix(PostfixServer):
     """bench/run.py's PostfixServer, on a GrowthPostfixInstance."""
 
-    def start(self) -> None:
-        try:
-            self.instance = GrowthPostfixInstance(self.port, self.relay_port, keep=self.keep,
-                                                  parent_dir=str(self.workdir))
-            log(f"postfix: starting private instance on 127.0.0.1:{self.port}")
-            self.instance.start(timeout=self.start_timeout)
-        except PostfixError as e:
-            first, _, rest = str(e).partition("\n")
-            raise BenchFailure(f"private Postfix did not start: {first}", rest or None) from None
-        for w in self.instance.warnings:
-            log(f"postfix: {w}")
+    def makeInstance(self) -> GrowthPostfixInstance:
+        return GrowthPostfixInstance(self.port, self.relay_port, keep=self.keep, parent_dir=str(self.workdir))
 
     def alive(self) -> bool:
         pid = self.instance.masterPid() if self.instance else None

@@ -92,6 +92,14 @@ def treeCpuSeconds(root: int | None) -> float | None:
     """
     if root is None:
         return None
+    tree = processTree(root)
+    if not tree:
+        return None
+    return sum(ticks for _, ticks in tree) / CLOCK_TICK
+
+
+def processTree(root: int) -> list[tuple[int, int]]:
+    """(pid, utime+stime+cutime+cstime ticks) of process root and every process below it (/proc); [] if gone."""
     children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -107,13 +115,13 @@ def treeCpuSeconds(root: int | None) -> float | None:
         children.setdefault(int(fields[1]), []).append(pid)
         ticks[pid] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     if root not in ticks:
-        return None
-    total, todo = 0, [root]
+        return []
+    found, todo = [], [root]
     while todo:
         pid = todo.pop()
-        total += ticks.get(pid, 0)
+        found.append((pid, ticks.get(pid, 0)))
         todo.extend(children.get(pid, ()))
-    return total / CLOCK_TICK
+    return found
 
 
 def makeCertificate(directory: Path, kind: str) -> tuple[Path, Path]:

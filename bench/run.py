@@ -228,12 +228,14 @@ class PostfixServer:
         self.keep = keep
         self.instance: PostfixInstance | None = None
 
+    def makeInstance(self) -> PostfixInstance:
+        """The private instance (bench/growth.py and bench/scale.py give theirs)."""
+        return PostfixInstance(self.port, self.relay_port, keep=self.keep, parent_dir=str(self.workdir),
+                               tls=tuple(map(str, self.tls)) if self.tls else None, relay_tls=self.relay_tls)
+
     def start(self) -> None:
         try:
-            self.instance = PostfixInstance(self.port, self.relay_port, keep=self.keep,
-                                            parent_dir=str(self.workdir),
-                                            tls=tuple(map(str, self.tls)) if self.tls else None,
-                                            relay_tls=self.relay_tls)
+            self.instance = self.makeInstance()
             log(f"postfix: starting private instance on 127.0.0.1:{self.port}")
             self.instance.start(timeout=self.start_timeout)
         except PostfixError as e:

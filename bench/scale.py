@@ -77,9 +77,8 @@ from pathlib import Path
 sys.dont_write_bytecode = True  # no __pycache__ left in bench/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loads import BenchFailure, runSmtpSource
+from loads import BenchFailure, processTree, runSmtpSource
 from postfix_instance import (
-    PostfixError,
     PostfixInstance,
     countRegularFiles,
     findProgram,
@@ -106,23 +105,8 @@ def loadavg() -> str:
 # -- processes and their memory ---------------------------------------------------
 
 def descendants(root: int) -> list[int]:
-    """root and every process below it (from /proc/*/stat)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read().decode("latin-1")
-        except OSError:
-            continue
-        children.setdefault(int(data[data.rindex(")") + 2:].split()[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
+    """root and every process below it (loads.processTree)."""
+    return [pid for pid, _ in processTree(root)] or [root]
 
 
 def vmRss(pid: int) -> int:
@@ -261,17 +245,10 @@ class ScalePostfix(PostfixServer):
         super().__init__(*args, **kwargs)
         self.extra = extra
 
-    def start(self) -> None:
-        try:
-            self.instance = ScalePostfixInstance(self.port, self.relay_port, keep=self.keep,
-                                                 parent_dir=str(self.workdir), extra=self.extra)
-            log(f"postfix: starting private instance on 127.0.0.1:{self.port} ({'; '.join(self.extra)})")
-            self.instance.start(timeout=self.start_timeout)
-        except PostfixError as e:
-            first, _, rest = str(e).partition("\n")
-            raise BenchFailure(f"private Postfix did not start: {first}", rest or None) from None
-        for w in self.instance.warnings:
-            log(f"postfix: {w}")
+    def makeInstance(self) -> ScalePostfixInstance:
+        log(f"postfix: main.cf gets {'; '.join(self.extra)}")
+        return ScalePostfixInstance(self.port, self.relay_port, keep=self.keep, parent_dir=str(self.workdir),
+                                    extra=self.extra)
 
     def pids(self) -> list[int]:
         return self.instance.processes() if self.instance is not None else []
