@@ -67,6 +67,14 @@ DESCRIPTION
       * a parameter whose extension was not offered is refused (Postfix
         3.7 ignores AUTH= when SASL is off).
 
+SIZE
+    About 770 lines, and still one job: the syntax of the envelope as
+    RFC 5321 and its extensions define it (paths, domains and literals,
+    local parts, the MAIL and RCPT parameters, xtext), pure functions with
+    no I/O.  The parameters (SIZE, BODY, RET, ENVID, NOTIFY, ORCPT,
+    SMTPUTF8, REQUIRETLS, AUTH) are the natural split into a module of
+    their own.
+
 SECURITY
     Everything here is client input, read before any restriction runs.
     Control characters (C0, DEL, C1), NUL, CR and LF are refused in paths,

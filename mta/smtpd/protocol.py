@@ -46,6 +46,15 @@ Postmaster notices: the session keeps Postfix's transcript and error
 classes (mta.smtpd.chat, which says which reply is which class) and sends
 them to the postmaster when notify_classes says so (mta.transcript).
 
+SIZE
+    About 740 lines, and still one job: the session's mechanics (input,
+    output, pipelining, time, flow control, the end of a connection).
+    What grew it last is the work done at connect before the banner: the
+    client's name (mta.smtpd.peername), the anvil counts (mta.smtpd.anvil)
+    and the greeting delay.  Those steps are the natural split: a
+    connect-time module (SMTPServer._connect and its helpers) beside this
+    one, when it grows again.
+
 SECURITY
     Everything read is untrusted.  A command line of line_length_limit
     octets or more (CRLF not counted) is refused with 500 5.5.2 however it

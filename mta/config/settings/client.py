@@ -46,6 +46,14 @@ DESCRIPTION
     groups set explicitly, CA and client-certificate files read and
     checked here with their file:line).
 
+SIZE
+    Over 700 lines, and still one job: the compiled settings of the SMTP
+    and LMTP client, which share one base class, their older-name mapping
+    and their TLS, SASL and per-server controls.  Most of the length is
+    field declarations (a line per parameter) and the older names' table;
+    the natural split, if it grows, is the TLS and per-server controls
+    into a module of their own beside it.
+
 SECURITY
     The HELO name reaches the wire: it may hold no line end, NUL or white
     space (checked here and again when the command is written).
