@@ -347,7 +347,7 @@ class SMTPCommands:
                 peer=PeerName(session.clientName, session.reverseClientName, session.nameStatus,
                               session.reverseNameStatus),
                 recipients=len(transaction.recipients), note=self._restrictionNote(address),
-                attributes=self._policyAttributes())
+                attributes=self._policyAttributes)  # made only if a check_policy_service asks
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)

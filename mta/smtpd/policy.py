@@ -141,14 +141,15 @@ class RecipientPolicy:
         C{recipients}: the recipients accepted so far in the transaction;
         C{note}: RestrictionList.evaluate's, for PREPEND, WARN, INFO and
         warn_if_reject (the caller adds the header or logs the line);
-        C{attributes}: what check_policy_service sends besides (mta.smtpd.policyclient).
+        C{attributes}: a callable that gives what check_policy_service sends
+        besides (mta.smtpd.policyclient), called only when a query is made.
         """
         names = {} if peer is None else dict(
             client_name=peer.name, reverse_client_name=peer.reverseName, client_name_status=peer.nameStatus,
             reverse_client_name_status=peer.reverseStatus)
         try:
             request = Request(clientAddress, helo, sender, address, tls=tls, sasl_method=login[0],
-                              sasl_username=login[1], recipient_count=recipients, attributes=attributes or {},
+                              sasl_username=login[1], recipient_count=recipients, attributes=attributes,
                               **names)
             decision = await self.restrictions.evaluate(request, note)
             if decision.action in ("reject", "defer"):

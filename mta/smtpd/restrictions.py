@@ -101,7 +101,7 @@ class Request:
     reverse_client_name_status: int = 5
     etrn_domain: str | None = None  # the ETRN command's domain (smtpd_etrn_restrictions)
     recipient_count: int = 0  # recipients accepted so far in the transaction (reject_multi_recipient_bounce)
-    attributes: object = None  # more of the session for check_policy_service (a dict; mta.smtpd.commands)
+    attributes: object = None  # a callable: more of the session for check_policy_service (mta.smtpd.commands)
     tls: object = None  # the session's TlsInfo (mta.tls.info), None without TLS
     sasl_username: str | None = None  # the AUTH login (mta.smtpd.auth), None without one
     sasl_method: str | None = None
@@ -324,7 +324,7 @@ def policyRequest(request):
     def text(address):
         return "" if address is None or address.isNull else str(address)
 
-    extra = dict(request.attributes or {})
+    extra = dict(request.attributes()) if request.attributes is not None else {}
     attributes = {
         "request": "smtpd_access_policy",
         "protocol_state": "RCPT" if request.recipient is not None else "ETRN",
