@@ -29,6 +29,12 @@ class ILookupTable(Interface):
 
     spec = Attribute("The table's specification as configured, e.g. 'texthash:/etc/mta/virtual'.")
 
+    pattern = Attribute(
+        "Optional, False when absent.  True for a table whose keys are patterns applied to the whole "
+        "string looked up (regexp:, pcre:, cidr:; Postfix's DICT_FLAG_PATTERN): callers that try partial "
+        "keys (parent domains, networks, user@, @domain, user without extension) ask such a table only "
+        "for the whole string, as Postfix does.")
+
     def lookup(key):
         """
         Look up C{key} (a str).
@@ -38,6 +44,17 @@ class ILookupTable(Interface):
             Deferred with L{mta.tables.TableTemporaryError}; callers turn that
             into a 4xx reply, never a 5xx.
         """
+
+    # Optional:
+    #
+    # def close():
+    #     """
+    #     Release connections, threads and files; None or a Deferred.  Called
+    #     when the configuration that opened the table is replaced (and its
+    #     transports are retired) and when the daemon stops.  A lookup may
+    #     still come after it (a session that began before a reload): it
+    #     must still be answered, by opening a connection again.
+    #     """
 
 
 class ILookupTableFactory(Interface):
