@@ -29,11 +29,12 @@ class ILookupTable(Interface):
 
     spec = Attribute("The table's specification as configured, e.g. 'texthash:/etc/mta/virtual'.")
 
-    pattern = Attribute(
-        "Optional, False when absent.  True for a table whose keys are patterns applied to the whole "
-        "string looked up (regexp:, pcre:, cidr:; Postfix's DICT_FLAG_PATTERN): callers that try partial "
-        "keys (parent domains, networks, user@, @domain, user without extension) ask such a table only "
-        "for the whole string, as Postfix does.")
+    # Optional attribute (verifyObject does not require it):
+    #
+    # pattern: False when absent.  True for a table whose keys are patterns applied to the whole
+    #     string looked up (regexp:, pcre:, cidr:; Postfix's DICT_FLAG_PATTERN): callers that try
+    #     partial keys (parent domains, networks, user@, @domain, user without extension) ask such
+    #     a table only for the whole string, as Postfix does.
 
     def lookup(key):
         """
