@@ -108,7 +108,7 @@ import attrs
 from mta.config.settings.routing import ADDRESS_CLASSES, splitTransport
 from mta.config.types import splitList
 from mta.model import Address
-from mta.tables import TableTemporaryError, addressKeys
+from mta.tables import TableTemporaryError, addressKeys, tableKeys
 from mta.tables.matchers import DomainMatcher
 
 __all__ = ["ADDRESS_CLASSES", "AddressResolver", "Resolution", "Route", "RouteError", "Router", "splitTransport"]
@@ -246,7 +246,7 @@ class AddressResolver:
             return None
         keys = addressKeys(sender, self.settings.delimiter) if sender else [self.settings.nullSenderRelayKey]
         for table in self.senderRelayhostMaps:
-            for key in keys:
+            for key in tableKeys(table, keys):
                 value = await table.lookup(key)
                 if value is not None:
                     value = value.strip()
@@ -328,13 +328,15 @@ class Router:
         local, domain = splitAddress(address)
         isLocal = await self.resolver.isLocal(domain)
         for table in self.virtualAliases:
-            for key in addressKeys(address, self.delimiter, False):
+            for key in tableKeys(table, addressKeys(address, self.delimiter, False)):
                 value = await table.lookup(key)
                 if value is not None:
                     return key, value
         if isLocal and self.localAliases:
-            for key in addressKeys(local, self.delimiter, True):
+            for i, key in enumerate(addressKeys(local, self.delimiter, True)):
                 for table in self.localAliases:
+                    if i and getattr(table, "pattern", False):  # a pattern table: the whole key only
+                        continue
                     value = await table.lookup(key)
                     if value is not None:
                         return key + (f"@{domain}" if domain and "@" not in key else ""), value

@@ -46,12 +46,14 @@ EXAMPLE_SMTP = (("endpoint", "tcp:port=25"), ("smtpd_tls_security_level", "may")
 EXAMPLE_LISTENERS = (
     ("submission", "tcp:port=587",
      (("smtpd_tls_security_level", "encrypt"), ("smtpd_sasl_auth_enable", "yes"), ("smtpd_tls_auth_only", "yes"),
-      ("smtpd_recipient_restrictions", "reject_sender_login_mismatch, permit_sasl_authenticated, reject"),
+      ("smtpd_sender_restrictions", "reject_sender_login_mismatch"),
+      ("smtpd_relay_restrictions", "permit_sasl_authenticated, reject"),
       ("smtpd_recipient_limit", "100")),
      "submission on port 587: mail from users, STARTTLS required (530 5.7.0 before it), then AUTH"),
     ("submissions", "tcp:port=465",
      (("smtpd_tls_wrappermode", "yes"), ("smtpd_sasl_auth_enable", "yes"),
-      ("smtpd_recipient_restrictions", "reject_sender_login_mismatch, permit_sasl_authenticated, reject"),
+      ("smtpd_sender_restrictions", "reject_sender_login_mismatch"),
+      ("smtpd_relay_restrictions", "permit_sasl_authenticated, reject"),
       ("smtpd_recipient_limit", "100")),
      "submissions on port 465: TLS from the first byte (wrapper mode), then AUTH"),
 )

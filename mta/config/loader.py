@@ -64,6 +64,7 @@ import attrs
 
 from mta.config.errors import ConfigError
 from mta.config.schema import BY_NAME, DEFAULT_LISTENERS, LISTENER_KEYS, parameter
+from mta.config.types import splitList
 
 
 class ConfigNotFound(ConfigError):
@@ -232,11 +233,24 @@ class Scope:
     the default), C{expanded(name)} the text after $name expansion.
     """
 
-    def __init__(self, entries=(), parent=None, origin="embedded defaults"):
+    def __init__(self, entries=(), parent=None, origin="embedded defaults", classes=()):
         self.origin = origin  # "FILE: [section]", for errors about defaults
         self._entries = {e.key: e for e in entries}
         self._parent = parent
         self._values = {}
+        self._classes = {e.key: e for e in classes}  # smtpd_restriction_classes' definitions ([main] only)
+
+    def restrictionClass(self, name):
+        """
+        The Entry that defines the restriction class C{name} ([main]), or None;
+        its text with $name expanded is C{expandedClass(name)}.
+        """
+        if self._parent is not None:
+            return self._parent.restrictionClass(name)
+        return self._classes.get(name)
+
+    def expandedClass(self, name):
+        return self._expand(self.restrictionClass(name).value, [])
 
     def entry(self, name):
         """The Entry that sets C{name} here or in an enclosing scope, or None."""
@@ -365,12 +379,19 @@ def load(path=None, text=None, checkEndpoints=True):
         else:
             raise ConfigError(f"{section.location}: unknown section (expected [main] or [listener:NAME])")
 
+    # smtpd_restriction_classes: each name it lists is a [main] parameter of its own, a restriction list.
+    classNames = set()
+    for entry in mainEntries:
+        if entry.key == "smtpd_restriction_classes":
+            classNames = {name.lower() for name in splitList(entry.value)}
+    classEntries = [e for e in mainEntries if e.key in classNames and parameter(e.key) is None]
+    mainEntries = [e for e in mainEntries if not (e.key in classNames and parameter(e.key) is None)]
     for entry in mainEntries:
         if parameter(entry.key) is None:
             extra = "; it belongs in a [listener:NAME] section" if entry.key in LISTENER_KEYS else ""
             raise ConfigError(f"{entry.location}: {_unknown(entry.key)}{extra}")
     origin = f"{path}: [main]" if path else "embedded defaults"
-    main = Scope(mainEntries, origin=origin)
+    main = Scope(mainEntries, origin=origin, classes=classEntries)
     main.check()
 
     listeners = []

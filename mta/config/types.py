@@ -394,6 +394,7 @@ RESTRICTION_NAMES = {
     "check_sender_access": True,
     "check_recipient_access": True,
     "check_etrn_access": True,
+    "check_helo_access": True,
     "permit_tls_clientcerts": False,
     "permit_tls_all_clientcerts": False,
     "check_ccert_access": True,
@@ -403,7 +404,21 @@ RESTRICTION_NAMES = {
     "reject_known_sender_login_mismatch": False,
     "reject_authenticated_sender_login_mismatch": False,
     "reject_unauthenticated_sender_login_mismatch": False,
+    "check_sasl_access": True,
+    # the rest of smtpd(8)'s controls (mta.smtpd.restrictions)
+    "sleep": "number",
+    "reject_unauth_pipelining": False,
+    "permit_inet_interfaces": False,
+    "reject_plaintext_session": False,
 }
+
+# A restriction name of the form a bare identifier that is not in RESTRICTION_NAMES may be a
+# restriction class (smtpd_restriction_classes): parseRestrictions keeps it, and the settings
+# (mta.config.settings.routing) refuse it unless a class of that name is defined.
+_CLASS_NAME = re.compile(r"[a-z_][a-z0-9_.-]*")
+
+# A bare type:table item in a list is the stage's own check_*_access (Postfix's def_acl).
+STAGE_ACCESS = "access"
 
 
 @attrs.frozen
@@ -511,11 +526,25 @@ def parseRestrictions(items):
     i = 0
     while i < len(items):
         item = items[i]
+        if isinstance(item, TableSpec) or (isinstance(item, str) and re.match(r"[a-z][a-z0-9_-]*:.", item.strip())):
+            # type:table alone: the stage's check_*_access (STAGE_ACCESS)
+            result.append((STAGE_ACCESS, item if isinstance(item, TableSpec) else parseTableSpec(item)))
+            i += 1
+            continue
         name = item.lower() if isinstance(item, str) else item
         if name not in RESTRICTION_NAMES:
-            raise ValueError(f"unknown restriction {str(item)!r} (known: {', '.join(sorted(RESTRICTION_NAMES))})")
+            if isinstance(name, str) and _CLASS_NAME.fullmatch(name):  # perhaps a restriction class
+                result.append((name, None))
+                i += 1
+                continue
+            raise ValueError(unknownRestriction(item))
         argument = None
-        if RESTRICTION_NAMES[name] == "policy":
+        if RESTRICTION_NAMES[name] == "number":
+            if i + 1 >= len(items) or not str(items[i + 1]).isdigit():
+                raise ValueError(f"{name} needs a number of seconds")
+            argument = int(items[i + 1])
+            i += 1
+        elif RESTRICTION_NAMES[name] == "policy":
             if i + 1 >= len(items) or isinstance(items[i + 1], TableSpec) and items[i + 1].type not in ("inet", "unix"):
                 raise ValueError(f"{name} needs a server argument (inet:host:port or unix:path)")
             argument = parsePolicy(items[i + 1])
@@ -537,6 +566,15 @@ def parseRestrictions(items):
     return tuple(result)
 
 
+def unknownRestriction(name):
+    return f"unknown restriction {str(name)!r} (known: {', '.join(sorted(RESTRICTION_NAMES))})"
+
+
+def restrictionNames(pairs):
+    """The names in parsed pairs that are neither restrictions nor a bare table: restriction classes to be."""
+    return [name for name, _ in pairs if name != STAGE_ACCESS and name not in RESTRICTION_NAMES]
+
+
 @attrs.frozen
 class Restrictions:
     """A restriction list (smtpd_*_restrictions): names, and tables after check_*_access."""
@@ -545,4 +583,10 @@ class Restrictions:
 
     def parse(self, text):
         pairs = parseRestrictions(splitList(text))
-        return tuple(item for pair in pairs for item in pair if item is not None)
+        flat = []
+        for name, argument in pairs:
+            if name != STAGE_ACCESS:
+                flat.append(name)
+            if argument is not None:
+                flat.append(str(argument) if isinstance(argument, int) else argument)
+        return tuple(flat)

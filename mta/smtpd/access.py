@@ -1,6 +1,7 @@
 """mta.smtpd.access - access(5): what a table value (or a policy server's action) means, and the keys looked up.
 
     accessResult(value, subject, what) -> Decision
+    lookupKeys(table, keys)  the keys a table is asked (a pattern table: the whole key only)
     accessKeys(address)      user@domain, domain and its parents, user@ (an envelope address)
     domainKeys(name)         a host name and its parent domains
     addressKeysOf(address)   a client address and its networks (Postfix's check_addr_access)
@@ -17,20 +18,41 @@ import re
 
 from mta.model import Reply
 from mta.smtpd.decision import DUNNO, PERMIT, Decision
+from mta.tables import tableKeys
 
 _HEADER = re.compile(r"[!-9;-~]+:")  # a header field name and its colon (RFC 5322 2.2)
 _CODE = re.compile(r"([245])([0-9][0-9])(?:\s+([245]\.[0-9]{1,3}\.[0-9]{1,3}))?(?:\s+(.*))?$", re.S)
 
 
-def accessResult(value, subject, what):
-    """Turn an access(5) table value into a Decision."""
+lookupKeys = tableKeys  # the keys a table is asked: a pattern table gets the whole key only
+
+
+def _splitDsn(rest, default):
+    """access(5)'s optional enhanced status code at the start of the text: (status, text)."""
+    match = re.match(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s+(.*))?$", rest, re.S)
+    if match:
+        return f"{match.group(1)}.{match.group(2)}.{match.group(3)}", (match.group(4) or "").strip()
+    return default, rest
+
+
+def accessResult(value, subject, what, rejectCode=554, deferCode=450):
+    """
+    Turn an access(5) table value into a Decision.  C{rejectCode} and
+    C{deferCode}: access_map_reject_code and access_map_defer_code.
+    """
     text = value.strip()
     word, _, rest = text.partition(" ")
     word = word.upper()
     rest = rest.strip()
     prefix = f"<{subject}>: {what} rejected"
-    if word in ("OK", "PERMIT") or (word.isdigit() and not text.startswith(("4", "5"))):
+    if word in ("OK", "PERMIT", "RELAY") or (word.isdigit() and not text.startswith(("4", "5"))):
         return PERMIT
+    if word == "DISCARD":  # accept, then drop the message; evaluation stops
+        return Decision("discard", text=f"<{subject}>: {what} triggers DISCARD action" + (f": {rest}" if rest else ""))
+    if word in ("REDIRECT", "BCC"):
+        if "@" not in rest or len(rest.split()) != 1:
+            return Decision("warn", text=f"access value {text!r} requires user@domain target")
+        return Decision(word.lower(), text=rest)
     if word == "DUNNO":
         return DUNNO
     if word == "HOLD":
@@ -42,21 +64,27 @@ def accessResult(value, subject, what):
             return Decision("warn", text=f"access value {text!r} requires header: text")
         return Decision("prepend", text=rest)
     if word in ("DEFER_IF_PERMIT", "DEFER_IF_REJECT"):
-        match = re.match(r"([45]\.[0-9]{1,3}\.[0-9]{1,3})\s+(.*)", rest, re.S)
-        status, why = (f"4{match.group(1)[1:]}", match.group(2)) if match else ("4.7.1", rest)
-        return Decision(word.lower(), Reply(450, status, f"{prefix}: {why or 'Service unavailable'}"))
-    if word == "REJECT":
-        return Decision("reject", Reply(554, "5.7.1", f"{prefix}: {rest or 'Access denied'}"))
-    if word == "DEFER":
-        return Decision("defer", Reply(450, "4.7.1", f"{prefix}: {rest or 'Access denied'}"))
+        status, why = _splitDsn(rest, "4.7.1")
+        code = deferCode
+        return Decision(word.lower(), Reply(code, f"{code // 100}{status[1:]}", f"{prefix}: {why or 'Service unavailable'}"))
+    if word in ("REJECT", "DEFER"):
+        code = rejectCode if word == "REJECT" else deferCode
+        status, why = _splitDsn(rest, f"{code // 100}.7.1")
+        return Decision("reject" if code >= 500 else "defer",
+                        Reply(code, f"{code // 100}{status[1:]}", f"{prefix}: {why or 'Access denied'}"))
     match = _CODE.match(text)
     if match and match.group(1) in "45":
         code = int(match.group(1) + match.group(2))
         status = match.group(3) or f"{match.group(1)}.7.1"
         reply = Reply(code, status, f"{prefix}: {match.group(4) or 'Access denied'}")
         return Decision("reject" if code >= 500 else "defer", reply)
-    # Postfix would run a restriction named in the value; we do not yet.
-    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"), errorClass="software")
+    if ":" not in text:
+        # A restriction class name or a restriction list: mta.smtpd.restrictions evaluates it.
+        return Decision("restrictions", text=text, subject=(str(subject), what))
+    # FILTER (a content filter, not built yet) and a lookup table inside an access value, which
+    # Postfix refuses too ("define a restriction class and specify its name instead").
+    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"), errorClass="software",
+                    text=f"access table value {text!r} cannot be used here")
 
 
 def accessKeys(address):
@@ -100,4 +128,4 @@ def addressKeysOf(address):
     return keys
 
 
-__all__ = ["accessKeys", "accessResult", "addressKeysOf", "domainKeys"]
+__all__ = ["accessKeys", "accessResult", "addressKeysOf", "domainKeys", "lookupKeys"]

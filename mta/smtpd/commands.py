@@ -48,11 +48,14 @@ DEVIATIONS
     (Postfix adds the size).  BINARYMIME exists (Postfix has none).
     MAIL FROM ... REQUIRETLS in plaintext gets "555 5.5.4 Unsupported
     option: REQUIRETLS not offered" (Postfix: "Unsupported option:
-    REQUIRETLS"); RFC 8689 defines no reply for it.
+    REQUIRETLS"); RFC 8689 defines no reply for it.  With BDAT,
+    smtpd_data_restrictions are judged at the end of the last chunk, with
+    the end-of-data ones (Postfix: at the first chunk); a refusal then
+    removes the queue file, and nothing is queued either way.
 """
 
 import attrs
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from mta.address import (
@@ -68,7 +71,7 @@ from mta.address import (
     splitPathAndParameters,
 )
 from mta.maillog import sanitize
-from mta.model import Recipient, Reply
+from mta.model import Address, Recipient, Reply
 from mta.smtpd import data as D
 from mta.smtpd.message import IncomingTransaction, chooseHeaderRewrite
 from mta.smtpd.peername import PeerName
@@ -78,6 +81,23 @@ from mta.tables import TableTemporaryError
 log = Logger()
 
 R_OK = Reply(250, "2.0.0", "Ok")
+
+
+def _given(path, allowNull, smtputf8):
+    """
+    The address as the client gave it (what the restriction replies name and
+    reject_non_fqdn_* judge), before mta.rewrite qualified it; None if it
+    cannot be parsed alone.
+    """
+    try:
+        return parsePath(path, allowNull, smtputf8)
+    except PathError:
+        pass
+    try:  # no domain (RCPT TO:<user>): parsed with a stand-in domain, then without it
+        address = parsePath(f"<{path[1:-1]}@domain.invalid>", allowNull, smtputf8)
+    except PathError:
+        return None
+    return Address(address.local, "")
 
 
 @attrs.define
@@ -114,18 +134,55 @@ class SMTPCommands:
             status=action,
         )
 
-    def _restrictionNote(self, address):
+    def _restrictionNote(self, address, stage="RCPT"):
         """What a restriction does besides deciding (RestrictionList.evaluate's note)."""
 
         def note(action, value):
             if action == "prepend":
                 self.transaction.prepend.append(value)
             elif action == "reject_warning":
-                self._logReject("RCPT", value, address, action="reject_warning")
-            else:  # warn, info
-                self._logReject("RCPT", None, address, action=action, text=value or "")
+                self._logReject(stage, value, address, action="reject_warning")
+            elif action == "warning":  # a configuration error met while evaluating
+                self.factory.maillog.emit(f"warning: {sanitize(value)}", client=self.session.client)
+            elif action in ("redirect", "bcc"):
+                self._logReject(stage, None, address, action=action, text=f"triggers {action.upper()} {value}")
+            else:  # warn, info, discard
+                self._logReject(stage, None, address, action=action, text=value or "")
 
         return note
+
+    def _request(self, recipient=None, recipientGiven=None, **more):
+        """What the restrictions look at now (mta.smtpd.restrictions.Request)."""
+        session, transaction = self.session, self.transaction
+        more.setdefault("sender_given", transaction.senderGiven)
+        more.setdefault("recipient_given", recipientGiven)
+        host = self.transport.getHost() if self.transport is not None else None
+        return self.factory.policy.request(
+            session.clientAddress, session.helo, transaction.sender, recipient, tls=session.tls,
+            login=(session.saslMethod, session.saslUsername),
+            peer=PeerName(session.clientName, session.reverseClientName, session.nameStatus,
+                          session.reverseNameStatus),
+            recipients=len(transaction.recipients), attributes=self._policyAttributes,
+            illegal_pipelining=session.illegalPipelining, server_address=getattr(host, "host", None), **more)
+
+    def _takeEffects(self, evaluation):
+        """A stage's HOLD, DISCARD, REDIRECT and BCC for the transaction (Postfix keeps the first HOLD)."""
+        transaction = self.transaction
+        if evaluation.hold is not None and transaction.hold is None:
+            transaction.hold = evaluation.hold
+        if evaluation.discard is not None and transaction.discard is None:
+            transaction.discard = evaluation.discard
+        if evaluation.redirect is not None:
+            transaction.redirect = evaluation.redirect
+        transaction.bcc.extend(b for b in evaluation.bcc if b not in transaction.bcc)
+
+    def _carried(self, *stages):
+        """The DEFER_IF_PERMIT that the session's earlier stages raised (without smtpd_delay_reject)."""
+        for stage in stages:
+            reply = self.session.deferIfPermit.get(stage)
+            if reply is not None:
+                return reply
+        return None
 
     def _policyAttributes(self):
         """What check_policy_service sends beyond the request's own fields (Postfix's names)."""
@@ -156,10 +213,29 @@ class SMTPCommands:
             reply = Reply(501, "5.5.2", f"<{sanitize(arg[:64])}...>: Helo command rejected: Invalid name")
             self._logReject(verb, reply)
             return self._fault("policy", reply)
+        policy = self.factory.policy
+        if not policy.delayReject and policy.heloRestrictions:  # smtpd_helo_restrictions now, not at RCPT
+            return self._helloChecked(verb, sanitize(arg), protocolName, lines)
+        return self._helloDone(sanitize(arg), protocolName, lines)
+
+    def _helloDone(self, name, protocolName, lines):
         self._chatReset()
         self._resetTransaction()
-        self.session.hello(sanitize(arg), protocolName)
+        self.session.hello(name, protocolName)
         return Reply(250, "", "\n".join([self.hostname, *lines]))
+
+    async def _helloChecked(self, verb, name, protocolName, lines):
+        """Without smtpd_delay_reject: smtpd_helo_restrictions judge the name; refused, it is not taken."""
+        session = self.session
+        outcome = await self.factory.policy.checkSessionStage(
+            "helo", attrs.evolve(self._request(), helo=name),
+            self._carried("client"), note=self._restrictionNote(None, verb))
+        if outcome.reply is not None:
+            self._logReject(verb, outcome.reply)
+            return self._fault(outcome.errorClass, outcome.reply)
+        session.deferIfPermit["helo"] = outcome.evaluation.deferIfPermit
+        session.stageEffects = outcome.evaluation
+        return self._helloDone(name, protocolName, lines)
 
     def smtp_HELO(self, arg):
         return self._hello("HELO", arg, "SMTP", ())
@@ -177,8 +253,16 @@ class SMTPCommands:
         if self.session.tlsActive and settings.offerRequireTls:
             lines = (*lines, "REQUIRETLS")  # RFC 8689: only inside TLS, last as in Postfix
         reply = self._hello("EHLO", arg, "ESMTP", self._ehloKeywords(lines))  # + STARTTLS (mta.smtpd.starttls)
+        if not isinstance(reply, Reply):  # smtpd_helo_restrictions are asked (without smtpd_delay_reject)
+            return self._ehloAnswered(reply)
         if reply.code == 250 and settings.ehloDiscardLog:
             self.factory.maillog.emit(f"discarding EHLO keywords: {settings.ehloDiscardLog}")
+        return reply
+
+    async def _ehloAnswered(self, pending):
+        reply = await pending
+        if reply.code == 250 and self.settings.ehloDiscardLog:
+            self.factory.maillog.emit(f"discarding EHLO keywords: {self.settings.ehloDiscardLog}")
         return reply
 
     def smtp_NOOP(self, arg):
@@ -225,8 +309,9 @@ class SMTPCommands:
             site = parseDomain(site)
         except PathError:
             return self._fault("protocol", Reply(501, "", "Error: invalid parameter syntax"))
-        reply, errorClass = await factory.policy.checkEtrn(
-            session.clientAddress, session.clientName, session.helo, site)
+        outcome = await factory.policy.checkEtrn(self._request(etrn_domain=site), self._carried("helo", "client"),
+                                                 note=self._restrictionNote(None, "ETRN"))
+        reply, errorClass = outcome.reply, outcome.errorClass
         if reply is not None:
             self._logReject("ETRN", reply)
             return self._fault(errorClass, reply)
@@ -284,6 +369,7 @@ class SMTPCommands:
             path, params = splitPathAndParameters(arg[5:], strict=settings.strictEnvelopes)
             mailParams = parseMailParameters(params, sizeLimit=settings.sizeLimit, offered=self._offered())
             sender = factory.rewrite.parsePath(path, allowNull=True, smtputf8=mailParams.smtputf8)
+            senderGiven = _given(path, True, mailParams.smtputf8)
         except SizeExceeded:
             reply = Reply(552, "5.3.4", "Message size exceeds fixed limit")
             self._logReject("MAIL", reply)
@@ -299,8 +385,28 @@ class SMTPCommands:
             self._logReject("MAIL", reply)
             return self._fault("resource", reply)
         transaction.sender = sender
+        transaction.senderGiven = senderGiven
         transaction.mailParams = mailParams
+        policy = factory.policy
+        effects = self.session.stageEffects
+        if effects is not None:  # the client and HELO stages' HOLD, DISCARD, ... (without smtpd_delay_reject)
+            self._takeEffects(effects)
+        if not policy.delayReject and (policy.senderRestrictions or policy.settings.rejectUnlistedSender):
+            return self._mailChecked()
         return chooseHeaderRewrite(self, Reply(250, "2.1.0", "Ok"))  # local_header_rewrite_clients
+
+    async def _mailChecked(self):
+        """Without smtpd_delay_reject: smtpd_sender_restrictions at MAIL FROM; refused, there is no sender."""
+        outcome = await self.factory.policy.checkSessionStage(
+            "sender", self._request(), self._carried("helo", "client"), note=self._restrictionNote(None, "MAIL"))
+        if outcome.reply is not None:
+            self._logReject("MAIL", outcome.reply)
+            self._resetTransaction()
+            return self._fault(outcome.errorClass, outcome.reply)
+        self.session.deferIfPermit["sender"] = outcome.evaluation.deferIfPermit
+        self._takeEffects(outcome.evaluation)
+        result = chooseHeaderRewrite(self, Reply(250, "2.1.0", "Ok"))
+        return await result if isinstance(result, Deferred) else result
 
     async def smtp_RCPT(self, arg):
         factory, settings, transaction = self.factory, self.settings, self.transaction
@@ -322,6 +428,7 @@ class SMTPCommands:
             path, params = splitPathAndParameters(arg[3:], strict=settings.strictEnvelopes, smtputf8=utf8)
             rcptParams = parseRcptParameters(params, offered=self._offered(), smtputf8=utf8)
             address = factory.rewrite.parsePath(path, allowNull=False, smtputf8=utf8)
+            given = _given(path, False, utf8)
         except ParameterError as e:
             return self._fault("protocol", Reply(555, "5.5.4", f"Unsupported option: {e}"))
         except NonAsciiPathError as e:
@@ -340,20 +447,17 @@ class SMTPCommands:
         elif path[1:-1].lower() == "postmaster":  # bare: always accepted (RFC 5321 4.5.1), as in Postfix
             reply, hold = None, None
         else:
-            session = self.session
-            reply, hold, errorClass = await factory.policy.checkRecipient(
-                session.clientAddress, address, session.helo, transaction.sender, tls=session.tls,
-                login=(session.saslMethod, session.saslUsername),
-                peer=PeerName(session.clientName, session.reverseClientName, session.nameStatus,
-                              session.reverseNameStatus),
-                recipients=len(transaction.recipients), note=self._restrictionNote(address),
-                attributes=self._policyAttributes)  # made only if a check_policy_service asks
+            outcome = await factory.policy.checkRecipient(
+                self._request(address, given), note=self._restrictionNote(address),
+                carried=self._carried("sender", "helo", "client"), discard=transaction.discard)
+            reply, hold, errorClass = outcome.reply, outcome.hold, outcome.errorClass
+            if reply is None:
+                if hold is not None and transaction.hold is None:
+                    self._logReject("RCPT", None, address, action="hold", text=hold)
+                self._takeEffects(outcome.evaluation)
         if reply is not None:
             self._logReject("RCPT", reply, address)
             return self._fault(errorClass, reply)
-        if hold is not None and transaction.hold is None:
-            transaction.hold = hold
-            self._logReject("RCPT", None, address, action="hold", text=hold)
         transaction.recipients.append(Recipient(str(address), rcptParams.orcpt, rcptParams.notify))
         return Reply(250, "2.1.5", "Ok")
 
@@ -374,13 +478,46 @@ class SMTPCommands:
     def smtp_DATA(self, arg):
         if arg:
             return self._fault("protocol", Reply(501, "5.5.4", "Syntax: DATA"))
-        transaction, settings = self.transaction, self.settings
+        transaction = self.transaction
         if transaction.sender is None:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: need MAIL command"))
         if transaction.message is not None or transaction.bdatFailure is not None:
             return self._fault("protocol", Reply(503, "5.5.1", "Error: DATA after BDAT"))
         if transaction.mailParams.body == "BINARYMIME":
             return self._fault("protocol", Reply(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT"))
+        if self.factory.policy.dataRestrictions and transaction.recipients:
+            return self._dataChecked()
+        return self._dataStart()
+
+    async def _contentStage(self, stage, verb):
+        """smtpd_data_restrictions (DATA, the first BDAT) or smtpd_end_of_data_restrictions: a refusal or None."""
+        transaction = self.transaction
+        recipients = transaction.recipients
+        recipient = None
+        if len(recipients) == 1:  # Postfix names the recipient only when there is one
+            try:
+                recipient = parsePath(f"<{recipients[0].address}>", allowNull=False, smtputf8=True)
+            except PathError:
+                recipient = None
+        outcome = await self.factory.policy.checkContent(stage, self._request(recipient),
+                                                         note=self._restrictionNote(None, verb),
+                                                         discard=transaction.discard)
+        if outcome.reply is not None:
+            self._logReject(verb, outcome.reply)
+            return self._fault(outcome.errorClass, outcome.reply)
+        self._takeEffects(outcome.evaluation)
+        return None
+
+    async def _dataChecked(self):
+        refusal = await self._contentStage("data", "DATA")
+        if refusal is not None:
+            return refusal
+        if self._closing:
+            return None
+        return self._dataStart()
+
+    def _dataStart(self):
+        transaction, settings = self.transaction, self.settings
         failure = self._startMessage()
         if failure is not None:
             return failure
@@ -438,7 +575,8 @@ class SMTPCommands:
 
     def _endMessage(self, verb):
         """Commit the message; the reply goes out when the queue file is safe."""
-        message = self.transaction.takeMessage()
+        transaction = self.transaction
+        message = transaction.takeMessage()
         reply = message.finish()
         if reply is not None:
             message.abort()  # its queue file (and descriptor) go now, not at the next start
@@ -446,7 +584,54 @@ class SMTPCommands:
             self._resetTransaction()
             self._respond(verb, self._fault("bounce", reply))  # too many hops: Postfix's bounce class
             return
+        policy = self.factory.policy
+        stages = []
+        if verb == "bdat" and policy.dataRestrictions:  # BDAT: the DATA stage at the end (see DEVIATIONS)
+            stages.append(("data", "BDAT"))
+        if policy.endOfDataRestrictions:
+            stages.append(("eod", "END-OF-MESSAGE"))
+        if stages:
+            self._respond(verb, Deferred.fromCoroutine(self._endOfDataChecked(message, stages)))
+            return
         self._resetTransaction()
+        self._commitMessage(verb, message, transaction)
+
+    async def _endOfDataChecked(self, message, stages):
+        """The content stages, then the commit (or the refusal, and the file is removed)."""
+        transaction = self.transaction
+        refusal = None
+        for stage, verb in stages:
+            refusal = await self._contentStage(stage, verb)
+            if refusal is not None:
+                break
+        self._resetTransaction()
+        if refusal is not None:
+            message.abort()
+            return refusal
+        result = []
+        self._commitMessage(None, message, transaction, result.append)
+        return await result[0]
+
+    def _commitMessage(self, verb, message, transaction, hand=None):
+        """
+        Make C{message} durable and answer (C{verb}; or give the Deferred of the
+        reply to C{hand}).  The restrictions' DISCARD drops it (250 all the same,
+        as Postfix), REDIRECT replaces its recipients, BCC adds some.
+        """
+        respond = hand or (lambda d: self._respond(verb, d))
+        if transaction.discard is not None:
+            message.abort()
+            self.factory.maillog.emit(f"{message.queueId}: discard: {sanitize(transaction.discard)}",
+                                      queue_id=message.queueId, client=self.session.client)
+            respond(succeed(Reply(250, "2.0.0", f"Ok: queued as {message.queueId}")))
+            return
+        if transaction.redirect is not None or transaction.bcc:
+            recipients = list(message.recipients)
+            if transaction.redirect is not None:
+                recipients = [Recipient(transaction.redirect, r.orcpt or f"rfc822;{r.address}", r.notify)
+                              for r in recipients[:1]]
+            recipients += [Recipient(b, None, ("NEVER",)) for b in transaction.bcc]
+            message.setRecipients(recipients)
         d = message.commit()
 
         def committed(queueId):
@@ -457,7 +642,7 @@ class SMTPCommands:
             log.error("smtpd: queue file write error: {error}", error=failure.getErrorMessage())
             return self._fault("resource", Reply(451, "4.3.0", "Error: queue file write error"))
 
-        self._respond(verb, d.addCallbacks(committed, failed))
+        respond(d.addCallbacks(committed, failed))
 
     # -- BDAT (RFC 3030) -------------------------------------------------------
 

@@ -6,7 +6,10 @@ action is permit, reject, defer, dunno, hold, or Postfix's deferred forms
 defer_if_reject and defer_if_permit (RestrictionList.evaluate turns those
 into a defer when a reject, or a permit, follows), or one that only has
 an effect and goes on: prepend (a header for the message), warn and info
-(a log line), warn_if_reject.
+(a log line), warn_if_reject, redirect and bcc (the message's recipients
+change at the end of data); discard (accept the message and drop it:
+nothing else is evaluated); restrictions (an access value that names a
+restriction class or is a restriction list, evaluated in its place).
 
 SECURITY
     None: a value type.
@@ -28,7 +31,9 @@ class Decision:
     # The notify_classes class of a reject or defer (Postfix's smtpd_check_reject error_class):
     # policy, bounce (an unknown recipient), data (a table lookup failure), software.
     errorClass: str = "policy"
-    text: str | None = None  # prepend: the header; warn, info: what to log
+    text: str | None = None  # prepend: the header; warn, info: what to log; discard: the reason;
+    # redirect, bcc: the address; restrictions: the access value (a class name or a restriction list)
+    subject: tuple | None = None  # restrictions: (name, class) of the table lookup that gave the value
 
 
 PERMIT = Decision("permit")

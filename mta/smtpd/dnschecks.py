@@ -192,6 +192,7 @@ def unknownAddress(which):
             problem = "notfound" if name is None else await hostProblem(policy.dns(), name, mailhost=True)
             if problem is None:
                 return DUNNO
+            address = getattr(request, f"{which}_given", None) or address  # the replies name it as given
             if problem == "nullmx":
                 code, status = (550, "5.7.27") if which == "sender" else (556, "5.1.10")
                 return Decision("reject", Reply(code, status, f"<{address}>: {what} rejected: Domain {domain} "
@@ -262,16 +263,16 @@ async def _servers(dns, domain, rrtype, maillog):
 
 def serverAccess(which, rrtype):
     """check_{which}_{rrtype}_access type:table (Postfix's check_server_access)."""
-    from mta.smtpd.access import accessResult, addressKeysOf, domainKeys
+    from mta.smtpd.access import addressKeysOf, domainKeys, lookupKeys
 
     what = _WHAT[which]
 
     def make(policy, table):
         async def lookup(keys, subject):
-            for key in keys:
+            for key in lookupKeys(table, keys):  # a pattern table: the whole name or address only
                 value = await table.lookup(key)
                 if value is not None:
-                    return accessResult(value, subject, what)
+                    return policy.access(value, subject, what)
             return None
 
         async def check(request):

@@ -133,6 +133,11 @@ class IncomingTransaction:
                            hold=bool(self.hold), announce=announce, requiretls=params.requiretls)
         return d.addCallback(queued)
 
+    def setRecipients(self, recipients):
+        """The restrictions' REDIRECT and BCC: the envelope's recipients, before the commit."""
+        self.recipients = tuple(recipients)
+        self.message.recipients = self.recipients
+
     def abort(self):
         self.message.abort()
 

@@ -5,7 +5,7 @@
 
 A request is ``name=value`` lines and an empty line; the answer is
 ``action=...`` (and other attributes, ignored) and an empty line.  The
-action is an access(5) value (mta.smtpd.restrictions.accessResult).
+action is an access(5) value (mta.smtpd.access.accessResult).
 
 Connections are kept per server and reused, one request at a time on
 each (Postfix's smtpd keeps one per process; mta's sessions share the

@@ -268,6 +268,8 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
 
     def _connectChecksAreStatic(self):
         factory = self.factory
+        if self._clientStageAtConnect():
+            return False
         if factory.remoteAnvil is not None and self._connectLimited():  # the count is the master's answer
             return False
         return factory.eventLimitExceptions.static and factory.bareNewlineExclusions.static
@@ -312,6 +314,38 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
             rate = await rate
         return rate if rate > limit else None
 
+    def _clientStageAtConnect(self):
+        """Without smtpd_delay_reject, smtpd_client_restrictions judge the client at connect."""
+        policy = self.factory.policy
+        return not policy.delayReject and bool(policy.clientRestrictions) and bool(self.session.clientAddress)
+
+    async def _clientStage(self):
+        """
+        smtpd_client_restrictions at connect: a refusal replaces the greeting
+        and answers every later command but QUIT with 503 (Postfix's
+        access_denied); False when the session is done.
+        """
+        session = self.session
+        outcome = await self.factory.policy.checkSessionStage("client", self._request(),
+                                                              note=self._restrictionNote(None, "CONNECT"))
+        if self._closing:
+            return False
+        if outcome.reply is None:
+            session.deferIfPermit["client"] = outcome.evaluation.deferIfPermit
+            session.stageEffects = outcome.evaluation
+            return True
+        self._logReject("CONNECT", outcome.reply)
+        self._fault(outcome.errorClass)
+        session.accessDenied = outcome.reply
+        session.errors += 1
+        self._reply(outcome.reply)
+        self._waiting = False
+        if outcome.reply.code == 421:
+            self._close()
+        else:
+            self._process()
+        return False
+
     def _greet(self):
         if self._greetAfterHandshake():  # wrapper mode: the banner after the TLS handshake
             return
@@ -340,6 +374,8 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         if session.bareNewline == "reject" and await factory.bareNewlineExclusions.matches(session.clientAddress):
             session.bareNewline = "normalize"
         if self._closing:
+            return
+        if self._clientStageAtConnect() and not await self._clientStage():
             return
         if settings.greetWait > 0:
             await deferLater(factory.clock, settings.greetWait)
@@ -613,6 +649,15 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
             self._respond("unknown", Reply(500, "5.5.2", "Error: invalid characters in command"))
             return
         self._lastCommand = verb
+        session = self.session
+        if self._buffer and not session.illegalPipelining and (not session.extended or verb in GROUP_ENDERS):
+            session.illegalPipelining = True  # reject_unauth_pipelining (Postfix's smtpd_flag_ill_pipelining)
+        if session.accessDenied is not None and verb != "QUIT":  # smtpd_client_restrictions refused at connect
+            denied = session.accessDenied
+            self._fault("policy")
+            self._respond(verb, denied if denied.code % 100 == 21 else
+                          Reply(503, "5.7.0", f"Error: access denied for {session.client}"))
+            return
         if verb in settings.noopCommands:
             self._respond(verb, R_OK)
             return

@@ -4,7 +4,15 @@ A restriction list is evaluated left to right; each restriction answers
 PERMIT (stop, accept), REJECT or DEFER (stop, with a reply) or DUNNO (go
 on), as in access(5).  An empty list, or one that ends without a decision,
 permits.  Restrictions that take an argument (check_recipient_access
-type:table) consume the next item.
+type:table) consume the next item.  RestrictionList.run() evaluates a list
+within an Evaluation (the state Postfix's SMTPD_STATE carries across the
+stages: mta.smtpd.policy); a name that is not a restriction is a
+restriction class, a bare table the stage's check_*_access, and an access
+value that is a class name or a list is evaluated in its place, with the
+table's subject; the generic replies (reject, defer, defer_if_*, a policy
+server's) name the stage's subject (Request.stage: subjectOf).  More:
+check_helo_access, check_sasl_access, sleep N, reject_unauth_pipelining,
+permit_inet_interfaces, reject_plaintext_session.
 
 Implemented: permit, reject, defer, permit_mynetworks,
 permit_auth_destination, reject_unauth_destination,
@@ -81,7 +89,7 @@ import attrs
 
 from mta.model import Reply
 from mta.smtpd import dnschecks
-from mta.smtpd.access import accessKeys, accessResult, addressKeysOf, domainKeys
+from mta.smtpd.access import accessKeys, addressKeysOf, domainKeys, lookupKeys
 from mta.smtpd.decision import DUNNO, PERMIT, Decision
 from mta.tables import TableTemporaryError
 
@@ -105,16 +113,132 @@ class Request:
     tls: object = None  # the session's TlsInfo (mta.tls.info), None without TLS
     sasl_username: str | None = None  # the AUTH login (mta.smtpd.auth), None without one
     sasl_method: str | None = None
+    # The stage whose list is evaluated (client, helo, sender, recipient, data, eod, etrn): it names
+    # the subject of the generic replies (reject, defer, defer_if_*, a policy server's), as Postfix.
+    stage: str = "recipient"
+    subject: tuple | None = None  # (name, class) of an access value's list: the table's subject
+    illegal_pipelining: bool = False  # reject_unauth_pipelining: commands sent ahead where not allowed
+    server_address: str | None = None  # the address the client connected to (permit_inet_interfaces)
+    # The addresses as the client gave them, before mta.rewrite qualified them: what the replies
+    # name and what reject_non_fqdn_* judge, as Postfix (whose lookups use the canonical form).
+    sender_given: object = None
+    recipient_given: object = None
 
 
-def _constant(decision):
+def given(request, which):
+    """The sender or recipient as the client gave it (the qualified one when that is not known)."""
+    address = getattr(request, f"{which}_given")
+    return address if address is not None else getattr(request, which)
+
+
+STAGE_CLASSES = {"client": "Client host", "helo": "Helo command", "sender": "Sender address",
+                 "recipient": "Recipient address", "etrn": "Etrn command", "data": "Data command",
+                 "eod": "End-of-data"}
+
+
+def subjectOf(request):
+    """Postfix's reply_name and reply_class of the stage (or of the access value being evaluated)."""
+    if request.subject is not None:
+        return request.subject
+    stage = request.stage
+    if stage == "client":
+        name = f"{request.client_name}[{request.client_address}]"
+    elif stage == "helo":
+        name = request.helo or ""
+    elif stage == "sender":
+        sender = given(request, "sender")
+        name = "" if sender is None or sender.isNull else str(sender)
+    elif stage == "recipient":
+        name = str(given(request, "recipient")) if request.recipient is not None else ""
+    elif stage == "etrn":
+        name = request.etrn_domain or ""
+    elif stage == "data":
+        name = "DATA"
+    else:
+        name = "END-OF-MESSAGE"
+    return name, STAGE_CLASSES[stage]
+
+
+def _generic(kind):
+    """reject and defer: reject_code (5.7.1 Access denied) or defer_code (4.3.2 Try again later), as Postfix."""
+
     def make(policy, argument):
         async def check(request):
-            return decision
+            name, what = subjectOf(request)
+            if kind == "reject":
+                code, detail, text = policy.settings.rejectCode, "7.1", "Access denied"
+            else:
+                code, detail, text = policy.settings.deferCode, "3.2", "Try again later"
+            return Decision("reject" if code >= 500 else "defer",
+                            Reply(code, f"{code // 100}.{detail}", f"<{name}>: {what} rejected: {text}"))
 
         return check
 
     return make
+
+
+def _sleep(policy, seconds):
+    """sleep N: pause, then DUNNO (Postfix's remedy for clients that talk before the reply)."""
+
+    async def check(request):
+        if policy.clock is not None and seconds > 0:
+            from twisted.internet.task import deferLater
+
+            await deferLater(policy.clock, seconds, lambda: None)
+        return DUNNO
+
+    return check
+
+
+def _unauthPipelining(policy, argument):
+    async def check(request):
+        if not request.illegal_pipelining:
+            return DUNNO
+        name, what = subjectOf(request)
+        return Decision("reject", Reply(503, "5.5.0", f"<{name}>: {what} rejected: Improper use of SMTP command "
+                                                      f"pipelining"))
+
+    return check
+
+
+def _permitInetInterfaces(policy, argument):
+    """permit_inet_interfaces: the client is this host (a loopback address, or the address it connected to)."""
+
+    from mta.rewrite import isOwnAddress
+
+    async def check(request):
+        return PERMIT if isOwnAddress(request.client_address, request.server_address) else DUNNO
+
+    return check
+
+
+def _plaintextSession(policy, argument):
+    async def check(request):
+        if request.tls is not None:
+            return DUNNO
+        code = policy.settings.plaintextRejectCode
+        return Decision("reject" if code >= 500 else "defer",
+                        Reply(code, f"{code // 100}.7.1", "Session encryption is required"))
+
+    return check
+
+
+def _checkSaslAccess(policy, table):
+    """check_sasl_access: the SASL login name, as an access(5) key (only after AUTH)."""
+
+    async def check(request):
+        if not request.sasl_username:
+            return DUNNO
+        value = await table.lookup(request.sasl_username.lower())
+        if value is None:
+            return DUNNO
+        return policy.access(value, request.sasl_username, "SASL login name")
+
+    return check
+
+
+async def _permitAll(request):
+    return PERMIT
 
 
 def _permitMynetworks(policy, argument):
@@ -134,8 +258,10 @@ def _unauthDestination(action):
                 return PERMIT if action == "permit" else DUNNO
             if action == "permit":
                 return DUNNO
-            if action == "defer":
-                return Decision("defer", Reply(454, "4.7.1", f"<{recipient}>: Relay access denied"))
+            recipient = given(request, "recipient")  # the reply names it as given, as Postfix
+            if action == "defer":  # Postfix: relay_domains_reject_code - 100
+                code = policy.relayRejectCode - 100
+                return Decision("defer", Reply(code, f"{code // 100}.7.1", f"<{recipient}>: Relay access denied"))
             code = policy.relayRejectCode
             return Decision("reject", Reply(code, f"{code // 100}.7.1", f"<{recipient}>: Relay access denied"))
 
@@ -148,7 +274,7 @@ def _unlistedRecipient(policy, argument):
     async def check(request):
         if request.recipient is None:
             return DUNNO
-        reply = await policy.unlistedRecipient(request.recipient)
+        reply = await policy.unlistedRecipient(request.recipient, shown=given(request, "recipient"))
         return Decision("reject", reply, errorClass="bounce") if reply is not None else DUNNO
 
     return check
@@ -157,7 +283,7 @@ def _unlistedRecipient(policy, argument):
 def _nonFqdn(which):
     def make(policy, argument):
         async def check(request):
-            address = getattr(request, which)
+            address = given(request, which)  # as given: the qualified form always has a domain
             if address is None or address.isNull or address.domain.startswith("["):
                 return DUNNO
             if "." not in address.domain:
@@ -176,30 +302,40 @@ def _checkAccess(which):
         async def check(request):
             if which == "client":
                 # Postfix's check_namadr_access: the verified name ("unknown" too) and its parents, then
-                # the address and its networks.
-                keys = domainKeys(request.client_name) + addressKeysOf(request.client_address)
+                # the address and its networks (a pattern table: the name and the address only).
+                keys = (lookupKeys(table, domainKeys(request.client_name))
+                        + lookupKeys(table, addressKeysOf(request.client_address)))
                 what = "Client host"
                 subject = f"{request.client_name}[{request.client_address}]"
             elif which == "reverse_client":
-                keys = domainKeys(request.reverse_client_name) + addressKeysOf(request.client_address)
+                keys = (lookupKeys(table, domainKeys(request.reverse_client_name))
+                        + lookupKeys(table, addressKeysOf(request.client_address)))
                 what = "Unverified Client host"  # Postfix's SMTPD_NAME_REV_CLIENT
                 subject = f"{request.reverse_client_name}[{request.client_address}]"
             elif which == "etrn":
                 if request.etrn_domain is None:
                     return DUNNO
-                parts = request.etrn_domain.split(".")
-                keys = [".".join(parts[i:]) for i in range(len(parts))]
+                keys = lookupKeys(table, domainKeys(request.etrn_domain))
                 subject, what = request.etrn_domain, "Etrn command"
+            elif which == "helo":
+                if not request.helo:
+                    return DUNNO
+                keys = lookupKeys(table, domainKeys(request.helo))
+                subject, what = request.helo, "Helo command"
             else:
                 address = getattr(request, which)
                 if address is None:
                     return DUNNO
-                keys, subject = accessKeys(address), address
+                if address.isNull:  # smtpd_null_access_lookup_key (recipients are never null)
+                    keys = [policy.settings.nullAccessKey]
+                else:
+                    keys = lookupKeys(table, accessKeys(address))
+                subject = given(request, which)
                 what = "Recipient address" if which == "recipient" else "Sender address"
             for key in keys:
                 value = await table.lookup(key)
                 if value is not None:
-                    return accessResult(value, subject, what)
+                    return policy.access(value, subject, what)
             return DUNNO
 
         return check
@@ -296,19 +432,12 @@ def _dnsxl(kind, permit):
     return make
 
 
-def _subject(request):
-    """Postfix's reply_name and reply_class in the recipient stage (ETRN: the domain)."""
-    if request.recipient is not None:
-        return str(request.recipient), "Recipient address"
-    return request.etrn_domain or "", "Etrn command"
-
-
 def _deferIf(which):
     """defer_if_permit and defer_if_reject, as restrictions of their own (450 4.7.0, Postfix's text)."""
 
     def make(policy, argument):
         async def check(request):
-            name, what = _subject(request)
+            name, what = subjectOf(request)
             return Decision(f"defer_if_{which}", Reply(450, "4.7.0", f"<{name}>: {what} rejected: "
                                                                      f"defer_if_{which} requested"))
 
@@ -347,8 +476,8 @@ def _policyService(policy, spec):
         if policy.policyClients is None:
             return DUNNO
         action = await policy.policyClients.query(spec, policyRequest(request))
-        name, what = _subject(request)
-        return accessResult(action, name, what)
+        name, what = subjectOf(request)
+        return policy.access(action, name, what)
 
     return check
 
@@ -377,7 +506,7 @@ def _unlistedSender(policy, argument):
         sender = request.sender
         if sender is None or sender.isNull:
             return DUNNO
-        reply = await policy.unlistedRecipient(sender, "Sender address", "1.0")
+        reply = await policy.unlistedRecipient(sender, "Sender address", "1.0", shown=given(request, "sender"))
         return Decision("reject" if reply.code >= 500 else "defer", reply) if reply is not None else DUNNO
 
     return check
@@ -431,6 +560,7 @@ def _senderLoginMismatch(authenticated, unknownAllowed, unauthenticated):
             if sender is None or sender.isNull or not policy.senderLoginMaps:
                 return DUNNO
             owners = await policy.senderOwners(sender)
+            sender = given(request, "sender")  # the replies name it as given
             user = request.sasl_username
             if user is not None and authenticated:
                 if owners is None and unknownAllowed:
@@ -457,7 +587,7 @@ def _checkCcertAccess(policy, table):
         for key in (peer.fingerprint, peer.pkeyFingerprint):
             value = await table.lookup(key)
             if value is not None:
-                return accessResult(value, peer.subjectCN, "Client certificate")
+                return policy.access(value, peer.subjectCN, "Client certificate")
         return DUNNO
 
     return check
@@ -467,9 +597,9 @@ def _checkCcertAccess(policy, table):
 # async check(request)); the names and
 # their arguments are mta.config.types.RESTRICTION_NAMES (the list is parsed at load, in mta.config).
 RESTRICTIONS = {
-    "permit": (False, _constant(PERMIT)),
-    "reject": (False, _constant(Decision("reject", Reply(554, "5.7.1", "Access denied")))),
-    "defer": (False, _constant(Decision("defer", Reply(450, "4.7.1", "Try again later")))),
+    "permit": (False, lambda policy, argument: _permitAll),
+    "reject": (False, _generic("reject")),
+    "defer": (False, _generic("defer")),
     "permit_mynetworks": (False, _permitMynetworks),
     "permit_auth_destination": (False, _unauthDestination("permit")),
     "reject_unauth_destination": (False, _unauthDestination("reject")),
@@ -523,6 +653,12 @@ RESTRICTIONS = {
     "check_sender_access": (True, _checkAccess("sender")),
     "check_recipient_access": (True, _checkAccess("recipient")),
     "check_etrn_access": (True, _checkAccess("etrn")),
+    "check_helo_access": (True, _checkAccess("helo")),
+    "check_sasl_access": (True, _checkSaslAccess),
+    "sleep": ("number", _sleep),
+    "reject_unauth_pipelining": (False, _unauthPipelining),
+    "permit_inet_interfaces": (False, _permitInetInterfaces),
+    "reject_plaintext_session": (False, _plaintextSession),
     "permit_tls_clientcerts": (False, _permitClientcerts(False)),
     "permit_tls_all_clientcerts": (False, _permitClientcerts(True)),
     "check_ccert_access": (True, _checkCcertAccess),
@@ -534,63 +670,182 @@ RESTRICTIONS = {
 }
 
 
+RECURSION_LIMIT = 100  # nested classes and access values, as Postfix's "unreasonable recursion"
+
+
+class Evaluation:
+    """
+    What evaluating the lists of one request carries (Postfix's SMTPD_STATE
+    flags): the defer_if_permit reply, carried from stage to stage (a permit
+    anywhere later, or the end of the recipient stage, becomes that defer);
+    the defer_if_reject reply of the current stage; the effects met on the
+    way: C{hold} (the first HOLD reason), C{discard} (DISCARD's text: every
+    later restriction is skipped, the message is accepted and dropped),
+    C{redirect} (the last REDIRECT target), C{bcc} (BCC targets).  C{note}
+    is RestrictionList.evaluate's.
+    """
+
+    def __init__(self, note=None, deferIfPermit=None, discard=None):
+        self.note = note
+        self.deferIfPermit = deferIfPermit
+        self.deferIfReject = None
+        self.warnNext = False
+        self.hold = None
+        self.discard = discard
+        self.redirect = None
+        self.bcc = []
+        self.depth = 0
+
+    def newStage(self):
+        """Postfix's SMTPD_CHECK_RESET at the start of a stage."""
+        self.deferIfReject = None
+        self.warnNext = False
+
+    def emit(self, action, value):
+        if self.note is not None:
+            self.note(action, value)
+
+
 class RestrictionList:
     """
     One restriction list, ready to evaluate: C{pairs} is the list as the
-    settings compiled it (((name, TableSpec or None), ...): see
+    settings compiled it (((name, argument or None), ...): see
     mta.config.types.parseRestrictions), C{policy} what the checks ask
     (mynetworks, authorizedDestination, unlistedRecipient, the reply
-    codes: mta.smtpd.policy.RecipientPolicy), C{tables} the registry that
-    opens the tables named.
+    codes, the restriction classes: mta.smtpd.policy.RecipientPolicy),
+    C{tables} the registry that opens the tables named.  A name that is
+    not a restriction is a restriction class (policy.restrictionClass); a
+    bare table (STAGE_ACCESS) is the stage's check_*_access.
     """
 
     def __init__(self, pairs, policy, tables):
-        from mta.config.types import TableSpec
+        from mta.config.types import STAGE_ACCESS, TableSpec
 
         self._checks = []
+        self._policy = policy
         for name, argument in pairs:
             # A table is opened; another argument (a DNS list's domain=pattern) is given as it is.
             table = tables.open(argument) if isinstance(argument, TableSpec) else argument
-            self._checks.append((name, RESTRICTIONS[name][1](policy, table)))
+            if name == STAGE_ACCESS:
+                self._checks.append((name, _stageAccess(policy, table)))
+            elif name in RESTRICTIONS:
+                self._checks.append((name, RESTRICTIONS[name][1](policy, table)))
+            else:
+                self._checks.append((name, None))  # a restriction class, found when evaluated
+
+    def __bool__(self):
+        return bool(self._checks)
+
+    async def run(self, request, evaluation):
+        """
+        Evaluate the list within C{evaluation}: the first decision that
+        stops it (permit, reject, defer), or DUNNO at its end.  Effects
+        (hold, discard, redirect, bcc, prepend, warn, info, reject_warning)
+        go to C{evaluation}.  TableTemporaryError propagates.
+        """
+        evaluation.depth += 1
+        try:
+            if evaluation.depth > RECURSION_LIMIT:
+                return _configurationError(evaluation, "restriction classes or access values nest too deep")
+            for name, check in self._checks:
+                if evaluation.discard is not None:
+                    return PERMIT
+                warning, evaluation.warnNext = evaluation.warnNext, False
+                if check is None:
+                    nested = self._policy.restrictionClass(name)
+                    if nested is None:
+                        decision = _configurationError(evaluation, f"unknown smtpd restriction: {name!r}")
+                    else:
+                        decision = await nested.run(request, evaluation)
+                else:
+                    decision = await check(request)
+                if decision.action == "restrictions":  # an access value that is a list or a class name
+                    nested = self._policy.valueList(decision.text)
+                    if nested is None:
+                        decision = _configurationError(evaluation, f"access value {decision.text!r} is not a "
+                                                                   f"restriction list")
+                    else:
+                        subject = decision.subject or subjectOf(request)
+                        decision = await nested.run(attrs.evolve(request, subject=subject), evaluation)
+                if decision.action == "warn_if_reject":
+                    evaluation.warnNext = True
+                    continue
+                if (decision.action in ("reject", "defer") and warning
+                        and decision.errorClass not in ("software", "resource", "data")):
+                    evaluation.emit("reject_warning", decision.reply)  # warn_if_reject: logged, and on
+                    continue
+                stop = self._apply(decision, evaluation)
+                if stop is not None:
+                    return stop
+                if evaluation.deferIfPermit is not None and evaluation.deferIfReject is not None:
+                    return DUNNO  # both are raised: nothing later can change the outcome (Postfix)
+            return DUNNO
+        finally:
+            evaluation.depth -= 1
+
+    @staticmethod
+    def _apply(decision, evaluation):
+        """Record an effect (None: go on) or give the decision that stops the list."""
+        action = decision.action
+        if action in ("prepend", "warn", "info"):
+            evaluation.emit(action, decision.text)
+        elif action == "hold":
+            evaluation.hold = evaluation.hold or decision.hold
+        elif action == "discard":
+            evaluation.discard = decision.text
+            evaluation.emit("discard", decision.text)
+            return PERMIT
+        elif action == "redirect":
+            evaluation.redirect = decision.text
+            evaluation.emit("redirect", decision.text)
+        elif action == "bcc":
+            evaluation.bcc.append(decision.text)
+            evaluation.emit("bcc", decision.text)
+        elif action == "defer_if_reject":
+            evaluation.deferIfReject = evaluation.deferIfReject or decision.reply
+        elif action == "defer_if_permit":
+            evaluation.deferIfPermit = evaluation.deferIfPermit or decision.reply
+        elif action != "dunno":
+            if action == "reject" and evaluation.deferIfReject is not None:
+                return Decision("defer", evaluation.deferIfReject, errorClass=decision.errorClass)
+            return decision
+        return None
 
     async def evaluate(self, request, note=None):
         """
-        The first decision other than DUNNO; PERMIT when none.  HOLD does not
-        stop the evaluation (as in Postfix): its reason rides on the result.
-        A DEFER_IF_REJECT (an allow list that could not be asked) does not
-        stop it either: if a reject follows, that reject becomes its defer.
-        C{note(action, value)} gets what only has an effect: "prepend" (the
-        header), "warn" and "info" (the text), "reject_warning" (the Reply
-        that warn_if_reject made a warning).
+        The list alone, as one stage: the first decision other than DUNNO,
+        PERMIT when none; a DEFER_IF_PERMIT met becomes a defer unless a
+        reject follows; a HOLD reason rides on the result (mta.smtpd.policy
+        evaluates the stages of a session with run()).
         """
-        hold = deferIfReject = deferIfPermit = None
-        warnNext = False
-        for name, check in self._checks:
-            warning, warnNext = warnNext, False
-            try:
-                decision = await check(request)
-            except TableTemporaryError:
-                return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"), errorClass="data")
-            if decision.action == "warn_if_reject":
-                warnNext = True
-            elif warning and decision.action in ("reject", "defer"):  # warn_if_reject: logged, evaluation goes on
-                if note is not None:
-                    note("reject_warning", decision.reply)
-            elif decision.action in ("prepend", "warn", "info"):  # an effect, and evaluation goes on
-                if note is not None:
-                    note(decision.action, decision.text)
-            elif decision.action == "hold":
-                hold = hold or decision.hold
-            elif decision.action == "defer_if_reject":
-                deferIfReject = deferIfReject or decision.reply
-            elif decision.action == "defer_if_permit":
-                deferIfPermit = deferIfPermit or decision.reply
-            elif decision.action != "dunno":
-                if decision.action == "reject" and deferIfReject is not None:
-                    decision = Decision("defer", deferIfReject, errorClass=decision.errorClass)
-                elif decision.action == "permit" and deferIfPermit is not None:
-                    decision = Decision("defer", deferIfPermit)
-                return attrs.evolve(decision, hold=hold) if hold else decision
-        if deferIfPermit is not None:  # the implicit permit at the end
-            return Decision("defer", deferIfPermit, hold=hold)
-        return Decision("permit", hold=hold) if hold else PERMIT
+        evaluation = Evaluation(note)
+        try:
+            decision = await self.run(request, evaluation)
+        except TableTemporaryError:
+            return Decision("defer", Reply(451, "4.3.0", "Temporary lookup failure"), errorClass="data")
+        if decision.action not in ("reject", "defer") and evaluation.deferIfPermit is not None:
+            decision = Decision("defer", evaluation.deferIfPermit)
+        elif decision.action == "dunno":
+            decision = PERMIT
+        hold = evaluation.hold
+        return attrs.evolve(decision, hold=hold) if hold else decision
+
+
+def _configurationError(evaluation, why):
+    """Postfix's reject_server_error: 451 4.3.5, a software-class error, and a warning."""
+    evaluation.emit("warning", why)
+    return Decision("defer", Reply(451, "4.3.5", "Server configuration error"), errorClass="software")
+
+
+def _stageAccess(policy, table):
+    """A bare type:table in a list: check_client_access in the client stage, and so on (Postfix's def_acl)."""
+    makers = {stage: _checkAccess(stage)(policy, table)
+              for stage in ("client", "helo", "sender", "recipient", "etrn")}
+
+    async def check(request):
+        which = makers.get(request.stage)
+        if which is None:  # DATA, end of data: no default (refused at load for the lists themselves)
+            return Decision("defer", Reply(451, "4.3.5", "Server configuration error"), errorClass="software")
+        return await which(request)
+
+    return check

@@ -107,6 +107,11 @@ class SessionState:
     errors: int = 0
     junk: int = 0
     commands: dict = attrs.Factory(dict)
+    # The restriction stages run at connect and HELO without smtpd_delay_reject (mta.smtpd.policy):
+    accessDenied: object = None  # the client stage's refusal: every command but QUIT gets 503 (Postfix)
+    deferIfPermit: dict = attrs.Factory(dict)  # stage -> the DEFER_IF_PERMIT reply it raised
+    stageEffects: object = None  # the Evaluation of those stages (hold, discard, redirect, bcc)
+    illegalPipelining: bool = False  # reject_unauth_pipelining: commands sent ahead where not allowed
 
     @property
     def client(self):
@@ -196,9 +201,12 @@ class Transaction:
     bdatFailure   the Reply that failed the BDAT transaction: later chunks
                   are discarded up to LAST
     prepend       the headers PREPEND actions of the restrictions gave
+    discard, redirect, bcc
+                  the DISCARD, REDIRECT and BCC actions of the restrictions
     """
 
     sender: object = None
+    senderGiven: object = None  # the sender as the client gave it, before mta.rewrite (restriction replies)
     mailParams: object = None
     recipients: list = attrs.Factory(list)
     hold: str | None = None
@@ -211,6 +219,9 @@ class Transaction:
     bdatBytes: int = 0
     bdatFailure: object = None
     prepend: list = attrs.Factory(list)  # headers a PREPEND action gave (before our Received:, as Postfix)
+    discard: str | None = None  # a DISCARD action's reason: accepted, then dropped; nothing more is checked
+    redirect: str | None = None  # a REDIRECT target: it replaces every recipient at the end of data
+    bcc: list = attrs.Factory(list)  # BCC targets: added as recipients at the end of data
 
     @property
     def smtputf8(self):

@@ -2,7 +2,8 @@
 
 A table type is a plugin (ILookupTableFactory in mta.plugins); mta ships
 texthash, inline, static and socketmap (see their modules).  lookupAddress() is
-Postfix's search order for addresses, shared by every address table.
+Postfix's search order for addresses, shared by every address table;
+tableKeys() cuts a key list to the whole key for a pattern table.
 
 SECURITY
     Lookup keys come from the network; they are only compared, never
@@ -93,12 +94,22 @@ def addressKeys(address, delimiter="", local=False):
     return keys
 
 
+def tableKeys(table, keys):
+    """
+    C{keys} (a list, the whole key first, then its partial forms) as
+    C{table} should be asked them: a pattern table (regexp, pcre, cidr:
+    ILookupTable.pattern) gets the whole key only, as Postfix asks such
+    tables no partial keys.
+    """
+    return keys[:1] if getattr(table, "pattern", False) else keys
+
+
 async def lookupAddress(table, address, delimiter="", local=False):
     """
     Search C{table} for C{address} in Postfix's order; return the first
     (key, value) found, or None.  TableTemporaryError propagates.
     """
-    for key in addressKeys(address, delimiter, local):
+    for key in tableKeys(table, addressKeys(address, delimiter, local)):
         value = await table.lookup(key)
         if value is not None:
             return key, value

@@ -19,6 +19,7 @@ CONFIGURATION
 import ipaddress
 
 from mta.config.types import TableSpec
+from mta.tables import tableKeys
 
 
 class DomainMatcher:
@@ -46,7 +47,7 @@ class DomainMatcher:
         if any(domain.endswith(d) for d in self._dotted):
             return True
         for table in self._tables:
-            for candidate in self._candidates(domain):
+            for candidate in tableKeys(table, list(self._candidates(domain))):  # a pattern table: the name
                 if await table.lookup(candidate) is not None:
                     return True
         return False

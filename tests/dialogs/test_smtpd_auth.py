@@ -404,7 +404,7 @@ def logins(tmp_path):
 
 
 def relayDialog(auth, restrictions, logins=None):
-    main = f"mynetworks = 192.0.2.0/24\nsmtpd_recipient_restrictions = {restrictions}\n"
+    main = f"mynetworks = 192.0.2.0/24\nsmtpd_recipient_restrictions = {restrictions}\nsmtpd_relay_restrictions =\n"
     if logins is not None:
         main += f"smtpd_sender_login_maps = texthash:{logins}\n"
     d = auth(main)

@@ -103,7 +103,7 @@ def test_permit_tls_clientcerts_lets_a_listed_certificate_relay(certs, tmp_path)
     table = tmp_path / "relay_clientcerts"
     table.write_text(f"{certs.fingerprint('rogue')} rogue.test\n")  # pinned: listed, trusted or not
     f = factory(certs, f"smtpd_tls_ask_ccert = yes\nrelay_clientcerts = texthash:{table}\n"
-                       "smtpd_recipient_restrictions = permit_tls_clientcerts, reject_unauth_destination\n")
+                       "smtpd_relay_restrictions = permit_tls_clientcerts, reject_unauth_destination\n")
     assert tlsSession(f, certs, "rogue", OUTSIDE).codes("MAIL FROM:<a@example.org>\r\n" + RELAY) == [250, 250]
     refused = tlsSession(f, certs, "client", OUTSIDE).send("MAIL FROM:<a@example.org>\r\n" + RELAY)
     assert refused.endswith("554 5.7.1 <carol@example.net>: Relay access denied\r\n")
@@ -111,14 +111,14 @@ def test_permit_tls_clientcerts_lets_a_listed_certificate_relay(certs, tmp_path)
 
 def test_permit_tls_all_clientcerts_lets_every_trusted_certificate_relay(certs):
     f = factory(certs, "smtpd_tls_ask_ccert = yes\n"
-                       "smtpd_recipient_restrictions = permit_tls_all_clientcerts, reject_unauth_destination\n")
+                       "smtpd_relay_restrictions = permit_tls_all_clientcerts, reject_unauth_destination\n")
     assert tlsSession(f, certs, "client", OUTSIDE).codes("MAIL FROM:<a@example.org>\r\n" + RELAY) == [250, 250]
     assert tlsSession(f, certs, "rogue", OUTSIDE).codes("MAIL FROM:<a@example.org>\r\n" + RELAY) == [250, 554]
     assert tlsSession(f, certs, None, OUTSIDE).codes("MAIL FROM:<a@example.org>\r\n" + RELAY) == [250, 554]
 
 
 def test_without_tls_the_certificate_restrictions_do_not_match(certs):
-    f = factory(certs, "smtpd_recipient_restrictions = permit_tls_all_clientcerts, permit_tls_clientcerts, "
+    f = factory(certs, "smtpd_relay_restrictions = permit_tls_all_clientcerts, permit_tls_clientcerts, "
                        "reject_unauth_destination\n")
     d = TLSDialog(f, peer=OUTSIDE, context=client(certs))
     d.send("EHLO c.test\r\n")
@@ -129,7 +129,7 @@ def test_check_ccert_access_looks_up_the_fingerprints(certs, tmp_path):
     table = tmp_path / "ccert_access"
     table.write_text(f"{certs.fingerprint('rogue')} REJECT go away\n{certs.fingerprint('client')} OK\n")
     f = factory(certs, "smtpd_tls_ask_ccert = yes\n"
-                       f"smtpd_recipient_restrictions = check_ccert_access texthash:{table}, reject_unauth_destination\n")
+                       f"smtpd_relay_restrictions = check_ccert_access texthash:{table}, reject_unauth_destination\n")
     assert tlsSession(f, certs, "client", OUTSIDE).codes("MAIL FROM:<a@example.org>\r\n" + RELAY) == [250, 250]
     refused = tlsSession(f, certs, "rogue", OUTSIDE).send("MAIL FROM:<a@example.org>\r\n" + RELAY)
     assert refused.endswith("554 5.7.1 <rogue.test>: Client certificate rejected: go away\r\n")

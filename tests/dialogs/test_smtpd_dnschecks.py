@@ -50,7 +50,7 @@ def dnsServer():
 
 
 def dialog(restrictions, tmp_path, extra=""):
-    f = serverFactory(f"smtpd_recipient_restrictions = {restrictions}\n{extra}", store=FakeQueueStore(),
+    f = serverFactory(f"smtpd_recipient_restrictions = {restrictions}\nsmtpd_relay_restrictions =\n{extra}", store=FakeQueueStore(),
                       dns=dnsServer())
     (tmp_path / "hosts").write_text("")
     f.peerNames.hosts = HostsFile(f.clock, str(tmp_path / "hosts"))
@@ -93,7 +93,7 @@ def test_reject_unknown_helo_hostname(tmp_path):
     assert rcpt(f, helo="slowhelo.example") == (
         "450 4.7.1 <slowhelo.example>: Helo command rejected: Host not found\r\n")  # defer_if_permit, then permit
     f = dialog("reject_unknown_helo_hostname, reject", tmp_path)
-    assert rcpt(f, helo="slowhelo.example") == "554 5.7.1 Access denied\r\n"  # a reject wins over defer_if_permit
+    assert rcpt(f, helo="slowhelo.example") == "554 5.7.1 <b@mx.test>: Recipient address rejected: Access denied\r\n"  # a reject wins over defer_if_permit
     f = dialog("reject_unknown_helo_hostname, permit", tmp_path, "unknown_hostname_reject_code = 550\n")
     assert rcpt(f, helo="nowhere.example").startswith("550 5.7.1 <nowhere.example>: Helo command rejected")
 
@@ -129,4 +129,4 @@ def test_tempfail_action_defer_defers_at_once(tmp_path):
     f = dialog("reject_unknown_sender_domain, reject", tmp_path, "reject_tempfail_action = defer\n")
     assert rcpt(f, sender="a@slow.example").startswith("450 4.1.8 ")  # before the reject
     f = dialog("reject_unknown_sender_domain, reject", tmp_path)
-    assert rcpt(f, sender="a@slow.example") == "554 5.7.1 Access denied\r\n"  # defer_if_permit: the reject wins
+    assert rcpt(f, sender="a@slow.example") == "554 5.7.1 <b@mx.test>: Recipient address rejected: Access denied\r\n"  # defer_if_permit: the reject wins

@@ -49,7 +49,7 @@ def zone():
 
 
 def factory(restrictions, tmp_path, extra="", server=None):
-    f = serverFactory(f"smtpd_recipient_restrictions = {restrictions}\n{extra}", store=FakeQueueStore(),
+    f = serverFactory(f"smtpd_recipient_restrictions = {restrictions}\nsmtpd_relay_restrictions =\n{extra}", store=FakeQueueStore(),
                       dns=server or zone())
     (tmp_path / "hosts").write_text("")
     f.peerNames.hosts = HostsFile(f.clock, str(tmp_path / "hosts"))
@@ -130,9 +130,10 @@ def test_a_list_that_is_down_never_refuses_mail(tmp_path):
 def test_permit_dnswl_client(tmp_path):
     f = factory("permit_dnswl_client wl.example, reject", tmp_path)
     assert rcpt(f, CLEAN) == "250 2.1.5 Ok\r\n"
-    assert rcpt(f, OUTSIDE).startswith("554 5.7.1 Access denied")
+    assert rcpt(f, OUTSIDE).startswith("554 5.7.1 <b@mx.test>: Recipient address rejected: Access denied")
     # An allow list never opens the relay: a recipient that is no authorized destination passes on.
-    assert rcpt(f, CLEAN, recipient="x@elsewhere.example").startswith("554 5.7.1 Access denied")
+    assert rcpt(f, CLEAN, recipient="x@elsewhere.example").startswith(
+        "554 5.7.1 <x@elsewhere.example>: Recipient address rejected: Access denied")
 
 
 def test_an_allow_list_that_is_down_defers_what_would_be_rejected(tmp_path):

@@ -122,7 +122,7 @@ def test_etrnRestrictions():
         assert d.send("ETRN a.sub.example.com\r\n") == "250 Queuing started\r\n"  # parent domains match
         reply = "554 5.7.1 <example.com>: Etrn command rejected: no flush for you"
         assert d.send("ETRN example.com\r\n") == reply + "\r\n"
-        assert d.send("ETRN example.org\r\n") == "554 5.7.1 Access denied\r\n"  # the final reject
+        assert d.send("ETRN example.org\r\n") == "554 5.7.1 <example.org>: Etrn command rejected: Access denied\r\n"  # the final reject
     assert log.matching(f"NOQUEUE: reject: ETRN from unknown[{OUTSIDE}]: {reply}; proto=ESMTP helo=<client.example>")
     assert flush.sites == ["sub.example.com", "a.sub.example.com"]
     d = dialog(main=main, peer="127.0.0.1", flush=flush)  # in $mynetworks

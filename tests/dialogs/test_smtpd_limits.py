@@ -89,7 +89,7 @@ def test_rejectFooter():
     d.send("EHLO c\r\nMAIL FROM:<a@example.org>\r\n".split("\r\n", 1)[0] + "\r\n")
     d.send("MAIL FROM:<a@example.org>\r\n")
     assert d.send("RCPT TO:<x@elsewhere.example>\r\n") == (
-        "554-5.7.1 <x@elsewhere.example>: Relay access denied\r\n554 5.7.1 For help see https://help.example\r\n"
+        "454-4.7.1 <x@elsewhere.example>: Relay access denied\r\n454 4.7.1 For help see https://help.example\r\n"
     )
     assert d.send("NOOP\r\n") == "250 2.0.0 Ok\r\n"
     d = dialog("smtpd_reject_footer = \\c (see help.example)\n")
@@ -154,7 +154,7 @@ def test_tarpitKeepsPipelinedOrder():
     out += d.read()
     clock.advance(1)
     out += d.read()
-    assert replyCodes(out) == [250, 554, 250]
+    assert replyCodes(out) == [250, 454, 250]
 
 
 def test_deliveringMailForgivesErrors():

@@ -35,7 +35,7 @@ VIRTUAL = (
         ("<u@box.example>", "250 2.1.5 Ok"),
         ("<U@BOX.example>", "250 2.1.5 Ok"),
         ("<v@box.example>", "550 5.1.1 <v@box.example>: Recipient address rejected: User unknown in virtual mailbox table"),
-        ("<x@elsewhere.example>", "554 5.7.1 <x@elsewhere.example>: Relay access denied"),
+        ("<x@elsewhere.example>", "454 4.7.1 <x@elsewhere.example>: Relay access denied"),  # smtpd_relay_restrictions
     ],
 )
 def test_virtualDomains(recipient, reply):
@@ -54,7 +54,7 @@ def test_unlistedCanBeTurnedOff():
 def test_unknownCodes():
     main = VIRTUAL + "unknown_virtual_alias_reject_code = 450\nrelay_domains_reject_code = 550\n"
     assert rcpt(main, "<nobody@alias.example>").startswith("450 4.1.1 ")
-    assert rcpt(main, "<x@elsewhere.example>").startswith("550 5.7.1 ")
+    assert rcpt(main, "<x@elsewhere.example>").startswith("450 4.7.1 ")  # defer_unauth_destination: the code - 100
 
 
 def test_localAndRelayRecipientMaps():
@@ -76,6 +76,7 @@ def test_checkRecipientAccess():
         "{ blocked@mx.test = REJECT no mail for you }, tempfail.example=DEFER, "
         "{ coded@mx.test = 521 5.7.0 go away }, open.example=OK }, "
         "permit_mynetworks, reject_unauth_destination\n"
+        "smtpd_relay_restrictions =\n"  # relay control in the recipient list alone, as Postfix before 2.10
     )
     assert rcpt(main, "<blocked@mx.test>") == "554 5.7.1 <blocked@mx.test>: Recipient address rejected: no mail for you\r\n"
     assert rcpt(main, "<x@sub.tempfail.example>").startswith("450 4.7.1 <x@sub.tempfail.example>: Recipient address rejected")
@@ -101,7 +102,8 @@ def test_deferUnauthDestinationAndNonFqdn():
 
 
 def test_emptyRestrictionsPermit():
-    assert rcpt("smtpd_recipient_restrictions =\n", "<x@elsewhere.example>") == "250 2.1.5 Ok\r\n"
+    assert rcpt("smtpd_recipient_restrictions =\nsmtpd_relay_restrictions =\n", "<x@elsewhere.example>") == \
+        "250 2.1.5 Ok\r\n"
 
 
 @pytest.mark.parametrize(
@@ -121,7 +123,8 @@ def test_badRestrictionListsAreConfigErrors(value, message):
 
 def test_holdActionPutsTheMessageOnHoldAndGoesOn():
     store = FakeQueueStore()
-    main = "smtpd_recipient_restrictions = check_recipient_access inline:{ held.example=HOLD }, permit_mynetworks, reject_unauth_destination\n"
+    main = "smtpd_recipient_restrictions = check_recipient_access inline:{ held.example=HOLD }, permit_mynetworks, reject_unauth_destination\n" \
+        "smtpd_relay_restrictions =\n"
     d = Dialog(serverFactory(main, store=store), peer=OUTSIDE)
     d.send("EHLO c\r\n")
     d.send("MAIL FROM:<a@example.org>\r\n")
@@ -130,7 +133,8 @@ def test_holdActionPutsTheMessageOnHoldAndGoesOn():
     assert d.send("DATA\r\n").startswith("354")
     d.send("x\r\n.\r\n")
     assert store.committed[0].queue == "incoming"
-    main = "smtpd_recipient_restrictions = check_recipient_access inline:{ mx.test=HOLD }, permit_mynetworks, reject_unauth_destination\n"
+    main = "smtpd_recipient_restrictions = check_recipient_access inline:{ mx.test=HOLD }, permit_mynetworks, reject_unauth_destination\n" \
+        "smtpd_relay_restrictions =\n"
     d = Dialog(serverFactory(main, store=store), peer=OUTSIDE)
     d.send("EHLO c\r\n")
     d.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<u@mx.test>\r\nDATA\r\n")
@@ -142,11 +146,12 @@ def test_holdActionPutsTheMessageOnHoldAndGoesOn():
     "restrictions, reply",
     [
         ("permit", "250 2.1.5 Ok"),
-        ("reject", "554 5.7.1 Access denied"),
-        ("defer", "450 4.7.1 Try again later"),
+        ("reject", "554 5.7.1 <x@elsewhere.example>: Recipient address rejected: Access denied"),
+        ("defer", "450 4.3.2 <x@elsewhere.example>: Recipient address rejected: Try again later"),
         ("reject_unauth_destination, permit", "554 5.7.1 <x@elsewhere.example>: Relay access denied"),
     ],
 )
 def test_regression_constantRestrictions(restrictions, reply):
     """permit/reject/defer used to raise (a sync check awaited) and answer 451 for every RCPT."""
-    assert rcpt(f"smtpd_recipient_restrictions = {restrictions}\n", "<x@elsewhere.example>") == reply + "\r\n"
+    main = f"smtpd_recipient_restrictions = {restrictions}\nsmtpd_relay_restrictions =\n"
+    assert rcpt(main, "<x@elsewhere.example>") == reply + "\r\n"

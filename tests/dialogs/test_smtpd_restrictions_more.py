@@ -7,7 +7,8 @@ OUTSIDE = "192.0.2.10"
 
 
 def session(restrictions, extra=""):
-    f = serverFactory(f"smtpd_recipient_restrictions = {restrictions}\n{extra}", store=FakeQueueStore())
+    f = serverFactory(f"smtpd_recipient_restrictions = {restrictions}\nsmtpd_relay_restrictions =\n{extra}",
+                      store=FakeQueueStore())
     d = Dialog(f, peer=OUTSIDE)
     d.send("EHLO c.test\r\n")
     return d
@@ -20,7 +21,7 @@ def test_defer_if_permit_and_defer_if_reject():
         "450 4.7.0 <b@mx.test>: Recipient address rejected: defer_if_permit requested\r\n")
     d = session("defer_if_permit, reject")
     d.send("MAIL FROM:<a@example.org>\r\n")
-    assert d.send("RCPT TO:<b@mx.test>\r\n") == "554 5.7.1 Access denied\r\n"
+    assert d.send("RCPT TO:<b@mx.test>\r\n") == "554 5.7.1 <b@mx.test>: Recipient address rejected: Access denied\r\n"
     d = session("defer_if_reject, reject")
     d.send("MAIL FROM:<a@example.org>\r\n")
     assert d.send("RCPT TO:<b@mx.test>\r\n") == (

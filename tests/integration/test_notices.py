@@ -38,7 +38,7 @@ def badSession(port):
 def test_protocolAndPolicyErrorsReachThePostmastersMaildir(makeMailhost):
     d = makeMailhost(OUTSIDER + "notify_classes = protocol, policy\nerror_notice_recipient = u@box.example\n").start()
     replies = badSession(d.port)
-    assert replies[2].startswith(b"500 5.5.2") and replies[4].startswith(b"554 5.7.1")
+    assert replies[2].startswith(b"500 5.5.2") and replies[4].startswith(b"454 4.7.1")
     files = waitFor(lambda: maildirFiles(d.base, "box.example/u"), what="the notice in u's Maildir")
     assert len(files) == 1
     data = open(files[0], "rb").read()
@@ -51,7 +51,7 @@ def test_protocolAndPolicyErrorsReachThePostmastersMaildir(makeMailhost):
     body = message.get_content()
     assert body.startswith("Transcript of session follows.\n\n Out: 220 mta.test ESMTP mta\n In:  EHLO client.example\n")
     assert " In:  XYZZY ??\n Out: 500 5.5.2 Error: invalid characters in command\n" in body
-    assert " In:  RCPT TO:<someone@elsewhere.example>\n Out: 554 5.7.1 <someone@elsewhere.example>: Relay access" in body
+    assert " In:  RCPT TO:<someone@elsewhere.example>\n Out: 454 4.7.1 <someone@elsewhere.example>: Relay access" in body
     assert body.endswith(" In:  QUIT\n Out: 221 2.0.0 Bye\n\n\nFor other details, see the local mail logfile\n")
     log = waitFor(lambda: "removed" in d.maillogText() and d.maillogText(), what="the notice removed")
     lines = log.splitlines()
@@ -65,7 +65,7 @@ def test_protocolAndPolicyErrorsReachThePostmastersMaildir(makeMailhost):
 def test_theDefaultClassesSendNothingForTheSameSession(makeMailhost):
     d = makeMailhost(OUTSIDER + "error_notice_recipient = u@box.example\n").start()  # resource, software
     replies = badSession(d.port)
-    assert replies[2].startswith(b"500 5.5.2") and replies[4].startswith(b"554 5.7.1")
+    assert replies[2].startswith(b"500 5.5.2") and replies[4].startswith(b"454 4.7.1")
     # A message behind it: once it is delivered, a notice queued at the end of the first session
     # would have been delivered, or at least taken up by the queue manager, too.
     replies = converse(d.port, [b"HELO c\r\n", b"MAIL FROM:<sender@example.org>\r\n", b"RCPT TO:<v@box.example>\r\n",

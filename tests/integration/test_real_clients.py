@@ -419,6 +419,9 @@ def test_connectionCountLimitForStrangers(makeDaemon):
             assert c.closedByPeer()
         a.ehlo()
         assert a.command("QUIT")[0] == 221
+    # The count goes down when the daemon has seen both sessions end (b only closed its socket).
+    waitFor(lambda: sum(t.startswith("disconnect from ") and t != PROBE_LINES[1] for _, t in maillogLines(d)) >= 3,
+            what="three disconnect lines")
     with RawClient(d.port) as c:  # the count went down again
         assert c.banner[0] == 220
 

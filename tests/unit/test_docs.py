@@ -51,7 +51,7 @@ def test_the_example_listeners_work_when_uncommented(tmp_path):
     assert smtp.params["smtpd_recipient_limit"] == 1000
     assert (submission.settings.sasl.enabled, submission.settings.sasl.tlsAuthOnly) == (True, True)
     assert submissions.settings.sasl.enabled and not smtp.settings.sasl.enabled
-    assert "permit_sasl_authenticated" in submission.params["smtpd_recipient_restrictions"]
+    assert "permit_sasl_authenticated" in submission.params["smtpd_relay_restrictions"]
 
 
 def test_every_parameter_uncommented_gives_its_default(tmp_path):

@@ -104,7 +104,7 @@ def test_smtpd_and_the_router_ask_the_one_resolver():
         return await real(domain)
 
     s.resolver.addressClass = counting
-    resultOf(s.policy.checkRecipient(OUTSIDE, address("r@relay.example")))
+    resultOf(s.policy.checkRecipient(s.policy.request(OUTSIDE, recipient=address("r@relay.example"))))
     resultOf(s.router.route("u@box.example"))
     assert asked[0] == "relay.example" and "box.example" in asked
     assert s.policy.resolver is s.router.resolver is s.resolver
@@ -151,8 +151,8 @@ class FailingTable:
 def test_a_domain_table_that_cannot_answer_defers_in_both_callers():
     s = Shared()
     s.resolver.relayDomains._tables = [FailingTable()]
-    reply, _, errorClass = resultOf(s.policy.checkRecipient(OUTSIDE, address("x@elsewhere.example")))
-    assert (reply.code, reply.status, errorClass) == (451, "4.3.0", "data")
+    outcome = resultOf(s.policy.checkRecipient(s.policy.request(OUTSIDE, recipient=address("x@elsewhere.example"))))
+    assert (outcome.reply.code, outcome.reply.status, outcome.errorClass) == (451, "4.3.0", "data")
     assert resultOf(s.router.route("x@elsewhere.example")) == [
         RouteError("x@elsewhere.example", "deferred", "4.3.0", "transport table lookup failure")]
     with pytest.raises(TableTemporaryError):
@@ -163,7 +163,8 @@ def test_smtpd_does_not_read_transport_maps():
     """classify() (smtpd's question) never consults transport_maps: a failing one does not defer RCPT."""
     s = Shared()
     s.resolver.transportMaps = [FailingTable()]
-    assert resultOf(s.policy.checkRecipient(OUTSIDE, address("r@relay.example"))) == (None, None, None)
+    outcome = resultOf(s.policy.checkRecipient(s.policy.request(OUTSIDE, recipient=address("r@relay.example"))))
+    assert (outcome.reply, outcome.errorClass, outcome.hold) == (None, None, None)
     assert resultOf(s.router.route("r@relay.example"))[0].dsn == "4.3.0"
 
 
@@ -211,7 +212,7 @@ def test_a_listener_override_of_the_address_classes_does_not_change_them(tmp_pat
     assert rcpt(smtp, "u@relay.example") == "250 2.1.5 Ok\r\n"
     assert rcpt(other, "u@relay.example", peer="203.0.113.9") == "250 2.1.5 Ok\r\n"  # [main]'s relay_domains
     assert rcpt(other, "u@other.example", peer="203.0.113.9") == (
-        "554 5.7.1 <u@other.example>: Relay access denied\r\n")  # the override names no class
+        "454 4.7.1 <u@other.example>: Relay access denied\r\n")  # the override names no class
     assert resultOf(service.current.router.resolve("u@other.test")) == Route("u@other.test", "smtp", "other.test")
 
 
@@ -219,7 +220,7 @@ def test_what_smtpd_reads_itself_stays_per_listener(tmp_path):
     """mynetworks (and the recipient tables, restrictions, codes) are the listener's own, as smtpd -o."""
     _, service = daemon(tmp_path)
     smtp, other = service.current.factories["smtp"], service.current.factories["other"]
-    assert rcpt(smtp, "x@elsewhere.example") == "554 5.7.1 <x@elsewhere.example>: Relay access denied\r\n"
+    assert rcpt(smtp, "x@elsewhere.example") == "454 4.7.1 <x@elsewhere.example>: Relay access denied\r\n"
     assert rcpt(other, "x@elsewhere.example") == "250 2.1.5 Ok\r\n"  # 198.51.100.7 is in this listener's mynetworks
 
 

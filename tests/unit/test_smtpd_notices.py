@@ -69,13 +69,13 @@ CLASSES = {
     # class: (extra [main], script, the reply that shows the error, extra tables)
     "protocol": ("", ["EHLO c\r\n", "XYZZY\r\n", "QUIT\r\n"], "Out: 502 5.5.2 Error: command not recognized", None),
     "policy": ("", ["EHLO c\r\n", "MAIL FROM:<a@example.org>\r\n", "RCPT TO:<x@example.net>\r\n", "QUIT\r\n"],
-               "Out: 554 5.7.1 <x@example.net>: Relay access denied", None),
+               "Out: 454 4.7.1 <x@example.net>: Relay access denied", None),
     "bounce": (MAILBOXES, ["EHLO c\r\n", "MAIL FROM:<a@example.org>\r\n", "RCPT TO:<nobody@box.example>\r\n",
                            "QUIT\r\n"],
                "Out: 550 5.1.1 <nobody@box.example>: Recipient address rejected:", None),
-    "data": ("smtpd_recipient_restrictions = check_recipient_access texthash:/flaky, permit\n",
+    "data": ("smtpd_recipient_restrictions = check_recipient_access texthash:/flaky, permit\nsmtpd_relay_restrictions =\n",
              ["EHLO c\r\n", "MAIL FROM:<a@example.org>\r\n", "RCPT TO:<x@example.net>\r\n", "QUIT\r\n"],
-             "Out: 451 4.3.0 Temporary lookup failure", {"texthash:/flaky": FlakyTable()}),
+             "Out: 451 4.3.0 <x@example.net>: Temporary lookup failure", {"texthash:/flaky": FlakyTable()}),
     "resource": ("queue_minfree = 1g\n", ["EHLO c\r\n", "MAIL FROM:<a@example.org>\r\n", "QUIT\r\n"],
                  "Out: 452 4.3.1 Insufficient system storage", None),
 }

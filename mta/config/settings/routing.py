@@ -12,6 +12,7 @@ settings class that needs it (a parameter may be read by several areas):
     sender_dependent_relayhost_maps, empty_address_relayhost_maps_lookup_key,
     mynetworks, relay_recipient_maps, local_recipient_maps,
     smtpd_recipient_restrictions, smtpd_reject_unlisted_recipient,
+    smtpd_reject_unlisted_sender,
     relay_domains_reject_code, unknown_local_recipient_reject_code,
     unknown_virtual_alias_reject_code,
     unknown_virtual_mailbox_reject_code,
@@ -25,7 +26,14 @@ settings class that needs it (a parameter may be read by several areas):
     unknown_hostname_reject_code, unknown_address_reject_code,
     unknown_address_tempfail_action, unknown_helo_hostname_tempfail_action,
     maps_rbl_reject_code, default_rbl_reply,
-    rbl_reply_maps, smtpd_etrn_restrictions, fast_flush_domains
+    rbl_reply_maps, smtpd_etrn_restrictions, fast_flush_domains,
+    smtpd_client_restrictions, smtpd_helo_restrictions,
+    smtpd_sender_restrictions, smtpd_relay_restrictions,
+    smtpd_relay_before_recipient_restrictions, smtpd_data_restrictions,
+    smtpd_end_of_data_restrictions, smtpd_delay_reject,
+    smtpd_restriction_classes (and the class parameters it names),
+    smtpd_null_access_lookup_key, access_map_reject_code,
+    access_map_defer_code, reject_code, defer_code, plaintext_reject_code
 
 ResolverSettings (``config.settings.resolver``) is built from [main] only:
 Postfix's trivial-rewrite(8) reads main.cf, never a master.cf -o, so one
@@ -44,8 +52,13 @@ CONFIGURATION
     As listed above.
 """
 
+import attrs
+
+from mta.config.errors import ConfigError
+from mta.config.schema import parameter
 from mta.config.settings import Settings, setting, settingsClass
-from mta.config.types import parseRestrictions
+from mta.config.types import (RESTRICTION_NAMES, STAGE_ACCESS, parseRestrictions, restrictionNames, splitList,
+                              unknownRestriction)
 
 __all__ = ["ADDRESS_CLASSES", "RecipientCheckSettings", "ResolverSettings", "splitTransport"]
 
@@ -134,6 +147,7 @@ class RecipientCheckSettings(Settings):
     localRecipientMaps: tuple = setting("local_recipient_maps")  # known local parts of class local (empty: all)
     delimiter: str = setting("recipient_delimiter")  # for the keys of those lookups (user+ext -> user)
     rejectUnlisted: bool = setting("smtpd_reject_unlisted_recipient")  # check them after the restrictions
+    rejectUnlistedSender: bool = setting("smtpd_reject_unlisted_sender")  # the same for MAIL FROM
     relayRejectCode: int = setting("relay_domains_reject_code")  # reject_unauth_destination
     nonFqdnRejectCode: int = setting("non_fqdn_reject_code")  # reject_non_fqdn_sender/recipient
     unknownClientCode: int = setting("unknown_client_reject_code")  # reject_unknown_*client_hostname
@@ -158,11 +172,71 @@ class RecipientCheckSettings(Settings):
     unknownAliasCode: int = setting("unknown_virtual_alias_reject_code")
     unknownMailboxCode: int = setting("unknown_virtual_mailbox_reject_code")
     unknownRelayCode: int = setting("unknown_relay_recipient_reject_code")
+    # The restriction stages (mta.smtpd.policy): client, HELO, sender, recipient and relay, DATA, end of data, ETRN
+    clientRestrictions: tuple = setting("smtpd_client_restrictions", parseRestrictions)
+    heloRestrictions: tuple = setting("smtpd_helo_restrictions", parseRestrictions)
+    senderRestrictions: tuple = setting("smtpd_sender_restrictions", parseRestrictions)
+    relayRestrictions: tuple = setting("smtpd_relay_restrictions", parseRestrictions)
     recipientRestrictions: tuple = setting("smtpd_recipient_restrictions", parseRestrictions)  # RCPT TO
+    relayFirst: bool = setting("smtpd_relay_before_recipient_restrictions")
+    dataRestrictions: tuple = setting("smtpd_data_restrictions", parseRestrictions)
+    endOfDataRestrictions: tuple = setting("smtpd_end_of_data_restrictions", parseRestrictions)
     etrnRestrictions: tuple = setting("smtpd_etrn_restrictions", parseRestrictions)  # ETRN's domain
+    delayReject: bool = setting("smtpd_delay_reject")  # client/HELO/sender lists at RCPT
+    restrictionClassNames: tuple = setting("smtpd_restriction_classes")
+    # name -> its parsed list (build() reads the class parameters themselves)
+    restrictionClasses: dict = attrs.field(factory=dict)
+    nullAccessKey: str = setting("smtpd_null_access_lookup_key")  # check_sender_access for <>
+    accessRejectCode: int = setting("access_map_reject_code")
+    accessDeferCode: int = setting("access_map_defer_code")
+    rejectCode: int = setting("reject_code")  # the reject restriction
+    deferCode: int = setting("defer_code")  # the defer restriction
+    plaintextRejectCode: int = setting("plaintext_reject_code")  # reject_plaintext_session
     fastFlushDomains: tuple = setting("fast_flush_domains")  # what ETRN may flush (subdomains match)
     relayClientcerts: tuple = setting("relay_clientcerts")  # permit_tls_clientcerts: fingerprint tables
     senderLoginMaps: tuple = setting("smtpd_sender_login_maps")  # sender address -> its SASL login names
+
+    # Each list parameter and whether a bare type:table may stand in it (Postfix: not in DATA, end of data).
+    LISTS = (("smtpd_client_restrictions", "clientRestrictions", True),
+             ("smtpd_helo_restrictions", "heloRestrictions", True),
+             ("smtpd_sender_restrictions", "senderRestrictions", True),
+             ("smtpd_relay_restrictions", "relayRestrictions", True),
+             ("smtpd_recipient_restrictions", "recipientRestrictions", True),
+             ("smtpd_data_restrictions", "dataRestrictions", False),
+             ("smtpd_end_of_data_restrictions", "endOfDataRestrictions", False),
+             ("smtpd_etrn_restrictions", "etrnRestrictions", True))
+
+    @classmethod
+    def build(cls, scope):
+        """The fields, then the restriction classes: each name must be a restriction or a defined class."""
+        result = super().build(scope)
+        classes = {}
+        names = [name.lower() for name in result.restrictionClassNames]
+        for name in names:
+            if name in RESTRICTION_NAMES or parameter(name) is not None:
+                raise ConfigError(f"{scope.where('smtpd_restriction_classes')}: restriction class {name!r} "
+                                  f"has the name of a restriction or a parameter")
+            entry = scope.restrictionClass(name)
+            if entry is None:
+                raise ConfigError(f"{scope.where('smtpd_restriction_classes')}: restriction class {name!r} "
+                                  f"needs a definition ({name} = restrictions, in [main])")
+            try:
+                classes[name] = parseRestrictions(splitList(scope.expandedClass(name)))
+            except ValueError as e:
+                raise ConfigError(f"{entry.location}: {e}") from None
+        for name, pairs in classes.items():
+            for unknown in restrictionNames(pairs):
+                if unknown not in classes:
+                    raise ConfigError(f"{scope.restrictionClass(name).location}: {unknownRestriction(unknown)}")
+        for parameterName, field, bareTable in cls.LISTS:
+            pairs = getattr(result, field)
+            for unknown in restrictionNames(pairs):
+                if unknown not in classes:
+                    raise ConfigError(f"{scope.where(parameterName)}: {unknownRestriction(unknown)}")
+            if not bareTable and any(name == STAGE_ACCESS for name, _ in pairs):
+                raise ConfigError(f"{scope.where(parameterName)}: a lookup table here needs a check_*_access "
+                                  f"before it (there is no default one in this stage)")
+        return attrs.evolve(result, restrictionClasses=classes)
 
     def unknownCode(self, addressClass):
         """The reply code for a recipient unknown in C{addressClass} (local, alias, virtual, relay)."""
