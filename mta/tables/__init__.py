@@ -1,8 +1,9 @@
 """mta.tables - lookup tables behind ILookupTable, opened by type:name.
 
 A table type is a plugin (ILookupTableFactory in mta.plugins); mta ships
-texthash, inline, static and socketmap (see their modules).  lookupAddress() is
-Postfix's search order for addresses, shared by every address table.
+texthash, inline, static, socketmap, regexp, pcre and cidr (see their
+modules).  lookupAddress() is Postfix's search order for addresses,
+shared by every address table.
 
 SECURITY
     Lookup keys come from the network; they are only compared, never
