@@ -35,6 +35,9 @@ DEVIATIONS
     Every other error Postfix warns about and skips (a bad address or mask,
     a rule with no result, text after endif, endif without if, if without
     endif) refuses the whole file in mta: TableError with file and line.
+    So an ``if`` skipped for host bits leaves its ``endif`` unmatched, which
+    refuses the file (Postfix warns and runs the block's rules unconditionally).
+    An empty mask (``10.0.0.0/``) is a bad mask value (Postfix reads it as /0).
 """
 
 import ipaddress

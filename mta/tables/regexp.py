@@ -56,8 +56,11 @@ DEVIATIONS
     Postfix matches keys of any length; mta caps them at MAX_KEY.  Python's re
     is not POSIX regcomp nor PCRE2: see mta.tables.retranslate's DEVIATIONS
     (leftmost-first instead of leftmost-longest substrings for regexp:,
-    no ``\\K``, recursion, verbs or ``\\p{..}`` for pcre:).  A pcre: table is
-    available whether or not Postfix's postfix-pcre is installed.
+    no ``\\K``, recursion, verbs or ``\\p{..}`` for pcre:).  PCRE2 gives up a
+    match after its match limit (Postfix logs "backtracking limit exceeded"
+    and treats the rule as not matching); Python's re has no such limit and
+    runs to the end.  A pcre: table is available whether or not Postfix's
+    postfix-pcre is installed.
 """
 
 import re
