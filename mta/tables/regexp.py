@@ -27,7 +27,7 @@ syntax (white space and # comments ignored), ``A`` anchored at the start, ``E``
 ``$`` matches only at the very end, ``U`` ungreedy, ``X`` ignored with a
 warning (Postfix with PCRE2 does the same).
 
-Patterns are translated (mta.tables.retranslate) and compiled by Python's re
+Patterns are translated (mta.tables.retranslate, pcretranslate) and compiled by Python's re
 as bytes patterns; the key is matched as its UTF-8 bytes, as Postfix
 matches bytes.  The inline form is ``regexp:{ {/pattern/ result}, ... }``.
 The file is read again when it changes (see mta.tables.patternfile).
@@ -72,7 +72,8 @@ from zope.interface import implementer
 from mta.interfaces import ILookupTable
 from mta.tables import TableError, TableTemporaryError
 from mta.tables.patternfile import ENDIF, IF, MATCH, PatternFileTable, firstMatch, nestRules
-from mta.tables.retranslate import PatternError, pcreToPython, posixToPython
+from mta.tables.pcretranslate import pcreToPython
+from mta.tables.retranslate import PatternError, posixToPython
 
 log = Logger()
 

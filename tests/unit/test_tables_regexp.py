@@ -11,7 +11,8 @@ from mta.interfaces import ILookupTable
 from mta.tables import TableError, Tables, TableTemporaryError
 from mta.tables.patternfile import logicalLines
 from mta.tables.regexp import MAX_KEY, RegexpTable, parseReplacement
-from mta.tables.retranslate import PatternError, pcreToPython, posixToPython
+from mta.tables.pcretranslate import pcreToPython
+from mta.tables.retranslate import PatternError, posixToPython
 from mta.tables.texthash import CHECK_INTERVAL
 from mta.testing import resultOf
 
