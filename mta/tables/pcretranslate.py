@@ -236,7 +236,15 @@ def pcreToPython(pattern, extended=False, ungreedy=False, dollarEndOnly=False, m
                 j = i + 1
                 while j < n and pattern[j].isdigit():
                     j += 1
-                out.add(f"(?:\\{int(pattern[i + 1:j])})")
+                number = int(pattern[i + 1:j])
+                if number >= 10 and number > captures and c not in "89":
+                    # PCRE: not that many groups before it, so up to three octal digits
+                    j = i + 1
+                    while j < n and j - i <= 3 and pattern[j] in "01234567":
+                        j += 1
+                    out.add(byte(int(pattern[i + 1:j], 8) & 0xFF))
+                else:
+                    out.add(f"(?:\\{number})")
                 i = j
                 continue
             code = _pcreEscapeCode(pattern, i + 1)

@@ -287,6 +287,8 @@ def test_pcre_translation():
     assert pcreToPython("(?i)a|b") == r"(?i:\x61|\x62)"
     assert pcreToPython("a*+b") == r"\x61*+\x62"  # possessive: Python 3.11 has them
     assert pcreToPython("{x}") == r"\x7b\x78\x7d"  # not a quantifier: literal
+    assert pcreToPython(r"\12\101") == r"\x0a\x41"  # fewer groups than that before it: octal
+    assert pcreToPython(r"(a)\1") == r"(\x61)(?:\1)"
     for bad in (r"a\Kb", r"(?R)", r"(?1)", r"(?|a)", r"(*UTF)a", r"\p{L}", r"\x{100}", r"[\d-z]",
                 r"a(?i)b|c", r"(?x)a", r"[a", r"a**"):
         with pytest.raises(PatternError):
