@@ -372,3 +372,17 @@ def test_quirks_and_real_world_rules(workdir, tableType):
             continue  # \n is a newline in PCRE (not sendable to postmap -q -); a lone ) is an error there
         compare(workdir, tableType, rule + "\n", keys, f"quirk{number}")
     compare(workdir, tableType, REAL_WORLD, REAL_KEYS, "real")
+
+
+BRE_RULES = [
+    r"/^a\{2\}$/x two", r"/^\(ab\)*$/x ab-star $1", r"/^a\|b$/x alt", r"/^a\+$/x plus", r"/^a\?$/x opt",
+    r"/^a$b$/x dollar-inside", r"/^a^b$/x caret-inside", r"/\(^x\)/x caret-group", r"/^\(c\)\1$/x backref",
+    r"/^*$/x star-first", r"/^\(*d\)$/x star-group-first", r"/^(e)$/x parens-literal", r"/^f|g$/x bar-literal",
+    r"/^h\{1,\}$/x interval",
+]
+
+
+def test_regexp_basic_syntax(workdir):
+    keys = ["aa", "a", "abab", "", "ab", "b", "a+", "a$b", "a^b", "xy", "cc", "*", "*d", "(e)", "e", "f|g", "f",
+            "hhh", "h{1,}"]
+    compare(workdir, "regexp", "\n".join(BRE_RULES) + "\n", keys, "basic")
