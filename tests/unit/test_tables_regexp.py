@@ -342,6 +342,10 @@ def test_unreadable_and_non_utf8(tmp_path, clock):
     with pytest.raises(TableError) as info:
         RegexpTable("pcre", str(tmp_path / "latin1"), clock)
     assert "not UTF-8" in str(info.value)
+    (tmp_path / "nul").write_bytes(b"/a\0b/ x\n")
+    with pytest.raises(TableError) as info:
+        RegexpTable("regexp", str(tmp_path / "nul"), clock)
+    assert "NUL" in str(info.value)
 
 
 # -- untrusted keys -----------------------------------------------------------------------
