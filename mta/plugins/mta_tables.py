@@ -41,8 +41,29 @@ def _socketmap(name, reactor):
     return SocketmapTable(name, reactor)
 
 
+def _regexp(name, clock):
+    from mta.tables.regexp import RegexpTable
+
+    return RegexpTable("regexp", name, clock)
+
+
+def _pcre(name, clock):
+    from mta.tables.regexp import RegexpTable
+
+    return RegexpTable("pcre", name, clock)
+
+
+def _cidr(name, clock):
+    from mta.tables.cidr import CidrTable
+
+    return CidrTable(name, clock)
+
+
 texthash = _Factory("texthash", "A flat 'key value' file, read at start and when it changes.", _texthash)
 inline = _Factory("inline", "Entries in the configuration: inline:{ key=value, ... }.", _inline)
 static = _Factory("static", "The same value for every key: static:value.", _static)
 socketmap = _Factory("socketmap", "A Sendmail-style socketmap server: socketmap:inet:host:port:name or unix:/path:name.",
                      _socketmap)
+regexp = _Factory("regexp", "POSIX regular expressions, regexp_table(5): /pattern/flags result, if/endif.", _regexp)
+pcre = _Factory("pcre", "Perl-compatible regular expressions, pcre_table(5): /pattern/flags result, if/endif.", _pcre)
+cidr = _Factory("cidr", "Network addresses, cidr_table(5): network/prefix result, if/endif.", _cidr)

@@ -1,9 +1,11 @@
 """mta.tables - lookup tables behind ILookupTable, opened by type:name.
 
 A table type is a plugin (ILookupTableFactory in mta.plugins); mta ships
-texthash, inline, static and socketmap (see their modules).  lookupAddress() is
-Postfix's search order for addresses, shared by every address table;
-tableKeys() cuts a key list to the whole key for a pattern table.
+texthash, inline, static, socketmap, regexp, pcre, cidr, sqlite, pgsql,
+mysql, ldap, tcp, lmdb, fail, unionmap, pipemap and unix (see their
+modules).  lookupAddress() is Postfix's search order for addresses, shared
+by every address table; tableKeys() cuts a key list to the whole key for a
+pattern table.
 
 SECURITY
     Lookup keys come from the network; they are only compared, never
