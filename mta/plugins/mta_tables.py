@@ -46,3 +46,20 @@ inline = _Factory("inline", "Entries in the configuration: inline:{ key=value, .
 static = _Factory("static", "The same value for every key: static:value.", _static)
 socketmap = _Factory("socketmap", "A Sendmail-style socketmap server: socketmap:inet:host:port:name or unix:/path:name.",
                      _socketmap)
+
+
+def _sql(module, cls):
+    def opener(name, reactor):
+        import importlib
+
+        return getattr(importlib.import_module(f"mta.tables.{module}"), cls)(name, reactor)
+
+    return opener
+
+
+sqlite = _Factory("sqlite", "An SQLite database: sqlite:/etc/mta/file.cf names dbpath and query (sqlite_table(5)).",
+                  _sql("sqlite", "SqliteTable"))
+pgsql = _Factory("pgsql", "A PostgreSQL database: pgsql:/etc/mta/file.cf names hosts, dbname and query "
+                 "(pgsql_table(5)).", _sql("pgsql", "PgsqlTable"))
+mysql = _Factory("mysql", "A MySQL or MariaDB database: mysql:/etc/mta/file.cf names hosts, dbname and query "
+                 "(mysql_table(5)).", _sql("mysql", "MysqlTable"))
