@@ -686,6 +686,9 @@ class SqlTable:
                 log.warn("{spec}: connect to {type} server {server}: {reason}", spec=self.spec,
                          type=self.tableType, server=server.name, reason=result)
                 last = f"cannot connect to {server.name}"
+            elif status == "timeout":
+                log.warn("{spec}: query to {server}: {reason}", spec=self.spec, server=server.name, reason=result)
+                last = f"timeout on {server.name}"
             else:
                 log.warn("{spec}: query failed on {server}: {reason}", spec=self.spec, server=server.name,
                          reason=result)
