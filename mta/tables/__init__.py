@@ -1,7 +1,8 @@
 """mta.tables - lookup tables behind ILookupTable, opened by type:name.
 
 A table type is a plugin (ILookupTableFactory in mta.plugins); mta ships
-texthash, inline, static and socketmap (see their modules).  lookupAddress() is
+texthash, inline, static, socketmap, sqlite, pgsql and mysql (see their
+modules; mta.tables.sql has what the SQL ones share).  lookupAddress() is
 Postfix's search order for addresses, shared by every address table.
 
 SECURITY
