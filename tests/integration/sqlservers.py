@@ -12,6 +12,7 @@ the restart tests.
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -117,6 +118,30 @@ class Postgres:
     def remove(self):
         self.stop()
         shutil.rmtree(self.directory, True)
+
+    def _family(self):
+        """The postmaster and its children (each backend is in a session of its own)."""
+        pids = [self.process.pid]
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(entry))
+        return pids
+
+    def freeze(self):
+        """SIGSTOP the server: connections stay open, nothing answers (a hung server)."""
+        for pid in self._family():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self):
+        for pid in self._family():
+            os.kill(pid, signal.SIGCONT)
 
     def logText(self):
         try:

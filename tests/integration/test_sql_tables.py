@@ -251,6 +251,24 @@ select_function = lookup_alias
         self.assertEqual((yield table.lookup("alice@example.com")), "alice@mail.example.com")
         self.assertIsNone((yield table.lookup("' OR 1=1 --")))
 
+    @inlineCallbacks
+    def test_hung_server_times_out(self):
+        # A server that holds the connection open and answers nothing: the lookup gives up after
+        # connect_timeout + query_timeout on each entry (the waiting thread's socket is shut down).
+        table = self.open(self.standard("hung.cf", "SELECT goto FROM alias WHERE address='%s'",
+                                        extra="connect_timeout = 1\nquery_timeout = 1\n"))
+        self.assertEqual((yield table.lookup("alice@example.com")), "alice@mail.example.com")
+        self.server.freeze()
+        try:
+            started = time.monotonic()
+            # The connected entry times out; the other one's connect times out too.
+            yield self.assertTemporary(table, "alice@example.com", f"cannot connect to inet:127.0.0.1:{self.server.port}")
+            self.assertLess(time.monotonic() - started, 10)
+        finally:
+            self.server.thaw()
+        yield sleep(1.2)  # retry_interval
+        self.assertEqual((yield table.lookup("alice@example.com")), "alice@mail.example.com")
+
     def test_check_recipient_access_in_a_running_mta(self):
         spec = self.standard("access.cf", "SELECT action FROM access WHERE address='%s'")
         directory = os.path.join(self.server.directory, "mta")
