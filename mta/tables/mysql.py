@@ -46,7 +46,8 @@ DEVIATIONS
     set).  Timeouts are mta's.
 """
 
-from mta.tables.sql import COMMON, NETWORK, Dialect, Server, SqlTable, parseHost, splitHosts
+from mta.tables.sql import Server, SqlTable
+from mta.tables.sqlconfig import COMMON, NETWORK, Dialect, parseHost, splitHosts
 
 DIALECT = Dialect("%s", strings="'\"", identifiers={"`": "`"}, backslash=True)
 

@@ -47,7 +47,8 @@ DEVIATIONS
 import re
 
 from mta.tables import TableError
-from mta.tables.sql import COMMON, NETWORK, Dialect, Server, SqlTable, legacyQuery, parseHost, splitHosts
+from mta.tables.sql import Server, SqlTable
+from mta.tables.sqlconfig import COMMON, NETWORK, Dialect, legacyQuery, parseHost, splitHosts
 
 DIALECT = Dialect("%s", strings="'", identifiers={'"': '"'}, backslash=False)
 

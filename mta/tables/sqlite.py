@@ -39,7 +39,8 @@ import sqlite3
 from urllib.parse import quote
 
 from mta.tables import TableError
-from mta.tables.sql import COMMON, Dialect, Server, SqlTable, _Pool, printable
+from mta.tables.sql import Server, SqlTable, _Pool
+from mta.tables.sqlconfig import COMMON, Dialect, printable
 
 DIALECT = Dialect("?", strings="'", identifiers={'"': '"', "`": "`", "[": "]"}, backslash=False)
 

@@ -12,10 +12,10 @@ from zope.interface.verify import verifyObject
 
 from mta.interfaces import ILookupTable
 from mta.tables import TableError, Tables, TableTemporaryError, tableFactories
-from mta.tables import sql as sqlmod
+from mta.tables import sqlconfig as sqlmod
 from mta.tables.mysql import MysqlTable
 from mta.tables.pgsql import PgsqlTable
-from mta.tables.sql import Templates, compileQuery, parseHost, parseTableConfig
+from mta.tables.sqlconfig import Templates, compileQuery, parseHost, parseTableConfig
 from mta.tables.sqlite import SqliteTable
 from mta.testing import SyncReactor
 
