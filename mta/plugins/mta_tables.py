@@ -67,3 +67,20 @@ socketmap = _Factory("socketmap", "A Sendmail-style socketmap server: socketmap:
 regexp = _Factory("regexp", "POSIX regular expressions, regexp_table(5): /pattern/flags result, if/endif.", _regexp)
 pcre = _Factory("pcre", "Perl-compatible regular expressions, pcre_table(5): /pattern/flags result, if/endif.", _pcre)
 cidr = _Factory("cidr", "Network addresses, cidr_table(5): network/prefix result, if/endif.", _cidr)
+
+
+def _sql(module, cls):
+    def opener(name, reactor):
+        import importlib
+
+        return getattr(importlib.import_module(f"mta.tables.{module}"), cls)(name, reactor)
+
+    return opener
+
+
+sqlite = _Factory("sqlite", "An SQLite database: sqlite:/etc/mta/file.cf names dbpath and query (sqlite_table(5)).",
+                  _sql("sqlite", "SqliteTable"))
+pgsql = _Factory("pgsql", "A PostgreSQL database: pgsql:/etc/mta/file.cf names hosts, dbname and query "
+                 "(pgsql_table(5)).", _sql("pgsql", "PgsqlTable"))
+mysql = _Factory("mysql", "A MySQL or MariaDB database: mysql:/etc/mta/file.cf names hosts, dbname and query "
+                 "(mysql_table(5)).", _sql("mysql", "MysqlTable"))

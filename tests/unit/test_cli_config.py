@@ -237,6 +237,22 @@ def test_check_good_socketmap_spec_connects_to_nothing(capsys, tmp_path):
     assert run(capsys, "-c", str(path), "--check") == (0, "", "")
 
 
+@pytest.mark.parametrize("kind", ["pgsql", "mysql"])
+def test_check_sql_table_file(capsys, tmp_path, kind):
+    # A mistake in the table's file is reported with its file:line; a good file needs no server.
+    table = tmp_path / "alias.cf"
+    table.write_text("hosts = inet:127.0.0.1:9\ndbname = mail\nquery = SELECT goto FROM alias WHERE a='%s'\n"
+                     "retry_intervall = 5\n")
+    path = tmp_path / "mta.ini"
+    path.write_text(f"[main]\nvirtual_alias_maps = {kind}:{table}\n")
+    code, out, err = run(capsys, "-c", str(path), "--check")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"mta-config: error: {path}:2: [main] virtual_alias_maps: {table}:4: unknown parameter "
+                          "'retry_intervall'")
+    table.write_text("hosts = inet:127.0.0.1:9\ndbname = mail\nquery = SELECT goto FROM alias WHERE a='%s'\n")
+    assert run(capsys, "-c", str(path), "--check") == (0, "", "")
+
+
 def test_check_bad_config(capsys, tmp_path):
     path = tmp_path / "mta.ini"
     path.write_text("[main]\nmesage_size_limit = 5\n")
