@@ -41,8 +41,15 @@ def _socketmap(name, reactor):
     return SocketmapTable(name, reactor)
 
 
+def _tcp(name, reactor):
+    from mta.tables.tcp import TcpTable
+
+    return TcpTable(name, reactor)
+
+
 texthash = _Factory("texthash", "A flat 'key value' file, read at start and when it changes.", _texthash)
 inline = _Factory("inline", "Entries in the configuration: inline:{ key=value, ... }.", _inline)
 static = _Factory("static", "The same value for every key: static:value.", _static)
 socketmap = _Factory("socketmap", "A Sendmail-style socketmap server: socketmap:inet:host:port:name or unix:/path:name.",
                      _socketmap)
+tcp = _Factory("tcp", "A tcp_table(5) server: tcp:host:port.", _tcp)
