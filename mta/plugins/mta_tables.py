@@ -47,9 +47,16 @@ def _tcp(name, reactor):
     return TcpTable(name, reactor)
 
 
+def _ldap(name, reactor):
+    from mta.tables.ldap import LdapTable
+
+    return LdapTable(name, reactor)
+
+
 texthash = _Factory("texthash", "A flat 'key value' file, read at start and when it changes.", _texthash)
 inline = _Factory("inline", "Entries in the configuration: inline:{ key=value, ... }.", _inline)
 static = _Factory("static", "The same value for every key: static:value.", _static)
 socketmap = _Factory("socketmap", "A Sendmail-style socketmap server: socketmap:inet:host:port:name or unix:/path:name.",
                      _socketmap)
 tcp = _Factory("tcp", "A tcp_table(5) server: tcp:host:port.", _tcp)
+ldap = _Factory("ldap", "An LDAP directory, settings in a file: ldap:/etc/mta/ldap-aliases.cf.", _ldap)
