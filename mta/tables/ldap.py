@@ -80,12 +80,14 @@ DEVIATIONS
     are a temporary error.
 """
 
+import ipaddress
 import os
 import re
 import stat
 from urllib.parse import unquote
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeoutError
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -617,6 +619,8 @@ def _client():
 class LdapTable:
     """ldap:/path/to/file.cf; see the module docstring."""
 
+    pattern = False  # dict_ldap is DICT_FLAG_FIXED: callers may try partial keys
+
     def __init__(self, name, reactor):
         self.spec = f"ldap:{name}"
         if not name.startswith("/"):
@@ -853,7 +857,16 @@ class LdapTable:
         timeout = self.config.timeout
         if server.kind == "unix":
             return endpoints.UNIXClientEndpoint(self._reactor, server.path, timeout=timeout)
-        endpoint = endpoints.HostnameEndpoint(self._reactor, server.host, server.port, timeout=timeout)
+        try:
+            version = ipaddress.ip_address(server.host).version
+        except ValueError:
+            version = None
+        if version == 4:
+            endpoint = endpoints.TCP4ClientEndpoint(self._reactor, server.host, server.port, timeout=timeout)
+        elif version == 6:
+            endpoint = endpoints.TCP6ClientEndpoint(self._reactor, server.host, server.port, timeout=timeout)
+        else:
+            endpoint = endpoints.HostnameEndpoint(self._reactor, server.host, server.port, timeout=timeout)
         if server.kind == "tls":
             endpoint = endpoints.wrapClientTLS(self.config.tlsOptions(server.host), endpoint)
         return endpoint
@@ -868,7 +881,9 @@ class LdapTable:
             d.addTimeout(config.timeout, self._reactor)
             try:
                 client = await d
-            except DeferredTimeoutError:
+            except (DeferredTimeoutError, ConnectingCancelledError, CancelledError):
+                if self._closed:
+                    raise self._temporary("table closed") from None
                 reasons.append(f"{server!r}: connect timeout after {config.timeout}s")
                 continue
             except Exception as e:
