@@ -574,7 +574,9 @@ class LdapConnectionLost(Exception):
 def _client():
     from ldaptor.protocols import pureldap
     from ldaptor.protocols.ldap.ldapclient import LDAPClient
+    from twisted.internet.interfaces import IHandshakeListener
 
+    @implementer(IHandshakeListener)
     class LdapClient(LDAPClient):
         """ldaptor's client with bounded buffering; any decoding trouble closes the connection."""
 
@@ -582,6 +584,15 @@ def _client():
             super().__init__()
             self.table = table
             self.lost = False
+            # Fires when a TLS handshake (ldaps:// or StartTLS) completes; fails if the connection
+            # goes first, with the reason (a certificate that does not verify, say).
+            self.handshake = Deferred()
+            self.handshakeDone = False
+
+        def handshakeCompleted(self):
+            if not self.handshakeDone:
+                self.handshakeDone = True
+                self.handshake.callback(None)
 
         def dataReceived(self, data):
             if self.lost:
@@ -605,6 +616,11 @@ def _client():
 
         def connectionLost(self, reason=None):
             self.lost = True
+            if not self.handshakeDone:
+                self.handshakeDone = True
+                why = reason.getErrorMessage() if reason is not None else "connection lost"
+                self.handshake.errback(TableTemporaryError(f"TLS handshake failed: {printable(why, 200)}"))
+                self.handshake.addErrback(lambda failure: None)  # nobody waited: no TLS asked for
             super().connectionLost(reason)
             self.table._connectionLost(self)
 
@@ -890,6 +906,8 @@ class LdapTable:
                 reasons.append(f"{server!r}: {printable(str(e) or type(e).__name__, 100)}")
                 continue
             try:
+                if server.kind == "tls":
+                    await self._handshake(client, server)
                 if config.startTls and server.kind != "tls":
                     await self._startTls(client, server)
                 if config.bind == "simple":
@@ -936,6 +954,15 @@ class LdapTable:
             log.warn("{spec}: {message}", spec=self.spec, message=message)
             raise TableTemporaryError(f"{self.spec}: {message}")
         client.transport.startTLS(self.config.tlsOptions(server.host))
+        await self._handshake(client, server)
+
+    async def _handshake(self, client, server):
+        try:
+            await self._wait(client, client.handshake, "TLS handshake")
+        except TableTemporaryError as e:
+            message = f"{server!r}: {e}"
+            log.warn("{spec}: {message}", spec=self.spec, message=message)
+            raise TableTemporaryError(f"{self.spec}: {message}") from None
 
     def _protocolError(self, client, why):
         log.warn("{spec}: LDAP protocol error: {why}; closing the connection", spec=self.spec, why=why)

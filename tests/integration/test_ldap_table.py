@@ -117,6 +117,8 @@ class Slapd:
     def __init__(self):
         self.directory = tempfile.mkdtemp(prefix="mta-slapd-")
         self.port = freePort()
+        self.tlsPort = freePort()
+        self.ca = makeCertificates(self.directory)
         self.socket = os.path.join(self.directory, "ldapi")
         self.process = None
         os.mkdir(os.path.join(self.directory, "db"))
@@ -138,7 +140,11 @@ class Slapd:
                 rootpw {ROOTPW}
                 directory {self.directory}/db
                 access to * by * read
-                """))
+                """).replace("database mdb", textwrap.dedent(f"""\
+                TLSCACertificateFile {self.ca}
+                TLSCertificateFile {self.directory}/server.pem
+                TLSCertificateKeyFile {self.directory}/server.key
+                database mdb""")))
         ldif = os.path.join(self.directory, "data.ldif")
         with open(ldif, "w") as f:
             f.write(DATA)
@@ -152,7 +158,8 @@ class Slapd:
     def start(self):
         self.log = open(os.path.join(self.directory, "slapd.log"), "wb")
         self.process = subprocess.Popen(
-            [SLAPD, "-f", self.conf, "-h", f"{self.url}/ ldapi://{quote(self.socket, safe='')}/", "-d", "0"],
+            [SLAPD, "-f", self.conf, "-h",
+             f"{self.url}/ ldaps://127.0.0.1:{self.tlsPort}/ ldapi://{quote(self.socket, safe='')}/", "-d", "0"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
 
         def listening():
@@ -172,6 +179,23 @@ class Slapd:
         if self.process is not None:
             self.stop()
         shutil.rmtree(self.directory, True)
+
+
+def makeCertificates(directory):
+    """A test CA and a server certificate for 127.0.0.1 signed by it (openssl); the CA's path."""
+    def run(*args):
+        done = subprocess.run(["openssl", *args], cwd=directory, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=mta test LDAP CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
+        "/CN=127.0.0.1")
+    with open(os.path.join(directory, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.pem", "-days", "2", "-extfile", "san.ext")
+    return os.path.join(directory, "ca.pem")
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +331,48 @@ class LookupTests(unittest.TestCase):
     def test_ldapi_socket(self):
         table = self.people(f"server_host = ldapi://{quote(self.slapd.socket, safe='')}\n")
         self.assertEqual((yield table.lookup("alice@example.com")), "alice@mailhost.example.com")
+
+    @inlineCallbacks
+    def test_start_tls_verified_and_ldaps(self):
+        table = self.people(f"start_tls = yes\ntls_require_cert = yes\ntls_ca_cert_file = {self.slapd.ca}\n"
+                            f"bind = yes\nbind_dn = {ROOTDN}\nbind_pw = {ROOTPW}\n")
+        self.assertEqual((yield table.lookup("alice@example.com")), "alice@mailhost.example.com")
+        self.assertTrue(table._protocol.transport.TLS)
+        ldaps = self.table(f"""\
+            server_host = ldaps://127.0.0.1:{self.slapd.tlsPort}
+            search_base = {SUFFIX}
+            query_filter = (mail=%s)
+            result_attribute = mailRoutingAddress
+            tls_require_cert = yes
+            tls_ca_cert_file = {self.slapd.ca}
+            """, name="ldaps.cf")
+        self.assertEqual((yield ldaps.lookup("bob@example.com")), "bob@mailhost.example.com")
+        untrusted = self.table(f"""\
+            server_host = ldaps://127.0.0.1:{self.slapd.tlsPort}
+            search_base = {SUFFIX}
+            tls_require_cert = yes
+            tls_ca_cert_file = {makeCertificates(self.directory)}
+            """, name="untrusted.cf")
+        with self.assertRaises(TableTemporaryError) as info:
+            yield untrusted.lookup("bob@example.com")
+        self.assertIn("TLS handshake failed", str(info.exception))
+
+    @inlineCallbacks
+    def test_start_tls_with_an_untrusted_certificate_is_temporary(self):
+        other = tempfile.mkdtemp(prefix="mta-ldap-ca-")
+        self.addCleanup(shutil.rmtree, other, True)
+        strangerCa = makeCertificates(other)
+        table = self.people(f"start_tls = yes\ntls_require_cert = yes\ntls_ca_cert_file = {strangerCa}\n"
+                            "timeout = 5\n")
+        started = time.monotonic()
+        with self.assertRaises(TableTemporaryError) as info:
+            yield table.lookup("alice@example.com")
+        self.assertIn("TLS handshake failed", str(info.exception))
+        self.assertIn("certificate verify failed", str(info.exception))
+        self.assertLess(time.monotonic() - started, 4)  # the handshake failed; no timeout
+        # Unverified TLS (tls_require_cert = no, Postfix's default) still encrypts.
+        unverified = self.people("start_tls = yes\n")
+        self.assertEqual((yield unverified.lookup("alice@example.com")), "alice@mailhost.example.com")
 
     @inlineCallbacks
     def test_first_server_down_then_second(self):

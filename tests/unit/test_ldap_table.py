@@ -650,3 +650,72 @@ def test_close_while_connecting(tmp_path):
     out = outcome(h.table.lookup("a@b"))
     h.table.close()
     failed(out)
+
+
+# -- StartTLS ----------------------------------------------------------------------------
+
+
+class TlsStringTransport(StringTransport):
+    def __init__(self):
+        super().__init__()
+        self.tlsStarted = []
+
+    def startTLS(self, options):
+        self.tlsStarted.append(options)
+
+
+class TlsHarness(Harness):
+    BASE = Harness.BASE.replace("bind = no", "bind = yes") + "start_tls = yes\n"
+
+    def accept(self):
+        host, port, factory, timeout, bind = self.reactor.tcpClients[self.accepted]
+        self.accepted += 1
+        self.protocol = factory.buildProtocol(None)
+        self.transport = TlsStringTransport()
+        self.protocol.makeConnection(self.transport)
+        return host, port
+
+
+def test_start_tls_before_the_bind_and_the_search(tmp_path):
+    h = TlsHarness(tmp_path)
+    out = outcome(h.table.lookup("a@b"))
+    h.accept()
+    (messageId, request), = h.requests()
+    assert isinstance(request, pureldap.LDAPExtendedRequest)
+    assert _s(request.requestName) == pureldap.LDAPStartTLSRequest.oid.decode()
+    h.send(messageId, pureldap.LDAPExtendedResponse(resultCode=0, responseName=pureldap.LDAPStartTLSRequest.oid))
+    assert len(h.transport.tlsStarted) == 1
+    assert h.requests() == []  # nothing in the clear after StartTLS, not even the bind
+    h.protocol.handshakeCompleted()
+    (messageId, bind), = h.requests()
+    assert isinstance(bind, pureldap.LDAPBindRequest)
+    h.send(messageId, pureldap.LDAPBindResponse(resultCode=0))
+    h.answer([("uid=a", {"maildrop": ["A"]})])
+    assert out == ["A"]
+
+
+def test_start_tls_refused_is_temporary(tmp_path):
+    h = TlsHarness(tmp_path)
+    out = outcome(h.table.lookup("a@b"))
+    h.accept()
+    (messageId, request), = h.requests()
+    h.send(messageId, pureldap.LDAPExtendedResponse(resultCode=2, errorMessage="unsupported"))
+    assert "StartTLS refused: 2" in failed(out)
+    assert h.transport.tlsStarted == [] and h.transport.disconnecting
+
+
+def test_tls_handshake_timeout_and_failure(tmp_path):
+    h = TlsHarness(tmp_path)
+    out = outcome(h.table.lookup("a@b"))
+    h.accept()
+    (messageId, request), = h.requests()
+    h.send(messageId, pureldap.LDAPExtendedResponse(resultCode=0))
+    h.reactor.advance(5)
+    assert "TLS handshake timeout" in failed(out)
+    again = outcome(h.table.lookup("a@b"))
+    h.accept()
+    (messageId, request), = h.requests()
+    h.send(messageId, pureldap.LDAPExtendedResponse(resultCode=0))
+    h.protocol.connectionLost(Failure(ConnectionDone("certificate verify failed")))
+    message = failed(again)
+    assert "TLS handshake failed" in message and "certificate verify failed" in message
