@@ -58,7 +58,8 @@ CONFIGURATION
     dereference (0; 0-3), version (2; 3 is spoken either way), start_tls
     (no), tls_require_cert (no), tls_ca_cert_file, tls_cert, tls_key.
     Fixed: MAX_PENDING = 100 lookups at once, MAX_MESSAGE = 1 MiB,
-    MAX_KEY = 4096 bytes.
+    MAX_KEY = 4096 bytes, MAX_SEARCHES = 1000 DN or URL searches for one
+    key (group cycles multiply them below recursion_limit).
 
 DEVIATIONS
     Always LDAPv3 (ldaptor speaks nothing else): ``version = 2``, Postfix's
@@ -77,7 +78,8 @@ DEVIATIONS
     (``attr;lang-en``) match a table attribute without options and
     otherwise only exactly.  Keys with a lone surrogate (not UTF-8) are
     "not found" without a search, as Postfix does; keys over MAX_KEY bytes
-    are a temporary error.
+    are a temporary error.  Beyond MAX_SEARCHES nested searches a lookup
+    fails (temporary); Postfix has only recursion_limit.
 """
 
 import ipaddress
@@ -102,6 +104,7 @@ log = Logger()
 MAX_PENDING = 100
 MAX_MESSAGE = 1 << 20
 MAX_KEY = 4096
+MAX_SEARCHES = 1000
 
 SCOPES = {"base": 0, "one": 1, "sub": 2}
 BINDS = {"no": "none", "none": "none", "yes": "simple", "simple": "simple", "sasl": "sasl"}
@@ -690,7 +693,7 @@ class LdapTable:
                     if attempt == 2:
                         raise self._temporary("connection lost, twice", key) from None
                     log.info("{spec}: connection lost during a lookup; reconnecting to try again", spec=self.spec)
-        except TableTemporaryError:
+        except (TableTemporaryError, CancelledError):
             raise
         except Exception:
             log.failure("{spec}: lookup failed", spec=self.spec)
@@ -813,6 +816,9 @@ class LdapTable:
 
     async def _follow(self, client, value, key, parts, state, recursion):
         config = self.config
+        state.searches += 1
+        if state.searches > MAX_SEARCHES:
+            raise self._temporary(f"more than {MAX_SEARCHES} DN or URL searches for one key", key)
         if isLdapUrl(value):
             try:
                 dn, urlAttrs, scope, filterText = parseLdapUrl(value)
@@ -989,6 +995,7 @@ class LdapTable:
 class _Expansion:
     def __init__(self):
         self.expansions = 0
+        self.searches = 0
 
 
 def _lostConnection(failure):

@@ -4,6 +4,7 @@ import os
 
 import pytest
 from ldaptor.protocols import pureber, pureldap
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -719,3 +720,43 @@ def test_tls_handshake_timeout_and_failure(tmp_path):
     h.protocol.connectionLost(Failure(ConnectionDone("certificate verify failed")))
     message = failed(again)
     assert "TLS handshake failed" in message and "certificate verify failed" in message
+
+
+def test_pending_lookups_are_bounded(tmp_path, monkeypatch):
+    import mta.tables.ldap as ldapModule
+
+    monkeypatch.setattr(ldapModule, "MAX_PENDING", 3)
+    h = Harness(tmp_path)
+    outs = [outcome(h.table.lookup(f"k{i}@b")) for i in range(3)]
+    assert "more than 3 lookups at once" in failed(outcome(h.table.lookup("k3@b")))
+    h.accept()
+    for messageId, request in h.requests():
+        h.answerId(messageId, [("uid=k", {"maildrop": [_s(request.filter.assertionValue.value)]})])
+    assert [o[0] for o in outs] == ["k0@b", "k1@b", "k2@b"]
+    assert outcome(h.table.lookup("k4@b")) == []  # room again
+
+
+def test_group_cycles_are_bounded_in_searches(tmp_path, monkeypatch):
+    import mta.tables.ldap as ldapModule
+
+    monkeypatch.setattr(ldapModule, "MAX_SEARCHES", 5)
+    h = Harness(tmp_path, "special_result_attribute = member\n")
+    out = outcome(h.table.lookup("g@b"))
+    h.accept()
+    h.answer([("cn=g", {"member": ["cn=g", "cn=g"]})])
+    for _ in range(5):
+        if out:
+            break
+        h.answer([("cn=g", {"member": ["cn=g", "cn=g"]})])
+    assert "more than 5 DN or URL searches" in failed(out)
+
+
+def test_a_cancelled_lookup_is_not_an_internal_error(tmp_path):
+    h = Harness(tmp_path)
+    d = h.table.lookup("a@b")
+    h.accept()
+    with capturedLogs() as events:
+        d.cancel()
+    out = outcome(d)
+    assert out and isinstance(out[0], Failure) and out[0].check(CancelledError)
+    assert not any("lookup failed" in e["log_format"] for e in events)
