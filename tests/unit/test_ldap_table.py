@@ -1,4 +1,4 @@
-"""mta.tables.ldap without sockets: escaping, expansion, the file, and the client on fake transports."""
+"""mta.tables.ldap and mta.tables.ldapconfig without sockets: escaping, expansion, the file, and the client on fake transports."""
 
 import os
 
@@ -13,9 +13,9 @@ from zope.interface.verify import verifyObject
 
 from mta.interfaces import ILookupTable
 from mta.tables import TableError, Tables, TableTemporaryError
-from mta.tables.ldap import (
-    MAX_MESSAGE, LdapTable, Templates, escapeDnValue, escapeFilterValue, parseLdapUrl, parseQueryFilter,
-    parseServers,
+from mta.tables.ldap import MAX_MESSAGE, LdapTable
+from mta.tables.ldapconfig import (
+    Templates, escapeDnValue, escapeFilterValue, parseLdapUrl, parseQueryFilter, parseServers,
 )
 
 # -- escaping: the injection boundary ---------------------------------------------------
