@@ -57,6 +57,16 @@ def _cidr(name, clock):
     from mta.tables.cidr import CidrTable
 
     return CidrTable(name, clock)
+def _tcp(name, reactor):
+    from mta.tables.tcp import TcpTable
+
+    return TcpTable(name, reactor)
+
+
+def _ldap(name, reactor):
+    from mta.tables.ldap import LdapTable
+
+    return LdapTable(name, reactor)
 
 
 texthash = _Factory("texthash", "A flat 'key value' file, read at start and when it changes.", _texthash)
@@ -84,3 +94,5 @@ pgsql = _Factory("pgsql", "A PostgreSQL database: pgsql:/etc/mta/file.cf names h
                  "(pgsql_table(5)).", _sql("pgsql", "PgsqlTable"))
 mysql = _Factory("mysql", "A MySQL or MariaDB database: mysql:/etc/mta/file.cf names hosts, dbname and query "
                  "(mysql_table(5)).", _sql("mysql", "MysqlTable"))
+tcp = _Factory("tcp", "A tcp_table(5) server: tcp:host:port.", _tcp)
+ldap = _Factory("ldap", "An LDAP directory, settings in a file: ldap:/etc/mta/ldap-aliases.cf.", _ldap)

@@ -219,7 +219,7 @@ def test_static():
 def test_unknown_table_type():
     with pytest.raises(TableError) as info:
         Tables(Clock()).open("hash:/etc/postfix/access")
-    assert str(info.value) == "hash:/etc/postfix/access: unsupported table type 'hash' (known: cidr, inline, mysql, pcre, pgsql, regexp, socketmap, sqlite, static, texthash)"
+    assert str(info.value) == "hash:/etc/postfix/access: unsupported table type 'hash' (known: cidr, inline, ldap, mysql, pcre, pgsql, regexp, socketmap, sqlite, static, tcp, texthash)"
 
 
 def test_tables_open_once(tmp_path):
