@@ -30,8 +30,11 @@ log = Logger()
 CHECK_INTERVAL = 1.0
 
 
-def parseTextTable(path, lines):
-    """Parse postmap-format lines into a dict; raise TableError on bad syntax."""
+def parseTextEntries(path, lines):
+    """
+    Parse postmap-format lines into [(line number, key, value)], keys as
+    written (not folded), duplicates kept; raise TableError on bad syntax.
+    """
     logical = []  # [first line number, text]
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
@@ -43,16 +46,24 @@ def parseTextTable(path, lines):
             logical[-1][1] += " " + stripped
         else:
             logical.append([number, stripped])
-    entries = {}
+    entries = []
     for number, text in logical:
         parts = text.split(None, 1)
         if len(parts) < 2:
             raise TableError(f"{path}:{number}: expected 'key value', found only {parts[0]!r}")
-        key = parts[0].lower()
+        entries.append((number, parts[0], parts[1]))
+    return entries
+
+
+def parseTextTable(path, lines):
+    """Parse postmap-format lines into a dict; raise TableError on bad syntax."""
+    entries = {}
+    for number, key, value in parseTextEntries(path, lines):
+        key = key.lower()
         if key in entries:
             log.warn("{path}:{line}: duplicate entry {key!r}; the first one is used", path=path, line=number, key=key)
             continue
-        entries[key] = parts[1]
+        entries[key] = value
     return entries
 
 
@@ -62,6 +73,8 @@ def _signature(st):
 
 @implementer(ILookupTable)
 class TextHashTable:
+    pattern = False
+
     def __init__(self, path, clock):
         self.spec = f"texthash:{path}"
         self.path = path
@@ -105,3 +118,8 @@ class TextHashTable:
     def lookup(self, key):
         self._maybeReload()
         return succeed(self._entries.get(key.lower()))
+
+    def items(self):
+        """Every (key, value), keys folded, in the file's order (mta-postmap -s)."""
+        self._maybeReload()
+        return list(self._entries.items())
