@@ -130,7 +130,7 @@ def _openEnvironment(dbPath, readonly, mapSize=None):
             size = 0
         mapSize = max(DEFAULT_MAP_SIZE, size + FUDGE)
     return lmdb.open(dbPath, subdir=False, lock=False, readonly=readonly, create=not readonly,
-                     map_size=mapSize, max_dbs=0, readahead=False, meminit=False)
+                     map_size=mapSize, max_dbs=0, readahead=False, meminit=False, mode=0o644)
 
 
 def _lock(fd, exclusive, wait):
