@@ -48,7 +48,7 @@ def test_build(source):
     run = postmap(f"lmdb:{source}")
     assert run.status == 0 and run.out == ""
     assert run.err == f'mta-postmap: warning: lmdb:{source}: duplicate entry: "user@example.com"\n'
-    assert rawItems(source) == [(b"multi\0", b"first part second part\0"), (b"user@example.com\0", b"local@here\0")]
+    assert rawItems(source) == [(b"multi\0", b"first part   second part\0"), (b"user@example.com\0", b"local@here\0")]
     assert os.stat(source + ".lmdb").st_mode & 0o777 == 0o640
     assert sorted(os.listdir(os.path.dirname(source))) == ["virtual", "virtual.lmdb"]
 
@@ -60,7 +60,7 @@ def test_build_without_type_is_lmdb(source):
 
 def test_build_options(source):
     assert postmap("-f", "-n", "-w", "-p", f"lmdb:{source}").err == ""
-    assert rawItems(source) == [(b"User@Example.COM", b"local@here"), (b"multi", b"first part second part"),
+    assert rawItems(source) == [(b"User@Example.COM", b"local@here"), (b"multi", b"first part   second part"),
                                 (b"user@example.com", b"duplicate")]
     umask = os.umask(0)
     os.umask(umask)
@@ -105,7 +105,7 @@ def test_query_first_table_that_has_it(source, tmp_path):
     run = postmap("-q", "multi", "inline:{multi=inline}", f"lmdb:{source}")
     assert run.out == "inline\n"
     run = postmap("-q", "multi", "inline:{x=y}", f"lmdb:{source}")
-    assert run.out == "first part second part\n"
+    assert run.out == "first part   second part\n"
 
 
 def test_query_any_table_type(source):
@@ -145,7 +145,7 @@ def test_query_from_stdin(source):
     postmap(f"lmdb:{source}")
     run = postmap("-q", "-", "inline:{extra=1}", f"lmdb:{source}", stdin="multi\nnobody\nUSER@EXAMPLE.COM\nextra\n")
     assert run.status == 0
-    assert run.out == "multi\tfirst part second part\nUSER@EXAMPLE.COM\tlocal@here\nextra\t1\n"
+    assert run.out == "multi\tfirst part   second part\nUSER@EXAMPLE.COM\tlocal@here\nextra\t1\n"
     run = postmap("-q", "-", f"lmdb:{source}", stdin="nobody\n\n")
     assert (run.status, run.out) == (1, "")
 
@@ -159,9 +159,9 @@ def test_query_from_stdin_untrusted_keys(source):
 def test_dump(source):
     postmap(f"lmdb:{source}")
     run = postmap("-s", f"lmdb:{source}")
-    assert (run.status, run.out) == (0, "multi\tfirst part second part\nuser@example.com\tlocal@here\n")
+    assert (run.status, run.out) == (0, "multi\tfirst part   second part\nuser@example.com\tlocal@here\n")
     run = postmap("-s", f"texthash:{source}")
-    assert run.out == "user@example.com\tlocal@here\nmulti\tfirst part second part\n"
+    assert run.out == "user@example.com\tlocal@here\nmulti\tfirst part   second part\n"
     run = postmap("-s", "inline:{a=b}")
     assert run.status == 1 and "cannot list a inline table" in run.err
     assert postmap("-s", f"lmdb:{source}", f"lmdb:{source}").status == 2
@@ -172,7 +172,7 @@ def test_incremental(source):
     run = postmap("-i", f"lmdb:{source}", stdin="New@Key  new value\nmulti replaced\n")
     assert run.status == 0 and "duplicate entry: \"multi\"" in run.err
     items = dict(rawItems(source))
-    assert items[b"new@key\0"] == b"new value\0" and items[b"multi\0"] == b"first part second part\0"
+    assert items[b"new@key\0"] == b"new value\0" and items[b"multi\0"] == b"first part   second part\0"
     postmap("-i", "-r", f"lmdb:{source}", stdin="multi replaced\n")
     assert dict(rawItems(source))[b"multi\0"] == b"replaced\0"
 
