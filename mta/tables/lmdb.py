@@ -56,9 +56,11 @@ DEVIATIONS
     changed database by its modification time and restart; mta reopens it
     in place.  The lmdb_map_size parameter is not implemented (readers need
     none; writers start at 16 MiB and double it when the data does not
-    fit).  Keys are folded with str.lower() (Postfix folds non-ASCII keys with
-    ICU's case folding when SMTPUTF8 is on: the two differ for a few letters
-    such as U+00DF).
+    fit).  Keys are folded with str.casefold(), the full Unicode case folding
+    that Postfix applies (ICU) when SMTPUTF8 is on, its default since
+    compatibility_level 1 ("Straße" is "strasse"); a Postfix at
+    compatibility level 0 folds ASCII letters only, so its databases with
+    non-ASCII upper-case keys differ.
 """
 
 import errno
@@ -109,7 +111,7 @@ def _reason(e):
 def encodeKey(key, fold=True):
     """The key as stored (folded, UTF-8), or None when no table can hold it."""
     if fold:
-        key = key.lower()
+        key = key.casefold()  # Postfix's casefold_utf8() with SMTPUTF8 on (its default since compatibility level 1)
     data = key.encode("utf-8", "surrogateescape")
     if not data or b"\0" in data or len(data) + 1 > MAX_KEY:
         return None

@@ -90,6 +90,13 @@ def test_value_ends_at_its_first_nul(base):
     assert result(LmdbTable(base, Clock()).lookup("k")) == "first"
 
 
+def test_unicode_case_folding_as_postfix(base):
+    buildDatabase(base, [("Straße", "1"), ("ΣΑΣ", "2")])
+    table = LmdbTable(base, Clock())
+    assert result(table.lookup("STRASSE")) == "1" and result(table.lookup("straße")) == "1"
+    assert result(table.lookup("σας")) == "2"
+
+
 def test_no_folding(base):
     writeRaw(base, [(b"MiXed\0", b"v\0")])
     assert result(LmdbTable(base, Clock()).lookup("MiXed")) is None
