@@ -3,8 +3,8 @@
 The format is postmap(1)'s: one entry per logical line, the key up to the
 first white space, the value after it; a line that starts with white space
 continues the previous one (joined as Postfix joins it: the line break
-removed, the continuation's leading white space kept); blank lines and lines starting with # are
-ignored.  Keys are case-insensitive.  The first of duplicate keys wins, with
+removed, the continuation's leading white space kept); blank lines and
+lines starting with # are ignored.  Keys are case-insensitive.  The first of duplicate keys wins, with
 a warning.  No postmap step: the file is read at open and read again when
 its modification time, size or inode change (checked at most once a second,
 on lookup).  A file that became unreadable or wrong keeps the old contents

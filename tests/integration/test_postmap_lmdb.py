@@ -201,6 +201,24 @@ class PostmapTests(unittest.TestCase):
         clock.advance(1)
         assert self.successResultOf(table.lookup("only")) == "two"
 
+    def test_open_table_follows_a_map_grown_by_postfix(self):
+        # The reader's map is only as big as the file was (plus slmdb's fudge); Postfix's -i grows the file
+        # past it in place: the next read adopts the new size instead of failing or answering "not found".
+        self.patch(mlmdb, "DEFAULT_MAP_SIZE", 0)
+        with open(self.source, "w") as f:
+            f.write("first entry\n")
+        self.postfix(f"lmdb:{self.source}")
+        clock = Clock()
+        table = LmdbTable(self.source, clock)
+        self.addCleanup(table.close)
+        assert self.successResultOf(table.lookup("first")) == "entry"
+        before = os.stat(self.source + ".lmdb").st_size
+        self.postfix("-i", f"lmdb:{self.source}", stdin="".join(f"key{i} {'v' * 500}{i}\n" for i in range(4000)))
+        assert os.stat(self.source + ".lmdb").st_size > before + 1024 * 1024
+        assert self.successResultOf(table.lookup("key3999")) == "v" * 500 + "3999"  # before the reopen check
+        clock.advance(1)
+        assert self.successResultOf(table.lookup("key0")) == "v" * 500 + "0"
+
     def test_mta_updates_in_place_postfix_sees(self):
         self.postfix(f"lmdb:{self.source}")
         self.mta("-i", f"lmdb:{self.source}", stdin="Added@Example.com by mta\nmulti not replaced\n")
