@@ -18,15 +18,20 @@ process with this checkout importable.
    the lock is held too long.
 5. The other table types both programs know (unix:, unionmap:, pipemap:,
    fail:) answer alike.
+6. A running mta uses lmdb: databases built by Postfix in
+   check_recipient_access (partial keys, case folding), answers 4xx for a
+   unionmap with a fail: component, and follows a rebuild by mta-postmap.
 """
 
 import os
 import random
 import shutil
+import smtplib
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 import pytest
 from twisted.internet import reactor
@@ -37,7 +42,7 @@ from twisted.trial import unittest
 from mta.tables import TableTemporaryError
 from mta.tables import lmdb as mlmdb
 from mta.tables.lmdb import LmdbTable
-from tests.integration.daemon import ROOT, environment
+from tests.integration.daemon import ROOT, Daemon, environment
 from tests.integration.peers import requireProgram
 
 pytestmark = pytest.mark.integration
@@ -306,3 +311,48 @@ class PostmapTests(unittest.TestCase):
         lines = self.mta("-q", "-", f"unionmap:{{lmdb:{self.source}, inline:{{multi=x}}}}", stdin="multi\n",
                          check=False)
         assert lines.returncode == 1 and f"{self.source}.lmdb" in lines.stderr  # not built yet: named
+
+
+# -- through the daemon ----------------------------------------------------------------
+
+
+def rcpt(daemon, recipient):
+    with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="client.example", timeout=30) as client:
+        client.ehlo()
+        client.mail("sender@example.org")
+        code, text = client.rcpt(recipient)
+        return code, text.decode()
+
+
+def test_daemon_uses_lmdb_tables_built_by_either_program(tmp_path):
+    confDir = tmp_path / "postfix"
+    confDir.mkdir()
+    (confDir / "main.cf").write_text("compatibility_level = 3.6\n")
+    access = tmp_path / "access"
+    access.write_text("Blocked@Example.COM  REJECT no thanks\nstrasse.example REJECT by domain\n")
+    subprocess.run([requireProgram("postmap"), "-c", str(confDir), f"lmdb:{access}"], check=True, timeout=TIMEOUT)
+    d = Daemon(tmp_path, hold=False, main=f"""\
+        smtpd_recipient_restrictions = check_recipient_access lmdb:{access},
+            check_recipient_access unionmap:{{lmdb:{access}, fail:down}},
+            permit_mynetworks, reject_unauth_destination
+        """).start()
+    try:
+        code, text = rcpt(d, "blocked@example.com")
+        assert code == 554 and "no thanks" in text, (code, text)
+        code, text = rcpt(d, "someone@STRASSE.example")
+        assert code == 554 and "by domain" in text, (code, text)
+        # unionmap with fail: is a temporary error: 451, never "not found"
+        code, text = rcpt(d, "other@mta.test")
+        assert code == 451, (code, text)
+        # mta-postmap renames a new database in; the daemon reopens it
+        access.write_text("other@mta.test REJECT rebuilt by mta\n")
+        subprocess.run([sys.executable, "-m", "mta.cli.postmap", f"lmdb:{access}"], check=True, timeout=TIMEOUT,
+                       env=environment(), cwd=ROOT)
+        time.sleep(1.2)  # the table checks the file at most once a second
+        code, text = rcpt(d, "other@mta.test")
+        assert code == 554 and "rebuilt by mta" in text, (code, text)
+        code, text = rcpt(d, "blocked@example.com")
+        assert code == 451, (code, text)  # gone from the table; then unionmap's fail: answers
+    finally:
+        code, out, err = d.stop()
+    assert code == 0 and "Traceback" not in out + err, out + err
