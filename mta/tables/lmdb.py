@@ -156,7 +156,7 @@ def _unlock(fd):
 @implementer(ILookupTable)
 class LmdbTable:
     """
-    An lmdb: table, read-only.  C{fold} folds keys to lower case (postmap's
+    An lmdb: table, read-only.  C{fold} case-folds keys (postmap's
     default; -f turns it off); C{nul} is TRY1NULL, TRY0NULL or None (both,
     the default: whichever form the database uses).
     """
@@ -169,7 +169,8 @@ class LmdbTable:
         self.dbPath = path + SUFFIX
         self._clock = clock
         self._fold = fold
-        self._try = BOTH if nul is None else frozenset({nul})
+        self._forms = BOTH if nul is None else frozenset({nul})
+        self._try = self._forms
         self._env = self._fd = None
         self._open()
         self._checked = clock.seconds()
@@ -191,6 +192,7 @@ class LmdbTable:
             raise TableError(f"{self.spec}: cannot open database {self.dbPath}: {_reason(e)}") from None
         self._closeHandles()
         self._env, self._fd, self._signature = env, fd, _signature(st)
+        self._try = self._forms  # a new database may use the other form (postmap -n)
 
     def _closeHandles(self):
         if self._env is not None:

@@ -167,6 +167,16 @@ def test_one_file_shared_by_several_tables(base):
     assert (st.st_dev, st.st_ino) not in mlmdb._SHARED
 
 
+def test_a_rebuilt_database_may_use_the_other_form(base):
+    buildDatabase(base, [("k", "with nul")])
+    clock = Clock()
+    table = LmdbTable(base, clock)
+    assert result(table.lookup("k")) == "with nul"
+    buildDatabase(base, [("k", "without")], nul=TRY0NULL)
+    clock.advance(1)
+    assert result(table.lookup("k")) == "without"
+
+
 def test_keeps_the_old_database_when_the_new_one_is_bad(base):
     buildDatabase(base, [("k", "old")])
     clock = Clock()
