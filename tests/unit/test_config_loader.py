@@ -410,7 +410,7 @@ def test_openTables_error_in_a_listener(ini):
         openTables(load(path), Tables(Clock()))
     assert str(info.value) == (
         f"{path}:3: [listener:smtp] mynetworks: nosuch:thing: unsupported table type 'nosuch' "
-        "(known: inline, socketmap, static, texthash)"
+        "(known: fail, inline, lmdb, pipemap, socketmap, static, texthash, unionmap, unix)"
     )
 
 
