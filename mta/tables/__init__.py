@@ -1,7 +1,8 @@
 """mta.tables - lookup tables behind ILookupTable, opened by type:name.
 
 A table type is a plugin (ILookupTableFactory in mta.plugins); mta ships
-texthash, inline, static and socketmap (see their modules).  lookupAddress() is
+texthash, inline, static, socketmap, lmdb, fail, unix, unionmap and pipemap
+(see their modules: lmdb, simple, composite).  lookupAddress() is
 Postfix's search order for addresses, shared by every address table.
 
 SECURITY
