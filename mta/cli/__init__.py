@@ -1,4 +1,4 @@
-"""mta.cli - the command-line tools: mta, mta-config, mta-queue, mta-sendmail.
+"""mta.cli - the command-line tools: mta, mta-config, mta-queue, mta-sendmail, mta-postmap.
 
 Each module has a ``main(argv=None) -> int`` that setup.cfg declares as a
 console script; it prints one line per problem on stderr (never a

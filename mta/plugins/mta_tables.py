@@ -67,6 +67,34 @@ def _ldap(name, reactor):
     from mta.tables.ldap import LdapTable
 
     return LdapTable(name, reactor)
+def _lmdb(name, clock):
+    from mta.tables.lmdb import LmdbTable
+
+    return LmdbTable(name, clock)
+
+
+def _fail(name, clock):
+    from mta.tables.simple import FailTable
+
+    return FailTable(name)
+
+
+def _unix(name, reactor):
+    from mta.tables.simple import UnixTable
+
+    return UnixTable(name, reactor)
+
+
+def _unionmap(name, clock):
+    from mta.tables.composite import UnionTable
+
+    return UnionTable(name, clock)
+
+
+def _pipemap(name, clock):
+    from mta.tables.composite import PipeTable
+
+    return PipeTable(name, clock)
 
 
 texthash = _Factory("texthash", "A flat 'key value' file, read at start and when it changes.", _texthash)
@@ -96,3 +124,8 @@ mysql = _Factory("mysql", "A MySQL or MariaDB database: mysql:/etc/mta/file.cf n
                  "(mysql_table(5)).", _sql("mysql", "MysqlTable"))
 tcp = _Factory("tcp", "A tcp_table(5) server: tcp:host:port.", _tcp)
 ldap = _Factory("ldap", "An LDAP directory, settings in a file: ldap:/etc/mta/ldap-aliases.cf.", _ldap)
+lmdb = _Factory("lmdb", "An LMDB database built by mta-postmap or postmap: lmdb:/path reads /path.lmdb.", _lmdb)
+fail = _Factory("fail", "Every lookup fails with a temporary error: fail:name.", _fail)
+unix = _Factory("unix", "The system's users or groups: unix:passwd.byname, unix:group.byname.", _unix)
+unionmap = _Factory("unionmap", "Every component's values joined with commas: unionmap:{type:name, ...}.", _unionmap)
+pipemap = _Factory("pipemap", "Each component's value is the next one's key: pipemap:{type:name, ...}.", _pipemap)

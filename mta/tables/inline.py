@@ -28,6 +28,8 @@ def _unbrace(text):
 
 @implementer(ILookupTable)
 class InlineTable:
+    pattern = False
+
     def __init__(self, name):
         self.spec = f"inline:{name}"
         text = name.strip()
@@ -50,6 +52,8 @@ class InlineTable:
 
 @implementer(ILookupTable)
 class StaticTable:
+    pattern = False
+
     def __init__(self, name):
         self.spec = f"static:{name}"
         self._value = _unbrace(name)

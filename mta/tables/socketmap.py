@@ -223,6 +223,8 @@ class SocketmapProtocol(Protocol):
 class SocketmapTable:
     """socketmap:inet:host:port:name or socketmap:unix:/path:name; see the module docstring."""
 
+    pattern = False
+
     def __init__(self, name, reactor):
         self.spec = f"socketmap:{name}"
         self._kind, self._address, self.mapname = parseServer(self.spec, name)

@@ -2,8 +2,9 @@
 
 The format is postmap(1)'s: one entry per logical line, the key up to the
 first white space, the value after it; a line that starts with white space
-continues the previous one; blank lines and lines starting with # are
-ignored.  Keys are case-insensitive.  The first of duplicate keys wins, with
+continues the previous one (joined as Postfix joins it: the line break
+removed, the continuation's leading white space kept); blank lines and
+lines starting with # are ignored.  Keys are case-insensitive.  The first of duplicate keys wins, with
 a warning.  No postmap step: the file is read at open and read again when
 its modification time, size or inode change (checked at most once a second,
 on lookup).  A file that became unreadable or wrong keeps the old contents
@@ -30,29 +31,53 @@ log = Logger()
 CHECK_INTERVAL = 1.0
 
 
-def parseTextTable(path, lines):
-    """Parse postmap-format lines into a dict; raise TableError on bad syntax."""
+SPACE = " \t\n\v\f\r"  # C's isspace(), as Postfix's ISSPACE
+
+
+def parseTextEntries(path, lines):
+    """
+    Parse postmap-format lines into [(line number, key, value)], keys as
+    written (not folded), duplicates kept; raise TableError on bad syntax.
+    Continuation lines join as in Postfix's readllines(): the line break
+    goes, the continuation's leading white space stays.
+    """
     logical = []  # [first line number, text]
     for number, line in enumerate(lines, 1):
-        stripped = line.strip()
+        stripped = line.strip(SPACE)
         if not stripped or stripped.startswith("#"):
             continue
-        if line[0] in " \t":
+        if line[0] in SPACE:
             if not logical:
                 raise TableError(f"{path}:{number}: continuation line with no entry before it")
-            logical[-1][1] += " " + stripped
+            logical[-1][1] += line
         else:
-            logical.append([number, stripped])
-    entries = {}
+            logical.append([number, line])
+    entries = []
     for number, text in logical:
-        parts = text.split(None, 1)
-        if len(parts) < 2:
-            raise TableError(f"{path}:{number}: expected 'key value', found only {parts[0]!r}")
-        key = parts[0].lower()
+        key, _, value = _splitKey(text.strip(SPACE))
+        if not value:
+            raise TableError(f"{path}:{number}: expected 'key value', found only {key!r}")
+        entries.append((number, key, value))
+    return entries
+
+
+def _splitKey(text):
+    """Postfix's split of a logical line: the key up to the first white space, the value after it."""
+    for position, ch in enumerate(text):
+        if ch in SPACE:
+            return text[:position], "", text[position:].strip(SPACE)
+    return text, "", ""
+
+
+def parseTextTable(path, lines):
+    """Parse postmap-format lines into a dict; raise TableError on bad syntax."""
+    entries = {}
+    for number, key, value in parseTextEntries(path, lines):
+        key = key.lower()
         if key in entries:
             log.warn("{path}:{line}: duplicate entry {key!r}; the first one is used", path=path, line=number, key=key)
             continue
-        entries[key] = parts[1]
+        entries[key] = value
     return entries
 
 
@@ -62,6 +87,8 @@ def _signature(st):
 
 @implementer(ILookupTable)
 class TextHashTable:
+    pattern = False
+
     def __init__(self, path, clock):
         self.spec = f"texthash:{path}"
         self.path = path
@@ -105,3 +132,8 @@ class TextHashTable:
     def lookup(self, key):
         self._maybeReload()
         return succeed(self._entries.get(key.lower()))
+
+    def items(self):
+        """Every (key, value), keys folded, in the file's order (mta-postmap -s)."""
+        self._maybeReload()
+        return list(self._entries.items())

@@ -410,7 +410,7 @@ def test_openTables_error_in_a_listener(ini):
         openTables(load(path), Tables(Clock()))
     assert str(info.value) == (
         f"{path}:3: [listener:smtp] mynetworks: nosuch:thing: unsupported table type 'nosuch' "
-        "(known: inline, mysql, pgsql, socketmap, sqlite, static, texthash)"
+        "(known: cidr, fail, inline, ldap, lmdb, mysql, pcre, pgsql, pipemap, regexp, socketmap, sqlite, static, tcp, texthash, unionmap, unix)"
     )
 
 
