@@ -60,6 +60,11 @@ def shareConnectionCounts(old, new):
     if isinstance(anvil, Anvil) and isinstance(fresh, Anvil):
         anvil.unit = fresh.unit
         new.anvil = anvil
+    # postscreen's cache of passed clients (mta.smtpd.pscache) is kept too, when its map is the same.
+    screen, fresh = getattr(old, "postscreen", None), getattr(new, "postscreen", None)
+    if screen is not None and fresh is not None and screen.settings.cacheMap == fresh.settings.cacheMap:
+        fresh.cache.close()
+        fresh.cache = screen.cache
 
 
 class ListenerService(Service):

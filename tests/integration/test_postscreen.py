@@ -1,0 +1,134 @@
+"""postscreen_enable against a running mta and a real DNS list (dnsmasq on loopback).
+
+An early talker is refused before smtpd sees it; a listed client meets the
+dummy engine (550 to RCPT, nothing queued); a clean client passes (PASS
+NEW), speaks SMTP to smtpd and its message is accepted; its next
+connection is PASS OLD, without the greeting delay.
+"""
+
+import smtplib
+import socket
+import sqlite3
+import time
+
+import pytest
+
+from tests.integration.daemon import Daemon, waitFor
+from tests.integration.peerservers import Dnsmasq
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def dnsmasq():
+    server = Dnsmasq(hosts=[("2.0.0.127.zen.example", "127.0.0.2"), ("5.0.0.127.wl.example", "127.0.0.5")],
+                     local=("example",)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path, dnsmasq):
+    access = tmp_path / "postscreen_access"
+    access.write_text("127.0.0.1 permit\n127.0.0.6 reject\n")
+    d = Daemon(tmp_path, main=f"""\
+        dns_servers = 127.0.0.1:{dnsmasq.port}
+        postscreen_enable = yes
+        postscreen_access_list = texthash:{access}
+        postscreen_denylist_action = drop
+        postscreen_greet_wait = 2s
+        postscreen_greet_action = drop
+        postscreen_dnsbl_sites = zen.example=127.0.0.[2..11]*2, wl.example*-3
+        postscreen_dnsbl_threshold = 2
+        postscreen_dnsbl_allowlist_threshold = -1
+        postscreen_dnsbl_action = enforce
+        postscreen_cache_map = sqlite:{tmp_path}/postscreen_cache.db
+        """).start()
+    yield d
+    code, out, err = d.stop()
+    assert code == 0 and "Traceback" not in out + err, out + err
+
+
+def readReply(sock):
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_screen(daemon, dnsmasq, tmp_path):
+    # An early talker: the teaser, then its EHLO before the greeting: 521 and a close.
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=20, source_address=("127.0.0.4", 0)) as s:
+        assert readReply(s) == b"220-mta.test ESMTP mta\r\n"
+        s.sendall(b"EHLO zombie.example\r\n")
+        rest = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+        assert rest == b"521 5.5.1 Protocol error\r\n"
+
+    # A listed client: the dummy engine refuses its recipient; nothing is queued.
+    with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="spam.example", timeout=30,
+                      source_address=("127.0.0.2", 0)) as client:
+        code, text = client.ehlo()
+        assert code == 250 and b"PIPELINING" not in text
+        assert client.mail("s@example.org")[0] == 250
+        code, text = client.rcpt("b@mta.test")
+        assert (code, text) == (550, b"5.7.1 Service unavailable; client [127.0.0.2] blocked using zen.example")
+        assert client.quit()[0] == 221
+
+    # A clean client passes after the greeting delay, and smtpd accepts its message.
+    started = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="client.example", timeout=30,
+                      source_address=("127.0.0.3", 0)) as client:
+        assert time.monotonic() - started >= 1.9
+        client.sendmail("a@example.org", ["b@mta.test"], b"Subject: screened\r\n\r\nhello\r\n")
+    waitFor(lambda: len(daemon.incoming()) == 1, what="the clean client's message in the queue")
+
+    # Its next connection is PASS OLD: no delay.
+    started = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="client.example", timeout=30,
+                      source_address=("127.0.0.3", 0)) as client:
+        assert client.noop()[0] == 250
+    assert time.monotonic() - started < 1.5
+
+    # An allow-listed client (wl.example, score -3 <= -1) skips the greeting delay at once.
+    with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="good.example", timeout=30,
+                      source_address=("127.0.0.5", 0)) as client:
+        assert client.noop()[0] == 250
+
+    # A deny-listed client (postscreen_access_list): 521 at once.
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=20, source_address=("127.0.0.6", 0)) as s:
+        assert readReply(s) == b"521 5.3.2 Service currently unavailable\r\n"
+
+    log = waitFor(lambda: (lambda text: text if "DENYLISTED" in text else None)(daemon.maillogText()),
+                  what="the mail log")
+    assert "PREGREET 21 after " in log and " from [127.0.0.4]:" in log and ": EHLO zombie.example" in log
+    assert "DNSBL rank 2 for [127.0.0.2]:" in log
+    assert ("NOQUEUE: reject: RCPT from [127.0.0.2]:" in log and ": 550 5.7.1 Service unavailable; client "
+            "[127.0.0.2] blocked using zen.example; from=<s@example.org>, to=<b@mta.test>, proto=ESMTP, "
+            "helo=<spam.example>" in log)
+    assert "postscreen" in log and "CONNECT from [127.0.0.3]:" in log
+    assert "PASS NEW [127.0.0.3]:" in log and "PASS OLD [127.0.0.3]:" in log
+    assert "PASS NEW [127.0.0.5]:" in log
+    assert "DISCONNECT [127.0.0.2]:" in log and "DENYLISTED [127.0.0.6]:" in log
+    assert "connect from unknown[127.0.0.3]" in log and "connect from unknown[127.0.0.2]" not in log
+    assert len(daemon.incoming()) == 1  # the listed client's message was never queued
+    assert "2.0.0.127.zen.example" in dnsmasq.logText()
+
+    # The cache file holds the passed clients (written a second after each change).
+    def rows():
+        try:
+            with sqlite3.connect(tmp_path / "postscreen_cache.db") as db:
+                return {address for address, in db.execute("SELECT address FROM postscreen")}
+        except sqlite3.Error:
+            return None
+
+    found = waitFor(lambda: (lambda r: r if r and {"127.0.0.3", "127.0.0.5"} <= r else None)(rows()),
+                    what="the cache file's entries")
+    assert "127.0.0.2" not in found and "127.0.0.4" not in found
