@@ -68,6 +68,12 @@ handshake`` (or after).
 
 Lines go to the listener's mail log as program ``postscreen``.
 
+SIZE
+    About 650 lines with this page, and one job: the tests before the
+    SMTP handshake and their verdict.  The dummy engine (mta.smtpd.psengine)
+    and the cache (mta.smtpd.pscache) are modules of their own; the deep
+    protocol tests, when built, belong beside the engine.
+
 SECURITY
     Everything the client sends before the hand-over is untrusted: the
     pregreet bytes are only counted and logged (escaped, at most 100),
