@@ -578,6 +578,9 @@ PARAMETERS = (
        "The dummy SMTP engine wants HELO/EHLO before MAIL and ETRN.", "postscreen"),
     _P("postscreen_disable_vrfy_command", T.Boolean(), "$disable_vrfy_command",
        "The dummy SMTP engine answers VRFY with 502 5.5.1.", "postscreen"),
+    _P("postscreen_client_connection_count_limit", T.Integer(), "$smtpd_client_connection_count_limit",
+       "Connections one client address may have in the screen at once per listener and process "
+       "(421 4.7.0 beyond); 0: no limit.", "postscreen"),
     _P("postscreen_pre_queue_limit", T.Integer(minimum=0), "100",
        "The most connections being screened at once per listener and process; then 421 4.3.2 "
        "All screening ports are busy; 0: no limit.", "postscreen"),

@@ -12,6 +12,8 @@ fails goes to the dummy SMTP engine (enforce) or is disconnected (drop).
 In Postfix's order:
 
 1. ``CONNECT from [addr]:port to [addr]:port``; past
+   postscreen_client_connection_count_limit connections of the client
+   being screened, 421 4.7.0 Error: too many connections; past
    postscreen_pre_queue_limit connections being screened, or
    postscreen_post_queue_limit sessions of passed clients, 421 4.3.2 and
    a close.
@@ -102,7 +104,8 @@ CONFIGURATION
     (12h), postscreen_command_time_limit (300s),
     postscreen_command_count_limit (20), postscreen_helo_required
     ($smtpd_helo_required), postscreen_disable_vrfy_command
-    ($disable_vrfy_command), postscreen_pre_queue_limit (100),
+    ($disable_vrfy_command), postscreen_client_connection_count_limit
+    ($smtpd_client_connection_count_limit), postscreen_pre_queue_limit (100),
     postscreen_post_queue_limit (100); mta.config.settings.postscreen.
 
 DEVIATIONS
@@ -117,7 +120,7 @@ DEVIATIONS
     screen handed over.  postscreen_cache_map: see mta.smtpd.pscache.  The
     deep protocol tests (pipelining, non_smtp_command, bare_newline) and
     their parameters, postscreen_allowlist_interfaces,
-    postscreen_client_connection_count_limit, postscreen_command_filter,
+    postscreen_command_filter,
     postscreen_reject_footer, STARTTLS in the dummy engine and the
     upstream proxy protocol are not built; a listener in
     smtpd_tls_wrappermode is not screened.  DNS lists are asked by mta's
@@ -125,7 +128,9 @@ DEVIATIONS
     Postfix's dnsblog does.  The hand-over to smtpd is a protocol switch
     on the same transport, not a descriptor passed between processes, so
     "all server ports are busy" means the listener's open SMTP sessions in
-    this process.
+    this process.  postscreen_client_connection_count_limit counts the
+    client's connections in the screen of this listener and process (the
+    passed sessions are smtpd's: smtpd_client_connection_count_limit).
 """
 
 import ipaddress
@@ -391,6 +396,11 @@ class PostscreenServer(Protocol):
         self.screen.screening.add(self)
         self.emit(f"CONNECT from {self.client} to [{getattr(host, 'host', '')}]:{getattr(host, 'port', 0)}")
         settings = self.settings
+        if settings.connectionLimit and sum(
+                1 for other in self.screen.screening if other.address == self.address) > settings.connectionLimit:
+            self.emit(f"NOQUEUE: reject: CONNECT from {self.client}: too many connections")
+            self.drop("421 4.7.0 Error: too many connections")
+            return
         if settings.postQueueLimit and len(self.factory.sessions) >= settings.postQueueLimit:
             self.emit(f"NOQUEUE: reject: CONNECT from {self.client}: all server ports busy")
             self.drop("421 4.3.2 All server ports are busy")

@@ -491,6 +491,16 @@ def test_post_and_pre_queue_limits():
     assert lines(t) == ["421 4.3.2 All screening ports are busy"]
 
 
+def test_client_connection_count_limit():
+    s = Screen("postscreen_client_connection_count_limit = 2\npostscreen_greet_wait = 6s\n")
+    s.connect(port=1)
+    s.connect(port=2)
+    t = s.connect(port=3)
+    assert lines(t) == ["421 4.7.0 Error: too many connections"]
+    assert "NOQUEUE: reject: CONNECT from [192.0.2.1]:3: too many connections" in s.log.lines
+    assert lines(s.connect("192.0.2.9", port=4)) == ["220-mx.test ESMTP mta"]  # another client
+
+
 def test_cache_file_survives_and_cleans_up(tmp_path):
     path = str(tmp_path / "ps.db")
     clock = Clock()

@@ -15,7 +15,8 @@ settings class that needs it (a parameter may be read by several areas):
     postscreen_cache_retention_time, postscreen_cache_cleanup_interval,
     postscreen_command_time_limit, postscreen_command_count_limit,
     postscreen_helo_required, postscreen_disable_vrfy_command,
-    postscreen_pre_queue_limit, postscreen_post_queue_limit, myhostname,
+    postscreen_client_connection_count_limit, postscreen_pre_queue_limit,
+    postscreen_post_queue_limit, myhostname,
     smtpd_banner, soft_bounce
 
 postscreen_dnsbl_sites is compiled here into DnsblSite(spec, weight)
@@ -107,6 +108,7 @@ class PostscreenSettings(Settings):
     commandCountLimit: int = setting("postscreen_command_count_limit")
     heloRequired: bool = setting("postscreen_helo_required")
     disableVrfy: bool = setting("postscreen_disable_vrfy_command")
+    connectionLimit: int = setting("postscreen_client_connection_count_limit")  # per address; 0: any
     preQueueLimit: int = setting("postscreen_pre_queue_limit")
     postQueueLimit: int = setting("postscreen_post_queue_limit")
     softBounce: bool = setting("soft_bounce")
