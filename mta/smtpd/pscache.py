@@ -18,7 +18,8 @@ file (sqlite:/path or btree:/path) the entries are read once when the
 cache is opened (start and reload), served from memory, and written back
 in one transaction a second after a change, in the reactor's thread pool
 (never in the reactor thread, when the clock has one), so lookups never
-wait for the disk; a file shared by worker processes gets every process's
+wait for the disk, and at close() (the listener's stop: one short
+transaction in the reactor thread); a file shared by worker processes gets every process's
 passes, each process seeing the others' at its next start or reload.
 
 SECURITY

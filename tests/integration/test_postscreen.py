@@ -59,18 +59,21 @@ def readReply(sock):
     return data
 
 
+def readAll(sock):
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def test_screen(daemon, dnsmasq, tmp_path):
     # An early talker: the teaser, then its EHLO before the greeting: 521 and a close.
     with socket.create_connection(("127.0.0.1", daemon.port), timeout=20, source_address=("127.0.0.4", 0)) as s:
         assert readReply(s) == b"220-mta.test ESMTP mta\r\n"
         s.sendall(b"EHLO zombie.example\r\n")
-        rest = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            rest += chunk
-        assert rest == b"521 5.5.1 Protocol error\r\n"
+        assert readAll(s) == b"521 5.5.1 Protocol error\r\n"
 
     # A listed client: the dummy engine refuses its recipient; nothing is queued.
     with smtplib.SMTP("127.0.0.1", daemon.port, local_hostname="spam.example", timeout=30,
@@ -132,3 +135,32 @@ def test_screen(daemon, dnsmasq, tmp_path):
     found = waitFor(lambda: (lambda r: r if r and {"127.0.0.3", "127.0.0.5"} <= r else None)(rows()),
                     what="the cache file's entries")
     assert "127.0.0.2" not in found and "127.0.0.4" not in found
+
+
+def test_screen_in_worker_processes(tmp_path, dnsmasq):
+    """With worker_processes the screen runs in the workers, where the sessions run."""
+    d = Daemon(tmp_path, main=f"""\
+        worker_processes = 2
+        dns_servers = 127.0.0.1:{dnsmasq.port}
+        postscreen_enable = yes
+        postscreen_access_list =
+        postscreen_greet_wait = 1s
+        postscreen_greet_action = drop
+        postscreen_dnsbl_sites = zen.example
+        postscreen_dnsbl_action = drop
+        """).start()
+    try:
+        d.waitForWorkers(2)
+        with socket.create_connection(("127.0.0.1", d.port), timeout=20, source_address=("127.0.0.2", 0)) as s:
+            assert readAll(s) == (b"220-mta.test ESMTP mta\r\n"
+                                  b"521 5.7.1 Service unavailable; client [127.0.0.2] blocked using zen.example\r\n")
+        for n in range(3):
+            with smtplib.SMTP("127.0.0.1", d.port, local_hostname="client.example", timeout=30,
+                              source_address=("127.0.0.3", 0)) as client:
+                client.sendmail("a@example.org", ["b@mta.test"], f"Subject: {n}\r\n\r\nhello\r\n".encode())
+        waitFor(lambda: len(d.incoming()) == 3, what="three messages in the queue")
+        log = waitFor(lambda: (lambda t: t if t.count("PASS ") >= 3 else None)(d.maillogText()), what="the log")
+        assert "PASS NEW [127.0.0.3]:" in log and "DNSBL rank 1 for [127.0.0.2]:" in log
+    finally:
+        code, out, err = d.stop()
+    assert code == 0 and "Traceback" not in out + err, out + err

@@ -514,7 +514,10 @@ def test_cache_file_survives_and_cleans_up(tmp_path):
     assert cache.get("192.0.2.1") is None
     clock.advance(1)
     assert PostscreenCache(Clock(), 100, 0, path=path).get("192.0.2.1") is None
-    cache.close()
+    cache.update("192.0.2.9", {"dnsbl": 500})
+    cache.close()  # the pending change is written at once
+    assert PostscreenCache(Clock(), 100, 0, path=path).get("192.0.2.9") == {"dnsbl": 500.0}
+    assert not clock.getDelayedCalls()
 
 
 def test_damaged_cache_file_is_an_empty_cache(tmp_path):
@@ -535,3 +538,18 @@ def test_cache_shared_across_reload():
     fresh = Screen("postscreen_greet_wait = 1s\n")
     shareConnectionCounts(s.factory, fresh.factory)
     assert fresh.factory.postscreen.cache is s.factory.postscreen.cache
+    t = fresh.connect(port=2)
+    assert lines(t) == ["220 mx.test ESMTP mta"]  # PASS OLD after the reload
+
+
+def test_listener_stop_writes_the_cache(tmp_path):
+    from mta.listeners import ListenerService
+
+    s = Screen(f"postscreen_greet_wait = 1s\npostscreen_cache_map = sqlite:{tmp_path}/c.db\n")
+    s.connect()
+    s.clock.advance(1)
+    service = ListenerService("smtp", "tcp:0", s.clock, s.factory)
+    service.startService = lambda: None
+    service.running = 1
+    service.stopService()
+    assert PostscreenCache(Clock(), 100, 0, path=f"{tmp_path}/c.db").get("192.0.2.1") is not None
