@@ -393,6 +393,11 @@ class PostscreenServer(Protocol):
         self.address = getattr(peer, "host", "") or ""
         self.port = getattr(peer, "port", 0) or 0
         self.start = self.clock.seconds()
+        try:
+            ipaddress.ip_address(self.address.split("%", 1)[0])
+        except ValueError:  # not an IP client (a UNIX-domain listener): nothing to screen
+            self.handOver()
+            return
         self.screen.screening.add(self)
         self.emit(f"CONNECT from {self.client} to [{getattr(host, 'host', '')}]:{getattr(host, 'port', 0)}")
         settings = self.settings

@@ -183,6 +183,18 @@ def test_no_tests_hands_over_at_once():
     assert s.log.lines == ["CONNECT from [192.0.2.1]:4321 to [192.0.2.25]:25"]
 
 
+def test_a_unix_socket_client_is_not_screened():
+    from twisted.internet.address import UNIXAddress
+
+    s = Screen("postscreen_greet_wait = 6s\npostscreen_dnsbl_sites = zen.example\n")
+    transport = StringTransport(peerAddress=UNIXAddress(None), hostAddress=UNIXAddress(b"/tmp/x"))
+    protocol = s.factory.buildProtocol(None)
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    assert isinstance(transport.protocol, SMTPServer) and lines(transport) == ["220 mx.test ESMTP mta"]
+    assert s.log.lines == [] and s.dns.queries == []
+
+
 def test_empty_greet_banner_sends_no_teaser():
     s = Screen("postscreen_greet_wait = 2s\npostscreen_greet_banner =\n")
     t = s.connect()
