@@ -578,6 +578,33 @@ PARAMETERS = (
        "The dummy SMTP engine wants HELO/EHLO before MAIL and ETRN.", "postscreen"),
     _P("postscreen_disable_vrfy_command", T.Boolean(), "$disable_vrfy_command",
        "The dummy SMTP engine answers VRFY with 502 5.5.1.", "postscreen"),
+    _P("postscreen_pipelining_enable", T.Boolean(), "no",
+       "The deep pipelining test: a new client meets the dummy engine, which fails it when it sends "
+       "a command before the reply to the previous one; it must connect again once passed.",
+       "postscreen"),
+    _P("postscreen_pipelining_action", T.Choice(("ignore", "enforce", "drop")), "enforce",
+       "For a client that fails the pipelining test: ignore, enforce (550 5.5.1 to RCPT) or drop "
+       "(521 5.5.1).", "postscreen"),
+    _P("postscreen_pipelining_ttl", T.Time("s"), "30d",
+       "How long a passed pipelining test is remembered.", "postscreen"),
+    _P("postscreen_non_smtp_command_enable", T.Boolean(), "no",
+       "The deep non-SMTP command test: the dummy engine fails a client that sends a header line "
+       "(Subject: ...) or one of postscreen_forbidden_commands as a command.", "postscreen"),
+    _P("postscreen_non_smtp_command_action", T.Choice(("ignore", "enforce", "drop")), "drop",
+       "For a client that fails the non-SMTP command test: ignore, enforce (550 5.5.1 to RCPT) or "
+       "drop (521 5.7.0).", "postscreen"),
+    _P("postscreen_non_smtp_command_ttl", T.Time("s"), "30d",
+       "How long a passed non-SMTP command test is remembered.", "postscreen"),
+    _P("postscreen_forbidden_commands", T.List(), "$smtpd_forbidden_commands",
+       "The commands that fail the non-SMTP command test.", "postscreen"),
+    _P("postscreen_bare_newline_enable", T.Boolean(), "no",
+       "The deep bare newline test: the dummy engine fails a client whose command line ends in a "
+       "bare LF.", "postscreen"),
+    _P("postscreen_bare_newline_action", T.Choice(("ignore", "enforce", "drop")), "ignore",
+       "For a client that fails the bare newline test: ignore, enforce (550 5.5.1 to RCPT) or drop "
+       "(521 5.5.1).", "postscreen"),
+    _P("postscreen_bare_newline_ttl", T.Time("s"), "30d",
+       "How long a passed bare newline test is remembered.", "postscreen"),
     _P("postscreen_client_connection_count_limit", T.Integer(), "$smtpd_client_connection_count_limit",
        "Connections one client address may have in the screen at once per listener and process "
        "(421 4.7.0 beyond); 0: no limit.", "postscreen"),

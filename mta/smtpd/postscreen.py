@@ -51,6 +51,19 @@ In Postfix's order:
    pass) clamped to postscreen_dnsbl_min_ttl .. postscreen_dnsbl_max_ttl.
    A test failed under "ignore" is neither a pass nor a failure: it runs
    again at the next connection.
+6. The deep protocol tests, when enabled (postscreen_pipelining_enable,
+   postscreen_non_smtp_command_enable, postscreen_bare_newline_enable:
+   all no by default, as in Postfix): a client that has them to do meets
+   the dummy engine after the 220, which fails it for ``COMMAND
+   PIPELINING`` (a command sent before the reply to the one before, BDAT
+   excepted), ``NON-SMTP COMMAND`` (a header line such as "Subject:", or
+   one of postscreen_forbidden_commands) or ``BARE NEWLINE`` (a command
+   line ending in a bare LF), each with its action (drop: 521, enforce:
+   550 5.5.1 to RCPT, ignore: counted as passed for the shortest test
+   TTL); the tests still pending pass at its first RCPT, which is answered
+   450 4.3.2 Service currently unavailable: as with Postfix the client
+   must connect again, and is PASS OLD then (its passes are cached for
+   postscreen_*_ttl, 30 days).
 
 The dummy engine (enforce) answers like postscreen's: 220 $smtpd_banner
 (not after a failed pregreet test), HELO/EHLO (250; EHLO lists SIZE,
@@ -71,10 +84,10 @@ handshake`` (or after).
 Lines go to the listener's mail log as program ``postscreen``.
 
 SIZE
-    About 650 lines with this page, and one job: the tests before the
-    SMTP handshake and their verdict.  The dummy engine (mta.smtpd.psengine)
-    and the cache (mta.smtpd.pscache) are modules of their own; the deep
-    protocol tests, when built, belong beside the engine.
+    About 600 lines with this page, and one job: the screen's tests and
+    their verdict.  The dummy engine (mta.smtpd.psengine, where the deep
+    tests look at the commands) and the cache (mta.smtpd.pscache) are
+    modules of their own, and so is the DNSBL score (mta.smtpd.psdnsbl).
 
 SECURITY
     Everything the client sends before the hand-over is untrusted: the
@@ -104,7 +117,14 @@ CONFIGURATION
     (12h), postscreen_command_time_limit (300s),
     postscreen_command_count_limit (20), postscreen_helo_required
     ($smtpd_helo_required), postscreen_disable_vrfy_command
-    ($disable_vrfy_command), postscreen_client_connection_count_limit
+    ($disable_vrfy_command), postscreen_pipelining_enable (no),
+    postscreen_pipelining_action (enforce), postscreen_pipelining_ttl (30d),
+    postscreen_non_smtp_command_enable (no),
+    postscreen_non_smtp_command_action (drop),
+    postscreen_non_smtp_command_ttl (30d), postscreen_forbidden_commands
+    ($smtpd_forbidden_commands), postscreen_bare_newline_enable (no),
+    postscreen_bare_newline_action (ignore), postscreen_bare_newline_ttl
+    (30d), postscreen_client_connection_count_limit
     ($smtpd_client_connection_count_limit), postscreen_pre_queue_limit (100),
     postscreen_post_queue_limit (100); mta.config.settings.postscreen.
 
@@ -117,10 +137,10 @@ DEVIATIONS
     with smtpd's in-session early-talker test and keeps mta's default 0s
     (Postfix: 6s): with 0 the screen does no pregreet test; set it (e.g.
     6s) to have one.  The in-session test is off for a session that the
-    screen handed over.  postscreen_cache_map: see mta.smtpd.pscache.  The
-    deep protocol tests (pipelining, non_smtp_command, bare_newline) and
-    their parameters, postscreen_allowlist_interfaces,
-    postscreen_command_filter,
+    screen handed over.  postscreen_cache_map: see mta.smtpd.pscache.
+    With only deep tests to do, the screen does not wait
+    postscreen_greet_wait before the engine's 220 (Postfix does).
+    postscreen_allowlist_interfaces, postscreen_command_filter,
     postscreen_reject_footer, STARTTLS in the dummy engine and the
     upstream proxy protocol are not built; a listener in
     smtpd_tls_wrappermode is not screened.  DNS lists are asked by mta's
@@ -135,144 +155,22 @@ DEVIATIONS
 
 import ipaddress
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from mta.maillog import sanitize
-from mta.smtpd.psengine import DummyEngine
+from mta.smtpd.psdnsbl import Dnsbl
+from mta.smtpd.psengine import DummyEngine, formatDelay
 
 log = Logger()
 
-TESTS = ("pregreet", "dnsbl")
+TESTS = ("pregreet", "dnsbl", "pipelining", "non_smtp", "bare_newline")
+EARLY = ("pregreet", "dnsbl")  # before the 220, concurrently
+DEEP = ("pipelining", "non_smtp", "bare_newline")  # in the dummy engine, after the 220
 TEASER_DETAIL = "tests before SMTP handshake"
 ENGINE_DETAIL = "tests after SMTP handshake"
 PREGREET_SHOWN = 100  # characters of early input in the PREGREET line (Postfix's %.100s)
-
-
-def formatDelay(seconds):
-    """Postfix's format_tv with 2 significant digits: 0.1, 1.2, 6, 12."""
-    if seconds >= 10:
-        return str(int(seconds))
-    if seconds < 0.01:
-        return "0" if seconds < 0.0005 else f"{seconds:.2g}"
-    text = f"{seconds:.2g}"
-    return text if "e" not in text else f"{seconds:.3f}".rstrip("0").rstrip(".")
-
-
-class Dnsbl:
-    """postscreen_dnsbl_sites: the score of a client address, its heaviest list and the TTL of the result."""
-
-    def __init__(self, settings, dns, clock, replyMaps, maillog):
-        self.sites = settings.dnsblSites
-        self.domains = tuple(dict.fromkeys(site.spec.domain for site in self.sites))
-        self.timeout = settings.dnsblTimeout
-        self.minTTL, self.maxTTL = settings.dnsblMinTTL, settings.dnsblMaxTTL
-        self.dns = dns  # a callable that returns the DNS client (mta.delivery.dns.Resolver), or None
-        self.clock = clock
-        self.replyMaps = replyMaps
-        self.maillog = maillog
-
-    def start(self, address):
-        """A DnsblScore for C{address}, its lookups started."""
-        return DnsblScore(self, address)
-
-    async def displayName(self, domain):
-        """postscreen_dnsbl_reply_map: the name shown for C{domain} (the domain itself when not mapped)."""
-        from mta.tables import TableError, TableTemporaryError
-
-        for table in self.replyMaps:
-            try:
-                value = await table.lookup(domain)
-            except (TableError, TableTemporaryError) as e:
-                self.maillog.emit(f"warning: postscreen_dnsbl_reply_map lookup error for {domain}: {e}")
-                return domain
-            if value is not None:
-                return value.strip() or domain
-        return domain
-
-    def clampTTL(self, ttl):
-        ttl = self.minTTL if ttl is None or ttl < 0 else ttl
-        return max(self.minTTL, min(self.maxTTL, ttl))
-
-
-class DnsblScore:
-    """The DNSBL lookups of one connection; C{done} fires when every list has answered (or timed out)."""
-
-    def __init__(self, dnsbl, address):
-        self.dnsbl = dnsbl
-        self.address = address
-        self.total = 0
-        self.name = None  # the domain of the heaviest matching list
-        self.weight = None
-        self.passTTL = None
-        self.failTTL = None
-        self.pending = 0
-        self.finished = False
-        self.done = Deferred()
-        lookups = [Deferred.fromCoroutine(self._ask(domain)) for domain in dnsbl.domains]
-        self.pending = len(lookups)
-        if not lookups:
-            self._finish(None)
-            return
-        DeferredList(lookups, consumeErrors=True).addCallback(self._finish)
-
-    def _finish(self, _):
-        self.finished = True
-        self.done.callback(self)
-
-    @property
-    def ttl(self):
-        """The result's lifetime: the failing TTL when listed (score > 0), else the passing one, clamped."""
-        return self.dnsbl.clampTTL(self.failTTL if self.total > 0 else self.passTTL)
-
-    async def _ask(self, domain):
-        from mta.delivery.dns import DNSError
-        from mta.smtpd.dnsxl import clientQuery
-
-        dnsbl = self.dnsbl
-        query = clientQuery(self.address, domain)
-        resolver = dnsbl.dns() if dnsbl.dns is not None else None
-        if resolver is None:
-            return
-        d = resolver.lookupRecords(query, "A")
-        d.addTimeout(dnsbl.timeout, dnsbl.clock)
-        try:
-            records = await d
-        except DNSError as e:
-            if e.temporary:
-                dnsbl.maillog.emit(f"warning: dnsblog_query: lookup error for DNS query {query}: {e.text}")
-                return
-            records = []  # not listed (NXDOMAIN, no A record)
-        except Exception as e:  # the timeout (CancelledError/TimeoutError), or a resolver bug
-            dnsbl.maillog.emit(f"warning: dnsblog reply timeout {formatDelay(dnsbl.timeout)}s for {domain}"
-                               if type(e).__name__ in ("TimeoutError", "CancelledError")
-                               else f"warning: dnsblog_query: lookup error for DNS query {query}: {e}")
-            return
-        addresses = [getattr(rdata, "address", "") for rdata in records]
-        cachedTTL = getattr(resolver, "cachedTTL", None)
-        ttl = cachedTTL(query, "A") if cachedTTL is not None else None
-        ttl = -1 if ttl is None else ttl
-        # As psc_dnsbl_receive: with records, each list's weight counts when its pattern matches, and
-        # the answer's TTL is a failing one for a block list (weight > 0), a passing one for an allow
-        # list; without records the other way round.
-        for site in dnsbl.sites:
-            if site.spec.domain != domain:
-                continue
-            if addresses and (site.spec.octets is None or any(site.spec.matches(a) for a in addresses)):
-                if self.name is None or self.weight < site.weight:
-                    self.name, self.weight = domain, site.weight
-                self.total += site.weight
-            failing = (site.weight > 0) == bool(addresses)
-            if failing:
-                self.failTTL = _smaller(self.failTTL, ttl)
-            else:
-                self.passTTL = _smaller(self.passTTL, ttl)
-
-
-def _smaller(current, ttl):
-    """The smaller TTL, where None or a negative value means "no TTL yet"."""
-    return ttl if current is None or current < 0 or current > ttl else current
 
 
 class Postscreen:
@@ -310,7 +208,23 @@ class Postscreen:
         return bool(self.settings.dnsblSites)
 
     def enabledTests(self):
-        return tuple(t for t, on in (("pregreet", self.pregreetEnabled), ("dnsbl", self.dnsblEnabled)) if on)
+        settings = self.settings
+        return tuple(t for t, on in (("pregreet", self.pregreetEnabled), ("dnsbl", self.dnsblEnabled),
+                                     ("pipelining", settings.pipeliningEnable),
+                                     ("non_smtp", settings.nonSmtpEnable),
+                                     ("bare_newline", settings.bareNewlineEnable)) if on)
+
+    @property
+    def minTTL(self):
+        """psc_min_ttl: how long a deep test failed under "ignore" counts as passed."""
+        settings = self.settings
+        return min(settings.greetTTL, settings.dnsblMinTTL, settings.pipeliningTTL, settings.nonSmtpTTL,
+                   settings.bareNewlineTTL)
+
+    def deepTTL(self, test):
+        settings = self.settings
+        return {"pipelining": settings.pipeliningTTL, "non_smtp": settings.nonSmtpTTL,
+                "bare_newline": settings.bareNewlineTTL}[test]
 
     async def accessVerdict(self, address, mynetworks):
         """postscreen_access_list: "permit", "reject" or None (dunno, or a table that failed)."""
@@ -375,7 +289,8 @@ class PostscreenServer(Protocol):
         self.pregreetFailed = False
         self._wake = None  # the Deferred the early wait sleeps on
         self._timer = None
-        self.engine = None  # the DummyEngine, when enforced
+        self.engine = None  # the DummyEngine, when enforced or for the deep tests
+        self.skipped = set()  # deep tests not run again in this session (failed once)
 
     # -- logging -----------------------------------------------------------
 
@@ -449,7 +364,7 @@ class PostscreenServer(Protocol):
             self.noForward = True
             self._poke("hangup")
             if self._wake is None:  # not in the early wait: conclude here
-                self._record()
+                self._verdict()
                 self.emit(f"DISCONNECT {self.client}")
 
     def write(self, line):
@@ -464,7 +379,7 @@ class PostscreenServer(Protocol):
         self.screen.screening.discard(self)
         if self.engine is not None:
             self.engine.stop()
-        self._record()
+        self._verdict()
         if reply:
             self.write(reply)
         self.emit(f"DISCONNECT {self.client}")
@@ -519,8 +434,9 @@ class PostscreenServer(Protocol):
                 self.handOver()
                 return
         self.todo = todo
-        if todo:
-            await self._earlyTests(todo)
+        early = [t for t in todo if t in EARLY]
+        if early:
+            await self._earlyTests(early)
             if self.closed:
                 return
         self.conclude()
@@ -614,16 +530,34 @@ class PostscreenServer(Protocol):
         self.rcptReply = reply
         self.noForward = True
 
-    def _record(self):
-        """The cache update of psc_conclude: the passes of this session, when no test failed."""
-        if self.failed or not self.passed:
-            return
-        self.screen.cache.update(self.address, self.passed)
+    def deepPending(self):
+        """The deep tests this session still has to pass (not failed, not passed)."""
+        return [t for t in getattr(self, "todo", []) if t in DEEP and t not in self.passed and t not in self.failed
+                and t not in self.skipped]
 
-    def conclude(self):
-        """psc_conclude: PASS NEW/OLD, the cache, then the hand-over or the dummy engine."""
-        if self.closed:
-            return
+    def passDeep(self):
+        """RCPT in the dummy engine: every deep test still pending passes."""
+        now = self.clock.seconds()
+        for test in self.deepPending():
+            self.passed[test] = now + self.screen.deepTTL(test)
+
+    def failDeep(self, test, action, dropReply, enforceReply):
+        """A deep test failed: its action; True when the session was dropped."""
+        self.skipped.add(test)  # not tested again in this session
+        self.passed.pop(test, None)
+        if action == "drop":
+            self.failed.add(test)
+            self.drop(dropReply)
+            return True
+        if action == "enforce":
+            self.failed.add(test)
+            self.enforce(enforceReply)
+        else:  # ignore: allowed until something expires
+            self.passed[test] = self.clock.seconds() + self.screen.minTTL
+        return False
+
+    def _verdict(self):
+        """psc_conclude's log and cache: PASS NEW/OLD when every test to do has passed, then the cache."""
         todo = getattr(self, "todo", [])
         if self.failed:
             self.passed = {}
@@ -635,10 +569,23 @@ class PostscreenServer(Protocol):
                 screen.passNew.clear()
             self.emit(f"PASS {'NEW' if first else 'OLD'} {self.client}")
         self._record()
-        if self.noForward:
+
+    def _record(self):
+        """The cache update of psc_conclude: the passes of this session, when no test failed."""
+        if self.failed or not self.passed:
+            return
+        self.screen.cache.update(self.address, self.passed)
+
+    def conclude(self):
+        """After the early tests: the dummy engine (enforced, or deep tests to do), else PASS and the hand-over."""
+        if self.closed:
+            return
+        if self.noForward or self.deepPending():
+            self.noForward = True  # a client in the deep tests must come back: 450 4.3.2 to RCPT
             self.startEngine()
-        else:
-            self.handOver()
+            return
+        self._verdict()
+        self.handOver()
 
     # -- the outcomes ----------------------------------------------------------
 

@@ -10,6 +10,11 @@ gets the enforced reply, logged as
         proto=ESMTP, helo=<h>
 
 and nothing is ever queued: DATA and BDAT get an error reply and a close.
+A client in the deep protocol tests (not enforced) gets 450 4.3.2 Service
+currently unavailable for its recipients, after the tests still pending
+passed at its first RCPT; the engine reports COMMAND PIPELINING, NON-SMTP
+COMMAND and BARE NEWLINE to the screen (PostscreenServer.failDeep), which
+applies the test's action.
 QUIT gets 221 2.0.0 Bye.  Each command has postscreen_command_time_limit
 (``COMMAND TIME LIMIT from [addr]:port after CMD`` and 421 4.4.2 ...
 Error: timeout exceeded); past postscreen_command_count_limit commands
@@ -23,6 +28,7 @@ SECURITY
     sanitize); addresses in the log are at most 256 characters.
 
 CONFIGURATION
+    postscreen_forbidden_commands, postscreen_*_action of the deep tests,
     postscreen_command_time_limit, postscreen_command_count_limit,
     postscreen_helo_required, postscreen_disable_vrfy_command, soft_bounce,
     smtpd_banner, myhostname, line_length_limit (through
@@ -30,14 +36,27 @@ CONFIGURATION
 
 DEVIATIONS
     No STARTTLS (Postfix's engine can offer it), no AUTH, XCLIENT or
-    XFORWARD (Postfix: disabled as well), no deep protocol tests, no
-    reject footer.  EHLO's keywords are Postfix's default list, not
+    XFORWARD (Postfix: disabled as well), no reject footer.  EHLO's keywords are Postfix's default list, not
     filtered by smtpd_discard_ehlo_keywords.
 """
+
+import re
 
 from mta.maillog import sanitize
 
 ADDRESS_SHOWN = 256  # characters of an envelope address kept in the log
+SHOWN = 100  # characters of client text in a test's log line
+HEADER = re.compile(r"[!-9;-~]+:")  # is_header(): a header name and its colon, as "Subject:"
+
+
+def formatDelay(seconds):
+    """Postfix's format_tv with 2 significant digits: 0.1, 1.2, 6, 12."""
+    if seconds >= 10:
+        return str(int(seconds))
+    if seconds < 0.01:
+        return "0" if seconds < 0.0005 else f"{seconds:.2g}"
+    text = f"{seconds:.2g}"
+    return text if "e" not in text else f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
 def softened(reply, softBounce):
@@ -65,6 +84,13 @@ def extractAddress(text):
     if addr.startswith("@") and ":" in addr:
         addr = addr.split(":", 1)[1]
     return addr[:ADDRESS_SHOWN]
+
+
+def _shown(text):
+    """Client text for a log line: at most SHOWN characters, control characters escaped."""
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    return sanitize(text[:SHOWN])
 
 
 class DummyEngine:
@@ -125,6 +151,12 @@ class DummyEngine:
             self.buffer = rest
             if line.endswith(b"\r"):
                 line = line[:-1]
+            elif "bare_newline" in self.server.deepPending():
+                server = self.server
+                server.emit(f"BARE NEWLINE from {server.client} after {_shown(line)}")
+                if server.failDeep("bare_newline", self.settings.bareNewlineAction, "521 5.5.1 Protocol error",
+                                   "550 5.5.1 Protocol error"):
+                    return
             if len(line) >= self.lineLimit:
                 self.server.emit(f"COMMAND LENGTH LIMIT from {self.server.client} after {self.where}")
                 self.server.drop(self._busy())
@@ -136,6 +168,22 @@ class DummyEngine:
         verb = words[0].upper() if words else ""
         args = words[1] if len(words) > 1 else ""
         saved, self.where = self.where, verb if verb in HANDLERS else "UNIMPL"
+        server, settings = self.server, self.settings
+        pending = server.deepPending()
+        if "non_smtp" in pending and verb not in HANDLERS and (
+                HEADER.fullmatch(words[0] if words else "") or verb in settings.forbiddenCommands):
+            server.emit(f"NON-SMTP COMMAND from {server.client} after {saved}: {_shown(words[0])} {_shown(args)}")
+            if server.failDeep("non_smtp", settings.nonSmtpAction,
+                               "521 5.7.0 Error: I can break rules, too. Goodbye.", "550 5.5.1 Protocol error"):
+                return
+        if "pipelining" in pending and verb != "BDAT" and self.buffer:
+            server.emit(f"COMMAND PIPELINING from {server.client} after {_shown(verb)}: "
+                        f"{_shown(self.buffer.decode('latin-1'))}")
+            if server.failDeep("pipelining", settings.pipeliningAction, "521 5.5.1 Protocol error",
+                               "550 5.5.1 Protocol error"):
+                return
+        if verb == "RCPT":
+            server.passDeep()
         self.commands += 1
         if self.commands > self.settings.commandCountLimit and verb != "QUIT":
             self.server.emit(f"COMMAND COUNT LIMIT from {self.server.client} after {saved}")

@@ -10,7 +10,8 @@ from twisted.internet.testing import StringTransport
 from mta.config import ConfigError, load
 from mta.config.settings.postscreen import parseSite
 from mta.delivery.dns import DNSError
-from mta.smtpd.postscreen import PostscreenServer, formatDelay
+from mta.smtpd.postscreen import PostscreenServer
+from mta.smtpd.psengine import formatDelay
 from mta.smtpd.protocol import SMTPServer
 from mta.smtpd.pscache import PostscreenCache
 from mta.testing import FakeQueueStore, serverFactory
@@ -364,7 +365,8 @@ def test_allowlist_threshold_skips_the_pregreet_wait():
     assert lines(t) == ["220-mx.test ESMTP mta", "220 mx.test ESMTP mta"]  # no wait
     entry = s.factory.postscreen.cache.get("192.0.2.1")
     now = s.clock.seconds()
-    assert entry == {"pregreet": now + 600, "dnsbl": now + 600}
+    # As Postfix, the other tests count as passed too, enabled or not (psc_allowlist_non_dnsbl).
+    assert entry == {test: now + 600 for test in ("pregreet", "dnsbl", "pipelining", "non_smtp", "bare_newline")}
 
 
 def test_dnsbl_ttl_is_clamped():
@@ -565,3 +567,66 @@ def test_listener_stop_writes_the_cache(tmp_path):
     service.running = 1
     service.stopService()
     assert PostscreenCache(Clock(), 100, 0, path=f"{tmp_path}/c.db").get("192.0.2.1") is not None
+
+
+# -- the deep protocol tests (after the 220, in the dummy engine) ------------------------------
+
+
+def test_deep_tests_pass_at_rcpt_then_pass_old():
+    s = Screen("postscreen_pipelining_enable = yes\npostscreen_non_smtp_command_enable = yes\n"
+               "postscreen_bare_newline_enable = yes\n")
+    t = s.connect()
+    assert lines(t) == ["220 mx.test ESMTP mta"] and isinstance(t.protocol, PostscreenServer)
+    for line in (b"EHLO client.example\r\n", b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<b@mx.test>\r\n"):
+        s.send(t, line)
+    assert lines(t)[-1] == "450 4.3.2 Service currently unavailable"  # come back later
+    s.send(t, b"QUIT\r\n")
+    assert lines(t)[-1] == "221 2.0.0 Bye" and t.disconnecting and not s.store.committed
+    assert s.log.lines[-2:] == ["PASS NEW [192.0.2.1]:4321", "DISCONNECT [192.0.2.1]:4321"]
+    now = s.clock.seconds()
+    assert s.factory.postscreen.cache.get("192.0.2.1") == {"pipelining": now + 30 * 86400, "non_smtp": now + 30 * 86400,
+                                                           "bare_newline": now + 30 * 86400}
+    t = s.connect(port=2)
+    assert lines(t) == ["220 mx.test ESMTP mta"] and isinstance(t.protocol, SMTPServer)
+    assert s.log.lines[-1] == "PASS OLD [192.0.2.1]:2"
+
+
+def test_pipelining_test_enforce():
+    s = Screen("postscreen_pipelining_enable = yes\n")
+    t = s.connect()
+    s.send(t, b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@v>\r\n")
+    assert "COMMAND PIPELINING from [192.0.2.1]:4321 after EHLO: MAIL FROM:<a@b>\\x0d\\x0aRCPT TO:<u@v>\\x0d\\x0a" \
+        in s.log.lines
+    assert lines(t)[-1] == "550 5.5.1 Protocol error"
+    s.send(t, b"QUIT\r\n")
+    assert "PASS NEW" not in s.log.text() and s.factory.postscreen.cache.get("192.0.2.1") is None
+
+
+def test_non_smtp_command_drop():
+    s = Screen("postscreen_non_smtp_command_enable = yes\n")
+    t = s.connect()
+    s.send(t, b"Subject: buy now\r\n")
+    assert lines(t)[-1] == "521 5.7.0 Error: I can break rules, too. Goodbye." and t.disconnecting
+    assert "NON-SMTP COMMAND from [192.0.2.1]:4321 after CONNECT: Subject: buy now" in s.log.lines
+    s = Screen("postscreen_non_smtp_command_enable = yes\n")
+    t = s.connect()
+    s.send(t, b"GET / HTTP/1.0\r\n")
+    assert t.disconnecting and "NON-SMTP COMMAND from [192.0.2.1]:4321 after CONNECT: GET / HTTP/1.0" in s.log.lines
+    s = Screen("postscreen_non_smtp_command_enable = yes\n")
+    t = s.connect()
+    s.send(t, b"FOO bar\r\n")  # unknown, but not a header nor forbidden: 502 only
+    assert lines(t)[-1] == "502 5.5.2 Error: command not recognized" and not t.disconnecting
+
+
+def test_bare_newline_ignore_passes_for_the_shortest_ttl():
+    s = Screen("postscreen_bare_newline_enable = yes\npostscreen_greet_ttl = 1h\n")
+    t = s.connect()
+    s.send(t, b"HELO c\nMAIL FROM:<a@b>\r\nRCPT TO:<u@v>\r\nQUIT\r\n")
+    assert "BARE NEWLINE from [192.0.2.1]:4321 after HELO c" in s.log.lines
+    assert lines(t)[1:] == ["250 mx.test", "250 2.1.0 Ok", "450 4.3.2 Service currently unavailable",
+                            "221 2.0.0 Bye"]
+    assert s.factory.postscreen.cache.get("192.0.2.1") == {"bare_newline": s.clock.seconds() + 60}  # psc_min_ttl
+    s = Screen("postscreen_bare_newline_enable = yes\npostscreen_bare_newline_action = drop\n")
+    t = s.connect()
+    s.send(t, b"HELO c\n")
+    assert lines(t)[-1] == "521 5.5.1 Protocol error" and t.disconnecting

@@ -15,6 +15,11 @@ settings class that needs it (a parameter may be read by several areas):
     postscreen_cache_retention_time, postscreen_cache_cleanup_interval,
     postscreen_command_time_limit, postscreen_command_count_limit,
     postscreen_helo_required, postscreen_disable_vrfy_command,
+    postscreen_pipelining_enable, postscreen_pipelining_action,
+    postscreen_pipelining_ttl, postscreen_non_smtp_command_enable,
+    postscreen_non_smtp_command_action, postscreen_non_smtp_command_ttl,
+    postscreen_forbidden_commands, postscreen_bare_newline_enable,
+    postscreen_bare_newline_action, postscreen_bare_newline_ttl,
     postscreen_client_connection_count_limit, postscreen_pre_queue_limit,
     postscreen_post_queue_limit, myhostname,
     smtpd_banner, soft_bounce
@@ -70,6 +75,10 @@ def _sites(items):
     return tuple(parseSite(item) for item in items)
 
 
+def _upper(items):
+    return frozenset(item.upper() for item in items)
+
+
 def _cacheMap(text):
     text = text.strip()
     if not text:
@@ -108,6 +117,17 @@ class PostscreenSettings(Settings):
     commandCountLimit: int = setting("postscreen_command_count_limit")
     heloRequired: bool = setting("postscreen_helo_required")
     disableVrfy: bool = setting("postscreen_disable_vrfy_command")
+    # -- the deep protocol tests (the dummy engine after the 220)
+    pipeliningEnable: bool = setting("postscreen_pipelining_enable")
+    pipeliningAction: str = setting("postscreen_pipelining_action")
+    pipeliningTTL: float = setting("postscreen_pipelining_ttl")
+    nonSmtpEnable: bool = setting("postscreen_non_smtp_command_enable")
+    nonSmtpAction: str = setting("postscreen_non_smtp_command_action")
+    nonSmtpTTL: float = setting("postscreen_non_smtp_command_ttl")
+    forbiddenCommands: frozenset = setting("postscreen_forbidden_commands", _upper)  # upper-case verbs
+    bareNewlineEnable: bool = setting("postscreen_bare_newline_enable")
+    bareNewlineAction: str = setting("postscreen_bare_newline_action")
+    bareNewlineTTL: float = setting("postscreen_bare_newline_ttl")
     connectionLimit: int = setting("postscreen_client_connection_count_limit")  # per address; 0: any
     preQueueLimit: int = setting("postscreen_pre_queue_limit")
     postQueueLimit: int = setting("postscreen_post_queue_limit")
