@@ -197,7 +197,6 @@ class Postscreen:
             cache = PostscreenCache(self.clock, settings.cacheRetention, settings.cacheCleanupInterval, path, pool)
         self.cache = cache
         self.screening = set()  # PostscreenServer connections not handed over yet
-        self.passNew = {}  # address -> PASS NEW already logged once (pass_new_count)
 
     @property
     def pregreetEnabled(self):
@@ -291,6 +290,7 @@ class PostscreenServer(Protocol):
         self._timer = None
         self.engine = None  # the DummyEngine, when enforced or for the deep tests
         self.skipped = set()  # deep tests not run again in this session (failed once)
+        self.passNew = False  # this connection logged PASS NEW
 
     # -- logging -----------------------------------------------------------
 
@@ -562,11 +562,11 @@ class PostscreenServer(Protocol):
         if self.failed:
             self.passed = {}
         if self.passed and todo and all(t in self.passed for t in todo):
-            screen = self.screen
-            first = self.new and not screen.passNew.get(self.address)
-            screen.passNew[self.address] = True
-            if len(screen.passNew) > 10000:
-                screen.passNew.clear()
+            # Postfix's pass_new_count: NEW for a client without a cache entry, once among its
+            # connections in the screen at the same time.
+            first = self.new and not any(other is not self and other.address == self.address and other.passNew
+                                         for other in self.screen.screening)
+            self.passNew = first
             self.emit(f"PASS {'NEW' if first else 'OLD'} {self.client}")
         self._record()
 

@@ -630,3 +630,14 @@ def test_bare_newline_ignore_passes_for_the_shortest_ttl():
     t = s.connect()
     s.send(t, b"HELO c\n")
     assert lines(t)[-1] == "521 5.5.1 Protocol error" and t.disconnecting
+
+
+def test_pass_new_again_once_the_cache_forgot_the_client():
+    s = Screen("postscreen_greet_wait = 1s\npostscreen_cache_retention_time = 1h\n")
+    s.connect()
+    s.clock.advance(1)
+    s.clock.advance(86400 + 3601)
+    assert s.factory.postscreen.cache.get("192.0.2.1") is None  # removed by the periodic cleanup
+    s.connect(port=2)
+    s.clock.advance(1)
+    assert s.log.lines[-1] == "PASS NEW [192.0.2.1]:2"
