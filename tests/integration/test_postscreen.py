@@ -164,3 +164,38 @@ def test_screen_in_worker_processes(tmp_path, dnsmasq):
     finally:
         code, out, err = d.stop()
     assert code == 0 and "Traceback" not in out + err, out + err
+
+
+def test_deep_protocol_tests(tmp_path):
+    """postscreen_pipelining_enable: a pipelining client is refused; a polite one gets 450, then passes."""
+    d = Daemon(tmp_path, main="""\
+        postscreen_enable = yes
+        postscreen_access_list =
+        postscreen_pipelining_enable = yes
+        postscreen_non_smtp_command_enable = yes
+        """).start()
+    try:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=20, source_address=("127.0.0.7", 0)) as s:
+            assert readReply(s) == b"220 mta.test ESMTP mta\r\n"
+            s.sendall(b"EHLO bot.example\r\nMAIL FROM:<s@example.org>\r\nRCPT TO:<b@mta.test>\r\nQUIT\r\n")
+            replies = readAll(s)
+            assert b"550 5.5.1 Protocol error\r\n221 2.0.0 Bye\r\n" in replies
+        with socket.create_connection(("127.0.0.1", d.port), timeout=20, source_address=("127.0.0.8", 0)) as s:
+            assert readReply(s) == b"220 mta.test ESMTP mta\r\n"
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            assert readAll(s) == b"521 5.7.0 Error: I can break rules, too. Goodbye.\r\n"
+        with smtplib.SMTP("127.0.0.1", d.port, local_hostname="client.example", timeout=30,
+                          source_address=("127.0.0.3", 0)) as client:
+            client.ehlo()
+            client.mail("a@example.org")
+            assert client.rcpt("b@mta.test") == (450, b"4.3.2 Service currently unavailable")
+        with smtplib.SMTP("127.0.0.1", d.port, local_hostname="client.example", timeout=30,
+                          source_address=("127.0.0.3", 0)) as client:  # it came back: smtpd now
+            client.sendmail("a@example.org", ["b@mta.test"], b"Subject: second try\r\n\r\nhello\r\n")
+        waitFor(lambda: len(d.incoming()) == 1, what="the message of the second try")
+        log = waitFor(lambda: (lambda t: t if "PASS OLD [127.0.0.3]" in t else None)(d.maillogText()), what="the log")
+        assert "COMMAND PIPELINING from [127.0.0.7]:" in log and "NON-SMTP COMMAND from [127.0.0.8]:" in log
+        assert "PASS NEW [127.0.0.3]:" in log and "NOQUEUE: reject: RCPT from [127.0.0.3]:" in log
+    finally:
+        code, out, err = d.stop()
+    assert code == 0 and "Traceback" not in out + err, out + err
