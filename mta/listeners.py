@@ -60,6 +60,13 @@ def shareConnectionCounts(old, new):
     if isinstance(anvil, Anvil) and isinstance(fresh, Anvil):
         anvil.unit = fresh.unit
         new.anvil = anvil
+    # postscreen's cache of passed clients (mta.smtpd.pscache) is kept too, when its map is the same.
+    screen, fresh = getattr(old, "postscreen", None), getattr(new, "postscreen", None)
+    if screen is not None and fresh is not None and screen.settings.cacheMap == fresh.settings.cacheMap:
+        fresh.cache.close()
+        fresh.cache = screen.cache
+    elif screen is not None:
+        screen.close()  # another map (or none): the old one's pending changes are written, its timer stopped
 
 
 class ListenerService(Service):
@@ -119,6 +126,9 @@ class ListenerService(Service):
         super().stopService()
         if self._listening is not None:
             self._listening.cancel()
+        screen = getattr(self.factory.current, "postscreen", None)
+        if screen is not None:  # postscreen's cache: its last changes to the file (mta.smtpd.pscache)
+            screen.close()
         port, self.port = self.port, None
         return maybeDeferred(port.stopListening) if port is not None else succeed(None)
 

@@ -558,6 +558,102 @@ PARAMETERS = (
     _P("postscreen_greet_action", T.Choice(("ignore", "enforce", "drop")), "ignore",
        "For an early talker: ignore (log only), enforce (refuse its recipients with 550 5.5.1) "
        "or drop (521 and disconnect).", "smtpd"),
+    # -- postscreen (mta.smtpd.postscreen) ---------------------------------------
+    _P("postscreen_enable", T.Boolean(), "no",
+       "Screen each connection of the listener before smtpd sees it, as postscreen(8) does (mta: "
+       "Postfix puts postscreen in master.cf instead); set it in [main] or in a [listener:NAME].",
+       "postscreen"),
+    _P("postscreen_access_list", T.PostscreenAccess(), "permit_mynetworks",
+       "The permanent allow/deny list, searched in order: permit_mynetworks, or type:table looked up "
+       "with the client address (results permit, reject, dunno).", "postscreen"),
+    _P("postscreen_blacklist_action", T.Choice(("ignore", "enforce", "drop")), "ignore",
+       "The older name of postscreen_denylist_action.", "postscreen"),
+    _P("postscreen_denylist_action", T.Choice(("ignore", "enforce", "drop")), "$postscreen_blacklist_action",
+       "For a client that postscreen_access_list rejects: ignore, enforce (the dummy engine, "
+       "550 5.3.2 to every RCPT) or drop (521 5.3.2 and disconnect).", "postscreen"),
+    _P("postscreen_greet_banner", T.String(), "$smtpd_banner",
+       "The teaser sent as 220-text before the pregreet wait; empty: no teaser.", "postscreen"),
+    _P("postscreen_greet_ttl", T.Time("s"), "1d",
+       "How long a passed pregreet test is remembered in postscreen_cache_map.", "postscreen"),
+    _P("postscreen_dnsbl_sites", T.List(), "",
+       "DNS lists asked at connect, each domain[=pattern][*weight] (weight 1 by default, "
+       "negative for allow lists); the weights of the lists that match are added up.", "postscreen"),
+    _P("postscreen_dnsbl_threshold", T.Integer(minimum=-1000000), "1",
+       "The DNSBL score at which a client fails the DNSBL test.", "postscreen"),
+    _P("postscreen_dnsbl_whitelist_threshold", T.Integer(minimum=-1000000), "0",
+       "The older name of postscreen_dnsbl_allowlist_threshold.", "postscreen"),
+    _P("postscreen_dnsbl_allowlist_threshold", T.Integer(minimum=-1000000),
+       "$postscreen_dnsbl_whitelist_threshold",
+       "A negative score at or below this skips the other tests (as if passed); 0: never.", "postscreen"),
+    _P("postscreen_dnsbl_action", T.Choice(("ignore", "enforce", "drop")), "ignore",
+       "For a client whose DNSBL score reaches the threshold: ignore, enforce (the dummy engine, "
+       "550 5.7.1 to every RCPT) or drop (521 5.7.1 and disconnect).", "postscreen"),
+    _P("postscreen_dnsbl_reply_map", T.Tables(), "",
+       "Tables that map a DNS list domain to the name shown in the reply (to hide a list's secret "
+       "domain).", "postscreen"),
+    _P("postscreen_dnsbl_ttl", T.Time("s"), "1h",
+       "The older upper bound of a DNSBL result's lifetime in the cache (the default of "
+       "postscreen_dnsbl_max_ttl).", "postscreen"),
+    _P("postscreen_dnsbl_min_ttl", T.Time("s"), "60s",
+       "The shortest time a DNSBL result is cached, whatever the DNS reply's TTL.", "postscreen"),
+    _P("postscreen_dnsbl_max_ttl", T.Time("s"), "$postscreen_dnsbl_ttl",
+       "The longest time a DNSBL result is cached, whatever the DNS reply's TTL.", "postscreen"),
+    _P("postscreen_dnsbl_timeout", T.Time("s"), "10s",
+       "How long a DNS list lookup may take; a list that has not answered counts as not listed.",
+       "postscreen"),
+    _P("postscreen_cache_map", T.String(), "",
+       "Where passed clients are remembered: empty, in memory (per process); sqlite:/path, or "
+       "btree:/path (mta stores it with sqlite3, Postfix with Berkeley DB), a file.", "postscreen"),
+    _P("postscreen_cache_retention_time", T.Time("s"), "7d",
+       "How long an expired cache entry is kept before the cleanup removes it.", "postscreen"),
+    _P("postscreen_cache_cleanup_interval", T.Time("s"), "12h",
+       "How often expired entries are removed from postscreen_cache_map; 0: never.", "postscreen"),
+    _P("postscreen_command_time_limit", T.Time("s"), "300s",
+       "The time limit of each command in the dummy SMTP engine (then 421 4.4.2 and a close).",
+       "postscreen"),
+    _P("postscreen_command_count_limit", T.Integer(minimum=1), "20",
+       "The most commands the dummy SMTP engine answers in a session (then 421 and a close).",
+       "postscreen"),
+    _P("postscreen_helo_required", T.Boolean(), "$smtpd_helo_required",
+       "The dummy SMTP engine wants HELO/EHLO before MAIL and ETRN.", "postscreen"),
+    _P("postscreen_disable_vrfy_command", T.Boolean(), "$disable_vrfy_command",
+       "The dummy SMTP engine answers VRFY with 502 5.5.1.", "postscreen"),
+    _P("postscreen_pipelining_enable", T.Boolean(), "no",
+       "The deep pipelining test: a new client meets the dummy engine, which fails it when it sends "
+       "a command before the reply to the previous one; it must connect again once passed.",
+       "postscreen"),
+    _P("postscreen_pipelining_action", T.Choice(("ignore", "enforce", "drop")), "enforce",
+       "For a client that fails the pipelining test: ignore, enforce (550 5.5.1 to RCPT) or drop "
+       "(521 5.5.1).", "postscreen"),
+    _P("postscreen_pipelining_ttl", T.Time("s"), "30d",
+       "How long a passed pipelining test is remembered.", "postscreen"),
+    _P("postscreen_non_smtp_command_enable", T.Boolean(), "no",
+       "The deep non-SMTP command test: the dummy engine fails a client that sends a header line "
+       "(Subject: ...) or one of postscreen_forbidden_commands as a command.", "postscreen"),
+    _P("postscreen_non_smtp_command_action", T.Choice(("ignore", "enforce", "drop")), "drop",
+       "For a client that fails the non-SMTP command test: ignore, enforce (550 5.5.1 to RCPT) or "
+       "drop (521 5.7.0).", "postscreen"),
+    _P("postscreen_non_smtp_command_ttl", T.Time("s"), "30d",
+       "How long a passed non-SMTP command test is remembered.", "postscreen"),
+    _P("postscreen_forbidden_commands", T.List(), "$smtpd_forbidden_commands",
+       "The commands that fail the non-SMTP command test.", "postscreen"),
+    _P("postscreen_bare_newline_enable", T.Boolean(), "no",
+       "The deep bare newline test: the dummy engine fails a client whose command line ends in a "
+       "bare LF.", "postscreen"),
+    _P("postscreen_bare_newline_action", T.Choice(("ignore", "enforce", "drop")), "ignore",
+       "For a client that fails the bare newline test: ignore, enforce (550 5.5.1 to RCPT) or drop "
+       "(521 5.5.1).", "postscreen"),
+    _P("postscreen_bare_newline_ttl", T.Time("s"), "30d",
+       "How long a passed bare newline test is remembered.", "postscreen"),
+    _P("postscreen_client_connection_count_limit", T.Integer(), "$smtpd_client_connection_count_limit",
+       "Connections one client address may have in the screen at once per listener and process "
+       "(421 4.7.0 beyond); 0: no limit.", "postscreen"),
+    _P("postscreen_pre_queue_limit", T.Integer(minimum=0), "100",
+       "The most connections being screened at once per listener and process; then 421 4.3.2 "
+       "All screening ports are busy; 0: no limit.", "postscreen"),
+    _P("postscreen_post_queue_limit", T.Integer(minimum=0), "100",
+       "The most SMTP sessions of passed clients at once per listener and process; then "
+       "421 4.3.2 All server ports are busy; 0: no limit.", "postscreen"),
     # -- smtpd TLS (mta.tls, mta.smtpd.starttls) ------------------------------
     _P("smtpd_tls_security_level", T.Choice(("", "none", "may", "encrypt")), "",
        "TLS in the SMTP server: none, may (offer STARTTLS), encrypt (MAIL, VRFY and ETRN need "

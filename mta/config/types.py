@@ -268,6 +268,28 @@ class RewriteClients:
         return tuple(result)
 
 
+@attrs.frozen
+class PostscreenAccess:
+    """postscreen_access_list: permit_mynetworks and type:table items, in order.
+
+    A tuple of "permit_mynetworks" and TableSpecs (opened at load, so a bad
+    table file is reported by --check); other words are refused.
+    """
+
+    name = "access list"
+
+    def parse(self, text):
+        result = []
+        for item in splitList(text):
+            if ":" in item:
+                result.append(parseTableSpec(item))
+            elif item.lower() == "permit_mynetworks":
+                result.append("permit_mynetworks")
+            else:
+                raise ValueError(f"{item!r} is not permit_mynetworks or type:table")
+        return tuple(result)
+
+
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 

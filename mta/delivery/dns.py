@@ -316,6 +316,24 @@ class Resolver:
         """The rdata of type C{rdtype} for C{name}, CNAMEs followed (an Answer with dnssec)."""
         return Deferred.fromCoroutine(self._lookupRecords(name, dns.rdatatype.RdataType.make(rdtype), dnssec))
 
+    def cachedTTL(self, name, rdtype):
+        """
+        Seconds left of the cached answer (records, or a negative answer)
+        for C{name} and C{rdtype}, e.g. just after a lookup; None when
+        nothing is cached (a failure, a TTL of 0).  postscreen's DNSBL
+        test keeps its result this long (mta.smtpd.postscreen).
+        """
+        try:
+            qname = toName(name)
+        except ValueError:
+            return None
+        rdtype = dns.rdatatype.RdataType.make(rdtype)
+        for key in ((qname, rdtype), (qname, None)):
+            left = self.cache.remaining(key)
+            if left is not None:
+                return left
+        return None
+
     # -- lookups ------------------------------------------------------------
 
     async def _lookupMX(self, domain, dnssec=False):

@@ -73,6 +73,14 @@ class DNSCache:
         self.entries.move_to_end(key)
         return value
 
+    def remaining(self, key):
+        """Seconds left before the entry for C{key} expires, or None when there is none."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        left = entry[0] - self.clock.seconds()
+        return left if left > 0 else None
+
     def put(self, key, value, ttl):
         limit = self.maxNegativeTTL if isinstance(value, _Negative) else self.maxTTL
         ttl = min(ttl, limit)

@@ -104,6 +104,7 @@ class SMTPServerFactory(Factory):
         self.listenerName = listenerName
         if maillogs is None:
             maillogs = _maillogs(smtpd.syslogName)
+        self.maillogs = maillogs
         self.maillog = maillogs("smtpd")
         # ETRN: flushSite(domain) -> Deferred[int] (QueueManager.flushSite); None: 458, as
         # Postfix answers when its flush service is unavailable.
@@ -153,6 +154,13 @@ class SMTPServerFactory(Factory):
 
             self.peerNames = PeerNames(dns, clock, self.maillog)
         self.sessions = set()
+        # postscreen_enable (mta.smtpd.postscreen): the screen in front of the sessions; not for
+        # -bs (standard I/O) nor for a wrapper-mode TLS listener, whose first bytes are TLS.
+        self.postscreen = None
+        if settings.postscreen.enabled and listenerName != "sendmail" and not settings.tls.wrapperMode:
+            from mta.smtpd.postscreen import Postscreen
+
+            self.postscreen = Postscreen(settings.postscreen, self, tables, dns)
         self._freeSpace = None
         self._freeSpaceAt = None
 
@@ -173,6 +181,15 @@ class SMTPServerFactory(Factory):
                    flushSite=flushSite, postmasterNotices=postmasterNotices)
 
     def buildProtocol(self, addr):
+        """A new connection: the screen first with postscreen_enable, else the SMTP session."""
+        if self.postscreen is not None:
+            from mta.smtpd.postscreen import PostscreenServer
+
+            return PostscreenServer(self.postscreen, addr)
+        return self.buildSession(addr)
+
+    def buildSession(self, addr):
+        """The SMTP session of a connection (a screened one's, at the hand-over)."""
         from mta.smtpd.protocol import SMTPServer
 
         protocol = SMTPServer(self)

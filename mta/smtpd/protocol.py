@@ -196,6 +196,7 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         self._uncountedError = False  # set by a reply that is not a session error
         self._chunk = None  # the BDAT chunk being read, or the last one (mta.smtpd.commands.Chunk)
         self._lastCommand = None
+        self.screened = False  # handed over by the screen (mta.smtpd.postscreen): no greet delay here
         self.session = SessionState(bareNewline=settings.bareNewline)
         self.transaction = Transaction()
         self._startChat()  # Postfix's session history and error_mask (mta.smtpd.chat)
@@ -224,7 +225,7 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
             )
         else:
             self.setTimeout(settings.timeout)
-        if lookup is not None or settings.greetWait > 0 or not self._connectChecksAreStatic():
+        if lookup is not None or self._greetWait() > 0 or not self._connectChecksAreStatic():
             d = Deferred.fromCoroutine(self._connect(lookup))
             d.addErrback(self._internalError)
             return
@@ -345,6 +346,9 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         else:
             self._process()
         return False
+    def _greetWait(self):
+        """postscreen_greet_wait in the session: none after the screen, which did the pregreet test."""
+        return 0 if self.screened else self.settings.greetWait
 
     def _greet(self):
         if self._greetAfterHandshake():  # wrapper mode: the banner after the TLS handshake
@@ -377,7 +381,7 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
             return
         if self._clientStageAtConnect() and not await self._clientStage():
             return
-        if settings.greetWait > 0:
+        if self._greetWait() > 0:
             await deferLater(factory.clock, settings.greetWait)
             if self._closing:
                 return

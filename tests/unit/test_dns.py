@@ -970,3 +970,22 @@ def test_system_resolver_runs_getaddrinfo_in_a_thread():
     finally:
         pool.stop()
         private.close()
+
+
+def test_cached_ttl_of_positive_and_negative_answers(reactor):
+    """cachedTTL: the seconds left of a cached answer (postscreen's DNSBL TTL), None when nothing is cached."""
+    r = resolver(reactor)
+    assert r.cachedTTL("2.0.0.127.zen.example", "A") is None
+    d = r.lookupRecords("2.0.0.127.zen.example", "A")
+    answerOne(reactor, ("2.0.0.127.zen.example", 900, "A", "127.0.0.2"))
+    assert [a.address for a in result(d)] == ["127.0.0.2"]
+    assert r.cachedTTL("2.0.0.127.zen.example", "A") == 900
+    reactor.advance(100)
+    assert r.cachedTTL("2.0.0.127.zen.example", "A") == 800
+    d = r.lookupRecords("3.0.0.127.example.com", "A")
+    answerOne(reactor, authority=[SOA], rcode=dns.rcode.NXDOMAIN)
+    assert result(d.addErrback(lambda f: f.trap(DNSError))) is DNSError
+    assert r.cachedTTL("3.0.0.127.example.com", "A") == 300  # the SOA's minimum
+    reactor.advance(800)
+    assert r.cachedTTL("2.0.0.127.zen.example", "A") is None
+    assert r.cachedTTL("not a name..", "A") is None
