@@ -60,7 +60,10 @@ RELOAD
       existing destinations changes at once); deliveries in progress finish
       with the transport objects they hold, and the old transports are
       stopped when their last delivery ends (their cached SMTP connections
-      close then).
+      close then); then the old generation's tables are closed (their
+      database and LDAP connections, thread pools and files: Tables.close();
+      a session that began before the reload and asks one again opens a
+      connection anew).  At stop the tables in force are closed too.
     - pickup: the old one finishes the file in hand, a new one with the new
       settings takes over.
     - the DNS client is made anew (dns_servers, or /etc/resolv.conf, read
@@ -378,6 +381,7 @@ class MTAService(MultiService):
         registries = [self.transports] + list(self._retiring)
         d.addBoth(lambda result: DeferredList([r.stop() for r in registries]).addBoth(lambda _: result))
         d.addBoth(lambda result: maybeDeferred(self.tlsReporter.stop).addBoth(lambda _: result))
+        d.addBoth(lambda result: self.current.tables.close().addBoth(lambda _: result))
 
         def stopped(result):
             if self.commitPool is not None and self.commitPool.started:
@@ -520,7 +524,7 @@ class MTAService(MultiService):
         self.tlsReporter.use(generation)  # its settings, cleanup and DNS from now on (the store stays)
         self.manager.reconfigure(generation.config.settings.qmgr, generation.router, generation.transports,
                                  generation.notices)
-        self._retire(old.transports)
+        self._retire(old)
         await self._switchPickup(generation)
         if not self.running:
             return []
@@ -528,9 +532,14 @@ class MTAService(MultiService):
         self.workers.reload()  # new workers with the new configuration and sockets; the old ones retire
         return problems
 
-    def _retire(self, registry):
+    def _retire(self, generation):
+        """The replaced generation: its transports stop when idle, then its tables are closed."""
+        registry = generation.transports
         self._retiring.add(registry)
-        registry.retire().addBoth(lambda _: self._retiring.discard(registry))
+        d = registry.retire()
+        d.addBoth(lambda _: self._retiring.discard(registry))
+        if generation.tables is not self.current.tables:  # sessions that began before still work: see close()
+            d.addBoth(lambda _: generation.tables.close())
 
     async def _switchPickup(self, generation):
         old = self.pickup

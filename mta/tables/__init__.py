@@ -49,6 +49,18 @@ class Tables:
         self._open = {}
         self._factories = None
 
+    def close(self):
+        """
+        Close every table opened here that has ILookupTable's optional
+        close() (connections, thread pools, files); a Deferred that fires
+        when all have, whatever each one answered.
+        """
+        from twisted.internet.defer import DeferredList, maybeDeferred
+
+        closing = [maybeDeferred(table.close) for table in self._open.values()
+                   if callable(getattr(table, "close", None))]
+        return DeferredList(closing, consumeErrors=True)
+
     def open(self, spec):
         """Open the table for C{spec} (a TableSpec or 'type:name')."""
         key = str(spec)

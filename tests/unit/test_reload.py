@@ -209,6 +209,34 @@ def test_tablesAreOpenedAgain(daemon, tmp_path):
     assert before[0].send("RCPT TO:<bob@mx.test>\r\n").startswith("554 5.7.1 <bob@mx.test>: Recipient address rejected: no bob here")
 
 
+class ClosableTable:
+    """A table with ILookupTable's optional close(), as the network and database tables have."""
+
+    spec = "closable:x"
+
+    def __init__(self):
+        self.closed = 0
+
+    def lookup(self, key):
+        return succeed(None)
+
+    def close(self):
+        self.closed += 1
+
+
+def test_the_replaced_configurations_tables_are_closed_once_its_transports_retire(daemon):
+    daemon.write("")
+    daemon.start()
+    table = ClosableTable()
+    daemon.service.tables._open["closable:x"] = table
+    assert not daemon.reload().refused
+    assert table.closed == 1
+    fresh = ClosableTable()
+    daemon.service.tables._open["closable:x"] = fresh
+    daemon.service.stopService()
+    assert fresh.closed == 1 and table.closed == 1
+
+
 def test_connectionCountsCarryOver(daemon):
     daemon.write("smtpd_client_connection_count_limit = 1\nsmtpd_client_event_limit_exceptions =\n")
     daemon.start()
