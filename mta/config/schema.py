@@ -379,6 +379,13 @@ PARAMETERS = (
        "The reply code of the defer restriction.", "smtpd"),
     _P("plaintext_reject_code", T.Integer(minimum=400), "450",
        "The reply code of reject_plaintext_session.", "smtpd"),
+    _P("allow_untrusted_routing", T.Boolean(), "no",
+       "Let clients outside the trusted ones send to addresses with sender-specified routing "
+       "(user%domain@, user!host, @route:) in domains mta accepts: Postfix's relay trick guard.", "smtpd"),
+    _P("show_user_unknown_table_name", T.Boolean(), "yes",
+       "Name the table in \"User unknown in ... table\" replies.", "smtpd"),
+    _P("smtpd_client_port_logging", T.Boolean(), "no",
+       "Log the client's port too: client=NAME[ADDR]:PORT in the queue-id line.", "smtpd"),
     _P("smtpd_reject_unlisted_sender", T.Boolean(), "no",
        "Reject senders unknown in their domain's table (as reject_unlisted_sender) after the sender "
        "restrictions.", "smtpd"),

@@ -108,7 +108,10 @@ class IncomingTransaction:
     def commit(self):
         """Write the envelope and make the file durable; a Deferred firing with the queue id."""
         params = self.mailParams
-        client = self.server.session.client
+        session = self.server.session
+        client = session.client
+        # smtpd_client_port_logging: NAME[ADDR]:PORT in the queue-id line (the other lines keep NAME[ADDR])
+        shown = f"{client}:{session.clientPort}" if self.server.settings.clientPortLogging else client
         maillog = self.server.factory.maillog
         message = self.message
         sender = str(self.sender)
@@ -116,7 +119,7 @@ class IncomingTransaction:
         login = self.login
 
         def announce(queueId):  # Postfix's smtpd_sasl_mail_log: client=..., sasl_method=..., sasl_username=...
-            maillog.emit(f"client={client}{login}", queue_id=queueId, client=client)
+            maillog.emit(f"client={shown}{login}", queue_id=queueId, client=client)
             if params.requiretls:  # RFC 8689: the sender's request, kept in the queue file
                 maillog.emit("sender requested REQUIRETLS", queue_id=queueId, client=client)
 

@@ -398,7 +398,7 @@ class RecipientPolicy:
         relay; no for default.
         """
         routed, literal = self.resolver.flags(address)
-        if routed or literal:  # judged before any lookup: a trick never costs a table query
+        if (routed and not self.settings.allowUntrustedRouting) or literal:  # a trick costs no table query
             return False
         return await self.resolver.addressClass(address.domain) != "default"
 
@@ -427,6 +427,6 @@ class RecipientPolicy:
         else:
             return None
         code = self.settings.unknownCode(addressClass)
-        table = _TABLE_NAMES[addressClass]
+        table = f" in {_TABLE_NAMES[addressClass]}" if self.settings.showUnknownTable else ""
         shown = address if shown is None else shown
-        return Reply(code, f"{code // 100}.{detail}", f"<{shown}>: {what} rejected: User unknown in {table}")
+        return Reply(code, f"{code // 100}.{detail}", f"<{shown}>: {what} rejected: User unknown{table}")

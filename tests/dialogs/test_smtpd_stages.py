@@ -427,3 +427,40 @@ def test_pattern_tables_are_asked_the_whole_key_only():
         check = RESTRICTIONS[name][1](f.policy, table)
         assert resultOf(Deferred.fromCoroutine(check(request))).action == "dunno"
     assert table.asked == ["user+ext@sub.example.com", "host.example.com", "192.0.2.1", "mail.example.com"]
+
+
+def test_show_user_unknown_table_name():
+    main = "virtual_mailbox_domains = box.example\nvirtual_mailbox_maps = inline:{ u@box.example=u/ }\n"
+    d = dialog(main)
+    d.send("EHLO c.test\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\n")
+    assert d.send("RCPT TO:<v@box.example>\r\n") == (
+        "550 5.1.1 <v@box.example>: Recipient address rejected: User unknown in virtual mailbox table\r\n")
+    d = dialog(main + "show_user_unknown_table_name = no\n")
+    d.send("EHLO c.test\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\n")
+    assert d.send("RCPT TO:<v@box.example>\r\n") == (
+        "550 5.1.1 <v@box.example>: Recipient address rejected: User unknown\r\n")
+
+
+def test_allow_untrusted_routing():
+    d = dialog("")
+    d.send("EHLO c.test\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\n")
+    assert d.send("RCPT TO:<u%elsewhere.example@mx.test>\r\n").startswith("454 4.7.1 ")
+    d = dialog("allow_untrusted_routing = yes\n")
+    d.send("EHLO c.test\r\n")
+    d.send("MAIL FROM:<a@example.org>\r\n")
+    assert d.send("RCPT TO:<u%elsewhere.example@mx.test>\r\n") == "250 2.1.5 Ok\r\n"
+
+
+def test_smtpd_client_port_logging():
+    for setting, shown in (("no", f"client=unknown[{OUTSIDE}]"), ("yes", f"client=unknown[{OUTSIDE}]:40000")):
+        d = dialog(f"smtpd_client_port_logging = {setting}\n")
+        with MailLog() as log:
+            d.send("EHLO c.test\r\n")
+            d.send("MAIL FROM:<a@example.org>\r\n")
+            d.send("RCPT TO:<b@mx.test>\r\n")
+            d.send("DATA\r\n")
+            assert d.send("Subject: x\r\n\r\nhi\r\n.\r\n").startswith("250 ")
+        assert any(line.endswith(": " + shown) for line in log.lines), log.lines

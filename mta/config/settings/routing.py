@@ -12,7 +12,8 @@ settings class that needs it (a parameter may be read by several areas):
     sender_dependent_relayhost_maps, empty_address_relayhost_maps_lookup_key,
     mynetworks, relay_recipient_maps, local_recipient_maps,
     smtpd_recipient_restrictions, smtpd_reject_unlisted_recipient,
-    smtpd_reject_unlisted_sender,
+    smtpd_reject_unlisted_sender, allow_untrusted_routing,
+    show_user_unknown_table_name,
     relay_domains_reject_code, unknown_local_recipient_reject_code,
     unknown_virtual_alias_reject_code,
     unknown_virtual_mailbox_reject_code,
@@ -148,6 +149,8 @@ class RecipientCheckSettings(Settings):
     delimiter: str = setting("recipient_delimiter")  # for the keys of those lookups (user+ext -> user)
     rejectUnlisted: bool = setting("smtpd_reject_unlisted_recipient")  # check them after the restrictions
     rejectUnlistedSender: bool = setting("smtpd_reject_unlisted_sender")  # the same for MAIL FROM
+    allowUntrustedRouting: bool = setting("allow_untrusted_routing")  # routed addresses may be destinations
+    showUnknownTable: bool = setting("show_user_unknown_table_name")  # "User unknown in ... table"
     relayRejectCode: int = setting("relay_domains_reject_code")  # reject_unauth_destination
     nonFqdnRejectCode: int = setting("non_fqdn_reject_code")  # reject_non_fqdn_sender/recipient
     unknownClientCode: int = setting("unknown_client_reject_code")  # reject_unknown_*client_hostname

@@ -18,6 +18,7 @@ settings class that needs it (a parameter may be read by several areas):
     smtpd_forbid_bare_newline, smtpd_forbid_bare_newline_exclusions,
     smtpd_forbid_bare_newline_reject_code, smtpd_per_request_deadline,
     smtpd_min_data_rate, postscreen_greet_wait, postscreen_greet_action,
+    smtpd_client_port_logging,
     message_size_limit, line_length_limit, myhostname, mail_name,
     syslog_name, requiretls_enable
 
@@ -119,6 +120,7 @@ class SmtpdSettings(Settings):
     minDataRate: int = setting("smtpd_min_data_rate")  # content bytes/second that earn a second of deadline
     greetWait: float = setting("postscreen_greet_wait")  # greeting delay for the early-talker test; 0: none
     greetAction: str = setting("postscreen_greet_action")  # ignore, enforce or drop an early talker
+    clientPortLogging: bool = setting("smtpd_client_port_logging")  # client=NAME[ADDR]:PORT
 
     # -- sizes and counts
     sizeLimit: int = setting("message_size_limit")  # bytes; 0: no limit (and EHLO's SIZE has no number)
