@@ -494,6 +494,11 @@ PARAMETERS = (
     _P("anvil_rate_time_unit", T.Time("s"), "60s",
        "The time unit over which client rates are counted (the smtpd_client_*_rate_limit "
        "parameters).", "smtpd"),
+    _P("debug_peer_list", T.Networks(), "",
+       "Clients (addresses, networks, tables looked up by address) whose SMTP dialog is logged line "
+       "by line (\"< client: command\", \"> client: reply\"), as Postfix's verbose smtpd.", "smtpd"),
+    _P("debug_peer_level", T.Integer(minimum=1), "2",
+       "The verbose logging level for debug_peer_list clients; mta logs the dialog at any level.", "smtpd"),
     _P("smtpd_client_event_limit_exceptions", T.Networks(), "$mynetworks",
        "Clients exempt from the connection count and every client rate limit.", "smtpd"),
     _P("smtpd_error_sleep_time", T.Time("s"), "1s",

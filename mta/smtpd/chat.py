@@ -67,6 +67,7 @@ DEVIATIONS
     (see mta.transcript).
 """
 
+from mta.maillog import sanitize
 from mta.transcript import Transcript
 
 # The notify_classes the server can meet (Postfix's smtpd error_mask): see above.
@@ -96,9 +97,16 @@ class SessionChat:
 
     def _heard(self, line):
         """A command line arrived (without its line end): Postfix's smtpd_chat_query."""
+        if self.session.debugPeer:  # debug_peer_list: Postfix's verbose "< client: line"
+            self._debugLine("<", line)
         if self.transcript is not None:
             self._chatReset()
             self.transcript.received(line)
+
+    def _debugLine(self, direction, line):
+        """debug_peer_list: one line of the dialog in the mail log, as Postfix's verbose smtpd logs it."""
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        self.factory.maillog.emit(f"{direction} {self.session.client}: {sanitize(text)}", client=self.session.client)
 
     def _chatReset(self, threshold=HISTORY_FLUSH_THRESHOLD):
         """

@@ -110,6 +110,7 @@ class SMTPServerFactory(Factory):
         # Postfix answers when its flush service is unavailable.
         self.flushSite = flushSite
         self.eventLimitExceptions = NetworkMatcher(smtpd.eventLimitExceptions, tables)
+        self.debugPeers = NetworkMatcher(smtpd.debugPeerList, tables)  # debug_peer_list
         self.bareNewlineExclusions = NetworkMatcher(smtpd.bareNewlineExclusions, tables)
         self.policy = RecipientPolicy(settings.recipients, resolver, tables, dns=dns, maillog=self.maillog,
                                       reactor=clock, queueDirectory=getattr(store, "directory", None))

@@ -234,6 +234,7 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         if self._connectLimited() and not factory.eventLimitExceptions.staticMatch(session.clientAddress):
             if not self._checkConnectionCount():
                 return
+        session.debugPeer = factory.debugPeers.staticMatch(session.clientAddress)
         if session.bareNewline == "reject" and factory.bareNewlineExclusions.staticMatch(session.clientAddress):
             session.bareNewline = "normalize"
         self._greet()
@@ -269,6 +270,8 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
 
     def _connectChecksAreStatic(self):
         factory = self.factory
+        if not factory.debugPeers.static:
+            return False
         if self._clientStageAtConnect():
             return False
         if factory.remoteAnvil is not None and self._connectLimited():  # the count is the master's answer
@@ -375,6 +378,7 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
                     return
             if not self._checkConnectionCount(counts):
                 return
+        session.debugPeer = bool(session.clientAddress) and await factory.debugPeers.matches(session.clientAddress)
         if session.bareNewline == "reject" and await factory.bareNewlineExclusions.matches(session.clientAddress):
             session.bareNewline = "normalize"
         if self._closing:
@@ -764,6 +768,9 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         if reply.code >= 400 and footer:
             reply = Reply(reply.code, reply.status, reply.text + footer)
         wire = reply.lines()
+        if self.session.debugPeer:  # debug_peer_list: Postfix's verbose "> client: line"
+            for line in wire.split(b"\r\n")[:-1]:
+                self._debugLine(">", line)
         if self.transcript is not None:
             self.transcript.sentLines(wire)
         self._out.append(wire)

@@ -112,6 +112,7 @@ class SessionState:
     deferIfPermit: dict = attrs.Factory(dict)  # stage -> the DEFER_IF_PERMIT reply it raised
     stageEffects: object = None  # the Evaluation of those stages (hold, discard, redirect, bcc)
     illegalPipelining: bool = False  # reject_unauth_pipelining: commands sent ahead where not allowed
+    debugPeer: bool = False  # debug_peer_list: the dialog is logged line by line
 
     @property
     def client(self):

@@ -464,3 +464,19 @@ def test_smtpd_client_port_logging():
             d.send("DATA\r\n")
             assert d.send("Subject: x\r\n\r\nhi\r\n.\r\n").startswith("250 ")
         assert any(line.endswith(": " + shown) for line in log.lines), log.lines
+
+
+def test_debug_peer_list_logs_the_dialog_of_the_listed_clients():
+    with MailLog() as log:
+        d = dialog(f"debug_peer_list = {OUTSIDE}/32\n")
+        d.send("EHLO c.test\r\n")
+        d.send("MAIL FROM:<a@example.org>\r\n")
+    client = f"unknown[{OUTSIDE}]"
+    assert f"> {client}: 220 mx.test ESMTP mta" in log.lines
+    assert f"< {client}: EHLO c.test" in log.lines
+    assert f"> {client}: 250-mx.test" in log.lines
+    assert f"< {client}: MAIL FROM:<a@example.org>" in log.lines and f"> {client}: 250 2.1.0 Ok" in log.lines
+    with MailLog() as log:
+        d = dialog("debug_peer_list = 198.51.100.0/24\n")
+        d.send("EHLO c.test\r\n")
+    assert not any(line.startswith(("< ", "> ")) for line in log.lines)

@@ -18,7 +18,7 @@ settings class that needs it (a parameter may be read by several areas):
     smtpd_forbid_bare_newline, smtpd_forbid_bare_newline_exclusions,
     smtpd_forbid_bare_newline_reject_code, smtpd_per_request_deadline,
     smtpd_min_data_rate, postscreen_greet_wait, postscreen_greet_action,
-    smtpd_client_port_logging,
+    smtpd_client_port_logging, debug_peer_list, debug_peer_level,
     message_size_limit, line_length_limit, myhostname, mail_name,
     syslog_name, requiretls_enable
 
@@ -136,6 +136,8 @@ class SmtpdSettings(Settings):
     newTlsRateLimit: int = setting("smtpd_client_new_tls_session_rate_limit")  # new TLS sessions per unit
     rateTimeUnit: float = setting("anvil_rate_time_unit")  # seconds of anvil's window (mta.smtpd.anvil)
     eventLimitExceptions: tuple = setting("smtpd_client_event_limit_exceptions")  # networks/tables exempt
+    debugPeerList: tuple = setting("debug_peer_list")  # clients whose dialog is logged line by line
+    debugPeerLevel: int = setting("debug_peer_level")  # Postfix's verbose level; any level logs the dialog
 
     # -- the error tarpit (smtpd's error_count and junk_cmds)
     errorSleep: float = setting("smtpd_error_sleep_time")  # delay of each reply past the soft limit
