@@ -29,6 +29,11 @@ class TableTemporaryError(Exception):
     """A table cannot answer now; the caller must answer 4xx and retry later."""
 
 
+def printable(text, limit=200):
+    """Postfix's printable(): everything outside printable ASCII as '?', cut to C{limit} (for logs, errors)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
+
+
 def tableFactories():
     from twisted.plugin import getPlugins
 

@@ -19,8 +19,10 @@ without ``@``), ``%d`` its domain, ``%1``..``%9`` the domain's labels from
 the right (``%1`` of user@mail.example.com is com); in result_format the
 lower-case ones take the result value apart and ``%S %U %D %1..%9`` the key.
 
-The file, the templates and the escaping are mta.tables.ldapconfig's; this
-module is the client.  It is ldaptor (a Twisted protocol, never a thread): one connection
+The file and the escaping are mta.tables.ldapconfig's, the templates and
+the domain filter mta.tables.dbcommon's (shared with the SQL tables); this
+module is the client.
+It is ldaptor (a Twisted protocol, never a thread): one connection
 per table, opened at the first lookup (never at load, so ``mta-config
 --check`` parses the file and checks the templates without a server),
 optionally StartTLS, a simple bind when ``bind = yes``, then reused by all
@@ -67,7 +69,7 @@ DEVIATIONS
     default, is accepted and ignored.  ``bind = sasl`` is refused at open
     (TableError; ldaptor has no SASL client), as are tls_ca_cert_dir (use
     tls_ca_cert_file) and a ``domain`` list entry that is a file or
-    type:table (only domain names).  chase_referrals, debuglevel,
+    type:table (only domain names and ``!name``).  chase_referrals, debuglevel,
     tls_random_file, tls_cipher_suite and the cache parameters are ignored
     with a warning; referrals are not followed.  Invalid values (scope,
     dereference, a number, a boolean) are a TableError naming the file and
@@ -93,11 +95,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mta.interfaces import ILookupTable
-from mta.tables import TableError, TableTemporaryError
+from mta.tables import TableError, TableTemporaryError, printable
 from mta.tables.ldapconfig import (
     SCOPES, LdapConfig, escapeDnValue, escapeFilterValue, isLdapUrl, parseLdapUrl, parseQueryFilter,
 )
-from mta.tables.socketmap import printable
 
 log = Logger()
 
@@ -206,10 +207,8 @@ class LdapTable:
         if len(encoded) > MAX_KEY:
             raise self._temporary(f"key over {MAX_KEY} bytes", key)
         config = self.config
-        if config.domains is not None:
-            at = key.rfind("@")
-            if at <= 0 or key[at + 1:].lower() not in config.domains:
-                return None
+        if config.domains is not None and not await config.domains.admits(key):
+            return None
         base = config.templates.expand(config.searchBase, key, quote=escapeDnValue) if config.searchBase else ""
         if base is None:
             return None

@@ -1,13 +1,14 @@
 """mta.tables.ldapconfig - the file of an ldap: table, its templates and its escaping.
 
-Reads an ldap_table(5) file (main.cf format: ``name = value``, white space
-at the start of a line continues the previous one, ``#`` comments; the last
-of repeated names wins) into an LdapConfig, checking every value: a mistake
-is a TableError naming the file and line, raised at open so that
-``mta-config --check`` reports it.  Also here: db_common.c's templates
-(%s %u %d %S %U %D %1..%9 and %%, with Postfix's rules for keys that cannot
-fill them), RFC 4515 filter and RFC 4514 DN escaping of keys, server_host
-and RFC 4516 URL parsing.  mta.tables.ldap is the client that uses them.
+Reads an ldap_table(5) file (main.cf format, read by mta.tables.dbcommon:
+``name = value``, white space at the start of a line continues the previous
+one, ``#`` comments; the last of repeated names wins) into an LdapConfig,
+checking every value: a mistake is a TableError naming the file and line,
+raised at open so that ``mta-config --check`` reports it.  The templates
+(%s %u %d %S %U %D %1..%9 and %%) and the domain filter are dbcommon's
+(db_common.c); here are RFC 4515 filter and RFC 4514 DN escaping of keys,
+server_host and RFC 4516 URL parsing.  mta.tables.ldap is the client that
+uses them.
 
 SECURITY
     The file is configuration (it may hold bind_pw: a warning when others
@@ -23,15 +24,14 @@ CONFIGURATION
     defaults and the deviations.
 """
 
-import os
 import re
 import stat
 from urllib.parse import unquote
 
 from twisted.logger import Logger
 
-from mta.tables import TableError
-from mta.tables.socketmap import printable
+from mta.tables import TableError, printable
+from mta.tables.dbcommon import DomainFilter, Templates, readConfigFile
 
 log = Logger()
 
@@ -74,161 +74,7 @@ def escapeDnValue(value):
     return _DN_SPECIAL.sub(_hexEscape, value)
 
 
-# -- templates (db_common.c) --------------------------------------------------------
-
-
-class Templates:
-    """
-    The shared expansion context of search_base, query_filter and
-    result_format, as db_common_parse() builds it.
-    """
-
-    def __init__(self):
-        self.keyUser = self.keyDomain = self.valueUser = self.valueDomain = False
-        self.nparts = 0
-
-    def parse(self, fmt, query):
-        """Note what C{fmt} uses; True when it depends on the key. ValueError for a bad %."""
-        dynamic = False
-        i = 0
-        while i < len(fmt):
-            if fmt[i] == "%":
-                i += 1
-                c = fmt[i] if i < len(fmt) else ""
-                if c == "%":
-                    pass
-                elif c == "u":
-                    if query:
-                        self.keyUser = True
-                    else:
-                        self.valueUser = True
-                    dynamic = True
-                elif c == "d":
-                    if query:
-                        self.keyDomain = True
-                    else:
-                        self.valueDomain = True
-                    dynamic = True
-                elif c in ("s", "S"):
-                    dynamic = True
-                elif c == "U":
-                    self.keyUser = True
-                    dynamic = True
-                elif c in "123456789" and c:
-                    self.nparts = max(self.nparts, int(c))
-                    self.keyDomain = True
-                    dynamic = True
-                elif c == "D":
-                    self.keyDomain = True
-                    dynamic = True
-                else:
-                    raise ValueError(f"invalid {'query' if query else 'result'} template: {fmt}")
-            i += 1
-        return dynamic
-
-    def expand(self, fmt, value, key=None, quote=None):
-        """
-        db_common_expand(): C{fmt} with C{value} (the key, or with C{key}
-        given, a result value); None when the value cannot fill the template.
-        """
-        if not value:
-            return None
-        quote = quote or (lambda v: v)
-        vdomain = kdomain = None
-        vuser = kuser = None
-        if key is not None:
-            if self.valueDomain or self.valueUser:
-                at = value.rfind("@")
-                if at >= 0:
-                    vdomain, vuser = value[at + 1:], value[:at]
-            if (not vdomain and self.valueDomain) or (vuser == "" and self.valueUser):
-                return None
-            if self.keyDomain or self.keyUser:
-                at = key.rfind("@")
-                if at >= 0:
-                    kdomain, kuser = key[at + 1:], key[:at]
-            if (not kdomain and self.keyDomain) or (kuser == "" and self.keyUser):
-                return None
-            labelsFrom = kdomain
-        else:
-            if self.keyDomain or self.keyUser:
-                at = value.rfind("@")
-                if at >= 0:
-                    vdomain, vuser = value[at + 1:], value[:at]
-            if (not vdomain and self.keyDomain) or (vuser == "" and self.keyUser):
-                return None
-            labelsFrom = vdomain
-        labels = []
-        if self.nparts:
-            labels = labelsFrom.split(".")
-            if len(labels) < self.nparts or any(not label for label in labels[-self.nparts:]):
-                return None
-        out = []
-        i = 0
-        while i < len(fmt):
-            c = fmt[i]
-            if c != "%":
-                out.append(c)
-                i += 1
-                continue
-            c = fmt[i + 1]
-            i += 2
-            if c == "%":
-                out.append("%")
-            elif c == "s":
-                out.append(quote(value))
-            elif c == "u":
-                out.append(quote(vuser if vdomain is not None else value))
-            elif c == "d":
-                out.append(quote(vdomain))
-            elif c == "S":
-                out.append(quote(key if key is not None else value))
-            elif c == "U":
-                if key is not None:
-                    out.append(quote(kuser if kdomain is not None else key))
-                else:
-                    out.append(quote(vuser if vdomain is not None else value))
-            elif c == "D":
-                out.append(quote(kdomain if key is not None else vdomain))
-            else:
-                out.append(quote(labels[len(labels) - int(c)]))
-        return "".join(out)
-
-
 # -- the configuration file -----------------------------------------------------------
-
-
-def readConfigFile(path):
-    """main.cf-format lines to {name: (value, line number)}; TableError naming file:line."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
-    except OSError as e:
-        raise TableError(f"{path}: cannot open LDAP table configuration: {e.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise TableError(f"{path}: not UTF-8") from None
-    entries = {}
-    last = None
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if line[0] in " \t":
-            if last is None:
-                raise TableError(f"{path}:{number}: continuation line with no parameter before it")
-            value, where = entries[last]
-            entries[last] = ((value + " " + stripped).strip(), where)
-            continue
-        name, eq, value = stripped.partition("=")
-        name = name.strip()
-        if not eq or not re.fullmatch(r"[A-Za-z0-9_]+", name):
-            raise TableError(f"{path}:{number}: expected 'name = value', found {printable(stripped, 60)!r}")
-        entries[name] = (value.strip(), number)
-        last = name
-    return entries, st
 
 
 class Server:
@@ -297,8 +143,10 @@ class LdapConfig:
 
     def __init__(self, path):
         self.path = path
-        entries, st = readConfigFile(path)
-        self._entries = entries
+        config = readConfigFile(path)
+        self._config = config
+        entries = config.entries
+        st = config.stat
 
         for name, (_, number) in entries.items():
             if name not in KNOWN:
@@ -322,7 +170,7 @@ class LdapConfig:
             log.warn("{path}: fixed query_filter {filter} is probably useless", path=path, filter=self.queryFilter)
         formatName = "result_format" if "result_format" in entries else "result_filter"
         self._parse(formatName, self.resultFormat, lambda v: self.templates.parse(v, False))
-        self.domains = self._parse("domain", "", self._domains)
+        self.domains = DomainFilter(config.where("domain"), self._str("domain", ""), namesOnly=True) or None
 
         def attrs(name, default=""):
             return [a for a in _LIST_SPLIT.split(self._str(name, default)) if a]
@@ -372,11 +220,10 @@ class LdapConfig:
     # -- value helpers ------------------------------------------------------------
 
     def _error(self, name, why):
-        where = f"{self.path}:{self._entries[name][1]}" if name in self._entries else self.path
-        return TableError(f"{where}: {name}: {why}")
+        return TableError(f"{self._config.where(name)}: {name}: {why}")
 
     def _str(self, name, default):
-        return self._entries[name][0] if name in self._entries else default
+        return self._config.value(name, default)
 
     def _parse(self, name, default, parser):
         try:
@@ -409,16 +256,6 @@ class LdapConfig:
         if text not in choices:
             raise self._error(name, f"unsupported value {printable(text)!r} (one of {', '.join(choices)})")
         return choices[text]
-
-    def _domains(self, text):
-        domains = set()
-        for item in _LIST_SPLIT.split(text.strip()):
-            if not item:
-                continue
-            if "/" in item or ":" in item:
-                raise ValueError(f"{item}: only domain names are supported in 'domain', not files or tables")
-            domains.add(item.lower())
-        return domains or None
 
     def _tls(self):
         from twisted.internet import ssl

@@ -8,12 +8,11 @@ last colon; the rest is the server, ``inet:host:port`` (host an IPv4
 address, ``[IPv6]`` or a name) or ``unix:/absolute/path``.  Servers such as
 postfix-mta-sts-resolver answer smtp_tls_policy_maps lookups this way.
 
-One persistent connection per table, opened at the first lookup (never at
-load, so ``mta-config --check`` only parses the spec), carries one request
-at a time; further lookups wait in order in a queue.  A connection that
-breaks while a request is out is reopened and the request sent once more
-(Postfix retries a broken connection once, to hide server restarts); a
-connection lost between requests is reopened by the next lookup.
+The connection follows mta.tables.stream's rules (one persistent
+connection per table, opened at the first lookup, one request at a time in
+order, a per-request timeout, resent once after a lost connection: Postfix
+retries a broken connection once, to hide server restarts), with the idle
+close below.
 
 Answers: ``OK value`` gives the value, ``NOTFOUND`` gives None; ``TEMP``,
 ``TIMEOUT`` and ``PERM`` log a warning in Postfix's words ("socketmap
@@ -63,18 +62,14 @@ DEVIATIONS
     so socketmap is accepted wherever a table is.
 """
 
-import collections
-import ipaddress
 import re
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mta.interfaces import ILookupTable
-from mta.tables import TableError, TableTemporaryError
+from mta.tables import TableError, printable
+from mta.tables.stream import FrameError, ReplyError, RequestStream, parseHostPort
 
 log = Logger()
 
@@ -90,7 +85,7 @@ _BAD_VALUE = re.compile(r"[\x00\r\n]")
 _NAME = re.compile(r"[!-~]+")
 
 
-class NetstringError(Exception):
+class NetstringError(FrameError):
     """The peer sent something that is not a netstring within the limits."""
 
 
@@ -140,11 +135,6 @@ class NetstringDecoder:
             self._length = None
 
 
-def printable(text, limit=200):
-    """Postfix's printable(): everything outside printable ASCII as '?', cut to C{limit}."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
-
-
 def parseServer(spec, name):
     """
     Split C{name} (after "socketmap:") into (kind, address, mapname):
@@ -162,61 +152,7 @@ def parseServer(spec, name):
         return "unix", rest, mapname
     if kind != "inet":
         raise TableError(f"{spec}: unknown socketmap transport {printable(kind)!r} (inet or unix)")
-    host, colon, port = rest.rpartition(":")
-    if not colon or not host:
-        raise TableError(f"{spec}: inet: needs host:port")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise TableError(f"{spec}: bad port {printable(port)!r}")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise TableError(f"{spec}: bad host {printable(host)!r}")
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise TableError(f"{spec}: bad IPv6 address {printable(host)!r}") from None
-    elif not re.fullmatch(r"[A-Za-z0-9._-]+", host):
-        raise TableError(f"{spec}: bad host {printable(host)!r}")
-    return "inet", (host, int(port)), mapname
-
-
-class _Request:
-    def __init__(self, key, payload):
-        self.key = key
-        self.payload = payload
-        self.deferred = Deferred()
-        self.timer = None
-        self.tries = 0
-
-
-class SocketmapProtocol(Protocol):
-    """One connection: netstrings in, replies to the table."""
-
-    def __init__(self, table):
-        self._table = table
-        self._decoder = NetstringDecoder(MAX_REPLY)
-        self.lost = False
-
-    def dataReceived(self, data):
-        if self.lost:
-            return
-        try:
-            payloads = self._decoder.feed(data)
-        except NetstringError as e:
-            self._table._protocolError(self, str(e))
-            return
-        for payload in payloads:
-            if self.lost:
-                return
-            self._table._replyReceived(self, payload)
-
-    def connectionLost(self, reason):
-        self.lost = True
-        self._table._connectionLost(self, reason)
-
-    def abort(self):
-        self.lost = True
-        self.transport.abortConnection()
+    return "inet", parseHostPort(spec, rest, "inet: needs host:port"), mapname
 
 
 @implementer(ILookupTable)
@@ -227,87 +163,18 @@ class SocketmapTable:
 
     def __init__(self, name, reactor):
         self.spec = f"socketmap:{name}"
-        self._kind, self._address, self.mapname = parseServer(self.spec, name)
-        self._reactor = reactor
-        self._queue = collections.deque()
-        self._current = None  # the request on the wire
-        self._protocol = None
-        self._connecting = None  # the connect Deferred
-        self._connectTimer = None
-        self._idleTimer = None
-        self._connectedAt = None
-
-    # -- lookups -----------------------------------------------------------------
+        kind, address, self.mapname = parseServer(self.spec, name)
+        self._stream = RequestStream(
+            self.spec, reactor, kind, address, decoder=lambda: NetstringDecoder(MAX_REPLY),
+            parseReply=self._parseReply, timeout=TIMEOUT, maxQueue=MAX_QUEUE, maxIdle=MAX_IDLE, maxTtl=MAX_TTL)
 
     def lookup(self, key):
         encoded = key.encode("utf-8", "surrogatepass")
         if len(encoded) > MAX_KEY:
-            return self._refuse(key, f"key over {MAX_KEY} bytes")
+            return self._stream.refuse(key, f"key over {MAX_KEY} bytes")
         if _CONTROL.search(key) or not _validUtf8(encoded):
-            return self._refuse(key, "key with a control character or not UTF-8")
-        if len(self._queue) >= MAX_QUEUE:
-            return self._refuse(key, f"more than {MAX_QUEUE} lookups waiting")
-        request = _Request(key, encodeNetstring(self.mapname.encode("ascii") + b" " + encoded))
-        request.timer = self._reactor.callLater(TIMEOUT, self._timedOut, request)
-        self._queue.append(request)
-        self._pump()
-        return request.deferred
-
-    def _refuse(self, key, why):
-        log.warn("{spec}: lookup refused, not sent: {why}: {key}", spec=self.spec, why=why, key=printable(key, 100))
-        d = Deferred()
-        d.errback(TableTemporaryError(f"{self.spec}: {why}"))
-        return d
-
-    def _pump(self):
-        if self._current is not None or not self._queue:
-            return
-        if self._protocol is None:
-            self._connect()
-            return
-        self._cancelIdle()
-        self._current = self._queue.popleft()
-        self._current.tries += 1
-        self._protocol.transport.write(self._current.payload)
-
-    def _finish(self, request, result=None, error=None):
-        if request.timer is not None and request.timer.active():
-            request.timer.cancel()
-        request.timer = None
-        if error is not None:
-            request.deferred.errback(TableTemporaryError(f"{self.spec}: {error}"))
-        else:
-            request.deferred.callback(result)
-
-    def _timedOut(self, request):
-        request.timer = None
-        log.warn("{spec}: lookup error: timeout after {timeout:g}s for key {key}",
-                 spec=self.spec, timeout=TIMEOUT, key=printable(request.key, 100))
-        if request is self._current:
-            # The reply may still come: this connection's stream is out of step.
-            self._current = None
-            self._dropConnection()
-        else:
-            self._queue.remove(request)
-        self._finish(request, error="timeout")
-        self._pump()
-
-    # -- replies -----------------------------------------------------------------
-
-    def _replyReceived(self, protocol, payload):
-        request = self._current
-        if request is None:
-            self._protocolError(protocol, "reply without a request")
-            return
-        self._current = None
-        self._startIdle()
-        try:
-            value = self._parseReply(payload)
-        except TableTemporaryError as e:
-            self._finish(request, error=str(e))
-        else:
-            self._finish(request, result=value)
-        self._pump()
+            return self._stream.refuse(key, "key with a control character or not UTF-8")
+        return self._stream.request(key, encodeNetstring(self.mapname.encode("ascii") + b" " + encoded))
 
     def _parseReply(self, payload):
         status, space, rest = payload.partition(b" ")
@@ -320,11 +187,11 @@ class SocketmapTable:
             except UnicodeDecodeError:
                 log.warn("{spec}: socketmap server reply is not UTF-8: {reply}", spec=self.spec,
                          reply=printable(rest.decode("latin-1")))
-                raise TableTemporaryError("reply not UTF-8") from None
+                raise ReplyError("reply not UTF-8") from None
             if _BAD_VALUE.search(value):
                 log.warn("{spec}: socketmap server reply holds NUL, CR or LF: {reply}", spec=self.spec,
                          reply=printable(value))
-                raise TableTemporaryError("reply with NUL, CR or LF")
+                raise ReplyError("reply with NUL, CR or LF")
             return value
         if status == b"NOTFOUND":
             return None
@@ -333,116 +200,11 @@ class SocketmapTable:
             payload.decode("latin-1"))
         log.warn("{spec} socketmap server {error_class} error{sep}{reason}", spec=self.spec,
                  error_class=errorClass, sep=": " if reason else "", reason=reason)
-        raise TableTemporaryError(f"socketmap server {errorClass} error")
-
-    def _protocolError(self, protocol, why):
-        log.warn("{spec}: lookup error: {why}; closing the connection", spec=self.spec, why=why)
-        request, self._current = self._current, None
-        self._dropConnection()
-        if request is not None:
-            self._finish(request, error=why)
-        self._pump()
-
-    # -- the connection ----------------------------------------------------------
-
-    def _endpoint(self):
-        from twisted.internet import endpoints
-
-        if self._kind == "unix":
-            return endpoints.UNIXClientEndpoint(self._reactor, self._address, timeout=TIMEOUT)
-        host, port = self._address
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return endpoints.HostnameEndpoint(self._reactor, host, port, timeout=TIMEOUT)
-        if address.version == 4:
-            return endpoints.TCP4ClientEndpoint(self._reactor, host, port, timeout=TIMEOUT)
-        return endpoints.TCP6ClientEndpoint(self._reactor, host, port, timeout=TIMEOUT)
-
-    def _connect(self):
-        if self._connecting is not None:
-            return
-        factory = Factory.forProtocol(lambda: SocketmapProtocol(self))
-        d = self._connecting = self._endpoint().connect(factory)
-        self._connectTimer = self._reactor.callLater(TIMEOUT, d.cancel)
-        d.addCallbacks(self._connected, self._connectFailed)
-
-    def _connected(self, protocol):
-        self._stopConnectTimer()
-        self._connecting = None
-        self._protocol = protocol
-        self._connectedAt = self._reactor.seconds()
-        log.debug("{spec}: connected", spec=self.spec)
-        self._pump()
-
-    def _connectFailed(self, failure):
-        self._stopConnectTimer()
-        self._connecting = None
-        if failure.check(CancelledError, ConnectingCancelledError):
-            reason = f"connect timeout after {TIMEOUT:g}s"
-        else:
-            reason = failure.getErrorMessage() or failure.type.__name__
-        log.warn("{spec}: lookup error: cannot connect: {reason}", spec=self.spec, reason=reason)
-        waiting, self._queue = list(self._queue), collections.deque()
-        for request in waiting:
-            self._finish(request, error=f"cannot connect: {reason}")
-
-    def _stopConnectTimer(self):
-        if self._connectTimer is not None and self._connectTimer.active():
-            self._connectTimer.cancel()
-        self._connectTimer = None
-
-    def _connectionLost(self, protocol, reason):
-        if protocol is not self._protocol:
-            return
-        self._protocol = None
-        self._cancelIdle()
-        request, self._current = self._current, None
-        if request is not None:
-            if request.tries < 2:
-                log.info("{spec}: connection lost during a lookup; reconnecting to send it again", spec=self.spec)
-                self._queue.appendleft(request)
-            else:
-                log.warn("{spec}: lookup error: connection lost twice for key {key}", spec=self.spec,
-                         key=printable(request.key, 100))
-                self._finish(request, error="connection lost")
-        self._pump()
-
-    def _dropConnection(self):
-        protocol, self._protocol = self._protocol, None
-        self._cancelIdle()
-        if protocol is not None:
-            protocol.abort()
-
-    def _startIdle(self):
-        self._cancelIdle()
-        if self._connectedAt is not None and self._reactor.seconds() - self._connectedAt >= MAX_TTL:
-            if not self._queue:
-                log.debug("{spec}: connection older than {ttl:g}s, closing", spec=self.spec, ttl=MAX_TTL)
-                self._dropConnection()
-            return
-        self._idleTimer = self._reactor.callLater(MAX_IDLE, self._idle)
-
-    def _cancelIdle(self):
-        if self._idleTimer is not None and self._idleTimer.active():
-            self._idleTimer.cancel()
-        self._idleTimer = None
-
-    def _idle(self):
-        self._idleTimer = None
-        if self._current is None and self._protocol is not None:
-            log.debug("{spec}: idle for {idle:g}s, closing the connection", spec=self.spec, idle=MAX_IDLE)
-            self._dropConnection()
+        raise ReplyError(f"socketmap server {errorClass} error")
 
     def close(self):
         """Close the connection and fail what waits (for tests and shutdown)."""
-        request, self._current = self._current, None
-        waiting, self._queue = list(self._queue), collections.deque()
-        self._dropConnection()
-        if self._connecting is not None:
-            self._connecting.cancel()
-        for r in ([request] if request else []) + waiting:
-            self._finish(r, error="table closed")
+        self._stream.close()
 
 
 def _validUtf8(encoded):

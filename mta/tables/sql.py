@@ -88,10 +88,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mta.interfaces import ILookupTable
-from mta.tables import TableTemporaryError
-from mta.tables.sqlconfig import (
-    COMMON, NETWORK, DomainFilter, Templates, compileQuery, legacyQuery, printable, readTableConfig,
-)
+from mta.tables import TableTemporaryError, printable
+from mta.tables.dbcommon import DomainFilter
+from mta.tables.sqlconfig import COMMON, NETWORK, Templates, compileQuery, legacyQuery, readTableConfig
 
 log = Logger()
 
@@ -257,12 +256,8 @@ class SqlTable:
         if len(key.encode("utf-8")) > MAX_KEY:
             log.warn("{spec}: lookup refused, not sent: key over {limit} bytes", spec=self.spec, limit=MAX_KEY)
             raise TableTemporaryError(f"{self.spec}: key over {MAX_KEY} bytes")
-        if self.domainFilter is not None:
-            user, at, domain = key.rpartition("@")
-            if not at or not user or not domain:
-                return None
-            if not await self.domainFilter.matches(domain):
-                return None
+        if self.domainFilter is not None and not await self.domainFilter.admits(key):
+            return None
         if not self.templates.keyFits(key):
             return None
         params = tuple(self.templates.expand(t, key) for t in self.paramTemplates)

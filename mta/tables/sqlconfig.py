@@ -1,11 +1,11 @@
 """mta.tables.sqlconfig - the SQL tables' configuration file, templates and query compiler (db_common).
 
 Everything decided when an sqlite:, pgsql: or mysql: table is opened: the
-file parsed (Postfix's cfg_parser format, every name checked), the query and
-result_format templates and what they need of a key (db_common_parse), their
-expansion (db_common_expand), the query compiled into SQL with the driver's
-placeholders, the domain filter, and the hosts list.  mta.tables.sql has the
-format, the escapes and the lookups.
+file parsed (Postfix's cfg_parser format, read by mta.tables.dbcommon, every
+name checked here), the query and result_format templates (dbcommon's
+db_common_parse and db_common_expand), the query compiled into SQL with the
+driver's placeholders, the domain filter (dbcommon's), and the hosts list.
+mta.tables.sql has the format, the escapes and the lookups.
 
 SECURITY
     The file is configuration; a mistake in it is a TableError naming the
@@ -18,21 +18,13 @@ CONFIGURATION
 
 import re
 
-from twisted.logger import Logger
-
-from mta.tables import TableError
-
-log = Logger()
+from mta.tables import TableError, printable
+from mta.tables import dbcommon
 
 COMMON = ("query", "result_format", "domain", "expansion_limit",
           "table", "select_field", "where_field", "additional_conditions")
 NETWORK = ("hosts", "user", "password", "dbname", "retry_interval", "idle_interval",
            "connect_timeout", "query_timeout")
-
-
-def printable(text, limit=200):
-    """Everything outside printable ASCII as '?', cut to C{limit} (Postfix's printable())."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit])
 
 
 # -- the configuration file ---------------------------------------------------------
@@ -41,20 +33,18 @@ def printable(text, limit=200):
 class TableConfig:
     """The parsed file: get/getInt/getBool with Postfix's cfg_get_* rules."""
 
-    def __init__(self, path, values, lines):
-        self.path = path
-        self._values = values
-        self._lines = lines
+    def __init__(self, config):
+        self.path = config.path
+        self._config = config
 
     def __contains__(self, name):
-        return name in self._values
+        return name in self._config
 
     def where(self, name):
-        line = self._lines.get(name)
-        return f"{self.path}:{line}" if line else self.path
+        return self._config.where(name)
 
     def get(self, name, default=None, minimum=0, required=False):
-        value = self._values.get(name)
+        value = self._config.value(name)
         if value is None:
             if required:
                 raise TableError(f"{self.path}: missing parameter '{name}'")
@@ -64,7 +54,7 @@ class TableConfig:
         return value
 
     def getInt(self, name, default, minimum=0):
-        text = self._values.get(name)
+        text = self._config.value(name)
         if text is None:
             return default
         if not re.fullmatch(r"[0-9]+", text):
@@ -75,7 +65,7 @@ class TableConfig:
         return value
 
     def getBool(self, name, default):
-        text = self._values.get(name)
+        text = self._config.value(name)
         if text is None:
             return default
         if text.lower() in ("yes", "true", "1"):
@@ -85,49 +75,23 @@ class TableConfig:
         raise TableError(f"{self.where(name)}: '{name}' must be yes or no")
 
 
+def _checkNames(config, known):
+    for name, (_, number) in config.entries.items():
+        if name not in known:
+            raise TableError(f"{config.path}:{number}: unknown parameter '{printable(name, 80)}' "
+                             f"(known: {', '.join(sorted(known))})")
+    return TableConfig(config)
+
+
 def parseTableConfig(path, text, known):
     """Parse Postfix cfg_parser lines; TableError names file and line for what is wrong."""
-    logical = []
-    for number, line in enumerate(text.split("\n"), 1):
-        line = line.rstrip("\r")
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if line[0] in " \t":
-            if not logical:
-                raise TableError(f"{path}:{number}: continuation line with nothing before it")
-            logical[-1][1] += " " + stripped
-        else:
-            logical.append([number, stripped])
-    values, lines = {}, {}
-    for number, entry in logical:
-        name, eq, value = entry.partition("=")
-        name = name.strip()
-        if not eq or not name or re.search(r"\s", name):
-            raise TableError(f"{path}:{number}: expected 'name = value': {printable(entry, 80)!r}")
-        if name not in known:
-            raise TableError(f"{path}:{number}: unknown parameter '{printable(name, 80)}' "
-                             f"(known: {', '.join(sorted(known))})")
-        if name in values and values[name] != value.strip():
-            log.warn("{path}, line {line}: overriding earlier entry: {name}", path=path, line=number, name=name)
-        values[name] = value.strip()
-        lines[name] = number
-    return TableConfig(path, values, lines)
+    return _checkNames(dbcommon.parseConfigText(path, text), known)
 
 
 def readTableConfig(spec, path, known):
     if not path.startswith(("/", ".")):
         raise TableError(f"{spec}: the table name must be the path of its configuration file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise TableError(f"{path}: cannot open table: {e.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TableError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    return parseTableConfig(path, text, frozenset(known))
+    return _checkNames(dbcommon.readConfigFile(path), frozenset(known))
 
 
 def legacyQuery(config):
@@ -139,115 +103,27 @@ def legacyQuery(config):
     return f"SELECT {select} FROM {table} WHERE {where}='%s' {extra}"
 
 
-# -- templates (db_common_parse and db_common_expand) -------------------------------
-
-KEY_DOMAIN, KEY_USER, VALUE_DOMAIN, VALUE_USER = 1, 2, 4, 8
+# -- templates (dbcommon's db_common_parse and db_common_expand) --------------------
 
 
-class Templates:
-    """The query and result templates of one table: their needs (flags, labels) and expansion."""
+class Templates(dbcommon.Templates):
+    """The query and result_format templates of one table; TableError at C{where} for a bad one."""
 
     def __init__(self, where, query, resultFormat):
-        self.flags = 0
-        self.labels = 0
-        self._parse(where, query, True)
-        self._parse(where, resultFormat, False)
+        super().__init__()
+        for template, kind in ((query, "query"), (resultFormat, "result_format")):
+            try:
+                self.parse(template, kind == "query", kind)
+            except ValueError as e:
+                raise TableError(f"{where}: {e}") from None
         self.resultFormat = resultFormat
-
-    def _parse(self, where, template, isQuery):
-        i = 0
-        while i < len(template):
-            if template[i] != "%":
-                i += 1
-                continue
-            c = template[i + 1:i + 2]
-            i += 2
-            if c in ("%", "s", "S"):
-                continue
-            if c == "u":
-                self.flags |= KEY_USER if isQuery else VALUE_USER
-            elif c == "d":
-                self.flags |= KEY_DOMAIN if isQuery else VALUE_DOMAIN
-            elif c == "U":
-                self.flags |= KEY_USER
-            elif c == "D":
-                self.flags |= KEY_DOMAIN
-            elif c and c in "123456789":
-                self.labels = max(self.labels, int(c))
-                self.flags |= KEY_DOMAIN
-            else:
-                kind = "query" if isQuery else "result_format"
-                raise TableError(f"{where}: invalid {kind} template (bad escape %{printable(c)}): "
-                                 f"{printable(template)}")
-
-    @staticmethod
-    def _split(text):
-        """(text, user, domain): domain is None without an @."""
-        user, at, domain = text.rpartition("@")
-        if not at:
-            return text, text, None
-        return text, user, domain
-
-    def _fits(self, text, domainFlag, userFlag):
-        _, user, domain = self._split(text)
-        if self.flags & domainFlag and not domain:
-            return False
-        if self.flags & userFlag and domain is not None and not user:
-            return False
-        return True
 
     def keyFits(self, key):
         """Can the query be filled for C{key}? (db_common_expand's checks before a query)."""
-        if not key:
-            return False
-        if not self._fits(key, KEY_DOMAIN, KEY_USER):
-            return False
-        if self.labels:
-            _, _, domain = self._split(key)
-            if len([p for p in domain.split(".") if p]) < self.labels:
-                return False
-        return True
-
-    def expand(self, template, value, key=None):
-        """Expand C{template}: the query's for C{value} (the key), or a result's (value, key)."""
-        vtext, vuser, vdomain = self._split(value)
-        if key is None:
-            ktext, kuser, kdomain = vtext, vuser, vdomain
-        else:
-            ktext, kuser, kdomain = self._split(key)
-        parts = [p for p in (kdomain or "").split(".") if p]
-        out = []
-        i = 0
-        while i < len(template):
-            ch = template[i]
-            if ch != "%":
-                out.append(ch)
-                i += 1
-                continue
-            c = template[i + 1]
-            i += 2
-            if c == "%":
-                out.append("%")
-            elif c == "s":
-                out.append(vtext)
-            elif c == "u":
-                out.append(vuser)
-            elif c == "d":
-                out.append(vdomain or "")
-            elif c == "S":
-                out.append(ktext)
-            elif c == "U":
-                out.append(kuser)
-            elif c == "D":
-                out.append(kdomain or "")
-            else:
-                out.append(parts[len(parts) - int(c)])
-        return "".join(out)
+        return self.fits(key)
 
     def formatResult(self, value, key):
         """The result_format expansion of one value, or None when it is skipped."""
-        if not self._fits(value, VALUE_DOMAIN, VALUE_USER):
-            return None
         return self.expand(self.resultFormat, value, key)
 
 
@@ -333,57 +209,6 @@ def compileQuery(where, query, dialect):
             sql.append(ch)
             i += 1
     return "".join(sql), params
-
-
-# -- the domain filter ----------------------------------------------------------------
-
-
-class DomainFilter:
-    """Postfix's string_list of the 'domain' parameter: names, !names, /files, type:tables."""
-
-    def __init__(self, where, text, tables):
-        from mta.config.types import parseTableSpec, splitList
-
-        self._items = []  # (negated, name or table)
-        for item in self._expandFiles(where, splitList(text)):
-            negated = item.startswith("!")
-            if negated:
-                item = item[1:]
-            if not item:
-                raise TableError(f"{where}: empty pattern in 'domain'")
-            if re.match(r"[a-z][a-z0-9_-]*:", item):
-                try:
-                    table = tables.open(parseTableSpec(item))
-                except ValueError as e:
-                    raise TableError(f"{where}: domain: {e}") from None
-                self._items.append((negated, table))
-            else:
-                self._items.append((negated, item.lower()))
-
-    @staticmethod
-    def _expandFiles(where, items):
-        for item in items:
-            if not item.startswith("/"):
-                yield item
-                continue
-            try:
-                with open(item, encoding="utf-8") as f:
-                    lines = f.read().split("\n")
-            except (OSError, UnicodeDecodeError) as e:
-                raise TableError(f"{where}: domain: cannot read {item}: {getattr(e, 'strerror', e)}") from None
-            for line in lines:
-                line = line.split("#", 1)[0]
-                yield from (w for w in re.split(r"[\s,]+", line) if w)
-
-    async def matches(self, domain):
-        for negated, item in self._items:
-            if isinstance(item, str):
-                hit = item == domain
-            else:
-                hit = (await item.lookup(domain)) is not None
-            if hit:
-                return not negated
-        return False
 
 
 def splitHosts(config):

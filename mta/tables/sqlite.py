@@ -38,9 +38,9 @@ DEVIATIONS
 import sqlite3
 from urllib.parse import quote
 
-from mta.tables import TableError
+from mta.tables import TableError, printable
 from mta.tables.sql import Server, SqlTable, _Pool
-from mta.tables.sqlconfig import COMMON, Dialect, printable
+from mta.tables.sqlconfig import COMMON, Dialect
 
 DIALECT = Dialect("?", strings="'", identifiers={'"': '"', "`": "`", "[": "]"}, backslash=False)
 

@@ -92,7 +92,7 @@ def expandQuery(fmt, key):
     ("%u", "@example.com", None),
     ("%3", "user@example.com", None),
     ("%2", "user@.com", None),
-    ("%1", "user@example.", None),
+    ("%1", "user@example.", "example"),  # empty labels do not count (Postfix's argv_split)
     ("%s", "", None),
 ])
 def test_query_expansion(fmt, key, result):
