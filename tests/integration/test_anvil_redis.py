@@ -8,6 +8,9 @@ than 0) and real ``twistd mta`` daemons sharing it:
   daemons, gets 421 and Postfix's warning; another client address is not affected;
 - smtpd_client_connection_count_limit = 1 over two daemons: a second session from the client on
   the other daemon gets 421, and after the first one's QUIT (released in Redis) it is served;
+- smtpd_client_message_rate_limit = 1 over two daemons: the second MAIL, on the other, gets 450;
+- a daemon killed with -9 while a session of its is open: its session stops counting within
+  the node TTL (30 s; slow);
 - Redis stopped: mail is still accepted (the limits fail open) and the warning is logged once;
   Redis started again: the limits hold again and "available again" is logged.
 
@@ -245,3 +248,45 @@ def test_anUnreadablePasswordFileStopsTheStart(tmp_path):
     out, err = process.communicate(timeout=60)
     assert process.returncode != 0
     assert f"anvil_store_password_file {tmp_path}/missing: cannot read" in (out + err).decode()
+
+
+def test_twoDaemonsShareTheMessageRate(makeDaemon, redis, tmp_path):
+    settings = storeSettings(redis, tmp_path, "smtpd_client_message_rate_limit = 1\n")
+    a = makeDaemon(settings, "a").start()
+    b = makeDaemon(settings, "b").start()
+    with ClientFrom("127.0.0.11", a.port) as client:
+        assert client.command("EHLO client.test")[0] == 250
+        assert client.command("MAIL FROM:<x@example.org>")[0] == 250
+        assert client.command("QUIT")[0] == 221
+    with ClientFrom("127.0.0.11", b.port) as client:
+        assert client.command("EHLO client.test")[0] == 250
+        assert client.command("MAIL FROM:<x@example.org>") == (450, ["4.7.1 Error: too much mail from 127.0.0.11"])
+        assert client.command("QUIT")[0] == 221
+    assert "warning: Message delivery request rate limit exceeded: 2 from unknown[127.0.0.11] for service smtp" in \
+        b.maillogText()
+
+
+@pytest.mark.slow
+def test_theSessionsOfAKilledDaemonStopCountingWithinTheNodeTtl(makeDaemon, redis, tmp_path):
+    from mta.smtpd.anvilstore import HEARTBEAT, NODE_TTL
+
+    settings = storeSettings(redis, tmp_path, "smtpd_client_connection_count_limit = 1\n")
+    a = makeDaemon(settings, "a").start()
+    b = makeDaemon(settings, "b").start()
+    held = ClientFrom("127.0.0.12", a.port)
+    assert held.banner[0] == 220
+    a.kill()  # kill -9: no release; its node key and fields remain until their TTL
+    held.close()
+    killedAt = time.monotonic()
+    with ClientFrom("127.0.0.12", b.port) as client:
+        refused(client, "127.0.0.12")
+
+    def servedNow():
+        with ClientFrom("127.0.0.12", b.port) as client:
+            if client.banner[0] != 220:
+                return False
+            assert client.command("QUIT")[0] == 221
+            return True
+
+    waitFor(servedNow, NODE_TTL + 15, "the dead daemon's session to stop counting", interval=1.0)
+    assert time.monotonic() - killedAt >= NODE_TTL - HEARTBEAT - 1  # not released by anything else
