@@ -80,6 +80,10 @@ RELOAD
     - TLS-RPT (mta.delivery.tlsrpt): the one reporter keeps its counts
       (in memory and in its SQLite store) and takes the new settings.
 
+    anvil_store (the per-client counts in Redis, mta.smtpd.anvilstore)
+    cannot change without a restart either: the new listeners' factories
+    count in the store in force, and a change is ignored with a warning.
+
     queue_directory cannot change without a restart (the queue store, the
     control socket and its lock live there): a change is ignored with
     Postfix's three warnings ("ignoring queue_directory parameter value
@@ -110,7 +114,7 @@ SECURITY
 
 CONFIGURATION
     queue_directory, maillog_file, syslog_name, myhostname, dns_servers,
-    worker_processes, service_throttle_time, local_transport, virtual_transport, relay_transport, default_transport;
+    worker_processes, service_throttle_time, anvil_store, anvil_store_password_file, local_transport, virtual_transport, relay_transport, default_transport;
     [listener:NAME] endpoint and per-listener overrides.
 
 DEVIATIONS
@@ -235,6 +239,16 @@ class MTAService(MultiService):
         )
         self.pickup = Pickup(self.store, self.current.cleanup, reactor, self.current.maillogFor)
         self.workers = WorkerPool(self, reactor)  # worker_processes (mta.workers)
+        # anvil_store (mta.smtpd.anvilstore): the per-client counts in Redis, shared with other machines;
+        # None: each listener's own Anvil in memory.  With workers, the master asks Redis for them.
+        self.anvilStore = None
+        spec = config.settings.service.anvilStore
+        if spec is not None:
+            from mta.smtpd.anvilstore import RedisAnvil, nodeName
+
+            self.anvilStore = RedisAnvil(reactor, spec, nodeName(config.settings.service.hostname),
+                                         self.maillogFor("anvil"))
+            self._attachAnvil(self.current)
 
         service = StreamServerEndpointService(control.controlServerEndpoint(reactor, self.queueDirectory),
                                               control.controlFactory(self))
@@ -245,6 +259,11 @@ class MTAService(MultiService):
         for listener in config.listeners:
             self._addListener(ListenerService(listener.name, listener.endpoint, reactor,
                                               self.current.factories[listener.name]))
+
+    def _attachAnvil(self, generation):
+        if self.anvilStore is not None:
+            for factory in generation.factories.values():
+                self.anvilStore.attach(factory)
 
     def _addListener(self, service):
         self.listeners[service.listenerName] = service
@@ -313,6 +332,15 @@ class MTAService(MultiService):
             control.prepareDirectory(self.queueDirectory)
         except OSError as e:
             raise StartupError(f"cannot create queue directory {self.queueDirectory}: {e.strerror}") from None
+        if self.anvilStore is not None:  # read as root, before twistd's --uid, as the TLS keys are
+            from mta.smtpd.anvilstore import readPassword
+
+            path = self.config.settings.service.anvilStorePasswordFile
+            try:
+                self.anvilStore.client.password = readPassword(path)
+            except (OSError, UnicodeDecodeError) as e:
+                raise StartupError(f"anvil_store_password_file {path}: cannot read: "
+                                   f"{getattr(e, 'strerror', None) or e}") from None
         for service in self:
             try:
                 service.privilegedStartService()
@@ -365,6 +393,8 @@ class MTAService(MultiService):
         self.manager.start()
         self.pickup.start()
         self.tlsReporter.start()
+        if self.anvilStore is not None:
+            self.anvilStore.start()
         self.maillog.emit(f"daemon started -- version {mta.__version__}, configuration "
                           f"{describeConfiguration(self.config)}")
         self.workers.start()
@@ -382,6 +412,8 @@ class MTAService(MultiService):
         d.addBoth(lambda result: DeferredList([r.stop() for r in registries]).addBoth(lambda _: result))
         d.addBoth(lambda result: maybeDeferred(self.tlsReporter.stop).addBoth(lambda _: result))
         d.addBoth(lambda result: self.current.tables.close().addBoth(lambda _: result))
+        if self.anvilStore is not None:  # after the listeners: no session counts any more
+            d.addBoth(lambda result: self.anvilStore.stop().addBoth(lambda _: result))
 
         def stopped(result):
             if self.commitPool is not None and self.commitPool.started:
@@ -520,6 +552,7 @@ class MTAService(MultiService):
                 self.maillog.emit(f"warning: {text}", level=LogLevel.warn)
         self.current = generation
         self._swapMaillog(observer)
+        self._switchAnvil(old, generation)
         self.store.setSyncMethod(generation.config.settings.service.queueSyncMethod)
         self.tlsReporter.use(generation)  # its settings, cleanup and DNS from now on (the store stays)
         self.manager.reconfigure(generation.config.settings.qmgr, generation.router, generation.transports,
@@ -531,6 +564,17 @@ class MTAService(MultiService):
         problems = await self._switchListeners(generation)
         self.workers.reload()  # new workers with the new configuration and sockets; the old ones retire
         return problems
+
+    def _switchAnvil(self, old, generation):
+        """The new listeners count where the old ones did (anvil_store is fixed until a restart)."""
+        before, after = old.config.settings.service.anvilStore, generation.config.settings.service.anvilStore
+        if before != after:
+            self.maillog.emit(f'warning: ignoring anvil_store parameter value change (old value: "{before or ""}", '
+                              f'new value: "{after or ""}"): to change anvil_store, stop and start mta',
+                              level=LogLevel.warn)
+        if self.anvilStore is not None:
+            self.anvilStore.maillog = generation.maillogFor("anvil")
+            self._attachAnvil(generation)
 
     def _retire(self, generation):
         """The replaced generation: its transports stop when idle, then its tables are closed."""

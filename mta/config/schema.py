@@ -325,6 +325,14 @@ PARAMETERS = (
        "0: one process does everything; N: N worker processes share the listeners' sockets and run "
        "the SMTP sessions, the master keeps the queue manager, deliveries and the control channel "
        "(mta only).", "master"),
+    _P("anvil_store", T.AnvilStore(), "",
+       "Where the per-client connection counts and rates (the smtpd_client_*_limit parameters) are "
+       "kept: empty, this daemon's memory; redis:HOST:PORT[/DB] or redis:unix:/path[/DB], a Redis "
+       "server that several mta machines share (a Redis that is down or slow counts nothing: the "
+       "limits are not enforced, mail is not refused; mta only).", "master"),
+    _P("anvil_store_password_file", T.String(), "",
+       "A file whose first line is the anvil_store Redis server's password (AUTH); empty: none "
+       "(mta only).", "master"),
     _P("service_throttle_time", T.Time("s"), "60s",
        "How long the master waits before starting again a worker process that ended before it was "
        "ready.", "master"),

@@ -612,3 +612,57 @@ class Restrictions:
             if argument is not None:
                 flat.append(str(argument) if isinstance(argument, int) else argument)
         return tuple(flat)
+
+
+@attrs.frozen
+class AnvilStoreSpec:
+    """anvil_store's Redis server: redis:HOST:PORT[/DB] (HOST may be [IPv6]) or redis:unix:/path[/DB]."""
+
+    kind: str  # "inet" or "unix"
+    address: str  # host, or socket path
+    port: int = 0
+    db: int = 0
+
+    def __str__(self):
+        db = f"/{self.db}" if self.db else ""
+        if self.kind == "unix":
+            return f"redis:unix:{self.address}{db}"
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"redis:{host}:{self.port}{db}"
+
+
+@attrs.frozen
+class AnvilStore:
+    """anvil_store: empty (this process's memory: None) or a Redis server (AnvilStoreSpec)."""
+
+    name = "anvil store"
+
+    def parse(self, text):
+        text = text.strip()
+        if not text:
+            return None
+        usage = f"{text!r} is not an anvil store (empty, redis:HOST:PORT[/DB] or redis:unix:/path[/DB])"
+        kind, _, rest = text.partition(":")
+        if kind != "redis" or not rest or re.search(r"[\x00-\x20\x7f]", rest):
+            raise ValueError(usage)
+        db = 0
+        head, slash, tail = rest.rpartition("/")
+        if slash and re.fullmatch(r"[0-9]{1,5}", tail) and head not in ("", "unix:"):
+            rest, db = head, int(tail)
+        if rest.startswith("unix:"):
+            path = rest[len("unix:"):]
+            if not path.startswith("/"):
+                raise ValueError(usage)
+            return AnvilStoreSpec("unix", path, 0, db)
+        host, _, port = rest.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(usage) from None
+        elif not re.fullmatch(r"[A-Za-z0-9._-]+", host):
+            raise ValueError(usage)
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(usage)
+        return AnvilStoreSpec("inet", host, int(port), db)

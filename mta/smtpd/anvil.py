@@ -9,7 +9,9 @@
 One Anvil per listener (Postfix counts per service and client): the
 listener's SMTP server factories share it across reloads
 (mta.listeners.shareConnectionCounts), and with worker processes the
-master's is the only one (mta.workers: the workers ask it).
+master's is the only one (mta.workers: the workers ask it).  With
+anvil_store = redis:... the counts are in Redis instead, shared by several
+machines (mta.smtpd.anvilstore.RedisAnvil, the factories' remoteAnvil).
 
 Each client address has one window: it starts at the client's first
 event and every rate is reset together once the window is older than

@@ -16,6 +16,10 @@ worker processes, each with its own reactor:
       watches the workers: restarts a          announces each commit to the
       dead one, replaces all on reload         master (AMP), asks it for counts
 
+With anvil_store (mta.smtpd.anvilstore) the master's counts are in Redis,
+shared with other machines: the workers still ask the master, which asks
+Redis.
+
 The worker's commit is the one-process commit (mta.queue.committer): a 250
 still means the file is durable in incoming/.  A worker killed with -9
 loses only sessions that had not been answered; whatever it committed is

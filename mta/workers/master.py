@@ -156,8 +156,10 @@ class MasterSide(amp.AMP):
             return {"count": 0, "rate": 0}
         key = (listener, address)
         self.worker.counts[key] = self.worker.counts.get(key, 0) + 1
-        count, rate = factory.clientConnect(address)
-        return {"count": count, "rate": rate}
+        counts = factory.clientConnect(address)
+        if isinstance(counts, Deferred):  # the counts are in Redis (anvil_store, mta.smtpd.anvilstore)
+            return counts.addCallback(lambda counts: {"count": counts[0], "rate": counts[1]})
+        return {"count": counts[0], "rate": counts[1]}
 
     @commands.ClientDisconnect.responder
     def clientDisconnect(self, listener, address):
@@ -179,7 +181,10 @@ class MasterSide(amp.AMP):
         factory = self.pool.factoryFor(listener)
         if factory is None or kind not in EVENTS:
             return {"rate": 0}
-        return {"rate": factory.clientEvent(address, kind) if count else factory.clientStatus(address, kind)}
+        rate = factory.clientEvent(address, kind) if count else factory.clientStatus(address, kind)
+        if isinstance(rate, Deferred):  # anvil_store (mta.smtpd.anvilstore)
+            return rate.addCallback(lambda rate: {"rate": rate})
+        return {"rate": rate}
 
     @commands.FlushSite.responder
     def flushSite(self, domain):

@@ -98,6 +98,7 @@ def test_load_compiles_main_and_every_listener():
     assert config.settings.service == ServiceSettings(
         queueDirectory="/var/spool/mta", queueSyncMethod="syncfs", syslogName="mta", hostname=config["myhostname"], maillogFile="",
         dnsServers=("127.0.0.1:5353",), workerProcesses=0, serviceThrottleTime=60.0,
+            anvilStore=None, anvilStorePasswordFile="",
     )
     assert [l.name for l in config.listeners] == ["smtp", "submission"]
     assert all(isinstance(l.settings, Compiled) for l in config.listeners)

@@ -4,7 +4,8 @@ The parameters of this area (mta.config.schema), each read by exactly the
 settings class that needs it (a parameter may be read by several areas):
 
     queue_directory, queue_sync_method, syslog_name, myhostname, maillog_file,
-    dns_servers, worker_processes, service_throttle_time
+    dns_servers, worker_processes, service_throttle_time, anvil_store,
+    anvil_store_password_file
 
 SECURITY
     None: values were parsed and checked by mta.config.types.
@@ -31,6 +32,8 @@ class ServiceSettings(Settings):
     dnsServers: tuple = setting("dns_servers", tuple)  # empty: /etc/resolv.conf
     workerProcesses: int = setting("worker_processes")  # 0: one process (mta.workers)
     serviceThrottleTime: float = setting("service_throttle_time")  # a worker that failed to start waits
+    anvilStore: object = setting("anvil_store")  # None: memory; an AnvilStoreSpec: Redis (mta.smtpd.anvilstore)
+    anvilStorePasswordFile: str = setting("anvil_store_password_file")  # empty: no AUTH
 
 
 MAIN = {"service": ServiceSettings}
