@@ -37,7 +37,9 @@ CONFIGURATION
     unverified_sender_reject_reason (empty).
 
 DEVIATIONS
-    Under warn_if_reject, a 4xx answer is a defer_if_permit all the same
+    Stand-alone mode (mta-sendmail -bs) has no verify service: these
+    restrictions answer "address verification problem" there.  Under
+    warn_if_reject, a 4xx answer is a defer_if_permit all the same
     (Postfix makes it a plain reject, logged as a warning).
 """
 
@@ -79,13 +81,13 @@ def unverified(which):
 
             status, text = await _ask(policy, str(address), settings)
             if status is None:
-                log.warn("warning: verify service failure")
+                _warn(policy, "verify service failure")
                 return deferred(450, f"<{shown}>: {what} rejected: address verification problem")
             if status == OK:
                 return DUNNO
             code = deferCode if status in (TODO, DEFER) else rejectCode if status == BOUNCE else 0
             if code == 0:
-                log.warn("warning: unknown address verification status {status}", status=status)
+                _warn(policy, f"unknown address verification status {status}")
                 return DUNNO
             if reason:
                 text = reason
@@ -99,6 +101,15 @@ def unverified(which):
     return make
 
 
+def _warn(policy, text):
+    """Postfix's msg_warn, in the mail log (smtpd's), else in the daemon's log."""
+    maillog = getattr(policy, "maillog", None)
+    if maillog is not None:
+        maillog.warning(text)
+    else:
+        log.warn("warning: {text}", text=text)
+
+
 async def _ask(policy, address, settings):
     """The verify service's (status, text), polling while a probe runs; (None, None) when it fails."""
     verifier = getattr(policy, "verifier", None)
@@ -109,7 +120,7 @@ async def _ask(policy, address, settings):
         try:
             status, text = await verifier(address)
         except Exception as e:
-            log.warn("verify query for {address} failed: {error}", address=address, error=str(e))
+            _warn(policy, f"verify query failed: {e!r}"[:300])
             return None, None
         if status != TODO:
             return status, text

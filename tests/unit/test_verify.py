@@ -10,6 +10,7 @@ from mta.cleanup import Cleanup, Origin
 from mta.config import load, openTables
 from mta.config.errors import ConfigError
 from mta.delivery.virtual import VirtualTransport
+from mta.maillog import MailLogger
 from mta.model import Address, Envelope, Recipient
 from mta.queue import fileformat
 from mta.routing import AddressResolver
@@ -241,8 +242,16 @@ class Policy:
         self.answers = list(answers or [])
         self.asked = []
         listener = config.listeners[0].settings
+        self.lines = []
+        lines = self.lines
+
+        class Recorder(MailLogger):
+            def emit(self, text, queue_id=None, level=None, prefix=True, **fields):
+                lines.append(text)
+
         self.policy = RecipientPolicy(listener.recipients, AddressResolver(config.settings.resolver, tables), tables,
-                                      reactor=self.clock, verifier=self.verifier, unverified=listener.unverified)
+                                      maillog=Recorder("mta", "smtpd"), reactor=self.clock, verifier=self.verifier,
+                                      unverified=listener.unverified)
 
     def verifier(self, address):
         self.asked.append(address)
@@ -301,10 +310,10 @@ def test_the_reject_reason_replaces_the_probe_text():
 
 
 def test_a_verify_service_failure_is_450_address_verification_problem():
-    for answer in (RuntimeError("gone"),):
-        p = Policy(answers=[answer])
-        assert reply(resultOf(p.check())) == ("450 4.1.1 <u@example.com>: Recipient address rejected: address "
-                                              "verification problem")
+    p = Policy(answers=[RuntimeError("gone")])
+    assert reply(resultOf(p.check())) == ("450 4.1.1 <u@example.com>: Recipient address rejected: address "
+                                          "verification problem")
+    assert "warning: verify service failure" in p.lines
     config = load("<t>", "[main]\nrelay_domains = example.com\nsmtpd_recipient_restrictions = "
                          "reject_unverified_recipient\n")
     tables = Tables(Clock())
