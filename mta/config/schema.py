@@ -1102,6 +1102,9 @@ PARAMETERS = (
        "verify"),
     _P("address_verify_poll_delay", T.Time("s"), "3s",
        "The wait between two of those queries.", "verify"),
+    _P("address_verify_pending_request_limit", T.Integer(minimum=1), "5000",
+       "The most address verification probes in the active queue at once; the queue manager "
+       "defers the others (4.3.2 Too many address verification requests).", "verify"),
     _P("unverified_recipient_reject_code", T.Integer(minimum=400), "450",
        "The reply code of reject_unverified_recipient for an undeliverable address.", "verify"),
     _P("unverified_sender_reject_code", T.Integer(minimum=400), "450",

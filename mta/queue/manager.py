@@ -55,7 +55,9 @@ PROBES
     status=deliverable or status=undeliverable, as Postfix's.  It never
     gets a bounce, a success notice or a delay warning; a deferred probe
     is retried until its queue lifetime ends, and then counts as
-    undeliverable.
+    undeliverable.  With more than address_verify_pending_request_limit
+    probes in the active queue, the others are deferred ("4.3.2 Too many
+    address verification requests"), as Postfix's qmgr does.
 
 ERRORS
     No error leaves a message where nobody looks at it, and every way out
@@ -233,6 +235,7 @@ class QueueManager:
         self._contentBytes = 0  # content held in the active messages' QueueFile.content (CONTENT_MEMORY)
         self._retries = {}  # queue id -> DelayedCall of a new attempt after an I/O error
         self._running = False
+        self.activeProbes = 0  # probes (mta.verify) in the active queue: address_verify_pending_request_limit
         self.idle = Deferred()  # fires (and is replaced) whenever no message is active: tests
 
     def _configure(self, settings):
@@ -423,6 +426,8 @@ class QueueManager:
         states, notified = mergeStates(queueFile.states)
         message = ActiveMessage(queueId, path, queueFile, self.clock.seconds(), states, notified)
         self.active[queueId] = message
+        if message.envelope.probe:
+            self.activeProbes += 1  # Postfix's qmgr_vrfy_pend_count
         message.pendingAction = self._pendingActions.pop(queueId, None)
         envelope = message.envelope
         self.maillog.fields(
@@ -449,6 +454,8 @@ class QueueManager:
         """Route the recipients that are not done; the deliveries, {(transport, nexthop): [(key, target)]}."""
         states = message.states
         groups = collections.defaultdict(list)
+        # Safety, as Postfix's qmgr: excess address verification probes are deferred.
+        tooMany = message.envelope.probe and self.activeProbes > self.settings.probeLimit
         for index, recipient in enumerate(message.envelope.recipients):
             if states.get(str(index), {}).get("status") in DONE:
                 continue
@@ -457,7 +464,10 @@ class QueueManager:
                 if states.get(key, {}).get("status") in DONE:
                     continue
                 target = DeliveryRecipient(index, route.address, recipient.address, recipient.orcpt, recipient.notify)
-                if isinstance(route, RouteError):
+                if tooMany:
+                    self._result(message, key, target,
+                                 RecipientResult(index, "deferred", "4.3.2", "Too many address verification requests"))
+                elif isinstance(route, RouteError):
                     program = "error" if route.status == "bounced" else "qmgr"
                     self._result(message, key, target, RecipientResult(index, route.status, route.dsn, route.text), program)
                 elif route.transport in self.deferTransports:
@@ -582,6 +592,8 @@ class QueueManager:
                 log.failure("qmgr: {queue_id}: cannot defer", queue_id=queueId)
                 self._retryLater(queueId, ("active",))
         del self.active[queueId]
+        if message.envelope.probe:
+            self.activeProbes -= 1
         if message.queueFile.content is not None:
             self._contentBytes -= len(message.queueFile.content)
         self._slotFree()

@@ -534,3 +534,25 @@ def test_virtual_delivery_of_a_probe_writes_nothing(tmp_path):
     assert [(r.status, r.dsn, r.text) for r in results] == [
         ("sent", "2.0.0", "delivers to maildir"), ("bounced", "5.1.1", 'unknown user: "nobody@box.example"')]
     assert not (tmp_path / "mail").exists()
+
+
+def test_excess_probes_are_deferred_as_postfix_qmgr_does(tmp_path):
+    transport = FakeTransport(lambda r: ("sent", "2.1.5", "250 2.1.5 Ok"))
+    transport.hold = True  # the first probe stays in the active queue
+    h = Harness(tmp_path, "address_verify_pending_request_limit = 1\n", {"smtp": transport})
+    h.manager.verifier = Recorder()
+    h.manager.start()
+    cleanup = Cleanup(h.config.settings.cleanup, h.store, h.clock, h.maillog)
+    first = submitProbe(h, cleanup, "one@elsewhere.example")
+    second = submitProbe(h, cleanup, "two@elsewhere.example")
+    assert [r.queue_id for r in transport.requests] == [first]
+    assert h.manager.verifier.updates == [("two@elsewhere.example", DEFER, "Too many address verification requests")]
+    assert h.queue("deferred") == [second]
+    assert any(f"{second}: to=<two@elsewhere.example>" in line and "dsn=4.3.2, status=undeliverable (Too many "
+               "address verification requests)" in line for line in h.lines)
+    transport.release()
+    assert h.manager.activeProbes == 0
+    transport.hold = False
+    h.clock.advance(301)  # the deferred probe's next attempt: now within the limit
+    assert h.queue("deferred") == []
+    assert ("two@elsewhere.example", OK, "250 2.1.5 Ok") in h.manager.verifier.updates
