@@ -47,7 +47,11 @@ DEVIATIONS
     file (btree:path is taken as sqlite:path; empty: memory only), whose
     values are Postfix's entries ("status:probed:updated:text").  The cache
     is served from memory and written back in the background, so a
-    lookup never waits for the disk.  The probe has no content beyond the
+    lookup never waits for the disk; it is held whole in memory, so a
+    dictionary attack on reject_unverified_recipient grows it by an entry
+    per address probed, until the cleanup after
+    address_verify_negative_expire_time (Postfix's file grows the same
+    way, on disk).  The probe has no content beyond the
     headers cleanup adds.  address_verify_service_name,
     address_verify_transport_maps and the other address_verify_* routing
     overrides are not implemented: probes are routed as mail is.
