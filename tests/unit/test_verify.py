@@ -556,3 +556,14 @@ def test_excess_probes_are_deferred_as_postfix_qmgr_does(tmp_path):
     h.clock.advance(301)  # the deferred probe's next attempt: now within the limit
     assert h.queue("deferred") == []
     assert ("two@elsewhere.example", OK, "250 2.1.5 Ok") in h.manager.verifier.updates
+
+
+def test_a_reload_takes_the_new_times_but_keeps_the_cache(tmp_path):
+    v = Verify(path=tmp_path / "verify_cache")
+    v.service.update("u@example.com", OK, "250 ok")
+    v.service.reconfigure(verifySettings("address_verify_positive_refresh_time = 1d\n"
+                                         "address_verify_sender = other@example.org\n"))
+    assert v.service.settings.verifyMap == ("sqlite", str(tmp_path / "verify_cache"))  # a restart changes it
+    v.clock.advance(DAY + 1)
+    assert v.query() == (OK, "250 ok")
+    assert v.probes == [("other@example.org", "u@example.com")]
