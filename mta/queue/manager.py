@@ -554,7 +554,7 @@ class QueueManager:
             if result.status not in PROBE_STATUS:
                 continue
             status = PROBE_STATUS[result.status]
-            shown = "undeliverable"
+            shown = "deliverable" if status == 0 else "undeliverable"
             if self.verifier is not None:
                 try:
                     shown = self.verifier.update(target.original, status, result.text)
