@@ -179,3 +179,27 @@ def test_smtpd_in_worker_processes_asks_the_masters_verify_service(peers, makeDa
     checkProbed(d, server)
     for _ in range(3):  # whichever process takes the connection, the answer is the master's cache
         assert rcpt(d, GOOD, BAD) == [(250, "2.1.5 Ok"), (550, UNDELIVERABLE)]
+
+
+def test_reject_unverified_sender(peers, makeDaemon):
+    server = scripted(peers)
+    main = config(server, "unverified_sender_reject_code = 550\n").replace(
+        "smtpd_recipient_restrictions = reject_unverified_recipient\n",
+        "smtpd_sender_restrictions = reject_unverified_sender\nrelay_domains = scripted.example, local.example\n"
+        "smtpd_recipient_restrictions = permit\n").replace("relay_domains = scripted.example\n", "", 1)
+
+    def mailFrom(sender):
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=60) as s:
+            s.ehlo("client.test")
+            assert s.mail(sender)[0] == 250  # smtpd_delay_reject: the sender is judged at RCPT
+            code, text = s.rcpt("someone@local.example")
+            return code, text.decode()
+
+    d = makeDaemon(main=main, hold=False).start()
+    assert mailFrom(BAD) == (450, f"4.1.7 <{BAD}>: Sender address rejected: unverified address: Address "
+                                  f"verification in progress")
+    waitFor(lambda: "status=undeliverable" in d.maillogText(), 60, "the probe's result")
+    code, text = mailFrom(BAD)
+    assert code == 550 and text.startswith(f"5.1.7 <{BAD}>: Sender address rejected: undeliverable address: host "
+                                           f"127.0.0.1[127.0.0.1] said: 550 5.1.1"), text
+    assert server.messages == []

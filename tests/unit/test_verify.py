@@ -567,3 +567,17 @@ def test_a_reload_takes_the_new_times_but_keeps_the_cache(tmp_path):
     v.clock.advance(DAY + 1)
     assert v.query() == (OK, "250 ok")
     assert v.probes == [("other@example.org", "u@example.com")]
+
+
+def test_the_lmtp_client_stops_after_rcpt_for_a_probe():
+    s = Session(lmtp=True)
+    s.reply("220 lmtp.example.net LMTP\r\n")
+    s.deliver(makeRequest(recipients=("a@example.net", "b@example.net"), size=0, probe=True))
+    assert s.sent().startswith("LHLO ")
+    s.reply("250-lmtp.example.net\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n")
+    sent = s.sent()
+    assert sent.count("RCPT TO:") == 2 and "DATA" not in sent
+    s.reply("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 <b@example.net>: User unknown\r\n")
+    assert s.sent() == "QUIT\r\n"
+    s.reply("221 2.0.0 Bye\r\n")
+    assert s.statuses() == [(10, "sent", "2.1.5"), (11, "bounced", "5.1.1")]
