@@ -1,6 +1,6 @@
 """mta.generation - what one configuration makes, so that a reload can make another beside it.
 
-    Generation(config, tables, clock, store, protocolFactory, flushSite=None)
+    Generation(config, tables, clock, store, protocolFactory, flushSite=None, verifyAddress=None)
         .tables, .addressResolver (trivial-rewrite, from [main], shared by the
         router and every listener's recipient checks), .router, .cleanup
         (for pickup, notices and transcripts), .notices,
@@ -15,7 +15,7 @@ Work that began under the old generation keeps the objects it holds: an
 SMTP session its server factory, a delivery its transport.  A Generation
 is the context of its transports (clock, store, tables, resolver,
 transports, listenerDescriptions, maillogFor) and the ``daemon`` of its
-SMTP server factories (clock, store, tables, flushSite).
+SMTP server factories (clock, store, tables, flushSite, verifyAddress).
 
 TransportRegistry makes the delivery transports by name from
 IDeliveryTransportFactory plugins and counts the deliveries in progress
@@ -52,18 +52,22 @@ class Generation:
     What one configuration makes (see the module docstring).  It is the
     context of its transports (clock, store, tables, resolver, transports,
     listenerDescriptions, maillogFor) and the daemon of its SMTP server
-    factories (clock, store, tables, flushSite).
+    factories (clock, store, tables, flushSite, verifyAddress).
     """
 
-    def __init__(self, config, tables, clock, store, protocolFactory, flushSite=None, tlsReporter=None):
+    def __init__(self, config, tables, clock, store, protocolFactory, flushSite=None, tlsReporter=None,
+                 verifyAddress=None):
         """
         C{flushSite}: the queue manager's flushSite(domain), for ETRN (the
         manager outlives generations); C{tlsReporter}: the daemon's one
         mta.delivery.tlsrpt.TlsReporter (it outlives generations too;
-        None: one of this generation's own).
+        None: one of this generation's own); C{verifyAddress}: the verify
+        service's query(address), for reject_unverified_* (mta.verify; it
+        outlives generations too).
         """
         self.config = config
         self.flushSite = flushSite
+        self.verifyAddress = verifyAddress
         self.tables = tables
         self.clock = clock
         self.store = store

@@ -156,6 +156,9 @@ class Envelope:
     # RFC 8689: MAIL FROM's REQUIRETLS (taken only over TLS), and a "TLS-Required: No" header.
     requiretls: bool = False
     tls_required_no: bool = False
+    # An address verification probe (mta.verify): delivered up to RCPT only, its result recorded in the
+    # verify cache instead of a delivery or a bounce (Postfix's DEL_REQ_FLAG_MTA_VRFY).
+    probe: bool = False
 
 
 @attrs.frozen

@@ -147,6 +147,7 @@ from mta.maillog import MailLogFile, installFile
 from mta.queue.manager import QueueManager
 from mta.queue.pickup import Pickup
 from mta.queue.store import QueueStore
+from mta.verify import VerifyService
 from mta.workers.master import WorkerPool, removeWorkerDirectories
 
 __all__ = ["MTAService", "ReloadResult", "StartupError", "TransportRegistry", "buildService"]
@@ -226,7 +227,12 @@ class MTAService(MultiService):
         self.startedAt = None
         self._observer = None
         self.setName("mta")
-        self.current = Generation(config, tables, reactor, self.store, protocolFactory, self._flushSite)
+        # Address verification (mta.verify): one service for the daemon's life, its cache in memory or a file.
+        self.verify = VerifyService(config.settings.verify, reactor, self._postProbe, self.maillogFor,
+                                    pool=(reactor, reactorPool) if isinstance(reactorPool, ThreadPool) else None,
+                                    qualify=config.settings.notices.qualified)
+        self.current = Generation(config, tables, reactor, self.store, protocolFactory, self._flushSite,
+                                  verifyAddress=self._verifyAddress)
         # TLS-RPT (mta.delivery.tlsrpt): one reporter for the daemon's life, handed to every generation.
         self.tlsReporter = self.current.tlsReporter
         self._retiring = set()  # TransportRegistry objects of earlier generations, not stopped yet
@@ -235,7 +241,7 @@ class MTAService(MultiService):
         self._reloadWaiters = []
         self.manager = QueueManager(
             self.store, self.current.router, self.current.transports, config.settings.qmgr, reactor, self.maillogFor,
-            notices=self.current.notices,
+            notices=self.current.notices, verifier=self.verify,
         )
         self.pickup = Pickup(self.store, self.current.cleanup, reactor, self.current.maillogFor)
         self.workers = WorkerPool(self, reactor)  # worker_processes (mta.workers)
@@ -294,6 +300,17 @@ class MTAService(MultiService):
     def _flushSite(self, domain):
         """ETRN (every generation's SMTP servers): the queue manager's flushSite."""
         return self.manager.flushSite(domain)
+
+    def _verifyAddress(self, address):
+        """reject_unverified_* (every generation's SMTP servers, and the workers'): the verify service's query."""
+        return self.verify.query(address)
+
+    def _postProbe(self, sender, address):
+        """Queue an address verification probe through the cleanup in force (mta.verify)."""
+        from mta.cleanup import Origin
+        from mta.model import Recipient
+
+        return self.current.cleanup.submit(Origin.internal(), sender, (Recipient(address),), b"", probe=True)
 
     def maillogFor(self, program):
         """The MailLogger of C{program} in the configuration in force."""
@@ -391,6 +408,7 @@ class MTAService(MultiService):
                 log.info("removed {count} temporary file(s) left by worker processes", count=removed)
         super().startService()
         self.manager.start()
+        self.verify.start()
         self.pickup.start()
         self.tlsReporter.start()
         if self.anvilStore is not None:
@@ -406,6 +424,7 @@ class MTAService(MultiService):
     def _stopMaster(self):
         pickupStopped = DeferredList([self.pickup.stop()] + self._stopping)
         self.manager.stop()
+        self.verify.stop()
         d = super().stopService()
         d.addBoth(lambda result: pickupStopped.addBoth(lambda _: result))
         registries = [self.transports] + list(self._retiring)
@@ -517,7 +536,7 @@ class MTAService(MultiService):
             tables = Tables(self.clock)
             openTables(config, tables)
             generation = Generation(config, tables, self.clock, self.store, self.protocolFactory, self._flushSite,
-                                    tlsReporter=self.tlsReporter)
+                                    tlsReporter=self.tlsReporter, verifyAddress=self._verifyAddress)
             generation.transports.check(configuredTransports(config))
         except ConfigError as e:
             raise ReloadRefused(str(e)) from None
@@ -557,6 +576,7 @@ class MTAService(MultiService):
         self.tlsReporter.use(generation)  # its settings, cleanup and DNS from now on (the store stays)
         self.manager.reconfigure(generation.config.settings.qmgr, generation.router, generation.transports,
                                  generation.notices)
+        self.verify.reconfigure(generation.config.settings.verify, generation.config.settings.notices.qualified)
         self._retire(old)
         await self._switchPickup(generation)
         if not self.running:

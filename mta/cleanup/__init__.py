@@ -210,12 +210,13 @@ class Cleanup:
         return CleanupMessage(self, origin, sender, tuple(recipients), arrival)
 
     def submit(self, origin, sender, recipients, content, *, body="7BIT", smtputf8=False, arrival=None,
-               requiretls=False):
+               requiretls=False, probe=False):
         """
         A message made whole in memory (C{content}: bytes, or a callable
         that gets the queue id and returns them): open, write, finish and
         commit; a Deferred of the queue id (QueueWriteError).  What open()
-        raises is raised.
+        raises is raised.  C{probe}: an address verification probe
+        (mta.verify), flagged so in its envelope.
         """
         message = self.open(origin, sender, recipients, arrival=arrival)
         try:
@@ -227,7 +228,7 @@ class Cleanup:
         if refusal is not None:
             message.abort()
             return fail(QueueWriteError(f"cannot queue message {message.queueId}: {refusal}"))
-        return message.commit(body=body, smtputf8=smtputf8, requiretls=requiretls)
+        return message.commit(body=body, smtputf8=smtputf8, requiretls=requiretls, probe=probe)
 
     def received(self, origin, queueId, recipients, now):
         """The Received: header (bytes) of a message from C{origin}, or b"" (see the module docstring)."""
@@ -328,7 +329,7 @@ class CleanupMessage:
         return None
 
     def commit(self, *, body="7BIT", smtputf8=False, ret=None, envid=None, hold=False, announce=None,
-               requiretls=False):
+               requiretls=False, probe=False):
         """
         Build the envelope and make the file durable (into hold/ with
         C{hold}); a Deferred of the queue id, or of a QueueWriteError.
@@ -359,6 +360,7 @@ class CleanupMessage:
             sasl_sender=origin.saslSender,
             requiretls=bool(requiretls),  # RFC 8689 MAIL FROM ... REQUIRETLS (smtpd, inside TLS only)
             tls_required_no=self._headers.tlsRequiredNo,  # a "TLS-Required: No" header
+            probe=bool(probe),  # an address verification probe (mta.verify)
         )
         messageId, notRewritten = self.messageId, self.notRewritten
         maillog = cleanup.maillog

@@ -432,6 +432,8 @@ RESTRICTION_NAMES = {
     "reject_unauth_pipelining": False,
     "permit_inet_interfaces": False,
     "reject_plaintext_session": False,
+    "reject_unverified_recipient": False,  # address verification (mta.smtpd.verifycheck)
+    "reject_unverified_sender": False,
 }
 
 # A restriction name of the form a bare identifier that is not in RESTRICTION_NAMES may be a

@@ -56,7 +56,11 @@ DESCRIPTION
         rest later.  552 stays permanent at MAIL, DATA and end of data
         ("too much mail data");
         After 354 with no accepted recipient (pipelining), an empty message
-        (".") is sent, as RFC 2920 says;
+        (".") is sent, as RFC 2920 says.  An address verification probe
+        (Envelope.probe, mta.verify) sends no DATA: each recipient's RCPT
+        reply is its result (2xx "sent", as Postfix's smtp(8) for
+        DEL_REQ_FLAG_MTA_VRFY), and the session goes on with RSET (a
+        cached connection) or QUIT;
       * the content, pulled from the caller's chunk source, through
         mta.delivery.dotstuff (CRLF only, dots doubled across chunk
         boundaries, smtp_line_length_limit), written in pieces of at most
@@ -468,7 +472,9 @@ class SMTPClientSession(ServerQuirks, SaslAuth, StartTLS, ClientConnection):
                 tx.local([rcpt], "bounced", "5.1.3", "bad recipient address syntax in the queue file", reason=False)
         if len(steps) == 1 or self._earlyReply(tx):
             return False
-        steps.append(("DATA", "DATA", None))
+        probe = envelope.probe  # address verification (mta.verify): stop after the RCPT replies, never DATA
+        if not probe:
+            steps.append(("DATA", "DATA", None))
         pipelining = "PIPELINING" in self.extensions
         tx.dirty = True
         self._stage = _MAIL
@@ -492,6 +498,8 @@ class SMTPClientSession(ServerQuirks, SaslAuth, StartTLS, ClientConnection):
                 if mailOk:
                     if reply.positive:
                         accepted.append(rcpt)
+                        if probe:
+                            tx.sent(rcpt, reply)  # deliverable: the RCPT reply is the result
                     elif reply.code == 552:
                         # RFC 5321 4.5.3.1.10: 552 to RCPT is RFC 821's "too many
                         # recipients"; treat it as 452 (see DEVIATIONS).
@@ -500,7 +508,7 @@ class SMTPClientSession(ServerQuirks, SaslAuth, StartTLS, ClientConnection):
                         tx.said([rcpt], reply, "RCPT TO command")
             else:
                 dataReply = reply
-        if dataReply is None:
+        if dataReply is None:  # a probe ends here: _deliver sends RSET (a cached connection) or QUIT
             return False
         if dataReply.code // 100 != 3:
             if accepted:

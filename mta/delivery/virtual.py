@@ -29,7 +29,10 @@ MAILBOX OWNERSHIP
 
 RESULTS
     Delivered: "sent", 2.0.0, "delivered to maildir" or "delivered to
-    mailbox", relay "virtual" (the transport's name).  A mailbox path that
+    mailbox", relay "virtual" (the transport's name).  An address
+    verification probe (mta.verify) is not delivered: a recipient whose
+    mailbox and owner are found is "sent", "delivers to maildir" (or
+    "delivers to mailbox"), as Postfix's virtual(8) answers a probe.  A mailbox path that
     would leave the base (absolute, "..", a symbolic link below the base)
     bounces with "5.3.5 mail system configuration error" and a warning.  A
     table that cannot answer now (TableTemporaryError) defers with "4.3.0
@@ -219,6 +222,8 @@ class VirtualTransport:
                             f"recipient {address}: mailbox path {result!r} in virtual_mailbox_maps {e}") from None
         uid = await self._owner(self.uidMaps, address, "virtual_uid_maps", "uid", self.minimumUid)
         gid = await self._owner(self.gidMaps, address, "virtual_gid_maps", "gid", 1)
+        if request.envelope.probe:  # address verification (mta.verify): the mailbox is known; nothing is written
+            return self._result(recipient, "sent", "2.0.0", "delivers to maildir" if maildir else "delivers to mailbox")
         job = MailboxJob(
             base=self.base,
             components=components,

@@ -70,6 +70,7 @@ class ActiveMessage:
     recordFailed: bool = False  # a state append failed: results of this run are not durable
     programs: dict = attrs.Factory(dict)  # key -> the program that logs a result decided while routing
     withheld: tuple | None = None  # (now, batch, started): the last results, not recorded (see withhold)
+    probeStatus: dict = attrs.Factory(dict)  # key -> the status a probe's result is logged with (mta.verify)
 
     @property
     def envelope(self):
@@ -94,9 +95,10 @@ class ActiveMessage:
     def _log(self, maillogs, now, batch, started):
         arrival = self.envelope.arrival_time
         for key, (target, r, program) in batch.items():
-            fields = deliveryFields(target.address, target.original, r.relay, r.conn_use, r.dsn, r.status,
+            status = self.probeStatus.get(key, r.status)  # a probe's: deliverable, undeliverable
+            fields = deliveryFields(target.address, target.original, r.relay, r.conn_use, r.dsn, status,
                                     arrival, self.activeSince, started, now)
-            maillogs(program).fields(self.queueId, fields, r.text, recipient=target.address, status=r.status,
+            maillogs(program).fields(self.queueId, fields, r.text, recipient=target.address, status=status,
                                      dsn=r.dsn)
 
     def withhold(self, now, batch, started=None):

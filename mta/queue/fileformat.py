@@ -49,9 +49,10 @@ ENVELOPE
     fields is a new version, except for the optional fields sasl_method,
     sasl_username and sasl_sender (the AUTH login), written only when set
     and read as null when absent, and requiretls and tls_required_no (RFC
-    8689: MAIL FROM's REQUIRETLS, a "TLS-Required: No" header), written
-    only when true and read as false when absent, so that older files
-    still parse (and a file without them is byte for byte what it was).
+    8689: MAIL FROM's REQUIRETLS, a "TLS-Required: No" header) and probe
+    (an address verification probe, mta.verify), written only when true
+    and read as false when absent, so that older files still parse (and a
+    file without them is byte for byte what it was).
 
 STATE RECORDS
     Owned by the queue manager, which defines their JSON object; this module
@@ -239,12 +240,14 @@ _ENVELOPE_FIELDS = {
     "sasl_sender": _optionalString,
     "requiretls": _boolean,
     "tls_required_no": _boolean,
+    "probe": _boolean,
 }
 # Fields added after version 1 was defined: absent in older files (read as None), and not
 # written when None, so a file without AUTH is what it always was.
-OPTIONAL_ENVELOPE_FIELDS = frozenset({"sasl_method", "sasl_username", "sasl_sender", "requiretls", "tls_required_no"})
+OPTIONAL_ENVELOPE_FIELDS = frozenset({"sasl_method", "sasl_username", "sasl_sender", "requiretls", "tls_required_no",
+                                      "probe"})
 # The value of an optional field that is absent (and is not written): None, or False for the RFC 8689 flags.
-OPTIONAL_DEFAULTS = {"requiretls": False, "tls_required_no": False}
+OPTIONAL_DEFAULTS = {"requiretls": False, "tls_required_no": False, "probe": False}
 
 
 def _fields(name, value, schema, optional=frozenset()):

@@ -47,6 +47,18 @@ deliveries (a duplicate, never a loss); this costs nothing more than the
 RFC 1047 window already does, since the append would have come after the
 delivery too.
 
+PROBES
+    An address verification probe (Envelope.probe, mta.verify) is routed
+    and delivered as any message, but its transports stop at the
+    recipient's verdict, and each result goes to the verify service
+    (QueueManager.verifier.update) as it is recorded; its lines say
+    status=deliverable or status=undeliverable, as Postfix's.  It never
+    gets a bounce, a success notice or a delay warning; a deferred probe
+    is retried until its queue lifetime ends, and then counts as
+    undeliverable.  With more than address_verify_pending_request_limit
+    probes in the active queue, the others are deferred ("4.3.2 Too many
+    address verification requests"), as Postfix's qmgr does.
+
 ERRORS
     No error leaves a message where nobody looks at it, and every way out
     of an activation frees its active slot.  A state append that fails
@@ -177,6 +189,8 @@ __all__ = ["QueueManager", "ActiveMessage", "mergeStates", "recipientKey"]
 log = Logger()
 
 RETRY_DELAY = 60.0  # seconds before a file that could not be read or moved is tried again
+# A probe's result as a verify status (mta.verify: Postfix's DEL_RCPT_STAT_OK, _DEFER, _BOUNCE).
+PROBE_STATUS = {"sent": 0, "deferred": 1, "bounced": 2}
 CONTENT_MEMORY = 8 * 1024 * 1024  # bytes of small messages' content held in memory for the transports, at most
 
 
@@ -191,12 +205,14 @@ class QueueManager:
     Destination), C{sites} (the ETRN index), C{scanner}.
     """
 
-    def __init__(self, store, router, transports, settings, clock, maillogs, notices=None):
+    def __init__(self, store, router, transports, settings, clock, maillogs, notices=None, verifier=None):
         """
         C{settings}: mta.config.settings.qmgr.QmgrSettings (``config.settings.qmgr``).
         C{transports}: a callable name -> IDeliveryTransport or None.
         C{maillogs}: a callable program -> MailLogger.
         C{notices}: an object with send(kind, message, items) -> Deferred, or None.
+        C{verifier}: the verify service (mta.verify.VerifyService: update(address,
+        status, text) -> the status to log), which takes the results of probes.
         """
         self.store = store
         self.router = router
@@ -205,6 +221,7 @@ class QueueManager:
         self.maillog = maillogs("qmgr")
         self.maillogs = maillogs
         self.notices = notices
+        self.verifier = verifier
         self._configure(settings)
         # The scheduler asks for self.transports at each dispatch: a reload's new registry serves new work.
         self.scheduler = Scheduler(settings, lambda name: self.transports(name), clock, self._delivered,
@@ -218,6 +235,7 @@ class QueueManager:
         self._contentBytes = 0  # content held in the active messages' QueueFile.content (CONTENT_MEMORY)
         self._retries = {}  # queue id -> DelayedCall of a new attempt after an I/O error
         self._running = False
+        self.activeProbes = 0  # probes (mta.verify) in the active queue: address_verify_pending_request_limit
         self.idle = Deferred()  # fires (and is replaced) whenever no message is active: tests
 
     def _configure(self, settings):
@@ -408,6 +426,8 @@ class QueueManager:
         states, notified = mergeStates(queueFile.states)
         message = ActiveMessage(queueId, path, queueFile, self.clock.seconds(), states, notified)
         self.active[queueId] = message
+        if message.envelope.probe:
+            self.activeProbes += 1  # Postfix's qmgr_vrfy_pend_count
         message.pendingAction = self._pendingActions.pop(queueId, None)
         envelope = message.envelope
         self.maillog.fields(
@@ -434,6 +454,8 @@ class QueueManager:
         """Route the recipients that are not done; the deliveries, {(transport, nexthop): [(key, target)]}."""
         states = message.states
         groups = collections.defaultdict(list)
+        # Safety, as Postfix's qmgr: excess address verification probes are deferred.
+        tooMany = message.envelope.probe and self.activeProbes > self.settings.probeLimit
         for index, recipient in enumerate(message.envelope.recipients):
             if states.get(str(index), {}).get("status") in DONE:
                 continue
@@ -442,7 +464,10 @@ class QueueManager:
                 if states.get(key, {}).get("status") in DONE:
                     continue
                 target = DeliveryRecipient(index, route.address, recipient.address, recipient.orcpt, recipient.notify)
-                if isinstance(route, RouteError):
+                if tooMany:
+                    self._result(message, key, target,
+                                 RecipientResult(index, "deferred", "4.3.2", "Too many address verification requests"))
+                elif isinstance(route, RouteError):
                     program = "error" if route.status == "bounced" else "qmgr"
                     self._result(message, key, target, RecipientResult(index, route.status, route.dsn, route.text), program)
                 elif route.transport in self.deferTransports:
@@ -497,6 +522,7 @@ class QueueManager:
                     for target, result, _ in batch.values()):
                 # The last delivery and nothing left to tell: the file is likely removed next, so its
                 # record is not synced first (a crash before the removal repeats these deliveries).
+                self._verifyResults(message, batch)
                 message.withhold(self.clock.seconds(), batch, started)
             else:
                 self._record(message, batch, started)
@@ -513,7 +539,30 @@ class QueueManager:
 
     def _record(self, message, batch, started=None):
         """Append the results (key -> (target, result, program)) to the queue file, then log them."""
+        self._verifyResults(message, batch)
         message.record(self.store, self.clock.seconds(), self.maillogs, batch, started)
+
+    def _verifyResults(self, message, batch):
+        """
+        A probe's results (mta.verify) go to the verify service, for the
+        original address and the one delivered to (Postfix's verify_append);
+        their log lines show its status (deliverable, undeliverable).
+        """
+        if not message.envelope.probe:
+            return
+        for key, (target, result, _) in batch.items():
+            if result.status not in PROBE_STATUS:
+                continue
+            status = PROBE_STATUS[result.status]
+            shown = "deliverable" if status == 0 else "undeliverable"
+            if self.verifier is not None:
+                try:
+                    shown = self.verifier.update(target.original, status, result.text)
+                    if target.address != target.original:
+                        self.verifier.update(target.address, status, result.text)
+                except Exception:
+                    log.failure("qmgr: {queue_id}: verify update failed", queue_id=message.queueId)
+            message.probeStatus[key] = shown
 
     def _append(self, message, state):
         """Append a state record; the Deferred never fails (a failure sets message.recordFailed)."""
@@ -543,6 +592,8 @@ class QueueManager:
                 log.failure("qmgr: {queue_id}: cannot defer", queue_id=queueId)
                 self._retryLater(queueId, ("active",))
         del self.active[queueId]
+        if message.envelope.probe:
+            self.activeProbes -= 1
         if message.queueFile.content is not None:
             self._contentBytes -= len(message.queueFile.content)
         self._slotFree()
@@ -641,7 +692,7 @@ class QueueManager:
 
     async def _notify(self, message):
         """Send the notices still owed (mta.queue.attempt); False if one that must be sent failed."""
-        if self.notices is None:
+        if self.notices is None or message.envelope.probe:  # a probe's results went to the verify service
             return True
         return await message.sendNotices(self.notices, self.store, self.clock, self.delayWarning)
 

@@ -74,7 +74,7 @@ class SMTPServerFactory(Factory):
     # tlsSettings, tls  the listener's TlsSettings and its mta.tls.context.ServerTLS (None: no TLS)
 
     def __init__(self, settings, clock, store, tables, resolver, *, listenerName="smtp", flushSite=None,
-                 postmasterNotices=False, maillogs=None, dns=None):
+                 postmasterNotices=False, maillogs=None, dns=None, verifyAddress=None):
         """
         C{settings}: the listener's compiled settings (mta.config.settings
         Compiled: .smtpd, .recipients, .cleanup, .rewrite, .notices; a
@@ -88,7 +88,10 @@ class SMTPServerFactory(Factory):
         C{dns}: a callable that returns the daemon's DNS client
         (mta.delivery.dns.Resolver, made on first use), for the client's
         name (mta.smtpd.peername); None: no name lookups, every client is
-        unknown (the test factories, mta-sendmail -bs).
+        unknown (the test factories, mta-sendmail -bs).  C{verifyAddress}:
+        the verify service's query(address) -> Deferred[(status, text)]
+        (mta.verify), for reject_unverified_*; None: those answer 450
+        "address verification problem".
         """
         from mta.cleanup import Cleanup
         from mta.rewrite import HeaderRewriteClients
@@ -113,7 +116,8 @@ class SMTPServerFactory(Factory):
         self.debugPeers = NetworkMatcher(smtpd.debugPeerList, tables)  # debug_peer_list
         self.bareNewlineExclusions = NetworkMatcher(smtpd.bareNewlineExclusions, tables)
         self.policy = RecipientPolicy(settings.recipients, resolver, tables, dns=dns, maillog=self.maillog,
-                                      reactor=clock, queueDirectory=getattr(store, "directory", None))
+                                      reactor=clock, queueDirectory=getattr(store, "directory", None),
+                                      verifier=verifyAddress, unverified=getattr(settings, "unverified", None))
         # The listener's cleanup (mta.cleanup): Received, header cleanup, rewriting, the commit.
         self.cleanup = Cleanup(settings.cleanup, store, clock, maillogs)
         self.rewrite = self.cleanup.rewriting
@@ -254,10 +258,11 @@ def serverFactory(listener, daemon):
     """
     The factory for one listener of the running daemon (a mta.generation
     Generation): its compiled settings, the daemon's shared address
-    resolver, mail loggers and ETRN flush.
+    resolver, mail loggers, ETRN flush and verify service.
     """
     return SMTPServerFactory(
         listener.settings, daemon.clock, daemon.store, daemon.tables, daemon.addressResolver,
         listenerName=listener.name, flushSite=getattr(daemon, "flushSite", None), postmasterNotices=True,
         maillogs=getattr(daemon, "maillogFor", None), dns=lambda: daemon.resolver,
+        verifyAddress=getattr(daemon, "verifyAddress", None),
     )

@@ -146,10 +146,13 @@ class RecipientPolicy:
     C{nonFqdnRejectCode}).  C{dns}: a callable that returns the DNS client,
     for the DNS lists (C{dnsxl}, mta.smtpd.dnsxl; without one a DNS list
     restriction never matches and a warning says why); C{maillog}: where
-    the lists' warnings go.
+    the lists' warnings go; C{verifier} and C{unverified}: the verify
+    service's query and the UnverifiedCheckSettings, for
+    reject_unverified_recipient and reject_unverified_sender.
     """
 
-    def __init__(self, settings, resolver, tables, dns=None, maillog=None, reactor=None, queueDirectory=None):
+    def __init__(self, settings, resolver, tables, dns=None, maillog=None, reactor=None, queueDirectory=None,
+                 verifier=None, unverified=None):
         from mta.smtpd.dnsxl import Dnsxl
         from mta.smtpd.policyclient import PolicyClients
 
@@ -171,7 +174,11 @@ class RecipientPolicy:
         self.relayRejectCode = settings.relayRejectCode
         self.nonFqdnRejectCode = settings.nonFqdnRejectCode
         self.unknownClientCode = settings.unknownClientCode
-        self.clock = reactor  # sleep N
+        self.clock = reactor  # sleep N, address_verify_poll_delay
+        # reject_unverified_* (mta.smtpd.verifycheck): verifier(address) -> Deferred[(status, text)], the
+        # verify service's query (None: a service failure, 450), and the listener's UnverifiedCheckSettings.
+        self.verifier = verifier
+        self.unverified = unverified
         self._tables = tables
         self._classes = {}  # name -> RestrictionList, made at first use
         self._valueLists = {}  # access values that are restriction lists, compiled once (bounded)

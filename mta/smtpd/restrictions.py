@@ -61,6 +61,8 @@ refuses a second recipient of the null sender (550 5.5.3,
 multi_recipient_bounce_reject_code), reject_unlisted_sender refuses a
 sender unknown in its address class (5.1.0, the unknown_*_reject_code of
 its class).
+reject_unverified_recipient and reject_unverified_sender ask the verify
+service (mta.smtpd.verifycheck, mta.verify).
 A reject or defer carries its notify_classes class (Decision.errorClass, as
 Postfix's smtpd_check_reject): policy, bounce for
 reject_unlisted_recipient, data for a table that cannot answer, software
@@ -91,6 +93,7 @@ from mta.model import Reply
 from mta.smtpd import dnschecks
 from mta.smtpd.access import accessKeys, addressKeysOf, domainKeys, lookupKeys
 from mta.smtpd.decision import DUNNO, PERMIT, Decision
+from mta.smtpd.verifycheck import unverified
 from mta.tables import TableTemporaryError
 
 
@@ -667,6 +670,8 @@ RESTRICTIONS = {
     "reject_known_sender_login_mismatch": (False, _senderLoginMismatch(True, True, True)),
     "reject_authenticated_sender_login_mismatch": (False, _senderLoginMismatch(True, False, False)),
     "reject_unauthenticated_sender_login_mismatch": (False, _senderLoginMismatch(False, False, True)),
+    "reject_unverified_recipient": (False, unverified("recipient")),  # mta.smtpd.verifycheck
+    "reject_unverified_sender": (False, unverified("sender")),
 }
 
 

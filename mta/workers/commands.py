@@ -18,6 +18,9 @@ starts the worker (the worker's descriptor 3).  Worker to master:
                                      process (the smtpd_client_*_limit
                                      parameters)
     FlushSite(domain) -> count       ETRN: the queue manager's flushSite
+    VerifyQuery(address) -> status, text
+                                     reject_unverified_*: the verify service
+                                     (mta.verify), which may send a probe
 
 Master to worker:
 
@@ -69,6 +72,11 @@ class ClientEvent(amp.Command):
 class FlushSite(amp.Command):
     arguments = [(b"domain", amp.Unicode())]
     response = [(b"count", amp.Integer())]
+
+
+class VerifyQuery(amp.Command):
+    arguments = [(b"address", amp.Unicode())]
+    response = [(b"status", amp.Integer()), (b"text", amp.Unicode())]
 
 
 class Retire(amp.Command):

@@ -190,6 +190,11 @@ class MasterSide(amp.AMP):
     def flushSite(self, domain):
         return self.pool.daemon.manager.flushSite(domain).addCallback(lambda count: {"count": count})
 
+    @commands.VerifyQuery.responder
+    def verifyQuery(self, address):
+        d = self.pool.daemon.verify.query(address)
+        return d.addCallback(lambda answer: {"status": answer[0], "text": answer[1]})
+
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.worker.channel = None

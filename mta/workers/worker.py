@@ -48,7 +48,7 @@ import signal
 import socket
 import sys
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogBeginner
@@ -60,6 +60,7 @@ from mta.workers import commands
 log = Logger()
 
 RETIRE_POLL = 0.5  # seconds between looks at the sessions still open while retiring
+VERIFY_TIMEOUT = 30.0  # seconds a verify query to the master may take (then 450 "address verification problem")
 
 
 class RemoteAnvil:
@@ -132,7 +133,8 @@ class Worker:
         self.commitPool = ThreadPool(1, 1, "mta-commit")
         self.store = QueueStore(queueDirectory, reactor, commitPool=self.commitPool,
                                 syncMethod=service.queueSyncMethod, temporary=f"tmp/worker.{self.pid}")
-        self.generation = Generation(config, tables, reactor, self.store, serverFactory, self.flushSite)
+        self.generation = Generation(config, tables, reactor, self.store, serverFactory, self.flushSite,
+                                     verifyAddress=self.verifyAddress)
         self.channel = None
         self.ports = []
         self._announce = []  # queue ids committed in this reactor turn
@@ -187,6 +189,14 @@ class Worker:
         if self.channel is None:
             return succeed(0)
         return self.channel.callRemote(commands.FlushSite, domain=domain).addCallback(lambda answer: answer["count"])
+
+    def verifyAddress(self, address):
+        """reject_unverified_*: the master's verify service (mta.verify); a lost or slow master fails the query."""
+        if self.channel is None:
+            return fail(ConnectionError("no channel to the master process"))
+        d = self.channel.callRemote(commands.VerifyQuery, address=address)
+        d.addTimeout(VERIFY_TIMEOUT, self.generation.clock)
+        return d.addCallback(lambda answer: (answer["status"], answer["text"]))
 
     def _committed(self, queueId):
         self._announce.append(queueId)

@@ -15,7 +15,7 @@ README's Design section), lowest first:
     4  mta.smtpd, mta.queue,      the services and what they share
        mta.delivery, mta.cleanup,
        mta.bounce, mta.transcript,
-       mta.tls
+       mta.tls, mta.verify
     5  mta.generation, mta.service, mta.listeners, mta.tap, mta.control, mta.cli,
        mta.workers, mta.testing,  the daemon and its worker processes, the tools, the
        mta.plugins.*              plugin modules, the fakes
@@ -58,6 +58,7 @@ FLOORS = {
     "mta.bounce": 4,
     "mta.transcript": 4,
     "mta.tls": 4,
+    "mta.verify": 4,
     "mta.generation": 5,
     "mta.service": 5,
     "mta.listeners": 5,

@@ -105,7 +105,7 @@ def test_every_model_field_is_stored():
     obj = json.loads(ff.dumpEnvelope(FULL))
     assert set(obj) == {f.name for f in attrs.fields(Envelope)} - ff.OPTIONAL_ENVELOPE_FIELDS
     login = attrs.evolve(FULL, sasl_method="PLAIN", sasl_username="alice", sasl_sender="alice@example.org",
-                         requiretls=True, tls_required_no=True)
+                         requiretls=True, tls_required_no=True, probe=True)
     assert set(json.loads(ff.dumpEnvelope(login))) == {f.name for f in attrs.fields(Envelope)}
     assert set(obj["recipients"][0]) == {f.name for f in attrs.fields(Recipient)}
 

@@ -548,3 +548,35 @@ def test_reopen_logs_reaches_the_workers(tmp_path):
     c.pool.reopenLogs()
     c.pump.flush()
     assert c.worker.reopened == 2
+
+
+def test_verify_query_asks_the_masters_verify_service(tmp_path):
+    c = channel(tmp_path)
+    asked = []
+    c.daemon.verify = SimpleNamespace(query=lambda a: asked.append(a) or succeed((3, "Address verification in progress")))
+    d = c.workerSide.callRemote(master.commands.VerifyQuery, address="u@example.com")
+    c.pump.flush()
+    assert resultOf(d) == {"status": 3, "text": "Address verification in progress"}
+    assert asked == ["u@example.com"]
+    # The worker's side, as reject_unverified_* calls it (mta.smtpd.verifycheck).
+    side = SimpleNamespace(channel=c.workerSide, generation=SimpleNamespace(clock=Clock()))
+    d = worker.Worker.verifyAddress(side, "v@example.com")
+    c.pump.flush()
+    assert resultOf(d) == (3, "Address verification in progress")
+
+
+def test_verify_query_fails_without_the_master_or_when_it_is_slow():
+    from twisted.internet.defer import TimeoutError
+
+    clock = Clock()
+    gone = SimpleNamespace(channel=None, generation=SimpleNamespace(clock=clock))
+    with pytest.raises(ConnectionError):
+        resultOf(worker.Worker.verifyAddress(gone, "u@example.com"))
+    slow = SimpleNamespace(channel=SimpleNamespace(callRemote=lambda *a, **kw: Deferred()),
+                           generation=SimpleNamespace(clock=clock))
+    d = worker.Worker.verifyAddress(slow, "u@example.com")
+    clock.advance(worker.VERIFY_TIMEOUT - 1)
+    assert not d.called
+    clock.advance(1)
+    with pytest.raises(TimeoutError):
+        resultOf(d)

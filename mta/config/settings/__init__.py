@@ -152,10 +152,11 @@ class Compiled:
 def _registry():
     """(MAIN_SETTINGS, LISTENER_SETTINGS): service name -> settings class."""
     from mta.config.settings import (client, cleanup, delivery, notices, postscreen, qmgr, routing, sasl, service,
-                                     smtpd, tls, tlsrpt)
+                                     smtpd, tls, tlsrpt, verify)
 
     main, listener = {}, {}
-    for module in (service, smtpd, postscreen, cleanup, routing, qmgr, notices, client, delivery, tls, sasl, tlsrpt):
+    for module in (service, smtpd, postscreen, cleanup, routing, qmgr, notices, client, delivery, tls, sasl, tlsrpt,
+                   verify):
         main.update(getattr(module, "MAIN", {}))
         listener.update(getattr(module, "LISTENER", {}))
     return main, listener

@@ -7,7 +7,7 @@ settings class that needs it (a parameter may be read by several areas):
     default_destination_recipient_limit, minimal_backoff_time,
     maximal_backoff_time, queue_run_delay, maximal_queue_lifetime,
     bounce_queue_lifetime, defer_transports, soft_bounce,
-    delay_warning_time; and the families TRANSPORT_destination_concurrency_limit
+    delay_warning_time, address_verify_pending_request_limit; and the families TRANSPORT_destination_concurrency_limit
     and TRANSPORT_destination_recipient_limit (setting(pattern=...)).
 
 QmgrSettings (``config.settings.qmgr``) is built from [main] only, as
@@ -43,6 +43,7 @@ class QmgrSettings(Settings):
     deferTransports: frozenset = setting("defer_transports", frozenset)  # deferred without an attempt
     softBounce: bool = setting("soft_bounce")  # a bounce becomes a deferral (4.x.x)
     delayWarning: float = setting("delay_warning_time")  # warn the sender once after this; 0: never
+    probeLimit: int = setting("address_verify_pending_request_limit")  # active probes (mta.verify) at once
     defaultConcurrency: int = setting("default_destination_concurrency_limit")  # per (transport, nexthop)
     defaultRecipientLimit: int = setting("default_destination_recipient_limit")  # recipients per delivery
     concurrency: dict = setting(pattern=_CONCURRENCY)  # transport -> its own concurrency limit, if set
