@@ -2,6 +2,7 @@
 
     sudo python3 bench/policy.py [--messages 2000] [--sessions 20] [--size 2048] [--reuse]
                                  [--rounds 3] [--grey-delay 2] [--dns-ttl 300] [--listed-share 0.05]
+                                 [--without peername,rbl,pgsql,postgrey]
                                  [--skip-mta] [--skip-postfix] [--keep] [--json]
 
 bench/run.py's accept benchmark (smtp-source, both servers side by side,
@@ -77,6 +78,24 @@ shared peers did per message in its median run: DNS queries dnsmasq
 answered, and the CPU of dnsmasq, postgrey and PostgreSQL (not in the
 server's figure).
 
+--without leaves parts of the policy out of both configurations
+(smtpd_peername_lookup = no; no reject_rbl_client; an inline HOLD table in
+place of the pgsql one; no check_policy_service), to see what each part
+costs each server.
+
+LIMITATIONS
+    The timed mail comes from one client address, so both servers can
+    keep that client's answers: mta caches DNS answers for their TTL (PTR
+    and A; the DNSBL misses are NXDOMAIN without an SOA, which it does not
+    cache, but identical queries in flight are sent once), Postfix's smtpd
+    asks the C library, which has no cache, for PTR and A at every
+    connection, and keeps DNSBL results per process across sessions
+    (smtpd_check.c's rbl cache).  The queries each server made are in its
+    line.  postgrey's delay is --grey-delay (2 s), not its default 300 s,
+    so that pre-seeding takes seconds; after it the policy answers are the
+    same.  The peers' CPU is not in the servers' figures (it is the same
+    work for both, reported apart).
+
 Must run as root (a Postfix master, mount namespaces, port 53).
 bench/setup.sh installs Postfix with postfix-pgsql, dnsmasq, postgrey and
 PostgreSQL.  Exit status as run.py's.
@@ -118,13 +137,23 @@ PRIVATE_HOSTS = "# bench/policy.py: no names here, so that the clients' names co
 
 # -- the policy, once for both ------------------------------------------------------
 
-def policyBlock(zones, tableFile, postgreyPort: int) -> list[str]:
-    """The main.cf lines of the policy, the same for mta's [main] and Postfix's main.cf."""
-    checks = [f"reject_rbl_client {z}" for z in zones]
-    checks += [f"check_recipient_access pgsql:{tableFile}",
-               f"check_policy_service inet:127.0.0.1:{postgreyPort}",
-               "permit_mynetworks", "reject_unauth_destination"]
-    return ["smtpd_peername_lookup = yes", "smtpd_recipient_restrictions = " + ", ".join(checks)]
+PARTS = ("peername", "rbl", "pgsql", "postgrey")  # what --without can leave out
+
+
+def policyBlock(zones, tableFile, postgreyPort: int, without=frozenset()) -> list[str]:
+    """
+    The main.cf lines of the policy, the same for mta's [main] and Postfix's
+    main.cf; C{without} leaves parts out (PARTS), for finding what costs:
+    without pgsql an inline table puts the mail on hold in its place.
+    """
+    checks = [] if "rbl" in without else [f"reject_rbl_client {z}" for z in zones]
+    checks.append(f"check_recipient_access inline:{{ {RECIPIENT}=HOLD }}" if "pgsql" in without
+                  else f"check_recipient_access pgsql:{tableFile}")
+    if "postgrey" not in without:
+        checks.append(f"check_policy_service inet:127.0.0.1:{postgreyPort}")
+    checks += ["permit_mynetworks", "reject_unauth_destination"]
+    return [f"smtpd_peername_lookup = {'no' if 'peername' in without else 'yes'}",
+            "smtpd_recipient_restrictions = " + ", ".join(checks)]
 
 
 def withPolicy(text: str, block: list[str], section: str | None = None) -> str:
@@ -281,7 +310,7 @@ class Peers:
             time.sleep(0.1)
 
     def block(self) -> list[str]:
-        return policyBlock(ZONES, self.table, self.postgreyPort)
+        return policyBlock(ZONES, self.table, self.postgreyPort, self.args.without)
 
     def cpuSeconds(self) -> float:
         pids = [self.dns.pid() if self.dns else None, self.postgrey.pid if self.postgrey else None,
@@ -368,26 +397,27 @@ def trySend(port: int, source: str = "127.0.0.1", recipient: str = RECIPIENT) ->
 
 def checkPolicy(server, maillog: Path, args) -> None:
     """The listed clients and the trap are refused, the client is named from DNS, greylisting is seeded."""
-    for address, zone in LISTED.items():
+    for address, zone in (LISTED.items() if "rbl" not in args.without else ()):
         code, text = trySend(server.port, address)
         if code != 554 or f"blocked using {zone}" not in text:
             raise BenchFailure(f"{server.name}: listed client {address} got {code} {text!r}, "
                                f"not 554 blocked using {zone}")
     code, text = trySend(server.port, recipient=TRAP)
-    if code != 554 or "no such user" not in text:
+    if "pgsql" not in args.without and (code != 554 or "no such user" not in text):
         raise BenchFailure(f"{server.name}: {TRAP} (REJECT in the pgsql table) got {code} {text!r}")
     deferred, deadline = 0, time.monotonic() + 4 * args.grey_delay + 60
     while True:
         code, text = trySend(server.port)
         if code == 250:
             break
-        if code != 450 or "reylist" not in text or time.monotonic() > deadline:
+        if "postgrey" in args.without or code != 450 or "reylist" not in text or time.monotonic() > deadline:
             raise BenchFailure(f"{server.name}: the bench triplet got {code} {text!r}")
         deferred += 1
         time.sleep(args.grey_delay + 1)
     log(f"{server.name}: policy checks passed (listed clients and {TRAP} refused; "
-        f"greylisting pre-seeded, {deferred} deferral{'s' if deferred != 1 else ''})")
-    named = f"{CLIENT_NAME}[127.0.0.1]"
+        f"greylisting pre-seeded, {deferred} deferral{'s' if deferred != 1 else ''}; "
+        f"without: {', '.join(sorted(args.without)) or 'nothing'})")
+    named = f"{CLIENT_NAME}[127.0.0.1]" if "peername" not in args.without else "unknown[127.0.0.1]"
     deadline = time.monotonic() + 10
     while named not in (maillog.read_text(errors="replace") if maillog.exists() else ""):
         if time.monotonic() > deadline:
@@ -395,9 +425,9 @@ def checkPolicy(server, maillog: Path, args) -> None:
         time.sleep(0.2)
 
 
-def listedCount(messages: int, share: float) -> int:
-    """How many listed-client sessions go alongside C{messages} timed messages."""
-    return int(round(messages * share))
+def listedCount(messages: int, share: float, without=frozenset()) -> int:
+    """How many listed-client sessions go alongside C{messages} timed messages (none without the DNSBLs)."""
+    return 0 if "rbl" in without else int(round(messages * share))
 
 
 def sendListed(port: int, count: int, addresses=tuple(sorted(LISTED))) -> dict:
@@ -431,7 +461,7 @@ def policyRound(peers: Peers):
         listed = {}
 
         def load(server, messages, args):
-            count = listedCount(messages, args.listed_share)
+            count = listedCount(messages, args.listed_share, args.without)
             thread = threading.Thread(target=lambda: listed.update(sendListed(server.port, count)), daemon=True)
             thread.start()
             try:
@@ -444,9 +474,9 @@ def policyRound(peers: Peers):
         result["dns_queries_per_message"] = (peers.dns.queries() - q0) / args.messages
         result["peer_ms_per_message"] = (peers.cpuSeconds() - cpu0) * 1000.0 / args.messages
         result["listed_sent"], result["listed_rejected"] = listed.get("sent", 0), listed.get("rejected", 0)
-        if result["listed_rejected"] != listedCount(args.messages, args.listed_share):
+        if result["listed_rejected"] != listedCount(args.messages, args.listed_share, args.without):
             entry.result.notes.append(f"run {i + 1}: {result['listed_rejected']} of "
-                                      f"{listedCount(args.messages, args.listed_share)} listed-client sessions "
+                                      f"{listedCount(args.messages, args.listed_share, args.without)} listed-client sessions "
                                       f"refused with 554: {'; '.join(listed.get('errors', [])) or 'not finished'}")
             result["count"] = -1  # not verified
         return result
@@ -467,10 +497,11 @@ def peerNote(rounds: list[dict]) -> str | None:
 
 
 def describePolicy(args) -> str:
+    without = f" WITHOUT {', '.join(sorted(args.without))}" if args.without else ""
     return (f"policy: smtpd_peername_lookup, reject_rbl_client x2, check_recipient_access pgsql:, "
-            f"check_policy_service (postgrey, --delay {args.grey_delay}, pre-seeded); "
+            f"check_policy_service (postgrey, --delay {args.grey_delay}, pre-seeded){without}; "
             f"DNS TTL {args.dns_ttl}s; timed mail from 127.0.0.1 (unlisted, every check passed), "
-            f"{listedCount(args.messages, args.listed_share)} sessions from listed clients alongside (554)")
+            f"{listedCount(args.messages, args.listed_share, args.without)} sessions from listed clients alongside (554)")
 
 
 def commandLine(argv: list[str]) -> str:
@@ -494,6 +525,9 @@ def parseArgs(argv):
     p.add_argument("--listed-share", type=float, default=0.05,
                    help="sessions from DNSBL-listed clients sent alongside each timed run, as a share of "
                         "--messages (default 0.05); each must be refused with 554")
+    p.add_argument("--without", default="",
+                   help=f"leave parts of the policy out, comma-separated, from {', '.join(PARTS)} "
+                        "(to see what each costs; default: none)")
     p.add_argument("--timeout", type=float, default=600.0, help="time limit of one smtp-source run (default 600)")
     p.add_argument("--start-timeout", type=float, default=60.0, help="time to answer SMTP after start (default 60)")
     p.add_argument("--mta-workers", type=int, default=0, help="mta's worker_processes (default 0)")
@@ -509,6 +543,9 @@ def parseArgs(argv):
         p.error("--messages, --sessions, --rounds and --grey-delay must be positive, --size not negative")
     if args.dns_ttl < 0 or not 0 <= args.listed_share <= 1:
         p.error("--dns-ttl must not be negative, --listed-share must be from 0 to 1")
+    args.without = frozenset(w.strip() for w in args.without.split(",") if w.strip())
+    if args.without - set(PARTS):
+        p.error(f"--without: unknown {', '.join(sorted(args.without - set(PARTS)))} (known: {', '.join(PARTS)})")
     if args.warmup is None:
         args.warmup = max(20, min(200, args.messages // 10))
     # What run.py's accept run reads of its arguments.

@@ -33,7 +33,7 @@ def test_policy_small_run():
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert "sudo python3 bench/policy.py --messages 40 --rounds 1" in done.stderr  # the command, logged
-    assert "greylisting pre-seeded, 1 deferral)" in done.stderr  # the first server met the triplet first
+    assert "greylisting pre-seeded, 1 deferral;" in done.stderr  # the first server met the triplet first
     doc = json.loads(done.stdout)
     assert set(doc["results"]) == {"mta", "postfix"}
     for name, result in doc["results"].items():

@@ -33,6 +33,19 @@ def test_policy_block_names_every_check_in_order(policy):
         "permit_mynetworks, reject_unauth_destination"]
 
 
+def test_without_leaves_parts_out_and_keeps_the_hold(policy):
+    block = policy.policyBlock(("a.rbl.example",), Path("/t.cf"), 7, frozenset({"rbl", "pgsql", "peername"}))
+    assert block == [
+        "smtpd_peername_lookup = no",
+        "smtpd_recipient_restrictions = check_recipient_access inline:{ rcpt@bench.example=HOLD }, "
+        "check_policy_service inet:127.0.0.1:7, permit_mynetworks, reject_unauth_destination"]
+    block = policy.policyBlock(("a.rbl.example",), Path("/t.cf"), 7, frozenset({"postgrey"}))
+    assert "check_policy_service" not in block[1] and "pgsql:/t.cf" in block[1] and "reject_rbl_client" in block[1]
+    assert policy.parseArgs(["--without", "rbl, postgrey"]).without == {"rbl", "postgrey"}
+    assert policy.parseArgs([]).without == frozenset()
+    assert policy.listedCount(2000, 0.05, frozenset({"rbl"})) == 0  # no DNSBL: nobody is listed
+
+
 def test_the_same_block_replaces_the_restrictions_in_both_configurations(policy):
     block = policy.policyBlock(policy.ZONES, Path("/t.cf"), 1)
     maincf = ("queue_directory = /q\nsmtpd_recipient_restrictions = check_recipient_access "
@@ -139,7 +152,7 @@ def test_peer_note_tells_the_listed_sessions(policy):
 
 
 @pytest.mark.parametrize("bad", [["--messages", "0"], ["--grey-delay", "0"], ["--dns-ttl", "-1"],
-                                 ["--listed-share", "1.5"], ["--listed-share", "-0.1"],
+                                 ["--listed-share", "1.5"], ["--listed-share", "-0.1"], ["--without", "dns"],
                                  ["--rounds", "0"], ["--mta-root", "/nonexistent"], ["--nosuch"]])
 def test_usage_errors(bad):
     done = subprocess.run([sys.executable, str(POLICY), *bad], capture_output=True, text=True, timeout=60)
