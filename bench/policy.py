@@ -104,6 +104,9 @@ PostgreSQL.  Exit status as run.py's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import os
 import random
 import shutil
@@ -582,7 +585,12 @@ def main(argv=None) -> int:
     results = {}
     log(f"{commandLine(argv)}; work directory {rundir}")
     try:
-        peers.start()
+        try:
+            peers.start()
+        except (AssertionError, TimeoutError, OSError, subprocess.SubprocessError) as e:
+            # the peers' helpers (tests/integration) report a failed start so
+            raise BenchFailure(f"the peers did not start: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                               str(e)) from None
         names = [n for n, skip in (("mta", args.skip_mta), ("postfix", args.skip_postfix)) if not skip]
         entries = []
         for name, port in zip(names, freePorts(len(names))):
@@ -612,7 +620,13 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(rundir, ignore_errors=True)
     if args.json:
-        printJson(args, results)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            printJson(args, results)
+        doc = json.loads(out.getvalue())
+        doc.update(command=commandLine(argv), policy=describePolicy(args), without=sorted(args.without),
+                   grey_delay=args.grey_delay, dns_ttl=args.dns_ttl, listed_share=args.listed_share)
+        print(json.dumps(doc, indent=2))
     else:
         print(commandLine(argv))
         print(describePolicy(args))

@@ -35,6 +35,8 @@ def test_policy_small_run():
     assert "sudo python3 bench/policy.py --messages 40 --rounds 1" in done.stderr  # the command, logged
     assert "greylisting pre-seeded, 1 deferral;" in done.stderr  # the first server met the triplet first
     doc = json.loads(done.stdout)
+    assert doc["command"] == "sudo python3 bench/policy.py --messages 40 --rounds 1 --grey-delay 1 --listed-share 0.1 --json"
+    assert doc["without"] == [] and doc["policy"].startswith("policy: smtpd_peername_lookup, reject_rbl_client x2")
     assert set(doc["results"]) == {"mta", "postfix"}
     for name, result in doc["results"].items():
         assert result["ok"] and result["verified"] and result["queued"] == 40, result
