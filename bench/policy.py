@@ -187,15 +187,20 @@ def namespaceArgv(resolvConf: Path, hosts: Path, argv: list[str]) -> list[str]:
             str(resolvConf), str(hosts), *argv]
 
 
+def reversedAddress(address: str) -> str:
+    """127.0.0.2 -> 2.0.0.127: the labels of its PTR name and of its DNSBL queries."""
+    return ".".join(reversed(address.split(".")))
+
+
 def reverseName(address: str) -> str:
-    return ".".join(reversed(address.split("."))) + ".in-addr.arpa"
+    return reversedAddress(address) + ".in-addr.arpa"
 
 
 def dnsRecords(zones=ZONES, listed=LISTED) -> dict:
     """dnsmasq's data: hosts (name, address, with PTR), the DNSBL entries (name -> A), the local zones."""
     hosts = [(CLIENT_NAME, "127.0.0.1")]
     hosts += [(f"listed{n}.bench-clients.example", a) for n, a in enumerate(sorted(listed), 1)]
-    entries = {".".join(reversed(a.split("."))) + "." + zone: "127.0.0.2" for a, zone in listed.items()}
+    entries = {f"{reversedAddress(a)}.{zone}": "127.0.0.2" for a, zone in listed.items()}
     local = ("bench-clients.example", "127.in-addr.arpa", BENCH_DOMAIN, *sorted({z.split(".", 1)[1] for z in zones}))
     return {"hosts": hosts, "entries": entries, "local": local}
 
