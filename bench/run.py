@@ -169,6 +169,11 @@ class MtaServer:
         lines = [l.strip() for l in self.logTail(50).splitlines() if l.strip()]
         return lines[-1] if lines else "(no output)"
 
+    def argv(self, ini: Path) -> list[str]:
+        """The command that runs mta (bench/policy.py runs it in a mount namespace of its own)."""
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "mta", "-c", str(ini)]
+
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         ini = self.writeConfig()
@@ -178,8 +183,7 @@ class MtaServer:
         # This is twistd (what the twistd script runs), with this Python.
         # Not "python -m twisted": that is twist(1), which knows neither -n
         # nor --pidfile (it always runs in the foreground, without a pidfile).
-        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "mta", "-c", str(ini)]
+        argv = self.argv(ini)
         log(f"mta: starting on 127.0.0.1:{self.port}: {' '.join(argv)} (cwd {self.workdir})")
         with open(self.logfile, "wb") as out:
             self.proc = subprocess.Popen(argv, cwd=self.workdir, env=env,
@@ -423,14 +427,15 @@ def machineBusySeconds() -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-def acceptRound(entry: Entry, args, i: int) -> dict:
+def acceptRound(entry: Entry, args, i: int, load=None) -> dict:
+    """One timed accept run; C{load(server, messages, args)} sends it (default runLoad)."""
     server, result = entry.server, entry.result
     before = stableCount(server.queueCount)
     log(f"{server.name}: {before} messages in the queue; timed run "
         f"{i + 1}/{args.rounds}, {args.messages} messages")
     os.sync()  # start every timed run with no dirty data of anyone
     cpu0, machine0 = server.cpuSeconds(), machineBusySeconds()
-    load = runLoad(server, args.messages, args)
+    load = (load or runLoad)(server, args.messages, args)
     seconds = load["seconds"]
     # Every 250 came after the queue file was committed, so the count
     # is normally complete at once; allow a little time for renames.
@@ -496,14 +501,17 @@ def relayRound(entry: Entry, args, i: int) -> dict:
             "out": out}
 
 
-def benchmark(entries: list[Entry], args) -> dict[str, Result]:
+def benchmark(entries: list[Entry], args, timed=None) -> dict[str, Result]:
     """Start and warm up every server, then alternate them over args.rounds timed runs.
 
     All servers run for the whole benchmark (each on its own port, idle
     while another is measured), so that round i of one and round i of the
     other are close in time and drift of the machine hits both alike.
+    C{timed(entry, args, i)} is one timed run (default: acceptRound or
+    relayRound, as args.command says).
     """
-    timed = acceptRound if args.command == "accept" else relayRound
+    if timed is None:
+        timed = acceptRound if args.command == "accept" else relayRound
     live = []
     try:
         for entry in entries:

@@ -66,6 +66,28 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     systemctl stop postfix.service >/dev/null 2>&1 || true
 fi
 
+# bench/policy.py's peers: Postfix's pgsql: map type, and the private dnsmasq,
+# postgrey and PostgreSQL it starts (never the system services: stopped if a
+# package started them).
+POLICY_PKGS=""
+for p in postfix-pgsql dnsmasq postgrey postgresql; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || POLICY_PKGS="$POLICY_PKGS $p"
+done
+if [ -n "$POLICY_PKGS" ]; then
+    say "installing$POLICY_PKGS (bench/policy.py)"
+    # shellcheck disable=SC2086
+    if ! apt-get install $APT_OPTS $POLICY_PKGS; then
+        apt-get update -q -o DPkg::Lock::Timeout=600
+        # shellcheck disable=SC2086
+        apt-get install $APT_OPTS $POLICY_PKGS
+    fi
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        for s in dnsmasq postgrey postgresql; do systemctl stop "$s.service" >/dev/null 2>&1 || true; done
+    fi
+else
+    say "postfix-pgsql, dnsmasq, postgrey and postgresql already installed"
+fi
+
 # bench/growth.py draws its PNG with matplotlib (the Agg backend: no display).
 PYTHON=${PYTHON:-python3}
 if "$PYTHON" -c "import matplotlib" 2>/dev/null; then
