@@ -127,6 +127,27 @@ class Server:
         self.closing = False
 
 
+def _inAutocommit(conn):
+    setting = getattr(conn, "autocommit", None)
+    if callable(setting):  # PyMySQL: get_autocommit()
+        getter = getattr(conn, "get_autocommit", None)
+        return bool(getter()) if callable(getter) else False
+    return bool(setting)
+
+
+def _autocommit(conn):
+    """
+    A new connection answers each lookup on its own: no BEGIN before the
+    SELECT, no ROLLBACK after it (one round trip a lookup, as Postfix's).
+    psycopg2 has an attribute, PyMySQL a method; sqlite3 commits nothing.
+    """
+    setting = getattr(conn, "autocommit", None)
+    if callable(setting):
+        setting(True)
+    elif setting is not None:
+        conn.autocommit = True
+
+
 def _runQuery(pool, sql, params, holder, singleResult):
     """
     In a pool thread: connect if needed, run the query; (status, rows or
@@ -149,7 +170,8 @@ def _runQuery(pool, sql, params, holder, singleResult):
                         raise _MultipleResults("multiple result sets returning data are not supported")
         finally:
             cursor.close()
-        conn.rollback()  # end the read-only transaction the driver may have begun
+        if not _inAutocommit(conn):
+            conn.rollback()  # end the read-only transaction the driver may have begun
         return "ok", rows
     except Exception as e:
         try:
@@ -223,7 +245,7 @@ class SqlTable:
 
     def makePool(self, server):
         return _Pool(self.driver, *server.connectArgs[0], cp_min=0, cp_max=MAX_CONNECTIONS,
-                     cp_reactor=self._reactor, cp_noisy=False, **server.connectArgs[1])
+                     cp_reactor=self._reactor, cp_noisy=False, cp_openfun=_autocommit, **server.connectArgs[1])
 
     def interrupt(self, connection):
         """After a timeout: make the thread's blocked call on C{connection} return, if possible."""

@@ -682,3 +682,31 @@ def test_plugins_are_registered(tmp_path, sqliteDb):
     table = Tables(FakeReactor()).open(spec)
     assert isinstance(table, SqliteTable) and table.spec == spec
     assert isinstance(Tables(FakeReactor()).open("pgsql:" + write(tmp_path, "q.cf", PGCONF)), PgsqlTable)
+
+
+def test_connections_run_in_autocommit_so_a_lookup_is_one_round_trip():
+    """No BEGIN before the SELECT and no ROLLBACK after it (psycopg2's attribute, PyMySQL's method)."""
+    from mta.tables.sql import _autocommit, _inAutocommit
+
+    class Psycopg:
+        autocommit = False
+
+    class PyMysql:
+        def __init__(self):
+            self.on = False
+
+        def autocommit(self, value):
+            self.on = value
+
+        def get_autocommit(self):
+            return self.on
+
+    class Sqlite:
+        pass
+
+    for conn in (Psycopg(), PyMysql()):
+        assert not _inAutocommit(conn)
+        _autocommit(conn)
+        assert _inAutocommit(conn)
+    _autocommit(Sqlite())
+    assert not _inAutocommit(Sqlite())
