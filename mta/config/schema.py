@@ -456,6 +456,11 @@ PARAMETERS = (
        "The reply template of a DNS list match, expanded at use ($rbl_code, $rbl_class, $rbl_what, "
        "$rbl_domain, $rbl_reason, $client_address, $helo_name, $sender, ...; not at load).",
        "smtpd", raw=True),
+    _P("smtpd_expansion_filter", T.String(),
+       "\\t\\40!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\\\]^_`"
+       "abcdefghijklmnopqrstuvwxyz{|}~",
+       "The characters a value may keep when it is put into a DNS list reply template; the others "
+       "become '_' (C escapes: \\t, \\40 octal, \\\\).", "smtpd", raw=True),
     _P("rbl_reply_maps", T.Tables(), "",
        "Tables of DNS list domain (domain=pattern, then domain) -> a reply template, as "
        "default_rbl_reply.", "smtpd"),

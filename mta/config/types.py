@@ -590,6 +590,32 @@ def parseRestrictions(items):
     return tuple(result)
 
 
+def expansionFilter(text):
+    """
+    smtpd_expansion_filter's characters, with Postfix's C escapes (\\t, \\n,
+    \\r, \\\\, \\ooo octal): a frozenset; ValueError for a bad escape.
+    """
+    chars = set()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\":
+            chars.add(ch)
+            i += 1
+            continue
+        match = re.match(r"[0-7]{1,3}", text[i + 1:])
+        if match:
+            chars.add(chr(int(match.group(0), 8)))
+            i += 1 + len(match.group(0))
+            continue
+        escaped = {"t": "\t", "n": "\n", "r": "\r", "\\": "\\", "b": "\b", "f": "\f", "v": "\v", "a": "\a"}
+        if i + 1 >= len(text) or text[i + 1] not in escaped:
+            raise ValueError(f"bad escape {text[i:i + 2]!r} (use \\t, \\n, \\r, \\\\ or \\ooo octal)")
+        chars.add(escaped[text[i + 1]])
+        i += 2
+    return frozenset(chars)
+
+
 def unknownRestriction(name):
     return f"unknown restriction {str(name)!r} (known: {', '.join(sorted(RESTRICTION_NAMES))})"
 

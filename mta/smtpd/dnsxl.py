@@ -38,7 +38,8 @@ SECURITY
     Names from the client (HELO, the sender's and recipient's domains, the
     PTR name) are checked (valid hostname, not numeric, converted to ASCII)
     before they become a query.  Expanded values pass
-    smtpd_expand_filter's rule (printable ASCII; the rest becomes "_").
+    smtpd_expansion_filter (default printable ASCII and tab; the rest
+    becomes "_").
 
 CONFIGURATION
     default_rbl_reply, rbl_reply_maps, maps_rbl_reject_code (through
@@ -91,16 +92,20 @@ def domainQuery(what, domain):
     return f"{name.lower()}.{domain}"
 
 
-def _filtered(value):
-    """smtpd_expand_filter: printable ASCII stays, anything else becomes '_'."""
-    return "".join(ch if " " <= ch <= "~" or ch == "\t" else "_" for ch in value)
+# smtpd_expansion_filter's default: printable ASCII and tab.
+DEFAULT_FILTER = frozenset(chr(c) for c in range(32, 127)) | {"\t"}
 
 
-def expandTemplate(template, values):
+def _filtered(value, allowed=DEFAULT_FILTER):
+    """smtpd_expansion_filter: the allowed characters stay, any other becomes '_'."""
+    return "".join(ch if ch in allowed else "_" for ch in value)
+
+
+def expandTemplate(template, values, allowed=DEFAULT_FILTER):
     """
     A reply template expanded with C{values} (Postfix's mac_expand, as the
     configuration's: mta.config.loader.expandMacros); each value passes
-    smtpd_expand_filter.  ValueError for an unknown name or a malformed
+    smtpd_expansion_filter.  ValueError for an unknown name or a malformed
     expression.
     """
     from mta.config.loader import expandMacros
@@ -108,7 +113,7 @@ def expandTemplate(template, values):
     def lookup(name):
         if name not in values:
             raise ValueError(f"unknown name ${name}")
-        return _filtered(values[name])
+        return _filtered(values[name], allowed)
 
     return expandMacros(template, lookup)
 
@@ -135,8 +140,9 @@ def requestValues(request):
 class Dnsxl:
     """The DNS list lookups of one listener's restrictions (RecipientPolicy.dnsxl)."""
 
-    def __init__(self, dns, code, template, replyMaps, maillog):
+    def __init__(self, dns, code, template, replyMaps, maillog, allowed=DEFAULT_FILTER):
         self.dns = dns  # a callable that returns the IDNSResolver (made on first use)
+        self.allowed = allowed  # smtpd_expansion_filter
         self.code = code
         self.template = template
         self.replyMaps = replyMaps
@@ -186,7 +192,7 @@ class Dnsxl:
                       rbl_what=what, rbl_class=CLASSES[kind])
         for candidate in ([template] if template is not None else []) + [self.template]:
             try:
-                text = expandTemplate(candidate, values)
+                text = expandTemplate(candidate, values, self.allowed)
                 break
             except ValueError as e:
                 self.maillog.emit(f"warning: bad rbl reply template for domain {spec.domain}: {candidate}: {e}")

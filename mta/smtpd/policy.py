@@ -159,7 +159,8 @@ class RecipientPolicy:
         self.settings = settings
         self.dns = dns
         self.dnsxl = Dnsxl(dns, settings.rblCode, settings.defaultRblReply,
-                           [tables.open(t) for t in settings.rblReplyMaps], maillog) if dns is not None else None
+                           [tables.open(t) for t in settings.rblReplyMaps], maillog,
+                           settings.expansionFilter) if dns is not None else None
         self.maillog = maillog
         # check_policy_service's servers and their connections (None without a reactor: no queries).
         self.policyClients = PolicyClients(reactor, settings, queueDirectory, maillog) if reactor is not None else None

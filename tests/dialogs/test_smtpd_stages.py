@@ -480,3 +480,16 @@ def test_debug_peer_list_logs_the_dialog_of_the_listed_clients():
         d = dialog("debug_peer_list = 198.51.100.0/24\n")
         d.send("EHLO c.test\r\n")
     assert not any(line.startswith(("< ", "> ")) for line in log.lines)
+
+
+def test_smtpd_expansion_filter_parses_postfixs_escapes():
+    from mta.config.types import expansionFilter
+    from mta.smtpd.dnsxl import DEFAULT_FILTER, expandTemplate
+
+    default = load("x.ini", "[main]\n").listeners[0].settings.recipients.expansionFilter
+    assert default == DEFAULT_FILTER  # printable ASCII and tab, as Postfix's default
+    assert expansionFilter("ab\\40\\t\\\\") == frozenset("ab \t\\")
+    assert expandTemplate("$x", {"x": "a b\x01c"}, expansionFilter("abc\\40")) == "a b_c"
+    with pytest.raises(ConfigError) as e:
+        load("x.ini", "[main]\nsmtpd_expansion_filter = ab\\q\n").listeners[0].settings
+    assert "bad escape" in str(e.value)

@@ -26,7 +26,7 @@ settings class that needs it (a parameter may be read by several areas):
     invalid_hostname_reject_code,
     unknown_hostname_reject_code, unknown_address_reject_code,
     unknown_address_tempfail_action, unknown_helo_hostname_tempfail_action,
-    maps_rbl_reject_code, default_rbl_reply,
+    maps_rbl_reject_code, default_rbl_reply, smtpd_expansion_filter,
     rbl_reply_maps, smtpd_etrn_restrictions, fast_flush_domains,
     smtpd_client_restrictions, smtpd_helo_restrictions,
     smtpd_sender_restrictions, smtpd_relay_restrictions,
@@ -58,8 +58,8 @@ import attrs
 from mta.config.errors import ConfigError
 from mta.config.schema import parameter
 from mta.config.settings import Settings, setting, settingsClass
-from mta.config.types import (RESTRICTION_NAMES, STAGE_ACCESS, parseRestrictions, restrictionNames, splitList,
-                              unknownRestriction)
+from mta.config.types import (RESTRICTION_NAMES, STAGE_ACCESS, expansionFilter, parseRestrictions,
+                              restrictionNames, splitList, unknownRestriction)
 
 __all__ = ["ADDRESS_CLASSES", "RecipientCheckSettings", "ResolverSettings", "splitTransport"]
 
@@ -171,6 +171,7 @@ class RecipientCheckSettings(Settings):
     rblCode: int = setting("maps_rbl_reject_code")  # $rbl_code of the DNS list replies (mta.smtpd.dnsxl)
     defaultRblReply: str = setting("default_rbl_reply")  # the reply template of a listed client
     rblReplyMaps: tuple = setting("rbl_reply_maps")  # DNS list domain -> a reply template
+    expansionFilter: frozenset = setting("smtpd_expansion_filter", expansionFilter)  # what template values keep
     unknownLocalCode: int = setting("unknown_local_recipient_reject_code")
     unknownAliasCode: int = setting("unknown_virtual_alias_reject_code")
     unknownMailboxCode: int = setting("unknown_virtual_mailbox_reject_code")
