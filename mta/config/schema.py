@@ -507,6 +507,9 @@ PARAMETERS = (
     _P("anvil_rate_time_unit", T.Time("s"), "60s",
        "The time unit over which client rates are counted (the smtpd_client_*_rate_limit "
        "parameters).", "smtpd"),
+    _P("smtpd_command_filter", T.Tables(), "",
+       "Tables (e.g. pcre:) that rewrite a client's command line before it is parsed: the key is the "
+       "line without leading white space and CRLF, the value the command executed instead.", "smtpd"),
     _P("debug_peer_list", T.Networks(), "",
        "Clients (addresses, networks, tables looked up by address) whose SMTP dialog is logged line "
        "by line (\"< client: command\", \"> client: reply\"), as Postfix's verbose smtpd.", "smtpd"),

@@ -114,6 +114,7 @@ class SMTPServerFactory(Factory):
         self.flushSite = flushSite
         self.eventLimitExceptions = NetworkMatcher(smtpd.eventLimitExceptions, tables)
         self.debugPeers = NetworkMatcher(smtpd.debugPeerList, tables)  # debug_peer_list
+        self.commandFilter = [tables.open(t) for t in smtpd.commandFilter]  # smtpd_command_filter
         self.bareNewlineExclusions = NetworkMatcher(smtpd.bareNewlineExclusions, tables)
         self.policy = RecipientPolicy(settings.recipients, resolver, tables, dns=dns, maillog=self.maillog,
                                       reactor=clock, queueDirectory=getattr(store, "directory", None),

@@ -124,6 +124,7 @@ from mta.smtpd.commands import R_OK, SMTPCommands
 from mta.smtpd.deadline import RequestDeadline
 from mta.smtpd.session import SessionState, Transaction
 from mta.smtpd.starttls import StartTLSCommands
+from mta.tables import TableTemporaryError
 
 log = Logger()
 
@@ -616,8 +617,49 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         if self._auth is not None:  # a SASL response, never a command (mta.smtpd.auth)
             self._respond("auth", self._authResponse(line[:-2]))
             return True
+        if self.factory.commandFilter:  # smtpd_command_filter: the line may be replaced first
+            self._filterCommand(line[:-2])
+            return True
         self._command(line[:-2])
         return True
+
+    def _filterCommand(self, line):
+        """
+        smtpd_command_filter: look the line up (without leading white space),
+        run the value instead when a table has one, as Postfix's
+        smtpd_chat_query; a table that cannot answer leaves the line as it is
+        (with a warning).  Input waits meanwhile.
+        """
+        self._waiting = True
+        state = {"inline": True}  # answered at once: the caller's loop goes on, no recursion
+
+        async def run():
+            key = line.lstrip(b" \t").decode("latin-1")
+            replacement = None
+            for table in self.factory.commandFilter:
+                try:
+                    replacement = await table.lookup(key)
+                except TableTemporaryError:
+                    self.factory.maillog.emit(f"warning: {table.spec}: smtpd_command_filter lookup error; "
+                                              f"the command is used as it is")
+                    break
+                if replacement is not None:
+                    break
+            self._waiting = False
+            if self._closing:
+                return
+            command = line
+            if replacement is not None:
+                command = replacement.encode("latin-1", "replace")
+                self.factory.maillog.emit(f"{self.session.client}: replacing command "
+                                          f"\"{sanitize(key[:100])}\" with \"{sanitize(replacement[:100])}\"")
+            self._command(command)
+            if not state["inline"] and not self._waiting and not self._closing:
+                self._process()
+
+        d = Deferred.fromCoroutine(run())
+        d.addErrback(self._internalError)
+        state["inline"] = False
 
     def _warnTooLong(self, text):
         shown, client = sanitize(self._redact(text[:30]).decode("latin-1")), self.session.client

@@ -493,3 +493,31 @@ def test_smtpd_expansion_filter_parses_postfixs_escapes():
     with pytest.raises(ConfigError) as e:
         load("x.ini", "[main]\nsmtpd_expansion_filter = ab\\q\n").listeners[0].settings
     assert "bad escape" in str(e.value)
+
+
+def test_smtpd_command_filter_replaces_command_lines():
+    main = ("smtpd_command_filter = pcre:{ {/^MAIL FROM:<a@example\\.org> BODY=8BITMIME$$/ "
+            "MAIL FROM:<b@example.org>} }\n")
+    with MailLog() as log:
+        d = dialog(main)
+        d.send("EHLO c.test\r\n")
+        assert d.send("MAIL FROM:<a@example.org> BODY=8BITMIME\r\n") == "250 2.1.0 Ok\r\n"
+        assert d.send("RCPT TO:<b@mx.test>\r\nDATA\r\n").startswith("250 2.1.5 Ok\r\n354 ")  # pipelined: in order
+    assert log.matching(f"unknown[{OUTSIDE}]: replacing command \"MAIL FROM:<a@example.org> BODY=8BITMIME\" with "
+                        "\"MAIL FROM:<b@example.org>\"")
+    store = FakeQueueStore()
+    d = dialog(main, store)
+    d.send("EHLO c.test\r\n")
+    d.send("MAIL FROM:<a@example.org> BODY=8BITMIME\r\n")
+    d.send("RCPT TO:<b@mx.test>\r\n")
+    d.send("DATA\r\n")
+    d.send("Subject: x\r\n\r\nhi\r\n.\r\n")
+    assert store.committed[0].envelope.sender == "b@example.org"
+
+
+def test_smtpd_command_filter_that_cannot_answer_leaves_the_command_alone():
+    with MailLog() as log:
+        d = dialog("smtpd_command_filter = fail:down\n")
+        assert d.send("EHLO c.test\r\n").startswith("250-")
+        assert d.send("MAIL FROM:<a@example.org>\r\n") == "250 2.1.0 Ok\r\n"
+    assert log.matching("warning: fail:down: smtpd_command_filter lookup error; the command is used as it is")

@@ -19,6 +19,7 @@ settings class that needs it (a parameter may be read by several areas):
     smtpd_forbid_bare_newline_reject_code, smtpd_per_request_deadline,
     smtpd_min_data_rate, postscreen_greet_wait, postscreen_greet_action,
     smtpd_client_port_logging, debug_peer_list, debug_peer_level,
+    smtpd_command_filter,
     message_size_limit, line_length_limit, myhostname, mail_name,
     syslog_name, requiretls_enable
 
@@ -137,6 +138,7 @@ class SmtpdSettings(Settings):
     rateTimeUnit: float = setting("anvil_rate_time_unit")  # seconds of anvil's window (mta.smtpd.anvil)
     eventLimitExceptions: tuple = setting("smtpd_client_event_limit_exceptions")  # networks/tables exempt
     debugPeerList: tuple = setting("debug_peer_list")  # clients whose dialog is logged line by line
+    commandFilter: tuple = setting("smtpd_command_filter")  # tables that rewrite command lines
     debugPeerLevel: int = setting("debug_peer_level")  # Postfix's verbose level; any level logs the dialog
 
     # -- the error tarpit (smtpd's error_count and junk_cmds)
