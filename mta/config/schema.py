@@ -481,6 +481,9 @@ PARAMETERS = (
     _P("smtpd_discard_ehlo_keywords", T.List(), "",
        "EHLO keywords not to advertise (e.g. pipelining, dsn); each EHLO logs 'discarding EHLO "
        "keywords: ...' unless the list holds silent-discard.", "smtpd"),
+    _P("smtpd_discard_ehlo_keyword_address_maps", T.Tables(), "",
+       "Tables looked up by the client's address: the EHLO keywords not to advertise to that client "
+       "(in place of smtpd_discard_ehlo_keywords).", "smtpd"),
     _P("smtpd_reject_footer", T.String(), "",
        "Text appended to every 4xx and 5xx reply as an extra line; a leading \\c keeps it on "
        "the same line.", "smtpd"),

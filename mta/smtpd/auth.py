@@ -116,7 +116,7 @@ class SMTPAuth:
 
     @property
     def _authEnabled(self):
-        return self.factory.sasl is not None and "AUTH" not in self.settings.discardEhloKeywords
+        return self.factory.sasl is not None and "AUTH" not in self.ehloSettings.discardEhloKeywords
 
     def _securityOptions(self):
         sasl = self.factory.saslSettings

@@ -203,6 +203,11 @@ class SMTPCommands:
             "ccert_pubkey_fingerprint": getattr(peer, "pkeyFingerprint", "") or "",
         }
 
+    @property
+    def ehloSettings(self):
+        """The EHLO keywords' settings for this client (smtpd_discard_ehlo_keyword_address_maps)."""
+        return self.session.ehloView or self.settings
+
     # -- commands -----------------------------------------------------------------
 
     def _hello(self, verb, arg, protocolName, lines):
@@ -243,13 +248,13 @@ class SMTPCommands:
     def smtp_EHLO(self, arg):
         if arg and self._authEnabled:  # the AUTH line may need the backend's mechanisms (mta.smtpd.auth)
             return self._ehloWithAuth(arg)
-        return self._ehlo(arg, self.settings.ehloLines)
+        return self._ehlo(arg, self.ehloSettings.ehloLines)
 
     async def _ehloWithAuth(self, arg):
-        return self._ehlo(arg, await self._authEhloLines(self.settings.ehloLines))
+        return self._ehlo(arg, await self._authEhloLines(self.ehloSettings.ehloLines))
 
     def _ehlo(self, arg, lines):
-        settings = self.settings
+        settings = self.ehloSettings
         if self.session.tlsActive and settings.offerRequireTls:
             lines = (*lines, "REQUIRETLS")  # RFC 8689: only inside TLS, last as in Postfix
         reply = self._hello("EHLO", arg, "ESMTP", self._ehloKeywords(lines))  # + STARTTLS (mta.smtpd.starttls)
@@ -261,8 +266,8 @@ class SMTPCommands:
 
     async def _ehloAnswered(self, pending):
         reply = await pending
-        if reply.code == 250 and self.settings.ehloDiscardLog:
-            self.factory.maillog.emit(f"discarding EHLO keywords: {self.settings.ehloDiscardLog}")
+        if reply.code == 250 and self.ehloSettings.ehloDiscardLog:
+            self.factory.maillog.emit(f"discarding EHLO keywords: {self.ehloSettings.ehloDiscardLog}")
         return reply
 
     def smtp_NOOP(self, arg):
@@ -336,8 +341,9 @@ class SMTPCommands:
     def _offered(self):
         if not self.session.extended:
             return frozenset()
-        offered = self.settings.offered | {"AUTH"} if self._authEnabled else self.settings.offered  # RFC 4954 5
-        if self.session.tlsActive and self.settings.offerRequireTls:
+        settings = self.ehloSettings
+        offered = settings.offered | {"AUTH"} if self._authEnabled else settings.offered  # RFC 4954 5
+        if self.session.tlsActive and settings.offerRequireTls:
             offered = offered | {"REQUIRETLS"}  # RFC 8689: never in plaintext (555 5.5.4 there, as Postfix)
         return offered
 

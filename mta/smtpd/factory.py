@@ -115,6 +115,8 @@ class SMTPServerFactory(Factory):
         self.eventLimitExceptions = NetworkMatcher(smtpd.eventLimitExceptions, tables)
         self.debugPeers = NetworkMatcher(smtpd.debugPeerList, tables)  # debug_peer_list
         self.commandFilter = [tables.open(t) for t in smtpd.commandFilter]  # smtpd_command_filter
+        self.discardEhloMaps = [tables.open(t) for t in smtpd.discardEhloMaps]
+        self._ehloViews = {}
         self.bareNewlineExclusions = NetworkMatcher(smtpd.bareNewlineExclusions, tables)
         self.policy = RecipientPolicy(settings.recipients, resolver, tables, dns=dns, maillog=self.maillog,
                                       reactor=clock, queueDirectory=getattr(store, "directory", None),
@@ -185,6 +187,23 @@ class SMTPServerFactory(Factory):
         resolver = AddressResolver(ResolverSettings.build(scope), tables)
         return cls(compile(scope, listenerSettings()), clock, store, tables, resolver, listenerName=listenerName,
                    flushSite=flushSite, postmasterNotices=postmasterNotices)
+
+    def ehloView(self, value):
+        """
+        The settings a client gets when smtpd_discard_ehlo_keyword_address_maps
+        gives C{value}: the EHLO lines, the extensions offered and the
+        discard log recomputed with those keywords (made once per value).
+        """
+        import attrs
+
+        from mta.config.settings.smtpd import discardedKeywords
+
+        view = self._ehloViews.get(value)
+        if view is None:
+            if len(self._ehloViews) >= 100:
+                self._ehloViews.clear()
+            view = self._ehloViews[value] = attrs.evolve(self.settings, discardEhloKeywords=discardedKeywords(value))
+        return view
 
     def buildProtocol(self, addr):
         """A new connection: the screen first with postscreen_enable, else the SMTP session."""

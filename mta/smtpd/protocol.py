@@ -271,7 +271,7 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
 
     def _connectChecksAreStatic(self):
         factory = self.factory
-        if not factory.debugPeers.static:
+        if not factory.debugPeers.static or factory.discardEhloMaps:
             return False
         if self._clientStageAtConnect():
             return False
@@ -318,6 +318,20 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
         if isinstance(rate, Deferred):  # counted by the master (mta.workers)
             rate = await rate
         return rate if rate > limit else None
+
+    async def _ehloDiscardLookup(self):
+        """smtpd_discard_ehlo_keyword_address_maps: the client's address, in each table until one answers."""
+        factory, session = self.factory, self.session
+        for table in factory.discardEhloMaps:
+            try:
+                value = await table.lookup(session.clientAddress)
+            except TableTemporaryError:
+                factory.maillog.emit(f"warning: {table.spec}: smtpd_discard_ehlo_keyword_address_maps lookup "
+                                     f"error for {session.clientAddress}; smtpd_discard_ehlo_keywords applies")
+                return
+            if value is not None:
+                session.ehloView = factory.ehloView(value)
+                return
 
     def _clientStageAtConnect(self):
         """Without smtpd_delay_reject, smtpd_client_restrictions judge the client at connect."""
@@ -380,6 +394,10 @@ class SMTPServer(SMTPAuth, SMTPCommands, StartTLSCommands, SessionChat, Protocol
             if not self._checkConnectionCount(counts):
                 return
         session.debugPeer = bool(session.clientAddress) and await factory.debugPeers.matches(session.clientAddress)
+        if factory.discardEhloMaps and session.clientAddress:
+            await self._ehloDiscardLookup()
+            if self._closing:
+                return
         if session.bareNewline == "reject" and await factory.bareNewlineExclusions.matches(session.clientAddress):
             session.bareNewline = "normalize"
         if self._closing:

@@ -113,6 +113,7 @@ class SessionState:
     stageEffects: object = None  # the Evaluation of those stages (hold, discard, redirect, bcc)
     illegalPipelining: bool = False  # reject_unauth_pipelining: commands sent ahead where not allowed
     debugPeer: bool = False  # debug_peer_list: the dialog is logged line by line
+    ehloView: object = None  # smtpd_discard_ehlo_keyword_address_maps: this client's EHLO settings; None: the listener's
 
     @property
     def client(self):

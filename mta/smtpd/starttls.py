@@ -89,7 +89,7 @@ class StartTLSCommands:
     def _startTlsOffered(self):
         """Is STARTTLS offered now (and accepted)?"""
         return (self.factory.tls is not None and not self.session.tlsActive and not self._handshaking
-                and "STARTTLS" not in self.settings.discardEhloKeywords and ITLSTransport.providedBy(self.transport))
+                and "STARTTLS" not in self.ehloSettings.discardEhloKeywords and ITLSTransport.providedBy(self.transport))
 
     def _ehloKeywords(self, lines):
         """The EHLO keyword lines with STARTTLS in Postfix's place, when offered."""

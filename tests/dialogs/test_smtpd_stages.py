@@ -521,3 +521,19 @@ def test_smtpd_command_filter_that_cannot_answer_leaves_the_command_alone():
         assert d.send("EHLO c.test\r\n").startswith("250-")
         assert d.send("MAIL FROM:<a@example.org>\r\n") == "250 2.1.0 Ok\r\n"
     assert log.matching("warning: fail:down: smtpd_command_filter lookup error; the command is used as it is")
+
+
+def test_smtpd_discard_ehlo_keyword_address_maps_per_client():
+    main = f"smtpd_discard_ehlo_keyword_address_maps = inline:{{ {{ {OUTSIDE} = silent-discard, pipelining, dsn }} }}\n"
+    d = dialog(main)
+    ehlo = d.send("EHLO c.test\r\n")
+    assert "250-PIPELINING" not in ehlo and "DSN" not in ehlo and ehlo.startswith("250-mx.test")
+    assert d.send("MAIL FROM:<a@example.org> RET=HDRS\r\n").startswith("555 ")  # DSN is not offered to this client
+    other = dialog(main, peer="198.51.100.9")
+    ehlo = other.send("EHLO c.test\r\n")
+    assert "250-PIPELINING" in ehlo and "DSN" in ehlo
+    with MailLog() as log:
+        d = dialog("smtpd_discard_ehlo_keyword_address_maps = fail:down\nsmtpd_discard_ehlo_keywords = dsn\n")
+        ehlo = d.send("EHLO c.test\r\n")
+    assert "DSN" not in ehlo and "PIPELINING" in ehlo  # the table cannot answer: the listener's own list
+    assert log.matching("smtpd_discard_ehlo_keyword_address_maps lookup error")

@@ -19,6 +19,7 @@ settings class that needs it (a parameter may be read by several areas):
     smtpd_forbid_bare_newline_reject_code, smtpd_per_request_deadline,
     smtpd_min_data_rate, postscreen_greet_wait, postscreen_greet_action,
     smtpd_client_port_logging, debug_peer_list, debug_peer_level,
+    smtpd_discard_ehlo_keyword_address_maps,
     smtpd_command_filter,
     message_size_limit, line_length_limit, myhostname, mail_name,
     syslog_name, requiretls_enable
@@ -75,6 +76,13 @@ def _discarded(items):
     """The known keywords of smtpd_discard_ehlo_keywords, upper case; silent-discard is kept apart."""
     words = _upper(items)
     return frozenset(w for w in words if w in DISCARD_LOG_ORDER) | (words & {SILENT_DISCARD})
+
+
+def discardedKeywords(text):
+    """A smtpd_discard_ehlo_keyword_address_maps value, as smtpd_discard_ehlo_keywords reads its own."""
+    from mta.config.types import splitList
+
+    return _discarded(splitList(text))
 
 
 def _bareNewline(mode):
@@ -156,6 +164,7 @@ class SmtpdSettings(Settings):
     forbidUnauthPipelining: bool = setting("smtpd_forbid_unauth_pipelining")  # 554 5.5.0 and a close
     # Known keywords to hide (upper case), and SILENT-DISCARD if listed; unknown words are dropped.
     discardEhloKeywords: frozenset = setting("smtpd_discard_ehlo_keywords", _discarded)
+    discardEhloMaps: tuple = setting("smtpd_discard_ehlo_keyword_address_maps")  # per client, by address
     rejectFooter: str = setting("smtpd_reject_footer", _footer)  # appended to 4xx/5xx reply text; "": none
     requiretlsEnable: bool = setting("requiretls_enable")  # RFC 8689: REQUIRETLS offered inside TLS
 
