@@ -32,7 +32,9 @@ A list that cannot be asked (SERVFAIL, timeout) is a warning
 list does not match (mail is not refused because a list is down); an
 allow list gives Postfix's DEFER_IF_REJECT (450 4.7.1 ... Service
 unavailable, if the decision would otherwise be a reject).  Answers are
-cached by the DNS client (mta.delivery.dns) for their TTL.
+cached by the DNS client (mta.delivery.dns) for their TTL; above it,
+Dnsxl keeps each answer (not a failure) RESULT_CACHE_SECONDS, at most
+RESULT_CACHE_SIZE of them, as Postfix's smtpd_rbl_cache per process.
 
 SECURITY
     Names from the client (HELO, the sender's and recipient's domains, the
@@ -60,6 +62,10 @@ from mta.smtpd.peername import validHostname
 log = Logger()
 
 TXT_LIMIT = 500  # characters of the listing's TXT records kept for $rbl_reason (Postfix's RBL_TXT_LIMIT)
+# Answers kept per listener, as Postfix's smtpd keeps them per process (smtpd_rbl_cache, 1000 entries,
+# for the process's life: at most max_use sessions); here at most RESULT_CACHE_SECONDS.
+RESULT_CACHE_SIZE = 1000
+RESULT_CACHE_SECONDS = 60.0
 CLASSES = {  # Postfix's SMTPD_NAME_* reply classes
     "client": "Client host", "reverse_client": "Unverified Client host", "helo": "Helo command",
     "sender": "Sender address", "recipient": "Recipient address",
@@ -140,8 +146,10 @@ def requestValues(request):
 class Dnsxl:
     """The DNS list lookups of one listener's restrictions (RecipientPolicy.dnsxl)."""
 
-    def __init__(self, dns, code, template, replyMaps, maillog, allowed=DEFAULT_FILTER):
+    def __init__(self, dns, code, template, replyMaps, maillog, allowed=DEFAULT_FILTER, clock=None):
         self.dns = dns  # a callable that returns the IDNSResolver (made on first use)
+        self.clock = clock  # for the result cache; None: no cache
+        self._results = {}  # query -> (expiry, (status, txt)), Postfix's smtpd_rbl_cache
         self.allowed = allowed  # smtpd_expansion_filter
         self.code = code
         self.template = template
@@ -151,8 +159,27 @@ class Dnsxl:
     async def listed(self, query, spec):
         """
         Is C{query} listed?  ("listed", txt), ("not listed", None) or
-        ("unavailable", None) after a temporary DNS failure (warned).
+        ("unavailable", None) after a temporary DNS failure (warned).  An
+        answer (not a failure) is kept RESULT_CACHE_SECONDS for the same
+        query and pattern, as Postfix's smtpd keeps its DNS list results;
+        the DNS client's own cache (the records' TTL) is under it.
         """
+        key = (query, str(spec))
+        now = self.clock.seconds() if self.clock is not None else None
+        if now is not None:
+            cached = self._results.get(key)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        result = await self._ask(query, spec)
+        if now is not None and result[0] != "unavailable":
+            if len(self._results) >= RESULT_CACHE_SIZE:
+                self._results = {k: v for k, v in self._results.items() if v[0] > now}
+                if len(self._results) >= RESULT_CACHE_SIZE:
+                    self._results.clear()
+            self._results[key] = (now + RESULT_CACHE_SECONDS, result)
+        return result
+
+    async def _ask(self, query, spec):
         from mta.delivery.dns import DNSError
 
         resolver = self.dns()

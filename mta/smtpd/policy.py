@@ -160,7 +160,7 @@ class RecipientPolicy:
         self.dns = dns
         self.dnsxl = Dnsxl(dns, settings.rblCode, settings.defaultRblReply,
                            [tables.open(t) for t in settings.rblReplyMaps], maillog,
-                           settings.expansionFilter) if dns is not None else None
+                           settings.expansionFilter, clock=reactor) if dns is not None else None
         self.maillog = maillog
         # check_policy_service's servers and their connections (None without a reactor: no queries).
         self.policyClients = PolicyClients(reactor, settings, queueDirectory, maillog) if reactor is not None else None

@@ -175,3 +175,22 @@ def test_default_rbl_reply_is_a_template_not_expanded_at_load(tmp_path):
     f = factory("reject_rbl_client bl.example, permit", tmp_path,
                 "default_rbl_reply = $rbl_code 5.7.0 go away, $client_address (${rbl_reason?why: $rbl_reason})\n")
     assert rcpt(f, LISTED) == f"554 5.7.0 go away, {LISTED} (why: listed for spam see http://bl.example/66)\r\n"
+
+
+def test_answers_are_kept_a_minute_as_postfixs_smtpd_keeps_them(tmp_path):
+    server = zone()
+    f = factory("reject_rbl_client bl.example, permit", tmp_path, server=server)
+    for _ in range(3):
+        assert rcpt(f, CLEAN) == "250 2.1.5 Ok\r\n"  # NXDOMAIN: not listed
+        assert rcpt(f, LISTED).startswith("554 5.7.1 Service unavailable")
+    asked = [q for q in server.queries if q[1] == "A" and q[0].endswith(".bl.example")]
+    assert sorted(asked) == [("1.2.0.192.bl.example", "A"), ("66.2.0.192.bl.example", "A")]
+    f.clock.advance(61)  # past RESULT_CACHE_SECONDS: asked again
+    assert rcpt(f, CLEAN) == "250 2.1.5 Ok\r\n"
+    assert [q for q in server.queries if q == ("1.2.0.192.bl.example", "A")] == [("1.2.0.192.bl.example", "A")] * 2
+    server.records[("1.2.0.192.down.example", "A")] = DNSError("try again", temporary=True)
+    f = factory("reject_rbl_client down.example, permit", tmp_path, server=server)
+    with MailLog():
+        rcpt(f, CLEAN)
+        rcpt(f, CLEAN)
+    assert server.queries.count(("1.2.0.192.down.example", "A")) == 2  # a failure is never kept
