@@ -43,9 +43,13 @@ def test_policy_small_run():
         (run,) = result["rounds"]
         assert run["count"] == 40 and run["listed_sent"] == 4 and run["listed_rejected"] == 4, run
         assert run["cpu_ms_per_message"] > 0 and run["peer_ms_per_message"] > 0, run
-        assert run["dns_queries_per_message"] > 0, run
-    # glibc has no cache: a PTR and an A query per connection at least (mta caches them for the TTL)
-    assert doc["results"]["postfix"]["rounds"][0]["dns_queries_per_message"] >= 2
+        assert run["dns_queries_per_message"] >= 0, run
+    # glibc has no cache: a PTR and an A query per connection at least.  mta keeps the
+    # peername answers for their TTL and the DNS list answers a minute, so after the
+    # warm-up round it asks (next to) nothing: fewer queries than Postfix, never more.
+    postfixQueries = doc["results"]["postfix"]["rounds"][0]["dns_queries_per_message"]
+    assert postfixQueries >= 2
+    assert doc["results"]["mta"]["rounds"][0]["dns_queries_per_message"] < postfixQueries / 2
     assert doc["ratio"] > 0 and doc["cpu_ratio"] > 0
 
 
